@@ -1,0 +1,139 @@
+//! The contract every backend meets: a [`Request`] in, a [`Reply`] or a typed [`AgentError`] out.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What a call is for. The engine sets it; backends pass it on (`WIGGUM_ROLE`) and may shape
+/// their prompt by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Do the work of the task in the worktree.
+    Work,
+    /// Judge the work: reply with `{"approved": bool, "findings": [..]}`.
+    Review,
+    /// Split a task: reply with `{"subtasks": [..]}`.
+    Plan,
+}
+
+impl Role {
+    /// The lower-case name used in env vars, scripts and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Work => "work",
+            Role::Review => "review",
+            Role::Plan => "plan",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One call of an agent.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub role: Role,
+    /// The whole prompt; the engine builds it fresh for every call.
+    pub prompt: String,
+    /// The worktree: the call's working directory, and the only place tools may touch.
+    pub workdir: PathBuf,
+    /// Run id, step id and iteration number (1-based), passed on as `WIGGUM_RUN`,
+    /// `WIGGUM_STEP`, `WIGGUM_ITERATION`.
+    pub run_id: String,
+    pub step_id: String,
+    pub iteration: u32,
+    /// Wall-clock limit for this call; `None` uses the backend's own default.
+    pub timeout: Option<Duration>,
+}
+
+/// Tokens as the backend reports them. `input_tokens` excludes cache reads and writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
+impl Usage {
+    /// Every token counted, in and out.
+    pub fn total(&self) -> u64 {
+        self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+    }
+
+    /// Adds another usage to this one.
+    pub fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_read_tokens += other.cache_read_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
+    }
+}
+
+/// What an agent answered.
+#[derive(Clone, Debug, Default)]
+pub struct Reply {
+    /// The reply text the engine parses (`<promise>`, `<split/>`, review verdicts, plans).
+    pub text: String,
+    pub usage: Usage,
+    /// Cost in USD when known (reported by the CLI, or from the price table).
+    pub cost_usd: Option<f64>,
+    /// Transport retries spent on this call (not loop iterations).
+    pub retries: u32,
+    /// The model that answered, when the backend knows it.
+    pub model: Option<String>,
+    /// Backend-specific facts worth recording (session id, number of turns, stop reason).
+    pub meta: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why a call failed, typed so the caller knows what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Worth retrying (rate limit, overload, 5xx, connection reset), after `retry_after` if set.
+    #[error("{message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying will not help: bad key, quota or spend limit, missing binary, bad configuration,
+    /// a reply that breaks the protocol.
+    #[error("{message}")]
+    Permanent { message: String },
+    /// The prompt does not fit the model's context: split the task.
+    #[error("context overflow: {message}")]
+    ContextOverflow { message: String },
+    /// The call ran past its time limit and was stopped (its processes killed).
+    #[error("timed out after {}", crate::duration::format_duration(*after))]
+    Timeout { after: Duration },
+}
+
+impl AgentError {
+    /// Shorthand for a permanent error.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        AgentError::Permanent {
+            message: message.into(),
+        }
+    }
+
+    /// Whether a transport retry could cure this error.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AgentError::Transient { .. })
+    }
+}
+
+/// A backend. Implementations must be cancel-safe: when the future is dropped (Ctrl-C, a run
+/// cancelled), any process the call started is killed with its whole process group.
+#[async_trait::async_trait]
+pub trait Agent: Send + Sync {
+    /// A short description for logs and records, e.g. `command: my-agent` or `openai: qwen2.5`.
+    fn describe(&self) -> String;
+
+    /// Runs one call.
+    async fn call(&self, request: &Request) -> Result<Reply, AgentError>;
+}

@@ -1,0 +1,10 @@
+//! wiggum-agents: the [`Agent`] trait and its backends (DESIGN.md §5).
+//!
+//! Agents turn a prompt into work inside a directory. They know nothing of patrols, steps or
+//! beads: the engine hands them a [`Request`] and records what comes back.
+
+pub mod agent;
+pub mod duration;
+
+pub use agent::{Agent, AgentError, Reply, Request, Role, Usage};
+pub use duration::{format_duration, parse_duration};

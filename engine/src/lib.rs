@@ -1,0 +1,10 @@
+//! wiggum-engine: patrols, the Ralph loop, the beads ledger and the git workspace.
+//!
+//! The engine owns the loop and never prints: it emits [`events::Event`]s to a sink, and the
+//! CLI, the ledger and reports consume them.
+
+pub mod events;
+pub mod ledger;
+pub mod patrol;
+pub mod ralph;
+pub mod workspace;

@@ -1,0 +1,1 @@
+//! Patrol files: the TOML format, validation with file:line:col errors, templating.
