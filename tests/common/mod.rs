@@ -1,0 +1,128 @@
+//! One helper for end-to-end tests: a temp git repository and a way to run `wiggum` in it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// What a `wiggum` invocation did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// stdout parsed as one JSON value; panics with both streams when it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n--- stdout\n{}\n--- stderr\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// A temporary git repository with one commit, removed when dropped.
+pub struct TempRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl TempRepo {
+    /// `git init` on branch main, an identity, a README, one commit.
+    pub fn new() -> TempRepo {
+        let dir = tempfile::Builder::new()
+            .prefix("wiggum-test-")
+            .tempdir()
+            .expect("temp dir");
+        let repo = TempRepo { dir };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.git(&["config", "user.name", "Test User"]);
+        repo.git(&["config", "user.email", "test@example.invalid"]);
+        repo.git(&["config", "commit.gpgsign", "false"]);
+        repo.write("README.md", "# sample\n");
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "initial"]);
+        repo
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file (creating directories) relative to the repository.
+    pub fn write(&self, rel: &str, content: &str) {
+        let path = self.path().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, content).unwrap();
+    }
+
+    /// Reads a file relative to the repository.
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel))
+            .unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    /// Runs git in the repository and returns its stdout; panics when git fails.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `wiggum ARGS` with the repository as the current directory.
+    pub fn wiggum(&self, args: &[&str]) -> Outcome {
+        self.wiggum_env(args, &[])
+    }
+
+    /// Runs `wiggum ARGS` with extra environment variables.
+    pub fn wiggum_env(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+        let mut cmd = wiggum_command();
+        cmd.args(args).current_dir(self.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.stdin(Stdio::null()).output().expect("wiggum runs");
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A `wiggum` command with a clean environment for tests (no user config, no colours).
+pub fn wiggum_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wiggum"));
+    cmd.env_remove("WIGGUM_LOG")
+        .env("NO_COLOR", "1")
+        .env("GIT_AUTHOR_NAME", "Test User")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Test User")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid");
+    cmd
+}
+
+/// The absolute path of a file under `fixtures/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+}
+
+/// Every bead line of `.beads/issues.jsonl` in `repo`, parsed.
+pub fn beads(repo: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(repo.join(".beads/issues.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("bead line is JSON"))
+        .collect()
+}
