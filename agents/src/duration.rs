@@ -61,7 +61,7 @@ pub fn format_duration(d: Duration) -> String {
     }
     let secs = d.as_secs();
     if secs < 60 {
-        if ms % 1000 == 0 {
+        if d.subsec_millis() == 0 {
             return format!("{secs}s");
         }
         return format!("{:.1}s", d.as_secs_f64());

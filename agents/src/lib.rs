@@ -4,7 +4,9 @@
 //! beads: the engine hands them a [`Request`] and records what comes back.
 
 pub mod agent;
+pub mod command;
 pub mod duration;
 
 pub use agent::{Agent, AgentError, Reply, Request, Role, Usage};
+pub use command::{run_process, CommandAgent, ProcessError, ProcessOutput, ProcessSpec};
 pub use duration::{format_duration, parse_duration};

@@ -1,0 +1,745 @@
+//! The `command` backend and the process machinery under every CLI backend.
+//!
+//! [`run_process`] spawns a program in its own process group, feeds its stdin, reads bounded
+//! stdout and the tail of stderr, and kills the whole group on timeout or when the future is
+//! dropped. [`CommandAgent`] is the generic agent contract of DESIGN.md §5 on top of it.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::agent::{Agent, AgentError, Reply, Request};
+use crate::duration::format_duration;
+
+/// How long a call may run when neither the request nor the configuration says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How much of stdout an agent process may print before the rest is discarded.
+pub const DEFAULT_STDOUT_LIMIT: usize = 8 * 1024 * 1024;
+/// How much of the end of stderr is kept for error messages.
+pub const STDERR_TAIL: usize = 4 * 1024;
+/// How long to wait for pipes to close after the process group was killed (a process that left
+/// the group with `setsid` can hold them open forever).
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// What to run and how.
+#[derive(Clone, Debug)]
+pub struct ProcessSpec {
+    /// Program and arguments; `argv[0]` is looked up in `PATH` unless it contains a `/`.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Variables added to the inherited environment.
+    pub env: Vec<(String, String)>,
+    /// Bytes written to stdin, which is then closed; `None` gives the process a null stdin.
+    pub stdin: Option<Vec<u8>>,
+    /// Wall-clock limit; at the limit the whole process group is killed.
+    pub timeout: Option<Duration>,
+    /// Bytes of stdout kept; the rest is read and discarded.
+    pub stdout_limit: usize,
+    /// Bytes kept from the end of stderr.
+    pub stderr_tail: usize,
+}
+
+impl ProcessSpec {
+    /// A spec with default limits, no stdin, no timeout.
+    pub fn new(argv: Vec<String>, cwd: impl Into<PathBuf>) -> Self {
+        ProcessSpec {
+            argv,
+            cwd: cwd.into(),
+            env: Vec::new(),
+            stdin: None,
+            timeout: None,
+            stdout_limit: DEFAULT_STDOUT_LIMIT,
+            stderr_tail: STDERR_TAIL,
+        }
+    }
+}
+
+/// What a finished (or killed) process left behind.
+#[derive(Clone, Debug)]
+pub struct ProcessOutput {
+    /// The exit status of the group leader.
+    pub status: ExitStatus,
+    /// Stdout, at most `stdout_limit` bytes.
+    pub stdout: Vec<u8>,
+    /// Whether stdout went past the limit and was cut.
+    pub stdout_truncated: bool,
+    /// The last `stderr_tail` bytes of stderr.
+    pub stderr_tail: Vec<u8>,
+    /// Wall-clock time from spawn to exit.
+    pub duration: Duration,
+    /// Whether the timeout fired and the group was killed.
+    pub timed_out: bool,
+}
+
+impl ProcessOutput {
+    /// Stdout as text (invalid UTF-8 replaced).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The stderr tail as trimmed text (invalid UTF-8 replaced).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr_tail)
+            .trim()
+            .to_string()
+    }
+
+    /// Whether the process exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// "exit code 3" or "killed by signal 9 (SIGKILL)".
+    pub fn describe_status(&self) -> String {
+        describe_status(&self.status)
+    }
+}
+
+/// Why a process could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The argv was empty.
+    #[error("empty command: give at least the program to run")]
+    EmptyArgv,
+    /// The program was not found (not on `PATH`, or the path does not exist).
+    #[error("program {program:?} not found")]
+    NotFound { program: String },
+    /// The program exists but may not be executed.
+    #[error("program {program:?} is not executable (permission denied)")]
+    PermissionDenied { program: String },
+    /// The working directory is missing.
+    #[error("working directory {} does not exist", dir.display())]
+    MissingDir { dir: PathBuf },
+    /// Any other spawn or pipe failure.
+    #[error("could not run {program:?}: {source}")]
+    Io {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Kills a process group when dropped, unless disarmed. This is what makes a dropped call
+/// (Ctrl-C, a cancelled run) take its processes with it.
+struct GroupGuard {
+    pgid: Option<i32>,
+}
+
+impl GroupGuard {
+    fn kill(&self) {
+        if let Some(pgid) = self.pgid {
+            kill_group(pgid);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn kill_group(pgid: i32) {
+    if pgid > 1 {
+        // SAFETY: killpg only sends a signal; a stale group id yields ESRCH, which we ignore.
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Runs a process to completion (or to its timeout) in its own process group.
+///
+/// A timeout is not an error: the output says `timed_out` and holds what was read. When the
+/// group leader exits, anything it left running in its group is killed, so no agent leaves
+/// stray processes behind. Dropping the future kills the group too.
+pub async fn run_process(spec: ProcessSpec) -> Result<ProcessOutput, ProcessError> {
+    let program = spec.argv.first().ok_or(ProcessError::EmptyArgv)?.clone();
+    if !spec.cwd.is_dir() {
+        return Err(ProcessError::MissingDir {
+            dir: spec.cwd.clone(),
+        });
+    }
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&spec.argv[1..])
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ProcessError::NotFound {
+            program: program.clone(),
+        },
+        std::io::ErrorKind::PermissionDenied => ProcessError::PermissionDenied {
+            program: program.clone(),
+        },
+        _ => ProcessError::Io {
+            program: program.clone(),
+            source,
+        },
+    })?;
+    let mut guard = GroupGuard {
+        pgid: child.id().map(|id| id as i32),
+    };
+
+    if let (Some(bytes), Some(mut stdin)) = (spec.stdin, child.stdin.take()) {
+        // A process that does not read its stdin must not block us: write in the background
+        // and ignore a broken pipe.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&bytes).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let out_task = tokio::spawn(read_head(stdout, spec.stdout_limit));
+    let err_task = tokio::spawn(read_tail(stderr, spec.stderr_tail));
+
+    let (status, timed_out) = match spec.timeout {
+        Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
+            Ok(status) => (status, false),
+            Err(_) => {
+                guard.kill();
+                (child.wait().await, true)
+            }
+        },
+        None => (child.wait().await, false),
+    };
+    let status = status.map_err(|source| ProcessError::Io {
+        program: program.clone(),
+        source,
+    })?;
+    let duration = started.elapsed();
+    // The leader is gone; whatever it left in its group goes too, so the pipes close.
+    guard.kill();
+    guard.disarm();
+
+    let (stdout, stdout_truncated) = match tokio::time::timeout(PIPE_GRACE, out_task).await {
+        Ok(Ok(r)) => r,
+        _ => (Vec::new(), false),
+    };
+    let stderr_tail = match tokio::time::timeout(PIPE_GRACE, err_task).await {
+        Ok(Ok(r)) => r,
+        _ => Vec::new(),
+    };
+    Ok(ProcessOutput {
+        status,
+        stdout,
+        stdout_truncated,
+        stderr_tail,
+        duration,
+        timed_out,
+    })
+}
+
+/// Reads up to `limit` bytes, then drains the rest so the writer never blocks.
+async fn read_head(mut r: impl AsyncRead + Unpin, limit: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                if n > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (kept, truncated)
+}
+
+/// Reads everything, keeping the last `keep` bytes.
+async fn read_tail(mut r: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > keep {
+                    let cut = tail.len() - keep;
+                    tail.drain(..cut);
+                }
+            }
+        }
+    }
+    tail
+}
+
+/// "exit code 3" or "killed by signal 9 (SIGKILL)".
+pub fn describe_status(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit code {code}");
+    }
+    match status.signal() {
+        Some(sig) => format!("killed by signal {sig} ({})", signal_name(sig)),
+        None => "unknown exit status".to_string(),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => "unknown signal",
+    }
+}
+
+/// How a missing program should be explained to the user.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InstallHint {
+    /// The backend name, e.g. `claude-code`.
+    pub backend: &'static str,
+    /// How to install the program, e.g. `npm install -g @openai/codex`.
+    pub install: &'static str,
+}
+
+/// The shared part of every CLI-backed call: env vars, timeout, spawn errors. Returns the
+/// output of a process that ran to its end (whatever its exit code); a timeout becomes
+/// [`AgentError::Timeout`] and a failed spawn a [`AgentError::Permanent`] saying how to fix it.
+pub(crate) async fn run_agent_process(
+    argv: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    request: &Request,
+    extra_env: &BTreeMap<String, String>,
+    timeout: Duration,
+    hint: Option<InstallHint>,
+) -> Result<ProcessOutput, AgentError> {
+    let mut env = vec![
+        ("WIGGUM_ROLE".to_string(), request.role.as_str().to_string()),
+        ("WIGGUM_RUN".to_string(), request.run_id.clone()),
+        ("WIGGUM_STEP".to_string(), request.step_id.clone()),
+        (
+            "WIGGUM_ITERATION".to_string(),
+            request.iteration.to_string(),
+        ),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let timeout = request.timeout.unwrap_or(timeout);
+    let spec = ProcessSpec {
+        env,
+        stdin,
+        timeout: Some(timeout),
+        ..ProcessSpec::new(argv, &request.workdir)
+    };
+    let out = run_process(spec).await.map_err(|e| spawn_error(e, hint))?;
+    if out.timed_out {
+        return Err(AgentError::Timeout { after: timeout });
+    }
+    Ok(out)
+}
+
+fn spawn_error(e: ProcessError, hint: Option<InstallHint>) -> AgentError {
+    match (&e, hint) {
+        (ProcessError::NotFound { program }, Some(h)) => AgentError::permanent(format!(
+            "the {} backend needs {program:?}, which was not found on PATH: install it with \
+             `{}`, or point `command = [\"/path/to/{program}\"]` in the agent's config at it",
+            h.backend, h.install
+        )),
+        (ProcessError::NotFound { program }, None) => AgentError::permanent(format!(
+            "agent command {program:?} not found: check the `command` of the agent's config \
+             (a bare name is looked up on PATH, a path is relative to the worktree)"
+        )),
+        _ => AgentError::permanent(format!("agent process: {e}")),
+    }
+}
+
+/// The error for a process that exited non-zero: the status and the tail of stderr.
+pub(crate) fn exit_error(what: &str, out: &ProcessOutput) -> AgentError {
+    let stderr = out.stderr_text();
+    let detail = if stderr.is_empty() {
+        "no output on stderr".to_string()
+    } else {
+        format!("stderr ends with:\n{stderr}")
+    };
+    AgentError::permanent(format!(
+        "{what} failed with {} after {}; {detail}",
+        out.describe_status(),
+        format_duration(out.duration)
+    ))
+}
+
+/// The generic command backend: argv from the config, the prompt on stdin or in argv
+/// (`{prompt}`, `{prompt_file}`), stdout is the reply.
+#[derive(Clone, Debug)]
+pub struct CommandAgent {
+    argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    timeout: Duration,
+}
+
+impl CommandAgent {
+    /// A command agent; fails on an empty argv.
+    pub fn new(
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        timeout: Option<Duration>,
+    ) -> Result<Self, AgentError> {
+        if argv.is_empty() || argv[0].trim().is_empty() {
+            return Err(AgentError::permanent(
+                "the command backend needs `command = [\"program\", \"arg\", ...]` in the \
+                 agent's config (the prompt goes to stdin, or write {prompt} or {prompt_file} \
+                 in an argument)",
+            ));
+        }
+        Ok(CommandAgent {
+            argv,
+            env,
+            timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
+        })
+    }
+
+    /// Whether the prompt goes into argv rather than stdin.
+    fn prompt_in_argv(&self) -> bool {
+        self.argv
+            .iter()
+            .any(|a| a.contains("{prompt}") || a.contains("{prompt_file}"))
+    }
+}
+
+/// Writes the prompt to a temporary file that is removed when the returned handle drops.
+fn prompt_file(prompt: &str) -> Result<tempfile::NamedTempFile, AgentError> {
+    let mut file = tempfile::Builder::new()
+        .prefix("wiggum-prompt-")
+        .suffix(".md")
+        .tempfile()
+        .map_err(|e| AgentError::permanent(format!("could not create the prompt file: {e}")))?;
+    file.write_all(prompt.as_bytes())
+        .and_then(|_| file.flush())
+        .map_err(|e| AgentError::permanent(format!("could not write the prompt file: {e}")))?;
+    Ok(file)
+}
+
+/// Substitutes `{prompt}` and `{prompt_file}` in every argument.
+fn substitute(argv: &[String], prompt: &str, prompt_path: Option<&Path>) -> Vec<String> {
+    let path = prompt_path
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    argv.iter()
+        .map(|a| {
+            a.replace("{prompt_file}", &path)
+                .replace("{prompt}", prompt)
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl Agent for CommandAgent {
+    fn describe(&self) -> String {
+        format!("command: {}", self.argv.join(" "))
+    }
+
+    async fn call(&self, request: &Request) -> Result<Reply, AgentError> {
+        let needs_file = self.argv.iter().any(|a| a.contains("{prompt_file}"));
+        let file = if needs_file {
+            Some(prompt_file(&request.prompt)?)
+        } else {
+            None
+        };
+        let (argv, stdin) = if self.prompt_in_argv() {
+            let argv = substitute(&self.argv, &request.prompt, file.as_ref().map(|f| f.path()));
+            (argv, None)
+        } else {
+            (self.argv.clone(), Some(request.prompt.clone().into_bytes()))
+        };
+        let out = run_agent_process(argv, stdin, request, &self.env, self.timeout, None).await?;
+        drop(file);
+        if !out.success() {
+            return Err(exit_error(
+                &format!("agent command {:?}", self.argv[0]),
+                &out,
+            ));
+        }
+        let mut reply = Reply {
+            text: out.stdout_text(),
+            ..Reply::default()
+        };
+        reply.meta.insert(
+            "duration_ms".into(),
+            serde_json::Value::from(out.duration.as_millis() as u64),
+        );
+        if out.stdout_truncated {
+            tracing::warn!("agent stdout was cut at {} bytes", DEFAULT_STDOUT_LIMIT);
+            reply
+                .meta
+                .insert("stdout_truncated".into(), serde_json::Value::Bool(true));
+        }
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::agent::Role;
+
+    pub(crate) fn request(dir: &Path, prompt: &str) -> Request {
+        Request {
+            role: Role::Work,
+            prompt: prompt.to_string(),
+            workdir: dir.to_path_buf(),
+            run_id: "run-1".into(),
+            step_id: "fix".into(),
+            iteration: 3,
+            timeout: None,
+        }
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    /// Whether a pid is gone (or a zombie waiting for its reaper).
+    fn is_dead(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    async fn wait_dead(pid: i32) -> bool {
+        for _ in 0..50 {
+            if is_dead(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn prompt_goes_to_stdin_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = CommandAgent::new(sh("tr a-z A-Z"), BTreeMap::new(), None).unwrap();
+        let reply = agent.call(&request(dir.path(), "hello")).await.unwrap();
+        assert_eq!(reply.text, "HELLO");
+    }
+
+    #[tokio::test]
+    async fn prompt_placeholder_is_substituted_and_stdin_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = vec![
+            "sh".into(),
+            "-c".into(),
+            "printf 'arg=%s stdin=' \"$1\"; cat".into(),
+            "sh".into(),
+            "{prompt}".into(),
+        ];
+        let agent = CommandAgent::new(argv, BTreeMap::new(), None).unwrap();
+        let reply = agent
+            .call(&request(dir.path(), "fix it; rm -rf /"))
+            .await
+            .unwrap();
+        assert_eq!(reply.text, "arg=fix it; rm -rf / stdin=");
+    }
+
+    #[tokio::test]
+    async fn prompt_file_is_written_and_removed_after_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = vec![
+            "sh".into(),
+            "-c".into(),
+            "echo \"$1\"; cat \"$1\"".into(),
+            "sh".into(),
+            "{prompt_file}".into(),
+        ];
+        let agent = CommandAgent::new(argv, BTreeMap::new(), None).unwrap();
+        let reply = agent
+            .call(&request(dir.path(), "the prompt"))
+            .await
+            .unwrap();
+        let (path, content) = reply.text.split_once('\n').unwrap();
+        assert_eq!(content, "the prompt");
+        assert!(
+            !Path::new(path).exists(),
+            "prompt file {path} was left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn wiggum_env_vars_and_config_env_reach_the_process_in_the_workdir() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = BTreeMap::from([("EXTRA".to_string(), "yes".to_string())]);
+        let agent = CommandAgent::new(
+            sh("echo $WIGGUM_ROLE $WIGGUM_RUN $WIGGUM_STEP $WIGGUM_ITERATION $EXTRA; pwd"),
+            env,
+            None,
+        )
+        .unwrap();
+        let reply = agent.call(&request(dir.path(), "")).await.unwrap();
+        let mut lines = reply.text.lines();
+        assert_eq!(lines.next(), Some("work run-1 fix 3 yes"));
+        assert_eq!(
+            Path::new(lines.next().unwrap()).canonicalize().unwrap(),
+            dir.path().canonicalize().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn non_zero_exit_is_permanent_error_with_code_and_stderr_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = CommandAgent::new(
+            sh("echo partial; echo 'boom: no credits' >&2; exit 3"),
+            BTreeMap::new(),
+            None,
+        )
+        .unwrap();
+        let err = agent.call(&request(dir.path(), "")).await.unwrap_err();
+        let AgentError::Permanent { message } = err else {
+            panic!("expected a permanent error, got {err:?}")
+        };
+        assert!(message.contains("exit code 3"), "{message}");
+        assert!(message.contains("boom: no credits"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn death_by_signal_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = CommandAgent::new(sh("kill -TERM $$"), BTreeMap::new(), None).unwrap();
+        let err = agent.call(&request(dir.path(), "")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("killed by signal 15 (SIGTERM)"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stderr_keeps_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec {
+            stderr_tail: 10,
+            ..ProcessSpec::new(sh("echo 0123456789abcdefXYZ >&2"), dir.path())
+        };
+        let out = run_process(spec).await.unwrap();
+        assert_eq!(out.stderr_text(), "abcdefXYZ");
+    }
+
+    #[tokio::test]
+    async fn stdout_is_bounded_and_marked_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec {
+            stdout_limit: 1000,
+            ..ProcessSpec::new(sh("head -c 100000 /dev/zero"), dir.path())
+        };
+        let out = run_process(spec).await.unwrap();
+        assert_eq!(out.stdout.len(), 1000);
+        assert!(out.stdout_truncated);
+        assert!(out.success());
+    }
+
+    #[tokio::test]
+    async fn hung_process_and_its_child_are_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = CommandAgent::new(
+            sh("sleep 30 & echo $! > child.pid; sleep 30"),
+            BTreeMap::new(),
+            Some(Duration::from_millis(300)),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let err = agent.call(&request(dir.path(), "")).await.unwrap_err();
+        assert!(
+            matches!(err, AgentError::Timeout { after } if after == Duration::from_millis(300)),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid: i32 = std::fs::read_to_string(dir.path().join("child.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(wait_dead(pid).await, "background child {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn request_timeout_overrides_the_configured_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = CommandAgent::new(sh("sleep 5"), BTreeMap::new(), None).unwrap();
+        let mut req = request(dir.path(), "");
+        req.timeout = Some(Duration::from_millis(100));
+        let err = agent.call(&req).await.unwrap_err();
+        assert!(matches!(err, AgentError::Timeout { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_call_kills_the_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = CommandAgent::new(
+            sh("sleep 30 & echo $! > child.pid; sleep 30"),
+            BTreeMap::new(),
+            None,
+        )
+        .unwrap();
+        let req = request(dir.path(), "");
+        let pid_file = dir.path().join("child.pid");
+        let call = agent.call(&req);
+        // Dropping the timed-out future is what Ctrl-C does to a call.
+        let res = tokio::time::timeout(Duration::from_millis(300), call).await;
+        assert!(res.is_err());
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(wait_dead(pid).await, "background child {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn leftover_background_processes_are_killed_when_the_leader_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec::new(sh("sleep 30 & echo $!"), dir.path());
+        let started = Instant::now();
+        let out = run_process(spec).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid: i32 = out.stdout_text().trim().parse().unwrap();
+        assert!(wait_dead(pid).await, "background child {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn missing_program_and_empty_command_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent =
+            CommandAgent::new(vec!["wiggum-no-such-agent".into()], BTreeMap::new(), None).unwrap();
+        let err = agent.call(&request(dir.path(), "")).await.unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+        let err = CommandAgent::new(vec![], BTreeMap::new(), None).unwrap_err();
+        assert!(err.to_string().contains("command = ["), "{err}");
+    }
+}
