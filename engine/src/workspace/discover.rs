@@ -1,4 +1,5 @@
-//! Finding the repository a command works on.
+//! Finding the repository a command works on, and [`WorkspaceError`], the errors of the git
+//! workspace.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,54 @@ pub enum WorkspaceError {
     NotARepo { path: PathBuf },
     #[error("{path} is a bare repository: wiggum needs a working tree")]
     Bare { path: PathBuf },
+    #[error(
+        "the repository at {path} has no commits yet: make a first commit \
+         (e.g. `git commit --allow-empty -m init`) so wiggum has something to start from"
+    )]
+    UnbornHead { path: PathBuf },
+    #[error(
+        "branch `{branch}` already exists: use another run id, or delete the old branch \
+         with `git branch -D {branch}`"
+    )]
+    BranchExists { branch: String },
+    #[error("branch `{branch}` does not exist in {path} (was it deleted?)")]
+    BranchMissing { branch: String, path: PathBuf },
+    #[error("`{branch}` is not a valid git branch name ({reason})")]
+    InvalidBranchName { branch: String, reason: String },
+    #[error("`{name}` cannot name a worktree: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("base `{base}` is neither a branch nor a revision in {path}: {source}")]
+    BaseNotFound {
+        base: String,
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("`{rev}` is not a revision in {path}: {source}")]
+    RevNotFound {
+        rev: String,
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("cannot land onto `{target}`: no such local branch in {path}")]
+    TargetNotFound { target: String, path: PathBuf },
+    #[error(
+        "{path} already exists: remove it (`git worktree remove --force {path}`, or delete the \
+         directory and run `git worktree prune`) or use another name"
+    )]
+    WorktreeExists { path: PathBuf },
+    #[error("there is no wiggum worktree at {path} (removed? run `git worktree prune`)")]
+    WorktreeMissing { path: PathBuf },
+    #[error(
+        "the worktree {path} is on {actual}, not on branch `{expected}` (something switched \
+         branches in it): run `git -C {path} switch {expected}`"
+    )]
+    WrongBranch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("git: {0}")]
     Git(#[from] git2::Error),
     #[error("{context}: {source}")]

@@ -1,5 +1,16 @@
-//! The git workspace: worktrees per run, checkpoint commits, diff stats, landing.
+//! The git workspace: each task runs in its own git worktree on a branch `wiggum/<run-id>`
+//! ([`Workspace`]), commits a [`Checkpoint`] per iteration, and on success lands onto the
+//! user's branch when that is safe.
 
+mod checkpoint;
 mod discover;
+mod exclude;
+mod worktree;
 
+#[cfg(test)]
+mod testutil;
+
+pub use checkpoint::{Checkpoint, DiffStat};
 pub use discover::{discover_root, WorkspaceError};
+pub use exclude::{ensure_excluded, is_wiggum_path, EXCLUDE_LINE};
+pub use worktree::{Workspace, WORKTREES_DIR};

@@ -1,0 +1,426 @@
+//! Checkpoint commits and diffs in a task's worktree: [`Workspace::checkpoint`] commits
+//! everything that changed as one [`Checkpoint`] with its [`DiffStat`], and
+//! [`Workspace::diff`] renders a bounded unified diff for the reviewer.
+
+use std::fmt;
+
+use git2::{DiffFormat, DiffOptions, IndexAddOption, Oid, Repository, Tree};
+use serde::Serialize;
+
+use super::worktree::check_on_branch;
+use super::{Workspace, WorkspaceError};
+
+/// One checkpoint of a task's branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Checkpoint {
+    /// The commit of this checkpoint (the existing head when nothing changed).
+    pub sha: String,
+    /// Whether the tree differs from the previous checkpoint.
+    pub changed: bool,
+    /// What changed since the previous checkpoint (all zero when nothing did).
+    pub stat: DiffStat,
+}
+
+/// Files, inserted and deleted lines between two trees.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DiffStat {
+    pub files_changed: usize,
+    pub insertions: usize,
+    pub deletions: usize,
+}
+
+impl fmt::Display for DiffStat {
+    /// The way `git diff --shortstat` says it: "3 files changed, 10 insertions(+), 2
+    /// deletions(-)"; a zero count of insertions or deletions is left out unless both are.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        write!(
+            f,
+            "{}",
+            plural(self.files_changed, "file changed", "files changed")
+        )?;
+        let both_zero = self.insertions == 0 && self.deletions == 0;
+        if self.insertions > 0 || both_zero {
+            write!(
+                f,
+                ", {}",
+                plural(self.insertions, "insertion(+)", "insertions(+)")
+            )?;
+        }
+        if self.deletions > 0 || both_zero {
+            write!(
+                f,
+                ", {}",
+                plural(self.deletions, "deletion(-)", "deletions(-)")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Workspace {
+    /// Stages everything in the worktree (new, modified and deleted files, honouring
+    /// `.gitignore`) and, if the tree differs from the branch tip, commits it with `message`
+    /// on the branch. Returns the checkpoint's sha (the existing tip when nothing changed),
+    /// whether anything changed since the previous checkpoint (commits the agent made itself
+    /// count too), and the diff stat against the previous checkpoint.
+    pub fn checkpoint(&self, message: &str) -> Result<Checkpoint, WorkspaceError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let repo = &inner.repo;
+        check_on_branch(repo, &self.path, &self.branch)?;
+
+        let mut index = repo.index()?;
+        index.update_all(["*"], None)?;
+        index.add_all(["*"], IndexAddOption::DEFAULT, None)?;
+        index.write()?;
+        let tree_id = index.write_tree()?;
+
+        let tip = repo.head()?.peel_to_commit()?;
+        let sha = if tree_id == tip.tree_id() {
+            tip.id()
+        } else {
+            let tree = repo.find_tree(tree_id)?;
+            let sig = inner.identity.now()?;
+            repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&tip])?
+        };
+
+        let previous_tree = if inner.last_checkpoint == tip.id() {
+            tip.tree_id()
+        } else {
+            repo.find_commit(inner.last_checkpoint)?.tree_id()
+        };
+        let changed = previous_tree != tree_id;
+        let stat = if changed {
+            let old = repo.find_tree(previous_tree)?;
+            let new = repo.find_tree(tree_id)?;
+            diff_stat(repo, &old, &new)?
+        } else {
+            DiffStat::default()
+        };
+        inner.last_checkpoint = sha;
+        Ok(Checkpoint {
+            sha: sha.to_string(),
+            changed,
+            stat,
+        })
+    }
+
+    /// The unified diff from commit `from` to commit `to` (shas or any revisions), at most
+    /// `max_bytes` of it: a longer diff is cut at a line end and ends with "... (truncated, N
+    /// more bytes)".
+    pub fn diff(&self, from: &str, to: &str, max_bytes: usize) -> Result<String, WorkspaceError> {
+        let inner = self.lock();
+        let repo = &inner.repo;
+        let old = self.tree_of(repo, from)?;
+        let new = self.tree_of(repo, to)?;
+        let mut opts = DiffOptions::new();
+        opts.context_lines(3);
+        let diff = repo.diff_tree_to_tree(Some(&old), Some(&new), Some(&mut opts))?;
+        let mut out = BoundedText::new(max_bytes);
+        diff.print(DiffFormat::Patch, |_, _, line| {
+            if let c @ ('+' | '-' | ' ') = line.origin() {
+                out.push(&[c as u8]);
+            }
+            out.push(line.content());
+            true
+        })?;
+        Ok(out.finish())
+    }
+
+    /// The diff stat between two commits (shas or any revisions).
+    pub fn diff_stat(&self, from: &str, to: &str) -> Result<DiffStat, WorkspaceError> {
+        let inner = self.lock();
+        let repo = &inner.repo;
+        let old = self.tree_of(repo, from)?;
+        let new = self.tree_of(repo, to)?;
+        diff_stat(repo, &old, &new)
+    }
+
+    fn tree_of<'r>(&self, repo: &'r Repository, rev: &str) -> Result<Tree<'r>, WorkspaceError> {
+        let found = match Oid::from_str(rev) {
+            Ok(oid) if rev.len() == 40 => repo.find_commit(oid).and_then(|c| c.tree()),
+            _ => repo.revparse_single(rev).and_then(|obj| obj.peel_to_tree()),
+        };
+        found.map_err(|source| WorkspaceError::RevNotFound {
+            rev: rev.to_string(),
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// The diff stat between two trees.
+pub(super) fn diff_stat(
+    repo: &Repository,
+    old: &Tree<'_>,
+    new: &Tree<'_>,
+) -> Result<DiffStat, WorkspaceError> {
+    let stats = repo
+        .diff_tree_to_tree(Some(old), Some(new), None)?
+        .stats()?;
+    Ok(DiffStat {
+        files_changed: stats.files_changed(),
+        insertions: stats.insertions(),
+        deletions: stats.deletions(),
+    })
+}
+
+/// Text kept up to a byte budget, counting what did not fit.
+struct BoundedText {
+    max: usize,
+    kept: Vec<u8>,
+    total: usize,
+}
+
+impl BoundedText {
+    fn new(max: usize) -> BoundedText {
+        BoundedText {
+            max,
+            kept: Vec::new(),
+            total: 0,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.total += bytes.len();
+        // Keep one byte more than the budget so `finish` can tell a cut happened mid-line.
+        let room = self.max.saturating_add(1).saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn finish(mut self) -> String {
+        if self.total <= self.max {
+            return String::from_utf8_lossy(&self.kept).into_owned();
+        }
+        self.kept.truncate(self.max);
+        // Cut at the last line end that fits, so no line is shown half.
+        if let Some(end) = self.kept.iter().rposition(|&b| b == b'\n') {
+            self.kept.truncate(end + 1);
+        }
+        let more = self.total - self.kept.len();
+        let mut text = String::from_utf8_lossy(&self.kept).into_owned();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("... (truncated, {more} more bytes)"));
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::testutil::{write_file, TestRepo};
+    use super::*;
+
+    fn workspace(t: &TestRepo) -> Workspace {
+        Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap()
+    }
+
+    #[test]
+    fn checkpoint_commits_new_files_on_the_branch() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        write_file(ws.path(), "src/lib.rs", "fn a() {}\nfn b() {}\n");
+        let cp = ws.checkpoint("wiggum: run-1 build iteration 1").unwrap();
+        assert!(cp.changed);
+        assert_ne!(cp.sha, ws.base_commit());
+        assert_eq!(ws.head().unwrap(), cp.sha);
+        assert_eq!(t.branch_tip("wiggum/run-1"), cp.sha);
+        assert_eq!(
+            cp.stat,
+            DiffStat {
+                files_changed: 1,
+                insertions: 2,
+                deletions: 0
+            }
+        );
+        let commit = t.repo.find_commit(Oid::from_str(&cp.sha).unwrap()).unwrap();
+        assert_eq!(commit.message(), Some("wiggum: run-1 build iteration 1"));
+        assert_eq!(commit.parent_id(0).unwrap().to_string(), ws.base_commit());
+        assert_eq!(commit.author().name(), Some("Test User"));
+        assert!(!ws.is_dirty().unwrap());
+        // The user's branch did not move.
+        assert_eq!(t.head(), ws.base_commit());
+    }
+
+    #[test]
+    fn checkpoint_without_changes_returns_the_head_unchanged() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        assert!(!cp.changed);
+        assert_eq!(cp.sha, ws.base_commit());
+        assert_eq!(cp.stat, DiffStat::default());
+
+        write_file(ws.path(), "a.txt", "a\n");
+        let first = ws.checkpoint("iteration 2").unwrap();
+        let second = ws.checkpoint("iteration 3").unwrap();
+        assert!(first.changed);
+        assert!(!second.changed);
+        assert_eq!(second.sha, first.sha);
+    }
+
+    #[test]
+    fn checkpoint_records_modifications_and_deletions() {
+        let t = TestRepo::new();
+        t.write("gone.txt", "one\ntwo\n");
+        t.commit_all("add gone.txt");
+        let ws = workspace(&t);
+        write_file(ws.path(), "README.md", "hello world\n");
+        std::fs::remove_file(ws.path().join("gone.txt")).unwrap();
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        assert!(cp.changed);
+        assert_eq!(
+            cp.stat,
+            DiffStat {
+                files_changed: 2,
+                insertions: 1,
+                deletions: 3
+            }
+        );
+        let tree = t
+            .repo
+            .find_commit(Oid::from_str(&cp.sha).unwrap())
+            .unwrap()
+            .tree()
+            .unwrap();
+        assert!(tree.get_path(Path::new("gone.txt")).is_err());
+    }
+
+    #[test]
+    fn checkpoint_leaves_ignored_files_out() {
+        let t = TestRepo::new();
+        t.write(".gitignore", "target/\n*.log\n");
+        t.commit_all("ignores");
+        let ws = workspace(&t);
+        write_file(ws.path(), "target/debug/app", "binary");
+        write_file(ws.path(), "run.log", "log");
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        assert!(!cp.changed);
+        write_file(ws.path(), "kept.txt", "kept\n");
+        let cp = ws.checkpoint("iteration 2").unwrap();
+        assert_eq!(cp.stat.files_changed, 1);
+    }
+
+    #[test]
+    fn checkpoint_counts_commits_the_agent_made_itself() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        // The agent commits on its own in the worktree.
+        let wt = Repository::open(ws.path()).unwrap();
+        write_file(ws.path(), "agent.txt", "by the agent\n");
+        let mut index = wt.index().unwrap();
+        index.add_path(Path::new("agent.txt")).unwrap();
+        index.write().unwrap();
+        let tree = wt.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("agent", "agent@example.com").unwrap();
+        let parent = wt.head().unwrap().peel_to_commit().unwrap();
+        let agent_commit = wt
+            .commit(Some("HEAD"), &sig, &sig, "agent", &tree, &[&parent])
+            .unwrap();
+
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        assert!(cp.changed);
+        assert_eq!(cp.sha, agent_commit.to_string());
+        assert_eq!(cp.stat.files_changed, 1);
+    }
+
+    #[test]
+    fn checkpoint_refuses_when_the_worktree_left_its_branch() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        let wt = Repository::open(ws.path()).unwrap();
+        wt.set_head_detached(Oid::from_str(ws.base_commit()).unwrap())
+            .unwrap();
+        let err = ws.checkpoint("iteration 1").unwrap_err();
+        assert!(matches!(err, WorkspaceError::WrongBranch { .. }), "{err}");
+        assert!(err.to_string().contains("detached"), "{err}");
+    }
+
+    #[test]
+    fn diff_shows_the_change_between_checkpoints() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        write_file(ws.path(), "README.md", "hello\nworld\n");
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        let diff = ws.diff(ws.base_commit(), &cp.sha, 10_000).unwrap();
+        assert!(
+            diff.contains("diff --git a/README.md b/README.md"),
+            "{diff}"
+        );
+        assert!(diff.contains("\n hello\n+world\n"), "{diff}");
+        assert!(!diff.contains("truncated"), "{diff}");
+        assert_eq!(ws.diff_stat(ws.base_commit(), &cp.sha).unwrap(), cp.stat);
+    }
+
+    #[test]
+    fn diff_is_bounded_with_a_truncation_marker() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        let big: String = (0..500).map(|i| format!("line {i}\n")).collect();
+        write_file(ws.path(), "big.txt", &big);
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        let full = ws.diff(ws.base_commit(), &cp.sha, usize::MAX).unwrap();
+        let cut = ws.diff(ws.base_commit(), &cp.sha, 300).unwrap();
+        let (kept, marker) = cut.rsplit_once("... (truncated, ").unwrap();
+        assert!(kept.len() <= 300, "{}", kept.len());
+        assert!(kept.ends_with('\n'));
+        assert!(full.starts_with(kept));
+        let more: usize = marker
+            .strip_suffix(" more bytes)")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(kept.len() + more, full.len());
+    }
+
+    #[test]
+    fn diff_of_an_unknown_revision_names_it() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        let err = ws.diff("no-such-rev", "HEAD", 100).unwrap_err();
+        assert!(matches!(err, WorkspaceError::RevNotFound { .. }), "{err}");
+        assert!(err.to_string().contains("no-such-rev"), "{err}");
+    }
+
+    #[test]
+    fn diff_stat_displays_like_git_shortstat() {
+        let stat = |f, i, d| DiffStat {
+            files_changed: f,
+            insertions: i,
+            deletions: d,
+        };
+        assert_eq!(
+            stat(3, 10, 2).to_string(),
+            "3 files changed, 10 insertions(+), 2 deletions(-)"
+        );
+        assert_eq!(stat(1, 1, 0).to_string(), "1 file changed, 1 insertion(+)");
+        assert_eq!(stat(1, 0, 1).to_string(), "1 file changed, 1 deletion(-)");
+        assert_eq!(
+            stat(0, 0, 0).to_string(),
+            "0 files changed, 0 insertions(+), 0 deletions(-)"
+        );
+    }
+
+    #[test]
+    fn bounded_text_keeps_short_text_whole() {
+        let mut out = BoundedText::new(10);
+        out.push(b"abc\n");
+        out.push(b"def\n");
+        assert_eq!(out.finish(), "abc\ndef\n");
+        let mut out = BoundedText::new(8);
+        out.push(b"abc\ndef\n");
+        assert_eq!(out.finish(), "abc\ndef\n");
+    }
+
+    #[test]
+    fn bounded_text_cuts_inside_a_long_line_when_no_line_end_fits() {
+        let mut out = BoundedText::new(4);
+        out.push(b"abcdefgh\n");
+        assert_eq!(out.finish(), "abcd\n... (truncated, 5 more bytes)");
+    }
+}
