@@ -6,7 +6,12 @@
 pub mod agent;
 pub mod command;
 pub mod duration;
+pub mod pricing;
+pub mod script;
+pub mod tools;
 
 pub use agent::{Agent, AgentError, Reply, Request, Role, Usage};
 pub use command::{run_process, CommandAgent, ProcessError, ProcessOutput, ProcessSpec};
 pub use duration::{format_duration, parse_duration};
+pub use pricing::Price;
+pub use script::ScriptAgent;
