@@ -1,1 +1,127 @@
-//! Events a run emits; the terminal display, `--json`, the ledger and reports consume them.
+//! [`Event`]s a run emits to an [`EventSink`]: the terminal display and `--json` are consumers.
+//!
+//! Nothing in the engine prints. A sink must be cheap: it is called from the loop's hot path.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::ralph::Outcome;
+
+/// A phase of one iteration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Work,
+    Checks,
+    Review,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Work => "work",
+            Phase::Checks => "checks",
+            Phase::Review => "review",
+        })
+    }
+}
+
+/// One check command's result, as events and reports show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckSummary {
+    pub command: String,
+    /// `None` when it was killed (timeout) or could not start.
+    pub exit_code: Option<i32>,
+    pub passed: bool,
+    pub duration_ms: u64,
+}
+
+/// Something that happened in a run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        name: String,
+        steps: Vec<String>,
+    },
+    StepStarted {
+        run_id: String,
+        step_id: String,
+        bead_id: String,
+        branch: Option<String>,
+        worktree: Option<String>,
+    },
+    PhaseStarted {
+        step_id: String,
+        iteration: u32,
+        phase: Phase,
+    },
+    ChecksFinished {
+        step_id: String,
+        iteration: u32,
+        checks: Vec<CheckSummary>,
+    },
+    ReviewFinished {
+        step_id: String,
+        iteration: u32,
+        approved: bool,
+        findings: Vec<String>,
+    },
+    IterationFinished {
+        step_id: String,
+        iteration: u32,
+        bead_id: String,
+        /// Why the loop went on or stopped (the bead's close reason).
+        reason: String,
+        checkpoint: Option<String>,
+        tokens: u64,
+        cost_usd: f64,
+        duration_ms: u64,
+    },
+    StepFinished {
+        step_id: String,
+        outcome: Outcome,
+        iterations: u32,
+        reason: String,
+    },
+    RunFinished {
+        run_id: String,
+        outcome: Outcome,
+        reason: String,
+    },
+}
+
+/// A consumer of events.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: &Event);
+}
+
+/// Drops every event.
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    fn emit(&self, _event: &Event) {}
+}
+
+/// Keeps every event in memory (tests, reports).
+#[derive(Default)]
+pub struct MemorySink {
+    pub events: Mutex<Vec<Event>>,
+}
+
+impl EventSink for MemorySink {
+    fn emit(&self, event: &Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event.clone());
+    }
+}
+
+impl<F: Fn(&Event) + Send + Sync> EventSink for F {
+    fn emit(&self, event: &Event) {
+        self(event)
+    }
+}

@@ -1,5 +1,16 @@
 //! The Ralph loop: work, checks, review, repeated until the step converges or a limit stops it.
+//!
+//! `runner.rs` drives one step; `progress.rs` decides convergence and stalls; `prompt.rs`
+//! builds each call's prompt fresh; `reply.rs` reads verdicts and tags; `checks.rs` runs the
+//! check commands.
 
+pub mod checks;
 pub mod config;
+pub mod outcome;
+pub mod progress;
+pub mod prompt;
+pub mod reply;
+pub mod text;
 
 pub use config::{LoopConfig, ReviewMode};
+pub use outcome::Outcome;

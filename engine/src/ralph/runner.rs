@@ -1,0 +1,778 @@
+//! [`run_loop`]: one step's Ralph loop. Each iteration is work → checks → review, recorded as
+//! a bead and checkpointed as a commit; [`Progress`] decides whether to go on.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wiggum_agents::{Agent, AgentError, Reply, Request, Role, Usage};
+
+use super::checks::{run_checks, CheckResult};
+use super::progress::{signature, Decision, Progress, Round};
+use super::prompt::{review_prompt, work_prompt, FailedCheck, Feedback, TaskText, DIFF_BYTES};
+use super::reply::{asks_split, gives_promise, parse_verdict, summary_line};
+use super::{LoopConfig, Outcome};
+use crate::events::{Event, EventSink, Phase};
+use crate::run::cancel::Cancel;
+use crate::run::record::{AgentCall, Recorder};
+use crate::workspace::Workspace;
+
+/// What one step's loop is asked to do.
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    pub run_id: String,
+    /// The step's id in the patrol (`task` for `wiggum task`).
+    pub step_id: String,
+    /// The step's bead.
+    pub bead_id: String,
+    pub prompt: String,
+    pub acceptance: Option<String>,
+    pub config: LoopConfig,
+}
+
+/// The agents of a step. The reviewer is `None` for `review = "none"`; for `self` it is the
+/// worker again (called with role `review`, in a fresh context).
+#[derive(Clone)]
+pub struct StepAgents {
+    pub worker: Arc<dyn Agent>,
+    pub reviewer: Option<Arc<dyn Agent>>,
+}
+
+/// Spend so far, shared by every step of a run so run-wide budgets hold.
+#[derive(Debug, Default)]
+pub struct Spend {
+    inner: std::sync::Mutex<(Usage, f64)>,
+    /// The run's cost budget (a patrol's `max_cost_usd`).
+    pub max_cost_usd: Option<f64>,
+}
+
+impl Spend {
+    /// A spend counter with a run-wide cost budget.
+    pub fn with_budget(max_cost_usd: Option<f64>) -> Spend {
+        Spend {
+            max_cost_usd,
+            ..Spend::default()
+        }
+    }
+
+    pub fn add(&self, usage: &Usage, cost: f64) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.0.add(usage);
+        g.1 += cost;
+    }
+
+    /// (tokens, cost in USD) so far.
+    pub fn totals(&self) -> (u64, f64) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (g.0.total(), g.1)
+    }
+}
+
+/// Where the loop starts (resume continues after the last finished iteration).
+#[derive(Clone, Debug, Default)]
+pub struct StartPoint {
+    /// Iterations already finished and recorded.
+    pub done: u32,
+    /// The bead of the last finished iteration, for the `blocks` chain.
+    pub previous_bead: Option<String>,
+}
+
+/// How a step's loop ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub outcome: Outcome,
+    pub reason: String,
+    pub iterations: u32,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    /// A line from the last work reply (`{{steps.ID.summary}}`).
+    pub summary: String,
+    pub last_checkpoint: Option<String>,
+    /// The agent asked to split the task (`<split/>`) or its context overflowed.
+    pub wants_split: bool,
+}
+
+/// Everything one iteration produced, filled in as it goes so that a timed-out or cancelled
+/// iteration still leaves a record of what it did.
+#[derive(Default)]
+struct IterationRecord {
+    work: Option<Result<String, String>>,
+    promise_given: bool,
+    checks: Vec<CheckResult>,
+    checks_ran: bool,
+    review: Option<Result<super::reply::Verdict, String>>,
+    review_skipped: Option<String>,
+    usage: Usage,
+    cost: f64,
+    agent_error: Option<AgentError>,
+    wants_split: bool,
+    summary: Option<String>,
+    /// The checkpoint taken right after the work phase.
+    checkpoint: Option<Result<crate::workspace::Checkpoint, String>>,
+}
+
+/// The loop's context, for the helpers below.
+struct Ctx<'a> {
+    spec: &'a StepSpec,
+    agents: &'a StepAgents,
+    workspace: &'a Workspace,
+    recorder: &'a Recorder,
+    sink: &'a dyn EventSink,
+    notes_path: String,
+    env: Vec<(String, String)>,
+}
+
+/// Runs one step's loop until it converges or a limit stops it.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_loop(
+    spec: &StepSpec,
+    agents: &StepAgents,
+    workspace: &Workspace,
+    recorder: &Recorder,
+    sink: &dyn EventSink,
+    cancel: &Cancel,
+    spend: &Spend,
+    start: StartPoint,
+) -> StepReport {
+    let cfg = &spec.config;
+    let ctx = Ctx {
+        spec,
+        agents,
+        workspace,
+        recorder,
+        sink,
+        notes_path: format!(".wiggum/notes/{}.md", spec.step_id),
+        env: vec![
+            ("WIGGUM_RUN".into(), spec.run_id.clone()),
+            ("WIGGUM_STEP".into(), spec.step_id.clone()),
+        ],
+    };
+    let started = Instant::now();
+    let mut progress = Progress::new(cfg.stable_rounds, cfg.stall_after);
+    let mut feedback = Feedback::default();
+    let mut previous = start.previous_bead.clone();
+    let mut report = StepReport {
+        outcome: Outcome::Exhausted,
+        reason: String::new(),
+        iterations: start.done,
+        usage: Usage::default(),
+        cost_usd: 0.0,
+        summary: String::new(),
+        last_checkpoint: workspace.head().ok(),
+        wants_split: false,
+    };
+    if let Err(e) = ensure_notes(workspace, &ctx.notes_path) {
+        return stop(report, Outcome::Error, e);
+    }
+    if start.done >= cfg.max_iterations {
+        report.reason = format!("max_iterations ({}) reached", cfg.max_iterations);
+        return report;
+    }
+
+    for n in (start.done + 1)..=cfg.max_iterations {
+        if cancel.is_cancelled() {
+            return stop(
+                report,
+                Outcome::Cancelled,
+                "cancelled before the iteration started".into(),
+            );
+        }
+        if let Some(reason) = over_budget(cfg, &report, spend) {
+            return stop(report, Outcome::Budget, reason);
+        }
+        let step_left = cfg.timeout.map(|t| t.saturating_sub(started.elapsed()));
+        if step_left == Some(Duration::ZERO) {
+            let reason = format!(
+                "the step's time limit ({}) was reached",
+                wiggum_agents::format_duration(cfg.timeout.unwrap_or_default())
+            );
+            return stop(report, Outcome::Timeout, reason);
+        }
+        let limit = match (cfg.iteration_timeout, step_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+
+        let bead = match recorder.start_iteration(&spec.bead_id, n, previous.as_deref()) {
+            Ok(id) => id,
+            Err(e) => return stop(report, Outcome::Error, format!("ledger: {e}")),
+        };
+        let iter_started = Instant::now();
+        let mut rec = IterationRecord::default();
+        let interrupted = {
+            let fut = iteration(&ctx, n, &bead, limit, &feedback, &mut rec);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Some(Outcome::Cancelled),
+                r = maybe_timeout(limit, fut) => if r { None } else { Some(Outcome::Timeout) },
+            }
+        };
+
+        // Whatever happened, the worktree keeps a checkpoint of what the agent left.
+        let checkpoint = match rec.checkpoint.take() {
+            Some(c) => c,
+            None => workspace
+                .checkpoint(&format!(
+                    "wiggum: {} {} iteration {n}",
+                    spec.run_id, spec.step_id
+                ))
+                .map_err(|e| e.to_string()),
+        };
+        let (sha, changed, stat) = match &checkpoint {
+            Ok(c) => (Some(c.sha.clone()), c.changed, c.stat.to_string()),
+            Err(e) => (None, false, format!("checkpoint failed: {e}")),
+        };
+        if sha.is_some() {
+            report.last_checkpoint = sha.clone();
+        }
+        report.usage.add(&rec.usage);
+        report.cost_usd += rec.cost;
+        spend.add(&rec.usage, rec.cost);
+        report.iterations = n;
+        if let Some(s) = rec.summary.take() {
+            report.summary = s;
+        }
+
+        // Decide.
+        let (decision, outcome): (String, Option<Outcome>) = if let Some(kind) = interrupted {
+            match kind {
+                Outcome::Cancelled => ("cancelled by the user (Ctrl-C)".into(), Some(kind)),
+                _ => (
+                    format!(
+                        "timeout: the iteration ran past {}",
+                        wiggum_agents::format_duration(limit.unwrap_or_default())
+                    ),
+                    Some(Outcome::Timeout),
+                ),
+            }
+        } else if let Some(err) = rec.agent_error.take() {
+            match err {
+                AgentError::Timeout { after } => (
+                    format!(
+                        "timeout: the agent ran past {}",
+                        wiggum_agents::format_duration(after)
+                    ),
+                    Some(Outcome::Timeout),
+                ),
+                AgentError::ContextOverflow { message } => {
+                    report.wants_split = true;
+                    (
+                        format!("error: context overflow ({message}); the task needs splitting"),
+                        Some(Outcome::Error),
+                    )
+                }
+                other => (
+                    format!("error: agent failed: {other}"),
+                    Some(Outcome::Error),
+                ),
+            }
+        } else if rec.wants_split {
+            report.wants_split = true;
+            (
+                "error: the agent declared the task too large (<split/>)".into(),
+                Some(Outcome::Error),
+            )
+        } else if checkpoint.is_err() {
+            (format!("error: {stat}"), Some(Outcome::Error))
+        } else {
+            let round = round_of(&rec, cfg, changed);
+            feedback = feedback_of(&rec, cfg);
+            match progress.observe(&round) {
+                Decision::Converged => ("converged".into(), Some(Outcome::Converged)),
+                Decision::Stalled(why) => (format!("stalled: {why}"), Some(Outcome::Stalled)),
+                Decision::Continue if n == cfg.max_iterations => (
+                    format!(
+                        "exhausted: max_iterations ({}) reached; {}",
+                        cfg.max_iterations,
+                        continue_reason(&rec, &round, progress.stable(), cfg)
+                    ),
+                    Some(Outcome::Exhausted),
+                ),
+                Decision::Continue => (
+                    format!(
+                        "continued: {}",
+                        continue_reason(&rec, &round, progress.stable(), cfg)
+                    ),
+                    None,
+                ),
+            }
+        };
+        let (decision, outcome) = match (outcome, over_budget(cfg, &report, spend)) {
+            (None, Some(why)) => (format!("budget: {why}"), Some(Outcome::Budget)),
+            (outcome, _) => (decision, outcome),
+        };
+
+        let duration = iter_started.elapsed();
+        let description = describe_iteration(n, &rec, sha.as_deref(), &stat, duration, cfg);
+        if let Err(e) = recorder.finish_iteration(&bead, &description, &decision) {
+            return stop(report, Outcome::Error, format!("ledger: {e}"));
+        }
+        sink.emit(&Event::IterationFinished {
+            step_id: spec.step_id.clone(),
+            iteration: n,
+            bead_id: bead.clone(),
+            reason: decision.clone(),
+            checkpoint: sha,
+            tokens: rec.usage.total(),
+            cost_usd: rec.cost,
+            duration_ms: duration.as_millis() as u64,
+        });
+        previous = Some(bead);
+        if let Some(outcome) = outcome {
+            return stop(report, outcome, decision);
+        }
+    }
+    report
+}
+
+fn stop(mut report: StepReport, outcome: Outcome, reason: String) -> StepReport {
+    report.outcome = outcome;
+    report.reason = reason;
+    report
+}
+
+async fn maybe_timeout(
+    limit: Option<Duration>,
+    fut: impl std::future::Future<Output = ()>,
+) -> bool {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut).await.is_ok(),
+        None => {
+            fut.await;
+            true
+        }
+    }
+}
+
+fn over_budget(cfg: &LoopConfig, report: &StepReport, spend: &Spend) -> Option<String> {
+    let (run_tokens, run_cost) = spend.totals();
+    if let Some(max) = cfg.max_cost_usd {
+        if report.cost_usd >= max {
+            return Some(format!(
+                "cost ${:.4} reached the step's budget of ${max:.2}",
+                report.cost_usd
+            ));
+        }
+    }
+    if let Some(max) = cfg.max_tokens {
+        if report.usage.total() >= max {
+            return Some(format!(
+                "{} tokens reached the step's budget of {max}",
+                report.usage.total()
+            ));
+        }
+    }
+    if let Some(max) = spend.max_cost_usd {
+        if run_cost >= max {
+            return Some(format!(
+                "the run's cost ${run_cost:.4} reached its budget of ${max:.2}"
+            ));
+        }
+    }
+    let _ = run_tokens;
+    None
+}
+
+fn ensure_notes(workspace: &Workspace, rel: &str) -> Result<(), String> {
+    let path = workspace.path().join(rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// One iteration's phases; fills `rec` as it goes.
+async fn iteration(
+    ctx: &Ctx<'_>,
+    n: u32,
+    bead: &str,
+    limit: Option<Duration>,
+    feedback: &Feedback,
+    rec: &mut IterationRecord,
+) {
+    let spec = ctx.spec;
+    let cfg = &spec.config;
+    let task = TaskText {
+        prompt: &spec.prompt,
+        acceptance: spec.acceptance.as_deref(),
+        checks: &cfg.checks,
+        promise: cfg.promise.as_deref(),
+        notes_path: &ctx.notes_path,
+    };
+    let started = Instant::now();
+    let remaining = |limit: Option<Duration>| limit.map(|l| l.saturating_sub(started.elapsed()));
+
+    // 1. work
+    phase(ctx, n, Phase::Work);
+    let notes =
+        std::fs::read_to_string(ctx.workspace.path().join(&ctx.notes_path)).unwrap_or_default();
+    let prompt = work_prompt(&task, n, &notes, feedback);
+    let reply = call(
+        ctx,
+        Role::Work,
+        &ctx.agents.worker,
+        bead,
+        n,
+        &prompt,
+        remaining(limit),
+        rec,
+    )
+    .await;
+    let Some(reply) = reply else { return };
+    rec.promise_given = cfg
+        .promise
+        .as_deref()
+        .is_some_and(|p| gives_promise(&reply.text, p));
+    rec.wants_split = asks_split(&reply.text);
+    rec.summary = Some(summary_line(&reply.text));
+    rec.work = Some(Ok(reply.text));
+    rec.checkpoint = Some(
+        ctx.workspace
+            .checkpoint(&format!(
+                "wiggum: {} {} iteration {n}",
+                spec.run_id, spec.step_id
+            ))
+            .map_err(|e| e.to_string()),
+    );
+    if rec.wants_split || matches!(rec.checkpoint, Some(Err(_))) {
+        return;
+    }
+
+    // 2. checks
+    phase(ctx, n, Phase::Checks);
+    let mut env = ctx.env.clone();
+    env.push(("WIGGUM_ITERATION".into(), n.to_string()));
+    let check_timeout = match remaining(limit) {
+        Some(r) => r.min(cfg.check_timeout),
+        None => cfg.check_timeout,
+    };
+    rec.checks = run_checks(&cfg.checks, ctx.workspace.path(), check_timeout, &env).await;
+    rec.checks_ran = true;
+    for check in &rec.checks {
+        let _ = ctx.recorder.log_check(bead, check);
+    }
+    ctx.sink.emit(&Event::ChecksFinished {
+        step_id: spec.step_id.clone(),
+        iteration: n,
+        checks: rec.checks.iter().map(CheckResult::summary).collect(),
+    });
+    let checks_passed = rec.checks.iter().all(|c| c.passed);
+
+    // 3. review
+    let Some(reviewer) = ctx.agents.reviewer.clone() else {
+        return;
+    };
+    if !checks_passed {
+        rec.review_skipped = Some("checks failed".into());
+        return;
+    }
+    phase(ctx, n, Phase::Review);
+    // The reviewer sees the whole change under review: the base against this checkpoint.
+    let head = ctx.workspace.head().unwrap_or_default();
+    let stat = match &rec.checkpoint {
+        Some(Ok(c)) => format!("this iteration: {}", c.stat),
+        _ => String::new(),
+    };
+    let diff = ctx
+        .workspace
+        .diff(ctx.workspace.base_commit(), &head, DIFF_BYTES)
+        .unwrap_or_else(|e| format!("(diff unavailable: {e})"));
+    let lines: Vec<String> = rec.checks.iter().map(CheckResult::line).collect();
+    let prompt = review_prompt(&task, n, &lines, &stat, &diff);
+    let reply = call(
+        ctx,
+        Role::Review,
+        &reviewer,
+        bead,
+        n,
+        &prompt,
+        remaining(limit),
+        rec,
+    )
+    .await;
+    let Some(reply) = reply else { return };
+    let verdict = parse_verdict(&reply.text);
+    if let Ok(v) = &verdict {
+        ctx.sink.emit(&Event::ReviewFinished {
+            step_id: spec.step_id.clone(),
+            iteration: n,
+            approved: v.approved,
+            findings: v.findings.clone(),
+        });
+    } else {
+        ctx.sink.emit(&Event::ReviewFinished {
+            step_id: spec.step_id.clone(),
+            iteration: n,
+            approved: false,
+            findings: vec![verdict.clone().unwrap_err()],
+        });
+    }
+    rec.review = Some(verdict);
+}
+
+fn phase(ctx: &Ctx<'_>, n: u32, phase: Phase) {
+    ctx.sink.emit(&Event::PhaseStarted {
+        step_id: ctx.spec.step_id.clone(),
+        iteration: n,
+        phase,
+    });
+}
+
+/// Calls an agent, records the call, and keeps its usage; `None` when it failed (the error is
+/// left in `rec`).
+#[allow(clippy::too_many_arguments)]
+async fn call(
+    ctx: &Ctx<'_>,
+    role: Role,
+    agent: &Arc<dyn Agent>,
+    bead: &str,
+    n: u32,
+    prompt: &str,
+    timeout: Option<Duration>,
+    rec: &mut IterationRecord,
+) -> Option<Reply> {
+    let request = Request {
+        role,
+        prompt: prompt.to_string(),
+        workdir: ctx.workspace.path().to_path_buf(),
+        run_id: ctx.spec.run_id.clone(),
+        step_id: ctx.spec.step_id.clone(),
+        iteration: n,
+        timeout,
+    };
+    let started = Instant::now();
+    let result = agent.call(&request).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let describe = agent.describe();
+    match result {
+        Ok(reply) => {
+            rec.usage.add(&reply.usage);
+            rec.cost += reply.cost_usd.unwrap_or(0.0);
+            let _ = ctx.recorder.log_agent_call(&AgentCall {
+                bead,
+                role: role.as_str(),
+                agent: &describe,
+                model: reply.model.as_deref(),
+                prompt,
+                response: Some(&reply.text),
+                error: None,
+                usage: reply.usage,
+                cost_usd: reply.cost_usd,
+                retries: reply.retries,
+                duration_ms,
+            });
+            Some(reply)
+        }
+        Err(err) => {
+            let message = err.to_string();
+            let _ = ctx.recorder.log_agent_call(&AgentCall {
+                bead,
+                role: role.as_str(),
+                agent: &describe,
+                model: None,
+                prompt,
+                response: None,
+                error: Some(&message),
+                usage: Usage::default(),
+                cost_usd: None,
+                retries: 0,
+                duration_ms,
+            });
+            match role {
+                Role::Work => rec.work = Some(Err(message)),
+                _ => rec.review = Some(Err(format!("the reviewer failed: {message}"))),
+            }
+            rec.agent_error = Some(err);
+            None
+        }
+    }
+}
+
+fn round_of(rec: &IterationRecord, cfg: &LoopConfig, changed: bool) -> Round {
+    let checks_passed = rec.checks_ran && rec.checks.iter().all(|c| c.passed);
+    let approved = match &rec.review {
+        None => rec.review_skipped.is_none(),
+        Some(Ok(v)) => v.approved,
+        Some(Err(_)) => false,
+    };
+    let promise_kept = cfg.promise.is_none() || rec.promise_given;
+    let mut parts: Vec<String> = Vec::new();
+    for c in rec.checks.iter().filter(|c| !c.passed) {
+        parts.push(c.command.clone());
+        parts.push(format!("{:?}", c.exit_code));
+        parts.push(super::text::tail_bytes(&c.output, 2048));
+    }
+    if checks_passed {
+        match &rec.review {
+            Some(Ok(v)) if !v.approved => {
+                let mut f = v.findings.clone();
+                f.sort();
+                parts.extend(f);
+            }
+            Some(Err(e)) => parts.push(e.clone()),
+            _ => {}
+        }
+        if !promise_kept {
+            parts.push("promise missing".into());
+        }
+    }
+    let round = Round {
+        checks_passed,
+        approved,
+        promise_kept,
+        changed,
+        failure_signature: None,
+    };
+    Round {
+        failure_signature: if round.is_good() {
+            None
+        } else {
+            Some(signature(parts.iter().map(String::as_str)))
+        },
+        ..round
+    }
+}
+
+fn feedback_of(rec: &IterationRecord, cfg: &LoopConfig) -> Feedback {
+    let mut fb = Feedback::default();
+    for c in rec.checks.iter().filter(|c| !c.passed) {
+        fb.failed_checks.push(FailedCheck {
+            command: c.command.clone(),
+            exit_code: c.exit_code,
+            output: c.output.clone(),
+            timed_out: c.timed_out,
+        });
+    }
+    match &rec.review {
+        Some(Ok(v)) if !v.approved => {
+            fb.notes.push("The reviewer did not approve.".into());
+            fb.findings = v.findings.clone();
+        }
+        Some(Err(e)) => fb.notes.push(format!("The review could not be read: {e}.")),
+        _ => {}
+    }
+    if let Some(p) = &cfg.promise {
+        let checks_passed = rec.checks.iter().all(|c| c.passed);
+        if rec.promise_given && !checks_passed {
+            fb.notes.push(format!(
+                "You gave <promise>{p}</promise> but the checks failed: it counts only when they pass."
+            ));
+        } else if !rec.promise_given && checks_passed {
+            fb.notes.push(format!(
+                "The checks passed but you did not give <promise>{p}</promise>: give it only when the task is completely done."
+            ));
+        }
+    }
+    fb
+}
+
+fn continue_reason(rec: &IterationRecord, round: &Round, stable: u32, cfg: &LoopConfig) -> String {
+    if !round.checks_passed {
+        let failed: Vec<String> = rec
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(CheckResult::line)
+            .collect();
+        return format!("checks failed: {}", failed.join(", "));
+    }
+    match &rec.review {
+        Some(Ok(v)) if !v.approved => {
+            return format!("review rejected ({} findings)", v.findings.len());
+        }
+        Some(Err(e)) => return format!("review rejected: {e}"),
+        _ => {}
+    }
+    if !round.promise_kept {
+        return "checks passed but the promise was not given".into();
+    }
+    format!(
+        "good round {stable} of the {} needed in a row",
+        cfg.stable_rounds
+    )
+}
+
+fn describe_iteration(
+    n: u32,
+    rec: &IterationRecord,
+    sha: Option<&str>,
+    stat: &str,
+    duration: Duration,
+    cfg: &LoopConfig,
+) -> String {
+    let mut d = String::new();
+    let _ = writeln!(d, "Iteration {n}.\n");
+    match &rec.work {
+        None => {
+            let _ = writeln!(d, "- work: not finished");
+        }
+        Some(Ok(text)) => {
+            let promise = match &cfg.promise {
+                None => String::new(),
+                Some(_) if rec.promise_given => ", promise given".into(),
+                Some(_) => ", no promise".into(),
+            };
+            let _ = writeln!(d, "- work: replied ({} bytes{promise})", text.len());
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(d, "- work: failed: {e}");
+        }
+    }
+    if rec.checks_ran {
+        let passed = rec.checks.iter().filter(|c| c.passed).count();
+        let _ = writeln!(d, "- checks: {passed}/{} passed", rec.checks.len());
+        for c in &rec.checks {
+            let code = c
+                .exit_code
+                .map_or_else(|| "none".to_string(), |c| c.to_string());
+            let _ = writeln!(
+                d,
+                "  - `{}`: exit {code}, {}",
+                c.command,
+                wiggum_agents::format_duration(c.duration)
+            );
+        }
+    } else {
+        let _ = writeln!(d, "- checks: not run");
+    }
+    match (&rec.review, &rec.review_skipped) {
+        (_, Some(why)) => {
+            let _ = writeln!(d, "- review: skipped ({why})");
+        }
+        (Some(Ok(v)), _) => {
+            let verdict = if v.approved { "approved" } else { "rejected" };
+            let _ = writeln!(d, "- review: {verdict}");
+            for f in &v.findings {
+                let _ = writeln!(d, "  - {}", super::text::truncate_chars(f, 300));
+            }
+        }
+        (Some(Err(e)), _) => {
+            let _ = writeln!(d, "- review: rejected: {e}");
+        }
+        (None, None) if cfg.review == super::ReviewMode::None => {
+            let _ = writeln!(d, "- review: none");
+        }
+        (None, None) => {
+            let _ = writeln!(d, "- review: not reached");
+        }
+    }
+    let _ = writeln!(d, "- diff: {stat}");
+    let _ = writeln!(d, "- checkpoint: {}", sha.unwrap_or("none"));
+    let _ = writeln!(
+        d,
+        "- tokens: {} in, {} out, {} cache read, {} cache write",
+        rec.usage.input_tokens,
+        rec.usage.output_tokens,
+        rec.usage.cache_read_tokens,
+        rec.usage.cache_write_tokens
+    );
+    let _ = writeln!(d, "- cost: ${:.4}", rec.cost);
+    let _ = writeln!(
+        d,
+        "- duration: {}",
+        wiggum_agents::format_duration(duration)
+    );
+    d
+}
