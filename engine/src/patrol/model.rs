@@ -1,0 +1,241 @@
+//! The validated patrol: [`Patrol`], its [`Step`]s, agents and schedule, as the engine uses them.
+//!
+//! Everything here has passed validation: names resolve, `needs` form a DAG, templates only
+//! name known vars and upstream steps. Build one with [`super::load`] or [`super::parse`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Local, Utc};
+
+use crate::ralph::LoopConfig;
+
+/// A patrol file, validated.
+#[derive(Clone, Debug)]
+pub struct Patrol {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// `[patrol] name`, or the file stem.
+    pub name: String,
+    pub description: Option<String>,
+    /// When the daemon starts a run; `None` = only on demand.
+    pub schedule: Option<ScheduleSpec>,
+    pub timezone: Tz,
+    pub overlap: Overlap,
+    /// Fire times missed while the daemon was down, within this window, run once.
+    pub catchup: Option<Duration>,
+    /// The repository to work on, resolved against the patrol file's directory.
+    pub repo: PathBuf,
+    /// Branch to start from; `None` = the repository's current branch.
+    pub base: Option<String>,
+    pub land: Land,
+    /// Steps and polecats at once (at least 1).
+    pub concurrency: usize,
+    /// Budget for the whole run.
+    pub max_cost_usd: Option<f64>,
+    /// `[vars]` after `--var` overrides.
+    pub vars: BTreeMap<String, String>,
+    pub agents: BTreeMap<String, AgentDef>,
+    /// In file order.
+    pub steps: Vec<Step>,
+}
+
+/// One `[agents.NAME]` table: its backend is known and its keys are checked; the engine turns
+/// [`AgentDef::table`] into the agents crate's config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentDef {
+    pub name: String,
+    /// One of [`BACKENDS`].
+    pub backend: String,
+    /// Every key of the table as written, `backend` included.
+    pub table: toml::Table,
+}
+
+/// The agent backends a patrol may name.
+pub const BACKENDS: &[&str] = &[
+    "claude-code",
+    "codex",
+    "gemini",
+    "command",
+    "anthropic",
+    "openai",
+    "script",
+];
+
+/// One node of the patrol's DAG.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Unique in the patrol.
+    pub id: String,
+    /// `title`, or the id.
+    pub title: String,
+    /// Steps that must finish first (direct only; see [`Patrol::upstream`]).
+    pub needs: Vec<String>,
+    pub kind: StepKind,
+    /// `[steps.split]`: parsed and validated; splitting itself is not built yet.
+    pub split: Option<SplitConfig>,
+    /// The line of the step's `[[steps]]` header, for messages.
+    pub line: usize,
+}
+
+/// What a step does.
+#[derive(Clone, Debug)]
+pub enum StepKind {
+    /// An agent works in a Ralph loop.
+    Agent {
+        /// A key of [`Patrol::agents`].
+        agent: String,
+        /// Unrendered template; see [`super::render`].
+        prompt: String,
+        /// Unrendered template.
+        acceptance: Option<String>,
+        /// `[steps.loop]`; its `checks` are unrendered templates (vars and outcomes only).
+        loop_config: LoopConfig,
+    },
+    /// A plain shell command (`sh -c`), one pass; exit 0 is success.
+    Command {
+        /// Unrendered template (vars and outcomes only).
+        run: String,
+        timeout: Option<Duration>,
+    },
+}
+
+/// `[steps.split]`: when and how far an oversized step is split (DESIGN.md §4).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SplitConfig {
+    /// Split before the first iteration when the estimated prompt is above this.
+    pub max_prompt_tokens: Option<u64>,
+    /// Split the remaining work when not converged after this many iterations.
+    pub after_iterations: Option<u32>,
+    /// At most this many subtasks per split (at least 2; default 6).
+    pub max_parts: u32,
+    /// How deep splits may nest (at least 1; default 1).
+    pub depth: u32,
+    /// Polecats working at once; `None` = the patrol's `concurrency`.
+    pub polecats: Option<usize>,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            max_prompt_tokens: None,
+            after_iterations: None,
+            max_parts: 6,
+            depth: 1,
+            polecats: None,
+        }
+    }
+}
+
+/// The timezone cron expressions are read in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tz {
+    #[default]
+    Utc,
+    /// The machine's local timezone.
+    Local,
+}
+
+/// What a fire time does while a run of the same patrol is still going.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overlap {
+    /// Drop this fire time.
+    #[default]
+    Skip,
+    /// Start once the running one ends (at most one waiting).
+    Queue,
+    /// Cancel the running one and start.
+    Cancel,
+    /// Start another run alongside.
+    Allow,
+}
+
+/// What happens to the work of a finished run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Land {
+    /// Merge into `base`.
+    #[default]
+    Merge,
+    /// Leave a branch (for CI to open a pull request).
+    Branch,
+    /// Keep nothing but the ledger.
+    None,
+}
+
+/// A parsed `schedule`: the text as written and the schedule it means.
+#[derive(Clone, Debug)]
+pub struct ScheduleSpec {
+    /// As written in the patrol file.
+    pub text: String,
+    /// In the `cron` crate's form (seconds first, Sunday = 1).
+    pub schedule: cron::Schedule,
+    pub timezone: Tz,
+}
+
+impl ScheduleSpec {
+    /// Parses a cron expression (see [`super::cron_expr::to_cron_crate`]) read in `timezone`.
+    pub fn parse(text: &str, timezone: Tz) -> Result<ScheduleSpec, String> {
+        let schedule = super::cron_expr::parse(text)?;
+        Ok(ScheduleSpec {
+            text: text.to_string(),
+            schedule,
+            timezone,
+        })
+    }
+
+    /// The first fire time strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self.timezone {
+            Tz::Utc => self.schedule.after(&after).next(),
+            Tz::Local => self
+                .schedule
+                .after(&after.with_timezone(&Local))
+                .next()
+                .map(|t| t.with_timezone(&Utc)),
+        }
+    }
+}
+
+impl Patrol {
+    /// The steps in an order where every step comes after all it needs; ties keep file order.
+    pub fn topo_order(&self) -> Vec<&Step> {
+        let mut done: BTreeSet<&str> = BTreeSet::new();
+        let mut order = Vec::with_capacity(self.steps.len());
+        while order.len() < self.steps.len() {
+            let next = self.steps.iter().find(|s| {
+                !done.contains(s.id.as_str()) && s.needs.iter().all(|n| done.contains(n.as_str()))
+            });
+            match next {
+                Some(step) => {
+                    done.insert(&step.id);
+                    order.push(step);
+                }
+                // Validation rejects cycles; stop rather than loop if one slipped through.
+                None => break,
+            }
+        }
+        order
+    }
+
+    /// Every step `id` needs, directly or through other steps.
+    pub fn upstream(&self, id: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![id.to_string()];
+        while let Some(cur) = stack.pop() {
+            if let Some(step) = self.step(&cur) {
+                for n in &step.needs {
+                    if seen.insert(n.clone()) {
+                        stack.push(n.clone());
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    /// The step with this id.
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}
