@@ -1,10 +1,11 @@
 //! The git workspace: each task runs in its own git worktree on a branch `wiggum/<run-id>`
 //! ([`Workspace`]), commits a [`Checkpoint`] per iteration, and on success lands onto the
-//! user's branch when that is safe.
+//! user's branch when that is safe ([`LandOutcome`]).
 
 mod checkpoint;
 mod discover;
 mod exclude;
+mod land;
 mod worktree;
 
 #[cfg(test)]
@@ -13,4 +14,5 @@ mod testutil;
 pub use checkpoint::{Checkpoint, DiffStat};
 pub use discover::{discover_root, WorkspaceError};
 pub use exclude::{ensure_excluded, is_wiggum_path, EXCLUDE_LINE};
+pub use land::LandOutcome;
 pub use worktree::{Workspace, WORKTREES_DIR};

@@ -48,6 +48,11 @@ impl TestRepo {
         write_file(&self.root, rel, content);
     }
 
+    /// The content of `rel` in the main working tree.
+    pub(super) fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap()
+    }
+
     /// Stages everything in the main working tree and commits it on HEAD.
     pub(super) fn commit_all(&self, message: &str) -> Oid {
         let mut index = self.repo.index().unwrap();
