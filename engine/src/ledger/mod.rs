@@ -1,1 +1,23 @@
-//! The beads ledger: SQLite store at `.wiggum/wiggum.db`, exported to `.beads/issues.jsonl`.
+//! The beads ledger: a SQLite store at `.wiggum/wiggum.db` ([`Ledger`]), exported to the
+//! git-tracked `.beads/issues.jsonl` that bd and br read, plus the append-only
+//! `.beads/interactions.jsonl` ([`InteractionLog`]). Every stored text goes through one
+//! [`Redactor`]. See docs/ledger.md.
+
+mod error;
+pub mod id;
+mod interactions;
+pub mod jsonl;
+mod model;
+mod redact;
+mod store;
+mod text;
+
+pub use error::LedgerError;
+pub use interactions::{Interaction, InteractionLog, MAX_INTERACTION_TEXT};
+pub use model::{
+    format_time, now, parse_time, Bead, BeadFilter, BeadUpdate, Comment, DepType, Dependency,
+    IssueType, NewBead, Status,
+};
+pub use redact::{is_secret_name, Redactor, MIN_SECRET_LEN, REDACTED};
+pub use store::{Ledger, BUSY_TIMEOUT, DEFAULT_PREFIX, MAX_LABEL_CHARS, MAX_TEXT, MAX_TITLE_CHARS};
+pub use text::truncate;

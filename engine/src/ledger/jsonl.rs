@@ -1,0 +1,436 @@
+//! The `.beads/issues.jsonl` format: [`Record`] is one line (the fields bd and br both read,
+//! plus any other field of an imported line, kept), [`read_lines`] parses a whole file with
+//! `file:line` errors, and [`AtomicWriter`] writes a new file (temp file, fsync, rename).
+
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::error::LedgerError;
+use super::model::{rfc3339, rfc3339_opt, Bead, Comment, Dependency, IssueType, Status};
+
+/// The `created_by` wiggum writes on its own beads: how a rebuild tells them from foreign ones.
+pub const WIGGUM: &str = "wiggum";
+
+/// Fields only one of the beads tools knows; dropped when wiggum takes over a foreign bead.
+const SINGLE_TOOL_FIELDS: &[&str] = &["_type", "metadata", "started_at", "spec_id"];
+
+/// One line of `issues.jsonl`. Serializes to exactly what bd and br accept; unknown fields of an
+/// imported line are kept in `extra` and written back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub title: String,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub description: String,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub notes: String,
+    pub status: Status,
+    pub priority: i64,
+    pub issue_type: IssueType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub labels: Vec<String>,
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "rfc3339")]
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub dependencies: Vec<Dependency>,
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub comments: Vec<Comment>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `null` reads as the default (bd sometimes writes `null` for empty lists).
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+impl Record {
+    /// Whether wiggum wrote this bead.
+    pub fn is_wiggums(&self) -> bool {
+        self.created_by.as_deref() == Some(WIGGUM)
+    }
+
+    /// Whether the bead may appear in `issues.jsonl` (ephemeral beads and wisps never do).
+    pub fn is_exportable(&self) -> bool {
+        !self.id.contains("-wisp-") && self.extra.get("ephemeral") != Some(&Value::Bool(true))
+    }
+
+    /// Makes an imported bead wiggum's: it is written in wiggum's form from now on, with
+    /// `created_by: "wiggum"`; fields only one tool knows are dropped, other fields kept.
+    pub fn take_over(&mut self) {
+        if self.is_wiggums() {
+            return;
+        }
+        self.created_by = Some(WIGGUM.to_string());
+        self.extra
+            .retain(|k, _| !SINGLE_TOOL_FIELDS.contains(&k.as_str()) && !k.ends_with("_count"));
+    }
+
+    /// The line (without `\n`).
+    pub fn render(&self) -> String {
+        serde_json::to_string(self).expect("a record always serializes")
+    }
+
+    /// The bead as the API returns it.
+    pub fn to_bead(&self, foreign: bool) -> Bead {
+        Bead {
+            id: self.id.clone(),
+            title: self.title.clone(),
+            description: self.description.clone(),
+            notes: self.notes.clone(),
+            status: self.status.clone(),
+            priority: self.priority.clamp(0, u8::MAX as i64) as u8,
+            issue_type: self.issue_type.clone(),
+            assignee: self.assignee.clone().filter(|a| !a.is_empty()),
+            labels: self.labels.clone(),
+            dependencies: self.dependencies.clone(),
+            comments: self.comments.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            closed_at: self.closed_at,
+            close_reason: self.close_reason.clone(),
+            created_by: self.created_by.clone(),
+            foreign,
+        }
+    }
+}
+
+/// One parsed line of a JSONL file: the record and the exact text it came from.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub number: usize,
+    pub raw: String,
+    pub record: Record,
+}
+
+/// Parses every line of `text` (the content of `file`); the first bad line is an error naming
+/// the file and the line. Empty lines are skipped.
+pub fn read_lines(file: &Path, text: &str) -> Result<Vec<Line>, LedgerError> {
+    let malformed = |line: usize, message: String| LedgerError::Malformed {
+        file: file.to_path_buf(),
+        line,
+        message,
+    };
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, raw) in text.split('\n').enumerate() {
+        let number = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        if ["<<<<<<<", "=======", ">>>>>>>", "|||||||"]
+            .iter()
+            .any(|m| raw.starts_with(m))
+        {
+            return Err(malformed(
+                number,
+                "git conflict marker: resolve the merge conflict in this file, then run again"
+                    .into(),
+            ));
+        }
+        let record: Record = serde_json::from_str(raw).map_err(|e| {
+            // Tell "not JSON at all" from "JSON but not a bead".
+            let message = match serde_json::from_str::<Value>(raw) {
+                Err(e) => format!("not valid JSON: {}", serde_message(&e)),
+                Ok(v) if !v.is_object() => "not a bead: expected one JSON object per line".into(),
+                Ok(_) => format!("not a bead: {}", serde_message(&e)),
+            };
+            malformed(number, message)
+        })?;
+        if record.id.trim().is_empty() {
+            return Err(malformed(number, "not a bead: the `id` is empty".into()));
+        }
+        if !(0..=i64::from(u8::MAX)).contains(&record.priority) {
+            return Err(malformed(
+                number,
+                format!(
+                    "bead `{}` has priority {}; use 0 (critical) to 4 (backlog)",
+                    record.id, record.priority
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(record.id.clone(), number) {
+            return Err(malformed(
+                number,
+                format!(
+                    "duplicate id `{}` (first on line {first}); keep one of the two lines",
+                    record.id
+                ),
+            ));
+        }
+        out.push(Line {
+            number,
+            raw: raw.to_string(),
+            record,
+        });
+    }
+    Ok(out)
+}
+
+/// serde_json's message without its "at line 1 column N" (the line is ours to name).
+fn serde_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rsplit_once(" at line ") {
+        Some((message, _)) => format!("{message} (column {})", e.column()),
+        None => text,
+    }
+}
+
+/// What the ledger remembers about the file it last wrote or read, to notice changes made
+/// behind its back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSig {
+    pub len: u64,
+    pub mtime_ns: i128,
+    pub sha256: String,
+}
+
+/// Size and modification time of a file, or `None` when it does not exist.
+pub fn stat(path: &Path) -> Result<Option<(u64, i128)>, LedgerError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as i128)
+                .unwrap_or(0);
+            Ok(Some((meta.len(), mtime)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LedgerError::io(
+            format!("cannot read {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// The SHA-256 of some bytes, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Writes a file atomically: lines go to a temp file in the same directory, which is fsynced
+/// and renamed over the target by [`AtomicWriter::finish`]. Dropped unfinished, it leaves the
+/// target untouched.
+pub struct AtomicWriter {
+    target: PathBuf,
+    out: BufWriter<tempfile::NamedTempFile>,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl AtomicWriter {
+    /// Starts a new version of `target`.
+    pub fn new(target: &Path) -> Result<AtomicWriter, LedgerError> {
+        let dir = target.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".issues.jsonl.")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| {
+                LedgerError::io(format!("cannot create a temp file in {}", dir.display()), e)
+            })?;
+        Ok(AtomicWriter {
+            target: target.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 20, tmp),
+            hasher: Sha256::new(),
+            len: 0,
+        })
+    }
+
+    /// Appends one line and its `\n`.
+    pub fn line(&mut self, line: &str) -> Result<(), LedgerError> {
+        self.hasher.update(line.as_bytes());
+        self.hasher.update(b"\n");
+        self.len += line.len() as u64 + 1;
+        self.out
+            .write_all(line.as_bytes())
+            .and_then(|_| self.out.write_all(b"\n"))
+            .map_err(|e| self.io_error(e))
+    }
+
+    /// Flushes, fsyncs, renames over the target (and fsyncs the directory); returns the new
+    /// file's signature.
+    pub fn finish(self) -> Result<FileSig, LedgerError> {
+        let target = self.target;
+        let ctx = |e| LedgerError::io(format!("cannot write {}", target.display()), e);
+        let tmp = self.out.into_inner().map_err(|e| ctx(e.into_error()))?;
+        tmp.as_file().sync_all().map_err(ctx)?;
+        tmp.persist(&target).map_err(|e| ctx(e.error))?;
+        if let Some(dir) = target.parent() {
+            // Makes the rename itself durable; not every platform can open a directory.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let (len, mtime_ns) = stat(&target)?.unwrap_or((self.len, 0));
+        Ok(FileSig {
+            len,
+            mtime_ns,
+            sha256: hex(&self.hasher.finalize()),
+        })
+    }
+
+    fn io_error(&self, e: std::io::Error) -> LedgerError {
+        LedgerError::io(format!("cannot write {}", self.target.display()), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"id":"bd-1","title":"t","status":"open","priority":0,"issue_type":"task","created_at":"2025-12-25T00:59:03.667211-08:00","updated_at":"2025-12-25T00:59:03Z"}"#;
+
+    #[test]
+    fn a_good_line_parses_and_keeps_its_raw_text() {
+        let lines = read_lines(Path::new("x.jsonl"), &format!("{GOOD}\n")).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].raw, GOOD);
+        assert_eq!(lines[0].record.priority, 0);
+        assert!(!lines[0].record.is_wiggums());
+    }
+
+    #[test]
+    fn a_bad_line_is_named_by_file_and_line_number() {
+        let text = format!("{GOOD}\n{{\"id\":\"bd-2\",\"title\":\"x\"}}\n");
+        let err = read_lines(Path::new(".beads/issues.jsonl"), &text).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(".beads/issues.jsonl:2: not a bead"),
+            "{msg}"
+        );
+        assert!(msg.contains("missing field"), "{msg}");
+        let err = read_lines(Path::new("f"), "{not json\n").unwrap_err();
+        assert!(err.to_string().starts_with("f:1: not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn conflict_markers_and_duplicate_ids_are_refused() {
+        let text = format!("<<<<<<< HEAD\n{GOOD}\n");
+        let err = read_lines(Path::new("f"), &text).unwrap_err();
+        assert!(err.to_string().contains("conflict marker"), "{err}");
+        let text = format!("{GOOD}\n\n{GOOD}\n");
+        let err = read_lines(Path::new("f"), &text).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("f:3: duplicate id `bd-1` (first on line 1)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wiggum_lines_have_required_fields_and_omit_empty_ones() {
+        let lines = read_lines(Path::new("f"), GOOD).unwrap();
+        let mut r = lines[0].record.clone();
+        r.take_over();
+        let v: Value = serde_json::from_str(&r.render()).unwrap();
+        for key in [
+            "id",
+            "title",
+            "status",
+            "priority",
+            "issue_type",
+            "created_at",
+            "updated_at",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+        assert_eq!(v["created_by"], WIGGUM);
+        assert_eq!(v["created_at"], "2025-12-25T08:59:03.667211Z");
+        for key in [
+            "description",
+            "labels",
+            "dependencies",
+            "comments",
+            "closed_at",
+            "assignee",
+        ] {
+            assert!(v.get(key).is_none(), "{key} present in {v}");
+        }
+    }
+
+    #[test]
+    fn taking_over_drops_single_tool_fields_and_keeps_the_rest() {
+        let line = GOOD.replace(
+            "\"priority\":0",
+            "\"priority\":0,\"design\":\"d\",\"_type\":\"x\",\"comment_count\":3,\"spec_id\":\"s\"",
+        );
+        let mut r = read_lines(Path::new("f"), &line).unwrap()[0].record.clone();
+        r.take_over();
+        let v: Value = serde_json::from_str(&r.render()).unwrap();
+        assert_eq!(v["design"], "d");
+        assert!(v.get("_type").is_none() && v.get("comment_count").is_none());
+        assert!(v.get("spec_id").is_none());
+    }
+
+    #[test]
+    fn atomic_writer_replaces_the_file_only_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("issues.jsonl");
+        std::fs::write(&path, "old\n").unwrap();
+        {
+            let mut w = AtomicWriter::new(&path).unwrap();
+            w.line("new").unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\n");
+        let mut w = AtomicWriter::new(&path).unwrap();
+        w.line("a").unwrap();
+        w.line("b").unwrap();
+        let sig = w.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\n");
+        assert_eq!(sig.len, 4);
+        assert_eq!(sig.sha256, sha256_hex(b"a\nb\n"));
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "temp files left behind");
+    }
+}

@@ -1,0 +1,857 @@
+//! Tests of [`Ledger`]: round trips, ready semantics, claims, rebuild, malformed input,
+//! redaction.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+use super::*;
+use crate::ledger::model::IssueType;
+use crate::ledger::Interaction;
+
+const BD_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../fixtures/beads/bd-v0.46.0-issues.jsonl"
+);
+
+fn bd_text() -> String {
+    std::fs::read_to_string(BD_FILE)
+        .unwrap_or_else(|e| panic!("the bd fixture {BD_FILE} must be readable: {e}"))
+}
+
+fn repo() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("wiggum-ledger-")
+        .tempdir()
+        .unwrap()
+}
+
+fn open(dir: &Path) -> Ledger {
+    Ledger::open(dir)
+        .unwrap()
+        .with_redactor(Redactor::default())
+}
+
+fn jsonl(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(".beads/issues.jsonl")).unwrap()
+}
+
+fn remove_db(dir: &Path) {
+    for name in ["wiggum.db", "wiggum.db-wal", "wiggum.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(".wiggum").join(name));
+    }
+}
+
+fn ids(beads: &[Bead]) -> Vec<&str> {
+    beads.iter().map(|b| b.id.as_str()).collect()
+}
+
+#[test]
+fn created_beads_get_prefixed_hash_ids_and_children_count_up() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let run = l.create(NewBead::epic("run")).unwrap();
+    assert!(run.id.starts_with("wg-"), "{}", run.id);
+    assert_eq!(run.created_by.as_deref(), Some("wiggum"));
+    assert!(!run.foreign);
+    let a = l.create(NewBead::task("a").child_of(&run.id)).unwrap();
+    let b = l.create(NewBead::task("b").child_of(&run.id)).unwrap();
+    assert_eq!(a.id, format!("{}.1", run.id));
+    assert_eq!(b.id, format!("{}.2", run.id));
+    assert_eq!(a.dependencies.len(), 1);
+    assert_eq!(a.dependencies[0].kind, DepType::ParentChild);
+    assert_eq!(a.dependencies[0].depends_on_id, run.id);
+    let a1 = l.create(NewBead::task("a1").child_of(&a.id)).unwrap();
+    let a11 = l.create(NewBead::task("a11").child_of(&a1.id)).unwrap();
+    assert_eq!(a11.id, format!("{}.1.1.1", run.id));
+    let err = l
+        .create(NewBead::task("too deep").child_of(&a11.id))
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 3 levels"), "{err}");
+    assert_eq!(ids(&l.children(&run.id).unwrap()), [&a.id, &b.id]);
+    assert_eq!(l.get(&a.id).unwrap().unwrap(), a);
+    assert!(l.get("wg-nope").unwrap().is_none());
+}
+
+#[test]
+fn open_with_prefix_is_remembered_by_later_opens() {
+    let dir = repo();
+    let mut l = Ledger::open_with_prefix(dir.path(), "acme").unwrap();
+    assert!(l
+        .create(NewBead::task("x"))
+        .unwrap()
+        .id
+        .starts_with("acme-"));
+    drop(l);
+    let mut l = open(dir.path());
+    assert_eq!(l.prefix(), "acme");
+    assert!(l
+        .create(NewBead::task("y"))
+        .unwrap()
+        .id
+        .starts_with("acme-"));
+    let err = Ledger::open_with_prefix(dir.path(), "Bad Prefix")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("lower-case"), "{err}");
+}
+
+#[test]
+fn bad_input_is_refused_with_what_to_do() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let err = l.create(NewBead::task("  ")).unwrap_err();
+    assert!(err.to_string().contains("non-empty title"), "{err}");
+    let err = l
+        .create(NewBead {
+            priority: 7,
+            ..NewBead::task("x")
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("0 (critical) to 4"), "{err}");
+    let err = l
+        .create(NewBead::task("x").child_of("wg-missing"))
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::NotFound(ref id) if id == "wg-missing"),
+        "{err}"
+    );
+    let err = l.close("wg-missing", "done").unwrap_err();
+    assert!(err.to_string().contains("wg-missing"), "{err}");
+}
+
+#[test]
+fn long_texts_are_bounded() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let b = l
+        .create(NewBead {
+            description: "d".repeat(MAX_TEXT * 3),
+            ..NewBead::task("t".repeat(2000))
+        })
+        .unwrap();
+    assert!(b.description.len() <= MAX_TEXT);
+    assert!(b.description.contains("truncated"));
+    assert_eq!(b.title.chars().count(), MAX_TITLE_CHARS);
+}
+
+#[test]
+fn update_and_close_keep_closed_at_exactly_when_closed() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let b = l.create(NewBead::task("t")).unwrap();
+    let b = l
+        .update(
+            &b.id,
+            BeadUpdate {
+                notes: Some("progress".into()),
+                add_labels: vec!["x".into(), "y".into()],
+                priority: Some(0),
+                assignee: Some(Some("ann".into())),
+                ..BeadUpdate::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(b.labels, ["x", "y"]);
+    assert_eq!(b.priority, 0);
+    assert_eq!(b.assignee.as_deref(), Some("ann"));
+    let closed = l.close(&b.id, "done: checks pass").unwrap();
+    assert_eq!(closed.status, Status::Closed);
+    assert!(closed.closed_at.is_some());
+    assert_eq!(closed.close_reason.as_deref(), Some("done: checks pass"));
+    let reopened = l
+        .update(
+            &b.id,
+            BeadUpdate {
+                status: Some(Status::Open),
+                remove_labels: vec!["x".into()],
+                assignee: Some(None),
+                ..BeadUpdate::default()
+            },
+        )
+        .unwrap();
+    assert!(reopened.closed_at.is_none() && reopened.close_reason.is_none());
+    assert_eq!(reopened.labels, ["y"]);
+    assert_eq!(reopened.assignee, None);
+    l.export().unwrap();
+    for line in jsonl(dir.path()).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            v["status"] == "closed",
+            v.get("closed_at").is_some(),
+            "{line}"
+        );
+        assert!(v["priority"].is_u64(), "{line}");
+    }
+}
+
+#[test]
+fn list_filters_by_status_label_parent_and_type() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let run = l.create(NewBead::epic("run")).unwrap();
+    let s1 = l
+        .create(NewBead {
+            labels: vec!["wiggum:step".into()],
+            ..NewBead::task("s1").child_of(&run.id)
+        })
+        .unwrap();
+    let s2 = l.create(NewBead::task("s2").child_of(&run.id)).unwrap();
+    l.close(&s2.id, "done").unwrap();
+    let by_label = l
+        .list(&BeadFilter {
+            label: Some("wiggum:step".into()),
+            ..BeadFilter::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&by_label), [&s1.id]);
+    let closed = l
+        .list(&BeadFilter {
+            status: Some(Status::Closed),
+            ..BeadFilter::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&closed), [&s2.id]);
+    let epics = l
+        .list(&BeadFilter {
+            issue_type: Some(IssueType::Epic),
+            ..BeadFilter::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&epics), [&run.id]);
+    let kids = l
+        .list(&BeadFilter {
+            parent: Some(run.id.clone()),
+            ..BeadFilter::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&kids), [&s1.id, &s2.id]);
+    assert_eq!(l.list(&BeadFilter::default()).unwrap().len(), 3);
+}
+
+#[test]
+fn each_blocking_dependency_type_keeps_a_bead_out_of_ready_until_its_target_closes() {
+    for kind in [
+        DepType::Blocks,
+        DepType::ConditionalBlocks,
+        DepType::WaitsFor,
+    ] {
+        let dir = repo();
+        let mut l = open(dir.path());
+        let first = l.create(NewBead::task("first")).unwrap();
+        let second = l.create(NewBead::task("second")).unwrap();
+        l.add_dependency(&second.id, &first.id, kind.clone())
+            .unwrap();
+        assert_eq!(ids(&l.ready().unwrap()), [&first.id], "{kind}");
+        l.close(&first.id, "done").unwrap();
+        assert_eq!(ids(&l.ready().unwrap()), [&second.id], "{kind}");
+    }
+}
+
+#[test]
+fn children_of_a_blocked_parent_are_blocked_and_of_an_open_parent_ready() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let gate = l.create(NewBead::task("gate")).unwrap();
+    let epic = l.create(NewBead::epic("epic")).unwrap();
+    let child = l.create(NewBead::task("child").child_of(&epic.id)).unwrap();
+    let grandchild = l.create(NewBead::task("gc").child_of(&child.id)).unwrap();
+    let ready: BTreeSet<String> = l.ready().unwrap().into_iter().map(|b| b.id).collect();
+    let all: BTreeSet<String> = [&gate.id, &epic.id, &child.id, &grandchild.id]
+        .into_iter()
+        .cloned()
+        .collect();
+    assert_eq!(ready, all, "an open parent does not block its children");
+    l.add_dependency(&epic.id, &gate.id, DepType::Blocks)
+        .unwrap();
+    assert_eq!(
+        ids(&l.ready().unwrap()),
+        [&gate.id],
+        "a blocked parent blocks its whole subtree"
+    );
+    l.close(&gate.id, "done").unwrap();
+    assert_eq!(l.ready().unwrap().len(), 3);
+}
+
+#[test]
+fn non_blocking_dependencies_and_non_open_beads_do_not_count_for_ready() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let a = l.create(NewBead::task("a")).unwrap();
+    let b = l.create(NewBead::task("b")).unwrap();
+    for kind in [
+        DepType::Related,
+        DepType::DiscoveredFrom,
+        DepType::RelatesTo,
+        DepType::Duplicates,
+        DepType::Supersedes,
+        DepType::CausedBy,
+        DepType::RepliesTo,
+    ] {
+        l.add_dependency(&b.id, &a.id, kind).unwrap();
+    }
+    assert_eq!(l.ready().unwrap().len(), 2);
+    assert!(l.claim(&a.id, "polecat-1").unwrap());
+    assert_eq!(
+        ids(&l.ready().unwrap()),
+        [&b.id],
+        "in progress is not ready"
+    );
+    let got = l.get(&b.id).unwrap().unwrap();
+    assert_eq!(got.dependencies.len(), 7);
+    assert_eq!(
+        got.dependencies
+            .iter()
+            .map(|d| d.kind.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "related",
+            "discovered-from",
+            "relates-to",
+            "duplicates",
+            "supersedes",
+            "caused-by",
+            "replies-to"
+        ]
+    );
+}
+
+#[test]
+fn ready_puts_the_most_urgent_first() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let low = l
+        .create(NewBead {
+            priority: 3,
+            ..NewBead::task("low")
+        })
+        .unwrap();
+    let high = l
+        .create(NewBead {
+            priority: 0,
+            ..NewBead::task("high")
+        })
+        .unwrap();
+    let low2 = l
+        .create(NewBead {
+            priority: 3,
+            ..NewBead::task("low2")
+        })
+        .unwrap();
+    assert_eq!(ids(&l.ready().unwrap()), [&high.id, &low.id, &low2.id]);
+}
+
+#[test]
+fn blocking_cycles_and_self_dependencies_are_refused() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let a = l.create(NewBead::task("a")).unwrap();
+    let b = l.create(NewBead::task("b")).unwrap();
+    let c = l.create(NewBead::task("c")).unwrap();
+    l.add_dependency(&b.id, &a.id, DepType::Blocks).unwrap();
+    l.add_dependency(&c.id, &b.id, DepType::WaitsFor).unwrap();
+    let err = l.add_dependency(&a.id, &c.id, DepType::Blocks).unwrap_err();
+    assert!(err.to_string().contains("cycle"), "{err}");
+    l.add_dependency(&a.id, &c.id, DepType::Related).unwrap();
+    let err = l.add_dependency(&a.id, &a.id, DepType::Blocks).unwrap_err();
+    assert!(err.to_string().contains("itself"), "{err}");
+    let err = l
+        .add_dependency(&a.id, "wg-zzz", DepType::Blocks)
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::NotFound(_)), "{err}");
+    // Adding the same dependency twice keeps one.
+    l.add_dependency(&b.id, &a.id, DepType::Blocks).unwrap();
+    assert_eq!(l.get(&b.id).unwrap().unwrap().dependencies.len(), 1);
+}
+
+#[test]
+fn comments_get_increasing_integer_ids() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let a = l.create(NewBead::task("a")).unwrap();
+    let b = l.create(NewBead::task("b")).unwrap();
+    let c1 = l.add_comment(&a.id, "wiggum", "first").unwrap();
+    let c2 = l.add_comment(&b.id, "wiggum", "second").unwrap();
+    assert_eq!((c1.id, c2.id), (1, 2));
+    l.export().unwrap();
+    let text = jsonl(dir.path());
+    assert!(text.contains("\"comments\":[{\"id\":1,"), "{text}");
+}
+
+#[test]
+fn only_one_of_many_threads_claiming_a_bead_wins() {
+    let dir = repo();
+    let id = open(dir.path())
+        .create(NewBead::task("contested"))
+        .unwrap()
+        .id;
+    let threads = 8;
+    let barrier = Arc::new(Barrier::new(threads));
+    let wins: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let barrier = barrier.clone();
+                let (dir, id) = (dir.path(), id.clone());
+                s.spawn(move || {
+                    let mut l = open(dir);
+                    barrier.wait();
+                    l.claim(&id, &format!("polecat-{i}")).unwrap() as usize
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(wins, 1);
+    let bead = open(dir.path()).get(&id).unwrap().unwrap();
+    assert_eq!(bead.status, Status::InProgress);
+    assert!(bead.assignee.unwrap().starts_with("polecat-"));
+}
+
+#[test]
+fn claiming_a_taken_or_missing_bead_says_so() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let b = l.create(NewBead::task("x")).unwrap();
+    assert!(l.claim(&b.id, "ann").unwrap());
+    assert!(!l.claim(&b.id, "bob").unwrap());
+    assert!(!l.claim(&b.id, "ann").unwrap(), "already in progress");
+    let assigned = l
+        .create(NewBead {
+            assignee: Some("carl".into()),
+            ..NewBead::task("y")
+        })
+        .unwrap();
+    assert!(!l.claim(&assigned.id, "bob").unwrap());
+    assert!(matches!(
+        l.claim("wg-none", "bob"),
+        Err(LedgerError::NotFound(_))
+    ));
+}
+
+#[test]
+fn concurrent_writers_never_mint_the_same_child_id() {
+    let dir = repo();
+    let parent = open(dir.path()).create(NewBead::epic("p")).unwrap().id;
+    let threads = 4;
+    let per_thread = 10;
+    let barrier = Arc::new(Barrier::new(threads));
+    let minted: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = barrier.clone();
+                let (dir, parent) = (dir.path(), parent.clone());
+                s.spawn(move || {
+                    let mut l = open(dir);
+                    barrier.wait();
+                    (0..per_thread)
+                        .map(|i| {
+                            l.create(NewBead::task(format!("c{i}")).child_of(&parent))
+                                .unwrap()
+                                .id
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let unique: BTreeSet<&String> = minted.iter().collect();
+    assert_eq!(unique.len(), threads * per_thread);
+    let expected: BTreeSet<String> = (1..=threads * per_thread)
+        .map(|n| format!("{parent}.{n}"))
+        .collect();
+    assert_eq!(minted.into_iter().collect::<BTreeSet<_>>(), expected);
+}
+
+/// Environment variables that turn this test binary into a claim helper process.
+const HELPER_REPO: &str = "WIGGUM_TEST_CLAIM_REPO";
+const HELPER_ID: &str = "WIGGUM_TEST_CLAIM_ID";
+const HELPER_NAME: &str = "WIGGUM_TEST_CLAIM_NAME";
+
+/// Run by `two_processes_claiming_one_bead_have_one_winner` in child processes: waits for the
+/// `go` file, claims, and prints `claim=won` or `claim=lost`.
+#[test]
+#[ignore = "helper process of two_processes_claiming_one_bead_have_one_winner"]
+fn claim_helper_process() {
+    let repo = std::env::var(HELPER_REPO).expect("run by the two-process claim test");
+    let id = std::env::var(HELPER_ID).expect("bead id");
+    let name = std::env::var(HELPER_NAME).expect("claimer name");
+    let repo = Path::new(&repo);
+    let mut l = open(repo);
+    std::fs::write(repo.join(format!("ready-{name}")), "").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !repo.join("go").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never got the go signal"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let won = l.claim(&id, &name).unwrap();
+    println!("\nclaim={}", if won { "won" } else { "lost" });
+}
+
+#[test]
+fn two_processes_claiming_one_bead_have_one_winner() {
+    let dir = repo();
+    let id = open(dir.path())
+        .create(NewBead::task("contested"))
+        .unwrap()
+        .id;
+    let exe = std::env::current_exe().unwrap();
+    let names = ["proc-a", "proc-b"];
+    let children: Vec<_> = names
+        .iter()
+        .map(|name| {
+            std::process::Command::new(&exe)
+                .args([
+                    "ledger::store::tests::claim_helper_process",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(HELPER_REPO, dir.path())
+                .env(HELPER_ID, &id)
+                .env(HELPER_NAME, name)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Both processes have opened the ledger before either claims.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !names
+        .iter()
+        .all(|n| dir.path().join(format!("ready-{n}")).exists())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "helpers never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let mut outcomes = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "helper failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let outcome = stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("claim="))
+            .unwrap_or_else(|| panic!("helper printed no outcome:\n{stdout}"))
+            .to_string();
+        outcomes.push(outcome);
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, ["lost", "won"]);
+    let bead = open(dir.path()).get(&id).unwrap().unwrap();
+    assert!(names.contains(&bead.assignee.as_deref().unwrap()));
+}
+
+#[test]
+fn the_bd_file_round_trips_with_every_foreign_line_unchanged() {
+    let original = bd_text();
+    let dir = repo();
+    std::fs::create_dir_all(dir.path().join(".beads")).unwrap();
+    std::fs::write(dir.path().join(".beads/issues.jsonl"), &original).unwrap();
+    let mut l = open(dir.path());
+    assert_eq!(
+        l.prefix(),
+        DEFAULT_PREFIX,
+        "bd's prefix is not taken for wiggum's"
+    );
+    let all = l.list(&BeadFilter::default()).unwrap();
+    assert!(all.len() > 600 && all.iter().all(|b| b.foreign));
+    assert!(!l.export().unwrap(), "nothing changed: no export");
+    assert_eq!(jsonl(dir.path()), original);
+
+    let run = l.create(NewBead::epic("a wiggum run")).unwrap();
+    let step = l.create(NewBead::task("step").child_of(&run.id)).unwrap();
+    l.add_dependency(&step.id, "bd-1slh", DepType::DiscoveredFrom)
+        .unwrap();
+    l.add_comment(&step.id, "wiggum", "note").unwrap();
+    assert!(l.export().unwrap());
+    let text = jsonl(dir.path());
+    let original_lines: Vec<&str> = original.lines().collect();
+    let exported: Vec<&str> = text.lines().collect();
+    assert_eq!(exported.len(), original_lines.len() + 2);
+    let exported_set: BTreeSet<&str> = exported.iter().copied().collect();
+    for line in &original_lines {
+        assert!(
+            exported_set.contains(line),
+            "foreign line changed or lost: {line}"
+        );
+    }
+    let exported_ids: Vec<String> = exported
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut sorted = exported_ids.clone();
+    sorted.sort();
+    assert_eq!(exported_ids, sorted, "lines sorted by id");
+    // The comment id does not collide with bd's comment ids.
+    let max_bd_comment = original_lines
+        .iter()
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["comments"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c["id"].as_i64().unwrap())
+        })
+        .max()
+        .unwrap();
+    let ours = l.get(&step.id).unwrap().unwrap();
+    assert!(ours.comments[0].id > max_bd_comment);
+
+    // Rebuilt from the file, the same beads come back and the foreign lines still round trip.
+    drop(l);
+    remove_db(dir.path());
+    let mut l = open(dir.path());
+    assert_eq!(l.get(&step.id).unwrap().unwrap(), ours);
+    assert!(!l.export().unwrap());
+    assert_eq!(jsonl(dir.path()), text);
+}
+
+#[test]
+fn a_foreign_bead_wiggum_changes_becomes_wiggums() {
+    let dir = repo();
+    std::fs::create_dir_all(dir.path().join(".beads")).unwrap();
+    std::fs::write(dir.path().join(".beads/issues.jsonl"), bd_text()).unwrap();
+    let mut l = open(dir.path());
+    let before = l.get("bd-1slh").unwrap().unwrap();
+    assert!(before.foreign);
+    assert!(l.claim("bd-1slh", "wiggum-polecat").unwrap());
+    let after = l.get("bd-1slh").unwrap().unwrap();
+    assert!(!after.foreign);
+    assert_eq!(after.created_by.as_deref(), Some("wiggum"));
+    assert_eq!(after.title, before.title);
+    assert_eq!(after.description, before.description);
+    assert_eq!(after.status, Status::InProgress);
+    l.export().unwrap();
+    drop(l);
+    remove_db(dir.path());
+    let l = open(dir.path());
+    assert!(!l.get("bd-1slh").unwrap().unwrap().foreign);
+}
+
+#[test]
+fn losing_the_database_loses_nothing() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let run = l.create(NewBead::epic("run")).unwrap();
+    let s1 = l.create(NewBead::task("s1").child_of(&run.id)).unwrap();
+    let s2 = l.create(NewBead::task("s2").child_of(&run.id)).unwrap();
+    l.add_dependency(&s2.id, &s1.id, DepType::Blocks).unwrap();
+    l.add_comment(&s1.id, "reviewer", "looks fine").unwrap();
+    l.close(&s1.id, "converged").unwrap();
+    l.update(
+        &s2.id,
+        BeadUpdate {
+            add_labels: vec!["polecat:ann".into()],
+            notes: Some("n".into()),
+            ..BeadUpdate::default()
+        },
+    )
+    .unwrap();
+    assert!(l.export().unwrap());
+    let before = l.list(&BeadFilter::default()).unwrap();
+    let ready_before = ids(&l.ready().unwrap())
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    drop(l);
+    remove_db(dir.path());
+
+    let mut l = open(dir.path());
+    assert_eq!(l.list(&BeadFilter::default()).unwrap(), before);
+    assert_eq!(ids(&l.ready().unwrap()), ready_before);
+    // Counters continue where they were: no id or comment id is reused.
+    let s3 = l.create(NewBead::task("s3").child_of(&run.id)).unwrap();
+    assert_eq!(s3.id, format!("{}.3", run.id));
+    assert_eq!(l.add_comment(&s3.id, "x", "y").unwrap().id, 2);
+    let label = l
+        .list(&BeadFilter {
+            label: Some("polecat:ann".into()),
+            ..BeadFilter::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&label), [&s2.id]);
+}
+
+#[test]
+fn export_writes_only_when_something_changed() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    assert!(!l.export().unwrap(), "an empty ledger has nothing to write");
+    l.create(NewBead::task("x")).unwrap();
+    assert!(l.is_dirty().unwrap());
+    assert!(l.export().unwrap());
+    assert!(!l.is_dirty().unwrap());
+    assert!(!l.export().unwrap());
+    let meta = std::fs::read_to_string(dir.path().join(".beads/metadata.json")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&meta).unwrap(),
+        serde_json::json!({"database": "beads.db", "jsonl_export": "issues.jsonl"})
+    );
+    assert!(!dir.path().join(".beads/beads.db").exists());
+    std::fs::remove_file(dir.path().join(".beads/issues.jsonl")).unwrap();
+    assert!(l.export().unwrap(), "a deleted file is written again");
+    assert_eq!(jsonl(dir.path()).lines().count(), 1);
+}
+
+#[test]
+fn lines_added_to_the_file_behind_the_ledgers_back_are_merged_not_lost() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    let ours = l.create(NewBead::task("ours")).unwrap();
+    l.export().unwrap();
+    // Someone (git pull, bd) adds a bead and edits ours, while we change ours too.
+    let mut text = jsonl(dir.path());
+    let foreign = r#"{"id":"bd-zzzz","title":"from bd","status":"open","priority":1,"issue_type":"bug","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
+    text.push_str(foreign);
+    text.push('\n');
+    std::fs::write(dir.path().join(".beads/issues.jsonl"), &text).unwrap();
+    l.update(
+        &ours.id,
+        BeadUpdate {
+            notes: Some("changed here".into()),
+            ..BeadUpdate::default()
+        },
+    )
+    .unwrap();
+    assert!(l.export().unwrap());
+    let after = jsonl(dir.path());
+    assert!(after.contains(foreign), "{after}");
+    assert!(after.contains("changed here"), "{after}");
+    assert!(l.get("bd-zzzz").unwrap().unwrap().foreign);
+    // A fresh open also picks up outside edits.
+    let edited = after.replace("\"from bd\"", "\"from bd, edited\"");
+    std::fs::write(dir.path().join(".beads/issues.jsonl"), &edited).unwrap();
+    let l2 = open(dir.path());
+    assert_eq!(l2.get("bd-zzzz").unwrap().unwrap().title, "from bd, edited");
+}
+
+#[test]
+fn a_malformed_line_is_reported_by_file_and_line_and_nothing_is_overwritten() {
+    let dir = repo();
+    let good = bd_text();
+    let mut lines: Vec<&str> = good.lines().take(5).collect();
+    lines.insert(2, "{\"id\": \"bd-bad\", \"title\": ");
+    let bad = lines.join("\n") + "\n";
+    std::fs::create_dir_all(dir.path().join(".beads")).unwrap();
+    let path = dir.path().join(".beads/issues.jsonl");
+    std::fs::write(&path, &bad).unwrap();
+    let err = Ledger::open(dir.path()).err().expect("open fails");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, LedgerError::Malformed { line: 3, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(".beads/issues.jsonl:3: not valid JSON"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), bad);
+
+    // With a ledger already open, a bad line arriving later stops the export, file untouched.
+    std::fs::write(&path, &good).unwrap();
+    let mut l = open(dir.path());
+    l.create(NewBead::task("pending")).unwrap();
+    let missing_field = good.replacen("\"priority\":2,", "", 1);
+    std::fs::write(&path, &missing_field).unwrap();
+    let err = l.export().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(":1: not a bead: missing field `priority`"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), missing_field);
+    // Fixing the file lets the pending bead out.
+    std::fs::write(&path, &good).unwrap();
+    assert!(l.export().unwrap());
+    assert!(jsonl(dir.path()).contains("\"title\":\"pending\""));
+}
+
+#[test]
+fn no_secret_from_the_environment_reaches_any_ledger_file() {
+    let dir = repo();
+    let secret = "s3cr3t-value-for-test-only";
+    let redactor = Redactor::from_vars([("MY_SERVICE_TOKEN", secret)]);
+    let mut l = Ledger::open(dir.path()).unwrap().with_redactor(redactor);
+    let b = l
+        .create(NewBead {
+            description: format!("token is {secret}"),
+            labels: vec![format!("l-{secret}")],
+            ..NewBead::task(format!("call with {secret}"))
+        })
+        .unwrap();
+    assert!(!b.title.contains(secret) && b.title.contains("[REDACTED:MY_SERVICE_TOKEN]"));
+    l.update(
+        &b.id,
+        BeadUpdate {
+            notes: Some(format!("notes {secret}")),
+            ..BeadUpdate::default()
+        },
+    )
+    .unwrap();
+    l.add_comment(&b.id, "wiggum", &format!("comment {secret}"))
+        .unwrap();
+    l.state_set("run", &format!("{{\"key\":\"{secret}\"}}"))
+        .unwrap();
+    l.interactions()
+        .append(&Interaction {
+            kind: "llm_call".into(),
+            prompt: Some(format!("prompt {secret}")),
+            ..Interaction::default()
+        })
+        .unwrap();
+    l.close(&b.id, &format!("failed: {secret}")).unwrap();
+    l.export().unwrap();
+    drop(l);
+    let mut checked = 0;
+    for sub in [".beads", ".wiggum"] {
+        for entry in std::fs::read_dir(dir.path().join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "secret found in {}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "issues.jsonl, interactions.jsonl, metadata.json, wiggum.db"
+    );
+}
+
+#[test]
+fn state_values_persist() {
+    let dir = repo();
+    let mut l = open(dir.path());
+    assert_eq!(l.state_get("k").unwrap(), None);
+    l.state_set("k", "v1").unwrap();
+    l.state_set("k", "v2").unwrap();
+    drop(l);
+    assert_eq!(
+        open(dir.path()).state_get("k").unwrap().as_deref(),
+        Some("v2")
+    );
+}
