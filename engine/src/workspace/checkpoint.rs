@@ -424,3 +424,45 @@ mod tests {
         assert_eq!(out.finish(), "abcd\n... (truncated, 5 more bytes)");
     }
 }
+
+/// Timing of the per-iteration git work, for the loop's overhead budget. Run it with
+/// `cargo nextest run -p wiggum-engine checkpoint_timing --run-ignored only --no-capture`.
+#[cfg(test)]
+mod timing {
+    use std::time::{Duration, Instant};
+
+    use super::super::testutil::{write_file, TestRepo};
+    use super::super::Workspace;
+
+    #[test]
+    #[ignore = "a measurement: prints the time per checkpoint"]
+    fn checkpoint_timing_on_a_small_repo() {
+        let t = TestRepo::new();
+        for i in 0..50 {
+            t.write(
+                &format!("src/mod{}/file{i}.rs", i % 5),
+                &"fn f() {}\n".repeat(40),
+            );
+        }
+        t.commit_all("fifty files");
+        let ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
+        let rounds = 100u32;
+        let (mut changed, mut unchanged) = (Duration::ZERO, Duration::ZERO);
+        for i in 0..rounds {
+            write_file(
+                ws.path(),
+                &format!("src/mod0/file{}.rs", i % 10),
+                &format!("// {i}\n"),
+            );
+            let start = Instant::now();
+            assert!(ws.checkpoint(&format!("iteration {i}")).unwrap().changed);
+            changed += start.elapsed();
+            let start = Instant::now();
+            assert!(!ws.checkpoint("no change").unwrap().changed);
+            unchanged += start.elapsed();
+        }
+        let (changed, unchanged) = (changed / rounds, unchanged / rounds);
+        println!("checkpoint on a 51-file repo: {changed:?} with a change, {unchanged:?} without");
+        assert!(changed < Duration::from_millis(250), "{changed:?}");
+    }
+}
