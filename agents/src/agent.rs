@@ -137,3 +137,9 @@ pub trait Agent: Send + Sync {
     /// Runs one call.
     async fn call(&self, request: &Request) -> Result<Reply, AgentError>;
 }
+
+impl std::fmt::Debug for dyn Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Agent({})", self.describe())
+    }
+}

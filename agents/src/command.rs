@@ -372,10 +372,55 @@ fn spawn_error(e: ProcessError, hint: Option<InstallHint>) -> AgentError {
         )),
         (ProcessError::NotFound { program }, None) => AgentError::permanent(format!(
             "agent command {program:?} not found: check the `command` of the agent's config \
-             (a bare name is looked up on PATH, a path is relative to the worktree)"
+             (a bare name is looked up on PATH, a relative path starts at the patrol file's directory)"
         )),
         _ => AgentError::permanent(format!("agent process: {e}")),
     }
+}
+
+/// Finds a program the way `exec` will: a name with a `/` is a path, a bare name is looked up
+/// on `PATH`. Returns the path when it exists and is an executable file.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| executable(p))
+    })
+}
+
+/// Resolves the program of an argv: a relative path with a `/` is taken relative to `base_dir`
+/// (the patrol file's directory), and the program must exist. `hint` explains a missing one.
+pub(crate) fn resolve_argv(
+    mut argv: Vec<String>,
+    base_dir: &Path,
+    hint: Option<InstallHint>,
+) -> Result<Vec<String>, AgentError> {
+    let Some(program) = argv.first().cloned() else {
+        return Err(AgentError::permanent(
+            "`command` is empty: give at least the program to run",
+        ));
+    };
+    if program.contains('/') && Path::new(&program).is_relative() {
+        argv[0] = base_dir.join(&program).display().to_string();
+    }
+    if find_program(&argv[0]).is_none() {
+        return Err(spawn_error(
+            ProcessError::NotFound {
+                program: argv[0].clone(),
+            },
+            hint,
+        ));
+    }
+    Ok(argv)
 }
 
 /// The error for a process that exited non-zero: the status and the tail of stderr.

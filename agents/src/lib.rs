@@ -4,9 +4,14 @@
 //! beads: the engine hands them a [`Request`] and records what comes back.
 
 pub mod agent;
+pub mod claude_code;
+pub mod codex;
 pub mod command;
+pub mod config;
 pub mod duration;
+pub mod gemini;
 pub mod pricing;
+pub mod retry;
 pub mod script;
 pub mod tools;
 

@@ -50,7 +50,7 @@ impl Price {
 }
 
 /// Model-name prefixes and their prices (Anthropic: cache write 1.25x input, read 0.1x;
-/// OpenAI: cached input as listed, no cache-write charge). Longer prefixes come first.
+/// OpenAI and Google: cached input as listed, no cache-write charge). Longer prefixes come first.
 const TABLE: &[(&str, Price)] = &[
     ("claude-opus-4-5", Price::new(5.0, 25.0, 0.5, 6.25)),
     ("claude-opus-4", Price::new(15.0, 75.0, 1.5, 18.75)),
@@ -68,6 +68,9 @@ const TABLE: &[(&str, Price)] = &[
     ("gpt-4o", Price::new(2.5, 10.0, 1.25, 0.0)),
     ("o4-mini", Price::new(1.1, 4.4, 0.275, 0.0)),
     ("o3", Price::new(2.0, 8.0, 0.5, 0.0)),
+    ("gemini-2.5-pro", Price::new(1.25, 10.0, 0.31, 0.0)),
+    ("gemini-2.5-flash-lite", Price::new(0.1, 0.4, 0.025, 0.0)),
+    ("gemini-2.5-flash", Price::new(0.3, 2.5, 0.075, 0.0)),
 ];
 
 /// The built-in price of a model, matched by the longest listed prefix of its name.

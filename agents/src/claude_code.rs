@@ -1,0 +1,230 @@
+//! The `claude-code` preset: `claude -p --output-format json`, prompt on stdin.
+//!
+//! The exit code is not trusted: the result object says whether the call worked (`is_error`,
+//! `subtype`), what it cost (`total_cost_usd`) and what it used (`usage`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::agent::{Agent, AgentError, Reply, Request, Usage};
+use crate::command::{exit_error, resolve_argv, run_agent_process, InstallHint, ProcessOutput};
+use crate::config::AgentConfig;
+use crate::retry::classify_text;
+
+const HINT: InstallHint = InstallHint {
+    backend: "claude-code",
+    install: "npm install -g @anthropic-ai/claude-code",
+};
+
+/// Claude Code in print mode.
+#[derive(Clone, Debug)]
+pub struct ClaudeCodeAgent {
+    program: Vec<String>,
+    model: Option<String>,
+    max_turns: Option<u32>,
+    allowed_tools: Vec<String>,
+    permission_mode: Option<String>,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    timeout: Duration,
+}
+
+impl ClaudeCodeAgent {
+    /// From a `backend = "claude-code"` config; fails when `claude` (or `command`) is missing.
+    pub fn from_config(cfg: &AgentConfig, base_dir: &Path) -> Result<Self, AgentError> {
+        let program = cfg
+            .command
+            .clone()
+            .unwrap_or_else(|| vec!["claude".to_string()]);
+        Ok(ClaudeCodeAgent {
+            program: resolve_argv(program, base_dir, Some(HINT))?,
+            model: cfg.model.clone(),
+            max_turns: cfg.max_turns,
+            allowed_tools: cfg.allowed_tools.clone().unwrap_or_default(),
+            permission_mode: cfg.permission_mode.clone(),
+            args: cfg.args.clone().unwrap_or_default(),
+            env: cfg.env_map(),
+            timeout: cfg
+                .call_timeout()?
+                .unwrap_or(crate::command::DEFAULT_TIMEOUT),
+        })
+    }
+
+    /// The argv of a call (the prompt goes to stdin).
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = self.program.clone();
+        argv.extend(["-p".into(), "--output-format".into(), "json".into()]);
+        if let Some(m) = &self.model {
+            argv.extend(["--model".into(), m.clone()]);
+        }
+        if let Some(n) = self.max_turns {
+            argv.extend(["--max-turns".into(), n.to_string()]);
+        }
+        if !self.allowed_tools.is_empty() {
+            argv.extend(["--allowedTools".into(), self.allowed_tools.join(",")]);
+        }
+        if let Some(p) = &self.permission_mode {
+            argv.extend(["--permission-mode".into(), p.clone()]);
+        }
+        argv.extend(self.args.iter().cloned());
+        argv
+    }
+}
+
+/// Finds the result object: the whole stdout, or (stream-json) the last `type: result` line.
+fn result_object(stdout: &str) -> Option<serde_json::Map<String, Value>> {
+    if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(stdout.trim()) {
+        return Some(o);
+    }
+    stdout
+        .lines()
+        .rev()
+        .find_map(|line| match serde_json::from_str::<Value>(line.trim()) {
+            Ok(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("result") => {
+                Some(o)
+            }
+            _ => None,
+        })
+}
+
+fn u64_at(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The start of a text, for error messages about output that is not what was expected.
+pub(crate) fn head(text: &str) -> String {
+    let t = text.trim();
+    if t.is_empty() {
+        return "nothing".to_string();
+    }
+    let cut: String = t.chars().take(300).collect();
+    if cut.len() < t.len() {
+        format!("{cut:?}...")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+/// Turns the output of `claude -p --output-format json` into a reply or a typed error.
+pub fn parse_output(
+    out: &ProcessOutput,
+    max_turns: Option<u32>,
+    model: Option<&str>,
+) -> Result<Reply, AgentError> {
+    let stdout = out.stdout_text();
+    let Some(obj) = result_object(&stdout) else {
+        if !out.success() {
+            return Err(exit_error("claude", out));
+        }
+        return Err(AgentError::permanent(format!(
+            "claude-code printed no JSON result object (expected `--output-format json` \
+             output), got {}",
+            head(&stdout)
+        )));
+    };
+    let subtype = obj.get("subtype").and_then(Value::as_str).unwrap_or("");
+    let is_error = obj
+        .get("is_error")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let text = obj
+        .get("result")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let num_turns = obj.get("num_turns").and_then(Value::as_u64);
+    match subtype {
+        "error_max_turns" => {
+            return Err(AgentError::permanent(format!(
+                "claude-code stopped at its turn limit ({} turns{}) before finishing: raise \
+                 `max_turns` or give it a smaller task",
+                num_turns.map_or("?".into(), |n| n.to_string()),
+                max_turns.map_or(String::new(), |m| format!(", max_turns = {m}"))
+            )))
+        }
+        s if s.starts_with("error_max_budget") => {
+            return Err(AgentError::permanent(format!(
+                "claude-code stopped at its spend limit ({s}) before finishing"
+            )))
+        }
+        s if s.starts_with("error") || is_error => {
+            let why = if text.is_empty() {
+                obj.get("errors")
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| format!("subtype {s:?}"))
+            } else {
+                text.clone()
+            };
+            return Err(
+                match classify_text(format!("claude-code reported an error: {why}")) {
+                    AgentError::Permanent { message } if !out.success() => {
+                        AgentError::permanent(format!("{message} ({})", out.describe_status()))
+                    }
+                    other => other,
+                },
+            );
+        }
+        _ => {}
+    }
+    if !out.success() {
+        return Err(exit_error("claude", out));
+    }
+    let usage = obj.get("usage").cloned().unwrap_or(Value::Null);
+    let mut reply = Reply {
+        text,
+        usage: Usage {
+            input_tokens: u64_at(&usage, "input_tokens"),
+            output_tokens: u64_at(&usage, "output_tokens"),
+            cache_read_tokens: u64_at(&usage, "cache_read_input_tokens"),
+            cache_write_tokens: u64_at(&usage, "cache_creation_input_tokens"),
+        },
+        cost_usd: obj
+            .get("total_cost_usd")
+            .or_else(|| obj.get("cost_usd"))
+            .and_then(Value::as_f64),
+        model: model.map(str::to_string).or_else(|| {
+            obj.get("modelUsage")
+                .and_then(Value::as_object)
+                .and_then(|m| m.keys().next().cloned())
+        }),
+        ..Reply::default()
+    };
+    for key in [
+        "session_id",
+        "num_turns",
+        "duration_ms",
+        "subtype",
+        "stop_reason",
+    ] {
+        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
+            reply.meta.insert(key.to_string(), v.clone());
+        }
+    }
+    Ok(reply)
+}
+
+#[async_trait::async_trait]
+impl Agent for ClaudeCodeAgent {
+    fn describe(&self) -> String {
+        match &self.model {
+            Some(m) => format!("claude-code: {m}"),
+            None => "claude-code".to_string(),
+        }
+    }
+
+    async fn call(&self, request: &Request) -> Result<Reply, AgentError> {
+        let out = run_agent_process(
+            self.argv(),
+            Some(request.prompt.clone().into_bytes()),
+            request,
+            &self.env,
+            self.timeout,
+            Some(HINT),
+        )
+        .await?;
+        parse_output(&out, self.max_turns, self.model.as_deref())
+    }
+}
