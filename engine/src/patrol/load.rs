@@ -49,6 +49,11 @@ pub const AGENT_KEYS: &[&str] = &[
     "price",
     "env",
     "args",
+    "request_timeout",
+    "max_retries",
+    "retry_delay",
+    "max_retry_time",
+    "tool_timeout",
 ];
 /// Keys of one `[[steps]]` table.
 pub const STEP_KEYS: &[&str] = &[
@@ -822,7 +827,20 @@ fn agent(
                 .uint(t, key, &section, 1, &format!("{key} = 20"))
                 .is_some();
     }
-    ok &= !t.contains_key("timeout") || ctx.duration(t, "timeout", &section).is_some();
+    for key in [
+        "timeout",
+        "request_timeout",
+        "retry_delay",
+        "max_retry_time",
+        "tool_timeout",
+    ] {
+        ok &= !t.contains_key(key) || ctx.duration(t, key, &section).is_some();
+    }
+    if t.contains_key("max_retries") {
+        ok &= ctx
+            .uint(t, "max_retries", &section, 0, "max_retries = 6")
+            .is_some();
+    }
     if let Some(env) = ctx.table(t, "env", &section, "env = { RUST_LOG = \"info\" }") {
         for (k, v) in env.iter() {
             if !matches!(v.get_ref(), DeValue::String(_)) {
@@ -838,15 +856,36 @@ fn agent(
             }
         }
     }
-    ok &= !t.contains_key("price")
-        || ctx
-            .table(
-                t,
-                "price",
-                &section,
-                "price = { input = 3.0, output = 15.0 }",
-            )
-            .is_some();
+    let price_section = format!("{section} price");
+    let price_example = "price = { input = 3.0, output = 15.0 }";
+    match ctx.table(t, "price", &section, price_example) {
+        Some(price) => {
+            ctx.unknown_keys(price, &["input", "output", "cache_read", "cache_write"], &price_section, |_| {
+                Some("a price has `input`, `output`, and optionally `cache_read`, `cache_write` (USD per million tokens)".into())
+            });
+            for key in ["input", "output", "cache_read", "cache_write"] {
+                match price.get(key) {
+                    Some(v) if !matches!(v.get_ref(), DeValue::Float(_) | DeValue::Integer(_)) => {
+                        ok = false;
+                        ctx.type_error(v, key, &price_section, "a number", price_example);
+                    }
+                    None if key == "input" || key == "output" => {
+                        ok = false;
+                        let span = t.get_key_value("price").map_or(0..0, |(k, _)| k.span());
+                        ctx.error(
+                            span,
+                            format!("{price_section} has no `{key}`"),
+                            Some(format!(
+                                "write e.g. `{price_example}` (USD per million tokens)"
+                            )),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None => ok &= !t.contains_key("price"),
+    }
     if let Some(b) = &backend {
         let required = match b.as_str() {
             "command" => Some((

@@ -278,9 +278,8 @@ fn needs_graph(
         let Some(id) = s.id.as_ref().map(|i| i.get_ref()) else {
             continue;
         };
-        if !ids.contains(id) || graph.contains_key(id) {
-            continue;
-        }
+        // A duplicate's `needs` are checked too, but only the first step of an id is a node.
+        let is_node = ids.contains(id) && !graph.contains_key(id);
         let mut edges: Vec<(String, Range<usize>)> = Vec::new();
         for n in &s.needs {
             let name = n.get_ref();
@@ -314,7 +313,9 @@ fn needs_graph(
                 edges.push((name.clone(), n.span()));
             }
         }
-        graph.insert(id.clone(), edges);
+        if is_node {
+            graph.insert(id.clone(), edges);
+        }
     }
     graph
 }
