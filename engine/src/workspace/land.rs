@@ -150,24 +150,41 @@ impl Workspace {
             Move::FastForward => format!("wiggum: land {} (fast-forward)", self.branch),
             Move::Merge => format!("wiggum: land {} (merge)", self.branch),
         };
+        // Hold the target's ref lock from the safety checks to the update, so no other git
+        // command can move it in between.
+        let mut tx = main.transaction()?;
+        if let Err(e) = tx.lock_ref(&target_ref) {
+            if e.code() == git2::ErrorCode::Locked {
+                return Ok(self.left(
+                    format!("another git command is updating {target} ({})", e.message()),
+                    format!(
+                        "wait for it to finish, then run `git merge {}`",
+                        self.branch
+                    ),
+                ));
+            }
+            return Err(e.into());
+        }
+        if main.refname_to_id(&target_ref)? != target_tip {
+            return Ok(self.left(
+                format!("{target} moved while the branch was being landed"),
+                format!("on {target}, run `git merge {}`", self.branch),
+            ));
+        }
         if let Some((tree_root, tree_repo)) = checked_out_in(&main, &target_ref)? {
-            let old_tree = target_commit.tree_id();
-            let new_tree = new_commit.tree_id();
-            if let Err(left) =
-                self.update_working_tree(&tree_root, &tree_repo, &target, old_tree, new_tree)?
-            {
+            if let Err(left) = self.update_working_tree(
+                &tree_root,
+                &tree_repo,
+                &target,
+                target_commit.tree_id(),
+                new_commit.tree_id(),
+            )? {
                 return Ok(left);
             }
-            if let Err(e) = main.reference_matching(&target_ref, new_tip, true, target_tip, &reflog)
-            {
-                // The target moved while we worked: put the files back as they were.
-                let _ =
-                    self.update_working_tree(&tree_root, &tree_repo, &target, new_tree, old_tree);
-                return Err(e.into());
-            }
-        } else {
-            main.reference_matching(&target_ref, new_tip, true, target_tip, &reflog)?;
         }
+        let sig = Identity::of(&main).now()?;
+        tx.set_target(&target_ref, new_tip, Some(&sig), &reflog)?;
+        tx.commit()?;
 
         let sha = new_tip.to_string();
         Ok(match how {
@@ -242,12 +259,29 @@ impl Workspace {
                 how_to_take("finish or abort it"),
             )));
         }
+        // The checkout writes the index last: a held index lock would fail it after the files
+        // were written, so look first.
+        if repo.path().join("index.lock").exists() {
+            return Ok(Err(self.left(
+                format!(
+                    "another git command holds the index of {} ({} exists)",
+                    root.display(),
+                    repo.path().join("index.lock").display()
+                ),
+                how_to_take("wait for it to finish (or delete the stale lock file)"),
+            )));
+        }
         let touched = touched_paths(repo, old, new)?;
         let dirty = dirty_paths(repo)?;
+        // An untracked or ignored directory is listed whole: a touched path in it is in the
+        // way only if something is there.
         let is_dirty = |path: &str| {
-            dirty
-                .iter()
-                .any(|d| d == path || (d.ends_with('/') && path.starts_with(d.as_str())))
+            dirty.iter().any(|d| {
+                d == path
+                    || (d.ends_with('/')
+                        && path.starts_with(d.as_str())
+                        && root.join(path).symlink_metadata().is_ok())
+            })
         };
         let (ours, theirs): (Vec<&String>, Vec<&String>) = touched
             .iter()
@@ -289,6 +323,16 @@ impl Workspace {
                             e.message()
                         ),
                         how_to_take("commit or stash your changes"),
+                    )));
+                }
+                Err(e) if e.code() == git2::ErrorCode::Locked => {
+                    return Ok(Err(self.left(
+                        format!(
+                            "another git command holds the index of {} ({})",
+                            root.display(),
+                            e.message()
+                        ),
+                        how_to_take("wait for it to finish"),
                     )));
                 }
                 Err(e) => return Err(e.into()),
@@ -711,6 +755,97 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("`nope`"), "{err}");
+    }
+
+    #[test]
+    fn land_removes_files_the_branch_deleted() {
+        let t = TestRepo::new();
+        t.write("old.txt", "old\n");
+        t.commit_all("old file");
+        let ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
+        std::fs::remove_file(ws.path().join("old.txt")).unwrap();
+        ws.checkpoint("iteration 1").unwrap();
+        let outcome = ws.land(None).unwrap();
+        assert!(outcome.is_landed(), "{outcome:?}");
+        assert!(!t.path("old.txt").exists());
+        assert_eq!(t.status_lines(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn land_goes_ahead_when_an_untracked_directory_only_holds_other_files() {
+        let t = TestRepo::new();
+        let ws = worked(&t, "docs/new.md", "agent docs\n");
+        t.write("docs/draft.md", "my draft\n");
+        let outcome = ws.land(None).unwrap();
+        assert!(outcome.is_landed(), "{outcome:?}");
+        assert_eq!(t.read("docs/new.md"), "agent docs\n");
+        assert_eq!(t.read("docs/draft.md"), "my draft\n");
+    }
+
+    #[test]
+    fn land_leaves_the_branch_when_a_file_inside_an_untracked_directory_is_in_the_way() {
+        let t = TestRepo::new();
+        let ws = worked(&t, "docs/new.md", "agent docs\n");
+        t.write("docs/new.md", "mine\n");
+        let outcome = ws.land(None).unwrap();
+        assert_left(&outcome, "docs/new.md");
+        assert_eq!(t.read("docs/new.md"), "mine\n");
+    }
+
+    #[test]
+    fn land_leaves_the_branch_when_the_user_staged_a_touched_file() {
+        let t = TestRepo::new();
+        let ws = worked(&t, "README.md", "agent\n");
+        t.write("README.md", "staged\n");
+        let mut index = t.repo.index().unwrap();
+        index.add_path(Path::new("README.md")).unwrap();
+        index.write().unwrap();
+        t.write("README.md", "hello\n");
+        let outcome = ws.land(None).unwrap();
+        assert_left(&outcome, "README.md");
+        let status = t.repo.status_file(Path::new("README.md")).unwrap();
+        assert!(status.contains(Status::INDEX_MODIFIED), "{status:?}");
+    }
+
+    #[test]
+    fn land_leaves_the_branch_during_a_merge_in_progress() {
+        let t = TestRepo::new();
+        let ws = worked(&t, "agent.txt", "agent\n");
+        std::fs::write(t.repo.path().join("MERGE_HEAD"), format!("{}\n", t.head())).unwrap();
+        let outcome = ws.land(None).unwrap();
+        assert_left(&outcome, "merge in progress");
+        assert!(!t.path("agent.txt").exists());
+    }
+
+    #[test]
+    fn land_leaves_the_branch_while_another_git_holds_the_index() {
+        let t = TestRepo::new();
+        let ws = worked(&t, "agent.txt", "agent\n");
+        let before = t.head();
+        std::fs::write(t.repo.path().join("index.lock"), "").unwrap();
+        let outcome = ws.land(None).unwrap();
+        assert_left(&outcome, "index");
+        assert_eq!(t.head(), before);
+        assert!(!t.path("agent.txt").exists());
+    }
+
+    #[test]
+    fn land_leaves_the_branch_while_another_git_holds_the_target_ref() {
+        let t = TestRepo::new();
+        let ws = worked(&t, "agent.txt", "agent\n");
+        let before = t.head();
+        std::fs::write(t.repo.path().join("refs/heads/main.lock"), "").unwrap();
+        let outcome = ws.land(None).unwrap();
+        assert_left(&outcome, "another git command is updating main");
+        assert_eq!(t.head(), before);
+    }
+
+    #[test]
+    fn land_onto_its_own_branch_is_an_error() {
+        let t = TestRepo::new();
+        let ws = worked(&t, "agent.txt", "agent\n");
+        let err = ws.land(Some("wiggum/run-1")).unwrap_err();
+        assert!(err.to_string().contains("onto itself"), "{err}");
     }
 
     #[test]
