@@ -234,12 +234,14 @@ impl Ctx<'_> {
         allowed: &[&str],
         section: &str,
         misplaced: fn(&str) -> Option<String>,
-    ) {
+    ) -> bool {
+        let mut all_known = true;
         for (key, _) in table.iter() {
             let k: &str = key.get_ref();
             if allowed.contains(&k) {
                 continue;
             }
+            all_known = false;
             let hint = misplaced(k)
                 .or_else(|| {
                     did_you_mean(k, allowed.iter().copied()).map(|s| format!("did you mean `{s}`?"))
@@ -251,6 +253,7 @@ impl Ctx<'_> {
                 Some(hint),
             );
         }
+        all_known
     }
 
     fn type_error(&mut self, v: &Val<'_>, key: &str, section: &str, expected: &str, example: &str) {
@@ -767,7 +770,7 @@ fn agent(
             Some("rename the agent, e.g. [agents.worker]".into()),
         );
     }
-    ctx.unknown_keys(t, AGENT_KEYS, &section, |k| match k {
+    let mut ok = ctx.unknown_keys(t, AGENT_KEYS, &section, |k| match k {
         "api_key" | "key" | "token" => Some(
             "never write a key into a patrol file: set `api_key_env = \"VAR\"` and export VAR"
                 .into(),
@@ -775,7 +778,6 @@ fn agent(
         "prompt" | "checks" | "review" => Some(format!("`{k}` belongs to a step, not to an agent")),
         _ => None,
     });
-    let mut ok = true;
     let backend = match ctx.string(t, "backend", &section, "backend = \"claude-code\"") {
         Some(b) if BACKENDS.contains(&b.get_ref().as_str()) => Some(b.into_inner()),
         Some(b) => {
@@ -860,7 +862,7 @@ fn agent(
     let price_example = "price = { input = 3.0, output = 15.0 }";
     match ctx.table(t, "price", &section, price_example) {
         Some(price) => {
-            ctx.unknown_keys(price, &["input", "output", "cache_read", "cache_write"], &price_section, |_| {
+            ok &= ctx.unknown_keys(price, &["input", "output", "cache_read", "cache_write"], &price_section, |_| {
                 Some("a price has `input`, `output`, and optionally `cache_read`, `cache_write` (USD per million tokens)".into())
             });
             for key in ["input", "output", "cache_read", "cache_write"] {
@@ -907,17 +909,46 @@ fn agent(
         }
     }
     let backend = backend?;
+    // Keys every backend knows, but not this one (`base_url` on claude-code, ...).
+    let allowed = wiggum_agents::config::allowed_keys(&backend);
+    for (key, _) in t.iter() {
+        let k: &str = key.get_ref();
+        if AGENT_KEYS.contains(&k) && !allowed.contains(&k) {
+            ok = false;
+            ctx.error(
+                key.span(),
+                format!("backend \"{backend}\" does not use `{k}` ({section})"),
+                Some(format!(
+                    "remove it; backend \"{backend}\" reads: {}",
+                    allowed.join(", ")
+                )),
+            );
+        }
+    }
     let table = plain
         .get("agents")
         .and_then(|a| a.get(n))
         .and_then(|a| a.as_table())
         .cloned()
         .unwrap_or_default();
-    ok.then(|| super::model::AgentDef {
+    if !ok {
+        return None;
+    }
+    let def = super::model::AgentDef {
         name: n.to_string(),
         backend,
         table,
-    })
+    };
+    // A last net under the checks above: the engine will deserialize exactly this.
+    if let Err(e) = def.config() {
+        ctx.error(
+            name.span(),
+            e,
+            Some(format!("fix the keys of {section}; see docs/patrols.md")),
+        );
+        return None;
+    }
+    Some(def)
 }
 
 fn step(ctx: &mut Ctx<'_>, span: Range<usize>, t: &DeTable<'_>) -> RawStep {
@@ -1275,6 +1306,25 @@ mod tests {
     fn steps_written_as_a_single_table_get_a_hint_about_double_brackets() {
         let errs = errors("[steps]\nid = \"a\"\n");
         assert_eq!(errs, ["1:2: `steps` must be an array of tables"]);
+    }
+
+    #[test]
+    fn agent_keys_are_exactly_what_the_backends_read() {
+        let union: std::collections::BTreeSet<&str> = BACKENDS
+            .iter()
+            .flat_map(|b| wiggum_agents::config::allowed_keys(b).iter().copied())
+            .collect();
+        let ours: std::collections::BTreeSet<&str> = AGENT_KEYS.iter().copied().collect();
+        assert_eq!(ours, union);
+    }
+
+    #[test]
+    fn keys_another_backend_reads_are_errors_on_this_one() {
+        let errs = errors("[agents.w]\nbackend = \"claude-code\"\nbase_url = \"http://x\"\n[[steps]]\nid = \"a\"\nprompt = \"p\"\n");
+        assert_eq!(
+            errs,
+            ["3:1: backend \"claude-code\" does not use `base_url` ([agents.w])"]
+        );
     }
 
     #[test]

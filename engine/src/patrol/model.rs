@@ -52,16 +52,18 @@ pub struct AgentDef {
     pub table: toml::Table,
 }
 
-/// The agent backends a patrol may name.
-pub const BACKENDS: &[&str] = &[
-    "claude-code",
-    "codex",
-    "gemini",
-    "command",
-    "anthropic",
-    "openai",
-    "script",
-];
+/// The agent backends a patrol may name (the agents crate's list).
+pub const BACKENDS: &[&str] = wiggum_agents::config::BACKENDS;
+
+impl AgentDef {
+    /// The agents crate's config for this table (validation has already deserialized it once,
+    /// so this only fails if the table was changed since).
+    pub fn config(&self) -> Result<wiggum_agents::config::AgentConfig, String> {
+        toml::Value::Table(self.table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("agent `{}`: {}", self.name, e.message()))
+    }
+}
 
 /// One node of the patrol's DAG.
 #[derive(Clone, Debug)]
