@@ -1,0 +1,198 @@
+//! Ledger benchmark (not a timed test): fills a ledger the way runs do, then measures create,
+//! update+close, ready, export and rebuild, and prints the figures.
+//!
+//! `cargo bench -p wiggum-engine --bench ledger` runs 10k and 100k beads;
+//! `WIGGUM_BENCH_SIZES=20000` picks other sizes. Run without `--bench` (e.g. by
+//! `cargo test --benches`) it does a quick pass over 500 beads.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use wiggum_engine::ledger::{BeadUpdate, DepType, Ledger, NewBead, Redactor};
+
+/// Beads per run: an epic, 4 steps, 4 iterations per step.
+const STEPS: usize = 4;
+const ITERATIONS: usize = 4;
+const PER_RUN: usize = 1 + STEPS * (1 + ITERATIONS);
+/// Runs still going at the end (their steps open, chained by `blocks`): 1 in this many.
+const OPEN_EVERY: usize = 20;
+/// Single operations measured at full size.
+const SAMPLES: usize = 1000;
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes: Vec<usize> = match std::env::var("WIGGUM_BENCH_SIZES") {
+        Ok(s) => s
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("WIGGUM_BENCH_SIZES: numbers, e.g. 10000,100000")
+            })
+            .collect(),
+        Err(_) if full => vec![10_000, 100_000],
+        Err(_) => vec![500],
+    };
+    for n in sizes {
+        bench(n);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// (median, p99) in milliseconds.
+fn stats(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| ms(samples[((samples.len() - 1) as f64 * q).round() as usize]);
+    (at(0.5), at(0.99))
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed())
+}
+
+fn bench(n: usize) {
+    let dir = tempfile::Builder::new()
+        .prefix("wiggum-bench-")
+        .tempdir()
+        .expect("temp dir");
+    let mut l = Ledger::open(dir.path())
+        .expect("open")
+        .with_redactor(Redactor::from_env());
+    let runs = n.div_ceil(PER_RUN);
+    let mut creates = Vec::with_capacity(n);
+    let mut create = |l: &mut Ledger, new: NewBead| {
+        let (bead, d) = timed(|| l.create(new).expect("create"));
+        creates.push(d);
+        bead.id
+    };
+    let fill_start = Instant::now();
+    for r in 0..runs {
+        let open = r % OPEN_EVERY == OPEN_EVERY - 1;
+        let epic = create(&mut l, NewBead::epic(format!("patrol run {r}")));
+        let mut previous: Option<String> = None;
+        for s in 0..STEPS {
+            let step = create(
+                &mut l,
+                NewBead {
+                    description: format!("step {s} of run {r}: make the checks pass"),
+                    labels: vec!["wiggum:step".into()],
+                    ..NewBead::task(format!("step {s}")).child_of(&epic)
+                },
+            );
+            if let Some(p) = &previous {
+                l.add_dependency(&step, p, DepType::Blocks).expect("dep");
+            }
+            for i in 0..ITERATIONS {
+                let it = create(
+                    &mut l,
+                    NewBead::task(format!("iteration {}", i + 1)).child_of(&step),
+                );
+                l.close(&it, "checks failed: 2 tests").expect("close");
+            }
+            if !open {
+                l.close(&step, "converged").expect("close");
+            }
+            previous = Some(step);
+        }
+        if !open {
+            l.close(&epic, "converged").expect("close");
+        }
+    }
+    let fill = fill_start.elapsed();
+    let total = runs * PER_RUN;
+
+    let (first_export, export_full) = timed(|| l.export().expect("export"));
+    assert!(first_export);
+    let size = std::fs::metadata(l.jsonl_path()).expect("jsonl").len();
+
+    // Single operations at full size.
+    let mut at_size = Vec::with_capacity(SAMPLES);
+    let mut ids = Vec::with_capacity(SAMPLES);
+    for i in 0..SAMPLES {
+        let (bead, d) = timed(|| {
+            l.create(NewBead::task(format!("extra {i}")))
+                .expect("create")
+        });
+        at_size.push(d);
+        ids.push(bead.id);
+    }
+    let mut update_close = Vec::with_capacity(SAMPLES);
+    for id in &ids {
+        let (_, d) = timed(|| {
+            l.update(
+                id,
+                BeadUpdate {
+                    notes: Some("iteration 1: checks pass, review approved".into()),
+                    ..BeadUpdate::default()
+                },
+            )
+            .expect("update");
+            l.close(id, "converged").expect("close");
+        });
+        update_close.push(d);
+    }
+    let mut ready = Vec::new();
+    let mut ready_count = 0;
+    for _ in 0..30 {
+        let (beads, d) = timed(|| l.ready().expect("ready"));
+        ready_count = beads.len();
+        ready.push(d);
+    }
+    let mut exports = Vec::new();
+    for i in 0..5 {
+        l.update(
+            &ids[i],
+            BeadUpdate {
+                notes: Some(format!("change {i}")),
+                ..BeadUpdate::default()
+            },
+        )
+        .expect("update");
+        let (wrote, d) = timed(|| l.export().expect("export"));
+        assert!(wrote);
+        exports.push(d);
+    }
+    let mut noop = Vec::new();
+    for _ in 0..20 {
+        let (wrote, d) = timed(|| l.export().expect("export"));
+        assert!(!wrote);
+        noop.push(d);
+    }
+    drop(l);
+    remove_db(dir.path());
+    let (l, rebuild) = timed(|| Ledger::open(dir.path()).expect("rebuild"));
+    assert_eq!(l.ready().expect("ready").len(), ready_count);
+
+    let (fill_median, fill_p99) = stats(creates);
+    let (create_median, create_p99) = stats(at_size);
+    let (uc_median, uc_p99) = stats(update_close);
+    let (ready_median, ready_p99) = stats(ready);
+    let (export_median, _) = stats(exports);
+    let (noop_median, _) = stats(noop);
+    let total = total + SAMPLES;
+    println!("ledger, {total} beads ({runs} runs of {PER_RUN} beads + {SAMPLES} tasks; 1 run in {OPEN_EVERY} still open)");
+    println!(
+        "  fill (creates, closes, deps, one commit each): {:.1} s",
+        fill.as_secs_f64()
+    );
+    println!("  create + commit while filling: median {fill_median:.3} ms, p99 {fill_p99:.3} ms");
+    println!(
+        "  create + commit at full size:  median {create_median:.3} ms, p99 {create_p99:.3} ms"
+    );
+    println!("  update + close (2 commits):    median {uc_median:.3} ms, p99 {uc_p99:.3} ms");
+    println!("  ready ({ready_count} beads returned):  median {ready_median:.3} ms, p99 {ready_p99:.3} ms");
+    println!("  export, full file ({:.1} MB):  first {:.0} ms, after one change median {export_median:.0} ms", size as f64 / 1e6, ms(export_full));
+    println!("  export, nothing changed:       median {noop_median:.3} ms");
+    println!("  rebuild db from JSONL:         {:.0} ms", ms(rebuild));
+}
+
+fn remove_db(dir: &Path) {
+    for name in ["wiggum.db", "wiggum.db-wal", "wiggum.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(".wiggum").join(name));
+    }
+}
