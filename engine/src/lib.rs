@@ -7,4 +7,5 @@ pub mod events;
 pub mod ledger;
 pub mod patrol;
 pub mod ralph;
+pub mod run;
 pub mod workspace;

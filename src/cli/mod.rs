@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod beads;
 pub mod daemon;
+pub mod display;
 pub mod error;
 pub mod report;
 pub mod resume;
@@ -25,7 +26,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Every subcommand.
+/// Every subcommand. Parsed once per process, so the size of the largest variant is no cost.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Run(run::RunArgs),

@@ -1,14 +1,286 @@
-//! `wiggum task`: Run one task as a Ralph loop: the agent works, wiggum runs the checks, a reviewer judges.
+//! `wiggum task`: run one task as a Ralph loop, from a terminal or a CI job.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
+use wiggum_agents::config::AgentConfig;
+use wiggum_engine::ralph::{LoopConfig, Outcome};
+use wiggum_engine::run::{run_task, Cancel, ReviewChoice, TaskOptions, TaskReport};
 
-use super::{not_yet, CliResult};
+use super::display::Display;
+use super::{resolve_repo, CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK};
 
-/// Run one task as a Ralph loop: the agent works, wiggum runs the checks, a reviewer judges.
+/// Run one task as a Ralph loop: the agent works, wiggum runs the checks, a reviewer judges,
+/// and the loop repeats until the work converges or a limit stops it. Every iteration is a bead
+/// in .beads/issues.jsonl; the work happens on branch wiggum/<run-id> in its own worktree and is
+/// landed onto your branch when it converged and that is safe.
+///
+/// Exit codes: 0 converged, 1 any other outcome, 2 usage error, 130 interrupted (Ctrl-C).
 #[derive(Debug, Args)]
-pub struct TaskArgs {}
+pub struct TaskArgs {
+    /// What the agent should do.
+    pub prompt: String,
+
+    /// A check command (run with `sh -c` in the worktree; all must exit 0). Repeatable.
+    #[arg(long = "check", value_name = "CMD")]
+    pub checks: Vec<String>,
+
+    /// Acceptance text shown to the agent and the reviewer.
+    #[arg(long, value_name = "TEXT")]
+    pub acceptance: Option<String>,
+
+    /// The agent: claude-code (default), codex, gemini, anthropic, openai.
+    #[arg(long, value_name = "PRESET", conflicts_with_all = ["agent_command", "script"])]
+    pub agent: Option<String>,
+
+    /// A command that is the agent: the prompt goes to its stdin (or replaces {prompt} /
+    /// {prompt_file}); its stdout is the reply. Quoted like a shell would.
+    #[arg(long, value_name = "CMD ARGS", conflicts_with = "script")]
+    pub agent_command: Option<String>,
+
+    /// Replay a scripted agent from a TOML file (tests and demos; not a real agent).
+    #[arg(long, value_name = "FILE")]
+    pub script: Option<PathBuf>,
+
+    /// The model for the agent preset.
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+
+    /// Who reviews: none (default), self (the same agent in a fresh context), or a preset.
+    #[arg(long, value_name = "self|none|PRESET", default_value = "none")]
+    pub review: String,
+
+    /// A command that is the reviewer (like --agent-command); implies a reviewer agent.
+    #[arg(long, value_name = "CMD ARGS", conflicts_with = "review")]
+    pub review_command: Option<String>,
+
+    /// Converge only when the work reply contains <promise>TEXT</promise> (and checks pass).
+    #[arg(long, value_name = "TEXT")]
+    pub promise: Option<String>,
+
+    /// Most iterations to run (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_iterations: u32,
+
+    /// Good rounds in a row, with no change in between, needed to converge.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub stable_rounds: u32,
+
+    /// Stop as stalled after the same failure (or no change) this many rounds in a row.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub stall_after: u32,
+
+    /// Time limit for the whole task, e.g. 30m.
+    #[arg(long, value_name = "DUR", value_parser = parse_dur)]
+    pub timeout: Option<Duration>,
+
+    /// Time limit for one iteration (work, checks and review), e.g. 10m.
+    #[arg(long, value_name = "DUR", value_parser = parse_dur)]
+    pub iteration_timeout: Option<Duration>,
+
+    /// Time limit for one check command.
+    #[arg(long, value_name = "DUR", value_parser = parse_dur, default_value = "10m")]
+    pub check_timeout: Duration,
+
+    /// Stop when the agents' reported cost reaches this many USD.
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+
+    /// Stop when the agents' reported tokens reach this many.
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u64>,
+
+    /// Leave the branch instead of landing it onto your branch.
+    #[arg(long)]
+    pub no_land: bool,
+
+    /// The repository (default: the git repository around the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// Print one JSON object with the result on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print only the result.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    wiggum_agents::parse_duration(s)
+}
 
 /// Runs `wiggum task`.
-pub fn run(_args: TaskArgs) -> CliResult {
-    Err(not_yet("task", "the Ralph loop is being built"))
+pub fn run(args: TaskArgs) -> CliResult {
+    let opts = options(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
+    let display = Display::new(args.quiet);
+    let cancel = Cancel::new();
+    let report = runtime.block_on(async {
+        let watcher = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted: recording the current iteration as cancelled (Ctrl-C again to quit at once)");
+                watcher.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(EXIT_INTERRUPTED);
+                }
+            }
+        });
+        run_task(opts, &display, &cancel).await
+    });
+    display.finish();
+    let report = report.map_err(|e| {
+        let err = CliError::failed(e.to_string());
+        match e {
+            wiggum_engine::run::TaskError::Agent(_) => CliError {
+                exit_code: super::EXIT_USAGE,
+                ..err
+            },
+            _ => err,
+        }
+    })?;
+    if args.json {
+        println!("{}", json(&report));
+    } else {
+        print!("{}", human(&report));
+    }
+    Ok(match report.outcome {
+        Outcome::Converged => EXIT_OK,
+        Outcome::Cancelled => EXIT_INTERRUPTED,
+        _ => EXIT_FAILED,
+    })
+}
+
+fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
+    if args.max_iterations == 0 {
+        return Err(CliError::usage(
+            "--max-iterations must be at least 1: there is no unlimited",
+        ));
+    }
+    if args.stable_rounds == 0 || args.stall_after == 0 {
+        return Err(CliError::usage(
+            "--stable-rounds and --stall-after must be at least 1",
+        ));
+    }
+    if args.prompt.trim().is_empty() {
+        return Err(CliError::usage("the task prompt is empty"));
+    }
+    let repo_root = resolve_repo(args.repo.as_deref())?;
+    let base_dir = std::env::current_dir()
+        .map_err(|e| CliError::failed(format!("cannot read the current directory: {e}")))?;
+    let worker = if let Some(cmd) = &args.agent_command {
+        command_agent(cmd, "--agent-command")?
+    } else if let Some(script) = &args.script {
+        AgentConfig {
+            backend: "script".into(),
+            script: Some(script.display().to_string()),
+            ..AgentConfig::default()
+        }
+    } else {
+        preset(
+            args.agent.as_deref().unwrap_or("claude-code"),
+            args.model.clone(),
+        )
+    };
+    let review = if let Some(cmd) = &args.review_command {
+        ReviewChoice::Agent(Box::new(command_agent(cmd, "--review-command")?))
+    } else {
+        match args.review.as_str() {
+            "none" => ReviewChoice::None,
+            "self" => ReviewChoice::SelfReview,
+            other => ReviewChoice::Agent(Box::new(preset(other, None))),
+        }
+    };
+    let config = LoopConfig {
+        max_iterations: args.max_iterations,
+        checks: args.checks.clone(),
+        promise: args.promise.clone(),
+        stable_rounds: args.stable_rounds,
+        stall_after: args.stall_after,
+        iteration_timeout: args.iteration_timeout,
+        timeout: args.timeout,
+        check_timeout: args.check_timeout,
+        max_cost_usd: args.max_cost,
+        max_tokens: args.max_tokens,
+        ..LoopConfig::default()
+    };
+    Ok(TaskOptions {
+        repo_root,
+        prompt: args.prompt.clone(),
+        acceptance: args.acceptance.clone(),
+        worker,
+        review,
+        config,
+        land: !args.no_land,
+        base_dir,
+    })
+}
+
+fn preset(name: &str, model: Option<String>) -> AgentConfig {
+    AgentConfig {
+        backend: name.to_string(),
+        model,
+        ..AgentConfig::default()
+    }
+}
+
+fn command_agent(cmd: &str, flag: &str) -> Result<AgentConfig, CliError> {
+    let argv = shlex::split(cmd).filter(|v| !v.is_empty()).ok_or_else(|| {
+        CliError::usage(format!("{flag} {cmd:?} is not a command line"))
+            .hint("quote it like a shell would: --agent-command \"my-agent --flag 'two words'\"")
+    })?;
+    Ok(AgentConfig {
+        backend: "command".into(),
+        command: Some(argv),
+        ..AgentConfig::default()
+    })
+}
+
+fn json(r: &TaskReport) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": r.run_id,
+        "step_id": r.step_id,
+        "outcome": r.outcome,
+        "reason": r.reason,
+        "iterations": r.iterations,
+        "tokens": r.tokens,
+        "usage": r.usage,
+        "cost_usd": r.cost_usd,
+        "branch": r.branch,
+        "landed": r.landed,
+        "land": r.land,
+        "worktree": r.worktree,
+        "checkpoint": r.last_checkpoint,
+    })
+}
+
+fn human(r: &TaskReport) -> String {
+    let mut out = format!(
+        "{}: {} after {} iteration{} ({})\n",
+        r.run_id,
+        r.outcome,
+        r.iterations,
+        if r.iterations == 1 { "" } else { "s" },
+        r.reason
+    );
+    out.push_str(&format!("tokens: {}, cost: ${:.4}\n", r.tokens, r.cost_usd));
+    match (&r.land, r.landed) {
+        (Some(land), _) => out.push_str(&format!("{land}\n")),
+        (None, _) => out.push_str(&format!(
+            "the work so far is on branch {} (worktree {})\n",
+            r.branch, r.worktree
+        )),
+    }
+    out.push_str(&format!(
+        "beads: wiggum beads show {}   (iterations: wiggum beads list --label wiggum:iteration)\n",
+        r.step_id
+    ));
+    out
 }

@@ -10,6 +10,7 @@ pub mod outcome;
 pub mod progress;
 pub mod prompt;
 pub mod reply;
+pub mod runner;
 pub mod text;
 
 pub use config::{LoopConfig, ReviewMode};

@@ -128,8 +128,7 @@ pub fn summary_line(reply: &str) -> String {
     let line = reply
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("<promise>") && !l.starts_with("<split"))
-        .next_back()
+        .rfind(|l| !l.is_empty() && !l.starts_with("<promise>") && !l.starts_with("<split"))
         .unwrap_or("");
     crate::ralph::text::truncate_chars(line, 200)
 }

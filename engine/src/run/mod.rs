@@ -1,0 +1,14 @@
+//! Runs: a one-shot task (`wiggum task`) or a patrol, recorded in the ledger as an epic bead
+//! with its steps and iterations below it.
+
+pub mod cancel;
+pub mod patrol;
+pub mod record;
+pub mod state;
+pub mod task;
+
+pub use cancel::Cancel;
+pub use patrol::{resume_run, run_patrol, PatrolOptions, PatrolReport, PatrolRunError};
+pub use record::Recorder;
+pub use state::{RunState, StepState};
+pub use task::{run_task, ReviewChoice, TaskError, TaskOptions, TaskReport};

@@ -1,0 +1,790 @@
+//! [`run_patrol`] and [`resume_run`]: a patrol's steps run as a DAG of Ralph loops and plain
+//! command steps, in parallel up to `concurrency`, recorded under one run bead.
+//!
+//! Each run has an integration branch `wiggum/<run>` (in its own worktree). A step works on
+//! `wiggum/<run>-<step>`, branched from the integration branch when it starts, so it sees the
+//! work of the steps it needs; when it converges its branch is merged back, one step at a time.
+//! After the last step the integration branch is landed per the patrol's `land`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use wiggum_agents::config::{build_agent, AgentConfig};
+use wiggum_agents::Agent;
+
+use super::cancel::Cancel;
+use super::record::Recorder;
+use super::state::{RunState, StepState};
+use super::task::close_reason;
+use crate::events::{Event, EventSink};
+use crate::ledger::{format_time, now, Ledger, Status};
+use crate::patrol::{render, Land, Patrol, PatrolErrors, Step, StepKind, StepResultView};
+use crate::ralph::checks::run_checks;
+use crate::ralph::runner::{run_loop, Spend, StartPoint, StepAgents, StepSpec};
+use crate::ralph::{Outcome, ReviewMode};
+use crate::workspace::{discover_root, LandOutcome, Workspace};
+
+/// What `wiggum run` asks for.
+pub struct PatrolOptions {
+    pub patrol: Patrol,
+    /// An idempotency key (`--run-id`): a second run with the same key continues or reports the
+    /// first instead of starting another.
+    pub run_key: Option<String>,
+    /// Run in this repository instead of the patrol's `repo` (the demo's scratch copy).
+    pub repo_override: Option<PathBuf>,
+}
+
+/// How a patrol run went.
+#[derive(Clone, Debug, Serialize)]
+pub struct PatrolReport {
+    pub run_id: String,
+    pub name: String,
+    pub repo: PathBuf,
+    pub outcome: Outcome,
+    pub reason: String,
+    pub steps: Vec<(String, StepState)>,
+    pub branch: String,
+    pub landed: Option<String>,
+    pub iterations: u32,
+    pub tokens: u64,
+    pub cost_usd: f64,
+    /// The run was continued from an earlier process.
+    pub resumed: bool,
+    /// The run had already finished (a repeated `--run-id`): nothing was run.
+    pub already_finished: bool,
+}
+
+/// Why a patrol could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PatrolRunError {
+    #[error("{0}")]
+    Invalid(#[from] PatrolErrors),
+    #[error("agent `{name}`: {message}")]
+    Agent { name: String, message: String },
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("workspace: {0}")]
+    Workspace(#[from] crate::workspace::WorkspaceError),
+    #[error("no run {0} in this repository's ledger (see `wiggum runs`)")]
+    UnknownRun(String),
+    #[error(
+        "run {0} is a one-shot task, which cannot be resumed; start it again with `wiggum task`"
+    )]
+    NotResumable(String),
+}
+
+/// Everything the steps of a run share.
+struct RunCtx {
+    patrol: Patrol,
+    run_id: String,
+    repo_root: PathBuf,
+    integration: String,
+    agents: BTreeMap<String, Arc<dyn Agent>>,
+    recorder: Arc<Recorder>,
+    sink: Arc<dyn EventSink>,
+    cancel: Cancel,
+    spend: Spend,
+    /// Merges into the integration branch happen one at a time.
+    land_lock: tokio::sync::Mutex<()>,
+    state: std::sync::Mutex<RunState>,
+}
+
+impl RunCtx {
+    fn save(&self) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Err(e) = state.save(&self.recorder) {
+            tracing::warn!("could not save run state: {e}");
+        }
+    }
+}
+
+/// Runs a patrol once, now.
+pub async fn run_patrol(
+    opts: PatrolOptions,
+    sink: Arc<dyn EventSink>,
+    cancel: Cancel,
+) -> Result<PatrolReport, PatrolRunError> {
+    let patrol = opts.patrol;
+    let start_dir = opts
+        .repo_override
+        .clone()
+        .unwrap_or_else(|| patrol.repo.clone());
+    let repo_root = discover_root(&start_dir)?;
+    let recorder = Arc::new(Recorder::new(Ledger::open(&repo_root)?));
+
+    if let Some(key) = &opts.run_key {
+        if let Some(existing) = RunState::by_key(&recorder, key)? {
+            return resume_with(recorder, repo_root, &existing, sink, cancel, Some(patrol)).await;
+        }
+    }
+    let agents = build_agents(&patrol)?;
+
+    let run_id = recorder.start_run(
+        &format!("patrol: {}", patrol.name),
+        &describe_patrol(&patrol),
+    )?;
+    let mut state = RunState {
+        run_id: run_id.clone(),
+        kind: "patrol".into(),
+        name: patrol.name.clone(),
+        patrol_path: Some(patrol.path.clone()),
+        vars: patrol.vars.clone(),
+        key: opts.run_key.clone(),
+        branch: Some(format!("wiggum/{run_id}")),
+        started_at: format_time(&now()),
+        ..RunState::default()
+    };
+    let mut beads: BTreeMap<String, String> = BTreeMap::new();
+    for step in &patrol.steps {
+        let bead = recorder.create_step(&run_id, &step.id, &step.title, &describe_step(step))?;
+        beads.insert(step.id.clone(), bead.clone());
+        state.steps.push((
+            step.id.clone(),
+            StepState {
+                bead,
+                status: "pending".into(),
+                ..StepState::default()
+            },
+        ));
+    }
+    for step in &patrol.steps {
+        for need in &step.needs {
+            recorder.blocks(&beads[&step.id], &beads[need])?;
+        }
+    }
+    state.save(&recorder)?;
+    state.save_key(&recorder)?;
+    recorder.ledger().export()?;
+
+    let integration = format!("wiggum/{run_id}");
+    if let Err(e) = Workspace::create(&repo_root, &run_id, &integration, patrol.base.as_deref()) {
+        let reason = format!("error: could not create the run's worktree: {e}");
+        let _ = recorder.finish(&run_id, "error", &reason, &reason);
+        return Err(e.into());
+    }
+    let ctx = Arc::new(RunCtx {
+        spend: Spend::with_budget(patrol.max_cost_usd),
+        patrol,
+        run_id,
+        repo_root,
+        integration,
+        agents,
+        recorder,
+        sink,
+        cancel,
+        land_lock: tokio::sync::Mutex::new(()),
+        state: std::sync::Mutex::new(state),
+    });
+    execute(ctx, false).await
+}
+
+/// Continues a run that was interrupted: finished steps are not run again, the step that was
+/// in flight goes on from its last checkpoint, and no iteration is recorded twice.
+pub async fn resume_run(
+    repo: &Path,
+    run_id: &str,
+    sink: Arc<dyn EventSink>,
+    cancel: Cancel,
+) -> Result<PatrolReport, PatrolRunError> {
+    let repo_root = discover_root(repo)?;
+    let recorder = Arc::new(Recorder::new(Ledger::open(&repo_root)?));
+    resume_with(recorder, repo_root, run_id, sink, cancel, None).await
+}
+
+async fn resume_with(
+    recorder: Arc<Recorder>,
+    repo_root: PathBuf,
+    run_id: &str,
+    sink: Arc<dyn EventSink>,
+    cancel: Cancel,
+    patrol: Option<Patrol>,
+) -> Result<PatrolReport, PatrolRunError> {
+    let state = RunState::load(&recorder, run_id)?
+        .ok_or_else(|| PatrolRunError::UnknownRun(run_id.into()))?;
+    if state.kind != "patrol" {
+        return Err(PatrolRunError::NotResumable(run_id.into()));
+    }
+    if state.finished_at.is_some() {
+        return Ok(report_of(&state, repo_root, false, true));
+    }
+    let patrol = match patrol {
+        Some(p) => p,
+        None => {
+            let path = state.patrol_path.clone().unwrap_or_default();
+            crate::patrol::load(&path, &state.vars)?
+        }
+    };
+    let agents = build_agents(&patrol)?;
+    let integration = state
+        .branch
+        .clone()
+        .unwrap_or_else(|| format!("wiggum/{run_id}"));
+    Workspace::open(&repo_root, run_id, &integration)?;
+    let ctx = Arc::new(RunCtx {
+        spend: Spend::with_budget(patrol.max_cost_usd),
+        patrol,
+        run_id: run_id.to_string(),
+        repo_root,
+        integration,
+        agents,
+        recorder,
+        sink,
+        cancel,
+        land_lock: tokio::sync::Mutex::new(()),
+        state: std::sync::Mutex::new(state),
+    });
+    execute(ctx, true).await
+}
+
+fn build_agents(patrol: &Patrol) -> Result<BTreeMap<String, Arc<dyn Agent>>, PatrolRunError> {
+    let base_dir = patrol
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut agents = BTreeMap::new();
+    for (name, def) in &patrol.agents {
+        let cfg: AgentConfig =
+            toml::Value::Table(def.table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| PatrolRunError::Agent {
+                    name: name.clone(),
+                    message: e.message().to_string(),
+                })?;
+        let agent = build_agent(&cfg, &base_dir).map_err(|e| PatrolRunError::Agent {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+        agents.insert(name.clone(), agent);
+    }
+    Ok(agents)
+}
+
+/// Runs every step whose needs are met, up to `concurrency` at once, until none is left.
+async fn execute(ctx: Arc<RunCtx>, resumed: bool) -> Result<PatrolReport, PatrolRunError> {
+    ctx.sink.emit(&Event::RunStarted {
+        run_id: ctx.run_id.clone(),
+        name: ctx.patrol.name.clone(),
+        steps: ctx.patrol.steps.iter().map(|s| s.id.clone()).collect(),
+    });
+    let concurrency = ctx.patrol.concurrency.max(1);
+    let mut running = tokio::task::JoinSet::new();
+    let mut in_flight = 0usize;
+    // Steps started by this process; a step left `running` by a killed one is started again.
+    let mut started = std::collections::HashSet::new();
+    loop {
+        // Start (or skip) every step whose needs are done.
+        for step in ctx.patrol.topo_order() {
+            if in_flight >= concurrency || ctx.cancel.is_cancelled() {
+                break;
+            }
+            let (status, blocked_by, ready) = {
+                let state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+                let own = state.step(&step.id).cloned().unwrap_or_default();
+                let mut ready = true;
+                let mut blocked_by = None;
+                for need in &step.needs {
+                    match state.step(need) {
+                        Some(s) if s.status == "done" => {
+                            if s.outcome != Some(Outcome::Converged) && blocked_by.is_none() {
+                                blocked_by = Some(need.clone());
+                            }
+                        }
+                        _ => ready = false,
+                    }
+                }
+                (own.status, blocked_by, ready)
+            };
+            let startable = status == "pending" || status == "running";
+            if !startable || started.contains(&step.id) || !ready {
+                continue;
+            }
+            if let Some(need) = blocked_by {
+                skip_step(&ctx, step, &need);
+                continue;
+            }
+            mark(&ctx, &step.id, |s| s.status = "running".into());
+            ctx.save();
+            started.insert(step.id.clone());
+            in_flight += 1;
+            let ctx2 = ctx.clone();
+            let step = step.clone();
+            running.spawn(async move {
+                let result = run_step(&ctx2, &step).await;
+                (step.id.clone(), result)
+            });
+        }
+        if in_flight == 0 {
+            break;
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        in_flight -= 1;
+        match joined {
+            Ok((id, st)) => {
+                let outcome = st.outcome.unwrap_or(Outcome::Error);
+                ctx.sink.emit(&Event::StepFinished {
+                    step_id: id.clone(),
+                    outcome,
+                    iterations: st.iterations,
+                    reason: st.reason.clone(),
+                });
+                mark(&ctx, &id, |s| *s = st.clone());
+                ctx.save();
+            }
+            Err(e) => {
+                tracing::error!("a step task failed: {e}");
+            }
+        }
+    }
+    finish_run(&ctx, resumed).await
+}
+
+fn mark(ctx: &RunCtx, id: &str, f: impl FnOnce(&mut StepState)) {
+    let mut state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = state.step_mut(id) {
+        f(s);
+    }
+}
+
+fn skip_step(ctx: &RunCtx, step: &Step, need: &str) {
+    let reason = format!("skipped: step `{need}` did not converge");
+    let bead = ctx
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .step(&step.id)
+        .map(|s| s.bead.clone())
+        .unwrap_or_default();
+    let _ = ctx
+        .recorder
+        .finish(&bead, "skipped", &reason, &format!("failed: {reason}"));
+    mark(ctx, &step.id, |s| {
+        s.status = "done".into();
+        s.outcome = Some(Outcome::Skipped);
+        s.reason = reason.clone();
+    });
+    ctx.save();
+    ctx.sink.emit(&Event::StepFinished {
+        step_id: step.id.clone(),
+        outcome: Outcome::Skipped,
+        iterations: 0,
+        reason,
+    });
+}
+
+/// Template values of the steps that are done.
+fn results(ctx: &RunCtx) -> BTreeMap<String, StepResultView> {
+    let state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+    state
+        .steps
+        .iter()
+        .filter(|(_, s)| s.status == "done")
+        .map(|(id, s)| {
+            (
+                id.clone(),
+                StepResultView {
+                    summary: s.summary.clone(),
+                    outcome: s
+                        .outcome
+                        .map(|o| o.as_str().to_string())
+                        .unwrap_or_default(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Runs one step to its end and records it; never fails (a failure is the step's outcome).
+async fn run_step(ctx: &RunCtx, step: &Step) -> StepState {
+    let mut st = ctx
+        .state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .step(&step.id)
+        .cloned()
+        .unwrap_or_default();
+    let results = results(ctx);
+    let outcome = match &step.kind {
+        StepKind::Agent { .. } => run_agent_step(ctx, step, &mut st, &results).await,
+        StepKind::Command { .. } => run_command_step(ctx, step, &mut st, &results).await,
+    };
+    let (outcome, reason) = match outcome {
+        Ok(pair) => pair,
+        Err(reason) => (Outcome::Error, reason),
+    };
+    st.status = "done".into();
+    st.outcome = Some(outcome);
+    st.reason = reason.clone();
+    let notes = format!(
+        "outcome: {outcome}\nreason: {reason}\niterations: {}\ntokens: {}\ncost: ${:.4}\nsummary: {}",
+        st.iterations, st.tokens, st.cost_usd, st.summary
+    );
+    if let Err(e) = ctx.recorder.finish(
+        &st.bead,
+        outcome.as_str(),
+        &notes,
+        &close_reason(outcome, &reason),
+    ) {
+        tracing::warn!("could not close the bead of step {}: {e}", step.id);
+    }
+    st
+}
+
+/// The step's worktree: re-opened when resuming, else new from the integration branch.
+fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
+    let name = format!("{}-{}", ctx.run_id, step.id);
+    let branch = format!("wiggum/{name}");
+    let exists = ctx
+        .repo_root
+        .join(crate::workspace::WORKTREES_DIR)
+        .join(&name)
+        .exists();
+    if exists {
+        Workspace::open(&ctx.repo_root, &name, &branch)
+            .map_err(|e| format!("could not re-open the step's worktree: {e}"))
+    } else {
+        Workspace::create(&ctx.repo_root, &name, &branch, Some(&ctx.integration))
+            .map_err(|e| format!("could not create the step's worktree: {e}"))
+    }
+}
+
+async fn run_agent_step(
+    ctx: &RunCtx,
+    step: &Step,
+    st: &mut StepState,
+    results: &BTreeMap<String, StepResultView>,
+) -> Result<(Outcome, String), String> {
+    let StepKind::Agent {
+        agent,
+        prompt,
+        acceptance,
+        loop_config,
+    } = &step.kind
+    else {
+        return Err("not an agent step".into());
+    };
+    let vars = &ctx.patrol.vars;
+    let prompt = render(prompt, vars, results).map_err(|e| format!("prompt template: {e}"))?;
+    let acceptance = acceptance
+        .as_deref()
+        .map(|a| render(a, vars, results))
+        .transpose()
+        .map_err(|e| format!("acceptance template: {e}"))?;
+    let mut config = loop_config.clone();
+    config.checks = config
+        .checks
+        .iter()
+        .map(|c| render(c, vars, results))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("check template: {e}"))?;
+    let worker = ctx
+        .agents
+        .get(agent)
+        .cloned()
+        .ok_or_else(|| format!("unknown agent `{agent}`"))?;
+    let reviewer = match &config.review {
+        ReviewMode::None => None,
+        ReviewMode::SelfReview => Some(worker.clone()),
+        ReviewMode::Agent(name) => Some(
+            ctx.agents
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("unknown review agent `{name}`"))?,
+        ),
+    };
+    let ws = step_workspace(ctx, step)?;
+    st.branch = Some(ws.branch().to_string());
+    ctx.recorder
+        .set_in_progress(&st.bead)
+        .map_err(|e| format!("ledger: {e}"))?;
+    ctx.sink.emit(&Event::StepStarted {
+        run_id: ctx.run_id.clone(),
+        step_id: step.id.clone(),
+        bead_id: st.bead.clone(),
+        branch: Some(ws.branch().to_string()),
+        worktree: Some(ws.path().display().to_string()),
+    });
+    let start = start_point(ctx, &st.bead)?;
+    let spec = StepSpec {
+        run_id: ctx.run_id.clone(),
+        step_id: step.id.clone(),
+        bead_id: st.bead.clone(),
+        prompt,
+        acceptance,
+        config,
+    };
+    let agents = StepAgents { worker, reviewer };
+    let report = run_loop(
+        &spec,
+        &agents,
+        &ws,
+        &ctx.recorder,
+        &*ctx.sink,
+        &ctx.cancel,
+        &ctx.spend,
+        start,
+    )
+    .await;
+    st.iterations = report.iterations;
+    st.tokens += report.usage.total();
+    st.cost_usd += report.cost_usd;
+    st.summary = report.summary.clone();
+    if report.outcome != Outcome::Converged {
+        return Ok((report.outcome, report.reason));
+    }
+    merge_step(ctx, ws)
+        .await
+        .map(|()| (Outcome::Converged, report.reason))
+}
+
+/// Where a step's loop starts: after the iterations already closed in the ledger.
+fn start_point(ctx: &RunCtx, step_bead: &str) -> Result<StartPoint, String> {
+    let iterations = ctx
+        .recorder
+        .iterations(step_bead)
+        .map_err(|e| format!("ledger: {e}"))?;
+    let closed: Vec<_> = iterations
+        .iter()
+        .filter(|b| b.status == Status::Closed)
+        .collect();
+    Ok(StartPoint {
+        done: closed.len() as u32,
+        previous_bead: closed.last().map(|b| b.id.clone()),
+    })
+}
+
+/// Merges a converged step's branch into the run's branch, one step at a time.
+async fn merge_step(ctx: &RunCtx, ws: Workspace) -> Result<(), String> {
+    let _guard = ctx.land_lock.lock().await;
+    match ws.land(Some(&ctx.integration)) {
+        Ok(LandOutcome::FastForward { .. }) | Ok(LandOutcome::Merged { .. }) => {
+            let _ = ws.remove();
+            Ok(())
+        }
+        Ok(LandOutcome::Left { reason, .. }) => Err(format!(
+            "converged, but its branch {} could not be merged into {}: {reason}",
+            ws.branch(),
+            ctx.integration
+        )),
+        Err(e) => Err(format!("converged, but merging its branch failed: {e}")),
+    }
+}
+
+async fn run_command_step(
+    ctx: &RunCtx,
+    step: &Step,
+    st: &mut StepState,
+    results: &BTreeMap<String, StepResultView>,
+) -> Result<(Outcome, String), String> {
+    let StepKind::Command { run, timeout } = &step.kind else {
+        return Err("not a command step".into());
+    };
+    let command =
+        render(run, &ctx.patrol.vars, results).map_err(|e| format!("run template: {e}"))?;
+    let ws = step_workspace(ctx, step)?;
+    st.branch = Some(ws.branch().to_string());
+    ctx.recorder
+        .set_in_progress(&st.bead)
+        .map_err(|e| format!("ledger: {e}"))?;
+    ctx.sink.emit(&Event::StepStarted {
+        run_id: ctx.run_id.clone(),
+        step_id: step.id.clone(),
+        bead_id: st.bead.clone(),
+        branch: Some(ws.branch().to_string()),
+        worktree: Some(ws.path().display().to_string()),
+    });
+    let env = vec![
+        ("WIGGUM_RUN".to_string(), ctx.run_id.clone()),
+        ("WIGGUM_STEP".to_string(), step.id.clone()),
+    ];
+    let limit = timeout.unwrap_or(std::time::Duration::from_secs(600));
+    let result = tokio::select! {
+        r = run_checks(std::slice::from_ref(&command), ws.path(), limit, &env) => r,
+        _ = ctx.cancel.cancelled() => return Ok((Outcome::Cancelled, "cancelled by the user (Ctrl-C)".into())),
+    };
+    let check = &result[0];
+    let _ = ctx.recorder.log_check(&st.bead, check);
+    st.iterations = 1;
+    st.summary = crate::ralph::text::truncate_chars(
+        check
+            .output
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim(),
+        200,
+    );
+    let cp = ws
+        .checkpoint(&format!("wiggum: {} {}", ctx.run_id, step.id))
+        .map_err(|e| format!("checkpoint failed: {e}"))?;
+    let detail = format!("{} ({})", check.line(), cp.stat);
+    if !check.passed {
+        let outcome = if check.timed_out {
+            Outcome::Timeout
+        } else {
+            Outcome::Error
+        };
+        return Ok((outcome, format!("error: {detail}")));
+    }
+    merge_step(ctx, ws)
+        .await
+        .map(|()| (Outcome::Converged, detail))
+}
+
+async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolRunError> {
+    let (outcome, reason) = {
+        let state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+        run_outcome(&state, ctx.cancel.is_cancelled())
+    };
+    let mut landed = None;
+    if outcome == Outcome::Converged {
+        let ws = Workspace::open(&ctx.repo_root, &ctx.run_id, &ctx.integration)?;
+        landed = Some(match ctx.patrol.land {
+            Land::Merge => match ws.land(ctx.patrol.base.as_deref()) {
+                Ok(l @ (LandOutcome::FastForward { .. } | LandOutcome::Merged { .. })) => {
+                    let text = l.to_string();
+                    let _ = ws.remove();
+                    text
+                }
+                Ok(l) => l.to_string(),
+                Err(e) => format!(
+                    "left on branch {}: landing failed: {e}; take it with `git merge {}`",
+                    ctx.integration, ctx.integration
+                ),
+            },
+            Land::Branch => {
+                let _ = ws.remove();
+                format!("left on branch {} (land = \"branch\")", ctx.integration)
+            }
+            Land::None => {
+                let _ = ws.remove();
+                "not landed (land = \"none\"); the ledger keeps the record".to_string()
+            }
+        });
+    }
+    let state = {
+        let mut state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+        if outcome != Outcome::Cancelled {
+            state.finished_at = Some(format_time(&now()));
+        }
+        state.outcome = Some(outcome);
+        state.reason = reason.clone();
+        state.landed = landed.clone();
+        state.clone()
+    };
+    state.save(&ctx.recorder)?;
+    if outcome != Outcome::Cancelled {
+        let (iterations, tokens, cost) = state.totals();
+        let notes = format!(
+            "outcome: {outcome}\nreason: {reason}\niterations: {iterations}\ntokens: {tokens}\ncost: ${cost:.4}\n{}",
+            landed.clone().unwrap_or_default()
+        );
+        ctx.recorder.finish(
+            &ctx.run_id,
+            outcome.as_str(),
+            &notes,
+            &close_reason(outcome, &reason),
+        )?;
+    } else {
+        ctx.recorder.ledger().export()?;
+    }
+    ctx.sink.emit(&Event::RunFinished {
+        run_id: ctx.run_id.clone(),
+        outcome,
+        reason: reason.clone(),
+    });
+    Ok(report_of(&state, ctx.repo_root.clone(), resumed, false))
+}
+
+fn run_outcome(state: &RunState, cancelled: bool) -> (Outcome, String) {
+    if cancelled {
+        return (
+            Outcome::Cancelled,
+            format!(
+                "cancelled by the user; continue with `wiggum resume {}`",
+                state.run_id
+            ),
+        );
+    }
+    let failed: Vec<&(String, StepState)> = state
+        .steps
+        .iter()
+        .filter(|(_, s)| s.outcome != Some(Outcome::Converged))
+        .collect();
+    if failed.is_empty() {
+        return (
+            Outcome::Converged,
+            format!("all {} steps converged", state.steps.len()),
+        );
+    }
+    let first = failed
+        .iter()
+        .find(|(_, s)| s.outcome != Some(Outcome::Skipped))
+        .unwrap_or(&failed[0]);
+    let names: Vec<String> = failed
+        .iter()
+        .map(|(id, s)| format!("{id} ({})", s.outcome.map_or("not run", |o| o.as_str())))
+        .collect();
+    (
+        first.1.outcome.unwrap_or(Outcome::Error),
+        format!("steps that did not converge: {}", names.join(", ")),
+    )
+}
+
+fn report_of(state: &RunState, repo: PathBuf, resumed: bool, already: bool) -> PatrolReport {
+    let (iterations, tokens, cost_usd) = state.totals();
+    PatrolReport {
+        run_id: state.run_id.clone(),
+        name: state.name.clone(),
+        repo,
+        outcome: state.outcome.unwrap_or(Outcome::Error),
+        reason: state.reason.clone(),
+        steps: state.steps.clone(),
+        branch: state.branch.clone().unwrap_or_default(),
+        landed: state.landed.clone(),
+        iterations,
+        tokens,
+        cost_usd,
+        resumed,
+        already_finished: already,
+    }
+}
+
+fn describe_patrol(p: &Patrol) -> String {
+    let mut d = format!("Patrol `{}` from {}.\n\n", p.name, p.path.display());
+    if let Some(desc) = &p.description {
+        d.push_str(&format!("{desc}\n\n"));
+    }
+    for s in &p.steps {
+        let needs = if s.needs.is_empty() {
+            String::new()
+        } else {
+            format!(" (needs {})", s.needs.join(", "))
+        };
+        d.push_str(&format!("- step `{}`: {}{needs}\n", s.id, s.title));
+    }
+    d
+}
+
+fn describe_step(s: &Step) -> String {
+    match &s.kind {
+        StepKind::Agent {
+            agent,
+            prompt,
+            loop_config,
+            ..
+        } => {
+            let mut d = format!("{}\n\n- agent: {agent}\n", prompt.trim());
+            for c in &loop_config.checks {
+                d.push_str(&format!("- check: `{c}`\n"));
+            }
+            d
+        }
+        StepKind::Command { run, .. } => format!("Command step: `{run}`"),
+    }
+}

@@ -1,0 +1,263 @@
+//! [`Recorder`]: writes runs, steps and iterations into the ledger as beads, and agent calls
+//! and check runs into the interactions log. The loop's only way to the ledger.
+
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::{json, Map, Value};
+use wiggum_agents::Usage;
+
+use crate::ledger::{
+    BeadFilter, BeadUpdate, DepType, IssueType, Ledger, LedgerError, NewBead, Status,
+};
+use crate::ralph::checks::CheckResult;
+
+/// Label on every bead wiggum writes, and the kind of each.
+pub const LABEL: &str = "wiggum";
+pub const LABEL_RUN: &str = "wiggum:run";
+pub const LABEL_STEP: &str = "wiggum:step";
+pub const LABEL_ITERATION: &str = "wiggum:iteration";
+
+/// Shared access to the ledger for one run (steps may run in parallel).
+pub struct Recorder {
+    ledger: Mutex<Ledger>,
+}
+
+/// An agent call as the interactions log records it.
+pub struct AgentCall<'a> {
+    pub bead: &'a str,
+    pub role: &'a str,
+    pub agent: &'a str,
+    pub model: Option<&'a str>,
+    pub prompt: &'a str,
+    pub response: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+    pub retries: u32,
+    pub duration_ms: u64,
+}
+
+impl Recorder {
+    pub fn new(ledger: Ledger) -> Recorder {
+        Recorder {
+            ledger: Mutex::new(ledger),
+        }
+    }
+
+    /// The ledger, locked. A poisoned lock still holds a consistent ledger (every write is
+    /// one transaction), so it is taken over rather than propagated.
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates the run's epic bead (in progress) and returns its id: the run id.
+    pub fn start_run(&self, title: &str, description: &str) -> Result<String, LedgerError> {
+        let mut ledger = self.ledger();
+        let bead = ledger.create(NewBead {
+            title: bound_title(title),
+            description: description.to_string(),
+            issue_type: IssueType::Epic,
+            labels: vec![LABEL.into(), LABEL_RUN.into()],
+            status: Status::InProgress,
+            ..NewBead::default()
+        })?;
+        ledger.export()?;
+        Ok(bead.id)
+    }
+
+    /// Creates a step's task bead (child of the run), open until it starts.
+    pub fn create_step(
+        &self,
+        run: &str,
+        step_id: &str,
+        title: &str,
+        description: &str,
+    ) -> Result<String, LedgerError> {
+        let mut ledger = self.ledger();
+        let bead = ledger.create(NewBead {
+            title: bound_title(title),
+            description: description.to_string(),
+            issue_type: IssueType::Task,
+            parent: Some(run.to_string()),
+            labels: vec![
+                LABEL.into(),
+                LABEL_STEP.into(),
+                format!("wiggum:step:{step_id}"),
+            ],
+            ..NewBead::default()
+        })?;
+        Ok(bead.id)
+    }
+
+    /// Marks a bead in progress.
+    pub fn set_in_progress(&self, bead: &str) -> Result<(), LedgerError> {
+        self.ledger().update(
+            bead,
+            BeadUpdate {
+                status: Some(Status::InProgress),
+                ..BeadUpdate::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// `issue` depends on `on` with a `blocks` dependency.
+    pub fn blocks(&self, issue: &str, on: &str) -> Result<(), LedgerError> {
+        self.ledger().add_dependency(issue, on, DepType::Blocks)
+    }
+
+    /// The bead for iteration `n` of a step: the open one left by an interrupted process if
+    /// there is one (so no iteration is recorded twice), else a new child of the step,
+    /// `blocks`-chained to the previous iteration.
+    pub fn start_iteration(
+        &self,
+        step_bead: &str,
+        n: u32,
+        previous: Option<&str>,
+    ) -> Result<String, LedgerError> {
+        let mut ledger = self.ledger();
+        let title = format!("iteration {n}");
+        if let Some(open) = ledger
+            .children(step_bead)?
+            .into_iter()
+            .find(|b| b.title == title && b.status != Status::Closed)
+        {
+            return Ok(open.id);
+        }
+        let bead = ledger.create(NewBead {
+            title,
+            issue_type: IssueType::Task,
+            parent: Some(step_bead.to_string()),
+            labels: vec![LABEL.into(), LABEL_ITERATION.into()],
+            status: Status::InProgress,
+            ..NewBead::default()
+        })?;
+        if let Some(prev) = previous {
+            ledger.add_dependency(&bead.id, prev, DepType::Blocks)?;
+        }
+        Ok(bead.id)
+    }
+
+    /// Writes the iteration's record, closes it with the reason the loop went on or stopped,
+    /// and exports the ledger (an iteration's end is the export point).
+    pub fn finish_iteration(
+        &self,
+        bead: &str,
+        description: &str,
+        close_reason: &str,
+    ) -> Result<(), LedgerError> {
+        let mut ledger = self.ledger();
+        ledger.update(
+            bead,
+            BeadUpdate {
+                description: Some(description.to_string()),
+                ..BeadUpdate::default()
+            },
+        )?;
+        ledger.close(bead, close_reason)?;
+        ledger.export()?;
+        Ok(())
+    }
+
+    /// Closes a step or run bead with its outcome as the reason, adding notes and a label.
+    pub fn finish(
+        &self,
+        bead: &str,
+        outcome_label: &str,
+        notes: &str,
+        close_reason: &str,
+    ) -> Result<(), LedgerError> {
+        let mut ledger = self.ledger();
+        ledger.update(
+            bead,
+            BeadUpdate {
+                notes: Some(notes.to_string()),
+                add_labels: vec![format!("outcome:{outcome_label}")],
+                ..BeadUpdate::default()
+            },
+        )?;
+        ledger.close(bead, close_reason)?;
+        ledger.export()?;
+        Ok(())
+    }
+
+    /// Closed iteration beads of a step, in order (for resume).
+    pub fn iterations(&self, step_bead: &str) -> Result<Vec<crate::ledger::Bead>, LedgerError> {
+        let ledger = self.ledger();
+        let filter = BeadFilter {
+            parent: Some(step_bead.to_string()),
+            label: Some(LABEL_ITERATION.to_string()),
+            ..BeadFilter::default()
+        };
+        ledger.list(&filter)
+    }
+
+    /// Appends an agent call to the interactions log (the ledger redacts and truncates).
+    pub fn log_agent_call(&self, call: &AgentCall<'_>) -> Result<(), LedgerError> {
+        let mut extra = Map::new();
+        extra.insert("role".into(), json!(call.role));
+        extra.insert("agent".into(), json!(call.agent));
+        extra.insert(
+            "usage".into(),
+            serde_json::to_value(call.usage).unwrap_or(Value::Null),
+        );
+        if let Some(cost) = call.cost_usd {
+            extra.insert("cost_usd".into(), json!(cost));
+        }
+        extra.insert("retries".into(), json!(call.retries));
+        extra.insert("duration_ms".into(), json!(call.duration_ms));
+        let event = crate::ledger::Interaction {
+            kind: "llm_call".into(),
+            issue_id: Some(call.bead.to_string()),
+            actor: Some("wiggum".into()),
+            model: call.model.map(str::to_string),
+            prompt: Some(call.prompt.to_string()),
+            response: call.response.map(str::to_string),
+            error: call.error.map(str::to_string),
+            extra,
+            ..Default::default()
+        };
+        self.ledger().interactions().append(&event)
+    }
+
+    /// Appends a check run to the interactions log.
+    pub fn log_check(&self, bead: &str, check: &CheckResult) -> Result<(), LedgerError> {
+        let mut extra = Map::new();
+        extra.insert(
+            "duration_ms".into(),
+            json!(check.duration.as_millis() as u64),
+        );
+        extra.insert("timed_out".into(), json!(check.timed_out));
+        extra.insert("passed".into(), json!(check.passed));
+        let event = crate::ledger::Interaction {
+            kind: "check_run".into(),
+            issue_id: Some(bead.to_string()),
+            actor: Some("wiggum".into()),
+            tool_name: Some(check.command.clone()),
+            exit_code: check.exit_code,
+            response: Some(crate::ralph::text::tail_bytes(&check.output, 16 * 1024)),
+            extra,
+            ..Default::default()
+        };
+        self.ledger().interactions().append(&event)
+    }
+
+    /// Engine state kept beside the beads (resume points, run records).
+    pub fn state_get(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        self.ledger().state_get(key)
+    }
+
+    pub fn state_set(&self, key: &str, value: &str) -> Result<(), LedgerError> {
+        self.ledger().state_set(key, value)
+    }
+}
+
+/// Bead titles are 1 to 500 characters: the first line, bounded.
+pub fn bound_title(title: &str) -> String {
+    let first = title
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("(untitled)");
+    crate::ralph::text::truncate_chars(first, 200)
+}

@@ -1,0 +1,271 @@
+//! [`run_task`]: one task run as a Ralph loop in its own worktree, then landed when it
+//! converged and landing is safe.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use wiggum_agents::config::{build_agent, AgentConfig};
+use wiggum_agents::{Agent, Usage};
+
+use super::cancel::Cancel;
+use super::record::Recorder;
+use crate::events::{Event, EventSink};
+use crate::ledger::Ledger;
+use crate::ralph::runner::{run_loop, Spend, StartPoint, StepAgents, StepSpec};
+use crate::ralph::{LoopConfig, Outcome, ReviewMode};
+use crate::workspace::{LandOutcome, Workspace};
+
+/// The step id of a one-shot task.
+pub const TASK_STEP: &str = "task";
+
+/// Who reviews a one-shot task.
+#[derive(Clone, Debug)]
+pub enum ReviewChoice {
+    None,
+    SelfReview,
+    Agent(Box<AgentConfig>),
+}
+
+/// What `wiggum task` asks for.
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    pub repo_root: PathBuf,
+    pub prompt: String,
+    pub acceptance: Option<String>,
+    pub worker: AgentConfig,
+    pub review: ReviewChoice,
+    pub config: LoopConfig,
+    /// Land the branch onto the user's branch when the task converged.
+    pub land: bool,
+    /// Relative paths in agent configs (scripts) are resolved against this directory.
+    pub base_dir: PathBuf,
+}
+
+/// How a task run went.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskReport {
+    pub run_id: String,
+    pub step_id: String,
+    pub outcome: Outcome,
+    pub reason: String,
+    pub iterations: u32,
+    pub tokens: u64,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub branch: String,
+    pub worktree: String,
+    pub landed: bool,
+    /// What landing did or why it did not (with how to take the branch).
+    pub land: Option<String>,
+    pub last_checkpoint: Option<String>,
+}
+
+/// Why a task could not run at all (its runs that started are still recorded).
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("agent configuration: {0}")]
+    Agent(String),
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("workspace: {0}")]
+    Workspace(#[from] crate::workspace::WorkspaceError),
+}
+
+/// Runs a task to its end and returns the report; only setup failures are errors.
+pub async fn run_task(
+    opts: TaskOptions,
+    sink: &dyn EventSink,
+    cancel: &Cancel,
+) -> Result<TaskReport, TaskError> {
+    let worker: Arc<dyn Agent> =
+        build_agent(&opts.worker, &opts.base_dir).map_err(|e| TaskError::Agent(e.to_string()))?;
+    let reviewer = match &opts.review {
+        ReviewChoice::None => None,
+        ReviewChoice::SelfReview => Some(worker.clone()),
+        ReviewChoice::Agent(cfg) => {
+            Some(build_agent(cfg, &opts.base_dir).map_err(|e| TaskError::Agent(e.to_string()))?)
+        }
+    };
+    let mut config = opts.config.clone();
+    config.review = match &opts.review {
+        ReviewChoice::None => ReviewMode::None,
+        ReviewChoice::SelfReview => ReviewMode::SelfReview,
+        ReviewChoice::Agent(cfg) => ReviewMode::Agent(cfg.backend.clone()),
+    };
+
+    let recorder = Recorder::new(Ledger::open(&opts.repo_root)?);
+    let title = format!("task: {}", crate::run::record::bound_title(&opts.prompt));
+    let run_id = recorder.start_run(&title, &describe_task(&opts, &*worker, &config))?;
+    let step_bead = recorder.create_step(&run_id, TASK_STEP, &title, &opts.prompt)?;
+    recorder.set_in_progress(&step_bead)?;
+    let branch = format!("wiggum/{run_id}");
+    let workspace = match Workspace::create(&opts.repo_root, &run_id, &branch, None) {
+        Ok(ws) => ws,
+        Err(e) => {
+            let reason = format!("error: could not create the worktree: {e}");
+            let _ = recorder.finish(&step_bead, "error", &reason, &reason);
+            let _ = recorder.finish(&run_id, "error", &reason, &reason);
+            return Err(e.into());
+        }
+    };
+    sink.emit(&Event::RunStarted {
+        run_id: run_id.clone(),
+        name: title.clone(),
+        steps: vec![TASK_STEP.into()],
+    });
+    sink.emit(&Event::StepStarted {
+        run_id: run_id.clone(),
+        step_id: TASK_STEP.into(),
+        bead_id: step_bead.clone(),
+        branch: Some(branch.clone()),
+        worktree: Some(workspace.path().display().to_string()),
+    });
+
+    let spec = StepSpec {
+        run_id: run_id.clone(),
+        step_id: TASK_STEP.into(),
+        bead_id: step_bead.clone(),
+        prompt: opts.prompt.clone(),
+        acceptance: opts.acceptance.clone(),
+        config,
+    };
+    let agents = StepAgents { worker, reviewer };
+    let spend = Spend::default();
+    let step = run_loop(
+        &spec,
+        &agents,
+        &workspace,
+        &recorder,
+        sink,
+        cancel,
+        &spend,
+        StartPoint::default(),
+    )
+    .await;
+    sink.emit(&Event::StepFinished {
+        step_id: TASK_STEP.into(),
+        outcome: step.outcome,
+        iterations: step.iterations,
+        reason: step.reason.clone(),
+    });
+
+    let worktree = workspace.path().display().to_string();
+    let (landed, land) = if step.outcome == Outcome::Converged && opts.land {
+        match workspace.land(None) {
+            Ok(LandOutcome::FastForward { target, sha }) => (
+                true,
+                Some(format!("fast-forwarded {target} to {}", short(&sha))),
+            ),
+            Ok(LandOutcome::Merged { target, sha }) => (
+                true,
+                Some(format!("merged into {target} as {}", short(&sha))),
+            ),
+            Ok(LandOutcome::Left {
+                branch,
+                reason,
+                how_to_take,
+            }) => (
+                false,
+                Some(format!("left on {branch}: {reason}; {how_to_take}")),
+            ),
+            Err(e) => (
+                false,
+                Some(format!(
+                    "left on {branch}: landing failed: {e}; take it with `git merge {branch}`"
+                )),
+            ),
+        }
+    } else if step.outcome == Outcome::Converged {
+        (
+            false,
+            Some(format!(
+                "left on {branch} (landing is off); take it with `git merge {branch}`"
+            )),
+        )
+    } else {
+        (false, None)
+    };
+    if landed {
+        // The work is in the user's branch; the worktree has nothing more to show.
+        let _ = workspace.remove();
+    }
+
+    let notes = format!(
+        "outcome: {}\nreason: {}\niterations: {}\ntokens: {}\ncost: ${:.4}\nbranch: {branch}\n{}",
+        step.outcome,
+        step.reason,
+        step.iterations,
+        step.usage.total(),
+        step.cost_usd,
+        land.clone().unwrap_or_default()
+    );
+    let close = close_reason(step.outcome, &step.reason);
+    recorder.finish(&step_bead, step.outcome.as_str(), &notes, &close)?;
+    recorder.finish(&run_id, step.outcome.as_str(), &notes, &close)?;
+    sink.emit(&Event::RunFinished {
+        run_id: run_id.clone(),
+        outcome: step.outcome,
+        reason: step.reason.clone(),
+    });
+    Ok(TaskReport {
+        run_id,
+        step_id: step_bead,
+        outcome: step.outcome,
+        reason: step.reason,
+        iterations: step.iterations,
+        tokens: step.usage.total(),
+        usage: step.usage,
+        cost_usd: step.cost_usd,
+        branch,
+        worktree,
+        landed,
+        land,
+        last_checkpoint: step.last_checkpoint,
+    })
+}
+
+/// A close reason whose first word marks success or the kind of failure (bd reads words like
+/// failed, timeout, aborted as failure closes).
+pub fn close_reason(outcome: Outcome, reason: &str) -> String {
+    let word = match outcome {
+        Outcome::Converged => "converged",
+        Outcome::Cancelled => "aborted",
+        Outcome::Timeout => "timeout",
+        _ => "failed",
+    };
+    if reason.starts_with(word) {
+        reason.to_string()
+    } else {
+        format!("{word}: {reason}")
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(10)]
+}
+
+fn describe_task(opts: &TaskOptions, worker: &dyn Agent, config: &LoopConfig) -> String {
+    let mut d = format!("{}\n\n", opts.prompt.trim());
+    if let Some(acc) = &opts.acceptance {
+        d.push_str(&format!("Acceptance: {acc}\n\n"));
+    }
+    d.push_str(&format!("- agent: {}\n", worker.describe()));
+    let review = match &config.review {
+        ReviewMode::None => "none".to_string(),
+        ReviewMode::SelfReview => "self".to_string(),
+        ReviewMode::Agent(a) => a.clone(),
+    };
+    d.push_str(&format!("- review: {review}\n"));
+    for c in &config.checks {
+        d.push_str(&format!("- check: `{c}`\n"));
+    }
+    d.push_str(&format!(
+        "- limits: max_iterations {}, stable_rounds {}, stall_after {}\n",
+        config.max_iterations, config.stable_rounds, config.stall_after
+    ));
+    if let Some(p) = &config.promise {
+        d.push_str(&format!("- promise: {p}\n"));
+    }
+    d
+}

@@ -1,0 +1,172 @@
+//! The terminal display of a run: a live line on a terminal, plain lines otherwise. A consumer
+//! of engine events like any other; it writes to stderr so stdout stays for results.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use wiggum_engine::events::{Event, EventSink, Phase};
+
+/// Renders events for a person.
+pub struct Display {
+    bar: Option<ProgressBar>,
+    state: Mutex<State>,
+    quiet: bool,
+}
+
+#[derive(Default)]
+struct State {
+    last_checks: String,
+}
+
+impl Display {
+    /// A live line when stderr is a terminal (and `NO_COLOR`/`TERM=dumb` do not say otherwise),
+    /// plain lines otherwise. `quiet` shows only the final result (errors still show).
+    pub fn new(quiet: bool) -> Display {
+        let live = !quiet
+            && std::io::stderr().is_terminal()
+            && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        let bar = live.then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Display {
+            bar,
+            state: Mutex::new(State::default()),
+            quiet,
+        }
+    }
+
+    fn line(&self, text: String) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
+        }
+    }
+
+    fn live(&self, text: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(text);
+        }
+    }
+
+    /// Clears the live line (call before printing the result).
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl EventSink for Display {
+    fn emit(&self, event: &Event) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::RunStarted {
+                run_id,
+                name,
+                steps,
+            } => self.line(format!("run {run_id}: {name} ({} steps)", steps.len())),
+            Event::StepStarted {
+                step_id,
+                bead_id,
+                branch,
+                ..
+            } => {
+                let branch = branch
+                    .as_deref()
+                    .map(|b| format!(" on {b}"))
+                    .unwrap_or_default();
+                self.line(format!("step {step_id} ({bead_id}) started{branch}"));
+            }
+            Event::PhaseStarted {
+                step_id,
+                iteration,
+                phase,
+            } => {
+                let text = format!("{step_id}: iteration {iteration} · {phase}");
+                if self.bar.is_some() {
+                    let last = if state.last_checks.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" · last checks: {}", state.last_checks)
+                    };
+                    self.live(format!("{text}{last}"));
+                } else if *phase == Phase::Work {
+                    self.line(text);
+                }
+            }
+            Event::ChecksFinished {
+                step_id,
+                iteration,
+                checks,
+            } => {
+                let passed = checks.iter().filter(|c| c.passed).count();
+                let failed: Vec<String> = checks
+                    .iter()
+                    .filter(|c| !c.passed)
+                    .map(|c| match c.exit_code {
+                        Some(code) => format!("`{}` exit {code}", c.command),
+                        None => format!("`{}` killed", c.command),
+                    })
+                    .collect();
+                state.last_checks = format!("{passed}/{} passed", checks.len());
+                let detail = if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", failed.join(", "))
+                };
+                self.line(format!(
+                    "{step_id}: iteration {iteration} · checks {}{detail}",
+                    state.last_checks
+                ));
+            }
+            Event::ReviewFinished {
+                step_id,
+                iteration,
+                approved,
+                findings,
+            } => {
+                let verdict = if *approved { "approved" } else { "rejected" };
+                let first = findings
+                    .first()
+                    .map(|f| format!(": {f}"))
+                    .unwrap_or_default();
+                self.line(format!(
+                    "{step_id}: iteration {iteration} · review {verdict}{first}"
+                ));
+            }
+            Event::IterationFinished {
+                step_id,
+                iteration,
+                reason,
+                duration_ms,
+                ..
+            } => self.line(format!(
+                "{step_id}: iteration {iteration} done in {} · {reason}",
+                wiggum_agents::format_duration(Duration::from_millis(*duration_ms))
+            )),
+            Event::StepFinished {
+                step_id,
+                outcome,
+                iterations,
+                ..
+            } => self.line(format!(
+                "step {step_id}: {outcome} after {iterations} iteration{}",
+                if *iterations == 1 { "" } else { "s" }
+            )),
+            Event::RunFinished { .. } => {}
+        }
+    }
+}
