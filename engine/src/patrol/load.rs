@@ -1328,6 +1328,76 @@ mod tests {
     }
 
     #[test]
+    fn a_step_without_id_is_reported_at_its_header() {
+        let errs = errors("[[steps]]\nrun = \"true\"\n\n[[steps]]\nid = \"b\"\nrun = \"true\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("1:") && errs[0].ends_with("a step has no `id`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_written_twice_is_a_syntax_error_at_the_second() {
+        let errs = errors("[patrol]\nname = \"a\"\nname = \"b\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("3:") && errs[0].contains("TOML syntax error"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn prompts_may_hold_braces_that_are_not_references() {
+        let text = MINIMAL.replace(
+            "do it",
+            "print with format!(\\\"{{}}\\\") and {{ not a name }}",
+        );
+        let p = parse_ok(&text);
+        let StepKind::Agent { prompt, .. } = &p.steps[0].kind else {
+            panic!()
+        };
+        assert!(prompt.contains("{{}}"), "{prompt}");
+    }
+
+    #[test]
+    fn schedule_next_fire_time_is_read_in_the_patrol_timezone() {
+        use chrono::{TimeZone, Utc};
+        let text = format!("[patrol]\nschedule = \"0 3 * * 1-5\"\n{MINIMAL}");
+        let p = parse_ok(&text);
+        let spec = p.schedule.as_ref().unwrap();
+        // Friday 2026-11-27 04:00 UTC: the next weekday 03:00 is Monday the 30th.
+        let after = Utc.with_ymd_and_hms(2026, 11, 27, 4, 0, 0).unwrap();
+        assert_eq!(
+            spec.next_after(after),
+            Some(Utc.with_ymd_and_hms(2026, 11, 30, 3, 0, 0).unwrap())
+        );
+        let local = parse_ok(&format!(
+            "[patrol]\nschedule = \"@hourly\"\ntimezone = \"local\"\n{MINIMAL}"
+        ));
+        assert_eq!(local.timezone, Tz::Local);
+        let next = local.schedule.unwrap().next_after(after).unwrap();
+        assert!(
+            next > after && next - after <= chrono::Duration::hours(1),
+            "{next}"
+        );
+    }
+
+    #[test]
+    fn repo_is_resolved_against_the_patrol_directory() {
+        let text = format!("[patrol]\nrepo = \"../svc\"\n{MINIMAL}");
+        let p = parse(
+            &text,
+            Path::new("/home/u/proj/.wiggum/p.toml"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(p.repo, Path::new("/home/u/proj/.wiggum/../svc"));
+        let p = parse(MINIMAL, Path::new("p.toml"), &BTreeMap::new()).unwrap();
+        assert_eq!(p.repo, Path::new("."));
+    }
+
+    #[test]
     fn a_patrol_without_steps_is_an_error() {
         let errs = errors("[patrol]\nname = \"x\"\n");
         assert_eq!(errs, ["1:1: the patrol has no steps"]);
