@@ -855,3 +855,53 @@ fn state_values_persist() {
         Some("v2")
     );
 }
+
+#[test]
+fn a_ledger_can_move_to_another_thread() {
+    fn assert_send<T: Send>(_: &T) {}
+    let dir = repo();
+    let mut l = open(dir.path());
+    assert_send(&l);
+    let id = std::thread::spawn(move || l.create(NewBead::task("moved")).unwrap().id)
+        .join()
+        .unwrap();
+    assert!(open(dir.path()).get(&id).unwrap().is_some());
+}
+
+#[test]
+fn exists_creates_nothing() {
+    let dir = repo();
+    assert!(!Ledger::exists(dir.path()));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    open(dir.path());
+    assert!(Ledger::exists(dir.path()));
+}
+
+#[test]
+fn ephemeral_beads_and_wisps_are_never_exported() {
+    let dir = repo();
+    let keep = r#"{"id":"bd-keep","title":"k","status":"open","priority":1,"issue_type":"task","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
+    let wisp = keep.replace("bd-keep", "bd-wisp-1");
+    let ephemeral = keep
+        .replace("bd-keep", "bd-eph")
+        .replace("\"priority\":1", "\"priority\":1,\"ephemeral\":true");
+    std::fs::create_dir_all(dir.path().join(".beads")).unwrap();
+    std::fs::write(
+        dir.path().join(".beads/issues.jsonl"),
+        format!("{keep}\n{wisp}\n{ephemeral}\n"),
+    )
+    .unwrap();
+    let mut l = open(dir.path());
+    assert!(
+        l.get("bd-wisp-1").unwrap().is_some(),
+        "read, for ready and show"
+    );
+    l.create(NewBead::task("ours")).unwrap();
+    l.export().unwrap();
+    let text = jsonl(dir.path());
+    assert!(text.contains(keep), "{text}");
+    assert!(
+        !text.contains("bd-wisp-1") && !text.contains("bd-eph"),
+        "{text}"
+    );
+}
