@@ -285,12 +285,8 @@ pub fn build_agent(cfg: &AgentConfig, base_dir: &Path) -> Result<Arc<dyn Agent>,
         )?),
         "codex" => Arc::new(crate::codex::CodexAgent::from_config(cfg, base_dir)?),
         "gemini" => Arc::new(crate::gemini::GeminiAgent::from_config(cfg, base_dir)?),
-        "openai" | "anthropic" => {
-            return Err(AgentError::permanent(format!(
-                "the {} backend is not available in this build yet",
-                cfg.backend
-            )))
-        }
+        "openai" => Arc::new(crate::openai::OpenAiAgent::from_config(cfg)?),
+        "anthropic" => Arc::new(crate::anthropic::AnthropicAgent::from_config(cfg)?),
         other => unreachable!("check_keys accepted unknown backend {other:?}"),
     };
     Ok(agent)

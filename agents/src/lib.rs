@@ -4,12 +4,15 @@
 //! beads: the engine hands them a [`Request`] and records what comes back.
 
 pub mod agent;
+pub mod anthropic;
 pub mod claude_code;
 pub mod codex;
 pub mod command;
 pub mod config;
 pub mod duration;
 pub mod gemini;
+pub mod http;
+pub mod openai;
 pub mod pricing;
 pub mod retry;
 pub mod script;
@@ -17,6 +20,7 @@ pub mod tools;
 
 pub use agent::{Agent, AgentError, Reply, Request, Role, Usage};
 pub use command::{run_process, CommandAgent, ProcessError, ProcessOutput, ProcessSpec};
+pub use config::{build_agent, AgentConfig, BACKENDS};
 pub use duration::{format_duration, parse_duration};
 pub use pricing::Price;
 pub use script::ScriptAgent;
