@@ -31,6 +31,7 @@ pub const PATROL_KEYS: &[&str] = &[
     "land",
     "concurrency",
     "max_cost_usd",
+    "sandbox",
 ];
 /// Keys of one `[agents.NAME]` table.
 pub const AGENT_KEYS: &[&str] = &[
@@ -154,6 +155,7 @@ pub(crate) struct RawPatrol {
     pub land: Land,
     pub concurrency: usize,
     pub max_cost_usd: Option<f64>,
+    pub sandbox: bool,
     pub vars: BTreeMap<String, String>,
     pub agents: BTreeMap<String, super::model::AgentDef>,
     pub steps: Vec<RawStep>,
@@ -547,6 +549,7 @@ fn walk(
         land: Land::Merge,
         concurrency: 4,
         max_cost_usd: None,
+        sandbox: false,
         vars: BTreeMap::new(),
         agents: BTreeMap::new(),
         steps: Vec::new(),
@@ -682,6 +685,12 @@ fn patrol_section(ctx: &mut Ctx<'_>, p: &DeTable<'_>, raw: &mut RawPatrol) {
         raw.concurrency = n as usize;
     }
     raw.max_cost_usd = ctx.money(p, "max_cost_usd", S);
+    if let Some(v) = p.get("sandbox") {
+        match v.get_ref() {
+            DeValue::Boolean(b) => raw.sandbox = *b,
+            _ => ctx.type_error(v, "sandbox", S, "true or false", "sandbox = true"),
+        }
+    }
 }
 
 fn vars_section(
@@ -1395,6 +1404,17 @@ mod tests {
         assert_eq!(p.repo, Path::new("/home/u/proj/.wiggum/../svc"));
         let p = parse(MINIMAL, Path::new("p.toml"), &BTreeMap::new()).unwrap();
         assert_eq!(p.repo, Path::new("."));
+    }
+
+    #[test]
+    fn sandbox_is_off_unless_set_to_true() {
+        assert!(!parse_ok(MINIMAL).sandbox);
+        assert!(parse_ok(&format!("[patrol]\nsandbox = true\n{MINIMAL}")).sandbox);
+        let errs = errors(&format!("[patrol]\nsandbox = \"yes\"\n{MINIMAL}"));
+        assert_eq!(
+            errs,
+            ["2:11: `sandbox` in [patrol] must be true or false, not a string"]
+        );
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct Patrol {
     pub concurrency: usize,
     /// Budget for the whole run.
     pub max_cost_usd: Option<f64>,
+    /// Run on a throwaway copy of `repo` (a fresh git repository in the temp directory), never
+    /// on the repository itself: for demos and trials.
+    pub sandbox: bool,
     /// `[vars]` after `--var` overrides.
     pub vars: BTreeMap<String, String>,
     pub agents: BTreeMap<String, AgentDef>,

@@ -66,6 +66,7 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, raw: RawPatrol, path: &Path) -> Option<
         land: raw.land,
         concurrency: raw.concurrency,
         max_cost_usd: raw.max_cost_usd,
+        sandbox: raw.sandbox,
         vars: raw.vars,
         agents: raw.agents,
         steps,
