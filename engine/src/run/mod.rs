@@ -4,6 +4,7 @@
 pub mod cancel;
 pub mod patrol;
 pub mod record;
+pub mod sandbox;
 pub mod state;
 pub mod task;
 

@@ -305,7 +305,12 @@ async fn execute(ctx: Arc<RunCtx>, resumed: bool) -> Result<PatrolReport, Patrol
                 skip_step(&ctx, step, &need);
                 continue;
             }
-            mark(&ctx, &step.id, |s| s.status = "running".into());
+            mark(&ctx, &step.id, |s| {
+                s.status = "running".into();
+                if s.started_at.is_none() {
+                    s.started_at = Some(format_time(&now()));
+                }
+            });
             ctx.save();
             started.insert(step.id.clone());
             in_flight += 1;
@@ -417,6 +422,7 @@ async fn run_step(ctx: &RunCtx, step: &Step) -> StepState {
         Err(reason) => (Outcome::Error, reason),
     };
     st.status = "done".into();
+    st.finished_at = Some(format_time(&now()));
     st.outcome = Some(outcome);
     st.reason = reason.clone();
     let notes = format!(

@@ -23,6 +23,9 @@ pub struct StepState {
     pub tokens: u64,
     pub cost_usd: f64,
     pub branch: Option<String>,
+    /// RFC 3339 times the step started and finished (in this or an earlier process).
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
 }
 
 /// A run as the engine remembers it.

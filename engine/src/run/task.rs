@@ -10,8 +10,10 @@ use wiggum_agents::{Agent, Usage};
 
 use super::cancel::Cancel;
 use super::record::Recorder;
+use super::state::{RunState, StepState};
 use crate::events::{Event, EventSink};
 use crate::ledger::Ledger;
+use crate::ledger::{format_time, now};
 use crate::ralph::runner::{run_loop, Spend, StartPoint, StepAgents, StepSpec};
 use crate::ralph::{LoopConfig, Outcome, ReviewMode};
 use crate::workspace::{LandOutcome, Workspace};
@@ -100,6 +102,25 @@ pub async fn run_task(
     let step_bead = recorder.create_step(&run_id, TASK_STEP, &title, &opts.prompt)?;
     recorder.set_in_progress(&step_bead)?;
     let branch = format!("wiggum/{run_id}");
+    let mut state = RunState {
+        run_id: run_id.clone(),
+        kind: "task".into(),
+        name: crate::run::record::bound_title(&opts.prompt),
+        branch: Some(branch.clone()),
+        started_at: format_time(&now()),
+        steps: vec![(
+            TASK_STEP.into(),
+            StepState {
+                bead: step_bead.clone(),
+                status: "running".into(),
+                branch: Some(branch.clone()),
+                started_at: Some(format_time(&now())),
+                ..StepState::default()
+            },
+        )],
+        ..RunState::default()
+    };
+    state.save(&recorder)?;
     let workspace = match Workspace::create(&opts.repo_root, &run_id, &branch, None) {
         Ok(ws) => ws,
         Err(e) => {
@@ -201,6 +222,22 @@ pub async fn run_task(
         land.clone().unwrap_or_default()
     );
     let close = close_reason(step.outcome, &step.reason);
+    let finished_at = Some(format_time(&now()));
+    state.finished_at = finished_at.clone();
+    state.outcome = Some(step.outcome);
+    state.reason = step.reason.clone();
+    state.landed = land.clone();
+    if let Some(st) = state.step_mut(TASK_STEP) {
+        st.status = "done".into();
+        st.outcome = Some(step.outcome);
+        st.reason = step.reason.clone();
+        st.summary = step.summary.clone();
+        st.iterations = step.iterations;
+        st.tokens = step.usage.total();
+        st.cost_usd = step.cost_usd;
+        st.finished_at = finished_at;
+    }
+    state.save(&recorder)?;
     recorder.finish(&step_bead, step.outcome.as_str(), &notes, &close)?;
     recorder.finish(&run_id, step.outcome.as_str(), &notes, &close)?;
     sink.emit(&Event::RunFinished {
