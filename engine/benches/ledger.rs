@@ -144,9 +144,9 @@ fn bench(n: usize) {
         ready.push(d);
     }
     let mut exports = Vec::new();
-    for i in 0..5 {
+    for (i, id) in ids.iter().take(5).enumerate() {
         l.update(
-            &ids[i],
+            id,
             BeadUpdate {
                 notes: Some(format!("change {i}")),
                 ..BeadUpdate::default()
