@@ -237,6 +237,39 @@ fn json_lists_every_problem_of_every_file() {
 }
 
 #[test]
+fn json_of_valid_files_is_an_empty_array_and_exit_zero() {
+    let ok = fixture("patrols/valid/full.toml");
+    let out = validate(&["--json", ok.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.json(), serde_json::json!([]));
+}
+
+#[test]
+fn json_gives_null_position_for_a_problem_outside_the_file() {
+    let out = validate(&["--json", "/nonexistent/patrol.toml"]);
+    assert_eq!(out.code, 2);
+    let items = out.json();
+    assert_eq!(items[0]["line"], serde_json::Value::Null);
+    assert_eq!(items[0]["col"], serde_json::Value::Null);
+    assert!(items[0]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("cannot read the patrol file"));
+}
+
+#[test]
+fn a_directory_without_patrols_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = validate(&[dir.path().to_str().unwrap()]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("no *.toml patrol files in"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn several_files_get_one_summary_line() {
     let a = bad("unknown-key.toml");
     let b = bad("many-errors.toml");

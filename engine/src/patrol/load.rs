@@ -918,6 +918,29 @@ fn agent(
         }
     }
     let backend = backend?;
+    // The script backend reads its file at run time; a wrong path is a definition error.
+    if let (Some(script), Some(v)) = (
+        t.get("script"),
+        t.get("script").and_then(|v| v.get_ref().as_str()),
+    ) {
+        let dir = ctx.map.file().parent().unwrap_or(Path::new(""));
+        let path = if dir.as_os_str().is_empty() {
+            Path::new(".").join(v)
+        } else {
+            dir.join(v)
+        };
+        if !v.trim().is_empty() && !path.is_file() {
+            ok = false;
+            ctx.error(
+                script.span(),
+                format!(
+                    "script file {v:?} not found (looked for {})",
+                    path.display()
+                ),
+                Some("the path is relative to the patrol file's directory".into()),
+            );
+        }
+    }
     // Keys every backend knows, but not this one (`base_url` on claude-code, ...).
     let allowed = wiggum_agents::config::allowed_keys(&backend);
     for (key, _) in t.iter() {
@@ -1414,6 +1437,25 @@ mod tests {
         assert_eq!(
             errs,
             ["2:11: `sandbox` in [patrol] must be true or false, not a string"]
+        );
+    }
+
+    #[test]
+    fn a_script_agent_needs_an_existing_script_file_next_to_the_patrol() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("demo.toml"), "").unwrap();
+        let text = |script: &str| {
+            format!("[agents.s]\nbackend = \"script\"\nscript = \"{script}\"\n[[steps]]\nid = \"a\"\nprompt = \"p\"\n")
+        };
+        let path = dir.path().join("p.toml");
+        assert!(parse(&text("demo.toml"), &path, &BTreeMap::new()).is_ok());
+        let err = parse(&text("nope.toml"), &path, &BTreeMap::new()).unwrap_err();
+        assert_eq!(err.diagnostics.len(), 1, "{err}");
+        let d = &err.diagnostics[0];
+        assert_eq!((d.line, d.col), (3, 10));
+        assert!(
+            d.message.starts_with("script file \"nope.toml\" not found"),
+            "{err}"
         );
     }
 
