@@ -14,6 +14,10 @@ use crate::command::{exit_error, resolve_argv, run_agent_process, InstallHint, P
 use crate::config::AgentConfig;
 use crate::retry::classify_text;
 
+/// The permission mode used unless `permission_mode` says otherwise: in print mode Claude Code
+/// cannot ask, so without it every file edit would be refused.
+pub const DEFAULT_PERMISSION_MODE: &str = "acceptEdits";
+
 const HINT: InstallHint = InstallHint {
     backend: "claude-code",
     install: "npm install -g @anthropic-ai/claude-code",
@@ -26,7 +30,7 @@ pub struct ClaudeCodeAgent {
     model: Option<String>,
     max_turns: Option<u32>,
     allowed_tools: Vec<String>,
-    permission_mode: Option<String>,
+    permission_mode: String,
     args: Vec<String>,
     env: BTreeMap<String, String>,
     timeout: Duration,
@@ -44,7 +48,10 @@ impl ClaudeCodeAgent {
             model: cfg.model.clone(),
             max_turns: cfg.max_turns,
             allowed_tools: cfg.allowed_tools.clone().unwrap_or_default(),
-            permission_mode: cfg.permission_mode.clone(),
+            permission_mode: cfg
+                .permission_mode
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PERMISSION_MODE.to_string()),
             args: cfg.args.clone().unwrap_or_default(),
             env: cfg.env_map(),
             timeout: cfg
@@ -66,9 +73,7 @@ impl ClaudeCodeAgent {
         if !self.allowed_tools.is_empty() {
             argv.extend(["--allowedTools".into(), self.allowed_tools.join(",")]);
         }
-        if let Some(p) = &self.permission_mode {
-            argv.extend(["--permission-mode".into(), p.clone()]);
-        }
+        argv.extend(["--permission-mode".into(), self.permission_mode.clone()]);
         argv.extend(self.args.iter().cloned());
         argv
     }

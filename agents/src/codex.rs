@@ -26,6 +26,9 @@ const HINT: InstallHint = InstallHint {
 /// able to edit its worktree.
 pub const DEFAULT_SANDBOX: &str = "workspace-write";
 
+/// Prompts longer than this go to stdin (`codex exec -`): Linux caps one argument at 128 KiB.
+pub const MAX_ARG_PROMPT: usize = 100 * 1024;
+
 /// OpenAI's Codex CLI in exec mode.
 #[derive(Clone, Debug)]
 pub struct CodexAgent {
@@ -61,7 +64,8 @@ impl CodexAgent {
         })
     }
 
-    /// The argv of a call: the prompt is the last argument.
+    /// The argv of a call: the prompt is the last argument, or `-` (read from stdin) when it is
+    /// too long for one argument.
     pub fn argv(&self, prompt: &str) -> Vec<String> {
         let mut argv = self.program.clone();
         argv.extend([
@@ -74,8 +78,12 @@ impl CodexAgent {
             argv.extend(["--model".into(), m.clone()]);
         }
         argv.extend(self.args.iter().cloned());
-        // `--` keeps a prompt that starts with `-` from being read as an option.
-        argv.extend(["--".into(), prompt.to_string()]);
+        if prompt.len() > MAX_ARG_PROMPT {
+            argv.push("-".into());
+        } else {
+            // `--` keeps a prompt that starts with `-` from being read as an option.
+            argv.extend(["--".into(), prompt.to_string()]);
+        }
         argv
     }
 }
@@ -180,9 +188,11 @@ impl Agent for CodexAgent {
     }
 
     async fn call(&self, request: &Request) -> Result<Reply, AgentError> {
+        let stdin =
+            (request.prompt.len() > MAX_ARG_PROMPT).then(|| request.prompt.clone().into_bytes());
         let out = run_agent_process(
             self.argv(&request.prompt),
-            None,
+            stdin,
             request,
             &self.env,
             self.timeout,

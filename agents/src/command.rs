@@ -374,6 +374,12 @@ fn spawn_error(e: ProcessError, hint: Option<InstallHint>) -> AgentError {
             "agent command {program:?} not found: check the `command` of the agent's config \
              (a bare name is looked up on PATH, a relative path starts at the patrol file's directory)"
         )),
+        (ProcessError::Io { source, .. }, _) if source.raw_os_error() == Some(libc::E2BIG) => {
+            AgentError::permanent(format!(
+                "agent process: {e}: the prompt is too long to pass as an argument (Linux \
+                 allows 128 KiB per argument); send it on stdin or use {{prompt_file}}"
+            ))
+        }
         _ => AgentError::permanent(format!("agent process: {e}")),
     }
 }
@@ -775,6 +781,20 @@ pub(crate) mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         let pid: i32 = out.stdout_text().trim().parse().unwrap();
         assert!(wait_dead(pid).await, "background child {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn prompt_too_long_for_an_argument_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = CommandAgent::new(
+            vec!["echo".into(), "{prompt}".into()],
+            BTreeMap::new(),
+            None,
+        )
+        .unwrap();
+        let prompt = "y".repeat(200 * 1024);
+        let err = agent.call(&request(dir.path(), &prompt)).await.unwrap_err();
+        assert!(err.to_string().contains("{prompt_file}"), "{err}");
     }
 
     #[tokio::test]

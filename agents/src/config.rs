@@ -44,7 +44,8 @@ pub struct AgentConfig {
     /// claude-code: `--allowedTools`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_tools: Option<Vec<String>>,
-    /// claude-code: `--permission-mode`; codex: `--sandbox`.
+    /// claude-code: `--permission-mode` (default `acceptEdits`); codex: `--sandbox` (default
+    /// `workspace-write`); gemini: `--approval-mode` (default `auto_edit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permission_mode: Option<String>,
     /// script backend: the script file (relative to the patrol file's directory).

@@ -17,6 +17,10 @@ use crate::config::AgentConfig;
 use crate::pricing::{self, Price};
 use crate::retry::classify_text;
 
+/// The approval mode used unless `permission_mode` says otherwise: headless Gemini cannot ask,
+/// so in its `default` mode every file edit would be refused.
+pub const DEFAULT_APPROVAL_MODE: &str = "auto_edit";
+
 const HINT: InstallHint = InstallHint {
     backend: "gemini",
     install: "npm install -g @google/gemini-cli",
@@ -27,6 +31,7 @@ const HINT: InstallHint = InstallHint {
 pub struct GeminiAgent {
     program: Vec<String>,
     model: Option<String>,
+    approval_mode: String,
     args: Vec<String>,
     env: BTreeMap<String, String>,
     timeout: Duration,
@@ -43,6 +48,10 @@ impl GeminiAgent {
         Ok(GeminiAgent {
             program: resolve_argv(program, base_dir, Some(HINT))?,
             model: cfg.model.clone(),
+            approval_mode: cfg
+                .permission_mode
+                .clone()
+                .unwrap_or_else(|| DEFAULT_APPROVAL_MODE.to_string()),
             args: cfg.args.clone().unwrap_or_default(),
             env: cfg.env_map(),
             timeout: cfg
@@ -60,6 +69,8 @@ impl GeminiAgent {
             prompt.to_string(),
             "--output-format".into(),
             "json".into(),
+            "--approval-mode".into(),
+            self.approval_mode.clone(),
         ]);
         if let Some(m) = &self.model {
             argv.extend(["--model".into(), m.clone()]);
@@ -70,7 +81,7 @@ impl GeminiAgent {
 }
 
 /// The first JSON object in a text (the CLI may print log lines before it).
-fn json_object(text: &str) -> Option<serde_json::Map<String, Value>> {
+pub(crate) fn json_object(text: &str) -> Option<serde_json::Map<String, Value>> {
     let start = text.find('{')?;
     let mut stream = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
     match stream.next() {

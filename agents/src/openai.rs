@@ -89,7 +89,14 @@ impl OpenAiAgent {
                 "tools": tools,
             });
             if let Some(n) = self.settings.max_output_tokens {
-                body["max_tokens"] = json!(n);
+                // OpenAI's own API renamed the field (its reasoning models refuse the old one);
+                // compatible servers know `max_tokens`.
+                let field = if self.settings.base_url.contains("api.openai.com") {
+                    "max_completion_tokens"
+                } else {
+                    "max_tokens"
+                };
+                body[field] = json!(n);
             }
             let (resp, r) = self.client.post(&url, &headers, &body).await?;
             retries += r;

@@ -128,6 +128,28 @@ async fn claude_code_success_reads_result_cost_usage_and_passes_flags() {
 }
 
 #[tokio::test]
+async fn claude_code_defaults_to_accepting_edits() {
+    let run = Run::new();
+    let agent = run.agent(
+        "claude-code",
+        "fake-claude",
+        "success",
+        AgentConfig::default(),
+    );
+    agent.call(&run.request("x")).await.unwrap();
+    assert_eq!(
+        argv(&run.logged()),
+        [
+            "-p",
+            "--output-format",
+            "json",
+            "--permission-mode",
+            "acceptEdits"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn claude_code_is_error_with_exit_zero_is_an_error() {
     let run = Run::new();
     let agent = run.agent(
@@ -264,6 +286,17 @@ async fn codex_success_takes_the_last_agent_message_and_splits_cached_tokens() {
 }
 
 #[tokio::test]
+async fn codex_prompt_too_long_for_an_argument_goes_to_stdin() {
+    let run = Run::new();
+    let agent = run.agent("codex", "fake-codex", "success", AgentConfig::default());
+    let prompt = "x".repeat(300 * 1024);
+    agent.call(&run.request(&prompt)).await.unwrap();
+    let log = run.logged();
+    assert_eq!(argv(&log).last().map(String::as_str), Some("-"));
+    assert_eq!(log["stdin"].as_str().unwrap().len(), prompt.len());
+}
+
+#[tokio::test]
 async fn codex_turn_failed_is_an_error_classified_by_message() {
     let run = Run::new();
     let agent = run.agent("codex", "fake-codex", "turn_failed", AgentConfig::default());
@@ -308,7 +341,17 @@ async fn gemini_success_sums_usage_over_models() {
     assert_eq!(reply.model.as_deref(), Some("gemini-2.5-pro"));
     assert!(reply.cost_usd.is_some());
     let log = run.logged();
-    assert_eq!(argv(&log), ["-p", "rename it", "--output-format", "json"]);
+    assert_eq!(
+        argv(&log),
+        [
+            "-p",
+            "rename it",
+            "--output-format",
+            "json",
+            "--approval-mode",
+            "auto_edit"
+        ]
+    );
 }
 
 #[tokio::test]
