@@ -90,7 +90,7 @@ pub fn parse_status(text: &str) -> Result<Status, String> {
 /// Runs `wiggum beads`.
 pub fn run(args: BeadsArgs) -> CliResult {
     let root = resolve_repo(args.repo.as_deref())?;
-    let ledger = open(&root)?;
+    let ledger = open_ledger(&root)?;
     let out = match args.command {
         BeadsCommand::List(a) => {
             let filter = BeadFilter {
@@ -123,7 +123,7 @@ pub fn run(args: BeadsArgs) -> CliResult {
 }
 
 /// Opens the ledger of `root` when it has one; says so plainly (creating nothing) otherwise.
-fn open(root: &Path) -> Result<Ledger, CliError> {
+pub(crate) fn open_ledger(root: &Path) -> Result<Ledger, CliError> {
     if !Ledger::exists(root) {
         return Err(CliError::failed(format!(
             "{} has no beads ledger yet (no .beads/issues.jsonl, no .wiggum/wiggum.db)",
@@ -190,7 +190,7 @@ fn render_list(beads: &[Bead], json: bool) -> Result<String, CliError> {
 }
 
 /// A readable block: header, fields, description, notes, dependencies, comments.
-fn render_show(b: &Bead, ledger: &Ledger) -> String {
+pub(crate) fn render_show(b: &Bead, ledger: &Ledger) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}  {}", b.id, b.title);
     let _ = writeln!(

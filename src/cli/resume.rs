@@ -1,14 +1,40 @@
-//! `wiggum resume`: Continue a run that was interrupted (a killed process, a reboot).
+//! `wiggum resume`: continue a run that was interrupted.
+
+use std::path::PathBuf;
 
 use clap::Args;
+use wiggum_engine::run::resume_run;
 
-use super::{not_yet, CliResult};
+use super::run::{render, with_runtime};
+use super::{resolve_repo, CliResult};
 
-/// Continue a run that was interrupted (a killed process, a reboot).
+/// Continue a patrol run that was interrupted (a killed process, a reboot, Ctrl-C): steps
+/// already done are not run again, the step that was in flight goes on from its last
+/// checkpoint, and no iteration is recorded twice. A run that had finished is only reported.
 #[derive(Debug, Args)]
-pub struct ResumeArgs {}
+pub struct ResumeArgs {
+    /// The run id (see `wiggum runs`).
+    pub run: String,
+
+    /// The repository (default: the git repository around the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// Print one JSON object with the result on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print only the result.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
 /// Runs `wiggum resume`.
-pub fn run(_args: ResumeArgs) -> CliResult {
-    Err(not_yet("resume", "resume arrives with the step engine"))
+pub fn run(args: ResumeArgs) -> CliResult {
+    let repo = resolve_repo(args.repo.as_deref())?;
+    let run_id = args.run.clone();
+    let report = with_runtime(args.quiet, move |sink, cancel| async move {
+        resume_run(&repo, &run_id, sink, cancel).await
+    })?;
+    render(&report, args.json)
 }

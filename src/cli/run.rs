@@ -1,14 +1,234 @@
-//! `wiggum run`: Run a patrol (a TOML file of steps) once, now.
+//! `wiggum run`: run a patrol once, now.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Args;
+use wiggum_engine::events::EventSink;
+use wiggum_engine::ralph::Outcome;
+use wiggum_engine::run::{run_patrol, Cancel, PatrolOptions, PatrolReport, PatrolRunError};
 
-use super::{not_yet, CliResult};
+use super::display::Display;
+use super::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 
-/// Run a patrol (a TOML file of steps) once, now.
+/// Run a patrol (a TOML file of steps) once, now. Steps whose `needs` are done run in parallel
+/// up to the patrol's `concurrency`; each agent step is a Ralph loop in its own worktree; the
+/// run is recorded as an epic bead with a bead per step and per iteration.
+///
+/// Exit codes: 0 every step converged, 1 a step did not, 2 the patrol file is invalid,
+/// 130 interrupted (continue with `wiggum resume RUN`).
 #[derive(Debug, Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// The patrol file.
+    pub patrol: PathBuf,
+
+    /// Set a variable of the patrol's [vars] (repeatable): --var target=src/parser
+    #[arg(long = "var", value_name = "K=V")]
+    pub vars: Vec<String>,
+
+    /// An idempotency key: a second `wiggum run` with the same key continues (or reports) the
+    /// first run instead of starting another, so a CI retry does not run the patrol twice.
+    #[arg(long, value_name = "KEY")]
+    pub run_id: Option<String>,
+
+    /// Run in this repository instead of the patrol's `repo`.
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// Print one JSON object with the result on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print only the result.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
 /// Runs `wiggum run`.
-pub fn run(_args: RunArgs) -> CliResult {
-    Err(not_yet("run", "patrol runs arrive with the step engine"))
+pub fn run(args: RunArgs) -> CliResult {
+    let vars = parse_vars(&args.vars)?;
+    let patrol = wiggum_engine::patrol::load(&args.patrol, &vars).map_err(|e| {
+        CliError::usage(format!(
+            "{} is not a valid patrol:\n{e}",
+            args.patrol.display()
+        ))
+        .hint(format!(
+            "run `wiggum validate {}` after fixing it",
+            args.patrol.display()
+        ))
+    })?;
+    let repo_override = match (&args.repo, patrol.sandbox) {
+        (Some(dir), _) => Some(super::resolve_repo(Some(dir))?),
+        (None, true) => Some(sandbox(&patrol.repo)?),
+        (None, false) => None,
+    };
+    let opts = PatrolOptions {
+        patrol,
+        run_key: args.run_id.clone(),
+        repo_override,
+    };
+    let json = args.json;
+    with_runtime(args.quiet, move |sink, cancel| async move {
+        run_patrol(opts, sink, cancel).await
+    })
+    .and_then(|report| render(&report, json))
+}
+
+/// Runs an engine future with the terminal display and Ctrl-C handling, on a small runtime.
+pub fn with_runtime<F, Fut>(quiet: bool, f: F) -> Result<PatrolReport, CliError>
+where
+    F: FnOnce(Arc<dyn EventSink>, Cancel) -> Fut,
+    Fut: std::future::Future<Output = Result<PatrolReport, PatrolRunError>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
+    let display = Arc::new(Display::new(quiet));
+    let cancel = Cancel::new();
+    let sink: Arc<dyn EventSink> = display.clone();
+    let result = runtime.block_on(async {
+        let watcher = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "\ninterrupted: stopping the steps in flight (Ctrl-C again to quit at once)"
+                );
+                watcher.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(EXIT_INTERRUPTED);
+                }
+            }
+        });
+        f(sink, cancel.clone()).await
+    });
+    display.finish();
+    result.map_err(|e| {
+        let code = match e {
+            PatrolRunError::Invalid(_) | PatrolRunError::Agent { .. } => EXIT_USAGE,
+            PatrolRunError::UnknownRun(_) | PatrolRunError::NotResumable(_) => EXIT_USAGE,
+            _ => EXIT_FAILED,
+        };
+        CliError {
+            exit_code: code,
+            ..CliError::failed(e.to_string())
+        }
+    })
+}
+
+/// Prints a patrol run's result and returns its exit code.
+pub fn render(r: &PatrolReport, json: bool) -> CliResult {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "run_id": r.run_id,
+                "name": r.name,
+                "repo": r.repo,
+                "outcome": r.outcome,
+                "reason": r.reason,
+                "iterations": r.iterations,
+                "tokens": r.tokens,
+                "cost_usd": r.cost_usd,
+                "branch": r.branch,
+                "landed": r.landed,
+                "resumed": r.resumed,
+                "already_finished": r.already_finished,
+                "steps": r.steps.iter().map(|(id, s)| serde_json::json!({
+                    "id": id,
+                    "bead": s.bead,
+                    "outcome": s.outcome,
+                    "reason": s.reason,
+                    "summary": s.summary,
+                    "iterations": s.iterations,
+                    "tokens": s.tokens,
+                    "cost_usd": s.cost_usd,
+                    "started_at": s.started_at,
+                    "finished_at": s.finished_at,
+                })).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        let mut out = String::new();
+        if r.already_finished {
+            out.push_str(&format!(
+                "run {} had already finished; nothing was run again\n",
+                r.run_id
+            ));
+        }
+        out.push_str(&format!(
+            "run {} (patrol {}): {} — {}\n",
+            r.run_id, r.name, r.outcome, r.reason
+        ));
+        out.push_str(&format!(
+            "  {:<20} {:<10} {:>5} {:>8} {:>9}  {}\n",
+            "step", "outcome", "iter", "tokens", "cost", "summary"
+        ));
+        for (id, s) in &r.steps {
+            out.push_str(&format!(
+                "  {:<20} {:<10} {:>5} {:>8} {:>9}  {}\n",
+                id,
+                s.outcome.map_or("not run", |o| o.as_str()),
+                s.iterations,
+                s.tokens,
+                format!("${:.4}", s.cost_usd),
+                if s.summary.is_empty() {
+                    &s.reason
+                } else {
+                    &s.summary
+                }
+            ));
+        }
+        if let Some(landed) = &r.landed {
+            out.push_str(&format!("{landed}\n"));
+        } else if r.outcome != Outcome::Converged {
+            out.push_str(&format!(
+                "the run's work so far is on branch {} (nothing was landed)\n",
+                r.branch
+            ));
+        }
+        let repo = r.repo.display();
+        out.push_str(&format!("beads: {repo}/.beads/issues.jsonl\n"));
+        out.push_str(&format!(
+            "look at them: wiggum show {} --repo {repo}   |   wiggum beads list --repo {repo}\n",
+            r.run_id
+        ));
+        if r.outcome == Outcome::Cancelled {
+            out.push_str(&format!(
+                "continue it: wiggum resume {} --repo {repo}\n",
+                r.run_id
+            ));
+        }
+        print!("{out}");
+    }
+    Ok(match r.outcome {
+        Outcome::Converged => EXIT_OK,
+        Outcome::Cancelled => EXIT_INTERRUPTED,
+        _ => EXIT_FAILED,
+    })
+}
+
+fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut out = BTreeMap::new();
+    for v in vars {
+        let Some((k, val)) = v.split_once('=') else {
+            return Err(CliError::usage(format!("--var {v:?} is not K=V"))
+                .hint("write it as --var name=value"));
+        };
+        out.insert(k.trim().to_string(), val.to_string());
+    }
+    Ok(out)
+}
+
+/// A throwaway copy of `repo` as a fresh git repository in the temp directory (for patrols
+/// with `sandbox = true`, such as the demo): the run never touches the original.
+fn sandbox(repo: &Path) -> Result<PathBuf, CliError> {
+    wiggum_engine::run::sandbox::prepare(repo).map_err(|e| {
+        CliError::failed(format!(
+            "cannot make the sandbox copy of {}: {e}",
+            repo.display()
+        ))
+    })
 }

@@ -1,14 +1,118 @@
-//! `wiggum runs`: List recent runs with outcome, duration, iterations and cost.
+//! `wiggum runs`: recent runs with outcome, duration, iterations and cost.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use clap::Args;
+use wiggum_engine::ledger::{parse_time, BeadFilter};
+use wiggum_engine::run::{Recorder, RunState};
 
-use super::{not_yet, CliResult};
+use super::beads::open_ledger;
+use super::{resolve_repo, CliError, CliResult, EXIT_OK};
 
-/// List recent runs with outcome, duration, iterations and cost.
+/// List recent runs (patrols and tasks), newest first, with outcome, duration, iterations and
+/// cost.
 #[derive(Debug, Args)]
-pub struct RunsArgs {}
+pub struct RunsArgs {
+    /// The repository (default: the git repository around the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// How many runs to show.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: usize,
+
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs `wiggum runs`.
-pub fn run(_args: RunsArgs) -> CliResult {
-    Err(not_yet("runs", "run listing arrives with the step engine"))
+pub fn run(args: RunsArgs) -> CliResult {
+    let root = resolve_repo(args.repo.as_deref())?;
+    let recorder = Recorder::new(open_ledger(&root)?);
+    let mut runs = recorder
+        .ledger()
+        .list(&BeadFilter {
+            label: Some(wiggum_engine::run::record::LABEL_RUN.into()),
+            ..BeadFilter::default()
+        })
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    runs.sort_by_key(|b| std::cmp::Reverse(b.created_at));
+    runs.truncate(args.limit);
+    let mut rows = Vec::new();
+    for bead in &runs {
+        let state = RunState::load(&recorder, &bead.id).ok().flatten();
+        let (iterations, tokens, cost) = state.as_ref().map_or((0, 0, 0.0), RunState::totals);
+        let outcome = state
+            .as_ref()
+            .and_then(|s| s.outcome.map(|o| o.as_str().to_string()))
+            .or_else(|| {
+                bead.labels
+                    .iter()
+                    .find_map(|l| l.strip_prefix("outcome:").map(str::to_string))
+            })
+            .unwrap_or_else(|| "running".into());
+        let finished = bead.closed_at.or_else(|| {
+            state
+                .as_ref()
+                .and_then(|s| s.finished_at.as_deref())
+                .and_then(|t| parse_time(t).ok())
+        });
+        let duration = finished.map(|f| (f - bead.created_at).to_std().unwrap_or_default());
+        rows.push(serde_json::json!({
+            "run_id": bead.id,
+            "kind": state.as_ref().map_or("run", |s| s.kind.as_str()),
+            "name": state.as_ref().map_or_else(|| bead.title.clone(), |s| s.name.clone()),
+            "outcome": outcome,
+            "started_at": wiggum_engine::ledger::format_time(&bead.created_at),
+            "duration_ms": duration.map(|d| d.as_millis() as u64),
+            "iterations": iterations,
+            "tokens": tokens,
+            "cost_usd": cost,
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(EXIT_OK);
+    }
+    if rows.is_empty() {
+        println!("no runs yet in {}", root.display());
+        return Ok(EXIT_OK);
+    }
+    let mut out = format!(
+        "{:<14} {:<7} {:<24} {:<10} {:<20} {:>9} {:>5} {:>9}\n",
+        "RUN", "KIND", "NAME", "OUTCOME", "STARTED", "DURATION", "ITER", "COST"
+    );
+    for r in &rows {
+        let duration = r["duration_ms"]
+            .as_u64()
+            .map(|ms| wiggum_agents::format_duration(std::time::Duration::from_millis(ms)))
+            .unwrap_or_else(|| "-".into());
+        let started = r["started_at"].as_str().unwrap_or("");
+        let _ = writeln!(
+            out,
+            "{:<14} {:<7} {:<24} {:<10} {:<20} {:>9} {:>5} {:>9}",
+            r["run_id"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            truncate(r["name"].as_str().unwrap_or(""), 24),
+            r["outcome"].as_str().unwrap_or(""),
+            &started[..started.len().min(19)],
+            duration,
+            r["iterations"],
+            format!("${:.4}", r["cost_usd"].as_f64().unwrap_or(0.0)),
+        );
+    }
+    print!("{out}");
+    Ok(EXIT_OK)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
 }

@@ -1,14 +1,87 @@
-//! `wiggum show`: Show a run, step or iteration, readable.
+//! `wiggum show`: a run, step or iteration, readable.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use clap::Args;
+use wiggum_engine::run::{Recorder, RunState};
 
-use super::{not_yet, CliResult};
+use super::beads::{open_ledger, render_show};
+use super::{resolve_repo, CliError, CliResult, EXIT_OK};
 
-/// Show a run, step or iteration, readable.
+/// Show a run, a step or an iteration: its record, and the beads below it (a run's steps with
+/// their outcomes, a step's iterations with why each went on or stopped).
 #[derive(Debug, Args)]
-pub struct ShowArgs {}
+pub struct ShowArgs {
+    /// A run, step or iteration id (e.g. wg-k3j9a, wg-k3j9a.1, wg-k3j9a.1.3).
+    pub id: String,
+
+    /// The repository (default: the git repository around the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    /// Print JSON: the bead, its children, and the run's state for a run.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs `wiggum show`.
-pub fn run(_args: ShowArgs) -> CliResult {
-    Err(not_yet("show", "use `wiggum beads show ID` for now"))
+pub fn run(args: ShowArgs) -> CliResult {
+    let root = resolve_repo(args.repo.as_deref())?;
+    let recorder = Recorder::new(open_ledger(&root)?);
+    let (bead, children, text) = {
+        let ledger = recorder.ledger();
+        let bead = ledger
+            .get(&args.id)
+            .map_err(|e| CliError::failed(e.to_string()))?
+            .ok_or_else(|| {
+                CliError::usage(format!("no bead {} in {}", args.id, root.display()))
+                    .hint("`wiggum runs` lists the runs; `wiggum beads list` every bead")
+            })?;
+        let children = ledger
+            .children(&bead.id)
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        let text = render_show(&bead, &ledger);
+        (bead, children, text)
+    };
+    let state = RunState::load(&recorder, &bead.id).ok().flatten();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "bead": bead, "children": children, "run": state })
+        );
+        return Ok(EXIT_OK);
+    }
+    let mut out = text;
+    if let Some(state) = &state {
+        let (iterations, tokens, cost) = state.totals();
+        let _ = writeln!(
+            out,
+            "\nrun: {} `{}`, {iterations} iterations, {tokens} tokens, ${cost:.4}",
+            state.kind, state.name
+        );
+        if let Some(l) = &state.landed {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
+    if !children.is_empty() {
+        let _ = writeln!(out, "\nbelow it:");
+        for c in &children {
+            let why = c
+                .close_reason
+                .as_deref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<18} {:<12} {}{why}",
+                c.id,
+                c.status.as_str(),
+                c.title
+            );
+        }
+        let _ = writeln!(out, "\n(show one with `wiggum show ID`)");
+    }
+    print!("{out}");
+    Ok(EXIT_OK)
 }

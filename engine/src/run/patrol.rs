@@ -504,8 +504,12 @@ async fn run_agent_step(
     };
     let ws = step_workspace(ctx, step)?;
     st.branch = Some(ws.branch().to_string());
+    let mut description = format!("{}\n\n- agent: {agent}\n", prompt.trim());
+    for c in &config.checks {
+        description.push_str(&format!("- check: `{c}`\n"));
+    }
     ctx.recorder
-        .set_in_progress(&st.bead)
+        .start_step(&st.bead, &description)
         .map_err(|e| format!("ledger: {e}"))?;
     ctx.sink.emit(&Event::StepStarted {
         run_id: ctx.run_id.clone(),
@@ -594,7 +598,7 @@ async fn run_command_step(
     let ws = step_workspace(ctx, step)?;
     st.branch = Some(ws.branch().to_string());
     ctx.recorder
-        .set_in_progress(&st.bead)
+        .start_step(&st.bead, &format!("Command step: `{command}`"))
         .map_err(|e| format!("ledger: {e}"))?;
     ctx.sink.emit(&Event::StepStarted {
         run_id: ctx.run_id.clone(),

@@ -101,6 +101,19 @@ impl Recorder {
         Ok(())
     }
 
+    /// Marks a step in progress with its description as it runs (templates rendered).
+    pub fn start_step(&self, bead: &str, description: &str) -> Result<(), LedgerError> {
+        self.ledger().update(
+            bead,
+            BeadUpdate {
+                status: Some(Status::InProgress),
+                description: Some(description.to_string()),
+                ..BeadUpdate::default()
+            },
+        )?;
+        Ok(())
+    }
+
     /// `issue` depends on `on` with a `blocks` dependency.
     pub fn blocks(&self, issue: &str, on: &str) -> Result<(), LedgerError> {
         self.ledger().add_dependency(issue, on, DepType::Blocks)
