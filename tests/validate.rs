@@ -372,9 +372,15 @@ fn every_shipped_workflow_is_valid() {
             "{wanted} missing from {names:?}"
         );
     }
+    let mut patrol_names = std::collections::BTreeSet::new();
     for file in &files {
-        if let Err(e) = wiggum_engine::patrol::load(file, &Default::default()) {
-            panic!("{} is not valid:\n{e}", file.display());
+        match wiggum_engine::patrol::load(file, &Default::default()) {
+            Ok(p) => assert!(
+                patrol_names.insert(p.name.clone()),
+                "two workflows are named `{}`",
+                p.name
+            ),
+            Err(e) => panic!("{} is not valid:\n{e}", file.display()),
         }
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");

@@ -138,7 +138,16 @@ pub fn parse(
     let patrol = super::validate::resolve(&mut ctx, raw, path);
     match patrol {
         Some(p) if ctx.diags.is_empty() => Ok(p),
-        _ => Err(ctx.finish()),
+        _ => {
+            if ctx.diags.is_empty() {
+                // Every path that rejects a patrol reports why; this only guards that promise.
+                ctx.error_whole_file(
+                    "the patrol is not valid, but no specific problem was recorded",
+                    Some("this is a bug in wiggum: please report it with the file".into()),
+                );
+            }
+            Err(ctx.finish())
+        }
     }
 }
 
