@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-use git2::{DiffFormat, DiffOptions, IndexAddOption, Oid, Repository, Tree};
+use git2::build::CheckoutBuilder;
+use git2::{DiffFormat, DiffOptions, IndexAddOption, Oid, Repository, ResetType, Tree};
 use serde::Serialize;
 
 use super::worktree::check_on_branch;
@@ -105,6 +106,26 @@ impl Workspace {
             changed,
             stat,
         })
+    }
+
+    /// Throws away uncommitted changes in the worktree (modified and deleted files, and new
+    /// files that are not ignored), back to the branch tip: to resume from the last checkpoint
+    /// after a crash in the middle of an iteration. Ignored files (build caches) stay.
+    pub fn discard_changes(&self) -> Result<(), WorkspaceError> {
+        let inner = self.lock();
+        let repo = &inner.repo;
+        check_on_branch(repo, &self.path, &self.branch)?;
+        let tip = repo.head()?.peel_to_commit()?;
+        // Force is right here: the worktree is wiggum's own, and discarding is the point.
+        repo.reset(tip.as_object(), ResetType::Hard, None)?;
+        // A hard reset keeps untracked files; a forced checkout of HEAD removes them.
+        let mut checkout = CheckoutBuilder::new();
+        checkout
+            .force()
+            .remove_untracked(true)
+            .remove_ignored(false);
+        repo.checkout_head(Some(&mut checkout))?;
+        Ok(())
     }
 
     /// The unified diff from commit `from` to commit `to` (shas or any revisions), at most
@@ -339,6 +360,61 @@ mod tests {
         let err = ws.checkpoint("iteration 1").unwrap_err();
         assert!(matches!(err, WorkspaceError::WrongBranch { .. }), "{err}");
         assert!(err.to_string().contains("detached"), "{err}");
+    }
+
+    #[test]
+    fn discard_changes_returns_to_the_last_checkpoint_and_keeps_ignored_files() {
+        let t = TestRepo::new();
+        t.write(".gitignore", "target/\n");
+        t.commit_all("ignore target");
+        let ws = workspace(&t);
+        write_file(ws.path(), "kept.txt", "kept\n");
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        write_file(ws.path(), "kept.txt", "half-done edit\n");
+        write_file(ws.path(), "stray/new.txt", "stray\n");
+        std::fs::remove_file(ws.path().join("README.md")).unwrap();
+        write_file(ws.path(), "target/cache", "cache");
+
+        ws.discard_changes().unwrap();
+        assert!(!ws.is_dirty().unwrap());
+        assert_eq!(ws.head().unwrap(), cp.sha);
+        let read = |p: &str| std::fs::read_to_string(ws.path().join(p)).unwrap();
+        assert_eq!(read("kept.txt"), "kept\n");
+        assert_eq!(read("README.md"), "hello\n");
+        assert!(!ws.path().join("stray/new.txt").exists());
+        assert_eq!(read("target/cache"), "cache");
+    }
+
+    #[test]
+    fn workspaces_of_one_repository_checkpoint_in_parallel() {
+        let t = TestRepo::new();
+        let workspaces: Vec<Workspace> = (0..4)
+            .map(|i| {
+                Workspace::create(&t.root, &format!("p{i}"), &format!("wiggum/p{i}"), None).unwrap()
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for (i, ws) in workspaces.iter().enumerate() {
+                scope.spawn(move || {
+                    for round in 0..5 {
+                        write_file(ws.path(), &format!("p{i}.txt"), &format!("{round}\n"));
+                        assert!(
+                            ws.checkpoint(&format!("p{i} iteration {round}"))
+                                .unwrap()
+                                .changed
+                        );
+                    }
+                });
+            }
+        });
+        for (i, ws) in workspaces.iter().enumerate() {
+            let tip = t
+                .repo
+                .find_commit(Oid::from_str(&ws.head().unwrap()).unwrap())
+                .unwrap();
+            assert_eq!(tip.message(), Some(format!("p{i} iteration 4").as_str()));
+            assert!(!ws.is_dirty().unwrap());
+        }
     }
 
     #[test]

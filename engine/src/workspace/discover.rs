@@ -20,6 +20,12 @@ pub enum WorkspaceError {
          with `git branch -D {branch}`"
     )]
     BranchExists { branch: String },
+    #[error(
+        "branch `{branch}` cannot be created next to the existing branch `{existing}`: git cannot \
+         have both a branch and branches below it (`a` and `a/b`); name it differently, or \
+         delete `{existing}` with `git branch -D {existing}`"
+    )]
+    BranchNameConflict { branch: String, existing: String },
     #[error("branch `{branch}` does not exist in {path} (was it deleted?)")]
     BranchMissing { branch: String, path: PathBuf },
     #[error("`{branch}` is not a valid git branch name ({reason})")]
@@ -47,7 +53,7 @@ pub enum WorkspaceError {
          directory and run `git worktree prune`) or use another name"
     )]
     WorktreeExists { path: PathBuf },
-    #[error("there is no wiggum worktree at {path} (removed? run `git worktree prune`)")]
+    #[error("{path} is not a wiggum worktree: delete the directory and run `git worktree prune`")]
     WorktreeMissing { path: PathBuf },
     #[error(
         "the worktree {path} is on {actual}, not on branch `{expected}` (something switched \

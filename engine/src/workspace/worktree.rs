@@ -117,16 +117,19 @@ impl Workspace {
             });
         }
 
+        if let Some(existing) = nested_branch(&main, branch)? {
+            return Err(WorkspaceError::BranchNameConflict {
+                branch: branch.to_string(),
+                existing,
+            });
+        }
         let path = root.join(WORKTREES_DIR).join(&name);
         if path.exists() {
             return Err(WorkspaceError::WorktreeExists { path });
         }
         ensure_excluded(main.commondir())?;
         prune_stale_worktree(&main, &name)?;
-        std::fs::create_dir_all(root.join(WORKTREES_DIR)).map_err(|source| WorkspaceError::Io {
-            context: format!("creating {}", root.join(WORKTREES_DIR).display()),
-            source,
-        })?;
+        create_parent(&root)?;
 
         let new_branch = main.branch(branch, &base_commit, false)?;
         let added = {
@@ -144,12 +147,7 @@ impl Workspace {
 
         let repo = Repository::open(&path)?;
         let base_sha = base_commit.id().to_string();
-        std::fs::write(repo.path().join(BASE_FILE), format!("{base_sha}\n")).map_err(|source| {
-            WorkspaceError::Io {
-                context: format!("writing {}", repo.path().join(BASE_FILE).display()),
-                source,
-            }
-        })?;
+        write_base(&repo, &base_sha)?;
         let identity = Identity::of(&repo);
         Ok(Workspace {
             repo_root: root,
@@ -166,15 +164,14 @@ impl Workspace {
     }
 
     /// Re-opens the worktree `name` made by [`Workspace::create`] (to resume a run); the branch
-    /// must exist and be checked out in it. The last checkpoint is the branch's current tip.
+    /// must exist and be checked out in it. If the worktree directory is gone (deleted, or
+    /// pruned) but the branch is there, the worktree is made again from the branch. The last
+    /// checkpoint is the branch's current tip.
     pub fn open(repo_root: &Path, name: &str, branch: &str) -> Result<Workspace, WorkspaceError> {
         let main = open_main(repo_root)?;
         let root = workdir_of(&main, repo_root)?;
         let name = sanitize_name(name)?;
         let path = root.join(WORKTREES_DIR).join(&name);
-        if !path.is_dir() {
-            return Err(WorkspaceError::WorktreeMissing { path });
-        }
         let branch_ref = format!("refs/heads/{branch}");
         let tip = main
             .refname_to_id(&branch_ref)
@@ -182,10 +179,23 @@ impl Workspace {
                 branch: branch.to_string(),
                 path: root.clone(),
             })?;
+        let recreated = !path.exists();
+        if recreated {
+            ensure_excluded(main.commondir())?;
+            prune_stale_worktree(&main, &name)?;
+            create_parent(&root)?;
+            let reference = main.find_reference(&branch_ref)?;
+            let mut opts = WorktreeAddOptions::new();
+            opts.reference(Some(&reference));
+            main.worktree(&name, &path, Some(&opts))?;
+        }
         let repo = Repository::open(&path)
             .map_err(|_| WorkspaceError::WorktreeMissing { path: path.clone() })?;
         check_on_branch(&repo, &path, branch)?;
         let base_commit = read_base(&repo, &main, tip)?;
+        if recreated {
+            write_base(&repo, &base_commit)?;
+        }
         let identity = Identity::of(&repo);
         Ok(Workspace {
             repo_root: root,
@@ -374,6 +384,32 @@ fn check_branch_name(branch: &str) -> Result<(), WorkspaceError> {
     }
 }
 
+/// An existing branch that `branch` would nest in or around (`a` for `a/b`, `a/b` for `a`):
+/// git keeps branches as files, so the two cannot coexist.
+fn nested_branch(main: &Repository, branch: &str) -> Result<Option<String>, WorkspaceError> {
+    let mut prefix = String::new();
+    for part in branch.split('/') {
+        if !prefix.is_empty() {
+            if main.find_branch(&prefix, BranchType::Local).is_ok() {
+                return Ok(Some(prefix));
+            }
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+    }
+    let below = main
+        .references_glob(&format!("refs/heads/{branch}/*"))?
+        .next();
+    if let Some(reference) = below {
+        let reference = reference?;
+        let name = reference.name().unwrap_or_default();
+        return Ok(Some(
+            name.strip_prefix("refs/heads/").unwrap_or(name).to_string(),
+        ));
+    }
+    Ok(None)
+}
+
 /// Removes git's metadata for a worktree `name` whose directory is gone, so the name can be
 /// used again.
 fn prune_stale_worktree(main: &Repository, name: &str) -> Result<(), WorkspaceError> {
@@ -383,6 +419,24 @@ fn prune_stale_worktree(main: &Repository, name: &str) -> Result<(), WorkspaceEr
         }
     }
     Ok(())
+}
+
+/// Creates `<root>/.wiggum/worktrees`.
+fn create_parent(root: &Path) -> Result<(), WorkspaceError> {
+    let dir = root.join(WORKTREES_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| WorkspaceError::Io {
+        context: format!("creating {}", dir.display()),
+        source,
+    })
+}
+
+/// Remembers the commit the worktree's branch started from.
+fn write_base(repo: &Repository, sha: &str) -> Result<(), WorkspaceError> {
+    let file = repo.path().join(BASE_FILE);
+    std::fs::write(&file, format!("{sha}\n")).map_err(|source| WorkspaceError::Io {
+        context: format!("writing {}", file.display()),
+        source,
+    })
 }
 
 /// The commit the branch started from: the file written by `create`, else the first entry of
@@ -480,6 +534,22 @@ mod tests {
     }
 
     #[test]
+    fn create_explains_a_branch_that_would_nest_in_another() {
+        let t = TestRepo::new();
+        let _run = Workspace::create(&t.root, "run", "wiggum/run", None).unwrap();
+        let err = Workspace::create(&t.root, "run-step", "wiggum/run/step", None).unwrap_err();
+        assert!(
+            matches!(err, WorkspaceError::BranchNameConflict { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`wiggum/run`"), "{err}");
+
+        let _step = Workspace::create(&t.root, "r2-step", "wiggum/r2/step", None).unwrap();
+        let err = Workspace::create(&t.root, "r2", "wiggum/r2", None).unwrap_err();
+        assert!(err.to_string().contains("`wiggum/r2/step`"), "{err}");
+    }
+
+    #[test]
     fn create_in_an_empty_repository_asks_for_a_first_commit() {
         let t = TestRepo::empty();
         let err = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap_err();
@@ -569,13 +639,38 @@ mod tests {
     fn open_a_missing_worktree_or_branch_is_a_clear_error() {
         let t = TestRepo::new();
         let err = Workspace::open(&t.root, "nope", "wiggum/nope").unwrap_err();
+        assert!(matches!(err, WorkspaceError::BranchMissing { .. }), "{err}");
+        assert!(err.to_string().contains("wiggum/nope"), "{err}");
+        let _ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
+        let err = Workspace::open(&t.root, "run-1", "wiggum/other").unwrap_err();
+        assert!(matches!(err, WorkspaceError::BranchMissing { .. }), "{err}");
+        std::fs::create_dir_all(t.path(".wiggum/worktrees/junk")).unwrap();
+        let err = Workspace::open(&t.root, "junk", "wiggum/run-1").unwrap_err();
         assert!(
             matches!(err, WorkspaceError::WorktreeMissing { .. }),
             "{err}"
         );
-        let _ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
-        let err = Workspace::open(&t.root, "run-1", "wiggum/other").unwrap_err();
-        assert!(matches!(err, WorkspaceError::BranchMissing { .. }), "{err}");
+    }
+
+    #[test]
+    fn open_makes_the_worktree_again_when_its_directory_is_gone() {
+        let t = TestRepo::new();
+        let base = t.head();
+        let ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
+        write_file(ws.path(), "a.txt", "a\n");
+        let cp = ws.checkpoint("wiggum: run-1 iteration 1").unwrap();
+        ws.remove().unwrap();
+        t.write("main-moved.txt", "x\n");
+        t.commit_all("user moves on");
+
+        let ws = Workspace::open(&t.root, "run-1", "wiggum/run-1").unwrap();
+        assert_eq!(ws.head().unwrap(), cp.sha);
+        assert_eq!(ws.base_commit(), base);
+        assert_eq!(
+            std::fs::read_to_string(ws.path().join("a.txt")).unwrap(),
+            "a\n"
+        );
+        assert!(!ws.is_dirty().unwrap());
     }
 
     #[test]
