@@ -680,9 +680,24 @@ fn patrol_section(ctx: &mut Ctx<'_>, p: &DeTable<'_>, raw: &mut RawPatrol) {
     raw.repo = ctx
         .text(p, "repo", S, "repo = \".\"")
         .map(Spanned::into_inner);
-    raw.base = ctx
-        .text(p, "base", S, "base = \"main\"")
-        .map(Spanned::into_inner);
+    if let Some(base) = ctx.text(p, "base", S, "base = \"main\"") {
+        let b = base.get_ref();
+        let bad = b.contains("..")
+            || b.starts_with(['-', '/'])
+            || b.ends_with(['/', '.'])
+            || b.ends_with(".lock")
+            || b.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+        if bad {
+            ctx.error(
+                base.span(),
+                format!("`base` in [patrol] is not a valid branch name: {b:?}"),
+                Some("write the branch name as git shows it, e.g. `base = \"main\"`".into()),
+            );
+        } else {
+            raw.base = Some(base.into_inner());
+        }
+    }
     if let Some(l) = ctx.choice(p, "land", S, &["merge", "branch", "none"]) {
         raw.land = match l.as_str() {
             "branch" => Land::Branch,
@@ -1465,6 +1480,21 @@ mod tests {
         assert!(
             d.message.starts_with("script file \"nope.toml\" not found"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn base_must_be_a_branch_name() {
+        assert_eq!(
+            parse_ok(&format!("[patrol]\nbase = \"release/1.2\"\n{MINIMAL}"))
+                .base
+                .as_deref(),
+            Some("release/1.2")
+        );
+        let errs = errors(&format!("[patrol]\nbase = \"main branch\"\n{MINIMAL}"));
+        assert_eq!(
+            errs,
+            ["2:8: `base` in [patrol] is not a valid branch name: \"main branch\""]
         );
     }
 

@@ -13,7 +13,7 @@ use std::ops::Range;
 pub struct StepResultView {
     /// The step's summary of its work (the last work reply, bounded), or the command's output.
     pub summary: String,
-    /// How the step ended, e.g. `converged`, `failed`.
+    /// How the step ended: an `Outcome` name such as `converged`, `stalled` or `skipped`.
     pub outcome: String,
 }
 
