@@ -586,7 +586,7 @@ pub(crate) mod tests {
     }
 
     async fn wait_dead(pid: i32) -> bool {
-        for _ in 0..50 {
+        for _ in 0..250 {
             if is_dead(pid) {
                 return true;
             }
@@ -719,15 +719,15 @@ pub(crate) mod tests {
     async fn hung_process_and_its_child_are_killed_at_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let agent = CommandAgent::new(
-            sh("sleep 30 & echo $! > child.pid; sleep 30"),
+            sh("echo $$ > leader.pid; sleep 30 & echo $! > child.pid; sleep 30"),
             BTreeMap::new(),
-            Some(Duration::from_millis(300)),
+            Some(Duration::from_millis(800)),
         )
         .unwrap();
         let started = Instant::now();
         let err = agent.call(&request(dir.path(), "")).await.unwrap_err();
         assert!(
-            matches!(err, AgentError::Timeout { after } if after == Duration::from_millis(300)),
+            matches!(err, AgentError::Timeout { after } if after == Duration::from_millis(800)),
             "{err:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -737,6 +737,12 @@ pub(crate) mod tests {
             .parse()
             .unwrap();
         assert!(wait_dead(pid).await, "background child {pid} survived");
+        let leader: i32 = std::fs::read_to_string(dir.path().join("leader.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(wait_dead(leader).await, "leader {leader} survived");
     }
 
     #[tokio::test]
@@ -760,15 +766,20 @@ pub(crate) mod tests {
         .unwrap();
         let req = request(dir.path(), "");
         let pid_file = dir.path().join("child.pid");
-        let call = agent.call(&req);
-        // Dropping the timed-out future is what Ctrl-C does to a call.
-        let res = tokio::time::timeout(Duration::from_millis(300), call).await;
-        assert!(res.is_err());
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        // async-trait boxes the future, so dropping `call` really drops it.
+        let mut call = agent.call(&req);
+        // Run the call until its child is up, then drop it, as Ctrl-C does.
+        let pid: i32 = loop {
+            tokio::select! {
+                res = &mut call => panic!("the call ended early: {res:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if let Ok(pid) = text.trim().parse() {
+                break pid;
+            }
+        };
+        drop(call);
         assert!(wait_dead(pid).await, "background child {pid} survived");
     }
 
