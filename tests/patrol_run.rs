@@ -1,0 +1,387 @@
+//! End-to-end tests of `wiggum run` and `wiggum resume`: patrols as DAGs of loops, recorded in
+//! the ledger, resumed after a crash. The agents are `script` agents written by each test.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{beads, wiggum_command, TempRepo};
+
+/// Writes `patrol.toml` and `script.toml` into `dir` and returns the patrol's path.
+fn write_patrol(dir: &Path, patrol: &str, script: &str) -> String {
+    std::fs::write(dir.join("script.toml"), script).unwrap();
+    let path = dir.join("patrol.toml");
+    std::fs::write(&path, patrol).unwrap();
+    path.display().to_string()
+}
+
+fn time(s: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s.as_str().expect("a time"))
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc)
+}
+
+fn step<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
+}
+
+const DAG: &str = r#"
+[patrol]
+name = "dag"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "a"
+prompt = "write a.txt"
+[steps.loop]
+checks = ["test -f a.txt"]
+[[steps]]
+id = "b"
+needs = ["a"]
+prompt = "write b.txt after {{steps.a.summary}}"
+[steps.loop]
+checks = ["test -f b.txt", "test -f a.txt"]
+[[steps]]
+id = "c"
+needs = ["a"]
+prompt = "write c.txt"
+[steps.loop]
+checks = ["test -f c.txt"]
+"#;
+
+const DAG_SCRIPT: &str = r#"
+[[work]]
+step = "a"
+reply = "wrote a.txt"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+[[work]]
+step = "b"
+reply = "wrote b.txt"
+delay = "800ms"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+[[work]]
+step = "c"
+reply = "wrote c.txt"
+delay = "800ms"
+[[work.edits]]
+path = "c.txt"
+write = "c\n"
+"#;
+
+#[test]
+fn a_three_step_dag_runs_its_parallel_pair_at_once_after_their_need() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(defs.path(), DAG, DAG_SCRIPT);
+    let repo_dir = repo.path().display().to_string();
+    let out = repo.wiggum(&["run", &patrol, "--repo", &repo_dir, "--json"]);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let r = out.json();
+    assert_eq!(r["outcome"], "converged");
+    let (a, b, c) = (step(&r, "a"), step(&r, "b"), step(&r, "c"));
+    // Order: b and c start only after a finished.
+    assert!(time(&a["finished_at"]) <= time(&b["started_at"]));
+    assert!(time(&a["finished_at"]) <= time(&c["started_at"]));
+    // Parallelism: b and c overlap in time.
+    assert!(time(&b["started_at"]) < time(&c["finished_at"]), "{r:#}");
+    assert!(time(&c["started_at"]) < time(&b["finished_at"]), "{r:#}");
+    // The template saw a's summary.
+    let b_bead = beads(repo.path())
+        .into_iter()
+        .find(|x| x["id"] == b["bead"])
+        .unwrap();
+    assert!(b_bead["description"]
+        .as_str()
+        .unwrap()
+        .contains("after wrote a.txt"));
+    // Steps are children of the run with `blocks` dependencies mirroring `needs`.
+    let deps = b_bead["dependencies"].as_array().unwrap();
+    assert!(deps
+        .iter()
+        .any(|d| d["type"] == "blocks" && d["depends_on_id"] == a["bead"]));
+    // Landed (land = merge by default) onto the user's branch.
+    for f in ["a.txt", "b.txt", "c.txt"] {
+        assert!(repo.path().join(f).exists(), "{f} not landed");
+    }
+}
+
+#[test]
+fn a_failing_step_fails_only_the_steps_downstream_of_it() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        r#"
+[patrol]
+name = "partial"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "broken"
+run = "echo 'no such tool'; exit 3"
+[[steps]]
+id = "after-broken"
+needs = ["broken"]
+prompt = "never runs"
+[[steps]]
+id = "independent"
+prompt = "write c.txt"
+[steps.loop]
+checks = ["test -f c.txt"]
+"#,
+        DAG_SCRIPT
+            .replace("step = \"c\"", "step = \"independent\"")
+            .as_str(),
+    );
+    let repo_dir = repo.path().display().to_string();
+    let out = repo.wiggum(&["run", &patrol, "--repo", &repo_dir, "--json"]);
+    assert_eq!(
+        out.code, 1,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let r = out.json();
+    assert_eq!(step(&r, "broken")["outcome"], "error");
+    assert!(step(&r, "broken")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("exit 3"));
+    assert_eq!(step(&r, "after-broken")["outcome"], "skipped");
+    assert_eq!(step(&r, "independent")["outcome"], "converged");
+    let skipped = beads(repo.path())
+        .into_iter()
+        .find(|x| x["id"] == step(&r, "after-broken")["bead"])
+        .unwrap();
+    assert_eq!(skipped["status"], "closed");
+    assert!(skipped["close_reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("failed: skipped"));
+    // Nothing lands from a run that did not converge.
+    assert!(!repo.path().join("c.txt").exists());
+}
+
+#[test]
+fn resume_after_sigkill_mid_step_completes_without_duplicate_iterations() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        r#"
+[patrol]
+name = "crashy"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "first"
+run = "echo first > first.txt"
+[[steps]]
+id = "slow"
+needs = ["first"]
+prompt = "write three files"
+[steps.loop]
+checks = ["test -f f3.txt"]
+stall_after = 5
+"#,
+        r#"
+[[work]]
+reply = "one"
+delay = "300ms"
+[[work.edits]]
+path = "f1.txt"
+write = "1\n"
+[[work]]
+reply = "two"
+delay = "1500ms"
+[[work.edits]]
+path = "f2.txt"
+write = "2\n"
+[[work]]
+reply = "three"
+delay = "300ms"
+[[work.edits]]
+path = "f3.txt"
+write = "3\n"
+"#,
+    );
+    let repo_dir = repo.path().display().to_string();
+    let mut child = wiggum_command()
+        .args(["run", &patrol, "--repo", &repo_dir, "--json"])
+        .current_dir(repo.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until iteration 1 of `slow` is recorded, then kill -9 during iteration 2.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = beads(repo.path())
+            .iter()
+            .any(|b| b["title"] == "iteration 1" && b["status"] == "closed");
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "iteration 1 never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let runs = repo.wiggum(&["runs", "--json"]);
+    let run_id = runs.json()[0]["run_id"].as_str().unwrap().to_string();
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let r = out.json();
+    assert_eq!(r["outcome"], "converged");
+    assert_eq!(r["resumed"], true);
+    assert_eq!(step(&r, "slow")["iterations"], 3);
+
+    let all = beads(repo.path());
+    // The ledger is valid: sorted unique ids, closed_at exactly when closed.
+    let ids: Vec<&str> = all.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "ids sorted and unique");
+    for b in &all {
+        assert_eq!(b["status"] == "closed", b["closed_at"].is_string(), "{b}");
+    }
+    // No iteration recorded twice, and the first step was not run again.
+    let slow_bead = step(&r, "slow")["bead"].as_str().unwrap().to_string();
+    let mut titles: Vec<&str> = all
+        .iter()
+        .filter(|b| {
+            b["id"]
+                .as_str()
+                .unwrap()
+                .strip_prefix(&format!("{slow_bead}."))
+                .is_some_and(|rest| !rest.contains('.'))
+        })
+        .map(|b| b["title"].as_str().unwrap())
+        .collect();
+    titles.sort();
+    assert_eq!(titles, vec!["iteration 1", "iteration 2", "iteration 3"]);
+    assert_eq!(step(&r, "first")["iterations"], 1);
+    for f in ["first.txt", "f1.txt", "f2.txt", "f3.txt"] {
+        assert!(repo.path().join(f).exists(), "{f} not landed");
+    }
+}
+
+#[test]
+fn a_repeated_run_id_reports_the_first_run_instead_of_starting_another() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        "[patrol]\nname = \"once\"\n[[steps]]\nid = \"touch\"\nrun = \"date >> ran.txt\"\n",
+        "",
+    );
+    let repo_dir = repo.path().display().to_string();
+    let args = [
+        "run", &patrol, "--repo", &repo_dir, "--run-id", "ci-42", "--json",
+    ];
+    let first = repo.wiggum(&args);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let second = repo.wiggum(&args);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(first.json()["run_id"], second.json()["run_id"]);
+    assert_eq!(second.json()["already_finished"], true);
+    assert_eq!(repo.read("ran.txt").lines().count(), 1, "the step ran once");
+    let epics = beads(repo.path())
+        .into_iter()
+        .filter(|b| b["issue_type"] == "epic")
+        .count();
+    assert_eq!(epics, 1);
+}
+
+#[test]
+fn the_demo_patrol_runs_offline_and_exits_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = wiggum_command()
+        .args(["run", "workflows/demo.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("TMPDIR", tmp.path())
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9") // any network use would fail
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("converged"));
+    assert!(
+        stdout.contains(".beads/issues.jsonl"),
+        "says where the beads are: {stdout}"
+    );
+    assert!(
+        stdout.contains("wiggum show"),
+        "says how to look at them: {stdout}"
+    );
+    let sandbox = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("wiggum-sandbox-")
+        })
+        .expect("the demo ran in a sandbox copy")
+        .path();
+    let iterations = beads(&sandbox)
+        .into_iter()
+        .filter(|b| b["title"].as_str().unwrap_or("").starts_with("iteration "))
+        .count();
+    assert!(
+        iterations >= 5,
+        "three for fix-tests, one each for docs and changelog"
+    );
+    // The fixture itself is untouched.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo/repo/calc.py");
+    assert!(std::fs::read_to_string(fixture)
+        .unwrap()
+        .contains("return a - b"));
+}
+
+#[test]
+fn an_invalid_patrol_is_refused_before_anything_runs_with_exit_2() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        "[patrol]\nname = \"bad\"\n[[steps]]\nid = \"a\"\nrun = \"true\"\nneeds = [\"ghost\"]\n",
+        "",
+    );
+    let repo_dir = repo.path().display().to_string();
+    let out = repo.wiggum(&["run", &patrol, "--repo", &repo_dir]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("patrol.toml:6:"), "{}", out.stderr);
+    assert!(!repo.path().join(".beads").exists(), "nothing was recorded");
+}
