@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use std::path::Path;
+
 use git2::build::CheckoutBuilder;
 use git2::{DiffFormat, DiffOptions, IndexAddOption, Oid, Repository, ResetType, Tree};
 use serde::Serialize;
@@ -74,7 +76,19 @@ impl Workspace {
 
         let mut index = repo.index()?;
         index.update_all(["*"], None)?;
-        index.add_all(["*"], IndexAddOption::DEFAULT, None)?;
+        // A git repository the agent made inside the worktree (a clone, `git init`) cannot be
+        // staged as files; like `git add -A` would, leave it out (git itself would only record a
+        // link to it).
+        let workdir = self.path.as_path();
+        let mut skip_nested_repos = |path: &Path, _: &[u8]| -> i32 {
+            let is_dir = path.to_str().is_some_and(|p| p.ends_with('/'));
+            i32::from(is_dir && workdir.join(path).join(".git").exists())
+        };
+        index.add_all(
+            ["*"],
+            IndexAddOption::DEFAULT,
+            Some(&mut skip_nested_repos as &mut git2::IndexMatchedPath<'_>),
+        )?;
         index.write()?;
         let tree_id = index.write_tree()?;
 
@@ -232,8 +246,6 @@ impl BoundedText {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::super::testutil::{write_file, TestRepo};
     use super::*;
 
@@ -325,6 +337,24 @@ mod tests {
         write_file(ws.path(), "kept.txt", "kept\n");
         let cp = ws.checkpoint("iteration 2").unwrap();
         assert_eq!(cp.stat.files_changed, 1);
+    }
+
+    #[test]
+    fn checkpoint_copes_with_a_nested_repository_the_agent_made() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        Repository::init(ws.path().join("vendor/lib")).unwrap();
+        write_file(ws.path(), "vendor/lib/a.txt", "a\n");
+        write_file(ws.path(), "b.txt", "b\n");
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        assert!(cp.changed);
+        let tree = t
+            .repo
+            .find_commit(Oid::from_str(&cp.sha).unwrap())
+            .unwrap()
+            .tree()
+            .unwrap();
+        assert!(tree.get_path(Path::new("b.txt")).is_ok());
     }
 
     #[test]
