@@ -72,7 +72,8 @@ impl AnthropicAgent {
         if let Some(key) = &self.settings.api_key {
             headers.push(("x-api-key", key.clone()));
         }
-        let toolbox = Toolbox::new(&request.workdir, self.settings.tool_timeout);
+        let toolbox = Toolbox::new(&request.workdir, self.settings.tool_timeout)
+            .hiding_env([self.settings.api_key_env.clone()]);
         let tools = Self::tools();
         let mut messages = vec![json!({"role": "user", "content": [
             {"type": "text", "text": request.prompt}]})];

@@ -43,6 +43,8 @@ pub struct ProcessSpec {
     pub stdout_limit: usize,
     /// Bytes kept from the end of stderr.
     pub stderr_tail: usize,
+    /// Variables removed from the inherited environment (secrets a child must not see).
+    pub env_remove: Vec<String>,
 }
 
 impl ProcessSpec {
@@ -56,6 +58,7 @@ impl ProcessSpec {
             timeout: None,
             stdout_limit: DEFAULT_STDOUT_LIMIT,
             stderr_tail: STDERR_TAIL,
+            env_remove: Vec::new(),
         }
     }
 }
@@ -171,6 +174,9 @@ pub async fn run_process(spec: ProcessSpec) -> Result<ProcessOutput, ProcessErro
         });
     }
     let mut cmd = tokio::process::Command::new(&program);
+    for var in &spec.env_remove {
+        cmd.env_remove(var);
+    }
     cmd.args(&spec.argv[1..])
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))

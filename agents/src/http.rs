@@ -30,6 +30,8 @@ pub struct HttpSettings {
     pub model: String,
     pub base_url: String,
     pub api_key: Option<String>,
+    /// The variable the key came from, hidden from the tool loop's commands.
+    pub api_key_env: String,
     pub call_timeout: Duration,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
@@ -54,13 +56,17 @@ impl HttpSettings {
                 "the {backend} backend needs `model = \"...\"` in the agent's config"
             )));
         };
-        let base_url = cfg
+        let mut base_url = cfg
             .base_url
             .clone()
             .or_else(|| std::env::var(url_env).ok().filter(|u| !u.trim().is_empty()))
             .unwrap_or_else(|| default_url.to_string())
             .trim_end_matches('/')
             .to_string();
+        // The Anthropic root has no /v1 (the backend adds it); forgive one written anyway.
+        if !default_url.ends_with("/v1") && base_url.ends_with("/v1") {
+            base_url.truncate(base_url.len() - 3);
+        }
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(AgentError::permanent(format!(
                 "{backend} `base_url` {base_url:?} must start with http:// or https://"
@@ -86,6 +92,7 @@ impl HttpSettings {
             model,
             base_url,
             api_key,
+            api_key_env: key_var,
             call_timeout: d("timeout", &cfg.timeout, crate::command::DEFAULT_TIMEOUT)?,
             request_timeout: d(
                 "request_timeout",
@@ -319,5 +326,24 @@ mod tests {
         assert_eq!(s.base_url, "http://127.0.0.1:11434/v1");
         assert_eq!(s.api_key, None);
         assert_eq!(s.cost(&crate::agent::Usage::default()), Some(0.0));
+        assert_eq!(s.api_key_env, "WIGGUM_TEST_NO_KEY");
+    }
+
+    #[test]
+    fn anthropic_base_url_forgives_a_trailing_v1() {
+        let cfg = AgentConfig {
+            model: Some("claude-haiku-4-5".into()),
+            base_url: Some("http://127.0.0.1:9/v1".into()),
+            ..AgentConfig::new("anthropic")
+        };
+        let s = HttpSettings::from_config(
+            &cfg,
+            "anthropic",
+            "WIGGUM_TEST_NO_KEY",
+            "WIGGUM_TEST_NO_URL",
+            "https://api.anthropic.com",
+        )
+        .unwrap();
+        assert_eq!(s.base_url, "http://127.0.0.1:9");
     }
 }

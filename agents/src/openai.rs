@@ -70,7 +70,8 @@ impl OpenAiAgent {
         if let Some(key) = &self.settings.api_key {
             headers.push(("authorization", format!("Bearer {key}")));
         }
-        let toolbox = Toolbox::new(&request.workdir, self.settings.tool_timeout);
+        let toolbox = Toolbox::new(&request.workdir, self.settings.tool_timeout)
+            .hiding_env([self.settings.api_key_env.clone()]);
         let tools = Self::tools();
         let mut messages = vec![
             json!({"role": "system", "content": SYSTEM_PROMPT}),

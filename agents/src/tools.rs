@@ -137,6 +137,7 @@ pub fn tool_specs() -> Vec<ToolSpec> {
 pub struct Toolbox {
     root: PathBuf,
     command_timeout: Duration,
+    hidden_env: Vec<String>,
 }
 
 impl Toolbox {
@@ -145,7 +146,15 @@ impl Toolbox {
         Toolbox {
             root: root.into(),
             command_timeout,
+            hidden_env: Vec::new(),
         }
+    }
+
+    /// Hides these variables (the API key's) from `run_command`, so a model cannot read its
+    /// own key with `env`.
+    pub fn hiding_env(mut self, vars: impl IntoIterator<Item = String>) -> Self {
+        self.hidden_env.extend(vars);
+        self
     }
 
     /// Runs one tool call. `args` is the JSON the model sent (an object, or a string holding
@@ -253,6 +262,7 @@ impl Toolbox {
             timeout: Some(self.command_timeout),
             stdout_limit: TOOL_OUTPUT_LIMIT,
             stderr_tail: TOOL_OUTPUT_LIMIT / 4,
+            env_remove: self.hidden_env.clone(),
             ..ProcessSpec::new(vec!["sh".into(), "-c".into(), command.into()], &self.root)
         };
         match run_process(spec).await {
@@ -370,6 +380,19 @@ mod tests {
             .await;
         assert!(big.content.len() < TOOL_OUTPUT_LIMIT + 200);
         assert!(big.content.contains("cut"));
+    }
+
+    #[tokio::test]
+    async fn run_command_does_not_see_hidden_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        // cargo and nextest set CARGO_PKG_NAME for tests: hiding it proves it is removed.
+        assert!(std::env::var("CARGO_PKG_NAME").is_ok());
+        let tb = toolbox(dir.path()).hiding_env(["CARGO_PKG_NAME".to_string()]);
+        let cmd = json!({"command": "echo \"[${CARGO_PKG_NAME:-gone}]\""});
+        let out = tb.run("run_command", &cmd).await;
+        assert!(out.content.contains("[gone]"), "{out:?}");
+        let out = toolbox(dir.path()).run("run_command", &cmd).await;
+        assert!(out.content.contains("[wiggum-agents]"), "{out:?}");
     }
 
     #[tokio::test]
