@@ -27,8 +27,11 @@ pub struct Checkpoint {
 /// Files, inserted and deleted lines between two trees.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DiffStat {
+    /// Files added, modified or deleted.
     pub files_changed: usize,
+    /// Lines added.
     pub insertions: usize,
+    /// Lines removed.
     pub deletions: usize,
 }
 

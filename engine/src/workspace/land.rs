@@ -24,13 +24,26 @@ use super::{Workspace, WorkspaceError};
 pub enum LandOutcome {
     /// The target now points at the branch tip (or already contained it: then `sha` is the
     /// target's unchanged tip).
-    FastForward { target: String, sha: String },
+    FastForward {
+        /// The branch landed on.
+        target: String,
+        /// The target's new tip.
+        sha: String,
+    },
     /// The target moved since the branch started; a merge commit `sha` joins them.
-    Merged { target: String, sha: String },
+    Merged {
+        /// The branch landed on.
+        target: String,
+        /// The merge commit, the target's new tip.
+        sha: String,
+    },
     /// Nothing was changed: the branch is left for the user to take.
     Left {
+        /// The task branch that was left, e.g. `wiggum/<run-id>`.
         branch: String,
+        /// Why it was not landed, naming the files or state in the way.
         reason: String,
+        /// What the user can run to take it, e.g. "... run `git merge wiggum/<run-id>`".
         how_to_take: String,
     },
 }
