@@ -494,6 +494,18 @@ mod tests {
     }
 
     #[test]
+    fn creating_many_workspaces_adds_the_exclude_line_once() {
+        let t = TestRepo::new();
+        for i in 0..3 {
+            Workspace::create(&t.root, &format!("r{i}"), &format!("wiggum/r{i}"), None).unwrap();
+        }
+        let exclude = std::fs::read_to_string(t.repo.path().join("info/exclude")).unwrap();
+        let lines = exclude.lines().filter(|l| *l == ".wiggum/").count();
+        assert_eq!(lines, 1, "{exclude}");
+        assert_eq!(t.status_lines(), Vec::<String>::new());
+    }
+
+    #[test]
     fn create_starts_from_the_given_base() {
         let t = TestRepo::new();
         let first = t.head();
