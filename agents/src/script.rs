@@ -524,6 +524,31 @@ reply = "too slow"
     }
 
     #[tokio::test]
+    async fn the_converges_fixture_plays_three_iterations() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/agents");
+        let cfg = crate::config::AgentConfig {
+            script: Some("converges.toml".into()),
+            ..crate::config::AgentConfig::new("script")
+        };
+        let agent = crate::config::build_agent(&cfg, &fixtures).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut texts = Vec::new();
+        for iteration in 1..=3 {
+            let mut req = request(dir.path(), "fix answer()");
+            req.iteration = iteration;
+            texts.push(agent.call(&req).await.unwrap().text);
+            req.role = Role::Review;
+            texts.push(agent.call(&req).await.unwrap().text);
+        }
+        assert!(texts[4].contains("<promise>DONE</promise>"));
+        assert!(texts[5].contains("\"approved\": true"));
+        assert!(texts[3].contains("\"approved\": false"));
+        let lib = std::fs::read_to_string(dir.path().join("src/lib.rs")).unwrap();
+        assert!(lib.contains("42") && !lib.contains("41"), "{lib}");
+        assert!(dir.path().join("NOTES.md").exists());
+    }
+
+    #[tokio::test]
     async fn missing_entry_for_a_role_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let agent = ScriptAgent::parse(Path::new("s.toml"), "[[work]]\nreply = \"x\"\n").unwrap();
