@@ -78,6 +78,9 @@ impl Workspace {
         check_on_branch(repo, &self.path, &self.branch)?;
 
         let mut index = repo.index()?;
+        // Someone else may have written the index since (the agent running `git add` or `git
+        // commit`, or a landing into this worktree): start from what is on disk.
+        index.read(false)?;
         index.update_all(["*"], None)?;
         // A git repository the agent made inside the worktree (a clone, `git init`) cannot be
         // staged as files; like `git add -A` would, leave it out (git itself would only record a
@@ -381,6 +384,44 @@ mod tests {
         assert!(cp.changed);
         assert_eq!(cp.sha, agent_commit.to_string());
         assert_eq!(cp.stat.files_changed, 1);
+    }
+
+    #[test]
+    fn checkpoint_after_the_agent_staged_and_committed_between_checkpoints() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        write_file(ws.path(), "one.txt", "1\n");
+        let first = ws.checkpoint("iteration 1").unwrap();
+
+        // The agent, with its own git: stages a new file and deletes one, and commits.
+        let wt = Repository::open(ws.path()).unwrap();
+        write_file(ws.path(), "two.txt", "2\n");
+        std::fs::remove_file(ws.path().join("one.txt")).unwrap();
+        let mut index = wt.index().unwrap();
+        index.add_path(Path::new("two.txt")).unwrap();
+        index.remove_path(Path::new("one.txt")).unwrap();
+        index.write().unwrap();
+        let tree = wt.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("agent", "agent@example.com").unwrap();
+        let parent = wt.head().unwrap().peel_to_commit().unwrap();
+        wt.commit(Some("HEAD"), &sig, &sig, "agent", &tree, &[&parent])
+            .unwrap();
+        write_file(ws.path(), "three.txt", "3\n");
+
+        let second = ws.checkpoint("iteration 2").unwrap();
+        assert!(second.changed);
+        assert_eq!(second.stat.files_changed, 3);
+        let commit = t
+            .repo
+            .find_commit(Oid::from_str(&second.sha).unwrap())
+            .unwrap();
+        assert_eq!(commit.message(), Some("iteration 2"));
+        let tree = commit.tree().unwrap();
+        assert!(tree.get_path(Path::new("one.txt")).is_err());
+        assert!(tree.get_path(Path::new("two.txt")).is_ok());
+        assert!(tree.get_path(Path::new("three.txt")).is_ok());
+        assert_eq!(ws.diff_stat(&first.sha, &second.sha).unwrap(), second.stat);
+        assert!(!ws.is_dirty().unwrap());
     }
 
     #[test]

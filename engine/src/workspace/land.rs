@@ -740,6 +740,11 @@ mod tests {
             "from a polecat\n"
         );
         assert!(!step.is_dirty().unwrap());
+        // The step's own workspace sees the landed work as its next checkpoint, without a
+        // commit of its own.
+        let cp = step.checkpoint("step iteration 2").unwrap();
+        assert!(cp.changed);
+        assert_eq!(cp.sha, sub.head().unwrap());
     }
 
     #[test]
