@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::{Agent, AgentError, Reply, Request, Usage};
-use crate::command::{exit_error, resolve_argv, run_agent_process, InstallHint, ProcessOutput};
+use crate::command::{
+    exit_error, head, json_object, resolve_argv, run_agent_process, InstallHint, ProcessOutput,
+};
 use crate::config::AgentConfig;
 use crate::retry::classify_text;
 
@@ -79,38 +81,28 @@ impl ClaudeCodeAgent {
     }
 }
 
-/// Finds the result object: the whole stdout, or (stream-json) the last `type: result` line.
+/// Finds the result object: the whole stdout, the last `type: result` line (stream-json), or
+/// the first JSON object after some leading noise.
 fn result_object(stdout: &str) -> Option<serde_json::Map<String, Value>> {
     if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(stdout.trim()) {
         return Some(o);
     }
-    stdout
-        .lines()
-        .rev()
-        .find_map(|line| match serde_json::from_str::<Value>(line.trim()) {
-            Ok(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("result") => {
-                Some(o)
-            }
-            _ => None,
-        })
+    let is_result = |o: &serde_json::Map<String, Value>| {
+        o.get("type").and_then(Value::as_str) == Some("result")
+    };
+    let line =
+        stdout
+            .lines()
+            .rev()
+            .find_map(|line| match serde_json::from_str::<Value>(line.trim()) {
+                Ok(Value::Object(o)) if is_result(&o) => Some(o),
+                _ => None,
+            });
+    line.or_else(|| json_object(stdout).filter(is_result))
 }
 
 fn u64_at(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
-}
-
-/// The start of a text, for error messages about output that is not what was expected.
-pub(crate) fn head(text: &str) -> String {
-    let t = text.trim();
-    if t.is_empty() {
-        return "nothing".to_string();
-    }
-    let cut: String = t.chars().take(300).collect();
-    if cut.len() < t.len() {
-        format!("{cut:?}...")
-    } else {
-        format!("{cut:?}")
-    }
 }
 
 /// Turns the output of `claude -p --output-format json` into a reply or a typed error.
@@ -231,5 +223,23 @@ impl Agent for ClaudeCodeAgent {
         )
         .await?;
         parse_output(&out, self.max_turns, self.model.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_is_found_as_a_whole_as_a_stream_line_or_after_noise() {
+        let whole = r#"{"type":"result","result":"a"}"#;
+        assert_eq!(result_object(whole).unwrap()["result"], "a");
+        let stream = "{\"type\":\"system\"}\n{\"type\":\"result\",\"result\":\"b\"}\n";
+        assert_eq!(result_object(stream).unwrap()["result"], "b");
+        let noisy =
+            "warning: update available\n{\n  \"type\": \"result\",\n  \"result\": \"c\"\n}\n";
+        assert_eq!(result_object(noisy).unwrap()["result"], "c");
+        assert!(result_object("no json here").is_none());
+        assert!(result_object("{\"type\": \"system\"} trailing").is_none());
     }
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::{Agent, AgentError, Reply, Request, Usage};
-use crate::claude_code::head;
-use crate::command::{exit_error, resolve_argv, run_agent_process, InstallHint, ProcessOutput};
+use crate::command::{
+    exit_error, head, resolve_argv, run_agent_process, InstallHint, ProcessOutput,
+};
 use crate::config::AgentConfig;
 use crate::pricing::{self, Price};
 use crate::retry::classify_text;

@@ -450,6 +450,31 @@ pub(crate) fn exit_error(what: &str, out: &ProcessOutput) -> AgentError {
     ))
 }
 
+/// The start of a text, for error messages about output that is not what was expected.
+pub(crate) fn head(text: &str) -> String {
+    let t = text.trim();
+    if t.is_empty() {
+        return "nothing".to_string();
+    }
+    let cut: String = t.chars().take(300).collect();
+    if cut.len() < t.len() {
+        format!("{cut:?}...")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+/// The first JSON object in a text (the CLI may print log lines before it).
+pub(crate) fn json_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let start = text.find('{')?;
+    let mut stream =
+        serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde_json::Value>();
+    match stream.next() {
+        Some(Ok(serde_json::Value::Object(o))) => Some(o),
+        _ => None,
+    }
+}
+
 /// The generic command backend: argv from the config, the prompt on stdin or in argv
 /// (`{prompt}`, `{prompt_file}`), stdout is the reply.
 #[derive(Clone, Debug)]

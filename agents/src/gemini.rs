@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::{Agent, AgentError, Reply, Request, Usage};
-use crate::claude_code::head;
-use crate::command::{exit_error, resolve_argv, run_agent_process, InstallHint, ProcessOutput};
+use crate::command::{
+    exit_error, head, json_object, resolve_argv, run_agent_process, InstallHint, ProcessOutput,
+};
 use crate::config::AgentConfig;
 use crate::pricing::{self, Price};
 use crate::retry::classify_text;
@@ -77,16 +78,6 @@ impl GeminiAgent {
         }
         argv.extend(self.args.iter().cloned());
         argv
-    }
-}
-
-/// The first JSON object in a text (the CLI may print log lines before it).
-pub(crate) fn json_object(text: &str) -> Option<serde_json::Map<String, Value>> {
-    let start = text.find('{')?;
-    let mut stream = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
-    match stream.next() {
-        Some(Ok(Value::Object(o))) => Some(o),
-        _ => None,
     }
 }
 

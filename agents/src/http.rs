@@ -206,7 +206,7 @@ impl HttpClient {
         serde_json::from_str(&text).map_err(|e| {
             AgentError::permanent(format!(
                 "{what}: the answer is not valid JSON ({e}); it starts with {}",
-                crate::claude_code::head(&text)
+                crate::command::head(&text)
             ))
         })
     }
