@@ -338,12 +338,33 @@ async fn tool_rounds_are_capped() {
         .await;
     let mut cfg = config("openai", format!("{}/v1", server.uri()), "local-model");
     cfg.max_tool_rounds = Some(2);
+    cfg.max_output_tokens = Some(100);
     let agent = build_agent(&cfg, std::path::Path::new(".")).unwrap();
     let wt = Worktree::new();
     let reply = agent.call(&wt.request("loop forever")).await.unwrap();
     assert_eq!(reply.meta["stop_reason"], "max_tool_rounds");
-    assert_eq!(requests(&server).await.len(), 3);
+    let sent = requests(&server).await;
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[0]["max_tokens"], 100);
     // A local server with an unknown model costs nothing.
     assert_eq!(reply.cost_usd, Some(0.0));
     assert_eq!(reply.usage.input_tokens, 30);
+}
+
+#[tokio::test]
+async fn connection_refused_is_transient_and_retried() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = config("openai", format!("http://127.0.0.1:{port}/v1"), "m");
+    let agent = build_agent(&cfg, std::path::Path::new(".")).unwrap();
+    let wt = Worktree::new();
+    let err = agent.call(&wt.request("hi")).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("cannot connect"), "{msg}");
+    assert!(msg.contains("gave up after 4 attempts"), "{msg}");
 }
