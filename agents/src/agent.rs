@@ -125,6 +125,17 @@ impl AgentError {
     pub fn is_transient(&self) -> bool {
         matches!(self, AgentError::Transient { .. })
     }
+
+    /// The kind as one word, for records and reports: `transient`, `permanent`, `overflow` or
+    /// `timeout`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentError::Transient { .. } => "transient",
+            AgentError::Permanent { .. } => "permanent",
+            AgentError::ContextOverflow { .. } => "overflow",
+            AgentError::Timeout { .. } => "timeout",
+        }
+    }
 }
 
 /// A backend. Implementations must be cancel-safe: when the future is dropped (Ctrl-C, a run
@@ -141,5 +152,32 @@ pub trait Agent: Send + Sync {
 impl std::fmt::Debug for dyn Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Agent({})", self.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_are_named_as_scripts_write_them() {
+        let t = AgentError::Transient {
+            message: "x".into(),
+            retry_after: None,
+        };
+        assert_eq!(t.kind(), "transient");
+        assert_eq!(AgentError::permanent("x").kind(), "permanent");
+        let o = AgentError::ContextOverflow {
+            message: "x".into(),
+        };
+        assert_eq!(o.kind(), "overflow");
+        assert_eq!(o.to_string(), "context overflow: x");
+        let d = AgentError::Timeout {
+            after: Duration::from_secs(90),
+        };
+        assert_eq!(
+            (d.kind(), d.to_string().as_str()),
+            ("timeout", "timed out after 1m30s")
+        );
     }
 }
