@@ -748,6 +748,34 @@ mod tests {
     }
 
     #[test]
+    fn a_workspace_made_from_inside_another_worktree_lands_back_into_it() {
+        let t = TestRepo::new();
+        let outer = Workspace::create(&t.root, "outer", "wiggum/outer", None).unwrap();
+        let inner = Workspace::create(outer.path(), "inner", "wiggum/inner", None).unwrap();
+        assert!(inner.path().starts_with(outer.path()));
+        write_file(inner.path(), "inner.txt", "inner\n");
+        inner.checkpoint("iteration 1").unwrap();
+        let outcome = inner.land(None).unwrap();
+        assert_eq!(
+            outcome,
+            LandOutcome::FastForward {
+                target: "wiggum/outer".into(),
+                sha: inner.head().unwrap()
+            }
+        );
+        assert_eq!(
+            std::fs::read_to_string(outer.path().join("inner.txt")).unwrap(),
+            "inner\n"
+        );
+        assert!(!outer.is_dirty().unwrap());
+        // The user's own branch and files are untouched.
+        assert_eq!(t.head(), outer.base_commit());
+        assert!(!t.path("inner.txt").exists());
+        inner.remove().unwrap();
+        assert!(!outer.is_dirty().unwrap());
+    }
+
+    #[test]
     fn land_with_nothing_new_leaves_the_target_where_it_is() {
         let t = TestRepo::new();
         let ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
