@@ -250,7 +250,9 @@ impl Workspace {
     }
 
     /// Whether the worktree has uncommitted changes (modified, deleted or new files that are
-    /// not ignored). Cheap: untracked directories are not walked.
+    /// not ignored). Cheap: untracked directories are not walked. A git repository the agent
+    /// made inside the worktree counts here, though checkpoints leave it out: trust
+    /// [`Checkpoint::changed`](super::Checkpoint::changed) for "did this round change anything".
     pub fn is_dirty(&self) -> Result<bool, WorkspaceError> {
         let inner = self.lock();
         let mut opts = StatusOptions::new();
