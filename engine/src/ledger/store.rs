@@ -7,6 +7,7 @@
 //! wiggum bead's line as last rendered. Columns beside it (status, parent, labels and
 //! dependency tables) exist only to query; export streams the lines in id order.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,9 @@ pub const MAX_LABEL_CHARS: usize = 100;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA_VERSION: &str = "1";
+/// Whether some bead changed since the last export.
+const DIRTY_SQL: &str = "SELECT 1 FROM beads WHERE seq > \
+     COALESCE((SELECT value FROM counters WHERE name = 'exported_seq'), 0) LIMIT 1";
 const BLOCKING_SQL: &str = "('blocks','parent-child','conditional-blocks','waits-for')";
 
 const SCHEMA: &str = "
@@ -50,13 +54,15 @@ CREATE TABLE IF NOT EXISTS beads(
     child_n INTEGER,
     is_foreign INTEGER NOT NULL,
     exportable INTEGER NOT NULL,
-    dirty INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
     line TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS beads_open ON beads(priority, created_us) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS beads_ready_order ON beads(priority, created_us, id) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS beads_unresolved ON beads(id) WHERE status NOT IN ('closed', 'tombstone');
 CREATE INDEX IF NOT EXISTS beads_status ON beads(status);
 CREATE INDEX IF NOT EXISTS beads_parent ON beads(parent, child_n) WHERE parent IS NOT NULL;
-CREATE INDEX IF NOT EXISTS beads_dirty ON beads(dirty) WHERE dirty = 1;
+CREATE INDEX IF NOT EXISTS beads_seq ON beads(seq);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS labels(
     issue_id TEXT NOT NULL, label TEXT NOT NULL, PRIMARY KEY(issue_id, label)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS labels_label ON labels(label);
@@ -479,26 +485,43 @@ impl Ledger {
     /// Beads ready to work on, most urgent first (priority, then age): open, and no blocking
     /// dependency (`blocks`, `conditional-blocks`, `waits-for`) on a bead that is not closed,
     /// neither their own nor one of their ancestors' (`parent-child`: a child of a blocked
-    /// bead is blocked too, as in bd).
+    /// bead is blocked too, as in bd; an open parent alone does not block its children).
     pub fn ready(&self) -> Result<Vec<Bead>, LedgerError> {
-        let sql = "
-            WITH RECURSIVE up(start, node) AS (
-                SELECT id, id FROM beads WHERE status = 'open'
-                UNION
-                SELECT up.start, d.depends_on_id FROM up
-                JOIN deps d ON d.issue_id = up.node AND d.dep_type = 'parent-child'
-            ),
-            blocked(id) AS (
-                SELECT up.start FROM up
-                JOIN deps d ON d.issue_id = up.node
-                    AND d.dep_type IN ('blocks', 'conditional-blocks', 'waits-for')
-                JOIN beads t ON t.id = d.depends_on_id
-                WHERE t.status NOT IN ('closed', 'tombstone')
-            )
-            SELECT b.id, b.line, b.is_foreign FROM beads b
-            WHERE b.status = 'open' AND b.id NOT IN (SELECT id FROM blocked)
-            ORDER BY b.priority, b.created_us, b.id";
-        self.query_beads(sql, [])
+        // Work from the two small sets, never from every bead: the open beads, and the beads
+        // that something unresolved blocks directly. Then walk each open bead's parent-child
+        // chain (memoized) to see whether an ancestor is blocked.
+        let mut directly_blocked: HashSet<String> = HashSet::new();
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT d.issue_id FROM beads t INDEXED BY beads_unresolved \
+                 CROSS JOIN deps d ON d.depends_on_id = t.id \
+                 AND d.dep_type IN ('blocks', 'conditional-blocks', 'waits-for') \
+                 WHERE t.status NOT IN ('closed', 'tombstone')",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                directly_blocked.insert(row.get(0)?);
+            }
+        }
+        let mut parents = self.conn.prepare_cached(
+            "SELECT depends_on_id FROM deps WHERE issue_id = ?1 AND dep_type = 'parent-child'",
+        )?;
+        let mut memo: HashMap<String, bool> = HashMap::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, line, is_foreign FROM beads INDEXED BY beads_ready_order \
+             WHERE status = 'open' ORDER BY priority, created_us, id",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            if blocked(&id, &directly_blocked, &mut parents, &mut memo, 0)? {
+                continue;
+            }
+            let line = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            out.push(to_bead(&id, line, row.get(2)?)?);
+        }
+        Ok(out)
     }
 
     fn query_beads<P: rusqlite::Params>(
@@ -552,10 +575,7 @@ impl Ledger {
 
     /// Whether something changed since the last export.
     pub fn is_dirty(&self) -> Result<bool, LedgerError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT 1 FROM beads WHERE dirty = 1 LIMIT 1")?
-            .exists([])?)
+        Ok(self.conn.prepare_cached(DIRTY_SQL)?.exists([])?)
     }
 
     /// Writes `.beads/issues.jsonl` atomically iff something changed since the last export (or
@@ -570,9 +590,7 @@ impl Ledger {
                     LedgerError::io(format!("cannot write {}", env.metadata.display()), e)
                 })?;
             }
-            let dirty = conn
-                .prepare_cached("SELECT 1 FROM beads WHERE dirty = 1 LIMIT 1")?
-                .exists([])?;
+            let dirty = conn.prepare_cached(DIRTY_SQL)?.exists([])?;
             let missing = !env.jsonl.exists()
                 && conn
                     .prepare_cached("SELECT 1 FROM beads LIMIT 1")?
@@ -590,7 +608,13 @@ impl Ledger {
                 }
             }
             let sig = out.finish()?;
-            conn.execute("UPDATE beads SET dirty = 0 WHERE dirty = 1", [])?;
+            // Everything written so far is in the file now; no row is touched.
+            conn.prepare_cached(
+                "INSERT INTO counters(name, value) \
+                 VALUES('exported_seq', (SELECT COALESCE(MAX(value), 0) FROM counters WHERE name = 'seq')) \
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([])?;
             store_sig(conn, &sig)?;
             Ok(true)
         })
@@ -667,20 +691,32 @@ fn to_bead(id: &str, line: &str, foreign: bool) -> Result<Bead, LedgerError> {
     Ok(rec.to_bead(foreign))
 }
 
-/// Writes a bead changed by wiggum: its row (marked dirty), labels and dependencies.
+/// Writes a bead changed by wiggum: its row (with a new change number), labels and
+/// dependencies.
 fn save(conn: &Connection, rec: &Record) -> Result<(), LedgerError> {
     put_row(conn, rec, &rec.render(), true)
 }
 
 /// Inserts or replaces the row of a bead with the given line, and its labels and dependencies.
 fn put_row(conn: &Connection, rec: &Record, line: &str, dirty: bool) -> Result<(), LedgerError> {
+    // A change number above `exported_seq` marks the row as not yet exported; imported rows
+    // get 0. The counter only grows, so a new change is never mistaken for an exported one.
+    let seq: i64 = if dirty {
+        conn.prepare_cached(
+            "INSERT INTO counters(name, value) VALUES('seq', 1) \
+             ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+        )?
+        .query_row([], |row| row.get(0))?
+    } else {
+        0
+    };
     let (parent, child_n) = match id::split_child(&rec.id) {
         Some((p, n)) => (Some(p), Some(n)),
         None => (None, None),
     };
     conn.prepare_cached(
         "INSERT OR REPLACE INTO beads(id, status, priority, issue_type, assignee, created_us, \
-         parent, child_n, is_foreign, exportable, dirty, line) \
+         parent, child_n, is_foreign, exportable, seq, line) \
          VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
@@ -694,7 +730,7 @@ fn put_row(conn: &Connection, rec: &Record, line: &str, dirty: bool) -> Result<(
         child_n,
         !rec.is_wiggums(),
         rec.is_exportable(),
-        dirty,
+        seq,
         line,
     ])?;
     conn.prepare_cached("DELETE FROM labels WHERE issue_id = ?1")?
@@ -741,6 +777,40 @@ fn mint_child(conn: &Connection, parent: &str) -> Result<String, LedgerError> {
             return Ok(id);
         }
     }
+}
+
+/// Whether a bead is blocked: directly, or through a blocked ancestor (`parent-child`).
+/// `memo` remembers the answer per bead; `depth` stops a parent-child cycle in a foreign file.
+fn blocked(
+    id: &str,
+    direct: &HashSet<String>,
+    parents: &mut rusqlite::CachedStatement<'_>,
+    memo: &mut HashMap<String, bool>,
+    depth: usize,
+) -> Result<bool, LedgerError> {
+    if direct.contains(id) {
+        return Ok(true);
+    }
+    if let Some(known) = memo.get(id) {
+        return Ok(*known);
+    }
+    if depth > 64 {
+        return Ok(false);
+    }
+    // Provisional answer while the chain is walked, so a cycle ends.
+    memo.insert(id.to_string(), false);
+    let ups: Vec<String> = parents
+        .query_map([id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut answer = false;
+    for up in ups {
+        if blocked(&up, direct, parents, memo, depth + 1)? {
+            answer = true;
+            break;
+        }
+    }
+    memo.insert(id.to_string(), answer);
+    Ok(answer)
 }
 
 /// Whether `from` waits (through blocking dependencies) for `to`.
@@ -818,11 +888,18 @@ fn sync_from_file(conn: &Connection, env: &Env) -> Result<(), LedgerError> {
     })?;
     let lines = jsonl::read_lines(&env.jsonl, &text)?;
 
-    conn.execute_batch(
-        "DELETE FROM labels WHERE issue_id IN (SELECT id FROM beads WHERE dirty = 0);
-         DELETE FROM deps WHERE issue_id IN (SELECT id FROM beads WHERE dirty = 0);
-         DELETE FROM beads WHERE dirty = 0;",
-    )?;
+    let exported: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE((SELECT value FROM counters WHERE name = 'exported_seq'), 0)",
+        )?
+        .query_row([], |row| row.get(0))?;
+    for sql in [
+        "DELETE FROM labels WHERE issue_id IN (SELECT id FROM beads WHERE seq <= ?1)",
+        "DELETE FROM deps WHERE issue_id IN (SELECT id FROM beads WHERE seq <= ?1)",
+        "DELETE FROM beads WHERE seq <= ?1",
+    ] {
+        conn.prepare_cached(sql)?.execute([exported])?;
+    }
     let mut max_comment = 0;
     let mut bump = conn.prepare_cached(
         "INSERT INTO child_counters(parent, last) VALUES(?1, ?2) \
