@@ -76,6 +76,9 @@ pub struct StartPoint {
     pub done: u32,
     /// The bead of the last finished iteration, for the `blocks` chain.
     pub previous_bead: Option<String>,
+    /// Continuing a run an earlier process left: the first iteration re-uses the open bead that
+    /// process left behind, if any.
+    pub resumed: bool,
 }
 
 /// How a step's loop ended.
@@ -194,7 +197,9 @@ pub async fn run_loop(
             (a, b) => a.or(b),
         };
 
-        let bead = match recorder.start_iteration(&spec.bead_id, n, previous.as_deref()) {
+        let reuse_open = start.resumed && n == start.done + 1;
+        let bead = match recorder.start_iteration(&spec.bead_id, n, previous.as_deref(), reuse_open)
+        {
             Ok(id) => id,
             Err(e) => return stop(report, Outcome::Error, format!("ledger: {e}")),
         };
@@ -305,7 +310,8 @@ pub async fn run_loop(
 
         let duration = iter_started.elapsed();
         let description = describe_iteration(n, &rec, sha.as_deref(), &stat, duration, cfg);
-        if let Err(e) = recorder.finish_iteration(&bead, &description, &decision) {
+        if let Err(e) = recorder.finish_iteration(&bead, &description, &decision, outcome.is_some())
+        {
             return stop(report, Outcome::Error, format!("ledger: {e}"));
         }
         sink.emit(&Event::IterationFinished {

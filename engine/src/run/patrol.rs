@@ -564,6 +564,7 @@ fn start_point(ctx: &RunCtx, step_bead: &str) -> Result<StartPoint, String> {
     Ok(StartPoint {
         done: closed.len() as u32,
         previous_bead: closed.last().map(|b| b.id.clone()),
+        resumed: iterations.len() > closed.len() || !closed.is_empty(),
     })
 }
 

@@ -17,9 +17,14 @@ pub const LABEL_RUN: &str = "wiggum:run";
 pub const LABEL_STEP: &str = "wiggum:step";
 pub const LABEL_ITERATION: &str = "wiggum:iteration";
 
+/// Iteration ends closer together than this share one export of the JSONL (the database has
+/// every write at once; the export catches up at the next iteration end or when a loop stops).
+pub const EXPORT_BATCH: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Shared access to the ledger for one run (steps may run in parallel).
 pub struct Recorder {
     ledger: Mutex<Ledger>,
+    last_export: Mutex<Option<std::time::Instant>>,
 }
 
 /// An agent call as the interactions log records it.
@@ -41,6 +46,7 @@ impl Recorder {
     pub fn new(ledger: Ledger) -> Recorder {
         Recorder {
             ledger: Mutex::new(ledger),
+            last_export: Mutex::new(None),
         }
     }
 
@@ -119,23 +125,26 @@ impl Recorder {
         self.ledger().add_dependency(issue, on, DepType::Blocks)
     }
 
-    /// The bead for iteration `n` of a step: the open one left by an interrupted process if
-    /// there is one (so no iteration is recorded twice), else a new child of the step,
-    /// `blocks`-chained to the previous iteration.
+    /// The bead for iteration `n` of a step: with `reuse_open` (a resumed loop), the open one
+    /// an interrupted process left, if there is one, so no iteration is recorded twice; else a
+    /// new child of the step, `blocks`-chained to the previous iteration.
     pub fn start_iteration(
         &self,
         step_bead: &str,
         n: u32,
         previous: Option<&str>,
+        reuse_open: bool,
     ) -> Result<String, LedgerError> {
         let mut ledger = self.ledger();
         let title = format!("iteration {n}");
-        if let Some(open) = ledger
-            .children(step_bead)?
-            .into_iter()
-            .find(|b| b.title == title && b.status != Status::Closed)
-        {
-            return Ok(open.id);
+        if reuse_open {
+            if let Some(open) = ledger
+                .children(step_bead)?
+                .into_iter()
+                .find(|b| b.title == title && b.status != Status::Closed)
+            {
+                return Ok(open.id);
+            }
         }
         let bead = ledger.create(NewBead {
             title,
@@ -152,12 +161,14 @@ impl Recorder {
     }
 
     /// Writes the iteration's record, closes it with the reason the loop went on or stopped,
-    /// and exports the ledger (an iteration's end is the export point).
+    /// and exports the ledger: an iteration's end is the export point, batched so that quick
+    /// iterations share one export (`last` forces it: the loop stops here).
     pub fn finish_iteration(
         &self,
         bead: &str,
         description: &str,
         close_reason: &str,
+        last: bool,
     ) -> Result<(), LedgerError> {
         let mut ledger = self.ledger();
         ledger.update(
@@ -168,7 +179,12 @@ impl Recorder {
             },
         )?;
         ledger.close(bead, close_reason)?;
-        ledger.export()?;
+        let mut last_export = self.last_export.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last || last_export.is_none_or(|t| t.elapsed() >= EXPORT_BATCH);
+        if due {
+            ledger.export()?;
+            *last_export = Some(std::time::Instant::now());
+        }
         Ok(())
     }
 
