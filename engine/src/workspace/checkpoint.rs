@@ -3,7 +3,6 @@
 //! [`Workspace::diff`] renders a bounded unified diff for the reviewer.
 
 use std::fmt;
-
 use std::path::Path;
 
 use git2::build::CheckoutBuilder;
@@ -83,8 +82,8 @@ impl Workspace {
         index.read(false)?;
         index.update_all(["*"], None)?;
         // A git repository the agent made inside the worktree (a clone, `git init`) cannot be
-        // staged as files; like `git add -A` would, leave it out (git itself would only record a
-        // link to it).
+        // staged as files, and a bare link to it (what `git add -A` records) would be useless
+        // anywhere else: leave it out.
         let workdir = self.path.as_path();
         let mut skip_nested_repos = |path: &Path, _: &[u8]| -> i32 {
             let is_dir = path.to_str().is_some_and(|p| p.ends_with('/'));
@@ -158,7 +157,9 @@ impl Workspace {
         let new = self.tree_of(repo, to)?;
         let mut opts = DiffOptions::new();
         opts.context_lines(3);
-        let diff = repo.diff_tree_to_tree(Some(&old), Some(&new), Some(&mut opts))?;
+        let mut diff = repo.diff_tree_to_tree(Some(&old), Some(&new), Some(&mut opts))?;
+        // A moved file reads as a rename, not as all its lines deleted and added again.
+        diff.find_similar(None)?;
         let mut out = BoundedText::new(max_bytes);
         diff.print(DiffFormat::Patch, |_, _, line| {
             if let c @ ('+' | '-' | ' ') = line.origin() {
@@ -181,7 +182,9 @@ impl Workspace {
 
     fn tree_of<'r>(&self, repo: &'r Repository, rev: &str) -> Result<Tree<'r>, WorkspaceError> {
         let found = match Oid::from_str(rev) {
-            Ok(oid) if rev.len() == 40 => repo.find_commit(oid).and_then(|c| c.tree()),
+            Ok(oid) if rev.len() == 40 => repo
+                .find_object(oid, None)
+                .and_then(|obj| obj.peel_to_tree()),
             _ => repo.revparse_single(rev).and_then(|obj| obj.peel_to_tree()),
         };
         found.map_err(|source| WorkspaceError::RevNotFound {
@@ -505,6 +508,24 @@ mod tests {
         assert!(diff.contains("\n hello\n+world\n"), "{diff}");
         assert!(!diff.contains("truncated"), "{diff}");
         assert_eq!(ws.diff_stat(ws.base_commit(), &cp.sha).unwrap(), cp.stat);
+    }
+
+    #[test]
+    fn diff_shows_a_moved_file_as_a_rename() {
+        let t = TestRepo::new();
+        let body: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        t.write("old_name.txt", &body);
+        t.commit_all("a file");
+        let ws = workspace(&t);
+        std::fs::rename(
+            ws.path().join("old_name.txt"),
+            ws.path().join("new_name.txt"),
+        )
+        .unwrap();
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        let diff = ws.diff(ws.base_commit(), &cp.sha, 10_000).unwrap();
+        assert!(diff.contains("rename from old_name.txt"), "{diff}");
+        assert!(!diff.contains("-line 3"), "{diff}");
     }
 
     #[test]
