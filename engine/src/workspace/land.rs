@@ -689,6 +689,54 @@ mod tests {
         assert_eq!(status, Status::WT_MODIFIED);
     }
 
+    /// Runs the real `git` in `dir` and returns its stdout.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("git is installed");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn git_itself_agrees_with_the_state_a_merge_landing_leaves() {
+        let t = TestRepo::new();
+        t.write(".beads/issues.jsonl", "old\n");
+        t.write("gone.txt", "gone\n");
+        t.commit_all("ledger and a file");
+        let ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
+        write_file(ws.path(), ".beads/issues.jsonl", "from the branch\n");
+        write_file(ws.path(), "agent.txt", "agent\n");
+        std::fs::remove_file(ws.path().join("gone.txt")).unwrap();
+        ws.checkpoint("iteration 1").unwrap();
+        t.write("user.txt", "user\n");
+        t.commit_all("user work");
+        t.write(".beads/issues.jsonl", "live ledger\n");
+
+        let outcome = ws.land(None).unwrap();
+        assert!(matches!(outcome, LandOutcome::Merged { .. }), "{outcome:?}");
+        assert_eq!(
+            git(&t.root, &["status", "--porcelain"]),
+            " M .beads/issues.jsonl\n"
+        );
+        assert_eq!(
+            git(&t.root, &["diff", "--name-only", "HEAD"]),
+            ".beads/issues.jsonl\n"
+        );
+        git(&t.root, &["fsck", "--no-progress"]);
+        assert_eq!(
+            git(ws.path(), &["status", "--porcelain"]),
+            "",
+            "the task's worktree stays clean"
+        );
+    }
+
     #[test]
     fn land_leaves_the_branch_when_head_is_detached() {
         let t = TestRepo::new();
