@@ -50,20 +50,22 @@ pub(super) struct Identity {
 }
 
 impl Identity {
-    /// The repository's configured user, else `wiggum <wiggum@localhost>`.
+    /// The repository's configured user (`user.name`, `user.email`), each falling back to
+    /// `wiggum <wiggum@localhost>` when unset or empty.
     pub(super) fn of(repo: &Repository) -> Identity {
-        repo.signature()
-            .ok()
-            .and_then(|sig| {
-                Some(Identity {
-                    name: sig.name()?.to_string(),
-                    email: sig.email()?.to_string(),
-                })
-            })
-            .unwrap_or_else(|| Identity {
-                name: FALLBACK_NAME.to_string(),
-                email: FALLBACK_EMAIL.to_string(),
-            })
+        let config = repo.config().ok();
+        let get = |key: &str, fallback: &str| {
+            config
+                .as_ref()
+                .and_then(|c| c.get_string(key).ok())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| fallback.to_string())
+        };
+        Identity {
+            name: get("user.name", FALLBACK_NAME),
+            email: get("user.email", FALLBACK_EMAIL),
+        }
     }
 
     /// A signature with the current time.
@@ -729,6 +731,16 @@ mod tests {
         let ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
         write_file(ws.path(), "a.txt", "a\n");
         let cp = ws.checkpoint("wiggum: run-1 iteration 1").unwrap();
+        let commit = t.repo.find_commit(Oid::from_str(&cp.sha).unwrap()).unwrap();
+        assert_eq!(commit.author().name(), Some("wiggum"));
+        assert_eq!(commit.author().email(), Some("test@example.com"));
+        assert_eq!(commit.committer().name(), Some("wiggum"));
+
+        // With neither set (the repository's own empty values win over any global ones).
+        t.repo.config().unwrap().set_str("user.email", "").unwrap();
+        let ws = Workspace::open(&t.root, "run-1", "wiggum/run-1").unwrap();
+        write_file(ws.path(), "b.txt", "b\n");
+        let cp = ws.checkpoint("wiggum: run-1 iteration 2").unwrap();
         let commit = t.repo.find_commit(Oid::from_str(&cp.sha).unwrap()).unwrap();
         assert_eq!(commit.author().name(), Some("wiggum"));
         assert_eq!(commit.author().email(), Some("wiggum@localhost"));
