@@ -100,7 +100,7 @@ fn list_filters_by_status_and_label() {
     let json = repo
         .wiggum(&["beads", "list", "--label", "wiggum:step", "--json"])
         .json();
-    assert_eq!(ids(&json), [s1.clone()]);
+    assert_eq!(ids(&json), [s1]);
     let json = repo
         .wiggum(&["beads", "list", "--status", "closed", "--json"])
         .json();
