@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::{not_yet, CliResult};
 
-/// Run patrols on their cron schedules.
+/// Run patrols on their cron schedules (not yet available).
 #[derive(Debug, Args)]
 pub struct DaemonArgs {}
 

@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::{not_yet, CliResult};
 
-/// Write a report of a run (Markdown, JUnit).
+/// Write a report of a run (Markdown, JUnit) (not yet available).
 #[derive(Debug, Args)]
 pub struct ReportArgs {}
 

@@ -8,7 +8,9 @@ use wiggum_engine::run::resume_run;
 use super::run::{render, with_runtime};
 use super::{resolve_repo, CliResult};
 
-/// Continue a patrol run that was interrupted (a killed process, a reboot, Ctrl-C): steps
+/// Continue a patrol run that was interrupted.
+///
+/// After a killed process, a reboot or Ctrl-C: steps
 /// already done are not run again, the step that was in flight goes on from its last
 /// checkpoint, and no iteration is recorded twice. A run that had finished is only reported.
 #[derive(Debug, Args)]

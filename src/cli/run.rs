@@ -12,7 +12,9 @@ use wiggum_engine::run::{run_patrol, Cancel, PatrolOptions, PatrolReport, Patrol
 use super::display::Display;
 use super::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 
-/// Run a patrol (a TOML file of steps) once, now. Steps whose `needs` are done run in parallel
+/// Run a patrol (a TOML file of steps) once, now.
+///
+/// Steps whose `needs` are done run in parallel
 /// up to the patrol's `concurrency`; each agent step is a Ralph loop in its own worktree; the
 /// run is recorded as an epic bead with a bead per step and per iteration.
 ///

@@ -10,8 +10,9 @@ use wiggum_engine::run::{Recorder, RunState};
 use super::beads::open_ledger;
 use super::{resolve_repo, CliError, CliResult, EXIT_OK};
 
-/// List recent runs (patrols and tasks), newest first, with outcome, duration, iterations and
-/// cost.
+/// List recent runs with outcome, duration, iterations and cost.
+///
+/// Patrols and tasks, newest first.
 #[derive(Debug, Args)]
 pub struct RunsArgs {
     /// The repository (default: the git repository around the current directory).

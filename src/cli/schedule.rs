@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::{not_yet, CliResult};
 
-/// List patrol schedules and their next fire times.
+/// List patrol schedules and their next fire times (not yet available).
 #[derive(Debug, Args)]
 pub struct ScheduleArgs {}
 

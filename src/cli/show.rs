@@ -9,7 +9,9 @@ use wiggum_engine::run::{Recorder, RunState};
 use super::beads::{open_ledger, render_show};
 use super::{resolve_repo, CliError, CliResult, EXIT_OK};
 
-/// Show a run, a step or an iteration: its record, and the beads below it (a run's steps with
+/// Show a run, a step or an iteration, readable.
+///
+/// Its record, and the beads below it (a run's steps with
 /// their outcomes, a step's iterations with why each went on or stopped).
 #[derive(Debug, Args)]
 pub struct ShowArgs {

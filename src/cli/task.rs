@@ -11,7 +11,9 @@ use wiggum_engine::run::{run_task, Cancel, ReviewChoice, TaskOptions, TaskReport
 use super::display::Display;
 use super::{resolve_repo, CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK};
 
-/// Run one task as a Ralph loop: the agent works, wiggum runs the checks, a reviewer judges,
+/// Run one task as a Ralph loop, now.
+///
+/// The agent works, wiggum runs the checks, a reviewer judges,
 /// and the loop repeats until the work converges or a limit stops it. Every iteration is a bead
 /// in .beads/issues.jsonl; the work happens on branch wiggum/<run-id> in its own worktree and is
 /// landed onto your branch when it converged and that is safe.
