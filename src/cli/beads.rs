@@ -144,7 +144,8 @@ fn ledger_error(err: LedgerError) -> CliError {
         LedgerError::Corrupt { .. } => None,
         _ => Some("run with WIGGUM_LOG=debug for details".to_string()),
     };
-    let mut cli = CliError::failed(err.to_string()).with_causes(&err);
+    // The message already carries the underlying error; no `caused by` repeating it.
+    let mut cli = CliError::failed(err.to_string());
     if let Some(h) = hint {
         cli = cli.hint(h);
     }

@@ -130,7 +130,8 @@ impl Ledger {
         }
         let ignore = wiggum_dir.join(".gitignore");
         if !ignore.exists() {
-            std::fs::write(&ignore, "wiggum.db\nwiggum.db-wal\nwiggum.db-shm\n")
+            // Everything under .wiggum/ is local state (database, worktrees), never committed.
+            std::fs::write(&ignore, "# wiggum's local state: never committed\n*\n")
                 .map_err(|e| LedgerError::io(format!("cannot write {}", ignore.display()), e))?;
         }
         let mut conn = Connection::open(&db_path)?;
@@ -584,6 +585,10 @@ impl Ledger {
     pub fn export(&mut self) -> Result<bool, LedgerError> {
         self.write(|conn, env| {
             sync_from_file(conn, env)?;
+            if let Some(dir) = env.jsonl.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| LedgerError::io(format!("cannot create {}", dir.display()), e))?;
+            }
             if !env.metadata.exists() {
                 let text = "{\"database\":\"beads.db\",\"jsonl_export\":\"issues.jsonl\"}\n";
                 std::fs::write(&env.metadata, text).map_err(|e| {

@@ -875,6 +875,8 @@ fn exists_creates_nothing() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     open(dir.path());
     assert!(Ledger::exists(dir.path()));
+    let ignore = std::fs::read_to_string(dir.path().join(".wiggum/.gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "*"), "{ignore}");
 }
 
 #[test]
