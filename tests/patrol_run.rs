@@ -385,3 +385,108 @@ fn an_invalid_patrol_is_refused_before_anything_runs_with_exit_2() {
     assert!(out.stderr.contains("patrol.toml:6:"), "{}", out.stderr);
     assert!(!repo.path().join(".beads").exists(), "nothing was recorded");
 }
+
+#[test]
+fn ctrl_c_on_a_patrol_exits_130_and_resume_finishes_the_cancelled_step() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        r#"
+[patrol]
+name = "interrupted"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "slow"
+prompt = "write f.txt"
+[steps.loop]
+checks = ["test -f f.txt"]
+[[steps]]
+id = "after"
+needs = ["slow"]
+run = "test -f f.txt && echo after > after.txt"
+"#,
+        r#"
+[[work]]
+reply = "still thinking"
+delay = "20s"
+[[work]]
+reply = "wrote f.txt"
+[[work.edits]]
+path = "f.txt"
+write = "f\n"
+"#,
+    );
+    let repo_dir = repo.path().display().to_string();
+    let child = wiggum_command()
+        .args(["run", &patrol, "--repo", &repo_dir, "--json"])
+        .current_dir(repo.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The step's worktree appears when it starts; give the agent a moment to be mid-call.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let started = std::fs::read_dir(repo.path().join(".wiggum/worktrees"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with("-slow"))
+            })
+            .unwrap_or(false);
+        if started {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["outcome"], "cancelled");
+    let run_id = r["run_id"].as_str().unwrap().to_string();
+
+    let resumed = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        resumed.code, 0,
+        "stdout: {}\nstderr: {}",
+        resumed.stdout, resumed.stderr
+    );
+    let r = resumed.json();
+    assert_eq!(r["outcome"], "converged");
+    assert_eq!(
+        step(&r, "after")["outcome"],
+        "converged",
+        "downstream ran after resume"
+    );
+    let slow = step(&r, "slow")["bead"].as_str().unwrap().to_string();
+    let iterations: Vec<serde_json::Value> = beads(repo.path())
+        .into_iter()
+        .filter(|b| {
+            b["id"]
+                .as_str()
+                .unwrap()
+                .strip_prefix(&format!("{slow}."))
+                .is_some_and(|rest| !rest.contains('.'))
+        })
+        .collect();
+    assert_eq!(iterations.len(), 2, "{iterations:#?}");
+    assert!(iterations[0]["close_reason"]
+        .as_str()
+        .unwrap()
+        .contains("cancelled"));
+    assert_eq!(iterations[1]["close_reason"], "converged");
+    assert!(repo.path().join("after.txt").exists());
+}

@@ -330,7 +330,11 @@ async fn execute(ctx: Arc<RunCtx>, resumed: bool) -> Result<PatrolReport, Patrol
         in_flight -= 1;
         match joined {
             Ok((id, st)) => {
-                let outcome = st.outcome.unwrap_or(Outcome::Error);
+                let outcome = if st.status == "done" {
+                    st.outcome.unwrap_or(Outcome::Error)
+                } else {
+                    Outcome::Cancelled
+                };
                 ctx.sink.emit(&Event::StepFinished {
                     step_id: id.clone(),
                     outcome,
@@ -421,6 +425,12 @@ async fn run_step(ctx: &RunCtx, step: &Step) -> StepState {
         Ok(pair) => pair,
         Err(reason) => (Outcome::Error, reason),
     };
+    if outcome == Outcome::Cancelled {
+        // Not finished: `wiggum resume` continues it from its last recorded iteration.
+        st.status = "running".into();
+        st.reason = reason;
+        return st;
+    }
     st.status = "done".into();
     st.finished_at = Some(format_time(&now()));
     st.outcome = Some(outcome);
@@ -450,8 +460,13 @@ fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
         .join(&name)
         .exists();
     if exists {
-        Workspace::open(&ctx.repo_root, &name, &branch)
-            .map_err(|e| format!("could not re-open the step's worktree: {e}"))
+        // A step left in flight restarts from its last checkpoint: what an interrupted
+        // iteration half-wrote is thrown away (its bead is re-used for the iteration).
+        let ws = Workspace::open(&ctx.repo_root, &name, &branch)
+            .map_err(|e| format!("could not re-open the step's worktree: {e}"))?;
+        ws.discard_changes()
+            .map_err(|e| format!("could not reset the step's worktree to its checkpoint: {e}"))?;
+        Ok(ws)
     } else {
         Workspace::create(&ctx.repo_root, &name, &branch, Some(&ctx.integration))
             .map_err(|e| format!("could not create the step's worktree: {e}"))
