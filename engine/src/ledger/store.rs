@@ -121,6 +121,12 @@ impl Ledger {
     }
 
     fn open_inner(repo_root: &Path, prefix: Option<&str>) -> Result<Ledger, LedgerError> {
+        if !repo_root.is_dir() {
+            return Err(LedgerError::Invalid(format!(
+                "cannot open a ledger in {}: not a directory",
+                repo_root.display()
+            )));
+        }
         let (db_path, jsonl) = paths(repo_root);
         let wiggum_dir = repo_root.join(".wiggum");
         let beads_dir = repo_root.join(".beads");

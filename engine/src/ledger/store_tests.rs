@@ -869,6 +869,15 @@ fn a_ledger_can_move_to_another_thread() {
 }
 
 #[test]
+fn opening_a_missing_directory_is_refused() {
+    let dir = repo();
+    let missing = dir.path().join("nope");
+    let err = Ledger::open(&missing).err().unwrap();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    assert!(!missing.exists());
+}
+
+#[test]
 fn exists_creates_nothing() {
     let dir = repo();
     assert!(!Ledger::exists(dir.path()));
