@@ -18,6 +18,24 @@ pub struct Display {
 #[derive(Default)]
 struct State {
     last_checks: String,
+    /// What each running step is doing, for the live line (parallel steps show side by side).
+    running: std::collections::BTreeMap<String, String>,
+}
+
+impl State {
+    fn live_text(&self) -> String {
+        let steps: Vec<String> = self
+            .running
+            .iter()
+            .map(|(id, doing)| format!("{id}: {doing}"))
+            .collect();
+        let last = if self.last_checks.is_empty() {
+            String::new()
+        } else {
+            format!(" · last checks: {}", self.last_checks)
+        };
+        format!("{}{last}", steps.join("  |  "))
+    }
 }
 
 impl Display {
@@ -95,16 +113,13 @@ impl EventSink for Display {
                 iteration,
                 phase,
             } => {
-                let text = format!("{step_id}: iteration {iteration} · {phase}");
+                state
+                    .running
+                    .insert(step_id.clone(), format!("iteration {iteration} · {phase}"));
                 if self.bar.is_some() {
-                    let last = if state.last_checks.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" · last checks: {}", state.last_checks)
-                    };
-                    self.live(format!("{text}{last}"));
+                    self.live(state.live_text());
                 } else if *phase == Phase::Work {
-                    self.line(text);
+                    self.line(format!("{step_id}: iteration {iteration} · {phase}"));
                 }
             }
             Event::ChecksFinished {
@@ -162,10 +177,14 @@ impl EventSink for Display {
                 outcome,
                 iterations,
                 ..
-            } => self.line(format!(
-                "step {step_id}: {outcome} after {iterations} iteration{}",
-                if *iterations == 1 { "" } else { "s" }
-            )),
+            } => {
+                state.running.remove(step_id);
+                self.live(state.live_text());
+                self.line(format!(
+                    "step {step_id}: {outcome} after {iterations} iteration{}",
+                    if *iterations == 1 { "" } else { "s" }
+                ))
+            }
             Event::RunFinished { .. } => {}
         }
     }
