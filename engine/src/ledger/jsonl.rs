@@ -106,6 +106,15 @@ impl Record {
             .retain(|k, _| !SINGLE_TOOL_FIELDS.contains(&k.as_str()) && !k.ends_with("_count"));
     }
 
+    /// Whether another tool deferred this bead to a time after `now` (`defer_until`).
+    pub fn deferred_past(&self, now: &DateTime<Utc>) -> bool {
+        self.extra
+            .get("defer_until")
+            .and_then(Value::as_str)
+            .and_then(|t| super::model::parse_time(t).ok())
+            .is_some_and(|t| t > *now)
+    }
+
     /// The line (without `\n`).
     pub fn render(&self) -> String {
         serde_json::to_string(self).expect("a record always serializes")

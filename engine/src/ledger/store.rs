@@ -493,6 +493,7 @@ impl Ledger {
     /// dependency (`blocks`, `conditional-blocks`, `waits-for`) on a bead that is not closed,
     /// neither their own nor one of their ancestors' (`parent-child`: a child of a blocked
     /// bead is blocked too, as in bd; an open parent alone does not block its children).
+    /// A bead another tool deferred (`defer_until` in the future) is not ready yet.
     pub fn ready(&self) -> Result<Vec<Bead>, LedgerError> {
         // Work from the two small sets, never from every bead: the open beads, and the beads
         // that something unresolved blocks directly. Then walk each open bead's parent-child
@@ -518,6 +519,7 @@ impl Ledger {
             "SELECT id, line, is_foreign FROM beads INDEXED BY beads_ready_order \
              WHERE status = 'open' ORDER BY priority, created_us, id",
         )?;
+        let now = now();
         let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
@@ -526,7 +528,11 @@ impl Ledger {
                 continue;
             }
             let line = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-            out.push(to_bead(&id, line, row.get(2)?)?);
+            let rec = parse_record(&id, line)?;
+            if rec.deferred_past(&now) {
+                continue;
+            }
+            out.push(rec.to_bead(row.get(2)?));
         }
         Ok(out)
     }
@@ -694,12 +700,15 @@ fn load(conn: &Connection, id: &str) -> Result<Record, LedgerError> {
     })
 }
 
-fn to_bead(id: &str, line: &str, foreign: bool) -> Result<Bead, LedgerError> {
-    let rec: Record = serde_json::from_str(line).map_err(|e| LedgerError::Corrupt {
+fn parse_record(id: &str, line: &str) -> Result<Record, LedgerError> {
+    serde_json::from_str(line).map_err(|e| LedgerError::Corrupt {
         id: id.to_string(),
         message: e.to_string(),
-    })?;
-    Ok(rec.to_bead(foreign))
+    })
+}
+
+fn to_bead(id: &str, line: &str, foreign: bool) -> Result<Bead, LedgerError> {
+    Ok(parse_record(id, line)?.to_bead(foreign))
 }
 
 /// Writes a bead changed by wiggum: its row (with a new change number), labels and

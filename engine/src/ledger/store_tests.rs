@@ -471,10 +471,10 @@ const HELPER_REPO: &str = "WIGGUM_TEST_CLAIM_REPO";
 const HELPER_ID: &str = "WIGGUM_TEST_CLAIM_ID";
 const HELPER_NAME: &str = "WIGGUM_TEST_CLAIM_NAME";
 
-/// Run by `two_processes_claiming_one_bead_have_one_winner` in child processes: waits for the
+/// Run by `processes_claiming_one_bead_have_one_winner` in child processes: waits for the
 /// `go` file, claims, and prints `claim=won` or `claim=lost`.
 #[test]
-#[ignore = "helper process of two_processes_claiming_one_bead_have_one_winner"]
+#[ignore = "helper process of processes_claiming_one_bead_have_one_winner"]
 fn claim_helper_process() {
     let repo = std::env::var(HELPER_REPO).expect("run by the two-process claim test");
     let id = std::env::var(HELPER_ID).expect("bead id");
@@ -495,14 +495,14 @@ fn claim_helper_process() {
 }
 
 #[test]
-fn two_processes_claiming_one_bead_have_one_winner() {
+fn processes_claiming_one_bead_have_one_winner() {
     let dir = repo();
     let id = open(dir.path())
         .create(NewBead::task("contested"))
         .unwrap()
         .id;
     let exe = std::env::current_exe().unwrap();
-    let names = ["proc-a", "proc-b"];
+    let names = ["proc-a", "proc-b", "proc-c", "proc-d"];
     let children: Vec<_> = names
         .iter()
         .map(|name| {
@@ -553,7 +553,7 @@ fn two_processes_claiming_one_bead_have_one_winner() {
         outcomes.push(outcome);
     }
     outcomes.sort();
-    assert_eq!(outcomes, ["lost", "won"]);
+    assert_eq!(outcomes, ["lost", "lost", "lost", "won"]);
     let bead = open(dir.path()).get(&id).unwrap().unwrap();
     assert!(names.contains(&bead.assignee.as_deref().unwrap()));
 }
@@ -915,4 +915,26 @@ fn ephemeral_beads_and_wisps_are_never_exported() {
         !text.contains("bd-wisp-1") && !text.contains("bd-eph"),
         "{text}"
     );
+}
+
+#[test]
+fn a_bead_deferred_into_the_future_is_not_ready_yet() {
+    let dir = repo();
+    let line = |id: &str, defer: &str| {
+        format!(
+            r#"{{"id":"{id}","title":"t","status":"open","priority":1,"issue_type":"task","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z","defer_until":"{defer}"}}"#
+        )
+    };
+    std::fs::create_dir_all(dir.path().join(".beads")).unwrap();
+    std::fs::write(
+        dir.path().join(".beads/issues.jsonl"),
+        format!(
+            "{}\n{}\n",
+            line("bd-later", "2999-01-01T00:00:00Z"),
+            line("bd-now", "2000-01-01T00:00:00Z")
+        ),
+    )
+    .unwrap();
+    let l = open(dir.path());
+    assert_eq!(ids(&l.ready().unwrap()), ["bd-now"]);
 }
