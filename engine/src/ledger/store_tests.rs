@@ -466,19 +466,22 @@ fn concurrent_writers_never_mint_the_same_child_id() {
     assert_eq!(minted.into_iter().collect::<BTreeSet<_>>(), expected);
 }
 
-/// Environment variables that turn this test binary into a claim helper process.
-const HELPER_REPO: &str = "WIGGUM_TEST_CLAIM_REPO";
-const HELPER_ID: &str = "WIGGUM_TEST_CLAIM_ID";
-const HELPER_NAME: &str = "WIGGUM_TEST_CLAIM_NAME";
+/// Environment variables that turn this test binary into a helper process.
+const HELPER_REPO: &str = "WIGGUM_TEST_HELPER_REPO";
+const HELPER_MODE: &str = "WIGGUM_TEST_HELPER_MODE";
+const HELPER_ID: &str = "WIGGUM_TEST_HELPER_ID";
+const HELPER_NAME: &str = "WIGGUM_TEST_HELPER_NAME";
 
-/// Run by `processes_claiming_one_bead_have_one_winner` in child processes: waits for the
-/// `go` file, claims, and prints `claim=won` or `claim=lost`.
+/// Run by the multi-process tests in child processes: opens the ledger, waits for the `go`
+/// file, then either claims the bead (`claim`: prints `out=won` or `out=lost`) or mints 10
+/// children of it (`mint`: prints `out=<id>` for each).
 #[test]
-#[ignore = "helper process of processes_claiming_one_bead_have_one_winner"]
-fn claim_helper_process() {
-    let repo = std::env::var(HELPER_REPO).expect("run by the two-process claim test");
+#[ignore = "helper process of the multi-process ledger tests"]
+fn ledger_helper_process() {
+    let repo = std::env::var(HELPER_REPO).expect("run by a multi-process ledger test");
+    let mode = std::env::var(HELPER_MODE).expect("mode");
     let id = std::env::var(HELPER_ID).expect("bead id");
-    let name = std::env::var(HELPER_NAME).expect("claimer name");
+    let name = std::env::var(HELPER_NAME).expect("helper name");
     let repo = Path::new(&repo);
     let mut l = open(repo);
     std::fs::write(repo.join(format!("ready-{name}")), "").unwrap();
@@ -490,8 +493,81 @@ fn claim_helper_process() {
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let won = l.claim(&id, &name).unwrap();
-    println!("\nclaim={}", if won { "won" } else { "lost" });
+    let mut out = String::from("\n");
+    match mode.as_str() {
+        "claim" => {
+            let won = l.claim(&id, &name).unwrap();
+            out.push_str(&format!("out={}\n", if won { "won" } else { "lost" }));
+        }
+        "mint" => {
+            for i in 0..10 {
+                let child = l
+                    .create(NewBead::task(format!("{name} {i}")).child_of(&id))
+                    .unwrap();
+                out.push_str(&format!("out={}\n", child.id));
+            }
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
+    print!("{out}");
+}
+
+/// Runs one helper process per name against the ledger in `dir`, starts them together once
+/// all have opened the ledger, and returns each one's `out=` values.
+fn run_helpers(dir: &Path, mode: &str, id: &str, names: &[&str]) -> Vec<Vec<String>> {
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = names
+        .iter()
+        .map(|name| {
+            std::process::Command::new(&exe)
+                .args([
+                    "ledger::store::tests::ledger_helper_process",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(HELPER_REPO, dir)
+                .env(HELPER_MODE, mode)
+                .env(HELPER_ID, id)
+                .env(HELPER_NAME, name)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !names
+        .iter()
+        .all(|n| dir.join(format!("ready-{n}")).exists())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "helpers never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::fs::write(dir.join("go"), "").unwrap();
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "helper failed:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let values: Vec<String> = stdout
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("out="))
+                .map(String::from)
+                .collect();
+            assert!(!values.is_empty(), "helper printed nothing:\n{stdout}");
+            values
+        })
+        .collect()
 }
 
 #[test]
@@ -501,61 +577,28 @@ fn processes_claiming_one_bead_have_one_winner() {
         .create(NewBead::task("contested"))
         .unwrap()
         .id;
-    let exe = std::env::current_exe().unwrap();
     let names = ["proc-a", "proc-b", "proc-c", "proc-d"];
-    let children: Vec<_> = names
-        .iter()
-        .map(|name| {
-            std::process::Command::new(&exe)
-                .args([
-                    "ledger::store::tests::claim_helper_process",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(HELPER_REPO, dir.path())
-                .env(HELPER_ID, &id)
-                .env(HELPER_NAME, name)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+    let mut outcomes: Vec<String> = run_helpers(dir.path(), "claim", &id, &names)
+        .into_iter()
+        .flatten()
         .collect();
-    // Both processes have opened the ledger before either claims.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !names
-        .iter()
-        .all(|n| dir.path().join(format!("ready-{n}")).exists())
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "helpers never got ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    std::fs::write(dir.path().join("go"), "").unwrap();
-    let mut outcomes = Vec::new();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "helper failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let outcome = stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("claim="))
-            .unwrap_or_else(|| panic!("helper printed no outcome:\n{stdout}"))
-            .to_string();
-        outcomes.push(outcome);
-    }
     outcomes.sort();
     assert_eq!(outcomes, ["lost", "lost", "lost", "won"]);
     let bead = open(dir.path()).get(&id).unwrap().unwrap();
     assert!(names.contains(&bead.assignee.as_deref().unwrap()));
+}
+
+#[test]
+fn processes_minting_children_of_one_parent_never_collide() {
+    let dir = repo();
+    let parent = open(dir.path()).create(NewBead::epic("p")).unwrap().id;
+    let minted: Vec<String> = run_helpers(dir.path(), "mint", &parent, &["m-a", "m-b", "m-c"])
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(minted.len(), 30);
+    let expected: BTreeSet<String> = (1..=30).map(|n| format!("{parent}.{n}")).collect();
+    assert_eq!(minted.into_iter().collect::<BTreeSet<_>>(), expected);
 }
 
 #[test]
