@@ -387,3 +387,23 @@ fn zero_max_iterations_is_a_usage_error() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("no unlimited"), "{}", out.stderr);
 }
+
+#[test]
+fn a_repository_without_commits_is_refused_before_anything_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(init.success());
+    let out = wiggum_command()
+        .args(["task", "x", "--agent-command", "echo hi", "--check", "true"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("make a first commit"), "{stderr}");
+    assert!(!dir.path().join(".beads").exists(), "nothing recorded");
+}

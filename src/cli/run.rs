@@ -110,7 +110,9 @@ where
     result.map_err(|e| {
         let code = match e {
             PatrolRunError::Invalid(_) | PatrolRunError::Agent { .. } => EXIT_USAGE,
-            PatrolRunError::UnknownRun(_) | PatrolRunError::NotResumable(_) => EXIT_USAGE,
+            PatrolRunError::UnknownRun(_)
+            | PatrolRunError::NotResumable(_)
+            | PatrolRunError::NotReady(_) => EXIT_USAGE,
             _ => EXIT_FAILED,
         };
         CliError {

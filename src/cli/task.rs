@@ -6,10 +6,12 @@ use std::time::Duration;
 use clap::Args;
 use wiggum_agents::config::AgentConfig;
 use wiggum_engine::ralph::{LoopConfig, Outcome};
-use wiggum_engine::run::{run_task, Cancel, ReviewChoice, TaskOptions, TaskReport};
+use wiggum_engine::run::{run_task, Cancel, ReviewChoice, TaskError, TaskOptions, TaskReport};
 
 use super::display::Display;
-use super::{resolve_repo, CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK};
+use super::{
+    resolve_repo, CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+};
 
 /// Run one task as a Ralph loop, now.
 ///
@@ -139,13 +141,13 @@ pub fn run(args: TaskArgs) -> CliResult {
     });
     display.finish();
     let report = report.map_err(|e| {
-        let err = CliError::failed(e.to_string());
-        match e {
-            wiggum_engine::run::TaskError::Agent(_) => CliError {
-                exit_code: super::EXIT_USAGE,
-                ..err
-            },
-            _ => err,
+        let code = match e {
+            TaskError::Agent(_) | TaskError::NotReady(_) => EXIT_USAGE,
+            _ => EXIT_FAILED,
+        };
+        CliError {
+            exit_code: code,
+            ..CliError::failed(e.to_string())
         }
     })?;
     if args.json {

@@ -67,6 +67,9 @@ pub enum PatrolRunError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("workspace: {0}")]
     Workspace(#[from] crate::workspace::WorkspaceError),
+    /// The repository cannot host a run (no commit yet): nothing was recorded.
+    #[error("{0}")]
+    NotReady(crate::workspace::WorkspaceError),
     #[error("no run {0} in this repository's ledger (see `wiggum runs`)")]
     UnknownRun(String),
     #[error(
@@ -112,6 +115,7 @@ pub async fn run_patrol(
         .clone()
         .unwrap_or_else(|| patrol.repo.clone());
     let repo_root = discover_root(&start_dir)?;
+    crate::workspace::require_commit(&repo_root).map_err(PatrolRunError::NotReady)?;
     let recorder = Arc::new(Recorder::new(Ledger::open(&repo_root)?));
 
     if let Some(key) = &opts.run_key {

@@ -72,6 +72,9 @@ pub enum TaskError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("workspace: {0}")]
     Workspace(#[from] crate::workspace::WorkspaceError),
+    /// The repository cannot host a run (no commit yet): nothing was recorded.
+    #[error("{0}")]
+    NotReady(crate::workspace::WorkspaceError),
 }
 
 /// Runs a task to its end and returns the report; only setup failures are errors.
@@ -96,6 +99,7 @@ pub async fn run_task(
         ReviewChoice::Agent(cfg) => ReviewMode::Agent(cfg.backend.clone()),
     };
 
+    crate::workspace::require_commit(&opts.repo_root).map_err(TaskError::NotReady)?;
     let recorder = Recorder::new(Ledger::open(&opts.repo_root)?);
     let title = format!("task: {}", crate::run::record::bound_title(&opts.prompt));
     let run_id = recorder.start_run(&title, &describe_task(&opts, &*worker, &config))?;

@@ -88,3 +88,22 @@ pub fn discover_root(start: &Path) -> Result<PathBuf, WorkspaceError> {
         .canonicalize()
         .unwrap_or_else(|_| workdir.to_path_buf()))
 }
+
+/// Checks that the repository at `repo_root` has a commit to start from, before anything is
+/// recorded: a run in an empty repository fails at once, with what to do about it.
+pub fn require_commit(repo_root: &Path) -> Result<(), WorkspaceError> {
+    let repo = git2::Repository::open(repo_root).map_err(|_| WorkspaceError::NotARepo {
+        path: repo_root.to_path_buf(),
+    })?;
+    let born = repo
+        .head()
+        .ok()
+        .is_some_and(|head| head.peel_to_commit().is_ok());
+    if born {
+        Ok(())
+    } else {
+        Err(WorkspaceError::UnbornHead {
+            path: repo_root.to_path_buf(),
+        })
+    }
+}

@@ -12,7 +12,7 @@ mod worktree;
 mod testutil;
 
 pub use checkpoint::{Checkpoint, DiffStat};
-pub use discover::{discover_root, WorkspaceError};
+pub use discover::{discover_root, require_commit, WorkspaceError};
 pub use exclude::{ensure_excluded, is_wiggum_path, EXCLUDE_LINE};
 pub use land::LandOutcome;
 pub use worktree::{Workspace, WORKTREES_DIR};
