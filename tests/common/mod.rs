@@ -62,8 +62,7 @@ impl TempRepo {
 
     /// Reads a file relative to the repository.
     pub fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path().join(rel))
-            .unwrap_or_else(|e| panic!("read {rel}: {e}"))
+        std::fs::read_to_string(self.path().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
     }
 
     /// Runs git in the repository and returns its stdout; panics when git fails.
@@ -116,7 +115,9 @@ pub fn wiggum_command() -> Command {
 
 /// The absolute path of a file under `fixtures/`.
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
 }
 
 /// Every bead line of `.beads/issues.jsonl` in `repo`, parsed.
