@@ -10,6 +10,7 @@ pub mod report;
 pub mod resume;
 pub mod run;
 pub mod runs;
+pub mod runtime;
 pub mod schedule;
 pub mod show;
 pub mod task;

@@ -9,7 +9,7 @@ use wiggum_engine::events::EventSink;
 use wiggum_engine::ralph::Outcome;
 use wiggum_engine::run::{run_patrol, Cancel, PatrolOptions, PatrolReport, PatrolRunError};
 
-use super::display::Display;
+use super::runtime::drive;
 use super::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 
 /// Run a patrol (a TOML file of steps) once, now.
@@ -77,36 +77,13 @@ pub fn run(args: RunArgs) -> CliResult {
     .and_then(|report| render(&report, json))
 }
 
-/// Runs an engine future with the terminal display and Ctrl-C handling, on a small runtime.
+/// Runs a patrol future with the display and Ctrl-C handling; maps its errors to exit codes.
 pub fn with_runtime<F, Fut>(quiet: bool, f: F) -> Result<PatrolReport, CliError>
 where
     F: FnOnce(Arc<dyn EventSink>, Cancel) -> Fut,
     Fut: std::future::Future<Output = Result<PatrolReport, PatrolRunError>>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
-    let display = Arc::new(Display::new(quiet));
-    let cancel = Cancel::new();
-    let sink: Arc<dyn EventSink> = display.clone();
-    let result = runtime.block_on(async {
-        let watcher = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "\ninterrupted: stopping the steps in flight (Ctrl-C again to quit at once)"
-                );
-                watcher.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(EXIT_INTERRUPTED);
-                }
-            }
-        });
-        f(sink, cancel.clone()).await
-    });
-    display.finish();
+    let result = drive(quiet, |display, cancel| f(display, cancel))?;
     result.map_err(|e| {
         let code = match e {
             PatrolRunError::Invalid(_) | PatrolRunError::Agent { .. } => EXIT_USAGE,

@@ -6,9 +6,9 @@ use std::time::Duration;
 use clap::Args;
 use wiggum_agents::config::AgentConfig;
 use wiggum_engine::ralph::{LoopConfig, Outcome};
-use wiggum_engine::run::{run_task, Cancel, ReviewChoice, TaskError, TaskOptions, TaskReport};
+use wiggum_engine::run::{run_task, ReviewChoice, TaskError, TaskOptions, TaskReport};
 
-use super::display::Display;
+use super::runtime::drive;
 use super::{
     resolve_repo, CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 };
@@ -119,27 +119,9 @@ fn parse_dur(s: &str) -> Result<Duration, String> {
 /// Runs `wiggum task`.
 pub fn run(args: TaskArgs) -> CliResult {
     let opts = options(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
-    let display = Display::new(args.quiet);
-    let cancel = Cancel::new();
-    let report = runtime.block_on(async {
-        let watcher = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\ninterrupted: recording the current iteration as cancelled (Ctrl-C again to quit at once)");
-                watcher.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(EXIT_INTERRUPTED);
-                }
-            }
-        });
-        run_task(opts, &display, &cancel).await
-    });
-    display.finish();
+    let report = drive(args.quiet, |display, cancel| async move {
+        run_task(opts, &*display, &cancel).await
+    })?;
     let report = report.map_err(|e| {
         let code = match e {
             TaskError::Agent(_) | TaskError::NotReady(_) => EXIT_USAGE,

@@ -94,7 +94,37 @@ struct RunCtx {
     state: std::sync::Mutex<RunState>,
 }
 
+/// What a run shares with the process that drives it.
+struct Shared {
+    recorder: Arc<Recorder>,
+    sink: Arc<dyn EventSink>,
+    cancel: Cancel,
+    repo_root: PathBuf,
+}
+
 impl RunCtx {
+    fn new(
+        patrol: Patrol,
+        state: RunState,
+        integration: String,
+        agents: BTreeMap<String, Arc<dyn Agent>>,
+        shared: Shared,
+    ) -> Arc<RunCtx> {
+        Arc::new(RunCtx {
+            spend: Spend::with_budget(patrol.max_cost_usd),
+            patrol,
+            run_id: state.run_id.clone(),
+            repo_root: shared.repo_root,
+            integration,
+            agents,
+            recorder: shared.recorder,
+            sink: shared.sink,
+            cancel: shared.cancel,
+            land_lock: tokio::sync::Mutex::new(()),
+            state: std::sync::Mutex::new(state),
+        })
+    }
+
     fn save(&self) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Err(e) = state.save(&self.recorder) {
@@ -168,20 +198,17 @@ pub async fn run_patrol(
         let _ = recorder.finish(&run_id, "error", &reason, &reason);
         return Err(e.into());
     }
-    let ctx = Arc::new(RunCtx {
-        spend: Spend::with_budget(patrol.max_cost_usd),
-        patrol,
-        run_id,
-        repo_root,
-        integration,
-        agents,
+    let shared = Shared {
         recorder,
         sink,
         cancel,
-        land_lock: tokio::sync::Mutex::new(()),
-        state: std::sync::Mutex::new(state),
-    });
-    execute(ctx, false).await
+        repo_root,
+    };
+    execute(
+        RunCtx::new(patrol, state, integration, agents, shared),
+        false,
+    )
+    .await
 }
 
 /// Continues a run that was interrupted: finished steps are not run again, the step that was
@@ -226,20 +253,17 @@ async fn resume_with(
         .clone()
         .unwrap_or_else(|| format!("wiggum/{run_id}"));
     Workspace::open(&repo_root, run_id, &integration)?;
-    let ctx = Arc::new(RunCtx {
-        spend: Spend::with_budget(patrol.max_cost_usd),
-        patrol,
-        run_id: run_id.to_string(),
-        repo_root,
-        integration,
-        agents,
+    let shared = Shared {
         recorder,
         sink,
         cancel,
-        land_lock: tokio::sync::Mutex::new(()),
-        state: std::sync::Mutex::new(state),
-    });
-    execute(ctx, true).await
+        repo_root,
+    };
+    execute(
+        RunCtx::new(patrol, state, integration, agents, shared),
+        true,
+    )
+    .await
 }
 
 fn build_agents(patrol: &Patrol) -> Result<BTreeMap<String, Arc<dyn Agent>>, PatrolRunError> {
