@@ -92,8 +92,6 @@ pub struct StepReport {
     /// A line from the last work reply (`{{steps.ID.summary}}`).
     pub summary: String,
     pub last_checkpoint: Option<String>,
-    /// The agent asked to split the task (`<split/>`) or its context overflowed.
-    pub wants_split: bool,
 }
 
 /// Everything one iteration produced, filled in as it goes so that a timed-out or cancelled
@@ -163,7 +161,6 @@ pub async fn run_loop(
         cost_usd: 0.0,
         summary: String::new(),
         last_checkpoint: workspace.head().ok(),
-        wants_split: false,
     };
     if let Err(e) = ensure_notes(workspace, &ctx.notes_path) {
         return stop(report, Outcome::Error, e);
@@ -260,20 +257,16 @@ pub async fn run_loop(
                     ),
                     Some(Outcome::Timeout),
                 ),
-                AgentError::ContextOverflow { message } => {
-                    report.wants_split = true;
-                    (
-                        format!("error: context overflow ({message}); the task needs splitting"),
-                        Some(Outcome::Error),
-                    )
-                }
+                AgentError::ContextOverflow { message } => (
+                    format!("error: context overflow ({message}); the task needs splitting"),
+                    Some(Outcome::Error),
+                ),
                 other => (
                     format!("error: agent failed: {other}"),
                     Some(Outcome::Error),
                 ),
             }
         } else if rec.wants_split {
-            report.wants_split = true;
             (
                 "error: the agent declared the task too large (<split/>)".into(),
                 Some(Outcome::Error),
@@ -352,7 +345,7 @@ async fn maybe_timeout(
 }
 
 fn over_budget(cfg: &LoopConfig, report: &StepReport, spend: &Spend) -> Option<String> {
-    let (run_tokens, run_cost) = spend.totals();
+    let (_, run_cost) = spend.totals();
     if let Some(max) = cfg.max_cost_usd {
         if report.cost_usd >= max {
             return Some(format!(
@@ -376,7 +369,6 @@ fn over_budget(cfg: &LoopConfig, report: &StepReport, spend: &Spend) -> Option<S
             ));
         }
     }
-    let _ = run_tokens;
     None
 }
 
