@@ -8,7 +8,7 @@ use wiggum_agents::command::{run_process, ProcessSpec};
 
 use crate::events::CheckSummary;
 
-/// Output of a check kept in memory (its end is what matters: test summaries come last).
+/// The end of a check's output kept in memory (test summaries come last).
 const CHECK_OUTPUT_LIMIT: usize = 4 * 1024 * 1024;
 
 /// One check command's result.
@@ -79,15 +79,35 @@ async fn run_check(
     timeout: Duration,
     env: &[(String, String)],
 ) -> CheckResult {
-    // `exec 2>&1` folds stderr into stdout in order, so the output reads as in a terminal.
-    let script = format!("exec 2>&1\n{command}");
+    let failed_to_start = |why: String| CheckResult {
+        command: command.to_string(),
+        exit_code: None,
+        passed: false,
+        timed_out: false,
+        output: format!("could not run the check: {why}"),
+        duration: Duration::ZERO,
+    };
+    // The output goes to a file, not a pipe: its *end* is what matters (test summaries come
+    // last) and a file keeps it whatever the length, and a daemon the check starts cannot hold
+    // a pipe open and take the output with it. `exec 2>&1` folds stderr in, in order.
+    let log = match tempfile::Builder::new()
+        .prefix("wiggum-check-")
+        .suffix(".log")
+        .tempfile()
+    {
+        Ok(f) => f,
+        Err(e) => return failed_to_start(format!("cannot create its output file: {e}")),
+    };
+    let script = format!("exec >\"$WIGGUM_CHECK_LOG\" 2>&1\nunset WIGGUM_CHECK_LOG\n{command}");
     let mut spec = ProcessSpec::new(vec!["sh".into(), "-c".into(), script], dir);
     spec.env = env.to_vec();
+    spec.env
+        .push(("WIGGUM_CHECK_LOG".into(), log.path().display().to_string()));
     spec.timeout = Some(timeout);
-    spec.stdout_limit = CHECK_OUTPUT_LIMIT;
     match run_process(spec).await {
         Ok(out) => {
-            let mut output = out.stdout_text();
+            let mut output = read_tail(log.path(), CHECK_OUTPUT_LIMIT);
+            // `sh` itself may complain before the redirection (it cannot open the file).
             let stderr = out.stderr_text();
             if !stderr.is_empty() {
                 output.push_str(&stderr);
@@ -113,15 +133,29 @@ async fn run_check(
                 duration: out.duration,
             }
         }
-        Err(e) => CheckResult {
-            command: command.to_string(),
-            exit_code: None,
-            passed: false,
-            timed_out: false,
-            output: format!("could not run the check: {e}"),
-            duration: Duration::ZERO,
-        },
+        Err(e) => failed_to_start(e.to_string()),
     }
+}
+
+/// The last `limit` bytes of the file as text (invalid UTF-8 replaced), with a first line
+/// saying how much was cut.
+fn read_tail(path: &Path, limit: usize) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let read = || -> std::io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let skip = len.saturating_sub(limit as u64);
+        file.seek(SeekFrom::Start(skip))?;
+        let mut bytes = Vec::with_capacity(limit.min(len as usize));
+        file.take(limit as u64).read_to_end(&mut bytes)?;
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(if skip > 0 {
+            format!("[… {skip} earlier bytes of output cut]\n{text}")
+        } else {
+            text.into_owned()
+        })
+    };
+    read().unwrap_or_else(|e| format!("[wiggum: cannot read the check's output: {e}]\n"))
 }
 
 #[cfg(test)]
@@ -161,5 +195,47 @@ mod tests {
         assert!(!r[0].passed);
         assert!(r[0].duration < Duration::from_secs(5));
         assert!(r[0].line().contains("timed out"));
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_long_output_is_kept_where_the_failure_summary_is() {
+        let dir = tempfile::tempdir().unwrap();
+        // 6 MB of noise, then the line that says what failed.
+        let cmd =
+            "head -c 6000000 /dev/zero | tr '\\0' x; echo; echo 'FAILED: test_unicode'; exit 1";
+        let r = run_checks(&[cmd.to_string()], dir.path(), Duration::from_secs(60), &[]).await;
+        assert_eq!(r[0].exit_code, Some(1));
+        assert!(r[0].output.trim_end().ends_with("FAILED: test_unicode"));
+        assert!(r[0].output.starts_with("[… "), "{}", &r[0].output[..80]);
+        assert!(r[0].output.len() <= CHECK_OUTPUT_LIMIT + 100);
+    }
+
+    #[tokio::test]
+    async fn a_check_that_leaves_a_daemon_keeps_its_output_and_does_not_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // The daemon escapes the check's process group and inherits its output.
+        let cmd = "echo before; setsid -f sleep 20; echo after; exit 3";
+        let started = std::time::Instant::now();
+        let r = run_checks(&[cmd.to_string()], dir.path(), Duration::from_secs(60), &[]).await;
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert_eq!(r[0].exit_code, Some(3));
+        assert!(
+            r[0].output.contains("before") && r[0].output.contains("after"),
+            "{:?}",
+            r[0].output
+        );
+    }
+
+    #[tokio::test]
+    async fn non_utf8_output_is_kept_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = "printf 'caf\\351 \\377 ok\\n'; exit 1";
+        let r = run_checks(&[cmd.to_string()], dir.path(), Duration::from_secs(60), &[]).await;
+        assert_eq!(r[0].exit_code, Some(1));
+        assert!(
+            r[0].output.contains("caf\u{fffd} \u{fffd} ok"),
+            "{:?}",
+            r[0].output
+        );
     }
 }

@@ -2,99 +2,124 @@
 //!
 //! A reply that breaks the protocol is a failed phase with a clear reason, never a silent pass.
 
-use serde::Deserialize;
-
 /// A reviewer's verdict.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub approved: bool,
-    #[serde(default)]
     pub findings: Vec<String>,
 }
 
 /// Finds the review verdict in a reply: a JSON object with a boolean `approved`, alone or in a
 /// fenced block or among prose. The last such object wins (reviewers often think out loud).
+/// Findings that are not strings (objects with a file and a line, numbers) are kept as their
+/// compact JSON text rather than losing them.
 pub fn parse_verdict(reply: &str) -> Result<Verdict, String> {
-    let mut found = None;
     let mut saw_json = false;
-    for candidate in json_objects(reply) {
-        saw_json = true;
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(candidate) else {
-            continue;
-        };
-        let Some(obj) = value.as_object() else {
-            continue;
-        };
-        match obj.get("approved") {
-            Some(serde_json::Value::Bool(_)) => {}
-            Some(other) => {
-                return Err(format!(
-                    "the review verdict's \"approved\" must be true or false, not {other}"
-                ))
+    let mut from = 0;
+    for _ in 0..=RESCANS {
+        let (spans, unclosed) = balanced_spans(reply.as_bytes(), from);
+        let mut found = None;
+        for (start, end) in spans {
+            saw_json = true;
+            if let Some(v) = verdict_of(&reply[start..=end])? {
+                found = Some(v);
             }
-            None => continue,
         }
-        match serde_json::from_value::<Verdict>(value.clone()) {
-            Ok(v) => found = Some(v),
-            Err(e) => return Err(format!("the review verdict is malformed: {e}")),
+        if let Some(v) = found {
+            return Ok(v);
+        }
+        // A brace that never closed may have swallowed the rest as a string: look again
+        // after it, with fresh eyes.
+        match unclosed {
+            Some(pos) => from = pos + 1,
+            None => break,
         }
     }
-    found.ok_or_else(|| {
-        if saw_json {
-            "the review reply has JSON but no {\"approved\": bool, \"findings\": [...]} verdict"
-                .to_string()
-        } else {
-            "the review reply has no {\"approved\": bool, \"findings\": [...]} verdict".to_string()
-        }
+    Err(if saw_json {
+        "the review reply has JSON but no {\"approved\": bool, \"findings\": [...]} verdict"
+            .to_string()
+    } else {
+        "the review reply has no {\"approved\": bool, \"findings\": [...]} verdict".to_string()
     })
 }
 
-/// Every balanced `{...}` span of the text, outermost first, skipping braces inside strings.
-fn json_objects(text: &str) -> Vec<&str> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'{' {
-            i += 1;
-            continue;
+/// The verdict a JSON object gives: `None` when it is not JSON or has no `approved`.
+fn verdict_of(candidate: &str) -> Result<Option<Verdict>, String> {
+    let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(candidate)
+    else {
+        return Ok(None);
+    };
+    let approved = match obj.get("approved") {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "the review verdict's \"approved\" must be true or false, not {other}"
+            ))
         }
-        let mut depth = 0usize;
-        let mut in_str = false;
-        let mut escaped = false;
-        let mut end = None;
-        for (j, &b) in bytes.iter().enumerate().skip(i) {
-            if in_str {
-                match (escaped, b) {
-                    (true, _) => escaped = false,
-                    (false, b'\\') => escaped = true,
-                    (false, b'"') => in_str = false,
-                    _ => {}
-                }
-                continue;
-            }
-            match b {
-                b'"' => in_str = true,
-                b'{' => depth += 1,
-                b'}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = Some(j);
-                        break;
-                    }
-                }
+        None => return Ok(None),
+    };
+    let findings = match obj.get("findings") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|f| match f {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        Some(other) => {
+            return Err(format!(
+                "the review verdict's \"findings\" must be a list of strings, not {}",
+                crate::ralph::text::truncate_chars(&other.to_string(), 200)
+            ))
+        }
+    };
+    Ok(Some(Verdict { approved, findings }))
+}
+
+/// How many times [`parse_verdict`] looks again after an opening brace that never closes.
+const RESCANS: usize = 16;
+
+/// The outermost balanced spans from `from` on, and the first `{` that never closes. Strings
+/// are tracked only inside braces, so quotes in prose do not count.
+fn balanced_spans(bytes: &[u8], from: usize) -> (Vec<(usize, usize)>, Option<usize>) {
+    // Open braces, and the closed spans with how many open braces were around them when they
+    // closed: a span stays a candidate only while none of those closes.
+    let mut open: Vec<usize> = Vec::new();
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+    let mut in_str = false;
+    let mut escaped = false;
+    for (j, &b) in bytes.iter().enumerate().skip(from) {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
                 _ => {}
             }
+            continue;
         }
-        match end {
-            Some(j) => {
-                out.push(&text[i..=j]);
-                i = j + 1;
+        match b {
+            b'"' if !open.is_empty() => in_str = true,
+            b'{' => open.push(j),
+            b'}' => {
+                let Some(start) = open.pop() else { continue };
+                let depth = open.len();
+                while spans.last().is_some_and(|&(_, _, d)| d > depth) {
+                    spans.pop();
+                }
+                spans.push((start, j, depth));
             }
-            None => i += 1,
+            _ => {}
         }
     }
-    out
+    let unclosed = open.first().copied();
+    // With braces still open at the end, the spans inside them are the candidates; without,
+    // only the spans at depth 0 remain by construction.
+    (
+        spans.into_iter().map(|(s, e, _)| (s, e)).collect(),
+        unclosed,
+    )
 }
 
 /// The texts of every `<promise>TEXT</promise>` in a reply, trimmed.
@@ -186,5 +211,55 @@ mod tests {
             summary_line("a\nFixed the parser.\n<promise>X</promise>\n"),
             "Fixed the parser."
         );
+    }
+
+    #[test]
+    fn megabytes_of_unclosed_braces_are_read_in_linear_time() {
+        // Once quadratic: every `{` scanned to the end of an 8 MB reply.
+        let reply = format!("{}{{\"approved\": true}}", "{".repeat(4_000_000));
+        let started = std::time::Instant::now();
+        let v = parse_verdict(&reply);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        // Braces that never close do not hide the verdict after them.
+        assert!(v.unwrap().approved);
+        let many = "{}".repeat(1_000_000) + r#" {"approved": false, "findings": ["x"]}"#;
+        assert!(!parse_verdict(&many).unwrap().approved);
+    }
+
+    #[test]
+    fn a_verdict_after_unbalanced_braces_and_quotes_in_prose_is_found() {
+        let reply = "The hunk `fn main() {` opens a block and `let s = \"{` too.\n\
+                     {\"approved\": true, \"findings\": []}";
+        assert!(parse_verdict(reply).unwrap().approved);
+        let nested_first = r#"see {"note": {"x": 1}} then {"approved": false, "findings": ["a"]}"#;
+        assert_eq!(parse_verdict(nested_first).unwrap().findings, vec!["a"]);
+    }
+
+    #[test]
+    fn findings_that_are_objects_are_kept_as_json_and_a_string_is_refused() {
+        let v = parse_verdict(
+            r#"{"approved": false, "findings": [{"file": "a.rs", "line": 3, "message": "bad"}, "plain"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v.findings,
+            vec![r#"{"file":"a.rs","line":3,"message":"bad"}"#, "plain"]
+        );
+        let e = parse_verdict(r#"{"approved": true, "findings": "looks fine"}"#).unwrap_err();
+        assert!(e.contains("must be a list"), "{e}");
+        assert!(
+            parse_verdict(r#"{"approved": true, "findings": null}"#)
+                .unwrap()
+                .approved
+        );
+    }
+
+    #[test]
+    fn two_verdicts_the_last_one_counts() {
+        let v = parse_verdict(
+            r#"{"approved": true, "findings": []} on second thought {"approved": false, "findings": ["no test"]}"#,
+        )
+        .unwrap();
+        assert!(!v.approved);
     }
 }
