@@ -89,14 +89,37 @@ where
             PatrolRunError::Invalid(_) | PatrolRunError::Agent { .. } => EXIT_USAGE,
             PatrolRunError::UnknownRun(_)
             | PatrolRunError::NotResumable(_)
-            | PatrolRunError::NotReady(_) => EXIT_USAGE,
+            | PatrolRunError::NotReady(_)
+            | PatrolRunError::BadRepo { .. }
+            | PatrolRunError::Busy(_)
+            | PatrolRunError::KeyReused { .. }
+            | PatrolRunError::PatrolGone { .. } => EXIT_USAGE,
             _ => EXIT_FAILED,
         };
-        CliError {
+        let mut err = CliError {
             exit_code: code,
             ..CliError::failed(e.to_string())
+        };
+        if let Some(hint) = hint_for(&e) {
+            err = err.hint(hint);
         }
+        err
     })
+}
+
+fn hint_for(e: &PatrolRunError) -> Option<String> {
+    match e {
+        PatrolRunError::BadRepo { patrol, .. } => Some(format!(
+            "set `repo` (and `base`) in [patrol] of {} to a git repository and one of its \
+             branches, or pass --repo DIR",
+            patrol.display()
+        )),
+        PatrolRunError::UnknownRun(_) => Some(
+            "`wiggum runs` lists the runs of this repository; pass --repo DIR for another one"
+                .into(),
+        ),
+        _ => None,
+    }
 }
 
 /// Prints a patrol run's result and returns its exit code.
@@ -117,6 +140,7 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                 "landed": r.landed,
                 "resumed": r.resumed,
                 "already_finished": r.already_finished,
+                "notes": r.notes,
                 "steps": r.steps.iter().map(|(id, s)| serde_json::json!({
                     "id": id,
                     "bead": s.bead,
@@ -133,6 +157,9 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
         );
     } else {
         let mut out = String::new();
+        for note in &r.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
         if r.already_finished {
             out.push_str(&format!(
                 "run {} had already finished; nothing was run again\n",
@@ -155,7 +182,8 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                 s.iterations,
                 s.tokens,
                 format!("${:.4}", s.cost_usd),
-                if s.summary.is_empty() {
+                // Why a step failed matters more than what its agent last said.
+                if s.summary.is_empty() || s.outcome != Some(Outcome::Converged) {
                     &s.reason
                 } else {
                     &s.summary
@@ -198,6 +226,12 @@ fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, CliError> {
             return Err(CliError::usage(format!("--var {v:?} is not K=V"))
                 .hint("write it as --var name=value"));
         };
+        if k.trim().is_empty() {
+            return Err(
+                CliError::usage(format!("--var {v:?} has no name before `=`"))
+                    .hint("write it as --var name=value"),
+            );
+        }
         out.insert(k.trim().to_string(), val.to_string());
     }
     Ok(out)
@@ -206,10 +240,15 @@ fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>, CliError> {
 /// A throwaway copy of `repo` as a fresh git repository in the temp directory (for patrols
 /// with `sandbox = true`, such as the demo): the run never touches the original.
 fn sandbox(repo: &Path) -> Result<PathBuf, CliError> {
+    let shown = repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf());
     wiggum_engine::run::sandbox::prepare(repo).map_err(|e| {
         CliError::failed(format!(
             "cannot make the sandbox copy of {}: {e}",
-            repo.display()
+            shown.display()
+        ))
+        .hint(format!(
+            "the copy goes to the temp directory ({}); point TMPDIR at a writable directory",
+            std::env::temp_dir().display()
         ))
     })
 }

@@ -31,6 +31,15 @@ pub struct RunsArgs {
 /// Runs `wiggum runs`.
 pub fn run(args: RunsArgs) -> CliResult {
     let root = resolve_repo(args.repo.as_deref())?;
+    // No ledger yet is no runs yet, not an error (and nothing is created to say so).
+    if !wiggum_engine::ledger::Ledger::exists(&root) {
+        if args.json {
+            println!("[]");
+        } else {
+            println!("no runs yet in {}", root.display());
+        }
+        return Ok(EXIT_OK);
+    }
     let recorder = Recorder::new(open_ledger(&root)?);
     let mut runs = recorder
         .ledger()
@@ -77,7 +86,7 @@ pub fn run(args: RunsArgs) -> CliResult {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(EXIT_OK);
     }
-    if rows.is_empty() {
+    if rows.is_empty() && args.limit > 0 {
         println!("no runs yet in {}", root.display());
         return Ok(EXIT_OK);
     }

@@ -30,6 +30,14 @@ pub struct ShowArgs {
 /// Runs `wiggum show`.
 pub fn run(args: ShowArgs) -> CliResult {
     let root = resolve_repo(args.repo.as_deref())?;
+    if !wiggum_engine::ledger::Ledger::exists(&root) {
+        return Err(CliError::usage(format!(
+            "no bead {}: {} has no beads ledger yet",
+            args.id,
+            root.display()
+        ))
+        .hint("`wiggum run` and `wiggum task` create it; pass --repo DIR for another repository"));
+    }
     let recorder = Recorder::new(open_ledger(&root)?);
     let (bead, children, text) = {
         let ledger = recorder.ledger();

@@ -16,7 +16,7 @@ use wiggum_agents::Agent;
 
 use super::cancel::Cancel;
 use super::record::Recorder;
-use super::state::{RunState, StepState};
+use super::state::{RunLock, RunState, StepState};
 use super::task::close_reason;
 use crate::events::{Event, EventSink};
 use crate::ledger::{format_time, now, Ledger, Status};
@@ -54,6 +54,9 @@ pub struct PatrolReport {
     pub resumed: bool,
     /// The run had already finished (a repeated `--run-id`): nothing was run.
     pub already_finished: bool,
+    /// What the user should know about how the run was continued (a patrol file edited since
+    /// the run started, other `--var` values than the run's, ...).
+    pub notes: Vec<String>,
 }
 
 /// Why a patrol could not run.
@@ -76,6 +79,41 @@ pub enum PatrolRunError {
         "run {0} is a one-shot task, which cannot be resumed; start it again with `wiggum task`"
     )]
     NotResumable(String),
+    /// The patrol's repository is missing, not a git repository, or has no such `base`:
+    /// nothing was recorded.
+    #[error("cannot run patrol {patrol} in {repo}: {message}")]
+    BadRepo {
+        patrol: PathBuf,
+        repo: PathBuf,
+        message: String,
+    },
+    /// Another process runs or resumes this run right now.
+    #[error(
+        "run {0} is being run by another wiggum process right now; \
+         wait for it to end (`wiggum show {0}` shows its progress), then resume it if it stopped"
+    )]
+    Busy(String),
+    /// `--run-id` names a run of another patrol file.
+    #[error(
+        "--run-id {key} already names run {run_id} of patrol file {first}, not {given}; \
+         a key names one run: pick another key for this patrol"
+    )]
+    KeyReused {
+        key: String,
+        run_id: String,
+        first: PathBuf,
+        given: PathBuf,
+    },
+    /// The run's patrol cannot be read back (no recorded copy, and the file is gone or changed
+    /// in a way that no longer matches the run's steps).
+    #[error("cannot resume run {run_id}: {message}")]
+    PatrolGone { run_id: String, message: String },
+    /// The run's lock file could not be taken.
+    #[error("cannot lock run {run_id}: {source}")]
+    Lock {
+        run_id: String,
+        source: std::io::Error,
+    },
 }
 
 /// Everything the steps of a run share.
@@ -92,6 +130,9 @@ struct RunCtx {
     /// Merges into the integration branch happen one at a time.
     land_lock: tokio::sync::Mutex<()>,
     state: std::sync::Mutex<RunState>,
+    /// Held for as long as this process works on the run.
+    _lock: RunLock,
+    notes: Vec<String>,
 }
 
 /// What a run shares with the process that drives it.
@@ -100,6 +141,7 @@ struct Shared {
     sink: Arc<dyn EventSink>,
     cancel: Cancel,
     repo_root: PathBuf,
+    lock: RunLock,
 }
 
 impl RunCtx {
@@ -109,9 +151,16 @@ impl RunCtx {
         integration: String,
         agents: BTreeMap<String, Arc<dyn Agent>>,
         shared: Shared,
+        notes: Vec<String>,
     ) -> Arc<RunCtx> {
+        let spend = Spend::with_budget(patrol.max_cost_usd);
+        // A resumed run's budget counts what the earlier processes spent.
+        let (_, _, spent) = state.totals();
+        if spent > 0.0 {
+            spend.add(&wiggum_agents::Usage::default(), spent);
+        }
         Arc::new(RunCtx {
-            spend: Spend::with_budget(patrol.max_cost_usd),
+            spend,
             patrol,
             run_id: state.run_id.clone(),
             repo_root: shared.repo_root,
@@ -122,6 +171,8 @@ impl RunCtx {
             cancel: shared.cancel,
             land_lock: tokio::sync::Mutex::new(()),
             state: std::sync::Mutex::new(state),
+            _lock: shared.lock,
+            notes,
         })
     }
 
@@ -139,18 +190,22 @@ pub async fn run_patrol(
     sink: Arc<dyn EventSink>,
     cancel: Cancel,
 ) -> Result<PatrolReport, PatrolRunError> {
-    let patrol = opts.patrol;
+    let mut patrol = opts.patrol;
+    // Absolute, so that `wiggum resume` finds the file from any directory.
+    if let Ok(abs) = std::path::absolute(&patrol.path) {
+        patrol.path = abs;
+    }
     let start_dir = opts
         .repo_override
         .clone()
         .unwrap_or_else(|| patrol.repo.clone());
-    let repo_root = discover_root(&start_dir)?;
-    crate::workspace::require_commit(&repo_root).map_err(PatrolRunError::NotReady)?;
+    let repo_root = preflight(&patrol, &start_dir)?;
     let recorder = Arc::new(Recorder::new(Ledger::open(&repo_root)?));
 
     if let Some(key) = &opts.run_key {
         if let Some(existing) = RunState::by_key(&recorder, key)? {
-            return resume_with(recorder, repo_root, &existing, sink, cancel, Some(patrol)).await;
+            let shared = shared(recorder, sink, cancel, repo_root, &existing)?;
+            return resume_with(shared, &existing, Some((key.as_str(), &patrol))).await;
         }
     }
     let agents = build_agents(&patrol)?;
@@ -159,11 +214,13 @@ pub async fn run_patrol(
         &format!("patrol: {}", patrol.name),
         &describe_patrol(&patrol),
     )?;
+    let lock = lock_run(&repo_root, &run_id)?;
     let mut state = RunState {
         run_id: run_id.clone(),
         kind: "patrol".into(),
         name: patrol.name.clone(),
         patrol_path: Some(patrol.path.clone()),
+        patrol_text: std::fs::read_to_string(&patrol.path).ok(),
         vars: patrol.vars.clone(),
         key: opts.run_key.clone(),
         branch: Some(format!("wiggum/{run_id}")),
@@ -203,16 +260,77 @@ pub async fn run_patrol(
         sink,
         cancel,
         repo_root,
+        lock,
     };
     execute(
-        RunCtx::new(patrol, state, integration, agents, shared),
+        RunCtx::new(patrol, state, integration, agents, shared, Vec::new()),
         false,
     )
     .await
 }
 
+/// The repository a patrol runs in, checked before anything is recorded: it exists, is a git
+/// repository with a commit, and has the patrol's `base`.
+fn preflight(patrol: &Patrol, start_dir: &Path) -> Result<PathBuf, PatrolRunError> {
+    let shown = if start_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        start_dir
+    };
+    let dir = std::path::absolute(shown).unwrap_or_else(|_| shown.to_path_buf());
+    let bad = |message: String| PatrolRunError::BadRepo {
+        patrol: patrol.path.clone(),
+        repo: dir.clone(),
+        message,
+    };
+    if !dir.is_dir() {
+        return Err(bad("that directory does not exist".into()));
+    }
+    let repo_root = discover_root(&dir).map_err(|e| bad(e.to_string()))?;
+    crate::workspace::require_commit(&repo_root).map_err(PatrolRunError::NotReady)?;
+    if let Some(base) = &patrol.base {
+        let repo = git2::Repository::open(&repo_root).map_err(|e| bad(e.message().into()))?;
+        if repo.revparse_single(base).is_err() {
+            return Err(bad(format!(
+                "its `base` branch `{base}` does not exist there"
+            )));
+        }
+    }
+    Ok(repo_root)
+}
+
+fn lock_run(repo_root: &Path, run_id: &str) -> Result<RunLock, PatrolRunError> {
+    match RunLock::acquire(repo_root, run_id) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(PatrolRunError::Busy(run_id.into())),
+        Err(source) => Err(PatrolRunError::Lock {
+            run_id: run_id.into(),
+            source,
+        }),
+    }
+}
+
+fn shared(
+    recorder: Arc<Recorder>,
+    sink: Arc<dyn EventSink>,
+    cancel: Cancel,
+    repo_root: PathBuf,
+    run_id: &str,
+) -> Result<Shared, PatrolRunError> {
+    let lock = lock_run(&repo_root, run_id)?;
+    Ok(Shared {
+        recorder,
+        sink,
+        cancel,
+        repo_root,
+        lock,
+    })
+}
+
 /// Continues a run that was interrupted: finished steps are not run again, the step that was
-/// in flight goes on from its last checkpoint, and no iteration is recorded twice.
+/// in flight goes on from its last checkpoint, and no iteration is recorded twice. The run
+/// goes on with the patrol as it was when it started (a copy is kept in the run's state), even
+/// when the file was edited or deleted since.
 pub async fn resume_run(
     repo: &Path,
     run_id: &str,
@@ -220,50 +338,136 @@ pub async fn resume_run(
     cancel: Cancel,
 ) -> Result<PatrolReport, PatrolRunError> {
     let repo_root = discover_root(repo)?;
+    // Never create a ledger just to say that a run is not in it.
+    if !Ledger::exists(&repo_root) {
+        return Err(PatrolRunError::UnknownRun(run_id.into()));
+    }
     let recorder = Arc::new(Recorder::new(Ledger::open(&repo_root)?));
-    resume_with(recorder, repo_root, run_id, sink, cancel, None).await
+    if RunState::load(&recorder, run_id)?.is_none() {
+        return Err(PatrolRunError::UnknownRun(run_id.into()));
+    }
+    let shared = shared(recorder, sink, cancel, repo_root, run_id)?;
+    resume_with(shared, run_id, None).await
 }
 
+/// Continues (or reports) run `run_id`; `requested` is the `--run-id` key and the patrol that
+/// `wiggum run` was given with it.
 async fn resume_with(
-    recorder: Arc<Recorder>,
-    repo_root: PathBuf,
+    shared: Shared,
     run_id: &str,
-    sink: Arc<dyn EventSink>,
-    cancel: Cancel,
-    patrol: Option<Patrol>,
+    requested: Option<(&str, &Patrol)>,
 ) -> Result<PatrolReport, PatrolRunError> {
-    let state = RunState::load(&recorder, run_id)?
+    // Loaded under the run's lock: what an earlier process saved last.
+    let state = RunState::load(&shared.recorder, run_id)?
         .ok_or_else(|| PatrolRunError::UnknownRun(run_id.into()))?;
     if state.kind != "patrol" {
         return Err(PatrolRunError::NotResumable(run_id.into()));
     }
-    if state.finished_at.is_some() {
-        return Ok(report_of(&state, repo_root, false, true));
-    }
-    let patrol = match patrol {
-        Some(p) => p,
-        None => {
-            let path = state.patrol_path.clone().unwrap_or_default();
-            crate::patrol::load(&path, &state.vars)?
+    let mut notes = Vec::new();
+    if let Some((key, given)) = requested {
+        let first = state.patrol_path.clone().unwrap_or_default();
+        if !same_file(&first, &given.path) {
+            return Err(PatrolRunError::KeyReused {
+                key: key.into(),
+                run_id: run_id.into(),
+                first,
+                given: given.path.clone(),
+            });
         }
-    };
+        if given.vars != state.vars {
+            notes.push(format!(
+                "run {run_id} keeps the vars it started with ({}); --var values given now are not used",
+                describe_vars(&state.vars)
+            ));
+        }
+    }
+    if state.finished_at.is_some() {
+        let mut report = report_of(&state, shared.repo_root.clone(), false, true);
+        report.notes = notes;
+        return Ok(report);
+    }
+    let patrol = patrol_of_run(&state, &mut notes)?;
     let agents = build_agents(&patrol)?;
     let integration = state
         .branch
         .clone()
         .unwrap_or_else(|| format!("wiggum/{run_id}"));
-    Workspace::open(&repo_root, run_id, &integration)?;
-    let shared = Shared {
-        recorder,
-        sink,
-        cancel,
-        repo_root,
-    };
+    Workspace::open(&shared.repo_root, run_id, &integration)?;
     execute(
-        RunCtx::new(patrol, state, integration, agents, shared),
+        RunCtx::new(patrol, state, integration, agents, shared, notes),
         true,
     )
     .await
+}
+
+/// The patrol a run started with: its file when unchanged, else the copy recorded at start.
+fn patrol_of_run(state: &RunState, notes: &mut Vec<String>) -> Result<Patrol, PatrolRunError> {
+    let path = state.patrol_path.clone().unwrap_or_default();
+    let current = std::fs::read_to_string(&path).ok();
+    let patrol = match (&state.patrol_text, current) {
+        (Some(recorded), current) => {
+            match current {
+                Some(text) if &text == recorded => {}
+                Some(_) => notes.push(format!(
+                    "{} changed since run {} started; the run goes on as it started \
+                     (start a new run for the edited file)",
+                    path.display(),
+                    state.run_id
+                )),
+                None => notes.push(format!(
+                    "{} is gone; the run goes on from the copy recorded when it started",
+                    path.display()
+                )),
+            }
+            crate::patrol::parse(recorded, &path, &state.vars)?
+        }
+        // A run recorded before patrol copies were kept: the file must still be there.
+        (None, Some(text)) => crate::patrol::parse(&text, &path, &state.vars)?,
+        (None, None) => {
+            return Err(PatrolRunError::PatrolGone {
+                run_id: state.run_id.clone(),
+                message: format!(
+                    "its patrol file {} cannot be read, and no copy of it was recorded; \
+                     restore the file and resume again",
+                    path.display()
+                ),
+            })
+        }
+    };
+    let recorded: Vec<&str> = state.steps.iter().map(|(id, _)| id.as_str()).collect();
+    let now: Vec<&str> = patrol.steps.iter().map(|s| s.id.as_str()).collect();
+    if recorded != now {
+        return Err(PatrolRunError::PatrolGone {
+            run_id: state.run_id.clone(),
+            message: format!(
+                "its patrol file {} now has steps [{}], but the run started with [{}]; \
+                 restore the file as it was, or start a new run",
+                path.display(),
+                now.join(", "),
+                recorded.join(", ")
+            ),
+        });
+    }
+    Ok(patrol)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| {
+        p.canonicalize()
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    canon(a) == canon(b)
+}
+
+fn describe_vars(vars: &BTreeMap<String, String>) -> String {
+    if vars.is_empty() {
+        return "none".into();
+    }
+    vars.iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn build_agents(patrol: &Patrol) -> Result<BTreeMap<String, Arc<dyn Agent>>, PatrolRunError> {
@@ -571,12 +775,16 @@ async fn run_agent_step(
         config,
     };
     let agents = StepAgents { worker, reviewer };
+    let progress = StepProgress {
+        ctx,
+        step_id: &step.id,
+    };
     let report = run_loop(
         &spec,
         &agents,
         &ws,
         &ctx.recorder,
-        &*ctx.sink,
+        &progress,
         &ctx.cancel,
         &ctx.spend,
         start,
@@ -592,6 +800,37 @@ async fn run_agent_step(
     merge_step(ctx, ws)
         .await
         .map(|()| (Outcome::Converged, report.reason))
+}
+
+/// Forwards a step's events to the run's sink and saves the run's state at each iteration's
+/// end, so that a run killed mid-step is resumed knowing what the step already did and spent
+/// (its iterations, tokens and cost count in the totals and in the run's budget).
+struct StepProgress<'a> {
+    ctx: &'a RunCtx,
+    step_id: &'a str,
+}
+
+impl EventSink for StepProgress<'_> {
+    fn emit(&self, event: &Event) {
+        if let Event::IterationFinished {
+            step_id,
+            iteration,
+            tokens,
+            cost_usd,
+            ..
+        } = event
+        {
+            if step_id == self.step_id {
+                mark(self.ctx, step_id, |s| {
+                    s.iterations = *iteration;
+                    s.tokens += tokens;
+                    s.cost_usd += cost_usd;
+                });
+                self.ctx.save();
+            }
+        }
+        self.ctx.sink.emit(event);
+    }
 }
 
 /// Where a step's loop starts: after the iterations already closed in the ledger.
@@ -620,9 +859,16 @@ async fn merge_step(ctx: &RunCtx, ws: Workspace) -> Result<(), String> {
             Ok(())
         }
         Ok(LandOutcome::Left { reason, .. }) => Err(format!(
-            "converged, but its branch {} could not be merged into {}: {reason}",
-            ws.branch(),
-            ctx.integration
+            "converged, but its branch {branch} could not be merged into {run}: {reason}; \
+             its work is kept on {branch}: take it by hand with \
+             `git -C {worktree} merge {branch}` and resolve the conflict there",
+            branch = ws.branch(),
+            run = ctx.integration,
+            worktree = ctx
+                .repo_root
+                .join(crate::workspace::WORKTREES_DIR)
+                .join(&ctx.run_id)
+                .display(),
         )),
         Err(e) => Err(format!("converged, but merging its branch failed: {e}")),
     }
@@ -752,7 +998,9 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
         outcome,
         reason: reason.clone(),
     });
-    Ok(report_of(&state, ctx.repo_root.clone(), resumed, false))
+    let mut report = report_of(&state, ctx.repo_root.clone(), resumed, false);
+    report.notes = ctx.notes.clone();
+    Ok(report)
 }
 
 fn run_outcome(state: &RunState, cancelled: bool) -> (Outcome, String) {
@@ -773,7 +1021,10 @@ fn run_outcome(state: &RunState, cancelled: bool) -> (Outcome, String) {
     if failed.is_empty() {
         return (
             Outcome::Converged,
-            format!("all {} steps converged", state.steps.len()),
+            match state.steps.len() {
+                1 => "its step converged".to_string(),
+                n => format!("all {n} steps converged"),
+            },
         );
     }
     let first = failed
@@ -806,6 +1057,7 @@ fn report_of(state: &RunState, repo: PathBuf, resumed: bool, already: bool) -> P
         cost_usd,
         resumed,
         already_finished: already,
+        notes: Vec::new(),
     }
 }
 

@@ -1,8 +1,9 @@
 //! [`RunState`]: what the engine keeps about a run beside its beads, for `wiggum runs`,
 //! `wiggum show` and `wiggum resume`. Stored as JSON in the ledger's state table.
+//! [`RunLock`]: one process at a time runs (or resumes) a given run.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,8 +36,12 @@ pub struct RunState {
     /// `task` or `patrol`.
     pub kind: String,
     pub name: String,
-    /// The patrol file (patrols), to reload it on resume.
+    /// The patrol file (patrols), absolute, to reload it on resume.
     pub patrol_path: Option<PathBuf>,
+    /// The patrol file's text when the run started: `wiggum resume` continues the run as it
+    /// started even when the file was edited or deleted since.
+    #[serde(default)]
+    pub patrol_text: Option<String>,
     pub vars: BTreeMap<String, String>,
     /// The idempotency key given with `--run-id`.
     pub key: Option<String>,
@@ -97,5 +102,79 @@ impl RunState {
         self.steps.iter().fold((0, 0, 0.0), |(i, t, c), (_, s)| {
             (i + s.iterations, t + s.tokens, c + s.cost_usd)
         })
+    }
+}
+
+/// An exclusive lock on one run, held by the process that runs or resumes it, so that two
+/// `wiggum resume` of the same run (or a resume while the run still goes) cannot both work on
+/// it. It is an OS file lock (`flock`) on `.wiggum/locks/<run>.lock`: a killed process drops
+/// it, so a crash never leaves a run locked.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock of `run_id` in the repository at `repo_root`; `Ok(None)` when another
+    /// process holds it.
+    pub fn acquire(repo_root: &Path, run_id: &str) -> std::io::Result<Option<RunLock>> {
+        let dir = repo_root.join(".wiggum").join("locks");
+        std::fs::create_dir_all(&dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{run_id}.lock")))?;
+        if try_lock(&file)? {
+            Ok(Some(RunLock { _file: file }))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(unix)]
+fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor this function borrows; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+#[cfg(not(unix))]
+fn try_lock(_file: &std::fs::File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RunLock::acquire(dir.path(), "wg-abc").unwrap();
+        assert!(first.is_some());
+        assert!(RunLock::acquire(dir.path(), "wg-abc").unwrap().is_none());
+        assert!(RunLock::acquire(dir.path(), "wg-other").unwrap().is_some());
+        drop(first);
+        assert!(RunLock::acquire(dir.path(), "wg-abc").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_state_saved_before_patrol_text_existed_still_loads() {
+        let old = r#"{"run_id":"wg-a","kind":"patrol","name":"p","patrol_path":"p.toml",
+            "vars":{},"key":null,"branch":null,"started_at":"","finished_at":null,
+            "outcome":null,"reason":"","landed":null,"steps":[]}"#;
+        let state: RunState = serde_json::from_str(old).unwrap();
+        assert_eq!(state.patrol_text, None);
     }
 }

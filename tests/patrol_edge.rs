@@ -1,0 +1,467 @@
+//! End-to-end tests of patrol runs at their edges: merge conflicts between parallel steps,
+//! repositories and bases that are not there, resuming after the patrol file changed or went,
+//! two resumes at once, a reused `--run-id`, the run budget across a crash, `runs` and `show`
+//! without a ledger.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{beads, wiggum_command, TempRepo};
+
+/// Writes `patrol.toml` (and `script.toml` when given) into `dir`; returns the patrol's path.
+fn write_patrol(dir: &Path, patrol: &str, script: &str) -> PathBuf {
+    if !script.is_empty() {
+        std::fs::write(dir.join("script.toml"), script).unwrap();
+    }
+    let path = dir.join("patrol.toml");
+    std::fs::write(&path, patrol).unwrap();
+    path
+}
+
+fn step<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
+}
+
+/// Waits (generously) until `cond` holds.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill(mut child: Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+fn spawn_wiggum(args: &[&str], cwd: &Path) -> Child {
+    wiggum_command()
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn last_run_id(repo: &TempRepo) -> String {
+    let runs = repo.wiggum(&["runs", "--json"]);
+    runs.json()[0]["run_id"].as_str().unwrap().to_string()
+}
+
+/// A patrol whose step `wait` touches `started` then waits for `go` to exist: a step that is
+/// surely in flight while a test kills or resumes the run.
+fn gated_patrol(defs: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let started = defs.join("started");
+    let go = defs.join("go");
+    let patrol = format!(
+        r#"
+[patrol]
+name = "gated"
+[[steps]]
+id = "first"
+run = "echo first > first.txt"
+[[steps]]
+id = "wait"
+needs = ["first"]
+run = "touch {started}; while [ ! -f {go} ]; do sleep 0.05; done; echo waited > wait.txt"
+"#,
+        started = started.display(),
+        go = go.display(),
+    );
+    (write_patrol(defs, &patrol, ""), started, go)
+}
+
+/// Starts the gated patrol with a path relative to `defs` (as a user in that directory would),
+/// kills wiggum with SIGKILL while step `wait` is in flight, and returns the run id.
+fn start_gated_and_kill(repo: &TempRepo, defs: &Path) -> (String, PathBuf, PathBuf) {
+    let (_, started, go) = gated_patrol(defs);
+    let repo_dir = repo.path().display().to_string();
+    let child = spawn_wiggum(&["run", "patrol.toml", "--repo", &repo_dir], defs);
+    wait_for("step `wait` to start", || started.exists());
+    kill(child);
+    std::fs::remove_file(&started).unwrap();
+    (last_run_id(repo), started, go)
+}
+
+#[test]
+fn parallel_steps_editing_the_same_lines_fail_the_second_merge_with_a_way_to_take_it() {
+    let repo = TempRepo::new();
+    repo.write("f.txt", "one\ntwo\nthree\n");
+    repo.git(&["add", "f.txt"]);
+    repo.git(&["commit", "-q", "-m", "f"]);
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        r#"
+[patrol]
+name = "clash"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "slow"
+prompt = "change line two"
+[steps.loop]
+checks = ["grep -q SLOW f.txt"]
+[[steps]]
+id = "fast"
+run = "sed -i 's/two/FAST/' f.txt"
+[[steps]]
+id = "after"
+needs = ["slow", "fast"]
+run = "cat f.txt"
+"#,
+        r#"
+[[work]]
+step = "slow"
+reply = "Changed line two, all done."
+delay = "700ms"
+[[work.edits]]
+path = "f.txt"
+replace = { from = "two", to = "SLOW" }
+"#,
+    );
+    let patrol = patrol.display().to_string();
+    let repo_dir = repo.path().display().to_string();
+    let out = repo.wiggum(&["run", &patrol, "--repo", &repo_dir]);
+    assert_eq!(
+        out.code, 1,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    // The table shows why `slow` failed, not its agent's last reply.
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("slow "))
+        .unwrap_or_else(|| panic!("no row for slow in {}", out.stdout));
+    assert!(row.contains("conflicts in f.txt"), "{row}");
+    assert!(!row.contains("all done"), "{row}");
+
+    let run_id = last_run_id(&repo);
+    let shown = repo.wiggum(&["show", &run_id, "--json"]);
+    let state = &shown.json()["run"];
+    let slow = state["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0] == "slow")
+        .unwrap()[1]
+        .clone();
+    assert_eq!(slow["outcome"], "error");
+    let reason = slow["reason"].as_str().unwrap();
+    let branch = format!("wiggum/{run_id}-slow");
+    assert!(reason.contains("conflicts in f.txt"), "{reason}");
+    assert!(reason.contains(&format!("merge {branch}")), "{reason}");
+    // The way to take it works: the step's branch is there with its work.
+    let kept = repo.git(&["show", &format!("{branch}:f.txt")]);
+    assert!(kept.contains("SLOW"), "{kept}");
+
+    let json = repo.wiggum(&["resume", &run_id, "--json"]).json();
+    assert_eq!(json["outcome"], "error");
+    assert_eq!(step(&json, "fast")["outcome"], "converged");
+    assert_eq!(step(&json, "after")["outcome"], "skipped");
+    assert_eq!(repo.read("f.txt"), "one\ntwo\nthree\n", "nothing landed");
+}
+
+#[test]
+fn a_base_that_does_not_exist_is_refused_before_anything_is_recorded() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        "[patrol]\nbase = \"nope\"\n[[steps]]\nid = \"a\"\nrun = \"true\"\n",
+        "",
+    );
+    let out = repo.wiggum(&["run", &patrol.display().to_string(), "--repo", "."]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`base` branch `nope` does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert!(!repo.path().join(".beads").exists(), "nothing recorded");
+}
+
+#[test]
+fn a_patrol_whose_repo_is_not_a_git_repository_exits_2_naming_it() {
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(defs.path(), "[[steps]]\nid = \"a\"\nrun = \"true\"\n", "");
+    let out = wiggum_command()
+        .args(["run", "patrol.toml"])
+        .current_dir(defs.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is not inside a git repository"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&patrol.display().to_string()), "{stderr}");
+    assert!(!defs.path().join(".beads").exists());
+
+    let missing = write_patrol(
+        defs.path(),
+        "[patrol]\nrepo = \"no-such-dir\"\n[[steps]]\nid = \"a\"\nrun = \"true\"\n",
+        "",
+    );
+    let out = wiggum_command()
+        .args(["run", &missing.display().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no-such-dir"), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn resume_from_another_directory_after_the_patrol_file_was_edited_goes_on_as_it_started() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let (run_id, _, go) = start_gated_and_kill(&repo, defs.path());
+    // The user edits the file: a step added. The run goes on with the steps it started with.
+    let mut text = std::fs::read_to_string(defs.path().join("patrol.toml")).unwrap();
+    text.push_str("[[steps]]\nid = \"added\"\nrun = \"echo added > added.txt\"\n");
+    std::fs::write(defs.path().join("patrol.toml"), text).unwrap();
+    std::fs::write(&go, "").unwrap();
+
+    // From the repository, not from where the (relative) patrol path was given.
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let r = out.json();
+    assert_eq!(r["outcome"], "converged");
+    assert_eq!(r["steps"].as_array().unwrap().len(), 2);
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("changed since run"), "{notes}");
+    assert_eq!(repo.read("wait.txt"), "waited\n");
+    assert!(!repo.path().join("added.txt").exists());
+}
+
+#[test]
+fn resume_after_the_patrol_file_was_deleted_uses_the_copy_recorded_at_start() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let (run_id, _, go) = start_gated_and_kill(&repo, defs.path());
+    std::fs::remove_file(defs.path().join("patrol.toml")).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = repo.wiggum(&["resume", &run_id]);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    assert!(out.stdout.contains("is gone"), "{}", out.stdout);
+    assert_eq!(repo.read("first.txt"), "first\n");
+    assert_eq!(repo.read("wait.txt"), "waited\n");
+}
+
+#[test]
+fn two_resumes_of_the_same_run_at_once_the_second_is_refused() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let (run_id, started, go) = start_gated_and_kill(&repo, defs.path());
+    let repo_dir = repo.path().display().to_string();
+    let first = spawn_wiggum(&["resume", &run_id, "--repo", &repo_dir], repo.path());
+    wait_for("the first resume to run step `wait`", || started.exists());
+
+    let second = repo.wiggum(&["resume", &run_id]);
+    assert_eq!(second.code, 2, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("being run by another wiggum process"),
+        "{}",
+        second.stderr
+    );
+    std::fs::write(&go, "").unwrap();
+    let status = wait_child(first);
+    assert_eq!(status, Some(0));
+    let r = repo.wiggum(&["resume", &run_id, "--json"]).json();
+    assert_eq!(r["already_finished"], true);
+    assert_eq!(r["outcome"], "converged");
+    let step_bead = step(&r, "wait")["bead"].as_str().unwrap().to_string();
+    let closes = beads(repo.path())
+        .iter()
+        .filter(|b| b["id"] == step_bead.as_str() && b["status"] == "closed")
+        .count();
+    assert_eq!(closes, 1);
+}
+
+fn wait_child(mut child: Child) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            kill(child);
+            panic!("the child did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_run_id_reused_with_another_patrol_file_is_refused() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let one = defs.path().join("one.toml");
+    let two = defs.path().join("two.toml");
+    std::fs::write(
+        &one,
+        "[[steps]]\nid = \"a\"\nrun = \"echo one > one.txt\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &two,
+        "[[steps]]\nid = \"a\"\nrun = \"echo two > two.txt\"\n",
+    )
+    .unwrap();
+    let first = repo.wiggum(&[
+        "run",
+        &one.display().to_string(),
+        "--repo",
+        ".",
+        "--run-id",
+        "k",
+    ]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let second = repo.wiggum(&[
+        "run",
+        &two.display().to_string(),
+        "--repo",
+        ".",
+        "--run-id",
+        "k",
+    ]);
+    assert_eq!(second.code, 2, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("--run-id k already names run"),
+        "{}",
+        second.stderr
+    );
+    assert!(second.stderr.contains("one.toml"), "{}", second.stderr);
+    assert!(!repo.path().join("two.txt").exists());
+}
+
+#[test]
+fn resume_after_sigkill_counts_the_earlier_spend_in_the_run_budget() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        r#"
+[patrol]
+name = "spendy"
+max_cost_usd = 0.05
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "try"
+prompt = "make done.txt"
+[steps.loop]
+checks = ["test -f done.txt"]
+max_iterations = 10
+stall_after = 10
+"#,
+        r#"
+[[work]]
+step = "try"
+reply = "trying"
+delay = "600ms"
+cost_usd = 0.02
+usage = { input_tokens = 100, output_tokens = 10 }
+[[work.edits]]
+path = "tries.txt"
+append = "try\n"
+"#,
+    );
+    let repo_dir = repo.path().display().to_string();
+    let child = spawn_wiggum(
+        &["run", &patrol.display().to_string(), "--repo", &repo_dir],
+        repo.path(),
+    );
+    wait_for("two iterations", || {
+        beads(repo.path())
+            .iter()
+            .any(|b| b["title"] == "iteration 2" && b["status"] == "closed")
+    });
+    kill(child);
+    let run_id = last_run_id(&repo);
+    // What the killed process spent is known before resuming.
+    let runs = repo.wiggum(&["runs", "--json"]).json();
+    assert!(runs[0]["cost_usd"].as_f64().unwrap() >= 0.039, "{runs}");
+
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        out.code, 1,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let r = out.json();
+    assert_eq!(r["outcome"], "budget");
+    let iterations = step(&r, "try")["iterations"].as_u64().unwrap();
+    assert!(
+        iterations <= 3,
+        "the budget of $0.05 allows 3 iterations of $0.02, not {iterations}"
+    );
+    let cost = r["cost_usd"].as_f64().unwrap();
+    assert!((cost - 0.02 * iterations as f64).abs() < 1e-9, "{cost}");
+}
+
+#[test]
+fn runs_show_and_resume_in_a_repository_without_a_ledger_create_nothing() {
+    let repo = TempRepo::new();
+    let runs = repo.wiggum(&["runs"]);
+    assert_eq!(runs.code, 0, "{}", runs.stderr);
+    assert!(runs.stdout.contains("no runs yet"), "{}", runs.stdout);
+    let json = repo.wiggum(&["runs", "--json"]);
+    assert_eq!(json.code, 0);
+    assert_eq!(json.json(), serde_json::json!([]));
+    let show = repo.wiggum(&["show", "wg-abc"]);
+    assert_eq!(show.code, 2, "{}", show.stderr);
+    assert!(
+        show.stderr.contains("no beads ledger yet"),
+        "{}",
+        show.stderr
+    );
+    let resume = repo.wiggum(&["resume", "wg-abc"]);
+    assert_eq!(resume.code, 2, "{}", resume.stderr);
+    assert!(resume.stderr.contains("no run wg-abc"), "{}", resume.stderr);
+    assert!(!repo.path().join(".beads").exists());
+    assert!(!repo.path().join(".wiggum").exists());
+}
+
+#[test]
+fn a_var_without_a_name_is_refused() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        "[vars]\nx = \"1\"\n[[steps]]\nid = \"a\"\nrun = \"echo {{vars.x}}\"\n",
+        "",
+    );
+    let out = repo.wiggum(&["run", &patrol.display().to_string(), "--var", "=3"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("has no name"), "{}", out.stderr);
+}
