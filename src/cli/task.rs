@@ -155,6 +155,29 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
             "--stable-rounds and --stall-after must be at least 1",
         ));
     }
+    if let Some(usd) = args.max_cost {
+        if !(usd.is_finite() && usd > 0.0) {
+            return Err(CliError::usage(format!(
+                "--max-cost must be a positive number of USD, not {usd}"
+            ))
+            .hint("leave it out for no cost limit"));
+        }
+    }
+    if args.max_tokens == Some(0) {
+        return Err(CliError::usage("--max-tokens must be at least 1")
+            .hint("leave it out for no token limit"));
+    }
+    for (flag, value) in [
+        ("--timeout", args.timeout),
+        ("--iteration-timeout", args.iteration_timeout),
+        ("--check-timeout", Some(args.check_timeout)),
+    ] {
+        if value == Some(Duration::ZERO) {
+            return Err(CliError::usage(format!(
+                "{flag} must be longer than zero, e.g. 30m"
+            )));
+        }
+    }
     if args.prompt.trim().is_empty() {
         return Err(CliError::usage("the task prompt is empty"));
     }

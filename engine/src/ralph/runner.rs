@@ -107,6 +107,16 @@ struct IterationRecord {
     usage: Usage,
     cost: f64,
     agent_error: Option<AgentError>,
+    /// Who failed with `agent_error`: the worker or the reviewer.
+    agent_error_role: Option<Role>,
+    /// The work reply was longer than the agent backend keeps, so its end was not read.
+    reply_truncated: bool,
+    /// The checks, or the review, started but the iteration ended before they finished.
+    checks_started: bool,
+    review_started: bool,
+    /// Untracked paths the checkpoint left out (git repositories the agent made inside the
+    /// worktree): their files are in no commit.
+    left_out: Vec<String>,
     wants_split: bool,
     summary: Option<String>,
     /// The checkpoint taken right after the work phase.
@@ -237,28 +247,50 @@ pub async fn run_loop(
         }
 
         // Decide.
+        // Which limit an interrupted iteration ran into: the step's (it was the smaller) or the
+        // iteration's own.
+        let limit_reached = || match (cfg.timeout, step_left, cfg.iteration_timeout) {
+            (Some(total), Some(left), it) if it.is_none_or(|it| left < it) => format!(
+                "the step's time limit ({}) was reached in iteration {n}",
+                wiggum_agents::format_duration(total)
+            ),
+            _ => format!(
+                "the iteration ran past {}",
+                wiggum_agents::format_duration(limit.unwrap_or_default())
+            ),
+        };
+        let who = match rec.agent_error_role {
+            Some(Role::Review) => "the reviewer",
+            _ => "the agent",
+        };
         let (decision, outcome): (String, Option<Outcome>) = if let Some(kind) = interrupted {
             match kind {
                 Outcome::Cancelled => ("cancelled by the user (Ctrl-C)".into(), Some(kind)),
                 _ => (
-                    format!(
-                        "timeout: the iteration ran past {}",
-                        wiggum_agents::format_duration(limit.unwrap_or_default())
-                    ),
+                    format!("timeout: {}", limit_reached()),
                     Some(Outcome::Timeout),
                 ),
             }
         } else if let Some(err) = rec.agent_error.take() {
             match err {
+                // The call was given the iteration's time left: the loop's limit stopped it.
+                AgentError::Timeout { .. } if limit.is_some() => (
+                    format!("timeout: {} ({who} was still running)", limit_reached()),
+                    Some(Outcome::Timeout),
+                ),
                 AgentError::Timeout { after } => (
                     format!(
-                        "timeout: the agent ran past {}",
+                        "timeout: {who} ran past {}",
                         wiggum_agents::format_duration(after)
                     ),
                     Some(Outcome::Timeout),
                 ),
                 AgentError::ContextOverflow { message } => (
                     format!("error: context overflow ({message}); the task needs splitting"),
+                    Some(Outcome::Error),
+                ),
+                other if rec.agent_error_role == Some(Role::Review) => (
+                    format!("error: the reviewer failed: {other}"),
                     Some(Outcome::Error),
                 ),
                 other => (
@@ -372,6 +404,29 @@ fn over_budget(cfg: &LoopConfig, report: &StepReport, spend: &Spend) -> Option<S
     None
 }
 
+/// Untracked paths in the worktree right after a checkpoint: what it left out (git
+/// repositories the agent made inside it). Empty when the worktree cannot be read as a
+/// repository: the checkpoint already said so.
+fn left_out(worktree: &std::path::Path) -> Vec<String> {
+    let Ok(repo) = git2::Repository::open(worktree) else {
+        return Vec::new();
+    };
+    let mut opts = git2::StatusOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(false)
+        .include_ignored(false)
+        .exclude_submodules(true);
+    let Ok(statuses) = repo.statuses(Some(&mut opts)) else {
+        return Vec::new();
+    };
+    statuses
+        .iter()
+        .filter(|e| e.status().contains(git2::Status::WT_NEW))
+        .filter_map(|e| e.path().map(str::to_string))
+        .take(20)
+        .collect()
+}
+
 fn ensure_notes(workspace: &Workspace, rel: &str) -> Result<(), String> {
     let path = workspace.path().join(rel);
     if let Some(dir) = path.parent() {
@@ -419,6 +474,10 @@ async fn iteration(
     )
     .await;
     let Some(reply) = reply else { return };
+    rec.reply_truncated = reply
+        .meta
+        .get("stdout_truncated")
+        .is_some_and(|v| v == &serde_json::Value::Bool(true));
     rec.promise_given = cfg
         .promise
         .as_deref()
@@ -437,9 +496,11 @@ async fn iteration(
     if rec.wants_split || matches!(rec.checkpoint, Some(Err(_))) {
         return;
     }
+    rec.left_out = left_out(ctx.workspace.path());
 
     // 2. checks
     phase(ctx, n, Phase::Checks);
+    rec.checks_started = true;
     let mut env = ctx.env.clone();
     env.push(("WIGGUM_ITERATION".into(), n.to_string()));
     let check_timeout = match remaining(limit) {
@@ -467,6 +528,7 @@ async fn iteration(
         return;
     }
     phase(ctx, n, Phase::Review);
+    rec.review_started = true;
     // The reviewer sees the whole change under review: the base against this checkpoint.
     let head = ctx.workspace.head().unwrap_or_default();
     let stat = match &rec.checkpoint {
@@ -583,6 +645,7 @@ async fn call(
                 _ => rec.review = Some(Err(format!("the reviewer failed: {message}"))),
             }
             rec.agent_error = Some(err);
+            rec.agent_error_role = Some(role);
             None
         }
     }
@@ -651,6 +714,21 @@ fn feedback_of(rec: &IterationRecord, cfg: &LoopConfig) -> Feedback {
         Some(Err(e)) => fb.notes.push(format!("The review could not be read: {e}.")),
         _ => {}
     }
+    if rec.reply_truncated {
+        fb.notes.push(
+            "Your reply was longer than wiggum reads, so its end (and any <promise> there) was \
+             not seen: keep replies short and put long output in files."
+                .into(),
+        );
+    }
+    if !rec.left_out.is_empty() {
+        fb.notes.push(format!(
+            "These are git repositories inside the worktree, so checkpoints leave them out and \
+             their files are not part of your work: {}. Remove their `.git` (or move them out of \
+             the worktree) if the files belong to the change.",
+            rec.left_out.join(", ")
+        ));
+    }
     if let Some(p) = &cfg.promise {
         let checks_passed = rec.checks.iter().all(|c| c.passed);
         if rec.promise_given && !checks_passed {
@@ -712,7 +790,12 @@ fn describe_iteration(
                 Some(_) if rec.promise_given => ", promise given".into(),
                 Some(_) => ", no promise".into(),
             };
-            let _ = writeln!(d, "- work: replied ({} bytes{promise})", text.len());
+            let cut = if rec.reply_truncated {
+                ", cut: the end was not read"
+            } else {
+                ""
+            };
+            let _ = writeln!(d, "- work: replied ({} bytes{cut}{promise})", text.len());
         }
         Some(Err(e)) => {
             let _ = writeln!(d, "- work: failed: {e}");
@@ -732,6 +815,8 @@ fn describe_iteration(
                 wiggum_agents::format_duration(c.duration)
             );
         }
+    } else if rec.checks_started {
+        let _ = writeln!(d, "- checks: did not finish (the iteration was stopped)");
     } else {
         let _ = writeln!(d, "- checks: not run");
     }
@@ -752,11 +837,21 @@ fn describe_iteration(
         (None, None) if cfg.review == super::ReviewMode::None => {
             let _ = writeln!(d, "- review: none");
         }
+        (None, None) if rec.review_started => {
+            let _ = writeln!(d, "- review: did not finish (the iteration was stopped)");
+        }
         (None, None) => {
             let _ = writeln!(d, "- review: not reached");
         }
     }
     let _ = writeln!(d, "- diff: {stat}");
+    if !rec.left_out.is_empty() {
+        let _ = writeln!(
+            d,
+            "- left out of the checkpoint (git repositories inside the worktree): {}",
+            rec.left_out.join(", ")
+        );
+    }
     let _ = writeln!(d, "- checkpoint: {}", sha.unwrap_or("none"));
     let _ = writeln!(
         d,

@@ -211,9 +211,24 @@ pub async fn run_task(
     } else {
         (false, None)
     };
+    let mut land = land;
     if landed {
-        // The work is in the user's branch; the worktree has nothing more to show.
-        let _ = workspace.remove();
+        // The work is in the user's branch; the worktree has nothing more to show, unless it
+        // holds files no checkpoint has (a git repository the agent made inside it): removing
+        // it would lose them.
+        if workspace.is_dirty().unwrap_or(true) {
+            if let Some(l) = land.as_mut() {
+                l.push_str(&format!(
+                    "; the worktree {} is kept: it has files in no checkpoint (see `git -C {} \
+                     status`); remove it with `git worktree remove --force {}`",
+                    workspace.path().display(),
+                    workspace.path().display(),
+                    workspace.path().display()
+                ));
+            }
+        } else {
+            let _ = workspace.remove();
+        }
     }
 
     let notes = format!(

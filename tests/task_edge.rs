@@ -1,0 +1,222 @@
+//! End-to-end tests of `wiggum task` at its edges: agents and checks that misbehave, limits
+//! that stop an iteration half-way, and flags that make no sense. Each test is named after
+//! what once broke.
+
+mod common;
+
+use common::{beads, fixture, TempRepo};
+
+fn agent(mode: &str) -> String {
+    format!("python3 {} {mode}", fixture("loop/fake-agent.py").display())
+}
+
+/// The description of the iteration bead `<step>.<n>`.
+fn iteration_description(repo: &TempRepo, step: &str, n: u32) -> String {
+    let id = format!("{step}.{n}");
+    beads(repo.path())
+        .into_iter()
+        .find(|b| b["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("no bead {id}"))["description"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_failure_summary_after_megabytes_of_check_output_reaches_the_next_prompt() {
+    let repo = TempRepo::new();
+    let prompts = tempfile::tempdir().unwrap();
+    // 6 MB of log, then the line that says what failed: only the start used to be kept.
+    let check =
+        "head -c 6000000 /dev/zero | tr '\\0' x; echo; echo 'FAILED: test_unicode_names'; exit 1";
+    let out = repo.wiggum_env(
+        &[
+            "task",
+            "Fix the test",
+            "--agent-command",
+            &agent("same-failure"),
+            "--check",
+            check,
+            "--max-iterations",
+            "2",
+            "--json",
+        ],
+        &[("FAKE_PROMPTS", prompts.path().to_str().unwrap())],
+    );
+    assert_eq!(out.code, 1, "stderr: {}", out.stderr);
+    let second = std::fs::read_to_string(prompts.path().join("work-2.txt")).unwrap();
+    assert!(
+        second.contains("FAILED: test_unicode_names"),
+        "the failure line is not in the prompt:\n{}",
+        &second[second.len().saturating_sub(600)..]
+    );
+    assert!(second.len() < 64 * 1024, "prompt of {} bytes", second.len());
+}
+
+#[test]
+fn a_reviewer_that_crashes_is_named_as_the_reviewer() {
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&[
+        "task",
+        "Make answer.txt say 42",
+        "--agent-command",
+        &agent("count-to-42"),
+        "--review-command",
+        &agent("exit-nonzero"),
+        "--json",
+    ]);
+    assert_eq!(out.code, 1, "stderr: {}", out.stderr);
+    let j = out.json();
+    assert_eq!(j["outcome"], "error");
+    let reason = j["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("error: the reviewer failed:"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn the_task_time_limit_is_named_when_it_stops_a_review_in_flight() {
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&[
+        "task",
+        "Make answer.txt say 42",
+        "--agent-command",
+        &agent("count-to-42"),
+        "--review-command",
+        &agent("hang"),
+        "--timeout",
+        "2s",
+        "--json",
+    ]);
+    assert_eq!(out.code, 1, "stderr: {}", out.stderr);
+    let j = out.json();
+    assert_eq!(j["outcome"], "timeout");
+    // It said "the iteration ran past 1.9s", a limit nobody set.
+    assert_eq!(
+        j["reason"],
+        "timeout: the step's time limit (2s) was reached in iteration 1"
+    );
+    let d = iteration_description(&repo, j["step_id"].as_str().unwrap(), 1);
+    assert!(
+        d.contains("- review: did not finish (the iteration was stopped)"),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_nested_git_repository_is_reported_and_its_worktree_kept_after_landing() {
+    let repo = TempRepo::new();
+    let prompts = tempfile::tempdir().unwrap();
+    let out = repo.wiggum_env(
+        &[
+            "task",
+            "Vendor the library",
+            "--agent-command",
+            &agent("nested-repo"),
+            "--review",
+            "self",
+            "--json",
+        ],
+        &[("FAKE_PROMPTS", prompts.path().to_str().unwrap())],
+    );
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let j = out.json();
+    assert_eq!(j["landed"], true);
+    // The checkpoint cannot hold the nested repository; removing the worktree after landing
+    // deleted the agent's files without a word.
+    let worktree = std::path::PathBuf::from(j["worktree"].as_str().unwrap());
+    assert!(worktree.join("vendor/lib/lib.txt").exists());
+    let land = j["land"].as_str().unwrap();
+    assert!(land.contains("is kept"), "{land}");
+    let d = iteration_description(&repo, j["step_id"].as_str().unwrap(), 1);
+    assert!(
+        d.contains("left out of the checkpoint (git repositories inside the worktree): vendor/"),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_reply_cut_by_the_agent_backend_is_recorded_and_told_to_the_agent() {
+    let repo = TempRepo::new();
+    let prompts = tempfile::tempdir().unwrap();
+    let out = repo.wiggum_env(
+        &[
+            "task",
+            "Say done",
+            "--agent-command",
+            &agent("huge-reply"),
+            "--check",
+            "true",
+            "--promise",
+            "DONE",
+            "--max-iterations",
+            "2",
+            "--json",
+        ],
+        &[("FAKE_PROMPTS", prompts.path().to_str().unwrap())],
+    );
+    assert_eq!(out.code, 1, "stderr: {}", out.stderr);
+    let j = out.json();
+    assert_eq!(j["outcome"], "exhausted");
+    let d = iteration_description(&repo, j["step_id"].as_str().unwrap(), 1);
+    assert!(d.contains("cut: the end was not read"), "{d}");
+    let second = std::fs::read_to_string(prompts.path().join("work-2.txt")).unwrap();
+    assert!(second.contains("longer than wiggum reads"), "{second}");
+}
+
+#[test]
+fn limits_that_make_no_sense_are_usage_errors_before_anything_is_recorded() {
+    let repo = TempRepo::new();
+    for flag in [
+        "--max-cost=-1",
+        "--max-cost=NaN",
+        "--max-cost=0",
+        "--max-tokens=0",
+        "--timeout=0s",
+        "--iteration-timeout=0s",
+        "--check-timeout=0s",
+    ] {
+        let out = repo.wiggum(&["task", "Do it", "--agent-command", "true", flag]);
+        assert_eq!(out.code, 2, "{flag}: {}", out.stderr);
+        assert!(out.stderr.contains("must be"), "{flag}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{flag}: {}", out.stdout);
+    }
+    assert!(beads(repo.path()).is_empty());
+}
+
+#[test]
+fn json_is_the_only_thing_on_stdout_whatever_the_outcome() {
+    let repo = TempRepo::new();
+    let cases: [(&str, &[&str], i32, &str); 4] = [
+        (
+            "count-to-42",
+            &["--check", "grep -qx 42 answer.txt"],
+            0,
+            "converged",
+        ),
+        (
+            "same-failure",
+            &["--check", "false", "--max-iterations", "1"],
+            1,
+            "exhausted",
+        ),
+        ("exit-nonzero", &[], 1, "error"),
+        ("hang", &["--iteration-timeout", "1s"], 1, "timeout"),
+    ];
+    for (mode, extra, code, outcome) in cases {
+        let a = agent(mode);
+        let mut args = vec!["task", "Do it", "--agent-command", &a, "--json"];
+        args.extend_from_slice(extra);
+        let out = repo.wiggum(&args);
+        assert_eq!(out.code, code, "{mode}: {}", out.stderr);
+        let j = out.json();
+        assert_eq!(j["outcome"], outcome, "{mode}");
+        assert_eq!(
+            out.stdout.trim().lines().count(),
+            1,
+            "{mode}: {}",
+            out.stdout
+        );
+    }
+}
