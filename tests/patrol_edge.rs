@@ -169,6 +169,16 @@ replace = { from = "two", to = "SLOW" }
     // The way to take it works: the step's branch is there with its work.
     let kept = repo.git(&["show", &format!("{branch}:f.txt")]);
     assert!(kept.contains("SLOW"), "{kept}");
+    // A step merged into the run's branch leaves no branch of its own behind.
+    let branches = repo.git(&["branch", "--list", "wiggum/*"]);
+    assert!(
+        !branches.contains(&format!("wiggum/{run_id}-fast")),
+        "{branches}"
+    );
+    assert!(
+        branches.contains(&format!("wiggum/{run_id}\n")),
+        "{branches}"
+    );
 
     let json = repo.wiggum(&["resume", &run_id, "--json"]).json();
     assert_eq!(json["outcome"], "error");
@@ -464,4 +474,57 @@ fn a_var_without_a_name_is_refused() {
     let out = repo.wiggum(&["run", &patrol.display().to_string(), "--var", "=3"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("has no name"), "{}", out.stderr);
+}
+
+#[test]
+fn command_steps_that_hang_flood_or_die_by_a_signal_each_say_what_happened() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        r#"
+[patrol]
+concurrency = 3
+[[steps]]
+id = "hang"
+run = "sleep 120"
+timeout = "1s"
+[[steps]]
+id = "flood"
+run = "head -c 50000000 /dev/zero | tr '\\0' x; echo; echo the end"
+[[steps]]
+id = "signal"
+run = "kill -9 $$"
+"#,
+        "",
+    );
+    let started = Instant::now();
+    let out = repo.wiggum(&["run", &patrol.display().to_string(), "--repo", "."]);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the hang was not cut"
+    );
+    assert_eq!(
+        out.code, 1,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let row = |id: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row {id} in {}", out.stdout))
+            .to_string()
+    };
+    assert!(row("hang").contains("timeout"), "{}", row("hang"));
+    assert!(row("hang").contains("timed out after"), "{}", row("hang"));
+    assert!(row("flood").contains("converged"), "{}", row("flood"));
+    assert!(row("flood").ends_with("the end"), "{}", row("flood"));
+    assert!(
+        row("signal").contains("killed by signal 9"),
+        "{}",
+        row("signal")
+    );
+    let log = std::fs::metadata(repo.path().join(".beads/interactions.jsonl")).unwrap();
+    assert!(log.len() < 1_000_000, "the log holds {} bytes", log.len());
 }

@@ -855,7 +855,12 @@ async fn merge_step(ctx: &RunCtx, ws: Workspace) -> Result<(), String> {
     let _guard = ctx.land_lock.lock().await;
     match ws.land(Some(&ctx.integration)) {
         Ok(LandOutcome::FastForward { .. }) | Ok(LandOutcome::Merged { .. }) => {
-            let _ = ws.remove();
+            let branch = ws.branch().to_string();
+            if ws.remove().is_ok() {
+                // Every commit of it is on the run's branch now: the step's branch would only
+                // pile up (a branch per step per run).
+                delete_branch(&ctx.repo_root, &branch);
+            }
             Ok(())
         }
         Ok(LandOutcome::Left { reason, .. }) => Err(format!(
@@ -871,6 +876,18 @@ async fn merge_step(ctx: &RunCtx, ws: Workspace) -> Result<(), String> {
                 .display(),
         )),
         Err(e) => Err(format!("converged, but merging its branch failed: {e}")),
+    }
+}
+
+fn delete_branch(repo_root: &Path, branch: &str) {
+    let Ok(repo) = git2::Repository::open(repo_root) else {
+        return;
+    };
+    let found = repo.find_branch(branch, git2::BranchType::Local);
+    if let Ok(mut b) = found {
+        if let Err(e) = b.delete() {
+            tracing::warn!("could not delete the merged branch {branch}: {e}");
+        }
     }
 }
 
@@ -922,7 +939,13 @@ async fn run_command_step(
     let cp = ws
         .checkpoint(&format!("wiggum: {} {}", ctx.run_id, step.id))
         .map_err(|e| format!("checkpoint failed: {e}"))?;
-    let detail = format!("{} ({})", check.line(), cp.stat);
+    let line = if !check.passed && !check.timed_out && check.exit_code.is_none() {
+        // Killed by a signal: the output's last line says which.
+        format!("`{command}` failed: {}", st.summary)
+    } else {
+        check.line()
+    };
+    let detail = format!("{line} ({})", cp.stat);
     if !check.passed {
         let outcome = if check.timed_out {
             Outcome::Timeout
