@@ -220,3 +220,69 @@ fn json_is_the_only_thing_on_stdout_whatever_the_outcome() {
         );
     }
 }
+
+#[test]
+fn a_tracked_file_a_check_changed_keeps_the_worktree_but_build_output_does_not() {
+    // A check that rewrites a tracked file (a formatter) after the last checkpoint: removing
+    // the worktree after landing threw that change away without a word.
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&[
+        "task",
+        "Make answer.txt say 42",
+        "--agent-command",
+        &agent("count-to-42"),
+        "--check",
+        "grep -qx 42 answer.txt && echo formatted >> README.md; grep -qx 42 answer.txt",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let j = out.json();
+    let land = j["land"].as_str().unwrap();
+    assert!(
+        land.contains("is kept") && land.contains("README.md"),
+        "{land}"
+    );
+    let worktree = std::path::PathBuf::from(j["worktree"].as_str().unwrap());
+    assert!(std::fs::read_to_string(worktree.join("README.md"))
+        .unwrap()
+        .contains("formatted"));
+
+    // New untracked files a check leaves (caches, reports) are not work: the worktree goes.
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&[
+        "task",
+        "Make answer.txt say 42",
+        "--agent-command",
+        &agent("count-to-42"),
+        "--check",
+        "mkdir -p __pycache__ && touch __pycache__/x.pyc; grep -qx 42 answer.txt",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let j = out.json();
+    assert!(!j["land"].as_str().unwrap().contains("kept"), "{j}");
+    assert!(!std::path::Path::new(j["worktree"].as_str().unwrap()).exists());
+}
+
+#[test]
+fn a_deleted_worktree_git_file_is_written_again_before_the_checks() {
+    // Without it, `git` in a check found the user's own checkout above the worktree.
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&[
+        "task",
+        "Write done.txt",
+        "--agent-command",
+        &agent("rm-dot-git"),
+        "--check",
+        "test -f done.txt && git rev-parse --abbrev-ref HEAD | grep -q '^wiggum/'",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let j = out.json();
+    assert_eq!(j["landed"], true);
+    assert_eq!(repo.read("done.txt"), "done\n");
+    let d = iteration_description(&repo, j["step_id"].as_str().unwrap(), 1);
+    assert!(d.contains("removed the worktree's `.git` file"), "{d}");
+    // And the landed worktree is gone as usual.
+    assert!(!std::path::Path::new(j["worktree"].as_str().unwrap()).exists());
+}

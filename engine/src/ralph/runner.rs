@@ -117,6 +117,8 @@ struct IterationRecord {
     /// Untracked paths the checkpoint left out (git repositories the agent made inside the
     /// worktree): their files are in no commit.
     left_out: Vec<String>,
+    /// The agent removed the worktree's `.git` file and wiggum wrote it again.
+    git_file_restored: bool,
     wants_split: bool,
     summary: Option<String>,
     /// The checkpoint taken right after the work phase.
@@ -404,16 +406,31 @@ fn over_budget(cfg: &LoopConfig, report: &StepReport, spend: &Spend) -> Option<S
     None
 }
 
-/// Untracked paths in the worktree right after a checkpoint: what it left out (git
-/// repositories the agent made inside it). Empty when the worktree cannot be read as a
-/// repository: the checkpoint already said so.
-fn left_out(worktree: &std::path::Path) -> Vec<String> {
+/// Git repositories the agent made inside the worktree (untracked directories with a `.git`):
+/// checkpoints leave them out, so their files are in no commit. Empty when the worktree cannot
+/// be read as a repository: the checkpoint already said so.
+/// Writes the worktree's `.git` file again when the agent removed it; whether it did.
+fn restore_git_file(workspace: &Workspace) -> bool {
+    let dot_git = workspace.path().join(".git");
+    if dot_git.symlink_metadata().is_ok() {
+        return false;
+    }
+    let Ok(main) = git2::Repository::open(workspace.repo_root()) else {
+        return false;
+    };
+    let admin = main.commondir().join("worktrees").join(workspace.name());
+    admin.is_dir() && std::fs::write(&dot_git, format!("gitdir: {}\n", admin.display())).is_ok()
+}
+
+pub(crate) fn nested_repos(worktree: &std::path::Path) -> Vec<String> {
     let Ok(repo) = git2::Repository::open(worktree) else {
         return Vec::new();
     };
     let mut opts = git2::StatusOptions::new();
+    // Recursing finds a repository under a new directory (vendor/lib/); git does not go into
+    // the repository itself, and right after a checkpoint little else is untracked.
     opts.include_untracked(true)
-        .recurse_untracked_dirs(false)
+        .recurse_untracked_dirs(true)
         .include_ignored(false)
         .exclude_submodules(true);
     let Ok(statuses) = repo.statuses(Some(&mut opts)) else {
@@ -423,6 +440,7 @@ fn left_out(worktree: &std::path::Path) -> Vec<String> {
         .iter()
         .filter(|e| e.status().contains(git2::Status::WT_NEW))
         .filter_map(|e| e.path().map(str::to_string))
+        .filter(|p| p.ends_with('/') && worktree.join(p).join(".git").exists())
         .take(20)
         .collect()
 }
@@ -485,6 +503,9 @@ async fn iteration(
     rec.wants_split = asks_split(&reply.text);
     rec.summary = Some(summary_line(&reply.text));
     rec.work = Some(Ok(reply.text));
+    // Without it, git in the worktree (the checks' `git diff`, `git clean`) would find the
+    // user's own checkout above it.
+    rec.git_file_restored = restore_git_file(ctx.workspace);
     rec.checkpoint = Some(
         ctx.workspace
             .checkpoint(&format!(
@@ -496,7 +517,7 @@ async fn iteration(
     if rec.wants_split || matches!(rec.checkpoint, Some(Err(_))) {
         return;
     }
-    rec.left_out = left_out(ctx.workspace.path());
+    rec.left_out = nested_repos(ctx.workspace.path());
 
     // 2. checks
     phase(ctx, n, Phase::Checks);
@@ -721,6 +742,13 @@ fn feedback_of(rec: &IterationRecord, cfg: &LoopConfig) -> Feedback {
                 .into(),
         );
     }
+    if rec.git_file_restored {
+        fb.notes.push(
+            "You removed the worktree's `.git` file; wiggum wrote it again. Leave it alone: \
+             without it git works on another checkout."
+                .into(),
+        );
+    }
     if !rec.left_out.is_empty() {
         fb.notes.push(format!(
             "These are git repositories inside the worktree, so checkpoints leave them out and \
@@ -845,6 +873,12 @@ fn describe_iteration(
         }
     }
     let _ = writeln!(d, "- diff: {stat}");
+    if rec.git_file_restored {
+        let _ = writeln!(
+            d,
+            "- the agent removed the worktree's `.git` file: wiggum wrote it again"
+        );
+    }
     if !rec.left_out.is_empty() {
         let _ = writeln!(
             d,

@@ -214,20 +214,18 @@ pub async fn run_task(
     let mut land = land;
     if landed {
         // The work is in the user's branch; the worktree has nothing more to show, unless it
-        // holds files no checkpoint has (a git repository the agent made inside it): removing
-        // it would lose them.
-        if workspace.is_dirty().unwrap_or(true) {
-            if let Some(l) = land.as_mut() {
-                l.push_str(&format!(
-                    "; the worktree {} is kept: it has files in no checkpoint (see `git -C {} \
-                     status`); remove it with `git worktree remove --force {}`",
-                    workspace.path().display(),
-                    workspace.path().display(),
-                    workspace.path().display()
-                ));
-            }
-        } else {
+        // holds work no checkpoint has (a git repository the agent made inside it, tracked
+        // files a check changed): removing it would lose that without a word.
+        let unsaved = unsaved_work(&workspace);
+        if unsaved.is_empty() {
             let _ = workspace.remove();
+        } else if let Some(l) = land.as_mut() {
+            let path = workspace.path().display();
+            l.push_str(&format!(
+                "; the worktree {path} is kept: it has work in no checkpoint ({}); see `git -C \
+                 {path} status`, remove it with `git worktree remove --force {path}`",
+                unsaved.join(", ")
+            ));
         }
     }
 
@@ -295,6 +293,28 @@ pub fn close_reason(outcome: Outcome, reason: &str) -> String {
     } else {
         format!("{word}: {reason}")
     }
+}
+
+/// What removing a landed worktree would lose: git repositories the agent made inside it, and
+/// tracked files changed since the last checkpoint (by a check). New untracked files (build
+/// output) are not counted. A worktree that cannot be read is counted as having some.
+fn unsaved_work(workspace: &Workspace) -> Vec<String> {
+    let mut out = crate::ralph::runner::nested_repos(workspace.path());
+    let Ok(repo) = git2::Repository::open(workspace.path()) else {
+        return vec![format!("{} (unreadable)", workspace.path().display())];
+    };
+    let mut opts = git2::StatusOptions::new();
+    opts.include_untracked(false).exclude_submodules(true);
+    match repo.statuses(Some(&mut opts)) {
+        Ok(statuses) => out.extend(
+            statuses
+                .iter()
+                .filter_map(|e| e.path().map(str::to_string))
+                .take(20),
+        ),
+        Err(e) => out.push(format!("(status failed: {e})")),
+    }
+    out
 }
 
 fn short(sha: &str) -> &str {
