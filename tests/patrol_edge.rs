@@ -528,3 +528,27 @@ run = "kill -9 $$"
     let log = std::fs::metadata(repo.path().join(".beads/interactions.jsonl")).unwrap();
     assert!(log.len() < 1_000_000, "the log holds {} bytes", log.len());
 }
+
+#[test]
+fn sixteen_parallel_steps_each_get_their_worktree() {
+    // libgit2 reported a step's new branch as "already checked out" when another worktree was
+    // being added at the same moment: about one run in five failed a step this way.
+    let defs = tempfile::tempdir().unwrap();
+    let mut text = String::from("[patrol]\nconcurrency = 8\n");
+    for i in 0..16 {
+        text.push_str(&format!(
+            "[[steps]]\nid = \"s{i}\"\nrun = \"echo {i} > f{i}.txt\"\n"
+        ));
+    }
+    let patrol = write_patrol(defs.path(), &text, "").display().to_string();
+    for _ in 0..4 {
+        let repo = TempRepo::new();
+        let out = repo.wiggum(&["run", &patrol, "--repo", ".", "--json"]);
+        assert_eq!(
+            out.code, 0,
+            "stdout: {}\nstderr: {}",
+            out.stdout, out.stderr
+        );
+        assert_eq!(repo.read("f15.txt"), "15\n");
+    }
+}

@@ -129,6 +129,9 @@ struct RunCtx {
     spend: Spend,
     /// Merges into the integration branch happen one at a time.
     land_lock: tokio::sync::Mutex<()>,
+    /// Worktrees are added and removed one at a time: libgit2 reports a branch as "already
+    /// checked out" when it meets another worktree being added at the same moment.
+    worktree_lock: std::sync::Mutex<()>,
     state: std::sync::Mutex<RunState>,
     /// Held for as long as this process works on the run.
     _lock: RunLock,
@@ -170,6 +173,7 @@ impl RunCtx {
             sink: shared.sink,
             cancel: shared.cancel,
             land_lock: tokio::sync::Mutex::new(()),
+            worktree_lock: std::sync::Mutex::new(()),
             state: std::sync::Mutex::new(state),
             _lock: shared.lock,
             notes,
@@ -686,6 +690,7 @@ async fn run_step(ctx: &RunCtx, step: &Step) -> StepState {
 fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
     let name = format!("{}-{}", ctx.run_id, step.id);
     let branch = format!("wiggum/{name}");
+    let _guard = ctx.worktree_lock.lock().unwrap_or_else(|e| e.into_inner());
     let exists = ctx
         .repo_root
         .join(crate::workspace::WORKTREES_DIR)
@@ -856,6 +861,7 @@ async fn merge_step(ctx: &RunCtx, ws: Workspace) -> Result<(), String> {
     match ws.land(Some(&ctx.integration)) {
         Ok(LandOutcome::FastForward { .. }) | Ok(LandOutcome::Merged { .. }) => {
             let branch = ws.branch().to_string();
+            let _guard = ctx.worktree_lock.lock().unwrap_or_else(|e| e.into_inner());
             if ws.remove().is_ok() {
                 // Every commit of it is on the run's branch now: the step's branch would only
                 // pile up (a branch per step per run).
@@ -967,6 +973,23 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
     let mut landed = None;
     if outcome == Outcome::Converged {
         let ws = Workspace::open(&ctx.repo_root, &ctx.run_id, &ctx.integration)?;
+        // Other wiggum processes may be landing in this repository too: one at a time.
+        let _landing = if ctx.patrol.land == Land::Merge {
+            let root = ctx.repo_root.clone();
+            match tokio::task::spawn_blocking(move || RunLock::landing(&root)).await {
+                Ok(Ok(lock)) => Some(lock),
+                Ok(Err(e)) => {
+                    tracing::warn!("could not take the landing lock: {e}");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("could not take the landing lock: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         landed = Some(match ctx.patrol.land {
             Land::Merge => match ws.land(ctx.patrol.base.as_deref()) {
                 Ok(l @ (LandOutcome::FastForward { .. } | LandOutcome::Merged { .. })) => {

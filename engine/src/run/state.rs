@@ -118,26 +118,44 @@ impl RunLock {
     /// Takes the lock of `run_id` in the repository at `repo_root`; `Ok(None)` when another
     /// process holds it.
     pub fn acquire(repo_root: &Path, run_id: &str) -> std::io::Result<Option<RunLock>> {
-        let dir = repo_root.join(".wiggum").join("locks");
-        std::fs::create_dir_all(&dir)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(format!("{run_id}.lock")))?;
-        if try_lock(&file)? {
+        let file = lock_file(repo_root, run_id)?;
+        if try_lock(&file, false)? {
             Ok(Some(RunLock { _file: file }))
         } else {
             Ok(None)
         }
     }
+
+    /// Waits for, and takes, the repository's landing lock: runs of several wiggum processes
+    /// land onto the user's branches one at a time instead of failing on git's ref locks.
+    pub fn landing(repo_root: &Path) -> std::io::Result<RunLock> {
+        let file = lock_file(repo_root, "landing")?;
+        try_lock(&file, true)?;
+        Ok(RunLock { _file: file })
+    }
 }
 
+fn lock_file(repo_root: &Path, name: &str) -> std::io::Result<std::fs::File> {
+    let dir = repo_root.join(".wiggum").join("locks");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{name}.lock")))
+}
+
+/// `flock`s `file` exclusively; with `wait`, blocks until it can (and returns true).
 #[cfg(unix)]
-fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
+fn try_lock(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
     use std::os::unix::io::AsRawFd;
+    let flags = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
     // SAFETY: flock on a file descriptor this function borrows; no memory is shared.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = unsafe { libc::flock(file.as_raw_fd(), flags) };
     if rc == 0 {
         return Ok(true);
     }
@@ -150,7 +168,7 @@ fn try_lock(file: &std::fs::File) -> std::io::Result<bool> {
 }
 
 #[cfg(not(unix))]
-fn try_lock(_file: &std::fs::File) -> std::io::Result<bool> {
+fn try_lock(_file: &std::fs::File, _wait: bool) -> std::io::Result<bool> {
     Ok(true)
 }
 
@@ -167,6 +185,26 @@ mod tests {
         assert!(RunLock::acquire(dir.path(), "wg-other").unwrap().is_some());
         drop(first);
         assert!(RunLock::acquire(dir.path(), "wg-abc").unwrap().is_some());
+    }
+
+    #[test]
+    fn the_landing_lock_waits_for_the_process_that_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = RunLock::landing(dir.path()).unwrap();
+        let root = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _lock = RunLock::landing(&root).unwrap();
+            tx.send(()).unwrap();
+        });
+        // Still held: the waiter cannot have it.
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err());
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the waiter takes the lock once it is released");
+        waiter.join().unwrap();
     }
 
     #[test]
