@@ -552,3 +552,46 @@ fn sixteen_parallel_steps_each_get_their_worktree() {
         assert_eq!(repo.read("f15.txt"), "15\n");
     }
 }
+
+#[test]
+fn sigterm_cancels_a_run_cleanly_like_ctrl_c_and_resume_finishes_it() {
+    // A CI job that is cancelled sends SIGTERM: the run used to die unrecorded, its command
+    // left running, the run `running` forever.
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let (patrol, started, go) = gated_patrol(defs.path());
+    let repo_dir = repo.path().display().to_string();
+    let mut child = wiggum_command()
+        .args(["run", &patrol.display().to_string(), "--repo", &repo_dir])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("step `wait` to start", || started.exists());
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(
+        stdout.contains("wait                 cancelled"),
+        "{stdout}"
+    );
+    let runs = repo.wiggum(&["runs", "--json"]).json();
+    assert_eq!(runs[0]["outcome"], "cancelled");
+
+    std::fs::write(&go, "").unwrap();
+    let run_id = runs[0]["run_id"].as_str().unwrap().to_string();
+    let r = repo.wiggum(&["resume", &run_id, "--json"]).json();
+    assert_eq!(r["outcome"], "converged");
+    assert_eq!(repo.read("wait.txt"), "waited\n");
+}

@@ -178,7 +178,12 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
             out.push_str(&format!(
                 "  {:<20} {:<10} {:>5} {:>8} {:>9}  {}\n",
                 id,
-                s.outcome.map_or("not run", |o| o.as_str()),
+                match (s.outcome, s.status.as_str()) {
+                    (Some(o), _) => o.as_str(),
+                    // In flight when the run was interrupted: `wiggum resume` continues it.
+                    (None, "running") => "cancelled",
+                    (None, _) => "not run",
+                },
                 s.iterations,
                 s.tokens,
                 format!("${:.4}", s.cost_usd),
