@@ -286,3 +286,72 @@ fn a_deleted_worktree_git_file_is_written_again_before_the_checks() {
     // And the landed worktree is gone as usual.
     assert!(!std::path::Path::new(j["worktree"].as_str().unwrap()).exists());
 }
+
+#[test]
+fn a_task_whose_process_was_killed_is_closed_as_aborted_by_the_next_task() {
+    // It stayed `running` in `wiggum runs` for ever, its iteration open.
+    let repo = TempRepo::new();
+    let pid_file = repo.path().join(".wiggum-test-agent.pid");
+    let mut child = common::wiggum_command()
+        .args([
+            "task",
+            "Take your time",
+            "--agent-command",
+            &agent("slow"),
+            "--quiet",
+        ])
+        .current_dir(repo.path())
+        .env("FAKE_SLEEP", "60")
+        .env("FAKE_PID_FILE", &pid_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !pid_file.exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: nothing gets to clean up
+    child.wait().unwrap();
+    // A killed wiggum cannot stop its agent; this test does.
+    let agent_pid = std::fs::read_to_string(&pid_file).unwrap();
+    let _ = std::process::Command::new("kill")
+        .arg(agent_pid.trim())
+        .status();
+    std::fs::remove_file(&pid_file).unwrap();
+    // Past the grace period that protects a task that is just starting.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+
+    let out = repo.wiggum(&[
+        "task",
+        "Make answer.txt say 42",
+        "--agent-command",
+        &agent("count-to-42"),
+        "--check",
+        "grep -qx 42 answer.txt",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let all = beads(repo.path());
+    let ids: Vec<&str> = all.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "ids sorted and unique");
+    for b in &all {
+        assert_eq!(b["status"] == "closed", b["closed_at"].is_string(), "{b}");
+        assert_eq!(b["status"], "closed", "{b}");
+    }
+    let killed = all
+        .iter()
+        .find(|b| b["title"] == "task: Take your time")
+        .unwrap();
+    let reason = killed["close_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("aborted: the wiggum process"),
+        "{reason}"
+    );
+    let runs = repo.wiggum(&["runs", "--json"]);
+    assert!(!runs.stdout.contains("\"running\""), "{}", runs.stdout);
+}

@@ -10,7 +10,7 @@ use wiggum_agents::{Agent, Usage};
 
 use super::cancel::Cancel;
 use super::record::Recorder;
-use super::state::{RunState, StepState};
+use super::state::{RunLock, RunState, StepState};
 use crate::events::{Event, EventSink};
 use crate::ledger::Ledger;
 use crate::ledger::{format_time, now};
@@ -101,8 +101,12 @@ pub async fn run_task(
 
     crate::workspace::require_commit(&opts.repo_root).map_err(TaskError::NotReady)?;
     let recorder = Recorder::new(Ledger::open(&opts.repo_root)?);
+    close_abandoned_tasks(&recorder, &opts.repo_root);
     let title = format!("task: {}", crate::run::record::bound_title(&opts.prompt));
     let run_id = recorder.start_run(&title, &describe_task(&opts, &*worker, &config))?;
+    // Held while this process runs the task: a later `wiggum task` that finds the lock free
+    // knows the process is gone (see `close_abandoned_tasks`).
+    let _lock = RunLock::acquire(&opts.repo_root, &run_id).ok().flatten();
     let step_bead = recorder.create_step(&run_id, TASK_STEP, &title, &opts.prompt)?;
     recorder.set_in_progress(&step_bead)?;
     let branch = format!("wiggum/{run_id}");
@@ -277,6 +281,84 @@ pub async fn run_task(
         land,
         last_checkpoint: step.last_checkpoint,
     })
+}
+
+/// How long a task run may be recorded as running without holding its lock before it counts
+/// as abandoned: the lock is taken right after the run bead is made, so this only keeps a
+/// task that is just starting from being taken for dead.
+const ABANDONED_AFTER: chrono::Duration = chrono::Duration::seconds(5);
+
+/// Closes the task runs a killed `wiggum task` left recorded as running (no process holds
+/// their lock): their open iteration is closed as cut short, the step and the run as
+/// `aborted`, with where the work is. Failures only log: they must not stop a new task.
+fn close_abandoned_tasks(recorder: &Recorder, repo_root: &std::path::Path) {
+    let runs = recorder.ledger().list(&crate::ledger::BeadFilter {
+        label: Some(super::record::LABEL_RUN.into()),
+        status: Some(crate::ledger::Status::InProgress),
+        ..crate::ledger::BeadFilter::default()
+    });
+    let Ok(runs) = runs else { return };
+    for run in runs {
+        let Ok(Some(mut state)) = RunState::load(recorder, &run.id) else {
+            continue;
+        };
+        let started = crate::ledger::parse_time(&state.started_at).ok();
+        let young = started.is_none_or(|t| now() - t < ABANDONED_AFTER);
+        if state.kind != "task" || state.finished_at.is_some() || young {
+            continue;
+        }
+        let Ok(Some(_lock)) = RunLock::acquire(repo_root, &run.id) else {
+            continue;
+        };
+        if let Err(e) = close_abandoned(recorder, &mut state) {
+            tracing::warn!("cannot close the abandoned task run {}: {e}", run.id);
+        }
+    }
+}
+
+fn close_abandoned(
+    recorder: &Recorder,
+    state: &mut RunState,
+) -> Result<(), crate::ledger::LedgerError> {
+    let branch = state.branch.clone().unwrap_or_default();
+    let reason = format!(
+        "the wiggum process running it ended before it finished (killed or crashed); its last \
+         checkpoint is on branch {branch}"
+    );
+    let close = close_reason(Outcome::Cancelled, &reason);
+    // When it was last heard of, not now: `wiggum runs` shows how long it really ran.
+    let mut last_seen = crate::ledger::parse_time(&state.started_at).unwrap_or_else(|_| now());
+    let mut steps = Vec::new();
+    for (_, step) in &state.steps {
+        let iterations = recorder.iterations(&step.bead)?;
+        if let Some(t) = iterations.iter().map(|b| b.updated_at).max() {
+            last_seen = last_seen.max(t);
+        }
+        steps.push(iterations);
+    }
+    let finished_at = Some(format_time(&last_seen));
+    for ((_, step), iterations) in state.steps.iter_mut().zip(steps) {
+        for it in iterations
+            .iter()
+            .filter(|b| b.status != crate::ledger::Status::Closed)
+        {
+            recorder.ledger().close(
+                &it.id,
+                "aborted: the wiggum process ended during this iteration (killed or crashed)",
+            )?;
+        }
+        step.iterations = iterations.len() as u32;
+        step.status = "done".into();
+        step.outcome = Some(Outcome::Cancelled);
+        step.reason = reason.clone();
+        step.finished_at = finished_at.clone();
+        recorder.finish(&step.bead, Outcome::Cancelled.as_str(), &reason, &close)?;
+    }
+    state.finished_at = finished_at;
+    state.outcome = Some(Outcome::Cancelled);
+    state.reason = reason.clone();
+    state.save(recorder)?;
+    recorder.finish(&state.run_id, Outcome::Cancelled.as_str(), &reason, &close)
 }
 
 /// A close reason whose first word marks success or the kind of failure (bd reads words like
