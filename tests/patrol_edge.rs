@@ -293,6 +293,10 @@ fn two_resumes_of_the_same_run_at_once_the_second_is_refused() {
     let first = spawn_wiggum(&["resume", &run_id, "--repo", &repo_dir], repo.path());
     wait_for("the first resume to run step `wait`", || started.exists());
 
+    let runs = repo.wiggum(&["runs", "--json"]).json();
+    assert_eq!(runs[0]["outcome"], "running");
+    let shown = repo.wiggum(&["show", &run_id]);
+    assert!(shown.stdout.contains("in progress"), "{}", shown.stdout);
     let second = repo.wiggum(&["resume", &run_id]);
     assert_eq!(second.code, 2, "{}", second.stderr);
     assert!(
@@ -418,9 +422,18 @@ append = "try\n"
     });
     kill(child);
     let run_id = last_run_id(&repo);
-    // What the killed process spent is known before resuming.
+    // What the killed process spent is known before resuming, and the run is not `running`.
     let runs = repo.wiggum(&["runs", "--json"]).json();
     assert!(runs[0]["cost_usd"].as_f64().unwrap() >= 0.039, "{runs}");
+    assert_eq!(runs[0]["outcome"], "interrupted");
+    let shown = repo.wiggum(&["show", &run_id]);
+    assert!(
+        shown
+            .stdout
+            .contains(&format!("continue with `wiggum resume {run_id}`")),
+        "{}",
+        shown.stdout
+    );
 
     let out = repo.wiggum(&["resume", &run_id, "--json"]);
     assert_eq!(

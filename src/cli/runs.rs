@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use wiggum_engine::ledger::{parse_time, BeadFilter};
+use wiggum_engine::run::state::RunLock;
 use wiggum_engine::run::{Recorder, RunState};
 
 use super::beads::open_ledger;
@@ -62,7 +63,7 @@ pub fn run(args: RunsArgs) -> CliResult {
                     .iter()
                     .find_map(|l| l.strip_prefix("outcome:").map(str::to_string))
             })
-            .unwrap_or_else(|| "running".into());
+            .unwrap_or_else(|| liveness(&root, state.as_ref(), &bead.id).into());
         let finished = bead.closed_at.or_else(|| {
             state
                 .as_ref()
@@ -91,7 +92,7 @@ pub fn run(args: RunsArgs) -> CliResult {
         return Ok(EXIT_OK);
     }
     let mut out = format!(
-        "{:<14} {:<7} {:<24} {:<10} {:<20} {:>9} {:>5} {:>9}\n",
+        "{:<14} {:<7} {:<24} {:<11} {:<20} {:>9} {:>5} {:>9}\n",
         "RUN", "KIND", "NAME", "OUTCOME", "STARTED", "DURATION", "ITER", "COST"
     );
     for r in &rows {
@@ -102,7 +103,7 @@ pub fn run(args: RunsArgs) -> CliResult {
         let started = r["started_at"].as_str().unwrap_or("");
         let _ = writeln!(
             out,
-            "{:<14} {:<7} {:<24} {:<10} {:<20} {:>9} {:>5} {:>9}",
+            "{:<14} {:<7} {:<24} {:<11} {:<20} {:>9} {:>5} {:>9}",
             r["run_id"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
             truncate(r["name"].as_str().unwrap_or(""), 24),
@@ -124,5 +125,14 @@ fn truncate(s: &str, n: usize) -> String {
         let mut t: String = s.chars().take(n - 1).collect();
         t.push('…');
         t
+    }
+}
+
+/// An unfinished run: `running` while a process holds it, `interrupted` when none does (a
+/// patrol killed or stopped; `wiggum resume` continues it).
+pub(crate) fn liveness(root: &std::path::Path, state: Option<&RunState>, id: &str) -> &'static str {
+    match state {
+        Some(s) if s.kind == "patrol" && !RunLock::is_held(root, id) => "interrupted",
+        _ => "running",
     }
 }

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
+use wiggum_engine::ralph::Outcome;
 use wiggum_engine::run::{Recorder, RunState};
 
 use super::beads::{open_ledger, render_show};
@@ -72,6 +73,27 @@ pub fn run(args: ShowArgs) -> CliResult {
         );
         if let Some(l) = &state.landed {
             let _ = writeln!(out, "  {l}");
+        }
+        if state.finished_at.is_none() && state.outcome != Some(Outcome::Cancelled) {
+            match super::runs::liveness(&root, Some(state), &state.run_id) {
+                "interrupted" => {
+                    let _ = writeln!(
+                        out,
+                        "  interrupted (no process is running it): continue with \
+                         `wiggum resume {}`",
+                        state.run_id
+                    );
+                }
+                _ => {
+                    let _ = writeln!(out, "  in progress");
+                }
+            }
+        } else if state.outcome == Some(Outcome::Cancelled) {
+            let _ = writeln!(
+                out,
+                "  cancelled: continue with `wiggum resume {}`",
+                state.run_id
+            );
         }
     }
     if !children.is_empty() {

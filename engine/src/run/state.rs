@@ -119,10 +119,27 @@ impl RunLock {
     /// process holds it.
     pub fn acquire(repo_root: &Path, run_id: &str) -> std::io::Result<Option<RunLock>> {
         let file = lock_file(repo_root, run_id)?;
-        if try_lock(&file, false)? {
-            Ok(Some(RunLock { _file: file }))
-        } else {
-            Ok(None)
+        // A `wiggum runs` probing the lock holds it for an instant: try for a moment.
+        for _ in 0..20 {
+            if try_lock(&file, false)? {
+                return Ok(Some(RunLock { _file: file }));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        Ok(None)
+    }
+
+    /// Whether a process holds the lock of `run_id` now (it is running or resuming the run).
+    /// A run left unfinished whose lock is free was interrupted.
+    pub fn is_held(repo_root: &Path, run_id: &str) -> bool {
+        let path = repo_root
+            .join(".wiggum")
+            .join("locks")
+            .join(format!("{run_id}.lock"));
+        match std::fs::File::open(path) {
+            // Taking it (and dropping it at once) fails only while someone holds it.
+            Ok(file) => matches!(try_lock(&file, false), Ok(false)),
+            Err(_) => false,
         }
     }
 
@@ -183,7 +200,10 @@ mod tests {
         assert!(first.is_some());
         assert!(RunLock::acquire(dir.path(), "wg-abc").unwrap().is_none());
         assert!(RunLock::acquire(dir.path(), "wg-other").unwrap().is_some());
+        assert!(RunLock::is_held(dir.path(), "wg-abc"));
         drop(first);
+        assert!(!RunLock::is_held(dir.path(), "wg-abc"));
+        assert!(!RunLock::is_held(dir.path(), "wg-never-run"));
         assert!(RunLock::acquire(dir.path(), "wg-abc").unwrap().is_some());
     }
 
