@@ -608,3 +608,26 @@ fn sigterm_cancels_a_run_cleanly_like_ctrl_c_and_resume_finishes_it() {
     assert_eq!(r["outcome"], "converged");
     assert_eq!(repo.read("wait.txt"), "waited\n");
 }
+
+#[test]
+fn resume_after_the_step_worktree_was_deleted_by_hand_rebuilds_it_from_its_branch() {
+    // It used to fail the step: "branch wiggum/<run>-wait already exists".
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let (run_id, _, go) = start_gated_and_kill(&repo, defs.path());
+    let worktree = repo
+        .path()
+        .join(".wiggum/worktrees")
+        .join(format!("{run_id}-wait"));
+    assert!(worktree.exists());
+    std::fs::remove_dir_all(&worktree).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    assert_eq!(out.json()["outcome"], "converged");
+    assert_eq!(repo.read("wait.txt"), "waited\n");
+}

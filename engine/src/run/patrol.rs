@@ -691,11 +691,16 @@ fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
     let name = format!("{}-{}", ctx.run_id, step.id);
     let branch = format!("wiggum/{name}");
     let _guard = ctx.worktree_lock.lock().unwrap_or_else(|e| e.into_inner());
+    // The branch, not the directory, says whether the step started before: a worktree
+    // directory deleted by hand is made again from the branch, with its checkpoints.
     let exists = ctx
         .repo_root
         .join(crate::workspace::WORKTREES_DIR)
         .join(&name)
-        .exists();
+        .exists()
+        || git2::Repository::open(&ctx.repo_root)
+            .map(|r| r.find_branch(&branch, git2::BranchType::Local).is_ok())
+            .unwrap_or(false);
     if exists {
         // A step left in flight restarts from its last checkpoint: what an interrupted
         // iteration half-wrote is thrown away (its bead is re-used for the iteration).
