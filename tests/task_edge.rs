@@ -355,3 +355,36 @@ fn a_task_whose_process_was_killed_is_closed_as_aborted_by_the_next_task() {
     let runs = repo.wiggum(&["runs", "--json"]);
     assert!(!runs.stdout.contains("\"running\""), "{}", runs.stdout);
 }
+
+#[test]
+fn an_agent_that_echoes_its_prompt_gives_neither_the_promise_nor_a_split() {
+    // The prompt explains <promise>DONE</promise> and <split/>: an agent command that prints
+    // its prompt (`cat`, a wrapper that logs it) stopped as "too large", or with passing
+    // checks gave the promise it never made.
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&[
+        "task",
+        "Do it",
+        "--agent-command",
+        "cat",
+        "--check",
+        "true",
+        "--promise",
+        "DONE",
+        "--max-iterations",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(out.code, 1, "stderr: {}", out.stderr);
+    let j = out.json();
+    assert_eq!(j["outcome"], "exhausted", "{j}");
+    assert!(
+        j["reason"]
+            .as_str()
+            .unwrap()
+            .contains("promise was not given"),
+        "{j}"
+    );
+    let d = iteration_description(&repo, j["step_id"].as_str().unwrap(), 1);
+    assert!(d.contains("a reply repeated its prompt"), "{d}");
+}

@@ -142,6 +142,18 @@ pub fn gives_promise(reply: &str, promise: &str) -> bool {
     promises(reply).iter().any(|p| *p == promise.trim())
 }
 
+/// The reply without the prompt it was given, when it repeats it (an agent command that is
+/// `cat`, a wrapper that prints the prompt before the answer): the prompt's own
+/// `<promise>`, `<split/>` and examples must not count as the agent's. `None` when the reply
+/// does not contain the prompt.
+pub fn without_echo(reply: &str, prompt: &str) -> Option<String> {
+    let needle = prompt.trim();
+    if needle.is_empty() || !reply.contains(needle) {
+        return None;
+    }
+    Some(reply.replace(needle, ""))
+}
+
 /// Whether the agent declared the task too large (`<split/>`).
 pub fn asks_split(reply: &str) -> bool {
     reply.contains("<split/>") || reply.contains("<split />")
@@ -261,5 +273,23 @@ mod tests {
         )
         .unwrap();
         assert!(!v.approved);
+    }
+
+    #[test]
+    fn an_echoed_prompt_is_taken_out_of_the_reply() {
+        let prompt =
+            "# Task\n\ndo it\ninclude <promise>DONE</promise> when done; <split/> if too big\n";
+        let echoed = format!("{prompt}\n");
+        let own = without_echo(&echoed, prompt).unwrap();
+        assert!(!gives_promise(&own, "DONE") && !asks_split(&own));
+        let wrapped = format!(
+            "$ agent\n{}\nFixed it.\n<promise>DONE</promise>",
+            prompt.trim()
+        );
+        assert!(gives_promise(
+            &without_echo(&wrapped, prompt).unwrap(),
+            "DONE"
+        ));
+        assert_eq!(without_echo("Fixed it.", prompt), None);
     }
 }

@@ -11,7 +11,7 @@ use wiggum_agents::{Agent, AgentError, Reply, Request, Role, Usage};
 use super::checks::{run_checks, CheckResult};
 use super::progress::{signature, Decision, Progress, Round};
 use super::prompt::{review_prompt, work_prompt, FailedCheck, Feedback, TaskText, DIFF_BYTES};
-use super::reply::{asks_split, gives_promise, parse_verdict, summary_line};
+use super::reply::{asks_split, gives_promise, parse_verdict, summary_line, without_echo};
 use super::{LoopConfig, Outcome};
 use crate::events::{Event, EventSink, Phase};
 use crate::run::cancel::Cancel;
@@ -117,6 +117,8 @@ struct IterationRecord {
     /// Untracked paths the checkpoint left out (git repositories the agent made inside the
     /// worktree): their files are in no commit.
     left_out: Vec<String>,
+    /// The work or review reply repeated its prompt; that part was not read as the agent's.
+    echoed: bool,
     /// The agent removed the worktree's `.git` file and wiggum wrote it again.
     git_file_restored: bool,
     wants_split: bool,
@@ -491,7 +493,11 @@ async fn iteration(
         rec,
     )
     .await;
-    let Some(reply) = reply else { return };
+    let Some(mut reply) = reply else { return };
+    if let Some(own) = without_echo(&reply.text, &prompt) {
+        rec.echoed = true;
+        reply.text = own;
+    }
     rec.reply_truncated = reply
         .meta
         .get("stdout_truncated")
@@ -574,7 +580,13 @@ async fn iteration(
     )
     .await;
     let Some(reply) = reply else { return };
-    let verdict = parse_verdict(&reply.text);
+    let verdict = match without_echo(&reply.text, &prompt) {
+        Some(own) => {
+            rec.echoed = true;
+            parse_verdict(&own)
+        }
+        None => parse_verdict(&reply.text),
+    };
     if let Ok(v) = &verdict {
         ctx.sink.emit(&Event::ReviewFinished {
             step_id: spec.step_id.clone(),
@@ -873,6 +885,13 @@ fn describe_iteration(
         }
     }
     let _ = writeln!(d, "- diff: {stat}");
+    if rec.echoed {
+        let _ = writeln!(
+            d,
+            "- a reply repeated its prompt: that part was not read as the agent's (no \
+             promise, split or verdict from it)"
+        );
+    }
     if rec.git_file_restored {
         let _ = writeln!(
             d,
