@@ -631,3 +631,45 @@ fn resume_after_the_step_worktree_was_deleted_by_hand_rebuilds_it_from_its_branc
     assert_eq!(out.json()["outcome"], "converged");
     assert_eq!(repo.read("wait.txt"), "waited\n");
 }
+
+#[test]
+fn a_run_that_changes_nothing_says_there_is_nothing_to_land() {
+    // It said "landed on main (fast-forward to <the commit main was already at>)".
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(defs.path(), "[[steps]]\nid = \"look\"\nrun = \"ls\"\n", "");
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let out = repo.wiggum(&[
+        "run",
+        &patrol.display().to_string(),
+        "--repo",
+        ".",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let landed = out.json()["landed"].as_str().unwrap().to_string();
+    assert!(landed.contains("nothing to land"), "{landed}");
+    assert_eq!(repo.git(&["rev-parse", "HEAD"]), head);
+}
+
+#[test]
+fn a_sandbox_patrol_with_an_unusable_tmpdir_says_to_point_tmpdir_elsewhere() {
+    let repo = TempRepo::new();
+    let not_a_dir = repo.path().join("README.md");
+    let demo = common::fixture("../workflows/demo.toml");
+    let out = repo.wiggum_env(
+        &["run", &demo.display().to_string()],
+        &[("TMPDIR", &not_a_dir.display().to_string())],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot make the sandbox copy"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("point TMPDIR at a writable directory"),
+        "{}",
+        out.stderr
+    );
+}

@@ -122,6 +122,12 @@ fn hint_for(e: &PatrolRunError) -> Option<String> {
     }
 }
 
+/// A cost for JSON: sums of floats carry noise (0.045599999999999995); a millionth of a
+/// dollar is precise enough.
+fn usd(cost: f64) -> f64 {
+    (cost * 1e6).round() / 1e6
+}
+
 /// Prints a patrol run's result and returns its exit code.
 pub fn render(r: &PatrolReport, json: bool) -> CliResult {
     if json {
@@ -135,7 +141,7 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                 "reason": r.reason,
                 "iterations": r.iterations,
                 "tokens": r.tokens,
-                "cost_usd": r.cost_usd,
+                "cost_usd": usd(r.cost_usd),
                 "branch": r.branch,
                 "landed": r.landed,
                 "resumed": r.resumed,
@@ -149,7 +155,7 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                     "summary": s.summary,
                     "iterations": s.iterations,
                     "tokens": s.tokens,
-                    "cost_usd": s.cost_usd,
+                    "cost_usd": usd(s.cost_usd),
                     "started_at": s.started_at,
                     "finished_at": s.finished_at,
                 })).collect::<Vec<_>>(),

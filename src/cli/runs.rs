@@ -80,7 +80,7 @@ pub fn run(args: RunsArgs) -> CliResult {
             "duration_ms": duration.map(|d| d.as_millis() as u64),
             "iterations": iterations,
             "tokens": tokens,
-            "cost_usd": cost,
+            "cost_usd": (cost * 1e6).round() / 1e6,
         }));
     }
     if args.json {

@@ -996,6 +996,10 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
             None
         };
         landed = Some(match ctx.patrol.land {
+            Land::Merge if ws.head().ok().as_deref() == Some(ws.base_commit()) => {
+                let _ = ws.remove();
+                "nothing to land: no step changed a file".to_string()
+            }
             Land::Merge => match ws.land(ctx.patrol.base.as_deref()) {
                 Ok(l @ (LandOutcome::FastForward { .. } | LandOutcome::Merged { .. })) => {
                     let text = l.to_string();
