@@ -10,7 +10,9 @@ use wiggum_agents::{Agent, AgentError, Reply, Request, Role, Usage};
 
 use super::checks::{run_checks, CheckResult};
 use super::progress::{signature, Decision, Progress, Round};
-use super::prompt::{review_prompt, work_prompt, FailedCheck, Feedback, TaskText, DIFF_BYTES};
+use super::prompt::{
+    review_prompt, work_prompt, FailedCheck, Feedback, TaskText, DIFF_BYTES, NOTES_BYTES,
+};
 use super::reply::{asks_split, gives_promise, parse_verdict, summary_line, without_echo};
 use super::{LoopConfig, Outcome};
 use crate::events::{Event, EventSink, Phase};
@@ -447,6 +449,32 @@ pub(crate) fn nested_repos(worktree: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// The end of the notes file as the prompt shows it: at most [`NOTES_BYTES`] with the marker,
+/// read from its end (an agent may leave megabytes there), invalid UTF-8 replaced. Empty when
+/// there is no file.
+fn read_notes(path: &std::path::Path) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Room for the marker, so the prompt does not cut it again.
+    let keep = (NOTES_BYTES - 64) as u64;
+    let skip = len.saturating_sub(keep);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(skip)).is_err() || file.take(keep).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    if skip == 0 {
+        return text.into_owned();
+    }
+    // Start at a line, not in the middle of one (or of a character).
+    let text = text.split_once('\n').map_or(&*text, |(_, rest)| rest);
+    format!("[… {} earlier bytes cut]\n{text}", len - text.len() as u64)
+}
+
 fn ensure_notes(workspace: &Workspace, rel: &str) -> Result<(), String> {
     let path = workspace.path().join(rel);
     if let Some(dir) = path.parent() {
@@ -479,8 +507,7 @@ async fn iteration(
 
     // 1. work
     phase(ctx, n, Phase::Work);
-    let notes =
-        std::fs::read_to_string(ctx.workspace.path().join(&ctx.notes_path)).unwrap_or_default();
+    let notes = read_notes(&ctx.workspace.path().join(&ctx.notes_path));
     let prompt = work_prompt(&task, n, &notes, feedback);
     let reply = call(
         ctx,
@@ -921,4 +948,31 @@ fn describe_iteration(
         wiggum_agents::format_duration(duration)
     );
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn megabytes_of_notes_are_read_from_their_end_and_fit_the_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.md");
+        let mut text = "old line\n".repeat(120_000);
+        text.push_str("- the freshest note\n");
+        std::fs::write(&path, &text).unwrap();
+        let notes = read_notes(&path);
+        assert!(notes.len() <= NOTES_BYTES, "{}", notes.len());
+        assert!(notes.starts_with("[… ") && notes.ends_with("- the freshest note\n"));
+        assert!(notes.contains("\nold line\n"));
+        assert_eq!(read_notes(&dir.path().join("missing.md")), "");
+    }
+
+    #[test]
+    fn notes_that_are_not_utf8_are_shown_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.md");
+        std::fs::write(&path, b"caf\xe9 is fixed\n").unwrap();
+        assert_eq!(read_notes(&path), "caf\u{fffd} is fixed\n");
+    }
 }
