@@ -673,3 +673,37 @@ fn a_sandbox_patrol_with_an_unusable_tmpdir_says_to_point_tmpdir_elsewhere() {
         out.stderr
     );
 }
+
+#[test]
+fn land_none_keeps_nothing_but_the_ledger_and_land_branch_keeps_the_run_branch() {
+    for (land, kept) in [("none", false), ("branch", true)] {
+        let repo = TempRepo::new();
+        let defs = tempfile::tempdir().unwrap();
+        let patrol = write_patrol(
+            defs.path(),
+            &format!(
+                "[patrol]\nland = \"{land}\"\n[[steps]]\nid = \"a\"\nrun = \"echo a > a.txt\"\n"
+            ),
+            "",
+        );
+        let out = repo.wiggum(&[
+            "run",
+            &patrol.display().to_string(),
+            "--repo",
+            ".",
+            "--json",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let run_id = out.json()["run_id"].as_str().unwrap().to_string();
+        assert!(!repo.path().join("a.txt").exists(), "land = {land} landed");
+        let branches = repo.git(&["branch", "--list", "wiggum/*"]);
+        assert_eq!(
+            branches.contains(&format!("wiggum/{run_id}\n")),
+            kept,
+            "land = {land}: {branches}"
+        );
+        assert!(!branches.contains("-a"), "land = {land}: {branches}");
+        let shown = repo.wiggum(&["show", &run_id]);
+        assert_eq!(shown.code, 0, "the ledger keeps the record");
+    }
+}

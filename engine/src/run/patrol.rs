@@ -1017,7 +1017,10 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
                 format!("left on branch {} (land = \"branch\")", ctx.integration)
             }
             Land::None => {
-                let _ = ws.remove();
+                // `none` keeps nothing but the ledger: not the run's branch either.
+                if ws.remove().is_ok() {
+                    delete_branch(&ctx.repo_root, &ctx.integration);
+                }
                 "not landed (land = \"none\"); the ledger keeps the record".to_string()
             }
         });
