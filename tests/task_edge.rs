@@ -182,6 +182,22 @@ fn limits_that_make_no_sense_are_usage_errors_before_anything_is_recorded() {
         assert!(out.stderr.contains("must be"), "{flag}: {}", out.stderr);
         assert!(out.stdout.is_empty(), "{flag}: {}", out.stdout);
     }
+    let out = repo.wiggum(&[
+        "task",
+        "Do it",
+        "--agent-command",
+        "true",
+        "--stable-rounds",
+        "3",
+        "--max-iterations",
+        "2",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("can never be reached"),
+        "{}",
+        out.stderr
+    );
     assert!(beads(repo.path()).is_empty());
 }
 

@@ -155,6 +155,13 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
             "--stable-rounds and --stall-after must be at least 1",
         ));
     }
+    if args.stable_rounds > args.max_iterations {
+        return Err(CliError::usage(format!(
+            "--stable-rounds {} can never be reached in --max-iterations {}",
+            args.stable_rounds, args.max_iterations
+        ))
+        .hint("raise --max-iterations, or lower --stable-rounds"));
+    }
     if let Some(usd) = args.max_cost {
         if !(usd.is_finite() && usd > 0.0) {
             return Err(CliError::usage(format!(
