@@ -122,6 +122,24 @@ fn hint_for(e: &PatrolRunError) -> Option<String> {
     }
 }
 
+/// A table cell: the text's lines joined with " / ", at most 300 characters (the whole text
+/// is in `--json` and `wiggum show`).
+fn one_line(text: &str) -> String {
+    let joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ");
+    if joined.chars().count() <= 300 {
+        joined
+    } else {
+        let mut cut: String = joined.chars().take(299).collect();
+        cut.push('…');
+        cut
+    }
+}
+
 /// A cost for JSON: sums of floats carry noise (0.045599999999999995); a millionth of a
 /// dollar is precise enough.
 fn usd(cost: f64) -> f64 {
@@ -194,11 +212,13 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                 s.tokens,
                 format!("${:.4}", s.cost_usd),
                 // Why a step failed matters more than what its agent last said.
-                if s.summary.is_empty() || s.outcome != Some(Outcome::Converged) {
-                    &s.reason
-                } else {
-                    &s.summary
-                }
+                one_line(
+                    if s.summary.is_empty() || s.outcome != Some(Outcome::Converged) {
+                        &s.reason
+                    } else {
+                        &s.summary
+                    }
+                )
             ));
         }
         if let Some(landed) = &r.landed {
@@ -262,4 +282,20 @@ fn sandbox(repo: &Path) -> Result<PathBuf, CliError> {
             std::env::temp_dir().display()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_multi_line_reason_stays_on_its_table_row() {
+        let reason = "agent failed: exit code 3; stderr ends with:\nmodel crashed\n\n";
+        assert_eq!(
+            one_line(reason),
+            "agent failed: exit code 3; stderr ends with: / model crashed"
+        );
+        let long = "x".repeat(1000);
+        assert_eq!(one_line(&long).chars().count(), 300);
+    }
 }
