@@ -404,3 +404,26 @@ fn an_agent_that_echoes_its_prompt_gives_neither_the_promise_nor_a_split() {
     let d = iteration_description(&repo, j["step_id"].as_str().unwrap(), 1);
     assert!(d.contains("a reply repeated its prompt"), "{d}");
 }
+
+#[test]
+fn escape_sequences_in_review_findings_do_not_reach_the_terminal() {
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&[
+        "task",
+        "Make answer.txt say 42",
+        "--agent-command",
+        &agent("count-to-42"),
+        "--review-command",
+        &agent("review-ansi"),
+        "--max-iterations",
+        "1",
+    ]);
+    assert_eq!(out.code, 1, "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("review rejected: ?[2J?[31mred?[0m first second?OVER"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\u{1b}') && !out.stdout.contains('\u{1b}'));
+}

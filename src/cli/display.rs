@@ -156,7 +156,7 @@ impl EventSink for Display {
                 let verdict = if *approved { "approved" } else { "rejected" };
                 let first = findings
                     .first()
-                    .map(|f| format!(": {f}"))
+                    .map(|f| format!(": {}", printable(f, 200, false)))
                     .unwrap_or_default();
                 self.line(format!(
                     "{step_id}: iteration {iteration} · review {verdict}{first}"
@@ -169,8 +169,9 @@ impl EventSink for Display {
                 duration_ms,
                 ..
             } => self.line(format!(
-                "{step_id}: iteration {iteration} done in {} · {reason}",
-                wiggum_agents::format_duration(Duration::from_millis(*duration_ms))
+                "{step_id}: iteration {iteration} done in {} · {}",
+                wiggum_agents::format_duration(Duration::from_millis(*duration_ms)),
+                printable(reason, 2000, true)
             )),
             Event::StepFinished {
                 step_id,
@@ -187,5 +188,41 @@ impl EventSink for Display {
             }
             Event::RunFinished { .. } => {}
         }
+    }
+}
+
+/// Text from agents and checks made safe for a terminal: control characters (escape
+/// sequences that clear the screen or move the cursor, carriage returns) become `?`, line
+/// breaks stay only with `keep_newlines` (else a space), and at most `max_chars` are kept.
+pub fn printable(text: &str, max_chars: usize, keep_newlines: bool) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars * 4));
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' if keep_newlines => out.push('\n'),
+            '\n' | '\t' => out.push(' '),
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn escape_sequences_from_a_reviewer_do_not_reach_the_terminal() {
+        let finding = "\u{1b}[2J\u{1b}[31mred\u{1b}[0m one\ntwo\rOVER";
+        assert_eq!(
+            printable(finding, 200, false),
+            "?[2J?[31mred?[0m one two?OVER"
+        );
+        assert_eq!(printable("a\nb", 200, true), "a\nb");
+        assert_eq!(printable("abcdef", 3, false), "abc…");
     }
 }

@@ -284,7 +284,7 @@ fn human(r: &TaskReport) -> String {
         r.outcome,
         r.iterations,
         if r.iterations == 1 { "" } else { "s" },
-        r.reason
+        super::display::printable(&r.reason, 2000, true)
     );
     out.push_str(&format!("tokens: {}, cost: ${:.4}\n", r.tokens, r.cost_usd));
     match (&r.land, r.landed) {
