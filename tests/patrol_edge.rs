@@ -707,3 +707,43 @@ fn land_none_keeps_nothing_but_the_ledger_and_land_branch_keeps_the_run_branch()
         assert_eq!(shown.code, 0, "the ledger keeps the record");
     }
 }
+
+#[test]
+fn three_runs_with_the_same_run_id_at_once_start_one_run() {
+    // The key was looked up, then given to a new run, with nothing in between: CI retries
+    // started at once each started a run.
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        "[[steps]]\nid = \"a\"\nrun = \"sleep 1; date >> ran.txt\"\n",
+        "",
+    )
+    .display()
+    .to_string();
+    let repo_dir = repo.path().display().to_string();
+    let children: Vec<Child> = (0..3)
+        .map(|_| {
+            spawn_wiggum(
+                &["run", &patrol, "--repo", &repo_dir, "--run-id", "ci-7"],
+                repo.path(),
+            )
+        })
+        .collect();
+    let codes: Vec<Option<i32>> = children.into_iter().map(wait_child).collect();
+    assert_eq!(
+        codes.iter().filter(|c| **c == Some(0)).count(),
+        1,
+        "{codes:?}"
+    );
+    assert!(
+        codes.iter().all(|c| *c == Some(0) || *c == Some(2)),
+        "{codes:?}"
+    );
+    let epics = beads(repo.path())
+        .into_iter()
+        .filter(|b| b["issue_type"] == "epic")
+        .count();
+    assert_eq!(epics, 1);
+    assert_eq!(repo.read("ran.txt").lines().count(), 1);
+}

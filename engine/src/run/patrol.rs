@@ -206,12 +206,22 @@ pub async fn run_patrol(
     let repo_root = preflight(&patrol, &start_dir)?;
     let recorder = Arc::new(Recorder::new(Ledger::open(&repo_root)?));
 
-    if let Some(key) = &opts.run_key {
-        if let Some(existing) = RunState::by_key(&recorder, key)? {
-            let shared = shared(recorder, sink, cancel, repo_root, &existing)?;
-            return resume_with(shared, &existing, Some((key.as_str(), &patrol))).await;
+    // Held until the key names this run (or the run it already named is taken over).
+    let key_lock = match &opts.run_key {
+        Some(key) => {
+            let lock = RunLock::key(&repo_root, key).map_err(|source| PatrolRunError::Lock {
+                run_id: format!("--run-id {key}"),
+                source,
+            })?;
+            if let Some(existing) = RunState::by_key(&recorder, key)? {
+                let shared = shared(recorder, sink, cancel, repo_root, &existing)?;
+                drop(lock);
+                return resume_with(shared, &existing, Some((key.as_str(), &patrol))).await;
+            }
+            Some(lock)
         }
-    }
+        None => None,
+    };
     let agents = build_agents(&patrol)?;
 
     let run_id = recorder.start_run(
@@ -251,6 +261,7 @@ pub async fn run_patrol(
     }
     state.save(&recorder)?;
     state.save_key(&recorder)?;
+    drop(key_lock);
     recorder.ledger().export()?;
 
     let integration = format!("wiggum/{run_id}");

@@ -150,6 +150,18 @@ impl RunLock {
         try_lock(&file, true)?;
         Ok(RunLock { _file: file })
     }
+
+    /// Waits for, and takes, the lock of an idempotency key (`--run-id`), held while the key
+    /// is looked up and, when new, given to a run: two `wiggum run --run-id K` at once start
+    /// one run, not two.
+    pub fn key(repo_root: &Path, key: &str) -> std::io::Result<RunLock> {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(key.as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let file = lock_file(repo_root, &format!("key-{name}"))?;
+        try_lock(&file, true)?;
+        Ok(RunLock { _file: file })
+    }
 }
 
 fn lock_file(repo_root: &Path, name: &str) -> std::io::Result<std::fs::File> {
