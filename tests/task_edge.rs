@@ -427,3 +427,23 @@ fn escape_sequences_in_review_findings_do_not_reach_the_terminal() {
     );
     assert!(!out.stderr.contains('\u{1b}') && !out.stdout.contains('\u{1b}'));
 }
+
+#[test]
+fn an_interactions_log_that_cannot_be_written_is_said_in_the_iteration_bead() {
+    // Every agent call and check run was dropped without a word.
+    let repo = TempRepo::new();
+    std::fs::create_dir_all(repo.path().join(".beads/interactions.jsonl")).unwrap();
+    let out = repo.wiggum(&[
+        "task",
+        "Make answer.txt say 42",
+        "--agent-command",
+        &agent("count-to-42"),
+        "--check",
+        "grep -qx 42 answer.txt",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let j = out.json();
+    let d = iteration_description(&repo, j["step_id"].as_str().unwrap(), 1);
+    assert!(d.contains("- interactions log: not written ("), "{d}");
+}

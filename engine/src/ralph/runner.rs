@@ -119,6 +119,8 @@ struct IterationRecord {
     /// Untracked paths the checkpoint left out (git repositories the agent made inside the
     /// worktree): their files are in no commit.
     left_out: Vec<String>,
+    /// Why the interactions log could not take this iteration's agent calls or check runs.
+    log_error: Option<String>,
     /// The work or review reply repeated its prompt; that part was not read as the agent's.
     echoed: bool,
     /// The agent removed the worktree's `.git` file and wiggum wrote it again.
@@ -564,7 +566,9 @@ async fn iteration(
     rec.checks = run_checks(&cfg.checks, ctx.workspace.path(), check_timeout, &env).await;
     rec.checks_ran = true;
     for check in &rec.checks {
-        let _ = ctx.recorder.log_check(bead, check);
+        if let Err(e) = ctx.recorder.log_check(bead, check) {
+            rec.log_error.get_or_insert_with(|| e.to_string());
+        }
     }
     ctx.sink.emit(&Event::ChecksFinished {
         step_id: spec.step_id.clone(),
@@ -670,7 +674,7 @@ async fn call(
         Ok(reply) => {
             rec.usage.add(&reply.usage);
             rec.cost += reply.cost_usd.unwrap_or(0.0);
-            let _ = ctx.recorder.log_agent_call(&AgentCall {
+            let logged = ctx.recorder.log_agent_call(&AgentCall {
                 bead,
                 role: role.as_str(),
                 agent: &describe,
@@ -683,11 +687,14 @@ async fn call(
                 retries: reply.retries,
                 duration_ms,
             });
+            if let Err(e) = logged {
+                rec.log_error.get_or_insert_with(|| e.to_string());
+            }
             Some(reply)
         }
         Err(err) => {
             let message = err.to_string();
-            let _ = ctx.recorder.log_agent_call(&AgentCall {
+            let logged = ctx.recorder.log_agent_call(&AgentCall {
                 bead,
                 role: role.as_str(),
                 agent: &describe,
@@ -700,6 +707,9 @@ async fn call(
                 retries: 0,
                 duration_ms,
             });
+            if let Err(e) = logged {
+                rec.log_error.get_or_insert_with(|| e.to_string());
+            }
             match role {
                 Role::Work => rec.work = Some(Err(message)),
                 _ => rec.review = Some(Err(format!("the reviewer failed: {message}"))),
@@ -912,6 +922,13 @@ fn describe_iteration(
         }
     }
     let _ = writeln!(d, "- diff: {stat}");
+    if let Some(e) = &rec.log_error {
+        let _ = writeln!(
+            d,
+            "- interactions log: not written ({e}); this iteration's agent calls and check runs \
+             are only summarized here"
+        );
+    }
     if rec.echoed {
         let _ = writeln!(
             d,
