@@ -731,11 +731,8 @@ fn three_runs_with_the_same_run_id_at_once_start_one_run() {
         })
         .collect();
     let codes: Vec<Option<i32>> = children.into_iter().map(wait_child).collect();
-    assert_eq!(
-        codes.iter().filter(|c| **c == Some(0)).count(),
-        1,
-        "{codes:?}"
-    );
+    // One runs it; the others are refused while it runs (2), or report it once it finished (0).
+    assert!(codes.contains(&Some(0)), "{codes:?}");
     assert!(
         codes.iter().all(|c| *c == Some(0) || *c == Some(2)),
         "{codes:?}"
