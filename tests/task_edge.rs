@@ -198,6 +198,14 @@ fn limits_that_make_no_sense_are_usage_errors_before_anything_is_recorded() {
         "{}",
         out.stderr
     );
+    for (flag, value, says) in [
+        ("--check", " ", "a --check is empty"),
+        ("--promise", "", "--promise is empty"),
+    ] {
+        let out = repo.wiggum(&["task", "Do it", "--agent-command", "true", flag, value]);
+        assert_eq!(out.code, 2, "{flag}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{flag}: {}", out.stderr);
+    }
     assert!(beads(repo.path()).is_empty());
 }
 

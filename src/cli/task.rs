@@ -155,6 +155,15 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
             "--stable-rounds and --stall-after must be at least 1",
         ));
     }
+    if args.checks.iter().any(|c| c.trim().is_empty()) {
+        return Err(CliError::usage(
+            "a --check is empty: it would pass without checking anything",
+        ));
+    }
+    if args.promise.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        return Err(CliError::usage("--promise is empty")
+            .hint("give the text the agent must write, e.g. --promise \"TESTS GREEN\""));
+    }
     if args.stable_rounds > args.max_iterations {
         return Err(CliError::usage(format!(
             "--stable-rounds {} can never be reached in --max-iterations {}",
