@@ -521,6 +521,8 @@ async fn execute(ctx: Arc<RunCtx>, resumed: bool) -> Result<PatrolReport, Patrol
     let mut in_flight = 0usize;
     // Steps started by this process; a step left `running` by a killed one is started again.
     let mut started = std::collections::HashSet::new();
+    let mut tasks: std::collections::HashMap<tokio::task::Id, String> =
+        std::collections::HashMap::new();
     loop {
         // Start (or skip) every step whose needs are done.
         for step in ctx.patrol.topo_order() {
@@ -563,10 +565,12 @@ async fn execute(ctx: Arc<RunCtx>, resumed: bool) -> Result<PatrolReport, Patrol
             in_flight += 1;
             let ctx2 = ctx.clone();
             let step = step.clone();
-            running.spawn(async move {
+            let step_id = step.id.clone();
+            let handle = running.spawn(async move {
                 let result = run_step(&ctx2, &step).await;
                 (step.id.clone(), result)
             });
+            tasks.insert(handle.id(), step_id);
         }
         if in_flight == 0 {
             break;
@@ -592,7 +596,11 @@ async fn execute(ctx: Arc<RunCtx>, resumed: bool) -> Result<PatrolReport, Patrol
                 ctx.save();
             }
             Err(e) => {
-                tracing::error!("a step task failed: {e}");
+                // A bug, not an outcome: still recorded, so the step does not stay in flight.
+                let id = tasks.get(&e.id()).cloned().unwrap_or_default();
+                let reason = format!("error: internal error in wiggum while running the step: {e}");
+                tracing::error!("step {id}: {reason}");
+                fail_step(&ctx, &id, &reason);
             }
         }
     }
@@ -604,6 +612,33 @@ fn mark(ctx: &RunCtx, id: &str, f: impl FnOnce(&mut StepState)) {
     if let Some(s) = state.step_mut(id) {
         f(s);
     }
+}
+
+/// Ends a step that could not end by itself (its task panicked) as `error`, recorded.
+fn fail_step(ctx: &RunCtx, id: &str, reason: &str) {
+    let bead = {
+        let state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.step(id).map(|s| s.bead.clone())
+    };
+    let Some(bead) = bead else {
+        return;
+    };
+    let _ = ctx
+        .recorder
+        .finish(&bead, Outcome::Error.as_str(), reason, reason);
+    mark(ctx, id, |s| {
+        s.status = "done".into();
+        s.outcome = Some(Outcome::Error);
+        s.reason = reason.to_string();
+        s.finished_at = Some(format_time(&now()));
+    });
+    ctx.save();
+    ctx.sink.emit(&Event::StepFinished {
+        step_id: id.to_string(),
+        outcome: Outcome::Error,
+        iterations: 0,
+        reason: reason.to_string(),
+    });
 }
 
 fn skip_step(ctx: &RunCtx, step: &Step, need: &str) {
