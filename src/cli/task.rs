@@ -137,9 +137,13 @@ pub fn run(args: TaskArgs) -> CliResult {
     } else {
         print!("{}", human(&report));
     }
+    if let Some(e) = &report.record_error {
+        eprintln!("error: {e}");
+    }
     Ok(match report.outcome {
-        Outcome::Converged => EXIT_OK,
         Outcome::Cancelled => EXIT_INTERRUPTED,
+        _ if report.record_error.is_some() => EXIT_FAILED,
+        Outcome::Converged => EXIT_OK,
         _ => EXIT_FAILED,
     })
 }
@@ -283,6 +287,7 @@ fn json(r: &TaskReport) -> serde_json::Value {
         "land": r.land,
         "worktree": r.worktree,
         "checkpoint": r.last_checkpoint,
+        "record_error": r.record_error,
     })
 }
 

@@ -61,6 +61,9 @@ pub struct TaskReport {
     /// What landing did or why it did not (with how to take the branch).
     pub land: Option<String>,
     pub last_checkpoint: Option<String>,
+    /// Set when the run's end could not be written to the ledger (the run may show as still
+    /// running); the result above is still true.
+    pub record_error: Option<String>,
 }
 
 /// Why a task could not run at all (its runs that started are still recorded).
@@ -258,9 +261,18 @@ pub async fn run_task(
         st.cost_usd = step.cost_usd;
         st.finished_at = finished_at;
     }
-    state.save(&recorder)?;
-    recorder.finish(&step_bead, step.outcome.as_str(), &notes, &close)?;
-    recorder.finish(&run_id, step.outcome.as_str(), &notes, &close)?;
+    // Each record is attempted even when one before it failed: one error must not leave the
+    // step or the run open.
+    let saved = state.save(&recorder);
+    let step_closed = recorder.finish(&step_bead, step.outcome.as_str(), &notes, &close);
+    let run_closed = recorder.finish(&run_id, step.outcome.as_str(), &notes, &close);
+    // The work is done and where it is matters more than the bookkeeping: report it anyway,
+    // with what could not be recorded.
+    let record_error = saved
+        .and(step_closed)
+        .and(run_closed)
+        .err()
+        .map(|e| format!("the result could not be recorded in the ledger: {e}"));
     sink.emit(&Event::RunFinished {
         run_id: run_id.clone(),
         outcome: step.outcome,
@@ -280,6 +292,7 @@ pub async fn run_task(
         landed,
         land,
         last_checkpoint: step.last_checkpoint,
+        record_error,
     })
 }
 
