@@ -744,3 +744,32 @@ fn three_runs_with_the_same_run_id_at_once_start_one_run() {
     assert_eq!(epics, 1);
     assert_eq!(repo.read("ran.txt").lines().count(), 1);
 }
+
+#[test]
+fn a_base_that_is_a_tag_with_land_merge_is_refused_before_running() {
+    // It ran every step, then could not land: "cannot land onto `v1`: no such local branch".
+    let repo = TempRepo::new();
+    repo.git(&["tag", "v1"]);
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        "[patrol]\nbase = \"v1\"\n[[steps]]\nid = \"a\"\nrun = \"echo a > a.txt\"\n",
+        "",
+    );
+    let out = repo.wiggum(&["run", &patrol.display().to_string(), "--repo", "."]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is not a local branch"),
+        "{}",
+        out.stderr
+    );
+    assert!(!repo.path().join(".beads").exists());
+    // With land = "branch" a tag is a fine place to start from.
+    std::fs::write(
+        &patrol,
+        "[patrol]\nbase = \"v1\"\nland = \"branch\"\n[[steps]]\nid = \"a\"\nrun = \"echo a > a.txt\"\n",
+    )
+    .unwrap();
+    let out = repo.wiggum(&["run", &patrol.display().to_string(), "--repo", "."]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

@@ -310,6 +310,14 @@ fn preflight(patrol: &Patrol, start_dir: &Path) -> Result<PathBuf, PatrolRunErro
                 "its `base` branch `{base}` does not exist there"
             )));
         }
+        let is_branch = repo.find_branch(base, git2::BranchType::Local).is_ok();
+        if patrol.land == Land::Merge && !is_branch {
+            // Found out only after every step ran, it left the work on a branch.
+            return Err(bad(format!(
+                "its `base` `{base}` is not a local branch, and land = \"merge\" lands the \
+                 work into `base`: name a branch, or use land = \"branch\""
+            )));
+        }
     }
     Ok(repo_root)
 }
