@@ -455,3 +455,46 @@ fn an_interactions_log_that_cannot_be_written_is_said_in_the_iteration_bead() {
     let d = iteration_description(&repo, j["step_id"].as_str().unwrap(), 1);
     assert!(d.contains("- interactions log: not written ("), "{d}");
 }
+
+#[test]
+fn the_beads_command_printed_after_a_task_with_repo_works_where_it_is_pasted() {
+    // It printed `wiggum beads show ID` without --repo: from another directory, no ledger.
+    let repo = TempRepo::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = common::wiggum_command()
+        .args([
+            "task",
+            "Make answer.txt say 42",
+            "--agent-command",
+            &agent("count-to-42"),
+            "--check",
+            "grep -qx 42 answer.txt",
+            "--repo",
+            repo.path().to_str().unwrap(),
+        ])
+        .current_dir(elsewhere.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("beads: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let command = line.split("   ").next().unwrap();
+    let argv = shlex::split(command).unwrap();
+    assert_eq!(argv[0], "wiggum", "{command}");
+    let shown = common::wiggum_command()
+        .args(&argv[1..])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        shown.status.code(),
+        Some(0),
+        "{command}: {}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("iteration 3"));
+}

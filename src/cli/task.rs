@@ -135,7 +135,7 @@ pub fn run(args: TaskArgs) -> CliResult {
     if args.json {
         println!("{}", json(&report));
     } else {
-        print!("{}", human(&report));
+        print!("{}", human(&report, args.repo.as_deref()));
     }
     if let Some(e) = &report.record_error {
         eprintln!("error: {e}");
@@ -291,7 +291,7 @@ fn json(r: &TaskReport) -> serde_json::Value {
     })
 }
 
-fn human(r: &TaskReport) -> String {
+fn human(r: &TaskReport, repo: Option<&std::path::Path>) -> String {
     let mut out = format!(
         "{}: {} after {} iteration{} ({})\n",
         r.run_id,
@@ -308,9 +308,19 @@ fn human(r: &TaskReport) -> String {
             r.branch, r.worktree
         )),
     }
+    // Commands that work where they are pasted: with --repo when the task was given one.
+    let repo = repo
+        .map(|p| {
+            let p = p.display().to_string();
+            format!(
+                " --repo {}",
+                shlex::try_quote(&p).map_or(p.clone(), |q| q.into_owned())
+            )
+        })
+        .unwrap_or_default();
     out.push_str(&format!(
-        "beads: wiggum beads show {}   (iterations: wiggum beads list --label wiggum:iteration)\n",
-        r.step_id
+        "beads: wiggum show {}{repo}   (its iterations: wiggum show {}.N{repo})\n",
+        r.step_id, r.step_id
     ));
     out
 }
