@@ -498,3 +498,40 @@ fn the_beads_command_printed_after_a_task_with_repo_works_where_it_is_pasted() {
     );
     assert!(String::from_utf8_lossy(&shown.stdout).contains("iteration 3"));
 }
+
+#[test]
+fn an_unknown_reviewer_is_a_usage_error_that_lists_the_reviewers() {
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&[
+        "task",
+        "Do it",
+        "--agent-command",
+        "true",
+        "--review",
+        "bogus",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--review \"bogus\" is not a reviewer")
+            && out.stderr.contains("none, self, claude-code"),
+        "{}",
+        out.stderr
+    );
+    // The hint names the flag that was wrong.
+    let out = repo.wiggum(&[
+        "task",
+        "Do it",
+        "--agent-command",
+        "true",
+        "--review-command",
+        "'x",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("hint: quote it like a shell would: --review-command"),
+        "{}",
+        out.stderr
+    );
+    assert!(beads(repo.path()).is_empty());
+}

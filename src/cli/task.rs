@@ -224,7 +224,17 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
         match args.review.as_str() {
             "none" => ReviewChoice::None,
             "self" => ReviewChoice::SelfReview,
-            other => ReviewChoice::Agent(Box::new(preset(other, None))),
+            other if REVIEW_PRESETS.contains(&other) => {
+                ReviewChoice::Agent(Box::new(preset(other, None)))
+            }
+            other => {
+                return Err(
+                    CliError::usage(format!("--review {other:?} is not a reviewer")).hint(format!(
+                        "use none, self, {}, or --review-command \"CMD ARGS\"",
+                        REVIEW_PRESETS.join(", ")
+                    )),
+                )
+            }
         }
     };
     let config = LoopConfig {
@@ -252,6 +262,9 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
     })
 }
 
+/// The agent presets `--review` takes (a command reviewer is `--review-command`).
+const REVIEW_PRESETS: [&str; 5] = ["claude-code", "codex", "gemini", "anthropic", "openai"];
+
 fn preset(name: &str, model: Option<String>) -> AgentConfig {
     AgentConfig {
         backend: name.to_string(),
@@ -262,8 +275,9 @@ fn preset(name: &str, model: Option<String>) -> AgentConfig {
 
 fn command_agent(cmd: &str, flag: &str) -> Result<AgentConfig, CliError> {
     let argv = shlex::split(cmd).filter(|v| !v.is_empty()).ok_or_else(|| {
-        CliError::usage(format!("{flag} {cmd:?} is not a command line"))
-            .hint("quote it like a shell would: --agent-command \"my-agent --flag 'two words'\"")
+        CliError::usage(format!("{flag} {cmd:?} is not a command line")).hint(format!(
+            "quote it like a shell would: {flag} \"my-agent --flag 'two words'\""
+        ))
     })?;
     Ok(AgentConfig {
         backend: "command".into(),
