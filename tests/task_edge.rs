@@ -535,3 +535,50 @@ fn an_unknown_reviewer_is_a_usage_error_that_lists_the_reviewers() {
     );
     assert!(beads(repo.path()).is_empty());
 }
+
+#[test]
+fn tasks_that_finish_together_all_land_and_the_ledger_stays_valid() {
+    // Landing was not serialized between processes: one of several tasks finishing at once
+    // was left with "main moved while the branch was being landed".
+    let repo = TempRepo::new();
+    let a = agent("write-own");
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            common::wiggum_command()
+                .args(["task", &format!("Write t{i}.txt"), "--agent-command", &a])
+                .args(["--check", "true", "--json"])
+                .env("FAKE_NAME", format!("t{i}"))
+                .current_dir(repo.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(j["landed"], true, "{j}");
+    }
+    for i in 0..6 {
+        assert_eq!(repo.read(&format!("t{i}.txt")), format!("t{i}\n"));
+    }
+    let all = beads(repo.path());
+    let ids: Vec<&str> = all.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "ids sorted and unique");
+    assert_eq!(all.len(), 18, "6 runs, 6 steps, 6 iterations");
+    for b in &all {
+        assert_eq!(b["status"] == "closed", b["closed_at"].is_string(), "{b}");
+    }
+}

@@ -184,6 +184,13 @@ pub async fn run_task(
 
     let worktree = workspace.path().display().to_string();
     let (landed, land) = if step.outcome == Outcome::Converged && opts.land {
+        // One landing at a time in a repository: two tasks finishing together both land
+        // instead of one being left because the branch moved under it.
+        let root = opts.repo_root.clone();
+        let _landing = tokio::task::spawn_blocking(move || RunLock::landing(&root))
+            .await
+            .ok()
+            .and_then(Result::ok);
         match workspace.land(None) {
             Ok(LandOutcome::FastForward { target, sha }) => (
                 true,
