@@ -92,17 +92,25 @@ impl Progress {
         }
         if self.same_failure >= self.stall_after {
             return Decision::Stalled(format!(
-                "the same failure {} rounds in a row",
-                self.same_failure
+                "the same failure {} in a row",
+                rounds(self.same_failure)
             ));
         }
         if self.unchanged >= self.stall_after {
             return Decision::Stalled(format!(
-                "no change in the worktree for {} rounds while not approved",
-                self.unchanged
+                "no change in the worktree for {} while not approved",
+                rounds(self.unchanged)
             ));
         }
         Decision::Continue
+    }
+}
+
+fn rounds(n: u32) -> String {
+    if n == 1 {
+        "1 round".into()
+    } else {
+        format!("{n} rounds")
     }
 }
 
