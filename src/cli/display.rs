@@ -95,7 +95,12 @@ impl EventSink for Display {
                 run_id,
                 name,
                 steps,
-            } => self.line(format!("run {run_id}: {name} ({} steps)", steps.len())),
+            } => self.line(format!(
+                "run {run_id}: {} ({} step{})",
+                printable(name, 200, false),
+                steps.len(),
+                if steps.len() == 1 { "" } else { "s" }
+            )),
             Event::StepStarted {
                 step_id,
                 bead_id,
