@@ -582,3 +582,25 @@ fn tasks_that_finish_together_all_land_and_the_ledger_stays_valid() {
         assert_eq!(b["status"] == "closed", b["closed_at"].is_string(), "{b}");
     }
 }
+
+#[test]
+fn a_verdict_cut_off_the_end_of_a_huge_review_is_a_rejection_that_says_so() {
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&[
+        "task",
+        "Make answer.txt say 42",
+        "--agent-command",
+        &agent("count-to-42"),
+        "--review-command",
+        &agent("huge-reply"),
+        "--max-iterations",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.code, 1, "stderr: {}", out.stderr);
+    let reason = out.json()["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("review rejected") && reason.contains("its end was not seen"),
+        "{reason}"
+    );
+}

@@ -415,6 +415,11 @@ fn over_budget(cfg: &LoopConfig, report: &StepReport, spend: &Spend) -> Option<S
 /// Git repositories the agent made inside the worktree (untracked directories with a `.git`):
 /// checkpoints leave them out, so their files are in no commit. Empty when the worktree cannot
 /// be read as a repository: the checkpoint already said so.
+/// Whether the agent backend cut the reply (its end was not read).
+fn is_truncated(reply: &Reply) -> bool {
+    reply.meta.get("stdout_truncated") == Some(&serde_json::Value::Bool(true))
+}
+
 /// Writes the worktree's `.git` file again when the agent removed it; whether it did.
 fn restore_git_file(workspace: &Workspace) -> bool {
     let dot_git = workspace.path().join(".git");
@@ -527,10 +532,7 @@ async fn iteration(
         rec.echoed = true;
         reply.text = own;
     }
-    rec.reply_truncated = reply
-        .meta
-        .get("stdout_truncated")
-        .is_some_and(|v| v == &serde_json::Value::Bool(true));
+    rec.reply_truncated = is_truncated(&reply);
     rec.promise_given = cfg
         .promise
         .as_deref()
@@ -618,6 +620,13 @@ async fn iteration(
         }
         None => parse_verdict(&reply.text),
     };
+    let verdict = verdict.map_err(|e| {
+        if is_truncated(&reply) {
+            format!("{e} (the reply was longer than wiggum reads: its end was not seen)")
+        } else {
+            e
+        }
+    });
     if let Ok(v) = &verdict {
         ctx.sink.emit(&Event::ReviewFinished {
             step_id: spec.step_id.clone(),
