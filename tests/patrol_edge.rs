@@ -743,6 +743,15 @@ fn three_runs_with_the_same_run_id_at_once_start_one_run() {
         .count();
     assert_eq!(epics, 1);
     assert_eq!(repo.read("ran.txt").lines().count(), 1);
+    // No lock file is left behind per run or per key.
+    let again = repo.wiggum(&["run", &patrol, "--repo", &repo_dir, "--run-id", "ci-7"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let left: Vec<String> = std::fs::read_dir(repo.path().join(".wiggum/locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "landing.lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

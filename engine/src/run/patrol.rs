@@ -134,7 +134,7 @@ struct RunCtx {
     worktree_lock: std::sync::Mutex<()>,
     state: std::sync::Mutex<RunState>,
     /// Held for as long as this process works on the run.
-    _lock: RunLock,
+    lock: RunLock,
     notes: Vec<String>,
 }
 
@@ -175,7 +175,7 @@ impl RunCtx {
             land_lock: tokio::sync::Mutex::new(()),
             worktree_lock: std::sync::Mutex::new(()),
             state: std::sync::Mutex::new(state),
-            _lock: shared.lock,
+            lock: shared.lock,
             notes,
         })
     }
@@ -215,6 +215,7 @@ pub async fn run_patrol(
             })?;
             if let Some(existing) = RunState::by_key(&recorder, key)? {
                 let shared = shared(recorder, sink, cancel, repo_root, &existing)?;
+                lock.remove_file();
                 drop(lock);
                 return resume_with(shared, &existing, Some((key.as_str(), &patrol))).await;
             }
@@ -261,7 +262,9 @@ pub async fn run_patrol(
     }
     state.save(&recorder)?;
     state.save_key(&recorder)?;
-    drop(key_lock);
+    if let Some(lock) = key_lock {
+        lock.remove_file();
+    }
     recorder.ledger().export()?;
 
     let integration = format!("wiggum/{run_id}");
@@ -405,6 +408,7 @@ async fn resume_with(
         }
     }
     if state.finished_at.is_some() {
+        shared.lock.remove_file();
         let mut report = report_of(&state, shared.repo_root.clone(), false, true);
         report.notes = notes;
         return Ok(report);
@@ -1091,6 +1095,8 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
     };
     state.save(&ctx.recorder)?;
     if outcome != Outcome::Cancelled {
+        // Finished: a later resume only reports it, whether or not it takes the lock.
+        ctx.lock.remove_file();
         let (iterations, tokens, cost) = state.totals();
         let notes = format!(
             "outcome: {outcome}\nreason: {reason}\niterations: {iterations}\ntokens: {tokens}\ncost: ${cost:.4}\n{}",

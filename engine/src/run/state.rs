@@ -112,17 +112,18 @@ impl RunState {
 #[derive(Debug)]
 pub struct RunLock {
     _file: std::fs::File,
+    path: PathBuf,
 }
 
 impl RunLock {
     /// Takes the lock of `run_id` in the repository at `repo_root`; `Ok(None)` when another
     /// process holds it.
     pub fn acquire(repo_root: &Path, run_id: &str) -> std::io::Result<Option<RunLock>> {
-        let file = lock_file(repo_root, run_id)?;
+        let (file, path) = lock_file(repo_root, run_id)?;
         // A `wiggum runs` probing the lock holds it for an instant: try for a moment.
         for _ in 0..20 {
             if try_lock(&file, false)? {
-                return Ok(Some(RunLock { _file: file }));
+                return Ok(Some(RunLock { _file: file, path }));
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
@@ -146,9 +147,9 @@ impl RunLock {
     /// Waits for, and takes, the repository's landing lock: runs of several wiggum processes
     /// land onto the user's branches one at a time instead of failing on git's ref locks.
     pub fn landing(repo_root: &Path) -> std::io::Result<RunLock> {
-        let file = lock_file(repo_root, "landing")?;
+        let (file, path) = lock_file(repo_root, "landing")?;
         try_lock(&file, true)?;
-        Ok(RunLock { _file: file })
+        Ok(RunLock { _file: file, path })
     }
 
     /// Waits for, and takes, the lock of an idempotency key (`--run-id`), held while the key
@@ -158,20 +159,29 @@ impl RunLock {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(key.as_bytes());
         let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let file = lock_file(repo_root, &format!("key-{name}"))?;
+        let (file, path) = lock_file(repo_root, &format!("key-{name}"))?;
         try_lock(&file, true)?;
-        Ok(RunLock { _file: file })
+        Ok(RunLock { _file: file, path })
+    }
+
+    /// Deletes the lock's file, still holding the lock, once what it guards is settled (a run
+    /// finished, a key given to its run): a process that opened the old file and takes it
+    /// after us finds that settled state, so no lock file is left behind per run or per key.
+    pub fn remove_file(&self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
-fn lock_file(repo_root: &Path, name: &str) -> std::io::Result<std::fs::File> {
+fn lock_file(repo_root: &Path, name: &str) -> std::io::Result<(std::fs::File, PathBuf)> {
     let dir = repo_root.join(".wiggum").join("locks");
     std::fs::create_dir_all(&dir)?;
-    std::fs::OpenOptions::new()
+    let path = dir.join(format!("{name}.lock"));
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(format!("{name}.lock")))
+        .open(&path)?;
+    Ok((file, path))
 }
 
 /// `flock`s `file` exclusively; with `wait`, blocks until it can (and returns true).
