@@ -604,3 +604,34 @@ fn a_verdict_cut_off_the_end_of_a_huge_review_is_a_rejection_that_says_so() {
         "{reason}"
     );
 }
+
+#[test]
+fn an_agent_writing_into_the_users_checkout_is_recorded_and_told() {
+    let repo = TempRepo::new();
+    let prompts = tempfile::tempdir().unwrap();
+    let out = repo.wiggum_env(
+        &[
+            "task",
+            "Do it",
+            "--agent-command",
+            &agent("write-outside"),
+            "--check",
+            "false",
+            "--max-iterations",
+            "2",
+            "--json",
+        ],
+        &[("FAKE_PROMPTS", prompts.path().to_str().unwrap())],
+    );
+    assert_eq!(out.code, 1, "stderr: {}", out.stderr);
+    assert_eq!(repo.read("escaped.txt"), "written from the worktree\n");
+    let j = out.json();
+    let d = iteration_description(&repo, j["step_id"].as_str().unwrap(), 1);
+    assert!(
+        d.contains("- outside the worktree: the user's checkout changed while the agent worked")
+            && d.contains("escaped.txt"),
+        "{d}"
+    );
+    let second = std::fs::read_to_string(prompts.path().join("work-2.txt")).unwrap();
+    assert!(second.contains("outside your worktree changed while you worked: escaped.txt"));
+}

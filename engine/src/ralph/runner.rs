@@ -119,6 +119,9 @@ struct IterationRecord {
     /// Untracked paths the checkpoint left out (git repositories the agent made inside the
     /// worktree): their files are in no commit.
     left_out: Vec<String>,
+    /// Paths of the user's checkout that became changed or new while the agent worked: an
+    /// agent writing outside its worktree (or the user editing at the same time).
+    outside: Vec<String>,
     /// Why the interactions log could not take this iteration's agent calls or check runs.
     log_error: Option<String>,
     /// The work or review reply repeated its prompt; that part was not read as the agent's.
@@ -415,6 +418,25 @@ fn over_budget(cfg: &LoopConfig, report: &StepReport, spend: &Spend) -> Option<S
 /// Git repositories the agent made inside the worktree (untracked directories with a `.git`):
 /// checkpoints leave them out, so their files are in no commit. Empty when the worktree cannot
 /// be read as a repository: the checkpoint already said so.
+/// The changed and new paths of the user's checkout (not the ledger's `.beads/`), to see what
+/// appears there while an agent works; `None` when it cannot be read.
+fn checkout_changes(repo_root: &std::path::Path) -> Option<std::collections::BTreeSet<String>> {
+    let repo = git2::Repository::open(repo_root).ok()?;
+    let mut opts = git2::StatusOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(false)
+        .include_ignored(false)
+        .exclude_submodules(true);
+    let statuses = repo.statuses(Some(&mut opts)).ok()?;
+    Some(
+        statuses
+            .iter()
+            .filter_map(|e| e.path().map(str::to_string))
+            .filter(|p| !p.starts_with(".beads/"))
+            .collect(),
+    )
+}
+
 /// Whether the agent backend cut the reply (its end was not read).
 fn is_truncated(reply: &Reply) -> bool {
     reply.meta.get("stdout_truncated") == Some(&serde_json::Value::Bool(true))
@@ -514,6 +536,7 @@ async fn iteration(
 
     // 1. work
     phase(ctx, n, Phase::Work);
+    let checkout_before = checkout_changes(ctx.workspace.repo_root());
     let notes = read_notes(&ctx.workspace.path().join(&ctx.notes_path));
     let prompt = work_prompt(&task, n, &notes, feedback);
     let reply = call(
@@ -528,6 +551,11 @@ async fn iteration(
     )
     .await;
     let Some(mut reply) = reply else { return };
+    if let (Some(before), Some(after)) =
+        (checkout_before, checkout_changes(ctx.workspace.repo_root()))
+    {
+        rec.outside = after.difference(&before).take(20).cloned().collect();
+    }
     if let Some(own) = without_echo(&reply.text, &prompt) {
         rec.echoed = true;
         reply.text = own;
@@ -800,6 +828,13 @@ fn feedback_of(rec: &IterationRecord, cfg: &LoopConfig) -> Feedback {
                 .into(),
         );
     }
+    if !rec.outside.is_empty() {
+        fb.notes.push(format!(
+            "These paths outside your worktree changed while you worked: {}. Work only in the \
+             current directory; files outside it are not part of your work.",
+            rec.outside.join(", ")
+        ));
+    }
     if rec.git_file_restored {
         fb.notes.push(
             "You removed the worktree's `.git` file; wiggum wrote it again. Leave it alone: \
@@ -931,6 +966,14 @@ fn describe_iteration(
         }
     }
     let _ = writeln!(d, "- diff: {stat}");
+    if !rec.outside.is_empty() {
+        let _ = writeln!(
+            d,
+            "- outside the worktree: the user's checkout changed while the agent worked \
+             (the agent wrote there, or someone edited it): {}",
+            rec.outside.join(", ")
+        );
+    }
     if let Some(e) = &rec.log_error {
         let _ = writeln!(
             d,
