@@ -635,3 +635,19 @@ fn an_agent_writing_into_the_users_checkout_is_recorded_and_told() {
     let second = std::fs::read_to_string(prompts.path().join("work-2.txt")).unwrap();
     assert!(second.contains("outside your worktree changed while you worked: escaped.txt"));
 }
+
+#[test]
+fn a_budget_a_command_agent_can_never_reach_is_refused() {
+    // A command agent reports no usage or cost: --max-cost was silently no limit at all.
+    let repo = TempRepo::new();
+    for flag in ["--max-cost=1", "--max-tokens=1000"] {
+        let out = repo.wiggum(&["task", "Do it", "--agent-command", "true", flag]);
+        assert_eq!(out.code, 2, "{flag}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("cannot be enforced"),
+            "{flag}: {}",
+            out.stderr
+        );
+    }
+    assert!(beads(repo.path()).is_empty());
+}

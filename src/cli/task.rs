@@ -237,6 +237,26 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
             }
         }
     };
+    // A command agent reports no usage and no cost: a budget only it could spend would never
+    // be reached, which is no budget at all.
+    let reports_nothing = |c: &AgentConfig| c.backend == "command";
+    let reviewer_reports = match &review {
+        ReviewChoice::Agent(cfg) => !reports_nothing(cfg),
+        _ => false,
+    };
+    if reports_nothing(&worker) && !reviewer_reports {
+        for (flag, set) in [
+            ("--max-cost", args.max_cost.is_some()),
+            ("--max-tokens", args.max_tokens.is_some()),
+        ] {
+            if set {
+                return Err(CliError::usage(format!(
+                    "{flag} cannot be enforced: an --agent-command reports no usage or cost"
+                ))
+                .hint("use --timeout and --max-iterations to bound it, or an agent preset that reports its spend"));
+            }
+        }
+    }
     let config = LoopConfig {
         max_iterations: args.max_iterations,
         checks: args.checks.clone(),
