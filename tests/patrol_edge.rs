@@ -782,3 +782,76 @@ fn a_base_that_is_a_tag_with_land_merge_is_refused_before_running() {
     let out = repo.wiggum(&["run", &patrol.display().to_string(), "--repo", "."]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+#[test]
+fn resume_of_a_step_whose_loop_had_converged_does_not_run_its_agent_again() {
+    // Killed between a step's converging iteration and the save of its end, resume ran the
+    // agent for one more iteration (more cost, and work that may differ).
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let go = defs.path().join("go");
+    let started = defs.path().join("started");
+    let patrol = write_patrol(
+        defs.path(),
+        &format!(
+            r#"
+[patrol]
+name = "converged-then-killed"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "a"
+prompt = "append a line"
+[steps.loop]
+checks = ["test -f a.txt"]
+[[steps]]
+id = "wait"
+needs = ["a"]
+run = "touch {started}; while [ ! -f {go} ]; do sleep 0.05; done"
+"#,
+            started = started.display(),
+            go = go.display()
+        ),
+        r#"
+[[work]]
+step = "a"
+reply = "appended"
+[[work.edits]]
+path = "a.txt"
+append = "a\n"
+"#,
+    );
+    let repo_dir = repo.path().display().to_string();
+    let child = spawn_wiggum(
+        &["run", &patrol.display().to_string(), "--repo", &repo_dir],
+        repo.path(),
+    );
+    wait_for("step `wait` to start", || started.exists());
+    kill(child);
+    let run_id = last_run_id(&repo);
+    // As if the kill came before step `a`'s end was saved.
+    {
+        let ledger = wiggum_engine::ledger::Ledger::open(repo.path()).unwrap();
+        let recorder = wiggum_engine::run::Recorder::new(ledger);
+        let mut state = wiggum_engine::run::RunState::load(&recorder, &run_id)
+            .unwrap()
+            .unwrap();
+        let a = state.step_mut("a").unwrap();
+        a.status = "running".into();
+        a.outcome = None;
+        a.finished_at = None;
+        state.save(&recorder).unwrap();
+    }
+    std::fs::write(&go, "").unwrap();
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let r = out.json();
+    assert_eq!(step(&r, "a")["outcome"], "converged");
+    assert_eq!(step(&r, "a")["iterations"], 1);
+    assert_eq!(repo.read("a.txt"), "a\n", "the agent worked once");
+}

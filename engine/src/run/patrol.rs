@@ -834,6 +834,15 @@ async fn run_agent_step(
         worktree: Some(ws.path().display().to_string()),
     });
     let start = start_point(ctx, &st.bead)?;
+    if let Some((outcome, reason)) = ended_loop(ctx, &st.bead)? {
+        // The loop had ended (a process killed between its last iteration and the merge):
+        // finish the step as it ended instead of running the agent again.
+        st.iterations = start.done;
+        if outcome != Outcome::Converged {
+            return Ok((outcome, reason));
+        }
+        return merge_step(ctx, ws).await.map(|()| (outcome, reason));
+    }
     let spec = StepSpec {
         run_id: ctx.run_id.clone(),
         step_id: step.id.clone(),
@@ -899,6 +908,24 @@ impl EventSink for StepProgress<'_> {
         }
         self.ctx.sink.emit(event);
     }
+}
+
+/// How a step's loop ended, when its last closed iteration says it did (`converged`,
+/// `stalled: ...`, ...; a cancelled iteration does not end it).
+fn ended_loop(ctx: &RunCtx, step_bead: &str) -> Result<Option<(Outcome, String)>, String> {
+    let iterations = ctx
+        .recorder
+        .iterations(step_bead)
+        .map_err(|e| format!("ledger: {e}"))?;
+    let Some(last) = iterations.iter().rev().find(|b| b.status == Status::Closed) else {
+        return Ok(None);
+    };
+    let reason = last.close_reason.clone().unwrap_or_default();
+    let word = reason.split(':').next().unwrap_or("").trim();
+    Ok(match Outcome::parse(word) {
+        Some(Outcome::Cancelled) | Some(Outcome::Skipped) | None => None,
+        Some(outcome) => Some((outcome, reason)),
+    })
 }
 
 /// Where a step's loop starts: after the iterations already closed in the ledger.
