@@ -276,7 +276,10 @@ pub async fn run_loop(
         };
         let (decision, outcome): (String, Option<Outcome>) = if let Some(kind) = interrupted {
             match kind {
-                Outcome::Cancelled => ("cancelled by the user (Ctrl-C)".into(), Some(kind)),
+                Outcome::Cancelled => (
+                    "cancelled by the user (Ctrl-C, SIGTERM or SIGHUP)".into(),
+                    Some(kind),
+                ),
                 _ => (
                     format!("timeout: {}", limit_reached()),
                     Some(Outcome::Timeout),
