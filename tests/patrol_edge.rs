@@ -260,6 +260,11 @@ fn resume_from_another_directory_after_the_patrol_file_was_edited_goes_on_as_it_
     let r = out.json();
     assert_eq!(r["outcome"], "converged");
     assert_eq!(r["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(r["landed"], true, "{r}");
+    assert!(
+        r["land"].as_str().unwrap().starts_with("landed on main"),
+        "{r}"
+    );
     let notes = r["notes"].to_string();
     assert!(notes.contains("changed since run"), "{notes}");
     assert_eq!(repo.read("wait.txt"), "waited\n");
@@ -647,7 +652,8 @@ fn a_run_that_changes_nothing_says_there_is_nothing_to_land() {
         "--json",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let landed = out.json()["landed"].as_str().unwrap().to_string();
+    assert_eq!(out.json()["landed"], false);
+    let landed = out.json()["land"].as_str().unwrap().to_string();
     assert!(landed.contains("nothing to land"), "{landed}");
     assert_eq!(repo.git(&["rev-parse", "HEAD"]), head);
 }
@@ -695,6 +701,7 @@ fn land_none_keeps_nothing_but_the_ledger_and_land_branch_keeps_the_run_branch()
         ]);
         assert_eq!(out.code, 0, "{}", out.stderr);
         let run_id = out.json()["run_id"].as_str().unwrap().to_string();
+        assert_eq!(out.json()["landed"], false, "land = {land}");
         assert!(!repo.path().join("a.txt").exists(), "land = {land} landed");
         let branches = repo.git(&["branch", "--list", "wiggum/*"]);
         assert_eq!(

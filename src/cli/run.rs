@@ -161,7 +161,9 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                 "tokens": r.tokens,
                 "cost_usd": usd(r.cost_usd),
                 "branch": r.branch,
-                "landed": r.landed,
+                // As `wiggum task --json`: whether the work is on `base`, and what happened.
+                "landed": r.landed_onto_base,
+                "land": r.landed,
                 "resumed": r.resumed,
                 "already_finished": r.already_finished,
                 "notes": r.notes,

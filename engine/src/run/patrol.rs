@@ -46,7 +46,10 @@ pub struct PatrolReport {
     pub reason: String,
     pub steps: Vec<(String, StepState)>,
     pub branch: String,
+    /// What happened to the work (`landed on main (...)`, `left on branch ...`, ...).
     pub landed: Option<String>,
+    /// The work was landed onto `base` (a fast-forward or a merge).
+    pub landed_onto_base: bool,
     pub iterations: u32,
     pub tokens: u64,
     pub cost_usd: f64,
@@ -1061,6 +1064,7 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
         run_outcome(&state, ctx.cancel.is_cancelled())
     };
     let mut landed = None;
+    let mut onto_base = false;
     if outcome == Outcome::Converged {
         let ws = Workspace::open(&ctx.repo_root, &ctx.run_id, &ctx.integration)?;
         // Other wiggum processes may be landing in this repository too: one at a time.
@@ -1087,6 +1091,7 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
             }
             Land::Merge => match ws.land(ctx.patrol.base.as_deref()) {
                 Ok(l @ (LandOutcome::FastForward { .. } | LandOutcome::Merged { .. })) => {
+                    onto_base = true;
                     let text = l.to_string();
                     let _ = ws.remove();
                     text
@@ -1118,6 +1123,7 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
         state.outcome = Some(outcome);
         state.reason = reason.clone();
         state.landed = landed.clone();
+        state.landed_onto_base = onto_base;
         state.clone()
     };
     state.save(&ctx.recorder)?;
@@ -1197,6 +1203,7 @@ fn report_of(state: &RunState, repo: PathBuf, resumed: bool, already: bool) -> P
         steps: state.steps.clone(),
         branch: state.branch.clone().unwrap_or_default(),
         landed: state.landed.clone(),
+        landed_onto_base: state.landed_onto_base,
         iterations,
         tokens,
         cost_usd,

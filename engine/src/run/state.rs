@@ -51,6 +51,9 @@ pub struct RunState {
     pub outcome: Option<Outcome>,
     pub reason: String,
     pub landed: Option<String>,
+    /// The work was landed onto `base` (a fast-forward or a merge), not left on a branch.
+    #[serde(default)]
+    pub landed_onto_base: bool,
     /// Steps in patrol order.
     pub steps: Vec<(String, StepState)>,
 }
