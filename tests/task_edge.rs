@@ -651,3 +651,75 @@ fn a_budget_a_command_agent_can_never_reach_is_refused() {
     }
     assert!(beads(repo.path()).is_empty());
 }
+
+#[test]
+fn a_task_lands_on_the_branch_it_started_from_after_the_user_switched_branches() {
+    // It landed on whatever was checked out at the end: the user's other branch got the work.
+    let repo = TempRepo::new();
+    repo.git(&["branch", "feature"]);
+    let marker = repo.path().join(".switch-now");
+    let agent = format!(
+        "sh -c 'cat >/dev/null; touch {}; sleep 2; echo 42 > answer.txt; echo done'",
+        marker.display()
+    );
+    let mut child = common::wiggum_command()
+        .args([
+            "task",
+            "Write answer.txt",
+            "--agent-command",
+            &agent,
+            "--json",
+        ])
+        .current_dir(repo.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    repo.git(&["checkout", "-q", "feature"]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["landed"], true, "{j}");
+    assert!(j["land"].as_str().unwrap().contains(" main "), "{j}");
+    assert_eq!(repo.git(&["show", "main:answer.txt"]), "42\n");
+    assert!(repo
+        .git(&["ls-tree", "--name-only", "feature"])
+        .lines()
+        .all(|l| l != "answer.txt"));
+    assert_eq!(repo.git(&["branch", "--show-current"]).trim(), "feature");
+}
+
+#[test]
+fn a_task_started_on_a_detached_head_is_left_even_if_a_branch_is_checked_out_later() {
+    let repo = TempRepo::new();
+    repo.git(&["checkout", "-q", "--detach"]);
+    let out = repo.wiggum(&[
+        "task",
+        "Make answer.txt say 42",
+        "--agent-command",
+        &agent("count-to-42"),
+        "--check",
+        "grep -qx 42 answer.txt",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let j = out.json();
+    assert_eq!(j["landed"], false);
+    let land = j["land"].as_str().unwrap();
+    assert!(
+        land.contains("HEAD was detached when the task started")
+            && land.contains("git merge wiggum/"),
+        "{land}"
+    );
+}

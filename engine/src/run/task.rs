@@ -132,6 +132,10 @@ pub async fn run_task(
         ..RunState::default()
     };
     state.save(&recorder)?;
+    // The work starts from this branch, and lands back on it even if you check out another one
+    // meanwhile (landing on "whatever is checked out at the end" merged it into that other
+    // branch). `None` on a detached HEAD: the branch is left, with how to take it.
+    let home = checked_out_branch(&opts.repo_root);
     let workspace = match Workspace::create(&opts.repo_root, &run_id, &branch, None) {
         Ok(ws) => ws,
         Err(e) => {
@@ -183,7 +187,15 @@ pub async fn run_task(
     });
 
     let worktree = workspace.path().display().to_string();
-    let (landed, land) = if step.outcome == Outcome::Converged && opts.land {
+    let (landed, land) = if step.outcome == Outcome::Converged && opts.land && home.is_none() {
+        (
+            false,
+            Some(format!(
+                "left on {branch}: HEAD was detached when the task started, so there is no branch \
+                 to land on; check out the branch it should go on, then run `git merge {branch}`"
+            )),
+        )
+    } else if step.outcome == Outcome::Converged && opts.land {
         // One landing at a time in a repository: two tasks finishing together both land
         // instead of one being left because the branch moved under it.
         let root = opts.repo_root.clone();
@@ -191,7 +203,7 @@ pub async fn run_task(
             .await
             .ok()
             .and_then(Result::ok);
-        match workspace.land(None) {
+        match workspace.land(home.as_deref()) {
             Ok(LandOutcome::FastForward { target, sha }) => (
                 true,
                 Some(format!("fast-forwarded {target} to {}", short(&sha))),
@@ -301,6 +313,16 @@ pub async fn run_task(
         last_checkpoint: step.last_checkpoint,
         record_error,
     })
+}
+
+/// The branch checked out in the repository at `repo_root`, if HEAD is on one.
+fn checked_out_branch(repo_root: &std::path::Path) -> Option<String> {
+    let repo = git2::Repository::open(repo_root).ok()?;
+    let head = repo.head().ok()?;
+    if !head.is_branch() {
+        return None;
+    }
+    head.shorthand().map(str::to_string)
 }
 
 /// How long a task run may be recorded as running without holding its lock before it counts
