@@ -662,7 +662,7 @@ fn a_task_lands_on_the_branch_it_started_from_after_the_user_switched_branches()
         "sh -c 'cat >/dev/null; touch {}; sleep 2; echo 42 > answer.txt; echo done'",
         marker.display()
     );
-    let mut child = common::wiggum_command()
+    let child = common::wiggum_command()
         .args([
             "task",
             "Write answer.txt",

@@ -205,8 +205,9 @@ pub async fn run_loop(
         let step_left = cfg.timeout.map(|t| t.saturating_sub(started.elapsed()));
         if step_left == Some(Duration::ZERO) {
             let reason = format!(
-                "the step's time limit ({}) was reached",
-                wiggum_agents::format_duration(cfg.timeout.unwrap_or_default())
+                "timeout: the step's time limit ({}) was reached after iteration {}",
+                wiggum_agents::format_duration(cfg.timeout.unwrap_or_default()),
+                n - 1
             );
             return stop(report, Outcome::Timeout, reason);
         }
