@@ -862,3 +862,65 @@ append = "a\n"
     assert_eq!(step(&r, "a")["iterations"], 1);
     assert_eq!(repo.read("a.txt"), "a\n", "the agent worked once");
 }
+
+#[test]
+fn the_demo_interrupted_by_ctrl_c_while_fixing_the_tests_resumes_to_converged() {
+    // The demo says "continue it: wiggum resume RUN"; doing so failed: the story had no entry
+    // for the iterations after the interrupted one.
+    let tmp = tempfile::tempdir().unwrap();
+    let child = wiggum_command()
+        .args(["run", "workflows/demo.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sandbox = || {
+        std::fs::read_dir(tmp.path())
+            .ok()?
+            .flatten()
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("wiggum-sandbox-")
+            })
+            .map(|e| e.path())
+    };
+    wait_for("iteration 1 of fix-tests", || {
+        sandbox().is_some_and(|dir| {
+            beads(&dir)
+                .iter()
+                .any(|b| b["title"] == "iteration 1" && b["status"] == "closed")
+        })
+    });
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() == Some(0) {
+        return; // a very fast machine finished first: nothing to resume
+    }
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("continue it: wiggum "))
+        .unwrap_or_else(|| panic!("no way to continue in {stdout}"))
+        .to_string();
+    let args: Vec<&str> = line.split_whitespace().chain(["--json"]).collect();
+    let resumed = wiggum_command()
+        .args(&args)
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&resumed.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&resumed.stderr)));
+    assert_eq!(resumed.status.code(), Some(0), "{json:#}");
+    assert_eq!(json["outcome"], "converged");
+    let dir = sandbox().unwrap();
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert_eq!(readme.matches("## Functions").count(), 1, "{readme}");
+}

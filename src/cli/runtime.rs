@@ -26,9 +26,12 @@ where
     let display = Arc::new(Display::new(quiet));
     let cancel = Cancel::new();
     let result = runtime.block_on(async {
+        // Listening from here on, before the run starts: a signal in the first milliseconds
+        // must cancel the run too, not kill the process half-way through recording it.
+        let mut signals = Signals::new();
         let watcher = cancel.clone();
         tokio::spawn(async move {
-            let Some(name) = interrupted().await else {
+            let Some(name) = signals.next().await else {
                 return;
             };
             eprintln!(
@@ -36,7 +39,7 @@ where
                  (Ctrl-C again to quit at once)"
             );
             watcher.cancel();
-            if interrupted().await.is_some() {
+            if signals.next().await.is_some() {
                 std::process::exit(EXIT_INTERRUPTED);
             }
         });
@@ -46,25 +49,59 @@ where
     Ok(result)
 }
 
-/// Waits for Ctrl-C, SIGTERM or SIGHUP and names it; `None` when no signal can be watched.
-async fn interrupted() -> Option<&'static str> {
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP, listened to from its creation on.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C");
-        };
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.ok().map(|()| "Ctrl-C"),
-            _ = term.recv() => Some("SIGTERM"),
-            _ = hup.recv() => Some("SIGHUP"),
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Must be called within the runtime.
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C")
+
+    /// The next signal's name; `None` when no signal can be watched.
+    async fn next(&mut self) -> Option<&'static str> {
+        #[cfg(unix)]
+        {
+            if self.int.is_none() && self.term.is_none() && self.hup.is_none() {
+                return None;
+            }
+            tokio::select! {
+                Some(()) = recv(&mut self.int) => Some("Ctrl-C"),
+                Some(()) = recv(&mut self.term) => Some("SIGTERM"),
+                Some(()) = recv(&mut self.hup) => Some("SIGHUP"),
+                else => None,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C")
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
