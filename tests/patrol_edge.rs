@@ -481,7 +481,7 @@ fn runs_show_and_resume_in_a_repository_without_a_ledger_create_nothing() {
 }
 
 #[test]
-fn a_var_without_a_name_is_refused() {
+fn a_var_without_a_name_or_an_empty_run_id_is_refused() {
     let repo = TempRepo::new();
     let defs = tempfile::tempdir().unwrap();
     let patrol = write_patrol(
@@ -492,6 +492,11 @@ fn a_var_without_a_name_is_refused() {
     let out = repo.wiggum(&["run", &patrol.display().to_string(), "--var", "=3"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("has no name"), "{}", out.stderr);
+    // An empty --run-id (an unset CI variable, say) names no run.
+    let out = repo.wiggum(&["run", &patrol.display().to_string(), "--run-id", ""]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--run-id is empty"), "{}", out.stderr);
+    assert!(!repo.path().join(".beads").exists());
 }
 
 #[test]

@@ -50,6 +50,10 @@ pub struct RunArgs {
 /// Runs `wiggum run`.
 pub fn run(args: RunArgs) -> CliResult {
     let vars = parse_vars(&args.vars)?;
+    if args.run_id.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        return Err(CliError::usage("--run-id is empty")
+            .hint("give the key that names this run, e.g. --run-id ci-$BUILD_ID"));
+    }
     let patrol = wiggum_engine::patrol::load(&args.patrol, &vars).map_err(|e| {
         CliError::usage(format!(
             "{} is not a valid patrol:\n{e}",
