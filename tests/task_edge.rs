@@ -723,3 +723,36 @@ fn a_task_started_on_a_detached_head_is_left_even_if_a_branch_is_checked_out_lat
         "{land}"
     );
 }
+
+#[test]
+fn a_worktree_that_cannot_be_made_ends_the_task_as_an_error_with_a_json_result() {
+    // `--json` printed nothing, and the beads were closed with a reason bd does not read as
+    // a failure.
+    let repo = TempRepo::new();
+    repo.write(
+        ".wiggum/worktrees",
+        "a file where the worktrees directory goes\n",
+    );
+    let out = repo.wiggum(&["task", "Do it", "--agent-command", "true", "--json"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let j = out.json();
+    assert_eq!(j["outcome"], "error");
+    assert!(j["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("could not create the worktree"));
+    assert!(j["worktree"].is_null() && j["branch"].is_null(), "{j}");
+    for b in beads(repo.path()) {
+        assert_eq!(b["status"], "closed");
+        assert!(
+            b["close_reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("failed: could not create"),
+            "{b}"
+        );
+    }
+    let out = repo.wiggum(&["task", "Do it", "--agent-command", "true"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("no work was done"), "{}", out.stdout);
+}

@@ -316,10 +316,11 @@ fn json(r: &TaskReport) -> serde_json::Value {
         "tokens": r.tokens,
         "usage": r.usage,
         "cost_usd": r.cost_usd,
-        "branch": r.branch,
+        // Stopped before its worktree (and branch) existed: nothing to point at.
+        "branch": (!r.worktree.is_empty()).then_some(&r.branch),
         "landed": r.landed,
         "land": r.land,
-        "worktree": r.worktree,
+        "worktree": (!r.worktree.is_empty()).then_some(&r.worktree),
         "checkpoint": r.last_checkpoint,
         "record_error": r.record_error,
     })
@@ -335,9 +336,11 @@ fn human(r: &TaskReport, repo: Option<&std::path::Path>) -> String {
         super::display::printable(&r.reason, 2000, true)
     );
     out.push_str(&format!("tokens: {}, cost: ${:.4}\n", r.tokens, r.cost_usd));
-    match (&r.land, r.landed) {
+    match (&r.land, r.worktree.is_empty()) {
         (Some(land), _) => out.push_str(&format!("{land}\n")),
-        (None, _) => out.push_str(&format!(
+        // It stopped before it had a worktree: there is no work to point at.
+        (None, true) => out.push_str("no work was done\n"),
+        (None, false) => out.push_str(&format!(
             "the work so far is on branch {} (worktree {})\n",
             r.branch, r.worktree
         )),

@@ -139,10 +139,44 @@ pub async fn run_task(
     let workspace = match Workspace::create(&opts.repo_root, &run_id, &branch, None) {
         Ok(ws) => ws,
         Err(e) => {
-            let reason = format!("error: could not create the worktree: {e}");
-            let _ = recorder.finish(&step_bead, "error", &reason, &reason);
-            let _ = recorder.finish(&run_id, "error", &reason, &reason);
-            return Err(e.into());
+            // The run is recorded, so it ends like any other: closed, and reported (with
+            // `--json` too), not as a bare error.
+            let reason = format!("could not create the worktree: {e}");
+            let close = close_reason(Outcome::Error, &reason);
+            let finished_at = Some(format_time(&now()));
+            state.finished_at = finished_at.clone();
+            state.outcome = Some(Outcome::Error);
+            state.reason = reason.clone();
+            if let Some(st) = state.step_mut(TASK_STEP) {
+                st.status = "done".into();
+                st.outcome = Some(Outcome::Error);
+                st.reason = reason.clone();
+                st.finished_at = finished_at;
+            }
+            let saved = state.save(&recorder);
+            let step_closed = recorder.finish(&step_bead, "error", &reason, &close);
+            let run_closed = recorder.finish(&run_id, "error", &reason, &close);
+            let record_error = saved
+                .and(step_closed)
+                .and(run_closed)
+                .err()
+                .map(|e| format!("the result could not be recorded in the ledger: {e}"));
+            return Ok(TaskReport {
+                run_id,
+                step_id: step_bead,
+                outcome: Outcome::Error,
+                reason,
+                iterations: 0,
+                tokens: 0,
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                branch,
+                worktree: String::new(),
+                landed: false,
+                land: None,
+                last_checkpoint: None,
+                record_error,
+            });
         }
     };
     sink.emit(&Event::RunStarted {
