@@ -2,7 +2,7 @@
 //!
 //! `runner.rs` drives one step; `progress.rs` decides convergence and stalls; `prompt.rs`
 //! builds each call's prompt fresh; `reply.rs` reads verdicts and tags; `checks.rs` runs the
-//! check commands.
+//! check commands; `watch.rs` sees what an agent did to its worktree and around it.
 
 pub mod checks;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod prompt;
 pub mod reply;
 pub mod runner;
 pub mod text;
+pub mod watch;
 
 pub use config::{LoopConfig, ReviewMode};
 pub use outcome::Outcome;

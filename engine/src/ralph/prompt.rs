@@ -190,6 +190,32 @@ pub fn review_prompt(
     p
 }
 
+/// The end of the notes file as the prompt shows it: at most [`NOTES_BYTES`] with the marker,
+/// read from its end (an agent may leave megabytes there), invalid UTF-8 replaced. Empty when
+/// there is no file.
+pub fn read_notes(path: &std::path::Path) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Room for the marker, so the prompt does not cut it again.
+    let keep = (NOTES_BYTES - 64) as u64;
+    let skip = len.saturating_sub(keep);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(skip)).is_err() || file.take(keep).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    if skip == 0 {
+        return text.into_owned();
+    }
+    // Start at a line, not in the middle of one (or of a character).
+    let text = text.split_once('\n').map_or(&*text, |(_, rest)| rest);
+    format!("[… {} earlier bytes cut]\n{text}", len - text.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +270,27 @@ mod tests {
         );
         assert!(p.contains("\"approved\""));
         assert!(p.contains("iteration 3"));
+    }
+
+    #[test]
+    fn megabytes_of_notes_are_read_from_their_end_and_fit_the_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.md");
+        let mut text = "old line\n".repeat(120_000);
+        text.push_str("- the freshest note\n");
+        std::fs::write(&path, &text).unwrap();
+        let notes = read_notes(&path);
+        assert!(notes.len() <= NOTES_BYTES, "{}", notes.len());
+        assert!(notes.starts_with("[… ") && notes.ends_with("- the freshest note\n"));
+        assert!(notes.contains("\nold line\n"));
+        assert_eq!(read_notes(&dir.path().join("missing.md")), "");
+    }
+
+    #[test]
+    fn notes_that_are_not_utf8_are_shown_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.md");
+        std::fs::write(&path, b"caf\xe9 is fixed\n").unwrap();
+        assert_eq!(read_notes(&path), "caf\u{fffd} is fixed\n");
     }
 }

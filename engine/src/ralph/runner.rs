@@ -11,9 +11,10 @@ use wiggum_agents::{Agent, AgentError, Reply, Request, Role, Usage};
 use super::checks::{run_checks, CheckResult};
 use super::progress::{signature, Decision, Progress, Round};
 use super::prompt::{
-    review_prompt, work_prompt, FailedCheck, Feedback, TaskText, DIFF_BYTES, NOTES_BYTES,
+    read_notes, review_prompt, work_prompt, FailedCheck, Feedback, TaskText, DIFF_BYTES,
 };
 use super::reply::{asks_split, gives_promise, parse_verdict, summary_line, without_echo};
+use super::watch::{checkout_changes, nested_repos, restore_git_file};
 use super::{LoopConfig, Outcome};
 use crate::events::{Event, EventSink, Phase};
 use crate::run::cancel::Cancel;
@@ -419,93 +420,9 @@ fn over_budget(cfg: &LoopConfig, report: &StepReport, spend: &Spend) -> Option<S
     None
 }
 
-/// Git repositories the agent made inside the worktree (untracked directories with a `.git`):
-/// checkpoints leave them out, so their files are in no commit. Empty when the worktree cannot
-/// be read as a repository: the checkpoint already said so.
-/// The changed and new paths of the user's checkout (not the ledger's `.beads/`), to see what
-/// appears there while an agent works; `None` when it cannot be read.
-fn checkout_changes(repo_root: &std::path::Path) -> Option<std::collections::BTreeSet<String>> {
-    let repo = git2::Repository::open(repo_root).ok()?;
-    let mut opts = git2::StatusOptions::new();
-    opts.include_untracked(true)
-        .recurse_untracked_dirs(false)
-        .include_ignored(false)
-        .exclude_submodules(true);
-    let statuses = repo.statuses(Some(&mut opts)).ok()?;
-    Some(
-        statuses
-            .iter()
-            .filter_map(|e| e.path().map(str::to_string))
-            .filter(|p| !p.starts_with(".beads/"))
-            .collect(),
-    )
-}
-
 /// Whether the agent backend cut the reply (its end was not read).
 fn is_truncated(reply: &Reply) -> bool {
     reply.meta.get("stdout_truncated") == Some(&serde_json::Value::Bool(true))
-}
-
-/// Writes the worktree's `.git` file again when the agent removed it; whether it did.
-fn restore_git_file(workspace: &Workspace) -> bool {
-    let dot_git = workspace.path().join(".git");
-    if dot_git.symlink_metadata().is_ok() {
-        return false;
-    }
-    let Ok(main) = git2::Repository::open(workspace.repo_root()) else {
-        return false;
-    };
-    let admin = main.commondir().join("worktrees").join(workspace.name());
-    admin.is_dir() && std::fs::write(&dot_git, format!("gitdir: {}\n", admin.display())).is_ok()
-}
-
-pub(crate) fn nested_repos(worktree: &std::path::Path) -> Vec<String> {
-    let Ok(repo) = git2::Repository::open(worktree) else {
-        return Vec::new();
-    };
-    let mut opts = git2::StatusOptions::new();
-    // Recursing finds a repository under a new directory (vendor/lib/); git does not go into
-    // the repository itself, and right after a checkpoint little else is untracked.
-    opts.include_untracked(true)
-        .recurse_untracked_dirs(true)
-        .include_ignored(false)
-        .exclude_submodules(true);
-    let Ok(statuses) = repo.statuses(Some(&mut opts)) else {
-        return Vec::new();
-    };
-    statuses
-        .iter()
-        .filter(|e| e.status().contains(git2::Status::WT_NEW))
-        .filter_map(|e| e.path().map(str::to_string))
-        .filter(|p| p.ends_with('/') && worktree.join(p).join(".git").exists())
-        .take(20)
-        .collect()
-}
-
-/// The end of the notes file as the prompt shows it: at most [`NOTES_BYTES`] with the marker,
-/// read from its end (an agent may leave megabytes there), invalid UTF-8 replaced. Empty when
-/// there is no file.
-fn read_notes(path: &std::path::Path) -> String {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    // Room for the marker, so the prompt does not cut it again.
-    let keep = (NOTES_BYTES - 64) as u64;
-    let skip = len.saturating_sub(keep);
-    let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(skip)).is_err() || file.take(keep).read_to_end(&mut bytes).is_err()
-    {
-        return String::new();
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    if skip == 0 {
-        return text.into_owned();
-    }
-    // Start at a line, not in the middle of one (or of a character).
-    let text = text.split_once('\n').map_or(&*text, |(_, rest)| rest);
-    format!("[… {} earlier bytes cut]\n{text}", len - text.len() as u64)
 }
 
 fn ensure_notes(workspace: &Workspace, rel: &str) -> Result<(), String> {
@@ -1021,31 +938,4 @@ fn describe_iteration(
         wiggum_agents::format_duration(duration)
     );
     d
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn megabytes_of_notes_are_read_from_their_end_and_fit_the_prompt() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notes.md");
-        let mut text = "old line\n".repeat(120_000);
-        text.push_str("- the freshest note\n");
-        std::fs::write(&path, &text).unwrap();
-        let notes = read_notes(&path);
-        assert!(notes.len() <= NOTES_BYTES, "{}", notes.len());
-        assert!(notes.starts_with("[… ") && notes.ends_with("- the freshest note\n"));
-        assert!(notes.contains("\nold line\n"));
-        assert_eq!(read_notes(&dir.path().join("missing.md")), "");
-    }
-
-    #[test]
-    fn notes_that_are_not_utf8_are_shown_not_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notes.md");
-        std::fs::write(&path, b"caf\xe9 is fixed\n").unwrap();
-        assert_eq!(read_notes(&path), "caf\u{fffd} is fixed\n");
-    }
 }

@@ -457,7 +457,7 @@ pub fn close_reason(outcome: Outcome, reason: &str) -> String {
 /// tracked files changed since the last checkpoint (by a check). New untracked files (build
 /// output) are not counted. A worktree that cannot be read is counted as having some.
 fn unsaved_work(workspace: &Workspace) -> Vec<String> {
-    let mut out = crate::ralph::runner::nested_repos(workspace.path());
+    let mut out = crate::ralph::watch::nested_repos(workspace.path());
     let Ok(repo) = git2::Repository::open(workspace.path()) else {
         return vec![format!("{} (unreadable)", workspace.path().display())];
     };
