@@ -756,3 +756,19 @@ fn a_worktree_that_cannot_be_made_ends_the_task_as_an_error_with_a_json_result()
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("no work was done"), "{}", out.stdout);
 }
+
+#[test]
+fn a_finished_task_leaves_no_lock_file_behind() {
+    let repo = TempRepo::new();
+    let out = repo.wiggum(&["task", "Do it", "--agent-command", "true", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let locks = repo.path().join(".wiggum/locks");
+    let left: Vec<String> = std::fs::read_dir(&locks)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("wg-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -109,7 +109,13 @@ pub async fn run_task(
     let run_id = recorder.start_run(&title, &describe_task(&opts, &*worker, &config))?;
     // Held while this process runs the task: a later `wiggum task` that finds the lock free
     // knows the process is gone (see `close_abandoned_tasks`).
-    let _lock = RunLock::acquire(&opts.repo_root, &run_id).ok().flatten();
+    let lock = RunLock::acquire(&opts.repo_root, &run_id).ok().flatten();
+    // Once the run is closed nothing needs its lock file: none is left behind per task.
+    let settled = |lock: &Option<RunLock>| {
+        if let Some(lock) = lock {
+            lock.remove_file();
+        }
+    };
     let step_bead = recorder.create_step(&run_id, TASK_STEP, &title, &opts.prompt)?;
     recorder.set_in_progress(&step_bead)?;
     let branch = format!("wiggum/{run_id}");
@@ -161,6 +167,9 @@ pub async fn run_task(
                 .and(run_closed)
                 .err()
                 .map(|e| format!("the result could not be recorded in the ledger: {e}"));
+            if record_error.is_none() {
+                settled(&lock);
+            }
             return Ok(TaskReport {
                 run_id,
                 step_id: step_bead,
@@ -326,6 +335,9 @@ pub async fn run_task(
         .and(run_closed)
         .err()
         .map(|e| format!("the result could not be recorded in the ledger: {e}"));
+    if record_error.is_none() {
+        settled(&lock);
+    }
     sink.emit(&Event::RunFinished {
         run_id: run_id.clone(),
         outcome: step.outcome,
@@ -383,11 +395,21 @@ fn close_abandoned_tasks(recorder: &Recorder, repo_root: &std::path::Path) {
         if state.kind != "task" || state.finished_at.is_some() || young {
             continue;
         }
-        let Ok(Some(_lock)) = RunLock::acquire(repo_root, &run.id) else {
+        // A running task holds its lock: skip it at once rather than wait on it.
+        if RunLock::is_held(repo_root, &run.id) {
+            continue;
+        }
+        let Ok(Some(lock)) = RunLock::acquire(repo_root, &run.id) else {
             continue;
         };
-        if let Err(e) = close_abandoned(recorder, &mut state) {
-            tracing::warn!("cannot close the abandoned task run {}: {e}", run.id);
+        // Another new task may have closed it while we waited for the lock.
+        match RunState::load(recorder, &run.id) {
+            Ok(Some(fresh)) if fresh.finished_at.is_none() => state = fresh,
+            _ => continue,
+        }
+        match close_abandoned(recorder, &mut state) {
+            Ok(()) => lock.remove_file(),
+            Err(e) => tracing::warn!("cannot close the abandoned task run {}: {e}", run.id),
         }
     }
 }
