@@ -142,7 +142,13 @@ pub async fn run_task(
     // meanwhile (landing on "whatever is checked out at the end" merged it into that other
     // branch). `None` on a detached HEAD: the branch is left, with how to take it.
     let home = checked_out_branch(&opts.repo_root);
-    let workspace = match Workspace::create(&opts.repo_root, &run_id, &branch, None) {
+    // Worktrees are added one at a time in a repository: libgit2 takes a branch another
+    // process is adding a worktree for at the same moment as "already checked out".
+    let created = {
+        let _worktrees = RunLock::worktrees(&opts.repo_root).ok();
+        Workspace::create(&opts.repo_root, &run_id, &branch, None)
+    };
+    let workspace = match created {
         Ok(ws) => ws,
         Err(e) => {
             // The run is recorded, so it ends like any other: closed, and reported (with
@@ -287,6 +293,7 @@ pub async fn run_task(
         // files a check changed): removing it would lose that without a word.
         let unsaved = unsaved_work(&workspace);
         if unsaved.is_empty() {
+            let _worktrees = RunLock::worktrees(&opts.repo_root).ok();
             let _ = workspace.remove();
         } else if let Some(l) = land.as_mut() {
             let path = workspace.path().display();
