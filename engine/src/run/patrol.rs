@@ -207,7 +207,12 @@ pub async fn run_patrol(
         .clone()
         .unwrap_or_else(|| patrol.repo.clone());
     let repo_root = preflight(&patrol, &start_dir)?;
-    let recorder = Arc::new(Recorder::new(Ledger::open(&repo_root)?));
+    let recorder = {
+        let _first = RunLock::ledger_open(&repo_root)
+            .map_err(|e| tracing::warn!("could not take the ledger lock: {e}"))
+            .ok();
+        Arc::new(Recorder::new(Ledger::open(&repo_root)?))
+    };
 
     // Held until the key names this run (or the run it already named is taken over).
     let key_lock = match &opts.run_key {
@@ -271,7 +276,10 @@ pub async fn run_patrol(
     recorder.ledger().export()?;
 
     let integration = format!("wiggum/{run_id}");
-    if let Err(e) = Workspace::create(&repo_root, &run_id, &integration, patrol.base.as_deref()) {
+    let across = worktrees_lock(&repo_root);
+    let created = Workspace::create(&repo_root, &run_id, &integration, patrol.base.as_deref());
+    drop(across);
+    if let Err(e) = created {
         let reason = format!("error: could not create the run's worktree: {e}");
         let _ = recorder.finish(&run_id, "error", &reason, &reason);
         return Err(e.into());
@@ -422,7 +430,10 @@ async fn resume_with(
         .branch
         .clone()
         .unwrap_or_else(|| format!("wiggum/{run_id}"));
-    Workspace::open(&shared.repo_root, run_id, &integration)?;
+    {
+        let _across = worktrees_lock(&shared.repo_root);
+        Workspace::open(&shared.repo_root, run_id, &integration)?;
+    }
     execute(
         RunCtx::new(patrol, state, integration, agents, shared, notes),
         true,
@@ -752,6 +763,7 @@ fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
     let name = format!("{}-{}", ctx.run_id, step.id);
     let branch = format!("wiggum/{name}");
     let _guard = ctx.worktree_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let _across = worktrees_lock(&ctx.repo_root);
     // The branch, not the directory, says whether the step started before: a worktree
     // directory deleted by hand is made again from the branch, with its checkpoints.
     let exists = ctx
@@ -955,6 +967,7 @@ async fn merge_step(ctx: &RunCtx, ws: Workspace) -> Result<(), String> {
         Ok(LandOutcome::FastForward { .. }) | Ok(LandOutcome::Merged { .. }) => {
             let branch = ws.branch().to_string();
             let _guard = ctx.worktree_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _across = worktrees_lock(&ctx.repo_root);
             if ws.remove().is_ok() {
                 // Every commit of it is on the run's branch now: the step's branch would only
                 // pile up (a branch per step per run).
@@ -976,6 +989,23 @@ async fn merge_step(ctx: &RunCtx, ws: Workspace) -> Result<(), String> {
         )),
         Err(e) => Err(format!("converged, but merging its branch failed: {e}")),
     }
+}
+
+/// The repository's worktree lock (see [`RunLock::worktrees`]); when it cannot be taken,
+/// worktrees are added as before, unserialised across processes.
+fn worktrees_lock(repo_root: &Path) -> Option<RunLock> {
+    RunLock::worktrees(repo_root)
+        .map_err(|e| tracing::warn!("could not take the worktree lock: {e}"))
+        .ok()
+}
+
+/// Removes a worktree under the repository's worktree lock.
+fn remove_worktree(
+    repo_root: &Path,
+    ws: Workspace,
+) -> Result<(), crate::workspace::WorkspaceError> {
+    let _across = worktrees_lock(repo_root);
+    ws.remove()
 }
 
 fn delete_branch(repo_root: &Path, branch: &str) {
@@ -1066,7 +1096,10 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
     let mut landed = None;
     let mut onto_base = false;
     if outcome == Outcome::Converged {
-        let ws = Workspace::open(&ctx.repo_root, &ctx.run_id, &ctx.integration)?;
+        let ws = {
+            let _across = worktrees_lock(&ctx.repo_root);
+            Workspace::open(&ctx.repo_root, &ctx.run_id, &ctx.integration)?
+        };
         // Other wiggum processes may be landing in this repository too: one at a time.
         let _landing = if ctx.patrol.land == Land::Merge {
             let root = ctx.repo_root.clone();
@@ -1086,14 +1119,14 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
         };
         landed = Some(match ctx.patrol.land {
             Land::Merge if ws.head().ok().as_deref() == Some(ws.base_commit()) => {
-                let _ = ws.remove();
+                let _ = remove_worktree(&ctx.repo_root, ws);
                 "nothing to land: no step changed a file".to_string()
             }
             Land::Merge => match ws.land(ctx.patrol.base.as_deref()) {
                 Ok(l @ (LandOutcome::FastForward { .. } | LandOutcome::Merged { .. })) => {
                     onto_base = true;
                     let text = l.to_string();
-                    let _ = ws.remove();
+                    let _ = remove_worktree(&ctx.repo_root, ws);
                     text
                 }
                 Ok(l) => l.to_string(),
@@ -1103,12 +1136,12 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
                 ),
             },
             Land::Branch => {
-                let _ = ws.remove();
+                let _ = remove_worktree(&ctx.repo_root, ws);
                 format!("left on branch {} (land = \"branch\")", ctx.integration)
             }
             Land::None => {
                 // `none` keeps nothing but the ledger: not the run's branch either.
-                if ws.remove().is_ok() {
+                if remove_worktree(&ctx.repo_root, ws).is_ok() {
                     delete_branch(&ctx.repo_root, &ctx.integration);
                 }
                 "not landed (land = \"none\"); the ledger keeps the record".to_string()

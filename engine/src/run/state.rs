@@ -155,6 +155,24 @@ impl RunLock {
         Ok(RunLock { _file: file, path })
     }
 
+    /// Waits for, and takes, the lock that makes the first opening of a repository's ledger
+    /// one process at a time: SQLite answers "database is locked" at once (no busy wait) to a
+    /// process switching a database to WAL while another creates it.
+    pub fn ledger_open(repo_root: &Path) -> std::io::Result<RunLock> {
+        let (file, path) = lock_file(repo_root, "ledger-open")?;
+        try_lock(&file, true)?;
+        Ok(RunLock { _file: file, path })
+    }
+
+    /// Waits for, and takes, the repository's worktree lock, held while a worktree is added or
+    /// removed: libgit2 reports a new branch as "already checked out" when it meets another
+    /// worktree being added at the same moment, by this process or another.
+    pub fn worktrees(repo_root: &Path) -> std::io::Result<RunLock> {
+        let (file, path) = lock_file(repo_root, "worktrees")?;
+        try_lock(&file, true)?;
+        Ok(RunLock { _file: file, path })
+    }
+
     /// Waits for, and takes, the lock of an idempotency key (`--run-id`), held while the key
     /// is looked up and, when new, given to a run: two `wiggum run --run-id K` at once start
     /// one run, not two.
