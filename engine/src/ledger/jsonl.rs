@@ -288,6 +288,17 @@ impl AtomicWriter {
             .map_err(|e| {
                 LedgerError::io(format!("cannot create a temp file in {}", dir.display()), e)
             })?;
+        // The temp file is private (0600); the ledger is a git-tracked file that others read:
+        // keep the mode the file had, or give a new one the usual 0644.
+        let mode = std::fs::metadata(target)
+            .map(|m| m.permissions())
+            .unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        tmp.as_file().set_permissions(mode).map_err(|e| {
+            LedgerError::io(
+                format!("cannot set the mode of {}", tmp.path().display()),
+                e,
+            )
+        })?;
         Ok(AtomicWriter {
             target: target.to_path_buf(),
             out: BufWriter::with_capacity(1 << 20, tmp),

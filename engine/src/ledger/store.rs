@@ -142,7 +142,7 @@ impl Ledger {
         }
         let mut conn = Connection::open(&db_path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        set_wal(&conn)?;
         // WAL + NORMAL: a commit survives a crash of the process (not of the machine, where the
         // last commits may be lost); issues.jsonl, the durable record, is fsynced on export.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -1009,3 +1009,24 @@ fn check_priority(p: u8) -> Result<(), LedgerError> {
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
+
+/// Switches the database to WAL. SQLite does not call the busy handler for this pragma, so when
+/// several processes open a new ledger at once (parallel runs in one repository) the losers get
+/// "database is locked" at once: retry them within the busy timeout.
+fn set_wal(conn: &Connection) -> Result<(), LedgerError> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

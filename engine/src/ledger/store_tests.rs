@@ -981,3 +981,43 @@ fn a_bead_deferred_into_the_future_is_not_ready_yet() {
     let l = open(dir.path());
     assert_eq!(ids(&l.ready().unwrap()), ["bd-now"]);
 }
+
+#[test]
+fn many_threads_opening_a_new_ledger_at_once_all_succeed() {
+    // Regression: the switch to WAL ignored the busy timeout, so parallel first opens failed
+    // with "database is locked".
+    for _ in 0..5 {
+        let dir = repo();
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let root = dir.path().to_path_buf();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Ledger::open(&root).map(|_| ()).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().expect("every opener succeeds");
+        }
+    }
+}
+
+#[test]
+fn the_exported_jsonl_is_readable_by_others_and_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Regression: the atomic write renamed a private 0600 temp file over the git-tracked file.
+    let dir = repo();
+    let mut ledger = open(dir.path());
+    ledger.create(NewBead::task("first")).unwrap();
+    ledger.export().unwrap();
+    let path = dir.path().join(".beads/issues.jsonl");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o644);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+    ledger.create(NewBead::task("second")).unwrap();
+    ledger.export().unwrap();
+    assert_eq!(mode(&path), 0o664, "an export keeps the file's mode");
+}
