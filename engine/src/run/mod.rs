@@ -2,6 +2,7 @@
 //! with its steps and iterations below it.
 
 pub mod cancel;
+pub mod orphans;
 pub mod patrol;
 pub mod record;
 pub mod sandbox;

@@ -779,6 +779,15 @@ fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
         // iteration half-wrote is thrown away (its bead is re-used for the iteration).
         let ws = Workspace::open(&ctx.repo_root, &name, &branch)
             .map_err(|e| format!("could not re-open the step's worktree: {e}"))?;
+        // An agent or command of the killed process may still be writing in it.
+        let killed = super::orphans::kill_processes_in(ws.path(), &ctx.run_id);
+        if !killed.is_empty() {
+            tracing::warn!(
+                "killed {} process(es) left running in {} by an interrupted run: {killed:?}",
+                killed.len(),
+                ws.path().display()
+            );
+        }
         ws.discard_changes()
             .map_err(|e| format!("could not reset the step's worktree to its checkpoint: {e}"))?;
         Ok(ws)
