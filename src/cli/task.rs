@@ -148,7 +148,8 @@ pub fn run(args: TaskArgs) -> CliResult {
     })
 }
 
-fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
+/// The flags that make no sense on their own or together: refused before anything runs.
+fn validate(args: &TaskArgs) -> Result<(), CliError> {
     if args.max_iterations == 0 {
         return Err(CliError::usage(
             "--max-iterations must be at least 1: there is no unlimited",
@@ -198,6 +199,11 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
             )));
         }
     }
+    Ok(())
+}
+
+fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
+    validate(args)?;
     if args.prompt.trim().is_empty() {
         return Err(CliError::usage("the task prompt is empty"));
     }
