@@ -290,8 +290,9 @@ pub async fn run_loop(
         } else if let Some(err) = rec.agent_error.take() {
             match err {
                 // The call was given the iteration's time left: the loop's limit stopped it.
+                // Same words as when the loop's own timer fires first: the same limit.
                 AgentError::Timeout { .. } if limit.is_some() => (
-                    format!("timeout: {} ({who} was still running)", limit_reached()),
+                    format!("timeout: {}", limit_reached()),
                     Some(Outcome::Timeout),
                 ),
                 AgentError::Timeout { after } => (
