@@ -662,7 +662,7 @@ fn a_task_lands_on_the_branch_it_started_from_after_the_user_switched_branches()
     repo.git(&["branch", "feature"]);
     let marker = repo.path().join(".switch-now");
     let agent = format!(
-        "sh -c 'cat >/dev/null; touch {}; sleep 2; echo 42 > answer.txt; echo done'",
+        "sh -c 'cat >/dev/null; touch {}; sleep 4; echo 42 > answer.txt; echo done'",
         marker.display()
     );
     let child = common::wiggum_command()
