@@ -35,7 +35,9 @@ pub const MAX_LABEL_CHARS: usize = 100;
 /// How long a writer waits for another writer's transaction before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const SCHEMA_VERSION: &str = "1";
+/// Bumped whenever SCHEMA changes; a database of another version is set aside and rebuilt from
+/// the JSONL (see `set_aside_if_outdated`).
+const SCHEMA_VERSION: &str = "2";
 /// Whether some bead changed since the last export.
 const DIRTY_SQL: &str = "SELECT 1 FROM beads WHERE seq > \
      COALESCE((SELECT value FROM counters WHERE name = 'exported_seq'), 0) LIMIT 1";
@@ -140,6 +142,7 @@ impl Ledger {
             std::fs::write(&ignore, "# wiggum's local state: never committed\n*\n")
                 .map_err(|e| LedgerError::io(format!("cannot write {}", ignore.display()), e))?;
         }
+        let set_aside = set_aside_if_outdated(&db_path)?;
         let mut conn = Connection::open(&db_path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         set_wal(&conn)?;
@@ -186,6 +189,9 @@ impl Ledger {
                 },
             };
             tx.commit()?;
+        }
+        if let Some(old) = &set_aside {
+            copy_state(&conn, old)?;
         }
         let interactions = InteractionLog::new(beads_dir.join("interactions.jsonl"), redactor);
         Ok(Ledger {
@@ -1029,4 +1035,79 @@ fn set_wal(conn: &Connection) -> Result<(), LedgerError> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// A database written by another version of the schema cannot be read in place. The beads are
+/// in the JSONL, so it is moved aside (kept, never deleted: `wiggum.db.schema-<v>-<unix time>`)
+/// and the caller rebuilds a new one from the JSONL; returns where the old one went.
+fn set_aside_if_outdated(db_path: &Path) -> Result<Option<PathBuf>, LedgerError> {
+    if !db_path.exists() {
+        return Ok(None);
+    }
+    let version = {
+        let conn =
+            Connection::open_with_flags(db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let has = |table: &str| -> Result<bool, LedgerError> {
+            Ok(conn
+                .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+                .exists([table])?)
+        };
+        if !has("beads")? {
+            return Ok(None); // empty or half-created: the schema is made in place
+        }
+        if has("meta")? {
+            conn.query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()?
+            .unwrap_or_else(|| "0".into())
+        } else {
+            "0".into()
+        }
+    };
+    if version == SCHEMA_VERSION {
+        return Ok(None);
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = db_path.with_file_name(format!("wiggum.db.schema-{version}-{stamp}"));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", db_path.display()));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            std::fs::rename(&from, &to)
+                .map_err(|e| LedgerError::io(format!("cannot move {} aside", from.display()), e))?;
+        }
+    }
+    tracing::warn!(
+        "{} had schema version {version} (this wiggum writes {SCHEMA_VERSION}): moved to {} and \
+         rebuilt from the JSONL",
+        db_path.display(),
+        aside.display()
+    );
+    Ok(Some(aside))
+}
+
+/// Copies the engine state (runs, resume points) from a database set aside, if it has any.
+fn copy_state(conn: &Connection, old: &Path) -> Result<(), LedgerError> {
+    conn.execute("ATTACH DATABASE ?1 AS old", [old.to_string_lossy()])?;
+    let copied = (|| -> Result<(), LedgerError> {
+        let has_state = conn
+            .prepare("SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = 'state'")?
+            .exists([])?;
+        if has_state {
+            conn.execute(
+                "INSERT OR IGNORE INTO state(key, value) SELECT key, value FROM old.state",
+                [],
+            )?;
+        }
+        Ok(())
+    })();
+    conn.execute("DETACH DATABASE old", [])?;
+    copied
 }

@@ -1021,3 +1021,46 @@ fn the_exported_jsonl_is_readable_by_others_and_keeps_its_mode() {
     ledger.export().unwrap();
     assert_eq!(mode(&path), 0o664, "an export keeps the file's mode");
 }
+
+#[test]
+fn a_database_of_an_older_schema_is_set_aside_and_rebuilt_keeping_engine_state() {
+    // Regression: a database from an earlier schema failed every open ("no such column").
+    let dir = repo();
+    {
+        let mut ledger = open(dir.path());
+        ledger
+            .create(NewBead::task("kept through the rebuild"))
+            .unwrap();
+        ledger.state_set("run:wg-x", "{\"resume\":true}").unwrap();
+        ledger.export().unwrap();
+    }
+    let db = dir.path().join(".wiggum/wiggum.db");
+    {
+        // Make it look like a database of an older layout.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "UPDATE meta SET value = '1' WHERE key = 'schema_version'; \
+             DROP INDEX IF EXISTS beads_seq; ALTER TABLE beads DROP COLUMN seq;",
+        )
+        .unwrap();
+    }
+    let ledger = open(dir.path());
+    let titles: Vec<String> = ledger
+        .list(&BeadFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|b| b.title)
+        .collect();
+    assert_eq!(titles, vec!["kept through the rebuild".to_string()]);
+    assert_eq!(
+        ledger.state_get("run:wg-x").unwrap().as_deref(),
+        Some("{\"resume\":true}")
+    );
+    let aside: Vec<String> = std::fs::read_dir(dir.path().join(".wiggum"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("wiggum.db.schema-1-"))
+        .collect();
+    assert!(!aside.is_empty(), "the old database is kept aside");
+}
