@@ -100,6 +100,12 @@ pub fn resolve_repo(repo: Option<&std::path::Path>) -> Result<std::path::PathBuf
         None => std::env::current_dir()
             .map_err(|e| CliError::failed(format!("cannot read the current directory: {e}")))?,
     };
+    if !start.exists() {
+        return Err(
+            CliError::usage(format!("{} does not exist", start.display()))
+                .hint("pass --repo DIR with the repository to work on"),
+        );
+    }
     wiggum_engine::workspace::discover_root(&start).map_err(|e| CliError::usage(e.to_string()))
 }
 

@@ -19,6 +19,9 @@ pub struct CheckResult {
     pub exit_code: Option<i32>,
     pub passed: bool,
     pub timed_out: bool,
+    /// How it ended when it did not exit by itself: "killed by signal 9 (SIGKILL)", or why it
+    /// could not start.
+    pub ended: Option<String>,
     /// stdout and stderr together (stderr is redirected into stdout).
     pub output: String,
     pub duration: Duration,
@@ -47,15 +50,12 @@ impl CheckResult {
                 wiggum_agents::format_duration(self.duration)
             );
         }
-        match self.exit_code {
-            Some(code) => format!("`{}` failed (exit {code})", self.command),
-            None => format!("`{}` failed ({})", self.command, first_line(&self.output)),
+        match (self.exit_code, &self.ended) {
+            (Some(code), _) => format!("`{}` failed (exit {code})", self.command),
+            (None, Some(how)) => format!("`{}` failed ({how})", self.command),
+            (None, None) => format!("`{}` failed (killed)", self.command),
         }
     }
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or("killed")
 }
 
 /// Runs each command with `sh -c` in `dir`, one after the other, each bounded by `timeout`.
@@ -84,6 +84,7 @@ async fn run_check(
         exit_code: None,
         passed: false,
         timed_out: false,
+        ended: Some("could not start".into()),
         output: format!("could not run the check: {why}"),
         duration: Duration::ZERO,
     };
@@ -129,6 +130,8 @@ async fn run_check(
                 },
                 passed: !out.timed_out && out.success(),
                 timed_out: out.timed_out,
+                ended: (!out.timed_out && out.status.code().is_none())
+                    .then(|| out.describe_status()),
                 output,
                 duration: out.duration,
             }
@@ -237,5 +240,21 @@ mod tests {
             "{:?}",
             r[0].output
         );
+    }
+
+    #[tokio::test]
+    async fn a_check_killed_by_a_signal_says_which() {
+        // Regression: it read "failed ()" (the output's first line, which was empty).
+        let dir = tempfile::tempdir().unwrap();
+        let r = run_checks(
+            &["kill -9 $$".to_string()],
+            dir.path(),
+            Duration::from_secs(10),
+            &[],
+        )
+        .await;
+        assert!(!r[0].passed);
+        assert_eq!(r[0].exit_code, None);
+        assert!(r[0].line().contains("signal 9"), "{}", r[0].line());
     }
 }

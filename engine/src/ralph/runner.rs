@@ -848,12 +848,15 @@ fn describe_iteration(
         let passed = rec.checks.iter().filter(|c| c.passed).count();
         let _ = writeln!(d, "- checks: {passed}/{} passed", rec.checks.len());
         for c in &rec.checks {
-            let code = c
-                .exit_code
-                .map_or_else(|| "none".to_string(), |c| c.to_string());
+            let ended = match (c.exit_code, &c.ended) {
+                (Some(code), _) => format!("exit {code}"),
+                (None, _) if c.timed_out => "timed out".to_string(),
+                (None, Some(how)) => how.clone(),
+                (None, None) => "killed".to_string(),
+            };
             let _ = writeln!(
                 d,
-                "  - `{}`: exit {code}, {}",
+                "  - `{}`: {ended}, {}",
                 c.command,
                 wiggum_agents::format_duration(c.duration)
             );

@@ -1059,7 +1059,7 @@ async fn run_command_step(
     let limit = timeout.unwrap_or(std::time::Duration::from_secs(600));
     let result = tokio::select! {
         r = run_checks(std::slice::from_ref(&command), ws.path(), limit, &env) => r,
-        _ = ctx.cancel.cancelled() => return Ok((Outcome::Cancelled, "cancelled by the user (Ctrl-C)".into())),
+        _ = ctx.cancel.cancelled() => return Ok((Outcome::Cancelled, "cancelled by the user (Ctrl-C, SIGTERM or SIGHUP)".into())),
     };
     let check = &result[0];
     let _ = ctx.recorder.log_check(&st.bead, check);
