@@ -341,12 +341,18 @@ fn a_task_whose_process_was_killed_is_closed_as_aborted_by_the_next_task() {
     }
     child.kill().unwrap(); // SIGKILL: nothing gets to clean up
     child.wait().unwrap();
-    // A killed wiggum cannot stop its agent; this test does.
-    let agent_pid = std::fs::read_to_string(&pid_file).unwrap();
-    let _ = std::process::Command::new("kill")
-        .arg(agent_pid.trim())
-        .status();
+    // A killed wiggum cannot stop its agent: it still runs in the worktree.
+    let agent_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     std::fs::remove_file(&pid_file).unwrap();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "))
+    };
+    assert!(alive(agent_pid), "the agent outlives a kill -9 of wiggum");
     // Past the grace period that protects a task that is just starting.
     std::thread::sleep(std::time::Duration::from_secs(6));
 
@@ -381,6 +387,13 @@ fn a_task_whose_process_was_killed_is_closed_as_aborted_by_the_next_task() {
     );
     let runs = repo.wiggum(&["runs", "--json"]);
     assert!(!runs.stdout.contains("\"running\""), "{}", runs.stdout);
+    // The next task killed the agent the killed one left behind.
+    if alive(agent_pid) {
+        let _ = std::process::Command::new("kill")
+            .arg(agent_pid.to_string())
+            .status();
+        panic!("the abandoned task's agent {agent_pid} was left running");
+    }
 }
 
 #[test]

@@ -414,6 +414,19 @@ fn close_abandoned_tasks(recorder: &Recorder, repo_root: &std::path::Path) {
             Ok(Some(fresh)) if fresh.finished_at.is_none() => state = fresh,
             _ => continue,
         }
+        // Its agent or check may still be running in its worktree: a `kill -9` of wiggum
+        // cannot take them along.
+        let worktree = repo_root
+            .join(crate::workspace::WORKTREES_DIR)
+            .join(&run.id);
+        let killed = super::orphans::kill_processes_in(&worktree, &run.id);
+        if !killed.is_empty() {
+            tracing::warn!(
+                "killed {} process(es) the abandoned task {} left running: {killed:?}",
+                killed.len(),
+                run.id
+            );
+        }
         match close_abandoned(recorder, &mut state) {
             Ok(()) => lock.remove_file(),
             Err(e) => tracing::warn!("cannot close the abandoned task run {}: {e}", run.id),
