@@ -976,3 +976,67 @@ fn four_runs_of_different_patrols_in_one_repository_at_once_all_land() {
         }
     }
 }
+
+#[test]
+fn a_steps_own_budget_counts_what_it_spent_before_a_resume() {
+    // It started from zero again after a resume: a step with max_cost_usd = 0.025 spending
+    // 0.01 per iteration ran to iteration 5 instead of stopping at 3.
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        r#"
+[patrol]
+name = "spender"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "spend"
+prompt = "never done"
+[steps.loop]
+checks = ["false"]
+max_iterations = 6
+stall_after = 10
+max_cost_usd = 0.025
+"#,
+        r#"
+[[work]]
+iteration = 1
+reply = "one"
+cost_usd = 0.01
+delay = "300ms"
+[[work]]
+iteration = 2
+reply = "two"
+cost_usd = 0.01
+delay = "300ms"
+[[work]]
+reply = "more"
+cost_usd = 0.01
+delay = "2s"
+"#,
+    );
+    let patrol = patrol.display().to_string();
+    let repo_dir = repo.path().display().to_string();
+    let child = spawn_wiggum(&["run", &patrol, "--repo", &repo_dir], repo.path());
+    wait_for("iteration 2 to be recorded", || {
+        beads(repo.path())
+            .iter()
+            .any(|b| b["title"] == "iteration 2" && b["status"] == "closed")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    kill(child); // during iteration 3
+    let run_id = last_run_id(&repo);
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        out.code, 1,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let r = out.json();
+    let s = step(&r, "spend");
+    assert_eq!(s["outcome"], "budget", "{r:#}");
+    assert_eq!(s["iterations"], 3, "{r:#}");
+    assert!(s["reason"].as_str().unwrap().contains("$0.03"), "{r:#}");
+}

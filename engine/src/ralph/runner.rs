@@ -82,6 +82,10 @@ pub struct StartPoint {
     /// Continuing a run an earlier process left: the first iteration re-uses the open bead that
     /// process left behind, if any.
     pub resumed: bool,
+    /// Tokens and cost the step's earlier iterations spent (before a resume): the step's own
+    /// `max_tokens` and `max_cost_usd` count them.
+    pub spent_tokens: u64,
+    pub spent_cost_usd: f64,
 }
 
 /// How a step's loop ended.
@@ -200,7 +204,7 @@ pub async fn run_loop(
                 "cancelled before the iteration started".into(),
             );
         }
-        if let Some(reason) = over_budget(cfg, &report, spend) {
+        if let Some(reason) = over_budget(cfg, &report, spend, &start) {
             return stop(report, Outcome::Budget, reason);
         }
         let step_left = cfg.timeout.map(|t| t.saturating_sub(started.elapsed()));
@@ -345,7 +349,7 @@ pub async fn run_loop(
                 ),
             }
         };
-        let (decision, outcome) = match (outcome, over_budget(cfg, &report, spend)) {
+        let (decision, outcome) = match (outcome, over_budget(cfg, &report, spend, &start)) {
             (None, Some(why)) => (format!("budget: {why}"), Some(Outcome::Budget)),
             (outcome, _) => (decision, outcome),
         };
@@ -393,21 +397,26 @@ async fn maybe_timeout(
     }
 }
 
-fn over_budget(cfg: &LoopConfig, report: &StepReport, spend: &Spend) -> Option<String> {
+fn over_budget(
+    cfg: &LoopConfig,
+    report: &StepReport,
+    spend: &Spend,
+    start: &StartPoint,
+) -> Option<String> {
     let (_, run_cost) = spend.totals();
+    let step_cost = report.cost_usd + start.spent_cost_usd;
+    let step_tokens = report.usage.total() + start.spent_tokens;
     if let Some(max) = cfg.max_cost_usd {
-        if report.cost_usd >= max {
+        if step_cost >= max {
             return Some(format!(
-                "cost ${:.4} reached the step's budget of ${max:.2}",
-                report.cost_usd
+                "cost ${step_cost:.4} reached the step's budget of ${max:.2}"
             ));
         }
     }
     if let Some(max) = cfg.max_tokens {
-        if report.usage.total() >= max {
+        if step_tokens >= max {
             return Some(format!(
-                "{} tokens reached the step's budget of {max}",
-                report.usage.total()
+                "{step_tokens} tokens reached the step's budget of {max}"
             ));
         }
     }

@@ -857,7 +857,9 @@ async fn run_agent_step(
         branch: Some(ws.branch().to_string()),
         worktree: Some(ws.path().display().to_string()),
     });
-    let start = start_point(ctx, &st.bead)?;
+    let mut start = start_point(ctx, &st.bead)?;
+    start.spent_tokens = st.tokens;
+    start.spent_cost_usd = st.cost_usd;
     if let Some((outcome, reason)) = ended_loop(ctx, &st.bead)? {
         // The loop had ended (a process killed between its last iteration and the merge):
         // finish the step as it ended instead of running the agent again.
@@ -966,6 +968,7 @@ fn start_point(ctx: &RunCtx, step_bead: &str) -> Result<StartPoint, String> {
         done: closed.len() as u32,
         previous_bead: closed.last().map(|b| b.id.clone()),
         resumed: iterations.len() > closed.len() || !closed.is_empty(),
+        ..StartPoint::default()
     })
 }
 
