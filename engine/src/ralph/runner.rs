@@ -42,10 +42,10 @@ pub struct StepAgents {
     pub reviewer: Option<Arc<dyn Agent>>,
 }
 
-/// Spend so far, shared by every step of a run so run-wide budgets hold.
+/// Cost spent so far, shared by every step of a run so the run-wide budget holds.
 #[derive(Debug, Default)]
 pub struct Spend {
-    inner: std::sync::Mutex<(Usage, f64)>,
+    cost_usd: std::sync::Mutex<f64>,
     /// The run's cost budget (a patrol's `max_cost_usd`).
     pub max_cost_usd: Option<f64>,
 }
@@ -59,16 +59,14 @@ impl Spend {
         }
     }
 
-    pub fn add(&self, usage: &Usage, cost: f64) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.0.add(usage);
-        g.1 += cost;
+    /// Adds what a call (or an earlier process) spent.
+    pub fn add(&self, cost_usd: f64) {
+        *self.cost_usd.lock().unwrap_or_else(|e| e.into_inner()) += cost_usd;
     }
 
-    /// (tokens, cost in USD) so far.
-    pub fn totals(&self) -> (u64, f64) {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        (g.0.total(), g.1)
+    /// Cost in USD so far.
+    pub fn cost_usd(&self) -> f64 {
+        *self.cost_usd.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -257,7 +255,7 @@ pub async fn run_loop(
         }
         report.usage.add(&rec.usage);
         report.cost_usd += rec.cost;
-        spend.add(&rec.usage, rec.cost);
+        spend.add(rec.cost);
         report.iterations = n;
         if let Some(s) = rec.summary.take() {
             report.summary = s;
@@ -403,7 +401,7 @@ fn over_budget(
     spend: &Spend,
     start: &StartPoint,
 ) -> Option<String> {
-    let (_, run_cost) = spend.totals();
+    let run_cost = spend.cost_usd();
     let step_cost = report.cost_usd + start.spent_cost_usd;
     let step_tokens = report.usage.total() + start.spent_tokens;
     if let Some(max) = cfg.max_cost_usd {

@@ -162,9 +162,7 @@ impl RunCtx {
         let spend = Spend::with_budget(patrol.max_cost_usd);
         // A resumed run's budget counts what the earlier processes spent.
         let (_, _, spent) = state.totals();
-        if spent > 0.0 {
-            spend.add(&wiggum_agents::Usage::default(), spent);
-        }
+        spend.add(spent);
         Arc::new(RunCtx {
             spend,
             patrol,
@@ -758,6 +756,29 @@ async fn run_step(ctx: &RunCtx, step: &Step) -> StepState {
     st
 }
 
+/// Starts a step: its worktree, its bead in progress with `description` (templates rendered),
+/// and the `StepStarted` event.
+fn begin_step(
+    ctx: &RunCtx,
+    step: &Step,
+    st: &mut StepState,
+    description: &str,
+) -> Result<Workspace, String> {
+    let ws = step_workspace(ctx, step)?;
+    st.branch = Some(ws.branch().to_string());
+    ctx.recorder
+        .start_step(&st.bead, description)
+        .map_err(|e| format!("ledger: {e}"))?;
+    ctx.sink.emit(&Event::StepStarted {
+        run_id: ctx.run_id.clone(),
+        step_id: step.id.clone(),
+        bead_id: st.bead.clone(),
+        branch: Some(ws.branch().to_string()),
+        worktree: Some(ws.path().display().to_string()),
+    });
+    Ok(ws)
+}
+
 /// The step's worktree: re-opened when resuming, else new from the integration branch.
 fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
     let name = format!("{}-{}", ctx.run_id, step.id);
@@ -841,22 +862,11 @@ async fn run_agent_step(
                 .ok_or_else(|| format!("unknown review agent `{name}`"))?,
         ),
     };
-    let ws = step_workspace(ctx, step)?;
-    st.branch = Some(ws.branch().to_string());
     let mut description = format!("{}\n\n- agent: {agent}\n", prompt.trim());
     for c in &config.checks {
         description.push_str(&format!("- check: `{c}`\n"));
     }
-    ctx.recorder
-        .start_step(&st.bead, &description)
-        .map_err(|e| format!("ledger: {e}"))?;
-    ctx.sink.emit(&Event::StepStarted {
-        run_id: ctx.run_id.clone(),
-        step_id: step.id.clone(),
-        bead_id: st.bead.clone(),
-        branch: Some(ws.branch().to_string()),
-        worktree: Some(ws.path().display().to_string()),
-    });
+    let ws = begin_step(ctx, step, st, &description)?;
     let mut start = start_point(ctx, &st.bead)?;
     start.spent_tokens = st.tokens;
     start.spent_cost_usd = st.cost_usd;
@@ -1043,18 +1053,7 @@ async fn run_command_step(
     };
     let command =
         render(run, &ctx.patrol.vars, results).map_err(|e| format!("run template: {e}"))?;
-    let ws = step_workspace(ctx, step)?;
-    st.branch = Some(ws.branch().to_string());
-    ctx.recorder
-        .start_step(&st.bead, &format!("Command step: `{command}`"))
-        .map_err(|e| format!("ledger: {e}"))?;
-    ctx.sink.emit(&Event::StepStarted {
-        run_id: ctx.run_id.clone(),
-        step_id: step.id.clone(),
-        bead_id: st.bead.clone(),
-        branch: Some(ws.branch().to_string()),
-        worktree: Some(ws.path().display().to_string()),
-    });
+    let ws = begin_step(ctx, step, st, &format!("Command step: `{command}`"))?;
     let env = vec![
         ("WIGGUM_RUN".to_string(), ctx.run_id.clone()),
         ("WIGGUM_STEP".to_string(), step.id.clone()),

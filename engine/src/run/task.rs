@@ -14,7 +14,7 @@ use super::state::{RunLock, RunState, StepState};
 use crate::events::{Event, EventSink};
 use crate::ledger::Ledger;
 use crate::ledger::{format_time, now};
-use crate::ralph::runner::{run_loop, Spend, StartPoint, StepAgents, StepSpec};
+use crate::ralph::runner::{run_loop, Spend, StartPoint, StepAgents, StepReport, StepSpec};
 use crate::ralph::{LoopConfig, Outcome, ReviewMode};
 use crate::workspace::{LandOutcome, Workspace};
 
@@ -110,12 +110,6 @@ pub async fn run_task(
     // Held while this process runs the task: a later `wiggum task` that finds the lock free
     // knows the process is gone (see `close_abandoned_tasks`).
     let lock = RunLock::acquire(&opts.repo_root, &run_id).ok().flatten();
-    // Once the run is closed nothing needs its lock file: none is left behind per task.
-    let settled = |lock: &Option<RunLock>| {
-        if let Some(lock) = lock {
-            lock.remove_file();
-        }
-    };
     let step_bead = recorder.create_step(&run_id, TASK_STEP, &title, &opts.prompt)?;
     recorder.set_in_progress(&step_bead)?;
     let branch = format!("wiggum/{run_id}");
@@ -154,28 +148,21 @@ pub async fn run_task(
             // The run is recorded, so it ends like any other: closed, and reported (with
             // `--json` too), not as a bare error.
             let reason = format!("could not create the worktree: {e}");
-            let close = close_reason(Outcome::Error, &reason);
-            let finished_at = Some(format_time(&now()));
-            state.finished_at = finished_at.clone();
-            state.outcome = Some(Outcome::Error);
-            state.reason = reason.clone();
-            if let Some(st) = state.step_mut(TASK_STEP) {
-                st.status = "done".into();
-                st.outcome = Some(Outcome::Error);
-                st.reason = reason.clone();
-                st.finished_at = finished_at;
-            }
-            let saved = state.save(&recorder);
-            let step_closed = recorder.finish(&step_bead, "error", &reason, &close);
-            let run_closed = recorder.finish(&run_id, "error", &reason, &close);
-            let record_error = saved
-                .and(step_closed)
-                .and(run_closed)
-                .err()
-                .map(|e| format!("the result could not be recorded in the ledger: {e}"));
-            if record_error.is_none() {
-                settled(&lock);
-            }
+            let failed = StepReport {
+                outcome: Outcome::Error,
+                reason: reason.clone(),
+                iterations: 0,
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                summary: String::new(),
+                last_checkpoint: None,
+            };
+            let ends = RunEnd {
+                recorder: &recorder,
+                step_bead: &step_bead,
+                lock: &lock,
+            };
+            let record_error = ends.settle(&mut state, &failed, &reason, None);
             return Ok(TaskReport {
                 run_id,
                 step_id: step_bead,
@@ -314,37 +301,12 @@ pub async fn run_task(
         step.cost_usd,
         land.clone().unwrap_or_default()
     );
-    let close = close_reason(step.outcome, &step.reason);
-    let finished_at = Some(format_time(&now()));
-    state.finished_at = finished_at.clone();
-    state.outcome = Some(step.outcome);
-    state.reason = step.reason.clone();
-    state.landed = land.clone();
-    if let Some(st) = state.step_mut(TASK_STEP) {
-        st.status = "done".into();
-        st.outcome = Some(step.outcome);
-        st.reason = step.reason.clone();
-        st.summary = step.summary.clone();
-        st.iterations = step.iterations;
-        st.tokens = step.usage.total();
-        st.cost_usd = step.cost_usd;
-        st.finished_at = finished_at;
-    }
-    // Each record is attempted even when one before it failed: one error must not leave the
-    // step or the run open.
-    let saved = state.save(&recorder);
-    let step_closed = recorder.finish(&step_bead, step.outcome.as_str(), &notes, &close);
-    let run_closed = recorder.finish(&run_id, step.outcome.as_str(), &notes, &close);
-    // The work is done and where it is matters more than the bookkeeping: report it anyway,
-    // with what could not be recorded.
-    let record_error = saved
-        .and(step_closed)
-        .and(run_closed)
-        .err()
-        .map(|e| format!("the result could not be recorded in the ledger: {e}"));
-    if record_error.is_none() {
-        settled(&lock);
-    }
+    let ends = RunEnd {
+        recorder: &recorder,
+        step_bead: &step_bead,
+        lock: &lock,
+    };
+    let record_error = ends.settle(&mut state, &step, &notes, land.clone());
     sink.emit(&Event::RunFinished {
         run_id: run_id.clone(),
         outcome: step.outcome,
@@ -376,6 +338,60 @@ fn checked_out_branch(repo_root: &std::path::Path) -> Option<String> {
         return None;
     }
     head.shorthand().map(str::to_string)
+}
+
+/// What recording a task's end needs.
+struct RunEnd<'a> {
+    recorder: &'a Recorder,
+    step_bead: &'a str,
+    lock: &'a Option<RunLock>,
+}
+
+impl RunEnd<'_> {
+    /// Records how the task ended: the run state, then the step's and the run's beads closed
+    /// with `notes`. Each record is attempted even when one before it failed (one error must not
+    /// leave the step or the run open); the first error is returned as text for the report,
+    /// which is printed anyway: where the work is matters more than the bookkeeping. Once all
+    /// is recorded the run's lock file is removed: none is left behind per task.
+    fn settle(
+        &self,
+        state: &mut RunState,
+        step: &StepReport,
+        notes: &str,
+        land: Option<String>,
+    ) -> Option<String> {
+        let close = close_reason(step.outcome, &step.reason);
+        let finished_at = Some(format_time(&now()));
+        state.finished_at = finished_at.clone();
+        state.outcome = Some(step.outcome);
+        state.reason = step.reason.clone();
+        state.landed = land;
+        if let Some(st) = state.step_mut(TASK_STEP) {
+            st.status = "done".into();
+            st.outcome = Some(step.outcome);
+            st.reason = step.reason.clone();
+            st.summary = step.summary.clone();
+            st.iterations = step.iterations;
+            st.tokens = step.usage.total();
+            st.cost_usd = step.cost_usd;
+            st.finished_at = finished_at;
+        }
+        let saved = state.save(self.recorder);
+        let outcome = step.outcome.as_str();
+        let step_closed = self.recorder.finish(self.step_bead, outcome, notes, &close);
+        let run_closed = self.recorder.finish(&state.run_id, outcome, notes, &close);
+        let record_error = saved
+            .and(step_closed)
+            .and(run_closed)
+            .err()
+            .map(|e| format!("the result could not be recorded in the ledger: {e}"));
+        if record_error.is_none() {
+            if let Some(lock) = self.lock {
+                lock.remove_file();
+            }
+        }
+        record_error
+    }
 }
 
 /// How long a task run may be recorded as running without holding its lock before it counts
