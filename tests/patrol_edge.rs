@@ -9,26 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{beads, wiggum_command, TempRepo};
-
-/// Writes `patrol.toml` (and `script.toml` when given) into `dir`; returns the patrol's path.
-fn write_patrol(dir: &Path, patrol: &str, script: &str) -> PathBuf {
-    if !script.is_empty() {
-        std::fs::write(dir.join("script.toml"), script).unwrap();
-    }
-    let path = dir.join("patrol.toml");
-    std::fs::write(&path, patrol).unwrap();
-    path
-}
-
-fn step<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
-}
+use common::{beads, step, wiggum_command, write_patrol, TempRepo};
 
 /// Waits (generously) until `cond` holds.
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {

@@ -6,29 +6,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{beads, wiggum_command, TempRepo};
-
-/// Writes `patrol.toml` and `script.toml` into `dir` and returns the patrol's path.
-fn write_patrol(dir: &Path, patrol: &str, script: &str) -> String {
-    std::fs::write(dir.join("script.toml"), script).unwrap();
-    let path = dir.join("patrol.toml");
-    std::fs::write(&path, patrol).unwrap();
-    path.display().to_string()
-}
+use common::{beads, step, wiggum_command, write_patrol, TempRepo};
 
 fn time(s: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(s.as_str().expect("a time"))
         .expect("RFC 3339")
         .with_timezone(&chrono::Utc)
-}
-
-fn step<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
 }
 
 const DAG: &str = r#"
@@ -85,6 +68,7 @@ fn a_three_step_dag_runs_its_parallel_pair_at_once_after_their_need() {
     let repo = TempRepo::new();
     let defs = tempfile::tempdir().unwrap();
     let patrol = write_patrol(defs.path(), DAG, DAG_SCRIPT);
+    let patrol = patrol.display().to_string();
     let repo_dir = repo.path().display().to_string();
     let out = repo.wiggum(&["run", &patrol, "--repo", &repo_dir, "--json"]);
     assert_eq!(
@@ -150,6 +134,7 @@ checks = ["test -f c.txt"]
             .replace("step = \"c\"", "step = \"independent\"")
             .as_str(),
     );
+    let patrol = patrol.display().to_string();
     let repo_dir = repo.path().display().to_string();
     let out = repo.wiggum(&["run", &patrol, "--repo", &repo_dir, "--json"]);
     assert_eq!(
@@ -222,6 +207,7 @@ path = "f3.txt"
 write = "3\n"
 "#,
     );
+    let patrol = patrol.display().to_string();
     let repo_dir = repo.path().display().to_string();
     let mut child = wiggum_command()
         .args(["run", &patrol, "--repo", &repo_dir, "--json"])
@@ -299,6 +285,7 @@ fn a_repeated_run_id_reports_the_first_run_instead_of_starting_another() {
         "[patrol]\nname = \"once\"\n[[steps]]\nid = \"touch\"\nrun = \"date >> ran.txt\"\n",
         "",
     );
+    let patrol = patrol.display().to_string();
     let repo_dir = repo.path().display().to_string();
     let args = [
         "run", &patrol, "--repo", &repo_dir, "--run-id", "ci-42", "--json",
@@ -379,6 +366,7 @@ fn an_invalid_patrol_is_refused_before_anything_runs_with_exit_2() {
         "[patrol]\nname = \"bad\"\n[[steps]]\nid = \"a\"\nrun = \"true\"\nneeds = [\"ghost\"]\n",
         "",
     );
+    let patrol = patrol.display().to_string();
     let repo_dir = repo.path().display().to_string();
     let out = repo.wiggum(&["run", &patrol, "--repo", &repo_dir]);
     assert_eq!(out.code, 2, "{}", out.stderr);
@@ -419,6 +407,7 @@ path = "f.txt"
 write = "f\n"
 "#,
     );
+    let patrol = patrol.display().to_string();
     let repo_dir = repo.path().display().to_string();
     let child = wiggum_command()
         .args(["run", &patrol, "--repo", &repo_dir, "--json"])

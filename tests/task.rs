@@ -5,11 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{beads, fixture, wiggum_command, TempRepo};
-
-fn agent(mode: &str) -> String {
-    format!("python3 {} {mode}", fixture("loop/fake-agent.py").display())
-}
+use common::{beads, fake_agent, wiggum_command, TempRepo};
 
 fn iteration_beads(repo: &TempRepo) -> Vec<serde_json::Value> {
     beads(repo.path())
@@ -29,7 +25,7 @@ fn converges_on_the_third_iteration_with_exactly_three_iteration_beads() {
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--check",
         "grep -qx 42 answer.txt",
         "--json",
@@ -72,7 +68,7 @@ fn false_promise_with_failing_checks_does_not_converge() {
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("false-promise"),
+        &fake_agent("false-promise"),
         "--check",
         "grep -qx 42 answer.txt",
         "--promise",
@@ -101,7 +97,7 @@ fn the_same_failure_every_time_stops_as_stalled_before_max_iterations() {
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("same-failure"),
+        &fake_agent("same-failure"),
         "--check",
         "echo 'answer missing'; exit 1",
         "--max-iterations",
@@ -124,7 +120,7 @@ fn a_reviewer_that_rejects_twice_then_approves_converges_on_the_third() {
         "task",
         "Add the work files",
         "--agent-command",
-        &agent("review-twice"),
+        &fake_agent("review-twice"),
         "--review",
         "self",
         "--check",
@@ -157,7 +153,7 @@ fn an_agent_that_exits_non_zero_stops_the_loop_as_an_error() {
         "task",
         "anything",
         "--agent-command",
-        &agent("exit-nonzero"),
+        &fake_agent("exit-nonzero"),
         "--check",
         "true",
         "--json",
@@ -186,7 +182,7 @@ fn a_hung_agent_is_killed_at_its_timeout_with_its_children() {
         "task",
         "anything",
         "--agent-command",
-        &agent("hang"),
+        &fake_agent("hang"),
         "--check",
         "true",
         "--iteration-timeout",
@@ -217,7 +213,7 @@ fn prompt_size_stays_flat_across_eight_iterations() {
             "task",
             "Make answer.txt say 42",
             "--agent-command",
-            &agent("count-to-42"),
+            &fake_agent("count-to-42"),
             // Fails every time with a lot of output that changes each round.
             "--check",
             "seq 1 20000; date +%N; exit 1",
@@ -263,7 +259,7 @@ fn no_secret_from_the_environment_reaches_beads_or_wiggum_state() {
             "task",
             "call the service",
             "--agent-command",
-            &agent("leak-secret"),
+            &fake_agent("leak-secret"),
             "--check",
             "true",
             "--no-land",
@@ -326,7 +322,7 @@ fn ctrl_c_mid_run_records_the_iteration_as_cancelled_and_exits_130() {
             "task",
             "slow work",
             "--agent-command",
-            &agent("slow"),
+            &fake_agent("slow"),
             "--check",
             "true",
             "--json",

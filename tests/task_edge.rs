@@ -4,11 +4,7 @@
 
 mod common;
 
-use common::{beads, fixture, TempRepo};
-
-fn agent(mode: &str) -> String {
-    format!("python3 {} {mode}", fixture("loop/fake-agent.py").display())
-}
+use common::{beads, fake_agent, TempRepo};
 
 /// The description of the iteration bead `<step>.<n>`.
 fn iteration_description(repo: &TempRepo, step: &str, n: u32) -> String {
@@ -34,7 +30,7 @@ fn a_failure_summary_after_megabytes_of_check_output_reaches_the_next_prompt() {
             "task",
             "Fix the test",
             "--agent-command",
-            &agent("same-failure"),
+            &fake_agent("same-failure"),
             "--check",
             check,
             "--max-iterations",
@@ -60,9 +56,9 @@ fn a_reviewer_that_crashes_is_named_as_the_reviewer() {
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--review-command",
-        &agent("exit-nonzero"),
+        &fake_agent("exit-nonzero"),
         "--json",
     ]);
     assert_eq!(out.code, 1, "stderr: {}", out.stderr);
@@ -82,9 +78,9 @@ fn the_task_time_limit_is_named_when_it_stops_a_review_in_flight() {
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--review-command",
-        &agent("hang"),
+        &fake_agent("hang"),
         "--timeout",
         "2s",
         "--json",
@@ -116,7 +112,7 @@ fn a_nested_git_repository_is_reported_and_its_worktree_kept_after_landing() {
             "task",
             "Vendor the library",
             "--agent-command",
-            &agent("nested-repo"),
+            &fake_agent("nested-repo"),
             "--review",
             "self",
             "--json",
@@ -148,7 +144,7 @@ fn a_reply_cut_by_the_agent_backend_is_recorded_and_told_to_the_agent() {
             "task",
             "Say done",
             "--agent-command",
-            &agent("huge-reply"),
+            &fake_agent("huge-reply"),
             "--check",
             "true",
             "--promise",
@@ -232,7 +228,7 @@ fn json_is_the_only_thing_on_stdout_whatever_the_outcome() {
         ("hang", &["--iteration-timeout", "1s"], 1, "timeout"),
     ];
     for (mode, extra, code, outcome) in cases {
-        let a = agent(mode);
+        let a = fake_agent(mode);
         let mut args = vec!["task", "Do it", "--agent-command", &a, "--json"];
         args.extend_from_slice(extra);
         let out = repo.wiggum(&args);
@@ -257,7 +253,7 @@ fn a_tracked_file_a_check_changed_keeps_the_worktree_but_build_output_does_not()
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--check",
         "grep -qx 42 answer.txt && echo formatted >> README.md; grep -qx 42 answer.txt",
         "--json",
@@ -280,7 +276,7 @@ fn a_tracked_file_a_check_changed_keeps_the_worktree_but_build_output_does_not()
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--check",
         "mkdir -p __pycache__ && touch __pycache__/x.pyc; grep -qx 42 answer.txt",
         "--json",
@@ -299,7 +295,7 @@ fn a_deleted_worktree_git_file_is_written_again_before_the_checks() {
         "task",
         "Write done.txt",
         "--agent-command",
-        &agent("rm-dot-git"),
+        &fake_agent("rm-dot-git"),
         "--check",
         "test -f done.txt && git rev-parse --abbrev-ref HEAD | grep -q '^wiggum/'",
         "--json",
@@ -324,7 +320,7 @@ fn a_task_whose_process_was_killed_is_closed_as_aborted_by_the_next_task() {
             "task",
             "Take your time",
             "--agent-command",
-            &agent("slow"),
+            &fake_agent("slow"),
             "--quiet",
         ])
         .current_dir(repo.path())
@@ -360,7 +356,7 @@ fn a_task_whose_process_was_killed_is_closed_as_aborted_by_the_next_task() {
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--check",
         "grep -qx 42 answer.txt",
         "--json",
@@ -436,9 +432,9 @@ fn escape_sequences_in_review_findings_do_not_reach_the_terminal() {
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--review-command",
-        &agent("review-ansi"),
+        &fake_agent("review-ansi"),
         "--max-iterations",
         "1",
     ]);
@@ -461,7 +457,7 @@ fn an_interactions_log_that_cannot_be_written_is_said_in_the_iteration_bead() {
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--check",
         "grep -qx 42 answer.txt",
         "--json",
@@ -482,7 +478,7 @@ fn the_beads_command_printed_after_a_task_with_repo_works_where_it_is_pasted() {
             "task",
             "Make answer.txt say 42",
             "--agent-command",
-            &agent("count-to-42"),
+            &fake_agent("count-to-42"),
             "--check",
             "grep -qx 42 answer.txt",
             "--repo",
@@ -557,7 +553,7 @@ fn tasks_that_finish_together_all_land_and_the_ledger_stays_valid() {
     // Landing was not serialized between processes: one of several tasks finishing at once
     // was left with "main moved while the branch was being landed".
     let repo = TempRepo::new();
-    let a = agent("write-own");
+    let a = fake_agent("write-own");
     let children: Vec<_> = (0..6)
         .map(|i| {
             common::wiggum_command()
@@ -606,9 +602,9 @@ fn a_verdict_cut_off_the_end_of_a_huge_review_is_a_rejection_that_says_so() {
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--review-command",
-        &agent("huge-reply"),
+        &fake_agent("huge-reply"),
         "--max-iterations",
         "1",
         "--json",
@@ -630,7 +626,7 @@ fn an_agent_writing_into_the_users_checkout_is_recorded_and_told() {
             "task",
             "Do it",
             "--agent-command",
-            &agent("write-outside"),
+            &fake_agent("write-outside"),
             "--check",
             "false",
             "--max-iterations",
@@ -724,7 +720,7 @@ fn a_task_started_on_a_detached_head_is_left_even_if_a_branch_is_checked_out_lat
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &agent("count-to-42"),
+        &fake_agent("count-to-42"),
         "--check",
         "grep -qx 42 answer.txt",
         "--json",

@@ -127,3 +127,29 @@ pub fn beads(repo: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("bead line is JSON"))
         .collect()
 }
+
+/// The `--agent-command` of the fake agent (fixtures/loop/fake-agent.py) in `mode`.
+pub fn fake_agent(mode: &str) -> String {
+    format!("python3 {} {mode}", fixture("loop/fake-agent.py").display())
+}
+
+/// Writes `patrol.toml` (and `script.toml`, when `script` is not empty) into `dir`; returns the
+/// patrol's path.
+pub fn write_patrol(dir: &Path, patrol: &str, script: &str) -> PathBuf {
+    if !script.is_empty() {
+        std::fs::write(dir.join("script.toml"), script).unwrap();
+    }
+    let path = dir.join("patrol.toml");
+    std::fs::write(&path, patrol).unwrap();
+    path
+}
+
+/// The step `id` of a `wiggum run --json` report.
+pub fn step<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
+}
