@@ -63,6 +63,16 @@ pub enum Event {
         iteration: u32,
         checks: Vec<CheckSummary>,
     },
+    /// Checks exited 75 (EX_TEMPFAIL: they could not reach their service): they run again
+    /// after `wait_ms`, and the round is not counted as failed.
+    ChecksRetrying {
+        step_id: String,
+        iteration: u32,
+        /// 1 for the first retry.
+        attempt: u32,
+        commands: Vec<String>,
+        wait_ms: u64,
+    },
     ReviewFinished {
         step_id: String,
         iteration: u32,

@@ -152,6 +152,24 @@ impl EventSink for Display {
                     state.last_checks
                 ));
             }
+            Event::ChecksRetrying {
+                step_id,
+                iteration,
+                attempt,
+                commands,
+                wait_ms,
+            } => {
+                let names: Vec<String> = commands
+                    .iter()
+                    .map(|c| format!("`{}`", printable(c, 200, false)))
+                    .collect();
+                self.line(format!(
+                    "{step_id}: iteration {iteration} · {} could not reach its service (exit 75); \
+                     retry {attempt} in {}",
+                    names.join(", "),
+                    wiggum_agents::format_duration(Duration::from_millis(*wait_ms))
+                ));
+            }
             Event::ReviewFinished {
                 step_id,
                 iteration,

@@ -87,6 +87,15 @@ pub struct TaskArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_dur, default_value = "10m")]
     pub check_timeout: Duration,
 
+    /// Run checks exiting 75 (EX_TEMPFAIL: their service was unreachable) again up to N times
+    /// per iteration, without counting a failed round; past that the task stops.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub tempfail_retries: u32,
+
+    /// The pause before the first such retry; it doubles for each further one.
+    #[arg(long, value_name = "DUR", value_parser = parse_dur, default_value = "2s")]
+    pub tempfail_backoff: Duration,
+
     /// Stop when the agents' reported cost reaches this many USD.
     #[arg(long, value_name = "USD")]
     pub max_cost: Option<f64>,
@@ -274,6 +283,8 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
         check_timeout: args.check_timeout,
         max_cost_usd: args.max_cost,
         max_tokens: args.max_tokens,
+        tempfail_retries: args.tempfail_retries,
+        tempfail_backoff: args.tempfail_backoff,
         ..LoopConfig::default()
     };
     Ok(TaskOptions {

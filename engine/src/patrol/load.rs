@@ -82,6 +82,8 @@ pub const LOOP_KEYS: &[&str] = &[
     "check_timeout",
     "max_cost_usd",
     "max_tokens",
+    "tempfail_retries",
+    "tempfail_backoff",
 ];
 /// Keys of `[steps.split]`.
 pub const SPLIT_KEYS: &[&str] = &[
@@ -1124,6 +1126,12 @@ fn loop_section(ctx: &mut Ctx<'_>, l: &DeTable<'_>, section: &str, raw: &mut Raw
     }
     c.max_cost_usd = ctx.money(l, "max_cost_usd", section);
     c.max_tokens = ctx.uint(l, "max_tokens", section, 1, "max_tokens = 2000000");
+    if let Some(n) = ctx.uint32(l, "tempfail_retries", section, 0, "tempfail_retries = 3") {
+        c.tempfail_retries = n;
+    }
+    if let Some(d) = ctx.duration(l, "tempfail_backoff", section) {
+        c.tempfail_backoff = d;
+    }
 }
 
 fn split_section(ctx: &mut Ctx<'_>, s: &DeTable<'_>, section: &str) -> SplitConfig {

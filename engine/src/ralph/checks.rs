@@ -1,5 +1,7 @@
 //! Running a step's check commands in the worktree. Checks are run by the engine, never
-//! self-reported by the agent: pass = every command exits 0.
+//! self-reported by the agent: pass = every command exits 0. A check exiting 75
+//! ([`EX_TEMPFAIL`]) could not reach what it needs: [`run_checks_retrying`] runs it again after
+//! a pause instead of counting it as a failure of the work.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,6 +12,10 @@ use crate::events::CheckSummary;
 
 /// The end of a check's output kept in memory (test summaries come last).
 const CHECK_OUTPUT_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The exit code (sysexits.h `EX_TEMPFAIL`) a check uses to say that it could not reach what it
+/// needs (a service, the network): not a verdict on the work.
+pub const EX_TEMPFAIL: i32 = 75;
 
 /// One check command's result.
 #[derive(Clone, Debug)]
@@ -38,10 +44,21 @@ impl CheckResult {
         }
     }
 
+    /// It exited 75 ([`EX_TEMPFAIL`]): it could not reach its service.
+    pub fn tempfailed(&self) -> bool {
+        self.exit_code == Some(EX_TEMPFAIL)
+    }
+
     /// "`cargo test` passed" / "`cargo test` failed (exit 101)" / "... timed out".
     pub fn line(&self) -> String {
         if self.passed {
             return format!("`{}` passed", self.command);
+        }
+        if self.tempfailed() {
+            return format!(
+                "`{}` could not reach its service (exit {EX_TEMPFAIL}, EX_TEMPFAIL)",
+                self.command
+            );
         }
         if self.timed_out {
             return format!(
@@ -71,6 +88,144 @@ pub async fn run_checks(
         results.push(run_check(command, dir, timeout, env).await);
     }
     results
+}
+
+/// How often, and after what pause, checks exiting 75 are run again.
+#[derive(Clone, Copy, Debug)]
+pub struct TempfailPolicy {
+    /// Runs again after the first; 0 stops at the first exit 75.
+    pub retries: u32,
+    /// The pause before the first retry; it doubles for each further one (at most a minute).
+    pub backoff: Duration,
+}
+
+impl TempfailPolicy {
+    /// The pause before retry number `attempt` (1-based).
+    pub fn wait(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.backoff
+            .saturating_mul(factor)
+            .min(Duration::from_secs(60).max(self.backoff))
+    }
+}
+
+/// A retry of the checks that exited 75, as the loop records it.
+#[derive(Clone, Debug)]
+pub struct TempfailRetry {
+    /// 1 for the first retry.
+    pub attempt: u32,
+    /// The commands that exited 75 and are run again.
+    pub commands: Vec<String>,
+    /// The pause before running them again.
+    pub wait: Duration,
+}
+
+/// The checks of one iteration, with the retries of those that could not reach their service.
+#[derive(Clone, Debug, Default)]
+pub struct ChecksRun {
+    /// The last result of each command, in order.
+    pub results: Vec<CheckResult>,
+    /// The retries made, in order.
+    pub retries: Vec<TempfailRetry>,
+    /// The results the retries replaced (every exit 75), for the interactions log.
+    pub replaced: Vec<CheckResult>,
+}
+
+impl ChecksRun {
+    /// The checks that still exited 75 when the retries ran out.
+    pub fn unreachable(&self) -> impl Iterator<Item = &CheckResult> {
+        self.results.iter().filter(|c| c.tempfailed())
+    }
+}
+
+/// Runs the checks like [`run_checks`]; those exiting 75 are run again (only they: nothing else
+/// changed in the worktree meanwhile), after `policy`'s pause, up to `policy.retries` times.
+/// `timeout` gives each run's limit at the time it starts (the iteration's time left shrinks);
+/// `on_retry` is told of each retry before its pause.
+pub async fn run_checks_retrying(
+    commands: &[String],
+    dir: &Path,
+    timeout: impl Fn() -> Duration,
+    env: &[(String, String)],
+    policy: TempfailPolicy,
+    mut on_retry: impl FnMut(&TempfailRetry),
+) -> ChecksRun {
+    let mut run = ChecksRun {
+        results: run_checks(commands, dir, timeout(), env).await,
+        ..ChecksRun::default()
+    };
+    for attempt in 1..=policy.retries {
+        let again: Vec<usize> = (0..run.results.len())
+            .filter(|&i| run.results[i].tempfailed())
+            .collect();
+        if again.is_empty() {
+            break;
+        }
+        let retry = TempfailRetry {
+            attempt,
+            commands: again
+                .iter()
+                .map(|&i| run.results[i].command.clone())
+                .collect(),
+            wait: policy.wait(attempt),
+        };
+        on_retry(&retry);
+        tokio::time::sleep(retry.wait).await;
+        for i in again {
+            let fresh = run_check(&run.results[i].command, dir, timeout(), env).await;
+            run.replaced
+                .push(std::mem::replace(&mut run.results[i], fresh));
+        }
+        run.retries.push(retry);
+    }
+    run
+}
+
+/// Why the loop stops when checks still exit 75 after the retries `cfg` allows; `None` when
+/// every check reached what it needs.
+pub fn unreachable_reason(checks: &[CheckResult], cfg: &super::LoopConfig) -> Option<String> {
+    let names: Vec<String> = checks
+        .iter()
+        .filter(|c| c.tempfailed())
+        .map(|c| format!("`{}`", c.command))
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let (it, s) = if names.len() == 1 {
+        ("it", "s")
+    } else {
+        ("they", "")
+    };
+    Some(format!(
+        "the check {} could not reach its service: {it} exit{s} {EX_TEMPFAIL} (EX_TEMPFAIL) \
+         after {} (tempfail_retries = {}); start the service or restore the network, then start \
+         the run again",
+        names.join(", "),
+        match cfg.tempfail_retries {
+            0 => "no retry".to_string(),
+            1 => "1 retry".to_string(),
+            n => format!("{n} retries"),
+        },
+        cfg.tempfail_retries
+    ))
+}
+
+/// One line per retry, for the iteration's bead.
+pub fn describe_retries(retries: &[TempfailRetry]) -> Vec<String> {
+    retries
+        .iter()
+        .map(|r| {
+            let names: Vec<String> = r.commands.iter().map(|c| format!("`{c}`")).collect();
+            format!(
+                "retry {}: {} exited {EX_TEMPFAIL} (could not reach its service), run again \
+                 after {}; not counted as a failed round",
+                r.attempt,
+                names.join(", "),
+                wiggum_agents::format_duration(r.wait)
+            )
+        })
+        .collect()
 }
 
 async fn run_check(
@@ -240,6 +395,86 @@ mod tests {
             "{:?}",
             r[0].output
         );
+    }
+
+    /// A check that exits 75 the first `n` times it runs (a counter file in `dir`), then 0.
+    fn flaky_service_check(dir: &Path, n: u32) -> String {
+        let count = dir.join("tries");
+        format!(
+            "c=$(cat {p} 2>/dev/null || echo 0); c=$((c+1)); echo $c > {p}; \
+             if [ $c -le {n} ]; then echo 'connection refused'; exit 75; fi; echo ok",
+            p = count.display()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_check_exiting_75_is_run_again_until_it_reaches_its_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmds = vec![flaky_service_check(dir.path(), 2), "exit 1".to_string()];
+        let mut told = Vec::new();
+        let policy = TempfailPolicy {
+            retries: 3,
+            backoff: Duration::from_millis(10),
+        };
+        let run = run_checks_retrying(
+            &cmds,
+            dir.path(),
+            || Duration::from_secs(10),
+            &[],
+            policy,
+            |r| told.push(r.attempt),
+        )
+        .await;
+        assert_eq!(told, vec![1, 2]);
+        assert_eq!(run.retries.len(), 2);
+        assert_eq!(run.retries[0].commands, vec![cmds[0].clone()]);
+        assert!(run.results[0].passed, "{:?}", run.results[0]);
+        assert_eq!(
+            run.results[1].exit_code,
+            Some(1),
+            "the other check ran once"
+        );
+        assert_eq!(run.replaced.len(), 2);
+        assert_eq!(run.unreachable().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_check_still_exiting_75_past_the_bound_is_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmds = vec![flaky_service_check(dir.path(), 100)];
+        let policy = TempfailPolicy {
+            retries: 2,
+            backoff: Duration::ZERO,
+        };
+        let run = run_checks_retrying(
+            &cmds,
+            dir.path(),
+            || Duration::from_secs(10),
+            &[],
+            policy,
+            |_| {},
+        )
+        .await;
+        assert_eq!(run.retries.len(), 2);
+        let left: Vec<_> = run.unreachable().collect();
+        assert_eq!(left.len(), 1);
+        assert!(
+            left[0].line().contains("could not reach its service"),
+            "{}",
+            left[0].line()
+        );
+    }
+
+    #[test]
+    fn the_tempfail_pause_doubles_up_to_a_minute() {
+        let p = TempfailPolicy {
+            retries: 5,
+            backoff: Duration::from_secs(2),
+        };
+        assert_eq!(p.wait(1), Duration::from_secs(2));
+        assert_eq!(p.wait(2), Duration::from_secs(4));
+        assert_eq!(p.wait(3), Duration::from_secs(8));
+        assert_eq!(p.wait(10), Duration::from_secs(60));
     }
 
     #[tokio::test]

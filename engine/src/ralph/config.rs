@@ -39,6 +39,21 @@ pub struct LoopConfig {
     pub check_timeout: Duration,
     pub max_cost_usd: Option<f64>,
     pub max_tokens: Option<u64>,
+    /// How often checks exiting 75 (EX_TEMPFAIL: their service was unreachable) are run again
+    /// within an iteration before the step stops; those runs are not failed rounds.
+    pub tempfail_retries: u32,
+    /// The pause before the first such retry; it doubles for each further one.
+    pub tempfail_backoff: Duration,
+}
+
+impl LoopConfig {
+    /// How checks exiting 75 are retried.
+    pub fn tempfail(&self) -> super::checks::TempfailPolicy {
+        super::checks::TempfailPolicy {
+            retries: self.tempfail_retries,
+            backoff: self.tempfail_backoff,
+        }
+    }
 }
 
 impl Default for LoopConfig {
@@ -55,6 +70,8 @@ impl Default for LoopConfig {
             check_timeout: Duration::from_secs(600),
             max_cost_usd: None,
             max_tokens: None,
+            tempfail_retries: 3,
+            tempfail_backoff: Duration::from_secs(2),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use wiggum_agents::{Agent, AgentError, Reply, Request, Role, Usage};
 
-use super::checks::{run_checks, CheckResult};
+use super::checks::{run_checks_retrying, CheckResult, TempfailRetry};
 use super::progress::{signature, Decision, Progress, Round};
 use super::prompt::{
     read_notes, review_prompt, work_prompt, FailedCheck, Feedback, TaskText, DIFF_BYTES,
@@ -107,6 +107,8 @@ struct IterationRecord {
     promise_given: bool,
     checks: Vec<CheckResult>,
     checks_ran: bool,
+    /// Retries of checks that exited 75 (their service was unreachable).
+    tempfail: Vec<TempfailRetry>,
     review: Option<Result<super::reply::Verdict, String>>,
     review_skipped: Option<String>,
     usage: Usage,
@@ -324,6 +326,9 @@ pub async fn run_loop(
             )
         } else if checkpoint.is_err() {
             (format!("error: {stat}"), Some(Outcome::Error))
+        } else if let Some(why) = super::checks::unreachable_reason(&rec.checks, cfg) {
+            // Not a verdict on the work: no failed round, no stall signature.
+            (format!("error: {why}"), Some(Outcome::Error))
         } else {
             let round = round_of(&rec, cfg, changed);
             feedback = feedback_of(&rec, cfg);
@@ -518,13 +523,30 @@ async fn iteration(
     rec.checks_started = true;
     let mut env = ctx.env.clone();
     env.push(("WIGGUM_ITERATION".into(), n.to_string()));
-    let check_timeout = match remaining(limit) {
-        Some(r) => r.min(cfg.check_timeout),
-        None => cfg.check_timeout,
-    };
-    rec.checks = run_checks(&cfg.checks, ctx.workspace.path(), check_timeout, &env).await;
+    let checks_run = run_checks_retrying(
+        &cfg.checks,
+        ctx.workspace.path(),
+        || match remaining(limit) {
+            Some(r) => r.min(cfg.check_timeout),
+            None => cfg.check_timeout,
+        },
+        &env,
+        cfg.tempfail(),
+        |retry| {
+            ctx.sink.emit(&Event::ChecksRetrying {
+                step_id: spec.step_id.clone(),
+                iteration: n,
+                attempt: retry.attempt,
+                commands: retry.commands.clone(),
+                wait_ms: retry.wait.as_millis() as u64,
+            })
+        },
+    )
+    .await;
+    rec.checks = checks_run.results;
+    rec.tempfail = checks_run.retries;
     rec.checks_ran = true;
-    for check in &rec.checks {
+    for check in checks_run.replaced.iter().chain(&rec.checks) {
         if let Err(e) = ctx.recorder.log_check(bead, check) {
             rec.log_error.get_or_insert_with(|| e.to_string());
         }
@@ -854,6 +876,9 @@ fn describe_iteration(
     if rec.checks_ran {
         let passed = rec.checks.iter().filter(|c| c.passed).count();
         let _ = writeln!(d, "- checks: {passed}/{} passed", rec.checks.len());
+        for line in super::checks::describe_retries(&rec.tempfail) {
+            let _ = writeln!(d, "  - {line}");
+        }
         for c in &rec.checks {
             let ended = match (c.exit_code, &c.ended) {
                 (Some(code), _) => format!("exit {code}"),
