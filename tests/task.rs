@@ -362,11 +362,20 @@ fn ctrl_c_mid_run_records_the_iteration_as_cancelled_and_exits_130() {
         .as_str()
         .unwrap()
         .contains("cancelled"));
+    // Like a patrol's, the cancelled task stays open for `wiggum resume`.
     let run = beads(repo.path())
         .into_iter()
         .find(|b| b["issue_type"] == "epic")
         .unwrap();
-    assert!(run["close_reason"].as_str().unwrap().starts_with("aborted"));
+    assert_ne!(run["status"], "closed", "{run}");
+    let run_id = j["run_id"].as_str().unwrap();
+    assert!(
+        j["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("wiggum resume {run_id}")),
+        "{j}"
+    );
 }
 
 #[test]

@@ -131,9 +131,19 @@ pub fn run(args: TaskArgs) -> CliResult {
     let report = drive(args.quiet, |display, cancel| async move {
         run_task(opts, &*display, &cancel).await
     })?;
+    finish(report, args.json, args.repo.as_deref())
+}
+
+/// Prints a task's report (or renders its error) and picks the exit code; `wiggum resume` of
+/// a task ends here too.
+pub(crate) fn finish(
+    report: Result<TaskReport, TaskError>,
+    as_json: bool,
+    repo: Option<&std::path::Path>,
+) -> CliResult {
     let report = report.map_err(|e| {
         let code = match e {
-            TaskError::Agent(_) | TaskError::NotReady(_) => EXIT_USAGE,
+            TaskError::Agent(_) | TaskError::NotReady(_) | TaskError::Resume(_) => EXIT_USAGE,
             _ => EXIT_FAILED,
         };
         CliError {
@@ -141,10 +151,10 @@ pub fn run(args: TaskArgs) -> CliResult {
             ..CliError::failed(e.to_string())
         }
     })?;
-    if args.json {
+    if as_json {
         println!("{}", json(&report));
     } else {
-        print!("{}", human(&report, args.repo.as_deref()));
+        print!("{}", human(&report, repo));
     }
     if let Some(e) = &report.record_error {
         eprintln!("error: {e}");

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Who reviews an iteration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReviewMode {
     /// No review: checks (and the promise, if set) decide.
@@ -18,7 +18,8 @@ pub enum ReviewMode {
 }
 
 /// The limits and checks of one step's Ralph loop (DESIGN.md §3).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LoopConfig {
     /// At least 1; there is no unlimited.
     pub max_iterations: u32,

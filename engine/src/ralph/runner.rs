@@ -84,6 +84,8 @@ pub struct StartPoint {
     /// `max_tokens` and `max_cost_usd` count them.
     pub spent_tokens: u64,
     pub spent_cost_usd: f64,
+    /// Time the step's earlier iterations took (before a resume): the step's `timeout` counts it.
+    pub spent_time: Duration,
 }
 
 /// How a step's loop ended.
@@ -207,7 +209,9 @@ pub async fn run_loop(
         if let Some(reason) = over_budget(cfg, &report, spend, &start) {
             return stop(report, Outcome::Budget, reason);
         }
-        let step_left = cfg.timeout.map(|t| t.saturating_sub(started.elapsed()));
+        let step_left = cfg
+            .timeout
+            .map(|t| t.saturating_sub(start.spent_time + started.elapsed()));
         if step_left == Some(Duration::ZERO) {
             let reason = format!(
                 "timeout: the step's time limit ({}) was reached after iteration {}",
@@ -373,6 +377,7 @@ pub async fn run_loop(
             cost_usd: rec.cost,
             duration_ms: duration.as_millis() as u64,
         });
+        crate::run::failpoint::hit("iteration-end");
         previous = Some(bead);
         if let Some(outcome) = outcome {
             return stop(report, outcome, decision);

@@ -2,9 +2,11 @@
 //! with its steps and iterations below it.
 
 pub mod cancel;
+pub mod failpoint;
 pub mod orphans;
 pub mod patrol;
 pub mod record;
+pub mod resume_point;
 pub mod sandbox;
 pub mod state;
 pub mod task;
@@ -13,4 +15,6 @@ pub use cancel::Cancel;
 pub use patrol::{resume_run, run_patrol, PatrolOptions, PatrolReport, PatrolRunError};
 pub use record::Recorder;
 pub use state::{RunState, StepState};
-pub use task::{run_task, ReviewChoice, TaskError, TaskOptions, TaskReport};
+pub use task::{
+    is_task_run, resume_task, run_task, ReviewChoice, TaskError, TaskOptions, TaskReport,
+};

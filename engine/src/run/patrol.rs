@@ -16,13 +16,14 @@ use wiggum_agents::Agent;
 
 use super::cancel::Cancel;
 use super::record::Recorder;
-use super::state::{RunLock, RunState, StepState};
+use super::resume_point::{ended_loop, start_point};
+use super::state::{CommandEnd, RunLock, RunState, StepState};
 use super::task::close_reason;
 use crate::events::{Event, EventSink};
-use crate::ledger::{format_time, now, Ledger, Status};
+use crate::ledger::{format_time, now, Ledger};
 use crate::patrol::{render, Land, Patrol, PatrolErrors, Step, StepKind, StepResultView};
 use crate::ralph::checks::run_checks;
-use crate::ralph::runner::{run_loop, Spend, StartPoint, StepAgents, StepSpec};
+use crate::ralph::runner::{run_loop, Spend, StepAgents, StepSpec};
 use crate::ralph::{Outcome, ReviewMode};
 use crate::workspace::{discover_root, LandOutcome, Workspace};
 
@@ -809,8 +810,18 @@ fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
                 ws.path().display()
             );
         }
-        ws.discard_changes()
-            .map_err(|e| format!("could not reset the step's worktree to its checkpoint: {e}"))?;
+        // A command step whose command had ended keeps what it wrote: it is not run again.
+        let command_ended = ctx
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .step(&step.id)
+            .is_some_and(|s| s.command_end.is_some());
+        if !command_ended {
+            ws.discard_changes().map_err(|e| {
+                format!("could not reset the step's worktree to its checkpoint: {e}")
+            })?;
+        }
         Ok(ws)
     } else {
         Workspace::create(&ctx.repo_root, &name, &branch, Some(&ctx.integration))
@@ -867,10 +878,8 @@ async fn run_agent_step(
         description.push_str(&format!("- check: `{c}`\n"));
     }
     let ws = begin_step(ctx, step, st, &description)?;
-    let mut start = start_point(ctx, &st.bead)?;
-    start.spent_tokens = st.tokens;
-    start.spent_cost_usd = st.cost_usd;
-    if let Some((outcome, reason)) = ended_loop(ctx, &st.bead)? {
+    let start = start_point(&ctx.recorder, st)?;
+    if let Some((outcome, reason)) = ended_loop(&ctx.recorder, &st.bead)? {
         // The loop had ended (a process killed between its last iteration and the merge):
         // finish the step as it ended instead of running the agent again.
         st.iterations = start.done;
@@ -930,6 +939,7 @@ impl EventSink for StepProgress<'_> {
             iteration,
             tokens,
             cost_usd,
+            duration_ms,
             ..
         } = event
         {
@@ -938,48 +948,13 @@ impl EventSink for StepProgress<'_> {
                     s.iterations = *iteration;
                     s.tokens += tokens;
                     s.cost_usd += cost_usd;
+                    s.elapsed_ms += duration_ms;
                 });
                 self.ctx.save();
             }
         }
         self.ctx.sink.emit(event);
     }
-}
-
-/// How a step's loop ended, when its last closed iteration says it did (`converged`,
-/// `stalled: ...`, ...; a cancelled iteration does not end it).
-fn ended_loop(ctx: &RunCtx, step_bead: &str) -> Result<Option<(Outcome, String)>, String> {
-    let iterations = ctx
-        .recorder
-        .iterations(step_bead)
-        .map_err(|e| format!("ledger: {e}"))?;
-    let Some(last) = iterations.iter().rev().find(|b| b.status == Status::Closed) else {
-        return Ok(None);
-    };
-    let reason = last.close_reason.clone().unwrap_or_default();
-    let word = reason.split(':').next().unwrap_or("").trim();
-    Ok(match Outcome::parse(word) {
-        Some(Outcome::Cancelled) | Some(Outcome::Skipped) | None => None,
-        Some(outcome) => Some((outcome, reason)),
-    })
-}
-
-/// Where a step's loop starts: after the iterations already closed in the ledger.
-fn start_point(ctx: &RunCtx, step_bead: &str) -> Result<StartPoint, String> {
-    let iterations = ctx
-        .recorder
-        .iterations(step_bead)
-        .map_err(|e| format!("ledger: {e}"))?;
-    let closed: Vec<_> = iterations
-        .iter()
-        .filter(|b| b.status == Status::Closed)
-        .collect();
-    Ok(StartPoint {
-        done: closed.len() as u32,
-        previous_bead: closed.last().map(|b| b.id.clone()),
-        resumed: iterations.len() > closed.len() || !closed.is_empty(),
-        ..StartPoint::default()
-    })
 }
 
 /// Merges a converged step's branch into the run's branch, one step at a time.
@@ -1059,35 +1034,32 @@ async fn run_command_step(
         ("WIGGUM_STEP".to_string(), step.id.clone()),
     ];
     let limit = timeout.unwrap_or(std::time::Duration::from_secs(600));
-    let result = tokio::select! {
-        r = run_checks(std::slice::from_ref(&command), ws.path(), limit, &env) => r,
-        _ = ctx.cancel.cancelled() => return Ok((Outcome::Cancelled, "cancelled by the user (Ctrl-C, SIGTERM or SIGHUP)".into())),
+    let end = match st.command_end.clone() {
+        // It ended before the process that ran it was killed: not run twice.
+        Some(end) => end,
+        None => {
+            let result = tokio::select! {
+                r = run_checks(std::slice::from_ref(&command), ws.path(), limit, &env) => r,
+                _ = ctx.cancel.cancelled() => return Ok((Outcome::Cancelled, "cancelled by the user (Ctrl-C, SIGTERM or SIGHUP)".into())),
+            };
+            let end = command_end(&command, &result[0]);
+            // Recorded before anything else can fail or be killed.
+            st.command_end = Some(end.clone());
+            mark(ctx, &step.id, |s| s.command_end = Some(end.clone()));
+            ctx.save();
+            crate::run::failpoint::hit("command-end");
+            let _ = ctx.recorder.log_check(&st.bead, &result[0]);
+            end
+        }
     };
-    let check = &result[0];
-    let _ = ctx.recorder.log_check(&st.bead, check);
     st.iterations = 1;
-    st.summary = crate::ralph::text::truncate_chars(
-        check
-            .output
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim(),
-        200,
-    );
+    st.summary = end.summary.clone();
     let cp = ws
         .checkpoint(&format!("wiggum: {} {}", ctx.run_id, step.id))
         .map_err(|e| format!("checkpoint failed: {e}"))?;
-    let line = if !check.passed && !check.timed_out && check.exit_code.is_none() {
-        // Killed by a signal: the output's last line says which.
-        format!("`{command}` failed: {}", st.summary)
-    } else {
-        check.line()
-    };
-    let detail = format!("{line} ({})", cp.stat);
-    if !check.passed {
-        let outcome = if check.timed_out {
+    let detail = format!("{} ({})", end.line, cp.stat);
+    if !end.passed {
+        let outcome = if end.timed_out {
             Outcome::Timeout
         } else {
             Outcome::Error
@@ -1097,6 +1069,33 @@ async fn run_command_step(
     merge_step(ctx, ws)
         .await
         .map(|()| (Outcome::Converged, detail))
+}
+
+/// How a command ended, as the step's state keeps it.
+fn command_end(command: &str, check: &crate::ralph::checks::CheckResult) -> CommandEnd {
+    let summary = crate::ralph::text::truncate_chars(
+        check
+            .output
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim(),
+        200,
+    );
+    let line = if !check.passed && !check.timed_out && check.exit_code.is_none() {
+        // Killed by a signal: the output's last line says which.
+        format!("`{command}` failed: {summary}")
+    } else {
+        check.line()
+    };
+    CommandEnd {
+        exit_code: check.exit_code,
+        passed: check.passed,
+        timed_out: check.timed_out,
+        line,
+        summary,
+    }
 }
 
 async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolRunError> {

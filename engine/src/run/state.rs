@@ -27,6 +27,26 @@ pub struct StepState {
     /// RFC 3339 times the step started and finished (in this or an earlier process).
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Time its finished iterations took, over every process that ran it: a step's `timeout`
+    /// keeps counting across a resume.
+    #[serde(default)]
+    pub elapsed_ms: u64,
+    /// A command step's command ended (recorded before its checkpoint and merge): a resume
+    /// does not run it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_end: Option<CommandEnd>,
+}
+
+/// How a command step's command ended.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CommandEnd {
+    pub exit_code: Option<i32>,
+    pub passed: bool,
+    pub timed_out: bool,
+    /// Its result line ("`make` failed (exit 2)").
+    pub line: String,
+    /// The last line of its output.
+    pub summary: String,
 }
 
 /// A run as the engine remembers it.
@@ -56,6 +76,9 @@ pub struct RunState {
     pub landed_onto_base: bool,
     /// Steps in patrol order.
     pub steps: Vec<(String, StepState)>,
+    /// A task run: what it was asked (prompt, agents, limits), so `wiggum resume` can go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<serde_json::Value>,
 }
 
 impl RunState {

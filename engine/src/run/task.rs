@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wiggum_agents::config::{build_agent, AgentConfig};
 use wiggum_agents::{Agent, Usage};
 
 use super::cancel::Cancel;
 use super::record::Recorder;
+use super::resume_point::{ended_loop, start_point};
 use super::state::{RunLock, RunState, StepState};
 use crate::events::{Event, EventSink};
 use crate::ledger::Ledger;
@@ -22,7 +23,7 @@ use crate::workspace::{LandOutcome, Workspace};
 pub const TASK_STEP: &str = "task";
 
 /// Who reviews a one-shot task.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ReviewChoice {
     None,
     SelfReview,
@@ -78,6 +79,44 @@ pub enum TaskError {
     /// The repository cannot host a run (no commit yet): nothing was recorded.
     #[error("{0}")]
     NotReady(crate::workspace::WorkspaceError),
+    /// `wiggum resume` of a task run cannot go on (unknown, busy, not recorded).
+    #[error("{0}")]
+    Resume(String),
+}
+
+/// What a task run was asked, kept in its [`RunState`] so that `wiggum resume` goes on with
+/// the same prompt, agents and limits (no secret is in it: API keys come from the environment).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TaskRecord {
+    prompt: String,
+    acceptance: Option<String>,
+    worker: AgentConfig,
+    review: ReviewChoice,
+    config: LoopConfig,
+    land: bool,
+    base_dir: PathBuf,
+    /// The branch the task started from, where it lands (`None`: HEAD was detached).
+    home: Option<String>,
+}
+
+/// The agents of a task, built from its record.
+fn task_agents(record: &TaskRecord) -> Result<(StepAgents, LoopConfig), TaskError> {
+    let worker: Arc<dyn Agent> = build_agent(&record.worker, &record.base_dir)
+        .map_err(|e| TaskError::Agent(e.to_string()))?;
+    let reviewer = match &record.review {
+        ReviewChoice::None => None,
+        ReviewChoice::SelfReview => Some(worker.clone()),
+        ReviewChoice::Agent(cfg) => {
+            Some(build_agent(cfg, &record.base_dir).map_err(|e| TaskError::Agent(e.to_string()))?)
+        }
+    };
+    let mut config = record.config.clone();
+    config.review = match &record.review {
+        ReviewChoice::None => ReviewMode::None,
+        ReviewChoice::SelfReview => ReviewMode::SelfReview,
+        ReviewChoice::Agent(cfg) => ReviewMode::Agent(cfg.backend.clone()),
+    };
+    Ok((StepAgents { worker, reviewer }, config))
 }
 
 /// Runs a task to its end and returns the report; only setup failures are errors.
@@ -86,33 +125,32 @@ pub async fn run_task(
     sink: &dyn EventSink,
     cancel: &Cancel,
 ) -> Result<TaskReport, TaskError> {
-    let worker: Arc<dyn Agent> =
-        build_agent(&opts.worker, &opts.base_dir).map_err(|e| TaskError::Agent(e.to_string()))?;
-    let reviewer = match &opts.review {
-        ReviewChoice::None => None,
-        ReviewChoice::SelfReview => Some(worker.clone()),
-        ReviewChoice::Agent(cfg) => {
-            Some(build_agent(cfg, &opts.base_dir).map_err(|e| TaskError::Agent(e.to_string()))?)
-        }
+    let mut record = TaskRecord {
+        prompt: opts.prompt.clone(),
+        acceptance: opts.acceptance.clone(),
+        worker: opts.worker.clone(),
+        review: opts.review.clone(),
+        config: opts.config.clone(),
+        land: opts.land,
+        base_dir: opts.base_dir.clone(),
+        home: None,
     };
-    let mut config = opts.config.clone();
-    config.review = match &opts.review {
-        ReviewChoice::None => ReviewMode::None,
-        ReviewChoice::SelfReview => ReviewMode::SelfReview,
-        ReviewChoice::Agent(cfg) => ReviewMode::Agent(cfg.backend.clone()),
-    };
+    let (agents, config) = task_agents(&record)?;
 
     crate::workspace::require_commit(&opts.repo_root).map_err(TaskError::NotReady)?;
     let recorder = Recorder::new(Ledger::open(&opts.repo_root)?);
     close_abandoned_tasks(&recorder, &opts.repo_root);
     let title = format!("task: {}", crate::run::record::bound_title(&opts.prompt));
-    let run_id = recorder.start_run(&title, &describe_task(&opts, &*worker, &config))?;
-    // Held while this process runs the task: a later `wiggum task` that finds the lock free
-    // knows the process is gone (see `close_abandoned_tasks`).
+    let run_id = recorder.start_run(&title, &describe_task(&opts, &*agents.worker, &config))?;
+    // Held while this process runs the task: `wiggum resume` of it waits for its end.
     let lock = RunLock::acquire(&opts.repo_root, &run_id).ok().flatten();
     let step_bead = recorder.create_step(&run_id, TASK_STEP, &title, &opts.prompt)?;
     recorder.set_in_progress(&step_bead)?;
     let branch = format!("wiggum/{run_id}");
+    // The work starts from this branch, and lands back on it even if you check out another one
+    // meanwhile (landing on "whatever is checked out at the end" merged it into that other
+    // branch). `None` on a detached HEAD: the branch is left, with how to take it.
+    record.home = checked_out_branch(&opts.repo_root);
     let mut state = RunState {
         run_id: run_id.clone(),
         kind: "task".into(),
@@ -129,117 +167,471 @@ pub async fn run_task(
                 ..StepState::default()
             },
         )],
+        task: serde_json::to_value(&record).ok(),
         ..RunState::default()
     };
     state.save(&recorder)?;
-    // The work starts from this branch, and lands back on it even if you check out another one
-    // meanwhile (landing on "whatever is checked out at the end" merged it into that other
-    // branch). `None` on a detached HEAD: the branch is left, with how to take it.
-    let home = checked_out_branch(&opts.repo_root);
     // Worktrees are added one at a time in a repository: libgit2 takes a branch another
     // process is adding a worktree for at the same moment as "already checked out".
     let created = {
         let _worktrees = RunLock::worktrees(&opts.repo_root).ok();
         Workspace::create(&opts.repo_root, &run_id, &branch, None)
     };
+    let run = TaskRun {
+        repo_root: opts.repo_root.clone(),
+        recorder,
+        lock,
+        step_bead,
+        record,
+        earlier: (0, 0.0),
+    };
     let workspace = match created {
         Ok(ws) => ws,
         Err(e) => {
-            // The run is recorded, so it ends like any other: closed, and reported (with
-            // `--json` too), not as a bare error.
-            let reason = format!("could not create the worktree: {e}");
-            let failed = StepReport {
-                outcome: Outcome::Error,
-                reason: reason.clone(),
-                iterations: 0,
-                usage: Usage::default(),
-                cost_usd: 0.0,
-                summary: String::new(),
-                last_checkpoint: None,
-            };
-            let ends = RunEnd {
-                recorder: &recorder,
-                step_bead: &step_bead,
-                lock: &lock,
-            };
-            let record_error = ends.settle(&mut state, &failed, &reason, None);
-            return Ok(TaskReport {
-                run_id,
-                step_id: step_bead,
-                outcome: Outcome::Error,
-                reason,
-                iterations: 0,
-                tokens: 0,
-                usage: Usage::default(),
-                cost_usd: 0.0,
-                branch,
-                worktree: String::new(),
-                landed: false,
-                land: None,
-                last_checkpoint: None,
-                record_error,
-            });
+            return Ok(run.not_started(&mut state, format!("could not create the worktree: {e}")))
         }
     };
-    sink.emit(&Event::RunStarted {
-        run_id: run_id.clone(),
-        name: title.clone(),
-        steps: vec![TASK_STEP.into()],
-    });
-    sink.emit(&Event::StepStarted {
-        run_id: run_id.clone(),
-        step_id: TASK_STEP.into(),
-        bead_id: step_bead.clone(),
-        branch: Some(branch.clone()),
-        worktree: Some(workspace.path().display().to_string()),
-    });
-
-    let spec = StepSpec {
-        run_id: run_id.clone(),
-        step_id: TASK_STEP.into(),
-        bead_id: step_bead.clone(),
-        prompt: opts.prompt.clone(),
-        acceptance: opts.acceptance.clone(),
+    run.drive(
+        state,
+        workspace,
+        agents,
         config,
-    };
-    let agents = StepAgents { worker, reviewer };
-    let spend = Spend::default();
-    let step = run_loop(
-        &spec,
-        &agents,
-        &workspace,
-        &recorder,
+        StartPoint::default(),
         sink,
         cancel,
-        &spend,
-        StartPoint::default(),
     )
-    .await;
-    sink.emit(&Event::StepFinished {
-        step_id: TASK_STEP.into(),
-        outcome: step.outcome,
-        iterations: step.iterations,
-        reason: step.reason.clone(),
-    });
+    .await
+}
 
-    let worktree = workspace.path().display().to_string();
-    let (landed, land) = if step.outcome == Outcome::Converged && opts.land && home.is_none() {
-        (
-            false,
-            Some(format!(
-                "left on {branch}: HEAD was detached when the task started, so there is no branch \
-                 to land on; check out the branch it should go on, then run `git merge {branch}`"
-            )),
+/// Whether `run_id` is a task run of the repository's ledger that `wiggum resume` continues
+/// with [`resume_task`] (a patrol run goes to `resume_run`).
+pub fn is_task_run(repo: &std::path::Path, run_id: &str) -> bool {
+    let Ok(root) = crate::workspace::discover_root(repo) else {
+        return false;
+    };
+    if !Ledger::exists(&root) {
+        return false;
+    }
+    let Ok(ledger) = Ledger::open(&root) else {
+        return false;
+    };
+    matches!(RunState::load(&Recorder::new(ledger), run_id), Ok(Some(s)) if s.kind == "task")
+}
+
+/// Continues a task run that was interrupted (killed, or stopped with Ctrl-C) from its last
+/// checkpoint, with the prompt, agents and limits it started with: no iteration is recorded
+/// twice, and its budgets and `--timeout` count what the earlier processes spent. A task that
+/// had finished is only reported.
+pub async fn resume_task(
+    repo: &std::path::Path,
+    run_id: &str,
+    sink: &dyn EventSink,
+    cancel: &Cancel,
+) -> Result<TaskReport, TaskError> {
+    let repo_root = crate::workspace::discover_root(repo)?;
+    if !Ledger::exists(&repo_root) {
+        return Err(TaskError::Resume(format!(
+            "no run {run_id} in this repository's ledger (see `wiggum runs`)"
+        )));
+    }
+    let recorder = Recorder::new(Ledger::open(&repo_root)?);
+    let lock = match RunLock::acquire(&repo_root, run_id) {
+        Ok(Some(lock)) => Some(lock),
+        Ok(None) => {
+            return Err(TaskError::Resume(format!(
+                "run {run_id} is being run by another wiggum process right now; wait for it to \
+                 end (`wiggum show {run_id}` shows its progress), then resume it if it stopped"
+            )))
+        }
+        Err(e) => return Err(TaskError::Resume(format!("cannot lock run {run_id}: {e}"))),
+    };
+    // Loaded under the run's lock: what an earlier process saved last.
+    let mut state = RunState::load(&recorder, run_id)?.ok_or_else(|| {
+        TaskError::Resume(format!(
+            "no run {run_id} in this repository's ledger (see `wiggum runs`)"
+        ))
+    })?;
+    let step_bead = state
+        .step(TASK_STEP)
+        .map(|s| s.bead.clone())
+        .unwrap_or_default();
+    let branch = state
+        .branch
+        .clone()
+        .unwrap_or_else(|| format!("wiggum/{run_id}"));
+    if state.finished_at.is_some() {
+        if let Some(lock) = &lock {
+            lock.remove_file();
+        }
+        return Ok(report_of_state(&state, step_bead, branch));
+    }
+    let record: TaskRecord = state
+        .task
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| {
+            TaskError::Resume(format!(
+                "run {run_id} is a task started by an older wiggum, which did not record what \
+                 it was asked; start it again with `wiggum task`"
+            ))
+        })?;
+    let (agents, config) = task_agents(&record)?;
+    let st = state.step(TASK_STEP).cloned().unwrap_or_default();
+    let run = TaskRun {
+        repo_root: repo_root.clone(),
+        recorder,
+        lock,
+        step_bead,
+        record,
+        earlier: (st.tokens, st.cost_usd),
+    };
+    let opened = {
+        let _worktrees = RunLock::worktrees(&repo_root).ok();
+        Workspace::open(&repo_root, run_id, &branch)
+    };
+    let workspace = match opened {
+        Ok(ws) => ws,
+        Err(e) => {
+            return Ok(run.not_started(
+                &mut state,
+                format!("could not re-open the task's worktree: {e}"),
+            ))
+        }
+    };
+    // Its agent or check may still run in the worktree: a `kill -9` of wiggum cannot take
+    // them along. What an interrupted iteration half-wrote is thrown away.
+    let killed = super::orphans::kill_processes_in(workspace.path(), run_id);
+    if !killed.is_empty() {
+        tracing::warn!(
+            "killed {} process(es) the interrupted task {run_id} left running: {killed:?}",
+            killed.len()
+        );
+    }
+    if let Err(e) = workspace.discard_changes() {
+        return Ok(run.not_started(
+            &mut state,
+            format!("could not reset the task's worktree to its checkpoint: {e}"),
+        ));
+    }
+    run.recorder.set_in_progress(&run.step_bead)?;
+    let start = start_point(&run.recorder, &st).map_err(TaskError::Resume)?;
+    if let Some((outcome, reason)) =
+        ended_loop(&run.recorder, &run.step_bead).map_err(TaskError::Resume)?
+    {
+        // Its loop had ended (killed before the end was recorded): finish as it ended,
+        // without calling the agent again.
+        let step = StepReport {
+            outcome,
+            reason,
+            iterations: start.done,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            summary: st.summary.clone(),
+            last_checkpoint: workspace.head().ok(),
+        };
+        return Ok(run.conclude(state, workspace, step, sink).await);
+    }
+    run.drive(state, workspace, agents, config, start, sink, cancel)
+        .await
+}
+
+/// A task's report from its recorded state (a task that had finished).
+fn report_of_state(state: &RunState, step_bead: String, branch: String) -> TaskReport {
+    let st = state.step(TASK_STEP).cloned().unwrap_or_default();
+    TaskReport {
+        run_id: state.run_id.clone(),
+        step_id: step_bead,
+        outcome: state.outcome.unwrap_or(Outcome::Error),
+        reason: state.reason.clone(),
+        iterations: st.iterations,
+        tokens: st.tokens,
+        usage: Usage::default(),
+        cost_usd: st.cost_usd,
+        branch,
+        worktree: String::new(),
+        landed: state
+            .landed
+            .as_deref()
+            .is_some_and(|l| l.starts_with("fast-forwarded") || l.starts_with("merged")),
+        land: state.landed.clone(),
+        last_checkpoint: None,
+        record_error: None,
+    }
+}
+
+/// A task run being worked on by this process.
+struct TaskRun {
+    repo_root: PathBuf,
+    recorder: Recorder,
+    lock: Option<RunLock>,
+    step_bead: String,
+    record: TaskRecord,
+    /// Tokens and cost earlier processes spent on it (a resumed task).
+    earlier: (u64, f64),
+}
+
+impl TaskRun {
+    /// Ends a run that could not start its loop: closed, and reported (with `--json` too),
+    /// not as a bare error.
+    fn not_started(self, state: &mut RunState, reason: String) -> TaskReport {
+        let failed = StepReport {
+            outcome: Outcome::Error,
+            reason: reason.clone(),
+            iterations: 0,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            summary: String::new(),
+            last_checkpoint: None,
+        };
+        let ends = RunEnd {
+            recorder: &self.recorder,
+            step_bead: &self.step_bead,
+            lock: &self.lock,
+            earlier_tokens: 0,
+        };
+        let record_error = ends.settle(state, &failed, &reason, None);
+        TaskReport {
+            run_id: state.run_id.clone(),
+            step_id: self.step_bead.clone(),
+            outcome: Outcome::Error,
+            reason,
+            iterations: 0,
+            tokens: 0,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            branch: state.branch.clone().unwrap_or_default(),
+            worktree: String::new(),
+            landed: false,
+            land: None,
+            last_checkpoint: None,
+            record_error,
+        }
+    }
+
+    /// Runs the task's loop from `start`, then lands and records its end.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive(
+        self,
+        state: RunState,
+        workspace: Workspace,
+        agents: StepAgents,
+        config: LoopConfig,
+        start: StartPoint,
+        sink: &dyn EventSink,
+        cancel: &Cancel,
+    ) -> Result<TaskReport, TaskError> {
+        let run_id = state.run_id.clone();
+        let branch = workspace.branch().to_string();
+        sink.emit(&Event::RunStarted {
+            run_id: run_id.clone(),
+            name: format!("task: {}", state.name),
+            steps: vec![TASK_STEP.into()],
+        });
+        sink.emit(&Event::StepStarted {
+            run_id: run_id.clone(),
+            step_id: TASK_STEP.into(),
+            bead_id: self.step_bead.clone(),
+            branch: Some(branch),
+            worktree: Some(workspace.path().display().to_string()),
+        });
+        let spec = StepSpec {
+            run_id: run_id.clone(),
+            step_id: TASK_STEP.into(),
+            bead_id: self.step_bead.clone(),
+            prompt: self.record.prompt.clone(),
+            acceptance: self.record.acceptance.clone(),
+            config,
+        };
+        let spend = Spend::default();
+        let progress = TaskProgress {
+            sink,
+            recorder: &self.recorder,
+            state: std::sync::Mutex::new(state),
+        };
+        let step = run_loop(
+            &spec,
+            &agents,
+            &workspace,
+            &self.recorder,
+            &progress,
+            cancel,
+            &spend,
+            start,
         )
-    } else if step.outcome == Outcome::Converged && opts.land {
+        .await;
+        let state = progress
+            .state
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(self.conclude(state, workspace, step, sink).await)
+    }
+
+    /// After the loop: lands a converged task, records its end (or, cancelled, leaves it to
+    /// `wiggum resume`), and reports.
+    async fn conclude(
+        self,
+        mut state: RunState,
+        workspace: Workspace,
+        mut step: StepReport,
+        sink: &dyn EventSink,
+    ) -> TaskReport {
+        let run_id = state.run_id.clone();
+        let branch = workspace.branch().to_string();
+        // The report counts the whole task, earlier processes included.
+        step.cost_usd += self.earlier.1;
+        let tokens = step.usage.total() + self.earlier.0;
+        sink.emit(&Event::StepFinished {
+            step_id: TASK_STEP.into(),
+            outcome: step.outcome,
+            iterations: step.iterations,
+            reason: step.reason.clone(),
+        });
+        let worktree = workspace.path().display().to_string();
+        if step.outcome == Outcome::Cancelled {
+            return self.pause(state, step, branch, worktree, sink);
+        }
+        let (landed, mut land) = self.land(&step, &workspace, &branch).await;
+        if landed {
+            // The work is in the user's branch; the worktree has nothing more to show, unless it
+            // holds work no checkpoint has (a git repository the agent made inside it, tracked
+            // files a check changed): removing it would lose that without a word.
+            let unsaved = unsaved_work(&workspace);
+            if unsaved.is_empty() {
+                let _worktrees = RunLock::worktrees(&self.repo_root).ok();
+                let _ = workspace.remove();
+            } else if let Some(l) = land.as_mut() {
+                let path = workspace.path().display();
+                l.push_str(&format!(
+                    "; the worktree {path} is kept: it has work in no checkpoint ({}); see `git -C \
+                     {path} status`, remove it with `git worktree remove --force {path}`",
+                    unsaved.join(", ")
+                ));
+            }
+        }
+
+        let notes = format!(
+            "outcome: {}\nreason: {}\niterations: {}\ntokens: {}\ncost: ${:.4}\nbranch: {branch}\n{}",
+            step.outcome,
+            step.reason,
+            step.iterations,
+            tokens,
+            step.cost_usd,
+            land.clone().unwrap_or_default()
+        );
+        let ends = RunEnd {
+            recorder: &self.recorder,
+            step_bead: &self.step_bead,
+            lock: &self.lock,
+            earlier_tokens: self.earlier.0,
+        };
+        let record_error = ends.settle(&mut state, &step, &notes, land.clone());
+        sink.emit(&Event::RunFinished {
+            run_id: run_id.clone(),
+            outcome: step.outcome,
+            reason: step.reason.clone(),
+        });
+        TaskReport {
+            run_id,
+            step_id: self.step_bead.clone(),
+            outcome: step.outcome,
+            reason: step.reason,
+            iterations: step.iterations,
+            tokens,
+            usage: step.usage,
+            cost_usd: step.cost_usd,
+            branch,
+            worktree,
+            landed,
+            land,
+            last_checkpoint: step.last_checkpoint,
+            record_error,
+        }
+    }
+
+    /// A cancelled task stays open, like a patrol: `wiggum resume RUN` goes on with it.
+    fn pause(
+        self,
+        mut state: RunState,
+        step: StepReport,
+        branch: String,
+        worktree: String,
+        sink: &dyn EventSink,
+    ) -> TaskReport {
+        let run_id = state.run_id.clone();
+        let reason = format!("cancelled by the user; continue with `wiggum resume {run_id}`");
+        let tokens = step.usage.total() + self.earlier.0;
+        state.outcome = Some(Outcome::Cancelled);
+        state.reason = reason.clone();
+        if let Some(st) = state.step_mut(TASK_STEP) {
+            st.status = "running".into();
+            st.reason = step.reason.clone();
+            st.iterations = step.iterations;
+        }
+        let record_error = state
+            .save(&self.recorder)
+            .and_then(|()| self.recorder.ledger().export())
+            .err()
+            .map(|e| format!("the result could not be recorded in the ledger: {e}"));
+        sink.emit(&Event::RunFinished {
+            run_id: run_id.clone(),
+            outcome: Outcome::Cancelled,
+            reason: reason.clone(),
+        });
+        TaskReport {
+            run_id,
+            step_id: self.step_bead.clone(),
+            outcome: Outcome::Cancelled,
+            reason,
+            iterations: step.iterations,
+            tokens,
+            usage: step.usage,
+            cost_usd: step.cost_usd,
+            branch,
+            worktree,
+            landed: false,
+            land: None,
+            last_checkpoint: step.last_checkpoint,
+            record_error,
+        }
+    }
+
+    /// Lands a converged task onto the branch it started from, when asked and safe.
+    async fn land(
+        &self,
+        step: &StepReport,
+        workspace: &Workspace,
+        branch: &str,
+    ) -> (bool, Option<String>) {
+        let home = self.record.home.as_deref();
+        if step.outcome != Outcome::Converged {
+            return (false, None);
+        }
+        if !self.record.land {
+            return (
+                false,
+                Some(format!(
+                    "left on {branch} (landing is off); take it with `git merge {branch}`"
+                )),
+            );
+        }
+        if home.is_none() {
+            return (
+                false,
+                Some(format!(
+                    "left on {branch}: HEAD was detached when the task started, so there is no \
+                     branch to land on; check out the branch it should go on, then run `git \
+                     merge {branch}`"
+                )),
+            );
+        }
         // One landing at a time in a repository: two tasks finishing together both land
         // instead of one being left because the branch moved under it.
-        let root = opts.repo_root.clone();
+        let root = self.repo_root.clone();
         let _landing = tokio::task::spawn_blocking(move || RunLock::landing(&root))
             .await
             .ok()
             .and_then(Result::ok);
-        match workspace.land(home.as_deref()) {
+        match workspace.land(home) {
             Ok(LandOutcome::FastForward { target, sha }) => (
                 true,
                 Some(format!("fast-forwarded {target} to {}", short(&sha))),
@@ -263,71 +655,40 @@ pub async fn run_task(
                 )),
             ),
         }
-    } else if step.outcome == Outcome::Converged {
-        (
-            false,
-            Some(format!(
-                "left on {branch} (landing is off); take it with `git merge {branch}`"
-            )),
-        )
-    } else {
-        (false, None)
-    };
-    let mut land = land;
-    if landed {
-        // The work is in the user's branch; the worktree has nothing more to show, unless it
-        // holds work no checkpoint has (a git repository the agent made inside it, tracked
-        // files a check changed): removing it would lose that without a word.
-        let unsaved = unsaved_work(&workspace);
-        if unsaved.is_empty() {
-            let _worktrees = RunLock::worktrees(&opts.repo_root).ok();
-            let _ = workspace.remove();
-        } else if let Some(l) = land.as_mut() {
-            let path = workspace.path().display();
-            l.push_str(&format!(
-                "; the worktree {path} is kept: it has work in no checkpoint ({}); see `git -C \
-                 {path} status`, remove it with `git worktree remove --force {path}`",
-                unsaved.join(", ")
-            ));
-        }
     }
+}
 
-    let notes = format!(
-        "outcome: {}\nreason: {}\niterations: {}\ntokens: {}\ncost: ${:.4}\nbranch: {branch}\n{}",
-        step.outcome,
-        step.reason,
-        step.iterations,
-        step.usage.total(),
-        step.cost_usd,
-        land.clone().unwrap_or_default()
-    );
-    let ends = RunEnd {
-        recorder: &recorder,
-        step_bead: &step_bead,
-        lock: &lock,
-    };
-    let record_error = ends.settle(&mut state, &step, &notes, land.clone());
-    sink.emit(&Event::RunFinished {
-        run_id: run_id.clone(),
-        outcome: step.outcome,
-        reason: step.reason.clone(),
-    });
-    Ok(TaskReport {
-        run_id,
-        step_id: step_bead,
-        outcome: step.outcome,
-        reason: step.reason,
-        iterations: step.iterations,
-        tokens: step.usage.total(),
-        usage: step.usage,
-        cost_usd: step.cost_usd,
-        branch,
-        worktree,
-        landed,
-        land,
-        last_checkpoint: step.last_checkpoint,
-        record_error,
-    })
+/// Forwards the loop's events and saves the run's state at each iteration's end, so that a
+/// task killed mid-way is resumed knowing what it already did and spent.
+struct TaskProgress<'a> {
+    sink: &'a dyn EventSink,
+    recorder: &'a Recorder,
+    state: std::sync::Mutex<RunState>,
+}
+
+impl EventSink for TaskProgress<'_> {
+    fn emit(&self, event: &Event) {
+        if let Event::IterationFinished {
+            iteration,
+            tokens,
+            cost_usd,
+            duration_ms,
+            ..
+        } = event
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = state.step_mut(TASK_STEP) {
+                s.iterations = *iteration;
+                s.tokens += tokens;
+                s.cost_usd += cost_usd;
+                s.elapsed_ms += duration_ms;
+            }
+            if let Err(e) = state.save(self.recorder) {
+                tracing::warn!("could not save the task's state: {e}");
+            }
+        }
+        self.sink.emit(event);
+    }
 }
 
 /// The branch checked out in the repository at `repo_root`, if HEAD is on one.
@@ -345,6 +706,8 @@ struct RunEnd<'a> {
     recorder: &'a Recorder,
     step_bead: &'a str,
     lock: &'a Option<RunLock>,
+    /// Tokens spent by earlier processes (a resumed task): the step's total counts them.
+    earlier_tokens: u64,
 }
 
 impl RunEnd<'_> {
@@ -372,7 +735,7 @@ impl RunEnd<'_> {
             st.reason = step.reason.clone();
             st.summary = step.summary.clone();
             st.iterations = step.iterations;
-            st.tokens = step.usage.total();
+            st.tokens = step.usage.total() + self.earlier_tokens;
             st.cost_usd = step.cost_usd;
             st.finished_at = finished_at;
         }
@@ -415,7 +778,8 @@ fn close_abandoned_tasks(recorder: &Recorder, repo_root: &std::path::Path) {
         };
         let started = crate::ledger::parse_time(&state.started_at).ok();
         let young = started.is_none_or(|t| now() - t < ABANDONED_AFTER);
-        if state.kind != "task" || state.finished_at.is_some() || young {
+        // A task that recorded what it was asked is resumable: `wiggum resume` goes on with it.
+        if state.kind != "task" || state.finished_at.is_some() || young || state.task.is_some() {
             continue;
         }
         // A running task holds its lock: skip it at once rather than wait on it.
