@@ -85,6 +85,8 @@ pub struct Step {
 }
 
 /// What a step does.
+// A patrol holds a handful of steps, built once: the size of the agent variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum StepKind {
     /// An agent works in a Ralph loop.
