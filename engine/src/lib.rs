@@ -7,5 +7,6 @@ pub mod events;
 pub mod ledger;
 pub mod patrol;
 pub mod ralph;
+pub mod report;
 pub mod run;
 pub mod workspace;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod beads;
+pub mod ci;
 pub mod daemon;
 pub mod display;
 pub mod error;

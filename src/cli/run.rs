@@ -9,7 +9,8 @@ use wiggum_engine::events::EventSink;
 use wiggum_engine::ralph::Outcome;
 use wiggum_engine::run::{run_patrol, Cancel, PatrolOptions, PatrolReport, PatrolRunError};
 
-use super::runtime::drive;
+use super::ci::CiArgs;
+use super::runtime::{drive, Output};
 use super::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 
 /// Run a patrol (a TOML file of steps) once, now.
@@ -45,6 +46,9 @@ pub struct RunArgs {
     /// Print only the result.
     #[arg(long, short)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub ci: CiArgs,
 }
 
 /// Runs `wiggum run`.
@@ -69,25 +73,32 @@ pub fn run(args: RunArgs) -> CliResult {
         (None, true) => Some(sandbox(&patrol.repo)?),
         (None, false) => None,
     };
+    let ci_repo = repo_override.clone().unwrap_or_else(|| patrol.repo.clone());
     let opts = PatrolOptions {
         patrol,
         run_key: args.run_id.clone(),
         repo_override,
     };
     let json = args.json;
-    with_runtime(args.quiet, move |sink, cancel| async move {
+    let output = Output::new(args.quiet, &args.ci);
+    let result = with_runtime(output.clone(), move |sink, cancel| async move {
         run_patrol(opts, sink, cancel).await
-    })
-    .and_then(|report| render(&report, json))
+    });
+    let (repo, run_id) = match &result {
+        Ok(r) => (r.repo.clone(), Some(r.run_id.clone())),
+        Err(_) => (ci_repo, None),
+    };
+    let code = result.and_then(|report| render(&report, json));
+    super::ci::after_run(&args.ci, &output, &repo, run_id, code)
 }
 
 /// Runs a patrol future with the display and Ctrl-C handling; maps its errors to exit codes.
-pub fn with_runtime<F, Fut>(quiet: bool, f: F) -> Result<PatrolReport, CliError>
+pub fn with_runtime<F, Fut>(output: Arc<Output>, f: F) -> Result<PatrolReport, CliError>
 where
     F: FnOnce(Arc<dyn EventSink>, Cancel) -> Fut,
     Fut: std::future::Future<Output = Result<PatrolReport, PatrolRunError>>,
 {
-    let result = drive(quiet, |display, cancel| f(display, cancel))?;
+    let result = drive(output, |display, cancel| f(display, cancel))?;
     result.map_err(|e| {
         let code = match e {
             PatrolRunError::Invalid(_) | PatrolRunError::Agent { .. } => EXIT_USAGE,

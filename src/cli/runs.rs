@@ -11,7 +11,7 @@ use wiggum_engine::run::{Recorder, RunState};
 use super::beads::open_ledger;
 use super::{resolve_repo, CliError, CliResult, EXIT_OK};
 
-/// List recent runs with outcome, duration, iterations and cost.
+/// List recent runs with outcome, duration, iterations, cost and `--run-id` key.
 ///
 /// Patrols and tasks, newest first.
 #[derive(Debug, Args)]
@@ -71,8 +71,15 @@ pub fn run(args: RunsArgs) -> CliResult {
                 .and_then(|t| parse_time(t).ok())
         });
         let duration = finished.map(|f| (f - bead.created_at).to_std().unwrap_or_default());
+        let key = state.as_ref().and_then(|s| s.key.clone()).or_else(|| {
+            bead.description
+                .lines()
+                .find_map(|l| l.strip_prefix(wiggum_engine::report::KEY_LINE))
+                .map(str::to_string)
+        });
         rows.push(serde_json::json!({
             "run_id": bead.id,
+            "key": key,
             "kind": state.as_ref().map_or("run", |s| s.kind.as_str()),
             "name": state.as_ref().map_or_else(|| bead.title.clone(), |s| s.name.clone()),
             "outcome": outcome,
@@ -92,8 +99,8 @@ pub fn run(args: RunsArgs) -> CliResult {
         return Ok(EXIT_OK);
     }
     let mut out = format!(
-        "{:<14} {:<7} {:<24} {:<11} {:<20} {:>9} {:>5} {:>9}\n",
-        "RUN", "KIND", "NAME", "OUTCOME", "STARTED", "DURATION", "ITER", "COST"
+        "{:<14} {:<7} {:<24} {:<11} {:<20} {:>9} {:>5} {:>9}  {}\n",
+        "RUN", "KIND", "NAME", "OUTCOME", "STARTED", "DURATION", "ITER", "COST", "KEY"
     );
     for r in &rows {
         let duration = r["duration_ms"]
@@ -103,7 +110,7 @@ pub fn run(args: RunsArgs) -> CliResult {
         let started = r["started_at"].as_str().unwrap_or("");
         let _ = writeln!(
             out,
-            "{:<14} {:<7} {:<24} {:<11} {:<20} {:>9} {:>5} {:>9}",
+            "{:<14} {:<7} {:<24} {:<11} {:<20} {:>9} {:>5} {:>9}  {}",
             r["run_id"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
             truncate(r["name"].as_str().unwrap_or(""), 24),
@@ -112,6 +119,7 @@ pub fn run(args: RunsArgs) -> CliResult {
             duration,
             r["iterations"],
             format!("${:.4}", r["cost_usd"].as_f64().unwrap_or(0.0)),
+            r["key"].as_str().unwrap_or("-"),
         );
     }
     print!("{out}");

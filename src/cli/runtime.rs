@@ -8,14 +8,57 @@ use std::sync::Arc;
 
 use wiggum_engine::run::Cancel;
 
+use wiggum_engine::events::{Event, EventSink};
+
+use super::ci::{CiArgs, CiSink};
 use super::display::Display;
 use super::{CliError, EXIT_INTERRUPTED};
 
-/// Runs `f` to completion with a display (quiet: results only) and a cancel flag wired to
+/// Where a command's progress goes: the terminal display, or CI log lines (`--ci`).
+pub enum Output {
+    Terminal(Display),
+    Ci(CiSink),
+}
+
+impl Output {
+    /// CI lines when CI mode is on (`--ci` or CI=true), else the terminal display.
+    pub fn new(quiet: bool, ci: &CiArgs) -> Arc<Output> {
+        Arc::new(if ci.enabled() {
+            Output::Ci(CiSink::new(quiet))
+        } else {
+            Output::Terminal(Display::new(quiet))
+        })
+    }
+
+    /// The CI sink, in CI mode.
+    pub fn ci(&self) -> Option<&CiSink> {
+        match self {
+            Output::Ci(c) => Some(c),
+            Output::Terminal(_) => None,
+        }
+    }
+
+    fn finish(&self) {
+        if let Output::Terminal(d) = self {
+            d.finish();
+        }
+    }
+}
+
+impl EventSink for Output {
+    fn emit(&self, event: &Event) {
+        match self {
+            Output::Terminal(d) => d.emit(event),
+            Output::Ci(c) => c.emit(event),
+        }
+    }
+}
+
+/// Runs `f` to completion with `display` (see [`Output`]) and a cancel flag wired to
 /// Ctrl-C, SIGTERM and SIGHUP; returns what it returned.
-pub fn drive<T, F, Fut>(quiet: bool, f: F) -> Result<T, CliError>
+pub fn drive<T, F, Fut>(display: Arc<Output>, f: F) -> Result<T, CliError>
 where
-    F: FnOnce(Arc<Display>, Cancel) -> Fut,
+    F: FnOnce(Arc<Output>, Cancel) -> Fut,
     Fut: Future<Output = T>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -23,7 +66,6 @@ where
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
-    let display = Arc::new(Display::new(quiet));
     let cancel = Cancel::new();
     let result = runtime.block_on(async {
         // Listening from here on, before the run starts: a signal in the first milliseconds

@@ -16,7 +16,8 @@ use super::{resolve_repo, CliError, CliResult, EXIT_OK};
 /// their outcomes, a step's iterations with why each went on or stopped).
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// A run, step or iteration id (e.g. wg-k3j9a, wg-k3j9a.1, wg-k3j9a.1.3).
+    /// A run, step or iteration id (e.g. wg-k3j9a, wg-k3j9a.1, wg-k3j9a.1.3), or the
+    /// `--run-id` key a run was started with.
     pub id: String,
 
     /// The repository (default: the git repository around the current directory).
@@ -42,13 +43,21 @@ pub fn run(args: ShowArgs) -> CliResult {
     let recorder = Recorder::new(open_ledger(&root)?);
     let (bead, children, text) = {
         let ledger = recorder.ledger();
-        let bead = ledger
+        let found = ledger
             .get(&args.id)
-            .map_err(|e| CliError::failed(e.to_string()))?
-            .ok_or_else(|| {
-                CliError::usage(format!("no bead {} in {}", args.id, root.display()))
-                    .hint("`wiggum runs` lists the runs; `wiggum beads list` every bead")
-            })?;
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        // Not a bead id: maybe the `--run-id` key a run was started with.
+        let found = match found {
+            Some(b) => Some(b),
+            None => wiggum_engine::report::resolve_run(&ledger, &args.id)
+                .ok()
+                .flatten()
+                .and_then(|id| ledger.get(&id).ok().flatten()),
+        };
+        let bead = found.ok_or_else(|| {
+            CliError::usage(format!("no bead {} in {}", args.id, root.display()))
+                .hint("`wiggum runs` lists the runs; `wiggum beads list` every bead")
+        })?;
         let children = ledger
             .children(&bead.id)
             .map_err(|e| CliError::failed(e.to_string()))?;

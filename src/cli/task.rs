@@ -119,6 +119,9 @@ pub struct TaskArgs {
     /// Print only the result.
     #[arg(long, short)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub ci: super::ci::CiArgs,
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
@@ -128,10 +131,18 @@ fn parse_dur(s: &str) -> Result<Duration, String> {
 /// Runs `wiggum task`.
 pub fn run(args: TaskArgs) -> CliResult {
     let opts = options(&args)?;
-    let report = drive(args.quiet, |display, cancel| async move {
+    let repo = opts.repo_root.clone();
+    let output = super::runtime::Output::new(args.quiet, &args.ci);
+    let report = drive(output.clone(), |display, cancel| async move {
         run_task(opts, &*display, &cancel).await
-    })?;
-    finish(report, args.json, args.repo.as_deref())
+    });
+    let run_id = match &report {
+        Ok(Ok(r)) => Some(r.run_id.clone()),
+        _ => None,
+    }
+    .or_else(|| output.ci().and_then(|c| c.run_id()));
+    let result = report.and_then(|r| finish(r, args.json, args.repo.as_deref()));
+    super::ci::after_run(&args.ci, &output, &repo, run_id, result)
 }
 
 /// Prints a task's report (or renders its error) and picks the exit code; `wiggum resume` of

@@ -232,10 +232,13 @@ pub async fn run_patrol(
     };
     let agents = build_agents(&patrol)?;
 
-    let run_id = recorder.start_run(
-        &format!("patrol: {}", patrol.name),
-        &describe_patrol(&patrol),
-    )?;
+    let mut description = describe_patrol(&patrol);
+    if let Some(key) = &opts.run_key {
+        // In the bead, not only in the engine state: reports find a run by its key on a
+        // fresh clone too.
+        description.push_str(&format!("\n{}{key}\n", crate::report::KEY_LINE));
+    }
+    let run_id = recorder.start_run(&format!("patrol: {}", patrol.name), &description)?;
     let lock = lock_run(&repo_root, &run_id)?;
     let mut state = RunState {
         run_id: run_id.clone(),
