@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use clap::Args;
-use wiggum_engine::events::{Event, EventSink};
+use wiggum_engine::events::{Event, EventSink, Phase};
 use wiggum_engine::ledger::{Ledger, Redactor};
 use wiggum_engine::report::{self, Format, RunReport};
 
@@ -163,11 +163,16 @@ impl EventSink for CiSink {
                 step_id,
                 iteration,
                 phase,
-            } => self.step_line(
-                &mut state,
-                step_id,
-                &format!("{step_id}: iteration {iteration} · {phase}"),
-            ),
+            } => {
+                // The checks and review lines say how those phases went.
+                if *phase == Phase::Work {
+                    self.step_line(
+                        &mut state,
+                        step_id,
+                        &format!("{step_id}: iteration {iteration} · {phase}"),
+                    );
+                }
+            }
             Event::ChecksFinished {
                 step_id,
                 iteration,
@@ -409,7 +414,11 @@ pub fn annotations(r: &RunReport, repo: &Path) -> Vec<String> {
             props.push(format!("file={}", escape_property(&file)));
             props.push(format!("line={line}"));
         }
-        let mut message = format!("{}: {}\n→ {}", a.outcome, a.reason, a.advice);
+        let mut message = format!(
+            "{}\n→ {}",
+            report::headline(&a.outcome, &a.reason),
+            a.advice
+        );
         if let Some(f) = step.and_then(|s| s.failing_output.as_ref()) {
             message.push_str(&format!(
                 "\nlast failing check `{}`, end of its output:\n{}",

@@ -104,13 +104,56 @@ impl TempRepo {
 /// A `wiggum` command with a clean environment for tests (no user config, no colours).
 pub fn wiggum_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wiggum"));
+    // CI mode and GitHub Actions outputs only where a test asks for them.
     cmd.env_remove("WIGGUM_LOG")
+        .env_remove("CI")
+        .env_remove("GITHUB_ACTIONS")
+        .env_remove("GITHUB_STEP_SUMMARY")
+        .env_remove("GITHUB_OUTPUT")
         .env("NO_COLOR", "1")
         .env("GIT_AUTHOR_NAME", "Test User")
         .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
         .env("GIT_COMMITTER_NAME", "Test User")
         .env("GIT_COMMITTER_EMAIL", "test@example.invalid");
     cmd
+}
+
+/// Validates a JUnit XML file against fixtures/junit/JUnit.xsd with the real `xmllint`; in CI
+/// (CI=true) a missing xmllint fails, elsewhere the check is skipped with a loud message.
+pub fn assert_valid_junit(file: &Path) {
+    let xsd = fixture("junit/JUnit.xsd");
+    let out = match Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(&xsd)
+        .arg(file)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            if in_ci() {
+                panic!("xmllint is needed in CI (apt-get install libxml2-utils): {e}");
+            }
+            eprintln!(
+                "\n!!! SKIPPED the JUnit schema check: xmllint is not installed ({e}); \
+                 `apt-get install libxml2-utils` (CI fails without it)\n"
+            );
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{} does not validate against {}:\n{}\n--- xml\n{}",
+        file.display(),
+        xsd.display(),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(file).unwrap_or_default()
+    );
+}
+
+/// Whether the tests run in CI (`CI=true`): there, a missing tool fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// The absolute path of a file under `fixtures/`.

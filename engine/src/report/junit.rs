@@ -69,7 +69,7 @@ pub fn render(r: &RunReport) -> String {
             continue;
         }
         x.push_str(">\n");
-        let message = one_line(&format!("{}: {}", s.outcome, s.reason));
+        let message = one_line(&s.headline());
         if s.not_run() {
             let _ = writeln!(x, "      <skipped message=\"{}\"/>", attr(&message));
         } else {

@@ -12,8 +12,8 @@ pub mod sample;
 
 pub use error::ReportError;
 pub use model::{
-    resolve_run, tail, Attention, CheckLine, FailingCheck, IterationReport, RunReport, StepReport,
-    KEY_LINE, LABEL_ESCALATED, LABEL_SUBTASK, OUTPUT_TAIL,
+    headline, resolve_run, tail, Attention, CheckLine, FailingCheck, IterationReport, RunReport,
+    StepReport, KEY_LINE, LABEL_ESCALATED, LABEL_SUBTASK, OUTPUT_TAIL,
 };
 
 /// A report format.

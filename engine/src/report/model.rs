@@ -305,6 +305,11 @@ impl RunReport {
 }
 
 impl StepReport {
+    /// `outcome: reason`, without repeating the outcome when the reason starts with it.
+    pub fn headline(&self) -> String {
+        headline(&self.outcome, &self.reason)
+    }
+
     /// Whether this step (or subtask) succeeded.
     pub fn passed(&self) -> bool {
         matches!(self.outcome.as_str(), "converged" | "merged")
@@ -313,6 +318,17 @@ impl StepReport {
     /// Not run at all (skipped or never reached).
     pub fn not_run(&self) -> bool {
         matches!(self.outcome.as_str(), "skipped" | "not run")
+    }
+}
+
+/// `outcome: reason`, without repeating the outcome when the reason starts with it.
+pub fn headline(outcome: &str, reason: &str) -> String {
+    if reason.starts_with(outcome) {
+        reason.to_string()
+    } else if reason.is_empty() {
+        outcome.to_string()
+    } else {
+        format!("{outcome}: {reason}")
     }
 }
 
@@ -471,6 +487,8 @@ fn step_of(
                 .strip_prefix("escalated: ")
                 .map(|r| r.to_string())
         })
+        // Notes that are only a reason (a skipped step's).
+        .or_else(|| (notes.fields.is_empty() && !bead.notes.trim().is_empty()).then(|| bead.notes.trim().to_string()))
         .or_else(|| bead.close_reason.clone())
         .or_else(|| iterations.last().map(|i| i.reason.clone()))
         .unwrap_or_default();
