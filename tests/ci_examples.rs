@@ -66,20 +66,35 @@ fn the_gitlab_example_is_a_valid_job_with_schedule_cache_artifacts_and_retry() {
     if stderr.contains("No module named 'yaml'") {
         return tool_missing("PyYAML", &std::io::Error::other(stderr.to_string()));
     }
-    assert!(out.status.success(), "{} is not YAML: {stderr}", file.display());
+    assert!(
+        out.status.success(),
+        "{} is not YAML: {stderr}",
+        file.display()
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let job = &doc["wiggum-patrol"];
     assert!(job.is_object(), "no wiggum-patrol job: {doc}");
     // Keys GitLab knows for a job; a typo would be a silently ignored key.
     let known = [
-        "image", "rules", "variables", "cache", "retry", "timeout", "before_script", "script",
-        "after_script", "artifacts",
+        "image",
+        "rules",
+        "variables",
+        "cache",
+        "retry",
+        "timeout",
+        "before_script",
+        "script",
+        "after_script",
+        "artifacts",
     ];
     for key in job.as_object().unwrap().keys() {
         assert!(known.contains(&key.as_str()), "unknown job key {key}");
     }
     let rules = job["rules"].to_string();
-    assert!(rules.contains("schedule") && rules.contains("web"), "{rules}");
+    assert!(
+        rules.contains("schedule") && rules.contains("web"),
+        "{rules}"
+    );
     let script = job["script"].to_string();
     assert!(script.contains("--run-id \\\"$RUN_KEY\\\""), "{script}");
     assert!(job["variables"]["RUN_KEY"]
@@ -91,5 +106,7 @@ fn the_gitlab_example_is_a_valid_job_with_schedule_cache_artifacts_and_retry() {
     assert!(job["after_script"].to_string().contains("--format html"));
     assert!(job["retry"]["max"].as_u64().unwrap() >= 1);
     let caches = job["cache"].as_array().unwrap();
-    assert!(caches.iter().all(|c| c["key"].is_string() && c["paths"].is_array()));
+    assert!(caches
+        .iter()
+        .all(|c| c["key"].is_string() && c["paths"].is_array()));
 }

@@ -95,7 +95,11 @@ fn github_mode_writes_groups_annotations_summary_outputs_and_junit_without_secre
             ("WIGGUM_E2E_API_KEY", SECRET),
         ],
     );
-    assert_eq!(run.code, 1, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code, 1,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
     let err = &run.stderr;
     // CI lines: timestamped, grouped per step, no live line.
     assert!(err.contains("::group::step fix: converged"), "{err}");
@@ -112,13 +116,19 @@ fn github_mode_writes_groups_annotations_summary_outputs_and_junit_without_secre
         .find(|l| l.starts_with("::error "))
         .unwrap_or_else(|| panic!("no ::error annotation in {err}"));
     assert!(error.contains("file=calc.py,line=3"), "{error}");
-    assert!(error.contains("title=wiggum%3A step stuck exhausted"), "{error}");
+    assert!(
+        error.contains("title=wiggum%3A step stuck exhausted"),
+        "{error}"
+    );
     assert!(err
         .lines()
         .any(|l| l.starts_with("::warning ") && l.contains("step after skipped")));
     // Summary and outputs.
     let summary = std::fs::read_to_string(&summary).unwrap();
-    assert!(summary.contains("wiggum patrol `ci-demo`: exhausted"), "{summary}");
+    assert!(
+        summary.contains("wiggum patrol `ci-demo`: exhausted"),
+        "{summary}"
+    );
     assert!(summary.contains("What needs a person"));
     let outputs = std::fs::read_to_string(&outputs).unwrap();
     assert!(outputs.contains("outcome=exhausted\n"), "{outputs}");
@@ -147,7 +157,13 @@ fn reports_come_from_a_fresh_clone_by_run_id_or_key() {
     let (repo, _defs, patrol) = setup();
     let repo_dir = repo.path().display().to_string();
     let run = repo.wiggum(&[
-        "run", &patrol, "--repo", &repo_dir, "--run-id", "nightly-7", "--json",
+        "run",
+        &patrol,
+        "--repo",
+        &repo_dir,
+        "--run-id",
+        "nightly-7",
+        "--json",
     ]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     let run_id = run.json()["run_id"].as_str().unwrap().to_string();
@@ -175,7 +191,14 @@ fn reports_come_from_a_fresh_clone_by_run_id_or_key() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let junit = clone.join("junit.xml");
-    in_clone(&["report", "nightly-7", "--format", "junit", "-o", "junit.xml"]);
+    in_clone(&[
+        "report",
+        "nightly-7",
+        "--format",
+        "junit",
+        "-o",
+        "junit.xml",
+    ]);
     assert_valid_junit(&junit);
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains(&run_id));
@@ -216,7 +239,9 @@ fn an_unknown_run_is_a_usage_error_that_says_how_to_list_runs() {
 fn resume_accepts_the_run_id_key() {
     let (repo, _defs, patrol) = setup();
     let repo_dir = repo.path().display().to_string();
-    let first = repo.wiggum(&["run", &patrol, "--repo", &repo_dir, "--run-id", "k-1", "--json"]);
+    let first = repo.wiggum(&[
+        "run", &patrol, "--repo", &repo_dir, "--run-id", "k-1", "--json",
+    ]);
     let run_id = first.json()["run_id"].as_str().unwrap().to_string();
     let again = repo.wiggum(&["resume", "k-1", "--json"]);
     assert_eq!(again.json()["run_id"], run_id.as_str(), "{}", again.stderr);

@@ -161,29 +161,60 @@ fn the_html_report_loads_offline_without_errors_and_draws_every_plot() {
     };
     let repo = TempRepo::new();
     let defs = tempfile::tempdir().unwrap();
-    let patrol = write_patrol(defs.path(), PATROL, SCRIPT).display().to_string();
+    let patrol = write_patrol(defs.path(), PATROL, SCRIPT)
+        .display()
+        .to_string();
     let repo_dir = repo.path().display().to_string();
     let run = repo.wiggum(&["run", &patrol, "--repo", &repo_dir, "--json"]);
     let run_id = run.json()["run_id"].as_str().unwrap().to_string();
     let out_dir = tempfile::tempdir().unwrap();
     let page = out_dir.path().join("report.html");
-    let made = repo.wiggum(&["report", &run_id, "--format", "html", "-o", page.to_str().unwrap()]);
+    let made = repo.wiggum(&[
+        "report",
+        &run_id,
+        "--format",
+        "html",
+        "-o",
+        page.to_str().unwrap(),
+    ]);
     assert_eq!(made.code, 0, "{}", made.stderr);
     let html = std::fs::read_to_string(&page).unwrap();
-    assert!(html.contains("&lt;b&gt;not markup&lt;/b&gt;"), "check output is escaped");
+    assert!(
+        html.contains("&lt;b&gt;not markup&lt;/b&gt;"),
+        "check output is escaped"
+    );
     let probed = out_dir.path().join("probed.html");
-    std::fs::write(&probed, html.replacen("<head>", &format!("<head>{PROBE}"), 1)).unwrap();
+    std::fs::write(
+        &probed,
+        html.replacen("<head>", &format!("<head>{PROBE}"), 1),
+    )
+    .unwrap();
 
     for dark in [false, true] {
         let p = probe(browser, &probed, dark);
-        assert_eq!(p["errors"], serde_json::json!([]), "console errors ({dark}): {p}");
-        assert_eq!(p["violations"], serde_json::json!([]), "blocked requests: {p}");
-        assert_eq!(p["resources"], serde_json::json!([]), "network requests: {p}");
+        assert_eq!(
+            p["errors"],
+            serde_json::json!([]),
+            "console errors ({dark}): {p}"
+        );
+        assert_eq!(
+            p["violations"],
+            serde_json::json!([]),
+            "blocked requests: {p}"
+        );
+        assert_eq!(
+            p["resources"],
+            serde_json::json!([]),
+            "network requests: {p}"
+        );
         // fix and stuck: two plots each.
         assert_eq!(p["plots"], 4, "{p}");
         assert_eq!(p["drawn"], 4, "empty plots: {p}");
         assert_eq!(p["rendered"], "4", "{p}");
-        assert!(p["overflow"].as_i64().unwrap() <= 0, "wider than the window: {p}");
+        assert!(
+            p["overflow"].as_i64().unwrap() <= 0,
+            "wider than the window: {p}"
+        );
         let background = p["background"].as_str().unwrap().to_string();
         if dark {
             assert_eq!(background, "rgb(15, 18, 24)", "dark mode: {p}");

@@ -99,9 +99,7 @@ fn junit_of_a_failed_run_holds_the_outcome_reason_and_failing_check_output() {
     let xml = render(&r, Format::Junit);
     assert_valid_junit(&xml);
     assert!(xml.contains("tests=\"3\" failures=\"1\" errors=\"0\" skipped=\"1\""));
-    assert!(xml.contains(
-        "<failure type=\"stalled\" message=\"stalled: stalled: the check kept failing\""
-    ));
+    assert!(xml.contains("<failure type=\"stalled\" message=\"stalled: the check kept failing\""));
     // The end of the output, escaped; not the whole of it.
     assert!(xml.contains("AssertionError: &lt;3&gt; &amp; \"4\""));
     assert!(

@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::markdown::icon;
 use super::{human_duration, RunReport, StepReport};
 
 /// uPlot 1.6.32 from the npm registry (`npm pack uplot@1.6.32`), MIT licensed.
@@ -62,10 +61,9 @@ pub fn render(r: &RunReport) -> String {
 fn header(h: &mut String, r: &RunReport) {
     let _ = write!(
         h,
-        "<header><h1><span class=\"badge {cls}\">{icon} {outcome}</span> {kind} <b>{name}</b></h1>\n\
+        "<header><h1><span class=\"badge {cls}\">{outcome}</span> {kind} <b>{name}</b></h1>\n\
          <p class=\"reason\">{reason}</p>\n<dl class=\"facts\">",
         cls = class(&r.outcome),
-        icon = icon(&r.outcome),
         outcome = esc(&r.outcome),
         kind = esc(&r.kind),
         name = esc(&r.name),
@@ -192,7 +190,7 @@ fn timeline(h: &mut String, r: &RunReport) {
         for p in polecats {
             let _ = write!(
                 h,
-                "<div class=\"tl-row\"><div class=\"tl-label\">🐾 {}</div><div class=\"tl-track\">",
+                "<div class=\"tl-row\"><div class=\"tl-label\">polecat {}</div><div class=\"tl-track\">",
                 esc(p)
             );
             for s in r.all_steps().filter(|s| s.polecat.as_deref() == Some(p)) {
@@ -221,11 +219,10 @@ fn timeline(h: &mut String, r: &RunReport) {
 fn step(h: &mut String, s: &StepReport, index: usize) {
     let _ = write!(
         h,
-        "<article class=\"step\" id=\"step-{anchor}\"><h3><span class=\"badge {cls}\">{icon} {outcome}</span> \
+        "<article class=\"step\" id=\"step-{anchor}\"><h3><span class=\"badge {cls}\">{outcome}</span> \
          <code>{id}</code> {title}</h3>\n<p class=\"meta\">{n} iteration(s) · {d} · {tokens} tokens · ${cost:.4}{polecat} · bead <code>{bead}</code></p>\n",
         anchor = anchor(&s.id),
         cls = class(&s.outcome),
-        icon = icon(&s.outcome),
         outcome = esc(&s.outcome),
         id = esc(&s.id),
         title = if s.title != s.id { esc(&s.title) } else { String::new() },

@@ -488,7 +488,10 @@ fn step_of(
                 .map(|r| r.to_string())
         })
         // Notes that are only a reason (a skipped step's).
-        .or_else(|| (notes.fields.is_empty() && !bead.notes.trim().is_empty()).then(|| bead.notes.trim().to_string()))
+        .or_else(|| {
+            (notes.fields.is_empty() && !bead.notes.trim().is_empty())
+                .then(|| bead.notes.trim().to_string())
+        })
         .or_else(|| bead.close_reason.clone())
         .or_else(|| iterations.last().map(|i| i.reason.clone()))
         .unwrap_or_default();
