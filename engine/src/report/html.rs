@@ -42,10 +42,10 @@ pub fn render(r: &RunReport) -> String {
         step(&mut h, s, i);
     }
     h.push_str("</section>\n");
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<footer>Made by <code>wiggum report {}</code> from the ledger \
-         (<code>.beads/issues.jsonl</code>) at {}. Plots: uPlot (MIT).</footer>\n",
+         (<code>.beads/issues.jsonl</code>) at {}. Plots: uPlot (MIT).</footer>",
         esc(&r.run_id),
         crate::ledger::format_time(&crate::ledger::now())
     );
@@ -243,15 +243,15 @@ fn step(h: &mut String, s: &StepReport, index: usize) {
         &s.reason
     };
     if !why.is_empty() {
-        let _ = write!(h, "<p class=\"reason\">{}</p>\n", esc(why));
+        let _ = writeln!(h, "<p class=\"reason\">{}</p>", esc(why));
     }
     if !s.iterations.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<div class=\"plots\"><figure><figcaption>checks passing and review verdict</figcaption>\
              <div class=\"plot\" data-step=\"{index}\" data-kind=\"checks\"></div></figure>\
              <figure><figcaption>diff size, tokens and cost</figcaption>\
-             <div class=\"plot\" data-step=\"{index}\" data-kind=\"spend\"></div></figure></div>\n"
+             <div class=\"plot\" data-step=\"{index}\" data-kind=\"spend\"></div></figure></div>"
         );
         h.push_str(
             "<div class=\"scroll\"><table class=\"iterations\"><thead><tr><th>#</th><th>started</th>\
@@ -274,10 +274,10 @@ fn step(h: &mut String, s: &StepReport, index: usize) {
                 .iter()
                 .map(|f| format!("<li>{}</li>", esc(f)))
                 .collect();
-            let _ = write!(
+            let _ = writeln!(
                 h,
                 "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{checks}{}</td>\
-                 <td>{}{}</td><td>{}</td><td>{}</td><td>${:.4}</td><td>{}</td></tr>\n",
+                 <td>{}{}</td><td>{}</td><td>{}</td><td>${:.4}</td><td>{}</td></tr>",
                 iteration_class(i),
                 i.n,
                 i.started_at
@@ -305,10 +305,10 @@ fn step(h: &mut String, s: &StepReport, index: usize) {
         h.push_str("</tbody></table></div>\n");
     }
     if let Some(f) = &s.failing_output {
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<details open><summary>last failing check <code>{}</code> ({}): end of its output</summary>\
-             <pre>{}</pre></details>\n",
+             <pre>{}</pre></details>",
             esc(&f.command),
             f.exit_code
                 .map_or_else(|| "killed".to_string(), |c| format!("exit {c}")),

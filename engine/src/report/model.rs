@@ -215,7 +215,7 @@ impl RunReport {
                 step.duration_ms = span_ms(step.started_at, step.finished_at);
             }
             let mut subs = subtasks_of.remove(&bead.id).unwrap_or_default();
-            subs.sort_by(|a, b| natural_id(&a.id).cmp(&natural_id(&b.id)));
+            subs.sort_by_key(|b| natural_id(&b.id));
             for sub in &subs {
                 let sub_id = sub
                     .title

@@ -125,8 +125,7 @@ fn record_iterations(
             // Killed mid-iteration: the bead stays open.
             break;
         }
-        let passes = last && step.outcome.as_deref() == Some("converged")
-            || step.outcome.as_deref() == Some("merged") && last;
+        let passes = last && matches!(step.outcome.as_deref(), Some("converged" | "merged"));
         let (checks, detail) = if passes {
             ("1/1", "exit 0")
         } else {
