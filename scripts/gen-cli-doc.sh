@@ -12,6 +12,12 @@ W=${1:-./target/debug/wiggum}
   echo "2 usage or definition error, 130 interrupted (Ctrl-C). \`WIGGUM_LOG=debug\` turns on logs"
   echo "(on stderr)."
   echo
+  echo "With \`--json\`, a command that fails before it can give its result (a bad flag, a missing"
+  echo "repository, an invalid patrol, an unknown run) prints the human error on stderr and one JSON"
+  echo "object on stdout: \`{\"error\": \"...\", \"causes\": [...], \"hints\": [...], \"exit_code\": 2}\`,"
+  echo "with \`problems\` (each \`{file, line, col, message, hint}\`, as \`wiggum validate --json\`"
+  echo "gives them) for an invalid patrol."
+  echo
   echo '## wiggum'
   echo
   echo '```text'

@@ -25,6 +25,17 @@ pub struct BeadsArgs {
     pub command: BeadsCommand,
 }
 
+impl BeadsArgs {
+    /// Whether the subcommand was given `--json`.
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            BeadsCommand::List(a) => a.json,
+            BeadsCommand::Show(a) => a.json,
+            BeadsCommand::Ready(a) => a.json,
+        }
+    }
+}
+
 /// The `wiggum beads` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BeadsCommand {

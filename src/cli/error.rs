@@ -21,6 +21,9 @@ pub struct CliError {
     pub causes: Vec<String>,
     pub hints: Vec<String>,
     pub exit_code: i32,
+    /// Every problem of an invalid patrol file, as `wiggum validate --json` gives them, for
+    /// the JSON error object.
+    pub problems: Vec<serde_json::Value>,
 }
 
 impl CliError {
@@ -31,6 +34,7 @@ impl CliError {
             causes: Vec::new(),
             hints: Vec::new(),
             exit_code: EXIT_FAILED,
+            problems: Vec::new(),
         }
     }
 
@@ -56,6 +60,21 @@ impl CliError {
             source = s.source();
         }
         self
+    }
+
+    /// The JSON error object printed on stdout when the command was given `--json`:
+    /// `{"error", "causes", "hints", "exit_code"}`, and `problems` for an invalid patrol.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut obj = serde_json::json!({
+            "error": self.message,
+            "causes": self.causes,
+            "hints": self.hints,
+            "exit_code": self.exit_code,
+        });
+        if !self.problems.is_empty() {
+            obj["problems"] = serde_json::Value::Array(self.problems.clone());
+        }
+        obj
     }
 
     /// The text printed to stderr.

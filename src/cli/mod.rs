@@ -55,17 +55,67 @@ pub fn main() -> i32 {
                 EXIT_OK
             };
             let _ = err.print();
+            if err.use_stderr() && asks_json(std::env::args_os()) {
+                println!("{}", clap_error_json(&err, code));
+            }
             return code;
         }
     };
     init_tracing();
+    let json = cli.command.wants_json();
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(err) => {
             eprint!("{}", err.render());
+            if json {
+                // A program reading stdout gets an object it can parse, not nothing.
+                println!("{}", err.to_json());
+            }
             err.exit_code
         }
     }
+}
+
+impl Command {
+    /// Whether `--json` was given: errors then print a JSON error object on stdout too.
+    fn wants_json(&self) -> bool {
+        match self {
+            Command::Run(a) => a.json,
+            Command::Task(a) => a.json,
+            Command::Validate(a) => a.json,
+            Command::Resume(a) => a.json,
+            Command::Runs(a) => a.json,
+            Command::Show(a) => a.json,
+            Command::Beads(a) => a.wants_json(),
+            Command::Daemon(_) | Command::Schedule(_) | Command::Report(_) => false,
+        }
+    }
+}
+
+/// Whether the arguments clap could not parse ask for `--json` (before a `--`).
+fn asks_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// clap's error as the JSON error object: its first line, and its tips as hints.
+fn clap_error_json(err: &clap::Error, code: i32) -> serde_json::Value {
+    let text = err.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let mut hints: Vec<String> = lines
+        .filter_map(|l| l.strip_prefix("tip: "))
+        .map(str::to_string)
+        .collect();
+    hints.push("see `wiggum help` or `wiggum <command> --help`".into());
+    serde_json::json!({
+        "error": message,
+        "causes": [],
+        "hints": hints,
+        "exit_code": code,
+    })
 }
 
 fn dispatch(command: Command) -> CliResult {

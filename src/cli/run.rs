@@ -59,14 +59,16 @@ pub fn run(args: RunArgs) -> CliResult {
             .hint("give the key that names this run, e.g. --run-id ci-$BUILD_ID"));
     }
     let patrol = wiggum_engine::patrol::load(&args.patrol, &vars).map_err(|e| {
-        CliError::usage(format!(
+        let mut err = CliError::usage(format!(
             "{} is not a valid patrol:\n{e}",
             args.patrol.display()
         ))
         .hint(format!(
             "run `wiggum validate {}` after fixing it",
             args.patrol.display()
-        ))
+        ));
+        err.problems = e.diagnostics.iter().map(super::validate::to_json).collect();
+        err
     })?;
     let repo_override = match (&args.repo, patrol.sandbox) {
         (Some(dir), _) => Some(super::resolve_repo(Some(dir))?),

@@ -147,7 +147,8 @@ fn summary(p: &Patrol) -> String {
     line
 }
 
-fn to_json(d: &Diagnostic) -> serde_json::Value {
+/// A problem as JSON: `{file, line, col, message, hint}`.
+pub(crate) fn to_json(d: &Diagnostic) -> serde_json::Value {
     let pos = |n: usize| (n > 0).then_some(n);
     serde_json::json!({
         "file": path_text(&d.file),
