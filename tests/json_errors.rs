@@ -6,7 +6,11 @@ mod common;
 use common::{write_patrol, TempRepo};
 
 fn assert_error_object(out: &common::Outcome, code: i32, says: &str) -> serde_json::Value {
-    assert_eq!(out.code, code, "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code, code,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
     let j = out.json();
     assert_eq!(j["exit_code"], code, "{j}");
     assert!(
@@ -94,7 +98,10 @@ needs = ["nowhere"]
     let problems = j["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 2, "{j:#}");
     assert_eq!(problems[0]["line"], 4);
-    assert!(problems[0]["message"].as_str().unwrap().contains("concurency"));
+    assert!(problems[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("concurency"));
     assert_eq!(problems[1]["line"], 9);
 }
 

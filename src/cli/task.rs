@@ -23,8 +23,17 @@ use super::{
 /// Exit codes: 0 converged, 1 any other outcome, 2 usage error, 130 interrupted (Ctrl-C).
 #[derive(Debug, Args)]
 pub struct TaskArgs {
-    /// What the agent should do.
-    pub prompt: String,
+    /// What the agent should do (or --prompt-file).
+    #[arg(
+        required_unless_present = "prompt_file",
+        conflicts_with = "prompt_file"
+    )]
+    pub prompt: Option<String>,
+
+    /// Read the prompt from FILE (`-`: standard input), for prompts too long for the command
+    /// line.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
 
     /// A check command (run with `sh -c` in the worktree; all must exit 0). Repeatable.
     #[arg(long = "check", value_name = "CMD")]
@@ -234,9 +243,7 @@ fn validate(args: &TaskArgs) -> Result<(), CliError> {
 
 fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
     validate(args)?;
-    if args.prompt.trim().is_empty() {
-        return Err(CliError::usage("the task prompt is empty"));
-    }
+    let prompt = prompt_text(args)?;
     let repo_root = resolve_repo(args.repo.as_deref())?;
     let base_dir = std::env::current_dir()
         .map_err(|e| CliError::failed(format!("cannot read the current directory: {e}")))?;
@@ -310,7 +317,7 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
     };
     Ok(TaskOptions {
         repo_root,
-        prompt: args.prompt.clone(),
+        prompt,
         acceptance: args.acceptance.clone(),
         worker,
         review,
@@ -318,6 +325,35 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
         land: !args.no_land,
         base_dir,
     })
+}
+
+/// The prompt: the argument, or the text of `--prompt-file` (`-`: stdin).
+fn prompt_text(args: &TaskArgs) -> Result<String, CliError> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(file)) if file.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                CliError::usage(format!("cannot read the prompt from standard input: {e}"))
+            })?;
+            text
+        }
+        (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+            CliError::usage(format!("cannot read --prompt-file {}: {e}", file.display()))
+                .hint("give a readable text file, or `-` to read the prompt from standard input")
+        })?,
+        (None, None) => String::new(),
+    };
+    if prompt.trim().is_empty() {
+        let from = match &args.prompt_file {
+            Some(f) if args.prompt.is_none() => {
+                format!(" (--prompt-file {} is empty)", f.display())
+            }
+            _ => String::new(),
+        };
+        return Err(CliError::usage(format!("the task prompt is empty{from}")));
+    }
+    Ok(prompt)
 }
 
 /// The agent presets `--review` takes (a command reviewer is `--review-command`).

@@ -62,6 +62,7 @@ pub const STEP_KEYS: &[&str] = &[
     "title",
     "agent",
     "prompt",
+    "prompt_file",
     "acceptance",
     "needs",
     "run",
@@ -186,6 +187,8 @@ pub(crate) struct RawStep {
     pub title: Option<String>,
     pub agent: Option<Spanned<String>>,
     pub prompt: Option<Spanned<String>>,
+    /// `prompt_file` is there (read into `prompt`, or its problem reported).
+    pub prompt_file_given: bool,
     pub acceptance: Option<Spanned<String>>,
     pub needs: Vec<Spanned<String>>,
     pub run: Option<Spanned<String>>,
@@ -299,7 +302,7 @@ impl Ctx<'_> {
     }
 
     /// A string that must not be empty.
-    fn text(
+    pub(crate) fn text(
         &mut self,
         t: &DeTable<'_>,
         key: &str,
@@ -1022,6 +1025,8 @@ fn step(ctx: &mut Ctx<'_>, span: Range<usize>, t: &DeTable<'_>) -> RawStep {
             Some(format!("`{k}` belongs in the step's [steps.split] table"))
         } else if k == "command" {
             Some("a plain command step uses `run = \"...\"`".into())
+        } else if k == "prompt-file" || k == "promptfile" {
+            Some("write `prompt_file = \"prompts/fix.md\"`".into())
         } else if k == "depends_on" || k == "after" || k == "deps" {
             Some("write `needs = [\"other-step\"]`".into())
         } else {
@@ -1036,6 +1041,7 @@ fn step(ctx: &mut Ctx<'_>, span: Range<usize>, t: &DeTable<'_>) -> RawStep {
             .map(Spanned::into_inner),
         agent: ctx.text(t, "agent", &section, "agent = \"worker\""),
         prompt: ctx.text(t, "prompt", &section, "prompt = \"Make every test pass\""),
+        prompt_file_given: t.contains_key("prompt_file"),
         acceptance: ctx.text(
             t,
             "acceptance",
@@ -1055,6 +1061,7 @@ fn step(ctx: &mut Ctx<'_>, span: Range<usize>, t: &DeTable<'_>) -> RawStep {
         split: None,
         split_span: t.get_key_value("split").map(|(k, _)| k.span()),
     };
+    super::prompt_file::read(ctx, t, &section, &mut raw);
     if !t.contains_key("id") {
         ctx.error(
             span.clone(),

@@ -8,6 +8,7 @@ pub mod cron_expr;
 pub mod diagnostics;
 mod load;
 pub mod model;
+mod prompt_file;
 pub mod template;
 mod validate;
 

@@ -165,6 +165,8 @@ fn resolve_step(
             );
             return None;
         }
+        // A `prompt_file` that could not be read is reported already.
+        (None, None) if s.prompt_file_given => return None,
         (None, None) => {
             ctx.error(
                 s.id.as_ref()?.span(),
