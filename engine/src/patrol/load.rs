@@ -125,14 +125,21 @@ pub fn parse(
     };
     let (root, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
+        let mut at = Vec::new();
         for e in syntax {
             let span = e.span().unwrap_or(0..0);
+            at.push(span.start);
             ctx.error(
                 span,
                 format!("TOML syntax error: {}", e.message().trim_end()),
-                Some("fix the TOML syntax; the file is checked further once it parses".into()),
+                Some(
+                    "fix the TOML syntax; the tables without a syntax error are checked too, \
+                     how they fit together once the file parses"
+                        .into(),
+                ),
             );
         }
+        check_the_rest(&mut ctx, text, path, &at, var_overrides);
         return Err(ctx.finish());
     }
     // The same document as plain values, for the agent tables the engine deserializes later.
@@ -152,6 +159,37 @@ pub fn parse(
             Err(ctx.finish())
         }
     }
+}
+
+/// Adds the problems of the tables of `text` that hold no syntax error (those at byte offsets
+/// `errors`): each table's keys, types and values. How the tables fit together (needs, agent
+/// names, templates) is checked once the whole file parses.
+fn check_the_rest(
+    ctx: &mut Ctx<'_>,
+    text: &str,
+    path: &Path,
+    errors: &[usize],
+    var_overrides: &BTreeMap<String, String>,
+) {
+    let Some((blanked, broken)) = super::recover::blank_broken_sections(text, errors) else {
+        return;
+    };
+    let (root, syntax) = DeTable::parse_recoverable(&blanked);
+    if !syntax.is_empty() {
+        return;
+    }
+    let plain: toml::Table = toml::from_str(&blanked).unwrap_or_default();
+    let mut rest = Ctx {
+        map: SourceMap::new(path, text),
+        diags: Vec::new(),
+    };
+    let _ = walk(&mut rest, root.get_ref(), &plain, var_overrides);
+    // Problems with no place (a `--var` naming no var) may come from what was blanked.
+    ctx.diags.extend(
+        rest.diags
+            .into_iter()
+            .filter(|d| d.line > 0 && !broken.iter().any(|b| b.contains(&d.line))),
+    );
 }
 
 /// The patrol as read, with the spans cross-reference checks need.
@@ -1303,6 +1341,29 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
             errs[0].starts_with("2:") && errs[0].contains("TOML syntax error"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_comes_with_the_problems_of_the_other_tables() {
+        let text = "[patrol]\nname = \"ok\"\nconcurency = 2\n\n[agents.w]\nbackend = \"claude-code\"\nmodle = \"x\"\n\n[[steps]]\nid = \"a\"\nprompt = \"unclosed\n\n[[steps]]\nid = \"b\"\nrun = \"true\"\ntimeout = \"soon\"\n";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("3:1: ") && errs[0].contains("concurency"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("7:1: ") && errs[1].contains("modle"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("11:") && errs[2].contains("TOML syntax error"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[3].starts_with("16:11: ") && errs[3].contains("soon"),
             "{errs:?}"
         );
     }

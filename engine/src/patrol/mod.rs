@@ -9,6 +9,7 @@ pub mod diagnostics;
 mod load;
 pub mod model;
 mod prompt_file;
+mod recover;
 pub mod template;
 mod validate;
 
