@@ -111,6 +111,25 @@ pub enum AgentError {
     /// The call ran past its time limit and was stopped (its processes killed).
     #[error("timed out after {}", crate::duration::format_duration(*after))]
     Timeout { after: Duration },
+    /// A call that failed after spending tokens (a CLI stopped at its turn limit, a turn that
+    /// failed after earlier ones completed): `error` is the failure (its kind is the kind of
+    /// this error), `spent` what the call used and cost, to be recorded and budgeted.
+    #[error("{error}")]
+    Spent {
+        error: Box<AgentError>,
+        spent: Box<Spent>,
+    },
+}
+
+/// What a failed call used before it failed, and what the backend said about it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spent {
+    pub usage: Usage,
+    /// `None` when the model has no known price (unpriced, not free).
+    pub cost_usd: Option<f64>,
+    pub model: Option<String>,
+    /// Session id, turns and the like, as in [`Reply::meta`].
+    pub meta: serde_json::Map<String, serde_json::Value>,
 }
 
 impl AgentError {
@@ -123,7 +142,60 @@ impl AgentError {
 
     /// Whether a transport retry could cure this error.
     pub fn is_transient(&self) -> bool {
-        matches!(self, AgentError::Transient { .. })
+        matches!(self.failure(), AgentError::Transient { .. })
+    }
+
+    /// Attaches what the call spent before failing (nothing is attached when it spent nothing
+    /// and said nothing worth recording).
+    pub fn with_spent(self, spent: Spent) -> AgentError {
+        if spent == Spent::default() {
+            return self;
+        }
+        match self {
+            AgentError::Spent { error, .. } => AgentError::Spent {
+                error,
+                spent: Box::new(spent),
+            },
+            error => AgentError::Spent {
+                error: Box::new(error),
+                spent: Box::new(spent),
+            },
+        }
+    }
+
+    /// The failure itself, without what it spent: match on this to decide what to do.
+    pub fn failure(&self) -> &AgentError {
+        match self {
+            AgentError::Spent { error, .. } => error.failure(),
+            other => other,
+        }
+    }
+
+    /// What the call spent before failing, when the backend knows.
+    pub fn spent(&self) -> Option<&Spent> {
+        match self {
+            AgentError::Spent { spent, .. } => Some(spent),
+            _ => None,
+        }
+    }
+
+    /// The failure and what it spent, apart.
+    pub fn into_parts(self) -> (AgentError, Option<Spent>) {
+        match self {
+            AgentError::Spent { error, spent } => (error.into_parts().0, Some(*spent)),
+            other => (other, None),
+        }
+    }
+
+    /// Whether the error says a quota, credit, usage or spend limit is exhausted (retrying soon
+    /// will not help; a scheduler may wait for the limit to reset).
+    pub fn is_quota_exhausted(&self) -> bool {
+        match self.failure() {
+            AgentError::Transient { message, .. }
+            | AgentError::Permanent { message }
+            | AgentError::ContextOverflow { message } => crate::retry::is_quota_exhausted(message),
+            _ => false,
+        }
     }
 
     /// The kind as one word, for records and reports: `transient`, `permanent`, `overflow` or
@@ -134,6 +206,7 @@ impl AgentError {
             AgentError::Permanent { .. } => "permanent",
             AgentError::ContextOverflow { .. } => "overflow",
             AgentError::Timeout { .. } => "timeout",
+            AgentError::Spent { error, .. } => error.kind(),
         }
     }
 }

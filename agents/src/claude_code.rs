@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agent::{Agent, AgentError, Reply, Request, Usage};
+use crate::agent::{Agent, AgentError, Reply, Request, Spent, Usage};
 use crate::command::{
     exit_error, head, json_object, resolve_argv, run_agent_process, InstallHint, ProcessOutput,
 };
 use crate::config::AgentConfig;
-use crate::retry::classify_text;
+use crate::retry::{classify_text, is_context_overflow, is_quota_exhausted};
 
 /// The permission mode used unless `permission_mode` says otherwise: in print mode Claude Code
 /// cannot ask, so without it every file edit would be refused.
@@ -105,6 +105,78 @@ fn u64_at(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// Classifies a failed Claude Code result by its structured fields: `api_error_status` (the
+/// HTTP status of the API's last answer, `null` when none came), `api_error_type` (the API's
+/// error type, in newer versions) and `terminal_reason` (`prompt_too_long`, `api_error`,
+/// `max_turns`, ...); the text only where those say nothing.
+pub fn classify_result(obj: &serde_json::Map<String, Value>, why: &str) -> AgentError {
+    let status = obj
+        .get("api_error_status")
+        .and_then(Value::as_u64)
+        .map(|s| s as u16);
+    let api_type = obj
+        .get("api_error_type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let terminal = obj
+        .get("terminal_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mut message = format!("claude-code reported an error: {why}");
+    if let Some(s) = status {
+        message.push_str(&format!(" (HTTP {s}"));
+        if !api_type.is_empty() {
+            message.push_str(&format!(", {api_type}"));
+        }
+        message.push(')');
+    }
+    if terminal == "prompt_too_long" || is_context_overflow(why) {
+        return AgentError::ContextOverflow { message };
+    }
+    if is_quota_exhausted(why) || matches!(api_type, "billing_error") {
+        return AgentError::permanent(message);
+    }
+    let transient_type = matches!(
+        api_type,
+        "rate_limit_error" | "overloaded_error" | "api_error" | "timeout_error"
+    );
+    match status {
+        Some(408 | 409 | 425 | 429 | 500..=599) => AgentError::Transient {
+            message,
+            retry_after: None,
+        },
+        Some(_) if transient_type => AgentError::Transient {
+            message,
+            retry_after: None,
+        },
+        Some(_) => AgentError::permanent(message),
+        // No HTTP answer at all: the connection failed (refused, reset, DNS, timeout).
+        None if terminal == "api_error" || is_connection_error(why) => AgentError::Transient {
+            message,
+            retry_after: None,
+        },
+        None => classify_text(message),
+    }
+}
+
+/// Whether a message says the API could not be reached.
+fn is_connection_error(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "connection refused",
+        "econnrefused",
+        "econnreset",
+        "unable to connect",
+        "connection error",
+        "fetch failed",
+        "socket hang up",
+        "etimedout",
+        "enotfound",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
 /// Turns the output of `claude -p --output-format json` into a reply or a typed error.
 pub fn parse_output(
     out: &ProcessOutput,
@@ -133,6 +205,43 @@ pub fn parse_output(
         .unwrap_or("")
         .to_string();
     let num_turns = obj.get("num_turns").and_then(Value::as_u64);
+    let usage = obj.get("usage").cloned().unwrap_or(Value::Null);
+    let usage = Usage {
+        input_tokens: u64_at(&usage, "input_tokens"),
+        output_tokens: u64_at(&usage, "output_tokens"),
+        cache_read_tokens: u64_at(&usage, "cache_read_input_tokens"),
+        cache_write_tokens: u64_at(&usage, "cache_creation_input_tokens"),
+    };
+    let cost_usd = obj
+        .get("total_cost_usd")
+        .or_else(|| obj.get("cost_usd"))
+        .and_then(Value::as_f64);
+    let model = model.map(str::to_string).or_else(|| {
+        obj.get("modelUsage")
+            .and_then(Value::as_object)
+            .and_then(|m| m.keys().next().cloned())
+    });
+    let mut meta = serde_json::Map::new();
+    for key in [
+        "session_id",
+        "num_turns",
+        "duration_ms",
+        "subtype",
+        "stop_reason",
+        "terminal_reason",
+        "api_error_status",
+        "api_error_type",
+    ] {
+        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
+            meta.insert(key.to_string(), v.clone());
+        }
+    }
+    let spent = || Spent {
+        usage,
+        cost_usd,
+        model: model.clone(),
+        meta: meta.clone(),
+    };
     match subtype {
         "error_max_turns" => {
             return Err(AgentError::permanent(format!(
@@ -140,12 +249,14 @@ pub fn parse_output(
                  `max_turns` or give it a smaller task",
                 num_turns.map_or("?".into(), |n| n.to_string()),
                 max_turns.map_or(String::new(), |m| format!(", max_turns = {m}"))
-            )))
+            ))
+            .with_spent(spent()))
         }
         s if s.starts_with("error_max_budget") => {
             return Err(AgentError::permanent(format!(
                 "claude-code stopped at its spend limit ({s}) before finishing"
-            )))
+            ))
+            .with_spent(spent()))
         }
         s if s.starts_with("error") || is_error => {
             let why = if text.is_empty() {
@@ -155,52 +266,21 @@ pub fn parse_output(
             } else {
                 text.clone()
             };
-            return Err(
-                match classify_text(format!("claude-code reported an error: {why}")) {
-                    AgentError::Permanent { message } if !out.success() => {
-                        AgentError::permanent(format!("{message} ({})", out.describe_status()))
-                    }
-                    other => other,
-                },
-            );
+            return Err(classify_result(&obj, &why).with_spent(spent()));
         }
         _ => {}
     }
     if !out.success() {
-        return Err(exit_error("claude", out));
+        return Err(exit_error("claude", out).with_spent(spent()));
     }
-    let usage = obj.get("usage").cloned().unwrap_or(Value::Null);
-    let mut reply = Reply {
+    Ok(Reply {
         text,
-        usage: Usage {
-            input_tokens: u64_at(&usage, "input_tokens"),
-            output_tokens: u64_at(&usage, "output_tokens"),
-            cache_read_tokens: u64_at(&usage, "cache_read_input_tokens"),
-            cache_write_tokens: u64_at(&usage, "cache_creation_input_tokens"),
-        },
-        cost_usd: obj
-            .get("total_cost_usd")
-            .or_else(|| obj.get("cost_usd"))
-            .and_then(Value::as_f64),
-        model: model.map(str::to_string).or_else(|| {
-            obj.get("modelUsage")
-                .and_then(Value::as_object)
-                .and_then(|m| m.keys().next().cloned())
-        }),
+        usage,
+        cost_usd,
+        model,
+        meta,
         ..Reply::default()
-    };
-    for key in [
-        "session_id",
-        "num_turns",
-        "duration_ms",
-        "subtype",
-        "stop_reason",
-    ] {
-        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
-            reply.meta.insert(key.to_string(), v.clone());
-        }
-    }
-    Ok(reply)
+    })
 }
 
 #[async_trait::async_trait]
@@ -220,6 +300,7 @@ impl Agent for ClaudeCodeAgent {
             &self.env,
             self.timeout,
             Some(HINT),
+            None,
         )
         .await?;
         parse_output(&out, self.max_turns, self.model.as_deref())

@@ -1,8 +1,10 @@
 //! The `codex` preset: `codex exec --json PROMPT`, stdin closed.
 //!
 //! Codex prints JSONL events; the reply is the last `agent_message` item, usage is summed over
-//! `turn.completed` events (its `input_tokens` include `cached_input_tokens`), and a
-//! `turn.failed` or `error` event is an error whatever the exit code says.
+//! `turn.completed` events (its `input_tokens` include `cached_input_tokens`). A `turn.failed`
+//! event, or an `error` event not followed by a completed turn, is an error whatever the exit
+//! code says: codex reports its own recovered retries as `error` events (`Reconnecting... 1/5`)
+//! and then completes the turn. A stall watchdog stops it when it only reconnects.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,13 +12,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::agent::Spent;
 use crate::agent::{Agent, AgentError, Reply, Request, Usage};
 use crate::command::{
-    exit_error, head, resolve_argv, run_agent_process, InstallHint, ProcessOutput,
+    exit_error, head, resolve_argv, run_agent_process, InstallHint, ProcessOutput, StallWatch,
 };
 use crate::config::AgentConfig;
 use crate::pricing::{self, Price};
-use crate::retry::classify_text;
+use crate::retry::{classify_text, is_context_overflow, is_quota_exhausted};
 
 const HINT: InstallHint = InstallHint {
     backend: "codex",
@@ -26,6 +29,10 @@ const HINT: InstallHint = InstallHint {
 /// The sandbox given to `codex exec` unless `permission_mode` says otherwise: the agent must be
 /// able to edit its worktree.
 pub const DEFAULT_SANDBOX: &str = "workspace-write";
+
+/// How long codex may go without printing progress (anything but `Reconnecting...`) before it
+/// is stopped, unless `stall_timeout` says otherwise.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// Prompts longer than this go to stdin (`codex exec -`): Linux caps one argument at 128 KiB.
 pub const MAX_ARG_PROMPT: usize = 100 * 1024;
@@ -40,6 +47,7 @@ pub struct CodexAgent {
     env: BTreeMap<String, String>,
     timeout: Duration,
     price: Option<Price>,
+    stall: Option<Duration>,
 }
 
 impl CodexAgent {
@@ -62,6 +70,7 @@ impl CodexAgent {
                 .call_timeout()?
                 .unwrap_or(crate::command::DEFAULT_TIMEOUT),
             price: cfg.price,
+            stall: cfg.stall_timeout(DEFAULT_STALL_TIMEOUT)?,
         })
     }
 
@@ -89,6 +98,72 @@ impl CodexAgent {
     }
 }
 
+/// Whether a codex JSONL line is progress for the stall watchdog: any line but an `error`
+/// event saying it is reconnecting.
+pub fn is_progress(line: &str) -> bool {
+    if line.is_empty() {
+        return false;
+    }
+    match serde_json::from_str::<Value>(line) {
+        Ok(ev) => !is_reconnecting(&ev),
+        Err(_) => true,
+    }
+}
+
+fn is_reconnecting(ev: &Value) -> bool {
+    ev.get("type").and_then(Value::as_str) == Some("error")
+        && ev
+            .get("message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with("Reconnecting"))
+}
+
+/// Classifies a codex error message. Codex words its failures itself: `unexpected status 503
+/// Service Unavailable: ...`, `exceeded retry limit, last status: 429 Too Many Requests`, "We're
+/// currently experiencing high demand" (its words for a 500), `Reconnecting... waiting for
+/// network`, "ran out of room in the model's context window".
+pub fn classify(message: &str) -> AgentError {
+    let text = format!("codex reported an error: {message}");
+    let m = message.to_ascii_lowercase();
+    if is_context_overflow(message) || m.contains("ran out of room") {
+        return AgentError::ContextOverflow { message: text };
+    }
+    if is_quota_exhausted(message) {
+        return AgentError::permanent(text);
+    }
+    let status = ["status: ", "status "].iter().find_map(|p| {
+        m.find(p).and_then(|i| {
+            let rest = &m[i + p.len()..];
+            rest.get(..3)?.parse::<u16>().ok()
+        })
+    });
+    let transient_words = [
+        "high demand",
+        "at capacity",
+        "overloaded",
+        "temporar",
+        "reconnecting",
+        "connection",
+        "network",
+        "stream disconnected",
+        "timed out",
+        "timeout",
+        "try again",
+    ];
+    let transient = match status {
+        Some(s) => matches!(s, 408 | 409 | 425 | 429 | 500..=599),
+        None => transient_words.iter().any(|w| m.contains(w)),
+    };
+    if transient {
+        AgentError::Transient {
+            message: text,
+            retry_after: None,
+        }
+    } else {
+        classify_text(text)
+    }
+}
+
 /// Turns the JSONL of `codex exec --json` into a reply or a typed error.
 pub fn parse_output(
     out: &ProcessOutput,
@@ -100,7 +175,10 @@ pub fn parse_output(
     let mut messages: Vec<String> = Vec::new();
     let mut turns = 0u64;
     let mut thread_id = None;
-    let mut failure: Option<String> = None;
+    // The last error not (yet) followed by a completed turn, and whether a turn failed.
+    let mut pending_error: Option<String> = None;
+    let mut turn_failed: Option<String> = None;
+    let mut recovered = 0u64;
     let mut events = 0;
     for line in stdout.lines() {
         let Ok(Value::Object(ev)) = serde_json::from_str::<Value>(line.trim()) else {
@@ -120,6 +198,9 @@ pub fn parse_output(
             }
             "turn.completed" => {
                 turns += 1;
+                if pending_error.take().is_some() {
+                    recovered += 1;
+                }
                 let u = ev.get("usage").cloned().unwrap_or(Value::Null);
                 let get = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
                 let cached = get("cached_input_tokens");
@@ -136,23 +217,44 @@ pub fn parse_output(
                     .and_then(|e| e.get("message"))
                     .and_then(Value::as_str)
                     .unwrap_or("turn failed");
-                failure = Some(msg.to_string());
+                turn_failed = Some(msg.to_string());
             }
             "error" => {
                 let msg = ev
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("error event");
-                failure = Some(msg.to_string());
+                pending_error = Some(msg.to_string());
             }
             _ => {}
         }
     }
-    if let Some(msg) = failure {
-        return Err(classify_text(format!("codex reported an error: {msg}")));
+    let model_name = model.map(str::to_string);
+    let cost = |usage: &Usage| {
+        model
+            .and_then(|m| pricing::cost(m, usage, price))
+            .or_else(|| price.map(|p| p.cost(usage)))
+    };
+    let mut meta = serde_json::Map::new();
+    if let Some(t) = thread_id {
+        meta.insert("thread_id".into(), t.clone());
+        meta.insert("session_id".into(), t);
+    }
+    meta.insert("turns".into(), Value::from(turns));
+    if recovered > 0 {
+        meta.insert("recovered_errors".into(), Value::from(recovered));
+    }
+    let spent = || Spent {
+        usage,
+        cost_usd: cost(&usage),
+        model: model_name.clone(),
+        meta: meta.clone(),
+    };
+    if let Some(msg) = turn_failed.or(pending_error) {
+        return Err(classify(&msg).with_spent(spent()));
     }
     if !out.success() {
-        return Err(exit_error("codex", out));
+        return Err(exit_error("codex", out).with_spent(spent()));
     }
     if events == 0 || turns == 0 {
         return Err(AgentError::permanent(format!(
@@ -163,16 +265,11 @@ pub fn parse_output(
     let mut reply = Reply {
         text: messages.last().cloned().unwrap_or_default(),
         usage,
-        cost_usd: model
-            .and_then(|m| pricing::cost(m, &usage, price))
-            .or_else(|| price.map(|p| p.cost(&usage))),
-        model: model.map(str::to_string),
+        cost_usd: cost(&usage),
+        model: model_name,
+        meta,
         ..Reply::default()
     };
-    if let Some(t) = thread_id {
-        reply.meta.insert("thread_id".into(), t);
-    }
-    reply.meta.insert("turns".into(), Value::from(turns));
     reply
         .meta
         .insert("agent_messages".into(), Value::from(messages.len()));
@@ -198,6 +295,10 @@ impl Agent for CodexAgent {
             &self.env,
             self.timeout,
             Some(HINT),
+            self.stall.map(|after| StallWatch {
+                after,
+                progress: Some(is_progress),
+            }),
         )
         .await?;
         parse_output(&out, self.model.as_deref(), self.price.as_ref())

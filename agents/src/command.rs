@@ -9,6 +9,8 @@ use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
@@ -45,6 +47,19 @@ pub struct ProcessSpec {
     pub stderr_tail: usize,
     /// Variables removed from the inherited environment (secrets a child must not see).
     pub env_remove: Vec<String>,
+    /// Stops the process group when it makes no progress for a while (see [`StallWatch`]).
+    pub stall: Option<StallWatch>,
+}
+
+/// A stall watchdog: when no output that counts as progress arrives for `after`, the process
+/// group is killed and the output says `stalled`. A CLI that only retries a dead server (codex
+/// printing `Reconnecting...` forever) is stopped this way long before its timeout.
+#[derive(Clone, Copy, Debug)]
+pub struct StallWatch {
+    /// How long without progress before the process is stopped.
+    pub after: Duration,
+    /// Whether a line of stdout is progress (`None`: every byte on stdout or stderr is).
+    pub progress: Option<fn(&str) -> bool>,
 }
 
 impl ProcessSpec {
@@ -59,6 +74,7 @@ impl ProcessSpec {
             stdout_limit: DEFAULT_STDOUT_LIMIT,
             stderr_tail: STDERR_TAIL,
             env_remove: Vec::new(),
+            stall: None,
         }
     }
 }
@@ -78,6 +94,8 @@ pub struct ProcessOutput {
     pub duration: Duration,
     /// Whether the timeout fired and the group was killed.
     pub timed_out: bool,
+    /// Whether the stall watchdog fired (no progress for its `after`) and the group was killed.
+    pub stalled: bool,
 }
 
 impl ProcessOutput {
@@ -216,18 +234,45 @@ pub async fn run_process(spec: ProcessSpec) -> Result<ProcessOutput, ProcessErro
     }
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let out_task = tokio::spawn(read_head(stdout, spec.stdout_limit));
-    let err_task = tokio::spawn(read_tail(stderr, spec.stderr_tail));
+    let clock = Arc::new(ProgressClock::new(started));
+    let out_watch = spec.stall.map(|w| (clock.clone(), w.progress));
+    let err_watch = spec
+        .stall
+        .filter(|w| w.progress.is_none())
+        .map(|_| clock.clone());
+    let out_task = tokio::spawn(read_head(stdout, spec.stdout_limit, out_watch));
+    let err_task = tokio::spawn(read_tail(stderr, spec.stderr_tail, err_watch));
 
-    let (status, timed_out) = match spec.timeout {
-        Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
-            Ok(status) => (status, false),
-            Err(_) => {
-                guard.kill();
-                (child.wait().await, true)
-            }
-        },
-        None => (child.wait().await, false),
+    let deadline = spec
+        .timeout
+        .map(|t| tokio::time::Instant::from_std(started) + t);
+    let mut timed_out = false;
+    let mut stalled = false;
+    let status = loop {
+        // Wake up for the deadline, or often enough to notice a stall.
+        let tick = spec
+            .stall
+            .map(|w| (w.after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)));
+        let wake = match (deadline, tick) {
+            (Some(d), Some(t)) => Some(d.min(tokio::time::Instant::now() + t)),
+            (d, t) => d.or(t.map(|t| tokio::time::Instant::now() + t)),
+        };
+        let waited = match wake {
+            Some(at) => tokio::time::timeout_at(at, child.wait()).await.ok(),
+            None => Some(child.wait().await),
+        };
+        if let Some(status) = waited {
+            break status;
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            timed_out = true;
+        } else if let Some(w) = spec.stall {
+            stalled = clock.idle() >= w.after;
+        }
+        if timed_out || stalled {
+            guard.kill();
+            break child.wait().await;
+        }
     };
     let status = status.map_err(|source| ProcessError::Io {
         program: program.clone(),
@@ -253,18 +298,89 @@ pub async fn run_process(spec: ProcessSpec) -> Result<ProcessOutput, ProcessErro
         stderr_tail,
         duration,
         timed_out,
+        stalled,
     })
 }
 
+/// Whether a line of output is progress.
+type IsProgress = fn(&str) -> bool;
+
+/// When output that counts as progress last arrived.
+struct ProgressClock {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl ProgressClock {
+    fn new(started: Instant) -> Self {
+        ProgressClock {
+            started,
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn tick(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Time since the last progress (or since the start).
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// Feeds a progress clock from a stream: every chunk counts, or (with a predicate) every
+/// complete line the predicate accepts.
+struct ProgressFeed {
+    clock: Arc<ProgressClock>,
+    progress: Option<fn(&str) -> bool>,
+    partial: Vec<u8>,
+}
+
+impl ProgressFeed {
+    fn feed(&mut self, bytes: &[u8]) {
+        let Some(is_progress) = self.progress else {
+            self.clock.tick();
+            return;
+        };
+        self.partial.extend_from_slice(bytes);
+        while let Some(nl) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
+            if is_progress(String::from_utf8_lossy(&line).trim()) {
+                self.clock.tick();
+            }
+        }
+        // A line longer than this is progress whatever it says.
+        if self.partial.len() > 64 * 1024 {
+            self.partial.clear();
+            self.clock.tick();
+        }
+    }
+}
+
 /// Reads up to `limit` bytes, then drains the rest so the writer never blocks.
-async fn read_head(mut r: impl AsyncRead + Unpin, limit: usize) -> (Vec<u8>, bool) {
+async fn read_head(
+    mut r: impl AsyncRead + Unpin,
+    limit: usize,
+    watch: Option<(Arc<ProgressClock>, Option<IsProgress>)>,
+) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut feed = watch.map(|(clock, progress)| ProgressFeed {
+        clock,
+        progress,
+        partial: Vec::new(),
+    });
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if let Some(f) = feed.as_mut() {
+                    f.feed(&buf[..n]);
+                }
                 let room = limit.saturating_sub(kept.len());
                 if n > room {
                     truncated = true;
@@ -277,13 +393,20 @@ async fn read_head(mut r: impl AsyncRead + Unpin, limit: usize) -> (Vec<u8>, boo
 }
 
 /// Reads everything, keeping the last `keep` bytes.
-async fn read_tail(mut r: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
+async fn read_tail(
+    mut r: impl AsyncRead + Unpin,
+    keep: usize,
+    watch: Option<Arc<ProgressClock>>,
+) -> Vec<u8> {
     let mut tail: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                if let Some(clock) = &watch {
+                    clock.tick();
+                }
                 tail.extend_from_slice(&buf[..n]);
                 if tail.len() > keep {
                     let cut = tail.len() - keep;
@@ -334,9 +457,10 @@ pub(crate) struct InstallHint {
     pub install: &'static str,
 }
 
-/// The shared part of every CLI-backed call: env vars, timeout, spawn errors. Returns the
-/// output of a process that ran to its end (whatever its exit code); a timeout becomes
-/// [`AgentError::Timeout`] and a failed spawn a [`AgentError::Permanent`] saying how to fix it.
+/// The shared part of every CLI-backed call: env vars, timeout, stall watchdog, spawn errors.
+/// Returns the output of a process that ran to its end (whatever its exit code); a timeout
+/// becomes [`AgentError::Timeout`], a stall a [`AgentError::Transient`] saying what the
+/// process said last, and a failed spawn a [`AgentError::Permanent`] saying how to fix it.
 pub(crate) async fn run_agent_process(
     argv: Vec<String>,
     stdin: Option<Vec<u8>>,
@@ -344,6 +468,7 @@ pub(crate) async fn run_agent_process(
     extra_env: &BTreeMap<String, String>,
     timeout: Duration,
     hint: Option<InstallHint>,
+    stall: Option<StallWatch>,
 ) -> Result<ProcessOutput, AgentError> {
     let mut env = vec![
         ("WIGGUM_ROLE".to_string(), request.role.as_str().to_string()),
@@ -356,17 +481,50 @@ pub(crate) async fn run_agent_process(
     ];
     env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let timeout = request.timeout.unwrap_or(timeout);
+    let what = hint.map_or_else(
+        || argv.first().cloned().unwrap_or_default(),
+        |h| h.backend.to_string(),
+    );
     let spec = ProcessSpec {
         env,
         stdin,
         timeout: Some(timeout),
+        stall,
         ..ProcessSpec::new(argv, &request.workdir)
     };
     let out = run_process(spec).await.map_err(|e| spawn_error(e, hint))?;
     if out.timed_out {
         return Err(AgentError::Timeout { after: timeout });
     }
+    if let (true, Some(w)) = (out.stalled, stall) {
+        return Err(stall_error(&what, &out, w.after));
+    }
     Ok(out)
+}
+
+/// The error of a process the stall watchdog stopped: transient (a server that does not answer
+/// may answer later), naming the limit and the last thing the process said.
+fn stall_error(what: &str, out: &ProcessOutput, after: Duration) -> AgentError {
+    let stdout = out.stdout_text();
+    let stderr = out.stderr_text();
+    let last_of = |text: &str| {
+        text.lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(str::to_string)
+    };
+    let last = last_of(&stdout).or_else(|| last_of(&stderr));
+    AgentError::Transient {
+        message: format!(
+            "{what} made no progress for {} and was stopped (stall_timeout = \"{}\"): the model \
+             server is unreachable or not answering{}",
+            format_duration(after),
+            format_duration(after),
+            last.map_or(String::new(), |l| format!("; it last printed {}", head(&l)))
+        ),
+        retry_after: None,
+    }
 }
 
 fn spawn_error(e: ProcessError, hint: Option<InstallHint>) -> AgentError {
@@ -558,7 +716,8 @@ impl Agent for CommandAgent {
         } else {
             (self.argv.clone(), Some(request.prompt.clone().into_bytes()))
         };
-        let out = run_agent_process(argv, stdin, request, &self.env, self.timeout, None).await?;
+        let out =
+            run_agent_process(argv, stdin, request, &self.env, self.timeout, None, None).await?;
         drop(file);
         if !out.success() {
             return Err(exit_error(
@@ -812,6 +971,73 @@ pub(crate) mod tests {
         };
         drop(call);
         assert!(wait_dead(pid).await, "background child {pid} survived");
+    }
+
+    fn not_waiting(line: &str) -> bool {
+        !line.contains("waiting")
+    }
+
+    #[tokio::test]
+    async fn stall_watchdog_stops_a_process_that_only_says_it_is_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec {
+            stall: Some(StallWatch {
+                after: Duration::from_millis(400),
+                progress: Some(not_waiting),
+            }),
+            timeout: Some(Duration::from_secs(30)),
+            ..ProcessSpec::new(
+                sh("echo working; while true; do echo waiting; sleep 0.05; done"),
+                dir.path(),
+            )
+        };
+        let started = Instant::now();
+        let out = run_process(spec).await.unwrap();
+        assert!(out.stalled && !out.timed_out, "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(out.stdout_text().starts_with("working\nwaiting"));
+    }
+
+    #[tokio::test]
+    async fn stall_watchdog_lets_a_process_that_keeps_progressing_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec {
+            stall: Some(StallWatch {
+                after: Duration::from_millis(500),
+                progress: None,
+            }),
+            ..ProcessSpec::new(
+                sh("for i in 1 2 3 4 5 6 7 8; do echo step $i >&2; sleep 0.15; done; echo done"),
+                dir.path(),
+            )
+        };
+        let out = run_process(spec).await.unwrap();
+        assert!(!out.stalled && out.success(), "{out:?}");
+        assert_eq!(out.stdout_text(), "done\n");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_agent_call_is_transient_and_says_what_it_printed_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = StallWatch {
+            after: Duration::from_millis(300),
+            progress: Some(not_waiting),
+        };
+        let err = run_agent_process(
+            sh("while true; do echo 'waiting for network'; sleep 0.05; done"),
+            None,
+            &request(dir.path(), ""),
+            &BTreeMap::new(),
+            Duration::from_secs(30),
+            None,
+            Some(watch),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("no progress for 300ms"), "{text}");
+        assert!(text.contains("waiting for network"), "{text}");
     }
 
     #[tokio::test]

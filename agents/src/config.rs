@@ -81,6 +81,10 @@ pub struct AgentConfig {
     /// HTTP backends: limit of one `run_command` tool call (default 2m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_timeout: Option<String>,
+    /// codex: stop the CLI when it prints no progress (only `Reconnecting...`, or nothing) for
+    /// this long (default 10m; `"off"` disables it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_timeout: Option<String>,
 }
 
 /// The backend names.
@@ -136,9 +140,17 @@ pub fn allowed_keys(backend: &str) -> &'static [&'static str] {
             "price",
             "env",
             "args",
+            "stall_timeout",
         ],
         "gemini" => &[
-            "backend", "model", "command", "timeout", "price", "env", "args",
+            "backend",
+            "model",
+            "command",
+            "timeout",
+            "permission_mode",
+            "price",
+            "env",
+            "args",
         ],
         "anthropic" | "openai" => HTTP_KEYS,
         _ => &[],
@@ -181,6 +193,7 @@ impl AgentConfig {
         add(self.retry_delay.is_some(), "retry_delay");
         add(self.max_retry_time.is_some(), "max_retry_time");
         add(self.tool_timeout.is_some(), "tool_timeout");
+        add(self.stall_timeout.is_some(), "stall_timeout");
         keys
     }
 
@@ -200,6 +213,15 @@ impl AgentConfig {
     /// `timeout`, parsed.
     pub fn call_timeout(&self) -> Result<Option<Duration>, AgentError> {
         self.duration("timeout", self.timeout.as_ref())
+    }
+
+    /// `stall_timeout`: `default` when unset, `None` when `"off"`.
+    pub fn stall_timeout(&self, default: Duration) -> Result<Option<Duration>, AgentError> {
+        match self.stall_timeout.as_deref().map(str::trim) {
+            None => Ok(Some(default)),
+            Some("off") => Ok(None),
+            Some(_) => self.duration("stall_timeout", self.stall_timeout.as_ref()),
+        }
     }
 
     /// The extra environment (empty when unset).

@@ -1,8 +1,12 @@
 //! The `gemini` preset: `gemini -p PROMPT --output-format json`, stdin closed.
 //!
-//! Gemini CLI prints `{response, stats, error?}`; its exit codes 41 (auth), 42 (input error),
-//! 52 (config) and 53 (turn limit) are named in the error. Usage is summed over
-//! `stats.models.*.tokens` (`prompt` includes `cached`; `thoughts` are billed as output).
+//! Gemini CLI prints `{session_id, response, stats}` on stdout; a failure prints
+//! `{session_id, error: {type, message, code}}` last on stderr (after Node stack traces) and
+//! exits with the HTTP status mod 256 (429 gives 173), or with its own codes: 41 (auth), 42
+//! (input), 44 (sandbox), 52 (config), 53 (turn limit), 55 (untrusted folder). Usage is summed
+//! over `stats.models.*.tokens` (`prompt` includes `cached`; `thoughts` are billed as output).
+//! Every worktree is a new folder gemini has never seen, so the preset trusts it for the session
+//! (`GEMINI_CLI_TRUST_WORKSPACE=true`, the documented headless way).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,13 +14,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agent::{Agent, AgentError, Reply, Request, Usage};
+use crate::agent::{Agent, AgentError, Reply, Request, Spent, Usage};
 use crate::command::{
     exit_error, head, json_object, resolve_argv, run_agent_process, InstallHint, ProcessOutput,
 };
 use crate::config::AgentConfig;
 use crate::pricing::{self, Price};
-use crate::retry::classify_text;
+use crate::retry::{classify_http, classify_text};
 
 /// The approval mode used unless `permission_mode` says otherwise: headless Gemini cannot ask,
 /// so in its `default` mode every file edit would be refused.
@@ -26,6 +30,11 @@ const HINT: InstallHint = InstallHint {
     backend: "gemini",
     install: "npm install -g @google/gemini-cli",
 };
+
+/// The variable that trusts the working folder for one headless session. Without it gemini
+/// refuses to run in a folder it has not been told to trust (exit 55), and every wiggum
+/// worktree is such a folder.
+pub const TRUST_ENV: &str = "GEMINI_CLI_TRUST_WORKSPACE";
 
 /// Google's Gemini CLI in headless mode.
 #[derive(Clone, Debug)]
@@ -81,6 +90,51 @@ impl GeminiAgent {
     }
 }
 
+/// The last JSON object on stderr that carries an `error`: gemini prints it after any stack
+/// traces, pretty-printed from the start of a line.
+pub fn last_error_object(stderr: &str) -> Option<serde_json::Map<String, Value>> {
+    let starts: Vec<usize> = stderr
+        .match_indices('{')
+        .map(|(i, _)| i)
+        .filter(|&i| i == 0 || stderr.as_bytes()[i - 1] == b'\n')
+        .collect();
+    starts.into_iter().rev().find_map(|i| {
+        let mut stream =
+            serde_json::Deserializer::from_str(&stderr[i..]).into_iter::<serde_json::Value>();
+        match stream.next() {
+            Some(Ok(Value::Object(o))) if o.get("error").is_some_and(|e| !e.is_null()) => Some(o),
+            _ => None,
+        }
+    })
+}
+
+/// The error's message, unwrapped when it is itself an API error body (`{"error":{"code":500,
+/// "message":...}}`), and the HTTP status when there is one.
+fn error_parts(err: &Value) -> (String, Option<u16>, Option<String>) {
+    let msg = err
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let code = err.get("code").and_then(Value::as_u64);
+    let inner: Option<Value> = serde_json::from_str::<Value>(msg.trim())
+        .ok()
+        .and_then(|v| v.get("error").cloned());
+    let (msg, code, status) = match inner {
+        Some(e) => (
+            e.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or(&msg)
+                .to_string(),
+            e.get("code").and_then(Value::as_u64).or(code),
+            e.get("status").and_then(Value::as_str).map(str::to_string),
+        ),
+        None => (msg, code, None),
+    };
+    let http = code.filter(|c| (100..600).contains(c)).map(|c| c as u16);
+    (msg, http, status)
+}
+
 /// Turns the output of `gemini --output-format json` into a reply or a typed error.
 pub fn parse_output(
     out: &ProcessOutput,
@@ -88,50 +142,115 @@ pub fn parse_output(
     price: Option<&Price>,
 ) -> Result<Reply, AgentError> {
     let stdout = out.stdout_text();
-    // Errors come on stderr in JSON mode; the answer on stdout.
-    let obj = json_object(&stdout).or_else(|| json_object(&out.stderr_text()));
-    let error = obj
+    let stderr = out.stderr_text();
+    // The answer comes on stdout; errors last on stderr in JSON mode.
+    let answer = json_object(&stdout);
+    let error_obj = answer
         .as_ref()
-        .and_then(|o| o.get("error"))
-        .filter(|e| !e.is_null());
-    let error_text = error.map(|e| {
-        let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
-        match e.get("type").and_then(Value::as_str) {
-            Some(t) => format!("{t}: {msg}"),
-            None => msg.to_string(),
+        .filter(|o| o.get("error").is_some_and(|e| !e.is_null()))
+        .cloned()
+        .or_else(|| last_error_object(&stderr));
+    let session = answer
+        .as_ref()
+        .or(error_obj.as_ref())
+        .and_then(|o| o.get("session_id"))
+        .cloned();
+    let mut meta = serde_json::Map::new();
+    if let Some(s) = &session {
+        meta.insert("session_id".into(), s.clone());
+    }
+    let failed = |e: AgentError| {
+        e.with_spent(Spent {
+            model: model.map(str::to_string),
+            meta: meta.clone(),
+            ..Spent::default()
+        })
+    };
+    let (error_text, http, api_status) = match error_obj.as_ref().and_then(|o| o.get("error")) {
+        Some(e) => {
+            let (msg, http, status) = error_parts(e);
+            let text = match e.get("type").and_then(Value::as_str) {
+                Some(t) if t != "Error" => format!("{t}: {msg}"),
+                _ => msg,
+            };
+            (Some(text), http, status)
         }
-    });
-    let code = out.status.code();
-    match code {
+        None => (None, None, None),
+    };
+    let detail = |t: &Option<String>| t.as_ref().map_or(String::new(), |t| format!(" ({t})"));
+    match out.status.code() {
         Some(42) => {
-            return Err(AgentError::permanent(format!(
-                "gemini rejected its input (exit code 42): {}",
-                error_text.unwrap_or_else(|| out.stderr_text())
-            )))
+            return Err(failed(AgentError::permanent(format!(
+                "gemini rejected its input (exit code 42){}",
+                detail(&error_text)
+            ))))
         }
         Some(53) => {
-            return Err(AgentError::permanent(format!(
+            return Err(failed(AgentError::permanent(format!(
                 "gemini stopped at its turn limit (exit code 53) before finishing: raise \
                  `model.maxSessionTurns` in its settings or give it a smaller task{}",
-                error_text.map_or(String::new(), |t| format!(" ({t})"))
-            )))
+                detail(&error_text)
+            ))))
         }
         Some(41) => {
-            return Err(AgentError::permanent(format!(
-                "gemini could not authenticate (exit code 41): log in with `gemini` once or set \
-                 GEMINI_API_KEY{}",
-                error_text.map_or(String::new(), |t| format!(" ({t})"))
-            )))
+            let text = error_text.clone().unwrap_or_default();
+            let hint = if text.contains("Invalid auth method") {
+                "no auth method is selected for this key: set `security.auth.selectedType = \
+                 \"gemini-api-key\"` in ~/.gemini/settings.json (GEMINI_API_KEY alone is not \
+                 enough once the settings or GOOGLE_GEMINI_BASE_URL are in play)"
+            } else {
+                "log in with `gemini` once, or set GEMINI_API_KEY and select \
+                 `security.auth.selectedType = \"gemini-api-key\"` in ~/.gemini/settings.json"
+            };
+            return Err(failed(AgentError::permanent(format!(
+                "gemini could not authenticate (exit code 41){}: {hint}",
+                detail(&error_text)
+            ))));
+        }
+        Some(44) => {
+            return Err(failed(AgentError::permanent(format!(
+                "gemini's sandbox failed (exit code 44){}: check its sandbox settings \
+                 (Docker or Podman must be running), or turn the sandbox off",
+                detail(&error_text)
+            ))))
+        }
+        Some(52) => {
+            return Err(failed(AgentError::permanent(format!(
+                "gemini's settings are invalid (exit code 52){}: fix ~/.gemini/settings.json or \
+                 .gemini/settings.json in the project",
+                detail(&error_text)
+            ))))
+        }
+        Some(55) => {
+            return Err(failed(AgentError::permanent(format!(
+                "gemini refused to run in an untrusted folder (exit code 55): wiggum sets \
+                 {TRUST_ENV}=true for it, so something overrode that (the agent's `env`, or a \
+                 gemini too old to know the variable: upgrade with `npm install -g \
+                 @google/gemini-cli`); stderr ends with: {}",
+                head(&stderr)
+            ))))
         }
         _ => {}
     }
     if let Some(text) = error_text {
-        return Err(classify_text(format!("gemini reported an error: {text}")));
+        let what = "gemini reported an error";
+        let err = match http {
+            Some(status) => {
+                let body = serde_json::json!({"error": {"message": text, "status": api_status}});
+                classify_http(what, status, None, &body.to_string())
+            }
+            None if is_fetch_failure(&text) => AgentError::Transient {
+                message: format!("{what}: {text} (the model server could not be reached)"),
+                retry_after: None,
+            },
+            None => classify_text(format!("{what}: {text}")),
+        };
+        return Err(failed(err));
     }
     if !out.success() {
-        return Err(exit_error("gemini", out));
+        return Err(failed(exit_error("gemini", out)));
     }
-    let Some(obj) = obj else {
+    let Some(obj) = answer else {
         return Err(AgentError::permanent(format!(
             "gemini printed no JSON object (expected `--output-format json` output), got {}",
             head(&stdout)
@@ -177,12 +296,28 @@ pub fn parse_output(
             None => price.map(|p| p.cost(&usage)),
         },
         model,
+        meta,
         ..Reply::default()
     };
     if let Some(stats) = obj.get("stats") {
         reply.meta.insert("stats".into(), stats.clone());
     }
     Ok(reply)
+}
+
+/// Whether gemini says it could not reach the server (Node's `fetch failed`).
+fn is_fetch_failure(text: &str) -> bool {
+    let m = text.to_ascii_lowercase();
+    [
+        "fetch failed",
+        "econnrefused",
+        "econnreset",
+        "etimedout",
+        "enotfound",
+        "socket hang up",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 #[async_trait::async_trait]
@@ -195,13 +330,19 @@ impl Agent for GeminiAgent {
     }
 
     async fn call(&self, request: &Request) -> Result<Reply, AgentError> {
+        let mut env = self.env.clone();
+        if std::env::var_os(TRUST_ENV).is_none() {
+            env.entry(TRUST_ENV.to_string())
+                .or_insert_with(|| "true".to_string());
+        }
         let out = run_agent_process(
             self.argv(&request.prompt),
             None,
             request,
-            &self.env,
+            &env,
             self.timeout,
             Some(HINT),
+            None,
         )
         .await?;
         parse_output(&out, self.model.as_deref(), self.price.as_ref())

@@ -251,6 +251,10 @@ impl HttpClient {
                 message: clean(message),
             },
             t @ AgentError::Timeout { .. } => t,
+            AgentError::Spent { error, spent } => AgentError::Spent {
+                error: Box::new(self.redact(*error)),
+                spent,
+            },
         }
     }
 }

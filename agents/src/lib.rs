@@ -18,8 +18,10 @@ pub mod retry;
 pub mod script;
 pub mod tools;
 
-pub use agent::{Agent, AgentError, Reply, Request, Role, Usage};
-pub use command::{run_process, CommandAgent, ProcessError, ProcessOutput, ProcessSpec};
+pub use agent::{Agent, AgentError, Reply, Request, Role, Spent, Usage};
+pub use command::{
+    run_process, CommandAgent, ProcessError, ProcessOutput, ProcessSpec, StallWatch,
+};
 pub use config::{build_agent, AgentConfig, BACKENDS};
 pub use duration::{format_duration, parse_duration};
 pub use pricing::Price;

@@ -129,6 +129,7 @@ pub fn is_context_overflow(message: &str) -> bool {
         "too many tokens",
         "exceeds the context",
         "request too large for model",
+        "exceeds the maximum number of tokens",
     ]
     .iter()
     .any(|p| m.contains(p))

@@ -159,7 +159,10 @@ async fn claude_code_is_error_with_exit_zero_is_an_error() {
         AgentConfig::default(),
     );
     let err = agent.call(&run.request("x")).await.unwrap_err();
-    assert!(matches!(err, AgentError::Permanent { .. }), "{err:?}");
+    assert!(
+        matches!(err.failure(), AgentError::Permanent { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("Invalid API key"), "{err}");
 }
 
@@ -212,7 +215,10 @@ async fn claude_code_overload_is_transient_and_long_prompt_is_overflow() {
         AgentConfig::default(),
     );
     let err = agent.call(&run.request("x")).await.unwrap_err();
-    assert!(matches!(err, AgentError::ContextOverflow { .. }), "{err:?}");
+    assert!(
+        matches!(err.failure(), AgentError::ContextOverflow { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -301,7 +307,10 @@ async fn codex_turn_failed_is_an_error_classified_by_message() {
     let run = Run::new();
     let agent = run.agent("codex", "fake-codex", "turn_failed", AgentConfig::default());
     let err = agent.call(&run.request("x")).await.unwrap_err();
-    assert!(matches!(err, AgentError::Permanent { .. }), "{err:?}");
+    assert!(
+        matches!(err.failure(), AgentError::Permanent { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("401 Unauthorized"), "{err}");
     let agent = run.agent(
         "codex",
@@ -316,7 +325,10 @@ async fn codex_turn_failed_is_an_error_classified_by_message() {
         .is_transient());
     let agent = run.agent("codex", "fake-codex", "overflow", AgentConfig::default());
     let err = agent.call(&run.request("x")).await.unwrap_err();
-    assert!(matches!(err, AgentError::ContextOverflow { .. }), "{err:?}");
+    assert!(
+        matches!(err.failure(), AgentError::ContextOverflow { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -383,7 +395,10 @@ async fn gemini_quota_error_is_permanent_and_garbage_is_an_error() {
     let run = Run::new();
     let agent = run.agent("gemini", "fake-gemini", "api_error", AgentConfig::default());
     let err = agent.call(&run.request("x")).await.unwrap_err();
-    assert!(matches!(err, AgentError::Permanent { .. }), "{err:?}");
+    assert!(
+        matches!(err.failure(), AgentError::Permanent { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("quota"), "{err}");
     let agent = run.agent("gemini", "fake-gemini", "garbage", AgentConfig::default());
     let err = agent.call(&run.request("x")).await.unwrap_err().to_string();

@@ -55,6 +55,7 @@ pub const AGENT_KEYS: &[&str] = &[
     "retry_delay",
     "max_retry_time",
     "tool_timeout",
+    "stall_timeout",
 ];
 /// Keys of one `[[steps]]` table.
 pub const STEP_KEYS: &[&str] = &[
@@ -913,6 +914,13 @@ fn agent(
         "tool_timeout",
     ] {
         ok &= !t.contains_key(key) || ctx.duration(t, key, &section).is_some();
+    }
+    // `stall_timeout = "off"` disables the watchdog; anything else is a duration.
+    let stall_off =
+        matches!(t.get("stall_timeout").map(|v| v.get_ref()), Some(DeValue::String(s)) if s == "off");
+    if !stall_off {
+        ok &= !t.contains_key("stall_timeout")
+            || ctx.duration(t, "stall_timeout", &section).is_some();
     }
     if t.contains_key("max_retries") {
         ok &= ctx

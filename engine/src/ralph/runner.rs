@@ -139,6 +139,27 @@ struct IterationRecord {
     summary: Option<String>,
     /// The checkpoint taken right after the work phase.
     checkpoint: Option<Result<crate::workspace::Checkpoint, String>>,
+    /// Session ids and turns the agent CLIs reported, one line per call.
+    sessions: Vec<String>,
+    /// A call spent tokens at no known price.
+    unpriced: bool,
+}
+
+impl IterationRecord {
+    /// Keeps the session id and turn count a CLI reported for a call, if it did.
+    fn note_session(&mut self, meta: &serde_json::Map<String, serde_json::Value>) {
+        let Some(id) = meta.get("session_id").and_then(|v| v.as_str()) else {
+            return;
+        };
+        let turns = meta
+            .get("num_turns")
+            .or_else(|| meta.get("turns"))
+            .and_then(|v| v.as_u64());
+        self.sessions.push(match turns {
+            Some(n) => format!("{id} ({n} turns)"),
+            None => id.to_string(),
+        });
+    }
 }
 
 /// The loop's context, for the helpers below.
@@ -667,6 +688,8 @@ async fn call(
         Ok(reply) => {
             rec.usage.add(&reply.usage);
             rec.cost += reply.cost_usd.unwrap_or(0.0);
+            rec.unpriced |= reply.cost_usd.is_none() && reply.usage.total() > 0;
+            rec.note_session(&reply.meta);
             let logged = ctx.recorder.log_agent_call(&AgentCall {
                 bead,
                 role: role.as_str(),
@@ -679,6 +702,7 @@ async fn call(
                 cost_usd: reply.cost_usd,
                 retries: reply.retries,
                 duration_ms,
+                meta: Some(&reply.meta),
             });
             if let Err(e) = logged {
                 rec.log_error.get_or_insert_with(|| e.to_string());
@@ -687,18 +711,27 @@ async fn call(
         }
         Err(err) => {
             let message = err.to_string();
+            // A call that failed may still have spent (a turn limit, a turn that failed after
+            // others completed): it counts like any other spend.
+            let (err, spent) = err.into_parts();
+            let spent = spent.unwrap_or_default();
+            rec.usage.add(&spent.usage);
+            rec.cost += spent.cost_usd.unwrap_or(0.0);
+            rec.unpriced |= spent.cost_usd.is_none() && spent.usage.total() > 0;
+            rec.note_session(&spent.meta);
             let logged = ctx.recorder.log_agent_call(&AgentCall {
                 bead,
                 role: role.as_str(),
                 agent: &describe,
-                model: None,
+                model: spent.model.as_deref(),
                 prompt,
                 response: None,
                 error: Some(&message),
-                usage: Usage::default(),
-                cost_usd: None,
+                usage: spent.usage,
+                cost_usd: spent.cost_usd,
                 retries: 0,
                 duration_ms,
+                meta: Some(&spent.meta),
             });
             if let Err(e) = logged {
                 rec.log_error.get_or_insert_with(|| e.to_string());
@@ -972,7 +1005,23 @@ fn describe_iteration(
         rec.usage.cache_read_tokens,
         rec.usage.cache_write_tokens
     );
-    let _ = writeln!(d, "- cost: ${:.4}", rec.cost);
+    if rec.unpriced {
+        // Tokens were spent at no known price: never shown as free.
+        let _ = writeln!(
+            d,
+            "- cost: {} (a call's model has no price: set the agent's `price`)",
+            if rec.cost > 0.0 {
+                format!("${:.4} + unpriced", rec.cost)
+            } else {
+                "unpriced".to_string()
+            }
+        );
+    } else {
+        let _ = writeln!(d, "- cost: ${:.4}", rec.cost);
+    }
+    if !rec.sessions.is_empty() {
+        let _ = writeln!(d, "- sessions: {}", rec.sessions.join(", "));
+    }
     let _ = writeln!(
         d,
         "- duration: {}",

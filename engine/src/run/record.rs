@@ -40,6 +40,8 @@ pub struct AgentCall<'a> {
     pub cost_usd: Option<f64>,
     pub retries: u32,
     pub duration_ms: u64,
+    /// What the backend said about the call (session id, turns, ...).
+    pub meta: Option<&'a Map<String, Value>>,
 }
 
 impl Recorder {
@@ -235,6 +237,15 @@ impl Recorder {
         }
         extra.insert("retries".into(), json!(call.retries));
         extra.insert("duration_ms".into(), json!(call.duration_ms));
+        if call.cost_usd.is_none() && call.usage.total() > 0 {
+            extra.insert("unpriced".into(), json!(true));
+        }
+        // The CLI's own session id and turn count, to find the call in its logs.
+        for key in ["session_id", "num_turns", "turns", "subtype", "terminal_reason"] {
+            if let Some(v) = call.meta.and_then(|m| m.get(key)).filter(|v| !v.is_null()) {
+                extra.insert(key.into(), v.clone());
+            }
+        }
         let event = crate::ledger::Interaction {
             kind: "llm_call".into(),
             issue_id: Some(call.bead.to_string()),
