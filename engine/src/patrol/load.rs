@@ -916,8 +916,7 @@ fn agent(
         ok &= !t.contains_key(key) || ctx.duration(t, key, &section).is_some();
     }
     // `stall_timeout = "off"` disables the watchdog; anything else is a duration.
-    let stall_off =
-        matches!(t.get("stall_timeout").map(|v| v.get_ref()), Some(DeValue::String(s)) if s == "off");
+    let stall_off = matches!(t.get("stall_timeout").map(|v| v.get_ref()), Some(DeValue::String(s)) if s == "off");
     if !stall_off {
         ok &= !t.contains_key("stall_timeout")
             || ctx.duration(t, "stall_timeout", &section).is_some();

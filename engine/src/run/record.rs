@@ -241,7 +241,13 @@ impl Recorder {
             extra.insert("unpriced".into(), json!(true));
         }
         // The CLI's own session id and turn count, to find the call in its logs.
-        for key in ["session_id", "num_turns", "turns", "subtype", "terminal_reason"] {
+        for key in [
+            "session_id",
+            "num_turns",
+            "turns",
+            "subtype",
+            "terminal_reason",
+        ] {
             if let Some(v) = call.meta.and_then(|m| m.get(key)).filter(|v| !v.is_null()) {
                 extra.insert(key.into(), v.clone());
             }
