@@ -9,4 +9,5 @@ pub mod patrol;
 pub mod ralph;
 pub mod report;
 pub mod run;
+pub mod schedule;
 pub mod workspace;

@@ -80,6 +80,7 @@ pub fn run(args: RunArgs) -> CliResult {
         patrol,
         run_key: args.run_id.clone(),
         repo_override,
+        started_by: None,
     };
     let json = args.json;
     let output = Output::new(args.quiet, &args.ci);

@@ -140,6 +140,10 @@ fn summary(p: &Patrol) -> String {
                     let local = t.with_timezone(&chrono::Local);
                     let _ = write!(line, ", next {} local", local.format("%Y-%m-%d %H:%M %:z"));
                 }
+                (Some(t), Tz::Named(tz)) => {
+                    let local = t.with_timezone(&tz);
+                    let _ = write!(line, ", next {} {}", local.format("%Y-%m-%d %H:%M %Z"), tz.name());
+                }
                 (None, _) => line.push_str(", never fires again"),
             }
         }

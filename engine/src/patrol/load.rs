@@ -32,6 +32,7 @@ pub const PATROL_KEYS: &[&str] = &[
     "concurrency",
     "max_cost_usd",
     "sandbox",
+    "enabled",
 ];
 /// Keys of one `[agents.NAME]` table.
 pub const AGENT_KEYS: &[&str] = &[
@@ -207,6 +208,7 @@ pub(crate) struct RawPatrol {
     pub concurrency: usize,
     pub max_cost_usd: Option<f64>,
     pub sandbox: bool,
+    pub enabled: bool,
     pub vars: BTreeMap<String, String>,
     pub agents: BTreeMap<String, super::model::AgentDef>,
     pub steps: Vec<RawStep>,
@@ -603,6 +605,7 @@ fn walk(
         concurrency: 4,
         max_cost_usd: None,
         sandbox: false,
+        enabled: true,
         vars: BTreeMap::new(),
         agents: BTreeMap::new(),
         steps: Vec::new(),
@@ -689,13 +692,12 @@ fn patrol_section(ctx: &mut Ctx<'_>, p: &DeTable<'_>, raw: &mut RawPatrol) {
         .map(Spanned::into_inner);
     if let Some(tz) = p.get("timezone") {
         if let DeValue::String(s) = tz.get_ref() {
-            match s.to_ascii_lowercase().as_str() {
-                "utc" => raw.timezone = Tz::Utc,
-                "local" => raw.timezone = Tz::Local,
-                _ => ctx.error(
+            match Tz::parse(s) {
+                Some(parsed) => raw.timezone = parsed,
+                None => ctx.error(
                     tz.span(),
-                    format!("`timezone` in [patrol] must be \"UTC\" or \"local\", not {s:?}"),
-                    Some("write the schedule in UTC, or use \"local\" and run the daemon with TZ set".into()),
+                    format!("`timezone` in [patrol] must be \"UTC\", \"local\" or an IANA name such as \"Europe/London\", not {s:?}"),
+                    Some("use a name of the tz database (`Area/City`, e.g. \"America/New_York\"), \"UTC\", or \"local\" for the machine's timezone".into()),
                 ),
             }
         } else {
@@ -757,6 +759,12 @@ fn patrol_section(ctx: &mut Ctx<'_>, p: &DeTable<'_>, raw: &mut RawPatrol) {
         match v.get_ref() {
             DeValue::Boolean(b) => raw.sandbox = *b,
             _ => ctx.type_error(v, "sandbox", S, "true or false", "sandbox = true"),
+        }
+    }
+    if let Some(v) = p.get("enabled") {
+        match v.get_ref() {
+            DeValue::Boolean(b) => raw.enabled = *b,
+            _ => ctx.type_error(v, "enabled", S, "true or false", "enabled = false"),
         }
     }
 }
@@ -1421,11 +1429,11 @@ mod tests {
 
     #[test]
     fn bad_values_of_the_right_type_are_reported() {
-        let text = "[patrol]\nschedule = \"0 3 * * 8\"\ntimezone = \"Europe/Paris\"\noverlap = \"skp\"\ncatchup = \"2 hours\"\nconcurrency = 0\n[agents.w]\nbackend = \"claude\"\n[agents.x]\nbackend = \"script\"\n[[steps]]\nid = \"a\"\nagent = \"w\"\nprompt = \"p\"\n[steps.loop]\nmax_iterations = 0\nmax_cost_usd = -1\n[steps.split]\nmax_parts = 1\n";
+        let text = "[patrol]\nschedule = \"0 3 * * 8\"\ntimezone = \"Mars/Olympus\"\noverlap = \"skp\"\ncatchup = \"2 hours\"\nconcurrency = 0\n[agents.w]\nbackend = \"claude\"\n[agents.x]\nbackend = \"script\"\n[[steps]]\nid = \"a\"\nagent = \"w\"\nprompt = \"p\"\n[steps.loop]\nmax_iterations = 0\nmax_cost_usd = -1\n[steps.split]\nmax_parts = 1\n";
         let errs = errors(text);
         let expected = [
             "2:12: bad day of week",
-            "3:12: `timezone` in [patrol] must be \"UTC\" or \"local\"",
+            "3:12: `timezone` in [patrol] must be \"UTC\", \"local\" or an IANA name",
             "4:11: `overlap` in [patrol] must be one of skip, queue, cancel, allow",
             "5:11: bad duration \"2 hours\"",
             "6:15: `concurrency` in [patrol] must be at least 1",

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{DateTime, Local, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::ralph::LoopConfig;
 
@@ -37,6 +37,9 @@ pub struct Patrol {
     /// Run on a throwaway copy of `repo` (a fresh git repository in the temp directory), never
     /// on the repository itself: for demos and trials.
     pub sandbox: bool,
+    /// `enabled = false`: the daemon does not fire it (it is still listed, and `wiggum run`
+    /// still runs it).
+    pub enabled: bool,
     /// `[vars]` after `--var` overrides.
     pub vars: BTreeMap<String, String>,
     pub agents: BTreeMap<String, AgentDef>,
@@ -142,6 +145,29 @@ pub enum Tz {
     Utc,
     /// The machine's local timezone.
     Local,
+    /// An IANA timezone such as `Europe/London` (the tz database is built in).
+    Named(chrono_tz::Tz),
+}
+
+impl Tz {
+    /// Reads `UTC`, `local` (any case) or an IANA name such as `America/New_York`.
+    pub fn parse(text: &str) -> Option<Tz> {
+        match text.to_ascii_lowercase().as_str() {
+            "utc" => Some(Tz::Utc),
+            "local" => Some(Tz::Local),
+            _ => text.parse::<chrono_tz::Tz>().ok().map(Tz::Named),
+        }
+    }
+}
+
+impl std::fmt::Display for Tz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tz::Utc => f.write_str("UTC"),
+            Tz::Local => f.write_str("local"),
+            Tz::Named(tz) => f.write_str(tz.name()),
+        }
+    }
 }
 
 /// What a fire time does while a run of the same patrol is still going.
@@ -191,16 +217,10 @@ impl ScheduleSpec {
         })
     }
 
-    /// The first fire time strictly after `after`.
+    /// The first fire time strictly after `after`, read on the wall clock of the timezone
+    /// (DST-correct: see [`crate::schedule::next_fire`]).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match self.timezone {
-            Tz::Utc => self.schedule.after(&after).next(),
-            Tz::Local => self
-                .schedule
-                .after(&after.with_timezone(&Local))
-                .next()
-                .map(|t| t.with_timezone(&Utc)),
-        }
+        crate::schedule::next_fire(&self.schedule, self.timezone, after)
     }
 }
 

@@ -67,6 +67,7 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, raw: RawPatrol, path: &Path) -> Option<
         concurrency: raw.concurrency,
         max_cost_usd: raw.max_cost_usd,
         sandbox: raw.sandbox,
+        enabled: raw.enabled,
         vars: raw.vars,
         agents: raw.agents,
         steps,

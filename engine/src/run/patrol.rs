@@ -35,6 +35,8 @@ pub struct PatrolOptions {
     pub run_key: Option<String>,
     /// Run in this repository instead of the patrol's `repo` (the demo's scratch copy).
     pub repo_override: Option<PathBuf>,
+    /// Why the run was started, for its epic bead (the daemon: the schedule and the slot).
+    pub started_by: Option<String>,
 }
 
 /// How a patrol run went.
@@ -237,6 +239,9 @@ pub async fn run_patrol(
         // In the bead, not only in the engine state: reports find a run by its key on a
         // fresh clone too.
         description.push_str(&format!("\n{}{key}\n", crate::report::KEY_LINE));
+    }
+    if let Some(why) = &opts.started_by {
+        description.push_str(&format!("\n{why}\n"));
     }
     let run_id = recorder.start_run(&format!("patrol: {}", patrol.name), &description)?;
     let lock = lock_run(&repo_root, &run_id)?;

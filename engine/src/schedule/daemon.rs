@@ -1,0 +1,1054 @@
+//! [`run_daemon`]: fires every scheduled patrol at its cron times until told to stop, and
+//! [`fire_once`], the same rules for one fire when no daemon runs (`wiggum schedule run`).
+//!
+//! One task owns all the state; it sleeps until the next fire time, a control message
+//! (reload, stop, requests), a patrol file change or the end of a run. Every fire is written
+//! to the [`Store`] before its run starts, keyed by (patrol, slot), and each run is started
+//! with the idempotency key `schedule:<patrol>@<slot>`, so neither a crash nor a restart can
+//! run a slot twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::discover::{discover, load_all, load_one};
+use super::events::{DaemonEvent, DaemonSink};
+use super::ledger_note::note_fire;
+use super::next_fire::fires_between;
+use super::quota::quota_exhausted;
+use super::store::{state, DaemonLock, Fire, Store};
+use super::ScheduleError;
+use crate::events::{Event, EventSink};
+use crate::ledger::format_time;
+use crate::patrol::{Overlap, Patrol};
+use crate::ralph::Outcome;
+use crate::run::state::RunLock;
+use crate::run::{resume_run, run_patrol, Cancel, PatrolOptions, PatrolReport};
+
+/// What the process around the daemon tells it (the CLI maps signals to these).
+#[derive(Clone, Debug)]
+pub enum Control {
+    /// Re-read the patrol files (SIGHUP).
+    Reload,
+    /// `wiggum schedule run` left requests in the store (SIGUSR1).
+    Requests,
+    /// Stop firing, cancel the runs resumably, return (SIGTERM, SIGINT). A second `Stop`
+    /// while stopping returns at once.
+    Stop(String),
+}
+
+/// How the daemon runs.
+pub struct DaemonOptions {
+    /// Patrol files and directories; empty: `default_dir`.
+    pub sources: Vec<PathBuf>,
+    /// `<repo>/.wiggum/patrols`.
+    pub default_dir: PathBuf,
+    /// Where `daemon.db` and `daemon.lock` live.
+    pub state_dir: PathBuf,
+    /// How long a patrol's fires are held after a quota error that names no reset time.
+    pub quota_backoff: Duration,
+    /// How long a stop waits for the cancelled runs to record themselves.
+    pub stop_timeout: Duration,
+    /// Where the runs' own events go.
+    pub run_sink: Arc<dyn EventSink>,
+}
+
+/// The idempotency key of a slot's run.
+fn fire_key(patrol: &str, slot: &DateTime<Utc>) -> String {
+    format!("schedule:{patrol}@{}", format_time(slot))
+}
+
+fn started_by(p: &Patrol, slot: &DateTime<Utc>, kind: &str) -> String {
+    let schedule = p
+        .schedule
+        .as_ref()
+        .map(|s| format!("`{}` ({})", s.text, p.timezone))
+        .unwrap_or_else(|| "none".into());
+    format!(
+        "Fired by `wiggum daemon` ({kind}): schedule {schedule}, slot {}.",
+        format_time(slot)
+    )
+}
+
+/// A patrol the daemon knows: its last good version.
+struct Entry {
+    patrol: Patrol,
+    text: String,
+    next: Option<DateTime<Utc>>,
+}
+
+/// A run this process drives.
+struct Running {
+    slot: DateTime<Utc>,
+    cancel: Cancel,
+    run_id: Option<String>,
+    superseded_by: Option<DateTime<Utc>>,
+}
+
+struct Done {
+    patrol: String,
+    slot: DateTime<Utc>,
+    result: Result<PatrolReport, String>,
+}
+
+enum Job {
+    Start(Box<Patrol>, String),
+    Resume { repo: PathBuf, run_id: String },
+}
+
+/// Passes a run's events on, and tells the daemon the run's id as soon as it has one.
+struct FireSink {
+    inner: Arc<dyn EventSink>,
+    tx: mpsc::UnboundedSender<(String, DateTime<Utc>, String)>,
+    patrol: String,
+    slot: DateTime<Utc>,
+}
+
+impl EventSink for FireSink {
+    fn emit(&self, event: &Event) {
+        if let Event::RunStarted { run_id, .. } = event {
+            let _ = self
+                .tx
+                .send((self.patrol.clone(), self.slot, run_id.clone()));
+        }
+        self.inner.emit(event);
+    }
+}
+
+struct Daemon {
+    opts: DaemonOptions,
+    sink: Arc<dyn DaemonSink>,
+    store: Store,
+    entries: BTreeMap<String, Entry>,
+    /// File → the name of its last good patrol.
+    paths: BTreeMap<PathBuf, String>,
+    /// The errors last reported per file (reported again only when they change).
+    reported: BTreeMap<PathBuf, Vec<String>>,
+    running: BTreeMap<String, Vec<Running>>,
+    queued: BTreeMap<String, DateTime<Utc>>,
+    runs: JoinSet<Done>,
+    tasks: BTreeMap<tokio::task::Id, (String, DateTime<Utc>)>,
+    started_tx: mpsc::UnboundedSender<(String, DateTime<Utc>, String)>,
+    stopping: bool,
+}
+
+/// Runs the daemon until a [`Control::Stop`] (or the control channel closes). Refuses to
+/// start when another daemon holds `state_dir`.
+pub async fn run_daemon(
+    opts: DaemonOptions,
+    sink: Arc<dyn DaemonSink>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) -> Result<(), ScheduleError> {
+    let _lock = DaemonLock::acquire(&opts.state_dir)?;
+    let store = Store::open(&opts.state_dir)?;
+    let found = discover(&opts.sources, &opts.default_dir)?;
+    let mut watcher = super::watch::watch(&found.watch_dirs);
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    let mut d = Daemon {
+        opts,
+        sink,
+        store,
+        entries: BTreeMap::new(),
+        paths: BTreeMap::new(),
+        reported: BTreeMap::new(),
+        running: BTreeMap::new(),
+        queued: BTreeMap::new(),
+        runs: JoinSet::new(),
+        tasks: BTreeMap::new(),
+        started_tx,
+        stopping: false,
+    };
+    d.reload_files(&found.files, None);
+    d.sink.emit(&DaemonEvent::Started {
+        pid: std::process::id(),
+        state_dir: d.opts.state_dir.clone(),
+        patrols: d.entries.len(),
+    });
+    d.resume_unsettled();
+    d.catch_up(Utc::now());
+    d.handle_requests();
+    loop {
+        let sleep = d.sleep_for(Utc::now());
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => d.fire_due(Utc::now()),
+            c = control.recv() => match c {
+                Some(Control::Reload) => d.reload("SIGHUP"),
+                Some(Control::Requests) => d.handle_requests(),
+                Some(Control::Stop(signal)) => {
+                    d.stop(signal, &mut control).await;
+                    break;
+                }
+                None => {
+                    d.stop("control closed".into(), &mut control).await;
+                    break;
+                }
+            },
+            Some(()) = watcher.recv() => {
+                // An editor's save is several events: let the burst settle, read once.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while watcher.try_recv().is_ok() {}
+                d.reload("file change");
+            }
+            Some((patrol, slot, run_id)) = started_rx.recv() => d.on_run_started(patrol, slot, run_id),
+            Some(joined) = d.runs.join_next_with_id(), if !d.runs.is_empty() => d.on_joined(joined),
+        }
+    }
+    Ok(())
+}
+
+impl Daemon {
+    fn emit(&self, e: DaemonEvent) {
+        self.sink.emit(&e);
+    }
+
+    fn warn(&self, message: String) {
+        self.emit(DaemonEvent::Warning { message });
+    }
+
+    /// Until the next fire time (at most a minute, so a changed wall clock is noticed).
+    fn sleep_for(&self, now: DateTime<Utc>) -> Duration {
+        let next = self.entries.values().filter_map(|e| e.next).min();
+        let cap = Duration::from_secs(60);
+        match next {
+            Some(t) => (t - now).to_std().unwrap_or(Duration::ZERO).min(cap),
+            None => cap,
+        }
+    }
+
+    fn reload(&mut self, why: &str) {
+        match discover(&self.opts.sources, &self.opts.default_dir) {
+            Ok(found) => self.reload_files(&found.files, Some(why)),
+            Err(e) => self.warn(format!("cannot re-read the patrol files: {e}")),
+        }
+    }
+
+    /// Reads every file; a file that no longer validates keeps its last good version.
+    fn reload_files(&mut self, files: &[PathBuf], why: Option<&str>) {
+        let now = Utc::now();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        for path in files {
+            let current = self.paths.get(path).cloned();
+            if let Some(entry) = current.as_ref().and_then(|n| self.entries.get(n)) {
+                if std::fs::read_to_string(path).is_ok_and(|t| t == entry.text) {
+                    seen.insert(entry.patrol.name.clone());
+                    continue;
+                }
+            }
+            match load_one(path) {
+                Ok((patrol, text)) => {
+                    let name = patrol.name.clone();
+                    if let Some(other) = self.entries.get(&name) {
+                        if other.patrol.path != *path {
+                            let errors = vec![format!(
+                                "{}: error: patrol name `{name}` is already used by {}; names \
+                                 must be unique (set `name` in [patrol])",
+                                path.display(),
+                                other.patrol.path.display()
+                            )];
+                            self.report_invalid(path, errors, current.is_some());
+                            seen.extend(current);
+                            continue;
+                        }
+                    }
+                    let old = current.and_then(|n| self.entries.remove(&n));
+                    self.reported.remove(path);
+                    let same_schedule = old.as_ref().is_some_and(|o| {
+                        o.patrol.schedule.as_ref().map(|s| &s.text)
+                            == patrol.schedule.as_ref().map(|s| &s.text)
+                            && o.patrol.timezone == patrol.timezone
+                            && o.patrol.enabled == patrol.enabled
+                    });
+                    let next = match (&old, same_schedule) {
+                        // Keep a due time that has not fired yet.
+                        (Some(o), true) => o.next,
+                        _ if patrol.enabled => {
+                            patrol.schedule.as_ref().and_then(|s| s.next_after(now))
+                        }
+                        _ => None,
+                    };
+                    if patrol.schedule.is_some()
+                        && self
+                            .store
+                            .mark(&name)
+                            .is_ok_and(|m| m.seen_through.is_none())
+                    {
+                        let _ = self.store.set_seen_through(&name, &now);
+                    }
+                    self.emit(DaemonEvent::Loaded {
+                        patrol: name.clone(),
+                        path: path.clone(),
+                        schedule: patrol.schedule.as_ref().map(|s| s.text.clone()),
+                        timezone: patrol.timezone.to_string(),
+                        next,
+                        enabled: patrol.enabled,
+                    });
+                    self.paths.insert(path.clone(), name.clone());
+                    seen.insert(name.clone());
+                    self.entries.insert(name, Entry { patrol, text, next });
+                }
+                Err(invalid) => {
+                    let kept = current.is_some();
+                    seen.extend(current);
+                    self.report_invalid(path, invalid.errors, kept);
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(e) = self.entries.remove(&name) {
+                self.paths.retain(|_, n| *n != name);
+                self.queued.remove(&name);
+                self.emit(DaemonEvent::Removed {
+                    patrol: name,
+                    path: e.patrol.path,
+                });
+            }
+        }
+        self.reported.retain(|p, _| files.contains(p));
+        if let Some(why) = why {
+            self.emit(DaemonEvent::Reloaded { why: why.into() });
+        }
+    }
+
+    fn report_invalid(&mut self, path: &Path, errors: Vec<String>, kept: bool) {
+        if self.reported.get(path) == Some(&errors) {
+            return;
+        }
+        self.reported.insert(path.to_path_buf(), errors.clone());
+        self.emit(DaemonEvent::Invalid {
+            path: path.to_path_buf(),
+            errors,
+            kept,
+        });
+    }
+
+    /// Fires every patrol whose time has come.
+    fn fire_due(&mut self, now: DateTime<Utc>) {
+        let due: Vec<(String, DateTime<Utc>)> = self
+            .entries
+            .iter()
+            .filter_map(|(n, e)| e.next.filter(|t| *t <= now).map(|t| (n.clone(), t)))
+            .collect();
+        for (name, slot) in due {
+            let Some(entry) = self.entries.get_mut(&name) else {
+                continue;
+            };
+            let Some(spec) = entry.patrol.schedule.clone() else {
+                continue;
+            };
+            // Slots that passed while the process could not run (a suspended machine): the
+            // newest fires, the others are missed.
+            let mut slots = vec![slot];
+            let mut next = spec.next_after(slot);
+            let stale = now - chrono::Duration::seconds(1);
+            while let Some(t) = next.filter(|t| *t <= stale) {
+                slots.push(t);
+                next = spec.next_after(t);
+                if slots.len() > 10_000 {
+                    next = spec.next_after(now);
+                    break;
+                }
+            }
+            entry.next = next;
+            let fire = slots.pop().unwrap_or(slot);
+            if !slots.is_empty() {
+                self.record_missed(&name, &slots, "the daemon could not run at that time");
+            }
+            self.fire(&name, fire, "scheduled");
+        }
+    }
+
+    /// Applies pause, quota hold and overlap to one slot; returns what was done.
+    fn fire(&mut self, name: &str, slot: DateTime<Utc>, kind: &str) -> String {
+        let Some(entry) = self.entries.get(name) else {
+            return format!("no scheduled patrol named `{name}`");
+        };
+        let patrol = entry.patrol.clone();
+        if kind != "manual" {
+            let mark = self.store.mark(name).unwrap_or_default();
+            let _ = self.store.set_seen_through(name, &slot);
+            if mark.paused {
+                let reason = format!("paused (`wiggum schedule resume {name}` resumes it)");
+                self.emit(DaemonEvent::Skipped {
+                    patrol: name.into(),
+                    slot,
+                    reason: reason.clone(),
+                });
+                return reason;
+            }
+            if let Some(until) = mark.quota_until {
+                if slot < until {
+                    let reason = format!(
+                        "held until {} because the agent's quota is used up: {}",
+                        format_time(&until),
+                        mark.quota_reason.unwrap_or_default()
+                    );
+                    self.record_not_run(&patrol, slot, kind, state::QUOTA, &reason);
+                    return reason;
+                }
+                let _ = self.store.set_quota(name, None, None);
+            }
+        }
+        let going: Vec<(DateTime<Utc>, Option<String>)> = self
+            .running
+            .get(name)
+            .map(|rs| rs.iter().map(|r| (r.slot, r.run_id.clone())).collect())
+            .unwrap_or_default();
+        if let Some((old_slot, old_run)) = going.first() {
+            let old = match old_run {
+                Some(id) => format!("run {id} (slot {})", format_time(old_slot)),
+                None => format!("the run of slot {}", format_time(old_slot)),
+            };
+            match patrol.overlap {
+                Overlap::Skip => {
+                    let reason = format!("skipped: {old} was still going (overlap = \"skip\")");
+                    self.record_not_run(&patrol, slot, kind, state::SKIPPED, &reason);
+                    return reason;
+                }
+                Overlap::Queue => {
+                    if let Some(q) = self.queued.get(name) {
+                        let reason = format!(
+                            "skipped: the fire of slot {} is already queued behind {old} \
+                             (overlap = \"queue\" keeps one)",
+                            format_time(q)
+                        );
+                        self.record_not_run(&patrol, slot, kind, state::SKIPPED, &reason);
+                        return reason;
+                    }
+                    let fire = self.new_fire(&patrol, slot, kind, state::QUEUED);
+                    if !matches!(self.store.insert_fire(&fire), Ok(true)) {
+                        return "already recorded".into();
+                    }
+                    self.queued.insert(name.to_string(), slot);
+                    self.emit(DaemonEvent::Queued {
+                        patrol: name.into(),
+                        slot,
+                    });
+                    return format!("queued behind {old} (overlap = \"queue\")");
+                }
+                Overlap::Cancel => {
+                    if let Some(rs) = self.running.get_mut(name) {
+                        for r in rs.iter_mut() {
+                            r.superseded_by = Some(slot);
+                            r.cancel.cancel();
+                        }
+                    }
+                    for (old_slot, _) in &going {
+                        self.emit(DaemonEvent::Cancelling {
+                            patrol: name.into(),
+                            slot: *old_slot,
+                            by: slot,
+                        });
+                    }
+                }
+                Overlap::Allow => {}
+            }
+        }
+        self.start(patrol, slot, kind)
+    }
+
+    fn new_fire(&self, p: &Patrol, slot: DateTime<Utc>, kind: &str, st: &str) -> Fire {
+        new_fire(p, slot, kind, st)
+    }
+
+    /// Records the fire, then starts its run.
+    fn start(&mut self, patrol: Patrol, slot: DateTime<Utc>, kind: &str) -> String {
+        let fire = self.new_fire(&patrol, slot, kind, state::RUNNING);
+        match self.store.insert_fire(&fire) {
+            Ok(true) => {}
+            Ok(false) => {
+                let reason = format!("slot {} already fired", format_time(&slot));
+                self.warn(format!("{}: {reason}; not run again", patrol.name));
+                return reason;
+            }
+            Err(e) => {
+                let reason = format!("cannot record the fire: {e}");
+                self.warn(format!("{}: {reason}; not run", patrol.name));
+                return reason;
+            }
+        }
+        self.emit(DaemonEvent::Fired {
+            patrol: patrol.name.clone(),
+            slot,
+            kind: kind.into(),
+            late_ms: (Utc::now() - slot).num_milliseconds(),
+        });
+        let name = patrol.name.clone();
+        let why = started_by(&patrol, &slot, kind);
+        self.spawn(&name, slot, Job::Start(Box::new(patrol), why));
+        format!("started (slot {})", format_time(&slot))
+    }
+
+    fn spawn(&mut self, name: &str, slot: DateTime<Utc>, job: Job) {
+        let cancel = Cancel::new();
+        self.running.entry(name.to_string()).or_default().push(Running {
+            slot,
+            cancel: cancel.clone(),
+            run_id: None,
+            superseded_by: None,
+        });
+        let sink = Arc::new(FireSink {
+            inner: self.opts.run_sink.clone(),
+            tx: self.started_tx.clone(),
+            patrol: name.to_string(),
+            slot,
+        });
+        let patrol = name.to_string();
+        let handle = self.runs.spawn(async move {
+            let result = execute(job, &patrol, slot, sink, cancel).await;
+            Done {
+                patrol,
+                slot,
+                result,
+            }
+        });
+        self.tasks.insert(handle.id(), (name.to_string(), slot));
+    }
+
+    fn on_run_started(&mut self, patrol: String, slot: DateTime<Utc>, run_id: String) {
+        let _ = self.store.set_run(&patrol, &slot, &run_id);
+        if let Some(r) = self
+            .running
+            .get_mut(&patrol)
+            .and_then(|rs| rs.iter_mut().find(|r| r.slot == slot))
+        {
+            r.run_id = Some(run_id.clone());
+        }
+        self.emit(DaemonEvent::RunStarted {
+            patrol,
+            slot,
+            run_id,
+        });
+    }
+
+    fn on_joined(&mut self, joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        let done = match joined {
+            Ok((id, done)) => {
+                self.tasks.remove(&id);
+                done
+            }
+            Err(e) => {
+                let Some((patrol, slot)) = self.tasks.remove(&e.id()) else {
+                    return;
+                };
+                if e.is_cancelled() {
+                    // Aborted at a stop that outlasted its bound: resumed at the next start.
+                    return;
+                }
+                Done {
+                    patrol,
+                    slot,
+                    result: Err(format!("internal error in wiggum while running: {e}")),
+                }
+            }
+        };
+        let superseded_by = self.running.get_mut(&done.patrol).and_then(|rs| {
+            let i = rs.iter().position(|r| r.slot == done.slot)?;
+            rs.remove(i).superseded_by
+        });
+        let settled = settle(
+            &self.store,
+            &self.opts,
+            &done.patrol,
+            done.slot,
+            superseded_by,
+            &done.result,
+        );
+        for e in settled {
+            self.emit(e);
+        }
+        if self.stopping {
+            return;
+        }
+        let idle = self.running.get(&done.patrol).is_none_or(Vec::is_empty);
+        if idle {
+            if let Some(q) = self.queued.remove(&done.patrol) {
+                if let Some(entry) = self.entries.get(&done.patrol) {
+                    let patrol = entry.patrol.clone();
+                    let _ = self.store.set_state(&done.patrol, &q, state::RUNNING, "");
+                    self.emit(DaemonEvent::Fired {
+                        patrol: done.patrol.clone(),
+                        slot: q,
+                        kind: "queued".into(),
+                        late_ms: (Utc::now() - q).num_milliseconds(),
+                    });
+                    let why = started_by(&patrol, &q, "queued");
+                    self.spawn(&done.patrol, q, Job::Start(Box::new(patrol), why));
+                }
+            }
+        }
+    }
+
+    /// Records a fire that does not run (skipped, held), in the store and the ledger.
+    fn record_not_run(&self, p: &Patrol, slot: DateTime<Utc>, kind: &str, st: &str, reason: &str) {
+        let mut fire = self.new_fire(p, slot, kind, st);
+        fire.reason = reason.to_string();
+        fire.finished_at = Some(Utc::now());
+        fire.started_at = None;
+        if !matches!(self.store.insert_fire(&fire), Ok(true)) {
+            return;
+        }
+        self.emit(DaemonEvent::Skipped {
+            patrol: p.name.clone(),
+            slot,
+            reason: reason.to_string(),
+        });
+        let title = format!("schedule {}: fire of {} {st}", p.name, format_time(&slot));
+        let body = format!("{}\n\n{reason}", started_by(p, &slot, kind));
+        note_in_background(fire.repo, title, body, st.to_string(), self.sink.clone());
+    }
+
+    /// Records slots that passed without a run.
+    fn record_missed(&self, name: &str, slots: &[DateTime<Utc>], reason: &str) {
+        let (Some(entry), Some(first), Some(last)) =
+            (self.entries.get(name), slots.first(), slots.last())
+        else {
+            return;
+        };
+        // Every slot has its record, up to a bound (a long downtime of a per-second schedule
+        // is one line of the log and one bead either way).
+        for slot in slots.iter().rev().take(1000) {
+            let mut fire = self.new_fire(&entry.patrol, *slot, "scheduled", state::MISSED);
+            fire.reason = reason.to_string();
+            fire.started_at = None;
+            fire.finished_at = Some(Utc::now());
+            let _ = self.store.insert_fire(&fire);
+        }
+        self.emit(DaemonEvent::Missed {
+            patrol: name.into(),
+            count: slots.len(),
+            first: *first,
+            last: *last,
+        });
+        let title = format!(
+            "schedule {name}: {} fire{} missed ({} to {})",
+            slots.len(),
+            if slots.len() == 1 { "" } else { "s" },
+            format_time(first),
+            format_time(last)
+        );
+        let body = format!("{title}: {reason}.");
+        note_in_background(
+            std::path::absolute(&entry.patrol.repo).unwrap_or_else(|_| entry.patrol.repo.clone()),
+            title,
+            body,
+            state::MISSED.into(),
+            self.sink.clone(),
+        );
+    }
+
+    /// At start: runs an earlier daemon left unfinished are resumed, queued fires queued again.
+    fn resume_unsettled(&mut self) {
+        let fires = match self.store.unsettled() {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn(format!("cannot read the unfinished fires: {e}"));
+                return;
+            }
+        };
+        for f in fires {
+            if f.state == state::QUEUED {
+                if self.entries.contains_key(&f.patrol) {
+                    self.queued.entry(f.patrol.clone()).or_insert(f.slot);
+                } else {
+                    let _ = self.store.set_state(
+                        &f.patrol,
+                        &f.slot,
+                        state::ERROR,
+                        "its patrol is no longer scheduled",
+                    );
+                }
+                continue;
+            }
+            let job = match &f.run_id {
+                Some(run_id) => Job::Resume {
+                    repo: f.repo.clone(),
+                    run_id: run_id.clone(),
+                },
+                // Recorded, but the run had no id yet: the key finds it if it was created.
+                None => match load_one(&f.path) {
+                    Ok((p, _)) => {
+                        let why = started_by(&p, &f.slot, &f.kind);
+                        Job::Start(Box::new(p), why)
+                    }
+                    Err(inv) => {
+                        let reason = format!(
+                            "cannot resume: the patrol file does not load: {}",
+                            inv.errors.join("; ")
+                        );
+                        let _ = self.store.set_state(&f.patrol, &f.slot, state::ERROR, &reason);
+                        self.warn(format!("{}: {reason}", f.patrol));
+                        continue;
+                    }
+                },
+            };
+            let _ = self.store.set_state(&f.patrol, &f.slot, state::RUNNING, "");
+            self.emit(DaemonEvent::Resumed {
+                patrol: f.patrol.clone(),
+                slot: f.slot,
+                run_id: f.run_id.clone(),
+            });
+            self.spawn(&f.patrol, f.slot, job);
+            if let Some(id) = &f.run_id {
+                if let Some(r) = self
+                    .running
+                    .get_mut(&f.patrol)
+                    .and_then(|rs| rs.last_mut())
+                {
+                    r.run_id = Some(id.clone());
+                }
+            }
+        }
+        let idle: Vec<(String, DateTime<Utc>)> = self
+            .queued
+            .iter()
+            .filter(|(n, _)| self.running.get(*n).is_none_or(Vec::is_empty))
+            .map(|(n, s)| (n.clone(), *s))
+            .collect();
+        for (name, slot) in idle {
+            self.queued.remove(&name);
+            if let Some(entry) = self.entries.get(&name) {
+                let patrol = entry.patrol.clone();
+                let _ = self.store.set_state(&name, &slot, state::RUNNING, "");
+                let why = started_by(&patrol, &slot, "queued");
+                self.spawn(&name, slot, Job::Start(Box::new(patrol), why));
+            }
+        }
+    }
+
+    /// At start: slots that passed while no daemon ran. The newest within `catchup` runs
+    /// once; the others are recorded as missed.
+    fn catch_up(&mut self, now: DateTime<Utc>) {
+        let names: Vec<String> = self.entries.keys().cloned().collect();
+        for name in names {
+            let Some(entry) = self.entries.get(&name) else {
+                continue;
+            };
+            let (Some(spec), true) = (entry.patrol.schedule.clone(), entry.patrol.enabled) else {
+                continue;
+            };
+            let catchup = entry.patrol.catchup;
+            let mark = self.store.mark(&name).unwrap_or_default();
+            let Some(seen) = mark.seen_through else {
+                let _ = self.store.set_seen_through(&name, &now);
+                continue;
+            };
+            let slots: Vec<DateTime<Utc>> =
+                fires_between(&spec.schedule, spec.timezone, seen, now, 100_000)
+                    .into_iter()
+                    .filter(|s| matches!(self.store.fire(&name, s), Ok(None)))
+                    .collect();
+            let Some(last) = slots.last().copied() else {
+                continue;
+            };
+            if mark.paused {
+                let _ = self.store.set_seen_through(&name, &now);
+                continue;
+            }
+            let window = catchup.and_then(|w| chrono::Duration::from_std(w).ok());
+            let run = window.filter(|w| now - last <= *w).map(|_| last);
+            let missed: Vec<DateTime<Utc>> =
+                slots.iter().copied().filter(|s| Some(*s) != run).collect();
+            if !missed.is_empty() {
+                let why = match (catchup, run) {
+                    (None, _) => "the daemon was not running then, and the patrol has no \
+                                  `catchup` window"
+                        .to_string(),
+                    (Some(w), None) => format!(
+                        "the daemon was not running then, longer ago than `catchup` = {}",
+                        wiggum_agents::format_duration(w)
+                    ),
+                    (Some(_), Some(_)) => {
+                        "the daemon was not running then; only the newest missed fire runs"
+                            .to_string()
+                    }
+                };
+                self.record_missed(&name, &missed, &why);
+            }
+            let _ = self.store.set_seen_through(&name, &last);
+            if let Some(slot) = run {
+                self.fire(&name, slot, "catchup");
+            }
+        }
+    }
+
+    /// Answers `wiggum schedule run NAME` requests.
+    fn handle_requests(&mut self) {
+        let requests = match self.store.open_requests() {
+            Ok(r) => r,
+            Err(e) => {
+                self.warn(format!("cannot read the fire requests: {e}"));
+                return;
+            }
+        };
+        for (id, name) in requests {
+            self.emit(DaemonEvent::Requested {
+                patrol: name.clone(),
+            });
+            let answer = self.fire(&name, crate::ledger::now(), "manual");
+            let _ = self.store.answer_request(id, &answer);
+        }
+    }
+
+    async fn stop(&mut self, signal: String, control: &mut mpsc::UnboundedReceiver<Control>) {
+        self.stopping = true;
+        let runs: usize = self.running.values().map(Vec::len).sum();
+        self.emit(DaemonEvent::Stopping { signal, runs });
+        for r in self.running.values().flatten() {
+            r.cancel.cancel();
+        }
+        let deadline = tokio::time::sleep(self.opts.stop_timeout);
+        tokio::pin!(deadline);
+        while !self.runs.is_empty() {
+            tokio::select! {
+                Some(joined) = self.runs.join_next_with_id() => self.on_joined(joined),
+                _ = &mut deadline => break,
+                Some(Control::Stop(_)) = control.recv() => break,
+            }
+        }
+        // Runs that did not end in time stay `running` in the store: resumed at next start.
+        self.runs.abort_all();
+        while self.runs.join_next().await.is_some() {}
+        let interrupted = self.store.unsettled().map(|f| f.len()).unwrap_or(0);
+        self.emit(DaemonEvent::Stopped { interrupted });
+    }
+}
+
+fn new_fire(p: &Patrol, slot: DateTime<Utc>, kind: &str, st: &str) -> Fire {
+    Fire {
+        patrol: p.name.clone(),
+        slot,
+        kind: kind.into(),
+        state: st.into(),
+        path: p.path.clone(),
+        repo: std::path::absolute(&p.repo).unwrap_or_else(|_| p.repo.clone()),
+        run_id: None,
+        outcome: None,
+        reason: String::new(),
+        decided_at: Utc::now(),
+        started_at: Some(Utc::now()),
+        finished_at: None,
+    }
+}
+
+async fn execute(
+    job: Job,
+    patrol: &str,
+    slot: DateTime<Utc>,
+    sink: Arc<FireSink>,
+    cancel: Cancel,
+) -> Result<PatrolReport, String> {
+    match job {
+        Job::Start(p, why) => {
+            let repo_override = if p.sandbox {
+                Some(crate::run::sandbox::prepare(&p.repo).map_err(|e| e.to_string())?)
+            } else {
+                None
+            };
+            let opts = PatrolOptions {
+                patrol: *p,
+                run_key: Some(fire_key(patrol, &slot)),
+                repo_override,
+                started_by: Some(why),
+            };
+            run_patrol(opts, sink, cancel).await
+        }
+        Job::Resume { repo, run_id } => resume_run(&repo, &run_id, sink, cancel).await,
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Records how a fire's run ended: done, interrupted (resumed at the next start), cancelled
+/// by a newer fire, or held for quota (not a failure of the work).
+fn settle(
+    store: &Store,
+    opts: &DaemonOptions,
+    patrol: &str,
+    slot: DateTime<Utc>,
+    superseded_by: Option<DateTime<Utc>>,
+    result: &Result<PatrolReport, String>,
+) -> Vec<DaemonEvent> {
+    let mut events = Vec::new();
+    let (st, outcome, reason, run_id) = match result {
+        Err(message) => (state::ERROR, None, message.clone(), None),
+        Ok(report) => {
+            let run_id = Some(report.run_id.clone());
+            let outcome = Some(report.outcome.as_str().to_string());
+            if report.outcome == Outcome::Cancelled {
+                match superseded_by {
+                    Some(by) => (
+                        state::CANCELLED,
+                        outcome,
+                        format!(
+                            "cancelled by the fire of {} (overlap = \"cancel\"); `wiggum resume \
+                             {}` continues it",
+                            format_time(&by),
+                            report.run_id
+                        ),
+                        run_id,
+                    ),
+                    None => (
+                        state::INTERRUPTED,
+                        outcome,
+                        "stopped with the daemon; the daemon resumes it when it starts again"
+                            .to_string(),
+                        run_id,
+                    ),
+                }
+            } else if let Some(hit) = quota_of(report) {
+                let until = hit.resets_at.unwrap_or_else(|| {
+                    Utc::now()
+                        + chrono::Duration::from_std(opts.quota_backoff)
+                            .unwrap_or(chrono::Duration::hours(1))
+                });
+                let why = format!("the agent's quota is used up ({})", hit.matched);
+                let _ = store.set_quota(patrol, Some(&until), Some(&why));
+                events.push(DaemonEvent::QuotaHold {
+                    patrol: patrol.into(),
+                    until,
+                    reason: why.clone(),
+                });
+                (
+                    state::QUOTA,
+                    outcome,
+                    format!("{why}; fires held until {}: {}", format_time(&until), report.reason),
+                    run_id,
+                )
+            } else {
+                (state::DONE, outcome, report.reason.clone(), run_id)
+            }
+        }
+    };
+    let _ = match &outcome {
+        Some(o) => store.set_outcome(patrol, &slot, st, o, &reason),
+        None => store.set_outcome(patrol, &slot, st, "error", &reason),
+    };
+    events.push(DaemonEvent::RunFinished {
+        patrol: patrol.into(),
+        slot,
+        run_id,
+        state: st.into(),
+        outcome,
+        reason,
+    });
+    events
+}
+
+/// A quota exhaustion in the run's reason or one of its steps' reasons.
+fn quota_of(report: &PatrolReport) -> Option<super::QuotaHit> {
+    let now = Utc::now();
+    std::iter::once(report.reason.as_str())
+        .chain(report.steps.iter().map(|(_, s)| s.reason.as_str()))
+        .find_map(|text| quota_exhausted(text, now))
+}
+
+fn note_in_background(
+    repo: PathBuf,
+    title: String,
+    body: String,
+    what: String,
+    sink: Arc<dyn DaemonSink>,
+) {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = note_fire(&repo, &title, &body, &what) {
+            sink.emit(&DaemonEvent::Warning {
+                message: format!(
+                    "could not record \"{title}\" in the ledger of {}: {e}",
+                    repo.display()
+                ),
+            });
+        }
+    });
+}
+
+/// One fire of `name` now, with the daemon's rules, for `wiggum schedule run` when no daemon
+/// runs: recorded like a daemon's fire; overlap applies to a run of the patrol that another
+/// process still drives (`allow` starts anyway; any other policy skips, since no daemon is
+/// there to queue or cancel).
+pub async fn fire_once(
+    opts: &DaemonOptions,
+    name: &str,
+    sink: Arc<dyn DaemonSink>,
+    cancel: Cancel,
+) -> Result<(Fire, Option<PatrolReport>), ScheduleError> {
+    let store = Store::open(&opts.state_dir)?;
+    let found = discover(&opts.sources, &opts.default_dir)?;
+    let (patrols, _) = load_all(&found.files);
+    let known = patrols
+        .iter()
+        .map(|(p, _)| p.name.clone())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some((patrol, _)) = patrols.into_iter().find(|(p, _)| p.name == name) else {
+        return Err(ScheduleError::UnknownPatrol {
+            name: name.into(),
+            known,
+        });
+    };
+    let slot = crate::ledger::now();
+    if patrol.overlap != Overlap::Allow {
+        let busy = store.recent(name, 50)?.into_iter().find(|f| {
+            f.state == state::RUNNING
+                && f.run_id.as_ref().is_some_and(|id| {
+                    crate::workspace::discover_root(&f.repo)
+                        .is_ok_and(|root| RunLock::is_held(&root, id))
+                })
+        });
+        if let Some(other) = busy {
+            let mut fire = new_fire(&patrol, slot, "manual", state::SKIPPED);
+            fire.reason = format!(
+                "skipped: run {} (slot {}) is still going in another process (overlap = \"{}\")",
+                other.run_id.unwrap_or_default(),
+                format_time(&other.slot),
+                overlap_name(patrol.overlap)
+            );
+            fire.finished_at = Some(Utc::now());
+            store.insert_fire(&fire)?;
+            return Ok((fire, None));
+        }
+    }
+    let fire = new_fire(&patrol, slot, "manual", state::RUNNING);
+    store.insert_fire(&fire)?;
+    sink.emit(&DaemonEvent::Fired {
+        patrol: name.into(),
+        slot,
+        kind: "manual".into(),
+        late_ms: 0,
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let fire_sink = Arc::new(FireSink {
+        inner: opts.run_sink.clone(),
+        tx,
+        patrol: name.into(),
+        slot,
+    });
+    let why = started_by(&patrol, &slot, "manual");
+    let result = execute(Job::Start(Box::new(patrol), why), name, slot, fire_sink, cancel).await;
+    while let Ok((_, _, run_id)) = rx.try_recv() {
+        store.set_run(name, &slot, &run_id)?;
+    }
+    for e in settle(&store, opts, name, slot, None, &result) {
+        sink.emit(&e);
+    }
+    let fire = store.fire(name, &slot)?.unwrap_or(fire);
+    Ok((fire, result.ok()))
+}
+
+fn overlap_name(o: Overlap) -> &'static str {
+    match o {
+        Overlap::Skip => "skip",
+        Overlap::Queue => "queue",
+        Overlap::Cancel => "cancel",
+        Overlap::Allow => "allow",
+    }
+}
