@@ -147,6 +147,12 @@ pub async fn run_daemon(
     let _lock = DaemonLock::acquire(&opts.state_dir)?;
     let store = Store::open(&opts.state_dir)?;
     let found = discover(&opts.sources, &opts.default_dir)?;
+    let absolute: Vec<PathBuf> = opts
+        .sources
+        .iter()
+        .map(|s| std::path::absolute(s).unwrap_or_else(|_| s.clone()))
+        .collect();
+    store.set_sources(&absolute)?;
     let mut watcher = super::watch::watch(&found.watch_dirs);
     let (started_tx, mut started_rx) = mpsc::unbounded_channel();
     let mut d = Daemon {

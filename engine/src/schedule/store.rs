@@ -104,6 +104,10 @@ CREATE TABLE IF NOT EXISTS patrols(
     quota_until TEXT,
     quota_reason TEXT
 );
+CREATE TABLE IF NOT EXISTS meta(
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS requests(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     patrol TEXT NOT NULL,
@@ -329,6 +333,29 @@ impl Store {
             params![patrol, until.map(format_time), reason],
         )?;
         Ok(())
+    }
+
+    /// Remembers the patrol files and directories the daemon was started with, so that
+    /// `wiggum schedule` finds the same patrols without being told.
+    pub fn set_sources(&self, sources: &[PathBuf]) -> Result<(), ScheduleError> {
+        let text = serde_json::to_string(sources).unwrap_or_default();
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES('sources', ?1) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [text],
+        )?;
+        Ok(())
+    }
+
+    /// The sources the last daemon on this state was started with (absolute).
+    pub fn sources(&self) -> Result<Vec<PathBuf>, ScheduleError> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'sources'", [], |r| r.get(0))
+            .optional()?;
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
     }
 
     /// Queues a `wiggum schedule run NAME` for the daemon; returns its id.
