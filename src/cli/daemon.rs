@@ -51,6 +51,11 @@ pub struct DaemonArgs {
     /// How long a stop waits for the running steps to record themselves as cancelled.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub stop_timeout: String,
+
+    /// Do not watch the patrol files for changes (on file systems without inotify, such as
+    /// some network mounts); SIGHUP still re-reads them.
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 /// Where the default patrols and the state are: `(default patrol dir, state dir)`.
@@ -93,6 +98,7 @@ pub fn run(args: DaemonArgs) -> CliResult {
         quota_backoff: duration("quota-backoff", &args.quota_backoff)?,
         stop_timeout: duration("stop-timeout", &args.stop_timeout)?,
         run_sink: log.clone(),
+        watch: !args.no_watch,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -37,6 +37,10 @@ pub struct ScheduleArgs {
     /// How many next fire times to show per patrol.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub next: usize,
+
+    /// How many past fires to show per patrol (skipped and missed ones too).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub history: usize,
 }
 
 /// Options every `wiggum schedule` form takes.
@@ -90,7 +94,7 @@ pub fn run(args: ScheduleArgs) -> CliResult {
     };
     let json = args.common.json;
     match args.action {
-        None => list(&sources, &default_dir, &state_dir, args.next, json),
+        None => list(&sources, &default_dir, &state_dir, (args.next, args.history), json),
         Some(ScheduleAction::Pause { name }) => {
             set_paused(&sources, &default_dir, &state_dir, &name, true, json)
         }
@@ -125,7 +129,7 @@ fn get_status(
     state_dir: &std::path::Path,
     next: usize,
 ) -> Result<ScheduleStatus, CliError> {
-    status(sources, default_dir, state_dir, Utc::now(), next).map_err(engine_error)
+    status(sources, default_dir, state_dir, Utc::now(), next, 0).map_err(engine_error)
 }
 
 fn known(st: &ScheduleStatus, name: &str) -> Result<(), CliError> {
@@ -174,10 +178,11 @@ fn list(
     sources: &[PathBuf],
     default_dir: &std::path::Path,
     state_dir: &std::path::Path,
-    next: usize,
+    (next, history): (usize, usize),
     json: bool,
 ) -> CliResult {
-    let st = get_status(sources, default_dir, state_dir, next)?;
+    let st = status(sources, default_dir, state_dir, Utc::now(), next, history)
+        .map_err(engine_error)?;
     if json {
         println!(
             "{}",
@@ -251,6 +256,9 @@ fn render_patrol(p: &PatrolStatus) -> String {
         Some(f) => out.push_str(&format!("  last      {}\n", describe_fire(f, &p.timezone))),
         None => out.push_str("  last      never fired\n"),
     }
+    for f in p.history.iter().skip(1) {
+        out.push_str(&format!("  earlier   {}\n", describe_fire(f, &p.timezone)));
+    }
     out
 }
 
@@ -297,6 +305,7 @@ fn fire_now(
         quota_backoff: Duration::from_secs(3600),
         stop_timeout: Duration::from_secs(30),
         run_sink: log.clone(),
+        watch: false,
     };
     let name = name.to_string();
     let fired = super::runtime::drive(quiet, |display, cancel| async move {

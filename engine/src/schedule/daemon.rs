@@ -56,6 +56,8 @@ pub struct DaemonOptions {
     pub stop_timeout: Duration,
     /// Where the runs' own events go.
     pub run_sink: Arc<dyn EventSink>,
+    /// Notice changed patrol files by themselves (inotify); off: only SIGHUP reloads.
+    pub watch: bool,
 }
 
 /// The idempotency key of a slot's run.
@@ -153,7 +155,11 @@ pub async fn run_daemon(
         .map(|s| std::path::absolute(s).unwrap_or_else(|_| s.clone()))
         .collect();
     store.set_sources(&absolute)?;
-    let mut watcher = super::watch::watch(&found.watch_dirs);
+    let mut watcher = if opts.watch {
+        super::watch::watch(&found.watch_dirs)
+    } else {
+        mpsc::unbounded_channel().1
+    };
     let (started_tx, mut started_rx) = mpsc::unbounded_channel();
     let mut d = Daemon {
         opts,
@@ -431,7 +437,8 @@ impl Daemon {
                         self.record_not_run(&patrol, slot, kind, state::SKIPPED, &reason);
                         return reason;
                     }
-                    let fire = self.new_fire(&patrol, slot, kind, state::QUEUED);
+                    let mut fire = self.new_fire(&patrol, slot, kind, state::QUEUED);
+                    fire.started_at = None;
                     if !matches!(self.store.insert_fire(&fire), Ok(true)) {
                         return "already recorded".into();
                     }
@@ -837,7 +844,9 @@ fn new_fire(p: &Patrol, slot: DateTime<Utc>, kind: &str, st: &str) -> Fire {
         kind: kind.into(),
         state: st.into(),
         path: p.path.clone(),
-        repo: std::path::absolute(&p.repo).unwrap_or_else(|_| p.repo.clone()),
+        repo: crate::workspace::discover_root(&p.repo)
+            .or_else(|_| std::path::absolute(&p.repo))
+            .unwrap_or_else(|_| p.repo.clone()),
         run_id: None,
         outcome: None,
         reason: String::new(),

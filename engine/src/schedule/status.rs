@@ -29,6 +29,8 @@ pub struct PatrolStatus {
     pub quota_until: Option<DateTime<Utc>>,
     pub quota_reason: Option<String>,
     pub last_fire: Option<Fire>,
+    /// The latest fires, newest first (`history` of them).
+    pub history: Vec<Fire>,
 }
 
 /// The whole listing.
@@ -49,6 +51,7 @@ pub fn status(
     state_dir: &Path,
     now: DateTime<Utc>,
     next_count: usize,
+    history: usize,
 ) -> Result<ScheduleStatus, ScheduleError> {
     let found = discover(sources, default_dir)?;
     let (patrols, invalid) = load_all(&found.files);
@@ -64,10 +67,11 @@ pub fn status(
             Some(s) => s.mark(&p.name)?,
             None => Default::default(),
         };
-        let last_fire = match &store {
-            Some(s) => s.recent(&p.name, 1)?.pop(),
-            None => None,
+        let recent = match &store {
+            Some(s) => s.recent(&p.name, history.max(1))?,
+            None => Vec::new(),
         };
+        let last_fire = recent.first().cloned();
         let mut next = Vec::new();
         if let (Some(spec), true) = (&p.schedule, p.enabled) {
             let mut at = now;
@@ -101,6 +105,7 @@ pub fn status(
             quota_until: mark.quota_until.filter(|t| *t > now),
             quota_reason: mark.quota_reason.filter(|_| mark.quota_until.is_some_and(|t| t > now)),
             last_fire,
+            history: recent.into_iter().take(history).collect(),
         });
     }
     Ok(ScheduleStatus {

@@ -1,0 +1,562 @@
+//! End-to-end tests of `wiggum daemon` and `wiggum schedule`: the real binary with schedules of
+//! seconds (`*/2 * * * * *`) and command steps, so that no test waits for a real minute.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{wiggum_command, TempRepo};
+use serde_json::Value;
+
+/// A daemon running in the background, its log going to a file.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(repo: &TempRepo, args: &[&str]) -> Daemon {
+        Self::start_env(repo, args, &[])
+    }
+
+    fn start_env(repo: &TempRepo, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let log = repo.path().join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = wiggum_command();
+        cmd.arg("daemon")
+            .args(["--stop-timeout", "10s"])
+            .args(args)
+            .current_dir(repo.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("wiggum daemon starts");
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `count` lines containing `needle`; panics with the log after
+    /// `secs` (a bound for a loaded machine, not a timing assertion).
+    fn wait_for_n(&mut self, needle: &str, count: usize, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let log = self.log();
+            if log.lines().filter(|l| l.contains(needle)).count() >= count {
+                return log;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the daemon exited ({status}) before logging {needle:?}:\n{log}");
+            }
+            if Instant::now() > deadline {
+                panic!("no {count} × {needle:?} in the daemon's log after {secs}s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_for(&mut self, needle: &str, secs: u64) -> String {
+        self.wait_for_n(needle, 1, secs)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: sends a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// SIGTERM, then the exit code (within a bound).
+    fn stop(mut self) -> (i32, String) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the daemon did not exit within 30s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A patrol of one command step, scheduled.
+fn patrol(schedule: &str, extra: &str, run: &str) -> String {
+    format!(
+        "[patrol]\nschedule = \"{schedule}\"\nland = \"none\"\n{extra}\n\n[[steps]]\nid = \"work\"\nrun = \"{run}\"\n"
+    )
+}
+
+fn write_patrol(repo: &TempRepo, name: &str, text: &str) -> PathBuf {
+    let rel = format!(".wiggum/patrols/{name}.toml");
+    repo.write(&rel, text);
+    repo.path().join(rel)
+}
+
+/// `wiggum schedule --json` with a long history.
+fn schedule_json(repo: &TempRepo) -> Value {
+    let out = repo.wiggum(&["schedule", "--json", "--history", "100"]);
+    out.json()
+}
+
+fn fires(repo: &TempRepo, name: &str) -> Vec<Value> {
+    let st = schedule_json(repo);
+    let p = st["patrols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no patrol {name} in {st:#}"))
+        .clone();
+    let mut h = p["history"].as_array().unwrap().clone();
+    h.reverse();
+    h
+}
+
+fn states(fires: &[Value]) -> Vec<String> {
+    fires.iter().map(|f| f["state"].as_str().unwrap().to_string()).collect()
+}
+
+fn ignore_wiggum_dir(repo: &TempRepo) {
+    repo.write(".gitignore", ".wiggum/\ndaemon-*.log\n");
+    repo.git(&["add", ".gitignore"]);
+    repo.git(&["commit", "-qm", "ignore"]);
+}
+
+fn seconds_of(slot: &str) -> u32 {
+    // "2026-11-29T04:01:44Z" → 44
+    slot[17..19].parse().unwrap()
+}
+
+#[test]
+fn fires_every_two_seconds_on_even_seconds_and_records_each_run() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "tick", &patrol("*/2 * * * * *", "", "echo tick >> ../ticks.txt"));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for_n("ended: done", 2, 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    let fired = fires(&repo, "tick");
+    let done: Vec<&Value> = fired.iter().filter(|f| f["state"] == "done").collect();
+    assert!(done.len() >= 2, "{fired:#?}");
+    for f in &done {
+        assert_eq!(seconds_of(f["slot"].as_str().unwrap()) % 2, 0, "{f:#}");
+        assert_eq!(f["outcome"], "converged", "{f:#}");
+        assert!(f["run_id"].is_string());
+    }
+    // The run's epic says which schedule and slot it was fired for.
+    let run_id = done[0]["run_id"].as_str().unwrap();
+    let epic = common::beads(repo.path())
+        .into_iter()
+        .find(|b| b["id"] == run_id)
+        .expect("the run's epic is in the ledger");
+    let description = epic["description"].as_str().unwrap();
+    assert!(description.contains("schedule `*/2 * * * * *` (UTC)"), "{description}");
+    assert!(description.contains(done[0]["slot"].as_str().unwrap()), "{description}");
+    // Started on time: the log says how late each fire was.
+    let late: Vec<i64> = log
+        .lines()
+        .filter_map(|l| l.split(", ").nth(1)?.strip_suffix(" ms late)")?.parse().ok())
+        .collect();
+    assert!(!late.is_empty() && late.iter().all(|ms| *ms < 1500), "{log}");
+}
+
+#[test]
+fn overlap_skip_records_the_fires_it_skips_in_the_store_and_the_ledger() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "slow", &patrol("* * * * * *", "overlap = \"skip\"", "sleep 2.5"));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for_n("not fired slow", 2, 60);
+    d.wait_for("ended: done", 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    let fired = fires(&repo, "slow");
+    let skipped: Vec<&Value> = fired.iter().filter(|f| f["state"] == "skipped").collect();
+    assert!(skipped.len() >= 2, "{fired:#?}");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("was still going (overlap = \"skip\")"));
+    let labelled = common::beads(repo.path())
+        .into_iter()
+        .filter(|b| {
+            b["labels"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x == "wiggum:fire:skipped"))
+        })
+        .count();
+    assert!(labelled >= 2, "skipped fires are beads too");
+}
+
+#[test]
+fn overlap_queue_keeps_one_fire_and_runs_it_after_the_running_one() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "q", &patrol("* * * * * *", "overlap = \"queue\"", "sleep 2"));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for("queued q slot", 60);
+    d.wait_for("already queued", 60);
+    d.wait_for_n("ended: done", 2, 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    let fired = fires(&repo, "q");
+    let done: Vec<&Value> = fired.iter().filter(|f| f["state"] == "done").collect();
+    assert!(done.len() >= 2, "{fired:#?}");
+    // The queued fire started only when the first run had finished.
+    let first_end = done[0]["finished_at"].as_str().unwrap();
+    let second_start = done[1]["started_at"].as_str().unwrap();
+    assert!(second_start >= first_end, "{fired:#?}");
+    assert!(fired
+        .iter()
+        .any(|f| f["state"] == "skipped" && f["reason"].as_str().unwrap().contains("already queued")));
+}
+
+#[test]
+fn overlap_cancel_cancels_the_running_run_resumably_and_starts_the_new_one() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "c", &patrol("*/3 * * * * *", "overlap = \"cancel\"", "sleep 20"));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for("cancelling c slot", 60);
+    d.wait_for("ended: cancelled", 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    let fired = fires(&repo, "c");
+    let cancelled = fired
+        .iter()
+        .find(|f| f["state"] == "cancelled")
+        .unwrap_or_else(|| panic!("{fired:#?}"));
+    let reason = cancelled["reason"].as_str().unwrap();
+    assert!(reason.contains("overlap = \"cancel\"") && reason.contains("wiggum resume"), "{reason}");
+    // The cancelled run can be continued by hand.
+    let run_id = cancelled["run_id"].as_str().unwrap();
+    let runs = repo.wiggum(&["runs", "--json"]);
+    assert!(runs.stdout.contains(run_id), "{}", runs.stdout);
+}
+
+#[test]
+fn overlap_allow_runs_two_at_once() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "a", &patrol("* * * * * *", "overlap = \"allow\"", "sleep 2.5"));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for_n("ended: done", 2, 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    let fired = fires(&repo, "a");
+    assert!(!states(&fired).contains(&"skipped".to_string()), "{fired:#?}");
+    let done: Vec<&Value> = fired.iter().filter(|f| f["state"] == "done").collect();
+    assert!(done.len() >= 2, "{fired:#?}");
+    // The second started before the first finished.
+    assert!(
+        done[1]["started_at"].as_str().unwrap() < done[0]["finished_at"].as_str().unwrap(),
+        "{fired:#?}"
+    );
+}
+
+#[test]
+fn a_killed_daemon_resumes_its_run_without_firing_the_slot_again_and_catches_up_once() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(
+        &repo,
+        "k",
+        &patrol("*/2 * * * * *", "overlap = \"allow\"\ncatchup = \"1m\"", "sleep 2"),
+    );
+    let mut d = Daemon::start(&repo, &[]);
+    let log = d.wait_for("run wg-", 60);
+    let run_id = log
+        .lines()
+        .find_map(|l| l.strip_prefix("run ")?.split(' ').next())
+        .unwrap()
+        .to_string();
+    d.kill9();
+    let first = fires(&repo, "k");
+    assert_eq!(states(&first), ["running"], "{first:#?}");
+    let slot = first[0]["slot"].as_str().unwrap().to_string();
+    // Two or three slots pass while no daemon runs.
+    std::thread::sleep(Duration::from_millis(4500));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for(&format!("resuming {run_id} of k slot {slot}"), 60);
+    d.wait_for(&format!("run {run_id} of k slot {slot} ended: done"), 60);
+    d.wait_for("(catchup,", 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    let fired = fires(&repo, "k");
+    let of_slot: Vec<&Value> = fired.iter().filter(|f| f["slot"] == slot.as_str()).collect();
+    assert_eq!(of_slot.len(), 1);
+    assert_eq!(of_slot[0]["state"], "done");
+    assert_eq!(of_slot[0]["run_id"], run_id.as_str());
+    // One run for that slot in the ledger, not two.
+    let epics = common::beads(repo.path())
+        .into_iter()
+        .filter(|b| {
+            b["issue_type"] == "epic" && b["description"].as_str().unwrap_or("").contains(&slot)
+        })
+        .count();
+    assert_eq!(epics, 1);
+    // The missed slots: the newest ran once, the older ones are recorded as missed.
+    let catchups: Vec<&Value> = fired.iter().filter(|f| f["kind"] == "catchup").collect();
+    assert_eq!(catchups.len(), 1, "{fired:#?}");
+    let catchup_slot = catchups[0]["slot"].as_str().unwrap();
+    let missed: Vec<&Value> = fired.iter().filter(|f| f["state"] == "missed").collect();
+    assert!(!missed.is_empty(), "{fired:#?}");
+    assert!(missed.iter().all(|m| m["slot"].as_str().unwrap() < catchup_slot));
+    assert!(missed.iter().all(|m| m["slot"].as_str().unwrap() > slot.as_str()));
+}
+
+#[test]
+fn slots_missed_outside_catchup_are_recorded_and_not_run() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "m", &patrol("*/2 * * * * *", "", "true"));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for("ended: done", 60);
+    let (code, _) = d.stop();
+    assert_eq!(code, 0);
+    std::thread::sleep(Duration::from_millis(3000));
+    let mut d = Daemon::start(&repo, &[]);
+    let log = d.wait_for("missed ", 60);
+    assert!(log.contains("fire") && !log.contains("(catchup,"), "{log}");
+    d.stop();
+    let fired = fires(&repo, "m");
+    assert!(fired.iter().any(|f| f["state"] == "missed"
+        && f["reason"].as_str().unwrap().contains("no `catchup` window")));
+}
+
+#[test]
+fn an_invalid_edit_keeps_the_last_good_schedule_and_reports_where() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    let path = write_patrol(&repo, "e", &patrol("*/2 * * * * *", "", "true"));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for("ended: done", 60);
+    std::fs::write(&path, patrol("*/2 * * * * * * *", "", "true")).unwrap();
+    let log = d.wait_for("invalid patrol", 30);
+    let line = log.lines().find(|l| l.contains("invalid patrol")).unwrap();
+    assert!(line.contains("its last good version stays scheduled"), "{line}");
+    assert!(line.contains(&format!("{}:2:12", path.display())), "{line}");
+    let before = log.lines().filter(|l| l.contains("ended: done")).count();
+    d.wait_for_n("ended: done", before + 2, 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    // `wiggum schedule` reports it too, with exit code 2.
+    let out = repo.wiggum(&["schedule"]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(out.stdout.contains("invalid:") && out.stdout.contains("e.toml:2:12"), "{}", out.stdout);
+}
+
+#[test]
+fn sighup_picks_up_a_new_patrol() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "yearly", &patrol("0 0 1 1 *", "", "true"));
+    let mut d = Daemon::start(&repo, &["--no-watch"]);
+    d.wait_for("daemon started", 60);
+    write_patrol(&repo, "new", &patrol("*/2 * * * * *", "", "true"));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!d.log().contains("fired new"), "--no-watch: only SIGHUP reloads");
+    d.signal(libc::SIGHUP);
+    d.wait_for("reloaded the patrol files (SIGHUP)", 30);
+    d.wait_for("run wg-", 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("fired new slot"), "{log}");
+}
+
+#[test]
+fn a_new_or_removed_file_is_noticed_without_a_signal() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "yearly", &patrol("0 0 1 1 *", "", "true"));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for("daemon started", 60);
+    let path = write_patrol(&repo, "new", &patrol("*/2 * * * * *", "", "true"));
+    d.wait_for("fired new slot", 60);
+    std::fs::remove_file(path).unwrap();
+    d.wait_for("removed new", 30);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+}
+
+#[test]
+fn sigterm_exits_zero_and_leaves_the_run_to_resume() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    let agent = common::fake_agent("slow");
+    let text = format!(
+        "[patrol]\nschedule = \"*/2 * * * * *\"\nland = \"none\"\n\n[agents.w]\nbackend = \"command\"\ncommand = {:?}\n\n[[steps]]\nid = \"work\"\nagent = \"w\"\nprompt = \"take your time\"\n[steps.loop]\nmax_iterations = 1\nreview = \"none\"\n",
+        agent.split(' ').collect::<Vec<_>>()
+    );
+    write_patrol(&repo, "s", &text);
+    let mut d = Daemon::start_env(&repo, &[], &[("FAKE_SLEEP", "60")]);
+    d.wait_for("run wg-", 60);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{log}");
+    assert!(log.contains("1 fire(s) left to resume"), "{log}");
+    let fired = fires(&repo, "s");
+    assert_eq!(fired.last().unwrap()["state"], "interrupted", "{fired:#?}");
+    let run_id = fired.last().unwrap()["run_id"].as_str().unwrap().to_string();
+    // The next daemon resumes it.
+    let mut d = Daemon::start_env(&repo, &[], &[("FAKE_SLEEP", "0")]);
+    d.wait_for(&format!("resuming {run_id}"), 60);
+    d.wait_for(&format!("run {run_id} of s slot"), 60);
+    d.stop();
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_refuses_and_names_the_first() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "y", &patrol("0 0 1 1 *", "", "true"));
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for("daemon started", 60);
+    let out = repo.wiggum(&["daemon"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("(pid {})", d.child.id())), "{}", out.stderr);
+    let st = schedule_json(&repo);
+    assert_eq!(st["daemon"]["pid"], d.child.id());
+    let (code, _) = d.stop();
+    assert_eq!(code, 0);
+    let st = schedule_json(&repo);
+    assert_eq!(st["daemon"]["running"], false);
+}
+
+#[test]
+fn pause_and_enabled_false_stop_fires_and_resume_brings_them_back() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "p", &patrol("*/2 * * * * *", "", "true"));
+    write_patrol(&repo, "off", &patrol("*/2 * * * * *", "enabled = false", "true"));
+    assert_eq!(repo.wiggum(&["schedule", "pause", "p"]).code, 0);
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for_n("not fired p slot", 1, 60);
+    let log = d.log();
+    assert!(log.contains("paused"), "{log}");
+    let listing = repo.wiggum(&["schedule"]);
+    assert!(listing.stdout.contains("paused (`wiggum schedule resume p`)"), "{}", listing.stdout);
+    assert!(listing.stdout.contains("disabled (enabled = false"), "{}", listing.stdout);
+    assert_eq!(repo.wiggum(&["schedule", "resume", "p"]).code, 0);
+    d.wait_for("fired p slot", 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0);
+    assert!(!log.contains("fired off"), "{log}");
+    let unknown = repo.wiggum(&["schedule", "pause", "nope"]);
+    assert_eq!(unknown.code, 2);
+    assert!(unknown.stderr.contains("no scheduled patrol named `nope`"), "{}", unknown.stderr);
+}
+
+#[test]
+fn schedule_run_fires_through_the_daemon_or_by_itself() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "n", &patrol("0 0 1 1 *", "overlap = \"skip\"", "echo ran >> ../ran.txt"));
+    // No daemon: the command runs it and prints the run's result.
+    let out = repo.wiggum(&["schedule", "run", "n", "--json"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.json()["outcome"], "converged");
+    // With a daemon: the daemon fires it.
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for("daemon started", 60);
+    let out = repo.wiggum(&["schedule", "run", "n"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("fired n: started"), "{}", out.stdout);
+    d.wait_for("ended: done", 60);
+    d.stop();
+    let fired = fires(&repo, "n");
+    assert_eq!(fired.iter().filter(|f| f["kind"] == "manual").count(), 2, "{fired:#?}");
+}
+
+#[test]
+fn an_exhausted_quota_holds_the_patrols_fires_and_is_not_a_failure() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    let reset = chrono::Utc::now().timestamp() + 3600;
+    let text = format!(
+        "[patrol]\nschedule = \"*/2 * * * * *\"\nland = \"none\"\n\n[agents.w]\nbackend = \"command\"\ncommand = [\"sh\", \"-c\", \"echo 'Claude AI usage limit reached|{reset}' >&2; exit 1\"]\n\n[[steps]]\nid = \"work\"\nagent = \"w\"\nprompt = \"p\"\n[steps.loop]\nmax_iterations = 1\nreview = \"none\"\n"
+    );
+    write_patrol(&repo, "quota", &text);
+    let mut d = Daemon::start(&repo, &[]);
+    d.wait_for("holding quota until", 60);
+    d.wait_for("not fired quota slot", 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+    let fired = fires(&repo, "quota");
+    assert_eq!(fired[0]["state"], "quota", "{fired:#?}");
+    assert!(fired[1..].iter().all(|f| f["state"] == "quota" && f["run_id"].is_null()));
+    let st = schedule_json(&repo);
+    let until = st["patrols"][0]["quota_until"].as_str().unwrap();
+    let expected = chrono::DateTime::from_timestamp(reset, 0).unwrap();
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(until).unwrap(),
+        expected,
+        "held until the reset the agent named"
+    );
+}
+
+#[test]
+fn patrols_of_different_repositories_fire_into_their_own_ledgers() {
+    let home = TempRepo::new();
+    ignore_wiggum_dir(&home);
+    let other = TempRepo::new();
+    let text = format!(
+        "[patrol]\nschedule = \"*/2 * * * * *\"\nland = \"none\"\nrepo = {:?}\n\n[[steps]]\nid = \"w\"\nrun = \"true\"\n",
+        other.path().display().to_string()
+    );
+    write_patrol(&home, "there", &text);
+    let mut d = Daemon::start(&home, &[]);
+    d.wait_for("ended: done", 60);
+    d.stop();
+    let epics = |p: &Path| {
+        common::beads(p)
+            .into_iter()
+            .filter(|b| b["issue_type"] == "epic")
+            .count()
+    };
+    assert!(epics(other.path()) >= 1);
+    assert_eq!(epics(home.path()), 0);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    write_patrol(&repo, "j", &patrol("*/2 * * * * *", "", "true"));
+    let mut d = Daemon::start(&repo, &["--json"]);
+    d.wait_for("\"event\":\"run_finished\"", 60);
+    let (code, log) = d.stop();
+    assert_eq!(code, 0);
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["event"].is_string() && v["time"].is_string(), "{line}");
+    }
+}
