@@ -87,7 +87,10 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("the daemon did not exit within 30s of SIGTERM:\n{}", self.log());
+                panic!(
+                    "the daemon did not exit within 30s of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -141,7 +144,10 @@ fn fires(repo: &TempRepo, name: &str) -> Vec<Value> {
 }
 
 fn states(fires: &[Value]) -> Vec<String> {
-    fires.iter().map(|f| f["state"].as_str().unwrap().to_string()).collect()
+    fires
+        .iter()
+        .map(|f| f["state"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn ignore_wiggum_dir(repo: &TempRepo) {
@@ -159,7 +165,11 @@ fn seconds_of(slot: &str) -> u32 {
 fn fires_every_two_seconds_on_even_seconds_and_records_each_run() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    write_patrol(&repo, "tick", &patrol("*/2 * * * * *", "", "echo tick >> ../ticks.txt"));
+    write_patrol(
+        &repo,
+        "tick",
+        &patrol("*/2 * * * * *", "", "echo tick >> ../ticks.txt"),
+    );
     let mut d = Daemon::start(&repo, &[]);
     d.wait_for_n("ended: done", 2, 60);
     let (code, log) = d.stop();
@@ -179,21 +189,40 @@ fn fires_every_two_seconds_on_even_seconds_and_records_each_run() {
         .find(|b| b["id"] == run_id)
         .expect("the run's epic is in the ledger");
     let description = epic["description"].as_str().unwrap();
-    assert!(description.contains("schedule `*/2 * * * * *` (UTC)"), "{description}");
-    assert!(description.contains(done[0]["slot"].as_str().unwrap()), "{description}");
+    assert!(
+        description.contains("schedule `*/2 * * * * *` (UTC)"),
+        "{description}"
+    );
+    assert!(
+        description.contains(done[0]["slot"].as_str().unwrap()),
+        "{description}"
+    );
     // Started on time: the log says how late each fire was.
     let late: Vec<i64> = log
         .lines()
-        .filter_map(|l| l.split(", ").nth(1)?.strip_suffix(" ms late)")?.parse().ok())
+        .filter_map(|l| {
+            l.split(", ")
+                .nth(1)?
+                .strip_suffix(" ms late)")?
+                .parse()
+                .ok()
+        })
         .collect();
-    assert!(!late.is_empty() && late.iter().all(|ms| *ms < 1500), "{log}");
+    assert!(
+        !late.is_empty() && late.iter().all(|ms| *ms < 1500),
+        "{log}"
+    );
 }
 
 #[test]
 fn overlap_skip_records_the_fires_it_skips_in_the_store_and_the_ledger() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    write_patrol(&repo, "slow", &patrol("* * * * * *", "overlap = \"skip\"", "sleep 2.5"));
+    write_patrol(
+        &repo,
+        "slow",
+        &patrol("* * * * * *", "overlap = \"skip\"", "sleep 2.5"),
+    );
     let mut d = Daemon::start(&repo, &[]);
     d.wait_for_n("not fired slow", 2, 60);
     d.wait_for("ended: done", 60);
@@ -202,7 +231,10 @@ fn overlap_skip_records_the_fires_it_skips_in_the_store_and_the_ledger() {
     let fired = fires(&repo, "slow");
     let skipped: Vec<&Value> = fired.iter().filter(|f| f["state"] == "skipped").collect();
     assert!(skipped.len() >= 2, "{fired:#?}");
-    assert!(skipped[0]["reason"].as_str().unwrap().contains("was still going (overlap = \"skip\")"));
+    assert!(skipped[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("was still going (overlap = \"skip\")"));
     let labelled = common::beads(repo.path())
         .into_iter()
         .filter(|b| {
@@ -218,7 +250,11 @@ fn overlap_skip_records_the_fires_it_skips_in_the_store_and_the_ledger() {
 fn overlap_queue_keeps_one_fire_and_runs_it_after_the_running_one() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    write_patrol(&repo, "q", &patrol("* * * * * *", "overlap = \"queue\"", "sleep 2"));
+    write_patrol(
+        &repo,
+        "q",
+        &patrol("* * * * * *", "overlap = \"queue\"", "sleep 2"),
+    );
     let mut d = Daemon::start(&repo, &[]);
     d.wait_for("queued q slot", 60);
     d.wait_for("already queued", 60);
@@ -232,16 +268,20 @@ fn overlap_queue_keeps_one_fire_and_runs_it_after_the_running_one() {
     let first_end = done[0]["finished_at"].as_str().unwrap();
     let second_start = done[1]["started_at"].as_str().unwrap();
     assert!(second_start >= first_end, "{fired:#?}");
-    assert!(fired
-        .iter()
-        .any(|f| f["state"] == "skipped" && f["reason"].as_str().unwrap().contains("already queued")));
+    assert!(fired.iter().any(
+        |f| f["state"] == "skipped" && f["reason"].as_str().unwrap().contains("already queued")
+    ));
 }
 
 #[test]
 fn overlap_cancel_cancels_the_running_run_resumably_and_starts_the_new_one() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    write_patrol(&repo, "c", &patrol("*/3 * * * * *", "overlap = \"cancel\"", "sleep 20"));
+    write_patrol(
+        &repo,
+        "c",
+        &patrol("*/3 * * * * *", "overlap = \"cancel\"", "sleep 20"),
+    );
     let mut d = Daemon::start(&repo, &[]);
     d.wait_for("cancelling c slot", 60);
     d.wait_for("ended: cancelled", 60);
@@ -253,7 +293,10 @@ fn overlap_cancel_cancels_the_running_run_resumably_and_starts_the_new_one() {
         .find(|f| f["state"] == "cancelled")
         .unwrap_or_else(|| panic!("{fired:#?}"));
     let reason = cancelled["reason"].as_str().unwrap();
-    assert!(reason.contains("overlap = \"cancel\"") && reason.contains("wiggum resume"), "{reason}");
+    assert!(
+        reason.contains("overlap = \"cancel\"") && reason.contains("wiggum resume"),
+        "{reason}"
+    );
     // The cancelled run can be continued by hand.
     let run_id = cancelled["run_id"].as_str().unwrap();
     let runs = repo.wiggum(&["runs", "--json"]);
@@ -264,13 +307,20 @@ fn overlap_cancel_cancels_the_running_run_resumably_and_starts_the_new_one() {
 fn overlap_allow_runs_two_at_once() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    write_patrol(&repo, "a", &patrol("* * * * * *", "overlap = \"allow\"", "sleep 2.5"));
+    write_patrol(
+        &repo,
+        "a",
+        &patrol("* * * * * *", "overlap = \"allow\"", "sleep 2.5"),
+    );
     let mut d = Daemon::start(&repo, &[]);
     d.wait_for_n("ended: done", 2, 60);
     let (code, log) = d.stop();
     assert_eq!(code, 0, "{log}");
     let fired = fires(&repo, "a");
-    assert!(!states(&fired).contains(&"skipped".to_string()), "{fired:#?}");
+    assert!(
+        !states(&fired).contains(&"skipped".to_string()),
+        "{fired:#?}"
+    );
     let done: Vec<&Value> = fired.iter().filter(|f| f["state"] == "done").collect();
     assert!(done.len() >= 2, "{fired:#?}");
     // The second started before the first finished.
@@ -287,7 +337,11 @@ fn a_killed_daemon_resumes_its_run_without_firing_the_slot_again_and_catches_up_
     write_patrol(
         &repo,
         "k",
-        &patrol("*/2 * * * * *", "overlap = \"allow\"\ncatchup = \"1m\"", "sleep 2"),
+        &patrol(
+            "*/2 * * * * *",
+            "overlap = \"allow\"\ncatchup = \"1m\"",
+            "sleep 2",
+        ),
     );
     let mut d = Daemon::start(&repo, &[]);
     let log = d.wait_for("run wg-", 60);
@@ -309,7 +363,10 @@ fn a_killed_daemon_resumes_its_run_without_firing_the_slot_again_and_catches_up_
     let (code, log) = d.stop();
     assert_eq!(code, 0, "{log}");
     let fired = fires(&repo, "k");
-    let of_slot: Vec<&Value> = fired.iter().filter(|f| f["slot"] == slot.as_str()).collect();
+    let of_slot: Vec<&Value> = fired
+        .iter()
+        .filter(|f| f["slot"] == slot.as_str())
+        .collect();
     assert_eq!(of_slot.len(), 1);
     assert_eq!(of_slot[0]["state"], "done");
     assert_eq!(of_slot[0]["run_id"], run_id.as_str());
@@ -327,8 +384,12 @@ fn a_killed_daemon_resumes_its_run_without_firing_the_slot_again_and_catches_up_
     let catchup_slot = catchups[0]["slot"].as_str().unwrap();
     let missed: Vec<&Value> = fired.iter().filter(|f| f["state"] == "missed").collect();
     assert!(!missed.is_empty(), "{fired:#?}");
-    assert!(missed.iter().all(|m| m["slot"].as_str().unwrap() < catchup_slot));
-    assert!(missed.iter().all(|m| m["slot"].as_str().unwrap() > slot.as_str()));
+    assert!(missed
+        .iter()
+        .all(|m| m["slot"].as_str().unwrap() < catchup_slot));
+    assert!(missed
+        .iter()
+        .all(|m| m["slot"].as_str().unwrap() > slot.as_str()));
 }
 
 #[test]
@@ -347,7 +408,10 @@ fn slots_missed_outside_catchup_are_recorded_and_not_run() {
     d.stop();
     let fired = fires(&repo, "m");
     assert!(fired.iter().any(|f| f["state"] == "missed"
-        && f["reason"].as_str().unwrap().contains("no `catchup` window")));
+        && f["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no `catchup` window")));
 }
 
 #[test]
@@ -360,7 +424,10 @@ fn an_invalid_edit_keeps_the_last_good_schedule_and_reports_where() {
     std::fs::write(&path, patrol("*/2 * * * * * * *", "", "true")).unwrap();
     let log = d.wait_for("invalid patrol", 30);
     let line = log.lines().find(|l| l.contains("invalid patrol")).unwrap();
-    assert!(line.contains("its last good version stays scheduled"), "{line}");
+    assert!(
+        line.contains("its last good version stays scheduled"),
+        "{line}"
+    );
     assert!(line.contains(&format!("{}:2:12", path.display())), "{line}");
     let before = log.lines().filter(|l| l.contains("ended: done")).count();
     d.wait_for_n("ended: done", before + 2, 60);
@@ -369,7 +436,11 @@ fn an_invalid_edit_keeps_the_last_good_schedule_and_reports_where() {
     // `wiggum schedule` reports it too, with exit code 2.
     let out = repo.wiggum(&["schedule"]);
     assert_eq!(out.code, 2, "{}", out.stdout);
-    assert!(out.stdout.contains("invalid:") && out.stdout.contains("e.toml:2:12"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("invalid:") && out.stdout.contains("e.toml:2:12"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -381,7 +452,10 @@ fn sighup_picks_up_a_new_patrol() {
     d.wait_for("daemon started", 60);
     write_patrol(&repo, "new", &patrol("*/2 * * * * *", "", "true"));
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(!d.log().contains("fired new"), "--no-watch: only SIGHUP reloads");
+    assert!(
+        !d.log().contains("fired new"),
+        "--no-watch: only SIGHUP reloads"
+    );
     d.signal(libc::SIGHUP);
     d.wait_for("reloaded the patrol files (SIGHUP)", 30);
     d.wait_for("run wg-", 60);
@@ -425,7 +499,10 @@ fn sigterm_exits_zero_and_leaves_the_run_to_resume() {
     assert!(log.contains("1 fire(s) left to resume"), "{log}");
     let fired = fires(&repo, "s");
     assert_eq!(fired.last().unwrap()["state"], "interrupted", "{fired:#?}");
-    let run_id = fired.last().unwrap()["run_id"].as_str().unwrap().to_string();
+    let run_id = fired.last().unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // The next daemon resumes it.
     let mut d = Daemon::start_env(&repo, &[], &[("FAKE_SLEEP", "0")]);
     d.wait_for(&format!("resuming {run_id}"), 60);
@@ -442,7 +519,11 @@ fn a_second_daemon_on_the_same_state_refuses_and_names_the_first() {
     d.wait_for("daemon started", 60);
     let out = repo.wiggum(&["daemon"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains(&format!("(pid {})", d.child.id())), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("(pid {})", d.child.id())),
+        "{}",
+        out.stderr
+    );
     let st = schedule_json(&repo);
     assert_eq!(st["daemon"]["pid"], d.child.id());
     let (code, _) = d.stop();
@@ -456,15 +537,29 @@ fn pause_and_enabled_false_stop_fires_and_resume_brings_them_back() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
     write_patrol(&repo, "p", &patrol("*/2 * * * * *", "", "true"));
-    write_patrol(&repo, "off", &patrol("*/2 * * * * *", "enabled = false", "true"));
+    write_patrol(
+        &repo,
+        "off",
+        &patrol("*/2 * * * * *", "enabled = false", "true"),
+    );
     assert_eq!(repo.wiggum(&["schedule", "pause", "p"]).code, 0);
     let mut d = Daemon::start(&repo, &[]);
     d.wait_for_n("not fired p slot", 1, 60);
     let log = d.log();
     assert!(log.contains("paused"), "{log}");
     let listing = repo.wiggum(&["schedule"]);
-    assert!(listing.stdout.contains("paused (`wiggum schedule resume p`)"), "{}", listing.stdout);
-    assert!(listing.stdout.contains("disabled (enabled = false"), "{}", listing.stdout);
+    assert!(
+        listing
+            .stdout
+            .contains("paused (`wiggum schedule resume p`)"),
+        "{}",
+        listing.stdout
+    );
+    assert!(
+        listing.stdout.contains("disabled (enabled = false"),
+        "{}",
+        listing.stdout
+    );
     assert_eq!(repo.wiggum(&["schedule", "resume", "p"]).code, 0);
     d.wait_for("fired p slot", 60);
     let (code, log) = d.stop();
@@ -472,14 +567,22 @@ fn pause_and_enabled_false_stop_fires_and_resume_brings_them_back() {
     assert!(!log.contains("fired off"), "{log}");
     let unknown = repo.wiggum(&["schedule", "pause", "nope"]);
     assert_eq!(unknown.code, 2);
-    assert!(unknown.stderr.contains("no scheduled patrol named `nope`"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no scheduled patrol named `nope`"),
+        "{}",
+        unknown.stderr
+    );
 }
 
 #[test]
 fn schedule_run_fires_through_the_daemon_or_by_itself() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    write_patrol(&repo, "n", &patrol("0 0 1 1 *", "overlap = \"skip\"", "echo ran >> ../ran.txt"));
+    write_patrol(
+        &repo,
+        "n",
+        &patrol("0 0 1 1 *", "overlap = \"skip\"", "echo ran >> ../ran.txt"),
+    );
     // No daemon: the command runs it and prints the run's result.
     let out = repo.wiggum(&["schedule", "run", "n", "--json"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
@@ -493,7 +596,11 @@ fn schedule_run_fires_through_the_daemon_or_by_itself() {
     d.wait_for("ended: done", 60);
     d.stop();
     let fired = fires(&repo, "n");
-    assert_eq!(fired.iter().filter(|f| f["kind"] == "manual").count(), 2, "{fired:#?}");
+    assert_eq!(
+        fired.iter().filter(|f| f["kind"] == "manual").count(),
+        2,
+        "{fired:#?}"
+    );
 }
 
 #[test]
@@ -512,7 +619,9 @@ fn an_exhausted_quota_holds_the_patrols_fires_and_is_not_a_failure() {
     assert_eq!(code, 0, "{log}");
     let fired = fires(&repo, "quota");
     assert_eq!(fired[0]["state"], "quota", "{fired:#?}");
-    assert!(fired[1..].iter().all(|f| f["state"] == "quota" && f["run_id"].is_null()));
+    assert!(fired[1..]
+        .iter()
+        .all(|f| f["state"] == "quota" && f["run_id"].is_null()));
     let st = schedule_json(&repo);
     let until = st["patrols"][0]["quota_until"].as_str().unwrap();
     let expected = chrono::DateTime::from_timestamp(reset, 0).unwrap();

@@ -20,6 +20,9 @@ fn docs_cli_md_holds_every_commands_current_help() {
         "beads ready",
         "daemon",
         "schedule",
+        "schedule pause",
+        "schedule resume",
+        "schedule run",
         "report",
     ] {
         let mut args: Vec<&str> = cmd.split_whitespace().collect();

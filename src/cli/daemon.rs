@@ -246,7 +246,10 @@ impl DaemonSink for Log {
                 )
             }
             Removed { patrol, path } => {
-                format!("removed {patrol}: {} is gone, no more fires", path.display())
+                format!(
+                    "removed {patrol}: {} is gone, no more fires",
+                    path.display()
+                )
             }
             Reloaded { why } => format!("reloaded the patrol files ({why})"),
             Fired {
@@ -254,7 +257,10 @@ impl DaemonSink for Log {
                 slot,
                 kind,
                 late_ms,
-            } => format!("fired {patrol} slot {} ({kind}, {late_ms} ms late)", t(slot)),
+            } => format!(
+                "fired {patrol} slot {} ({kind}, {late_ms} ms late)",
+                t(slot)
+            ),
             RunStarted {
                 patrol,
                 slot,
@@ -271,7 +277,10 @@ impl DaemonSink for Log {
                 "run {} of {patrol} slot {} ended: {state}{} — {}",
                 run_id.as_deref().unwrap_or("(none)"),
                 t(slot),
-                outcome.as_ref().map(|o| format!(" ({o})")).unwrap_or_default(),
+                outcome
+                    .as_ref()
+                    .map(|o| format!(" ({o})"))
+                    .unwrap_or_default(),
                 reason.lines().next().unwrap_or_default()
             ),
             Resumed {
@@ -317,9 +326,9 @@ impl DaemonSink for Log {
             Stopping { signal, runs } => {
                 format!("stopping ({signal}): cancelling {runs} run(s) resumably")
             }
-            Stopped { interrupted } => format!(
-                "daemon stopped; {interrupted} fire(s) left to resume at the next start"
-            ),
+            Stopped { interrupted } => {
+                format!("daemon stopped; {interrupted} fire(s) left to resume at the next start")
+            }
             Warning { message } => format!("warning: {message}"),
         };
         self.line(text);

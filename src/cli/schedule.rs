@@ -84,7 +84,8 @@ pub enum ScheduleAction {
 
 /// Runs `wiggum schedule`.
 pub fn run(args: ScheduleArgs) -> CliResult {
-    let (default_dir, state_dir) = locate(args.common.repo.as_deref(), args.common.state.as_deref())?;
+    let (default_dir, state_dir) =
+        locate(args.common.repo.as_deref(), args.common.state.as_deref())?;
     let sources = if args.patrols.is_empty() && Store::exists(&state_dir) {
         Store::open(&state_dir)
             .and_then(|s| s.sources())
@@ -94,7 +95,13 @@ pub fn run(args: ScheduleArgs) -> CliResult {
     };
     let json = args.common.json;
     match args.action {
-        None => list(&sources, &default_dir, &state_dir, (args.next, args.history), json),
+        None => list(
+            &sources,
+            &default_dir,
+            &state_dir,
+            (args.next, args.history),
+            json,
+        ),
         Some(ScheduleAction::Pause { name }) => {
             set_paused(&sources, &default_dir, &state_dir, &name, true, json)
         }
@@ -150,7 +157,10 @@ fn known(st: &ScheduleStatus, name: &str) -> Result<(), CliError> {
 /// A time on the patrol's wall clock.
 fn when(t: &DateTime<Utc>, timezone: &str) -> String {
     match Tz::parse(timezone) {
-        Some(Tz::Named(tz)) => t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string(),
+        Some(Tz::Named(tz)) => t
+            .with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
         Some(Tz::Local) => t
             .with_timezone(&chrono::Local)
             .format("%Y-%m-%d %H:%M:%S %:z")
@@ -181,8 +191,8 @@ fn list(
     (next, history): (usize, usize),
     json: bool,
 ) -> CliResult {
-    let st = status(sources, default_dir, state_dir, Utc::now(), next, history)
-        .map_err(engine_error)?;
+    let st =
+        status(sources, default_dir, state_dir, Utc::now(), next, history).map_err(engine_error)?;
     if json {
         println!(
             "{}",
@@ -219,7 +229,11 @@ fn list(
         }
     }
     print!("{out}");
-    Ok(if st.invalid.is_empty() { EXIT_OK } else { EXIT_USAGE })
+    Ok(if st.invalid.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_USAGE
+    })
 }
 
 fn render_patrol(p: &PatrolStatus) -> String {
@@ -308,7 +322,10 @@ fn fire_now(
         watch: false,
     };
     let name = name.to_string();
-    let fired = super::runtime::drive(quiet, |display, cancel| async move {
+    let output = Arc::new(super::runtime::Output::Terminal(
+        super::display::Display::new(quiet),
+    ));
+    let fired = super::runtime::drive(output, |display, cancel| async move {
         let opts = DaemonOptions {
             run_sink: display,
             ..opts

@@ -142,7 +142,12 @@ fn summary(p: &Patrol) -> String {
                 }
                 (Some(t), Tz::Named(tz)) => {
                     let local = t.with_timezone(&tz);
-                    let _ = write!(line, ", next {} {}", local.format("%Y-%m-%d %H:%M %Z"), tz.name());
+                    let _ = write!(
+                        line,
+                        ", next {} {}",
+                        local.format("%Y-%m-%d %H:%M %Z"),
+                        tz.name()
+                    );
                 }
                 (None, _) => line.push_str(", never fires again"),
             }

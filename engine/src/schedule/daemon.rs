@@ -504,12 +504,15 @@ impl Daemon {
 
     fn spawn(&mut self, name: &str, slot: DateTime<Utc>, job: Job) {
         let cancel = Cancel::new();
-        self.running.entry(name.to_string()).or_default().push(Running {
-            slot,
-            cancel: cancel.clone(),
-            run_id: None,
-            superseded_by: None,
-        });
+        self.running
+            .entry(name.to_string())
+            .or_default()
+            .push(Running {
+                slot,
+                cancel: cancel.clone(),
+                run_id: None,
+                superseded_by: None,
+            });
         let sink = Arc::new(FireSink {
             inner: self.opts.run_sink.clone(),
             tx: self.started_tx.clone(),
@@ -699,7 +702,9 @@ impl Daemon {
                             "cannot resume: the patrol file does not load: {}",
                             inv.errors.join("; ")
                         );
-                        let _ = self.store.set_state(&f.patrol, &f.slot, state::ERROR, &reason);
+                        let _ = self
+                            .store
+                            .set_state(&f.patrol, &f.slot, state::ERROR, &reason);
                         self.warn(format!("{}: {reason}", f.patrol));
                         continue;
                     }
@@ -713,11 +718,7 @@ impl Daemon {
             });
             self.spawn(&f.patrol, f.slot, job);
             if let Some(id) = &f.run_id {
-                if let Some(r) = self
-                    .running
-                    .get_mut(&f.patrol)
-                    .and_then(|rs| rs.last_mut())
-                {
+                if let Some(r) = self.running.get_mut(&f.patrol).and_then(|rs| rs.last_mut()) {
                     r.run_id = Some(id.clone());
                 }
             }
@@ -936,7 +937,11 @@ fn settle(
                 (
                     state::QUOTA,
                     outcome,
-                    format!("{why}; fires held until {}: {}", format_time(&until), report.reason),
+                    format!(
+                        "{why}; fires held until {}: {}",
+                        format_time(&until),
+                        report.reason
+                    ),
                     run_id,
                 )
             } else {
@@ -1048,7 +1053,14 @@ pub async fn fire_once(
         slot,
     });
     let why = started_by(&patrol, &slot, "manual");
-    let result = execute(Job::Start(Box::new(patrol), why), name, slot, fire_sink, cancel).await;
+    let result = execute(
+        Job::Start(Box::new(patrol), why),
+        name,
+        slot,
+        fire_sink,
+        cancel,
+    )
+    .await;
     while let Ok((_, _, run_id)) = rx.try_recv() {
         store.set_run(name, &slot, &run_id)?;
     }

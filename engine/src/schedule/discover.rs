@@ -105,7 +105,10 @@ pub fn load_all(files: &[PathBuf]) -> (Vec<(Patrol, String)>, Vec<Invalid>) {
 pub fn load_one(path: &Path) -> Result<(Patrol, String), Invalid> {
     let text = std::fs::read_to_string(path).map_err(|e| Invalid {
         path: path.to_path_buf(),
-        errors: vec![format!("{}: error: cannot read the patrol file: {e}", path.display())],
+        errors: vec![format!(
+            "{}: error: cannot read the patrol file: {e}",
+            path.display()
+        )],
     })?;
     match crate::patrol::parse(&text, path, &BTreeMap::new()) {
         Ok(patrol) => Ok((patrol, text)),

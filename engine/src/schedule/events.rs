@@ -30,8 +30,13 @@ pub enum DaemonEvent {
         kept: bool,
     },
     /// A patrol file is gone: no more fires.
-    Removed { patrol: String, path: PathBuf },
-    Reloaded { why: String },
+    Removed {
+        patrol: String,
+        path: PathBuf,
+    },
+    Reloaded {
+        why: String,
+    },
     /// A run was started for a slot.
     Fired {
         patrol: String,
@@ -89,10 +94,19 @@ pub enum DaemonEvent {
         reason: String,
     },
     /// `wiggum schedule run` asked for a fire.
-    Requested { patrol: String },
-    Stopping { signal: String, runs: usize },
-    Stopped { interrupted: usize },
-    Warning { message: String },
+    Requested {
+        patrol: String,
+    },
+    Stopping {
+        signal: String,
+        runs: usize,
+    },
+    Stopped {
+        interrupted: usize,
+    },
+    Warning {
+        message: String,
+    },
 }
 
 /// A consumer of daemon events (the CLI's log).

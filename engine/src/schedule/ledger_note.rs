@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::ledger::{Ledger, NewBead};
-use crate::run::state::RunLock;
 use crate::run::record::LABEL;
+use crate::run::state::RunLock;
 
 /// Records a closed bead `title` with `body`, labelled `wiggum:fire:<what>`.
 pub fn note_fire(repo: &Path, title: &str, body: &str, what: &str) -> Result<String, String> {

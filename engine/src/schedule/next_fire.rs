@@ -78,9 +78,8 @@ fn jump_over<Z: TimeZone>(zone: &Z, wall: NaiveDateTime) -> Option<DateTime<Utc>
     // earlier lies before it. Bisect on whole seconds.
     let mut hi = wall.and_utc().timestamp() - offset;
     let mut lo = hi - day.num_seconds();
-    let wall_at = |secs: i64| {
-        DateTime::from_timestamp(secs, 0).map(|t| t.with_timezone(zone).naive_local())
-    };
+    let wall_at =
+        |secs: i64| DateTime::from_timestamp(secs, 0).map(|t| t.with_timezone(zone).naive_local());
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         if wall_at(mid)? >= wall {
@@ -97,7 +96,9 @@ mod tests {
     use super::*;
 
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn fires(expr: &str, zone: &str, from: &str, to: &str) -> Vec<String> {
@@ -113,7 +114,12 @@ mod tests {
     fn new_york_spring_forward_fires_a_0230_job_once_at_the_jump() {
         // 2026-03-08: 02:00 EST becomes 03:00 EDT; 02:30 does not exist.
         assert_eq!(
-            fires("30 2 * * *", "America/New_York", "2026-03-07T00:00:00Z", "2026-03-10T00:00:00Z"),
+            fires(
+                "30 2 * * *",
+                "America/New_York",
+                "2026-03-07T00:00:00Z",
+                "2026-03-10T00:00:00Z"
+            ),
             [
                 "2026-03-07T07:30:00Z", // 02:30 EST
                 "2026-03-08T07:00:00Z", // the jump: 03:00 EDT
@@ -126,7 +132,12 @@ mod tests {
     fn new_york_fall_back_fires_a_0130_job_once() {
         // 2026-11-01: 02:00 EDT becomes 01:00 EST; 01:30 happens twice.
         assert_eq!(
-            fires("30 1 * * *", "America/New_York", "2026-10-31T00:00:00Z", "2026-11-03T00:00:00Z"),
+            fires(
+                "30 1 * * *",
+                "America/New_York",
+                "2026-10-31T00:00:00Z",
+                "2026-11-03T00:00:00Z"
+            ),
             [
                 "2026-10-31T05:30:00Z",
                 "2026-11-01T05:30:00Z", // 01:30 EDT, the first time only
@@ -134,7 +145,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            fires("30 2 * * *", "America/New_York", "2026-10-31T12:00:00Z", "2026-11-02T00:00:00Z"),
+            fires(
+                "30 2 * * *",
+                "America/New_York",
+                "2026-10-31T12:00:00Z",
+                "2026-11-02T00:00:00Z"
+            ),
             ["2026-11-01T07:30:00Z"]
         );
     }
@@ -143,7 +159,12 @@ mod tests {
     fn london_change_days_fire_each_wall_clock_slot_once() {
         // 2026-03-29: 01:00 GMT becomes 02:00 BST; 01:30 does not exist.
         assert_eq!(
-            fires("30 1 * * *", "Europe/London", "2026-03-28T00:00:00Z", "2026-03-31T00:00:00Z"),
+            fires(
+                "30 1 * * *",
+                "Europe/London",
+                "2026-03-28T00:00:00Z",
+                "2026-03-31T00:00:00Z"
+            ),
             [
                 "2026-03-28T01:30:00Z",
                 "2026-03-29T01:00:00Z", // the jump: 02:00 BST
@@ -151,17 +172,32 @@ mod tests {
             ]
         );
         assert_eq!(
-            fires("30 2 * * *", "Europe/London", "2026-03-28T12:00:00Z", "2026-03-30T00:00:00Z"),
+            fires(
+                "30 2 * * *",
+                "Europe/London",
+                "2026-03-28T12:00:00Z",
+                "2026-03-30T00:00:00Z"
+            ),
             ["2026-03-29T01:30:00Z"]
         );
         // 2026-10-25: 02:00 BST becomes 01:00 GMT; 01:00-01:59 happen twice.
         assert_eq!(
-            fires("30 1 * * *", "Europe/London", "2026-10-24T12:00:00Z", "2026-10-26T12:00:00Z"),
+            fires(
+                "30 1 * * *",
+                "Europe/London",
+                "2026-10-24T12:00:00Z",
+                "2026-10-26T12:00:00Z"
+            ),
             ["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"]
         );
         // An hourly job: the repeated 01:00 does not fire again.
         assert_eq!(
-            fires("0 * * * *", "Europe/London", "2026-10-24T22:30:00Z", "2026-10-25T02:30:00Z"),
+            fires(
+                "0 * * * *",
+                "Europe/London",
+                "2026-10-24T22:30:00Z",
+                "2026-10-25T02:30:00Z"
+            ),
             [
                 "2026-10-24T23:00:00Z", // 00:00 BST
                 "2026-10-25T00:00:00Z", // 01:00 BST
@@ -182,11 +218,25 @@ mod tests {
     #[test]
     fn seconds_schedules_and_utc_fire_on_time() {
         assert_eq!(
-            fires("*/2 * * * * *", "UTC", "2026-01-01T00:00:00Z", "2026-01-01T00:00:06Z"),
-            ["2026-01-01T00:00:02Z", "2026-01-01T00:00:04Z", "2026-01-01T00:00:06Z"]
+            fires(
+                "*/2 * * * * *",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:00:06Z"
+            ),
+            [
+                "2026-01-01T00:00:02Z",
+                "2026-01-01T00:00:04Z",
+                "2026-01-01T00:00:06Z"
+            ]
         );
         assert_eq!(
-            fires("0 9 * * *", "Asia/Kolkata", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+            fires(
+                "0 9 * * *",
+                "Asia/Kolkata",
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00Z"
+            ),
             ["2026-01-01T03:30:00Z"]
         );
     }

@@ -62,7 +62,11 @@ fn reset_time(text: &str, lower: &str, now: DateTime<Utc>) -> Option<DateTime<Ut
             .chars()
             .take_while(char::is_ascii_digit)
             .collect();
-        if let Some(t) = digits.parse().ok().and_then(|s| DateTime::from_timestamp(s, 0)) {
+        if let Some(t) = digits
+            .parse()
+            .ok()
+            .and_then(|s| DateTime::from_timestamp(s, 0))
+        {
             return Some(t);
         }
     }
@@ -91,10 +95,16 @@ fn relative(text: &str) -> Option<Duration> {
     let mut found = false;
     let mut rest = text.trim_start();
     loop {
-        let num: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        let num: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
         let Ok(n) = num.parse::<f64>() else { break };
         let after = rest[num.len()..].trim_start();
-        let unit: String = after.chars().take_while(char::is_ascii_alphabetic).collect();
+        let unit: String = after
+            .chars()
+            .take_while(char::is_ascii_alphabetic)
+            .collect();
         let secs = match unit.as_str() {
             "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
             "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
@@ -114,7 +124,10 @@ fn relative(text: &str) -> Option<Duration> {
 /// time after `now` in that zone (UTC when none is named).
 fn clock_time(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let t = text.trim_start();
-    let digits: String = t.chars().take_while(|c| c.is_ascii_digit() || *c == ':').collect();
+    let digits: String = t
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ':')
+        .collect();
     if digits.is_empty() {
         return None;
     }
@@ -142,7 +155,10 @@ fn clock_time(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let next = |day: chrono::NaiveDate| -> Option<DateTime<Utc>> {
         let wall = day.and_time(at);
         match zone {
-            Some(z) => z.from_local_datetime(&wall).earliest().map(|t| t.with_timezone(&Utc)),
+            Some(z) => z
+                .from_local_datetime(&wall)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc)),
             None => Some(Utc.from_utc_datetime(&wall)),
         }
     };
@@ -173,10 +189,16 @@ mod tests {
         .unwrap();
         assert_eq!(hit.resets_at, DateTime::from_timestamp(1796036400, 0));
         let hit = quota_exhausted("5-hour limit reached ∙ resets 3pm", now()).unwrap();
-        assert_eq!(hit.resets_at, Some(Utc.with_ymd_and_hms(2026, 11, 29, 15, 0, 0).unwrap()));
+        assert_eq!(
+            hit.resets_at,
+            Some(Utc.with_ymd_and_hms(2026, 11, 29, 15, 0, 0).unwrap())
+        );
         let hit =
             quota_exhausted("You've hit your limit · resets 4am (Europe/London)", now()).unwrap();
-        assert_eq!(hit.resets_at, Some(Utc.with_ymd_and_hms(2026, 11, 30, 4, 0, 0).unwrap()));
+        assert_eq!(
+            hit.resets_at,
+            Some(Utc.with_ymd_and_hms(2026, 11, 30, 4, 0, 0).unwrap())
+        );
     }
 
     #[test]
@@ -195,8 +217,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(hit.resets_at, Some(now() + Duration::milliseconds(37_500)));
-        assert!(quota_exhausted("You have exhausted your daily quota on this model.", now())
-            .is_some_and(|h| h.resets_at.is_none()));
+        assert!(
+            quota_exhausted("You have exhausted your daily quota on this model.", now())
+                .is_some_and(|h| h.resets_at.is_none())
+        );
     }
 
     #[test]

@@ -103,7 +103,9 @@ pub fn status(
             enabled: p.enabled,
             paused: mark.paused,
             quota_until: mark.quota_until.filter(|t| *t > now),
-            quota_reason: mark.quota_reason.filter(|_| mark.quota_until.is_some_and(|t| t > now)),
+            quota_reason: mark
+                .quota_reason
+                .filter(|_| mark.quota_until.is_some_and(|t| t > now)),
             last_fire,
             history: recent.into_iter().take(history).collect(),
         });

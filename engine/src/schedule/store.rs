@@ -219,7 +219,11 @@ impl Store {
         Ok(())
     }
 
-    fn fires_where(&self, clause: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Fire>, ScheduleError> {
+    fn fires_where(
+        &self,
+        clause: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<Fire>, ScheduleError> {
         let sql = format!(
             "SELECT patrol, slot, kind, state, path, repo, run_id, outcome, reason, decided_at, \
              started_at, finished_at FROM fires {clause}"
@@ -351,7 +355,9 @@ impl Store {
     pub fn sources(&self) -> Result<Vec<PathBuf>, ScheduleError> {
         let text: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'sources'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'sources'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         Ok(text
             .and_then(|t| serde_json::from_str(&t).ok())
@@ -389,7 +395,9 @@ impl Store {
     pub fn request_answer(&self, id: i64) -> Result<Option<String>, ScheduleError> {
         Ok(self
             .conn
-            .query_row("SELECT answer FROM requests WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT answer FROM requests WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()?
             .flatten())
     }
@@ -433,7 +441,11 @@ impl DaemonLock {
     /// The pid of the daemon holding `dir`, if one runs.
     pub fn holder(dir: &Path) -> Option<u32> {
         let path = dir.join("daemon.lock");
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).ok()?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .ok()?;
         // Taking it (and dropping it at once) fails only while a daemon holds it.
         match flock(&file) {
             Ok(false) => Some(read_pid(&path).unwrap_or(0)),
@@ -497,9 +509,14 @@ mod tests {
         assert!(store.insert_fire(&fire("2026-01-01T00:00:04Z")).unwrap());
         assert_eq!(store.unsettled().unwrap().len(), 2);
         let slot = parse_time("2026-01-01T00:00:02Z").unwrap();
-        store.set_outcome("p", &slot, state::DONE, "converged", "ok").unwrap();
+        store
+            .set_outcome("p", &slot, state::DONE, "converged", "ok")
+            .unwrap();
         assert_eq!(store.unsettled().unwrap().len(), 1);
-        assert_eq!(store.recent("p", 1).unwrap()[0].slot, parse_time("2026-01-01T00:00:04Z").unwrap());
+        assert_eq!(
+            store.recent("p", 1).unwrap()[0].slot,
+            parse_time("2026-01-01T00:00:04Z").unwrap()
+        );
     }
 
     #[test]
