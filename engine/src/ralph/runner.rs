@@ -14,7 +14,7 @@ use super::prompt::{
     read_notes, review_prompt, work_prompt, FailedCheck, Feedback, TaskText, DIFF_BYTES,
 };
 use super::reply::{asks_split, gives_promise, parse_verdict, summary_line, without_echo};
-use super::watch::{checkout_changes, nested_repos, restore_git_file};
+use super::watch::{restore_git_file, CheckoutWatch};
 use super::{LoopConfig, Outcome};
 use crate::events::{Event, EventSink, Phase};
 use crate::run::cancel::Cancel;
@@ -496,7 +496,7 @@ async fn iteration(
 
     // 1. work
     phase(ctx, n, Phase::Work);
-    let checkout_before = checkout_changes(ctx.workspace.repo_root());
+    let checkout = CheckoutWatch::start(ctx.workspace.repo_root());
     let notes = read_notes(&ctx.workspace.path().join(&ctx.notes_path));
     let prompt = work_prompt(&task, n, &notes, feedback);
     let reply = call(
@@ -511,11 +511,7 @@ async fn iteration(
     )
     .await;
     let Some(mut reply) = reply else { return };
-    if let (Some(before), Some(after)) =
-        (checkout_before, checkout_changes(ctx.workspace.repo_root()))
-    {
-        rec.outside = after.difference(&before).take(20).cloned().collect();
-    }
+    rec.outside = checkout.changed().unwrap_or_default();
     if let Some(own) = without_echo(&reply.text, &prompt) {
         rec.echoed = true;
         reply.text = own;
@@ -542,7 +538,9 @@ async fn iteration(
     if rec.wants_split || matches!(rec.checkpoint, Some(Err(_))) {
         return;
     }
-    rec.left_out = nested_repos(ctx.workspace.path());
+    if let Some(Ok(c)) = &rec.checkpoint {
+        rec.left_out = c.left_out.clone();
+    }
 
     // 2. checks
     phase(ctx, n, Phase::Checks);

@@ -1,29 +1,156 @@
-//! Watching what an agent did to its worktree and around it, after the work phase: git
-//! repositories it made inside (checkpoints leave them out), the worktree's `.git` file it
-//! removed (wiggum writes it again), and paths of the user's checkout that changed meanwhile.
+//! Watching what an agent did to its worktree and around it, after the work phase: the
+//! worktree's `.git` file it removed (wiggum writes it again), and paths of the user's checkout
+//! that changed meanwhile ([`CheckoutWatch`]). Git repositories it made inside the worktree
+//! come from the checkpoint's own status ([`Checkpoint::left_out`](crate::workspace::Checkpoint)).
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeSet, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use crate::workspace::Workspace;
+use crate::workspace::{is_wiggum_path, Workspace};
 
-/// The changed and new paths of the user's checkout (not the ledger's `.beads/`), to see what
-/// appears there while an agent works; `None` when it cannot be read.
-pub fn checkout_changes(repo_root: &Path) -> Option<BTreeSet<String>> {
-    let repo = git2::Repository::open(repo_root).ok()?;
-    let mut opts = git2::StatusOptions::new();
-    opts.include_untracked(true)
-        .recurse_untracked_dirs(false)
-        .include_ignored(false)
-        .exclude_submodules(true);
-    let statuses = repo.statuses(Some(&mut opts)).ok()?;
-    Some(
-        statuses
-            .iter()
-            .filter_map(|e| e.path().map(str::to_string))
-            .filter(|p| !p.starts_with(".beads/"))
-            .collect(),
-    )
+/// At most this many changed paths are named.
+const MAX_PATHS: usize = 20;
+
+/// The user's checkout, watched from a moment on: [`CheckoutWatch::start`] notes the time (by
+/// the file system's own clock) before the agent works, [`CheckoutWatch::changed`] lists
+/// what was written since. Nothing is read at the start and nothing is ever hashed: the end
+/// costs one `lstat` per tracked file and a directory read only where a directory changed.
+#[derive(Debug)]
+pub struct CheckoutWatch {
+    root: PathBuf,
+    since: SystemTime,
+}
+
+impl CheckoutWatch {
+    /// Starts watching the checkout at `repo_root`.
+    pub fn start(repo_root: &Path) -> CheckoutWatch {
+        CheckoutWatch {
+            root: repo_root.to_path_buf(),
+            since: fs_now(repo_root),
+        }
+    }
+
+    /// Paths of the checkout written since the start (at most 20; not wiggum's own `.beads/`
+    /// and `.wiggum/`, nor ignored files): tracked files modified or deleted, and new files
+    /// or folders (a new folder is named once, `dir/`). `None` when the repository cannot be
+    /// read.
+    pub fn changed(&self) -> Option<Vec<String>> {
+        let repo = git2::Repository::open(&self.root).ok()?;
+        let index = repo.index().ok()?;
+        let workdir = repo.workdir()?.to_path_buf();
+        let mut tracked: HashSet<Vec<u8>> = HashSet::with_capacity(index.len());
+        let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
+        dirs.insert(Vec::new());
+        let mut out = BTreeSet::new();
+        for entry in index.iter() {
+            let path = entry.path;
+            let mut cut = path.len();
+            while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
+                if !dirs.insert(path[..slash].to_vec()) {
+                    break;
+                }
+                cut = slash;
+            }
+            // A submodule is its own repository: its files are not the checkout's.
+            if entry.mode == 0o160000 || is_wiggum_path(&String::from_utf8_lossy(&path)) {
+                tracked.insert(path);
+                continue;
+            }
+            let full = workdir.join(std::ffi::OsStr::from_bytes(&path));
+            let written = match full.symlink_metadata() {
+                Ok(meta) => self.is_new(&meta),
+                // Gone: deleted now if the folder that held it changed now.
+                Err(_) => self.nearest_dir_changed(&workdir, &path),
+            };
+            if written {
+                out.insert(String::from_utf8_lossy(&path).into_owned());
+            }
+            tracked.insert(path);
+        }
+        // New entries show in the folders whose listing changed.
+        for dir in &dirs {
+            let full = workdir.join(std::ffi::OsStr::from_bytes(dir));
+            let Ok(meta) = full.symlink_metadata() else {
+                continue;
+            };
+            if !meta.is_dir() || !self.is_new(&meta) {
+                continue;
+            }
+            let Ok(listing) = std::fs::read_dir(&full) else {
+                continue;
+            };
+            for item in listing.flatten() {
+                let name = item.file_name();
+                if name.as_bytes() == b".git" {
+                    continue;
+                }
+                let mut rel = dir.clone();
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(name.as_bytes());
+                if tracked.contains(&rel) || dirs.contains(&rel) {
+                    continue;
+                }
+                // An untracked file or folder that was there before and not written since.
+                let Ok(item_meta) = item.path().symlink_metadata() else {
+                    continue;
+                };
+                if !self.is_new(&item_meta) {
+                    continue;
+                }
+                let rel = String::from_utf8_lossy(&rel).into_owned();
+                let is_dir = item_meta.is_dir();
+                if is_wiggum_path(&rel) || repo.is_path_ignored(&rel).unwrap_or(false) {
+                    continue;
+                }
+                out.insert(if is_dir { format!("{rel}/") } else { rel });
+            }
+        }
+        Some(out.into_iter().take(MAX_PATHS).collect())
+    }
+
+    /// Whether a file's content or its directory entry changed since the start.
+    fn is_new(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let at = |secs: i64, nanos: i64| {
+            let secs = u64::try_from(secs).unwrap_or(0);
+            SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.clamp(0, 999_999_999) as u32)
+        };
+        // Strictly later: a write in the same tick of the file system's clock as the start
+        // was the user's, before the agent could run.
+        at(meta.mtime(), meta.mtime_nsec()) > self.since
+            || at(meta.ctime(), meta.ctime_nsec()) > self.since
+    }
+
+    /// Whether the closest existing folder above a gone file changed since the start.
+    fn nearest_dir_changed(&self, workdir: &Path, path: &[u8]) -> bool {
+        let mut cut = path.len();
+        while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
+            let dir = workdir.join(std::ffi::OsStr::from_bytes(&path[..slash]));
+            if let Ok(meta) = dir.symlink_metadata() {
+                return self.is_new(&meta);
+            }
+            cut = slash;
+        }
+        workdir.symlink_metadata().is_ok_and(|m| self.is_new(&m))
+    }
+}
+
+/// The current time by the clock of the file system at `root` (the modification time of a
+/// file made there now): file times come from the kernel's coarse clock, or whole seconds on
+/// some file systems, so a write right after the start could carry an earlier time than the
+/// system clock says. A temporary file in `.wiggum/`, removed at once.
+fn fs_now(root: &Path) -> SystemTime {
+    let dir = root.join(".wiggum");
+    let probe = std::fs::create_dir_all(&dir)
+        .and_then(|()| tempfile::NamedTempFile::new_in(&dir))
+        .and_then(|file| file.as_file().metadata())
+        .and_then(|meta| meta.modified());
+    // Without it, a little before now: a write at the start is not missed.
+    probe.unwrap_or_else(|_| SystemTime::now() - Duration::from_millis(20))
 }
 
 /// Writes the worktree's `.git` file again when the agent removed it; whether it did.
@@ -63,4 +190,88 @@ pub fn nested_repos(worktree: &Path) -> Vec<String> {
         .filter(|p| p.ends_with('/') && worktree.join(p).join(".git").exists())
         .take(20)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository with a few committed files, `target/` ignored.
+    fn repo() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let repo = git2::Repository::init(&root).unwrap();
+        for (path, text) in [
+            (".gitignore", "target/\n"),
+            ("a.txt", "a\n"),
+            ("src/b.txt", "b\n"),
+            ("src/deep/c.txt", "c\n"),
+            ("dirty.txt", "d\n"),
+        ] {
+            write(&root, path, text);
+        }
+        let mut index = repo.index().unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[])
+            .unwrap();
+        (dir, root)
+    }
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn checkout_watch_names_what_was_written_after_the_start() {
+        let (_dir, root) = repo();
+        // Changed before the start: the user's own, not reported.
+        write(&root, "dirty.txt", "user edit\n");
+        write(&root, "old-untracked.txt", "x\n");
+        let watch = CheckoutWatch::start(&root);
+        assert_eq!(watch.changed().unwrap(), Vec::<String>::new());
+        // The agent starts later than the next tick of the file system's clock (a process
+        // takes milliseconds to start; a tick is 1 to 10 ms).
+        std::thread::sleep(Duration::from_millis(30));
+
+        write(&root, "src/deep/c.txt", "changed\n");
+        std::fs::remove_file(root.join("src/b.txt")).unwrap();
+        write(&root, "escaped.txt", "new\n");
+        write(&root, "newdir/one/two.txt", "new\n");
+        write(&root, "target/debug/app", "ignored\n");
+        write(&root, ".beads/issues.jsonl", "{}\n");
+        write(&root, ".wiggum/state.json", "{}\n");
+        assert_eq!(
+            watch.changed().unwrap(),
+            vec!["escaped.txt", "newdir/", "src/b.txt", "src/deep/c.txt"]
+        );
+    }
+
+    #[test]
+    fn checkout_watch_sees_a_file_rewritten_with_an_old_time() {
+        let (_dir, root) = repo();
+        let watch = CheckoutWatch::start(&root);
+        std::thread::sleep(Duration::from_millis(30));
+        write(&root, "a.txt", "rewritten\n");
+        // `touch -d` can set the modification time back, never the change time.
+        let old = std::fs::File::options()
+            .write(true)
+            .open(root.join("a.txt"))
+            .unwrap();
+        old.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+        assert_eq!(watch.changed().unwrap(), vec!["a.txt"]);
+    }
+
+    #[test]
+    fn checkout_watch_of_a_directory_that_is_no_repository_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(CheckoutWatch::start(dir.path()).changed().is_none());
+    }
 }

@@ -6,9 +6,10 @@ use std::fmt;
 use std::path::Path;
 
 use git2::build::CheckoutBuilder;
-use git2::{DiffFormat, DiffOptions, IndexAddOption, Oid, Repository, ResetType, Tree};
+use git2::{DiffFormat, DiffOptions, Oid, Repository, ResetType, Tree};
 use serde::Serialize;
 
+use super::status::WorktreeStatus;
 use super::worktree::check_on_branch;
 use super::{Workspace, WorkspaceError};
 
@@ -21,6 +22,10 @@ pub struct Checkpoint {
     pub changed: bool,
     /// What changed since the previous checkpoint (all zero when nothing did).
     pub stat: DiffStat,
+    /// Git repositories the agent made inside the worktree (`vendor/lib/`, at most 20): a
+    /// commit cannot hold them, so they are left out of it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
 }
 
 /// Files, inserted and deleted lines between two trees.
@@ -66,8 +71,10 @@ impl fmt::Display for DiffStat {
 
 impl Workspace {
     /// Stages everything in the worktree (new, modified and deleted files, honouring
-    /// `.gitignore`) and, if the tree differs from the branch tip, commits it with `message`
-    /// on the branch. Returns the checkpoint's sha (the existing tip when nothing changed),
+    /// `.gitignore`; git repositories the agent made inside are left out and named in
+    /// [`Checkpoint::left_out`]) and, if the tree differs from the branch tip, commits it with
+    /// `message` on the branch. One status pass finds what changed: its cost follows the
+    /// number of files (one `lstat` each), and only changed files are read. Returns the checkpoint's sha (the existing tip when nothing changed),
     /// whether anything changed since the previous checkpoint (commits the agent made itself
     /// count too), and the diff stat against the previous checkpoint.
     pub fn checkpoint(&self, message: &str) -> Result<Checkpoint, WorkspaceError> {
@@ -80,23 +87,19 @@ impl Workspace {
         // Someone else may have written the index since (the agent running `git add` or `git
         // commit`, or a landing into this worktree): start from what is on disk.
         index.read(false)?;
-        index.update_all(["*"], None)?;
-        // A git repository the agent made inside the worktree (a clone, `git init`) cannot be
-        // staged as files, and a bare link to it (what `git add -A` records) would be useless
-        // anywhere else: leave it out.
-        let workdir = self.path.as_path();
-        let mut skip_nested_repos = |path: &Path, _: &[u8]| -> i32 {
-            let is_dir = path.to_str().is_some_and(|p| p.ends_with('/'));
-            i32::from(is_dir && workdir.join(path).join(".git").exists())
-        };
-        index.add_all(
-            ["*"],
-            IndexAddOption::DEFAULT,
-            Some(&mut skip_nested_repos as &mut git2::IndexMatchedPath<'_>),
-        )?;
-        index.write()?;
+        let worktree = WorktreeStatus::read(repo, &self.path)?;
+        for path in &worktree.staged {
+            index.add_path(Path::new(path))?;
+        }
+        for path in &worktree.removed {
+            index.remove_path(Path::new(path))?;
+        }
+        // The tree first, then one write: the index keeps the tree cache `write_tree` filled, so
+        // the next checkpoint hashes only the folders that changed again.
         let tree_id = index.write_tree()?;
-
+        if worktree.touches_index() {
+            index.write()?;
+        }
         let tip = repo.head()?.peel_to_commit()?;
         let sha = if tree_id == tip.tree_id() {
             tip.id()
@@ -124,6 +127,7 @@ impl Workspace {
             sha: sha.to_string(),
             changed,
             stat,
+            left_out: worktree.nested_repos,
         })
     }
 
@@ -364,6 +368,69 @@ mod tests {
             .tree()
             .unwrap();
         assert!(tree.get_path(Path::new("b.txt")).is_ok());
+    }
+
+    #[test]
+    fn checkpoint_names_the_nested_repository_it_left_out() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        Repository::init(ws.path().join("vendor/lib")).unwrap();
+        write_file(ws.path(), "vendor/lib/a.txt", "a\n");
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        assert_eq!(cp.left_out, vec!["vendor/lib/".to_string()]);
+        assert!(!cp.changed);
+        let tree = t
+            .repo
+            .find_commit(Oid::from_str(&cp.sha).unwrap())
+            .unwrap()
+            .tree()
+            .unwrap();
+        assert!(tree.get_path(Path::new("vendor")).is_err());
+    }
+
+    #[test]
+    fn checkpoint_writes_refreshed_stat_data_back_so_unchanged_files_are_not_read_again() {
+        let t = TestRepo::new();
+        t.write("src/a.txt", "aaaa\n");
+        t.commit_all("a file");
+        let ws = workspace(&t);
+        // Stat data that no longer matches the file (as after a racy write, which git and
+        // libgit2 record with size 0): the file must be read to know it did not change.
+        let wt = Repository::open(ws.path()).unwrap();
+        let mut index = wt.index().unwrap();
+        let mut entry = index.get_path(Path::new("src/a.txt"), 0).unwrap();
+        entry.file_size = 0;
+        index.add(&entry).unwrap();
+        index.write().unwrap();
+
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        assert!(!cp.changed);
+        let mut index = wt.index().unwrap();
+        index.read(true).unwrap();
+        let entry = index.get_path(Path::new("src/a.txt"), 0).unwrap();
+        assert_eq!(entry.file_size, 5, "the refreshed size is written back");
+    }
+
+    #[test]
+    fn checkpoint_resolves_a_conflict_the_agent_left_in_the_index() {
+        let t = TestRepo::new();
+        let ws = workspace(&t);
+        let wt = Repository::open(ws.path()).unwrap();
+        let mut index = wt.index().unwrap();
+        let mut ours = index.get_path(Path::new("README.md"), 0).unwrap();
+        let mut theirs = index.get_path(Path::new("README.md"), 0).unwrap();
+        index.remove_path(Path::new("README.md")).unwrap();
+        ours.flags |= 2 << 12;
+        theirs.flags |= 3 << 12;
+        index.add(&ours).unwrap();
+        index.add(&theirs).unwrap();
+        index.write().unwrap();
+        write_file(ws.path(), "README.md", "resolved\n");
+
+        let cp = ws.checkpoint("iteration 1").unwrap();
+        assert!(cp.changed);
+        assert_eq!(cp.stat.files_changed, 1);
+        assert!(!ws.is_dirty().unwrap());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod checkpoint;
 mod discover;
 mod exclude;
 mod land;
+mod status;
 mod worktree;
 
 #[cfg(test)]

@@ -1,0 +1,359 @@
+//! Big-repository benchmark (not a timed test): wiggum's per-iteration overhead and worktree
+//! creation on repositories of 1k, 20k and 100k files, and on one with a 50k-file ignored
+//! build directory, each beside plain git measured in the same run on the same repository.
+//!
+//! Per case it prints:
+//! - wiggum's overhead per iteration: the median iteration of a `run_task` loop (an agent that
+//!   edits one file, one check `true`) minus the median of the same agent and check in a shell
+//!   `while` loop;
+//! - git's own work for that change: `git status` + `git add -A` + `git commit` after editing
+//!   one file (median), and the ratio of the two;
+//! - `Workspace::create` beside `git worktree add -b` (medians, taken in turn).
+//!
+//! `cargo bench -p wiggum-engine --bench bigrepo` runs every case;
+//! `WIGGUM_BENCH_CASES=1000,20000,20000+50000` picks cases (`N+M`: N tracked files and M
+//! ignored ones under `target/`), `WIGGUM_BENCH_ITERATIONS` the loop length (default 12).
+//! Run without `--bench` (e.g. by `cargo test --benches`) it does a quick pass on 300 files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use wiggum_agents::config::AgentConfig;
+use wiggum_engine::events::{Event, EventSink};
+use wiggum_engine::ralph::LoopConfig;
+use wiggum_engine::run::{run_task, Cancel, ReviewChoice, TaskOptions};
+use wiggum_engine::workspace::Workspace;
+
+/// Files per folder of the generated trees.
+const PER_DIR: usize = 100;
+
+struct Case {
+    tracked: usize,
+    ignored: usize,
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let cases: Vec<Case> = match std::env::var("WIGGUM_BENCH_CASES") {
+        Ok(s) => s.split(',').map(parse_case).collect(),
+        Err(_) if full => ["1000", "20000", "100000", "20000+50000"]
+            .into_iter()
+            .map(parse_case)
+            .collect(),
+        Err(_) => vec![parse_case("300")],
+    };
+    let iterations: usize = std::env::var("WIGGUM_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 12 } else { 4 });
+    let worktrees = if full { 5 } else { 2 };
+    println!(
+        "big-repository benchmark: {iterations} loop iterations and {worktrees} worktrees per \
+         case; load average at start: {}",
+        load()
+    );
+    println!(
+        "| files (tracked + ignored) | wiggum overhead / iteration | git status + add -A + \
+         commit | ratio | Workspace::create | git worktree add | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for case in cases {
+        bench(&case, iterations, worktrees);
+    }
+    println!("load average at end: {}", load());
+}
+
+fn parse_case(s: &str) -> Case {
+    let mut parts = s.trim().split('+');
+    let num = |p: Option<&str>| -> usize {
+        p.map(|n| {
+            n.trim()
+                .parse()
+                .expect("WIGGUM_BENCH_CASES: e.g. 1000,20000+50000")
+        })
+        .unwrap_or(0)
+    };
+    Case {
+        tracked: num(parts.next()),
+        ignored: num(parts.next()),
+    }
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.invalid")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.invalid")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes `count` small files as `<prefix>/dNNN/fNNN.txt`, 100 to a folder.
+fn fill(root: &Path, prefix: &str, count: usize) {
+    for d in 0..count.div_ceil(PER_DIR) {
+        let dir = root.join(prefix).join(format!("d{d:04}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..PER_DIR.min(count - d * PER_DIR) {
+            std::fs::write(
+                dir.join(format!("f{f:03}.txt")),
+                format!("file {d}/{f}\nsome text\n"),
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// A repository with `tracked` committed files, and `ignored` more under an ignored
+/// `target/`.
+fn sample_repo(case: &Case) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("wiggum-bigrepo-")
+        .tempdir()
+        .unwrap();
+    let root = dir.path();
+    git(root, &["init", "-q", "-b", "main"]);
+    git(root, &["config", "user.name", "bench"]);
+    git(root, &["config", "user.email", "bench@example.invalid"]);
+    std::fs::write(root.join(".gitignore"), "target/\n").unwrap();
+    fill(root, "src", case.tracked);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "sample"]);
+    if case.ignored > 0 {
+        fill(root, "target", case.ignored);
+    }
+    dir
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    assert!(!v.is_empty());
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
+fn fmt(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 10.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64().max(1e-9))
+}
+
+/// The agent of both loops: reads its prompt, edits one tracked file, and (in a worktree
+/// without one) makes the ignored build directory by copying the user's, as a first build
+/// would.
+fn write_agent(dir: &Path, ignored_from: Option<&Path>) -> PathBuf {
+    let path = dir.join("agent.sh");
+    let build = match ignored_from {
+        Some(from) => format!(
+            "[ -d target ] || cp -r '{}' target\n",
+            from.join("target").display()
+        ),
+        None => String::new(),
+    };
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\ncat >/dev/null\n{build}echo \"$$\" >> src/d0000/f000.txt\necho done\n"),
+    )
+    .unwrap();
+    path
+}
+
+struct Stamps(Mutex<Vec<Instant>>);
+
+impl EventSink for Stamps {
+    fn emit(&self, event: &Event) {
+        if matches!(event, Event::IterationFinished { .. }) {
+            self.0.lock().unwrap().push(Instant::now());
+        }
+    }
+}
+
+/// Median iteration of the shell loop (agent + check), in `dir`.
+fn shell_loop(dir: &Path, agent: &Path, n: usize) -> Duration {
+    let script = format!(
+        "i=0; while [ $i -lt {n} ]; do echo prompt | sh {} >/dev/null; sh -c true; \
+         echo $EPOCHREALTIME; i=$((i+1)); done",
+        agent.display()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stamps: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .collect();
+    median(
+        stamps
+            .windows(2)
+            .map(|w| Duration::from_secs_f64(w[1] - w[0]))
+            .collect(),
+    )
+}
+
+/// Median iteration of wiggum's loop (the first two, which create the worktree and its
+/// build directory, left out).
+fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> Duration {
+    let n = n as u32 + 2;
+    let opts = TaskOptions {
+        repo_root: root.canonicalize().unwrap(),
+        prompt: "Edit one file.".into(),
+        acceptance: None,
+        worker: AgentConfig {
+            backend: "command".into(),
+            command: Some(vec!["sh".into(), agent.display().to_string()]),
+            ..AgentConfig::default()
+        },
+        review: ReviewChoice::None,
+        config: LoopConfig {
+            max_iterations: n,
+            stable_rounds: n,
+            checks: vec!["true".into()],
+            ..LoopConfig::default()
+        },
+        land: false,
+        base_dir: root.to_path_buf(),
+    };
+    let stamps = Stamps(Mutex::new(Vec::new()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime
+        .block_on(run_task(opts, &stamps, &Cancel::new()))
+        .expect("the bench task runs");
+    assert_eq!(report.iterations, n, "{}", report.reason);
+    let stamps = stamps.0.lock().unwrap();
+    median(stamps.windows(2).skip(1).map(|w| w[1] - w[0]).collect())
+}
+
+/// Median of git's own work for one changed file: status, add -A, commit.
+fn git_rounds(root: &Path, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|i| {
+            std::fs::write(root.join("src/d0000/f001.txt"), format!("round {i}\n")).unwrap();
+            timed(|| {
+                git(root, &["status", "--porcelain"]);
+                git(root, &["add", "-A"]);
+                git(root, &["commit", "-q", "-m", "round"]);
+            })
+        })
+        .collect()
+}
+
+fn bench(case: &Case, iterations: usize, worktrees: usize) {
+    let repo = sample_repo(case);
+    let root = repo.path().canonicalize().unwrap();
+    let scripts = tempfile::tempdir().unwrap();
+    let agent = write_agent(scripts.path(), (case.ignored > 0).then_some(root.as_path()));
+
+    // Worktree creation, taken in turn so a drift of the machine hits both alike.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for i in 0..worktrees {
+        let mut ws = None;
+        ours.push(timed(|| {
+            ws = Some(
+                Workspace::create(&root, &format!("w{i}"), &format!("bench/w{i}"), None).unwrap(),
+            );
+        }));
+        ws.unwrap().remove().unwrap();
+        let path = root.join(format!(".wiggum/git-w{i}"));
+        let path_s = path.display().to_string();
+        theirs.push(timed(|| {
+            git(
+                &root,
+                &[
+                    "worktree",
+                    "add",
+                    "-q",
+                    "-b",
+                    &format!("bench/g{i}"),
+                    &path_s,
+                ],
+            )
+        }));
+        git(&root, &["worktree", "remove", "--force", &path_s]);
+    }
+
+    // git's work before and after wiggum's loop, so both see the machine alike.
+    let mut git_times = git_rounds(&root, iterations.div_ceil(2));
+    // The shell loop runs in a scratch worktree of the same tree (the agent edits a file).
+    let scratch = root.join(".wiggum/shell");
+    git(
+        &root,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "--detach",
+            &scratch.display().to_string(),
+        ],
+    );
+    let shell = shell_loop(&scratch, &agent, iterations + 1);
+    git(
+        &root,
+        &[
+            "worktree",
+            "remove",
+            "--force",
+            &scratch.display().to_string(),
+        ],
+    );
+    let wiggum = wiggum_loop(&root, &agent, iterations);
+    git_times.extend(git_rounds(&root, iterations / 2));
+    let git_median = median(git_times);
+    let overhead = wiggum.saturating_sub(shell);
+
+    let files = if case.ignored > 0 {
+        format!("{} + {} ignored", case.tracked, case.ignored)
+    } else {
+        case.tracked.to_string()
+    };
+    let (ours, theirs) = (median(ours), median(theirs));
+    println!(
+        "| {files} | {} | {} | {} | {} | {} | {} |",
+        fmt(overhead),
+        fmt(git_median),
+        ratio(overhead, git_median),
+        fmt(ours),
+        fmt(theirs),
+        ratio(ours, theirs)
+    );
+    eprintln!(
+        "  ({files}: wiggum iteration {}, shell iteration {})",
+        fmt(wiggum),
+        fmt(shell)
+    );
+}
