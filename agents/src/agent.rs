@@ -59,6 +59,14 @@ pub struct Usage {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Of the tokens above, those spent by calls at no known price (the engine sets it when a
+    /// call reports no cost): a cost summed over them is not the whole cost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unpriced_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -73,6 +81,32 @@ impl Usage {
         self.output_tokens += other.output_tokens;
         self.cache_read_tokens += other.cache_read_tokens;
         self.cache_write_tokens += other.cache_write_tokens;
+        self.unpriced_tokens += other.unpriced_tokens;
+    }
+
+    /// Adds what one call used, marking its tokens unpriced when it reported no cost.
+    pub fn add_call(&mut self, usage: &Usage, cost_usd: Option<f64>) {
+        self.add(usage);
+        if cost_usd.is_none() {
+            self.unpriced_tokens += usage.total().saturating_sub(usage.unpriced_tokens);
+        }
+    }
+
+    /// Whether some of these tokens were spent at no known price.
+    pub fn is_unpriced(&self) -> bool {
+        self.unpriced_tokens > 0
+    }
+}
+
+/// A cost for people: `$0.0123`, `unpriced` when every token had no known price, `$0.0123 +
+/// unpriced` when some had none. Never `$0` for tokens nobody priced.
+pub fn format_cost(cost_usd: f64, usage: &Usage) -> String {
+    if !usage.is_unpriced() {
+        format!("${cost_usd:.4}")
+    } else if cost_usd > 0.0 {
+        format!("${cost_usd:.4} + unpriced")
+    } else {
+        "unpriced".to_string()
     }
 }
 

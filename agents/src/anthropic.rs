@@ -195,6 +195,7 @@ fn read_usage(resp: &Value) -> Usage {
         output_tokens: get("output_tokens"),
         cache_read_tokens: get("cache_read_input_tokens"),
         cache_write_tokens: get("cache_creation_input_tokens"),
+        unpriced_tokens: 0,
     }
 }
 

@@ -211,6 +211,7 @@ pub fn parse_output(
         output_tokens: u64_at(&usage, "output_tokens"),
         cache_read_tokens: u64_at(&usage, "cache_read_input_tokens"),
         cache_write_tokens: u64_at(&usage, "cache_creation_input_tokens"),
+        unpriced_tokens: 0,
     };
     let cost_usd = obj
         .get("total_cost_usd")

@@ -209,6 +209,7 @@ pub fn parse_output(
                     output_tokens: get("output_tokens"),
                     cache_read_tokens: cached,
                     cache_write_tokens: 0,
+                    unpriced_tokens: 0,
                 });
             }
             "turn.failed" => {

@@ -278,6 +278,7 @@ pub fn parse_output(
                 output_tokens: get("candidates") + get("thoughts"),
                 cache_read_tokens: cached,
                 cache_write_tokens: 0,
+                unpriced_tokens: 0,
             });
             let total = get("total");
             if answered_by.as_ref().is_none_or(|(_, best)| total > *best) {

@@ -18,7 +18,7 @@ pub mod retry;
 pub mod script;
 pub mod tools;
 
-pub use agent::{Agent, AgentError, Reply, Request, Role, Spent, Usage};
+pub use agent::{format_cost, Agent, AgentError, Reply, Request, Role, Spent, Usage};
 pub use command::{
     run_process, CommandAgent, ProcessError, ProcessOutput, ProcessSpec, StallWatch,
 };

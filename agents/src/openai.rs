@@ -192,6 +192,7 @@ fn read_usage(resp: &Value) -> Usage {
         output_tokens: get(&u, "completion_tokens"),
         cache_read_tokens: cached,
         cache_write_tokens: 0,
+        unpriced_tokens: 0,
     }
 }
 

@@ -90,6 +90,36 @@ pub fn cost(model: &str, usage: &Usage, configured: Option<&Price>) -> Option<f6
         .map(|p| p.cost(usage))
 }
 
+/// Why calls of this agent would be unpriced (tokens spent at no known price), or `None` when
+/// its spend has a price: Claude Code reports its own cost; codex and gemini, and the HTTP
+/// backends on a remote server, need `price` or a `model` in the table. Command and script
+/// agents report no usage at all and are not judged here.
+pub fn unpriced_reason(cfg: &crate::config::AgentConfig) -> Option<String> {
+    if cfg.price.is_some() {
+        return None;
+    }
+    let local = cfg.base_url.as_deref().is_some_and(|u| {
+        ["://localhost", "://127.", "://[::1]"]
+            .iter()
+            .any(|h| u.contains(h))
+    });
+    match (cfg.backend.as_str(), cfg.model.as_deref()) {
+        ("codex" | "gemini", None) => Some(format!(
+            "the {} agent has no `model`, so the CLI picks one wiggum may have no price for",
+            cfg.backend
+        )),
+        ("codex" | "gemini", Some(m)) if lookup(m).is_none() => Some(format!(
+            "the {} agent's model {m:?} has no known price",
+            cfg.backend
+        )),
+        ("anthropic" | "openai", Some(m)) if !local && lookup(m).is_none() => Some(format!(
+            "the {} agent's model {m:?} has no known price",
+            cfg.backend
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +130,7 @@ mod tests {
             output_tokens: output,
             cache_read_tokens: read,
             cache_write_tokens: write,
+            unpriced_tokens: 0,
         }
     }
 
@@ -137,5 +168,27 @@ mod tests {
         .unwrap();
         assert!((c - 4.0).abs() < 1e-9, "{c}");
         assert_eq!(cost("my-local-model", &usage(10, 10, 0, 0), None), None);
+    }
+
+    #[test]
+    fn an_agent_without_a_known_price_is_unpriced() {
+        use crate::config::AgentConfig;
+        assert!(unpriced_reason(&AgentConfig::new("codex")).is_some());
+        assert!(unpriced_reason(&AgentConfig::new("claude-code")).is_none());
+        let priced = AgentConfig {
+            model: Some("gemini-2.5-pro".into()),
+            ..AgentConfig::new("gemini")
+        };
+        assert!(unpriced_reason(&priced).is_none());
+        let unknown = AgentConfig {
+            model: Some("gpt-9-ultra".into()),
+            ..AgentConfig::new("codex")
+        };
+        assert!(unpriced_reason(&unknown).unwrap().contains("gpt-9-ultra"));
+        let with_price = AgentConfig {
+            price: Some(Price::new(1.0, 2.0, 0.1, 0.0)),
+            ..unknown
+        };
+        assert!(unpriced_reason(&with_price).is_none());
     }
 }

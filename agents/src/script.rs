@@ -339,18 +339,27 @@ impl Agent for ScriptAgent {
         for edit in &entry.edits {
             self.apply(&request.workdir, edit)?;
         }
-        if let Some(fail) = &entry.fail {
-            return Err(parse_fail(fail.get_ref()).map_err(AgentError::permanent)?);
-        }
         let usage = entry.usage.unwrap_or_default();
+        let usage = Usage {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_read_tokens: usage.cache_read_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            unpriced_tokens: 0,
+        };
+        if let Some(fail) = &entry.fail {
+            // A failure that spent (a CLI stopped at its turn limit) keeps what it spent.
+            let err = parse_fail(fail.get_ref()).map_err(AgentError::permanent)?;
+            return Err(err.with_spent(crate::agent::Spent {
+                usage,
+                cost_usd: entry.cost_usd,
+                model: Some("script".into()),
+                ..Default::default()
+            }));
+        }
         let mut reply = Reply {
             text: entry.reply.clone(),
-            usage: Usage {
-                input_tokens: usage.input_tokens,
-                output_tokens: usage.output_tokens,
-                cache_read_tokens: usage.cache_read_tokens,
-                cache_write_tokens: usage.cache_write_tokens,
-            },
+            usage,
             cost_usd: entry.cost_usd,
             model: Some("script".into()),
             ..Reply::default()

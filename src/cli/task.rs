@@ -300,6 +300,21 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
             }
         }
     }
+    // An agent whose model has no known price spends what a cost budget cannot see.
+    if args.max_cost.is_some() {
+        let reviewer = match &review {
+            ReviewChoice::Agent(cfg) => Some(cfg.as_ref()),
+            _ => None,
+        };
+        for cfg in std::iter::once(&worker).chain(reviewer) {
+            if let Some(why) = wiggum_agents::pricing::unpriced_reason(cfg) {
+                return Err(CliError::usage(format!(
+                    "--max-cost cannot be enforced: {why}"
+                ))
+                .hint("pass --model with a model wiggum has a price for (docs/agents.md), or leave --max-cost out and bound the run with --max-tokens, --timeout and --max-iterations"));
+            }
+        }
+    }
     let config = LoopConfig {
         max_iterations: args.max_iterations,
         checks: args.checks.clone(),
@@ -390,6 +405,8 @@ fn json(r: &TaskReport) -> serde_json::Value {
         "tokens": r.tokens,
         "usage": r.usage,
         "cost_usd": r.cost_usd,
+        // Tokens spent at no known price: `cost_usd` leaves them out.
+        "unpriced": r.usage.is_unpriced(),
         // Stopped before its worktree (and branch) existed: nothing to point at.
         "branch": (!r.worktree.is_empty()).then_some(&r.branch),
         "landed": r.landed,
@@ -409,7 +426,11 @@ fn human(r: &TaskReport, repo: Option<&std::path::Path>) -> String {
         if r.iterations == 1 { "" } else { "s" },
         super::display::printable(&r.reason, 2000, true)
     );
-    out.push_str(&format!("tokens: {}, cost: ${:.4}\n", r.tokens, r.cost_usd));
+    out.push_str(&format!(
+        "tokens: {}, cost: {}\n",
+        r.tokens,
+        wiggum_agents::format_cost(r.cost_usd, &r.usage)
+    ));
     match (&r.land, r.worktree.is_empty()) {
         (Some(land), _) => out.push_str(&format!("{land}\n")),
         // It stopped before it had a worktree: there is no work to point at.

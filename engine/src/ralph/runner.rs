@@ -141,8 +141,6 @@ struct IterationRecord {
     checkpoint: Option<Result<crate::workspace::Checkpoint, String>>,
     /// Session ids and turns the agent CLIs reported, one line per call.
     sessions: Vec<String>,
-    /// A call spent tokens at no known price.
-    unpriced: bool,
 }
 
 impl IterationRecord {
@@ -684,9 +682,8 @@ async fn call(
     let describe = agent.describe();
     match result {
         Ok(reply) => {
-            rec.usage.add(&reply.usage);
+            rec.usage.add_call(&reply.usage, reply.cost_usd);
             rec.cost += reply.cost_usd.unwrap_or(0.0);
-            rec.unpriced |= reply.cost_usd.is_none() && reply.usage.total() > 0;
             rec.note_session(&reply.meta);
             let logged = ctx.recorder.log_agent_call(&AgentCall {
                 bead,
@@ -713,9 +710,8 @@ async fn call(
             // others completed): it counts like any other spend.
             let (err, spent) = err.into_parts();
             let spent = spent.unwrap_or_default();
-            rec.usage.add(&spent.usage);
+            rec.usage.add_call(&spent.usage, spent.cost_usd);
             rec.cost += spent.cost_usd.unwrap_or(0.0);
-            rec.unpriced |= spent.cost_usd.is_none() && spent.usage.total() > 0;
             rec.note_session(&spent.meta);
             let logged = ctx.recorder.log_agent_call(&AgentCall {
                 bead,
@@ -1003,16 +999,13 @@ fn describe_iteration(
         rec.usage.cache_read_tokens,
         rec.usage.cache_write_tokens
     );
-    if rec.unpriced {
+    if rec.usage.is_unpriced() {
         // Tokens were spent at no known price: never shown as free.
         let _ = writeln!(
             d,
-            "- cost: {} (a call's model has no price: set the agent's `price`)",
-            if rec.cost > 0.0 {
-                format!("${:.4} + unpriced", rec.cost)
-            } else {
-                "unpriced".to_string()
-            }
+            "- cost: {} ({} tokens at no known price: set the agent's `price` or a priced `model`)",
+            wiggum_agents::format_cost(rec.cost, &rec.usage),
+            rec.usage.unpriced_tokens
         );
     } else {
         let _ = writeln!(d, "- cost: ${:.4}", rec.cost);
