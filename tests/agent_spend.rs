@@ -31,7 +31,14 @@ fn tokens_at_no_known_price_read_unpriced_in_output_json_and_bead() {
     );
     let script = repo.path().join("script.toml").display().to_string();
     let args = [
-        "task", "do it", "--script", &script, "--review", "none", "--max-iterations", "1",
+        "task",
+        "do it",
+        "--script",
+        &script,
+        "--review",
+        "none",
+        "--max-iterations",
+        "1",
     ];
     let human = repo.wiggum(&args);
     assert!(human.stdout.contains("cost: unpriced"), "{human:?}");
@@ -72,7 +79,10 @@ fn a_call_that_failed_after_spending_keeps_its_cost_and_tokens() {
     let calls = interactions(&repo);
     let call = calls.iter().find(|c| c["kind"] == "llm_call").unwrap();
     assert_eq!(call["extra"]["cost_usd"], 0.25, "{call}");
-    assert!(call["error"].as_str().unwrap().contains("turn limit"), "{call}");
+    assert!(
+        call["error"].as_str().unwrap().contains("turn limit"),
+        "{call}"
+    );
 }
 
 #[test]
@@ -81,13 +91,42 @@ fn a_cost_budget_with_an_unpriced_agent_is_refused() {
     let out = repo.wiggum(&["task", "do it", "--agent", "codex", "--max-cost", "1"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
-        out.stderr.contains("--max-cost cannot be enforced")
-            && out.stderr.contains("no `model`"),
+        out.stderr.contains("--max-cost cannot be enforced") && out.stderr.contains("no `model`"),
         "{out:?}"
     );
     // With a model wiggum has a price for, the budget stands (the run then needs codex).
     let out = repo.wiggum(&[
-        "task", "do it", "--agent", "codex", "--model", "gpt-5", "--max-cost", "1", "--json",
+        "task",
+        "do it",
+        "--agent",
+        "codex",
+        "--model",
+        "gpt-5",
+        "--max-cost",
+        "1",
+        "--json",
     ]);
-    assert!(!out.stderr.contains("--max-cost cannot be enforced"), "{out:?}");
+    assert!(
+        !out.stderr.contains("--max-cost cannot be enforced"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_patrol_budget_over_an_unpriced_agent_is_warned_about() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = common::write_patrol(
+        defs.path(),
+        "[patrol]\nmax_cost_usd = 5.0\n\n[agents.cx]\nbackend = \"codex\"\ncommand = [\"/bin/false\"]\n\n[[steps]]\nid = \"a\"\nagent = \"cx\"\nprompt = \"do it\"\n[steps.loop]\nmax_iterations = 1\n",
+        "",
+    );
+    let patrol = patrol.display().to_string();
+    let repo_dir = repo.path().display().to_string();
+    let out = repo.wiggum(&["run", &patrol, "--repo", &repo_dir, "--json"]);
+    assert!(
+        out.stderr
+            .contains("warning: step `a`: the budget of $5.00 cannot see what agent `cx` spends"),
+        "{out:?}"
+    );
 }

@@ -70,6 +70,9 @@ pub fn run(args: RunArgs) -> CliResult {
         err.problems = e.diagnostics.iter().map(super::validate::to_json).collect();
         err
     })?;
+    for warning in patrol.unpriced_budgets() {
+        eprintln!("warning: {warning}");
+    }
     let repo_override = match (&args.repo, patrol.sandbox) {
         (Some(dir), _) => Some(super::resolve_repo(Some(dir))?),
         (None, true) => Some(sandbox(&patrol.repo)?),

@@ -225,6 +225,34 @@ impl ScheduleSpec {
 }
 
 impl Patrol {
+    /// Cost budgets that cannot see what an agent spends: one line per agent step under a
+    /// `max_cost_usd` (the patrol's or the step's) whose agent has no known price
+    /// (`wiggum_agents::pricing::unpriced_reason`). `wiggum run` prints them as warnings.
+    pub fn unpriced_budgets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for step in &self.steps {
+            let StepKind::Agent {
+                agent, loop_config, ..
+            } = &step.kind
+            else {
+                continue;
+            };
+            let budget = loop_config.max_cost_usd.or(self.max_cost_usd);
+            let Some(max) = budget else { continue };
+            let Some(cfg) = self.agents.get(agent).and_then(|a| a.config().ok()) else {
+                continue;
+            };
+            if let Some(why) = wiggum_agents::pricing::unpriced_reason(&cfg) {
+                out.push(format!(
+                    "step `{}`: the budget of ${max:.2} cannot see what agent `{agent}` spends \
+                     ({why}); set its `price`, or a `model` wiggum has a price for",
+                    step.id
+                ));
+            }
+        }
+        out
+    }
+
     /// The steps in an order where every step comes after all it needs; ties keep file order.
     pub fn topo_order(&self) -> Vec<&Step> {
         let mut done: BTreeSet<&str> = BTreeSet::new();
