@@ -427,6 +427,9 @@ fn gemini(case: &Case, url: &str, select_auth: bool) -> Option<AgentConfig> {
         ("HOME".to_string(), case.home().display().to_string()),
         ("GOOGLE_GEMINI_BASE_URL".to_string(), url.to_string()),
         ("GEMINI_API_KEY".to_string(), "dummy".to_string()),
+        // Gemini starts node, then starts it again with a larger heap: once is enough for a
+        // test, and saves seconds of loading its bundle on a busy CI machine.
+        ("GEMINI_CLI_NO_RELAUNCH".to_string(), "true".to_string()),
     ]);
     Some(AgentConfig {
         command: Some(vec![program.display().to_string()]),
