@@ -129,6 +129,7 @@ fn main() {
             ..LoopConfig::default()
         },
         land: false,
+        commit_ledger: false,
         base_dir: repo.path().to_path_buf(),
     };
     let stamps = Stamps(Mutex::new(Vec::new()));

@@ -39,6 +39,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub repo: Option<PathBuf>,
 
+    /// After landing, leave the ledger (.beads/) uncommitted (overrides the patrol's
+    /// `commit_ledger`).
+    #[arg(long)]
+    pub no_commit_ledger: bool,
+
     /// Print one JSON object with the result on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -79,6 +84,10 @@ pub fn run(args: RunArgs) -> CliResult {
         (None, false) => None,
     };
     let ci_repo = repo_override.clone().unwrap_or_else(|| patrol.repo.clone());
+    let mut patrol = patrol;
+    if args.no_commit_ledger {
+        patrol.commit_ledger = false;
+    }
     let opts = PatrolOptions {
         patrol,
         run_key: args.run_id.clone(),

@@ -117,6 +117,11 @@ pub struct TaskArgs {
     #[arg(long)]
     pub no_land: bool,
 
+    /// After landing, leave the ledger (.beads/) uncommitted instead of committing it on your
+    /// branch in a commit of its own.
+    #[arg(long)]
+    pub no_commit_ledger: bool,
+
     /// The repository (default: the git repository around the current directory).
     #[arg(long, value_name = "DIR")]
     pub repo: Option<PathBuf>,
@@ -338,6 +343,7 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
         review,
         config,
         land: !args.no_land,
+        commit_ledger: !args.no_commit_ledger,
         base_dir,
     })
 }

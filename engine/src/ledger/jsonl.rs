@@ -98,9 +98,6 @@ impl Record {
     /// Makes an imported bead wiggum's: it is written in wiggum's form from now on, with
     /// `created_by: "wiggum"`; fields only one tool knows are dropped, other fields kept.
     pub fn take_over(&mut self) {
-        if self.is_wiggums() {
-            return;
-        }
         self.created_by = Some(WIGGUM.to_string());
         self.extra
             .retain(|k, _| !SINGLE_TOOL_FIELDS.contains(&k.as_str()) && !k.ends_with("_count"));
@@ -144,16 +141,181 @@ impl Record {
     }
 }
 
-/// One parsed line of a JSONL file: the record and the exact text it came from.
+/// One line of a JSONL file: the exact text it came from and, unless it is not a bead at all
+/// (bd's `_type: "memory"` records, a `_schema` header: kept as they are, never read), the
+/// record.
 #[derive(Debug, Clone)]
 pub struct Line {
     pub number: usize,
     pub raw: String,
-    pub record: Record,
+    pub record: Option<Record>,
+}
+
+/// What one line of `issues.jsonl` holds.
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    /// A bead.
+    Bead(Box<Record>),
+    /// A JSON object that is not a bead (no string `id`, or a `_type` other than `issue`, or a
+    /// `_schema` header): another tool's record, kept byte for byte.
+    Opaque,
+}
+
+impl Record {
+    /// Reads one line. A line wiggum did not write exactly (bd 1.x writes string comment ids,
+    /// may omit `status` and `issue_type`, adds `_type`, counts and `metadata`, and re-exports
+    /// wiggum's own beads that way) is read as far as it goes: what cannot be read takes a
+    /// default in the record (the line itself is kept byte for byte). Errors: not JSON, not an
+    /// object.
+    pub fn parse_line(raw: &str) -> Result<Parsed, String> {
+        match serde_json::from_str::<Record>(raw) {
+            Ok(mut rec) => {
+                if !is_issue_record(&rec.extra) {
+                    return Ok(Parsed::Opaque);
+                }
+                if !rec.is_wiggums() {
+                    rec.priority = rec.priority.clamp(0, 4);
+                }
+                Ok(Parsed::Bead(Box::new(rec)))
+            }
+            Err(strict) => {
+                let value: Value = serde_json::from_str(raw)
+                    .map_err(|e| format!("not valid JSON: {}", serde_message(&e)))?;
+                let Value::Object(obj) = value else {
+                    return Err("not a bead: expected one JSON object per line".into());
+                };
+                let has_id = obj
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| !id.trim().is_empty());
+                if !has_id || !is_issue_record(&obj) {
+                    return Ok(Parsed::Opaque);
+                }
+                // Also a wiggum bead: bd 1.x re-exports every bead it imported in its own shape
+                // (string comment ids, `_type`, counts), `created_by` included.
+                let _ = strict;
+                Ok(Parsed::Bead(Box::new(Record::lenient(obj))))
+            }
+        }
+    }
+
+    /// A bead another tool wrote, read field by field: a field missing or of another shape
+    /// takes its default; comment ids that are not integers (bd 1.x's UUIDs) read as 0 and get
+    /// a ledger-wide integer id if wiggum takes the bead over.
+    fn lenient(mut obj: Map<String, Value>) -> Record {
+        fn take<T: serde::de::DeserializeOwned>(m: &mut Map<String, Value>, k: &str) -> Option<T> {
+            m.remove(k).and_then(|v| serde_json::from_value(v).ok())
+        }
+        fn time(m: &mut Map<String, Value>, k: &str) -> Option<DateTime<Utc>> {
+            take::<String>(m, k).and_then(|t| super::model::parse_time(&t).ok())
+        }
+        let id: String = take(&mut obj, "id").unwrap_or_default();
+        let updated = time(&mut obj, "updated_at");
+        let created = time(&mut obj, "created_at");
+        let created_at = created.or(updated).unwrap_or(DateTime::UNIX_EPOCH);
+        let status = take::<String>(&mut obj, "status")
+            .filter(|s| !s.is_empty())
+            .map(|s| Status::parse(&s))
+            .unwrap_or_default();
+        let issue_type = take::<String>(&mut obj, "issue_type")
+            .filter(|s| !s.is_empty())
+            .map(|s| IssueType::parse(&s))
+            .unwrap_or_default();
+        let dependencies = match obj.remove("dependencies") {
+            Some(Value::Array(deps)) => deps
+                .into_iter()
+                .filter_map(|d| lenient_dependency(d, &id, created_at))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let comments = match obj.remove("comments") {
+            Some(Value::Array(cs)) => cs
+                .into_iter()
+                .filter_map(|c| lenient_comment(c, &id, created_at))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Record {
+            title: take(&mut obj, "title").unwrap_or_default(),
+            description: take::<Option<String>>(&mut obj, "description")
+                .flatten()
+                .unwrap_or_default(),
+            notes: take::<Option<String>>(&mut obj, "notes")
+                .flatten()
+                .unwrap_or_default(),
+            status,
+            priority: take::<i64>(&mut obj, "priority").unwrap_or(2).clamp(0, 4),
+            issue_type,
+            assignee: take::<Option<String>>(&mut obj, "assignee").flatten(),
+            labels: take::<Option<Vec<String>>>(&mut obj, "labels")
+                .flatten()
+                .unwrap_or_default(),
+            created_at,
+            updated_at: updated.unwrap_or(created_at),
+            closed_at: time(&mut obj, "closed_at"),
+            close_reason: take::<Option<String>>(&mut obj, "close_reason").flatten(),
+            created_by: take::<Option<String>>(&mut obj, "created_by").flatten(),
+            dependencies,
+            comments,
+            id,
+            extra: obj,
+        }
+    }
+}
+
+/// Whether a JSON object is an issue record: bd 1.x marks its records with `_type` (`issue`,
+/// `memory`, ...) and may start an export with a `_schema` header line.
+fn is_issue_record(obj: &Map<String, Value>) -> bool {
+    !obj.contains_key("_schema") && obj.get("_type").is_none_or(|t| t.as_str() == Some("issue"))
+}
+
+fn lenient_dependency(d: Value, issue: &str, created: DateTime<Utc>) -> Option<Dependency> {
+    if let Ok(dep) = serde_json::from_value::<Dependency>(d.clone()) {
+        return Some(dep);
+    }
+    let depends_on_id = d.get("depends_on_id")?.as_str()?.to_string();
+    let kind = d.get("type").and_then(Value::as_str).unwrap_or("blocks");
+    Some(Dependency {
+        issue_id: d
+            .get("issue_id")
+            .and_then(Value::as_str)
+            .unwrap_or(issue)
+            .to_string(),
+        depends_on_id,
+        kind: super::model::DepType::parse(kind),
+        created_at: d
+            .get("created_at")
+            .and_then(Value::as_str)
+            .and_then(|t| super::model::parse_time(t).ok())
+            .unwrap_or(created),
+        created_by: d
+            .get("created_by")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    })
+}
+
+fn lenient_comment(c: Value, issue: &str, created: DateTime<Utc>) -> Option<Comment> {
+    let text = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
+    let id = match c.get("id") {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        Some(Value::String(s)) => s.parse().unwrap_or(0),
+        _ => 0,
+    };
+    Some(Comment {
+        id,
+        issue_id: text("issue_id").unwrap_or_else(|| issue.to_string()),
+        author: text("author").unwrap_or_default(),
+        text: text("text")?,
+        created_at: text("created_at")
+            .and_then(|t| super::model::parse_time(&t).ok())
+            .unwrap_or(created),
+    })
 }
 
 /// Parses every line of `text` (the content of `file`); the first bad line is an error naming
-/// the file and the line. Empty lines are skipped.
+/// the file and the line. Empty lines are skipped. Lines other tools wrote never fail unless
+/// they are not JSON objects (see [`Record::parse_line`]).
 pub fn read_lines(file: &Path, text: &str) -> Result<Vec<Line>, LedgerError> {
     let malformed = |line: usize, message: String| LedgerError::Malformed {
         file: file.to_path_buf(),
@@ -177,35 +339,32 @@ pub fn read_lines(file: &Path, text: &str) -> Result<Vec<Line>, LedgerError> {
                     .into(),
             ));
         }
-        let record: Record = serde_json::from_str(raw).map_err(|e| {
-            // Tell "not JSON at all" from "JSON but not a bead".
-            let message = match serde_json::from_str::<Value>(raw) {
-                Err(e) => format!("not valid JSON: {}", serde_message(&e)),
-                Ok(v) if !v.is_object() => "not a bead: expected one JSON object per line".into(),
-                Ok(_) => format!("not a bead: {}", serde_message(&e)),
-            };
-            malformed(number, message)
-        })?;
-        if record.id.trim().is_empty() {
-            return Err(malformed(number, "not a bead: the `id` is empty".into()));
-        }
-        if !(0..=i64::from(u8::MAX)).contains(&record.priority) {
-            return Err(malformed(
-                number,
-                format!(
-                    "bead `{}` has priority {}; use 0 (critical) to 4 (backlog)",
-                    record.id, record.priority
-                ),
-            ));
-        }
-        if let Some(first) = seen.insert(record.id.clone(), number) {
-            return Err(malformed(
-                number,
-                format!(
-                    "duplicate id `{}` (first on line {first}); keep one of the two lines",
-                    record.id
-                ),
-            ));
+        let record = match Record::parse_line(raw).map_err(|m| malformed(number, m))? {
+            Parsed::Opaque => None,
+            Parsed::Bead(record) => Some(*record),
+        };
+        if let Some(record) = &record {
+            if record.id.trim().is_empty() {
+                return Err(malformed(number, "not a bead: the `id` is empty".into()));
+            }
+            if !(0..=4).contains(&record.priority) {
+                return Err(malformed(
+                    number,
+                    format!(
+                        "bead `{}` has priority {}; use 0 (critical) to 4 (backlog)",
+                        record.id, record.priority
+                    ),
+                ));
+            }
+            if let Some(first) = seen.insert(record.id.clone(), number) {
+                return Err(malformed(
+                    number,
+                    format!(
+                        "duplicate id `{}` (first on line {first}); keep one of the two lines",
+                        record.id
+                    ),
+                ));
+            }
         }
         out.push(Line {
             number,
@@ -356,22 +515,96 @@ mod tests {
         let lines = read_lines(Path::new("x.jsonl"), &format!("{GOOD}\n")).unwrap();
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].raw, GOOD);
-        assert_eq!(lines[0].record.priority, 0);
-        assert!(!lines[0].record.is_wiggums());
+        let rec = lines[0].record.as_ref().unwrap();
+        assert_eq!(rec.priority, 0);
+        assert!(!rec.is_wiggums());
     }
 
     #[test]
     fn a_bad_line_is_named_by_file_and_line_number() {
-        let text = format!("{GOOD}\n{{\"id\":\"bd-2\",\"title\":\"x\"}}\n");
+        let text = format!("{GOOD}\n{{\"id\":\"bd-2\",\"title\":\n");
         let err = read_lines(Path::new(".beads/issues.jsonl"), &text).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.starts_with(".beads/issues.jsonl:2: not a bead"),
+            msg.starts_with(".beads/issues.jsonl:2: not valid JSON"),
             "{msg}"
         );
-        assert!(msg.contains("missing field"), "{msg}");
         let err = read_lines(Path::new("f"), "{not json\n").unwrap_err();
         assert!(err.to_string().starts_with("f:1: not valid JSON"), "{err}");
+        let err = read_lines(Path::new("f"), "[1,2]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("one JSON object per line"),
+            "{err}"
+        );
+    }
+
+    /// A line as bd 1.x exports it: `_type`, string (UUID) comment ids, counts, metadata,
+    /// fields wiggum does not know, and no `status`/`issue_type` (Go's omitempty).
+    const BD1: &str = r#"{"_type":"issue","id":"bd-9x1","title":"from bd 1.x","priority":1,"created_at":"2026-05-02T10:00:00Z","created_by":"alice","updated_at":"2026-05-03T10:00:00Z","started_at":"2026-05-02T11:00:00Z","metadata":{"k":[1,2]},"source_system":"jira","labels":["ui"],"dependencies":[{"issue_id":"bd-9x1","depends_on_id":"bd-8","type":"blocks","created_at":"2026-05-02T10:00:00Z","metadata":"{}"}],"comments":[{"id":"0b6f2d4e-8f5c-4a7e-9a51-2f0c3c1d7e11","issue_id":"bd-9x1","author":"alice","text":"looks good","created_at":"2026-05-02T12:00:00Z"},{"id":7,"issue_id":"bd-9x1","author":"bob","text":"old int id","created_at":"2026-05-02T13:00:00Z"}],"dependency_count":1,"dependent_count":0,"comment_count":2}"#;
+
+    #[test]
+    fn bd_1x_lines_with_string_comment_ids_and_counts_are_read_and_kept() {
+        let text = format!(
+            "{{\"_schema\":\"beads-jsonl/1\",\"_sort\":\"stable-v1\"}}\n{BD1}\n\
+             {{\"_type\":\"memory\",\"key\":\"k\",\"value\":\"v\"}}\n"
+        );
+        let lines = read_lines(Path::new("f"), &text).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].record.is_none(),
+            "the _schema header is kept, not read"
+        );
+        assert!(
+            lines[2].record.is_none(),
+            "a memory record is kept, not read"
+        );
+        assert_eq!(lines[1].raw, BD1);
+        let rec = lines[1].record.as_ref().unwrap();
+        assert_eq!(rec.id, "bd-9x1");
+        assert_eq!(rec.status, Status::Open, "no status reads as open");
+        assert_eq!(rec.issue_type, IssueType::Task);
+        assert_eq!(rec.priority, 1);
+        assert_eq!(rec.labels, ["ui"]);
+        assert_eq!(rec.dependencies.len(), 1);
+        assert_eq!(rec.dependencies[0].depends_on_id, "bd-8");
+        let ids: Vec<i64> = rec.comments.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [0, 7], "a UUID reads as 0 (numbered on take-over)");
+        assert_eq!(rec.comments[0].text, "looks good");
+        assert!(!rec.is_wiggums());
+
+        // Taken over, the line is one both tools accept: bd-only fields and counts dropped.
+        let mut r = rec.clone();
+        r.take_over();
+        let v: Value = serde_json::from_str(&r.render()).unwrap();
+        assert_eq!(v["status"], "open");
+        assert_eq!(v["issue_type"], "task");
+        assert_eq!(v["source_system"], "jira");
+        for gone in [
+            "_type",
+            "metadata",
+            "started_at",
+            "comment_count",
+            "dependent_count",
+        ] {
+            assert!(v.get(gone).is_none(), "{gone} kept in {v}");
+        }
+    }
+
+    #[test]
+    fn a_foreign_line_missing_fields_or_with_odd_types_never_fails() {
+        for line in [
+            r#"{"id":"br-1","title":"x"}"#,
+            r#"{"id":"br-2","title":"x","status":7,"priority":"P1","labels":null,"comments":{"a":1}}"#,
+            r#"{"id":"br-3","title":"x","priority":9,"created_at":"yesterday","updated_at":"2026-01-01T00:00:00Z"}"#,
+            r#"{"title":"no id at all"}"#,
+            r#"{"id":17,"title":"an integer id"}"#,
+        ] {
+            let lines = read_lines(Path::new("f"), line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(lines[0].raw, line);
+        }
+        let lines =
+            read_lines(Path::new("f"), r#"{"id":"br-3","title":"x","priority":9}"#).unwrap();
+        assert_eq!(lines[0].record.as_ref().unwrap().priority, 4, "clamped");
     }
 
     #[test]
@@ -391,7 +624,7 @@ mod tests {
     #[test]
     fn wiggum_lines_have_required_fields_and_omit_empty_ones() {
         let lines = read_lines(Path::new("f"), GOOD).unwrap();
-        let mut r = lines[0].record.clone();
+        let mut r = lines[0].record.clone().unwrap();
         r.take_over();
         let v: Value = serde_json::from_str(&r.render()).unwrap();
         for key in [
@@ -423,9 +656,12 @@ mod tests {
     fn taking_over_drops_single_tool_fields_and_keeps_the_rest() {
         let line = GOOD.replace(
             "\"priority\":0",
-            "\"priority\":0,\"design\":\"d\",\"_type\":\"x\",\"comment_count\":3,\"spec_id\":\"s\"",
+            "\"priority\":0,\"design\":\"d\",\"_type\":\"issue\",\"comment_count\":3,\"spec_id\":\"s\"",
         );
-        let mut r = read_lines(Path::new("f"), &line).unwrap()[0].record.clone();
+        let mut r = read_lines(Path::new("f"), &line).unwrap()[0]
+            .record
+            .clone()
+            .unwrap();
         r.take_over();
         let v: Value = serde_json::from_str(&r.render()).unwrap();
         assert_eq!(v["design"], "d");

@@ -37,7 +37,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bumped whenever SCHEMA changes; a database of another version is set aside and rebuilt from
 /// the JSONL (see `set_aside_if_outdated`).
-const SCHEMA_VERSION: &str = "2";
+const SCHEMA_VERSION: &str = "3";
 /// Whether some bead changed since the last export.
 const DIRTY_SQL: &str = "SELECT 1 FROM beads WHERE seq > \
      COALESCE((SELECT value FROM counters WHERE name = 'exported_seq'), 0) LIMIT 1";
@@ -57,8 +57,11 @@ CREATE TABLE IF NOT EXISTS beads(
     is_foreign INTEGER NOT NULL,
     exportable INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    line TEXT NOT NULL
+    line TEXT NOT NULL,
+    pos INTEGER
 );
+CREATE INDEX IF NOT EXISTS beads_pos ON beads(pos) WHERE pos IS NOT NULL;
+CREATE TABLE IF NOT EXISTS opaque(pos INTEGER PRIMARY KEY, line TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS beads_ready_order ON beads(priority, created_us, id) WHERE status = 'open';
 CREATE INDEX IF NOT EXISTS beads_unresolved ON beads(id) WHERE status NOT IN ('closed', 'tombstone');
 CREATE INDEX IF NOT EXISTS beads_status ON beads(status);
@@ -91,6 +94,9 @@ struct Env {
     metadata: PathBuf,
     prefix: String,
     redactor: Arc<Redactor>,
+    /// Set by a write that other tools must see at once (see `save`); the write exports when
+    /// it commits.
+    urgent: std::cell::Cell<bool>,
 }
 
 /// Paths of the ledger's files inside a repository.
@@ -158,6 +164,7 @@ impl Ledger {
             jsonl,
             prefix: DEFAULT_PREFIX.to_string(),
             redactor: redactor.clone(),
+            urgent: std::cell::Cell::new(false),
         };
         {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -235,16 +242,22 @@ impl Ledger {
         &self.interactions
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits.
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits. When the write started or
+    /// claimed a bead that is in the file (see `save`), the file is exported at once, so that
+    /// bd, br and agents using them never offer work wiggum holds, even after a crash.
     fn write<T>(
         &mut self,
         f: impl FnOnce(&Connection, &Env) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
+        self.env.urgent.set(false);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx, &self.env)?;
         tx.commit()?;
+        if self.env.urgent.replace(false) {
+            self.export()?;
+        }
         Ok(out)
     }
 
@@ -284,7 +297,7 @@ impl Ledger {
                 None => (mint_top(conn, &env.prefix, &title)?, Vec::new()),
             };
             let closed = new.status == Status::Closed;
-            let record = Record {
+            let mut record = Record {
                 id,
                 title,
                 description: clean_text(r, &new.description),
@@ -303,7 +316,7 @@ impl Ledger {
                 comments: Vec::new(),
                 extra: Default::default(),
             };
-            save(conn, &record)?;
+            save(conn, env, &mut record)?;
             Ok(record.to_bead(false))
         })
     }
@@ -355,12 +368,12 @@ impl Ledger {
             if !update.remove_labels.is_empty() {
                 rec.labels.retain(|l| !update.remove_labels.contains(l));
             }
-            let t = now();
+            let t = next_time(&rec);
             if let Some(s) = &update.status {
                 set_status(&mut rec, s.clone(), t);
             }
             rec.updated_at = t;
-            save(conn, &rec)?;
+            save(conn, env, &mut rec)?;
             Ok(rec.to_bead(false))
         })
     }
@@ -371,12 +384,12 @@ impl Ledger {
         self.write(|conn, env| {
             let mut rec = load(conn, id)?;
             rec.take_over();
-            let t = now();
+            let t = next_time(&rec);
             set_status(&mut rec, Status::Closed, t);
             let reason = clean_text(&env.redactor, reason.trim());
             rec.close_reason = (!reason.is_empty()).then_some(reason);
             rec.updated_at = t;
-            save(conn, &rec)?;
+            save(conn, env, &mut rec)?;
             Ok(rec.to_bead(false))
         })
     }
@@ -389,7 +402,7 @@ impl Ledger {
         depends_on: &str,
         kind: DepType,
     ) -> Result<(), LedgerError> {
-        self.write(|conn, _env| {
+        self.write(|conn, env| {
             if issue == depends_on {
                 return Err(LedgerError::Invalid(format!(
                     "`{issue}` cannot depend on itself"
@@ -413,7 +426,7 @@ impl Ledger {
                 )));
             }
             rec.take_over();
-            let t = now();
+            let t = next_time(&rec);
             rec.dependencies.push(Dependency {
                 issue_id: issue.to_string(),
                 depends_on_id: depends_on.to_string(),
@@ -422,7 +435,7 @@ impl Ledger {
                 created_by: Some(WIGGUM.into()),
             });
             rec.updated_at = t;
-            save(conn, &rec)
+            save(conn, env, &mut rec)
         })
     }
 
@@ -440,7 +453,7 @@ impl Ledger {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
             meta_set(conn, "next_comment_id", &(next + 1).to_string())?;
-            let t = now();
+            let t = next_time(&rec);
             let comment = Comment {
                 id: next,
                 issue_id: id.to_string(),
@@ -450,7 +463,7 @@ impl Ledger {
             };
             rec.comments.push(comment.clone());
             rec.updated_at = t;
-            save(conn, &rec)?;
+            save(conn, env, &mut rec)?;
             Ok(comment)
         })
     }
@@ -586,8 +599,8 @@ impl Ledger {
             rec.take_over();
             rec.status = Status::InProgress;
             rec.assignee = Some(assignee);
-            rec.updated_at = now();
-            save(conn, &rec)?;
+            rec.updated_at = next_time(&rec);
+            save(conn, env, &mut rec)?;
             Ok(true)
         })
     }
@@ -607,6 +620,7 @@ impl Ledger {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| LedgerError::io(format!("cannot create {}", dir.display()), e))?;
             }
+            write_beads_gitignore(env)?;
             if !env.metadata.exists() {
                 let text = "{\"database\":\"beads.db\",\"jsonl_export\":\"issues.jsonl\"}\n";
                 std::fs::write(&env.metadata, text).map_err(|e| {
@@ -622,14 +636,7 @@ impl Ledger {
                 return Ok(false);
             }
             let mut out = AtomicWriter::new(&env.jsonl)?;
-            {
-                let mut stmt =
-                    conn.prepare_cached("SELECT line FROM beads WHERE exportable = 1 ORDER BY id")?;
-                let mut rows = stmt.query([])?;
-                while let Some(row) = rows.next()? {
-                    out.line(row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?)?;
-                }
-            }
+            write_lines(conn, &mut out)?;
             let sig = out.finish()?;
             // Everything written so far is in the file now; no row is touched.
             conn.prepare_cached(
@@ -667,6 +674,79 @@ impl Ledger {
 
 // ---- helpers running inside a transaction ----
 
+/// Streams the file's lines: the lines read from the file keep their order (bd 1.x exports by
+/// priority, not by id; its `_schema` header and `memory` records stay where they were), and
+/// beads the file has not seen yet go in id order before the first read line with a greater
+/// id (after the last bead when none is greater). A file sorted by id stays sorted.
+fn write_lines(conn: &Connection, out: &mut AtomicWriter) -> Result<(), LedgerError> {
+    let last_bead_pos: Option<i64> = conn
+        .prepare_cached("SELECT MAX(pos) FROM beads WHERE pos IS NOT NULL AND exportable = 1")?
+        .query_row([], |row| row.get(0))?;
+    let mut new_stmt = conn.prepare_cached(
+        "SELECT id, line FROM beads WHERE pos IS NULL AND exportable = 1 ORDER BY id",
+    )?;
+    let mut new_rows = new_stmt.query([])?;
+    let mut pending: Option<(String, String)> = match new_rows.next()? {
+        Some(row) => Some((row.get(0)?, row.get(1)?)),
+        None => None,
+    };
+    let mut next_new = |out: &mut AtomicWriter,
+                        pending: &mut Option<(String, String)>,
+                        before: Option<&str>|
+     -> Result<(), LedgerError> {
+        while let Some((id, line)) = pending.as_ref() {
+            if before.is_some_and(|b| id.as_str() >= b) {
+                break;
+            }
+            out.line(line)?;
+            *pending = match new_rows.next()? {
+                Some(row) => Some((row.get(0)?, row.get(1)?)),
+                None => None,
+            };
+        }
+        Ok(())
+    };
+    let mut read_stmt = conn.prepare_cached(
+        "SELECT pos, id, line FROM beads WHERE pos IS NOT NULL AND exportable = 1 \
+         UNION ALL SELECT pos, NULL, line FROM opaque ORDER BY pos",
+    )?;
+    let mut rows = read_stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let pos: i64 = row.get(0)?;
+        let id = row
+            .get_ref(1)?
+            .as_str_or_null()
+            .map_err(rusqlite::Error::from)?;
+        match id {
+            Some(id) => next_new(out, &mut pending, Some(id))?,
+            // Past the last bead of the file: the new beads go before its trailing records.
+            None if last_bead_pos.is_none_or(|last| pos > last) => {
+                next_new(out, &mut pending, None)?
+            }
+            None => {}
+        }
+        out.line(row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?)?;
+    }
+    next_new(out, &mut pending, None)
+}
+
+/// `.beads/.gitignore` exactly as br 0.7.6's `br init` writes it (br's doctor warns when it is
+/// missing), written once when missing; an existing one is the user's and is left alone.
+fn write_beads_gitignore(env: &Env) -> Result<(), LedgerError> {
+    let Some(dir) = env.jsonl.parent() else {
+        return Ok(());
+    };
+    let path = dir.join(".gitignore");
+    if path.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    std::fs::write(&path, BEADS_GITIGNORE)
+        .map_err(|e| LedgerError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// The `.beads/.gitignore` br 0.7.6 writes (`BEADS_GITIGNORE` in its `src/cli/commands/init.rs`).
+pub const BEADS_GITIGNORE: &str = include_str!("beads_gitignore.txt");
+
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, LedgerError> {
     Ok(conn
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
@@ -700,17 +780,20 @@ fn load(conn: &Connection, id: &str) -> Result<Record, LedgerError> {
         .query_row([id], |row| row.get(0))
         .optional()?;
     let line = line.ok_or_else(|| LedgerError::NotFound(id.to_string()))?;
-    serde_json::from_str(&line).map_err(|e| LedgerError::Corrupt {
-        id: id.to_string(),
-        message: e.to_string(),
-    })
+    parse_record(id, &line)
 }
 
+/// A stored line read back: wiggum's exactly, another tool's as far as it goes (see
+/// `Record::parse_line`).
 fn parse_record(id: &str, line: &str) -> Result<Record, LedgerError> {
-    serde_json::from_str(line).map_err(|e| LedgerError::Corrupt {
+    let corrupt = |message: String| LedgerError::Corrupt {
         id: id.to_string(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    match Record::parse_line(line).map_err(corrupt)? {
+        jsonl::Parsed::Bead(rec) => Ok(*rec),
+        jsonl::Parsed::Opaque => Err(corrupt("the stored line is not a bead".into())),
+    }
 }
 
 fn to_bead(id: &str, line: &str, foreign: bool) -> Result<Bead, LedgerError> {
@@ -719,12 +802,56 @@ fn to_bead(id: &str, line: &str, foreign: bool) -> Result<Bead, LedgerError> {
 
 /// Writes a bead changed by wiggum: its row (with a new change number), labels and
 /// dependencies.
-fn save(conn: &Connection, rec: &Record) -> Result<(), LedgerError> {
-    put_row(conn, rec, &rec.render(), true)
+///
+/// The ledger-level rule for what other tools must know at once: a change that moves an
+/// existing bead to `in_progress`, or gives it an assignee it did not have, marks the write
+/// urgent, and `Ledger::write` exports when it commits. Every other change waits for the next
+/// export point (batched). A bead created just now is not urgent: no other tool has seen it.
+fn save(conn: &Connection, env: &Env, rec: &mut Record) -> Result<(), LedgerError> {
+    number_comments(conn, rec)?;
+    let before: Option<(Option<String>, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT json_extract(line, '$.status'), json_extract(line, '$.assignee') \
+             FROM beads WHERE id = ?1",
+        )?
+        .query_row([&rec.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    if let Some((status, assignee)) = before {
+        let started = rec.status == Status::InProgress && status.as_deref() != Some("in_progress");
+        let assigned =
+            rec.assignee.as_deref().is_some_and(|a| !a.is_empty()) && rec.assignee != assignee;
+        if (started || assigned) && rec.is_exportable() {
+            env.urgent.set(true);
+        }
+    }
+    put_row(conn, rec, &rec.render(), true, None)
+}
+
+/// Gives comments without an integer id (bd 1.x writes UUIDs; br accepts only integers) the
+/// next ledger-wide ids, when wiggum writes the bead in its own form.
+fn number_comments(conn: &Connection, rec: &mut Record) -> Result<(), LedgerError> {
+    if rec.comments.iter().all(|c| c.id > 0) {
+        return Ok(());
+    }
+    let mut next: i64 = meta_get(conn, "next_comment_id")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for c in rec.comments.iter_mut().filter(|c| c.id <= 0) {
+        c.id = next;
+        next += 1;
+    }
+    meta_set(conn, "next_comment_id", &next.to_string())
 }
 
 /// Inserts or replaces the row of a bead with the given line, and its labels and dependencies.
-fn put_row(conn: &Connection, rec: &Record, line: &str, dirty: bool) -> Result<(), LedgerError> {
+/// `pos`: the line's place in the file just read; `None` keeps the place the row had.
+fn put_row(
+    conn: &Connection,
+    rec: &Record,
+    line: &str,
+    dirty: bool,
+    pos: Option<i64>,
+) -> Result<(), LedgerError> {
     // A change number above `exported_seq` marks the row as not yet exported; imported rows
     // get 0. The counter only grows, so a new change is never mistaken for an exported one.
     let seq: i64 = if dirty {
@@ -741,9 +868,15 @@ fn put_row(conn: &Connection, rec: &Record, line: &str, dirty: bool) -> Result<(
         None => (None, None),
     };
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO beads(id, status, priority, issue_type, assignee, created_us, \
-         parent, child_n, is_foreign, exportable, seq, line) \
-         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO beads(id, status, priority, issue_type, assignee, created_us, \
+         parent, child_n, is_foreign, exportable, seq, line, pos) \
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+         ON CONFLICT(id) DO UPDATE SET status = excluded.status, priority = excluded.priority, \
+         issue_type = excluded.issue_type, assignee = excluded.assignee, \
+         created_us = excluded.created_us, parent = excluded.parent, \
+         child_n = excluded.child_n, is_foreign = excluded.is_foreign, \
+         exportable = excluded.exportable, seq = excluded.seq, line = excluded.line, \
+         pos = COALESCE(excluded.pos, beads.pos)",
     )?
     .execute(params![
         rec.id,
@@ -758,6 +891,7 @@ fn put_row(conn: &Connection, rec: &Record, line: &str, dirty: bool) -> Result<(
         rec.is_exportable(),
         seq,
         line,
+        pos,
     ])?;
     conn.prepare_cached("DELETE FROM labels WHERE issue_id = ?1")?
         .execute([&rec.id])?;
@@ -849,6 +983,18 @@ fn reaches(conn: &Connection, from: &str, to: &str) -> Result<bool, LedgerError>
     Ok(conn.prepare_cached(&sql)?.exists([from, to])?)
 }
 
+/// The time of a change to `rec`: now, or just after its last change when the clock has not
+/// moved past it. Every change moves `updated_at` forward, which is what bd's import looks at
+/// (it skips a row older than its own copy).
+fn next_time(rec: &Record) -> chrono::DateTime<chrono::Utc> {
+    let t = now();
+    if t > rec.updated_at {
+        t
+    } else {
+        rec.updated_at + chrono::Duration::microseconds(1)
+    }
+}
+
 fn set_status(rec: &mut Record, status: Status, t: chrono::DateTime<chrono::Utc>) {
     if status == Status::Closed {
         if rec.closed_at.is_none() || rec.status != Status::Closed {
@@ -926,13 +1072,20 @@ fn sync_from_file(conn: &Connection, env: &Env) -> Result<(), LedgerError> {
     ] {
         conn.prepare_cached(sql)?.execute([exported])?;
     }
+    conn.prepare_cached("DELETE FROM opaque")?.execute([])?;
+    let mut add_opaque = conn.prepare_cached("INSERT INTO opaque(pos, line) VALUES(?1, ?2)")?;
+    let mut place = conn.prepare_cached("UPDATE beads SET pos = ?2 WHERE id = ?1")?;
     let mut max_comment = 0;
     let mut bump = conn.prepare_cached(
         "INSERT INTO child_counters(parent, last) VALUES(?1, ?2) \
          ON CONFLICT(parent) DO UPDATE SET last = max(last, excluded.last)",
     )?;
-    for line in &lines {
-        let rec = &line.record;
+    for (pos, line) in lines.iter().enumerate() {
+        let pos = pos as i64;
+        let Some(rec) = &line.record else {
+            add_opaque.execute(params![pos, line.raw])?;
+            continue;
+        };
         for c in &rec.comments {
             max_comment = max_comment.max(c.id);
         }
@@ -940,9 +1093,11 @@ fn sync_from_file(conn: &Connection, env: &Env) -> Result<(), LedgerError> {
             bump.execute(params![parent, n])?;
         }
         if exists(conn, &rec.id)? {
-            continue; // changed here since the last export: ours wins
+            // Changed here since the last export: ours wins, in the file's place.
+            place.execute(params![rec.id, pos])?;
+            continue;
         }
-        put_row(conn, rec, &line.raw, false)?;
+        put_row(conn, rec, &line.raw, false, Some(pos))?;
     }
     let next: i64 = meta_get(conn, "next_comment_id")?
         .and_then(|v| v.parse().ok())
@@ -1111,3 +1266,7 @@ fn copy_state(conn: &Connection, old: &Path) -> Result<(), LedgerError> {
     conn.execute("DETACH DATABASE old", [])?;
     copied
 }
+
+#[cfg(test)]
+#[path = "store_bd1_tests.rs"]
+mod bd1_tests;

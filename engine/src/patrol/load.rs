@@ -29,6 +29,7 @@ pub const PATROL_KEYS: &[&str] = &[
     "repo",
     "base",
     "land",
+    "commit_ledger",
     "concurrency",
     "max_cost_usd",
     "sandbox",
@@ -205,6 +206,7 @@ pub(crate) struct RawPatrol {
     pub repo: Option<String>,
     pub base: Option<String>,
     pub land: Land,
+    pub commit_ledger: bool,
     pub concurrency: usize,
     pub max_cost_usd: Option<f64>,
     pub sandbox: bool,
@@ -602,6 +604,7 @@ fn walk(
         repo: None,
         base: None,
         land: Land::Merge,
+        commit_ledger: true,
         concurrency: 4,
         max_cost_usd: None,
         sandbox: false,
@@ -750,6 +753,18 @@ fn patrol_section(ctx: &mut Ctx<'_>, p: &DeTable<'_>, raw: &mut RawPatrol) {
             "none" => Land::None,
             _ => Land::Merge,
         };
+    }
+    if let Some(v) = p.get("commit_ledger") {
+        match v.get_ref() {
+            DeValue::Boolean(b) => raw.commit_ledger = *b,
+            _ => ctx.type_error(
+                v,
+                "commit_ledger",
+                S,
+                "true or false",
+                "commit_ledger = false",
+            ),
+        }
     }
     if let Some(n) = ctx.uint(p, "concurrency", S, 1, "concurrency = 4") {
         raw.concurrency = n as usize;
@@ -1542,6 +1557,17 @@ mod tests {
         assert_eq!(p.repo, Path::new("/home/u/proj/.wiggum/../svc"));
         let p = parse(MINIMAL, Path::new("p.toml"), &BTreeMap::new()).unwrap();
         assert_eq!(p.repo, Path::new("."));
+    }
+
+    #[test]
+    fn commit_ledger_is_on_unless_set_to_false() {
+        assert!(parse_ok(MINIMAL).commit_ledger);
+        assert!(!parse_ok(&format!("[patrol]\ncommit_ledger = false\n{MINIMAL}")).commit_ledger);
+        let errs = errors(&format!("[patrol]\ncommit_ledger = \"no\"\n{MINIMAL}"));
+        assert_eq!(
+            errs,
+            ["2:17: `commit_ledger` in [patrol] must be true or false, not a string"]
+        );
     }
 
     #[test]

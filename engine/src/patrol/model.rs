@@ -30,6 +30,9 @@ pub struct Patrol {
     /// Branch to start from; `None` = the repository's current branch.
     pub base: Option<String>,
     pub land: Land,
+    /// After the run's work landed, commit the ledger (`.beads/`) on that branch in a commit of
+    /// its own (`commit_ledger`, default true).
+    pub commit_ledger: bool,
     /// Steps and polecats at once (at least 1).
     pub concurrency: usize,
     /// Budget for the whole run.

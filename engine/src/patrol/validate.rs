@@ -64,6 +64,7 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, raw: RawPatrol, path: &Path) -> Option<
         repo,
         base: raw.base,
         land: raw.land,
+        commit_ledger: raw.commit_ledger,
         concurrency: raw.concurrency,
         max_cost_usd: raw.max_cost_usd,
         sandbox: raw.sandbox,

@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod failpoint;
+mod ledger_git;
 pub mod orphans;
 pub mod patrol;
 pub mod record;

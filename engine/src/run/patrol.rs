@@ -1113,6 +1113,8 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
     };
     let mut landed = None;
     let mut onto_base = false;
+    let mut landed_on = None;
+    let mut ledger_note = None;
     if outcome == Outcome::Converged {
         let ws = {
             let _across = worktrees_lock(&ctx.repo_root);
@@ -1143,6 +1145,11 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
             Land::Merge => match ws.land(ctx.patrol.base.as_deref()) {
                 Ok(l @ (LandOutcome::FastForward { .. } | LandOutcome::Merged { .. })) => {
                     onto_base = true;
+                    if let LandOutcome::FastForward { target, .. }
+                    | LandOutcome::Merged { target, .. } = &l
+                    {
+                        landed_on = Some(target.clone());
+                    }
                     let text = l.to_string();
                     let _ = remove_worktree(&ctx.repo_root, ws);
                     text
@@ -1192,6 +1199,16 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
             &notes,
             &close_reason(outcome, &reason),
         )?;
+        if let (Some(target), true) = (&landed_on, ctx.patrol.commit_ledger) {
+            let message = format!(
+                "wiggum: ledger of {}\n\npatrol {}: {outcome}\n",
+                ctx.run_id, ctx.patrol.name
+            );
+            ledger_note = Some(
+                super::ledger_git::commit_ledger(ctx.repo_root.clone(), target.clone(), message)
+                    .await,
+            );
+        }
     } else {
         ctx.recorder.ledger().export()?;
     }
@@ -1202,6 +1219,9 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
     });
     let mut report = report_of(&state, ctx.repo_root.clone(), resumed, false);
     report.notes = ctx.notes.clone();
+    if let (Some(landed), Some(note)) = (report.landed.as_mut(), ledger_note) {
+        landed.push_str(&format!("; {note}"));
+    }
     Ok(report)
 }
 

@@ -41,6 +41,9 @@ pub struct TaskOptions {
     pub config: LoopConfig,
     /// Land the branch onto the user's branch when the task converged.
     pub land: bool,
+    /// After a landing, commit the ledger (`.beads/`) on that branch (`--no-commit-ledger`
+    /// turns it off); see `workspace::commit_ledger`.
+    pub commit_ledger: bool,
     /// Relative paths in agent configs (scripts) are resolved against this directory.
     pub base_dir: PathBuf,
 }
@@ -94,6 +97,9 @@ struct TaskRecord {
     review: ReviewChoice,
     config: LoopConfig,
     land: bool,
+    /// Commit the ledger after a landing (records written before this existed: yes).
+    #[serde(default = "yes")]
+    commit_ledger: bool,
     base_dir: PathBuf,
     /// The branch the task started from, where it lands (`None`: HEAD was detached).
     home: Option<String>,
@@ -132,6 +138,7 @@ pub async fn run_task(
         review: opts.review.clone(),
         config: opts.config.clone(),
         land: opts.land,
+        commit_ledger: opts.commit_ledger,
         base_dir: opts.base_dir.clone(),
         home: None,
     };
@@ -525,6 +532,18 @@ impl TaskRun {
             earlier_tokens: self.earlier.0,
         };
         let record_error = ends.settle(&mut state, &step, &notes, land.clone());
+        if landed && self.record.commit_ledger {
+            // Everything is recorded and exported: the ledger goes to git beside the work.
+            if let (Some(target), Some(l)) = (self.record.home.clone(), land.as_mut()) {
+                let message = format!(
+                    "wiggum: ledger of {run_id}\n\ntask {}: {}\n",
+                    step.outcome, step.reason
+                );
+                let done =
+                    super::ledger_git::commit_ledger(self.repo_root.clone(), target, message).await;
+                l.push_str(&format!("; {done}"));
+            }
+        }
         sink.emit(&Event::RunFinished {
             run_id: run_id.clone(),
             outcome: step.outcome,
@@ -924,4 +943,9 @@ fn describe_task(opts: &TaskOptions, worker: &dyn Agent, config: &LoopConfig) ->
         d.push_str(&format!("- promise: {p}\n"));
     }
     d
+}
+
+/// Serde's default of a flag that was on before it could be turned off.
+fn yes() -> bool {
+    true
 }

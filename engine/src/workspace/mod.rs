@@ -6,6 +6,7 @@ mod checkpoint;
 mod discover;
 mod exclude;
 mod land;
+mod ledger_commit;
 mod status;
 mod worktree;
 
@@ -16,4 +17,5 @@ pub use checkpoint::{Checkpoint, DiffStat};
 pub use discover::{discover_root, require_commit, WorkspaceError};
 pub use exclude::{ensure_excluded, is_wiggum_path, EXCLUDE_LINE};
 pub use land::LandOutcome;
+pub use ledger_commit::{commit_ledger, LedgerCommit, LEDGER_FILES};
 pub use worktree::{Workspace, WORKTREES_DIR};
