@@ -243,6 +243,7 @@ fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> Duration {
             ..LoopConfig::default()
         },
         land: false,
+        commit_ledger: false,
         base_dir: root.to_path_buf(),
     };
     let stamps = Stamps(Mutex::new(Vec::new()));
