@@ -131,6 +131,8 @@ fn main() {
         land: false,
         commit_ledger: false,
         base_dir: repo.path().to_path_buf(),
+        split: None,
+        planner: None,
     };
     let stamps = Stamps(Mutex::new(Vec::new()));
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -24,6 +24,7 @@ fn docs_cli_md_holds_every_commands_current_help() {
         "schedule resume",
         "schedule run",
         "report",
+        "polecats",
     ] {
         let mut args: Vec<&str> = cmd.split_whitespace().collect();
         args.push("--help");

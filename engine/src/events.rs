@@ -101,6 +101,62 @@ pub enum Event {
         outcome: Outcome,
         reason: String,
     },
+    /// A step was split into subtasks (see engine/src/split/).
+    StepSplit {
+        step_id: String,
+        bead_id: String,
+        /// Why, in words.
+        trigger: String,
+        /// The plan's subtask ids, in plan order.
+        subtasks: Vec<String>,
+        polecats: usize,
+    },
+    SubtaskQueued {
+        step_id: String,
+        subtask: String,
+        bead_id: String,
+        needs: Vec<String>,
+    },
+    SubtaskStarted {
+        step_id: String,
+        subtask: String,
+        bead_id: String,
+        polecat: String,
+        branch: String,
+        /// 1, or 2 when it was sent back.
+        attempt: u32,
+    },
+    SubtaskFinished {
+        step_id: String,
+        subtask: String,
+        polecat: String,
+        outcome: Outcome,
+        iterations: u32,
+        reason: String,
+    },
+    /// The refinery merged a subtask into the step's branch and the step's checks pass there.
+    Merged {
+        step_id: String,
+        subtask: String,
+        sha: String,
+        /// The refinery's own time for the merge, checks excluded.
+        overhead_ms: u64,
+    },
+    /// A subtask's merge conflicted or turned the checks red (then it was undone).
+    MergeFailed {
+        step_id: String,
+        subtask: String,
+        reason: String,
+        /// It goes back once; false: it is escalated.
+        retry: bool,
+    },
+    /// A subtask failed twice: its bead stays open, labelled `escalated`.
+    Escalated {
+        step_id: String,
+        subtask: String,
+        bead_id: String,
+        reason: String,
+    },
 }
 
 /// A consumer of events.

@@ -6,8 +6,11 @@
 pub mod events;
 pub mod ledger;
 pub mod patrol;
+pub mod polecat;
 pub mod ralph;
+pub mod refinery;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod split;
 pub mod workspace;

@@ -210,6 +210,80 @@ impl EventSink for Display {
                 ))
             }
             Event::RunFinished { .. } => {}
+            Event::StepSplit {
+                step_id,
+                trigger,
+                subtasks,
+                polecats,
+                ..
+            } => self.line(format!(
+                "{step_id}: split into {} subtasks ({}) for {polecats} polecat{}: {}",
+                subtasks.len(),
+                subtasks.join(", "),
+                if *polecats == 1 { "" } else { "s" },
+                printable(trigger, 300, false)
+            )),
+            Event::SubtaskQueued { .. } => {}
+            Event::SubtaskStarted {
+                step_id,
+                subtask,
+                polecat,
+                branch,
+                attempt,
+                ..
+            } => {
+                let again = if *attempt > 1 { " again" } else { "" };
+                state
+                    .running
+                    .insert(format!("{step_id}/{subtask}"), format!("polecat {polecat}"));
+                self.live(state.live_text());
+                self.line(format!(
+                    "{step_id}/{subtask}: polecat {polecat} started{again} on {branch}"
+                ));
+            }
+            Event::SubtaskFinished {
+                step_id,
+                subtask,
+                polecat,
+                outcome,
+                iterations,
+                ..
+            } => {
+                state.running.remove(&format!("{step_id}/{subtask}"));
+                self.live(state.live_text());
+                self.line(format!(
+                    "{step_id}/{subtask}: polecat {polecat}: {outcome} after {iterations} iteration{}",
+                    if *iterations == 1 { "" } else { "s" }
+                ));
+            }
+            Event::Merged {
+                step_id,
+                subtask,
+                sha,
+                ..
+            } => self.line(format!(
+                "{step_id}: refinery merged {subtask} ({}), checks green",
+                &sha[..sha.len().min(12)]
+            )),
+            Event::MergeFailed {
+                step_id,
+                subtask,
+                reason,
+                retry,
+            } => self.line(format!(
+                "{step_id}: refinery could not merge {subtask}: {}{}",
+                printable(reason.lines().next().unwrap_or(""), 300, false),
+                if *retry { "; sent back once" } else { "" }
+            )),
+            Event::Escalated {
+                step_id,
+                subtask,
+                bead_id,
+                reason,
+            } => self.line(format!(
+                "{step_id}: subtask {subtask} ESCALATED ({bead_id}): {}",
+                printable(reason.lines().next().unwrap_or(""), 300, false)
+            )),
         }
     }
 }

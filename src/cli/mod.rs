@@ -7,6 +7,7 @@ pub mod ci;
 pub mod daemon;
 pub mod display;
 pub mod error;
+pub mod polecats;
 pub mod report;
 pub mod resume;
 pub mod run;
@@ -42,6 +43,7 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     Schedule(schedule::ScheduleArgs),
     Report(report::ReportArgs),
+    Polecats(polecats::PolecatsArgs),
 }
 
 /// Parses the process arguments and runs the command; renders errors; returns the exit code.
@@ -87,6 +89,7 @@ impl Command {
             Command::Runs(a) => a.json,
             Command::Show(a) => a.json,
             Command::Beads(a) => a.wants_json(),
+            Command::Polecats(a) => a.json,
             Command::Daemon(_) | Command::Schedule(_) | Command::Report(_) => false,
         }
     }
@@ -130,6 +133,7 @@ fn dispatch(command: Command) -> CliResult {
         Command::Daemon(args) => daemon::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Report(args) => report::run(args),
+        Command::Polecats(args) => polecats::run(args),
     }
 }
 

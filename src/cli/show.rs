@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use wiggum_engine::ralph::Outcome;
 use wiggum_engine::run::{Recorder, RunState};
+use wiggum_engine::split::SplitState;
 
 use super::beads::{open_ledger, render_show};
 use super::{resolve_repo, CliError, CliResult, EXIT_OK};
@@ -65,14 +66,19 @@ pub fn run(args: ShowArgs) -> CliResult {
         (bead, children, text)
     };
     let state = RunState::load(&recorder, &bead.id).ok().flatten();
+    let split = SplitState::load(&recorder, &bead.id).ok().flatten();
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "bead": bead, "children": children, "run": state })
+            serde_json::json!({ "bead": bead, "children": children, "run": state, "split": split })
         );
         return Ok(EXIT_OK);
     }
     let mut out = text;
+    if let Some(split) = &split {
+        let _ = writeln!(out, "\nsplit: {}", split.trigger);
+        split_tree(&recorder, split, 1, &mut out);
+    }
     if let Some(state) = &state {
         let (iterations, tokens, cost) = state.totals();
         let _ = writeln!(
@@ -125,4 +131,49 @@ pub fn run(args: ShowArgs) -> CliResult {
     }
     print!("{out}");
     Ok(EXIT_OK)
+}
+
+/// The subtasks of a split, one line each (polecat, outcome, iterations, merge result), with
+/// nested splits below their subtask.
+fn split_tree(recorder: &Recorder, split: &SplitState, depth: usize, out: &mut String) {
+    let pad = "  ".repeat(depth);
+    for t in &split.subtasks {
+        let needs = split
+            .plan
+            .get(&t.id)
+            .map(|p| p.needs.clone())
+            .unwrap_or_default();
+        let needs = if needs.is_empty() {
+            String::new()
+        } else {
+            format!(" (needs {})", needs.join(", "))
+        };
+        let merge = match (&t.merged_sha, t.status.as_str()) {
+            (Some(sha), _) => format!("merged {}", &sha[..sha.len().min(12)]),
+            (None, "escalated") => "ESCALATED".to_string(),
+            (None, other) => other.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{pad}{:<10} {:<18} polecat {:<10} {} iteration{}, attempt {}: {merge}{needs}",
+            t.id,
+            t.bead,
+            t.polecat.as_deref().unwrap_or("-"),
+            t.iterations,
+            if t.iterations == 1 { "" } else { "s" },
+            t.attempt,
+        );
+        if t.status.as_str() == "escalated" && !t.reason.is_empty() {
+            let first = t.reason.lines().next().unwrap_or("");
+            let _ = writeln!(
+                out,
+                "{pad}  why: {}",
+                super::display::printable(first, 300, false)
+            );
+        }
+        if let Ok(Some(nested)) = SplitState::load(recorder, &t.bead) {
+            let _ = writeln!(out, "{pad}  split: {}", nested.trigger);
+            split_tree(recorder, &nested, depth + 2, out);
+        }
+    }
 }

@@ -113,6 +113,34 @@ pub struct TaskArgs {
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u64>,
 
+    /// Split the task when it has not converged after N iterations (see docs/split.md).
+    #[arg(long, value_name = "N")]
+    pub split_after: Option<u32>,
+
+    /// Split the task before the first iteration when its prompt is estimated above N tokens.
+    #[arg(long, value_name = "N")]
+    pub max_prompt_tokens: Option<u64>,
+
+    /// When to split: auto (on a trigger; default), always (plan first) or never.
+    #[arg(long = "split", value_name = "auto|always|never")]
+    pub split_mode: Option<String>,
+
+    /// Most subtasks a split may make (at least 2; default 6).
+    #[arg(long, value_name = "N")]
+    pub max_parts: Option<u32>,
+
+    /// Polecats working at once on the subtasks of a split (default 4).
+    #[arg(long, value_name = "N")]
+    pub polecats: Option<usize>,
+
+    /// The agent preset that plans a split (role `plan`); default: the working agent.
+    #[arg(long, value_name = "PRESET")]
+    pub planner: Option<String>,
+
+    /// A command run in every new subtask worktree before its first iteration (e.g. npm ci).
+    #[arg(long, value_name = "CMD")]
+    pub setup: Option<String>,
+
     /// Leave the branch instead of landing it onto your branch.
     #[arg(long)]
     pub no_land: bool,
@@ -228,6 +256,25 @@ fn validate(args: &TaskArgs) -> Result<(), CliError> {
             .hint("leave it out for no cost limit"));
         }
     }
+    if args.split_after == Some(0) || args.polecats == Some(0) || args.max_prompt_tokens == Some(0)
+    {
+        return Err(CliError::usage(
+            "--split-after, --polecats and --max-prompt-tokens must be at least 1",
+        ));
+    }
+    if args.max_parts.is_some_and(|n| n < 2) {
+        return Err(CliError::usage(
+            "--max-parts must be at least 2: a split makes 2 or more subtasks",
+        ));
+    }
+    if let Some(m) = &args.split_mode {
+        if wiggum_engine::patrol::SplitMode::parse(m).is_none() {
+            return Err(
+                CliError::usage(format!("--split {m:?} is not a split mode"))
+                    .hint("use auto, always or never"),
+            );
+        }
+    }
     if args.max_tokens == Some(0) {
         return Err(CliError::usage("--max-tokens must be at least 1")
             .hint("leave it out for no token limit"));
@@ -335,6 +382,38 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
         tempfail_backoff: args.tempfail_backoff,
         ..LoopConfig::default()
     };
+    let any_split = args.split_after.is_some()
+        || args.max_prompt_tokens.is_some()
+        || args.split_mode.is_some()
+        || args.max_parts.is_some()
+        || args.polecats.is_some()
+        || args.setup.is_some();
+    let split = any_split.then(|| {
+        let d = wiggum_engine::patrol::SplitConfig::default();
+        wiggum_engine::patrol::SplitConfig {
+            after_iterations: args.split_after,
+            max_prompt_tokens: args.max_prompt_tokens,
+            mode: args
+                .split_mode
+                .as_deref()
+                .and_then(wiggum_engine::patrol::SplitMode::parse)
+                .unwrap_or_default(),
+            max_parts: args.max_parts.unwrap_or(d.max_parts),
+            polecats: args.polecats,
+            setup: args.setup.clone(),
+            ..d
+        }
+    });
+    let planner = match &args.planner {
+        None => None,
+        Some(p) if REVIEW_PRESETS.contains(&p.as_str()) => Some(preset(p, None)),
+        Some(p) => {
+            return Err(
+                CliError::usage(format!("--planner {p:?} is not an agent preset"))
+                    .hint(format!("use one of {}", REVIEW_PRESETS.join(", "))),
+            )
+        }
+    };
     Ok(TaskOptions {
         repo_root,
         prompt,
@@ -345,6 +424,8 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
         land: !args.no_land,
         commit_ledger: !args.no_commit_ledger,
         base_dir,
+        split,
+        planner,
     })
 }
 

@@ -34,6 +34,7 @@ pub const PATROL_KEYS: &[&str] = &[
     "max_cost_usd",
     "sandbox",
     "enabled",
+    "setup",
 ];
 /// Keys of one `[agents.NAME]` table.
 pub const AGENT_KEYS: &[&str] = &[
@@ -96,6 +97,9 @@ pub const SPLIT_KEYS: &[&str] = &[
     "max_parts",
     "depth",
     "polecats",
+    "mode",
+    "planner",
+    "setup",
 ];
 const ROOT_KEYS: &[&str] = &["patrol", "vars", "agents", "steps"];
 
@@ -209,6 +213,7 @@ pub(crate) struct RawPatrol {
     pub commit_ledger: bool,
     pub concurrency: usize,
     pub max_cost_usd: Option<f64>,
+    pub setup: Option<String>,
     pub sandbox: bool,
     pub enabled: bool,
     pub vars: BTreeMap<String, String>,
@@ -244,6 +249,8 @@ pub(crate) struct RawStep {
     pub checks: Vec<Spanned<String>>,
     pub split: Option<SplitConfig>,
     pub split_span: Option<Range<usize>>,
+    /// `[steps.split] planner` as written, checked against the agents.
+    pub split_planner: Option<Spanned<String>>,
 }
 
 /// Collects diagnostics against one source.
@@ -607,6 +614,7 @@ fn walk(
         commit_ledger: true,
         concurrency: 4,
         max_cost_usd: None,
+        setup: None,
         sandbox: false,
         enabled: true,
         vars: BTreeMap::new(),
@@ -770,6 +778,9 @@ fn patrol_section(ctx: &mut Ctx<'_>, p: &DeTable<'_>, raw: &mut RawPatrol) {
         raw.concurrency = n as usize;
     }
     raw.max_cost_usd = ctx.money(p, "max_cost_usd", S);
+    raw.setup = ctx
+        .text(p, "setup", S, "setup = \"npm ci\"")
+        .map(|s| s.get_ref().clone());
     if let Some(v) = p.get("sandbox") {
         match v.get_ref() {
             DeValue::Boolean(b) => raw.sandbox = *b,
@@ -1128,6 +1139,7 @@ fn step(ctx: &mut Ctx<'_>, span: Range<usize>, t: &DeTable<'_>) -> RawStep {
         checks: Vec::new(),
         split: None,
         split_span: t.get_key_value("split").map(|(k, _)| k.span()),
+        split_planner: None,
     };
     super::prompt_file::read(ctx, t, &section, &mut raw);
     if !t.contains_key("id") {
@@ -1147,11 +1159,9 @@ fn step(ctx: &mut Ctx<'_>, span: Range<usize>, t: &DeTable<'_>) -> RawStep {
         }
     }
     if let Some(s) = ctx.table(t, "split", &section, "[steps.split]") {
-        raw.split = Some(split_section(
-            ctx,
-            s,
-            &format!("[steps.split] of {section}"),
-        ));
+        let split_label = format!("[steps.split] of {section}");
+        raw.split = Some(split_section(ctx, s, &split_label));
+        raw.split_planner = ctx.text(s, "planner", &split_label, "planner = \"worker\"");
     }
     raw
 }
@@ -1235,6 +1245,12 @@ fn split_section(ctx: &mut Ctx<'_>, s: &DeTable<'_>, section: &str) -> SplitConf
     c.polecats = ctx
         .uint(s, "polecats", section, 1, "polecats = 4")
         .map(|n| n as usize);
+    if let Some(m) = ctx.choice(s, "mode", section, &["auto", "always", "never"]) {
+        c.mode = super::model::SplitMode::parse(&m).unwrap_or_default();
+    }
+    c.setup = ctx
+        .text(s, "setup", section, "setup = \"npm ci\"")
+        .map(|s| s.get_ref().clone());
     c
 }
 

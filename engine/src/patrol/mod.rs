@@ -16,6 +16,7 @@ mod validate;
 pub use diagnostics::{Diagnostic, PatrolErrors};
 pub use load::{load, parse, AGENT_KEYS, LOOP_KEYS, PATROL_KEYS, SPLIT_KEYS, STEP_KEYS};
 pub use model::{
-    AgentDef, Land, Overlap, Patrol, ScheduleSpec, SplitConfig, Step, StepKind, Tz, BACKENDS,
+    AgentDef, Land, Overlap, Patrol, ScheduleSpec, SplitConfig, SplitMode, Step, StepKind, Tz,
+    BACKENDS,
 };
 pub use template::{render, StepResultView};

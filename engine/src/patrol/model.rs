@@ -37,6 +37,8 @@ pub struct Patrol {
     pub concurrency: usize,
     /// Budget for the whole run.
     pub max_cost_usd: Option<f64>,
+    /// A command (`sh -c`) run in every new subtask worktree before its first iteration.
+    pub setup: Option<String>,
     /// Run on a throwaway copy of `repo` (a fresh git repository in the temp directory), never
     /// on the repository itself: for demos and trials.
     pub sandbox: bool,
@@ -84,7 +86,8 @@ pub struct Step {
     /// Steps that must finish first (direct only; see [`Patrol::upstream`]).
     pub needs: Vec<String>,
     pub kind: StepKind,
-    /// `[steps.split]`: parsed and validated; splitting itself is not built yet.
+    /// `[steps.split]`; `None` = splitting with safe defaults when a trigger fires (see
+    /// [`crate::split::SplitSettings`]).
     pub split: Option<SplitConfig>,
     /// The line of the step's `[[steps]]` header, for messages.
     pub line: usize,
@@ -115,7 +118,7 @@ pub enum StepKind {
 }
 
 /// `[steps.split]`: when and how far an oversized step is split (DESIGN.md §4).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SplitConfig {
     /// Split before the first iteration when the estimated prompt is above this.
     pub max_prompt_tokens: Option<u64>,
@@ -127,6 +130,46 @@ pub struct SplitConfig {
     pub depth: u32,
     /// Polecats working at once; `None` = the patrol's `concurrency`.
     pub polecats: Option<usize>,
+    /// When to split: on a trigger (`auto`), before the first iteration (`always`), or never.
+    pub mode: SplitMode,
+    /// The agent that plans (role `plan`); `None` = the step's agent.
+    pub planner: Option<String>,
+    /// A command (`sh -c`) run in every new subtask worktree before its first iteration;
+    /// `None` = the patrol's `setup`.
+    pub setup: Option<String>,
+}
+
+/// `[steps.split] mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitMode {
+    /// Split when a trigger fires.
+    #[default]
+    Auto,
+    /// Plan first: split before the first iteration.
+    Always,
+    /// Never split: a trigger stops the step with a clear reason.
+    Never,
+}
+
+impl SplitMode {
+    /// Parses `auto`, `always` or `never`.
+    pub fn parse(text: &str) -> Option<SplitMode> {
+        match text {
+            "auto" => Some(SplitMode::Auto),
+            "always" => Some(SplitMode::Always),
+            "never" => Some(SplitMode::Never),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitMode::Auto => "auto",
+            SplitMode::Always => "always",
+            SplitMode::Never => "never",
+        }
+    }
 }
 
 impl Default for SplitConfig {
@@ -137,6 +180,9 @@ impl Default for SplitConfig {
             max_parts: 6,
             depth: 1,
             polecats: None,
+            mode: SplitMode::Auto,
+            planner: None,
+            setup: None,
         }
     }
 }

@@ -67,6 +67,7 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, raw: RawPatrol, path: &Path) -> Option<
         commit_ledger: raw.commit_ledger,
         concurrency: raw.concurrency,
         max_cost_usd: raw.max_cost_usd,
+        setup: raw.setup,
         sandbox: raw.sandbox,
         enabled: raw.enabled,
         vars: raw.vars,
@@ -229,12 +230,21 @@ fn resolve_step(
             }
         }
     };
+    let mut split = s.split.clone();
+    if let (Some(split), Some(planner)) = (split.as_mut(), &s.split_planner) {
+        split.planner = Some(agent_name(
+            ctx,
+            raw,
+            planner,
+            &format!("the planner of {label}"),
+        )?);
+    }
     Some(Step {
         title: s.title.clone().unwrap_or_else(|| id.clone()),
         id,
         needs,
         kind,
-        split: s.split.clone(),
+        split,
         line,
     })
 }

@@ -19,6 +19,8 @@ use super::{LoopConfig, Outcome};
 use crate::events::{Event, EventSink, Phase};
 use crate::run::cancel::Cancel;
 use crate::run::record::{AgentCall, Recorder};
+use crate::split::trigger::{SplitWatch, SPLIT_WORD};
+use crate::split::SplitTrigger;
 use crate::workspace::Workspace;
 
 /// What one step's loop is asked to do.
@@ -32,6 +34,9 @@ pub struct StepSpec {
     pub prompt: String,
     pub acceptance: Option<String>,
     pub config: LoopConfig,
+    /// Splitting is on for this loop: `<split/>`, a context overflow, or not converging
+    /// within `after_iterations` end it with [`StepReport::split`] set (see `split/`).
+    pub split: Option<SplitWatch>,
 }
 
 /// The agents of a step. The reviewer is `None` for `review = "none"`; for `self` it is the
@@ -99,6 +104,9 @@ pub struct StepReport {
     /// A line from the last work reply (`{{steps.ID.summary}}`).
     pub summary: String,
     pub last_checkpoint: Option<String>,
+    /// Why the loop stopped to be split, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitTrigger>,
 }
 
 /// Everything one iteration produced, filled in as it goes so that a timed-out or cancelled
@@ -208,6 +216,7 @@ pub async fn run_loop(
         cost_usd: 0.0,
         summary: String::new(),
         last_checkpoint: workspace.head().ok(),
+        split: None,
     };
     if let Err(e) = ensure_notes(workspace, &ctx.notes_path) {
         return stop(report, Outcome::Error, e);
@@ -329,6 +338,12 @@ pub async fn run_loop(
                     ),
                     Some(Outcome::Timeout),
                 ),
+                AgentError::ContextOverflow { message } if spec.split.is_some() => {
+                    let why = SplitTrigger::ContextOverflow { message };
+                    let d = format!("{SPLIT_WORD}: {why}");
+                    report.split = Some(why);
+                    (d, Some(Outcome::Error))
+                }
                 AgentError::ContextOverflow { message } => (
                     format!("error: context overflow ({message}); the task needs splitting"),
                     Some(Outcome::Error),
@@ -342,6 +357,12 @@ pub async fn run_loop(
                     Some(Outcome::Error),
                 ),
             }
+        } else if rec.wants_split && spec.split.is_some() {
+            report.split = Some(SplitTrigger::Declared);
+            (
+                format!("{SPLIT_WORD}: {}", SplitTrigger::Declared),
+                Some(Outcome::Error),
+            )
         } else if rec.wants_split {
             (
                 "error: the agent declared the task too large (<split/>)".into(),
@@ -358,6 +379,22 @@ pub async fn run_loop(
             match progress.observe(&round) {
                 Decision::Converged => ("converged".into(), Some(Outcome::Converged)),
                 Decision::Stalled(why) => (format!("stalled: {why}"), Some(Outcome::Stalled)),
+                Decision::Continue
+                    if n < cfg.max_iterations
+                        && spec
+                            .split
+                            .as_ref()
+                            .and_then(|w| w.after_iterations)
+                            .is_some_and(|after| n >= after) =>
+                {
+                    let why = SplitTrigger::NotConverged { after: n };
+                    let d = format!(
+                        "{SPLIT_WORD}: {why}; {}",
+                        continue_reason(&rec, &round, progress.stable(), cfg)
+                    );
+                    report.split = Some(why);
+                    (d, Some(Outcome::Error))
+                }
                 Decision::Continue if n == cfg.max_iterations => (
                     format!(
                         "exhausted: max_iterations ({}) reached; {}",

@@ -23,7 +23,7 @@ use crate::events::{Event, EventSink};
 use crate::ledger::{format_time, now, Ledger};
 use crate::patrol::{render, Land, Patrol, PatrolErrors, Step, StepKind, StepResultView};
 use crate::ralph::checks::run_checks;
-use crate::ralph::runner::{run_loop, Spend, StepAgents, StepSpec};
+use crate::ralph::runner::{Spend, StepAgents, StepSpec};
 use crate::ralph::{Outcome, ReviewMode};
 use crate::workspace::{discover_root, LandOutcome, Workspace};
 
@@ -903,23 +903,36 @@ async fn run_agent_step(
         prompt,
         acceptance,
         config,
+        split: None,
+    };
+    let planner = match step.split.as_ref().and_then(|s| s.planner.as_ref()) {
+        Some(name) => ctx
+            .agents
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("unknown planner agent `{name}`"))?,
+        None => worker.clone(),
     };
     let agents = StepAgents { worker, reviewer };
     let progress = StepProgress {
         ctx,
         step_id: &step.id,
     };
-    let report = run_loop(
-        &spec,
-        &agents,
-        &ws,
-        &ctx.recorder,
-        &progress,
-        &ctx.cancel,
-        &ctx.spend,
-        start,
-    )
-    .await;
+    let split = crate::split::SplitRun {
+        settings: crate::split::SplitSettings::resolve(
+            step.split.as_ref(),
+            ctx.patrol.concurrency,
+            ctx.patrol.setup.as_deref(),
+        ),
+        planner,
+        workspace: &ws,
+        recorder: &ctx.recorder,
+        sink: &progress,
+        cancel: &ctx.cancel,
+        spend: &ctx.spend,
+        level: 1,
+    };
+    let report = crate::split::run_step(&spec, &agents, &split, start).await;
     st.iterations = report.iterations;
     st.tokens += report.usage.total();
     st.cost_usd += report.cost_usd;

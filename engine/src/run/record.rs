@@ -16,6 +16,10 @@ pub const LABEL: &str = "wiggum";
 pub const LABEL_RUN: &str = "wiggum:run";
 pub const LABEL_STEP: &str = "wiggum:step";
 pub const LABEL_ITERATION: &str = "wiggum:iteration";
+/// A subtask of a split step (see engine/src/split/beads.rs); assigned to its polecat.
+pub const LABEL_SUBTASK: &str = "wiggum:subtask";
+/// A subtask that failed twice and waits for a person (docs/split.md).
+pub const LABEL_ESCALATED: &str = "escalated";
 
 /// Iteration ends closer together than this share one export of the JSONL (the database has
 /// every write at once; the export catches up at the next iteration end or when a loop stops).

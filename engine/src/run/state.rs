@@ -230,7 +230,7 @@ fn lock_file(repo_root: &Path, name: &str) -> std::io::Result<(std::fs::File, Pa
 
 /// `flock`s `file` exclusively; with `wait`, blocks until it can (and returns true).
 #[cfg(unix)]
-fn try_lock(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
+pub(crate) fn try_lock(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
     use std::os::unix::io::AsRawFd;
     let flags = if wait {
         libc::LOCK_EX
@@ -251,7 +251,7 @@ fn try_lock(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
 }
 
 #[cfg(not(unix))]
-fn try_lock(_file: &std::fs::File, _wait: bool) -> std::io::Result<bool> {
+pub(crate) fn try_lock(_file: &std::fs::File, _wait: bool) -> std::io::Result<bool> {
     Ok(true)
 }
 

@@ -15,7 +15,7 @@ use super::state::{RunLock, RunState, StepState};
 use crate::events::{Event, EventSink};
 use crate::ledger::Ledger;
 use crate::ledger::{format_time, now};
-use crate::ralph::runner::{run_loop, Spend, StartPoint, StepAgents, StepReport, StepSpec};
+use crate::ralph::runner::{Spend, StartPoint, StepAgents, StepReport, StepSpec};
 use crate::ralph::{LoopConfig, Outcome, ReviewMode};
 use crate::workspace::{LandOutcome, Workspace};
 
@@ -46,6 +46,11 @@ pub struct TaskOptions {
     pub commit_ledger: bool,
     /// Relative paths in agent configs (scripts) are resolved against this directory.
     pub base_dir: PathBuf,
+    /// `--split-after`, `--max-parts`, `--polecats`, `--split`: `None` = safe defaults when a
+    /// trigger fires (see docs/split.md).
+    pub split: Option<crate::patrol::SplitConfig>,
+    /// `--planner`: the agent that plans a split; `None` = the worker.
+    pub planner: Option<AgentConfig>,
 }
 
 /// How a task run went.
@@ -103,6 +108,11 @@ struct TaskRecord {
     base_dir: PathBuf,
     /// The branch the task started from, where it lands (`None`: HEAD was detached).
     home: Option<String>,
+    /// How it splits (`--split-after`, ...) and who plans (`--planner`).
+    #[serde(default)]
+    split: Option<crate::patrol::SplitConfig>,
+    #[serde(default)]
+    planner: Option<AgentConfig>,
 }
 
 /// The agents of a task, built from its record.
@@ -141,6 +151,8 @@ pub async fn run_task(
         commit_ledger: opts.commit_ledger,
         base_dir: opts.base_dir.clone(),
         home: None,
+        split: opts.split.clone(),
+        planner: opts.planner.clone(),
     };
     let (agents, config) = task_agents(&record)?;
 
@@ -335,6 +347,7 @@ pub async fn resume_task(
             cost_usd: 0.0,
             summary: st.summary.clone(),
             last_checkpoint: workspace.head().ok(),
+            split: None,
         };
         return Ok(run.conclude(state, workspace, step, sink).await);
     }
@@ -389,6 +402,7 @@ impl TaskRun {
             cost_usd: 0.0,
             summary: String::new(),
             last_checkpoint: None,
+            split: None,
         };
         let ends = RunEnd {
             recorder: &self.recorder,
@@ -448,6 +462,7 @@ impl TaskRun {
             prompt: self.record.prompt.clone(),
             acceptance: self.record.acceptance.clone(),
             config,
+            split: None,
         };
         let spend = Spend::default();
         let progress = TaskProgress {
@@ -455,17 +470,25 @@ impl TaskRun {
             recorder: &self.recorder,
             state: std::sync::Mutex::new(state),
         };
-        let step = run_loop(
-            &spec,
-            &agents,
-            &workspace,
-            &self.recorder,
-            &progress,
+        let planner = match &self.record.planner {
+            Some(cfg) => build_agent(cfg, &self.record.base_dir)
+                .map_err(|e| TaskError::Agent(e.to_string()))?,
+            None => agents.worker.clone(),
+        };
+        // Polecats at once: `--polecats`, else 4.
+        let split_config = self.record.split.as_ref();
+        let polecats = split_config.and_then(|s| s.polecats).unwrap_or(4);
+        let split = crate::split::SplitRun {
+            settings: crate::split::SplitSettings::resolve(split_config, polecats, None),
+            planner,
+            workspace: &workspace,
+            recorder: &self.recorder,
+            sink: &progress,
             cancel,
-            &spend,
-            start,
-        )
-        .await;
+            spend: &spend,
+            level: 1,
+        };
+        let step = crate::split::run_step(&spec, &agents, &split, start).await;
         let state = progress
             .state
             .into_inner()

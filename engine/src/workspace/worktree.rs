@@ -224,6 +224,15 @@ impl Workspace {
         &self.repo_root
     }
 
+    /// Makes `name <email>` the author of this worktree's checkpoints (a polecat's identity)
+    /// instead of the repository's configured user.
+    pub fn set_author(&self, name: &str, email: &str) {
+        self.lock().identity = Identity {
+            name: name.to_string(),
+            email: email.to_string(),
+        };
+    }
+
     /// The sha the branch started from.
     pub fn base_commit(&self) -> &str {
         &self.base_commit

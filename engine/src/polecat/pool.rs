@@ -1,0 +1,288 @@
+//! One subtask on one polecat: [`run_subtask`] takes a machine-wide slot, makes (or re-opens)
+//! the subtask's worktree on branch `wiggum/<run>-<step>-<subtask>` from the step's branch,
+//! runs the `setup` command in a new worktree, and runs the subtask as a full Ralph loop (a
+//! split of its own when it is too large and `depth` allows) with the polecat as the author
+//! of its checkpoints. The split's driver (`split/drive.rs`) schedules these and hands the
+//! finished ones to the refinery.
+
+use super::roster::{HistoryEntry, Lease, Status};
+use super::slots;
+use crate::events::Event;
+use crate::ledger::{format_time, now, Status as BeadStatus};
+use crate::ralph::checks::run_checks;
+use crate::ralph::runner::{StartPoint, StepAgents, StepReport, StepSpec};
+use crate::ralph::Outcome;
+use crate::run::state::RunLock;
+use crate::split::state::Retry;
+use crate::split::{PlannedSubtask, SplitRun};
+use crate::workspace::Workspace;
+
+/// What one polecat is asked to run.
+pub struct Job<'a> {
+    pub sub: PlannedSubtask,
+    pub bead: String,
+    pub attempt: u32,
+    pub retry: Option<Retry>,
+    pub feedback: Option<String>,
+    pub worktree: String,
+    pub branch: String,
+    /// The commit a new worktree starts from: the step's branch as last merged green (never a
+    /// merge the refinery is still checking).
+    pub base: String,
+    pub lease: Lease,
+    /// The step this subtask belongs to, and its split context.
+    pub step: &'a StepSpec,
+    pub agents: &'a StepAgents,
+    pub run: &'a SplitRun<'a>,
+    /// The split's own spend (the step's and the run's budgets, shared by its polecats).
+    pub spend: &'a crate::ralph::runner::Spend,
+}
+
+/// How a subtask's run ended; the workspace is kept for the refinery.
+pub struct Done {
+    pub id: String,
+    pub polecat: String,
+    pub report: StepReport,
+    pub workspace: Option<Workspace>,
+}
+
+/// Runs one subtask to the end of its loop.
+pub async fn run_subtask(job: Job<'_>) -> Done {
+    let run = job.run;
+    let id = job.sub.id.clone();
+    let polecat = job.lease.name().to_string();
+    let started_at = format_time(&now());
+    let failed = |reason: String, outcome: Outcome| Done {
+        id: id.clone(),
+        polecat: polecat.clone(),
+        report: empty_report(outcome, reason),
+        workspace: None,
+    };
+    let _slot = slots::acquire(run.cancel).await;
+    if run.cancel.is_cancelled() {
+        return failed("cancelled before it started".into(), Outcome::Cancelled);
+    }
+    let repo_root = run.workspace.repo_root().to_path_buf();
+    let (ws, fresh) = match workspace_for(&job, &repo_root) {
+        Ok(pair) => pair,
+        Err(e) => return failed(format!("error: {e}"), Outcome::Error),
+    };
+    ws.set_author(
+        &job.lease.identity.author_name,
+        &job.lease.identity.author_email,
+    );
+    let sub_step_id = format!("{}/{}", job.step.step_id, job.sub.id);
+    let env = vec![
+        ("WIGGUM_RUN".to_string(), job.step.run_id.clone()),
+        ("WIGGUM_STEP".to_string(), sub_step_id.clone()),
+    ];
+    if fresh {
+        if let Some(setup) = &run.settings.setup {
+            let results = run_checks(
+                std::slice::from_ref(setup),
+                ws.path(),
+                job.step.config.check_timeout,
+                &env,
+            )
+            .await;
+            if let Some(bad) = results.iter().find(|c| !c.passed) {
+                let reason = format!(
+                    "error: the setup command failed in the new worktree: {}\n{}",
+                    bad.line(),
+                    crate::ralph::text::tail_bytes(&bad.output, 2048)
+                );
+                return Done {
+                    id: id.clone(),
+                    polecat: polecat.clone(),
+                    report: empty_report(Outcome::Error, reason),
+                    workspace: Some(ws),
+                };
+            }
+        }
+    }
+    job.lease.working(Status {
+        state: "working".into(),
+        run: Some(job.step.run_id.clone()),
+        step: Some(job.step.step_id.clone()),
+        subtask: Some(id.clone()),
+        bead: Some(job.bead.clone()),
+        branch: Some(job.branch.clone()),
+        worktree: Some(ws.path().display().to_string()),
+        since: started_at.clone(),
+        last_outcome: None,
+    });
+    run.sink.emit(&Event::SubtaskStarted {
+        step_id: job.step.step_id.clone(),
+        subtask: id.clone(),
+        bead_id: job.bead.clone(),
+        polecat: polecat.clone(),
+        branch: job.branch.clone(),
+        attempt: job.attempt,
+    });
+
+    let start = match start_point(run.recorder, &job.bead) {
+        Ok(s) => s,
+        Err(e) => return failed(format!("error: ledger: {e}"), Outcome::Error),
+    };
+    let mut config = job.step.config.clone();
+    if !job.sub.checks.is_empty() {
+        config.checks = job.sub.checks.clone();
+    }
+    // Limits scaled from the step's: half its rounds (at least 2) per attempt.
+    config.max_iterations = start.done + job.step.config.max_iterations.div_ceil(2).max(2);
+    let spec = StepSpec {
+        run_id: job.step.run_id.clone(),
+        step_id: sub_step_id,
+        bead_id: job.bead.clone(),
+        prompt: subtask_prompt(job.step, &job.sub, job.feedback.as_deref()),
+        acceptance: job.step.acceptance.clone(),
+        config,
+        split: None,
+    };
+    let mut settings = run.settings.clone();
+    // `always` plans the step itself first; its subtasks split only on a trigger.
+    if settings.mode == crate::patrol::SplitMode::Always {
+        settings.mode = crate::patrol::SplitMode::Auto;
+    }
+    let nested = SplitRun {
+        settings,
+        planner: run.planner.clone(),
+        workspace: &ws,
+        recorder: run.recorder,
+        sink: run.sink,
+        cancel: run.cancel,
+        spend: job.spend,
+        level: run.level + 1,
+    };
+    let report = crate::split::run_step(&spec, job.agents, &nested, start).await;
+    if report.outcome != Outcome::Cancelled {
+        job.lease.finished(&HistoryEntry {
+            run: job.step.run_id.clone(),
+            step: job.step.step_id.clone(),
+            subtask: id.clone(),
+            bead: job.bead.clone(),
+            branch: job.branch.clone(),
+            outcome: report.outcome.as_str().into(),
+            reason: crate::ralph::text::truncate_chars(&report.reason, 300),
+            iterations: report.iterations,
+            started_at,
+            finished_at: format_time(&now()),
+        });
+    }
+    Done {
+        id,
+        polecat,
+        report,
+        workspace: Some(ws),
+    }
+}
+
+/// The subtask's worktree: re-opened when its branch exists (a resume, or a subtask sent back
+/// to take the step's branch in), made again from the step's branch for a fresh retry, else
+/// new. Returns whether it is new (the setup command runs there).
+fn workspace_for(job: &Job<'_>, repo_root: &std::path::Path) -> Result<(Workspace, bool), String> {
+    let _across = RunLock::worktrees(repo_root).ok();
+    let exists = git2::Repository::open(repo_root)
+        .map(|r| r.find_branch(&job.branch, git2::BranchType::Local).is_ok())
+        .unwrap_or(false);
+    if exists && job.retry == Some(Retry::Fresh) {
+        if let Ok(old) = Workspace::open(repo_root, &job.worktree, &job.branch) {
+            let _ = old.remove();
+        }
+        delete_branch(repo_root, &job.branch);
+    } else if exists {
+        let ws = Workspace::open(repo_root, &job.worktree, &job.branch)
+            .map_err(|e| format!("could not re-open the subtask's worktree: {e}"))?;
+        let killed = crate::run::orphans::kill_processes_in(ws.path(), &job.step.run_id);
+        if !killed.is_empty() {
+            tracing::warn!(
+                "killed {} process(es) left in {}",
+                killed.len(),
+                ws.path().display()
+            );
+        }
+        ws.discard_changes()
+            .map_err(|e| format!("could not reset the subtask's worktree: {e}"))?;
+        if job.retry == Some(Retry::Update) {
+            // Its merge turned the checks red: it continues on the step's branch as it is now.
+            let landed = job
+                .run
+                .workspace
+                .land(Some(&job.branch))
+                .map_err(|e| format!("could not bring the step's branch into it: {e}"))?;
+            if let crate::workspace::LandOutcome::Left { reason, .. } = landed {
+                return Err(format!(
+                    "could not bring the step's branch into it: {reason}"
+                ));
+            }
+        }
+        return Ok((ws, false));
+    }
+    let ws = Workspace::create(repo_root, &job.worktree, &job.branch, Some(&job.base))
+        .map_err(|e| format!("could not create the subtask's worktree: {e}"))?;
+    Ok((ws, true))
+}
+
+/// Deletes a local branch, quietly (it may be gone already).
+pub fn delete_branch(repo_root: &std::path::Path, branch: &str) {
+    if let Ok(repo) = git2::Repository::open(repo_root) {
+        if let Ok(mut b) = repo.find_branch(branch, git2::BranchType::Local) {
+            let _ = b.delete();
+        }
+    }
+}
+
+/// Where a (sub)task's loop starts: after the iterations already closed in the ledger.
+pub fn start_point(
+    recorder: &crate::run::Recorder,
+    bead: &str,
+) -> Result<StartPoint, crate::ledger::LedgerError> {
+    let iterations = recorder.iterations(bead)?;
+    let closed: Vec<_> = iterations
+        .iter()
+        .filter(|b| b.status == BeadStatus::Closed)
+        .collect();
+    Ok(StartPoint {
+        done: closed.len() as u32,
+        previous_bead: closed.last().map(|b| b.id.clone()),
+        resumed: !iterations.is_empty(),
+        ..StartPoint::default()
+    })
+}
+
+/// A subtask's prompt: its own, with the whole task around it and what it was sent back with.
+fn subtask_prompt(step: &StepSpec, sub: &PlannedSubtask, feedback: Option<&str>) -> String {
+    let mut p = format!(
+        "{}\n\nThis is one subtask (`{}`) of a larger task that was split; other agents do the \
+         other parts in parallel. Do only this part. The whole task, for context:\n\n> {}\n",
+        sub.prompt.trim(),
+        sub.id,
+        step.prompt.trim().replace('\n', "\n> ")
+    );
+    if !sub.files.is_empty() {
+        p.push_str(&format!(
+            "\nFiles this part is expected to touch: {}\n",
+            sub.files.join(", ")
+        ));
+    }
+    if let Some(f) = feedback {
+        p.push_str(&format!(
+            "\nThis subtask was sent back: its previous result could not be merged.\n{}\n",
+            f.trim()
+        ));
+    }
+    p
+}
+
+fn empty_report(outcome: Outcome, reason: String) -> StepReport {
+    StepReport {
+        outcome,
+        reason,
+        iterations: 0,
+        usage: Default::default(),
+        cost_usd: 0.0,
+        summary: String::new(),
+        last_checkpoint: None,
+        split: None,
+    }
+}

@@ -1,0 +1,814 @@
+//! [`run_step`]: a step's whole life when splitting may happen. It runs the step's Ralph loop
+//! watching for the four triggers; on one it asks the planner for a plan, records the
+//! subtasks as beads, runs them on a pool of polecats (a subtask starts only when the
+//! subtasks it needs are merged, from the step's branch with their work in it), merges the
+//! finished ones one at a time through the refinery, and finally runs one verification
+//! iteration of the step on the merged result: only that converges the step.
+//!
+//! Everything is saved as it happens ([`SplitState`]), so a resumed run continues the split:
+//! merged subtasks are not run again, subtasks in flight continue from their last checkpoint.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use wiggum_agents::{Agent, Usage};
+
+use super::beads;
+use super::planner::{make_plan, PlanCall, PlanInput};
+use super::settings::SplitSettings;
+use super::state::{Retry, SplitState, SubtaskState, SubtaskStatus};
+use super::trigger::{estimate_tokens, SplitTrigger, SplitWatch, SPLIT_WORD};
+use crate::events::{Event, EventSink};
+use crate::ledger::{format_time, now, Status};
+use crate::patrol::SplitMode;
+use crate::polecat::pool::{delete_branch, run_subtask, start_point, Done, Job};
+use crate::polecat::Lease;
+use crate::ralph::prompt::{work_prompt, Feedback, TaskText};
+use crate::ralph::runner::{run_loop, Spend, StartPoint, StepAgents, StepReport, StepSpec};
+use crate::ralph::Outcome;
+use crate::refinery::{self, MergeResult};
+use crate::run::{Cancel, Recorder};
+use crate::workspace::Workspace;
+
+/// What a step runs with when it may split.
+pub struct SplitRun<'a> {
+    pub settings: SplitSettings,
+    /// The agent that plans (role `plan`).
+    pub planner: Arc<dyn Agent>,
+    /// The step's worktree (its branch is where subtasks merge).
+    pub workspace: &'a Workspace,
+    pub recorder: &'a Recorder,
+    pub sink: &'a dyn EventSink,
+    pub cancel: &'a Cancel,
+    pub spend: &'a Spend,
+    /// 1 for a patrol step or a task; one more for each split it is nested in.
+    pub level: u32,
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs a step (or a subtask) to its end, splitting it when a trigger fires.
+pub fn run_step<'a>(
+    spec: &'a StepSpec,
+    agents: &'a StepAgents,
+    run: &'a SplitRun<'a>,
+    start: StartPoint,
+) -> Boxed<'a, StepReport> {
+    Box::pin(async move {
+        let s = &run.settings;
+        let splittable = s.mode != SplitMode::Never && run.level <= s.depth;
+        match SplitState::load(run.recorder, &spec.bead_id) {
+            Ok(Some(state)) => {
+                let report = base_report(run.workspace, start.done);
+                return continue_split(spec, agents, run, state, report).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return stop(
+                    base_report(run.workspace, start.done),
+                    Outcome::Error,
+                    format!("ledger: {e}"),
+                )
+            }
+        }
+
+        let mut trigger = None;
+        if splittable && start.done == 0 {
+            if s.mode == SplitMode::Always {
+                trigger = Some(SplitTrigger::Always);
+            } else if let Some(max) = s.max_prompt_tokens {
+                let estimate = estimate_prompt(spec, run.workspace);
+                if estimate > max {
+                    trigger = Some(SplitTrigger::PromptTooLarge { estimate, max });
+                }
+            }
+        }
+        if trigger.is_none() && splittable && start.done > 0 {
+            trigger = interrupted_split(run.recorder, &spec.bead_id);
+        }
+        let mut report = base_report(run.workspace, start.done);
+        if trigger.is_none() {
+            let mut watched = spec.clone();
+            watched.split = splittable.then_some(SplitWatch {
+                after_iterations: s.after_iterations,
+            });
+            let r = run_loop(
+                &watched,
+                agents,
+                run.workspace,
+                run.recorder,
+                run.sink,
+                run.cancel,
+                run.spend,
+                start,
+            )
+            .await;
+            match r.split.clone() {
+                Some(t) => {
+                    trigger = Some(t);
+                    report = r;
+                }
+                None => return explain_no_split(r, s, run.level),
+            }
+        }
+        let trigger = trigger.expect("set above");
+        split(spec, agents, run, trigger, report).await
+    })
+}
+
+/// Plans, records the subtasks and runs them.
+async fn split(
+    spec: &StepSpec,
+    agents: &StepAgents,
+    run: &SplitRun<'_>,
+    trigger: SplitTrigger,
+    mut report: StepReport,
+) -> StepReport {
+    let s = &run.settings;
+    let notes_rel = format!(".wiggum/notes/{}.md", spec.step_id);
+    let planned = make_plan(
+        &PlanCall {
+            planner: &run.planner,
+            workspace: run.workspace,
+            recorder: run.recorder,
+            run_id: &spec.run_id,
+            step_id: &spec.step_id,
+            step_bead: &spec.bead_id,
+        },
+        &PlanInput {
+            task: &spec.prompt,
+            acceptance: spec.acceptance.as_deref(),
+            checks: &spec.config.checks,
+            trigger: &trigger,
+            max_parts: s.max_parts,
+        },
+        &notes_rel,
+    )
+    .await;
+    report.usage.add(&planned.usage);
+    report.cost_usd += planned.cost_usd;
+    run.spend.add(planned.cost_usd);
+    let plan = match planned.plan {
+        Ok(p) => p,
+        Err(why) => {
+            let reason = format!("error: split ({trigger}), but {why}");
+            let _ = run.recorder.ledger().update(
+                &spec.bead_id,
+                crate::ledger::BeadUpdate {
+                    notes: Some(reason.clone()),
+                    ..Default::default()
+                },
+            );
+            return stop(report, Outcome::Error, reason);
+        }
+    };
+    let recorded = match beads::record_subtasks(run.recorder, &spec.bead_id, &plan) {
+        Ok(r) => r,
+        Err(e) => return stop(report, Outcome::Error, format!("ledger: {e}")),
+    };
+    let prefix = sanitize(&format!("{}-{}", spec.run_id, spec.step_id));
+    let state = SplitState {
+        step_bead: spec.bead_id.clone(),
+        trigger: trigger.clone(),
+        subtasks: recorded
+            .iter()
+            .map(|(id, bead)| SubtaskState {
+                id: id.clone(),
+                bead: bead.clone(),
+                status: SubtaskStatus::Queued,
+                polecat: None,
+                worktree: Some(format!("{prefix}-{id}")),
+                branch: Some(format!("wiggum/{prefix}-{id}")),
+                attempt: 1,
+                feedback: None,
+                retry: None,
+                iterations: 0,
+                tokens: 0,
+                cost_usd: 0.0,
+                outcome: None,
+                reason: String::new(),
+                merged_sha: None,
+                started_at: None,
+                finished_at: None,
+            })
+            .collect(),
+        plan: plan.clone(),
+        good_tip: run.workspace.head().ok(),
+        iterations_before: report.iterations,
+        plan_tokens: planned.usage.total(),
+        plan_cost_usd: planned.cost_usd,
+    };
+    if let Err(e) = state.save(run.recorder) {
+        return stop(report, Outcome::Error, format!("ledger: {e}"));
+    }
+    let _ = run.recorder.ledger().update(
+        &spec.bead_id,
+        crate::ledger::BeadUpdate {
+            notes: Some(format!(
+                "split: {trigger}\nplan: {}\nsettings: {}",
+                plan.subtasks
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                s.describe()
+            )),
+            ..Default::default()
+        },
+    );
+    run.sink.emit(&Event::StepSplit {
+        step_id: spec.step_id.clone(),
+        bead_id: spec.bead_id.clone(),
+        trigger: trigger.to_string(),
+        subtasks: plan.subtasks.iter().map(|p| p.id.clone()).collect(),
+        polecats: s.polecats,
+    });
+    for sub in &state.subtasks {
+        run.sink.emit(&Event::SubtaskQueued {
+            step_id: spec.step_id.clone(),
+            subtask: sub.id.clone(),
+            bead_id: sub.bead.clone(),
+            needs: plan
+                .get(&sub.id)
+                .map(|p| p.needs.clone())
+                .unwrap_or_default(),
+        });
+    }
+    continue_split(spec, agents, run, state, report).await
+}
+
+/// What finished while the pool ran.
+enum Finished {
+    Subtask(Done),
+    Merge(String, Result<MergeResult, String>, Option<Workspace>),
+}
+
+/// Runs the pool and the refinery until every subtask is merged or escalated (or the pool is
+/// stopped), then the verification iteration.
+async fn continue_split(
+    spec: &StepSpec,
+    agents: &StepAgents,
+    run: &SplitRun<'_>,
+    mut state: SplitState,
+    mut report: StepReport,
+) -> StepReport {
+    let s = &run.settings;
+    let step_spend = Spend::with_budget(split_budget(spec, run, &report, &state));
+    let mut running: FuturesUnordered<Boxed<'_, Finished>> = FuturesUnordered::new();
+    let mut merging: Option<Boxed<'_, Finished>> = None;
+    let mut queue: VecDeque<(String, Workspace)> = VecDeque::new();
+    let mut in_flight = 0usize;
+    // Subtasks this process started and that did not come back yet.
+    let mut active: std::collections::HashSet<String> = Default::default();
+    let mut stopped: Option<(Outcome, String)> = None;
+    let mut usage = Usage::default();
+    let mut cost = 0.0;
+
+    // The step's branch holds only green merges: a merge whose checks a killed process did not
+    // finish is undone (its subtask is merged again below).
+    match (&state.good_tip, run.workspace.head()) {
+        (Some(good), Ok(head)) if *good != head => {
+            if let Err(e) = refinery::reset_to(run.workspace, good) {
+                return stop(report, Outcome::Error, format!("error: {e}"));
+            }
+        }
+        (None, Ok(head)) => state.good_tip = Some(head),
+        _ => {}
+    }
+    // A resumed split: finished subtasks go to the refinery again (their branch is there).
+    for sub in state.subtasks.iter_mut() {
+        if sub.status == SubtaskStatus::Finished {
+            let (Some(wt), Some(br)) = (&sub.worktree, &sub.branch) else {
+                continue;
+            };
+            match Workspace::open(run.workspace.repo_root(), wt, br) {
+                Ok(ws) => queue.push_back((sub.id.clone(), ws)),
+                Err(_) => sub.status = SubtaskStatus::Queued,
+            }
+        }
+    }
+
+    loop {
+        // Start every subtask that can start.
+        while stopped.is_none() && !run.cancel.is_cancelled() && in_flight < s.polecats {
+            if over(&step_spend).is_some() {
+                break;
+            }
+            let Some(idx) = state.subtasks.iter().position(|t| {
+                matches!(t.status, SubtaskStatus::Queued | SubtaskStatus::Running)
+                    && !active.contains(&t.id)
+                    && state.needs_merged(&t.id)
+            }) else {
+                break;
+            };
+            let prefer = state.subtasks[idx].polecat.clone();
+            let lease = match Lease::acquire(run.workspace.repo_root(), prefer.as_deref()) {
+                Ok(l) => l,
+                Err(e) => {
+                    stopped = Some((Outcome::Error, format!("error: no polecat: {e}")));
+                    break;
+                }
+            };
+            let sub = state.subtasks[idx].clone();
+            // A subtask left in flight by a killed process is its polecat's still: the claim
+            // is atomic in the ledger, and re-claiming by another name is refused.
+            let owner = sub
+                .polecat
+                .clone()
+                .filter(|_| sub.status == SubtaskStatus::Running);
+            let claimed = match owner {
+                Some(_) => {
+                    let _ = run.recorder.set_in_progress(&sub.bead);
+                    true
+                }
+                None => beads::claim(run.recorder, &sub.bead, lease.name()).unwrap_or(false),
+            };
+            if !claimed {
+                stopped = Some((
+                    Outcome::Error,
+                    format!(
+                        "error: subtask `{}` ({}) is claimed by someone else: another process \
+                         runs this split",
+                        sub.id, sub.bead
+                    ),
+                ));
+                break;
+            }
+            let _ = run.recorder.ledger().update(
+                &sub.bead,
+                crate::ledger::BeadUpdate {
+                    assignee: Some(Some(lease.name().to_string())),
+                    ..Default::default()
+                },
+            );
+            let t = &mut state.subtasks[idx];
+            t.status = SubtaskStatus::Running;
+            t.polecat = Some(lease.name().to_string());
+            t.started_at.get_or_insert_with(|| format_time(&now()));
+            active.insert(t.id.clone());
+            let _ = state.save(run.recorder);
+            let plan = state.plan.get(&sub.id).cloned().expect("planned");
+            let job = Job {
+                sub: plan,
+                bead: sub.bead.clone(),
+                attempt: sub.attempt,
+                retry: sub.retry,
+                feedback: sub.feedback.clone(),
+                worktree: sub.worktree.clone().unwrap_or_default(),
+                branch: sub.branch.clone().unwrap_or_default(),
+                base: state.good_tip.clone().unwrap_or_default(),
+                lease,
+                step: spec,
+                agents,
+                run,
+                spend: &step_spend,
+            };
+            in_flight += 1;
+            running.push(Box::pin(async move {
+                Finished::Subtask(run_subtask(job).await)
+            }));
+        }
+        // One merge at a time, in completion order.
+        if merging.is_none() {
+            if let Some((id, ws)) = queue.pop_front() {
+                let checks = spec.config.checks.clone();
+                let timeout = spec.config.check_timeout;
+                let env = vec![
+                    ("WIGGUM_RUN".to_string(), spec.run_id.clone()),
+                    ("WIGGUM_STEP".to_string(), spec.step_id.clone()),
+                ];
+                let step_ws = run.workspace;
+                merging = Some(Box::pin(async move {
+                    let r = refinery::merge(step_ws, &ws, &checks, timeout, &env).await;
+                    Finished::Merge(id, r, Some(ws))
+                }));
+            }
+        }
+        if in_flight == 0 && merging.is_none() {
+            break;
+        }
+        let next = tokio::select! {
+            Some(done) = running.next(), if in_flight > 0 => done,
+            m = async { match merging.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
+                merging = None;
+                m
+            }
+        };
+        match next {
+            Finished::Subtask(done) => {
+                in_flight -= 1;
+                active.remove(&done.id);
+                usage.add(&done.report.usage);
+                cost += done.report.cost_usd;
+                let outcome = done.report.outcome;
+                run.sink.emit(&Event::SubtaskFinished {
+                    step_id: spec.step_id.clone(),
+                    subtask: done.id.clone(),
+                    polecat: done.polecat.clone(),
+                    outcome,
+                    iterations: done.report.iterations,
+                    reason: done.report.reason.clone(),
+                });
+                let Some(t) = state.get_mut(&done.id) else {
+                    continue;
+                };
+                t.iterations = done.report.iterations;
+                t.tokens += done.report.usage.total();
+                t.cost_usd += done.report.cost_usd;
+                t.reason = done.report.reason.clone();
+                match outcome {
+                    Outcome::Converged => {
+                        t.status = SubtaskStatus::Finished;
+                        t.retry = None;
+                        if let Some(ws) = done.workspace {
+                            queue.push_back((done.id.clone(), ws));
+                        }
+                    }
+                    // Left as it is: `wiggum resume` continues it from its checkpoint.
+                    Outcome::Cancelled => {}
+                    Outcome::Budget => {
+                        stopped.get_or_insert((
+                            Outcome::Budget,
+                            format!("budget: {}", done.report.reason),
+                        ));
+                    }
+                    other => {
+                        t.outcome = Some(other);
+                        let reason = format!(
+                            "its loop ended {other}: {}",
+                            crate::ralph::text::truncate_chars(&done.report.reason, 400)
+                        );
+                        escalate(run, spec, t, &reason, done.workspace);
+                    }
+                }
+                let _ = state.save(run.recorder);
+            }
+            Finished::Merge(id, result, ws) => {
+                let mut good_tip = None;
+                let Some(t) = state.get_mut(&id) else {
+                    continue;
+                };
+                match result {
+                    Ok(MergeResult::Merged { sha, overhead, .. }) => {
+                        t.status = SubtaskStatus::Merged;
+                        t.outcome = Some(Outcome::Converged);
+                        t.merged_sha = Some(sha.clone());
+                        good_tip = Some(sha.clone());
+                        t.finished_at = Some(format_time(&now()));
+                        let notes = format!(
+                            "merged into {} as {sha}\npolecat: {}\niterations: {}\nattempt: {}",
+                            run.workspace.branch(),
+                            t.polecat.clone().unwrap_or_default(),
+                            t.iterations,
+                            t.attempt
+                        );
+                        let _ = beads::merged(
+                            run.recorder,
+                            &t.bead,
+                            &notes,
+                            &format!("merged into {} ({})", run.workspace.branch(), short(&sha)),
+                        );
+                        if let Some(ws) = ws {
+                            remove_worktree(run.workspace.repo_root(), ws, true);
+                        }
+                        run.sink.emit(&Event::Merged {
+                            step_id: spec.step_id.clone(),
+                            subtask: id.clone(),
+                            sha,
+                            overhead_ms: overhead.as_millis() as u64,
+                        });
+                    }
+                    Ok(MergeResult::ChecksRed { feedback, checks }) => {
+                        let failed: Vec<String> = checks
+                            .iter()
+                            .filter(|c| !c.passed)
+                            .map(|c| c.line())
+                            .collect();
+                        let reason = format!(
+                            "the step's checks failed after merging it into {} (the merge was \
+                             undone): {}\n{feedback}",
+                            run.workspace.branch(),
+                            failed.join(", ")
+                        );
+                        send_back(run, spec, t, reason, Retry::Update, ws);
+                    }
+                    Ok(MergeResult::Conflict { reason }) => {
+                        send_back(run, spec, t, reason, Retry::Fresh, ws);
+                    }
+                    Err(e) => {
+                        let reason = format!("the refinery failed: {e}");
+                        escalate(run, spec, t, &reason, ws);
+                    }
+                }
+                if let Some(g) = good_tip.take() {
+                    state.good_tip = Some(g);
+                }
+                let _ = state.save(run.recorder);
+            }
+        }
+    }
+    report.usage.add(&usage);
+    report.cost_usd += cost;
+    run.spend.add(cost);
+
+    if run.cancel.is_cancelled() {
+        return stop(
+            report,
+            Outcome::Cancelled,
+            "cancelled during the split; `wiggum resume` continues it".into(),
+        );
+    }
+    if let Some((outcome, reason)) = stopped {
+        return stop(report, outcome, reason);
+    }
+    if let Some(why) = over(&step_spend) {
+        if state
+            .subtasks
+            .iter()
+            .any(|t| t.status != SubtaskStatus::Merged)
+        {
+            return stop(report, Outcome::Budget, format!("budget: {why}"));
+        }
+    }
+    let escalated: Vec<&SubtaskState> = state
+        .subtasks
+        .iter()
+        .filter(|t| t.status == SubtaskStatus::Escalated)
+        .collect();
+    if !escalated.is_empty() {
+        let list: Vec<String> = escalated
+            .iter()
+            .map(|t| format!("`{}` ({})", t.id, t.bead))
+            .collect();
+        let waiting: Vec<&str> = state
+            .subtasks
+            .iter()
+            .filter(|t| t.status == SubtaskStatus::Queued)
+            .map(|t| t.id.as_str())
+            .collect();
+        let mut reason = format!(
+            "error: escalated: subtask{} {} failed twice or did not converge; the step does not \
+             converge (see docs/split.md to pick an escalated subtask up)",
+            if list.len() == 1 { "" } else { "s" },
+            list.join(", ")
+        );
+        if !waiting.is_empty() {
+            reason.push_str(&format!(
+                "; not started, they need it: {}",
+                waiting.join(", ")
+            ));
+        }
+        return stop(report, Outcome::Error, reason);
+    }
+    if state
+        .subtasks
+        .iter()
+        .any(|t| t.status != SubtaskStatus::Merged)
+    {
+        return stop(
+            report,
+            Outcome::Error,
+            "error: the split ended with subtasks neither merged nor escalated".into(),
+        );
+    }
+    verify(spec, agents, run, report).await
+}
+
+/// The step's verification iteration on the merged result.
+async fn verify(
+    spec: &StepSpec,
+    agents: &StepAgents,
+    run: &SplitRun<'_>,
+    report: StepReport,
+) -> StepReport {
+    let start = match start_point(run.recorder, &spec.bead_id) {
+        Ok(s) => s,
+        Err(e) => return stop(report, Outcome::Error, format!("ledger: {e}")),
+    };
+    let mut v = spec.clone();
+    v.split = None;
+    v.config.max_iterations = start.done + 1;
+    v.config.stable_rounds = 1;
+    v.prompt = format!(
+        "{}\n\nThis task was split into subtasks that other agents did; all of them are merged \
+         in this worktree now. Verify the whole: finish or fix whatever the parts left, so the \
+         task is complete.",
+        spec.prompt.trim()
+    );
+    let mut r = run_loop(
+        &v,
+        agents,
+        run.workspace,
+        run.recorder,
+        run.sink,
+        run.cancel,
+        run.spend,
+        start,
+    )
+    .await;
+    r.usage.add(&report.usage);
+    r.cost_usd += report.cost_usd;
+    if r.outcome != Outcome::Converged && r.outcome != Outcome::Cancelled {
+        r.reason = format!("verification of the merged subtasks: {}", r.reason);
+    }
+    r
+}
+
+/// Sends a subtask back once (to be run again with `reason` as feedback), or escalates it.
+fn send_back(
+    run: &SplitRun<'_>,
+    spec: &StepSpec,
+    t: &mut SubtaskState,
+    reason: String,
+    retry: Retry,
+    ws: Option<Workspace>,
+) {
+    let again = t.attempt < 2;
+    run.sink.emit(&Event::MergeFailed {
+        step_id: spec.step_id.clone(),
+        subtask: t.id.clone(),
+        reason: reason.clone(),
+        retry: again,
+    });
+    if !again {
+        escalate(run, spec, t, &format!("second failure: {reason}"), ws);
+        return;
+    }
+    t.attempt = 2;
+    t.retry = Some(retry);
+    t.status = SubtaskStatus::Queued;
+    t.feedback = Some(reason.clone());
+    let _ = beads::requeue(run.recorder, &t.bead, &format!("sent back once: {reason}"));
+    drop(ws);
+}
+
+/// Escalates a subtask: its bead stays open, labelled, with the reason; its worktree goes, its
+/// branch stays for whoever picks it up.
+fn escalate(
+    run: &SplitRun<'_>,
+    spec: &StepSpec,
+    t: &mut SubtaskState,
+    reason: &str,
+    ws: Option<Workspace>,
+) {
+    t.status = SubtaskStatus::Escalated;
+    t.reason = reason.to_string();
+    t.finished_at = Some(format_time(&now()));
+    let branch = t.branch.clone().unwrap_or_default();
+    let _ = beads::escalate(
+        run.recorder,
+        &t.bead,
+        &format!("{reason}\nits work is on branch {branch}"),
+    );
+    if let Some(ws) = ws {
+        remove_worktree(run.workspace.repo_root(), ws, false);
+    } else if let (Some(wt), Some(br)) = (&t.worktree, &t.branch) {
+        let dir = run
+            .workspace
+            .repo_root()
+            .join(crate::workspace::WORKTREES_DIR)
+            .join(wt);
+        if dir.exists() {
+            if let Ok(ws) = Workspace::open(run.workspace.repo_root(), wt, br) {
+                remove_worktree(run.workspace.repo_root(), ws, false);
+            }
+        }
+    }
+    run.sink.emit(&Event::Escalated {
+        step_id: spec.step_id.clone(),
+        subtask: t.id.clone(),
+        bead_id: t.bead.clone(),
+        reason: reason.to_string(),
+    });
+}
+
+/// Removes a subtask's worktree; with `and_branch` (it is merged: its commits are on the
+/// step's branch) its branch too. An escalated subtask keeps its branch.
+fn remove_worktree(repo_root: &std::path::Path, ws: Workspace, and_branch: bool) {
+    let branch = ws.branch().to_string();
+    let removed = {
+        let _across = crate::run::state::RunLock::worktrees(repo_root).ok();
+        ws.remove()
+    };
+    match removed {
+        Ok(()) if and_branch => delete_branch(repo_root, &branch),
+        Ok(()) => {}
+        Err(e) => tracing::warn!("could not remove the worktree of {branch}: {e}"),
+    }
+}
+
+/// The step's and the run's cost budget left for the split (the smaller).
+fn split_budget(
+    spec: &StepSpec,
+    run: &SplitRun<'_>,
+    report: &StepReport,
+    state: &SplitState,
+) -> Option<f64> {
+    let (_, spent) = state.spent();
+    let step_left = spec
+        .config
+        .max_cost_usd
+        .map(|m| m - report.cost_usd.max(spent));
+    let run_left = run.spend.max_cost_usd.map(|m| m - run.spend.cost_usd());
+    match (step_left, run_left) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn over(spend: &Spend) -> Option<String> {
+    let max = spend.max_cost_usd?;
+    let cost = spend.cost_usd();
+    (cost >= max).then(|| format!("the split's subtasks spent ${cost:.4} of the ${max:.2} left"))
+}
+
+/// Why a step that ran its loop did not split, when a trigger fired but splitting was off.
+fn explain_no_split(mut r: StepReport, s: &SplitSettings, level: u32) -> StepReport {
+    let needs = r.reason.contains("<split/>") || r.reason.contains("context overflow");
+    if needs && s.mode == SplitMode::Never {
+        r.reason
+            .push_str("; splitting is off for this step (mode = \"never\")");
+    } else if needs && level > s.depth {
+        r.reason.push_str(&format!(
+            "; it cannot be split further: splits nest at most {} deep (depth)",
+            s.depth
+        ));
+    }
+    r
+}
+
+/// A trigger recorded by an iteration that closed with `split: ...` before the plan was made
+/// (a process killed in between).
+fn interrupted_split(recorder: &Recorder, bead: &str) -> Option<SplitTrigger> {
+    let iterations = recorder.iterations(bead).ok()?;
+    let last = iterations
+        .iter()
+        .rev()
+        .find(|b| b.status == Status::Closed)?;
+    let reason = last.close_reason.clone().unwrap_or_default();
+    let rest = reason.strip_prefix(&format!("{SPLIT_WORD}: "))?;
+    Some(if rest.contains("<split/>") {
+        SplitTrigger::Declared
+    } else if rest.contains("context overflow") {
+        SplitTrigger::ContextOverflow {
+            message: rest.to_string(),
+        }
+    } else {
+        SplitTrigger::NotConverged {
+            after: iterations.len() as u32,
+        }
+    })
+}
+
+/// The estimated size of the step's first work prompt, in tokens.
+fn estimate_prompt(spec: &StepSpec, ws: &Workspace) -> u64 {
+    let notes_path = format!(".wiggum/notes/{}.md", spec.step_id);
+    let notes = crate::ralph::prompt::read_notes(&ws.path().join(&notes_path));
+    let task = TaskText {
+        prompt: &spec.prompt,
+        acceptance: spec.acceptance.as_deref(),
+        checks: &spec.config.checks,
+        promise: spec.config.promise.as_deref(),
+        notes_path: &notes_path,
+    };
+    estimate_tokens(&work_prompt(&task, 1, &notes, &Feedback::default()))
+}
+
+fn base_report(ws: &Workspace, done: u32) -> StepReport {
+    StepReport {
+        outcome: Outcome::Error,
+        reason: String::new(),
+        iterations: done,
+        usage: Usage::default(),
+        cost_usd: 0.0,
+        summary: String::new(),
+        last_checkpoint: ws.head().ok(),
+        split: None,
+    }
+}
+
+fn stop(mut r: StepReport, outcome: Outcome, reason: String) -> StepReport {
+    r.outcome = outcome;
+    r.reason = reason;
+    r
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// A name fit for a worktree directory and a branch: `[A-Za-z0-9._-]`, others become `-`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}

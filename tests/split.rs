@@ -1,0 +1,850 @@
+//! End-to-end tests of splitting (docs/split.md): the four triggers lead to a plan; an invalid
+//! plan is repaired once, then refused; subtasks run on polecats in parallel, dependent ones
+//! with their predecessors' merged work; the refinery undoes a red merge, re-runs a conflict
+//! once on the new base, then escalates; the verification iteration runs on the merged tree;
+//! `kill -9` then `wiggum resume` finishes with no duplicate bead and no leftover worktree.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{beads, step, wiggum_command, write_patrol, TempRepo};
+
+fn time(s: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s.as_str().unwrap_or_else(|| panic!("a time: {s}")))
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc)
+}
+
+/// A repository whose `check.sh` fails when any `*.txt` file says BAD.
+fn repo_with_check() -> TempRepo {
+    let repo = TempRepo::new();
+    repo.write(
+        "check.sh",
+        "#!/bin/sh\nif grep -l BAD *.txt 2>/dev/null | grep -q .; then echo 'found BAD'; exit 1; fi\n",
+    );
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "check"]);
+    repo
+}
+
+fn run_json(repo: &TempRepo, patrol: &Path) -> (i32, serde_json::Value, String) {
+    let out = repo.wiggum(&[
+        "run",
+        &patrol.display().to_string(),
+        "--repo",
+        &repo.path().display().to_string(),
+        "--json",
+    ]);
+    let json = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\n--- stderr\n{}",
+            out.stdout, out.stderr
+        )
+    });
+    (out.code, json, out.stderr)
+}
+
+/// `wiggum show BEAD --json`'s split state.
+fn split_of(repo: &TempRepo, bead: &str) -> serde_json::Value {
+    let out = repo.wiggum(&["show", bead, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.json()["split"].clone()
+}
+
+fn subtask<'a>(split: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    split["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no subtask {id} in {split:#}"))
+}
+
+/// Every polecat history entry of the repository.
+fn history(repo: &TempRepo) -> Vec<serde_json::Value> {
+    let dir = repo.path().join(".wiggum/polecats");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path().join("history.jsonl")).unwrap_or_default();
+        out.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    out
+}
+
+fn worktrees(repo: &TempRepo) -> usize {
+    repo.git(&["worktree", "list"]).lines().count()
+}
+
+/// The rules br enforces on import (see tests/ledger_compat.rs): sorted unique ids, closed_at
+/// exactly when closed, labels of letters, digits, `-`, `_`, `:`, dependencies to known ids,
+/// at most three levels of `.N`.
+fn assert_br_rules(all: &[serde_json::Value]) {
+    let ids: Vec<&str> = all.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "ids sorted and unique");
+    for b in all {
+        let id = b["id"].as_str().unwrap();
+        assert!(id.matches('.').count() <= 3, "{id}: at most 3 levels");
+        assert_eq!(b["status"] == "closed", b["closed_at"].is_string(), "{b}");
+        for l in b["labels"].as_array().into_iter().flatten() {
+            let l = l.as_str().unwrap();
+            assert!(
+                l.len() <= 100
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':')),
+                "{id}: label {l:?}"
+            );
+        }
+        for d in b["dependencies"].as_array().into_iter().flatten() {
+            assert!(
+                ids.contains(&d["depends_on_id"].as_str().unwrap()),
+                "{id}: {d}"
+            );
+        }
+    }
+}
+
+const SPLIT_PATROL: &str = r#"
+[patrol]
+name = "split"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "build a, b and c"
+[steps.loop]
+checks = ["sh check.sh"]
+max_iterations = 4
+[steps.split]
+polecats = 2
+"#;
+
+const PLAN_ABC: &str = r#"
+[[plan]]
+step = "big"
+reply = '''Here is my plan.
+{"subtasks": [
+ {"id": "a", "title": "part a", "prompt": "write a.txt"},
+ {"id": "b", "title": "part b", "prompt": "write b.txt next to a.txt", "needs": ["a"], "checks": ["test -f a.txt", "test -f b.txt"]},
+ {"id": "c", "title": "part c", "prompt": "write c.txt", "checks": ["test -f c.txt"]}
+]}'''
+"#;
+
+const SCRIPT_ABC: &str = r#"
+[[work]]
+step = "big"
+iteration = 1
+reply = "This is too large for one agent. <split/>"
+[[work]]
+step = "big"
+iteration = 2
+reply = "verified the merged work"
+[[work.edits]]
+path = "verified.txt"
+write = "all parts present\n"
+
+[[work]]
+step = "big/a"
+reply = "wrote a"
+delay = "700ms"
+[[work.edits]]
+path = "a.txt"
+write = "a ok\n"
+
+[[work]]
+step = "big/b"
+reply = "wrote b"
+[[work.edits]]
+path = "b.txt"
+write = "b ok\n"
+
+[[work]]
+step = "big/c"
+iteration = 1
+reply = "wrote c"
+delay = "700ms"
+[[work.edits]]
+path = "c.txt"
+write = "c BAD\n"
+[[work]]
+step = "big/c"
+iteration = 2
+reply = "fixed c as the failing check said"
+[[work.edits]]
+path = "c.txt"
+write = "c ok\n"
+"#;
+
+#[test]
+fn a_declared_split_runs_polecats_in_parallel_merges_through_the_refinery_and_verifies() {
+    let repo = repo_with_check();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        SPLIT_PATROL,
+        &format!("{SCRIPT_ABC}{PLAN_ABC}"),
+    );
+    let (code, r, stderr) = run_json(&repo, &patrol);
+    assert_eq!(code, 0, "{r:#}\n{stderr}");
+    assert_eq!(r["outcome"], "converged");
+    let big = step(&r, "big");
+    let bead = big["bead"].as_str().unwrap();
+    let split = split_of(&repo, bead);
+    assert_eq!(split["trigger"]["trigger"], "declared");
+    for id in ["a", "b", "c"] {
+        assert_eq!(subtask(&split, id)["status"], "merged", "{split:#}");
+    }
+
+    // a and c ran at the same time, on two polecats.
+    let h = history(&repo);
+    let entry = |sub: &str| {
+        h.iter()
+            .filter(|e| e["subtask"] == sub)
+            .min_by_key(|e| time(&e["started_at"]))
+            .unwrap_or_else(|| panic!("no history of {sub}: {h:#?}"))
+            .clone()
+    };
+    let (a, c) = (entry("a"), entry("c"));
+    assert!(time(&a["started_at"]) < time(&c["finished_at"]), "{a} {c}");
+    assert!(time(&c["started_at"]) < time(&a["finished_at"]), "{a} {c}");
+    assert_ne!(a["bead"], c["bead"]);
+
+    // b needed a: it started only once a was merged, with a.txt in its worktree (its own
+    // check `test -f a.txt` passed on its first iteration).
+    let all = beads(repo.path());
+    let bead_of = |sub: &str| {
+        all.iter()
+            .find(|b| b["id"] == subtask(&split, sub)["bead"])
+            .unwrap()
+            .clone()
+    };
+    let b = entry("b");
+    assert!(time(&bead_of("a")["closed_at"]) <= time(&b["started_at"]));
+    assert_eq!(b["iterations"], 1);
+    assert_eq!(b["outcome"], "converged");
+
+    // c's merge turned the step's checks red: undone, sent back once with the failing output,
+    // then merged.
+    let c_state = subtask(&split, "c");
+    assert_eq!(c_state["attempt"], 2);
+    assert_eq!(c_state["iterations"], 2);
+    let c_bead = bead_of("c");
+    assert!(c_bead["notes"].as_str().unwrap().contains("merged into"));
+    let log = std::fs::read_to_string(repo.path().join(".beads/interactions.jsonl")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sent back") && l.contains("found BAD")),
+        "c's second prompt carries the failing check output"
+    );
+
+    // Subtasks are beads: children of the step, discovered-from it, blocks mirroring needs,
+    // assigned to a polecat, labelled.
+    let b_bead = bead_of("b");
+    let deps = b_bead["dependencies"].as_array().unwrap();
+    let has = |t: &str, on: &serde_json::Value| {
+        deps.iter()
+            .any(|d| d["type"] == t && d["depends_on_id"] == *on)
+    };
+    assert!(has("parent-child", &big["bead"]));
+    assert!(has("discovered-from", &big["bead"]));
+    assert!(has("blocks", &bead_of("a")["id"]));
+    assert!(b_bead["assignee"].is_string());
+    assert!(b_bead["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l == "wiggum:subtask"));
+
+    // The verification iteration ran on the merged tree: its checkpoint has every part.
+    let verify = all
+        .iter()
+        .find(|x| {
+            x["id"].as_str().unwrap().starts_with(&format!("{bead}."))
+                && x["title"] == "iteration 2"
+                && x["labels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l == "wiggum:iteration")
+                && x["id"].as_str().unwrap().matches('.').count() == 2
+        })
+        .expect("the step's verification iteration");
+    assert_eq!(verify["close_reason"], "converged");
+    let desc = verify["description"].as_str().unwrap();
+    let sha = desc
+        .lines()
+        .find_map(|l| l.strip_prefix("- checkpoint: "))
+        .unwrap()
+        .trim();
+    for f in ["a.txt", "b.txt", "c.txt", "verified.txt"] {
+        repo.git(&["cat-file", "-e", &format!("{sha}:{f}")]);
+    }
+    assert_eq!(repo.read("c.txt"), "c ok\n");
+
+    // Polecats author their checkpoints; nothing is left behind.
+    let authors = repo.git(&["log", "--format=%an", "main"]);
+    assert!(authors.contains("(wiggum polecat)"), "{authors}");
+    assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
+    let branches = repo.git(&["branch", "--list", "wiggum/*-big-*"]);
+    assert!(
+        branches.trim().is_empty(),
+        "subtask branches left: {branches}"
+    );
+    assert_br_rules(&all);
+
+    // `wiggum show` prints the subtask tree; `wiggum polecats` lists who ran what.
+    let show = repo.wiggum(&["show", bead]);
+    assert!(
+        show.stdout.contains("split: the agent declared"),
+        "{}",
+        show.stdout
+    );
+    assert!(show.stdout.contains("attempt 2: merged"), "{}", show.stdout);
+    let pc = repo.wiggum(&["polecats", "--json"]).json();
+    let ran: u64 = pc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["ran"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ran, 4, "a, b, c and c again: {h:#?}");
+    let text = repo.wiggum(&["polecats"]);
+    assert!(text.stdout.contains("nux"), "{}", text.stdout);
+}
+
+#[test]
+fn each_of_the_four_triggers_leads_to_a_plan() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let mut patrol = String::from(
+        "[patrol]\nname = \"triggers\"\nconcurrency = 4\n[agents.s]\nbackend = \"script\"\nscript = \"script.toml\"\n",
+    );
+    let mut script = String::new();
+    for (id, split, first) in [
+        ("size", "max_prompt_tokens = 10", ""),
+        ("declared", "", "reply = \"too big <split/>\""),
+        (
+            "overflow",
+            "",
+            "fail = \"overflow: prompt is too long: 250000 tokens\"",
+        ),
+        ("slow", "after_iterations = 1", "reply = \"not yet\""),
+    ] {
+        patrol.push_str(&format!(
+            "[[steps]]\nid = \"{id}\"\nprompt = \"do the {id} work, which is large\"\n[steps.loop]\nchecks = [\"test -f {id}-done.txt || test -f {id}-x.txt\"]\nmax_iterations = 3\n[steps.split]\npolecats = 1\n{split}\n"
+        ));
+        if !first.is_empty() {
+            script.push_str(&format!(
+                "[[work]]\nstep = \"{id}\"\niteration = 1\n{first}\n"
+            ));
+        }
+        script.push_str(&format!(
+            r#"
+[[plan]]
+step = "{id}"
+reply = '{{"subtasks": [{{"id": "x", "prompt": "write x", "checks": ["true"]}}, {{"id": "y", "prompt": "write y", "checks": ["true"]}}]}}'
+[[work]]
+step = "{id}/x"
+reply = "x"
+[[work.edits]]
+path = "{id}-x.txt"
+write = "x\n"
+[[work]]
+step = "{id}/y"
+reply = "y"
+[[work.edits]]
+path = "{id}-y.txt"
+write = "y\n"
+[[work]]
+step = "{id}"
+reply = "verified"
+"#
+        ));
+    }
+    let patrol = write_patrol(defs.path(), &patrol, &script);
+    let (code, r, stderr) = run_json(&repo, &patrol);
+    assert_eq!(code, 0, "{r:#}\n{stderr}");
+    let expect = [
+        ("size", "prompt_too_large", 1),
+        ("declared", "declared", 2),
+        ("overflow", "context_overflow", 2),
+        ("slow", "not_converged", 2),
+    ];
+    for (id, trigger, iterations) in expect {
+        let s = step(&r, id);
+        assert_eq!(s["outcome"], "converged", "{id}: {s:#}");
+        // The step's own iterations: the ones before the split, then the verification.
+        assert_eq!(s["iterations"], iterations, "{id}: {s:#}");
+        let split = split_of(&repo, s["bead"].as_str().unwrap());
+        assert_eq!(split["trigger"]["trigger"], trigger, "{id}: {split:#}");
+        assert_eq!(split["subtasks"].as_array().unwrap().len(), 2);
+    }
+    assert_br_rules(&beads(repo.path()));
+}
+
+#[test]
+fn an_invalid_plan_is_repaired_once_and_a_second_invalid_plan_ends_the_step() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = r#"
+[patrol]
+name = "plans"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "fixed"
+prompt = "p"
+[steps.split]
+mode = "always"
+[[steps]]
+id = "refused"
+prompt = "p"
+[steps.split]
+mode = "always"
+max_parts = 2
+"#;
+    let script = r#"
+[[plan]]
+step = "fixed"
+iteration = 1
+reply = '{"subtasks": [{"id": "a", "prompt": "x", "needs": ["zz"]}, {"id": "a", "prompt": ""}]}'
+[[plan]]
+step = "fixed"
+iteration = 2
+reply = '{"subtasks": [{"id": "a", "prompt": "write a"}, {"id": "b", "prompt": "write b", "needs": ["a"]}]}'
+[[work]]
+step = "fixed/a"
+reply = "a"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+[[work]]
+step = "fixed/b"
+reply = "b"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+[[work]]
+step = "fixed"
+reply = "verified"
+[[plan]]
+step = "refused"
+reply = '{"subtasks": [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}, {"id": "c", "prompt": "z"}]}'
+[[work]]
+step = "refused"
+reply = "should never run unsplit"
+"#;
+    let patrol = write_patrol(defs.path(), patrol, script);
+    let (code, r, stderr) = run_json(&repo, &patrol);
+    assert_eq!(code, 1, "{r:#}\n{stderr}");
+    let fixed = step(&r, "fixed");
+    assert_eq!(fixed["outcome"], "converged", "{fixed:#}");
+    // The repair prompt named the exact problems.
+    let log = std::fs::read_to_string(repo.path().join(".beads/interactions.jsonl")).unwrap();
+    let repair = log
+        .lines()
+        .find(|l| l.contains("repair it"))
+        .expect("a repair prompt");
+    assert!(repair.contains("needs `zz`"), "{repair}");
+    assert!(repair.contains("used twice"), "{repair}");
+    assert!(repair.contains("empty"), "{repair}");
+
+    let refused = step(&r, "refused");
+    assert_eq!(refused["outcome"], "error");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(reason.contains("invalid twice"), "{reason}");
+    assert!(reason.contains("at most 2"), "{reason}");
+    // Never a silent fallback: the step's agent never worked unsplit.
+    assert_eq!(refused["iterations"], 0, "{refused:#}");
+    assert!(!log.contains("should never run unsplit"));
+}
+
+#[test]
+fn a_conflicting_subtask_is_rerun_once_on_the_new_base_then_escalated() {
+    let repo = TempRepo::new();
+    repo.write("shared.txt", "base\n");
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "shared"]);
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = r#"
+[patrol]
+name = "conflict"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "change shared.txt twice"
+[steps.loop]
+checks = ["! grep -q BAD shared.txt"]
+[steps.split]
+mode = "always"
+polecats = 2
+"#;
+    let script = r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b", "checks": ["test -f shared.txt"]}]}'
+[[work]]
+step = "big/a"
+reply = "a"
+[[work.edits]]
+path = "shared.txt"
+write = "from a\n"
+[[work.edits]]
+path = "a-only.txt"
+write = "a\n"
+[[work]]
+step = "big/b"
+iteration = 1
+reply = "b"
+delay = "800ms"
+[[work.edits]]
+path = "shared.txt"
+write = "from b\n"
+[[work]]
+step = "big/b"
+iteration = 2
+reply = "b again, on the new base"
+[[work.edits]]
+path = "shared.txt"
+write = "from b, BAD\n"
+[[work]]
+step = "big"
+reply = "never verified"
+"#;
+    let patrol = write_patrol(defs.path(), patrol, script);
+    let (code, r, stderr) = run_json(&repo, &patrol);
+    assert_eq!(code, 1, "{r:#}\n{stderr}");
+    let big = step(&r, "big");
+    assert_eq!(big["outcome"], "error");
+    let reason = big["reason"].as_str().unwrap();
+    assert!(reason.contains("escalated"), "{reason}");
+    assert!(stderr.contains("conflicts in shared.txt"), "{stderr}");
+    let split = split_of(&repo, big["bead"].as_str().unwrap());
+    assert_eq!(subtask(&split, "a")["status"], "merged");
+    let b = subtask(&split, "b");
+    assert_eq!(b["status"], "escalated");
+    assert_eq!(b["attempt"], 2);
+    // The re-run started on the new base: a's work is in b's branch, which is kept for a
+    // person to pick up.
+    let branch = b["branch"].as_str().unwrap();
+    repo.git(&["cat-file", "-e", &format!("{branch}:a-only.txt")]);
+    // The escalated bead stays open, labelled, with the reason.
+    let all = beads(repo.path());
+    let bb = all.iter().find(|x| x["id"] == b["bead"]).unwrap();
+    assert_eq!(bb["status"], "open");
+    assert!(bb["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l == "escalated"));
+    assert!(
+        bb["notes"].as_str().unwrap().contains("second failure"),
+        "{bb}"
+    );
+    // The red second merge was undone: the step never converged, and nothing BAD landed.
+    assert!(!repo.read("shared.txt").contains("BAD"));
+    assert_eq!(
+        repo.read("shared.txt"),
+        "base\n",
+        "the step did not converge: nothing landed"
+    );
+    let list = repo.git(&["worktree", "list"]);
+    assert!(
+        !list.contains("-big-"),
+        "no subtask worktree is left: {list}"
+    );
+    assert_br_rules(&all);
+}
+
+#[test]
+fn kill_9_mid_split_then_resume_finishes_with_no_duplicate_bead_and_no_leftover_worktree() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = r#"
+[patrol]
+name = "killed"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "three parts"
+[steps.loop]
+checks = ["true"]
+[steps.split]
+mode = "always"
+polecats = 2
+"#;
+    let script = r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}, {"id": "c", "prompt": "c", "needs": ["a"]}]}'
+[[work]]
+step = "big/a"
+reply = "a"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+[[work]]
+step = "big/b"
+reply = "b"
+delay = "3s"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+[[work]]
+step = "big/c"
+reply = "c"
+delay = "3s"
+[[work.edits]]
+path = "c.txt"
+write = "c\n"
+[[work]]
+step = "big"
+reply = "verified"
+"#;
+    let patrol = write_patrol(defs.path(), patrol, script);
+    let mut child = wiggum_command()
+        .args([
+            "run",
+            &patrol.display().to_string(),
+            "--repo",
+            &repo.path().display().to_string(),
+        ])
+        .current_dir(repo.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until a is merged (closed) while b and c are in flight, then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = beads(repo.path());
+        let merged_a = all.iter().any(|b| {
+            b["title"].as_str().unwrap_or("").starts_with("subtask a") && b["status"] == "closed"
+        });
+        if merged_a {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a was never merged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let runs = repo.wiggum(&["runs", "--json"]);
+    let run_id = runs.json()[0]["run_id"].as_str().unwrap().to_string();
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let r = out.json();
+    assert_eq!(r["outcome"], "converged");
+    let big = step(&r, "big");
+    let split = split_of(&repo, big["bead"].as_str().unwrap());
+    // a was merged before the kill: not run again.
+    let h = history(&repo);
+    assert_eq!(
+        h.iter().filter(|e| e["subtask"] == "a").count(),
+        1,
+        "{h:#?}"
+    );
+    for id in ["a", "b", "c"] {
+        assert_eq!(subtask(&split, id)["status"], "merged");
+    }
+    let all = beads(repo.path());
+    assert_br_rules(&all);
+    let subtasks = all
+        .iter()
+        .filter(|b| {
+            b["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l == "wiggum:subtask")
+        })
+        .count();
+    assert_eq!(subtasks, 3, "no subtask recorded twice");
+    // No iteration recorded twice: each subtask has one `iteration 1`.
+    for id in ["a", "b", "c"] {
+        let sb = subtask(&split, id)["bead"].as_str().unwrap().to_string();
+        let n = all
+            .iter()
+            .filter(|b| {
+                b["id"].as_str().unwrap().starts_with(&format!("{sb}."))
+                    && b["title"] == "iteration 1"
+            })
+            .count();
+        assert_eq!(n, 1, "{id}");
+    }
+    for f in ["a.txt", "b.txt", "c.txt"] {
+        assert!(repo.path().join(f).exists(), "{f} not landed");
+    }
+    assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
+    let branches = repo.git(&["branch", "--list", "wiggum/*-big-*"]);
+    assert!(branches.trim().is_empty(), "{branches}");
+}
+
+#[test]
+fn a_task_splits_after_n_iterations_with_the_task_flags() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let script = defs.path().join("script.toml");
+    std::fs::write(
+        &script,
+        r#"
+[[work]]
+step = "task"
+iteration = 1
+reply = "half done"
+[[plan]]
+step = "task"
+reply = '{"subtasks": [{"id": "one", "prompt": "1", "checks": ["test -f one.txt"]}, {"id": "two", "prompt": "2", "checks": ["test -f two.txt"]}]}'
+[[work]]
+step = "task/one"
+reply = "1"
+[[work.edits]]
+path = "one.txt"
+write = "1\n"
+[[work]]
+step = "task/two"
+reply = "2"
+[[work.edits]]
+path = "two.txt"
+write = "2\n"
+[[work]]
+step = "task"
+reply = "all there"
+"#,
+    )
+    .unwrap();
+    let out = repo.wiggum(&[
+        "task",
+        "write one.txt and two.txt",
+        "--check",
+        "test -f one.txt || test -f two.txt",
+        "--script",
+        &script.display().to_string(),
+        "--split-after",
+        "1",
+        "--max-parts",
+        "3",
+        "--polecats",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let r = out.json();
+    assert_eq!(r["outcome"], "converged");
+    assert_eq!(r["iterations"], 2, "one before the split, one verification");
+    assert!(repo.path().join("one.txt").exists() && repo.path().join("two.txt").exists());
+    assert_eq!(worktrees(&repo), 1);
+}
+
+#[test]
+fn a_split_nested_below_ids_depth_still_records_its_beads() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = r#"
+[patrol]
+name = "nested"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "p"
+[steps.split]
+mode = "always"
+depth = 2
+polecats = 1
+"#;
+    let script = r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}]}'
+[[plan]]
+step = "big/a"
+reply = '{"subtasks": [{"id": "x", "prompt": "x"}, {"id": "y", "prompt": "y"}]}'
+[[work]]
+step = "big/a/x"
+reply = "x"
+[[work.edits]]
+path = "x.txt"
+write = "x\n"
+[[work]]
+step = "big/a/y"
+reply = "y"
+[[work.edits]]
+path = "y.txt"
+write = "y\n"
+[[work]]
+step = "big/b"
+reply = "b"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+[[work]]
+step = "big/a"
+iteration = 1
+reply = "a is too large as well <split/>"
+[[work]]
+step = "big/a"
+iteration = 2
+reply = "a verified"
+[[work]]
+step = "big"
+reply = "verified"
+"#;
+    let patrol = write_patrol(defs.path(), patrol, script);
+    let (code, r, stderr) = run_json(&repo, &patrol);
+    assert_eq!(code, 0, "{r:#}\n{stderr}");
+    for f in ["x.txt", "y.txt", "b.txt"] {
+        assert!(repo.path().join(f).exists(), "{f}");
+    }
+    let all = beads(repo.path());
+    assert_br_rules(&all);
+    // The nested subtasks got ids of their own, tied to their parent by parent-child.
+    let split = split_of(&repo, step(&r, "big")["bead"].as_str().unwrap());
+    let a_bead = subtask(&split, "a")["bead"].as_str().unwrap().to_string();
+    let nested = split_of(&repo, &a_bead);
+    for id in ["x", "y"] {
+        let nb = subtask(&nested, id)["bead"].as_str().unwrap();
+        let bead = all.iter().find(|b| b["id"] == nb).unwrap();
+        assert!(bead["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["type"] == "parent-child" && d["depends_on_id"] == a_bead));
+        // Its iterations are below it, within three levels.
+        assert!(all.iter().any(|b| b["id"] == format!("{nb}.1")), "{nb}.1");
+    }
+    let show = repo.wiggum(&["show", step(&r, "big")["bead"].as_str().unwrap()]);
+    assert!(
+        show.stdout.contains("split: split mode is \"always\""),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout.contains("split: the agent declared"),
+        "the nested split: {}",
+        show.stdout
+    );
+}
