@@ -215,7 +215,15 @@ async fn ask(
             r.retries,
             Some(&r.meta),
         ),
-        Err(e) => (None, Some(e.to_string()), Usage::default(), None, None, 0, None),
+        Err(e) => (
+            None,
+            Some(e.to_string()),
+            Usage::default(),
+            None,
+            None,
+            0,
+            None,
+        ),
     };
     planned.usage.add(&usage);
     planned.cost_usd += cost.unwrap_or(0.0);
