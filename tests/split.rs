@@ -453,8 +453,8 @@ reply = "should never run unsplit"
     let log = std::fs::read_to_string(repo.path().join(".beads/interactions.jsonl")).unwrap();
     let repair = log
         .lines()
-        .find(|l| l.contains("repair it"))
-        .expect("a repair prompt");
+        .find(|l| l.contains("repair it") && l.contains("used twice"))
+        .expect("the repair prompt of step `fixed`");
     assert!(repair.contains("needs `zz`"), "{repair}");
     assert!(repair.contains("used twice"), "{repair}");
     assert!(repair.contains("empty"), "{repair}");
