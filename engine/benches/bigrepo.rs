@@ -245,6 +245,8 @@ fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> Duration {
         land: false,
         commit_ledger: false,
         base_dir: root.to_path_buf(),
+        split: None,
+        planner: None,
     };
     let stamps = Stamps(Mutex::new(Vec::new()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
