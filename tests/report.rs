@@ -248,3 +248,79 @@ fn resume_accepts_the_run_id_key() {
     assert_eq!(again.json()["already_finished"], true);
     assert!(Path::new(&repo_dir).join(".beads/issues.jsonl").exists());
 }
+
+#[test]
+fn junit_is_written_when_the_run_is_interrupted_and_the_report_says_how_to_resume() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        r#"
+[patrol]
+name = "cancelled-in-ci"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "slow"
+agent = "s"
+prompt = "write f.txt"
+[steps.loop]
+checks = ["test -f f.txt"]
+"#,
+        "[[work]]\nreply = \"still thinking\"\ndelay = \"30s\"\n",
+    )
+    .display()
+    .to_string();
+    let out_dir = tempfile::tempdir().unwrap();
+    let junit = out_dir.path().join("junit.xml");
+    let repo_dir = repo.path().display().to_string();
+    let child = common::wiggum_command()
+        .args(["run", &patrol, "--repo", &repo_dir, "--ci", "--junit"])
+        .arg(&junit)
+        .current_dir(repo.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_dir(repo.path().join(".wiggum/worktrees"))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with("-slow"))
+        })
+        .unwrap_or(false)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: a signal to our own child process (a CI job being cancelled).
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_valid_junit(&junit);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<property name=\"outcome\" value=\"cancelled\"/>")
+            || xml.contains("<property name=\"outcome\" value=\"interrupted\"/>"),
+        "{xml}"
+    );
+    assert!(xml.contains("<testcase name=\"slow\""), "{xml}");
+    assert!(xml.contains("<failure type="), "{xml}");
+    // The report of the interrupted run, later: what to do.
+    let md = repo.wiggum(&["report", "--repo", &repo_dir, &run_of(&xml)]);
+    assert_eq!(md.code, 0, "{}", md.stderr);
+    assert!(md.stdout.contains("wiggum resume"), "{}", md.stdout);
+}
+
+fn run_of(xml: &str) -> String {
+    let start = xml.find("name=\"run_id\" value=\"").unwrap() + "name=\"run_id\" value=\"".len();
+    xml[start..start + xml[start..].find('"').unwrap()].to_string()
+}
