@@ -53,6 +53,11 @@ fn tokens_at_no_known_price_read_unpriced_in_output_json_and_bead() {
     assert_eq!(call["extra"]["unpriced"], true, "{call}");
     assert!(call["extra"].get("cost_usd").is_none(), "{call}");
 
+    let runs = repo.wiggum(&["runs"]);
+    assert!(runs.stdout.contains("unpriced"), "{runs:?}");
+    let listed = repo.wiggum(&["runs", "--json"]).json();
+    assert_eq!(listed[0]["unpriced"], true, "{listed}");
+
     let mut json_args = args.to_vec();
     json_args.push("--json");
     let report = repo.wiggum(&json_args).json();
@@ -129,4 +134,28 @@ fn a_patrol_budget_over_an_unpriced_agent_is_warned_about() {
             .contains("warning: step `a`: the budget of $5.00 cannot see what agent `cx` spends"),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_patrol_step_at_no_known_price_reads_unpriced() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = common::write_patrol(
+        defs.path(),
+        "[agents.s]\nbackend = \"script\"\nscript = \"script.toml\"\n\n[[steps]]\nid = \"a\"\nagent = \"s\"\nprompt = \"do it\"\n[steps.loop]\nmax_iterations = 1\nreview = \"none\"\n",
+        "[[work]]\nreply = \"done\"\nusage = { input_tokens = 700, output_tokens = 30 }\n",
+    );
+    let patrol = patrol.display().to_string();
+    let repo_dir = repo.path().display().to_string();
+    let report = repo
+        .wiggum(&["run", &patrol, "--repo", &repo_dir, "--json"])
+        .json();
+    assert_eq!(report["unpriced"], true, "{report}");
+    assert_eq!(
+        common::step(&report, "a")["unpriced_tokens"],
+        730,
+        "{report}"
+    );
+    let human = repo.wiggum(&["run", &patrol, "--repo", &repo_dir]);
+    assert!(human.stdout.contains("unpriced"), "{human:?}");
 }

@@ -190,6 +190,8 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                 "iterations": r.iterations,
                 "tokens": r.tokens,
                 "cost_usd": usd(r.cost_usd),
+                // Tokens spent at no known price: `cost_usd` leaves them out.
+                "unpriced": r.steps.iter().any(|(_, s)| s.unpriced_tokens > 0),
                 "branch": r.branch,
                 // As `wiggum task --json`: whether the work is on `base`, and what happened.
                 "landed": r.landed_onto_base,
@@ -206,6 +208,7 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                     "iterations": s.iterations,
                     "tokens": s.tokens,
                     "cost_usd": usd(s.cost_usd),
+                    "unpriced_tokens": s.unpriced_tokens,
                     "started_at": s.started_at,
                     "finished_at": s.finished_at,
                 })).collect::<Vec<_>>(),
@@ -242,7 +245,7 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                 },
                 s.iterations,
                 s.tokens,
-                format!("${:.4}", s.cost_usd),
+                wiggum_engine::run::state::RunState::cost_text(s.cost_usd, s.unpriced_tokens),
                 // Why a step failed matters more than what its agent last said.
                 one_line(
                     if s.summary.is_empty() || s.outcome != Some(Outcome::Converged) {

@@ -88,6 +88,7 @@ pub fn run(args: RunsArgs) -> CliResult {
             "iterations": iterations,
             "tokens": tokens,
             "cost_usd": (cost * 1e6).round() / 1e6,
+            "unpriced": state.as_ref().is_some_and(|s| s.unpriced_tokens() > 0),
         }));
     }
     if args.json {
@@ -118,7 +119,10 @@ pub fn run(args: RunsArgs) -> CliResult {
             &started[..started.len().min(19)],
             duration,
             r["iterations"],
-            format!("${:.4}", r["cost_usd"].as_f64().unwrap_or(0.0)),
+            RunState::cost_text(
+                r["cost_usd"].as_f64().unwrap_or(0.0),
+                u64::from(r["unpriced"] == true)
+            ),
             r["key"].as_str().unwrap_or("-"),
         );
     }

@@ -83,8 +83,10 @@ pub fn run(args: ShowArgs) -> CliResult {
         let (iterations, tokens, cost) = state.totals();
         let _ = writeln!(
             out,
-            "\nrun: {} `{}`, {iterations} iterations, {tokens} tokens, ${cost:.4}",
-            state.kind, state.name
+            "\nrun: {} `{}`, {iterations} iterations, {tokens} tokens, {}",
+            state.kind,
+            state.name,
+            RunState::cost_text(cost, state.unpriced_tokens())
         );
         if let Some(l) = &state.landed {
             let _ = writeln!(out, "  {l}");

@@ -936,6 +936,7 @@ async fn run_agent_step(
     st.iterations = report.iterations;
     st.tokens += report.usage.total();
     st.cost_usd += report.cost_usd;
+    st.unpriced_tokens += report.usage.unpriced_tokens;
     st.summary = report.summary.clone();
     if report.outcome != Outcome::Converged {
         return Ok((report.outcome, report.reason));

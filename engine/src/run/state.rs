@@ -23,6 +23,9 @@ pub struct StepState {
     pub iterations: u32,
     pub tokens: u64,
     pub cost_usd: f64,
+    /// Of `tokens`, those spent at no known price: `cost_usd` leaves them out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unpriced_tokens: u64,
     pub branch: Option<String>,
     /// RFC 3339 times the step started and finished (in this or an earlier process).
     pub started_at: Option<String>,
@@ -35,6 +38,10 @@ pub struct StepState {
     /// does not run it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_end: Option<CommandEnd>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How a command step's command ended.
@@ -121,6 +128,20 @@ impl RunState {
             .iter_mut()
             .find(|(s, _)| s == id)
             .map(|(_, st)| st)
+    }
+
+    /// Tokens spent at no known price, summed over the steps.
+    pub fn unpriced_tokens(&self) -> u64 {
+        self.steps.iter().map(|(_, s)| s.unpriced_tokens).sum()
+    }
+
+    /// A cost for people: `$0.0123`, `unpriced`, or `$0.0123 + unpriced`.
+    pub fn cost_text(cost_usd: f64, unpriced_tokens: u64) -> String {
+        let usage = wiggum_agents::Usage {
+            unpriced_tokens,
+            ..wiggum_agents::Usage::default()
+        };
+        wiggum_agents::format_cost(cost_usd, &usage)
     }
 
     /// Iterations, tokens and cost summed over the steps.

@@ -779,6 +779,7 @@ impl RunEnd<'_> {
             st.iterations = step.iterations;
             st.tokens = step.usage.total() + self.earlier_tokens;
             st.cost_usd = step.cost_usd;
+            st.unpriced_tokens += step.usage.unpriced_tokens;
             st.finished_at = finished_at;
         }
         let saved = state.save(self.recorder);
