@@ -145,3 +145,47 @@ run = "echo ran >> '{counter}' && echo generated > generated.txt"
     // What it wrote before the crash is kept and landed, not reset away.
     assert_eq!(repo.read("generated.txt"), "generated\n");
 }
+
+#[test]
+fn a_resumed_tasks_cost_budget_counts_what_it_spent_before_the_crash() {
+    let repo = TempRepo::new();
+    let side = tempfile::tempdir().unwrap();
+    let script = side.path().join("spend.toml");
+    std::fs::write(
+        &script,
+        r#"
+description = "spends $0.40 a call and never passes the check"
+[[work]]
+reply = "Tried again."
+usage = { input_tokens = 1000, output_tokens = 100 }
+cost_usd = 0.4
+[[work.edits]]
+path = "attempts.txt"
+append = "another try\n"
+"#,
+    )
+    .unwrap();
+    let task = [
+        "task",
+        "Never quite done",
+        "--script",
+        script.to_str().unwrap(),
+        "--check",
+        "false",
+        "--stall-after",
+        "9",
+        "--max-cost",
+        "1.0",
+        "--json",
+    ];
+    let crashed = repo.wiggum_env(&task, &[("WIGGUM_FAILPOINT", "iteration-end")]);
+    assert_ne!(crashed.code, 0, "{}", crashed.stdout);
+    let run_id = run_id_of_last(&repo);
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    let j = out.json();
+    assert_eq!(j["outcome"], "budget", "{j}");
+    // $0.40 before the crash + $0.80 after: the budget of $1 is past after iteration 3, not 4.
+    assert_eq!(j["iterations"], 3, "{j}");
+    assert!((j["cost_usd"].as_f64().unwrap() - 1.2).abs() < 1e-9, "{j}");
+    assert_eq!(j["tokens"], 3300, "{j}");
+}

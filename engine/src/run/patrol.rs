@@ -82,7 +82,8 @@ pub enum PatrolRunError {
     #[error("no run {0} in this repository's ledger (see `wiggum runs`)")]
     UnknownRun(String),
     #[error(
-        "run {0} is a one-shot task, which cannot be resumed; start it again with `wiggum task`"
+        "run {0} is a task run, not a patrol run; `wiggum resume {0}` continues it \
+         (engine: `run::resume_task`)"
     )]
     NotResumable(String),
     /// The patrol's repository is missing, not a git repository, or has no such `base`:
