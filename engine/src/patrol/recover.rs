@@ -18,7 +18,11 @@ pub(crate) fn blank_broken_sections(
     let mut start = 0;
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_start();
-        let header = in_multiline.is_none() && trimmed.starts_with('[');
+        // `[steps.loop]` and `[steps.split]` belong to the `[[steps]]` above them: one section,
+        // so that blanking a broken step takes its sub-tables along (left alone, they would
+        // attach to the step before it).
+        let sub_table = trimmed.starts_with("[steps.") || trimmed.starts_with("[ steps.");
+        let header = in_multiline.is_none() && trimmed.starts_with('[') && !sub_table;
         for quote in [r#"""""#, "'''"] {
             let n = line.matches(quote).count();
             if n % 2 == 1 {
@@ -92,6 +96,15 @@ mod tests {
         assert_eq!(blanked.len(), text.len());
         assert!(blanked.starts_with("        \n"));
         assert!(blanked.ends_with("[[steps]]\nid = \"a\"\nrun = \"true\"\n"));
+    }
+
+    #[test]
+    fn a_broken_step_takes_its_loop_table_along() {
+        let text =
+            "[[steps]]\nid = \"a\"\n[[steps]]\nid = \"b\n[steps.loop]\nchecks = []\n[patrol]\n";
+        let at = text.find("\"b").unwrap();
+        let (_, broken) = blank_broken_sections(text, &[at]).unwrap();
+        assert_eq!(broken, vec![3..7]);
     }
 
     #[test]
