@@ -144,7 +144,7 @@ fn truncate(s: &str, n: usize) -> String {
 /// patrol killed or stopped; `wiggum resume` continues it).
 pub(crate) fn liveness(root: &std::path::Path, state: Option<&RunState>, id: &str) -> &'static str {
     match state {
-        Some(s) if (s.kind == "patrol" || s.task.is_some()) && !RunLock::is_held(root, id) => {
+        Some(s) if (s.kind == "patrol" || s.resumable) && !RunLock::is_held(root, id) => {
             "interrupted"
         }
         _ => "running",

@@ -83,9 +83,10 @@ pub struct RunState {
     pub landed_onto_base: bool,
     /// Steps in patrol order.
     pub steps: Vec<(String, StepState)>,
-    /// A task run: what it was asked (prompt, agents, limits), so `wiggum resume` can go on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<serde_json::Value>,
+    /// A task run that recorded what it was asked (prompt, agents, limits: see
+    /// [`RunState::save_task`]), so `wiggum resume` can go on with it.
+    #[serde(default)]
+    pub resumable: bool,
 }
 
 impl RunState {
@@ -104,6 +105,26 @@ impl RunState {
     pub fn save(&self, recorder: &Recorder) -> Result<(), LedgerError> {
         let text = serde_json::to_string(self).unwrap_or_default();
         recorder.state_set(&Self::key(&self.run_id), &text)
+    }
+
+    /// Records what a task run was asked, once, beside its state (which is saved at every
+    /// iteration and stays small).
+    pub fn save_task(
+        &self,
+        recorder: &Recorder,
+        task: &serde_json::Value,
+    ) -> Result<(), LedgerError> {
+        recorder.state_set(&format!("task:{}", self.run_id), &task.to_string())
+    }
+
+    /// What a task run was asked, as [`RunState::save_task`] recorded it.
+    pub fn load_task(
+        recorder: &Recorder,
+        run_id: &str,
+    ) -> Result<Option<serde_json::Value>, LedgerError> {
+        Ok(recorder
+            .state_get(&format!("task:{run_id}"))?
+            .and_then(|text| serde_json::from_str(&text).ok()))
     }
 
     /// The run id recorded for an idempotency key.

@@ -186,9 +186,12 @@ pub async fn run_task(
                 ..StepState::default()
             },
         )],
-        task: serde_json::to_value(&record).ok(),
+        resumable: true,
         ..RunState::default()
     };
+    if let Ok(value) = serde_json::to_value(&record) {
+        state.save_task(&recorder, &value)?;
+    }
     state.save(&recorder)?;
     // Worktrees are added one at a time in a repository: libgit2 takes a branch another
     // process is adding a worktree for at the same moment as "already checked out".
@@ -284,9 +287,7 @@ pub async fn resume_task(
         }
         return Ok(report_of_state(&state, step_bead, branch));
     }
-    let record: TaskRecord = state
-        .task
-        .clone()
+    let record: TaskRecord = RunState::load_task(&recorder, run_id)?
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or_else(|| {
             TaskError::Resume(format!(
@@ -822,7 +823,7 @@ fn close_abandoned_tasks(recorder: &Recorder, repo_root: &std::path::Path) {
         let started = crate::ledger::parse_time(&state.started_at).ok();
         let young = started.is_none_or(|t| now() - t < ABANDONED_AFTER);
         // A task that recorded what it was asked is resumable: `wiggum resume` goes on with it.
-        if state.kind != "task" || state.finished_at.is_some() || young || state.task.is_some() {
+        if state.kind != "task" || state.finished_at.is_some() || young || state.resumable {
             continue;
         }
         // A running task holds its lock: skip it at once rather than wait on it.
