@@ -419,10 +419,9 @@ pub async fn run_loop(
 
         let duration = iter_started.elapsed();
         let description = describe_iteration(n, &rec, sha.as_deref(), &stat, duration, cfg);
-        if let Err(e) = recorder.finish_iteration(&bead, &description, &decision, outcome.is_some())
-        {
-            return stop(report, Outcome::Error, format!("ledger: {e}"));
-        }
+        // The event first: the run's state keeps the iteration's spend (budgets across a
+        // resume) before the closed bead shows it done; a crash in between counts the spend
+        // twice at worst, never not at all.
         sink.emit(&Event::IterationFinished {
             step_id: spec.step_id.clone(),
             iteration: n,
@@ -433,6 +432,10 @@ pub async fn run_loop(
             cost_usd: rec.cost,
             duration_ms: duration.as_millis() as u64,
         });
+        if let Err(e) = recorder.finish_iteration(&bead, &description, &decision, outcome.is_some())
+        {
+            return stop(report, Outcome::Error, format!("ledger: {e}"));
+        }
         crate::run::failpoint::hit("iteration-end");
         previous = Some(bead);
         if let Some(outcome) = outcome {
