@@ -64,9 +64,16 @@ fn sample_repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     git(dir.path(), &["init", "-q", "-b", "main"]);
     git(dir.path(), &["config", "user.name", "bench"]);
-    git(dir.path(), &["config", "user.email", "bench@example.invalid"]);
+    git(
+        dir.path(),
+        &["config", "user.email", "bench@example.invalid"],
+    );
     for i in 0..50 {
-        std::fs::write(dir.path().join(format!("file{i}.txt")), format!("line {i}\n")).unwrap();
+        std::fs::write(
+            dir.path().join(format!("file{i}.txt")),
+            format!("line {i}\n"),
+        )
+        .unwrap();
     }
     git(dir.path(), &["add", "-A"]);
     git(dir.path(), &["commit", "-q", "-m", "sample"]);
@@ -117,7 +124,11 @@ fn run(polecats: usize, parts: u32) -> Measured {
         .block_on(run_task(opts, &watch, &Cancel::new()))
         .expect("the task runs");
     assert_eq!(report.outcome, Outcome::Converged, "{}", report.reason);
-    let first = watch.first_start.lock().unwrap().expect("a subtask started");
+    let first = watch
+        .first_start
+        .lock()
+        .unwrap()
+        .expect("a subtask started");
     let last = watch.last_merge.lock().unwrap().expect("a subtask merged");
     let overheads_ms = watch.overheads_ms.lock().unwrap().clone();
     assert_eq!(overheads_ms.len(), parts as usize);
