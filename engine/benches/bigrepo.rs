@@ -12,7 +12,8 @@
 //!
 //! `cargo bench -p wiggum-engine --bench bigrepo` runs every case;
 //! `WIGGUM_BENCH_CASES=1000,20000,20000+50000` picks cases (`N+M`: N tracked files and M
-//! ignored ones under `target/`), `WIGGUM_BENCH_ITERATIONS` the loop length (default 12).
+//! ignored ones under `target/`), `WIGGUM_BENCH_ITERATIONS` the loop length (default 12),
+//! `WIGGUM_BENCH_WORKTREES` the worktrees made each way (default 3).
 //! Run without `--bench` (e.g. by `cargo test --benches`) it does a quick pass on 300 files.
 
 use std::path::{Path, PathBuf};
@@ -48,7 +49,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 12 } else { 4 });
-    let worktrees = if full { 5 } else { 2 };
+    let worktrees: usize = std::env::var("WIGGUM_BENCH_WORKTREES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 3 } else { 2 });
     println!(
         "big-repository benchmark: {iterations} loop iterations and {worktrees} worktrees per \
          case; load average at start: {}",
@@ -150,6 +154,25 @@ fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
     f();
     start.elapsed()
+}
+
+/// CPU time (user + system) of this process and its finished children so far.
+fn cpu_now() -> Duration {
+    let of = |who| {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut usage) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+}
+
+/// Wall time and CPU time of `f`.
+fn timed_cpu(f: impl FnOnce()) -> (Duration, Duration) {
+    let cpu = cpu_now();
+    let wall = timed(f);
+    (wall, cpu_now() - cpu)
 }
 
 fn fmt(d: Duration) -> String {
@@ -284,29 +307,24 @@ fn bench(case: &Case, iterations: usize, worktrees: usize) {
 
     // Worktree creation, taken in turn so a drift of the machine hits both alike.
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours_cpu, mut theirs_cpu) = (Vec::new(), Vec::new());
     for i in 0..worktrees {
         let mut ws = None;
-        ours.push(timed(|| {
+        let (wall, cpu) = timed_cpu(|| {
             ws = Some(
                 Workspace::create(&root, &format!("w{i}"), &format!("bench/w{i}"), None).unwrap(),
             );
-        }));
+        });
+        ours.push(wall);
+        ours_cpu.push(cpu);
         ws.unwrap().remove().unwrap();
         let path = root.join(format!(".wiggum/git-w{i}"));
         let path_s = path.display().to_string();
-        theirs.push(timed(|| {
-            git(
-                &root,
-                &[
-                    "worktree",
-                    "add",
-                    "-q",
-                    "-b",
-                    &format!("bench/g{i}"),
-                    &path_s,
-                ],
-            )
-        }));
+        let branch = format!("bench/g{i}");
+        let (wall, cpu) =
+            timed_cpu(|| git(&root, &["worktree", "add", "-q", "-b", &branch, &path_s]));
+        theirs.push(wall);
+        theirs_cpu.push(cpu);
         git(&root, &["worktree", "remove", "--force", &path_s]);
     }
 
@@ -354,9 +372,13 @@ fn bench(case: &Case, iterations: usize, worktrees: usize) {
         fmt(theirs),
         ratio(ours, theirs)
     );
+    let (ours_cpu, theirs_cpu) = (median(ours_cpu), median(theirs_cpu));
     eprintln!(
-        "  ({files}: wiggum iteration {}, shell iteration {})",
+        "  ({files}: wiggum iteration {}, shell iteration {}; worktree CPU time {} vs {}, {})",
         fmt(wiggum),
-        fmt(shell)
+        fmt(shell),
+        fmt(ours_cpu),
+        fmt(theirs_cpu),
+        ratio(ours_cpu, theirs_cpu)
     );
 }
