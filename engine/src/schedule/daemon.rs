@@ -757,20 +757,31 @@ impl Daemon {
                 let _ = self.store.set_seen_through(&name, &now);
                 continue;
             };
-            let slots: Vec<DateTime<Utc>> =
-                fires_between(&spec.schedule, spec.timezone, seen, now, 100_000)
-                    .into_iter()
-                    .filter(|s| matches!(self.store.fire(&name, s), Ok(None)))
-                    .collect();
-            let Some(last) = slots.last().copied() else {
+            let Some(last) = newest_slot(&spec, seen, now) else {
                 continue;
             };
+            let unrecorded = |s: &DateTime<Utc>| matches!(self.store.fire(&name, s), Ok(None));
+            // The older ones are listed up to a bound: a long downtime of a per-second
+            // schedule is one log line and one bead either way.
+            let mut slots: Vec<DateTime<Utc>> =
+                fires_between(&spec.schedule, spec.timezone, seen, now, 1000)
+                    .into_iter()
+                    .filter(|s| *s != last && unrecorded(s))
+                    .collect();
+            if unrecorded(&last) {
+                slots.push(last);
+            }
+            if slots.is_empty() {
+                continue;
+            }
             if mark.paused {
                 let _ = self.store.set_seen_through(&name, &now);
                 continue;
             }
             let window = catchup.and_then(|w| chrono::Duration::from_std(w).ok());
-            let run = window.filter(|w| now - last <= *w).map(|_| last);
+            let run = window
+                .filter(|w| now - last <= *w && slots.last() == Some(&last))
+                .map(|_| last);
             let missed: Vec<DateTime<Utc>> =
                 slots.iter().copied().filter(|s| Some(*s) != run).collect();
             if !missed.is_empty() {
@@ -836,6 +847,30 @@ impl Daemon {
         let interrupted = self.store.unsettled().map(|f| f.len()).unwrap_or(0);
         self.emit(DaemonEvent::Stopped { interrupted });
     }
+}
+
+/// The newest slot of `spec` in `(seen, now]`, looking back a minute, an hour, a day, ... so
+/// that a long downtime of a frequent schedule is not walked slot by slot.
+fn newest_slot(
+    spec: &crate::patrol::ScheduleSpec,
+    seen: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    for days in [0, 1, 31, 366, 3660] {
+        let back = if days == 0 {
+            chrono::Duration::minutes(1)
+        } else {
+            chrono::Duration::days(days)
+        };
+        let from = seen.max(now - back);
+        if let Some(t) = fires_between(&spec.schedule, spec.timezone, from, now, 200_000).pop() {
+            return Some(t);
+        }
+        if from == seen {
+            return None;
+        }
+    }
+    None
 }
 
 fn new_fire(p: &Patrol, slot: DateTime<Utc>, kind: &str, st: &str) -> Fire {
