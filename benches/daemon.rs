@@ -172,7 +172,12 @@ fn main() {
     stop(sleeper);
     stop(looper);
 
-    println!("wiggum daemon, {PATROLS} schedules, {secs} s windows (debug builds are slower; this is the bench profile)");
+    let build = if cfg!(debug_assertions) {
+        "debug build"
+    } else {
+        "release build"
+    };
+    println!("wiggum daemon, {PATROLS} schedules, {secs} s windows, {build}");
     println!();
     println!(
         "firing: {} fires, {done} runs done in {elapsed:.1} s",

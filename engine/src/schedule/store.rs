@@ -458,25 +458,9 @@ fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-#[cfg(unix)]
+/// Takes `file`'s exclusive lock without waiting; `false` when another process holds it.
 fn flock(file: &std::fs::File) -> std::io::Result<bool> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a file descriptor this function borrows; no memory is shared.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
-    if err.kind() == std::io::ErrorKind::WouldBlock {
-        Ok(false)
-    } else {
-        Err(err)
-    }
-}
-
-#[cfg(not(unix))]
-fn flock(_file: &std::fs::File) -> std::io::Result<bool> {
-    Ok(true)
+    crate::run::state::try_lock(file, false)
 }
 
 #[cfg(test)]
