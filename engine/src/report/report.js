@@ -18,7 +18,9 @@
   var bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.6, 40] }) : null;
   function options(kind, step, width) {
     var base = { width: width, height: 220, legend: { show: true }, cursor: { drag: { x: false, y: false } },
-                 scales: { x: { time: false } } };
+                 scales: { x: { time: false,
+                   // half an iteration of room each side, so the first and last bars are whole
+                   range: function (u, min, max) { return [min - 0.5, max + 0.5]; } } } };
     if (kind === "checks") {
       var most = Math.max.apply(null, step.total.map(function (t) { return t || 0; }).concat([1]));
       base.scales.n = { range: [0, most] };
