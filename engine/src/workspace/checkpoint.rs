@@ -262,6 +262,15 @@ mod tests {
     use super::super::testutil::{write_file, TestRepo};
     use super::*;
 
+    /// The tree a checkpoint committed.
+    fn checkpoint_tree<'r>(t: &'r TestRepo, cp: &Checkpoint) -> git2::Tree<'r> {
+        t.repo
+            .find_commit(Oid::from_str(&cp.sha).unwrap())
+            .unwrap()
+            .tree()
+            .unwrap()
+    }
+
     fn workspace(t: &TestRepo) -> Workspace {
         Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap()
     }
@@ -328,12 +337,7 @@ mod tests {
                 deletions: 3
             }
         );
-        let tree = t
-            .repo
-            .find_commit(Oid::from_str(&cp.sha).unwrap())
-            .unwrap()
-            .tree()
-            .unwrap();
+        let tree = checkpoint_tree(&t, &cp);
         assert!(tree.get_path(Path::new("gone.txt")).is_err());
     }
 
@@ -361,12 +365,7 @@ mod tests {
         write_file(ws.path(), "b.txt", "b\n");
         let cp = ws.checkpoint("iteration 1").unwrap();
         assert!(cp.changed);
-        let tree = t
-            .repo
-            .find_commit(Oid::from_str(&cp.sha).unwrap())
-            .unwrap()
-            .tree()
-            .unwrap();
+        let tree = checkpoint_tree(&t, &cp);
         assert!(tree.get_path(Path::new("b.txt")).is_ok());
     }
 
@@ -379,12 +378,7 @@ mod tests {
         let cp = ws.checkpoint("iteration 1").unwrap();
         assert_eq!(cp.left_out, vec!["vendor/lib/".to_string()]);
         assert!(!cp.changed);
-        let tree = t
-            .repo
-            .find_commit(Oid::from_str(&cp.sha).unwrap())
-            .unwrap()
-            .tree()
-            .unwrap();
+        let tree = checkpoint_tree(&t, &cp);
         assert!(tree.get_path(Path::new("vendor")).is_err());
     }
 
