@@ -13,7 +13,7 @@ use wiggum_engine::events::{Event, EventSink, Phase};
 use wiggum_engine::ledger::{Ledger, Redactor};
 use wiggum_engine::report::{self, Format, RunReport};
 
-use super::display::printable;
+use super::display::{checks_line, printable};
 use super::CliError;
 
 /// The CI flags of `wiggum run`, `task` and `resume`.
@@ -178,26 +178,12 @@ impl EventSink for CiSink {
                 iteration,
                 checks,
             } => {
-                let passed = checks.iter().filter(|c| c.passed).count();
-                let failed: Vec<String> = checks
-                    .iter()
-                    .filter(|c| !c.passed)
-                    .map(|c| match c.exit_code {
-                        Some(code) => format!("`{}` exit {code}", c.command),
-                        None => format!("`{}` killed", c.command),
-                    })
-                    .collect();
-                let detail = if failed.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", failed.join(", "))
-                };
                 self.step_line(
                     &mut state,
                     step_id,
                     &format!(
-                        "{step_id}: iteration {iteration} · checks {passed}/{} passed{detail}",
-                        checks.len()
+                        "{step_id}: iteration {iteration} · checks {}",
+                        checks_line(checks)
                     ),
                 );
             }

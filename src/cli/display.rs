@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use wiggum_engine::events::{Event, EventSink, Phase};
+use wiggum_engine::events::{CheckSummary, Event, EventSink, Phase};
 
 /// Renders events for a person.
 pub struct Display {
@@ -133,23 +133,10 @@ impl EventSink for Display {
                 checks,
             } => {
                 let passed = checks.iter().filter(|c| c.passed).count();
-                let failed: Vec<String> = checks
-                    .iter()
-                    .filter(|c| !c.passed)
-                    .map(|c| match c.exit_code {
-                        Some(code) => format!("`{}` exit {code}", c.command),
-                        None => format!("`{}` killed", c.command),
-                    })
-                    .collect();
                 state.last_checks = format!("{passed}/{} passed", checks.len());
-                let detail = if failed.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", failed.join(", "))
-                };
                 self.line(format!(
-                    "{step_id}: iteration {iteration} · checks {}{detail}",
-                    state.last_checks
+                    "{step_id}: iteration {iteration} · checks {}",
+                    checks_line(checks)
                 ));
             }
             Event::ChecksRetrying {
@@ -285,6 +272,24 @@ impl EventSink for Display {
                 printable(reason.lines().next().unwrap_or(""), 300, false)
             )),
         }
+    }
+}
+
+/// A round of checks as one line: `2/3 passed (`cargo test` exit 101)`, failures named.
+pub fn checks_line(checks: &[CheckSummary]) -> String {
+    let passed = checks.iter().filter(|c| c.passed).count();
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| match c.exit_code {
+            Some(code) => format!("`{}` exit {code}", c.command),
+            None => format!("`{}` killed", c.command),
+        })
+        .collect();
+    if failed.is_empty() {
+        format!("{passed}/{} passed", checks.len())
+    } else {
+        format!("{passed}/{} passed ({})", checks.len(), failed.join(", "))
     }
 }
 
