@@ -6,6 +6,7 @@
 pub mod events;
 pub mod ledger;
 pub mod patrol;
+pub mod pg;
 pub mod polecat;
 pub mod ralph;
 pub mod refinery;
