@@ -13,6 +13,8 @@ use rustls::pki_types::pem::PemObject;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
+pub mod lease;
+pub mod notify;
 pub mod testing;
 
 /// Errors of the PostgreSQL plumbing, with lower-case messages.
