@@ -10,6 +10,7 @@ pub mod pg;
 pub mod polecat;
 pub mod ralph;
 pub mod refinery;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod schedule;

@@ -238,6 +238,26 @@ impl Workspace {
         &self.base_commit
     }
 
+    /// Records `base` (a sha or any revision) as the commit the branch started from: a branch
+    /// resumed in another clone (fetched from the shared remote) knows its base this way.
+    pub fn set_base(&mut self, base: &str) -> Result<(), WorkspaceError> {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let sha = inner
+            .repo
+            .revparse_single(base)
+            .and_then(|obj| obj.peel_to_commit())
+            .map_err(|source| WorkspaceError::BaseNotFound {
+                base: base.to_string(),
+                path: self.path.clone(),
+                source,
+            })?
+            .id()
+            .to_string();
+        write_base(&inner.repo, &sha)?;
+        self.base_commit = sha;
+        Ok(())
+    }
+
     /// The current tip sha of the branch.
     pub fn head(&self) -> Result<String, WorkspaceError> {
         let inner = self.lock();
