@@ -6,16 +6,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{beads, step, wiggum_command, write_patrol, TempRepo};
-
-fn time(s: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(s.as_str().unwrap_or_else(|| panic!("a time: {s}")))
-        .expect("RFC 3339")
-        .with_timezone(&chrono::Utc)
-}
+use common::split::{history, split_of, subtask, time, worktrees};
+use common::{
+    assert_br_import_rules, beads, run_json, step, wiggum_command, write_patrol, TempRepo,
+};
 
 /// A repository whose `check.sh` fails when any `*.txt` file says BAD.
 fn repo_with_check() -> TempRepo {
@@ -27,88 +23,6 @@ fn repo_with_check() -> TempRepo {
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-q", "-m", "check"]);
     repo
-}
-
-fn run_json(repo: &TempRepo, patrol: &Path) -> (i32, serde_json::Value, String) {
-    let out = repo.wiggum(&[
-        "run",
-        &patrol.display().to_string(),
-        "--repo",
-        &repo.path().display().to_string(),
-        "--json",
-    ]);
-    let json = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}\n--- stderr\n{}",
-            out.stdout, out.stderr
-        )
-    });
-    (out.code, json, out.stderr)
-}
-
-/// `wiggum show BEAD --json`'s split state.
-fn split_of(repo: &TempRepo, bead: &str) -> serde_json::Value {
-    let out = repo.wiggum(&["show", bead, "--json"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    out.json()["split"].clone()
-}
-
-fn subtask<'a>(split: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    split["subtasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .unwrap_or_else(|| panic!("no subtask {id} in {split:#}"))
-}
-
-/// Every polecat history entry of the repository.
-fn history(repo: &TempRepo) -> Vec<serde_json::Value> {
-    let dir = repo.path().join(".wiggum/polecats");
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let text = std::fs::read_to_string(e.path().join("history.jsonl")).unwrap_or_default();
-        out.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
-    }
-    out
-}
-
-fn worktrees(repo: &TempRepo) -> usize {
-    repo.git(&["worktree", "list"]).lines().count()
-}
-
-/// The rules br enforces on import (see tests/ledger_compat.rs): sorted unique ids, closed_at
-/// exactly when closed, labels of letters, digits, `-`, `_`, `:`, dependencies to known ids,
-/// at most three levels of `.N`.
-fn assert_br_rules(all: &[serde_json::Value]) {
-    let ids: Vec<&str> = all.iter().map(|b| b["id"].as_str().unwrap()).collect();
-    let mut sorted = ids.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(ids, sorted, "ids sorted and unique");
-    for b in all {
-        let id = b["id"].as_str().unwrap();
-        assert!(id.matches('.').count() <= 3, "{id}: at most 3 levels");
-        assert_eq!(b["status"] == "closed", b["closed_at"].is_string(), "{b}");
-        for l in b["labels"].as_array().into_iter().flatten() {
-            let l = l.as_str().unwrap();
-            assert!(
-                l.len() <= 100
-                    && l.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':')),
-                "{id}: label {l:?}"
-            );
-        }
-        for d in b["dependencies"].as_array().into_iter().flatten() {
-            assert!(
-                ids.contains(&d["depends_on_id"].as_str().unwrap()),
-                "{id}: {d}"
-            );
-        }
-    }
 }
 
 const SPLIT_PATROL: &str = r#"
@@ -299,7 +213,7 @@ fn a_declared_split_runs_polecats_in_parallel_merges_through_the_refinery_and_ve
         branches.trim().is_empty(),
         "subtask branches left: {branches}"
     );
-    assert_br_rules(&all);
+    assert_br_import_rules(&all);
 
     // `wiggum show` prints the subtask tree; `wiggum polecats` lists who ran what.
     let show = repo.wiggum(&["show", bead]);
@@ -388,7 +302,7 @@ reply = "verified"
         assert_eq!(split["trigger"]["trigger"], trigger, "{id}: {split:#}");
         assert_eq!(split["subtasks"].as_array().unwrap().len(), 2);
     }
-    assert_br_rules(&beads(repo.path()));
+    assert_br_import_rules(&beads(repo.path()));
 }
 
 #[test]
@@ -566,7 +480,7 @@ reply = "never verified"
         !list.contains("-big-"),
         "no subtask worktree is left: {list}"
     );
-    assert_br_rules(&all);
+    assert_br_import_rules(&all);
 }
 
 #[test]
@@ -670,7 +584,7 @@ reply = "verified"
         assert_eq!(subtask(&split, id)["status"], "merged");
     }
     let all = beads(repo.path());
-    assert_br_rules(&all);
+    assert_br_import_rules(&all);
     let subtasks = all
         .iter()
         .filter(|b| {
@@ -820,7 +734,7 @@ reply = "verified"
         assert!(repo.path().join(f).exists(), "{f}");
     }
     let all = beads(repo.path());
-    assert_br_rules(&all);
+    assert_br_import_rules(&all);
     // The nested subtasks got ids of their own, tied to their parent by parent-child.
     let split = split_of(&repo, step(&r, "big")["bead"].as_str().unwrap());
     let a_bead = subtask(&split, "a")["bead"].as_str().unwrap().to_string();

@@ -47,6 +47,7 @@ pub fn run(args: PolecatsArgs) -> CliResult {
         let state = match (&p.status, p.busy) {
             (Some(s), true) if s.state == "working" => "working",
             (_, true) => "busy",
+            (Some(s), false) if s.state == "interrupted" => "stopped",
             _ => "idle",
         };
         let doing = match &p.status {
@@ -57,6 +58,15 @@ pub fn run(args: PolecatsArgs) -> CliResult {
                 s.subtask.as_deref().unwrap_or("?"),
                 s.bead.as_deref().unwrap_or("?"),
                 s.branch.as_deref().unwrap_or("?"),
+            ),
+            Some(s) if state == "stopped" => format!(
+                "interrupted: {} {} subtask {} ({}) on {}: `wiggum resume {}` continues it",
+                s.run.as_deref().unwrap_or("?"),
+                s.step.as_deref().unwrap_or("?"),
+                s.subtask.as_deref().unwrap_or("?"),
+                s.bead.as_deref().unwrap_or("?"),
+                s.branch.as_deref().unwrap_or("?"),
+                s.run.as_deref().unwrap_or("RUN"),
             ),
             _ => match &p.last {
                 Some(l) => format!(

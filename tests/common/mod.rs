@@ -196,3 +196,176 @@ pub fn step<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Valu
         .find(|s| s["id"] == id)
         .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
 }
+
+pub mod split;
+
+/// Polls `cond` every 50 ms until it holds; panics saying `what` never happened after `secs`.
+/// Tests wait for a condition like this, never for a bare sleep.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `wiggum run PATROL --repo REPO --json`: its exit code, its JSON report and its stderr.
+pub fn run_json(repo: &TempRepo, patrol: &Path) -> (i32, serde_json::Value, String) {
+    let out = repo.wiggum(&[
+        "run",
+        &patrol.display().to_string(),
+        "--repo",
+        &repo.path().display().to_string(),
+        "--json",
+    ]);
+    let json = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\n--- stderr\n{}",
+            out.stdout, out.stderr
+        )
+    });
+    (out.code, json, out.stderr)
+}
+
+/// Starts `wiggum run PATROL` in the repository, in the background, its output discarded
+/// (for tests that kill or interrupt it).
+pub fn spawn_run(repo: &TempRepo, patrol: &Path) -> std::process::Child {
+    wiggum_command()
+        .args([
+            "run",
+            &patrol.display().to_string(),
+            "--repo",
+            &repo.path().display().to_string(),
+        ])
+        .current_dir(repo.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wiggum starts")
+}
+
+/// The id of the newest run of the repository (`wiggum runs --json`).
+pub fn last_run_id(repo: &TempRepo) -> String {
+    let runs = repo.wiggum(&["runs", "--json"]);
+    runs.json()[0]["run_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run: {}", runs.stdout))
+        .to_string()
+}
+
+/// `wiggum resume RUN --json`, which must exit 0: its report.
+pub fn resume_json(repo: &TempRepo, run_id: &str) -> serde_json::Value {
+    let out = repo.wiggum(&["resume", run_id, "--json"]);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    out.json()
+}
+
+const STATUSES: &[&str] = &["open", "in_progress", "blocked", "deferred", "closed"];
+const TYPES: &[&str] = &["task", "bug", "feature", "epic", "chore"];
+const DEP_TYPES: &[&str] = &[
+    "blocks",
+    "parent-child",
+    "conditional-blocks",
+    "waits-for",
+    "related",
+    "discovered-from",
+    "relates-to",
+    "duplicates",
+    "supersedes",
+    "caused-by",
+    "replies-to",
+];
+
+fn bead_time(v: &serde_json::Value, what: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("{what} missing")))
+        .unwrap_or_else(|e| panic!("{what} is not RFC 3339: {e}"))
+}
+
+/// The rules br enforces when it imports `.beads/issues.jsonl` (checked against br 0.7.6, see
+/// docs/ledger.md): sorted unique ids of at most three levels of `.N`, required fields, known
+/// statuses and types, labels of letters, digits, `-`, `_` and `:`, `closed_at` exactly when
+/// closed and never before `created_at`, exact dependency type spellings, dependencies to
+/// known ids. Panics naming the bead and the rule.
+pub fn assert_br_import_rules(all: &[serde_json::Value]) {
+    let ids: Vec<&str> = all.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "sorted by id, no duplicates");
+    for b in all {
+        let id = b["id"].as_str().unwrap();
+        assert!(
+            id.matches('.').count() <= 3,
+            "{id}: at most three levels of .N"
+        );
+        let title = b["title"].as_str().unwrap();
+        assert!(
+            !title.is_empty() && title.chars().count() <= 500,
+            "{id}: title"
+        );
+        assert!(
+            STATUSES.contains(&b["status"].as_str().unwrap()),
+            "{id}: status"
+        );
+        assert!(
+            TYPES.contains(&b["issue_type"].as_str().unwrap()),
+            "{id}: type"
+        );
+        assert!(
+            b["priority"].as_u64().is_some_and(|p| p <= 4),
+            "{id}: priority"
+        );
+        let created = bead_time(&b["created_at"], "created_at");
+        assert!(
+            bead_time(&b["updated_at"], "updated_at") >= created,
+            "{id}: updated_at"
+        );
+        let closed = b["status"] == "closed";
+        assert_eq!(
+            closed,
+            b.get("closed_at").is_some(),
+            "{id}: closed_at iff closed"
+        );
+        if closed {
+            assert!(
+                bead_time(&b["closed_at"], "closed_at") >= created,
+                "{id}: closed before created"
+            );
+        }
+        for label in b["labels"].as_array().into_iter().flatten() {
+            let label = label.as_str().unwrap();
+            assert!(
+                !label.is_empty()
+                    && label.len() <= 100
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':')),
+                "{id}: label {label:?} has characters br refuses"
+            );
+        }
+        for dep in b["dependencies"].as_array().into_iter().flatten() {
+            assert_eq!(
+                dep["issue_id"], b["id"],
+                "{id}: dependency stored on the dependent"
+            );
+            assert!(
+                DEP_TYPES.contains(&dep["type"].as_str().unwrap()),
+                "{id}: {dep}"
+            );
+            assert!(
+                ids.contains(&dep["depends_on_id"].as_str().unwrap()),
+                "{id}: {dep}"
+            );
+            bead_time(&dep["created_at"], "dependency created_at");
+        }
+        assert_eq!(b["created_by"], "wiggum", "{id}");
+    }
+}

@@ -130,6 +130,10 @@ pub async fn run_subtask(job: Job<'_>) -> Done {
     }
     // Limits scaled from the step's: half its rounds (at least 2) per attempt.
     config.max_iterations = start.done + job.step.config.max_iterations.div_ceil(2).max(2);
+    // The step's budgets are shared live by all its polecats through `job.spend` (the split's
+    // counter, a child of the run's): not each subtask's own.
+    config.max_tokens = None;
+    config.max_cost_usd = None;
     let spec = StepSpec {
         run_id: job.step.run_id.clone(),
         step_id: sub_step_id,
@@ -155,7 +159,9 @@ pub async fn run_subtask(job: Job<'_>) -> Done {
         level: run.level + 1,
     };
     let report = crate::split::run_step(&spec, job.agents, &nested, start).await;
-    if report.outcome != Outcome::Cancelled {
+    if report.outcome == Outcome::Cancelled {
+        job.lease.interrupted();
+    } else {
         job.lease.finished(&HistoryEntry {
             run: job.step.run_id.clone(),
             step: job.step.step_id.clone(),

@@ -33,7 +33,7 @@ pub struct Identity {
 /// `status.json`: what a polecat is doing or last did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
-    /// `working` or `idle`.
+    /// `working`, `idle`, or `interrupted` (its subtask continues on `wiggum resume`).
     pub state: String,
     pub run: Option<String>,
     pub step: Option<String>,
@@ -140,6 +140,19 @@ impl Lease {
             since: format_time(&now()),
             last_outcome: Some(entry.outcome.clone()),
         });
+    }
+
+    /// The subtask it worked on was interrupted (Ctrl-C, SIGTERM): its status says so until
+    /// `wiggum resume` continues it.
+    pub fn interrupted(&self) {
+        let mut status: Status = std::fs::read_to_string(self.home.join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        status.state = "interrupted".into();
+        status.since = format_time(&now());
+        status.last_outcome = Some("cancelled".into());
+        self.write_status(&status);
     }
 
     fn write_status(&self, status: &Status) {

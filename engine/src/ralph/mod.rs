@@ -11,6 +11,7 @@ pub mod progress;
 pub mod prompt;
 pub mod reply;
 pub mod runner;
+pub mod spend;
 pub mod text;
 pub mod watch;
 

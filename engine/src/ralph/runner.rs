@@ -47,33 +47,7 @@ pub struct StepAgents {
     pub reviewer: Option<Arc<dyn Agent>>,
 }
 
-/// Cost spent so far, shared by every step of a run so the run-wide budget holds.
-#[derive(Debug, Default)]
-pub struct Spend {
-    cost_usd: std::sync::Mutex<f64>,
-    /// The run's cost budget (a patrol's `max_cost_usd`).
-    pub max_cost_usd: Option<f64>,
-}
-
-impl Spend {
-    /// A spend counter with a run-wide cost budget.
-    pub fn with_budget(max_cost_usd: Option<f64>) -> Spend {
-        Spend {
-            max_cost_usd,
-            ..Spend::default()
-        }
-    }
-
-    /// Adds what a call (or an earlier process) spent.
-    pub fn add(&self, cost_usd: f64) {
-        *self.cost_usd.lock().unwrap_or_else(|e| e.into_inner()) += cost_usd;
-    }
-
-    /// Cost in USD so far.
-    pub fn cost_usd(&self) -> f64 {
-        *self.cost_usd.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub use super::spend::Spend;
 
 /// Where the loop starts (resume continues after the last finished iteration).
 #[derive(Clone, Debug, Default)]
@@ -290,6 +264,7 @@ pub async fn run_loop(
         report.usage.add(&rec.usage);
         report.cost_usd += rec.cost;
         spend.add(rec.cost);
+        spend.add_tokens(rec.usage.total());
         report.iterations = n;
         if let Some(s) = rec.summary.take() {
             report.summary = s;
@@ -470,7 +445,6 @@ fn over_budget(
     spend: &Spend,
     start: &StartPoint,
 ) -> Option<String> {
-    let run_cost = spend.cost_usd();
     let step_cost = report.cost_usd + start.spent_cost_usd;
     let step_tokens = report.usage.total() + start.spent_tokens;
     if let Some(max) = cfg.max_cost_usd {
@@ -487,12 +461,9 @@ fn over_budget(
             ));
         }
     }
-    if let Some(max) = spend.max_cost_usd {
-        if run_cost >= max {
-            return Some(format!(
-                "the run's cost ${run_cost:.4} reached its budget of ${max:.2}"
-            ));
-        }
+    // The run's budget, and a split step's shared by its polecats.
+    if let Some(why) = spend.over() {
+        return Some(why);
     }
     None
 }

@@ -974,10 +974,24 @@ impl EventSink for StepProgress<'_> {
                     s.elapsed_ms += duration_ms;
                 });
                 self.ctx.save();
+            } else if is_subtask_of(step_id, self.step_id) {
+                // A subtask's iteration (a split step): its spend is the step's, and a run
+                // killed mid-split is resumed counting it in the budgets.
+                mark(self.ctx, self.step_id, |s| {
+                    s.tokens += tokens;
+                    s.cost_usd += cost_usd;
+                });
+                self.ctx.save();
             }
         }
         self.ctx.sink.emit(event);
     }
+}
+
+/// Whether `id` names a subtask (at any depth) of step `step`: `step/sub`, `step/sub/x`.
+fn is_subtask_of(id: &str, step: &str) -> bool {
+    id.strip_prefix(step)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Merges a converged step's branch into the run's branch, one step at a time.

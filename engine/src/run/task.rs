@@ -712,6 +712,7 @@ struct TaskProgress<'a> {
 impl EventSink for TaskProgress<'_> {
     fn emit(&self, event: &Event) {
         if let Event::IterationFinished {
+            step_id,
             iteration,
             tokens,
             cost_usd,
@@ -721,7 +722,10 @@ impl EventSink for TaskProgress<'_> {
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = state.step_mut(TASK_STEP) {
-                s.iterations = *iteration;
+                // A subtask's iteration (a split task) counts in the spend, not in the count.
+                if step_id == TASK_STEP {
+                    s.iterations = *iteration;
+                }
                 s.tokens += tokens;
                 s.cost_usd += cost_usd;
                 s.elapsed_ms += duration_ms;

@@ -17,6 +17,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use wiggum_agents::{Agent, Usage};
 
 use super::beads;
+use super::budget;
 use super::planner::{make_plan, PlanCall, PlanInput};
 use super::settings::SplitSettings;
 use super::state::{Retry, SplitState, SubtaskState, SubtaskStatus};
@@ -63,7 +64,8 @@ pub fn run_step<'a>(
         match SplitState::load(run.recorder, &spec.bead_id) {
             Ok(Some(state)) => {
                 let report = base_report(run.workspace, start.done);
-                return continue_split(spec, agents, run, state, report).await;
+                let earlier = (start.spent_tokens, start.spent_cost_usd);
+                return continue_split(spec, agents, run, state, report, earlier).await;
             }
             Ok(None) => {}
             Err(e) => {
@@ -90,6 +92,7 @@ pub fn run_step<'a>(
             trigger = interrupted_split(run.recorder, &spec.bead_id);
         }
         let mut report = base_report(run.workspace, start.done);
+        let earlier = (start.spent_tokens, start.spent_cost_usd);
         if trigger.is_none() {
             let mut watched = spec.clone();
             watched.split = splittable.then_some(SplitWatch {
@@ -115,7 +118,7 @@ pub fn run_step<'a>(
             }
         }
         let trigger = trigger.expect("set above");
-        split(spec, agents, run, trigger, report).await
+        split(spec, agents, run, trigger, report, earlier).await
     })
 }
 
@@ -126,6 +129,7 @@ async fn split(
     run: &SplitRun<'_>,
     trigger: SplitTrigger,
     mut report: StepReport,
+    earlier: (u64, f64),
 ) -> StepReport {
     let s = &run.settings;
     let notes_rel = format!(".wiggum/notes/{}.md", spec.step_id);
@@ -151,6 +155,7 @@ async fn split(
     report.usage.add(&planned.usage);
     report.cost_usd += planned.cost_usd;
     run.spend.add(planned.cost_usd);
+    run.spend.add_tokens(planned.usage.total());
     let plan = match planned.plan {
         Ok(p) => p,
         Err(why) => {
@@ -237,7 +242,7 @@ async fn split(
                 .unwrap_or_default(),
         });
     }
-    continue_split(spec, agents, run, state, report).await
+    continue_split(spec, agents, run, state, report, earlier).await
 }
 
 /// What finished while the pool ran.
@@ -254,9 +259,10 @@ async fn continue_split(
     run: &SplitRun<'_>,
     mut state: SplitState,
     mut report: StepReport,
+    earlier: (u64, f64),
 ) -> StepReport {
     let s = &run.settings;
-    let step_spend = Spend::with_budget(split_budget(spec, run, &report, &state));
+    let step_spend = budget::split_spend(spec, run.spend, &report, earlier);
     let mut running: FuturesUnordered<Boxed<'_, Finished>> = FuturesUnordered::new();
     let mut merging: Option<Boxed<'_, Finished>> = None;
     let mut queue: VecDeque<(String, Workspace)> = VecDeque::new();
@@ -371,8 +377,9 @@ async fn continue_split(
                 Finished::Subtask(run_subtask(job).await)
             }));
         }
-        // One merge at a time, in completion order.
-        if merging.is_none() {
+        // One merge at a time, in completion order; none starts after Ctrl-C (a finished
+        // subtask goes to the refinery on `wiggum resume`).
+        if merging.is_none() && !run.cancel.is_cancelled() {
             if let Some((id, ws)) = queue.pop_front() {
                 let checks = spec.config.checks.clone();
                 let timeout = spec.config.check_timeout;
@@ -432,7 +439,7 @@ async fn continue_split(
                     Outcome::Budget => {
                         stopped.get_or_insert((
                             Outcome::Budget,
-                            format!("budget: {}", done.report.reason),
+                            budget::reason_of(&done.id, &done.report.reason),
                         ));
                     }
                     other => {
@@ -510,9 +517,9 @@ async fn continue_split(
             }
         }
     }
+    // (The run's spend counted the subtasks' live, through `step_spend`.)
     report.usage.add(&usage);
     report.cost_usd += cost;
-    run.spend.add(cost);
 
     if run.cancel.is_cancelled() {
         return stop(
@@ -522,6 +529,9 @@ async fn continue_split(
         );
     }
     if let Some((outcome, reason)) = stopped {
+        if outcome == Outcome::Budget {
+            budget::stopped(run, &mut state, &reason);
+        }
         return stop(report, outcome, reason);
     }
     if let Some(why) = over(&step_spend) {
@@ -530,7 +540,9 @@ async fn continue_split(
             .iter()
             .any(|t| t.status != SubtaskStatus::Merged)
         {
-            return stop(report, Outcome::Budget, format!("budget: {why}"));
+            let reason = format!("budget: {why}");
+            budget::stopped(run, &mut state, &reason);
+            return stop(report, Outcome::Budget, reason);
         }
     }
     let escalated: Vec<&SubtaskState> = state
@@ -574,7 +586,7 @@ async fn continue_split(
             "error: the split ended with subtasks neither merged nor escalated".into(),
         );
     }
-    verify(spec, agents, run, report).await
+    verify(spec, agents, run, report, &step_spend).await
 }
 
 /// The step's verification iteration on the merged result.
@@ -583,6 +595,7 @@ async fn verify(
     agents: &StepAgents,
     run: &SplitRun<'_>,
     report: StepReport,
+    step_spend: &Spend,
 ) -> StepReport {
     let start = match start_point(run.recorder, &spec.bead_id) {
         Ok(s) => s,
@@ -592,6 +605,9 @@ async fn verify(
     v.split = None;
     v.config.max_iterations = start.done + 1;
     v.config.stable_rounds = 1;
+    // The step's budgets are on `step_spend`, which counts everything the step spent.
+    v.config.max_tokens = None;
+    v.config.max_cost_usd = None;
     v.prompt = format!(
         "{}\n\nThis task was split into subtasks that other agents did; all of them are merged \
          in this worktree now. Verify the whole: finish or fix whatever the parts left, so the \
@@ -605,7 +621,7 @@ async fn verify(
         run.recorder,
         run.sink,
         run.cancel,
-        run.spend,
+        step_spend,
         start,
     )
     .await;
@@ -687,7 +703,7 @@ fn escalate(
 
 /// Removes a subtask's worktree; with `and_branch` (it is merged: its commits are on the
 /// step's branch) its branch too. An escalated subtask keeps its branch.
-fn remove_worktree(repo_root: &std::path::Path, ws: Workspace, and_branch: bool) {
+pub(super) fn remove_worktree(repo_root: &std::path::Path, ws: Workspace, and_branch: bool) {
     let branch = ws.branch().to_string();
     let removed = {
         let _across = crate::run::state::RunLock::worktrees(repo_root).ok();
@@ -700,29 +716,8 @@ fn remove_worktree(repo_root: &std::path::Path, ws: Workspace, and_branch: bool)
     }
 }
 
-/// The step's and the run's cost budget left for the split (the smaller).
-fn split_budget(
-    spec: &StepSpec,
-    run: &SplitRun<'_>,
-    report: &StepReport,
-    state: &SplitState,
-) -> Option<f64> {
-    let (_, spent) = state.spent();
-    let step_left = spec
-        .config
-        .max_cost_usd
-        .map(|m| m - report.cost_usd.max(spent));
-    let run_left = run.spend.max_cost_usd.map(|m| m - run.spend.cost_usd());
-    match (step_left, run_left) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 fn over(spend: &Spend) -> Option<String> {
-    let max = spend.max_cost_usd?;
-    let cost = spend.cost_usd();
-    (cost >= max).then(|| format!("the split's subtasks spent ${cost:.4} of the ${max:.2} left"))
+    spend.over()
 }
 
 /// Why a step that ran its loop did not split, when a trigger fired but splitting was off.

@@ -4,6 +4,7 @@
 //! verification iteration. See docs/split.md.
 
 pub mod beads;
+pub mod budget;
 pub mod drive;
 pub mod plan;
 pub mod planner;

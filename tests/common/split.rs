@@ -1,0 +1,76 @@
+//! Helpers for the end-to-end tests of splitting (tests/split.rs, tests/split_stops.rs).
+
+use super::TempRepo;
+
+/// An RFC 3339 time of a JSON report.
+pub fn time(s: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s.as_str().unwrap_or_else(|| panic!("a time: {s}")))
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc)
+}
+
+/// `wiggum show BEAD --json`'s split state.
+pub fn split_of(repo: &TempRepo, bead: &str) -> serde_json::Value {
+    let out = repo.wiggum(&["show", bead, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.json()["split"].clone()
+}
+
+/// Subtask `id` of a split state.
+pub fn subtask<'a>(split: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    split["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no subtask {id} in {split:#}"))
+}
+
+/// Every polecat history entry of the repository.
+pub fn history(repo: &TempRepo) -> Vec<serde_json::Value> {
+    let dir = repo.path().join(".wiggum/polecats");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path().join("history.jsonl")).unwrap_or_default();
+        out.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    out
+}
+
+/// How many worktrees `git worktree list` shows (1: the repository's own).
+pub fn worktrees(repo: &TempRepo) -> usize {
+    repo.git(&["worktree", "list"]).lines().count()
+}
+
+/// The beads labelled `wiggum:subtask`.
+pub fn subtask_beads(all: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    all.iter()
+        .filter(|b| {
+            b["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l == "wiggum:subtask")
+        })
+        .collect()
+}
+
+/// The iteration beads directly below bead `parent`.
+pub fn iterations_of<'a>(all: &'a [serde_json::Value], parent: &str) -> Vec<&'a serde_json::Value> {
+    let prefix = format!("{parent}.");
+    all.iter()
+        .filter(|b| {
+            let id = b["id"].as_str().unwrap_or("");
+            id.strip_prefix(&prefix)
+                .is_some_and(|rest| !rest.contains('.'))
+                && b["labels"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|l| l == "wiggum:iteration")
+        })
+        .collect()
+}

@@ -1,0 +1,439 @@
+//! End-to-end tests of a split that stops before it is done (docs/split.md, "Budgets, stops
+//! and resume"): Ctrl-C while two polecats work keeps it resumable, and `wiggum resume`
+//! finishes it; a step's or a run's budget reached by the subtasks stops the pool cleanly
+//! (running polecats finish their iteration, queued subtasks do not start, nothing is merged
+//! half-way) and the step says which budget.
+
+mod common;
+
+use common::split::{history, iterations_of, split_of, subtask, subtask_beads, worktrees};
+use common::{
+    assert_br_import_rules, beads, last_run_id, resume_json, run_json, spawn_run, step, wait_until,
+    write_patrol, TempRepo,
+};
+
+/// The bead of subtask `id` (title `subtask ID: ...`).
+fn subtask_bead<'a>(all: &'a [serde_json::Value], id: &str) -> Option<&'a serde_json::Value> {
+    let prefix = format!("subtask {id}");
+    subtask_beads(all)
+        .into_iter()
+        .find(|b| b["title"].as_str().unwrap_or("").starts_with(&prefix))
+}
+
+/// The `status.json` of every polecat of the repository.
+fn statuses(repo: &TempRepo) -> Vec<serde_json::Value> {
+    let dir = repo.path().join(".wiggum/polecats");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status.json")).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect()
+}
+
+/// The state (`working`, `idle`, `interrupted`) of the polecat that has subtask `id`.
+fn polecat_state(repo: &TempRepo, id: &str) -> Option<String> {
+    statuses(repo)
+        .into_iter()
+        .find(|s| s["subtask"] == id)
+        .and_then(|s| s["state"].as_str().map(str::to_string))
+}
+
+#[test]
+fn ctrl_c_while_two_polecats_work_keeps_the_split_resumable_and_resume_finishes_it() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = r#"
+[patrol]
+name = "interrupted"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "three parts"
+[steps.loop]
+checks = ["true"]
+[steps.split]
+mode = "always"
+polecats = 2
+"#;
+    // b and c take long on their first iteration (Ctrl-C comes during it); a is quick.
+    let script = r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}, {"id": "c", "prompt": "c", "needs": ["a"]}]}'
+[[work]]
+step = "big/a"
+reply = "a"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+[[work]]
+step = "big/b"
+iteration = 1
+reply = "b, slowly"
+delay = "60s"
+[[work]]
+step = "big/b"
+iteration = 2
+reply = "b"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+[[work]]
+step = "big/c"
+iteration = 1
+reply = "c, slowly"
+delay = "60s"
+[[work]]
+step = "big/c"
+iteration = 2
+reply = "c"
+[[work.edits]]
+path = "c.txt"
+write = "c\n"
+[[work]]
+step = "big"
+reply = "verified"
+"#;
+    let patrol = write_patrol(defs.path(), patrol, script);
+    let child = spawn_run(&repo, &patrol);
+    // a is merged, then b and c are both in the middle of an iteration on two polecats.
+    wait_until(120, "a merged while b and c work", || {
+        let all = beads(repo.path());
+        subtask_bead(&all, "a").is_some_and(|b| b["status"] == "closed")
+            && polecat_state(&repo, "b").as_deref() == Some("working")
+            && polecat_state(&repo, "c").as_deref() == Some("working")
+    });
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "Ctrl-C exits 130");
+
+    // Stopped cleanly: b's and c's iterations were closed as cancelled (nothing left in
+    // progress), their beads stay claimed by their polecats, their worktrees are kept for the
+    // resume; the step is not closed and nothing but a was merged.
+    let run_id = last_run_id(&repo);
+    let all = beads(repo.path());
+    for id in ["b", "c"] {
+        let sub = subtask_bead(&all, id).unwrap();
+        assert_eq!(sub["status"], "in_progress", "{sub}");
+        let its = iterations_of(&all, sub["id"].as_str().unwrap());
+        assert_eq!(its.len(), 1, "{id}: {its:#?}");
+        assert_eq!(its[0]["status"], "closed");
+        assert!(
+            its[0]["close_reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("cancelled"),
+            "{}",
+            its[0]
+        );
+    }
+    for id in ["b", "c"] {
+        assert_eq!(
+            polecat_state(&repo, id).as_deref(),
+            Some("interrupted"),
+            "{id}'s polecat says its subtask was interrupted"
+        );
+    }
+    let text = repo.wiggum(&["polecats"]).stdout;
+    assert!(
+        text.contains("stopped") && text.contains("continues it"),
+        "{text}"
+    );
+    let list = repo.git(&["worktree", "list"]);
+    assert!(
+        list.contains("-big-b") && list.contains("-big-c"),
+        "kept for the resume: {list}"
+    );
+    let split = split_of(&repo, &subtask_parent(&all));
+    assert_eq!(subtask(&split, "a")["status"], "merged");
+    for id in ["b", "c"] {
+        assert_eq!(subtask(&split, id)["status"], "running", "{split:#}");
+    }
+
+    // `wiggum resume` finishes it: a is not run again, b and c continue, nothing twice.
+    let r = resume_json(&repo, &run_id);
+    assert_eq!(r["outcome"], "converged", "{r:#}");
+    let split = split_of(&repo, step(&r, "big")["bead"].as_str().unwrap());
+    for id in ["a", "b", "c"] {
+        assert_eq!(subtask(&split, id)["status"], "merged", "{split:#}");
+    }
+    let h = history(&repo);
+    assert_eq!(
+        h.iter().filter(|e| e["subtask"] == "a").count(),
+        1,
+        "a was merged before Ctrl-C: not run again: {h:#?}"
+    );
+    let all = beads(repo.path());
+    assert_br_import_rules(&all);
+    assert_eq!(subtask_beads(&all).len(), 3, "no subtask recorded twice");
+    for id in ["b", "c"] {
+        let sub = subtask_bead(&all, id).unwrap();
+        let mut titles: Vec<&str> = iterations_of(&all, sub["id"].as_str().unwrap())
+            .iter()
+            .map(|b| b["title"].as_str().unwrap())
+            .collect();
+        titles.sort();
+        assert_eq!(
+            titles,
+            ["iteration 1", "iteration 2"],
+            "{id}: the cancelled iteration, then the one that finished it"
+        );
+    }
+    for f in ["a.txt", "b.txt", "c.txt"] {
+        assert!(repo.path().join(f).exists(), "{f} not landed");
+    }
+    assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
+    let branches = repo.git(&["branch", "--list", "wiggum/*"]);
+    assert!(
+        !branches.contains("-big-"),
+        "no subtask branch is left: {branches}"
+    );
+    let pc = repo.wiggum(&["polecats", "--json"]).json();
+    assert!(
+        pc.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["state"] != "working"),
+        "no polecat still says it works: {pc:#}"
+    );
+}
+
+/// The step bead that the subtasks are children of.
+fn subtask_parent(all: &[serde_json::Value]) -> String {
+    let sub = subtask_beads(all)[0]["id"].as_str().unwrap().to_string();
+    sub.rsplit_once('.').unwrap().0.to_string()
+}
+
+/// A patrol whose step `big` splits at once into a, b and c (no needs; polecats 2): a spends
+/// fast, b slowly, and none of them ever passes its own check (so they go on until a budget
+/// stops them). `limits` goes in `[patrol]`, `loop_limits` in `[steps.loop]`.
+fn spending_patrol(limits: &str, loop_limits: &str) -> String {
+    format!(
+        r#"
+[patrol]
+name = "spending"
+concurrency = 2
+{limits}
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "three parts"
+[steps.loop]
+checks = ["true"]
+max_iterations = 20
+stall_after = 10
+{loop_limits}
+[steps.split]
+mode = "always"
+polecats = 2
+"#
+    )
+}
+
+/// a: 600 tokens and $0.40 an iteration, quick; b: 100 tokens and $0.10, 1.5 s; c would spend
+/// like b. Their checks never pass.
+fn spending_script(step: &str) -> String {
+    format!(
+        r#"
+[[plan]]
+step = "{step}"
+reply = '{{"subtasks": [{{"id": "a", "prompt": "a", "checks": ["test -f a-done.txt"]}}, {{"id": "b", "prompt": "b", "checks": ["test -f b-done.txt"]}}, {{"id": "c", "prompt": "c", "checks": ["test -f c-done.txt"]}}]}}'
+[[work]]
+step = "{step}/a"
+reply = "a, more"
+delay = "50ms"
+cost_usd = 0.40
+usage = {{ input_tokens = 600 }}
+[[work.edits]]
+path = "a.txt"
+append = "a\n"
+[[work]]
+step = "{step}/b"
+reply = "b, more"
+delay = "1500ms"
+cost_usd = 0.10
+usage = {{ input_tokens = 100 }}
+[[work.edits]]
+path = "b.txt"
+append = "b\n"
+[[work]]
+step = "{step}/c"
+reply = "c"
+cost_usd = 0.10
+usage = {{ input_tokens = 100 }}
+[[work]]
+step = "{step}"
+reply = "never verified"
+"#
+    )
+}
+
+/// What every budget stop of the spending split shows: the pool stopped cleanly.
+fn assert_pool_stopped_cleanly(repo: &TempRepo, step_bead: &str) {
+    let all = beads(repo.path());
+    assert_br_import_rules(&all);
+    let split = split_of(repo, step_bead);
+    // Queued subtasks did not start: c has no polecat, no history, no iteration.
+    let c = subtask(&split, "c");
+    assert_eq!(c["status"], "queued", "{split:#}");
+    assert!(history(repo).iter().all(|e| e["subtask"] != "c"));
+    let c_bead = subtask_bead(&all, "c").unwrap();
+    assert!(iterations_of(&all, c_bead["id"].as_str().unwrap()).is_empty());
+    assert_eq!(c_bead["status"], "open");
+    // Running polecats finished their iteration: every iteration is closed, the last one of a
+    // and of b with the budget as its reason after the agent replied.
+    for id in ["a", "b"] {
+        let sub = subtask_bead(&all, id).unwrap();
+        let its = iterations_of(&all, sub["id"].as_str().unwrap());
+        assert!(!its.is_empty(), "{id} ran");
+        assert!(its.iter().all(|b| b["status"] == "closed"), "{its:#?}");
+        let last = its
+            .iter()
+            .max_by_key(|b| {
+                b["title"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("iteration ")
+                    .parse::<u32>()
+                    .unwrap()
+            })
+            .unwrap();
+        assert!(
+            last["close_reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("budget:"),
+            "{id}: {last}"
+        );
+        assert!(
+            last["description"]
+                .as_str()
+                .unwrap()
+                .contains("- work: replied"),
+            "{id} finished its iteration: {last}"
+        );
+        // Not merged, open again with why and where its work is; its branch is kept.
+        assert_ne!(subtask(&split, id)["status"], "merged");
+        assert_eq!(sub["status"], "open", "{sub}");
+        let notes = sub["notes"].as_str().unwrap();
+        assert!(
+            notes.contains("budget") && notes.contains("branch"),
+            "{notes}"
+        );
+        let branch = subtask(&split, id)["branch"].as_str().unwrap().to_string();
+        repo.git(&["rev-parse", "--verify", &branch]);
+    }
+    // Nothing was merged half-way: nothing of a or b is on the step's branch or landed.
+    assert!(!repo.path().join("a.txt").exists() && !repo.path().join("b.txt").exists());
+    let list = repo.git(&["worktree", "list"]);
+    assert!(
+        !list.contains("-big-"),
+        "no subtask worktree is left: {list}"
+    );
+}
+
+#[test]
+fn a_steps_token_budget_reached_by_its_subtasks_stops_the_pool_cleanly() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        &spending_patrol("", "max_tokens = 1000"),
+        &spending_script("big"),
+    );
+    let (code, r, stderr) = run_json(&repo, &patrol);
+    assert_eq!(code, 1, "{r:#}\n{stderr}");
+    let big = step(&r, "big");
+    assert_eq!(big["outcome"], "budget", "{big:#}");
+    let reason = big["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("tokens (with its subtasks) reached the step's budget of 1000"),
+        "the step says which budget: {reason}"
+    );
+    // The subtasks' tokens are the step's: a's two iterations alone are 1200.
+    assert!(big["tokens"].as_u64().unwrap() >= 1200, "{big:#}");
+    assert_pool_stopped_cleanly(&repo, big["bead"].as_str().unwrap());
+}
+
+#[test]
+fn the_runs_cost_budget_reached_mid_split_stops_the_pool_cleanly() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        &spending_patrol("max_cost_usd = 1.0", ""),
+        &spending_script("big"),
+    );
+    let (code, r, stderr) = run_json(&repo, &patrol);
+    assert_eq!(code, 1, "{r:#}\n{stderr}");
+    assert_eq!(r["outcome"], "budget", "{r:#}");
+    let big = step(&r, "big");
+    assert_eq!(big["outcome"], "budget", "{big:#}");
+    let reason = big["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the run's cost") && reason.contains("budget of $1.00"),
+        "the step says which budget: {reason}"
+    );
+    // The subtasks' cost is the run's: a's three iterations alone are $1.20.
+    let cost = r["cost_usd"].as_f64().unwrap();
+    assert!(cost >= 1.2 - 1e-9, "{r:#}");
+    assert_pool_stopped_cleanly(&repo, big["bead"].as_str().unwrap());
+}
+
+#[test]
+fn a_steps_cost_budget_shared_live_by_its_polecats_stops_a_split_task() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let script = defs.path().join("script.toml");
+    std::fs::write(&script, spending_script("task")).unwrap();
+    let out = repo.wiggum(&[
+        "task",
+        "three parts",
+        "--check",
+        "true",
+        "--script",
+        &script.display().to_string(),
+        "--split",
+        "always",
+        "--polecats",
+        "2",
+        "--max-iterations",
+        "20",
+        "--stall-after",
+        "10",
+        "--max-cost",
+        "0.7",
+        "--json",
+    ]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let r = out.json();
+    assert_eq!(r["outcome"], "budget", "{r:#}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("(with its subtasks) reached the step's budget of $0.70"),
+        "{reason}"
+    );
+    // Shared live: the step stopped at its second iteration of a ($0.80 with b's first
+    // running), not when each polecat alone reached $0.70.
+    let all = beads(repo.path());
+    let a = subtask_bead(&all, "a").unwrap();
+    let a_iterations = iterations_of(&all, a["id"].as_str().unwrap()).len();
+    assert!(a_iterations <= 2, "a ran {a_iterations} iterations");
+    let cost = r["cost_usd"].as_f64().unwrap();
+    assert!((0.7..1.0).contains(&cost), "{r:#}");
+    let list = repo.git(&["worktree", "list"]);
+    assert!(
+        !list.contains("task-"),
+        "no subtask worktree is left: {list}"
+    );
+}
