@@ -25,10 +25,40 @@ struct Watch {
     first_start: Mutex<Option<Instant>>,
     last_merge: Mutex<Option<Instant>>,
     overheads_ms: Mutex<Vec<u64>>,
+    /// When each subtask reached each point (`BENCH_TIMELINE=1` prints the breakdown).
+    marks: Mutex<Vec<(Instant, String, &'static str)>>,
+}
+
+/// The subtask a subtask's own step id (`<step>/<subtask>`) names.
+fn sub_of(step_id: &str) -> Option<String> {
+    step_id.rsplit_once('/').map(|(_, s)| s.to_string())
 }
 
 impl EventSink for Watch {
     fn emit(&self, event: &Event) {
+        let mark = match event {
+            Event::SubtaskQueued { subtask, .. } => Some((subtask.clone(), "queued")),
+            Event::SubtaskStarted { subtask, .. } => Some((subtask.clone(), "started")),
+            Event::PhaseStarted { step_id, phase, .. } => sub_of(step_id).map(|s| {
+                (
+                    s,
+                    match phase {
+                        wiggum_engine::events::Phase::Work => "work",
+                        wiggum_engine::events::Phase::Checks => "checks",
+                        wiggum_engine::events::Phase::Review => "review",
+                    },
+                )
+            }),
+            Event::IterationFinished { step_id, .. } => {
+                sub_of(step_id).map(|s| (s, "iteration-finished"))
+            }
+            Event::SubtaskFinished { subtask, .. } => Some((subtask.clone(), "finished")),
+            Event::Merged { subtask, .. } => Some((subtask.clone(), "merged")),
+            _ => None,
+        };
+        if let Some((sub, what)) = mark {
+            self.marks.lock().unwrap().push((Instant::now(), sub, what));
+        }
         match event {
             Event::SubtaskStarted { .. } => {
                 self.first_start
@@ -83,6 +113,59 @@ fn sample_repo() -> tempfile::TempDir {
 struct Measured {
     pool: Duration,
     overheads_ms: Vec<u64>,
+    marks: Vec<(Instant, String, &'static str)>,
+}
+
+/// The median time between consecutive points of every subtask's life, and the median wait
+/// of a polecat between two subtasks (one finished, the next started).
+fn print_timeline(marks: &[(Instant, String, &'static str)]) {
+    let order = [
+        "queued",
+        "started",
+        "work",
+        "checks",
+        "iteration-finished",
+        "finished",
+        "merged",
+    ];
+    let mut by_sub: std::collections::BTreeMap<&str, Vec<(Instant, &str)>> = Default::default();
+    for (t, sub, what) in marks {
+        by_sub.entry(sub).or_default().push((*t, what));
+    }
+    print!("      timeline medians (ms):");
+    for pair in order.windows(2) {
+        let mut d: Vec<u128> = by_sub
+            .values()
+            .filter_map(|m| {
+                let a = m.iter().find(|(_, w)| *w == pair[0])?.0;
+                let b = m.iter().find(|(_, w)| *w == pair[1])?.0;
+                Some(b.saturating_duration_since(a).as_millis())
+            })
+            .collect();
+        d.sort();
+        if let Some(m) = d.get(d.len() / 2) {
+            print!(" {}->{} {m}", pair[0], pair[1]);
+        }
+    }
+    // Between a subtask's end and the next start on any polecat: the driver's own latency.
+    let mut events: Vec<&(Instant, String, &str)> = marks.iter().collect();
+    events.sort_by_key(|e| e.0);
+    let mut gaps = Vec::new();
+    let mut pending: Vec<Instant> = Vec::new();
+    for (t, _, what) in events {
+        match *what {
+            "finished" => pending.push(*t),
+            "started" if !pending.is_empty() => {
+                gaps.push(t.saturating_duration_since(pending.remove(0)).as_millis())
+            }
+            _ => {}
+        }
+    }
+    gaps.sort();
+    if let Some(m) = gaps.get(gaps.len() / 2) {
+        print!(" | finished->next started {m}");
+    }
+    println!();
 }
 
 fn run(polecats: usize, parts: u32) -> Measured {
@@ -132,9 +215,11 @@ fn run(polecats: usize, parts: u32) -> Measured {
     let last = watch.last_merge.lock().unwrap().expect("a subtask merged");
     let overheads_ms = watch.overheads_ms.lock().unwrap().clone();
     assert_eq!(overheads_ms.len(), parts as usize);
+    let marks = std::mem::take(&mut *watch.marks.lock().unwrap());
     Measured {
         pool: last - first,
         overheads_ms,
+        marks,
     }
 }
 
@@ -174,6 +259,9 @@ fn main() {
             100.0 * ideal.as_secs_f64() / m.pool.as_secs_f64(),
             median
         );
+        if std::env::var_os("BENCH_TIMELINE").is_some() {
+            print_timeline(&m.marks);
+        }
     }
     all_overheads.sort();
     let n = all_overheads.len();

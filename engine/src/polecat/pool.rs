@@ -210,17 +210,10 @@ fn workspace_for(job: &Job<'_>, repo_root: &std::path::Path) -> Result<(Workspac
         ws.discard_changes()
             .map_err(|e| format!("could not reset the subtask's worktree: {e}"))?;
         if job.retry == Some(Retry::Update) {
-            // Its merge turned the checks red: it continues on the step's branch as it is now.
-            let landed = job
-                .run
-                .workspace
-                .land(Some(&job.branch))
+            // Its merge turned the checks red: it continues on the step's branch as last
+            // merged green (never a merge the refinery, on its own thread, is still checking).
+            crate::refinery::update_branch(&ws, &job.base)
                 .map_err(|e| format!("could not bring the step's branch into it: {e}"))?;
-            if let crate::workspace::LandOutcome::Left { reason, .. } = landed {
-                return Err(format!(
-                    "could not bring the step's branch into it: {reason}"
-                ));
-            }
         }
         return Ok((ws, false));
     }

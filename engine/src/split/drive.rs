@@ -13,7 +13,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use wiggum_agents::{Agent, Usage};
 
 use super::beads;
@@ -22,6 +21,7 @@ use super::planner::{make_plan, PlanCall, PlanInput};
 use super::settings::SplitSettings;
 use super::state::{Retry, SplitState, SubtaskState, SubtaskStatus};
 use super::trigger::{estimate_tokens, SplitTrigger, SplitWatch, SPLIT_WORD};
+use super::workers::{with_workers, Workers};
 use crate::events::{Event, EventSink};
 use crate::ledger::{format_time, now, Status};
 use crate::patrol::SplitMode;
@@ -249,6 +249,15 @@ async fn split(
 enum Finished {
     Subtask(Done),
     Merge(String, Result<MergeResult, String>, Option<Workspace>),
+    /// A merged subtask's worktree and branch are removed.
+    Cleaned,
+}
+
+/// What the pool leaves for the rest of the step.
+struct PoolEnd {
+    stopped: Option<(Outcome, String)>,
+    usage: Usage,
+    cost: f64,
 }
 
 /// Runs the pool and the refinery until every subtask is merged or escalated (or the pool is
@@ -261,17 +270,8 @@ async fn continue_split(
     mut report: StepReport,
     earlier: (u64, f64),
 ) -> StepReport {
-    let s = &run.settings;
     let step_spend = budget::split_spend(spec, run.spend, &report, earlier);
-    let mut running: FuturesUnordered<Boxed<'_, Finished>> = FuturesUnordered::new();
-    let mut merging: Option<Boxed<'_, Finished>> = None;
     let mut queue: VecDeque<(String, Workspace)> = VecDeque::new();
-    let mut in_flight = 0usize;
-    // Subtasks this process started and that did not come back yet.
-    let mut active: std::collections::HashSet<String> = Default::default();
-    let mut stopped: Option<(Outcome, String)> = None;
-    let mut usage = Usage::default();
-    let mut cost = 0.0;
 
     // The step's branch holds only green merges: a merge whose checks a killed process did not
     // finish is undone (its subtask is merged again below).
@@ -297,226 +297,21 @@ async fn continue_split(
         }
     }
 
-    loop {
-        // Start every subtask that can start.
-        while stopped.is_none() && !run.cancel.is_cancelled() && in_flight < s.polecats {
-            if over(&step_spend).is_some() {
-                break;
-            }
-            let Some(idx) = state.subtasks.iter().position(|t| {
-                matches!(t.status, SubtaskStatus::Queued | SubtaskStatus::Running)
-                    && !active.contains(&t.id)
-                    && state.needs_merged(&t.id)
-            }) else {
-                break;
-            };
-            let prefer = state.subtasks[idx].polecat.clone();
-            let lease = match Lease::acquire(run.workspace.repo_root(), prefer.as_deref()) {
-                Ok(l) => l,
-                Err(e) => {
-                    stopped = Some((Outcome::Error, format!("error: no polecat: {e}")));
-                    break;
-                }
-            };
-            let sub = state.subtasks[idx].clone();
-            // A subtask left in flight by a killed process is its polecat's still: the claim
-            // is atomic in the ledger, and re-claiming by another name is refused.
-            let owner = sub
-                .polecat
-                .clone()
-                .filter(|_| sub.status == SubtaskStatus::Running);
-            let claimed = match owner {
-                Some(_) => {
-                    let _ = run.recorder.set_in_progress(&sub.bead);
-                    true
-                }
-                None => beads::claim(run.recorder, &sub.bead, lease.name()).unwrap_or(false),
-            };
-            if !claimed {
-                stopped = Some((
-                    Outcome::Error,
-                    format!(
-                        "error: subtask `{}` ({}) is claimed by someone else: another process \
-                         runs this split",
-                        sub.id, sub.bead
-                    ),
-                ));
-                break;
-            }
-            let _ = run.recorder.ledger().update(
-                &sub.bead,
-                crate::ledger::BeadUpdate {
-                    assignee: Some(Some(lease.name().to_string())),
-                    ..Default::default()
-                },
-            );
-            let t = &mut state.subtasks[idx];
-            t.status = SubtaskStatus::Running;
-            t.polecat = Some(lease.name().to_string());
-            t.started_at.get_or_insert_with(|| format_time(&now()));
-            active.insert(t.id.clone());
-            let _ = state.save(run.recorder);
-            let plan = state.plan.get(&sub.id).cloned().expect("planned");
-            let job = Job {
-                sub: plan,
-                bead: sub.bead.clone(),
-                attempt: sub.attempt,
-                retry: sub.retry,
-                feedback: sub.feedback.clone(),
-                worktree: sub.worktree.clone().unwrap_or_default(),
-                branch: sub.branch.clone().unwrap_or_default(),
-                base: state.good_tip.clone().unwrap_or_default(),
-                lease,
-                step: spec,
-                agents,
-                run,
-                spend: &step_spend,
-            };
-            in_flight += 1;
-            running.push(Box::pin(async move {
-                Finished::Subtask(run_subtask(job).await)
-            }));
-        }
-        // One merge at a time, in completion order; none starts after Ctrl-C (a finished
-        // subtask goes to the refinery on `wiggum resume`).
-        if merging.is_none() && !run.cancel.is_cancelled() {
-            if let Some((id, ws)) = queue.pop_front() {
-                let checks = spec.config.checks.clone();
-                let timeout = spec.config.check_timeout;
-                let env = vec![
-                    ("WIGGUM_RUN".to_string(), spec.run_id.clone()),
-                    ("WIGGUM_STEP".to_string(), spec.step_id.clone()),
-                ];
-                let step_ws = run.workspace;
-                merging = Some(Box::pin(async move {
-                    let r = refinery::merge(step_ws, &ws, &checks, timeout, &env).await;
-                    Finished::Merge(id, r, Some(ws))
-                }));
-            }
-        }
-        if in_flight == 0 && merging.is_none() {
-            break;
-        }
-        let next = tokio::select! {
-            Some(done) = running.next(), if in_flight > 0 => done,
-            m = async { match merging.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
-                merging = None;
-                m
-            }
-        };
-        match next {
-            Finished::Subtask(done) => {
-                in_flight -= 1;
-                active.remove(&done.id);
-                usage.add(&done.report.usage);
-                cost += done.report.cost_usd;
-                let outcome = done.report.outcome;
-                run.sink.emit(&Event::SubtaskFinished {
-                    step_id: spec.step_id.clone(),
-                    subtask: done.id.clone(),
-                    polecat: done.polecat.clone(),
-                    outcome,
-                    iterations: done.report.iterations,
-                    reason: done.report.reason.clone(),
-                });
-                let Some(t) = state.get_mut(&done.id) else {
-                    continue;
-                };
-                t.iterations = done.report.iterations;
-                t.tokens += done.report.usage.total();
-                t.cost_usd += done.report.cost_usd;
-                t.reason = done.report.reason.clone();
-                match outcome {
-                    Outcome::Converged => {
-                        t.status = SubtaskStatus::Finished;
-                        t.retry = None;
-                        if let Some(ws) = done.workspace {
-                            queue.push_back((done.id.clone(), ws));
-                        }
-                    }
-                    // Left as it is: `wiggum resume` continues it from its checkpoint.
-                    Outcome::Cancelled => {}
-                    Outcome::Budget => {
-                        stopped.get_or_insert((
-                            Outcome::Budget,
-                            budget::reason_of(&done.id, &done.report.reason),
-                        ));
-                    }
-                    other => {
-                        t.outcome = Some(other);
-                        let reason = format!(
-                            "its loop ended {other}: {}",
-                            crate::ralph::text::truncate_chars(&done.report.reason, 400)
-                        );
-                        escalate(run, spec, t, &reason, done.workspace);
-                    }
-                }
-                let _ = state.save(run.recorder);
-            }
-            Finished::Merge(id, result, ws) => {
-                let mut good_tip = None;
-                let Some(t) = state.get_mut(&id) else {
-                    continue;
-                };
-                match result {
-                    Ok(MergeResult::Merged { sha, overhead, .. }) => {
-                        t.status = SubtaskStatus::Merged;
-                        t.outcome = Some(Outcome::Converged);
-                        t.merged_sha = Some(sha.clone());
-                        good_tip = Some(sha.clone());
-                        t.finished_at = Some(format_time(&now()));
-                        let notes = format!(
-                            "merged into {} as {sha}\npolecat: {}\niterations: {}\nattempt: {}",
-                            run.workspace.branch(),
-                            t.polecat.clone().unwrap_or_default(),
-                            t.iterations,
-                            t.attempt
-                        );
-                        let _ = beads::merged(
-                            run.recorder,
-                            &t.bead,
-                            &notes,
-                            &format!("merged into {} ({})", run.workspace.branch(), short(&sha)),
-                        );
-                        if let Some(ws) = ws {
-                            remove_worktree(run.workspace.repo_root(), ws, true);
-                        }
-                        run.sink.emit(&Event::Merged {
-                            step_id: spec.step_id.clone(),
-                            subtask: id.clone(),
-                            sha,
-                            overhead_ms: overhead.as_millis() as u64,
-                        });
-                    }
-                    Ok(MergeResult::ChecksRed { feedback, checks }) => {
-                        let failed: Vec<String> = checks
-                            .iter()
-                            .filter(|c| !c.passed)
-                            .map(|c| c.line())
-                            .collect();
-                        let reason = format!(
-                            "the step's checks failed after merging it into {} (the merge was \
-                             undone): {}\n{feedback}",
-                            run.workspace.branch(),
-                            failed.join(", ")
-                        );
-                        send_back(run, spec, t, reason, Retry::Update, ws);
-                    }
-                    Ok(MergeResult::Conflict { reason }) => {
-                        send_back(run, spec, t, reason, Retry::Fresh, ws);
-                    }
-                    Err(e) => {
-                        let reason = format!("the refinery failed: {e}");
-                        escalate(run, spec, t, &reason, ws);
-                    }
-                }
-                if let Some(g) = good_tip.take() {
-                    state.good_tip = Some(g);
-                }
-                let _ = state.save(run.recorder);
-            }
-        }
-    }
+    // Polecats, merges and worktree removals each run on a thread of their own (see
+    // split/workers.rs); this task only schedules them and records what they did.
+    let state_ref = &mut state;
+    let spend_ref = &step_spend;
+    let PoolEnd {
+        stopped,
+        usage,
+        cost,
+    } = with_workers(move |workers| {
+        Box::pin(drive_pool(
+            spec, agents, run, spend_ref, state_ref, queue, workers,
+        ))
+    })
+    .await;
+
     // (The run's spend counted the subtasks' live, through `step_spend`.)
     report.usage.add(&usage);
     report.cost_usd += cost;
@@ -587,6 +382,288 @@ async fn continue_split(
         );
     }
     verify(spec, agents, run, report, &step_spend).await
+}
+
+/// The pool's loop: starts every subtask that can start (up to `polecats`), hands the
+/// finished ones to the refinery one at a time in completion order, and records each result,
+/// until nothing is running.
+async fn drive_pool<'s, 'e>(
+    spec: &'e StepSpec,
+    agents: &'e StepAgents,
+    run: &'e SplitRun<'e>,
+    step_spend: &'e Spend,
+    state: &'e mut SplitState,
+    mut queue: VecDeque<(String, Workspace)>,
+    mut workers: Workers<'s, 'e, Finished>,
+) -> PoolEnd {
+    let s = &run.settings;
+    let mut in_flight = 0usize;
+    let mut merging = false;
+    let mut cleaning = 0usize;
+    // Subtasks this process started and that did not come back yet.
+    let mut active: std::collections::HashSet<String> = Default::default();
+    let mut stopped: Option<(Outcome, String)> = None;
+    let mut usage = Usage::default();
+    let mut cost = 0.0;
+
+    loop {
+        // Start every subtask that can start.
+        while stopped.is_none() && !run.cancel.is_cancelled() && in_flight < s.polecats {
+            if over(step_spend).is_some() {
+                break;
+            }
+            let Some(idx) = state.subtasks.iter().position(|t| {
+                matches!(t.status, SubtaskStatus::Queued | SubtaskStatus::Running)
+                    && !active.contains(&t.id)
+                    && state.needs_merged(&t.id)
+            }) else {
+                break;
+            };
+            let prefer = state.subtasks[idx].polecat.clone();
+            let lease = match Lease::acquire(run.workspace.repo_root(), prefer.as_deref()) {
+                Ok(l) => l,
+                Err(e) => {
+                    stopped = Some((Outcome::Error, format!("error: no polecat: {e}")));
+                    break;
+                }
+            };
+            let sub = state.subtasks[idx].clone();
+            // A subtask left in flight by a killed process is its polecat's still: the claim
+            // is atomic in the ledger, and re-claiming by another name is refused.
+            let owner = sub
+                .polecat
+                .clone()
+                .filter(|_| sub.status == SubtaskStatus::Running);
+            let claimed = match owner {
+                Some(_) => {
+                    let _ = run.recorder.set_in_progress(&sub.bead);
+                    true
+                }
+                None => beads::claim(run.recorder, &sub.bead, lease.name()).unwrap_or(false),
+            };
+            if !claimed {
+                stopped = Some((
+                    Outcome::Error,
+                    format!(
+                        "error: subtask `{}` ({}) is claimed by someone else: another process \
+                         runs this split",
+                        sub.id, sub.bead
+                    ),
+                ));
+                break;
+            }
+            let _ = run.recorder.ledger().update(
+                &sub.bead,
+                crate::ledger::BeadUpdate {
+                    assignee: Some(Some(lease.name().to_string())),
+                    ..Default::default()
+                },
+            );
+            let t = &mut state.subtasks[idx];
+            t.status = SubtaskStatus::Running;
+            t.polecat = Some(lease.name().to_string());
+            t.started_at.get_or_insert_with(|| format_time(&now()));
+            active.insert(t.id.clone());
+            let _ = state.save(run.recorder);
+            let plan = state.plan.get(&sub.id).cloned().expect("planned");
+            let job = Job {
+                sub: plan,
+                bead: sub.bead.clone(),
+                attempt: sub.attempt,
+                retry: sub.retry,
+                feedback: sub.feedback.clone(),
+                worktree: sub.worktree.clone().unwrap_or_default(),
+                branch: sub.branch.clone().unwrap_or_default(),
+                base: state.good_tip.clone().unwrap_or_default(),
+                lease,
+                step: spec,
+                agents,
+                run,
+                spend: step_spend,
+            };
+            in_flight += 1;
+            let (id, polecat) = (sub.id.clone(), job.lease.name().to_string());
+            workers.spawn(
+                &format!("polecat {polecat} {id}"),
+                async move { Finished::Subtask(run_subtask(job).await) },
+                move |why| {
+                    Finished::Subtask(Done {
+                        id,
+                        polecat,
+                        report: StepReport {
+                            outcome: Outcome::Error,
+                            reason: format!("error: the polecat failed: {why}"),
+                            iterations: 0,
+                            usage: Usage::default(),
+                            cost_usd: 0.0,
+                            summary: String::new(),
+                            last_checkpoint: None,
+                            split: None,
+                        },
+                        workspace: None,
+                    })
+                },
+            );
+        }
+        // One merge at a time, in completion order; none starts after Ctrl-C (a finished
+        // subtask goes to the refinery on `wiggum resume`).
+        if !merging && !run.cancel.is_cancelled() {
+            if let Some((id, ws)) = queue.pop_front() {
+                let checks = spec.config.checks.clone();
+                let timeout = spec.config.check_timeout;
+                let env = vec![
+                    ("WIGGUM_RUN".to_string(), spec.run_id.clone()),
+                    ("WIGGUM_STEP".to_string(), spec.step_id.clone()),
+                ];
+                let step_ws = run.workspace;
+                merging = true;
+                let failed = id.clone();
+                workers.spawn(
+                    &format!("refinery {id}"),
+                    async move {
+                        let r = refinery::merge(step_ws, &ws, &checks, timeout, &env).await;
+                        Finished::Merge(id, r, Some(ws))
+                    },
+                    move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None),
+                );
+            }
+        }
+        if in_flight == 0 && !merging && cleaning == 0 {
+            break;
+        }
+        match workers.next().await {
+            Finished::Cleaned => cleaning -= 1,
+            Finished::Subtask(done) => {
+                in_flight -= 1;
+                active.remove(&done.id);
+                usage.add(&done.report.usage);
+                cost += done.report.cost_usd;
+                let outcome = done.report.outcome;
+                run.sink.emit(&Event::SubtaskFinished {
+                    step_id: spec.step_id.clone(),
+                    subtask: done.id.clone(),
+                    polecat: done.polecat.clone(),
+                    outcome,
+                    iterations: done.report.iterations,
+                    reason: done.report.reason.clone(),
+                });
+                let Some(t) = state.get_mut(&done.id) else {
+                    continue;
+                };
+                t.iterations = done.report.iterations;
+                t.tokens += done.report.usage.total();
+                t.cost_usd += done.report.cost_usd;
+                t.reason = done.report.reason.clone();
+                match outcome {
+                    Outcome::Converged => {
+                        t.status = SubtaskStatus::Finished;
+                        t.retry = None;
+                        if let Some(ws) = done.workspace {
+                            queue.push_back((done.id.clone(), ws));
+                        }
+                    }
+                    // Left as it is: `wiggum resume` continues it from its checkpoint.
+                    Outcome::Cancelled => {}
+                    Outcome::Budget => {
+                        stopped.get_or_insert((
+                            Outcome::Budget,
+                            budget::reason_of(&done.id, &done.report.reason),
+                        ));
+                    }
+                    other => {
+                        t.outcome = Some(other);
+                        let reason = format!(
+                            "its loop ended {other}: {}",
+                            crate::ralph::text::truncate_chars(&done.report.reason, 400)
+                        );
+                        escalate(run, spec, t, &reason, done.workspace);
+                    }
+                }
+                let _ = state.save(run.recorder);
+            }
+            Finished::Merge(id, result, ws) => {
+                merging = false;
+                let mut good_tip = None;
+                let mut merged_ws = None;
+                let Some(t) = state.get_mut(&id) else {
+                    continue;
+                };
+                match result {
+                    Ok(MergeResult::Merged { sha, overhead, .. }) => {
+                        t.status = SubtaskStatus::Merged;
+                        t.outcome = Some(Outcome::Converged);
+                        t.merged_sha = Some(sha.clone());
+                        good_tip = Some(sha.clone());
+                        t.finished_at = Some(format_time(&now()));
+                        let notes = format!(
+                            "merged into {} as {sha}\npolecat: {}\niterations: {}\nattempt: {}",
+                            run.workspace.branch(),
+                            t.polecat.clone().unwrap_or_default(),
+                            t.iterations,
+                            t.attempt
+                        );
+                        let _ = beads::merged(
+                            run.recorder,
+                            &t.bead,
+                            &notes,
+                            &format!("merged into {} ({})", run.workspace.branch(), short(&sha)),
+                        );
+                        merged_ws = ws;
+                        run.sink.emit(&Event::Merged {
+                            step_id: spec.step_id.clone(),
+                            subtask: id.clone(),
+                            sha,
+                            overhead_ms: overhead.as_millis() as u64,
+                        });
+                    }
+                    Ok(MergeResult::ChecksRed { feedback, checks }) => {
+                        let failed: Vec<String> = checks
+                            .iter()
+                            .filter(|c| !c.passed)
+                            .map(|c| c.line())
+                            .collect();
+                        let reason = format!(
+                            "the step's checks failed after merging it into {} (the merge was \
+                             undone): {}\n{feedback}",
+                            run.workspace.branch(),
+                            failed.join(", ")
+                        );
+                        send_back(run, spec, t, reason, Retry::Update, ws);
+                    }
+                    Ok(MergeResult::Conflict { reason }) => {
+                        send_back(run, spec, t, reason, Retry::Fresh, ws);
+                    }
+                    Err(e) => {
+                        let reason = format!("the refinery failed: {e}");
+                        escalate(run, spec, t, &reason, ws);
+                    }
+                }
+                if let Some(g) = good_tip.take() {
+                    state.good_tip = Some(g);
+                }
+                let _ = state.save(run.recorder);
+                // Its worktree and branch go once the merge is saved (a resume must find the
+                // branch of a subtask not recorded as merged), beside the next merge.
+                if let Some(ws) = merged_ws {
+                    cleaning += 1;
+                    let root = run.workspace.repo_root();
+                    workers.spawn(
+                        &format!("cleanup {id}"),
+                        async move {
+                            remove_worktree(root, ws, true);
+                            Finished::Cleaned
+                        },
+                        |_| Finished::Cleaned,
+                    );
+                }
+            }
+        }
+    }
+    PoolEnd {
+        stopped,
+        usage,
+        cost,
+    }
 }
 
 /// The step's verification iteration on the merged result.

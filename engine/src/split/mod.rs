@@ -11,6 +11,7 @@ pub mod planner;
 pub mod settings;
 pub mod state;
 pub mod trigger;
+pub mod workers;
 
 pub use drive::{run_step, SplitRun};
 pub use plan::{read_plan, Plan, PlannedSubtask};
