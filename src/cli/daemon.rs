@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use wiggum_engine::events::{Event, EventSink};
-use wiggum_engine::schedule::{run_daemon, Control, DaemonEvent, DaemonOptions, DaemonSink};
+use wiggum_engine::schedule::{
+    run_daemon, Control, DaemonEvent, DaemonOptions, DaemonSink, SharedConfig,
+};
 
 use super::{CliError, CliResult, EXIT_OK, EXIT_USAGE};
 
@@ -56,6 +58,34 @@ pub struct DaemonArgs {
     /// some network mounts); SIGHUP still re-reads them.
     #[arg(long)]
     pub no_watch: bool,
+
+    /// PostgreSQL mode (several daemons): how long a run's lease lasts without renewal; a
+    /// daemon that dies has its runs taken over by another this long after its last renewal.
+    #[arg(long, value_name = "DURATION", default_value = "90s")]
+    pub lease: String,
+
+    /// PostgreSQL mode: the backstop poll for the other daemons' news (runs to take over,
+    /// queued fires), jittered by a quarter; wake-ups (LISTEN/NOTIFY) come sooner.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub poll: String,
+}
+
+/// The PostgreSQL settings of the repository (`WIGGUM_DATABASE_URL`, or `[ledger] backend =
+/// "postgres"` in `.wiggum/config.toml`), when that backend is on.
+pub fn shared_config(repo: Option<&Path>) -> Result<Option<SharedConfig>, CliError> {
+    let root = match super::resolve_repo(repo) {
+        Ok(root) => root,
+        Err(e) if std::env::var_os("WIGGUM_DATABASE_URL").is_some() => {
+            return Err(e.hint(
+                "in PostgreSQL mode the daemon's records are keyed by the repository: run it \
+                 inside the repository's clone, or pass --repo DIR",
+            ))
+        }
+        Err(_) => return Ok(None),
+    };
+    SharedConfig::discover(&root).map_err(|e| {
+        CliError::usage(e.to_string()).hint("see docs/scale-out.md for the PostgreSQL settings")
+    })
 }
 
 /// Where the default patrols and the state are: `(default patrol dir, state dir)`.
@@ -91,6 +121,19 @@ fn duration(flag: &str, text: &str) -> Result<Duration, CliError> {
 pub fn run(args: DaemonArgs) -> CliResult {
     let (default_dir, state_dir) = locate(args.repo.as_deref(), args.state.as_deref())?;
     let log = Arc::new(Log { json: args.json });
+    let shared = shared_config(args.repo.as_deref())?.map(|mut c| -> Result<_, CliError> {
+        c.lease = duration("lease", &args.lease)?;
+        c.poll = duration("poll", &args.poll)?;
+        if c.lease < Duration::from_millis(300) {
+            return Err(
+                CliError::usage(format!("--lease {}: too short", args.lease)).hint(
+                    "a lease is renewed every third of it; give it at least 1s (90s is usual)",
+                ),
+            );
+        }
+        Ok(c)
+    });
+    let shared = shared.transpose()?;
     let opts = DaemonOptions {
         sources: args.patrols.clone(),
         default_dir,
@@ -99,6 +142,7 @@ pub fn run(args: DaemonArgs) -> CliResult {
         stop_timeout: duration("stop-timeout", &args.stop_timeout)?,
         run_sink: log.clone(),
         watch: !args.no_watch,
+        shared,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -289,6 +333,32 @@ impl DaemonSink for Log {
                 run_id,
             } => format!(
                 "resuming {} of {patrol} slot {}, left unfinished by an earlier daemon",
+                run_id.as_deref().unwrap_or("the run"),
+                t(slot)
+            ),
+            Shared {
+                machine,
+                holder,
+                database,
+                repo,
+            } => format!(
+                "sharing fires with the other daemons of repository {repo} in {database} \
+                 (this daemon: {holder} on {machine})"
+            ),
+            FiredElsewhere {
+                patrol,
+                slot,
+                machine,
+            } => format!("{patrol} slot {} is fired by {machine}", t(slot)),
+            TakenOver {
+                patrol,
+                slot,
+                run_id,
+                from_machine,
+                attempt,
+            } => format!(
+                "taking over {} of {patrol} slot {} from {from_machine} (its lease ran out; \
+                 attempt {attempt})",
                 run_id.as_deref().unwrap_or("the run"),
                 t(slot)
             ),

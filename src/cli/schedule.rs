@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use wiggum_engine::patrol::Tz;
 use wiggum_engine::schedule::{
     fire_once, state, status, DaemonLock, DaemonOptions, Fire, PatrolStatus, ScheduleError,
-    ScheduleStatus, Store,
+    ScheduleStatus, SharedConfig, Store,
 };
 
 use super::daemon::{locate, Log};
@@ -94,6 +94,8 @@ pub fn run(args: ScheduleArgs) -> CliResult {
         args.patrols.clone()
     };
     let json = args.common.json;
+    let shared = super::daemon::shared_config(args.common.repo.as_deref())?;
+    let shared = shared.as_ref();
     match args.action {
         None => list(
             &sources,
@@ -101,15 +103,28 @@ pub fn run(args: ScheduleArgs) -> CliResult {
             &state_dir,
             (args.next, args.history),
             json,
+            shared,
         ),
-        Some(ScheduleAction::Pause { name }) => {
-            set_paused(&sources, &default_dir, &state_dir, &name, true, json)
-        }
-        Some(ScheduleAction::Resume { name }) => {
-            set_paused(&sources, &default_dir, &state_dir, &name, false, json)
-        }
+        Some(ScheduleAction::Pause { name }) => set_paused(
+            &sources,
+            &default_dir,
+            &state_dir,
+            &name,
+            true,
+            json,
+            shared,
+        ),
+        Some(ScheduleAction::Resume { name }) => set_paused(
+            &sources,
+            &default_dir,
+            &state_dir,
+            &name,
+            false,
+            json,
+            shared,
+        ),
         Some(ScheduleAction::Run { name, quiet }) => {
-            fire_now(sources, default_dir, state_dir, &name, quiet, json)
+            fire_now(sources, default_dir, state_dir, &name, quiet, json, shared)
         }
     }
 }
@@ -135,8 +150,9 @@ fn get_status(
     default_dir: &std::path::Path,
     state_dir: &std::path::Path,
     next: usize,
+    shared: Option<&SharedConfig>,
 ) -> Result<ScheduleStatus, CliError> {
-    status(sources, default_dir, state_dir, Utc::now(), next, 0).map_err(engine_error)
+    status(sources, default_dir, state_dir, Utc::now(), next, 0, shared).map_err(engine_error)
 }
 
 fn known(st: &ScheduleStatus, name: &str) -> Result<(), CliError> {
@@ -177,6 +193,12 @@ fn describe_fire(f: &Fire, timezone: &str) -> String {
     if let Some(r) = &f.run_id {
         s.push_str(&format!(" (run {r})"));
     }
+    if let Some(m) = &f.machine {
+        s.push_str(&format!(" on {m}"));
+        if let Some(a) = f.attempt.filter(|a| *a > 1) {
+            s.push_str(&format!(", attempt {a}"));
+        }
+    }
     let reason = f.reason.lines().next().unwrap_or_default();
     if !reason.is_empty() && f.state != state::DONE {
         s.push_str(&format!(" — {reason}"));
@@ -190,19 +212,31 @@ fn list(
     state_dir: &std::path::Path,
     (next, history): (usize, usize),
     json: bool,
+    shared: Option<&SharedConfig>,
 ) -> CliResult {
-    let st =
-        status(sources, default_dir, state_dir, Utc::now(), next, history).map_err(engine_error)?;
+    let st = status(
+        sources,
+        default_dir,
+        state_dir,
+        Utc::now(),
+        next,
+        history,
+        shared,
+    )
+    .map_err(engine_error)?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "state_dir": st.state_dir,
-                "daemon": {"running": st.daemon_pid.is_some(), "pid": st.daemon_pid},
-                "patrols": st.patrols,
-                "invalid": st.invalid.iter().map(|(p, e)| serde_json::json!({"path": p, "errors": e})).collect::<Vec<_>>(),
-            })
-        );
+        let mut v = serde_json::json!({
+            "state_dir": st.state_dir,
+            "daemon": {"running": st.daemon_pid.is_some(), "pid": st.daemon_pid},
+            "patrols": st.patrols,
+            "invalid": st.invalid.iter().map(|(p, e)| serde_json::json!({"path": p, "errors": e})).collect::<Vec<_>>(),
+        });
+        if let Some(db) = &st.database {
+            v["database"] = db.clone().into();
+            v["repository"] = st.repository.clone().into();
+            v["daemons"] = serde_json::to_value(&st.daemons).unwrap_or_default();
+        }
+        println!("{v}");
         return Ok(EXIT_OK);
     }
     let mut out = String::new();
@@ -215,6 +249,29 @@ fn list(
             "daemon: not running (start it with `wiggum daemon`), state {}\n",
             st.state_dir.display()
         )),
+    }
+    if let Some(db) = &st.database {
+        out.push_str(&format!(
+            "shared: {db}, repository {}; daemons seen in the last day:\n",
+            st.repository.as_deref().unwrap_or("?")
+        ));
+        if st.daemons.is_empty() {
+            out.push_str("  none yet\n");
+        }
+        for d in &st.daemons {
+            let state = match (&d.stopped_at, d.alive) {
+                (Some(at), _) => format!("stopped {}", when(at, "UTC")),
+                (None, true) => "alive".to_string(),
+                (None, false) => "silent (dead, or cut off from the database)".to_string(),
+            };
+            out.push_str(&format!(
+                "  {} pid {}: {state}, last heartbeat {}, state {}\n",
+                d.machine,
+                d.pid,
+                when(&d.last_seen, "UTC"),
+                d.state_dir
+            ));
+        }
     }
     if st.patrols.is_empty() && st.invalid.is_empty() {
         out.push_str("no patrols found\n");
@@ -283,10 +340,11 @@ fn set_paused(
     name: &str,
     paused: bool,
     json: bool,
+    shared: Option<&SharedConfig>,
 ) -> CliResult {
-    let st = get_status(sources, default_dir, state_dir, 1)?;
+    let st = get_status(sources, default_dir, state_dir, 1, shared)?;
     known(&st, name)?;
-    let store = Store::open(state_dir).map_err(engine_error)?;
+    let store = Store::open_with(state_dir, shared).map_err(engine_error)?;
     store.set_paused(name, paused).map_err(engine_error)?;
     if json {
         println!("{}", serde_json::json!({"patrol": name, "paused": paused}));
@@ -305,8 +363,9 @@ fn fire_now(
     name: &str,
     quiet: bool,
     json: bool,
+    shared: Option<&SharedConfig>,
 ) -> CliResult {
-    let st = get_status(&sources, &default_dir, &state_dir, 1)?;
+    let st = get_status(&sources, &default_dir, &state_dir, 1, shared)?;
     known(&st, name)?;
     if let Some(pid) = DaemonLock::holder(&state_dir) {
         return ask_daemon(&state_dir, pid, name, json);
@@ -320,6 +379,7 @@ fn fire_now(
         stop_timeout: Duration::from_secs(30),
         run_sink: log.clone(),
         watch: false,
+        shared: shared.cloned(),
     };
     let name = name.to_string();
     let output = Arc::new(super::runtime::Output::Terminal(

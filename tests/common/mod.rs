@@ -110,6 +110,7 @@ pub fn wiggum_command() -> Command {
         .env_remove("GITHUB_ACTIONS")
         .env_remove("GITHUB_STEP_SUMMARY")
         .env_remove("GITHUB_OUTPUT")
+        .env_remove("WIGGUM_DATABASE_URL")
         .env("NO_COLOR", "1")
         .env("GIT_AUTHOR_NAME", "Test User")
         .env("GIT_AUTHOR_EMAIL", "test@example.invalid")

@@ -21,11 +21,13 @@ use super::events::{DaemonEvent, DaemonSink};
 use super::ledger_note::note_fire;
 use super::next_fire::fires_between;
 use super::quota::quota_exhausted;
+use super::shared::{Claim, SharedConfig, CHANNEL};
 use super::store::{state, DaemonLock, Fire, Store};
 use super::ScheduleError;
 use crate::events::{Event, EventSink};
 use crate::ledger::format_time;
 use crate::patrol::{Overlap, Patrol};
+use crate::pg::lease::{keep, Lease, Leases};
 use crate::ralph::Outcome;
 use crate::run::state::RunLock;
 use crate::run::{resume_run, run_patrol, Cancel, PatrolOptions, PatrolReport};
@@ -58,6 +60,9 @@ pub struct DaemonOptions {
     pub run_sink: Arc<dyn EventSink>,
     /// Notice changed patrol files by themselves (inotify); off: only SIGHUP reloads.
     pub watch: bool,
+    /// PostgreSQL mode: the fires are shared with every daemon of the repository (see
+    /// [`super::shared`]); `None`: `daemon.db` alone (one machine).
+    pub shared: Option<SharedConfig>,
 }
 
 /// The idempotency key of a slot's run.
@@ -90,12 +95,16 @@ struct Running {
     cancel: Cancel,
     run_id: Option<String>,
     superseded_by: Option<DateTime<Utc>>,
+    /// PostgreSQL mode: the lease that holds the run against other daemons.
+    lease: Option<Lease>,
 }
 
 struct Done {
     patrol: String,
     slot: DateTime<Utc>,
     result: Result<PatrolReport, String>,
+    /// The run's lease was lost (taken over by another daemon): why.
+    lost: Option<String>,
 }
 
 enum Job {
@@ -137,6 +146,10 @@ struct Daemon {
     tasks: BTreeMap<tokio::task::Id, (String, DateTime<Utc>)>,
     started_tx: mpsc::UnboundedSender<(String, DateTime<Utc>, String)>,
     stopping: bool,
+    /// PostgreSQL mode: leases on this runtime, for the keepers of the runs.
+    leases: Option<Leases>,
+    /// PostgreSQL mode: the last database failure reported (reported again when it changes).
+    db_trouble: Option<String>,
 }
 
 /// Runs the daemon until a [`Control::Stop`] (or the control channel closes). Refuses to
@@ -147,7 +160,25 @@ pub async fn run_daemon(
     mut control: mpsc::UnboundedReceiver<Control>,
 ) -> Result<(), ScheduleError> {
     let _lock = DaemonLock::acquire(&opts.state_dir)?;
-    let store = Store::open(&opts.state_dir)?;
+    let store = Store::open_with(&opts.state_dir, opts.shared.as_ref())?;
+    let leases = match store.shared() {
+        Some(sh) => Some(sh.leases_here()?),
+        None => None,
+    };
+    let mut wakeups = match store.shared() {
+        Some(sh) => match crate::pg::notify::listen(&sh.config().url, &[CHANNEL]).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                sink.emit(&DaemonEvent::Warning {
+                    message: format!(
+                        "cannot listen for the other daemons' wake-ups ({e}); polling only"
+                    ),
+                });
+                mpsc::channel(1).1
+            }
+        },
+        None => mpsc::channel(1).1,
+    };
     let found = discover(&opts.sources, &opts.default_dir)?;
     let absolute: Vec<PathBuf> = opts
         .sources
@@ -174,6 +205,8 @@ pub async fn run_daemon(
         tasks: BTreeMap::new(),
         started_tx,
         stopping: false,
+        leases,
+        db_trouble: None,
     };
     d.reload_files(&found.files, None);
     d.sink.emit(&DaemonEvent::Started {
@@ -181,13 +214,43 @@ pub async fn run_daemon(
         state_dir: d.opts.state_dir.clone(),
         patrols: d.entries.len(),
     });
+    if let Some(sh) = d.store.shared() {
+        d.emit(DaemonEvent::Shared {
+            machine: sh.config().machine.clone(),
+            holder: sh.holder().to_string(),
+            database: sh.config().url.redacted(),
+            repo: sh.config().repo.clone(),
+        });
+    }
     d.resume_unsettled();
     d.catch_up(Utc::now());
     d.handle_requests();
+    let shared = d.store.shared().is_some();
+    let poll = d
+        .opts
+        .shared
+        .as_ref()
+        .map(|c| c.poll)
+        .unwrap_or(Duration::MAX);
+    let mut next_poll = tokio::time::Instant::now()
+        + crate::pg::notify::backstop(poll.min(Duration::from_secs(86_400)));
     loop {
         let sleep = d.sleep_for(Utc::now());
         tokio::select! {
             _ = tokio::time::sleep(sleep) => d.fire_due(Utc::now()),
+            _ = tokio::time::sleep_until(next_poll), if shared => {
+                d.sync_shared();
+                next_poll = tokio::time::Instant::now() + crate::pg::notify::backstop(poll);
+            }
+            Some((_, payload)) = wakeups.recv(), if shared => {
+                // Another daemon of this repository (or a reconnection): look now.
+                let ours = d.opts.shared.as_ref().is_some_and(|c| {
+                    payload.is_empty() || payload.split(' ').next() == Some(c.repo.as_str())
+                });
+                if ours {
+                    d.sync_shared();
+                }
+            }
             c = control.recv() => match c {
                 Some(Control::Reload) => d.reload("SIGHUP"),
                 Some(Control::Requests) => d.handle_requests(),
@@ -386,6 +449,9 @@ impl Daemon {
             return format!("no scheduled patrol named `{name}`");
         };
         let patrol = entry.patrol.clone();
+        if self.store.shared().is_some() {
+            return self.fire_shared(patrol, slot, kind);
+        }
         if kind != "manual" {
             let mark = self.store.mark(name).unwrap_or_default();
             let _ = self.store.set_seen_through(name, &slot);
@@ -498,12 +564,259 @@ impl Daemon {
         });
         let name = patrol.name.clone();
         let why = started_by(&patrol, &slot, kind);
-        self.spawn(&name, slot, Job::Start(Box::new(patrol), why));
+        self.spawn(&name, slot, Job::Start(Box::new(patrol), why), None);
         format!("started (slot {})", format_time(&slot))
     }
 
-    fn spawn(&mut self, name: &str, slot: DateTime<Utc>, job: Job) {
+    /// PostgreSQL mode: claims the slot in the shared database, where pause, quota hold and
+    /// overlap are decided against the fires of every daemon of the repository.
+    fn fire_shared(&mut self, patrol: Patrol, slot: DateTime<Utc>, kind: &str) -> String {
+        let name = patrol.name.clone();
+        let tpl = self.new_fire(&patrol, slot, kind, state::RUNNING);
+        let claim = match self.store.shared() {
+            Some(sh) => sh.claim(&tpl, patrol.overlap, kind == "manual"),
+            None => return "no shared state".into(),
+        };
+        let claim = match claim {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("cannot claim the fire in the shared database: {e}");
+                self.warn(format!(
+                    "{name} slot {}: {reason}; not run now (when the database answers again, \
+                     the slots it missed are caught up per `catchup`)",
+                    format_time(&slot)
+                ));
+                self.db_trouble = Some(reason.clone());
+                return reason;
+            }
+        };
+        match claim {
+            Claim::Taken { machine } => {
+                self.emit(DaemonEvent::FiredElsewhere {
+                    patrol: name,
+                    slot,
+                    machine: machine.clone(),
+                });
+                format!("slot {} was fired by {machine}", format_time(&slot))
+            }
+            Claim::Paused(reason) => {
+                self.emit(DaemonEvent::Skipped {
+                    patrol: name,
+                    slot,
+                    reason: reason.clone(),
+                });
+                reason
+            }
+            Claim::NotRun { state: st, reason } => {
+                self.note_not_run(&patrol, slot, kind, st, &reason, tpl.repo);
+                reason
+            }
+            Claim::Queued(reason) => {
+                self.emit(DaemonEvent::Queued { patrol: name, slot });
+                reason
+            }
+            Claim::Start { lease, cancelling } => {
+                if let Some(rs) = self.running.get_mut(&name) {
+                    for r in rs.iter_mut().filter(|r| cancelling.contains(&r.slot)) {
+                        r.superseded_by = Some(slot);
+                        r.cancel.cancel();
+                    }
+                }
+                for old in &cancelling {
+                    self.emit(DaemonEvent::Cancelling {
+                        patrol: name.clone(),
+                        slot: *old,
+                        by: slot,
+                    });
+                }
+                self.emit(DaemonEvent::Fired {
+                    patrol: name.clone(),
+                    slot,
+                    kind: kind.into(),
+                    late_ms: (Utc::now() - slot).num_milliseconds(),
+                });
+                let why = started_by(&patrol, &slot, kind);
+                self.spawn(&name, slot, Job::Start(Box::new(patrol), why), Some(lease));
+                format!("started (slot {})", format_time(&slot))
+            }
+        }
+    }
+
+    /// PostgreSQL mode, at start and at every poll or wake-up: says this daemon is alive,
+    /// cancels its runs that a later fire asked to cancel, takes over the runs whose daemon
+    /// died (their lease expired) or stopped, and starts queued fires whose patrol is idle.
+    fn sync_shared(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let Some(sh) = self.store.shared() else {
+            return;
+        };
+        if let Err(e) = sh.heartbeat(&self.opts.state_dir, false) {
+            let message = format!("the shared database does not answer: {e}");
+            if self.db_trouble.as_ref() != Some(&message) {
+                self.warn(format!(
+                    "{message}; running runs go on, new fires wait for it (polling every {})",
+                    wiggum_agents::format_duration(
+                        self.opts
+                            .shared
+                            .as_ref()
+                            .map(|c| c.poll)
+                            .unwrap_or_default()
+                    )
+                ));
+                self.db_trouble = Some(message);
+            }
+            return;
+        }
+        let recovered = self.db_trouble.take().is_some();
+        if recovered {
+            self.warn("the shared database answers again; catching up the slots it missed".into());
+        }
+        let cancels = sh.cancel_requests().unwrap_or_default();
+        let orphans = sh.orphans().unwrap_or_default();
+        let queued = sh.queued_patrols().unwrap_or_default();
+        for (patrol, slot, by) in cancels {
+            let Some(r) = self
+                .running
+                .get_mut(&patrol)
+                .and_then(|rs| rs.iter_mut().find(|r| r.slot == slot))
+            else {
+                continue;
+            };
+            if r.superseded_by.is_none() {
+                r.superseded_by = Some(by);
+                r.cancel.cancel();
+                self.emit(DaemonEvent::Cancelling { patrol, slot, by });
+            }
+        }
+        for o in orphans {
+            let f = o.fire;
+            let Some(entry) = self.entries.get(&f.patrol) else {
+                continue;
+            };
+            let mine = self
+                .running
+                .get(&f.patrol)
+                .is_some_and(|rs| rs.iter().any(|r| r.slot == f.slot));
+            if mine {
+                continue;
+            }
+            let patrol = entry.patrol.clone();
+            let Some(sh) = self.store.shared() else {
+                return;
+            };
+            if let Some(by) = o.cancel_by {
+                let reason = format!(
+                    "cancelled by the fire of {} (overlap = \"cancel\") while its daemon was gone",
+                    format_time(&by)
+                );
+                if sh.cancel_orphan(&f, &reason).unwrap_or(false) {
+                    self.emit(DaemonEvent::RunFinished {
+                        patrol: f.patrol.clone(),
+                        slot: f.slot,
+                        run_id: f.run_id.clone(),
+                        state: state::CANCELLED.into(),
+                        outcome: Some("cancelled".into()),
+                        reason,
+                    });
+                }
+                continue;
+            }
+            let (lease, attempt) = match sh.take_over(&f) {
+                Ok(Some(taken)) => taken,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.warn(format!(
+                        "cannot take over {} slot {}: {e}",
+                        f.patrol,
+                        format_time(&f.slot)
+                    ));
+                    continue;
+                }
+            };
+            self.emit(DaemonEvent::TakenOver {
+                patrol: f.patrol.clone(),
+                slot: f.slot,
+                run_id: f.run_id.clone(),
+                from_machine: f.machine.clone().unwrap_or_default(),
+                attempt,
+            });
+            let job = match &f.run_id {
+                // This machine's clone of the repository: the run's branch must be here.
+                Some(run_id) => Job::Resume {
+                    repo: crate::workspace::discover_root(&patrol.repo)
+                        .or_else(|_| std::path::absolute(&patrol.repo))
+                        .unwrap_or_else(|_| patrol.repo.clone()),
+                    run_id: run_id.clone(),
+                },
+                // The run had no id yet: its idempotency key finds it if it was created.
+                None => {
+                    let why = started_by(&patrol, &f.slot, &f.kind);
+                    Job::Start(Box::new(patrol), why)
+                }
+            };
+            self.spawn(&f.patrol, f.slot, job, Some(lease));
+            if let Some(id) = &f.run_id {
+                if let Some(r) = self
+                    .running
+                    .get_mut(&f.patrol)
+                    .and_then(|rs| rs.iter_mut().find(|r| r.slot == f.slot))
+                {
+                    r.run_id = Some(id.clone());
+                }
+            }
+        }
+        for name in queued {
+            self.start_queued_shared(&name);
+        }
+        if recovered {
+            // Slots that passed while no daemon could claim them: as after a downtime.
+            self.catch_up(Utc::now());
+        }
+    }
+
+    /// PostgreSQL mode: starts the queued fire of `name` if no run of it goes anywhere.
+    fn start_queued_shared(&mut self, name: &str) {
+        if self.stopping {
+            return;
+        }
+        let Some(entry) = self.entries.get(name) else {
+            return;
+        };
+        let patrol = entry.patrol.clone();
+        let Some(sh) = self.store.shared() else {
+            return;
+        };
+        let (fire, lease) = match sh.start_queued(name) {
+            Ok(Some(started)) => started,
+            Ok(None) => return,
+            Err(e) => {
+                self.warn(format!("cannot start the queued fire of {name}: {e}"));
+                return;
+            }
+        };
+        self.emit(DaemonEvent::Fired {
+            patrol: name.into(),
+            slot: fire.slot,
+            kind: "queued".into(),
+            late_ms: (Utc::now() - fire.slot).num_milliseconds(),
+        });
+        let why = started_by(&patrol, &fire.slot, "queued");
+        self.spawn(
+            name,
+            fire.slot,
+            Job::Start(Box::new(patrol), why),
+            Some(lease),
+        );
+    }
+
+    fn spawn(&mut self, name: &str, slot: DateTime<Utc>, job: Job, lease: Option<Lease>) {
         let cancel = Cancel::new();
+        let keeper = match (&lease, &self.leases, &self.opts.shared) {
+            (Some(l), Some(leases), Some(cfg)) => Some((leases.clone(), l.clone(), cfg.lease)),
+            _ => None,
+        };
         self.running
             .entry(name.to_string())
             .or_default()
@@ -512,6 +825,7 @@ impl Daemon {
                 cancel: cancel.clone(),
                 run_id: None,
                 superseded_by: None,
+                lease,
             });
         let sink = Arc::new(FireSink {
             inner: self.opts.run_sink.clone(),
@@ -521,11 +835,33 @@ impl Daemon {
         });
         let patrol = name.to_string();
         let handle = self.runs.spawn(async move {
-            let result = execute(job, &patrol, slot, sink, cancel).await;
+            // The lease is renewed every third of its time while the run goes; when it is lost
+            // (another daemon took the run over), the run is cancelled and its result dropped.
+            let mut keeper = keeper.map(|(leases, lease, ttl)| keep(leases, lease, ttl, ttl / 3));
+            let key = patrol.clone();
+            let run = execute(job, &key, slot, sink, cancel.clone());
+            tokio::pin!(run);
+            let mut lost = None;
+            let result = loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    why = async {
+                        match keeper.as_mut() {
+                            Some(k) => k.lost().await,
+                            None => std::future::pending().await,
+                        }
+                    }, if lost.is_none() => {
+                        lost = Some(why);
+                        cancel.cancel();
+                    }
+                }
+            };
+            drop(keeper);
             Done {
                 patrol,
                 slot,
                 result,
+                lost,
             }
         });
         self.tasks.insert(handle.id(), (name.to_string(), slot));
@@ -565,25 +901,49 @@ impl Daemon {
                     patrol,
                     slot,
                     result: Err(format!("internal error in wiggum while running: {e}")),
+                    lost: None,
                 }
             }
         };
-        let superseded_by = self.running.get_mut(&done.patrol).and_then(|rs| {
-            let i = rs.iter().position(|r| r.slot == done.slot)?;
-            rs.remove(i).superseded_by
-        });
-        let settled = settle(
-            &self.store,
-            &self.opts,
-            &done.patrol,
-            done.slot,
-            superseded_by,
-            &done.result,
-        );
-        for e in settled {
-            self.emit(e);
+        let (superseded_by, lease) = self
+            .running
+            .get_mut(&done.patrol)
+            .and_then(|rs| {
+                let i = rs.iter().position(|r| r.slot == done.slot)?;
+                let r = rs.remove(i);
+                Some((r.superseded_by, r.lease))
+            })
+            .unwrap_or((None, None));
+        if let Some(why) = &done.lost {
+            self.warn(format!(
+                "{} slot {}: this daemon lost the run's lease ({why}); another daemon takes the \
+                 run over, this daemon's end of it is not recorded",
+                done.patrol,
+                format_time(&done.slot)
+            ));
+        } else {
+            let settled = settle(
+                &self.store,
+                &self.opts,
+                &done.patrol,
+                done.slot,
+                superseded_by,
+                &done.result,
+                lease.as_ref(),
+            );
+            for e in settled {
+                self.emit(e);
+            }
+        }
+        if let (Some(lease), Some(sh)) = (&lease, self.store.shared()) {
+            let _ = sh.release(lease);
+            let _ = sh.notify("finished");
         }
         if self.stopping {
+            return;
+        }
+        if self.store.shared().is_some() {
+            self.start_queued_shared(&done.patrol);
             return;
         }
         let idle = self.running.get(&done.patrol).is_none_or(Vec::is_empty);
@@ -599,7 +959,7 @@ impl Daemon {
                         late_ms: (Utc::now() - q).num_milliseconds(),
                     });
                     let why = started_by(&patrol, &q, "queued");
-                    self.spawn(&done.patrol, q, Job::Start(Box::new(patrol), why));
+                    self.spawn(&done.patrol, q, Job::Start(Box::new(patrol), why), None);
                 }
             }
         }
@@ -614,6 +974,19 @@ impl Daemon {
         if !matches!(self.store.insert_fire(&fire), Ok(true)) {
             return;
         }
+        self.note_not_run(p, slot, kind, st, reason, fire.repo);
+    }
+
+    /// Logs a recorded fire that does not run and notes it in the repository's ledger.
+    fn note_not_run(
+        &self,
+        p: &Patrol,
+        slot: DateTime<Utc>,
+        kind: &str,
+        st: &str,
+        reason: &str,
+        repo: PathBuf,
+    ) {
         self.emit(DaemonEvent::Skipped {
             patrol: p.name.clone(),
             slot,
@@ -621,7 +994,7 @@ impl Daemon {
         });
         let title = format!("schedule {}: fire of {} {st}", p.name, format_time(&slot));
         let body = format!("{}\n\n{reason}", started_by(p, &slot, kind));
-        note_in_background(fire.repo, title, body, st.to_string(), self.sink.clone());
+        note_in_background(repo, title, body, st.to_string(), self.sink.clone());
     }
 
     /// Records slots that passed without a run.
@@ -633,12 +1006,17 @@ impl Daemon {
         };
         // Every slot has its record, up to a bound (a long downtime of a per-second schedule
         // is one line of the log and one bead either way).
+        let mut recorded = 0;
         for slot in slots.iter().rev().take(1000) {
             let mut fire = self.new_fire(&entry.patrol, *slot, "scheduled", state::MISSED);
             fire.reason = reason.to_string();
             fire.started_at = None;
             fire.finished_at = Some(Utc::now());
-            let _ = self.store.insert_fire(&fire);
+            recorded += usize::from(matches!(self.store.insert_fire(&fire), Ok(true)));
+        }
+        // With several daemons (PostgreSQL), another one may have handled these slots.
+        if recorded == 0 && self.store.shared().is_some() {
+            return;
         }
         self.emit(DaemonEvent::Missed {
             patrol: name.into(),
@@ -665,6 +1043,12 @@ impl Daemon {
 
     /// At start: runs an earlier daemon left unfinished are resumed, queued fires queued again.
     fn resume_unsettled(&mut self) {
+        if self.store.shared().is_some() {
+            // Shared: fires whose lease expired or was given back are taken over, by this
+            // daemon or another one (see `sync_shared`).
+            self.sync_shared();
+            return;
+        }
         let fires = match self.store.unsettled() {
             Ok(f) => f,
             Err(e) => {
@@ -716,7 +1100,7 @@ impl Daemon {
                 slot: f.slot,
                 run_id: f.run_id.clone(),
             });
-            self.spawn(&f.patrol, f.slot, job);
+            self.spawn(&f.patrol, f.slot, job, None);
             if let Some(id) = &f.run_id {
                 if let Some(r) = self.running.get_mut(&f.patrol).and_then(|rs| rs.last_mut()) {
                     r.run_id = Some(id.clone());
@@ -735,7 +1119,7 @@ impl Daemon {
                 let patrol = entry.patrol.clone();
                 let _ = self.store.set_state(&name, &slot, state::RUNNING, "");
                 let why = started_by(&patrol, &slot, "queued");
-                self.spawn(&name, slot, Job::Start(Box::new(patrol), why));
+                self.spawn(&name, slot, Job::Start(Box::new(patrol), why), None);
             }
         }
     }
@@ -844,7 +1228,25 @@ impl Daemon {
         // Runs that did not end in time stay `running` in the store: resumed at next start.
         self.runs.abort_all();
         while self.runs.join_next().await.is_some() {}
-        let interrupted = self.store.unsettled().map(|f| f.len()).unwrap_or(0);
+        let interrupted = match self.store.shared() {
+            Some(sh) => {
+                let _ = sh.heartbeat(&self.opts.state_dir, true);
+                let _ = sh.notify("stopped");
+                let machine = &sh.config().machine;
+                self.store
+                    .unsettled()
+                    .map(|f| {
+                        f.iter()
+                            .filter(|f| {
+                                f.state == state::INTERRUPTED
+                                    && f.machine.as_deref() == Some(machine)
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0)
+            }
+            None => self.store.unsettled().map(|f| f.len()).unwrap_or(0),
+        };
         self.emit(DaemonEvent::Stopped { interrupted });
     }
 }
@@ -889,6 +1291,8 @@ fn new_fire(p: &Patrol, slot: DateTime<Utc>, kind: &str, st: &str) -> Fire {
         decided_at: Utc::now(),
         started_at: Some(Utc::now()),
         finished_at: None,
+        machine: None,
+        attempt: None,
     }
 }
 
@@ -928,6 +1332,7 @@ fn settle(
     slot: DateTime<Utc>,
     superseded_by: Option<DateTime<Utc>>,
     result: &Result<PatrolReport, String>,
+    lease: Option<&Lease>,
 ) -> Vec<DaemonEvent> {
     let mut events = Vec::new();
     let (st, outcome, reason, run_id) = match result {
@@ -984,10 +1389,23 @@ fn settle(
             }
         }
     };
-    let _ = match &outcome {
-        Some(o) => store.set_outcome(patrol, &slot, st, o, &reason),
-        None => store.set_outcome(patrol, &slot, st, "error", &reason),
+    let o = outcome.as_deref().unwrap_or("error");
+    let written = match store.shared() {
+        Some(sh) => sh.finish(patrol, &slot, st, o, &reason, lease),
+        None => store
+            .set_outcome(patrol, &slot, st, o, &reason)
+            .map(|_| true),
     };
+    if let Ok(false) = written {
+        events.push(DaemonEvent::Warning {
+            message: format!(
+                "{patrol} slot {}: the run's lease was lost before its end was recorded; \
+                 another daemon takes the run over",
+                format_time(&slot)
+            ),
+        });
+        return events;
+    }
     events.push(DaemonEvent::RunFinished {
         patrol: patrol.into(),
         slot,
@@ -1051,6 +1469,9 @@ pub async fn fire_once(
         });
     };
     let slot = crate::ledger::now();
+    if store.shared().is_some() {
+        return fire_once_shared(opts, &store, patrol, slot, sink, cancel).await;
+    }
     if patrol.overlap != Overlap::Allow {
         let busy = store.recent(name, 50)?.into_iter().find(|f| {
             f.state == state::RUNNING
@@ -1099,10 +1520,83 @@ pub async fn fire_once(
     while let Ok((_, _, run_id)) = rx.try_recv() {
         store.set_run(name, &slot, &run_id)?;
     }
-    for e in settle(&store, opts, name, slot, None, &result) {
+    for e in settle(&store, opts, name, slot, None, &result, None) {
         sink.emit(&e);
     }
     let fire = store.fire(name, &slot)?.unwrap_or(fire);
+    Ok((fire, result.ok()))
+}
+
+/// [`fire_once`] in PostgreSQL mode: the fire is claimed like a daemon's (overlap against the
+/// runs of every machine; `queue` leaves it queued for the daemons), and its run is held by a
+/// lease while this command drives it.
+async fn fire_once_shared(
+    opts: &DaemonOptions,
+    store: &Store,
+    patrol: Patrol,
+    slot: DateTime<Utc>,
+    sink: Arc<dyn DaemonSink>,
+    cancel: Cancel,
+) -> Result<(Fire, Option<PatrolReport>), ScheduleError> {
+    let Some(sh) = store.shared() else {
+        return Err(ScheduleError::Config("no shared state".into()));
+    };
+    let name = patrol.name.clone();
+    let tpl = new_fire(&patrol, slot, "manual", state::RUNNING);
+    let lease = match sh.claim(&tpl, patrol.overlap, true)? {
+        Claim::Start { lease, .. } => lease,
+        Claim::Taken { .. } | Claim::Paused(_) | Claim::NotRun { .. } | Claim::Queued(_) => {
+            let fire = store.fire(&name, &slot)?.unwrap_or(tpl);
+            return Ok((fire, None));
+        }
+    };
+    sink.emit(&DaemonEvent::Fired {
+        patrol: name.clone(),
+        slot,
+        kind: "manual".into(),
+        late_ms: 0,
+    });
+    let leases = sh.leases_here()?;
+    let ttl = sh.config().lease;
+    let mut keeper = keep(leases, lease.clone(), ttl, ttl / 3);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let fire_sink = Arc::new(FireSink {
+        inner: opts.run_sink.clone(),
+        tx,
+        patrol: name.clone(),
+        slot,
+    });
+    let why = started_by(&patrol, &slot, "manual");
+    let run = execute(
+        Job::Start(Box::new(patrol), why),
+        &name,
+        slot,
+        fire_sink,
+        cancel.clone(),
+    );
+    tokio::pin!(run);
+    let mut lost = None;
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            why = keeper.lost(), if lost.is_none() => {
+                lost = Some(why);
+                cancel.cancel();
+            }
+        }
+    };
+    drop(keeper);
+    while let Ok((_, _, run_id)) = rx.try_recv() {
+        store.set_run(&name, &slot, &run_id)?;
+    }
+    if lost.is_none() {
+        for e in settle(store, opts, &name, slot, None, &result, Some(&lease)) {
+            sink.emit(&e);
+        }
+    }
+    let _ = sh.release(&lease);
+    let _ = sh.notify("finished");
+    let fire = store.fire(&name, &slot)?.unwrap_or(tpl);
     Ok((fire, result.ok()))
 }
 

@@ -65,6 +65,27 @@ pub enum DaemonEvent {
         slot: DateTime<Utc>,
         run_id: Option<String>,
     },
+    /// PostgreSQL mode: the daemon shares its fires with the other daemons of the repository.
+    Shared {
+        machine: String,
+        holder: String,
+        database: String,
+        repo: String,
+    },
+    /// PostgreSQL mode: another daemon (on `machine`) decided this slot.
+    FiredElsewhere {
+        patrol: String,
+        slot: DateTime<Utc>,
+        machine: String,
+    },
+    /// PostgreSQL mode: a run whose daemon died (or stopped) is taken over by this one.
+    TakenOver {
+        patrol: String,
+        slot: DateTime<Utc>,
+        run_id: Option<String>,
+        from_machine: String,
+        attempt: i32,
+    },
     Skipped {
         patrol: String,
         slot: DateTime<Utc>,

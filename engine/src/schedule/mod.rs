@@ -12,6 +12,7 @@ mod events;
 mod ledger_note;
 mod next_fire;
 mod quota;
+pub mod shared;
 mod status;
 mod store;
 mod watch;
@@ -21,6 +22,7 @@ pub use discover::{discover, load_all, Discovery, Invalid, DEFAULT_DIR};
 pub use events::{DaemonEvent, DaemonSink};
 pub use next_fire::{fires_between, next_fire};
 pub use quota::{quota_exhausted, QuotaHit};
+pub use shared::{DaemonSeen, SharedConfig};
 pub use status::{status, PatrolStatus, ScheduleStatus};
 pub use store::{state, DaemonLock, Fire, PatrolMark, Store};
 
@@ -31,6 +33,12 @@ use std::path::PathBuf;
 pub enum ScheduleError {
     #[error("daemon state database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The shared state in PostgreSQL (several daemons) failed.
+    #[error("daemon state in PostgreSQL: {0}")]
+    Pg(#[from] crate::pg::PgError),
+    /// The PostgreSQL settings cannot be read.
+    #[error("{0}")]
+    Config(String),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::discover::{discover, load_all, Invalid};
+use super::shared::{DaemonSeen, SharedConfig};
 use super::store::{DaemonLock, Fire, Store};
 use super::ScheduleError;
 use crate::patrol::Overlap;
@@ -39,6 +40,14 @@ pub struct ScheduleStatus {
     pub state_dir: PathBuf,
     /// The pid of the daemon running on this state, if any.
     pub daemon_pid: Option<u32>,
+    /// PostgreSQL mode: the database (password hidden) and the repository key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// PostgreSQL mode: the daemons of the repository seen in the last day, on every machine.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub daemons: Vec<DaemonSeen>,
     pub patrols: Vec<PatrolStatus>,
     /// Files that do not validate: `path` and one line per problem.
     pub invalid: Vec<(PathBuf, Vec<String>)>,
@@ -52,14 +61,15 @@ pub fn status(
     now: DateTime<Utc>,
     next_count: usize,
     history: usize,
+    shared: Option<&SharedConfig>,
 ) -> Result<ScheduleStatus, ScheduleError> {
     let found = discover(sources, default_dir)?;
     let (patrols, invalid) = load_all(&found.files);
     // Reading the state never creates it.
-    let store = if Store::exists(state_dir) {
-        Some(Store::open(state_dir)?)
-    } else {
-        None
+    let store = Store::open_to_read(state_dir, shared)?;
+    let daemons = match store.as_ref().and_then(Store::shared) {
+        Some(sh) => sh.daemons()?,
+        None => Vec::new(),
     };
     let mut out = Vec::new();
     for (p, _) in patrols {
@@ -113,6 +123,9 @@ pub fn status(
     Ok(ScheduleStatus {
         state_dir: state_dir.to_path_buf(),
         daemon_pid: DaemonLock::holder(state_dir),
+        database: shared.map(|c| c.url.redacted()),
+        repository: shared.map(|c| c.repo.clone()),
+        daemons,
         patrols: out,
         invalid: invalid
             .into_iter()

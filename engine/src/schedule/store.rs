@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use super::shared::{Shared, SharedConfig};
 use super::ScheduleError;
 use crate::ledger::{format_time, parse_time};
 
@@ -61,6 +62,12 @@ pub struct Fire {
     pub decided_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// PostgreSQL mode: the machine that fired it (or last took its run over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    /// PostgreSQL mode: 1, and one more each time another daemon took its run over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
 }
 
 /// Per-patrol state kept across restarts.
@@ -76,9 +83,12 @@ pub struct PatrolMark {
     pub quota_reason: Option<String>,
 }
 
-/// The daemon state database.
+/// The daemon state database: `<state>/daemon.db`, and in PostgreSQL mode the shared tables
+/// (fires, marks) of every daemon of the repository; the sources and the `wiggum schedule run`
+/// requests of this state directory stay in `daemon.db`.
 pub struct Store {
     conn: Connection,
+    shared: Option<Shared>,
 }
 
 const SCHEMA: &str = "
@@ -132,7 +142,43 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn })
+        Ok(Store { conn, shared: None })
+    }
+
+    /// Opens `<dir>/daemon.db`, and the shared state in PostgreSQL when `shared` is given.
+    pub fn open_with(dir: &Path, shared: Option<&SharedConfig>) -> Result<Store, ScheduleError> {
+        let mut store = Store::open(dir)?;
+        if let Some(cfg) = shared {
+            store.shared = Some(Shared::open(cfg.clone())?);
+        }
+        Ok(store)
+    }
+
+    /// For reading (`wiggum schedule`): never creates `<dir>/daemon.db` (an empty one in memory
+    /// stands in when it is missing); `None` when there is nothing to read.
+    pub fn open_to_read(
+        dir: &Path,
+        shared: Option<&SharedConfig>,
+    ) -> Result<Option<Store>, ScheduleError> {
+        let conn = if Store::exists(dir) {
+            Store::open(dir)?.conn
+        } else if shared.is_some() {
+            let conn = Connection::open_in_memory()?;
+            conn.execute_batch(SCHEMA)?;
+            conn
+        } else {
+            return Ok(None);
+        };
+        let shared = match shared {
+            Some(cfg) => Some(Shared::open(cfg.clone())?),
+            None => None,
+        };
+        Ok(Some(Store { conn, shared }))
+    }
+
+    /// The shared state, in PostgreSQL mode.
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
     }
 
     /// Whether `<dir>/daemon.db` exists (creates nothing).
@@ -143,6 +189,9 @@ impl Store {
     /// Records a fire; `false` (and nothing written) when the slot already has a record: a
     /// slot fires at most once, whatever crashed in between.
     pub fn insert_fire(&self, f: &Fire) -> Result<bool, ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.insert_fire(f);
+        }
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO fires(patrol, slot, kind, state, path, repo, run_id, outcome, \
              reason, decided_at, started_at, finished_at) \
@@ -173,6 +222,9 @@ impl Store {
         state: &str,
         reason: &str,
     ) -> Result<(), ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.set_state(patrol, slot, state, reason);
+        }
         let now = format_time(&Utc::now());
         let (started, finished) = match state {
             state::RUNNING => (Some(now.clone()), None),
@@ -195,6 +247,9 @@ impl Store {
         slot: &DateTime<Utc>,
         run_id: &str,
     ) -> Result<(), ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.set_run(patrol, slot, run_id);
+        }
         self.conn.execute(
             "UPDATE fires SET run_id = ?3 WHERE patrol = ?1 AND slot = ?2",
             params![patrol, format_time(slot), run_id],
@@ -211,6 +266,11 @@ impl Store {
         outcome: &str,
         reason: &str,
     ) -> Result<(), ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh
+                .finish(patrol, slot, state, outcome, reason, None)
+                .map(|_| ());
+        }
         self.set_state(patrol, slot, state, reason)?;
         self.conn.execute(
             "UPDATE fires SET outcome = ?3 WHERE patrol = ?1 AND slot = ?2",
@@ -243,6 +303,8 @@ impl Store {
                 decided_at: time(r.get(9)?).unwrap_or_default(),
                 started_at: time(r.get(10)?),
                 finished_at: time(r.get(11)?),
+                machine: None,
+                attempt: None,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -250,6 +312,9 @@ impl Store {
 
     /// The fire of a slot, if recorded.
     pub fn fire(&self, patrol: &str, slot: &DateTime<Utc>) -> Result<Option<Fire>, ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.fire(patrol, slot);
+        }
         let slot = format_time(slot);
         Ok(self
             .fires_where("WHERE patrol = ?1 AND slot = ?2", &[&patrol, &slot])?
@@ -258,6 +323,9 @@ impl Store {
 
     /// Fires that are not settled (queued, running, interrupted), oldest first.
     pub fn unsettled(&self) -> Result<Vec<Fire>, ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.unsettled();
+        }
         self.fires_where(
             "WHERE state IN ('queued', 'running', 'interrupted') ORDER BY slot",
             &[],
@@ -266,6 +334,9 @@ impl Store {
 
     /// The latest fires of a patrol, newest first.
     pub fn recent(&self, patrol: &str, limit: usize) -> Result<Vec<Fire>, ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.recent(patrol, limit);
+        }
         let limit = limit as i64;
         self.fires_where(
             "WHERE patrol = ?1 ORDER BY slot DESC LIMIT ?2",
@@ -275,11 +346,17 @@ impl Store {
 
     /// Every fire, oldest first (for `wiggum schedule --json` and tests).
     pub fn all_fires(&self) -> Result<Vec<Fire>, ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.all_fires();
+        }
         self.fires_where("ORDER BY patrol, slot", &[])
     }
 
     /// A patrol's marks (defaults when never seen).
     pub fn mark(&self, patrol: &str) -> Result<PatrolMark, ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.mark(patrol);
+        }
         Ok(self
             .conn
             .query_row(
@@ -306,6 +383,9 @@ impl Store {
 
     /// Every slot up to `t` was handled.
     pub fn set_seen_through(&self, patrol: &str, t: &DateTime<Utc>) -> Result<(), ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.set_seen_through(patrol, t);
+        }
         self.ensure(patrol)?;
         self.conn.execute(
             "UPDATE patrols SET seen_through = ?2 WHERE name = ?1",
@@ -316,6 +396,9 @@ impl Store {
 
     /// `wiggum schedule pause|resume`.
     pub fn set_paused(&self, patrol: &str, paused: bool) -> Result<(), ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.set_paused(patrol, paused);
+        }
         self.ensure(patrol)?;
         self.conn.execute(
             "UPDATE patrols SET paused = ?2 WHERE name = ?1",
@@ -331,6 +414,9 @@ impl Store {
         until: Option<&DateTime<Utc>>,
         reason: Option<&str>,
     ) -> Result<(), ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.set_quota(patrol, until, reason);
+        }
         self.ensure(patrol)?;
         self.conn.execute(
             "UPDATE patrols SET quota_until = ?2, quota_reason = ?3 WHERE name = ?1",
@@ -481,6 +567,8 @@ mod tests {
             decided_at: Utc::now(),
             started_at: None,
             finished_at: None,
+            machine: None,
+            attempt: None,
         }
     }
 

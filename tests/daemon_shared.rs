@@ -1,0 +1,460 @@
+//! `wiggum daemon` on several machines: daemons sharing one PostgreSQL database (the server of
+//! `WIGGUM_TEST_PG_URL`, started by `scripts/with-postgres.sh`), each a process of its own with
+//! its own machine name (`WIGGUM_MACHINE`) and state directory. They work on one clone of the
+//! repository: resuming another machine's run from a pushed branch is the remote area's part.
+//!
+//! Schedules of seconds and command steps, so no test waits for a real minute.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{wiggum_command, TempRepo};
+use serde_json::Value;
+use wiggum_engine::pg::testing::TestDb;
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    machine: String,
+}
+
+impl Daemon {
+    fn start(repo: &TempRepo, db: &TestDb, machine: &str, args: &[&str]) -> Daemon {
+        let log = repo.path().join(format!("daemon-{machine}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let state = format!(".wiggum/state-{machine}");
+        let child = wiggum_command()
+            .arg("daemon")
+            .args(["--stop-timeout", "10s", "--state", &state])
+            .args(args)
+            .current_dir(repo.path())
+            .env("WIGGUM_DATABASE_URL", db.url.secret())
+            .env("WIGGUM_MACHINE", machine)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("wiggum daemon starts");
+        Daemon {
+            child,
+            log,
+            machine: machine.to_string(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn check_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("daemon {} exited ({status}):\n{}", self.machine, self.log());
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: sends a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    fn stop(self) -> (i32, String) {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// After SIGTERM: the exit code and the log (within a bound).
+    fn wait_exit(mut self) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon {} ignored SIGTERM:\n{}", self.machine, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `done` says so, checking the daemons are alive; panics with their logs after
+/// `secs` (a bound for a loaded machine, not a timing assertion).
+fn wait_until(daemons: &mut [&mut Daemon], secs: u64, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let logs: String = daemons
+            .iter()
+            .map(|d| d.log())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if done(&logs) {
+            return;
+        }
+        for d in daemons.iter_mut() {
+            d.check_alive();
+        }
+        if Instant::now() > deadline {
+            let all: Vec<String> = daemons
+                .iter()
+                .map(|d| format!("--- {}:\n{}", d.machine, d.log()))
+                .collect();
+            panic!("{what}: not within {secs}s\n{}", all.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+type Time = chrono::DateTime<chrono::FixedOffset>;
+
+fn time(v: &Value) -> Time {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap()
+}
+
+fn lines_with(logs: &str, needle: &str) -> usize {
+    logs.lines().filter(|l| l.contains(needle)).count()
+}
+
+fn setup(name: &str, patrol: &str) -> Option<(TempRepo, TestDb)> {
+    let db = TestDb::create_blocking(name)?;
+    let repo = TempRepo::new();
+    repo.write(".gitignore", ".wiggum/\ndaemon-*.log\n");
+    repo.git(&["add", ".gitignore"]);
+    repo.git(&["commit", "-qm", "ignore"]);
+    repo.write(".wiggum/patrols/p.toml", patrol);
+    Some((repo, db))
+}
+
+fn patrol(schedule: &str, extra: &str, run: &str) -> String {
+    format!(
+        "[patrol]\nname = \"p\"\nschedule = \"{schedule}\"\nland = \"none\"\n{extra}\n\n\
+         [[steps]]\nid = \"work\"\nrun = \"{run}\"\n"
+    )
+}
+
+/// The fires of patrol `p` as `wiggum schedule --json` shows them in PostgreSQL mode, oldest
+/// first, and the whole listing.
+fn shared_fires(repo: &TempRepo, db: &TestDb) -> (Vec<Value>, Value) {
+    let out = repo.wiggum_env(
+        &["schedule", "--json", "--history", "1000"],
+        &[("WIGGUM_DATABASE_URL", db.url.secret())],
+    );
+    let v = out.json();
+    let p = v["patrols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "p")
+        .unwrap_or_else(|| panic!("no patrol p in {v:#}"))
+        .clone();
+    let mut h = p["history"].as_array().unwrap().clone();
+    h.reverse();
+    (h, v)
+}
+
+/// The slots each daemon's log says it fired: `slot → machines`.
+fn fired_slots(daemons: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (machine, log) in daemons {
+        for line in log.lines() {
+            if let Some(rest) = line.strip_prefix("fired p slot ") {
+                let slot = rest.split(' ').next().unwrap().to_string();
+                out.entry(slot).or_default().push(machine.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn n_daemons_fire_each_slot_once(n: usize, test: &str) {
+    let ticks = tempfile::NamedTempFile::new().unwrap();
+    let ticks_path = ticks.path().display().to_string();
+    let Some((repo, db)) = setup(
+        test,
+        &patrol(
+            "*/2 * * * * *",
+            "overlap = \"allow\"",
+            &format!("echo x >> {ticks_path}"),
+        ),
+    ) else {
+        return;
+    };
+    let machines: Vec<String> = (1..=n).map(|i| format!("m{i}")).collect();
+    let mut daemons: Vec<Daemon> = machines
+        .iter()
+        .map(|m| Daemon::start(&repo, &db, m, &["--poll", "1s"]))
+        .collect();
+    let slots = 5;
+    {
+        let mut refs: Vec<&mut Daemon> = daemons.iter_mut().collect();
+        wait_until(&mut refs, 120, "five slots fired and done", |logs| {
+            lines_with(logs, "ended: done") >= slots
+        });
+    }
+    // Stopped together, so that none takes over another's interrupted run on its way out.
+    for d in &daemons {
+        d.signal(libc::SIGTERM);
+    }
+    let mut logs = Vec::new();
+    for d in daemons {
+        let machine = d.machine.clone();
+        let (code, log) = d.wait_exit();
+        assert_eq!(code, 0, "{machine}:\n{log}");
+        logs.push((machine, log));
+    }
+    let all: String = logs
+        .iter()
+        .map(|(m, l)| format!("--- {m}:\n{l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let pairs: Vec<(&str, &str)> = logs.iter().map(|(m, l)| (m.as_str(), l.as_str())).collect();
+    let fired = fired_slots(&pairs);
+    assert!(fired.len() >= slots, "{all}");
+    for (slot, by) in &fired {
+        assert_eq!(by.len(), 1, "slot {slot} fired by {by:?}\n{all}");
+    }
+    // Every daemon tried: the slots it did not get were fired by another one.
+    let elsewhere = lines_with(&all, " is fired by m");
+    assert!(elsewhere >= 1, "{all}");
+    // The shared record: one fire per slot, each run done once, the machine that fired it.
+    let (history, listing) = shared_fires(&repo, &db);
+    let done: Vec<&Value> = history.iter().filter(|f| f["state"] == "done").collect();
+    assert!(done.len() >= slots, "{history:#?}");
+    for f in &done {
+        let slot = f["slot"].as_str().unwrap();
+        assert_eq!(f["outcome"], "converged", "{f:#}");
+        if f["attempt"] == 1 {
+            let by = &fired[slot];
+            assert_eq!(f["machine"], by[0].as_str(), "{f:#}");
+        }
+    }
+    // The step ran once per run (and once more only for a run another daemon resumed).
+    let runs = std::fs::read_to_string(ticks.path())
+        .unwrap()
+        .lines()
+        .count();
+    let attempts: i64 = history
+        .iter()
+        .filter(|f| f["run_id"].is_string())
+        .map(|f| f["attempt"].as_i64().unwrap())
+        .sum();
+    assert!(
+        runs >= done.len() && runs as i64 <= attempts,
+        "{runs} step runs\n{history:#?}"
+    );
+    // `wiggum schedule` lists the daemons seen, on their machines, stopped now.
+    let seen: Vec<&str> = listing["daemons"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no daemons in {listing:#}"))
+        .iter()
+        .map(|d| d["machine"].as_str().unwrap())
+        .collect();
+    for m in &machines {
+        assert!(seen.contains(&m.as_str()), "{listing:#}");
+    }
+    assert!(listing["daemons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["stopped_at"].is_string()));
+    assert!(
+        !listing["database"].as_str().unwrap().is_empty(),
+        "{listing:#}"
+    );
+}
+
+#[test]
+fn two_daemons_on_one_schedule_fire_each_slot_exactly_once() {
+    n_daemons_fire_each_slot_once(2, "two daemons fire once");
+}
+
+#[test]
+fn three_daemons_on_one_schedule_fire_each_slot_exactly_once() {
+    n_daemons_fire_each_slot_once(3, "three daemons fire once");
+}
+
+/// Machine A's run counts as running for machine B's slots: with A frozen (SIGSTOP, so it
+/// cannot claim), B skips (`overlap = "skip"`) or queues (`"queue"`) behind A's run, and the
+/// queued fire runs once A's run has ended.
+fn overlap_across_machines(policy: &str, test: &str) {
+    let Some((repo, db)) = setup(
+        test,
+        &patrol(
+            "*/2 * * * * *",
+            &format!("overlap = \"{policy}\""),
+            "sleep 5",
+        ),
+    ) else {
+        return;
+    };
+    let mut a = Daemon::start(&repo, &db, "m1", &["--poll", "1s", "--lease", "60s"]);
+    wait_until(&mut [&mut a], 60, "m1 starts a run", |l| {
+        l.contains("run wg-")
+    });
+    let a_run = a
+        .log()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("run ")?
+                .split(' ')
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap();
+    a.signal(libc::SIGSTOP);
+    let mut b = Daemon::start(&repo, &db, "m2", &["--poll", "1s", "--lease", "60s"]);
+    let want = match policy {
+        "skip" => "was still going (overlap = \"skip\")",
+        _ => "is already queued behind",
+    };
+    wait_until(&mut [&mut b], 60, "m2 defers to m1's run", |l| {
+        l.contains(want)
+    });
+    let b_log = b.log();
+    a.signal(libc::SIGCONT);
+    assert!(
+        b_log.contains(&format!("{a_run} (slot ")) && b_log.contains(", on m1)"),
+        "m2 should name m1's run:\n{b_log}"
+    );
+    let b_fired = b_log
+        .lines()
+        .filter(|l| l.starts_with("fired p slot"))
+        .count();
+    assert_eq!(b_fired, 0, "{b_log}");
+    if policy == "queue" {
+        assert!(b_log.contains("queued p slot"), "{b_log}");
+        // When m1's run ends, the queued fire runs (on whichever machine claims it), once.
+        wait_until(&mut [&mut a, &mut b], 90, "the queued fire runs", |logs| {
+            lines_with(logs, "(queued, ") >= 1 && lines_with(logs, "ended: done") >= 2
+        });
+    } else {
+        wait_until(&mut [&mut a, &mut b], 60, "m1's run ends", |logs| {
+            lines_with(logs, "ended: done") >= 1
+        });
+    }
+    let (ca, la) = a.stop();
+    let (cb, lb) = b.stop();
+    assert_eq!((ca, cb), (0, 0), "{la}\n{lb}");
+    let (history, _) = shared_fires(&repo, &db);
+    // Never two runs of the patrol at once: the running spans do not overlap.
+    let mut spans: Vec<(Time, Time)> = history
+        .iter()
+        .filter(|f| f["started_at"].is_string() && f["finished_at"].is_string())
+        .map(|f| (time(&f["started_at"]), time(&f["finished_at"])))
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "runs overlapped: {spans:?}\n{history:#?}");
+    }
+    let deferred = history
+        .iter()
+        .filter(|f| f["machine"] == "m2" && (f["state"] == "skipped" || f["state"] == "queued"))
+        .count()
+        + history
+            .iter()
+            .filter(|f| f["machine"] == "m2" && f["kind"] == "scheduled")
+            .filter(|f| f["reason"].as_str().unwrap_or("").contains("on m1"))
+            .count();
+    assert!(deferred >= 1, "{history:#?}");
+}
+
+#[test]
+fn overlap_skip_holds_across_machines() {
+    overlap_across_machines("skip", "overlap skip across");
+}
+
+#[test]
+fn overlap_queue_holds_across_machines_and_the_queued_fire_runs_once() {
+    overlap_across_machines("queue", "overlap queue across");
+}
+
+/// Machine A is killed (SIGKILL) in the middle of a run; B takes the run over when A's short
+/// lease expires, resumes it (the attempt counted), and it ends once.
+#[test]
+fn a_run_whose_daemon_was_killed_is_taken_over_and_finishes_once() {
+    let Some((repo, db)) = setup(
+        "daemon takeover",
+        &patrol("*/2 * * * * *", "overlap = \"skip\"", "sleep 3"),
+    ) else {
+        return;
+    };
+    let args = ["--poll", "500ms", "--lease", "2s"];
+    let mut a = Daemon::start(&repo, &db, "m1", &args);
+    wait_until(&mut [&mut a], 60, "m1 starts a run", |l| {
+        l.contains("run wg-")
+    });
+    let line = a
+        .log()
+        .lines()
+        .find(|l| l.starts_with("run wg-"))
+        .unwrap()
+        .to_string();
+    // "run wg-xxx started for p slot SLOT"
+    let run_id = line.split(' ').nth(1).unwrap().to_string();
+    let slot = line.rsplit(' ').next().unwrap().to_string();
+    let mut b = Daemon::start(&repo, &db, "m2", &args);
+    wait_until(&mut [&mut b], 60, "m2 is up", |l| {
+        l.contains("sharing fires")
+    });
+    let a_log = a.kill9();
+    assert!(
+        !a_log.contains("ended:"),
+        "m1 ended its run before the kill:\n{a_log}"
+    );
+    wait_until(
+        &mut [&mut b],
+        90,
+        "m2 takes the run over and finishes it",
+        |l| {
+            l.contains(&format!("taking over {run_id} of p slot {slot} from m1"))
+                && l.contains(&format!("run {run_id} of p slot {slot} ended: done"))
+        },
+    );
+    let (code, b_log) = b.stop();
+    assert_eq!(code, 0, "{b_log}");
+    assert!(b_log.contains("attempt 2"), "{b_log}");
+    let (history, _) = shared_fires(&repo, &db);
+    let of_slot: Vec<&Value> = history
+        .iter()
+        .filter(|f| f["slot"] == slot.as_str())
+        .collect();
+    assert_eq!(of_slot.len(), 1, "{history:#?}");
+    assert_eq!(of_slot[0]["state"], "done", "{history:#?}");
+    assert_eq!(of_slot[0]["run_id"], run_id.as_str());
+    assert_eq!(of_slot[0]["machine"], "m2");
+    assert_eq!(of_slot[0]["attempt"], 2);
+    // The run was resumed, not started again: one run (epic) for the slot in the ledger.
+    let epics = common::beads(repo.path())
+        .into_iter()
+        .filter(|b| {
+            b["issue_type"] == "epic" && b["description"].as_str().unwrap_or("").contains(&slot)
+        })
+        .count();
+    assert_eq!(epics, 1);
+    // While the run was held (by m1, then m2), no other run of the patrol started.
+    let finished = time(&of_slot[0]["finished_at"]);
+    let others_started = history
+        .iter()
+        .filter(|f| f["slot"] != slot.as_str() && f["started_at"].is_string())
+        .filter(|f| time(&f["started_at"]) < finished)
+        .count();
+    assert_eq!(others_started, 0, "{history:#?}");
+}
