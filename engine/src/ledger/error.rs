@@ -15,6 +15,18 @@ pub enum LedgerError {
     /// The SQLite store failed.
     #[error("ledger database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The PostgreSQL store failed (the URL redacted). Nothing recorded before is lost: it is
+    /// in the database and in `.beads/issues.jsonl`.
+    #[error("ledger database {url}: {message}")]
+    Remote {
+        url: String,
+        message: String,
+        /// A conflict with a concurrent writer that a retry resolves (SQLSTATE 40001, 40P01).
+        retry: bool,
+    },
+    /// `.wiggum/config.toml` cannot be used as the ledger's configuration.
+    #[error("{}: {message}", file.display())]
+    Config { file: PathBuf, message: String },
     /// A file operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -1,5 +1,5 @@
-//! Tests of the ledger with other tools' files (bd 1.x's export shapes), of `updated_at`, of the
-//! prompt export of starts and claims, and of `.beads/.gitignore`.
+// Tests of the ledger with other tools' files (bd 1.x's export shapes), of `updated_at`, of the
+// prompt export of starts and claims, and of `.beads/.gitignore`.
 
 use std::path::Path;
 
@@ -10,16 +10,30 @@ const BD1_FILE: &str = concat!(
     "/../fixtures/beads/bd-1.x-issues.jsonl"
 );
 
-fn repo_with(text: &str) -> tempfile::TempDir {
+/// A fresh repository on the backend under test with this `issues.jsonl` (none when empty), or
+/// `None` (no PostgreSQL server: skip).
+fn repo_with(text: &str) -> Option<tempfile::TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("wiggum-ledger-")
         .tempdir()
         .unwrap();
+    if !crate::ledger::test_backend::use_backend(dir.path(), PG) {
+        return None;
+    }
     if !text.is_empty() {
         std::fs::create_dir_all(dir.path().join(".beads")).unwrap();
         std::fs::write(dir.path().join(".beads/issues.jsonl"), text).unwrap();
     }
-    dir
+    Some(dir)
+}
+
+macro_rules! repo_with {
+    ($text:expr) => {
+        match repo_with($text) {
+            Some(dir) => dir,
+            None => return,
+        }
+    };
 }
 
 fn open(dir: &Path) -> Ledger {
@@ -49,7 +63,7 @@ fn bd1_text() -> String {
 #[test]
 fn a_bd_1x_ledger_with_string_comment_ids_round_trips_byte_for_byte_while_wiggum_adds_beads() {
     let original = bd1_text();
-    let dir = repo_with(&original);
+    let dir = repo_with!(&original);
     let mut l = open(dir.path());
     let foreign = l.list(&BeadFilter::default()).unwrap();
     assert_eq!(foreign.len(), 5, "the header and the memory are not beads");
@@ -91,9 +105,7 @@ fn a_bd_1x_ledger_with_string_comment_ids_round_trips_byte_for_byte_while_wiggum
 
     // Rebuilt from the file, the same beads and the same file come back.
     drop(l);
-    for name in ["wiggum.db", "wiggum.db-wal", "wiggum.db-shm"] {
-        let _ = std::fs::remove_file(dir.path().join(".wiggum").join(name));
-    }
+    crate::ledger::test_backend::lose_database(dir.path(), PG);
     let mut l = open(dir.path());
     assert_eq!(l.get(&step.id).unwrap().unwrap(), ours);
     assert!(!l.export().unwrap());
@@ -113,7 +125,7 @@ fn a_bd_1x_ledger_with_string_comment_ids_round_trips_byte_for_byte_while_wiggum
 
 #[test]
 fn a_bd_1x_bead_wiggum_changes_is_written_as_both_tools_read_it() {
-    let dir = repo_with(&bd1_text());
+    let dir = repo_with!(&bd1_text());
     let mut l = open(dir.path());
     let run = l.create(NewBead::epic("run")).unwrap();
     l.add_comment(&run.id, "w", "first").unwrap();
@@ -163,7 +175,7 @@ fn a_bd_1x_bead_wiggum_changes_is_written_as_both_tools_read_it() {
 
 #[test]
 fn updated_at_moves_forward_on_every_change() {
-    let dir = repo_with("");
+    let dir = repo_with!("");
     let mut l = open(dir.path());
     let b = l.create(NewBead::task("t")).unwrap();
     let mut last = b.updated_at;
@@ -214,7 +226,7 @@ fn updated_at_moves_forward_on_every_change() {
         "{{\"id\":\"bd-f\",\"title\":\"f\",\"status\":\"open\",\"priority\":2,\"issue_type\":\"task\",\
          \"created_at\":\"{future}\",\"updated_at\":\"{future}\"}}\n"
     );
-    let dir = repo_with(&line);
+    let dir = repo_with!(&line);
     let mut l = open(dir.path());
     let before = l.get("bd-f").unwrap().unwrap().updated_at;
     let after = l.close("bd-f", "done").unwrap().updated_at;
@@ -223,7 +235,7 @@ fn updated_at_moves_forward_on_every_change() {
 
 #[test]
 fn starting_or_claiming_a_bead_reaches_the_file_at_once_and_other_changes_wait() {
-    let dir = repo_with("");
+    let dir = repo_with!("");
     let mut l = open(dir.path());
     let run = l.create(NewBead::epic("run")).unwrap();
     let step = l.create(NewBead::task("step").child_of(&run.id)).unwrap();
@@ -289,7 +301,7 @@ fn starting_or_claiming_a_bead_reaches_the_file_at_once_and_other_changes_wait()
 
 #[test]
 fn the_beads_gitignore_is_brs_and_an_existing_one_is_left_alone() {
-    let dir = repo_with("");
+    let dir = repo_with!("");
     let mut l = open(dir.path());
     l.create(NewBead::task("t")).unwrap();
     l.export().unwrap();
@@ -310,7 +322,7 @@ fn a_wiggum_bead_bd_1x_exported_in_its_own_shape_is_read_and_written_back_in_wig
     // bd 1.x imports wiggum's beads and its auto-export writes them back its way: `_type`,
     // counts, the comment id as a string.
     let line = r#"{"_type":"issue","id":"wg-abc123","title":"a wiggum run","status":"in_progress","priority":2,"issue_type":"epic","created_at":"2026-05-01T10:00:00Z","created_by":"wiggum","updated_at":"2026-05-01T10:05:00Z","labels":["wiggum","wiggum:run"],"comments":[{"id":"3","issue_id":"wg-abc123","author":"wiggum","text":"started","created_at":"2026-05-01T10:01:00Z"}],"dependency_count":0,"dependent_count":0,"comment_count":1}"#;
-    let dir = repo_with(&format!("{line}\n"));
+    let dir = repo_with!(&format!("{line}\n"));
     let mut l = open(dir.path());
     let run = l.get("wg-abc123").unwrap().unwrap();
     assert_eq!(run.comments[0].id, 3);

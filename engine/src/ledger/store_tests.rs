@@ -1,5 +1,5 @@
-//! Tests of [`Ledger`]: round trips, ready semantics, claims, rebuild, malformed input,
-//! redaction.
+// Tests of [`Ledger`]: round trips, ready semantics, claims, rebuild, malformed input,
+// redaction.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -19,11 +19,22 @@ fn bd_text() -> String {
         .unwrap_or_else(|e| panic!("the bd fixture {BD_FILE} must be readable: {e}"))
 }
 
-fn repo() -> tempfile::TempDir {
-    tempfile::Builder::new()
+/// A fresh repository on the backend under test, or `None` (no PostgreSQL server: skip).
+fn repo() -> Option<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
         .prefix("wiggum-ledger-")
         .tempdir()
-        .unwrap()
+        .unwrap();
+    crate::ledger::test_backend::use_backend(dir.path(), PG).then_some(dir)
+}
+
+macro_rules! repo {
+    () => {
+        match repo() {
+            Some(dir) => dir,
+            None => return,
+        }
+    };
 }
 
 fn open(dir: &Path) -> Ledger {
@@ -37,9 +48,7 @@ fn jsonl(dir: &Path) -> String {
 }
 
 fn remove_db(dir: &Path) {
-    for name in ["wiggum.db", "wiggum.db-wal", "wiggum.db-shm"] {
-        let _ = std::fs::remove_file(dir.join(".wiggum").join(name));
-    }
+    crate::ledger::test_backend::lose_database(dir, PG);
 }
 
 fn ids(beads: &[Bead]) -> Vec<&str> {
@@ -48,7 +57,7 @@ fn ids(beads: &[Bead]) -> Vec<&str> {
 
 #[test]
 fn created_beads_get_prefixed_hash_ids_and_children_count_up() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let run = l.create(NewBead::epic("run")).unwrap();
     assert!(run.id.starts_with("wg-"), "{}", run.id);
@@ -75,7 +84,7 @@ fn created_beads_get_prefixed_hash_ids_and_children_count_up() {
 
 #[test]
 fn open_with_prefix_is_remembered_by_later_opens() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = Ledger::open_with_prefix(dir.path(), "acme").unwrap();
     assert!(l
         .create(NewBead::task("x"))
@@ -98,7 +107,7 @@ fn open_with_prefix_is_remembered_by_later_opens() {
 
 #[test]
 fn bad_input_is_refused_with_what_to_do() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let err = l.create(NewBead::task("  ")).unwrap_err();
     assert!(err.to_string().contains("non-empty title"), "{err}");
@@ -122,7 +131,7 @@ fn bad_input_is_refused_with_what_to_do() {
 
 #[test]
 fn long_texts_are_bounded() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let b = l
         .create(NewBead {
@@ -137,7 +146,7 @@ fn long_texts_are_bounded() {
 
 #[test]
 fn update_and_close_keep_closed_at_exactly_when_closed() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let b = l.create(NewBead::task("t")).unwrap();
     let b = l
@@ -187,7 +196,7 @@ fn update_and_close_keep_closed_at_exactly_when_closed() {
 
 #[test]
 fn list_filters_by_status_label_parent_and_type() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let run = l.create(NewBead::epic("run")).unwrap();
     let s1 = l
@@ -236,7 +245,7 @@ fn each_blocking_dependency_type_keeps_a_bead_out_of_ready_until_its_target_clos
         DepType::ConditionalBlocks,
         DepType::WaitsFor,
     ] {
-        let dir = repo();
+        let dir = repo!();
         let mut l = open(dir.path());
         let first = l.create(NewBead::task("first")).unwrap();
         let second = l.create(NewBead::task("second")).unwrap();
@@ -250,7 +259,7 @@ fn each_blocking_dependency_type_keeps_a_bead_out_of_ready_until_its_target_clos
 
 #[test]
 fn children_of_a_blocked_parent_are_blocked_and_of_an_open_parent_ready() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let gate = l.create(NewBead::task("gate")).unwrap();
     let epic = l.create(NewBead::epic("epic")).unwrap();
@@ -275,7 +284,7 @@ fn children_of_a_blocked_parent_are_blocked_and_of_an_open_parent_ready() {
 
 #[test]
 fn non_blocking_dependencies_and_non_open_beads_do_not_count_for_ready() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let a = l.create(NewBead::task("a")).unwrap();
     let b = l.create(NewBead::task("b")).unwrap();
@@ -318,7 +327,7 @@ fn non_blocking_dependencies_and_non_open_beads_do_not_count_for_ready() {
 
 #[test]
 fn ready_puts_the_most_urgent_first() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let low = l
         .create(NewBead {
@@ -343,7 +352,7 @@ fn ready_puts_the_most_urgent_first() {
 
 #[test]
 fn blocking_cycles_and_self_dependencies_are_refused() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let a = l.create(NewBead::task("a")).unwrap();
     let b = l.create(NewBead::task("b")).unwrap();
@@ -366,7 +375,7 @@ fn blocking_cycles_and_self_dependencies_are_refused() {
 
 #[test]
 fn comments_get_increasing_integer_ids() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let a = l.create(NewBead::task("a")).unwrap();
     let b = l.create(NewBead::task("b")).unwrap();
@@ -380,7 +389,7 @@ fn comments_get_increasing_integer_ids() {
 
 #[test]
 fn only_one_of_many_threads_claiming_a_bead_wins() {
-    let dir = repo();
+    let dir = repo!();
     let id = open(dir.path())
         .create(NewBead::task("contested"))
         .unwrap()
@@ -409,7 +418,7 @@ fn only_one_of_many_threads_claiming_a_bead_wins() {
 
 #[test]
 fn claiming_a_taken_or_missing_bead_says_so() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let b = l.create(NewBead::task("x")).unwrap();
     assert!(l.claim(&b.id, "ann").unwrap());
@@ -430,7 +439,7 @@ fn claiming_a_taken_or_missing_bead_says_so() {
 
 #[test]
 fn concurrent_writers_never_mint_the_same_child_id() {
-    let dir = repo();
+    let dir = repo!();
     let parent = open(dir.path()).create(NewBead::epic("p")).unwrap().id;
     let threads = 4;
     let per_thread = 10;
@@ -512,6 +521,13 @@ fn ledger_helper_process() {
     print!("{out}");
 }
 
+/// The full name of `ledger_helper_process` in this copy of the suite.
+fn helper_test_name() -> String {
+    let module = module_path!();
+    let module = module.split_once("::").map_or(module, |(_, rest)| rest);
+    format!("{module}::ledger_helper_process")
+}
+
 /// Runs one helper process per name against the ledger in `dir`, starts them together once
 /// all have opened the ledger, and returns each one's `out=` values.
 fn run_helpers(dir: &Path, mode: &str, id: &str, names: &[&str]) -> Vec<Vec<String>> {
@@ -521,7 +537,7 @@ fn run_helpers(dir: &Path, mode: &str, id: &str, names: &[&str]) -> Vec<Vec<Stri
         .map(|name| {
             std::process::Command::new(&exe)
                 .args([
-                    "ledger::store::tests::ledger_helper_process",
+                    helper_test_name().as_str(),
                     "--exact",
                     "--ignored",
                     "--nocapture",
@@ -572,7 +588,7 @@ fn run_helpers(dir: &Path, mode: &str, id: &str, names: &[&str]) -> Vec<Vec<Stri
 
 #[test]
 fn processes_claiming_one_bead_have_one_winner() {
-    let dir = repo();
+    let dir = repo!();
     let id = open(dir.path())
         .create(NewBead::task("contested"))
         .unwrap()
@@ -590,7 +606,7 @@ fn processes_claiming_one_bead_have_one_winner() {
 
 #[test]
 fn processes_minting_children_of_one_parent_never_collide() {
-    let dir = repo();
+    let dir = repo!();
     let parent = open(dir.path()).create(NewBead::epic("p")).unwrap().id;
     let minted: Vec<String> = run_helpers(dir.path(), "mint", &parent, &["m-a", "m-b", "m-c"])
         .into_iter()
@@ -604,7 +620,7 @@ fn processes_minting_children_of_one_parent_never_collide() {
 #[test]
 fn the_bd_file_round_trips_with_every_foreign_line_unchanged() {
     let original = bd_text();
-    let dir = repo();
+    let dir = repo!();
     std::fs::create_dir_all(dir.path().join(".beads")).unwrap();
     std::fs::write(dir.path().join(".beads/issues.jsonl"), &original).unwrap();
     let mut l = open(dir.path());
@@ -675,7 +691,7 @@ fn the_bd_file_round_trips_with_every_foreign_line_unchanged() {
 
 #[test]
 fn a_foreign_bead_wiggum_changes_becomes_wiggums() {
-    let dir = repo();
+    let dir = repo!();
     std::fs::create_dir_all(dir.path().join(".beads")).unwrap();
     std::fs::write(dir.path().join(".beads/issues.jsonl"), bd_text()).unwrap();
     let mut l = open(dir.path());
@@ -697,7 +713,7 @@ fn a_foreign_bead_wiggum_changes_becomes_wiggums() {
 
 #[test]
 fn losing_the_database_loses_nothing() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let run = l.create(NewBead::epic("run")).unwrap();
     let s1 = l.create(NewBead::task("s1").child_of(&run.id)).unwrap();
@@ -741,7 +757,7 @@ fn losing_the_database_loses_nothing() {
 
 #[test]
 fn export_writes_only_when_something_changed() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     assert!(!l.export().unwrap(), "an empty ledger has nothing to write");
     l.create(NewBead::task("x")).unwrap();
@@ -762,7 +778,7 @@ fn export_writes_only_when_something_changed() {
 
 #[test]
 fn lines_added_to_the_file_behind_the_ledgers_back_are_merged_not_lost() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     let ours = l.create(NewBead::task("ours")).unwrap();
     l.export().unwrap();
@@ -794,7 +810,7 @@ fn lines_added_to_the_file_behind_the_ledgers_back_are_merged_not_lost() {
 
 #[test]
 fn a_malformed_line_is_reported_by_file_and_line_and_nothing_is_overwritten() {
-    let dir = repo();
+    let dir = repo!();
     let good = bd_text();
     let mut lines: Vec<&str> = good.lines().take(5).collect();
     lines.insert(2, "{\"id\": \"bd-bad\", \"title\": ");
@@ -832,7 +848,7 @@ fn a_malformed_line_is_reported_by_file_and_line_and_nothing_is_overwritten() {
 
 #[test]
 fn no_secret_from_the_environment_reaches_any_ledger_file() {
-    let dir = repo();
+    let dir = repo!();
     let secret = "s3cr3t-value-for-test-only";
     let redactor = Redactor::from_vars([("MY_SERVICE_TOKEN", secret)]);
     let mut l = Ledger::open(dir.path()).unwrap().with_redactor(redactor);
@@ -884,7 +900,7 @@ fn no_secret_from_the_environment_reaches_any_ledger_file() {
 
 #[test]
 fn state_values_persist() {
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     assert_eq!(l.state_get("k").unwrap(), None);
     l.state_set("k", "v1").unwrap();
@@ -899,7 +915,7 @@ fn state_values_persist() {
 #[test]
 fn a_ledger_can_move_to_another_thread() {
     fn assert_send<T: Send>(_: &T) {}
-    let dir = repo();
+    let dir = repo!();
     let mut l = open(dir.path());
     assert_send(&l);
     let id = std::thread::spawn(move || l.create(NewBead::task("moved")).unwrap().id)
@@ -910,7 +926,7 @@ fn a_ledger_can_move_to_another_thread() {
 
 #[test]
 fn opening_a_missing_directory_is_refused() {
-    let dir = repo();
+    let dir = repo!();
     let missing = dir.path().join("nope");
     let err = Ledger::open(&missing).err().unwrap();
     assert!(err.to_string().contains("not a directory"), "{err}");
@@ -919,9 +935,12 @@ fn opening_a_missing_directory_is_refused() {
 
 #[test]
 fn exists_creates_nothing() {
-    let dir = repo();
-    assert!(!Ledger::exists(dir.path()));
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let dir = repo!();
+    if !PG {
+        // (PostgreSQL: the test's .wiggum/config.toml names the database, so it exists.)
+        assert!(!Ledger::exists(dir.path()));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
     open(dir.path());
     assert!(Ledger::exists(dir.path()));
     let ignore = std::fs::read_to_string(dir.path().join(".wiggum/.gitignore")).unwrap();
@@ -930,7 +949,7 @@ fn exists_creates_nothing() {
 
 #[test]
 fn ephemeral_beads_and_wisps_are_never_exported() {
-    let dir = repo();
+    let dir = repo!();
     let keep = r#"{"id":"bd-keep","title":"k","status":"open","priority":1,"issue_type":"task","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
     let wisp = keep.replace("bd-keep", "bd-wisp-1");
     let ephemeral = keep
@@ -959,7 +978,7 @@ fn ephemeral_beads_and_wisps_are_never_exported() {
 
 #[test]
 fn a_bead_deferred_into_the_future_is_not_ready_yet() {
-    let dir = repo();
+    let dir = repo!();
     let line = |id: &str, defer: &str| {
         format!(
             r#"{{"id":"{id}","title":"t","status":"open","priority":1,"issue_type":"task","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z","defer_until":"{defer}"}}"#
@@ -984,7 +1003,7 @@ fn many_threads_opening_a_new_ledger_at_once_all_succeed() {
     // Regression: the switch to WAL ignored the busy timeout, so parallel first opens failed
     // with "database is locked".
     for _ in 0..5 {
-        let dir = repo();
+        let dir = repo!();
         let barrier = Arc::new(Barrier::new(8));
         let handles: Vec<_> = (0..8)
             .map(|_| {
@@ -1006,7 +1025,7 @@ fn many_threads_opening_a_new_ledger_at_once_all_succeed() {
 fn the_exported_jsonl_is_readable_by_others_and_keeps_its_mode() {
     use std::os::unix::fs::PermissionsExt as _;
     // Regression: the atomic write renamed a private 0600 temp file over the git-tracked file.
-    let dir = repo();
+    let dir = repo!();
     let mut ledger = open(dir.path());
     ledger.create(NewBead::task("first")).unwrap();
     ledger.export().unwrap();
@@ -1022,7 +1041,10 @@ fn the_exported_jsonl_is_readable_by_others_and_keeps_its_mode() {
 #[test]
 fn a_database_of_an_older_schema_is_set_aside_and_rebuilt_keeping_engine_state() {
     // Regression: a database from an earlier schema failed every open ("no such column").
-    let dir = repo();
+    if PG {
+        return; // SQLite's file layout only.
+    }
+    let dir = repo!();
     {
         let mut ledger = open(dir.path());
         ledger
