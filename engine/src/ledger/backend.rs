@@ -147,8 +147,14 @@ pub(crate) trait Store: Send {
     fn shared(&self) -> bool {
         false
     }
+    /// Before an export's transaction (holding no lock): takes or renews the repository's
+    /// export lease for this clone if it is free, expired or already this clone's (PostgreSQL).
+    fn claim_export(&self) -> Result<(), LedgerError> {
+        Ok(())
+    }
     /// Inside an export's transaction: whether this clone may rewrite its `issues.jsonl` now
-    /// (SQLite: always; PostgreSQL: while it holds the repository's export lease).
+    /// (SQLite: always; PostgreSQL: while it holds the repository's export lease, whose row
+    /// stays locked until the transaction ends, so exports take turns).
     fn may_export(&self) -> Result<bool, LedgerError> {
         Ok(true)
     }

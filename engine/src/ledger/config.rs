@@ -9,8 +9,8 @@
 //! repository = "acme-web"       # optional: the key of this repository's rows
 //! ```
 //!
-//! `WIGGUM_DATABASE_URL` set (and not empty) selects PostgreSQL with that URL unless the file
-//! names the backend or a URL itself.
+//! `WIGGUM_DATABASE_URL` set (and not empty) selects PostgreSQL with that URL, whatever the
+//! file says about the backend and the URL (as the daemon reads it, `schedule::shared`).
 
 use std::path::{Path, PathBuf};
 
@@ -150,6 +150,7 @@ pub(crate) fn load(repo_root: &Path) -> Result<Backend, LedgerError> {
         .ok()
         .filter(|u| !u.trim().is_empty());
     let postgres = match table.backend.as_deref() {
+        _ if env_url.is_some() => true,
         Some("sqlite") => false,
         Some("postgres") | Some("postgresql") => true,
         Some(other) => {
@@ -174,6 +175,10 @@ pub(crate) fn load(repo_root: &Path) -> Result<Backend, LedgerError> {
         return Ok(Backend::Sqlite);
     }
     let (raw, url_from) = match (&table.url, &table.url_env) {
+        _ if env_url.is_some() => (
+            env_url.clone().unwrap_or_default(),
+            format!("${DATABASE_URL_ENV}"),
+        ),
         (Some(_), Some(_)) => {
             return Err(config_error(
                 &file,
@@ -193,19 +198,16 @@ pub(crate) fn load(repo_root: &Path) -> Result<Backend, LedgerError> {
                 ))
             }
         },
-        (None, None) => match env_url {
-            Some(url) => (url, format!("${DATABASE_URL_ENV}")),
-            None => {
-                return Err(config_error(
-                    &file,
-                    format!(
-                        "[ledger] backend = \"postgres\" needs a database: add url_env = \
-                         \"{DATABASE_URL_ENV}\" (and export it) or url = \
-                         \"postgres://USER@HOST/DATABASE\""
-                    ),
-                ))
-            }
-        },
+        (None, None) => {
+            return Err(config_error(
+                &file,
+                format!(
+                    "[ledger] backend = \"postgres\" needs a database: add url_env = \
+                     \"{DATABASE_URL_ENV}\" (and export it) or url = \
+                     \"postgres://USER@HOST/DATABASE\""
+                ),
+            ))
+        }
     };
     let url =
         DbUrl::parse(&raw).map_err(|e| config_error(&file, format!("{e} (from {url_from})")))?;
@@ -299,6 +301,9 @@ mod tests {
 
     #[test]
     fn bad_ledger_tables_name_the_file_the_key_and_the_fix() {
+        if std::env::var(DATABASE_URL_ENV).is_ok() {
+            return; // the variable wins over the file
+        }
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             (
@@ -343,6 +348,9 @@ mod tests {
 
     #[test]
     fn a_postgres_url_in_the_file_selects_postgres_with_the_named_repository() {
+        if std::env::var(DATABASE_URL_ENV).is_ok() {
+            return; // the variable wins over the file
+        }
         let dir = tempfile::tempdir().unwrap();
         write(
             dir.path(),

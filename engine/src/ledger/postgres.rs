@@ -862,38 +862,32 @@ impl Store for PgStore {
         true
     }
 
-    fn may_export(&self) -> Result<bool, LedgerError> {
+    fn claim_export(&self) -> Result<(), LedgerError> {
         let repo = self.repo.clone();
         let holder = self.clone_id.clone();
         let ttl = self.export_lease;
         self.call(move |c| {
             let leases = c.leases.clone().expect("installed at open");
-            let url = c.url.clone();
             c.rt.block_on(leases.acquire(&repo, EXPORT_LEASE_KIND, EXPORT_LEASE_KEY, &holder, ttl))
-                .map_err(pg_err(&url))?;
-            // Whoever acquired it, the export proceeds only for the clone that holds it now,
-            // with the lease row locked until this transaction ends: two clones never rewrite
-            // their files for the same changes at once, and a takeover waits for us.
-            let rows = c.query(
-                "SELECT holder = $4 AND expires_at > now() FROM wiggum_leases \
-                 WHERE repo = $1 AND kind = $2 AND key = $3 FOR UPDATE",
-                &[
-                    p(repo),
-                    p(EXPORT_LEASE_KIND),
-                    p(EXPORT_LEASE_KEY),
-                    p(holder),
-                ],
-            );
-            let rows = rows.map_err(|e| match e {
-                LedgerError::Remote { message, retry, .. } => LedgerError::Remote {
-                    url: url.redacted(),
-                    message,
-                    retry,
-                },
-                other => other,
-            })?;
-            Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
+                .map_err(pg_err(&c.url))?;
+            Ok(())
         })
+    }
+
+    fn may_export(&self) -> Result<bool, LedgerError> {
+        // Whoever holds the lease now: the export goes on only for this clone, with the lease
+        // row locked until the transaction ends, so two clones never rewrite their files for
+        // the same changes and a takeover waits for this export to finish.
+        let rows = self.rows(
+            "SELECT holder = $4 AND expires_at > now() FROM wiggum_leases \
+             WHERE repo = $1 AND kind = $2 AND key = $3 FOR UPDATE",
+            vec![
+                p(EXPORT_LEASE_KIND),
+                p(EXPORT_LEASE_KEY),
+                p(self.clone_id.clone()),
+            ],
+        )?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
     }
 
     fn local_key(&self, key: &str) -> String {

@@ -525,6 +525,9 @@ impl Ledger {
     /// repository's export writer (the clone holding its export lease) rewrites its file;
     /// elsewhere this merges the file in and returns `false` (see docs/scale-out.md).
     pub fn export(&mut self) -> Result<bool, LedgerError> {
+        // Outside the transaction: the lease is taken on another connection, which must never
+        // wait for a lock this transaction holds.
+        self.store.claim_export()?;
         self.write_quiet(|s, env| {
             sync_from_file(s, env)?;
             if let Some(dir) = env.jsonl.parent() {

@@ -1083,3 +1083,131 @@ fn a_database_of_an_older_schema_is_set_aside_and_rebuilt_keeping_engine_state()
         .collect();
     assert!(!aside.is_empty(), "the old database is kept aside");
 }
+
+#[test]
+fn claim_next_takes_the_most_urgent_ready_bead_of_a_kind_once() {
+    let dir = repo!();
+    let mut l = open(dir.path());
+    let epic = l.create(NewBead::epic("step")).unwrap();
+    let low = l
+        .create(NewBead {
+            priority: 3,
+            ..NewBead::task("low").child_of(&epic.id)
+        })
+        .unwrap();
+    let high = l
+        .create(NewBead {
+            priority: 1,
+            ..NewBead::task("high").child_of(&epic.id)
+        })
+        .unwrap();
+    let blocker = l.create(NewBead::task("blocker")).unwrap();
+    let blocked = l
+        .create(NewBead {
+            priority: 0,
+            ..NewBead::task("blocked").child_of(&epic.id)
+        })
+        .unwrap();
+    l.add_dependency(&blocked.id, &blocker.id, DepType::Blocks)
+        .unwrap();
+    let tasks_of_epic = BeadFilter {
+        issue_type: Some(IssueType::Task),
+        parent: Some(epic.id.clone()),
+        ..BeadFilter::default()
+    };
+    let first = l.claim_next(&tasks_of_epic, "w1").unwrap().unwrap();
+    assert_eq!(first.id, high.id);
+    assert_eq!(first.status, Status::InProgress);
+    assert_eq!(first.assignee.as_deref(), Some("w1"));
+    assert_eq!(
+        l.claim_next(&tasks_of_epic, "w2").unwrap().unwrap().id,
+        low.id
+    );
+    assert!(l.claim_next(&tasks_of_epic, "w3").unwrap().is_none());
+    assert!(l.claim_next(&tasks_of_epic, " ").is_err());
+    l.close(&blocker.id, "done").unwrap();
+    assert_eq!(
+        l.claim_next(&tasks_of_epic, "w3").unwrap().unwrap().id,
+        blocked.id
+    );
+    // The claim is exported at once, like `claim`.
+    assert!(jsonl(dir.path()).contains("\"assignee\":\"w3\""));
+}
+
+#[test]
+fn threads_claiming_next_never_get_the_same_bead() {
+    let dir = repo!();
+    let mut l = open(dir.path());
+    let mut all = BTreeSet::new();
+    for i in 0..24 {
+        all.insert(l.create(NewBead::task(format!("t{i}"))).unwrap().id);
+    }
+    drop(l);
+    let root = dir.path().to_path_buf();
+    let handles: Vec<_> = (0..4)
+        .map(|w| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut l = open(&root);
+                let mut got = Vec::new();
+                while let Some(b) = l
+                    .claim_next(&BeadFilter::default(), &format!("worker-{w}"))
+                    .unwrap()
+                {
+                    got.push(b.id);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for h in handles {
+        claimed.extend(h.join().unwrap());
+    }
+    let unique: BTreeSet<String> = claimed.iter().cloned().collect();
+    assert_eq!(claimed.len(), 24, "{claimed:?}");
+    assert_eq!(unique, all);
+}
+
+#[test]
+fn two_clones_of_one_repository_share_beads_and_other_repositories_do_not_see_them() {
+    if !PG {
+        return; // one database for many clones: PostgreSQL only.
+    }
+    let a = repo!();
+    let config = std::fs::read_to_string(a.path().join(".wiggum/config.toml")).unwrap();
+    // Another clone of the same repository at another path: same database, same key.
+    let b = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(b.path().join(".wiggum")).unwrap();
+    std::fs::write(b.path().join(".wiggum/config.toml"), &config).unwrap();
+    // Another repository in the same database.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join(".wiggum")).unwrap();
+    let other_config = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("repository") {
+                "repository = \"another-repository\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(other.path().join(".wiggum/config.toml"), other_config).unwrap();
+
+    let mut la = open(a.path());
+    let bead = la.create(NewBead::task("made in clone a")).unwrap();
+    assert!(la.export().unwrap(), "the first clone to export is the writer");
+    let mut lb = open(b.path());
+    assert_eq!(lb.get(&bead.id).unwrap().unwrap().title, "made in clone a");
+    assert!(lb.claim(&bead.id, "clone-b").unwrap());
+    assert!(!la.claim(&bead.id, "clone-a").unwrap());
+    // Clone b is not the writer: its file is left as git gave it; clone a's file has the claim.
+    assert!(!b.path().join(".beads/issues.jsonl").exists());
+    la.export().unwrap();
+    assert!(jsonl(a.path()).contains("\"assignee\":\"clone-b\""));
+    let lo = open(other.path());
+    assert!(lo.get(&bead.id).unwrap().is_none());
+    assert!(lo.list(&BeadFilter::default()).unwrap().is_empty());
+}
