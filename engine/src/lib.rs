@@ -15,4 +15,5 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod split;
+pub mod worker;
 pub mod workspace;

@@ -17,6 +17,8 @@ pub mod schedule;
 pub mod show;
 pub mod task;
 pub mod validate;
+pub mod worker;
+pub mod workers;
 
 pub use error::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 
@@ -44,6 +46,8 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     Report(report::ReportArgs),
     Polecats(polecats::PolecatsArgs),
+    Worker(worker::WorkerArgs),
+    Workers(workers::WorkersArgs),
 }
 
 /// Parses the process arguments and runs the command; renders errors; returns the exit code.
@@ -90,6 +94,8 @@ impl Command {
             Command::Show(a) => a.json,
             Command::Beads(a) => a.wants_json(),
             Command::Polecats(a) => a.json,
+            Command::Worker(a) => a.json,
+            Command::Workers(a) => a.json,
             Command::Daemon(_) | Command::Schedule(_) | Command::Report(_) => false,
         }
     }
@@ -134,6 +140,8 @@ fn dispatch(command: Command) -> CliResult {
         Command::Schedule(args) => schedule::run(args),
         Command::Report(args) => report::run(args),
         Command::Polecats(args) => polecats::run(args),
+        Command::Worker(args) => worker::run(args),
+        Command::Workers(args) => workers::run(args),
     }
 }
 

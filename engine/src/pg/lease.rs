@@ -37,6 +37,21 @@ CREATE TABLE IF NOT EXISTS wiggum_leases(
 CREATE INDEX IF NOT EXISTS wiggum_leases_holder ON wiggum_leases(holder);
 ";
 
+/// Takes a free or expired lease ($1 repo, $2 kind, $3 key, $4 holder, $5 ttl in seconds).
+const ACQUIRE: &str = "INSERT INTO wiggum_leases AS l
+         (repo, kind, key, holder, token, attempt, acquired_at, renewed_at, expires_at)
+     VALUES ($1, $2, $3, $4, nextval('wiggum_lease_tokens'), 1, now(), now(),
+             now() + make_interval(secs => $5))
+     ON CONFLICT (repo, kind, key) DO UPDATE
+         SET holder = EXCLUDED.holder,
+             token = EXCLUDED.token,
+             attempt = CASE WHEN l.holder = EXCLUDED.holder THEN l.attempt
+                            ELSE l.attempt + 1 END,
+             acquired_at = now(), renewed_at = now(),
+             expires_at = EXCLUDED.expires_at
+         WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder
+     RETURNING token, attempt";
+
 /// A lease held: what it covers, who holds it and the fencing token that proves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -121,22 +136,32 @@ impl Leases {
     ) -> Result<Option<Lease>, PgError> {
         let client = self.client().await?;
         let row = client
-            .query_opt(
-                "INSERT INTO wiggum_leases AS l
-                     (repo, kind, key, holder, token, attempt, acquired_at, renewed_at, expires_at)
-                 VALUES ($1, $2, $3, $4, nextval('wiggum_lease_tokens'), 1, now(), now(),
-                         now() + make_interval(secs => $5))
-                 ON CONFLICT (repo, kind, key) DO UPDATE
-                     SET holder = EXCLUDED.holder,
-                         token = EXCLUDED.token,
-                         attempt = CASE WHEN l.holder = EXCLUDED.holder THEN l.attempt
-                                        ELSE l.attempt + 1 END,
-                         acquired_at = now(), renewed_at = now(),
-                         expires_at = EXCLUDED.expires_at
-                     WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder
-                 RETURNING token, attempt",
-                &[&repo, &kind, &key, &holder, &secs(ttl)],
-            )
+            .query_opt(ACQUIRE, &[&repo, &kind, &key, &holder, &secs(ttl)])
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(row.map(|r| Lease {
+            repo: repo.to_string(),
+            kind: kind.to_string(),
+            key: key.to_string(),
+            holder: holder.to_string(),
+            token: r.get(0),
+            attempt: r.get(1),
+        }))
+    }
+
+    /// [`Leases::acquire`] inside the caller's transaction: the lease is taken only if the
+    /// transaction commits (a claim that also marks its work row as taken, atomically).
+    pub async fn acquire_in(
+        &self,
+        tx: &Transaction<'_>,
+        repo: &str,
+        kind: &str,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, PgError> {
+        let row = tx
+            .query_opt(ACQUIRE, &[&repo, &kind, &key, &holder, &secs(ttl)])
             .await
             .map_err(|e| self.db(e))?;
         Ok(row.map(|r| Lease {

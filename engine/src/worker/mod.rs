@@ -1,0 +1,16 @@
+//! Workers on many machines: `wiggum worker` processes that claim subtasks from the shared
+//! PostgreSQL database and run them, each with a lease and a fencing token. [`queue`] is the
+//! shared work queue (`wiggum_jobs`), [`registry`] the workers seen (`wiggum_workers`),
+//! [`spec`] what a job carries, [`exec`] runs one claimed subtask, [`process`] is the worker.
+
+pub mod config;
+pub mod exec;
+pub mod process;
+pub mod queue;
+pub mod registry;
+pub mod spec;
+
+pub use process::{machine_name, run_worker, WorkerError, WorkerEvent, WorkerOptions, WorkerSink};
+pub use queue::{Claim, JobRow, NewJob, Queue};
+pub use registry::{NewWorker, Registry, WorkerView};
+pub use spec::{JobResult, JobSpec};

@@ -1,0 +1,515 @@
+//! Workers on many machines, on one box: a PostgreSQL server, a bare hub repository served by
+//! `git daemon` on 127.0.0.1, three `wiggum worker` processes with their own HOME and clone.
+//! Twelve subtasks are published in the shared queue; every one runs exactly once, its branch
+//! reaches the hub and merges. Then a worker is killed with SIGKILL in the middle of a subtask:
+//! the subtask is taken over once its (short) lease expires, resumes from the branch the dead
+//! worker pushed, and finishes once.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wiggum_engine::pg::testing::TestDb;
+use wiggum_engine::worker::{JobResult, JobSpec, NewJob, Queue};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Test User")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Test User")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Kills the git daemon and the workers when the test ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    url: String,
+    hub_url: String,
+    base: String,
+    procs: Procs,
+    workers: Vec<(String, usize)>,
+    log: PathBuf,
+}
+
+/// The agent: reads its job marker from the prompt, logs that it started, writes the
+/// subtask's file (resuming: the file a dead worker pushed is already there) and promises.
+/// On `SLOW_JOB` the first call checkpoints without converging, and the next call on the same
+/// machine hangs, so a test can kill that worker in the middle of the subtask.
+const AGENT: &str = r#"#!/bin/sh
+prompt=$(cat)
+job=$(printf '%s' "$prompt" | grep -o 'JOB-[0-9][0-9]' | head -1)
+echo "$job $WIGGUM_MACHINE $(pwd)" >> "$RUN_LOG"
+if [ -f "$job.txt" ]; then echo "resumed" >> "$job.txt"; else echo "$job" > "$job.txt"; fi
+if [ "$job" = "$SLOW_JOB" ]; then
+  if [ ! -f slow-by ]; then echo "$WIGGUM_MACHINE" > slow-by; echo "checkpoint me"; exit 0; fi
+  if [ "$(cat slow-by)" = "$WIGGUM_MACHINE" ]; then sleep 20; fi
+fi
+echo '<promise>DONE</promise>'
+"#;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_cluster(db: &TestDb) -> Option<Cluster> {
+    if Command::new("git")
+        .arg("daemon")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("wiggum-workers-")
+        .tempdir()
+        .unwrap();
+    let root = dir.path().to_path_buf();
+    // The seed: a repository with the agent script, pushed to a bare hub.
+    let seed = root.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    std::fs::write(seed.join("README.md"), "# hub\n").unwrap();
+    std::fs::create_dir_all(seed.join("agents")).unwrap();
+    std::fs::write(seed.join("agents/agent.sh"), AGENT).unwrap();
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "-q", "-m", "initial"]);
+    let base = git(&seed, &["rev-parse", "HEAD"]);
+    let hubs = root.join("hubs");
+    std::fs::create_dir_all(&hubs).unwrap();
+    git(&root, &["clone", "-q", "--bare", "seed", "hubs/hub.git"]);
+    let port = free_port();
+    let daemon = Command::new("git")
+        .args([
+            "daemon",
+            "--export-all",
+            "--enable=receive-pack",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", hubs.display()))
+        .arg(&hubs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("git daemon starts");
+    let hub_url = format!("git://127.0.0.1:{port}/hub.git");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "git daemon did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = root.join("runs.log");
+    std::fs::write(&log, "").unwrap();
+    Some(Cluster {
+        _dir: dir,
+        root,
+        url: db.url.secret().to_string(),
+        hub_url,
+        base,
+        procs: Procs(vec![daemon]),
+        workers: Vec::new(),
+        log,
+    })
+}
+
+impl Cluster {
+    /// A machine: its own HOME and clone of the hub, and a `wiggum worker` running there.
+    fn start_worker(&mut self, machine: &str, slow_job: &str) {
+        let home = self.root.join(format!("{machine}-home"));
+        std::fs::create_dir_all(&home).unwrap();
+        let clone = self.root.join(format!("{machine}-clone"));
+        git(
+            &self.root,
+            &["clone", "-q", &self.hub_url, clone.to_str().unwrap()],
+        );
+        git(&clone, &["config", "user.name", machine]);
+        git(&clone, &["config", "user.email", "m@example.invalid"]);
+        let stderr = std::fs::File::create(self.root.join(format!("{machine}.log"))).unwrap();
+        let child = common::wiggum_command()
+            .args([
+                "worker",
+                "--polecats",
+                "2",
+                "--lease",
+                "3s",
+                "--renew",
+                "500ms",
+                "--poll",
+                "300ms",
+                "--machine",
+                machine,
+                "--repo",
+            ])
+            .arg(&clone)
+            .current_dir(&clone)
+            .env("HOME", &home)
+            .env("WIGGUM_DATABASE_URL", &self.url)
+            .env("WIGGUM_MACHINE", machine)
+            .env("RUN_LOG", &self.log)
+            .env("SLOW_JOB", slow_job)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("wiggum worker starts");
+        self.procs.0.push(child);
+        self.workers
+            .push((machine.to_string(), self.procs.0.len() - 1));
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (m, _) in &self.workers {
+            out.push_str(&format!(
+                "--- {m}\n{}\n",
+                std::fs::read_to_string(self.root.join(format!("{m}.log"))).unwrap_or_default()
+            ));
+        }
+        out
+    }
+}
+
+fn spec(base: &str, n: usize) -> JobSpec {
+    let job = format!("JOB-{n:02}");
+    let cfg: wiggum_agents::config::AgentConfig = serde_json::from_value(serde_json::json!({
+        "backend": "command",
+        "command": ["sh", "agents/agent.sh"],
+    }))
+    .unwrap();
+    let mut config = wiggum_engine::ralph::LoopConfig {
+        max_iterations: 4,
+        checks: vec![format!("test -f {job}.txt")],
+        review: wiggum_engine::ralph::ReviewMode::None,
+        promise: Some("DONE".into()),
+        ..Default::default()
+    };
+    config.stable_rounds = 1;
+    JobSpec {
+        run_id: "r1".into(),
+        step_id: "build".into(),
+        subtask: format!("part-{n:02}"),
+        bead: format!("wg-t.1.{n}"),
+        prompt: format!("Write the file of {job}."),
+        acceptance: None,
+        config,
+        worker: cfg,
+        reviewer: None,
+        agent_dir: String::new(),
+        setup: None,
+        base: base.to_string(),
+        base_branch: Some("main".into()),
+        branch: format!("wiggum/r1-build-part-{n:02}"),
+        worktree: format!("r1-build-part-{n:02}"),
+        attempt: 1,
+        fresh: false,
+    }
+}
+
+async fn publish_all(q: &Queue, repo: &str, base: &str) {
+    for n in 1..=12 {
+        let s = spec(base, n);
+        q.publish(
+            repo,
+            &NewJob {
+                bead: s.bead.clone(),
+                step_bead: "wg-t.1".into(),
+                run_id: "r1".into(),
+                spec: s.to_json(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Waits until the three workers are registered and hold their worker lease.
+async fn wait_registered(db: &TestDb, repo: &str, cluster: &Cluster) {
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let reg = wiggum_engine::worker::Registry::new(pool, &db.url);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(list) = reg.list(Some(repo)).await {
+            if list.iter().filter(|w| w.state == "running").count() == 3 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workers did not start\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every job finished; returns the results by bead.
+async fn wait_finished(q: &Queue, repo: &str, cluster: &Cluster) -> BTreeMap<String, JobResult> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let rows = q.list(repo, None).await.unwrap();
+        if rows.len() == 12 && rows.iter().all(|r| r.state == "finished") {
+            return rows
+                .into_iter()
+                .map(|r| {
+                    let res: JobResult =
+                        serde_json::from_str(r.result.as_deref().unwrap()).expect("a result");
+                    (r.job.bead, res)
+                })
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every subtask finished: {:?}\n{}",
+            rows.iter()
+                .map(|r| (r.job.bead.clone(), r.state.clone()))
+                .collect::<Vec<_>>(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Merges every subtask branch from the hub into main in a fresh clone, as the refinery
+/// does, and checks each subtask's file is there.
+fn merge_all(cluster: &Cluster) {
+    let check = cluster.root.join("check");
+    git(
+        &cluster.root,
+        &["clone", "-q", &cluster.hub_url, check.to_str().unwrap()],
+    );
+    for n in 1..=12 {
+        let branch = format!("wiggum/r1-build-part-{n:02}");
+        git(&check, &["fetch", "-q", "origin", &branch]);
+        git(
+            &check,
+            &[
+                "merge",
+                "-q",
+                "--no-edit",
+                "-m",
+                &format!("merge {branch}"),
+                "FETCH_HEAD",
+            ],
+        );
+    }
+    for n in 1..=12 {
+        assert!(
+            check.join(format!("JOB-{n:02}.txt")).exists(),
+            "JOB-{n:02} is not merged"
+        );
+    }
+}
+
+fn runs(log: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((p.next()?.to_string(), p.next()?.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_run_twelve_subtasks_exactly_once_and_they_merge() {
+    let Some(db) = TestDb::create("workers twelve").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db) else {
+        assert!(!common::in_ci(), "git daemon is missing in CI");
+        eprintln!("SKIPPED: git daemon is not available");
+        return;
+    };
+    let pool = wiggum_engine::pg::pool(&db.url, 4).unwrap();
+    let q = Queue::new(pool, &db.url);
+    q.install().await.unwrap();
+    let repo = cluster.base.clone();
+    for m in ["m1", "m2", "m3"] {
+        cluster.start_worker(m, "none");
+    }
+    wait_registered(&db, &repo, &cluster).await;
+    publish_all(&q, &repo, &cluster.base).await;
+    let results = wait_finished(&q, &repo, &cluster).await;
+    for (bead, r) in &results {
+        assert_eq!(
+            r.outcome,
+            wiggum_engine::ralph::Outcome::Converged,
+            "{bead}: {}\n{}",
+            r.reason,
+            cluster.logs()
+        );
+        assert_eq!(r.attempt, 1, "{bead} was taken over without a death");
+        assert!(r.tip.is_some());
+    }
+    // Every subtask ran exactly once (one agent call each: its loop converged at once).
+    let ran = runs(&cluster.log);
+    let jobs: Vec<&String> = ran.iter().map(|(j, _)| j).collect();
+    let unique: HashSet<&&String> = jobs.iter().collect();
+    assert_eq!(jobs.len(), 12, "runs: {ran:?}");
+    assert_eq!(unique.len(), 12, "a subtask ran twice: {ran:?}");
+    // More than one machine took part.
+    let machines: HashSet<&String> = ran.iter().map(|(_, m)| m).collect();
+    assert!(machines.len() >= 2, "one machine did everything: {ran:?}");
+    merge_all(&cluster);
+    // `wiggum workers` lists the three machines.
+    let clone = cluster.root.join("m1-clone");
+    let out = common::wiggum_command()
+        .args(["workers", "--json", "--repo"])
+        .arg(&clone)
+        .env("WIGGUM_DATABASE_URL", &cluster.url)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("{}", String::from_utf8_lossy(&out.stderr));
+    });
+    let listed_machines: HashSet<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["machine"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed_machines, HashSet::from(["m1", "m2", "m3"]));
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["state"] == "running"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subtask_of_a_worker_killed_mid_run_is_taken_over_after_its_lease_and_finishes_once() {
+    let Some(db) = TestDb::create("workers sigkill").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db) else {
+        assert!(!common::in_ci(), "git daemon is missing in CI");
+        eprintln!("SKIPPED: git daemon is not available");
+        return;
+    };
+    let pool = wiggum_engine::pg::pool(&db.url, 4).unwrap();
+    let q = Queue::new(pool, &db.url);
+    q.install().await.unwrap();
+    let repo = cluster.base.clone();
+    // JOB-05 checkpoints once without converging, then its agent hangs on the next call
+    // (`sleep` in the checks would be killed with the worker; a hanging agent shows the kill).
+    let slow = "JOB-05";
+    for m in ["m1", "m2", "m3"] {
+        cluster.start_worker(m, slow);
+    }
+    wait_registered(&db, &repo, &cluster).await;
+    publish_all(&q, &repo, &cluster.base).await;
+    // Wait until the slow subtask's first iteration is pushed to the hub, then kill its worker.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let victim = loop {
+        let row = q.get(&repo, "wg-t.1.5").await.unwrap().unwrap();
+        let pushed = Command::new("git")
+            .args([
+                "ls-remote",
+                &cluster.hub_url,
+                "refs/heads/wiggum/r1-build-part-05",
+            ])
+            .output()
+            .unwrap();
+        if row.state == "running" && !pushed.stdout.is_empty() {
+            let holder = row.holder.unwrap();
+            let machine = holder.split('-').next().unwrap().to_string();
+            break machine;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "JOB-05 never got going\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let idx = cluster
+        .workers
+        .iter()
+        .find(|(m, _)| *m == victim)
+        .unwrap()
+        .1;
+    let pid = cluster.procs.0[idx].id() as i32;
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let _ = cluster.procs.0[idx].wait();
+    let results = wait_finished(&q, &repo, &cluster).await;
+    let slow_result = &results["wg-t.1.5"];
+    assert_eq!(
+        slow_result.outcome,
+        wiggum_engine::ralph::Outcome::Converged,
+        "{}\n{}",
+        slow_result.reason,
+        cluster.logs()
+    );
+    assert_eq!(slow_result.attempt, 2, "the takeover is counted");
+    assert!(
+        !slow_result.holder.starts_with(&format!("{victim}-")),
+        "the dead worker cannot have finished it"
+    );
+    for (bead, r) in &results {
+        assert_eq!(
+            r.outcome,
+            wiggum_engine::ralph::Outcome::Converged,
+            "{bead}: {}",
+            r.reason
+        );
+    }
+    // The taker resumed from the dead worker's pushed checkpoint: the file was there already.
+    let check = cluster.root.join("resume-check");
+    git(
+        &cluster.root,
+        &["clone", "-q", &cluster.hub_url, check.to_str().unwrap()],
+    );
+    git(
+        &check,
+        &["fetch", "-q", "origin", "wiggum/r1-build-part-05"],
+    );
+    git(&check, &["checkout", "-q", "FETCH_HEAD"]);
+    let text = std::fs::read_to_string(check.join("JOB-05.txt")).unwrap();
+    assert!(
+        text.contains("resumed"),
+        "not resumed from the checkpoint: {text:?}"
+    );
+    // Exactly one finish per subtask: twelve rows, one result each; no duplicate job.
+    let rows = q.list(&repo, None).await.unwrap();
+    let beads: HashSet<&String> = rows.iter().map(|r| &r.job.bead).collect();
+    assert_eq!(rows.len(), 12);
+    assert_eq!(beads.len(), 12);
+    merge_all(&cluster);
+}
