@@ -166,7 +166,7 @@ impl Queue {
             // released): skip those, and try again a few times past them.
             for _ in 0..4 {
                 match self.claim_one(repo, holder, ttl, state).await? {
-                    Step::Claimed(c) => return Ok(Some(c)),
+                    Step::Claimed(c) => return Ok(Some(*c)),
                     Step::Empty => break,
                     Step::Raced => continue,
                 }
@@ -222,11 +222,11 @@ impl Queue {
         .await
         .map_err(|e| self.db(e))?;
         tx.commit().await.map_err(|e| self.db(e))?;
-        Ok(Step::Claimed(Claim {
+        Ok(Step::Claimed(Box::new(Claim {
             repo: repo.to_string(),
             job,
             lease,
-        }))
+        })))
     }
 
     /// Records the result of a claimed job, fenced: only while the claim's lease still holds
@@ -357,7 +357,7 @@ impl Queue {
 }
 
 enum Step {
-    Claimed(Claim),
+    Claimed(Box<Claim>),
     Empty,
     Raced,
 }
