@@ -128,13 +128,31 @@ fn a_declared_split_runs_polecats_in_parallel_merges_through_the_refinery_and_ve
             .clone()
     };
     let (a, c) = (entry("a"), entry("c"));
-    assert!(time(&a["started_at"]) < time(&c["finished_at"]), "{a} {c}");
-    assert!(time(&c["started_at"]) < time(&a["finished_at"]), "{a} {c}");
     assert_ne!(a["bead"], c["bead"]);
+    assert_ne!(
+        subtask(&split, "a")["polecat"],
+        subtask(&split, "c")["polecat"],
+        "two polecats"
+    );
+    // Their first iterations (bead created when the iteration starts, closed when it ends,
+    // each with a 700 ms agent call) overlap in time.
+    let all = beads(repo.path());
+    let first_iteration = |sub: &serde_json::Value| {
+        let id = format!("{}.1", sub["bead"].as_str().unwrap());
+        all.iter()
+            .find(|b| b["id"] == id)
+            .unwrap_or_else(|| panic!("no {id}"))
+            .clone()
+    };
+    let (a1, c1) = (first_iteration(&a), first_iteration(&c));
+    assert!(
+        time(&a1["created_at"]) < time(&c1["closed_at"])
+            && time(&c1["created_at"]) < time(&a1["closed_at"]),
+        "a's and c's first iterations ran at the same time: {a1}\n{c1}"
+    );
 
     // b needed a: it started only once a was merged, with a.txt in its worktree (its own
     // check `test -f a.txt` passed on its first iteration).
-    let all = beads(repo.path());
     let bead_of = |sub: &str| {
         all.iter()
             .find(|b| b["id"] == subtask(&split, sub)["bead"])
@@ -203,12 +221,33 @@ fn a_declared_split_runs_polecats_in_parallel_merges_through_the_refinery_and_ve
         repo.git(&["cat-file", "-e", &format!("{sha}:{f}")]);
     }
     assert_eq!(repo.read("c.txt"), "c ok\n");
+    // It started after the last merge, on top of every merge the refinery made.
+    let last_merge = ["a", "b", "c"]
+        .iter()
+        .map(|id| time(&bead_of(id)["closed_at"]))
+        .max()
+        .unwrap();
+    assert!(time(&verify["created_at"]) >= last_merge, "{verify}");
+    for id in ["a", "b", "c"] {
+        let merged = subtask(&split, id)["merged_sha"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        repo.git(&["merge-base", "--is-ancestor", &merged, sha]);
+    }
+    // Subtask branches are `<the step's branch>.split/<subtask>`.
+    let run_id = r["run_id"].as_str().unwrap();
+    assert_eq!(
+        subtask(&split, "a")["branch"],
+        format!("wiggum/{run_id}-big.split/a"),
+        "{split:#}"
+    );
 
     // Polecats author their checkpoints; nothing is left behind.
     let authors = repo.git(&["log", "--format=%an", "main"]);
     assert!(authors.contains("(wiggum polecat)"), "{authors}");
     assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
-    let branches = repo.git(&["branch", "--list", "wiggum/*-big-*"]);
+    let branches = repo.git(&["branch", "--list", "wiggum/*-big.split/*"]);
     assert!(
         branches.trim().is_empty(),
         "subtask branches left: {branches}"
@@ -468,7 +507,14 @@ reply = "never verified"
         bb["notes"].as_str().unwrap().contains("second failure"),
         "{bb}"
     );
-    // The red second merge was undone: the step never converged, and nothing BAD landed.
+    // The red second merge was undone: the step's branch (kept, the step did not converge)
+    // has a's merge and not b's.
+    let run_id = r["run_id"].as_str().unwrap();
+    assert_eq!(
+        repo.git(&["show", &format!("wiggum/{run_id}-big:shared.txt")]),
+        "from a\n"
+    );
+    // Nothing BAD landed.
     assert!(!repo.read("shared.txt").contains("BAD"));
     assert_eq!(
         repo.read("shared.txt"),
@@ -477,7 +523,7 @@ reply = "never verified"
     );
     let list = repo.git(&["worktree", "list"]);
     assert!(
-        !list.contains("-big-"),
+        !list.contains("-big.split-"),
         "no subtask worktree is left: {list}"
     );
     assert_br_import_rules(&all);
@@ -612,7 +658,7 @@ reply = "verified"
         assert!(repo.path().join(f).exists(), "{f} not landed");
     }
     assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
-    let branches = repo.git(&["branch", "--list", "wiggum/*-big-*"]);
+    let branches = repo.git(&["branch", "--list", "wiggum/*-big.split/*"]);
     assert!(branches.trim().is_empty(), "{branches}");
 }
 
@@ -749,6 +795,14 @@ reply = "verified"
             .any(|d| d["type"] == "parent-child" && d["depends_on_id"] == a_bead));
         // Its iterations are below it, within three levels.
         assert!(all.iter().any(|b| b["id"] == format!("{nb}.1")), "{nb}.1");
+        // Its branch nests below its parent subtask's the same way.
+        assert_eq!(
+            subtask(&nested, id)["branch"],
+            format!(
+                "{}.split/{id}",
+                subtask(&split, "a")["branch"].as_str().unwrap()
+            )
+        );
     }
     let show = repo.wiggum(&["show", step(&r, "big")["bead"].as_str().unwrap()]);
     assert!(

@@ -149,7 +149,7 @@ reply = "verified"
     );
     let list = repo.git(&["worktree", "list"]);
     assert!(
-        list.contains("-big-b") && list.contains("-big-c"),
+        list.contains("-big.split-b") && list.contains("-big.split-c"),
         "kept for the resume: {list}"
     );
     let split = split_of(&repo, &subtask_parent(&all));
@@ -193,7 +193,7 @@ reply = "verified"
     assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
     let branches = repo.git(&["branch", "--list", "wiggum/*"]);
     assert!(
-        !branches.contains("-big-"),
+        !branches.contains(".split/"),
         "no subtask branch is left: {branches}"
     );
     let pc = repo.wiggum(&["polecats", "--json"]).json();
@@ -337,7 +337,7 @@ fn assert_pool_stopped_cleanly(repo: &TempRepo, step_bead: &str) {
     assert!(!repo.path().join("a.txt").exists() && !repo.path().join("b.txt").exists());
     let list = repo.git(&["worktree", "list"]);
     assert!(
-        !list.contains("-big-"),
+        !list.contains(".split-"),
         "no subtask worktree is left: {list}"
     );
 }
@@ -433,7 +433,7 @@ fn a_steps_cost_budget_shared_live_by_its_polecats_stops_a_split_task() {
     assert!((0.7..1.0).contains(&cost), "{r:#}");
     let list = repo.git(&["worktree", "list"]);
     assert!(
-        !list.contains("task-"),
+        !list.contains(".split-"),
         "no subtask worktree is left: {list}"
     );
 }

@@ -1,5 +1,5 @@
 //! One subtask on one polecat: [`run_subtask`] takes a machine-wide slot, makes (or re-opens)
-//! the subtask's worktree on branch `wiggum/<run>-<step>-<subtask>` from the step's branch,
+//! the subtask's worktree on branch `<the step's branch>.split/<subtask>` from the step's branch,
 //! runs the `setup` command in a new worktree, and runs the subtask as a full Ralph loop (a
 //! split of its own when it is too large and `depth` allows) with the polecat as the author
 //! of its checkpoints. The split's driver (`split/drive.rs`) schedules these and hands the

@@ -174,7 +174,14 @@ async fn split(
         Ok(r) => r,
         Err(e) => return stop(report, Outcome::Error, format!("ledger: {e}")),
     };
-    let prefix = sanitize(&format!("{}-{}", spec.run_id, spec.step_id));
+    // A split's subtasks are on `<the step's branch>.split/<subtask>` (worktree
+    // `<the step's worktree>.split-<subtask>`): grouped under the step, never equal to another
+    // step's branch (ids hold no `.`), and legal beside the step's branch (git cannot hold both
+    // `wiggum/<run>` and a branch below it). A nested split nests the same way.
+    let (worktree_of, branch_of) = (
+        format!("{}.split-", run.workspace.name()),
+        format!("{}.split/", run.workspace.branch()),
+    );
     let state = SplitState {
         step_bead: spec.bead_id.clone(),
         trigger: trigger.clone(),
@@ -185,8 +192,8 @@ async fn split(
                 bead: bead.clone(),
                 status: SubtaskStatus::Queued,
                 polecat: None,
-                worktree: Some(format!("{prefix}-{id}")),
-                branch: Some(format!("wiggum/{prefix}-{id}")),
+                worktree: Some(format!("{worktree_of}{id}")),
+                branch: Some(format!("{branch_of}{id}")),
                 attempt: 1,
                 feedback: None,
                 retry: None,
@@ -870,17 +877,4 @@ fn stop(mut r: StepReport, outcome: Outcome, reason: String) -> StepReport {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
-}
-
-/// A name fit for a worktree directory and a branch: `[A-Za-z0-9._-]`, others become `-`.
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
 }
