@@ -9,37 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{beads, step, wiggum_command, write_patrol, TempRepo};
-
-/// Waits (generously) until `cond` holds.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn kill(mut child: Child) {
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-}
-
-fn spawn_wiggum(args: &[&str], cwd: &Path) -> Child {
-    wiggum_command()
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn last_run_id(repo: &TempRepo) -> String {
-    let runs = repo.wiggum(&["runs", "--json"]);
-    runs.json()[0]["run_id"].as_str().unwrap().to_string()
-}
+use common::{
+    beads, kill9, last_run_id, spawn_wiggum, step, wait_child, wait_until, wiggum_command,
+    write_patrol, TempRepo,
+};
 
 /// A patrol whose step `wait` touches `started` then waits for `go` to exist: a step that is
 /// surely in flight while a test kills or resumes the run.
@@ -70,8 +43,8 @@ fn start_gated_and_kill(repo: &TempRepo, defs: &Path) -> (String, PathBuf, PathB
     let (_, started, go) = gated_patrol(defs);
     let repo_dir = repo.path().display().to_string();
     let child = spawn_wiggum(&["run", "patrol.toml", "--repo", &repo_dir], defs);
-    wait_for("step `wait` to start", || started.exists());
-    kill(child);
+    wait_until(60, "step `wait` to start", || started.exists());
+    kill9(child);
     std::fs::remove_file(&started).unwrap();
     (last_run_id(repo), started, go)
 }
@@ -277,7 +250,9 @@ fn two_resumes_of_the_same_run_at_once_the_second_is_refused() {
     let (run_id, started, go) = start_gated_and_kill(&repo, defs.path());
     let repo_dir = repo.path().display().to_string();
     let first = spawn_wiggum(&["resume", &run_id, "--repo", &repo_dir], repo.path());
-    wait_for("the first resume to run step `wait`", || started.exists());
+    wait_until(60, "the first resume to run step `wait`", || {
+        started.exists()
+    });
 
     let runs = repo.wiggum(&["runs", "--json"]).json();
     assert_eq!(runs[0]["outcome"], "running");
@@ -304,20 +279,6 @@ fn two_resumes_of_the_same_run_at_once_the_second_is_refused() {
         .filter(|b| b["id"] == step_bead.as_str() && b["status"] == "closed")
         .count();
     assert_eq!(closes, 1);
-}
-
-fn wait_child(mut child: Child) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            kill(child);
-            panic!("the child did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -367,9 +328,18 @@ fn a_run_id_reused_with_another_patrol_file_is_refused() {
 fn resume_after_sigkill_counts_the_earlier_spend_in_the_run_budget() {
     let repo = TempRepo::new();
     let defs = tempfile::tempdir().unwrap();
+    // Iteration 3 of the first process cannot end (its check waits for `gate`), so the kill
+    // always lands in the middle of the run, however slow the machine: without the gate the
+    // run could reach its budget and end before the test killed it.
+    let gate = defs.path().join("gate");
+    let check = format!(
+        "if [ $(grep -c try tries.txt) -ge 3 ]; then while [ ! -e {} ]; do sleep 0.05; done; fi; test -f done.txt",
+        gate.display()
+    );
     let patrol = write_patrol(
         defs.path(),
-        r#"
+        &format!(
+            r#"
 [patrol]
 name = "spendy"
 max_cost_usd = 0.05
@@ -380,15 +350,16 @@ script = "script.toml"
 id = "try"
 prompt = "make done.txt"
 [steps.loop]
-checks = ["test -f done.txt"]
+checks = [{check:?}]
 max_iterations = 10
 stall_after = 10
-"#,
+"#
+        ),
         r#"
 [[work]]
 step = "try"
 reply = "trying"
-delay = "600ms"
+delay = "300ms"
 cost_usd = 0.02
 usage = { input_tokens = 100, output_tokens = 10 }
 [[work.edits]]
@@ -401,17 +372,18 @@ append = "try\n"
         &["run", &patrol.display().to_string(), "--repo", &repo_dir],
         repo.path(),
     );
-    wait_for("two iterations", || {
+    wait_until(60, "two iterations", || {
         beads(repo.path())
             .iter()
             .any(|b| b["title"] == "iteration 2" && b["status"] == "closed")
     });
-    kill(child);
+    kill9(child);
     let run_id = last_run_id(&repo);
     // What the killed process spent is known before resuming, and the run is not `running`.
     let runs = repo.wiggum(&["runs", "--json"]).json();
     assert!(runs[0]["cost_usd"].as_f64().unwrap() >= 0.039, "{runs}");
     assert_eq!(runs[0]["outcome"], "interrupted");
+    std::fs::write(&gate, "").unwrap();
     let shown = repo.wiggum(&["show", &run_id]);
     assert!(
         shown
@@ -572,7 +544,7 @@ fn sigterm_cancels_a_run_cleanly_like_ctrl_c_and_resume_finishes_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("step `wait` to start", || started.exists());
+    wait_until(60, "step `wait` to start", || started.exists());
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -695,7 +667,12 @@ fn land_none_keeps_nothing_but_the_ledger_and_land_branch_keeps_the_run_branch()
             kept,
             "land = {land}: {branches}"
         );
-        assert!(!branches.contains("-a"), "land = {land}: {branches}");
+        // The step's branch is gone either way. (Not `contains("-a")`: a run id may start
+        // with `a`, as in `wg-a1b2c3`.)
+        assert!(
+            !branches.contains(&format!("wiggum/{run_id}-a")),
+            "land = {land}: {branches}"
+        );
         let shown = repo.wiggum(&["show", &run_id]);
         assert_eq!(shown.code, 0, "the ledger keeps the record");
     }
@@ -821,8 +798,8 @@ append = "a\n"
         &["run", &patrol.display().to_string(), "--repo", &repo_dir],
         repo.path(),
     );
-    wait_for("step `wait` to start", || started.exists());
-    kill(child);
+    wait_until(60, "step `wait` to start", || started.exists());
+    kill9(child);
     let run_id = last_run_id(&repo);
     // As if the kill came before step `a`'s end was saved.
     {
@@ -875,7 +852,7 @@ fn the_demo_interrupted_by_ctrl_c_while_fixing_the_tests_resumes_to_converged() 
             })
             .map(|e| e.path())
     };
-    wait_for("iteration 1 of fix-tests", || {
+    wait_until(60, "iteration 1 of fix-tests", || {
         sandbox().is_some_and(|dir| {
             beads(&dir)
                 .iter()
@@ -1001,13 +978,12 @@ delay = "2s"
     let patrol = patrol.display().to_string();
     let repo_dir = repo.path().display().to_string();
     let child = spawn_wiggum(&["run", &patrol, "--repo", &repo_dir], repo.path());
-    wait_for("iteration 2 to be recorded", || {
+    wait_until(60, "iteration 2 to be recorded", || {
         beads(repo.path())
             .iter()
             .any(|b| b["title"] == "iteration 2" && b["status"] == "closed")
     });
-    std::thread::sleep(Duration::from_millis(300));
-    kill(child); // during iteration 3
+    kill9(child); // during iteration 3 (its agent call takes 2 s)
     let run_id = last_run_id(&repo);
     let out = repo.wiggum(&["resume", &run_id, "--json"]);
     assert_eq!(

@@ -4,15 +4,11 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use common::{beads, step, wiggum_command, write_patrol, TempRepo};
-
-fn time(s: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(s.as_str().expect("a time"))
-        .expect("RFC 3339")
-        .with_timezone(&chrono::Utc)
-}
+use common::{
+    beads, kill9, last_run_id, spawn_wiggum, step, time, wait_until, wiggum_command, write_patrol,
+    StderrLines, TempRepo,
+};
 
 const DAG: &str = r#"
 [patrol]
@@ -209,31 +205,16 @@ write = "3\n"
     );
     let patrol = patrol.display().to_string();
     let repo_dir = repo.path().display().to_string();
-    let mut child = wiggum_command()
-        .args(["run", &patrol, "--repo", &repo_dir, "--json"])
-        .current_dir(repo.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until iteration 1 of `slow` is recorded, then kill -9 during iteration 2.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = beads(repo.path())
+    let child = spawn_wiggum(&["run", &patrol, "--repo", &repo_dir], repo.path());
+    // Wait until iteration 1 of `slow` is recorded, then kill -9 (during iteration 2).
+    wait_until(60, "iteration 1 of slow", || {
+        beads(repo.path())
             .iter()
-            .any(|b| b["title"] == "iteration 1" && b["status"] == "closed");
-        if done {
-            break;
-        }
-        assert!(Instant::now() < deadline, "iteration 1 never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+            .any(|b| b["title"] == "iteration 1" && b["status"] == "closed")
+    });
+    kill9(child);
 
-    let runs = repo.wiggum(&["runs", "--json"]);
-    let run_id = runs.json()[0]["run_id"].as_str().unwrap().to_string();
+    let run_id = last_run_id(&repo);
     let out = repo.wiggum(&["resume", &run_id, "--json"]);
     assert_eq!(
         out.code, 0,
@@ -409,40 +390,24 @@ write = "f\n"
     );
     let patrol = patrol.display().to_string();
     let repo_dir = repo.path().display().to_string();
-    let child = wiggum_command()
+    let mut child = wiggum_command()
         .args(["run", &patrol, "--repo", &repo_dir, "--json"])
         .current_dir(repo.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The step's worktree appears when it starts; give the agent a moment to be mid-call.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let started = std::fs::read_dir(repo.path().join(".wiggum/worktrees"))
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with("-slow"))
-            })
-            .unwrap_or(false);
-        if started {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    // Ctrl-C once the agent's call is under way (its 20 s delay): the run says when the work
+    // of iteration 1 starts.
+    let stderr = StderrLines::of(&mut child);
+    stderr.wait_for("slow: iteration 1 · work", 60);
     // SAFETY: sending a signal to our own child process.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
     let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = stderr.rest();
+    assert_eq!(out.status.code(), Some(130), "stderr: {stderr}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["outcome"], "cancelled");
     let run_id = r["run_id"].as_str().unwrap().to_string();

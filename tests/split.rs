@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::split::{history, split_of, subtask, time, worktrees};
+use common::split::{history, polecat_state, split_of, subtask, worktrees};
 use common::{
-    assert_br_import_rules, beads, run_json, step, wiggum_command, write_patrol, TempRepo,
+    assert_br_import_rules, beads, kill9, last_run_id, resume_json, run_json, spawn_run, step,
+    time, wait_until, write_patrol, TempRepo,
 };
 
 /// A repository whose `check.sh` fails when any `*.txt` file says BAD.
@@ -578,44 +577,20 @@ step = "big"
 reply = "verified"
 "#;
     let patrol = write_patrol(defs.path(), patrol, script);
-    let mut child = wiggum_command()
-        .args([
-            "run",
-            &patrol.display().to_string(),
-            "--repo",
-            &repo.path().display().to_string(),
-        ])
-        .current_dir(repo.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until a is merged (closed) while b and c are in flight, then kill -9.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let all = beads(repo.path());
-        let merged_a = all.iter().any(|b| {
+    let child = spawn_run(&repo, &patrol);
+    // kill -9 once a is merged (closed) while b and c are in flight on two polecats.
+    wait_until(60, "a merged while b and c work", || {
+        let merged_a = beads(repo.path()).iter().any(|b| {
             b["title"].as_str().unwrap_or("").starts_with("subtask a") && b["status"] == "closed"
         });
-        if merged_a {
-            break;
-        }
-        assert!(Instant::now() < deadline, "a was never merged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+        merged_a
+            && polecat_state(&repo, "b").as_deref() == Some("working")
+            && polecat_state(&repo, "c").as_deref() == Some("working")
+    });
+    kill9(child);
 
-    let runs = repo.wiggum(&["runs", "--json"]);
-    let run_id = runs.json()[0]["run_id"].as_str().unwrap().to_string();
-    let out = repo.wiggum(&["resume", &run_id, "--json"]);
-    assert_eq!(
-        out.code, 0,
-        "stdout: {}\nstderr: {}",
-        out.stdout, out.stderr
-    );
-    let r = out.json();
+    let run_id = last_run_id(&repo);
+    let r = resume_json(&repo, &run_id);
     assert_eq!(r["outcome"], "converged");
     let big = step(&r, "big");
     let split = split_of(&repo, big["bead"].as_str().unwrap());

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::split::{history, iterations_of, split_of, subtask, subtask_beads, worktrees};
+use common::split::{
+    history, iterations_of, polecat_state, split_of, subtask, subtask_beads, worktrees,
+};
 use common::{
     assert_br_import_rules, beads, last_run_id, resume_json, run_json, spawn_run, step, wait_until,
     write_patrol, TempRepo,
@@ -18,26 +20,6 @@ fn subtask_bead<'a>(all: &'a [serde_json::Value], id: &str) -> Option<&'a serde_
     subtask_beads(all)
         .into_iter()
         .find(|b| b["title"].as_str().unwrap_or("").starts_with(&prefix))
-}
-
-/// The `status.json` of every polecat of the repository.
-fn statuses(repo: &TempRepo) -> Vec<serde_json::Value> {
-    let dir = repo.path().join(".wiggum/polecats");
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status.json")).ok())
-        .filter_map(|t| serde_json::from_str(&t).ok())
-        .collect()
-}
-
-/// The state (`working`, `idle`, `interrupted`) of the polecat that has subtask `id`.
-fn polecat_state(repo: &TempRepo, id: &str) -> Option<String> {
-    statuses(repo)
-        .into_iter()
-        .find(|s| s["subtask"] == id)
-        .and_then(|s| s["state"].as_str().map(str::to_string))
 }
 
 #[test]

@@ -74,11 +74,13 @@ fn a_reviewer_that_crashes_is_named_as_the_reviewer() {
 #[test]
 fn the_task_time_limit_is_named_when_it_stops_a_review_in_flight() {
     let repo = TempRepo::new();
+    // The work is one quick shell (a Python agent's start-up alone could eat the 2 s on a busy
+    // machine, and the limit would then stop the work, never reaching the review).
     let out = repo.wiggum(&[
         "task",
         "Make answer.txt say 42",
         "--agent-command",
-        &fake_agent("count-to-42"),
+        "sh -c 'cat > /dev/null; echo 42 > answer.txt; echo wrote 42'",
         "--review-command",
         &fake_agent("hang"),
         "--timeout",
@@ -331,19 +333,17 @@ fn a_killed_task_is_left_interrupted_and_resume_stops_its_agent_and_finishes_it(
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while !pid_file.exists() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(30));
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // The agent runs once it wrote its pid (whole: the fake agent renames it into place).
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+    };
+    common::wait_until(60, "the agent wrote its pid", || read_pid().is_some());
     child.kill().unwrap(); // SIGKILL: nothing gets to clean up
     child.wait().unwrap();
     // A killed wiggum cannot stop its agent: it still runs in the worktree.
-    let agent_pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let agent_pid = read_pid().unwrap();
     std::fs::remove_file(&pid_file).unwrap();
     let alive = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -372,7 +372,12 @@ fn a_killed_task_is_left_interrupted_and_resume_stops_its_agent_and_finishes_it(
     for b in &all {
         assert_eq!(b["status"], "closed", "{b}");
     }
-    // The resume killed the agent the killed process left behind.
+    // The resume killed the agent the killed process left behind (SIGKILL: gone within a
+    // moment, however busy the machine; left alone it would sleep 60 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(agent_pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     if alive(agent_pid) {
         let _ = std::process::Command::new("kill")
             .arg(agent_pid.to_string())

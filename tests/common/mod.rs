@@ -231,22 +231,58 @@ pub fn run_json(repo: &TempRepo, patrol: &Path) -> (i32, serde_json::Value, Stri
     (out.code, json, out.stderr)
 }
 
-/// Starts `wiggum run PATROL` in the repository, in the background, its output discarded
-/// (for tests that kill or interrupt it).
-pub fn spawn_run(repo: &TempRepo, patrol: &Path) -> std::process::Child {
+/// Starts `wiggum ARGS` in `cwd`, in the background, its output discarded (for tests that
+/// kill or interrupt it).
+pub fn spawn_wiggum(args: &[&str], cwd: &Path) -> std::process::Child {
     wiggum_command()
-        .args([
-            "run",
-            &patrol.display().to_string(),
-            "--repo",
-            &repo.path().display().to_string(),
-        ])
-        .current_dir(repo.path())
+        .args(args)
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("wiggum starts")
+}
+
+/// Starts `wiggum run PATROL --repo REPO` in the background (see [`spawn_wiggum`]).
+pub fn spawn_run(repo: &TempRepo, patrol: &Path) -> std::process::Child {
+    spawn_wiggum(
+        &[
+            "run",
+            &patrol.display().to_string(),
+            "--repo",
+            &repo.path().display().to_string(),
+        ],
+        repo.path(),
+    )
+}
+
+/// `kill -9` of a child, reaped.
+pub fn kill9(mut child: std::process::Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// The exit code of a child once it ends (within 60 s, else it is killed and the test fails).
+pub fn wait_child(mut child: std::process::Child) -> Option<i32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            kill9(child);
+            panic!("the child did not finish within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// An RFC 3339 time of a JSON report or bead.
+pub fn time(s: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s.as_str().unwrap_or_else(|| panic!("a time: {s}")))
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc)
 }
 
 /// The id of the newest run of the repository (`wiggum runs --json`).
@@ -368,5 +404,53 @@ pub fn assert_br_import_rules(all: &[serde_json::Value]) {
             bead_time(&dep["created_at"], "dependency created_at");
         }
         assert_eq!(b["created_by"], "wiggum", "{id}");
+    }
+}
+
+/// What a child writes on stderr, read as it comes: [`StderrLines::wait_for`] waits for a line
+/// (a condition the program announces, like `slow: iteration 1 · work`), [`StderrLines::rest`]
+/// returns everything once the child ended. The child must have been spawned with
+/// `stderr(Stdio::piped())`.
+pub struct StderrLines {
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl StderrLines {
+    pub fn of(child: &mut std::process::Child) -> StderrLines {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
+        StderrLines { lines, reader }
+    }
+
+    /// Waits until a line containing `needle` was written (at most `secs`).
+    pub fn wait_for(&self, needle: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {needle:?} on stderr within {secs} s: {e}"),
+            }
+        }
+    }
+
+    /// Everything written on stderr (call once the child ended).
+    pub fn rest(self) -> String {
+        self.reader.join().unwrap_or_default()
     }
 }

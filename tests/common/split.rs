@@ -2,13 +2,6 @@
 
 use super::TempRepo;
 
-/// An RFC 3339 time of a JSON report.
-pub fn time(s: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(s.as_str().unwrap_or_else(|| panic!("a time: {s}")))
-        .expect("RFC 3339")
-        .with_timezone(&chrono::Utc)
-}
-
 /// `wiggum show BEAD --json`'s split state.
 pub fn split_of(repo: &TempRepo, bead: &str) -> serde_json::Value {
     let out = repo.wiggum(&["show", bead, "--json"]);
@@ -73,4 +66,24 @@ pub fn iterations_of<'a>(all: &'a [serde_json::Value], parent: &str) -> Vec<&'a 
                     .any(|l| l == "wiggum:iteration")
         })
         .collect()
+}
+
+/// The `status.json` of every polecat of the repository.
+pub fn statuses(repo: &TempRepo) -> Vec<serde_json::Value> {
+    let dir = repo.path().join(".wiggum/polecats");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status.json")).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect()
+}
+
+/// The state (`working`, `idle`, `interrupted`) of the polecat that has subtask `id`.
+pub fn polecat_state(repo: &TempRepo, id: &str) -> Option<String> {
+    statuses(repo)
+        .into_iter()
+        .find(|s| s["subtask"] == id)
+        .and_then(|s| s["state"].as_str().map(str::to_string))
 }
