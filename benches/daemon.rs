@@ -10,6 +10,11 @@
 //! the daemon itself between fires. The references run over the same window: an idle `sleep`
 //! and a cron-like shell loop that wakes every second.
 //!
+//! Phase 3, only with a PostgreSQL server (`WIGGUM_TEST_PG_URL`, as `scripts/with-postgres.sh`
+//! sets it): the phase 1 patrols fired by two daemons sharing one database (as on two
+//! machines), beside phase 1's one daemon on SQLite: fire lateness, and that every slot fired
+//! once.
+//!
 //! Run with `cargo bench --bench daemon`; `WIGGUM_BENCH_SECS` sets each window (default 60).
 
 use std::path::Path;
@@ -82,14 +87,76 @@ fn stop(mut child: Child) {
 }
 
 fn daemon(repo: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_wiggum"))
-        .args(["daemon", "--json", "--stop-timeout", "5s"])
+    daemon_with(repo, log, &[], &[])
+}
+
+fn daemon_with(repo: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wiggum"));
+    cmd.args(["daemon", "--json", "--stop-timeout", "5s"])
+        .args(args)
         .current_dir(repo)
+        .env_remove("WIGGUM_DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("wiggum daemon starts")
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("wiggum daemon starts")
+}
+
+/// The JSON events of a daemon's log.
+fn events_of(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Phase 3: two daemons sharing a PostgreSQL database fire the phase 1 patrols.
+/// Returns (fires, slots fired twice, fires left to the other daemon, lateness of fires).
+fn shared_firing(window: Duration) -> Option<(usize, usize, usize, Vec<f64>)> {
+    std::env::var("WIGGUM_TEST_PG_URL").ok()?;
+    let db = wiggum_engine::pg::testing::TestDb::create_blocking("bench daemon shared")?;
+    let firing = repo(|i| format!("{} * * * * *", i * 60 / PATROLS));
+    let daemons: Vec<(Child, std::path::PathBuf)> = ["m1", "m2"]
+        .iter()
+        .map(|m| {
+            let log = firing.path().join(format!("daemon-{m}.log"));
+            let state = format!(".wiggum/state-{m}");
+            let child = daemon_with(
+                firing.path(),
+                &log,
+                &["--state", &state],
+                &[
+                    ("WIGGUM_DATABASE_URL", db.url.secret()),
+                    ("WIGGUM_MACHINE", m),
+                ],
+            );
+            (child, log)
+        })
+        .collect();
+    std::thread::sleep(window);
+    let mut fired: Vec<(String, String)> = Vec::new();
+    let mut late = Vec::new();
+    let mut elsewhere = 0;
+    for (child, log) in daemons {
+        stop(child);
+        for e in events_of(&log) {
+            if e["event"] == "fired" {
+                fired.push((e["patrol"].to_string(), e["slot"].to_string()));
+                late.extend(e["late_ms"].as_f64());
+            }
+            if e["event"] == "fired_elsewhere" {
+                elsewhere += 1;
+            }
+        }
+    }
+    let total = fired.len();
+    fired.sort();
+    fired.dedup();
+    Some((total, total - fired.len(), elsewhere, late))
 }
 
 fn time(v: &serde_json::Value, key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -146,6 +213,7 @@ fn main() {
         .count();
     let (f_med, f_max) = median_max(fired.clone());
     let (r_med, r_max) = median_max(run_start);
+    let shared = shared_firing(window);
 
     // Phase 2: the same 100 patrols waiting, beside the references.
     let waiting = repo(|_| "0 0 1 1 *".to_string());
@@ -195,6 +263,26 @@ fn main() {
     println!("  daemon peak RSS     {:>7.1} MiB", rss as f64 / 1024.0);
     println!("  lateness, fire      median {f_med:.1} ms, max {f_max:.1} ms  (slot -> fire recorded, run spawned)");
     println!("  lateness, run start median {r_med:.1} ms, max {r_max:.1} ms  (slot -> run's epic bead created)");
+    match shared {
+        Some((fires, twice, elsewhere, late)) => {
+            let (s_med, s_max) = median_max(late);
+            println!();
+            println!(
+                "firing on PostgreSQL, two daemons sharing one database, same patrols and window:"
+            );
+            println!(
+                "  {fires} fires, {twice} slot(s) fired twice, {elsewhere} claims lost to the other daemon"
+            );
+            println!(
+                "  lateness, fire      median {s_med:.1} ms, max {s_max:.1} ms  \
+                 (one daemon on SQLite above: median {f_med:.1} ms, max {f_max:.1} ms)"
+            );
+        }
+        None => {
+            println!();
+            println!("(no PostgreSQL: set WIGGUM_TEST_PG_URL, or run through scripts/with-postgres.sh, for the two-daemon figure)");
+        }
+    }
     println!();
     println!("waiting (nothing due), same window:");
     println!(
