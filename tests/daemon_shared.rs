@@ -458,3 +458,49 @@ fn a_run_whose_daemon_was_killed_is_taken_over_and_finishes_once() {
         .count();
     assert_eq!(others_started, 0, "{history:#?}");
 }
+
+/// `wiggum schedule pause` on one machine holds every daemon's fires, `resume` lets them go on;
+/// `wiggum schedule run` where no daemon runs fires through the shared rules and is recorded
+/// with the machine that ran it.
+#[test]
+fn pause_resume_and_schedule_run_are_shared_by_every_machine() {
+    let Some((repo, db)) = setup(
+        "shared pause and run",
+        &patrol("*/2 * * * * *", "overlap = \"allow\"", "true"),
+    ) else {
+        return;
+    };
+    let elsewhere = [
+        ("WIGGUM_DATABASE_URL", db.url.secret()),
+        ("WIGGUM_MACHINE", "m9"),
+    ];
+    let out = repo.wiggum_env(&["schedule", "pause", "p"], &elsewhere);
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut a = Daemon::start(&repo, &db, "m1", &["--poll", "1s"]);
+    wait_until(&mut [&mut a], 60, "m1 holds the paused patrol", |l| {
+        lines_with(l, ": paused (`wiggum schedule resume p`") >= 2
+    });
+    assert!(
+        !a.log().lines().any(|l| l.starts_with("fired p slot")),
+        "{}",
+        a.log()
+    );
+    let out = repo.wiggum_env(&["schedule", "resume", "p"], &elsewhere);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_until(&mut [&mut a], 60, "m1 fires again", |l| {
+        l.lines().any(|l| l.starts_with("fired p slot")) && l.contains("ended: done")
+    });
+    let (code, log) = a.stop();
+    assert_eq!(code, 0, "{log}");
+    // No daemon on m9's state: the command runs the fire itself.
+    let out = repo.wiggum_env(&["schedule", "run", "p", "--quiet"], &elsewhere);
+    assert_eq!(out.code, 0, "{out:?}");
+    let (history, _) = shared_fires(&repo, &db);
+    let manual: Vec<&Value> = history.iter().filter(|f| f["kind"] == "manual").collect();
+    assert_eq!(manual.len(), 1, "{history:#?}");
+    assert_eq!(manual[0]["state"], "done", "{history:#?}");
+    assert_eq!(manual[0]["machine"], "m9");
+    assert!(history
+        .iter()
+        .any(|f| f["machine"] == "m1" && f["state"] == "done"));
+}

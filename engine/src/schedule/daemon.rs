@@ -1454,7 +1454,7 @@ pub async fn fire_once(
     sink: Arc<dyn DaemonSink>,
     cancel: Cancel,
 ) -> Result<(Fire, Option<PatrolReport>), ScheduleError> {
-    let store = Store::open(&opts.state_dir)?;
+    let store = Store::open_with(&opts.state_dir, opts.shared.as_ref())?;
     let found = discover(&opts.sources, &opts.default_dir)?;
     let (patrols, _) = load_all(&found.files);
     let known = patrols

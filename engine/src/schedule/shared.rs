@@ -388,10 +388,15 @@ async fn select_fires(
     Ok(rows.iter().map(row_fire).collect())
 }
 
-fn describe(slot: &DateTime<Utc>, run_id: Option<&str>, machine: &str) -> String {
-    match run_id {
+fn describe(slot: &DateTime<Utc>, run_id: Option<&str>, machine: &str, st: &str) -> String {
+    let what = match run_id {
         Some(id) => format!("run {id} (slot {}, on {machine})", format_time(slot)),
         None => format!("the run of slot {} (on {machine})", format_time(slot)),
+    };
+    if st == state::INTERRUPTED {
+        format!("{what}, interrupted and waiting for a daemon to resume it,")
+    } else {
+        what
     }
 }
 
@@ -479,8 +484,8 @@ async fn claim_tx(ctx: &Ctx, tpl: &Fire, overlap: Overlap, manual: bool) -> Resu
     }
     let going = tx
         .query(
-            "SELECT slot, run_id, machine FROM wiggum_fires WHERE repo = $1 AND patrol = $2
-                 AND state IN ('running', 'interrupted') ORDER BY slot",
+            "SELECT slot, run_id, machine, state FROM wiggum_fires WHERE repo = $1
+                 AND patrol = $2 AND state IN ('running', 'interrupted') ORDER BY slot",
             &[repo, patrol],
         )
         .await
@@ -491,6 +496,7 @@ async fn claim_tx(ctx: &Ctx, tpl: &Fire, overlap: Overlap, manual: bool) -> Resu
             &first.get(0),
             first.get::<_, Option<String>>(1).as_deref(),
             &first.get::<_, String>(2),
+            &first.get::<_, String>(3),
         );
         match overlap {
             Overlap::Skip => {
@@ -1337,6 +1343,80 @@ mod tests {
             .expect("the queued fire starts");
         assert_eq!(fire.slot, slot3.slot);
         assert!(a.start_queued("p").unwrap().is_none(), "started twice");
+    }
+
+    #[test]
+    fn a_cancel_fire_asks_the_other_machines_run_to_stop() {
+        let Some(db) = TestDb::create_blocking("fires cancel across") else {
+            return;
+        };
+        let (a, b) = (daemon(&db, "m1", LONG), daemon(&db, "m2", LONG));
+        let first = tpl("2026-01-01T00:00:02Z");
+        assert!(matches!(
+            a.claim(&first, Overlap::Cancel, false).unwrap(),
+            Claim::Start { .. }
+        ));
+        assert!(a.cancel_requests().unwrap().is_empty());
+        let second = tpl("2026-01-01T00:00:04Z");
+        match b.claim(&second, Overlap::Cancel, false).unwrap() {
+            Claim::Start { cancelling, .. } => assert_eq!(cancelling, vec![first.slot]),
+            other => panic!("{other:?}"),
+        }
+        // m1 hears it (at its next poll or wake-up); m2 has nothing to cancel.
+        let asked = a.cancel_requests().unwrap();
+        assert_eq!(asked, vec![("p".to_string(), first.slot, second.slot)]);
+        assert!(b.cancel_requests().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_postgres_backend_is_read_from_the_config_file() {
+        if std::env::var_os("WIGGUM_DATABASE_URL").is_some() {
+            eprintln!("SKIPPED: WIGGUM_DATABASE_URL is set in this environment");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir.path())
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q", "-b", "main"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "root"]);
+        assert!(SharedConfig::discover(dir.path()).unwrap().is_none());
+        std::fs::create_dir_all(dir.path().join(".wiggum")).unwrap();
+        let config = dir.path().join(".wiggum/config.toml");
+        std::fs::write(&config, "[ledger]\nbackend = \"postgres\"\n").unwrap();
+        let e = SharedConfig::discover(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("needs `url` or `url_env`"), "{e}");
+        std::fs::write(
+            &config,
+            "[ledger]\nbackend = \"postgres\"\nurl = \"postgres://w:secret@db:5432/x\"\n",
+        )
+        .unwrap();
+        let c = SharedConfig::discover(dir.path()).unwrap().unwrap();
+        assert_eq!(c.url.redacted(), "postgres://w:***@db:5432/x");
+        assert_eq!(c.repo.len(), 40, "the root commit id: {}", c.repo);
+        std::fs::write(
+            &config,
+            "[ledger]\nbackend = \"postgres\"\nurl = \"postgres://db/x\"\nrepository = \"team/app\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            SharedConfig::discover(dir.path()).unwrap().unwrap().repo,
+            "team/app"
+        );
+        std::fs::write(&config, "[ledger]\nbackend = \"mysql\"\n").unwrap();
+        let e = SharedConfig::discover(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("expected \"sqlite\" or \"postgres\""), "{e}");
     }
 
     #[test]
