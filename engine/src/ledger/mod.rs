@@ -19,6 +19,8 @@ mod store;
 mod test_backend;
 mod text;
 
+/// For the other areas that follow the ledger's backend (the daemon's shared fires).
+pub(crate) use config::{load as load_backend, Backend};
 pub use config::{repository_key, CONFIG_FILE, DATABASE_URL_ENV};
 pub use error::LedgerError;
 pub use interactions::{Interaction, InteractionLog, MAX_INTERACTION_TEXT};

@@ -106,100 +106,23 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(90);
 pub const DEFAULT_POLL: Duration = Duration::from_secs(10);
 
 impl SharedConfig {
-    /// The PostgreSQL settings for the repository at `root`, when the PostgreSQL backend is on:
-    /// `WIGGUM_DATABASE_URL`, or `[ledger] backend = "postgres"` (with `url` or `url_env`) in
-    /// `<root>/.wiggum/config.toml`. `None`: SQLite (the default).
+    /// The PostgreSQL settings for the repository at `root`, when the PostgreSQL backend is on
+    /// (the ledger's `[ledger]` settings of `.wiggum/config.toml`, or `WIGGUM_DATABASE_URL`;
+    /// the same reader as the ledger's). `None`: SQLite (the default).
     pub fn discover(root: &Path) -> Result<Option<SharedConfig>, ScheduleError> {
-        let config = read_config(root)?;
-        let ledger = config.as_ref().and_then(|c| c.get("ledger"));
-        let get = |k: &str| {
-            ledger
-                .and_then(|l| l.get(k))
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
-        let path = root.join(".wiggum/config.toml");
-        let url = match std::env::var("WIGGUM_DATABASE_URL") {
-            Ok(u) if !u.trim().is_empty() => u,
-            _ => match get("backend").as_deref() {
-                None | Some("sqlite") => return Ok(None),
-                Some("postgres") => match (get("url"), get("url_env")) {
-                    (Some(u), _) => u,
-                    (None, Some(var)) => std::env::var(&var).map_err(|_| {
-                        ScheduleError::Config(format!(
-                            "{}: [ledger] url_env = \"{var}\" but ${var} is not set",
-                            path.display()
-                        ))
-                    })?,
-                    (None, None) => {
-                        return Err(ScheduleError::Config(format!(
-                            "{}: [ledger] backend = \"postgres\" needs `url` or `url_env` (or \
-                             set WIGGUM_DATABASE_URL)",
-                            path.display()
-                        )))
-                    }
-                },
-                Some(other) => {
-                    return Err(ScheduleError::Config(format!(
-                        "{}: [ledger] backend = \"{other}\": expected \"sqlite\" or \"postgres\"",
-                        path.display()
-                    )))
-                }
-            },
-        };
-        let url = DbUrl::parse(&url)?;
-        let repo = match get("repository") {
-            Some(r) => r,
-            None => root_commit(root)?,
-        };
-        Ok(Some(SharedConfig {
-            url,
-            repo,
-            machine: machine_name(),
-            lease: DEFAULT_LEASE,
-            poll: DEFAULT_POLL,
-        }))
+        let backend =
+            crate::ledger::load_backend(root).map_err(|e| ScheduleError::Config(e.to_string()))?;
+        Ok(match backend {
+            crate::ledger::Backend::Sqlite => None,
+            crate::ledger::Backend::Postgres(pg) => Some(SharedConfig {
+                url: pg.url.clone(),
+                repo: pg.repository.clone(),
+                machine: machine_name(),
+                lease: DEFAULT_LEASE,
+                poll: DEFAULT_POLL,
+            }),
+        })
     }
-}
-
-fn read_config(root: &Path) -> Result<Option<toml::Table>, ScheduleError> {
-    let path = root.join(".wiggum/config.toml");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(ScheduleError::Io { path, source }),
-    };
-    text.parse::<toml::Table>()
-        .map(Some)
-        .map_err(|e| ScheduleError::Config(format!("{}: {e}", path.display())))
-}
-
-/// The repository's key: the smallest id among its root commits, so that every clone has the
-/// same key whatever its path.
-fn root_commit(root: &Path) -> Result<String, ScheduleError> {
-    let fail = |e: git2::Error| {
-        ScheduleError::Config(format!(
-            "{}: cannot find the repository's root commit for its key ({}); commit once, or set \
-             [ledger] repository = \"NAME\" in .wiggum/config.toml",
-            root.display(),
-            e.message()
-        ))
-    };
-    let repo = git2::Repository::discover(root).map_err(fail)?;
-    let mut walk = repo.revwalk().map_err(fail)?;
-    walk.push_head().map_err(fail)?;
-    let mut roots = Vec::new();
-    for id in walk {
-        let id = id.map_err(fail)?;
-        if repo.find_commit(id).map_err(fail)?.parent_count() == 0 {
-            roots.push(id.to_string());
-        }
-    }
-    roots.sort();
-    roots
-        .into_iter()
-        .next()
-        .ok_or_else(|| fail(git2::Error::from_str("no commit")))
 }
 
 /// `WIGGUM_MACHINE`, else the host name.
@@ -1396,7 +1319,7 @@ mod tests {
         let config = dir.path().join(".wiggum/config.toml");
         std::fs::write(&config, "[ledger]\nbackend = \"postgres\"\n").unwrap();
         let e = SharedConfig::discover(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("needs `url` or `url_env`"), "{e}");
+        assert!(e.contains("needs a database"), "{e}");
         std::fs::write(
             &config,
             "[ledger]\nbackend = \"postgres\"\nurl = \"postgres://w:secret@db:5432/x\"\n",
@@ -1416,7 +1339,7 @@ mod tests {
         );
         std::fs::write(&config, "[ledger]\nbackend = \"mysql\"\n").unwrap();
         let e = SharedConfig::discover(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("expected \"sqlite\" or \"postgres\""), "{e}");
+        assert!(e.contains("is not a backend"), "{e}");
     }
 
     #[test]
