@@ -157,6 +157,15 @@ pub enum Event {
         bead_id: String,
         reason: String,
     },
+    /// The push of a loop's branch to the shared remote after a checkpoint failed (after its
+    /// retries): the checkpoint is kept locally and goes with the next push (engine/src/remote/).
+    PushFailed {
+        step_id: String,
+        iteration: u32,
+        branch: String,
+        remote: String,
+        error: String,
+    },
 }
 
 /// A consumer of events.

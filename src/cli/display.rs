@@ -271,6 +271,17 @@ impl EventSink for Display {
                 "{step_id}: subtask {subtask} ESCALATED ({bead_id}): {}",
                 printable(reason.lines().next().unwrap_or(""), 300, false)
             )),
+            Event::PushFailed {
+                step_id,
+                iteration,
+                branch,
+                remote,
+                error,
+            } => self.line(format!(
+                "{step_id}: iteration {iteration}: could not push {branch} to {remote} (kept \
+                 locally; the next checkpoint pushes it): {}",
+                printable(error.lines().next().unwrap_or(""), 300, false)
+            )),
         }
     }
 }

@@ -195,6 +195,11 @@ pub async fn run_loop(
     if let Err(e) = ensure_notes(workspace, &ctx.notes_path) {
         return stop(report, Outcome::Error, e);
     }
+    // A shared remote (scale-out): the branch is pushed after every checkpoint.
+    let publisher = match crate::remote::Publisher::for_repo(workspace.repo_root()) {
+        Ok(p) => p,
+        Err(e) => return stop(report, Outcome::Error, format!("error: {e}")),
+    };
     if start.done >= cfg.max_iterations {
         report.reason = format!("max_iterations ({}) reached", cfg.max_iterations);
         return report;
@@ -392,8 +397,24 @@ pub async fn run_loop(
             (outcome, _) => (decision, outcome),
         };
 
+        let pushed = match (&publisher, &sha) {
+            (Some(p), Some(_)) => Some(p.publish(workspace.branch()).await),
+            _ => None,
+        };
+        if let Some(note) = pushed.as_ref().filter(|p| !p.ok()) {
+            sink.emit(&Event::PushFailed {
+                step_id: spec.step_id.clone(),
+                iteration: n,
+                branch: note.branch.clone(),
+                remote: note.remote.clone(),
+                error: note.error.clone().unwrap_or_default(),
+            });
+        }
         let duration = iter_started.elapsed();
-        let description = describe_iteration(n, &rec, sha.as_deref(), &stat, duration, cfg);
+        let mut description = describe_iteration(n, &rec, sha.as_deref(), &stat, duration, cfg);
+        if let Some(note) = &pushed {
+            description.push_str(&format!("- {}\n", note.line()));
+        }
         // The event first: the run's state keeps the iteration's spend (budgets across a
         // resume) before the closed bead shows it done; a crash in between counts the spend
         // twice at worst, never not at all.
