@@ -213,9 +213,14 @@ impl Remote {
             }
             Some(l) if l.starts_with('!') => {
                 let summary = l.split('\t').nth(2).unwrap_or("").to_string();
+                // The client's check (`stale info`) or, when two pushes passed it at the same
+                // moment, the server's own compare-and-swap on the ref (`failed to update ref`:
+                // "cannot lock ref ...: is at X but expected Y").
                 if summary.contains("stale info")
                     || summary.contains("fetch first")
                     || summary.contains("non-fast-forward")
+                    || summary.contains("failed to update ref")
+                    || summary.contains("failed to lock")
                 {
                     Ok(CasPush::Stale {
                         detail: format!("{summary} {stderr}").trim().to_string(),
