@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [remote]
-//! name = "origin"                        # a remote of this clone, or
+//! name = "origin"                        # a remote of this clone (or a URL), or
 //! # url = "ssh://git@host/team/repo.git"  # any URL git can push to (file://, ssh://, git://)
 //! ```
 //!
@@ -122,15 +122,8 @@ impl RemoteSpec {
                     "[remote] has both name and url: give one (a remote of this clone, or a URL)"
                         .into(),
                 )),
-                (Some(n), None) => {
-                    if n.contains("://") || n.contains('/') {
-                        return Err(bad(format!(
-                        "[remote] name = \"{n}\" looks like a URL or a path: write url = \"{n}\""
-                    )));
-                    }
-                    n
-                }
-                (None, Some(u)) => u,
+                // `name` may hold a URL too (what `git push` takes either way).
+                (Some(n), None) | (None, Some(n)) => n,
                 (None, None) => {
                     return Err(bad(
                         "[remote] names no remote: add name = \"origin\" or url = \"...\"".into(),
@@ -204,6 +197,12 @@ mod tests {
             .unwrap();
         assert_eq!(s.target, "git://127.0.0.1:9418/hub.git");
         assert!(s.is_url());
+        // `name` may hold a URL as well.
+        let s = parse("[remote]\nname = \"file:///srv/hub.git\"\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.target, "file:///srv/hub.git");
+        assert!(s.is_url());
         assert!(RemoteSpec::new("git@host:team/repo.git").is_url());
         assert!(RemoteSpec::new("/srv/hub.git").is_url());
     }
@@ -213,7 +212,6 @@ mod tests {
         for (text, says) in [
             ("[remote]\n", "names no remote"),
             ("[remote]\nname = \"a\"\nurl = \"b\"\n", "both name and url"),
-            ("[remote]\nname = \"file:///x\"\n", "write url ="),
             ("[remote]\nnmae = \"origin\"\n", "unknown key `nmae`"),
             ("[remote]\nname = 3\n", "non-empty string"),
             ("remote = \"origin\"\n", "must be a table"),

@@ -147,19 +147,47 @@ impl Remote {
                 elapsed: Duration::ZERO,
             });
         }
-        match self.push_cas(&sha, branch, expected.as_deref()).await? {
-            CasPush::Pushed(p) => Ok(p),
-            CasPush::Stale { detail } => Err(RemoteError::Rejected {
-                remote: self.display(),
-                branch: branch.to_string(),
-                reason: format!(
-                    "the remote's {branch} is no longer at {} (another machine pushed it): this \
-                     machine does not own the branch any more; fetch it (resume) before going on",
-                    expected.as_deref().map(short).unwrap_or("nothing")
-                ),
-                stderr: detail,
-            }),
+        let detail = match self.push_cas(&sha, branch, expected.as_deref()).await? {
+            CasPush::Pushed(p) => return Ok(p),
+            CasPush::Stale { detail } => detail,
+        };
+        // The remote moved since this clone last saw it (another tool pushed, or this clone
+        // fetched the branch some other way): fine as long as this clone's tip contains what
+        // the remote has, so nothing of anyone's is overwritten. Still a compare-and-swap.
+        if let Some(theirs) = self.tips(&[branch]).await?.remove(branch) {
+            if self.contains(&sha, &theirs)? {
+                if let CasPush::Pushed(p) = self.push_cas(&sha, branch, Some(&theirs)).await? {
+                    return Ok(p);
+                }
+            }
         }
+        Err(RemoteError::Rejected {
+            remote: self.display(),
+            branch: branch.to_string(),
+            reason: format!(
+                "the remote's {branch} is no longer at {} and has commits this clone does not \
+                 (another machine pushed it): this machine does not own the branch any more; \
+                 fetch it (resume) before going on",
+                expected.as_deref().map(short).unwrap_or("nothing")
+            ),
+            stderr: detail,
+        })
+    }
+
+    /// Whether commit `ours` is `theirs` or descends from it (`false` when this clone does not
+    /// have `theirs`).
+    fn contains(&self, ours: &str, theirs: &str) -> Result<bool, RemoteError> {
+        let repo = self.open()?;
+        let (Ok(o), Ok(t)) = (Oid::from_str(ours), Oid::from_str(theirs)) else {
+            return Ok(false);
+        };
+        if o == t {
+            return Ok(true);
+        }
+        if repo.find_commit(t).is_err() {
+            return Ok(false);
+        }
+        Ok(repo.graph_descendant_of(o, t).unwrap_or(false))
     }
 
     /// Sets the remote's `branch` to `sha` if, and only if, it is at `expected` now (`None`:

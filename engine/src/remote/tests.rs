@@ -212,6 +212,26 @@ async fn a_machine_that_lost_a_branch_to_another_cannot_overwrite_its_pushes() {
 }
 
 #[tokio::test]
+async fn a_branch_pushed_by_other_means_is_pushed_on_when_this_clone_contains_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::new(&tmp.path().join("hub"));
+    let url = hub.file_url();
+    let m1 = clone_hub(&url, &tmp.path().join("m1/repo"));
+    let branch = "wiggum/r6-s-a";
+    let ws = Workspace::create(&m1, "r6-s-a", branch, None).unwrap();
+    write(ws.path(), "a.txt", "one\n");
+    ws.checkpoint("iteration 1").unwrap();
+    // A plain `git push` of the URL: this clone's tracking ref knows nothing of it.
+    git(&m1, &["push", "--quiet", &url, branch]);
+    write(ws.path(), "a.txt", "two\n");
+    let cp = ws.checkpoint("iteration 2").unwrap();
+    let r = Remote::new(&m1, RemoteSpec::new(&url));
+    let pushed = r.push_branch(branch).await.unwrap();
+    assert_eq!(pushed.sha, cp.sha);
+    assert_eq!(hub.tip(branch).as_deref(), Some(cp.sha.as_str()));
+}
+
+#[tokio::test]
 async fn resuming_a_branch_the_remote_does_not_have_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let hub = Hub::new(&tmp.path().join("hub"));
