@@ -27,7 +27,7 @@ use crate::workspace::WORKTREES_DIR;
 pub struct LandRequest<'a> {
     /// The step's branch on the remote (`wiggum/<run>-<step>`), where subtasks land.
     pub step_branch: &'a str,
-    /// The finished subtask's branch on the remote (`wiggum/<run>-<step>-<subtask>`).
+    /// The finished subtask's branch on the remote (`wiggum/<run>-<step>.split/<subtask>`).
     pub subtask_branch: &'a str,
     /// The step's checks, run on the merged tree.
     pub checks: &'a [String],
