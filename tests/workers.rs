@@ -235,6 +235,7 @@ fn spec(base: &str, n: usize) -> JobSpec {
         worktree: format!("r1-build-part-{n:02}"),
         attempt: 1,
         fresh: false,
+        update: false,
     }
 }
 
@@ -512,4 +513,116 @@ async fn a_subtask_of_a_worker_killed_mid_run_is_taken_over_after_its_lease_and_
     assert_eq!(rows.len(), 12);
     assert_eq!(beads.len(), 12);
     merge_all(&cluster);
+}
+
+/// The script of a task split into twelve subtasks: the plan, one work reply per subtask
+/// (writing its file), and the verification iteration.
+fn split_script() -> String {
+    let subtasks: Vec<String> = (1..=12)
+        .map(|n| {
+            format!(
+                r#"{{"id": "s{n:02}", "prompt": "write s{n:02}.txt", "checks": ["test -f s{n:02}.txt"]}}"#
+            )
+        })
+        .collect();
+    let mut s = format!(
+        "[[plan]]\nstep = \"task\"\nreply = '{{\"subtasks\": [{}]}}'\n",
+        subtasks.join(", ")
+    );
+    for n in 1..=12 {
+        s.push_str(&format!(
+            "[[work]]\nstep = \"task/s{n:02}\"\nreply = \"s{n:02} written\"\n[[work.edits]]\npath = \"s{n:02}.txt\"\nwrite = \"{n}\\n\"\n"
+        ));
+    }
+    s.push_str("[[work]]\nstep = \"task\"\nreply = \"all twelve are there\"\n");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_step_runs_its_twelve_subtasks_on_three_workers_and_merges_them() {
+    let Some(db) = TestDb::create("workers split").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db) else {
+        assert!(!common::in_ci(), "git daemon is missing in CI");
+        eprintln!("SKIPPED: git daemon is not available");
+        return;
+    };
+    let repo = cluster.base.clone();
+    for m in ["m1", "m2", "m3"] {
+        cluster.start_worker(m, "none");
+    }
+    wait_registered(&db, &repo, &cluster).await;
+    // The machine that runs the step: its own clone, home and the same database.
+    let driver = cluster.root.join("m0-clone");
+    git(
+        &cluster.root,
+        &["clone", "-q", &cluster.hub_url, driver.to_str().unwrap()],
+    );
+    git(&driver, &["config", "user.name", "m0"]);
+    git(&driver, &["config", "user.email", "m0@example.invalid"]);
+    let script = cluster.root.join("split-script.toml");
+    std::fs::write(&script, split_script()).unwrap();
+    let home = cluster.root.join("m0-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let driver = driver.clone();
+        let url = cluster.url.clone();
+        move || {
+            common::wiggum_command()
+                .args(["task", "write s01.txt to s12.txt", "--script"])
+                .arg(&script)
+                .args([
+                    "--split",
+                    "always",
+                    "--max-parts",
+                    "12",
+                    "--polecats",
+                    "12",
+                    "--json",
+                ])
+                .current_dir(&driver)
+                .env("HOME", &home)
+                .env("WIGGUM_DATABASE_URL", &url)
+                .env("WIGGUM_WORKER_POLL", "300ms")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    for n in 1..=12 {
+        assert!(
+            driver.join(format!("s{n:02}.txt")).exists(),
+            "s{n:02} is not merged"
+        );
+    }
+    // Every subtask was run by a worker, exactly once (one finished job, first attempt).
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let rows = q.list(&repo, None).await.unwrap();
+    assert_eq!(rows.len(), 12, "{rows:?}");
+    let mut machines = HashSet::new();
+    for r in &rows {
+        assert_eq!(r.state, "finished");
+        let res: JobResult = serde_json::from_str(r.result.as_deref().unwrap()).unwrap();
+        assert_eq!(res.outcome, wiggum_engine::ralph::Outcome::Converged);
+        assert_eq!(res.attempt, 1);
+        assert_eq!(res.iterations, 1, "{}: ran more than once", r.job.bead);
+        machines.insert(res.machine);
+    }
+    assert!(
+        machines.len() >= 2,
+        "one machine ran everything: {machines:?}"
+    );
 }

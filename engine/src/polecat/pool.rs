@@ -157,6 +157,7 @@ pub async fn run_subtask(job: Job<'_>) -> Done {
         cancel: run.cancel,
         spend: job.spend,
         level: run.level + 1,
+        distributed: None,
     };
     let report = crate::split::run_step(&spec, job.agents, &nested, start).await;
     if report.outcome == Outcome::Cancelled {
@@ -250,7 +251,11 @@ pub fn start_point(
 }
 
 /// A subtask's prompt: its own, with the whole task around it and what it was sent back with.
-fn subtask_prompt(step: &StepSpec, sub: &PlannedSubtask, feedback: Option<&str>) -> String {
+pub(crate) fn subtask_prompt(
+    step: &StepSpec,
+    sub: &PlannedSubtask,
+    feedback: Option<&str>,
+) -> String {
     let mut p = format!(
         "{}\n\nThis is one subtask (`{}`) of a larger task that was split; other agents do the \
          other parts in parallel. Do only this part. The whole task, for context:\n\n> {}\n",

@@ -932,6 +932,7 @@ async fn run_agent_step(
         cancel: &ctx.cancel,
         spend: &ctx.spend,
         level: 1,
+        distributed: None,
     };
     let report = crate::split::run_step(&spec, &agents, &split, start).await;
     st.iterations = report.iterations;

@@ -479,6 +479,25 @@ impl TaskRun {
         // Polecats at once: `--polecats`, else 4.
         let split_config = self.record.split.as_ref();
         let polecats = split_config.and_then(|s| s.polecats).unwrap_or(4);
+        // With PostgreSQL, a shared remote and live workers, subtasks go to the workers.
+        let reviewer_cfg = match &self.record.review {
+            ReviewChoice::Agent(cfg) => Some(cfg.as_ref()),
+            _ => None,
+        };
+        let distributed = match crate::worker::distribute::Distributed::for_repo(
+            workspace.repo_root(),
+            &self.record.worker,
+            reviewer_cfg,
+            &self.record.base_dir,
+        )
+        .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("subtasks run on local polecats: {e}");
+                None
+            }
+        };
         let split = crate::split::SplitRun {
             settings: crate::split::SplitSettings::resolve(split_config, polecats, None),
             planner,
@@ -488,6 +507,7 @@ impl TaskRun {
             cancel,
             spend: &spend,
             level: 1,
+            distributed: distributed.as_ref(),
         };
         let step = crate::split::run_step(&spec, &agents, &split, start).await;
         let state = progress

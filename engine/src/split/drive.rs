@@ -47,6 +47,9 @@ pub struct SplitRun<'a> {
     pub spend: &'a Spend,
     /// 1 for a patrol step or a task; one more for each split it is nested in.
     pub level: u32,
+    /// With PostgreSQL and live workers: subtasks go to `wiggum worker`s on any machine
+    /// instead of local polecats (see `worker::distribute`).
+    pub distributed: Option<&'a crate::worker::distribute::Distributed>,
 }
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -492,7 +495,12 @@ async fn drive_pool<'s, 'e>(
             let (id, polecat) = (sub.id.clone(), job.lease.name().to_string());
             workers.spawn(
                 &format!("polecat {polecat} {id}"),
-                async move { Finished::Subtask(run_subtask(job).await) },
+                async move {
+                    Finished::Subtask(match run.distributed {
+                        Some(d) => crate::worker::distribute::run_remote(job, d).await,
+                        None => run_subtask(job).await,
+                    })
+                },
                 move |why| {
                     Finished::Subtask(Done {
                         id,

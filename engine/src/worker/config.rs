@@ -61,40 +61,14 @@ pub fn database_url(root: &Path) -> Result<Option<DbUrl>, String> {
 /// The repository's key, the same in every clone: `[ledger] repository`, else the id of its
 /// root commit (the first of `git rev-list --max-parents=0 HEAD`, sorted).
 pub fn repository_key(root: &Path) -> Result<String, String> {
-    let cfg = config(root);
-    if let Some(r) = section(&cfg, "ledger")
-        .and_then(|l| l.get("repository"))
-        .and_then(|r| r.as_str())
-    {
-        return Ok(r.to_string());
-    }
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(["rev-list", "--max-parents=0", "HEAD"])
-        .output()
-        .map_err(|e| format!("git could not be run: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut roots: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    roots.sort();
-    roots.first().map(|r| r.to_string()).ok_or_else(|| {
-        format!(
-            "{} has no commit yet: the repository's key is its root commit (or set \
-             [ledger] repository in .wiggum/config.toml)",
-            root.display()
-        )
-    })
+    crate::ledger::repository_key(root).map_err(|e| e.to_string())
 }
 
-/// The shared remote: `[remote] name` (a remote's name or a URL), else `origin` when the
-/// clone has it, else none.
+/// The shared remote: `WIGGUM_REMOTE`, else `[remote]` of `.wiggum/config.toml` (a remote's
+/// name or a URL; see `remote::RemoteSpec`), else `origin` when the clone has it, else none.
 pub fn remote(root: &Path) -> Option<String> {
-    let cfg = config(root);
-    if let Some(name) = section(&cfg, "remote")
-        .and_then(|r| r.get("name").or_else(|| r.get("url")))
-        .and_then(|n| n.as_str())
-    {
-        return Some(name.to_string());
+    if let Ok(Some(spec)) = crate::remote::RemoteSpec::load(root) {
+        return Some(spec.target);
     }
     let repo = git2::Repository::open(root).ok()?;
     repo.find_remote("origin")

@@ -150,6 +150,12 @@ async fn run(
             return result;
         }
     };
+    if spec.update {
+        if let Err(e) = crate::refinery::update_branch(&ws, &spec.base) {
+            result.reason = format!("error: could not bring the step's branch into it: {e}");
+            return result;
+        }
+    }
     ws.set_author(
         &polecat.identity.author_name,
         &polecat.identity.author_email,
@@ -359,7 +365,11 @@ async fn workspace_for(m: &Machine<'_>, spec: &JobSpec) -> Result<(Workspace, bo
                         "fetch",
                         "-q",
                         remote,
-                        &format!("+refs/heads/{base_branch}:refs/wiggum/base/{base_branch}"),
+                        &if base_branch.starts_with("refs/") {
+                            format!("+{base_branch}:{base_branch}")
+                        } else {
+                            format!("+refs/heads/{base_branch}:refs/wiggum/base/{base_branch}")
+                        },
                     ],
                 )
                 .await

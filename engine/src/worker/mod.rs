@@ -4,6 +4,7 @@
 //! [`spec`] what a job carries, [`exec`] runs one claimed subtask, [`process`] is the worker.
 
 pub mod config;
+pub mod distribute;
 pub mod exec;
 pub mod process;
 pub mod queue;

@@ -49,6 +49,9 @@ pub struct JobSpec {
     /// Sent back after a conflict: start again from `base`, not from the pushed branch.
     #[serde(default)]
     pub fresh: bool,
+    /// Sent back after its merge turned the checks red: its branch takes `base` in first.
+    #[serde(default)]
+    pub update: bool,
 }
 
 /// What a worker reports when a subtask's loop ends.
