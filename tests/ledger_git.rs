@@ -159,15 +159,8 @@ checks = ["grep -qx 42 answer.txt"]
             ),
         )
         .unwrap();
-        let out = repo.wiggum(&[
-            "run",
-            &patrol.display().to_string(),
-            "--repo",
-            &repo.path().display().to_string(),
-            "--json",
-        ]);
-        assert_eq!(out.code, 0, "{out:?}");
-        let j = out.json();
+        let (code, j, stderr) = common::run_json(&repo, &patrol);
+        assert_eq!(code, 0, "{j:#}\n{stderr}");
         let subjects = repo.git(&["log", "--format=%s"]);
         if commit {
             assert_eq!(status(&repo), "");

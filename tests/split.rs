@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::split::{history, polecat_state, split_of, subtask, worktrees};
+use common::split::{
+    history, polecat_state, split_of, subtask, three_parts_script, worktrees, THREE_PARTS_PATROL,
+};
 use common::{
     assert_br_import_rules, beads, kill9, last_run_id, resume_json, run_json, spawn_run, step,
     time, wait_until, write_patrol, TempRepo,
@@ -532,51 +534,7 @@ reply = "never verified"
 fn kill_9_mid_split_then_resume_finishes_with_no_duplicate_bead_and_no_leftover_worktree() {
     let repo = TempRepo::new();
     let defs = tempfile::tempdir().unwrap();
-    let patrol = r#"
-[patrol]
-name = "killed"
-concurrency = 2
-[agents.s]
-backend = "script"
-script = "script.toml"
-[[steps]]
-id = "big"
-prompt = "three parts"
-[steps.loop]
-checks = ["true"]
-[steps.split]
-mode = "always"
-polecats = 2
-"#;
-    let script = r#"
-[[plan]]
-step = "big"
-reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}, {"id": "c", "prompt": "c", "needs": ["a"]}]}'
-[[work]]
-step = "big/a"
-reply = "a"
-[[work.edits]]
-path = "a.txt"
-write = "a\n"
-[[work]]
-step = "big/b"
-reply = "b"
-delay = "3s"
-[[work.edits]]
-path = "b.txt"
-write = "b\n"
-[[work]]
-step = "big/c"
-reply = "c"
-delay = "3s"
-[[work.edits]]
-path = "c.txt"
-write = "c\n"
-[[work]]
-step = "big"
-reply = "verified"
-"#;
-    let patrol = write_patrol(defs.path(), patrol, script);
+    let patrol = write_patrol(defs.path(), THREE_PARTS_PATROL, &three_parts_script("3s"));
     let child = spawn_run(&repo, &patrol);
     // kill -9 once a is merged (closed) while b and c are in flight on two polecats.
     wait_until(60, "a merged while b and c work", || {

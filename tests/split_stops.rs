@@ -7,7 +7,8 @@
 mod common;
 
 use common::split::{
-    history, iterations_of, polecat_state, split_of, subtask, subtask_beads, worktrees,
+    history, iterations_of, polecat_state, split_of, subtask, subtask_beads, three_parts_script,
+    worktrees, THREE_PARTS_PATROL,
 };
 use common::{
     assert_br_import_rules, beads, last_run_id, resume_json, run_json, spawn_run, step, wait_until,
@@ -26,62 +27,8 @@ fn subtask_bead<'a>(all: &'a [serde_json::Value], id: &str) -> Option<&'a serde_
 fn ctrl_c_while_two_polecats_work_keeps_the_split_resumable_and_resume_finishes_it() {
     let repo = TempRepo::new();
     let defs = tempfile::tempdir().unwrap();
-    let patrol = r#"
-[patrol]
-name = "interrupted"
-concurrency = 2
-[agents.s]
-backend = "script"
-script = "script.toml"
-[[steps]]
-id = "big"
-prompt = "three parts"
-[steps.loop]
-checks = ["true"]
-[steps.split]
-mode = "always"
-polecats = 2
-"#;
     // b and c take long on their first iteration (Ctrl-C comes during it); a is quick.
-    let script = r#"
-[[plan]]
-step = "big"
-reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}, {"id": "c", "prompt": "c", "needs": ["a"]}]}'
-[[work]]
-step = "big/a"
-reply = "a"
-[[work.edits]]
-path = "a.txt"
-write = "a\n"
-[[work]]
-step = "big/b"
-iteration = 1
-reply = "b, slowly"
-delay = "60s"
-[[work]]
-step = "big/b"
-iteration = 2
-reply = "b"
-[[work.edits]]
-path = "b.txt"
-write = "b\n"
-[[work]]
-step = "big/c"
-iteration = 1
-reply = "c, slowly"
-delay = "60s"
-[[work]]
-step = "big/c"
-iteration = 2
-reply = "c"
-[[work.edits]]
-path = "c.txt"
-write = "c\n"
-[[work]]
-step = "big"
-reply = "verified"
-"#;
-    let patrol = write_patrol(defs.path(), patrol, script);
+    let patrol = write_patrol(defs.path(), THREE_PARTS_PATROL, &three_parts_script("60s"));
     let child = spawn_run(&repo, &patrol);
     // a is merged, then b and c are both in the middle of an iteration on two polecats.
     wait_until(120, "a merged while b and c work", || {

@@ -87,3 +87,51 @@ pub fn polecat_state(repo: &TempRepo, id: &str) -> Option<String> {
         .find(|s| s["subtask"] == id)
         .and_then(|s| s["state"].as_str().map(str::to_string))
 }
+
+/// A patrol whose step `big` splits at once into a, b and c (c needs a) on two polecats:
+/// with [`three_parts_script`], for tests that interrupt a split while two polecats work.
+pub const THREE_PARTS_PATROL: &str = r#"
+[patrol]
+name = "three-parts"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "three parts"
+[steps.loop]
+checks = ["true"]
+[steps.split]
+mode = "always"
+polecats = 2
+"#;
+
+/// The script of [`THREE_PARTS_PATROL`]: a is quick; b's and c's first iteration takes
+/// `slow` (then writes its file), a later one is quick (and writes it).
+pub fn three_parts_script(slow: &str) -> String {
+    let mut script = String::from(
+        r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}, {"id": "c", "prompt": "c", "needs": ["a"]}]}'
+[[work]]
+step = "big/a"
+reply = "a"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+[[work]]
+step = "big"
+reply = "verified"
+"#,
+    );
+    for id in ["b", "c"] {
+        for (iteration, delay) in [(1, slow), (2, "0s")] {
+            script.push_str(&format!(
+                "[[work]]\nstep = \"big/{id}\"\niteration = {iteration}\nreply = \"{id}\"\ndelay = \"{delay}\"\n[[work.edits]]\npath = \"{id}.txt\"\nwrite = \"{id}\\n\"\n"
+            ));
+        }
+    }
+    script
+}
