@@ -123,14 +123,27 @@ pub fn requeue(recorder: &Recorder, bead: &str, note: &str) -> Result<(), Ledger
     Ok(())
 }
 
-/// Closes a merged subtask.
+/// Closes a merged subtask. Not exported at once: closing a bead is not urgent (the ledger's
+/// rule, see `ledger::store`), and the next export point (a claim, a loop's end, the step's
+/// end) writes it; an export here would hold the ledger through two fsyncs for every merge,
+/// while the polecats wait for it.
 pub fn merged(
     recorder: &Recorder,
     bead: &str,
     notes: &str,
     reason: &str,
 ) -> Result<(), LedgerError> {
-    recorder.finish(bead, "merged", notes, reason)
+    let mut ledger = recorder.ledger();
+    ledger.update(
+        bead,
+        BeadUpdate {
+            notes: Some(notes.to_string()),
+            add_labels: vec!["outcome:merged".into()],
+            ..BeadUpdate::default()
+        },
+    )?;
+    ledger.close(bead, reason)?;
+    Ok(())
 }
 
 /// Escalates a subtask: it stays open (for a person to pick up), labelled `escalated`, with

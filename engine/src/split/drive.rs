@@ -522,26 +522,8 @@ async fn drive_pool<'s, 'e>(
         }
         // One merge at a time, in completion order; none starts after Ctrl-C (a finished
         // subtask goes to the refinery on `wiggum resume`).
-        if !merging && !run.cancel.is_cancelled() {
-            if let Some((id, ws)) = queue.pop_front() {
-                let checks = spec.config.checks.clone();
-                let timeout = spec.config.check_timeout;
-                let env = vec![
-                    ("WIGGUM_RUN".to_string(), spec.run_id.clone()),
-                    ("WIGGUM_STEP".to_string(), spec.step_id.clone()),
-                ];
-                let step_ws = run.workspace;
-                merging = true;
-                let failed = id.clone();
-                workers.spawn(
-                    &format!("refinery {id}"),
-                    async move {
-                        let r = refinery::merge(step_ws, &ws, &checks, timeout, &env).await;
-                        Finished::Merge(id, r, Some(ws))
-                    },
-                    move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None),
-                );
-            }
+        if !merging {
+            merging = start_merge(spec, run, &mut queue, &mut workers);
         }
         if in_flight == 0 && !merging && cleaning == 0 {
             break;
@@ -575,6 +557,10 @@ async fn drive_pool<'s, 'e>(
                         t.retry = None;
                         if let Some(ws) = done.workspace {
                             queue.push_back((done.id.clone(), ws));
+                            // The refinery starts on it now, while this is recorded.
+                            if !merging {
+                                merging = start_merge(spec, run, &mut queue, &mut workers);
+                            }
                         }
                     }
                     // Left as it is: `wiggum resume` continues it from its checkpoint.
@@ -597,7 +583,11 @@ async fn drive_pool<'s, 'e>(
                 let _ = state.save(run.recorder);
             }
             Finished::Merge(id, result, ws) => {
-                merging = false;
+                // The next merge starts at once, on top of this one, while this one is
+                // recorded: the refinery never waits for the ledger. (A process killed before
+                // this one is saved undoes both on resume, back to the last recorded green
+                // tip, and merges both again: their branches go only once it is saved.)
+                merging = start_merge(spec, run, &mut queue, &mut workers);
                 let mut good_tip = None;
                 let mut merged_ws = None;
                 let Some(t) = state.get_mut(&id) else {
@@ -679,6 +669,39 @@ async fn drive_pool<'s, 'e>(
         usage,
         cost,
     }
+}
+
+/// Starts the refinery on the next finished subtask, if there is one (and no Ctrl-C: a
+/// finished subtask goes to the refinery on `wiggum resume`). Returns whether it started.
+fn start_merge<'s, 'e>(
+    spec: &'e StepSpec,
+    run: &'e SplitRun<'e>,
+    queue: &mut VecDeque<(String, Workspace)>,
+    workers: &mut Workers<'s, 'e, Finished>,
+) -> bool {
+    if run.cancel.is_cancelled() {
+        return false;
+    }
+    let Some((id, ws)) = queue.pop_front() else {
+        return false;
+    };
+    let checks = spec.config.checks.clone();
+    let timeout = spec.config.check_timeout;
+    let env = vec![
+        ("WIGGUM_RUN".to_string(), spec.run_id.clone()),
+        ("WIGGUM_STEP".to_string(), spec.step_id.clone()),
+    ];
+    let step_ws = run.workspace;
+    let failed = id.clone();
+    workers.spawn(
+        &format!("refinery {id}"),
+        async move {
+            let r = refinery::merge(step_ws, &ws, &checks, timeout, &env).await;
+            Finished::Merge(id, r, Some(ws))
+        },
+        move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None),
+    );
+    true
 }
 
 /// The step's verification iteration on the merged result.
