@@ -153,10 +153,17 @@ fn ledger_error(err: LedgerError) -> CliError {
         )),
         LedgerError::NotFound(_) => None,
         LedgerError::Corrupt { .. } => None,
+        LedgerError::Config { .. } => {
+            Some("see docs/scale-out.md for the [ledger] settings".into())
+        }
+        LedgerError::Remote { .. } => None,
         _ => Some("run with WIGGUM_LOG=debug for details".to_string()),
     };
     // The message already carries the underlying error; no `caused by` repeating it.
-    let mut cli = CliError::failed(err.to_string());
+    let mut cli = match &err {
+        LedgerError::Config { .. } => CliError::usage(err.to_string()),
+        _ => CliError::failed(err.to_string()),
+    };
     if let Some(h) = hint {
         cli = cli.hint(h);
     }

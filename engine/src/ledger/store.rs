@@ -76,11 +76,12 @@ impl Ledger {
     }
 
     /// Whether the repository has a ledger (a SQLite database, an `issues.jsonl`, or a
-    /// PostgreSQL backend configured). Creates nothing.
+    /// PostgreSQL backend configured, or a configuration that cannot be read, so that opening
+    /// it says what is wrong). Creates nothing.
     pub fn exists(repo_root: &Path) -> bool {
         super::sqlite::db_path(repo_root).exists()
             || repo_root.join(".beads").join("issues.jsonl").exists()
-            || matches!(config::load(repo_root), Ok(Backend::Postgres(_)))
+            || !matches!(config::load(repo_root), Ok(Backend::Sqlite))
     }
 
     /// The backend the ledger of `repo_root` would open, described for people (the database
