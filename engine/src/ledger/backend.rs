@@ -98,6 +98,21 @@ pub(crate) trait Store: Send {
         dirty: bool,
         pos: Option<i64>,
     ) -> Result<(), LedgerError>;
+    /// Imports rows read from the file (not dirty, at their places). The default writes them
+    /// one by one; PostgreSQL sends them in batches.
+    fn import_rows(&self, rows: &[(&Record, &str, i64)]) -> Result<(), LedgerError> {
+        for (rec, line, pos) in rows {
+            self.put_row(rec, line, false, Some(*pos))?;
+        }
+        Ok(())
+    }
+    /// [`Store::bump_child`] for many parents.
+    fn bump_children(&self, children: &[(&str, i64)]) -> Result<(), LedgerError> {
+        for (parent, n) in children {
+            self.bump_child(parent, *n)?;
+        }
+        Ok(())
+    }
     /// The next child number of `parent` (counted in the transaction).
     fn next_child(&self, parent: &str) -> Result<i64, LedgerError>;
     /// Makes the child counter of `parent` at least `n`.

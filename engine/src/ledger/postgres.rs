@@ -35,6 +35,8 @@ use crate::pg::DbUrl;
 pub const EXPORT_LEASE_KIND: &str = "ledger-export";
 pub const EXPORT_LEASE_KEY: &str = "issues.jsonl";
 
+/// Rows sent per statement when importing a file.
+const IMPORT_BATCH: usize = 2000;
 /// Lines fetched per round trip when exporting.
 const EXPORT_BATCH: i64 = 5000;
 
@@ -603,6 +605,124 @@ impl Store for PgStore {
             ];
             conn.pipeline(&batch)
         })
+    }
+
+    fn import_rows(&self, rows: &[(&Record, &str, i64)]) -> Result<(), LedgerError> {
+        for chunk in rows.chunks(IMPORT_BATCH) {
+            let mut ids = Vec::new();
+            let mut status = Vec::new();
+            let mut priority = Vec::new();
+            let mut issue_type = Vec::new();
+            let mut assignee: Vec<Option<String>> = Vec::new();
+            let mut created = Vec::new();
+            let mut parent: Vec<Option<String>> = Vec::new();
+            let mut child_n: Vec<Option<i64>> = Vec::new();
+            let mut foreign = Vec::new();
+            let mut exportable = Vec::new();
+            let mut lines = Vec::new();
+            let mut pos = Vec::new();
+            let (mut label_ids, mut labels) = (Vec::new(), Vec::new());
+            let (mut dep_ids, mut dep_targets, mut dep_types) =
+                (Vec::new(), Vec::new(), Vec::new());
+            for (rec, line, at) in chunk {
+                let c = RowCols::of(rec);
+                ids.push(c.id.to_string());
+                status.push(c.status.to_string());
+                priority.push(c.priority);
+                issue_type.push(c.issue_type.to_string());
+                assignee.push(c.assignee.map(str::to_string));
+                created.push(c.created_us);
+                parent.push(c.parent);
+                child_n.push(c.child_n);
+                foreign.push(c.foreign);
+                exportable.push(c.exportable);
+                lines.push(line.to_string());
+                pos.push(*at);
+                for l in &rec.labels {
+                    label_ids.push(rec.id.clone());
+                    labels.push(l.clone());
+                }
+                for d in &rec.dependencies {
+                    dep_ids.push(rec.id.clone());
+                    dep_targets.push(d.depends_on_id.clone());
+                    dep_types.push(d.kind.as_str().to_string());
+                }
+            }
+            let repo = self.repo.clone();
+            self.call(move |conn| {
+                let batch: Vec<(&str, Vec<Param>)> = vec![
+                    (
+                        "DELETE FROM wiggum_bead_labels WHERE repo = $1 AND issue_id = ANY($2)",
+                        vec![p(repo.clone()), p(ids.clone())],
+                    ),
+                    (
+                        "DELETE FROM wiggum_bead_deps WHERE repo = $1 AND issue_id = ANY($2)",
+                        vec![p(repo.clone()), p(ids.clone())],
+                    ),
+                    (
+                        "INSERT INTO wiggum_beads(repo, id, status, priority, issue_type, \
+                         assignee, created_us, parent, child_n, is_foreign, exportable, seq, \
+                         line, pos) SELECT $1, u.id, u.status, u.priority, u.issue_type, \
+                         u.assignee, u.created_us, u.parent, u.child_n, u.is_foreign, \
+                         u.exportable, 0, u.line, u.pos FROM unnest($2::text[], $3::text[], \
+                         $4::bigint[], $5::text[], $6::text[], $7::bigint[], $8::text[], \
+                         $9::bigint[], $10::bool[], $11::bool[], $12::text[], $13::bigint[]) \
+                         AS u(id, status, priority, issue_type, assignee, created_us, parent, \
+                         child_n, is_foreign, exportable, line, pos) \
+                         ON CONFLICT (repo, id) DO UPDATE SET status = EXCLUDED.status, \
+                         priority = EXCLUDED.priority, issue_type = EXCLUDED.issue_type, \
+                         assignee = EXCLUDED.assignee, created_us = EXCLUDED.created_us, \
+                         parent = EXCLUDED.parent, child_n = EXCLUDED.child_n, \
+                         is_foreign = EXCLUDED.is_foreign, exportable = EXCLUDED.exportable, \
+                         seq = 0, line = EXCLUDED.line, pos = EXCLUDED.pos",
+                        vec![
+                            p(repo.clone()),
+                            p(ids),
+                            p(status),
+                            p(priority),
+                            p(issue_type),
+                            p(assignee),
+                            p(created),
+                            p(parent),
+                            p(child_n),
+                            p(foreign),
+                            p(exportable),
+                            p(lines),
+                            p(pos),
+                        ],
+                    ),
+                    (
+                        "INSERT INTO wiggum_bead_labels(repo, issue_id, label) \
+                         SELECT $1, i, l FROM unnest($2::text[], $3::text[]) AS u(i, l) \
+                         ON CONFLICT DO NOTHING",
+                        vec![p(repo.clone()), p(label_ids), p(labels)],
+                    ),
+                    (
+                        "INSERT INTO wiggum_bead_deps(repo, issue_id, depends_on_id, dep_type) \
+                         SELECT $1, i, d, t FROM unnest($2::text[], $3::text[], $4::text[]) \
+                         AS u(i, d, t) ON CONFLICT DO NOTHING",
+                        vec![p(repo), p(dep_ids), p(dep_targets), p(dep_types)],
+                    ),
+                ];
+                conn.pipeline(&batch)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn bump_children(&self, children: &[(&str, i64)]) -> Result<(), LedgerError> {
+        for chunk in children.chunks(IMPORT_BATCH) {
+            let parents: Vec<String> = chunk.iter().map(|(p, _)| p.to_string()).collect();
+            let last: Vec<i64> = chunk.iter().map(|(_, n)| *n).collect();
+            self.rows(
+                "INSERT INTO wiggum_ledger_child_counters(repo, parent, last) \
+                 SELECT $1, p, n FROM unnest($2::text[], $3::bigint[]) AS u(p, n) \
+                 ON CONFLICT (repo, parent) DO UPDATE \
+                 SET last = GREATEST(wiggum_ledger_child_counters.last, EXCLUDED.last)",
+                vec![p(parents), p(last)],
+            )?;
+        }
+        Ok(())
     }
 
     fn next_child(&self, parent: &str) -> Result<i64, LedgerError> {

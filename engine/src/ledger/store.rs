@@ -785,12 +785,13 @@ fn sync_from_file(s: &dyn Store, env: &Env) -> Result<(), LedgerError> {
     if !merge {
         s.drop_clean_rows(s.exported_seq()?)?;
     }
-    let stored_lines = if merge {
-        s.all_lines()?
-    } else {
-        Default::default()
-    };
+    // Merge: every stored line; rebuild: the dirty rows that survived the drop.
+    let stored_lines = s.all_lines()?;
     let mut opaque: Vec<(i64, &str)> = Vec::new();
+    let mut fresh: Vec<(&Record, &str, i64)> = Vec::new();
+    let mut children: std::collections::HashMap<&str, i64> = Default::default();
+    let mut seen: std::collections::HashSet<&str> = Default::default();
+    let mut moved: Vec<(&str, i64)> = Vec::new();
     let mut max_comment = 0;
     for (pos, line) in lines.iter().enumerate() {
         let pos = pos as i64;
@@ -802,31 +803,38 @@ fn sync_from_file(s: &dyn Store, env: &Env) -> Result<(), LedgerError> {
             max_comment = max_comment.max(c.id);
         }
         if let Some((parent, n)) = id::split_child(&rec.id) {
-            s.bump_child(parent, i64::from(n))?;
+            let last = children.entry(parent).or_default();
+            *last = (*last).max(i64::from(n));
         }
-        if merge {
-            match stored_lines.get(&rec.id) {
-                None => s.put_row(rec, &line.raw, true, Some(pos))?,
-                Some((stored, place)) => {
-                    let newer = stored != &line.raw
-                        && parse_record(&rec.id, stored)
-                            .map_or(true, |old| rec.updated_at >= old.updated_at);
-                    if newer {
-                        s.put_row(rec, &line.raw, true, Some(pos))?;
-                    } else if *place != Some(pos) {
-                        s.place(&rec.id, pos)?;
-                    }
+        if !seen.insert(rec.id.as_str()) {
+            // The same id twice in the file: the first line wins, at the last place.
+            moved.push((rec.id.as_str(), pos));
+            continue;
+        }
+        match stored_lines.get(&rec.id) {
+            None if merge => s.put_row(rec, &line.raw, true, Some(pos))?,
+            None => fresh.push((rec, &line.raw, pos)),
+            Some((stored, place)) if merge => {
+                let newer = stored != &line.raw
+                    && parse_record(&rec.id, stored)
+                        .map_or(true, |old| rec.updated_at >= old.updated_at);
+                if newer {
+                    s.put_row(rec, &line.raw, true, Some(pos))?;
+                } else if *place != Some(pos) {
+                    s.place(&rec.id, pos)?;
                 }
             }
-            continue;
-        }
-        if s.exists(&rec.id)? {
             // Changed here since the last export: ours wins, in the file's place.
-            s.place(&rec.id, pos)?;
-            continue;
+            Some(_) => s.place(&rec.id, pos)?,
         }
-        s.put_row(rec, &line.raw, false, Some(pos))?;
     }
+    s.import_rows(&fresh)?;
+    for (id, pos) in moved {
+        s.place(id, pos)?;
+    }
+    let mut children: Vec<(&str, i64)> = children.into_iter().collect();
+    children.sort();
+    s.bump_children(&children)?;
     if !merge || !opaque.is_empty() {
         s.set_opaque(&opaque)?;
     }
