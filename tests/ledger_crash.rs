@@ -12,6 +12,11 @@ use common::{beads, fake_agent, wiggum_command, TempRepo};
 /// Starts `wiggum ARGS` with the slow fake agent, waits until the agent runs, and kills wiggum
 /// with SIGKILL (the agent is left to itself, and killed by the test).
 fn kill_9_while_the_agent_works(repo: &TempRepo, args: &[&str]) {
+    kill_9_while_the_agent_works_env(repo, args, &[]);
+}
+
+/// [`kill_9_while_the_agent_works`] with more environment (the PostgreSQL ledger's URL).
+fn kill_9_while_the_agent_works_env(repo: &TempRepo, args: &[&str], env: &[(&str, &str)]) {
     let pid_file = repo.path().join("..").join(format!(
         "agent-{}.pid",
         repo.path().file_name().unwrap().to_string_lossy()
@@ -21,6 +26,7 @@ fn kill_9_while_the_agent_works(repo: &TempRepo, args: &[&str]) {
         .args(["--repo", &repo.path().display().to_string(), "--quiet"])
         .env("FAKE_SLEEP", "60")
         .env("FAKE_PID_FILE", &pid_file)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -60,6 +66,18 @@ fn status(b: &serde_json::Value) -> &str {
 
 #[test]
 fn after_kill_9_during_a_step_the_jsonl_shows_the_step_and_the_run_in_progress() {
+    step_crash(&[]);
+}
+
+#[test]
+fn on_postgres_after_kill_9_during_a_step_the_writers_jsonl_shows_the_step_in_progress() {
+    let Some(db) = wiggum_engine::pg::testing::TestDb::create_blocking("ledger_crash pg") else {
+        return;
+    };
+    step_crash(&[("WIGGUM_DATABASE_URL", db.url.secret())]);
+}
+
+fn step_crash(env: &[(&str, &str)]) {
     let repo = TempRepo::new();
     let defs = tempfile::tempdir().unwrap();
     let patrol = defs.path().join("patrol.toml");
@@ -92,7 +110,7 @@ review = "none"
         ),
     )
     .unwrap();
-    kill_9_while_the_agent_works(&repo, &["run", &patrol.display().to_string()]);
+    kill_9_while_the_agent_works_env(&repo, &["run", &patrol.display().to_string()], env);
 
     let all = beads(repo.path());
     let run = all

@@ -1,6 +1,10 @@
 //! Ledger benchmark (not a timed test): fills a ledger the way runs do, then measures create,
 //! update+close, ready, export and rebuild, and prints the figures.
 //!
+//! With `WIGGUM_BENCH_PG_URL` (or `WIGGUM_TEST_PG_URL`, as `scripts/with-postgres.sh` sets) the
+//! same ledger is then imported into a fresh PostgreSQL database and measured the same way,
+//! printed beside SQLite.
+//!
 //! `cargo bench -p wiggum-engine --bench ledger` runs 10k and 100k beads;
 //! `WIGGUM_BENCH_SIZES=20000` picks other sizes. Run without `--bench` (e.g. by
 //! `cargo test --benches`) it does a quick pass over 500 beads.
@@ -9,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wiggum_engine::ledger::{BeadUpdate, DepType, Ledger, NewBead, Redactor};
+use wiggum_engine::pg::{self, DbUrl};
 
 /// Beads per run: an epic, 4 steps, 4 iterations per step.
 const STEPS: usize = 4;
@@ -110,7 +115,132 @@ fn bench(n: usize) {
     assert!(first_export);
     let size = std::fs::metadata(l.jsonl_path()).expect("jsonl").len();
 
-    // Single operations at full size.
+    let sqlite = measure(&mut l);
+    drop(l);
+    remove_db(dir.path());
+    let (l, rebuild) = timed(|| Ledger::open(dir.path()).expect("rebuild"));
+    assert_eq!(l.ready().expect("ready").len(), sqlite.ready_count);
+    drop(l);
+
+    let (fill_median, fill_p99) = stats(creates);
+    let total = total + SAMPLES;
+    println!("ledger, {total} beads ({runs} runs of {PER_RUN} beads + {SAMPLES} tasks; 1 run in {OPEN_EVERY} still open)");
+    println!(
+        "  fill (creates, closes, deps, one commit each): {:.1} s",
+        fill.as_secs_f64()
+    );
+    println!("  create + commit while filling: median {fill_median:.3} ms, p99 {fill_p99:.3} ms");
+    println!(
+        "  export, full file ({:.1} MB):  first {:.0} ms",
+        size as f64 / 1e6,
+        ms(export_full)
+    );
+    println!("  rebuild db from JSONL:         {:.0} ms", ms(rebuild));
+    let pg = pg_url().map(|url| {
+        // The same ledger on PostgreSQL: a clone with the file, imported at open.
+        let pg_dir = tempfile::Builder::new()
+            .prefix("wiggum-bench-pg-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir_all(pg_dir.path().join(".beads")).expect("mkdir");
+        std::fs::copy(
+            dir.path().join(".beads/issues.jsonl"),
+            pg_dir.path().join(".beads/issues.jsonl"),
+        )
+        .expect("copy the file");
+        let db = fresh_database(&url, n);
+        std::fs::create_dir_all(pg_dir.path().join(".wiggum")).expect("mkdir");
+        std::fs::write(
+            pg_dir.path().join(".wiggum/config.toml"),
+            format!(
+                "[ledger]\nbackend = \"postgres\"\nurl = \"{}\"\nrepository = \"bench\"\n",
+                db.secret()
+            ),
+        )
+        .expect("config");
+        let (l, import) = timed(|| Ledger::open(pg_dir.path()).expect("open on postgres"));
+        let mut l = l.with_redactor(Redactor::from_env());
+        // The first export takes the writer's lease and writes the file.
+        l.update(
+            &l.list(&Default::default()).expect("list")[0].id,
+            BeadUpdate {
+                notes: Some("first change on postgres".into()),
+                ..BeadUpdate::default()
+            },
+        )
+        .expect("update");
+        let (_, first) = timed(|| l.export().expect("export"));
+        let figures = measure(&mut l);
+        assert_eq!(
+            figures.ready_count, sqlite.ready_count,
+            "both backends agree on ready"
+        );
+        (import, first, figures, db)
+    });
+    let row = |name: &str, sq: String, pg: Option<String>| {
+        println!(
+            "  {name:<32} {sq:>24}   {}",
+            pg.unwrap_or_else(|| "(no WIGGUM_TEST_PG_URL / WIGGUM_BENCH_PG_URL)".into())
+        );
+    };
+    let mp = |m: f64, p: f64| format!("{m:.3} / {p:.3} ms");
+    println!(
+        "  {:<32} {:>24}   postgres (loopback)",
+        "median / p99", "sqlite"
+    );
+    row(
+        "create + commit at full size",
+        mp(sqlite.create.0, sqlite.create.1),
+        pg.as_ref().map(|(_, _, f, _)| mp(f.create.0, f.create.1)),
+    );
+    row(
+        "update + close (2 commits)",
+        mp(sqlite.update_close.0, sqlite.update_close.1),
+        pg.as_ref()
+            .map(|(_, _, f, _)| mp(f.update_close.0, f.update_close.1)),
+    );
+    row(
+        &format!("ready ({} beads returned)", sqlite.ready_count),
+        mp(sqlite.ready.0, sqlite.ready.1),
+        pg.as_ref().map(|(_, _, f, _)| mp(f.ready.0, f.ready.1)),
+    );
+    row(
+        "export after one change",
+        format!("{:.0} ms", sqlite.export),
+        pg.as_ref()
+            .map(|(_, _, f, _)| format!("{:.0} ms", f.export)),
+    );
+    row(
+        "export, nothing changed",
+        format!("{:.3} ms", sqlite.noop),
+        pg.as_ref().map(|(_, _, f, _)| format!("{:.3} ms", f.noop)),
+    );
+    row(
+        "import the file into a new db",
+        format!("{:.0} ms", ms(rebuild)),
+        pg.as_ref().map(|(i, _, _, _)| format!("{:.0} ms", ms(*i))),
+    );
+    if let Some((_, first, _, db)) = &pg {
+        println!(
+            "  (postgres: first export, taking the writer lease: {:.0} ms; database {})",
+            ms(*first),
+            db.redacted()
+        );
+    }
+}
+
+/// What `measure` finds: (median, p99) in ms, or a median.
+struct Figures {
+    create: (f64, f64),
+    update_close: (f64, f64),
+    ready: (f64, f64),
+    ready_count: usize,
+    export: f64,
+    noop: f64,
+}
+
+/// Single operations on a full ledger.
+fn measure(l: &mut Ledger) -> Figures {
     let mut at_size = Vec::with_capacity(SAMPLES);
     let mut ids = Vec::with_capacity(SAMPLES);
     for i in 0..SAMPLES {
@@ -163,32 +293,43 @@ fn bench(n: usize) {
         assert!(!wrote);
         noop.push(d);
     }
-    drop(l);
-    remove_db(dir.path());
-    let (l, rebuild) = timed(|| Ledger::open(dir.path()).expect("rebuild"));
-    assert_eq!(l.ready().expect("ready").len(), ready_count);
+    Figures {
+        create: stats(at_size),
+        update_close: stats(update_close),
+        ready: stats(ready),
+        ready_count,
+        export: stats(exports).0,
+        noop: stats(noop).0,
+    }
+}
 
-    let (fill_median, fill_p99) = stats(creates);
-    let (create_median, create_p99) = stats(at_size);
-    let (uc_median, uc_p99) = stats(update_close);
-    let (ready_median, ready_p99) = stats(ready);
-    let (export_median, _) = stats(exports);
-    let (noop_median, _) = stats(noop);
-    let total = total + SAMPLES;
-    println!("ledger, {total} beads ({runs} runs of {PER_RUN} beads + {SAMPLES} tasks; 1 run in {OPEN_EVERY} still open)");
-    println!(
-        "  fill (creates, closes, deps, one commit each): {:.1} s",
-        fill.as_secs_f64()
-    );
-    println!("  create + commit while filling: median {fill_median:.3} ms, p99 {fill_p99:.3} ms");
-    println!(
-        "  create + commit at full size:  median {create_median:.3} ms, p99 {create_p99:.3} ms"
-    );
-    println!("  update + close (2 commits):    median {uc_median:.3} ms, p99 {uc_p99:.3} ms");
-    println!("  ready ({ready_count} beads returned):  median {ready_median:.3} ms, p99 {ready_p99:.3} ms");
-    println!("  export, full file ({:.1} MB):  first {:.0} ms, after one change median {export_median:.0} ms", size as f64 / 1e6, ms(export_full));
-    println!("  export, nothing changed:       median {noop_median:.3} ms");
-    println!("  rebuild db from JSONL:         {:.0} ms", ms(rebuild));
+/// The PostgreSQL server to compare with: `WIGGUM_BENCH_PG_URL`, else `WIGGUM_TEST_PG_URL`
+/// (what `scripts/with-postgres.sh` sets).
+fn pg_url() -> Option<DbUrl> {
+    ["WIGGUM_BENCH_PG_URL", "WIGGUM_TEST_PG_URL"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .find(|u| !u.trim().is_empty())
+        .map(|u| DbUrl::parse(&u).expect("a database url"))
+}
+
+/// A new, empty database on the server of `admin` for this run.
+fn fresh_database(admin: &DbUrl, n: usize) -> DbUrl {
+    let name = format!("wiggum_bench_{}_{n}", std::process::id());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let client = pg::connect(admin).await.expect("reach the bench server");
+            client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+                ))
+                .await
+                .expect("create the bench database");
+        });
+    admin.with_database(&name)
 }
 
 fn remove_db(dir: &Path) {
