@@ -322,12 +322,15 @@ fn fresh_database(admin: &DbUrl, n: usize) -> DbUrl {
         .expect("runtime")
         .block_on(async {
             let client = pg::connect(admin).await.expect("reach the bench server");
-            client
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-                ))
-                .await
-                .expect("create the bench database");
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {name}"),
+                format!("CREATE DATABASE {name}"),
+            ] {
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .expect("create the bench database");
+            }
         });
     admin.with_database(&name)
 }

@@ -93,15 +93,22 @@ CREATE TABLE IF NOT EXISTS wiggum_state(
     PRIMARY KEY(repo, key));
 "#;
 
-/// Beads something unresolved blocks, directly or through an ancestor (`parent-child`).
-const BLOCKED_CTE: &str = "WITH RECURSIVE blocked(id) AS (
+/// `up`: each open bead with itself and its ancestors (`parent-child`, at most 64 levels);
+/// `direct`: the beads an unresolved bead blocks directly. An open bead is blocked when it or an
+/// ancestor is in `direct`. The cost follows the open beads, not the ledger.
+const BLOCKED_CTE: &str = "WITH RECURSIVE up(id, anc, depth) AS (
+    SELECT o.id, o.id, 0 FROM wiggum_beads o WHERE o.repo = $1 AND o.status = 'open'
+  UNION ALL
+    SELECT u.id, d.depends_on_id, u.depth + 1 FROM up u
+    JOIN wiggum_bead_deps d ON d.repo = $1 AND d.issue_id = u.anc
+    WHERE d.dep_type = 'parent-child' AND u.depth < 64
+), direct AS (
     SELECT d.issue_id FROM wiggum_bead_deps d
     JOIN wiggum_beads t ON t.repo = d.repo AND t.id = d.depends_on_id
     WHERE d.repo = $1 AND d.dep_type IN ('blocks', 'conditional-blocks', 'waits-for')
       AND t.status NOT IN ('closed', 'tombstone')
-  UNION
-    SELECT c.issue_id FROM wiggum_bead_deps c JOIN blocked b ON c.depends_on_id = b.id
-    WHERE c.repo = $1 AND c.dep_type = 'parent-child'
+), blocked(id) AS (
+    SELECT DISTINCT u.id FROM up u JOIN direct x ON x.issue_id = u.anc
 )";
 
 type Param = Box<dyn ToSql + Send + Sync>;
@@ -711,6 +718,10 @@ impl Store for PgStore {
     }
 
     fn bump_children(&self, children: &[(&str, i64)]) -> Result<(), LedgerError> {
+        if children.len() > IMPORT_BATCH {
+            // A big import: fresh statistics, so the planner uses the indexes at once.
+            self.call(|c| c.simple("ANALYZE wiggum_beads, wiggum_bead_deps, wiggum_bead_labels"))?;
+        }
         for chunk in children.chunks(IMPORT_BATCH) {
             let parents: Vec<String> = chunk.iter().map(|(p, _)| p.to_string()).collect();
             let last: Vec<i64> = chunk.iter().map(|(_, n)| *n).collect();

@@ -528,7 +528,9 @@ impl Ledger {
     pub fn export(&mut self) -> Result<bool, LedgerError> {
         // Outside the transaction: the lease is taken on another connection, which must never
         // wait for a lock this transaction holds.
-        self.store.claim_export()?;
+        if self.store.shared() && (self.store.is_dirty()? || !self.env.jsonl.exists()) {
+            self.store.claim_export()?;
+        }
         self.write_quiet(|s, env| {
             sync_from_file(s, env)?;
             if let Some(dir) = env.jsonl.parent() {
