@@ -831,12 +831,12 @@ impl Store for PgStore {
     }
 
     fn is_dirty(&self) -> Result<bool, LedgerError> {
+        // The mark as a parameter (not a subquery), so the (repo, seq) index is used.
+        let exported = self.exported_seq()?;
         Ok(!self
             .rows(
-                "SELECT 1 FROM wiggum_beads WHERE repo = $1 AND seq > COALESCE((SELECT value \
-                 FROM wiggum_ledger_counters WHERE repo = $1 AND name = 'exported_seq'), 0) \
-                 LIMIT 1",
-                Vec::new(),
+                "SELECT 1 FROM wiggum_beads WHERE repo = $1 AND seq > $2 LIMIT 1",
+                vec![p(exported)],
             )?
             .is_empty())
     }
