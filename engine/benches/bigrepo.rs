@@ -8,16 +8,21 @@
 //!   `while` loop;
 //! - git's own work for that change: `git status` + `git add -A` + `git commit` after editing
 //!   one file (median), and the ratio of the two;
-//! - `Workspace::create` beside `git worktree add -b` (medians, taken in turn).
+//! - `Workspace::create` beside `git worktree add -b` (medians after one untimed worktree each,
+//!   taken in turn with the order swapped every round, the file system synced before each);
+//! - and, in a second table, the status of the checkout taken by libgit2 (as a checkpoint
+//!   does) beside `git status --porcelain=v2 -z`, plain, with the untracked cache, and with
+//!   fsmonitor over watchman when `watchman` is installed; wall and CPU time.
 //!
 //! `cargo bench -p wiggum-engine --bench bigrepo` runs every case;
-//! `WIGGUM_BENCH_CASES=1000,20000,20000+50000` picks cases (`N+M`: N tracked files and M
+//! `WIGGUM_BENCH_CASES=1000,20000,100000,20000+50000` picks cases (`N+M`: N tracked files and M
 //! ignored ones under `target/`), `WIGGUM_BENCH_ITERATIONS` the loop length (default 12),
-//! `WIGGUM_BENCH_WORKTREES` the worktrees made each way (default 3).
+//! `WIGGUM_BENCH_WORKTREES` the worktrees made each way (default 4).
 //! Run without `--bench` (e.g. by `cargo test --benches`) it does a quick pass on 300 files.
 
+use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -52,7 +57,7 @@ fn main() {
     let worktrees: usize = std::env::var("WIGGUM_BENCH_WORKTREES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 3 } else { 2 });
+        .unwrap_or(if full { 4 } else { 2 });
     println!(
         "big-repository benchmark: {iterations} loop iterations and {worktrees} worktrees per \
          case; load average at start: {}",
@@ -63,8 +68,18 @@ fn main() {
          commit | ratio | Workspace::create | git worktree add | ratio |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let mut status = Vec::new();
     for case in cases {
-        bench(&case, iterations, worktrees);
+        status.extend(bench(&case, iterations, worktrees));
+    }
+    println!();
+    println!(
+        "status of the checkout after editing one file (median; in brackets, against libgit2):"
+    );
+    println!("| files | how | wall time | CPU time |");
+    println!("|---|---|---|---|");
+    for row in status {
+        println!("{row}");
     }
     println!("load average at end: {}", load());
 }
@@ -114,17 +129,19 @@ fn fill(root: &Path, prefix: &str, count: usize) {
         let dir = root.join(prefix).join(format!("d{d:04}"));
         std::fs::create_dir_all(&dir).unwrap();
         for f in 0..PER_DIR.min(count - d * PER_DIR) {
-            std::fs::write(
-                dir.join(format!("f{f:03}.txt")),
-                format!("file {d}/{f}\nsome text\n"),
-            )
-            .unwrap();
+            std::fs::write(dir.join(format!("f{f:03}.txt")), file_text(d, f)).unwrap();
         }
     }
 }
 
+fn file_text(d: usize, f: usize) -> String {
+    format!("file {d}/{f}\nsome text\n")
+}
+
 /// A repository with `tracked` committed files, and `ignored` more under an ignored
-/// `target/`.
+/// `target/`. The commit is written in one go by `git fast-import` (one pack, as a cloned
+/// repository has) and checked out by `git reset --hard`, so the index holds every file's stat
+/// data as in a user's checkout.
 fn sample_repo(case: &Case) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("wiggum-bigrepo-")
@@ -134,10 +151,35 @@ fn sample_repo(case: &Case) -> tempfile::TempDir {
     git(root, &["init", "-q", "-b", "main"]);
     git(root, &["config", "user.name", "bench"]);
     git(root, &["config", "user.email", "bench@example.invalid"]);
-    std::fs::write(root.join(".gitignore"), "target/\n").unwrap();
-    fill(root, "src", case.tracked);
-    git(root, &["add", "-A"]);
-    git(root, &["commit", "-q", "-m", "sample"]);
+    let mut import = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("git fast-import runs");
+    {
+        let mut out = BufWriter::new(import.stdin.take().unwrap());
+        let message = "sample";
+        write!(
+            out,
+            "commit refs/heads/main\ncommitter bench <bench@example.invalid> 1700000000 +0000\n\
+             data {}\n{message}\n",
+            message.len()
+        )
+        .unwrap();
+        let mut inline = |path: &str, text: &str| {
+            write!(out, "M 100644 inline {path}\ndata {}\n{text}\n", text.len()).unwrap();
+        };
+        inline(".gitignore", "target/\n");
+        for i in 0..case.tracked {
+            let (d, f) = (i / PER_DIR, i % PER_DIR);
+            inline(&format!("src/d{d:04}/f{f:03}.txt"), &file_text(d, f));
+        }
+        drop(inline);
+        out.flush().unwrap();
+    }
+    assert!(import.wait().unwrap().success(), "git fast-import failed");
+    git(root, &["reset", "-q", "--hard"]);
     if case.ignored > 0 {
         fill(root, "target", case.ignored);
     }
@@ -299,34 +341,201 @@ fn git_rounds(root: &Path, n: usize) -> Vec<Duration> {
         .collect()
 }
 
-fn bench(case: &Case, iterations: usize, worktrees: usize) {
+/// Writes out what the file system still owes for earlier work (the files of a worktree just
+/// removed, or just written), so that it is not charged to whatever is timed next: deleting
+/// 20,000 files leaves the next process that creates as many several times slower, in wall
+/// and in system time, whichever it is.
+fn settle(root: &Path) {
+    let dir = std::fs::File::open(root).unwrap();
+    // SAFETY: syncfs only reads the descriptor it is given.
+    unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+}
+
+/// `Workspace::create` of worktree `w{i}` (then removed): wall and CPU time.
+fn wiggum_worktree(root: &Path, i: usize) -> (Duration, Duration) {
+    settle(root);
+    let mut ws = None;
+    let times = timed_cpu(|| {
+        ws = Some(Workspace::create(root, &format!("w{i}"), &format!("bench/w{i}"), None).unwrap());
+    });
+    ws.unwrap().remove().unwrap();
+    times
+}
+
+/// `git worktree add -b` of the same tree beside wiggum's (then removed): wall and CPU time.
+fn git_worktree(root: &Path, i: usize) -> (Duration, Duration) {
+    let path = root.join(format!(".wiggum/worktrees/git-w{i}"));
+    let path_s = path.display().to_string();
+    let branch = format!("bench/g{i}");
+    settle(root);
+    let times = timed_cpu(|| git(root, &["worktree", "add", "-q", "-b", &branch, &path_s]));
+    git(root, &["worktree", "remove", "--force", &path_s]);
+    times
+}
+
+/// One way of taking the status of a checkout, timed by [`status_compare`].
+struct StatusWay {
+    name: &'static str,
+    wall: Vec<Duration>,
+    cpu: Vec<Duration>,
+}
+
+/// The status of the user's checkout after one file was edited, each way a checkpoint could
+/// take it, in turn (the order rotated every round), `rounds` times after one untimed round:
+/// libgit2 with the options of wiggum's checkpoint (`engine/src/workspace/status.rs`: untracked
+/// folders searched, ignored ones not entered, refreshed stat data written back), and
+/// `git status --porcelain=v2 -z` with the same meaning, plain, with the untracked cache, and
+/// with fsmonitor (git's sample hook over watchman) when `watchman` is installed. Each git way
+/// has its own copy of the index (`GIT_INDEX_FILE`), so the extensions one writes are not
+/// dropped or used by another.
+fn status_compare(root: &Path, rounds: usize) -> Vec<StatusWay> {
+    let repo = git2::Repository::open(root).unwrap();
+    let git_dir = root.join(".git");
+    let mut ways: Vec<(&'static str, Vec<String>)> = vec![
+        ("libgit2", Vec::new()),
+        (
+            "git status",
+            vec![
+                "core.untrackedCache=false".into(),
+                "core.fsmonitor=false".into(),
+            ],
+        ),
+        (
+            "git status, untracked cache",
+            vec![
+                "core.untrackedCache=true".into(),
+                "core.fsmonitor=false".into(),
+            ],
+        ),
+    ];
+    let watchman = Command::new("watchman")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let hook = git_dir.join("fsmonitor-watchman");
+    if watchman {
+        let sample = Command::new("git")
+            .args(["--exec-path"])
+            .output()
+            .ok()
+            .and_then(|o| {
+                let exec = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+                // <prefix>/lib/git-core -> <prefix>/share/git-core/templates
+                let prefix = exec.parent()?.parent()?.to_path_buf();
+                Some(prefix.join("share/git-core/templates/hooks/fsmonitor-watchman.sample"))
+            })
+            .filter(|p| p.is_file());
+        if let Some(sample) = sample {
+            std::fs::copy(sample, &hook).unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+            ways.push((
+                "git status, fsmonitor (watchman) + untracked cache",
+                vec![
+                    "core.untrackedCache=true".into(),
+                    format!("core.fsmonitor={}", hook.display()),
+                ],
+            ));
+        }
+    }
+    for (i, _) in ways.iter().enumerate().skip(1) {
+        std::fs::copy(git_dir.join("index"), git_dir.join(format!("index-{i}"))).unwrap();
+    }
+    let mut out: Vec<StatusWay> = ways
+        .iter()
+        .map(|(name, _)| StatusWay {
+            name,
+            wall: Vec::new(),
+            cpu: Vec::new(),
+        })
+        .collect();
+    for round in 0..=rounds {
+        std::fs::write(root.join("src/d0000/f002.txt"), format!("status {round}\n")).unwrap();
+        for k in 0..ways.len() {
+            let i = (k + round) % ways.len();
+            let (wall, cpu) = if i == 0 {
+                timed_cpu(|| {
+                    let mut opts = git2::StatusOptions::new();
+                    opts.show(git2::StatusShow::Workdir)
+                        .include_untracked(true)
+                        .recurse_untracked_dirs(true)
+                        .include_ignored(false)
+                        .exclude_submodules(true)
+                        .renames_index_to_workdir(false)
+                        .update_index(true);
+                    let statuses = repo.statuses(Some(&mut opts)).unwrap();
+                    assert!(!statuses.is_empty());
+                })
+            } else {
+                let index = git_dir.join(format!("index-{i}"));
+                timed_cpu(|| {
+                    let mut cmd = Command::new("git");
+                    for c in &ways[i].1 {
+                        cmd.args(["-c", c]);
+                    }
+                    let out = cmd
+                        .args([
+                            "status",
+                            "--porcelain=v2",
+                            "-z",
+                            "--untracked-files=all",
+                            "--ignore-submodules=all",
+                            "--no-renames",
+                        ])
+                        .current_dir(root)
+                        .env("GIT_INDEX_FILE", &index)
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success() && !out.stdout.is_empty());
+                })
+            };
+            if round > 0 {
+                out[i].wall.push(wall);
+                out[i].cpu.push(cpu);
+            }
+        }
+    }
+    if watchman {
+        let _ = Command::new("watchman").arg("watch-del").arg(root).output();
+    }
+    git(root, &["checkout", "-q", "--", "src/d0000/f002.txt"]);
+    out
+}
+
+/// Runs one case: prints its row of the main table, returns its rows of the status table.
+fn bench(case: &Case, iterations: usize, worktrees: usize) -> Vec<String> {
+    eprintln!(
+        "  case {} + {} ignored: building the repository; load average {}",
+        case.tracked,
+        case.ignored,
+        load()
+    );
     let repo = sample_repo(case);
     let root = repo.path().canonicalize().unwrap();
     let scripts = tempfile::tempdir().unwrap();
     let agent = write_agent(scripts.path(), (case.ignored > 0).then_some(root.as_path()));
 
-    // Worktree creation, taken in turn so a drift of the machine hits both alike.
+    // Worktree creation: one of each first, untimed (both then find the pack and the
+    // folders in the page cache), then in turn, the order swapped every round, so neither
+    // side always follows the other's removal and a drift of the machine hits both alike.
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let (mut ours_cpu, mut theirs_cpu) = (Vec::new(), Vec::new());
-    for i in 0..worktrees {
-        let mut ws = None;
-        let (wall, cpu) = timed_cpu(|| {
-            ws = Some(
-                Workspace::create(&root, &format!("w{i}"), &format!("bench/w{i}"), None).unwrap(),
-            );
-        });
-        ours.push(wall);
-        ours_cpu.push(cpu);
-        ws.unwrap().remove().unwrap();
-        let path = root.join(format!(".wiggum/git-w{i}"));
-        let path_s = path.display().to_string();
-        let branch = format!("bench/g{i}");
-        let (wall, cpu) =
-            timed_cpu(|| git(&root, &["worktree", "add", "-q", "-b", &branch, &path_s]));
-        theirs.push(wall);
-        theirs_cpu.push(cpu);
-        git(&root, &["worktree", "remove", "--force", &path_s]);
+    for i in 0..=worktrees {
+        let (o, g) = if i % 2 == 0 {
+            let o = wiggum_worktree(&root, i);
+            (o, git_worktree(&root, i))
+        } else {
+            let g = git_worktree(&root, i);
+            (wiggum_worktree(&root, i), g)
+        };
+        if i > 0 {
+            ours.push(o.0);
+            ours_cpu.push(o.1);
+            theirs.push(g.0);
+            theirs_cpu.push(g.1);
+        }
     }
+    let status = status_compare(&root, iterations);
 
     // git's work before and after wiggum's loop, so both see the machine alike.
     let mut git_times = git_rounds(&root, iterations.div_ceil(2));
@@ -381,4 +590,24 @@ fn bench(case: &Case, iterations: usize, worktrees: usize) {
         fmt(theirs_cpu),
         ratio(ours_cpu, theirs_cpu)
     );
+    let (base_wall, base_cpu) = (
+        median(status[0].wall.clone()),
+        median(status[0].cpu.clone()),
+    );
+    status
+        .into_iter()
+        .map(|way| {
+            let (wall, cpu) = (median(way.wall), median(way.cpu));
+            let row = format!(
+                "| {files} | {} | {} ({}) | {} ({}) |",
+                way.name,
+                fmt(wall),
+                ratio(wall, base_wall),
+                fmt(cpu),
+                ratio(cpu, base_cpu)
+            );
+            eprintln!("  status {row}");
+            row
+        })
+        .collect()
 }

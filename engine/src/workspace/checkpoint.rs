@@ -9,6 +9,7 @@ use git2::build::CheckoutBuilder;
 use git2::{DiffFormat, DiffOptions, Oid, Repository, ResetType, Tree};
 use serde::Serialize;
 
+use super::git_cli::{write_tree_with_git, StatusReader};
 use super::status::WorktreeStatus;
 use super::worktree::check_on_branch;
 use super::{Workspace, WorkspaceError};
@@ -83,23 +84,35 @@ impl Workspace {
         let repo = &inner.repo;
         check_on_branch(repo, &self.path, &self.branch)?;
 
-        let mut index = repo.index()?;
-        // Someone else may have written the index since (the agent running `git add` or `git
-        // commit`, or a landing into this worktree): start from what is on disk.
-        index.read(false)?;
-        let worktree = WorktreeStatus::read(repo, &self.path)?;
-        for path in &worktree.staged {
-            index.add_path(Path::new(path))?;
-        }
-        for path in &worktree.removed {
-            index.remove_path(Path::new(path))?;
-        }
-        // The tree first, then one write: the index keeps the tree cache `write_tree` filled, so
-        // the next checkpoint hashes only the folders that changed again.
-        let tree_id = index.write_tree()?;
-        if worktree.touches_index() {
-            index.write()?;
-        }
+        let (worktree, tree_id) = match inner.status_reader {
+            StatusReader::Libgit2 => {
+                let mut index = repo.index()?;
+                // Someone else may have written the index since (the agent running `git add`
+                // or `git commit`, or a landing into this worktree): start from what is on
+                // disk.
+                index.read(false)?;
+                let worktree = WorktreeStatus::read(repo, &self.path)?;
+                for path in &worktree.staged {
+                    index.add_path(Path::new(path))?;
+                }
+                for path in &worktree.removed {
+                    index.remove_path(Path::new(path))?;
+                }
+                // The tree first, then one write: the index keeps the tree cache `write_tree`
+                // filled, so the next checkpoint hashes only the folders that changed again.
+                let tree_id = index.write_tree()?;
+                if worktree.touches_index() {
+                    index.write()?;
+                }
+                (worktree, tree_id)
+            }
+            StatusReader::Git => {
+                let worktree = WorktreeStatus::read_with_git(repo, &self.path)?;
+                worktree.stage_with_git(repo, &self.path)?;
+                let tree_id = write_tree_with_git(repo, &self.path)?;
+                (worktree, tree_id)
+            }
+        };
         let tip = repo.head()?.peel_to_commit()?;
         let sha = if tree_id == tip.tree_id() {
             tip.id()

@@ -5,6 +5,7 @@
 mod checkpoint;
 mod discover;
 mod exclude;
+mod git_cli;
 mod land;
 mod ledger_commit;
 mod status;

@@ -59,11 +59,7 @@ impl WorktreeStatus {
             };
             let status = entry.status();
             if path.ends_with('/') {
-                // Git does not enter an untracked directory with its own `.git`: a repository
-                // the agent made (a clone, `git init`).
-                if workdir.join(path).join(".git").exists() && out.nested_repos.len() < MAX_NESTED {
-                    out.nested_repos.push(path.to_string());
-                }
+                out.note_untracked_dir(workdir, path.to_string());
                 continue;
             }
             if status.intersects(Status::WT_DELETED) {
@@ -81,6 +77,14 @@ impl WorktreeStatus {
             }
         }
         Ok(out)
+    }
+
+    /// An untracked directory the status names as a whole: git does not enter one with its
+    /// own `.git`, a repository the agent made (a clone, `git init`).
+    pub(super) fn note_untracked_dir(&mut self, workdir: &Path, path: String) {
+        if workdir.join(&path).join(".git").exists() && self.nested_repos.len() < MAX_NESTED {
+            self.nested_repos.push(path);
+        }
     }
 
     /// Whether staging this status changes the index.

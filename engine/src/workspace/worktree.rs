@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use git2::{BranchType, Oid, Repository, Signature, StatusOptions, WorktreeAddOptions};
 
 use super::exclude::ensure_excluded;
+use super::git_cli::StatusReader;
 use super::WorkspaceError;
 
 /// Where worktrees live, relative to the repository root.
@@ -40,6 +41,9 @@ pub(super) struct Inner {
     pub(super) last_checkpoint: Oid,
     /// Name and email for commits, read once.
     pub(super) identity: Identity,
+    /// Who takes the status at a checkpoint: libgit2, or git on a large tree or one with a
+    /// file-system monitor.
+    pub(super) status_reader: StatusReader,
 }
 
 /// The author of wiggum's commits.
@@ -145,6 +149,7 @@ impl Workspace {
         let base_sha = base_commit.id().to_string();
         write_base(&repo, &base_sha)?;
         let identity = Identity::of(&repo);
+        let status_reader = StatusReader::choose(&repo);
         Ok(Workspace {
             repo_root: root,
             name,
@@ -155,6 +160,7 @@ impl Workspace {
                 repo,
                 last_checkpoint: base_commit.id(),
                 identity,
+                status_reader,
             }),
         })
     }
@@ -190,6 +196,7 @@ impl Workspace {
             write_base(&repo, &base_commit)?;
         }
         let identity = Identity::of(&repo);
+        let status_reader = StatusReader::choose(&repo);
         Ok(Workspace {
             repo_root: root,
             name,
@@ -200,6 +207,7 @@ impl Workspace {
                 repo,
                 last_checkpoint: tip,
                 identity,
+                status_reader,
             }),
         })
     }
@@ -312,6 +320,12 @@ impl Workspace {
             })?;
         }
         Ok(())
+    }
+
+    /// Makes checkpoints take their status with `reader` (tests of both ways).
+    #[cfg(test)]
+    pub(super) fn set_status_reader(&self, reader: StatusReader) {
+        self.lock().status_reader = reader;
     }
 
     /// The repository and checkpoint state, locked. A poisoned lock is still usable: git's
