@@ -175,7 +175,6 @@ fn sample_repo(case: &Case) -> tempfile::TempDir {
             let (d, f) = (i / PER_DIR, i % PER_DIR);
             inline(&format!("src/d{d:04}/f{f:03}.txt"), &file_text(d, f));
         }
-        drop(inline);
         out.flush().unwrap();
     }
     assert!(import.wait().unwrap().success(), "git fast-import failed");
