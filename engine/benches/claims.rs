@@ -42,7 +42,15 @@ fn main() {
         "{:<34} {:>10} {:>12} {:>10} {:>10}",
         "", "claims", "claims/s", "median ms", "p99 ms"
     );
-    sqlite_reference(n);
+    // A SQLite claim exports the JSONL at once (an in-progress bead must be visible to bd/br
+    // at once), so its cost grows with the ledger: 10k claims of a 10k ledger take minutes.
+    // The reference claims at most WIGGUM_BENCH_SQLITE_CLAIMS (default 1000) beads.
+    let sqlite_n: usize = std::env::var("WIGGUM_BENCH_SQLITE_CLAIMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(n);
+    sqlite_reference(sqlite_n);
     for claimers in [1usize, 8, 32] {
         let Some(db) = rt.block_on(TestDb::create("bench claims")) else {
             println!(
