@@ -18,7 +18,7 @@ use std::time::Duration;
 use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::watch;
 
-use super::PgError;
+use super::{PgError, Tables};
 
 const DDL: &str = "
 CREATE SEQUENCE IF NOT EXISTS wiggum_lease_tokens;
@@ -52,6 +52,10 @@ const ACQUIRE: &str = "INSERT INTO wiggum_leases AS l
          WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder
      RETURNING token, attempt";
 
+/// Gives up a lease ($1 repo, $2 kind, $3 key) if `$4` is still its token.
+const RELEASE: &str =
+    "DELETE FROM wiggum_leases WHERE repo = $1 AND kind = $2 AND key = $3 AND token = $4";
+
 /// A lease held: what it covers, who holds it and the fencing token that proves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -63,6 +67,20 @@ pub struct Lease {
     pub token: i64,
     /// 1 for the first holder of the key; one more on every takeover of an expired lease.
     pub attempt: i32,
+}
+
+impl Lease {
+    /// The lease `ACQUIRE` returned (token, attempt) for (repo, kind, key) and `holder`.
+    fn taken(row: &tokio_postgres::Row, repo: &str, kind: &str, key: &str, holder: &str) -> Lease {
+        Lease {
+            repo: repo.to_string(),
+            kind: kind.to_string(),
+            key: key.to_string(),
+            holder: holder.to_string(),
+            token: row.get(0),
+            attempt: row.get(1),
+        }
+    }
 }
 
 /// A lease as listed (`wiggum workers`, `wiggum status`), with its times.
@@ -87,6 +105,15 @@ fn secs(ttl: Duration) -> f64 {
     ttl.as_secs_f64().max(0.001)
 }
 
+impl Tables for Leases {
+    fn pool(&self) -> &Pool {
+        &self.pool
+    }
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 impl Leases {
     /// Leases in the database of `pool`; `url` (redacted) names it in errors.
     pub fn new(pool: Pool, url: &super::DbUrl) -> Leases {
@@ -96,31 +123,10 @@ impl Leases {
         }
     }
 
-    fn db(&self, source: tokio_postgres::Error) -> PgError {
-        PgError::Db {
-            url: self.url.clone(),
-            source,
-        }
-    }
-
-    async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
-        self.pool.get().await.map_err(|e| PgError::Pool {
-            url: self.url.clone(),
-            message: e.to_string(),
-        })
-    }
-
     /// Creates the table and the token sequence if they are missing (safe to run at every start,
     /// from many processes at once).
     pub async fn install(&self) -> Result<(), PgError> {
-        let client = self.client().await?;
-        // Concurrent CREATE ... IF NOT EXISTS can still collide on the catalog: serialize them.
-        client
-            .batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock(7265321); {DDL} COMMIT;"
-            ))
-            .await
-            .map_err(|e| self.db(e))
+        self.create_tables(7265321, DDL).await
     }
 
     /// Takes the lease of (repo, kind, key) for `holder` for `ttl` when it is free or has
@@ -139,14 +145,7 @@ impl Leases {
             .query_opt(ACQUIRE, &[&repo, &kind, &key, &holder, &secs(ttl)])
             .await
             .map_err(|e| self.db(e))?;
-        Ok(row.map(|r| Lease {
-            repo: repo.to_string(),
-            kind: kind.to_string(),
-            key: key.to_string(),
-            holder: holder.to_string(),
-            token: r.get(0),
-            attempt: r.get(1),
-        }))
+        Ok(row.map(|r| Lease::taken(&r, repo, kind, key, holder)))
     }
 
     /// [`Leases::acquire`] inside the caller's transaction: the lease is taken only if the
@@ -164,14 +163,7 @@ impl Leases {
             .query_opt(ACQUIRE, &[&repo, &kind, &key, &holder, &secs(ttl)])
             .await
             .map_err(|e| self.db(e))?;
-        Ok(row.map(|r| Lease {
-            repo: repo.to_string(),
-            kind: kind.to_string(),
-            key: key.to_string(),
-            holder: holder.to_string(),
-            token: r.get(0),
-            attempt: r.get(1),
-        }))
+        Ok(row.map(|r| Lease::taken(&r, repo, kind, key, holder)))
     }
 
     /// Extends a lease by `ttl` from now. `false`: the lease is lost (expired and taken by
@@ -201,7 +193,20 @@ impl Leases {
         let client = self.client().await?;
         let n = client
             .execute(
-                "DELETE FROM wiggum_leases WHERE repo = $1 AND kind = $2 AND key = $3 AND token = $4",
+                RELEASE,
+                &[&lease.repo, &lease.kind, &lease.key, &lease.token],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(n == 1)
+    }
+
+    /// [`Leases::release`] inside the caller's transaction (a fenced finish that gives its lease
+    /// up with its write).
+    pub async fn release_in(&self, tx: &Transaction<'_>, lease: &Lease) -> Result<bool, PgError> {
+        let n = tx
+            .execute(
+                RELEASE,
                 &[&lease.repo, &lease.kind, &lease.key, &lease.token],
             )
             .await

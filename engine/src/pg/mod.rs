@@ -38,6 +38,44 @@ pub enum PgError {
     },
 }
 
+/// Tables kept in one database (the lease table, the work queue, the worker registry): their
+/// pool and their redacted URL, which names the database in every error. Implementors get a
+/// pooled connection, the error wrapping of a failed statement, and an idempotent install.
+pub(crate) trait Tables {
+    fn pool(&self) -> &Pool;
+    /// The database's URL, redacted.
+    fn url(&self) -> &str;
+
+    /// A failed statement, naming the database.
+    fn db(&self, source: tokio_postgres::Error) -> PgError {
+        PgError::Db {
+            url: self.url().to_string(),
+            source,
+        }
+    }
+
+    /// A connection from the pool.
+    async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
+        self.pool().get().await.map_err(|e| PgError::Pool {
+            url: self.url().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Runs `ddl` (`CREATE ... IF NOT EXISTS` statements) under the transaction advisory lock
+    /// `lock`: concurrent creates can still collide on the catalog, so many processes starting
+    /// at once take turns. Safe to run at every start.
+    async fn create_tables(&self, lock: i64, ddl: &str) -> Result<(), PgError> {
+        let client = self.client().await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({lock}); {ddl} COMMIT;"
+            ))
+            .await
+            .map_err(|e| self.db(e))
+    }
+}
+
 /// A database URL, kept whole for connecting and printable without its password.
 #[derive(Clone)]
 pub struct DbUrl {

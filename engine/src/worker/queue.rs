@@ -12,7 +12,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 
 use crate::pg::lease::{Lease, Leases};
-use crate::pg::{DbUrl, PgError};
+use crate::pg::{DbUrl, PgError, Tables};
 
 /// The lease kind of a subtask run by a worker.
 pub const KIND_SUBTASK: &str = "subtask";
@@ -81,12 +81,42 @@ pub struct JobRow {
     pub result: Option<String>,
 }
 
+/// The columns [`JobRow::from_row`] reads, in its order.
+const JOB_ROW: &str = "bead, step_bead, run_id, spec, state, holder, token, attempt, result";
+
+impl JobRow {
+    fn from_row(r: &tokio_postgres::Row) -> JobRow {
+        JobRow {
+            job: NewJob {
+                bead: r.get(0),
+                step_bead: r.get(1),
+                run_id: r.get(2),
+                spec: r.get(3),
+            },
+            state: r.get(4),
+            holder: r.get(5),
+            token: r.get(6),
+            attempt: r.get(7),
+            result: r.get(8),
+        }
+    }
+}
+
 /// The job table of one database.
 #[derive(Clone)]
 pub struct Queue {
     pool: Pool,
     url: String,
     leases: Leases,
+}
+
+impl Tables for Queue {
+    fn pool(&self) -> &Pool {
+        &self.pool
+    }
+    fn url(&self) -> &str {
+        &self.url
+    }
 }
 
 impl Queue {
@@ -102,31 +132,11 @@ impl Queue {
         &self.leases
     }
 
-    fn db(&self, source: tokio_postgres::Error) -> PgError {
-        PgError::Db {
-            url: self.url.clone(),
-            source,
-        }
-    }
-
-    async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
-        self.pool.get().await.map_err(|e| PgError::Pool {
-            url: self.url.clone(),
-            message: e.to_string(),
-        })
-    }
-
     /// Creates the job table and the lease table if they are missing (safe from many processes
     /// at once).
     pub async fn install(&self) -> Result<(), PgError> {
         self.leases.install().await?;
-        let client = self.client().await?;
-        client
-            .batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock(7265322); {DDL} COMMIT;"
-            ))
-            .await
-            .map_err(|e| self.db(e))
+        self.create_tables(7265322, DDL).await
     }
 
     /// Makes `job` claimable: a new row, or one that had finished (a subtask sent back after a
@@ -245,17 +255,7 @@ impl Queue {
         )
         .await
         .map_err(|e| self.db(e))?;
-        tx.execute(
-            "DELETE FROM wiggum_leases WHERE repo = $1 AND kind = $2 AND key = $3 AND token = $4",
-            &[
-                &claim.repo,
-                &KIND_SUBTASK,
-                &claim.job.bead,
-                &claim.lease.token,
-            ],
-        )
-        .await
-        .map_err(|e| self.db(e))?;
+        self.leases.release_in(&tx, &claim.lease).await?;
         tx.execute(
             "SELECT pg_notify($1, $2)",
             &[&CHANNEL_DONE, &claim.job.step_bead],
@@ -281,17 +281,7 @@ impl Queue {
         )
         .await
         .map_err(|e| self.db(e))?;
-        tx.execute(
-            "DELETE FROM wiggum_leases WHERE repo = $1 AND kind = $2 AND key = $3 AND token = $4",
-            &[
-                &claim.repo,
-                &KIND_SUBTASK,
-                &claim.job.bead,
-                &claim.lease.token,
-            ],
-        )
-        .await
-        .map_err(|e| self.db(e))?;
+        self.leases.release_in(&tx, &claim.lease).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL_READY, &claim.repo])
             .await
             .map_err(|e| self.db(e))?;
@@ -304,29 +294,16 @@ impl Queue {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT bead, step_bead, run_id, spec, state, holder, token, attempt, result
-                 FROM wiggum_jobs WHERE repo = $1 AND ($2::text IS NULL OR step_bead = $2)
-                 ORDER BY created_at, bead",
+                &format!(
+                    "SELECT {JOB_ROW} FROM wiggum_jobs
+                     WHERE repo = $1 AND ($2::text IS NULL OR step_bead = $2)
+                     ORDER BY created_at, bead"
+                ),
                 &[&repo, &step_bead],
             )
             .await
             .map_err(|e| self.db(e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| JobRow {
-                job: NewJob {
-                    bead: r.get(0),
-                    step_bead: r.get(1),
-                    run_id: r.get(2),
-                    spec: r.get(3),
-                },
-                state: r.get(4),
-                holder: r.get(5),
-                token: r.get(6),
-                attempt: r.get(7),
-                result: r.get(8),
-            })
-            .collect())
+        Ok(rows.iter().map(JobRow::from_row).collect())
     }
 
     /// One job, if it was published.
@@ -334,25 +311,12 @@ impl Queue {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT bead, step_bead, run_id, spec, state, holder, token, attempt, result
-                 FROM wiggum_jobs WHERE repo = $1 AND bead = $2",
+                &format!("SELECT {JOB_ROW} FROM wiggum_jobs WHERE repo = $1 AND bead = $2"),
                 &[&repo, &bead],
             )
             .await
             .map_err(|e| self.db(e))?;
-        Ok(row.map(|r| JobRow {
-            job: NewJob {
-                bead: r.get(0),
-                step_bead: r.get(1),
-                run_id: r.get(2),
-                spec: r.get(3),
-            },
-            state: r.get(4),
-            holder: r.get(5),
-            token: r.get(6),
-            attempt: r.get(7),
-            result: r.get(8),
-        }))
+        Ok(row.as_ref().map(JobRow::from_row))
     }
 }
 

@@ -5,7 +5,7 @@
 use deadpool_postgres::Pool;
 
 use super::queue::KIND_SUBTASK;
-use crate::pg::{DbUrl, PgError};
+use crate::pg::{DbUrl, PgError, Tables};
 
 /// The lease kind of a worker process (key and holder: its id).
 pub const KIND_WORKER: &str = "worker";
@@ -74,6 +74,15 @@ pub struct Registry {
     url: String,
 }
 
+impl Tables for Registry {
+    fn pool(&self) -> &Pool {
+        &self.pool
+    }
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 impl Registry {
     pub fn new(pool: Pool, url: &DbUrl) -> Registry {
         Registry {
@@ -82,29 +91,9 @@ impl Registry {
         }
     }
 
-    fn db(&self, source: tokio_postgres::Error) -> PgError {
-        PgError::Db {
-            url: self.url.clone(),
-            source,
-        }
-    }
-
-    async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
-        self.pool.get().await.map_err(|e| PgError::Pool {
-            url: self.url.clone(),
-            message: e.to_string(),
-        })
-    }
-
     /// Creates the table if it is missing.
     pub async fn install(&self) -> Result<(), PgError> {
-        let client = self.client().await?;
-        client
-            .batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock(7265323); {DDL} COMMIT;"
-            ))
-            .await
-            .map_err(|e| self.db(e))
+        self.create_tables(7265323, DDL).await
     }
 
     /// Records a worker that starts.
