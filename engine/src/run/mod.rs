@@ -2,6 +2,7 @@
 //! with its steps and iterations below it.
 
 pub mod cancel;
+mod distributed;
 pub mod failpoint;
 mod ledger_git;
 pub mod orphans;

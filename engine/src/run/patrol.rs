@@ -887,6 +887,35 @@ async fn run_agent_step(
         description.push_str(&format!("- check: `{c}`\n"));
     }
     let ws = begin_step(ctx, step, st, &description)?;
+    // With PostgreSQL, a shared remote and a live worker: a step that does not split runs on a
+    // worker; a split step's subtasks do (see `run::distributed`).
+    let distributed =
+        super::distributed::for_step(&ctx.patrol, &ctx.repo_root, agent, &config.review).await;
+    let ws = match (
+        &distributed,
+        super::distributed::claimable(&ctx.patrol, step),
+    ) {
+        (Some(d), true) => {
+            let bead = st.bead.clone();
+            let job = super::distributed::StepJob {
+                run_id: &ctx.run_id,
+                step_id: &step.id,
+                bead: &bead,
+                prompt: &prompt,
+                acceptance: acceptance.as_deref(),
+                config: &config,
+                recorder: &ctx.recorder,
+                cancel: &ctx.cancel,
+            };
+            match super::distributed::on_worker(d, job, ws).await {
+                super::distributed::OnWorker::Here(ws) => ws,
+                super::distributed::OnWorker::Ran(report, ws) => {
+                    return after_worker(ctx, st, report, ws).await
+                }
+            }
+        }
+        _ => ws,
+    };
     let start = start_point(&ctx.recorder, st)?;
     if let Some((outcome, reason)) = ended_loop(&ctx.recorder, &st.bead)? {
         // The loop had ended (a process killed between its last iteration and the merge):
@@ -932,7 +961,7 @@ async fn run_agent_step(
         cancel: &ctx.cancel,
         spend: &ctx.spend,
         level: 1,
-        distributed: None,
+        distributed: distributed.as_ref(),
     };
     let report = crate::split::run_step(&spec, &agents, &split, start).await;
     st.iterations = report.iterations;
@@ -946,6 +975,29 @@ async fn run_agent_step(
     merge_step(ctx, ws)
         .await
         .map(|()| (Outcome::Converged, report.reason))
+}
+
+/// A step a worker ran (see `run::distributed`): its spend counts, and a converged one is
+/// merged like a step run here.
+async fn after_worker(
+    ctx: &RunCtx,
+    st: &mut StepState,
+    report: crate::ralph::runner::StepReport,
+    ws: Option<Workspace>,
+) -> Result<(Outcome, String), String> {
+    st.iterations = st.iterations.max(report.iterations);
+    st.tokens += report.usage.total();
+    st.cost_usd += report.cost_usd;
+    if !report.summary.is_empty() {
+        st.summary = report.summary.clone();
+    }
+    match (report.outcome, ws) {
+        (Outcome::Converged, Some(ws)) => merge_step(ctx, ws)
+            .await
+            .map(|()| (Outcome::Converged, report.reason)),
+        (Outcome::Converged, None) => Err("converged on a worker, but its worktree is gone".into()),
+        (outcome, _) => Ok((outcome, report.reason)),
+    }
 }
 
 /// Forwards a step's events to the run's sink and saves the run's state at each iteration's

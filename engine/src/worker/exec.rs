@@ -133,6 +133,7 @@ async fn run(
         holder,
         machine: m.machine.to_string(),
         attempt: claim.attempt(),
+        summary: String::new(),
     };
     let spec = match JobSpec::from_json(&claim.job.spec) {
         Ok(s) => s,
@@ -161,7 +162,13 @@ async fn run(
         &polecat.identity.author_email,
     );
     result.tip = ws.head().ok();
-    let step_id = format!("{}/{}", spec.step_id, spec.subtask);
+    // A patrol step (a `step` job) runs under its own id; a subtask under `<step>/<subtask>`.
+    let whole_step = claim.lease.kind == super::queue::KIND_STEP;
+    let step_id = if whole_step {
+        spec.step_id.clone()
+    } else {
+        format!("{}/{}", spec.step_id, spec.subtask)
+    };
     let env = vec![
         ("WIGGUM_RUN".to_string(), spec.run_id.clone()),
         ("WIGGUM_STEP".to_string(), step_id.clone()),
@@ -214,8 +221,11 @@ async fn run(
         }
     };
     let mut config = spec.config.clone();
-    // The limit is per attempt: iterations recorded by an earlier holder do not use it up.
-    config.max_iterations += start.done;
+    // A subtask's limit is per attempt: iterations recorded by an earlier holder do not use
+    // it up. A step's is the step's, as when it runs on the machine of its run.
+    if !whole_step {
+        config.max_iterations += start.done;
+    }
     let step = StepSpec {
         run_id: spec.run_id.clone(),
         step_id,
@@ -267,6 +277,7 @@ async fn run(
     result.iterations = report.iterations;
     result.tokens = report.usage.total();
     result.cost_usd = report.cost_usd;
+    result.summary = report.summary.clone();
     result.tip = ws.head().ok().or(report.last_checkpoint.clone());
     if let Some(remote) = m.remote {
         // The result names the tip: it must be on the remote before the finish is recorded.

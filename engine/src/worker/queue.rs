@@ -14,8 +14,10 @@ use deadpool_postgres::Pool;
 use crate::pg::lease::{Lease, Leases};
 use crate::pg::{DbUrl, PgError, Tables};
 
-/// The lease kind of a subtask run by a worker.
+/// The lease kind (and job kind) of a subtask run by a worker.
 pub const KIND_SUBTASK: &str = "subtask";
+/// The lease kind (and job kind) of a patrol step run by a worker (see `run::distributed`).
+pub const KIND_STEP: &str = "step";
 /// NOTIFY channel: a job was published (payload: the repository key).
 pub const CHANNEL_READY: &str = "wiggum_jobs_ready";
 /// NOTIFY channel: a job finished (payload: the step bead).
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS wiggum_jobs(
 );
 CREATE INDEX IF NOT EXISTS wiggum_jobs_state ON wiggum_jobs(repo, state, created_at, bead);
 CREATE INDEX IF NOT EXISTS wiggum_jobs_step ON wiggum_jobs(repo, step_bead);
+ALTER TABLE wiggum_jobs ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'subtask';
 ";
 
 /// A job as published: what a worker runs.
@@ -79,10 +82,12 @@ pub struct JobRow {
     pub attempt: i32,
     /// The worker's result, JSON, once finished.
     pub result: Option<String>,
+    /// [`KIND_SUBTASK`] or [`KIND_STEP`].
+    pub kind: String,
 }
 
 /// The columns [`JobRow::from_row`] reads, in its order.
-const JOB_ROW: &str = "bead, step_bead, run_id, spec, state, holder, token, attempt, result";
+const JOB_ROW: &str = "bead, step_bead, run_id, spec, state, holder, token, attempt, result, kind";
 
 impl JobRow {
     fn from_row(r: &tokio_postgres::Row) -> JobRow {
@@ -98,6 +103,7 @@ impl JobRow {
             token: r.get(6),
             attempt: r.get(7),
             result: r.get(8),
+            kind: r.get(9),
         }
     }
 }
@@ -143,18 +149,37 @@ impl Queue {
     /// failed merge) made ready again with its new spec. A job some worker is running is left
     /// as it is; returns whether the job is now ready.
     pub async fn publish(&self, repo: &str, job: &NewJob) -> Result<bool, PgError> {
+        self.publish_kind(repo, job, KIND_SUBTASK).await
+    }
+
+    /// [`Queue::publish`] of a job of `kind` ([`KIND_SUBTASK`] or [`KIND_STEP`]): its claim
+    /// takes a lease of that kind.
+    pub async fn publish_kind(
+        &self,
+        repo: &str,
+        job: &NewJob,
+        kind: &str,
+    ) -> Result<bool, PgError> {
         let client = self.client().await?;
         let n = client
             .execute(
-                "INSERT INTO wiggum_jobs AS j (repo, bead, step_bead, run_id, spec, state)
-                 VALUES ($1, $2, $3, $4, $5, 'ready')
+                "INSERT INTO wiggum_jobs AS j (repo, bead, step_bead, run_id, spec, state, kind)
+                 VALUES ($1, $2, $3, $4, $5, 'ready', $6)
                  ON CONFLICT (repo, bead) DO UPDATE
                      SET spec = EXCLUDED.spec, step_bead = EXCLUDED.step_bead,
+                         kind = EXCLUDED.kind,
                          run_id = EXCLUDED.run_id, state = 'ready', result = NULL,
                          holder = NULL, token = NULL, created_at = now(),
                          claimed_at = NULL, finished_at = NULL
                      WHERE j.state <> 'running'",
-                &[&repo, &job.bead, &job.step_bead, &job.run_id, &job.spec],
+                &[
+                    &repo,
+                    &job.bead,
+                    &job.step_bead,
+                    &job.run_id,
+                    &job.spec,
+                    &kind,
+                ],
             )
             .await
             .map_err(|e| self.db(e))?;
@@ -196,10 +221,10 @@ impl Queue {
         let tx = client.transaction().await.map_err(|e| self.db(e))?;
         let row = tx
             .query_opt(
-                "SELECT j.bead, j.step_bead, j.run_id, j.spec FROM wiggum_jobs j
+                "SELECT j.bead, j.step_bead, j.run_id, j.spec, j.kind FROM wiggum_jobs j
                  WHERE j.repo = $1 AND j.state = $2
                    AND NOT EXISTS (SELECT 1 FROM wiggum_leases l
-                       WHERE l.repo = j.repo AND l.kind = 'subtask' AND l.key = j.bead
+                       WHERE l.repo = j.repo AND l.kind = j.kind AND l.key = j.bead
                          AND l.expires_at > now())
                  ORDER BY j.created_at, j.bead
                  LIMIT 1 FOR UPDATE OF j SKIP LOCKED",
@@ -216,9 +241,10 @@ impl Queue {
             run_id: row.get(2),
             spec: row.get(3),
         };
+        let kind: String = row.get(4);
         let Some(lease) = self
             .leases
-            .acquire_in(&tx, repo, KIND_SUBTASK, &job.bead, holder, ttl)
+            .acquire_in(&tx, repo, &kind, &job.bead, holder, ttl)
             .await?
         else {
             return Ok(Step::Raced);
@@ -287,6 +313,20 @@ impl Queue {
             .map_err(|e| self.db(e))?;
         tx.commit().await.map_err(|e| self.db(e))?;
         Ok(true)
+    }
+
+    /// Takes back a job nobody runs yet (`ready`): the driver runs it itself after all (no
+    /// live worker any more). `false` when it is running or finished (it is left as it is).
+    pub async fn withdraw(&self, repo: &str, bead: &str) -> Result<bool, PgError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM wiggum_jobs WHERE repo = $1 AND bead = $2 AND state = 'ready'",
+                &[&repo, &bead],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        Ok(n == 1)
     }
 
     /// The jobs of `repo` (of one step when `step_bead` is given), oldest first.
@@ -466,5 +506,52 @@ mod tests {
             q.get("repo", "wg-s.1.1").await.unwrap().unwrap().result,
             None
         );
+    }
+    #[tokio::test]
+    async fn a_step_job_is_claimed_with_a_step_lease_beside_subtasks() {
+        let Some(q) = queue("queue step kind").await else {
+            return;
+        };
+        let step = NewJob {
+            bead: "wg-s.2".into(),
+            step_bead: "wg-s".into(),
+            run_id: "wg-s".into(),
+            spec: "{}".into(),
+        };
+        assert!(q.publish_kind("repo", &step, KIND_STEP).await.unwrap());
+        q.publish("repo", &job(1)).await.unwrap();
+        let first = q
+            .claim("repo", "a/nux", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.job.bead, "wg-s.2");
+        assert_eq!(first.lease.kind, KIND_STEP);
+        let second = q
+            .claim("repo", "b/slit", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.lease.kind, KIND_SUBTASK);
+        let rows = q.list("repo", None).await.unwrap();
+        let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, [KIND_STEP, KIND_SUBTASK]);
+        // Running: not withdrawn; finished with its step lease, then released.
+        assert!(!q.withdraw("repo", "wg-s.2").await.unwrap());
+        assert!(q.finish(&first, "{}").await.unwrap());
+        assert!(q
+            .leases()
+            .list("repo", Some(KIND_STEP))
+            .await
+            .unwrap()
+            .is_empty());
+        // A ready job is withdrawn.
+        let other = NewJob {
+            bead: "wg-s.3".into(),
+            ..step
+        };
+        q.publish_kind("repo", &other, KIND_STEP).await.unwrap();
+        assert!(q.withdraw("repo", "wg-s.3").await.unwrap());
+        assert!(q.get("repo", "wg-s.3").await.unwrap().is_none());
     }
 }

@@ -4,7 +4,7 @@
 
 use deadpool_postgres::Pool;
 
-use super::queue::KIND_SUBTASK;
+use super::queue::{KIND_STEP, KIND_SUBTASK};
 use crate::pg::{DbUrl, PgError, Tables};
 
 /// The lease kind of a worker process (key and holder: its id).
@@ -160,9 +160,9 @@ impl Registry {
                         l.expires_at, l.expires_at <= now(), l.repo
                  FROM wiggum_leases l
                  LEFT JOIN wiggum_jobs j ON j.repo = l.repo AND j.bead = l.key
-                 WHERE l.kind = $2 AND ($1::text IS NULL OR l.repo = $1)
+                 WHERE (l.kind = $2 OR l.kind = $3) AND ($1::text IS NULL OR l.repo = $1)
                  ORDER BY l.acquired_at, l.key",
-                &[&repo, &KIND_SUBTASK],
+                &[&repo, &KIND_SUBTASK, &KIND_STEP],
             )
             .await
             .map_err(|e| self.db(e))?;

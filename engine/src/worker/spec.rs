@@ -71,6 +71,9 @@ pub struct JobResult {
     pub machine: String,
     /// Takeovers included: 1 for the first claim.
     pub attempt: i32,
+    /// A line from the last work reply (a patrol step's `{{steps.ID.summary}}`).
+    #[serde(default)]
+    pub summary: String,
 }
 
 impl JobSpec {

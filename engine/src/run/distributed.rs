@@ -1,0 +1,386 @@
+//! Patrols on several machines (docs/scale-out.md, "Patrols and workers"). With the ledger on
+//! PostgreSQL, a shared remote and at least one live `wiggum worker` of the repository:
+//!
+//! - a split step's subtasks go to the workers ([`for_step`] gives the split driver the
+//!   step's agents as configs, converted from the patrol's TOML tables), exactly like
+//!   `wiggum task`'s;
+//! - a step that does not split ([`claimable`]) is published whole as a `step` job
+//!   ([`on_worker`]): a worker claims it with a `step` lease, runs its full Ralph loop in its
+//!   own clone (iterations recorded under the step's bead in the shared ledger), pushes its
+//!   branch after every checkpoint; the run's driver waits for the result, fetches the branch
+//!   and merges it into the run's branch as it does for a step it ran itself.
+//!
+//! Without a database, a remote or a live worker, none of this happens: the steps run here.
+
+use std::path::Path;
+use std::time::Duration;
+
+use wiggum_agents::config::AgentConfig;
+use wiggum_agents::Usage;
+
+use super::cancel::Cancel;
+use super::record::Recorder;
+use super::state::RunLock;
+use crate::patrol::{Patrol, SplitMode, Step, StepKind};
+use crate::ralph::runner::StepReport;
+use crate::ralph::{Outcome, ReviewMode};
+use crate::worker::distribute::Distributed;
+use crate::worker::exec::git;
+use crate::worker::queue::{NewJob, CHANNEL_DONE, KIND_STEP};
+use crate::worker::{JobResult, JobSpec, Registry};
+use crate::workspace::Workspace;
+
+/// A patrol agent's config, from its TOML table.
+fn agent_config(patrol: &Patrol, name: &str) -> Result<AgentConfig, String> {
+    let def = patrol
+        .agents
+        .get(name)
+        .ok_or_else(|| format!("unknown agent `{name}`"))?;
+    toml::Value::Table(def.table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("agent `{name}`: {}", e.message()))
+}
+
+/// The distributed mode for an agent step of `patrol` working with agent `agent` (and the
+/// reviewer `review` names): `Some` when the repository's ledger is on PostgreSQL, it has a
+/// shared remote and a live worker. A database that cannot be reached is logged, and the
+/// step runs here.
+pub(super) async fn for_step(
+    patrol: &Patrol,
+    repo_root: &Path,
+    agent: &str,
+    review: &ReviewMode,
+) -> Option<Distributed> {
+    let convert = || -> Result<(AgentConfig, Option<AgentConfig>), String> {
+        let worker = agent_config(patrol, agent)?;
+        let reviewer = match review {
+            ReviewMode::Agent(name) => Some(agent_config(patrol, name)?),
+            _ => None,
+        };
+        Ok((worker, reviewer))
+    };
+    let (worker, reviewer) = match convert() {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!("the step runs on this machine: {e}");
+            return None;
+        }
+    };
+    let base_dir = patrol
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    // The patrol's directory as the clone sees it (a relative `script` or command starts
+    // there on the worker's clone too).
+    let base_dir = base_dir.canonicalize().unwrap_or(base_dir);
+    let root = repo_root
+        .canonicalize()
+        .unwrap_or_else(|_| repo_root.to_path_buf());
+    match Distributed::for_repo(&root, &worker, reviewer.as_ref(), &base_dir).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("the step runs on this machine: {e}");
+            None
+        }
+    }
+}
+
+/// Whether a step may be run whole by a worker: an agent step that does not split (no
+/// `[steps.split]`, or `mode = "never"`: a worker runs a plain Ralph loop) in a patrol that is
+/// not sandboxed (the sandbox is this machine's).
+pub(super) fn claimable(patrol: &Patrol, step: &Step) -> bool {
+    matches!(step.kind, StepKind::Agent { .. })
+        && !patrol.sandbox
+        && step
+            .split
+            .as_ref()
+            .is_none_or(|s| s.mode == SplitMode::Never)
+}
+
+/// What the driver runs a step with on a worker.
+pub(super) struct StepJob<'a> {
+    pub run_id: &'a str,
+    pub step_id: &'a str,
+    pub bead: &'a str,
+    /// The rendered prompt and acceptance, and the loop's config with rendered checks.
+    pub prompt: &'a str,
+    pub acceptance: Option<&'a str>,
+    pub config: &'a crate::ralph::LoopConfig,
+    pub recorder: &'a Recorder,
+    pub cancel: &'a Cancel,
+}
+
+/// How [`on_worker`] went.
+pub(super) enum OnWorker {
+    /// Not run by a worker (no job, and the step's loop had ended here already; or every
+    /// worker went away before one claimed it): the step runs here, in this worktree.
+    Here(Workspace),
+    /// A worker ran the step's loop; its branch is fetched into the step's worktree
+    /// (`None` when that failed: the report says why).
+    Ran(StepReport, Option<Workspace>),
+}
+
+/// Runs a step on a worker: publishes it (its base commit pushed to the remote as
+/// `refs/wiggum/base/<sha>`), or, on a resumed run, finds the job published before; waits for
+/// its result; brings the worker's branch into the step's worktree.
+pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) -> OnWorker {
+    let root = ws.repo_root().to_path_buf();
+    let name = ws.name().to_string();
+    let branch = ws.branch().to_string();
+    let existing = match d.queue.get(&d.repo, job.bead).await {
+        Ok(row) => row,
+        Err(e) => {
+            tracing::warn!("step {} runs on this machine: {e}", job.step_id);
+            return OnWorker::Here(ws);
+        }
+    };
+    if existing.is_none() {
+        // Ended here before (a process killed between the loop's end and the merge).
+        if matches!(
+            super::resume_point::ended_loop(job.recorder, job.bead),
+            Ok(Some(_)) | Err(_)
+        ) {
+            return OnWorker::Here(ws);
+        }
+        let base = match ws.head() {
+            Ok(b) => b,
+            Err(e) => return failed(format!("error: the step's branch: {e}"), Some(ws)),
+        };
+        let base_ref = format!("refs/wiggum/base/{base}");
+        if let Err(e) = push_ref(&root, &d.remote, &base, &base_ref).await {
+            return failed(
+                format!("error: the step's branch could not be pushed for the workers: {e}"),
+                Some(ws),
+            );
+        }
+        let spec = JobSpec {
+            run_id: job.run_id.to_string(),
+            step_id: job.step_id.to_string(),
+            subtask: String::new(),
+            bead: job.bead.to_string(),
+            prompt: job.prompt.to_string(),
+            acceptance: job.acceptance.map(str::to_string),
+            config: job.config.clone(),
+            worker: d.worker.clone(),
+            reviewer: d.reviewer.clone(),
+            agent_dir: d.agent_dir.clone(),
+            setup: None,
+            base,
+            base_branch: Some(base_ref),
+            branch: branch.clone(),
+            worktree: name.clone(),
+            attempt: 1,
+            fresh: false,
+            update: false,
+        };
+        // The branch stays; only its worktree goes, so a worker in this same clone can check
+        // the branch out (a branch is checked out in one worktree at a time).
+        {
+            let _across = RunLock::worktrees(&root).ok();
+            if let Err(e) = ws.remove() {
+                return failed(
+                    format!("error: could not hand the step's worktree over: {e}"),
+                    None,
+                );
+            }
+        }
+        let new = NewJob {
+            bead: job.bead.to_string(),
+            step_bead: job.run_id.to_string(),
+            run_id: job.run_id.to_string(),
+            spec: spec.to_json(),
+        };
+        if let Err(e) = d.queue.publish_kind(&d.repo, &new, KIND_STEP).await {
+            return match reopen(&root, &name, &branch) {
+                Ok(ws) => {
+                    tracing::warn!("step {} runs on this machine: {e}", job.step_id);
+                    OnWorker::Here(ws)
+                }
+                Err(r) => failed(format!("error: publishing the step: {e}; {r}"), None),
+            };
+        }
+    } else {
+        // Resumed: the job published by an earlier process is waited for as it is.
+        let _across = RunLock::worktrees(&root).ok();
+        let _ = ws.remove();
+    }
+    let result = match wait(d, &job).await {
+        Waited::Done(r) => r,
+        Waited::Cancelled => {
+            let mut report = report_of(
+                Outcome::Cancelled,
+                "cancelled while a worker runs the step; `wiggum resume` waits for it again".into(),
+            );
+            report.iterations = 0;
+            return OnWorker::Ran(report, reopen(&root, &name, &branch).ok());
+        }
+        Waited::Nobody => {
+            return match reopen(&root, &name, &branch) {
+                Ok(ws) => OnWorker::Here(ws),
+                Err(e) => failed(format!("error: {e}"), None),
+            }
+        }
+        Waited::Failed(why) => return failed(why, reopen(&root, &name, &branch).ok()),
+    };
+    let mut report = report_of(result.outcome, result.reason.clone());
+    report.iterations = result.iterations;
+    report.usage.output_tokens = result.tokens;
+    report.cost_usd = result.cost_usd;
+    report.summary = result.summary.clone();
+    report.last_checkpoint = result.tip.clone();
+    match fetch_into(&root, &d.remote, &name, &branch).await {
+        Ok(ws) => OnWorker::Ran(report, Some(ws)),
+        Err(e) => {
+            if report.outcome == Outcome::Converged {
+                report.outcome = Outcome::Error;
+            }
+            report.reason = format!(
+                "error: ran on {} ({}), but its branch could not be brought back: {e}",
+                result.machine, result.reason
+            );
+            OnWorker::Ran(report, reopen(&root, &name, &branch).ok())
+        }
+    }
+}
+
+enum Waited {
+    Done(JobResult),
+    Cancelled,
+    /// Still unclaimed, and no worker is alive any more: taken back.
+    Nobody,
+    Failed(String),
+}
+
+/// Waits for the step's job to finish (`NOTIFY` on the run's jobs, a jittered poll behind).
+async fn wait(d: &Distributed, job: &StepJob<'_>) -> Waited {
+    let mut wake = crate::pg::notify::listen(&d.url, &[CHANNEL_DONE])
+        .await
+        .ok();
+    let registry = crate::pg::pool(&d.url, 1)
+        .ok()
+        .map(|pool| Registry::new(pool, &d.url));
+    loop {
+        if job.cancel.is_cancelled() {
+            return Waited::Cancelled;
+        }
+        match d.queue.get(&d.repo, job.bead).await {
+            Ok(Some(row)) if row.state == "finished" => {
+                return match row
+                    .result
+                    .as_deref()
+                    .and_then(|r| serde_json::from_str(r).ok())
+                {
+                    Some(r) => Waited::Done(r),
+                    None => Waited::Failed("error: the worker's result cannot be read".into()),
+                };
+            }
+            Ok(Some(row)) if row.state == "ready" => {
+                if let Some(reg) = &registry {
+                    let alive = reg
+                        .list(Some(&d.repo))
+                        .await
+                        .map(|ws| ws.iter().any(|w| w.state == "running"))
+                        .unwrap_or(true);
+                    if !alive && matches!(d.queue.withdraw(&d.repo, job.bead).await, Ok(true)) {
+                        tracing::warn!(
+                            "no worker is left to run step {}: it runs on this machine",
+                            job.step_id
+                        );
+                        return Waited::Nobody;
+                    }
+                }
+            }
+            Ok(None) => {
+                return Waited::Failed(format!(
+                    "error: the job of step {} is gone from the shared queue",
+                    job.step_id
+                ))
+            }
+            Ok(Some(_)) => {}
+            Err(e) => tracing::warn!("waiting for step {}: {e}", job.step_id),
+        }
+        let pause = crate::pg::notify::backstop(d.poll);
+        match wake.as_mut() {
+            Some(rx) => {
+                tokio::select! {
+                    _ = rx.recv() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = job.cancel.cancelled() => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = job.cancel.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+fn failed(reason: String, ws: Option<Workspace>) -> OnWorker {
+    OnWorker::Ran(report_of(Outcome::Error, reason), ws)
+}
+
+fn report_of(outcome: Outcome, reason: String) -> StepReport {
+    StepReport {
+        outcome,
+        reason,
+        iterations: 0,
+        usage: Usage::default(),
+        cost_usd: 0.0,
+        summary: String::new(),
+        last_checkpoint: None,
+        split: None,
+    }
+}
+
+/// The step's worktree again, from its branch.
+fn reopen(root: &Path, name: &str, branch: &str) -> Result<Workspace, String> {
+    let _across = RunLock::worktrees(root).ok();
+    Workspace::open(root, name, branch)
+        .map_err(|e| format!("could not re-open the step's worktree: {e}"))
+}
+
+/// Pushes commit `sha` to `refspec_dst` of the remote, a few tries.
+async fn push_ref(root: &Path, remote: &str, sha: &str, dst: &str) -> Result<(), String> {
+    let refspec = format!("{sha}:{dst}");
+    let mut last = String::new();
+    for attempt in 0..3u64 {
+        match git(root, &["push", "-q", "--no-verify", remote, &refspec]).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+    }
+    Err(last)
+}
+
+/// Fetches the worker's branch and puts the step's worktree (made again if it is gone) at
+/// its tip.
+async fn fetch_into(
+    root: &Path,
+    remote: &str,
+    name: &str,
+    branch: &str,
+) -> Result<Workspace, String> {
+    let fetched = format!("refs/wiggum/fetched/{branch}");
+    git(
+        root,
+        &[
+            "fetch",
+            "-q",
+            remote,
+            &format!("+refs/heads/{branch}:{fetched}"),
+        ],
+    )
+    .await
+    .map_err(|e| format!("fetching the step's branch {branch}: {e}"))?;
+    let sha = git(root, &["rev-parse", &fetched]).await?;
+    let ws = reopen(root, name, branch)?;
+    git(ws.path(), &["reset", "-q", "--hard", &sha]).await?;
+    drop(ws);
+    // Opened again: its last checkpoint is the fetched tip.
+    reopen(root, name, branch)
+}
