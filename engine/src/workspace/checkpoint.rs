@@ -288,6 +288,19 @@ mod tests {
         Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap()
     }
 
+    /// Both ways a checkpoint stages the worktree: libgit2, and git's own commands (taken on
+    /// a large index). The staging tests run once with each.
+    const READERS: [StatusReader; 2] = [StatusReader::Libgit2, StatusReader::Git];
+
+    /// A workspace whose checkpoints take their status with `reader` (named on stderr, so a
+    /// failure says which one).
+    fn workspace_read_by(t: &TestRepo, reader: StatusReader) -> Workspace {
+        eprintln!("checkpoints staged by {reader:?}");
+        let ws = workspace(t);
+        ws.set_status_reader(reader);
+        ws
+    }
+
     #[test]
     fn checkpoint_commits_new_files_on_the_branch() {
         let t = TestRepo::new();
@@ -333,111 +346,124 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_records_modifications_and_deletions() {
-        let t = TestRepo::new();
-        t.write("gone.txt", "one\ntwo\n");
-        t.commit_all("add gone.txt");
-        let ws = workspace(&t);
-        write_file(ws.path(), "README.md", "hello world\n");
-        std::fs::remove_file(ws.path().join("gone.txt")).unwrap();
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert!(cp.changed);
-        assert_eq!(
-            cp.stat,
-            DiffStat {
-                files_changed: 2,
-                insertions: 1,
-                deletions: 3
-            }
-        );
-        let tree = checkpoint_tree(&t, &cp);
-        assert!(tree.get_path(Path::new("gone.txt")).is_err());
+    fn checkpoint_records_new_files_modifications_and_deletions() {
+        for reader in READERS {
+            let t = TestRepo::new();
+            t.write("gone.txt", "one\ntwo\n");
+            t.commit_all("add gone.txt");
+            let ws = workspace_read_by(&t, reader);
+            write_file(ws.path(), "README.md", "hello world\n");
+            write_file(ws.path(), "new dir/deep/new file.txt", "new\n");
+            std::fs::remove_file(ws.path().join("gone.txt")).unwrap();
+            let cp = ws.checkpoint("iteration 1").unwrap();
+            assert!(cp.changed);
+            assert_eq!(
+                cp.stat,
+                DiffStat {
+                    files_changed: 3,
+                    insertions: 2,
+                    deletions: 3
+                }
+            );
+            let tree = checkpoint_tree(&t, &cp);
+            assert!(tree.get_path(Path::new("gone.txt")).is_err());
+            assert!(tree
+                .get_path(Path::new("new dir/deep/new file.txt"))
+                .is_ok());
+            assert!(!ws.is_dirty().unwrap());
+            let again = ws.checkpoint("iteration 2").unwrap();
+            assert!(!again.changed);
+            assert_eq!(again.sha, cp.sha);
+        }
     }
 
     #[test]
     fn checkpoint_leaves_ignored_files_out() {
-        let t = TestRepo::new();
-        t.write(".gitignore", "target/\n*.log\n");
-        t.commit_all("ignores");
-        let ws = workspace(&t);
-        write_file(ws.path(), "target/debug/app", "binary");
-        write_file(ws.path(), "run.log", "log");
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert!(!cp.changed);
-        write_file(ws.path(), "kept.txt", "kept\n");
-        let cp = ws.checkpoint("iteration 2").unwrap();
-        assert_eq!(cp.stat.files_changed, 1);
+        for reader in READERS {
+            let t = TestRepo::new();
+            t.write(".gitignore", "target/\n*.log\n");
+            t.commit_all("ignores");
+            let ws = workspace_read_by(&t, reader);
+            write_file(ws.path(), "target/debug/app", "binary");
+            write_file(ws.path(), "run.log", "log");
+            let cp = ws.checkpoint("iteration 1").unwrap();
+            assert!(!cp.changed);
+            write_file(ws.path(), "kept.txt", "kept\n");
+            let cp = ws.checkpoint("iteration 2").unwrap();
+            assert_eq!(cp.stat.files_changed, 1);
+            assert!(checkpoint_tree(&t, &cp)
+                .get_path(Path::new("target"))
+                .is_err());
+        }
     }
 
     #[test]
-    fn checkpoint_copes_with_a_nested_repository_the_agent_made() {
-        let t = TestRepo::new();
-        let ws = workspace(&t);
-        Repository::init(ws.path().join("vendor/lib")).unwrap();
-        write_file(ws.path(), "vendor/lib/a.txt", "a\n");
-        write_file(ws.path(), "b.txt", "b\n");
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert!(cp.changed);
-        let tree = checkpoint_tree(&t, &cp);
-        assert!(tree.get_path(Path::new("b.txt")).is_ok());
-    }
-
-    #[test]
-    fn checkpoint_names_the_nested_repository_it_left_out() {
-        let t = TestRepo::new();
-        let ws = workspace(&t);
-        Repository::init(ws.path().join("vendor/lib")).unwrap();
-        write_file(ws.path(), "vendor/lib/a.txt", "a\n");
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert_eq!(cp.left_out, vec!["vendor/lib/".to_string()]);
-        assert!(!cp.changed);
-        let tree = checkpoint_tree(&t, &cp);
-        assert!(tree.get_path(Path::new("vendor")).is_err());
+    fn checkpoint_copes_with_a_nested_repository_the_agent_made_and_names_it() {
+        for reader in READERS {
+            let t = TestRepo::new();
+            let ws = workspace_read_by(&t, reader);
+            Repository::init(ws.path().join("vendor/lib")).unwrap();
+            write_file(ws.path(), "vendor/lib/a.txt", "a\n");
+            let cp = ws.checkpoint("iteration 1").unwrap();
+            assert_eq!(cp.left_out, vec!["vendor/lib/".to_string()]);
+            assert!(!cp.changed);
+            write_file(ws.path(), "b.txt", "b\n");
+            let cp = ws.checkpoint("iteration 2").unwrap();
+            assert!(cp.changed);
+            assert_eq!(cp.left_out, vec!["vendor/lib/".to_string()]);
+            let tree = checkpoint_tree(&t, &cp);
+            assert!(tree.get_path(Path::new("b.txt")).is_ok());
+            assert!(tree.get_path(Path::new("vendor")).is_err());
+        }
     }
 
     #[test]
     fn checkpoint_writes_refreshed_stat_data_back_so_unchanged_files_are_not_read_again() {
-        let t = TestRepo::new();
-        t.write("src/a.txt", "aaaa\n");
-        t.commit_all("a file");
-        let ws = workspace(&t);
-        // Stat data that no longer matches the file (as after a racy write, which git and
-        // libgit2 record with size 0): the file must be read to know it did not change.
-        let wt = Repository::open(ws.path()).unwrap();
-        let mut index = wt.index().unwrap();
-        let mut entry = index.get_path(Path::new("src/a.txt"), 0).unwrap();
-        entry.file_size = 0;
-        index.add(&entry).unwrap();
-        index.write().unwrap();
+        for reader in READERS {
+            let t = TestRepo::new();
+            t.write("src/a.txt", "aaaa\n");
+            t.commit_all("a file");
+            let ws = workspace_read_by(&t, reader);
+            // Stat data that no longer matches the file (as after a racy write, which git and
+            // libgit2 record with size 0): the file must be read to know it did not change.
+            let wt = Repository::open(ws.path()).unwrap();
+            let mut index = wt.index().unwrap();
+            let mut entry = index.get_path(Path::new("src/a.txt"), 0).unwrap();
+            entry.file_size = 0;
+            index.add(&entry).unwrap();
+            index.write().unwrap();
 
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert!(!cp.changed);
-        let mut index = wt.index().unwrap();
-        index.read(true).unwrap();
-        let entry = index.get_path(Path::new("src/a.txt"), 0).unwrap();
-        assert_eq!(entry.file_size, 5, "the refreshed size is written back");
+            let cp = ws.checkpoint("iteration 1").unwrap();
+            assert!(!cp.changed);
+            let mut index = wt.index().unwrap();
+            index.read(true).unwrap();
+            let entry = index.get_path(Path::new("src/a.txt"), 0).unwrap();
+            assert_eq!(entry.file_size, 5, "the refreshed size is written back");
+        }
     }
 
     #[test]
     fn checkpoint_resolves_a_conflict_the_agent_left_in_the_index() {
-        let t = TestRepo::new();
-        let ws = workspace(&t);
-        let wt = Repository::open(ws.path()).unwrap();
-        let mut index = wt.index().unwrap();
-        let mut ours = index.get_path(Path::new("README.md"), 0).unwrap();
-        let mut theirs = index.get_path(Path::new("README.md"), 0).unwrap();
-        index.remove_path(Path::new("README.md")).unwrap();
-        ours.flags |= 2 << 12;
-        theirs.flags |= 3 << 12;
-        index.add(&ours).unwrap();
-        index.add(&theirs).unwrap();
-        index.write().unwrap();
-        write_file(ws.path(), "README.md", "resolved\n");
+        for reader in READERS {
+            let t = TestRepo::new();
+            let ws = workspace_read_by(&t, reader);
+            let wt = Repository::open(ws.path()).unwrap();
+            let mut index = wt.index().unwrap();
+            let mut ours = index.get_path(Path::new("README.md"), 0).unwrap();
+            let mut theirs = index.get_path(Path::new("README.md"), 0).unwrap();
+            index.remove_path(Path::new("README.md")).unwrap();
+            ours.flags |= 2 << 12;
+            theirs.flags |= 3 << 12;
+            index.add(&ours).unwrap();
+            index.add(&theirs).unwrap();
+            index.write().unwrap();
+            write_file(ws.path(), "README.md", "resolved\n");
 
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert!(cp.changed);
-        assert_eq!(cp.stat.files_changed, 1);
-        assert!(!ws.is_dirty().unwrap());
+            let cp = ws.checkpoint("iteration 1").unwrap();
+            assert!(cp.changed);
+            assert_eq!(cp.stat.files_changed, 1);
+            assert!(!ws.is_dirty().unwrap());
+        }
     }
 
     #[test]
@@ -465,40 +491,60 @@ mod tests {
 
     #[test]
     fn checkpoint_after_the_agent_staged_and_committed_between_checkpoints() {
-        let t = TestRepo::new();
-        let ws = workspace(&t);
-        write_file(ws.path(), "one.txt", "1\n");
-        let first = ws.checkpoint("iteration 1").unwrap();
+        for reader in READERS {
+            let t = TestRepo::new();
+            let ws = workspace_read_by(&t, reader);
+            write_file(ws.path(), "one.txt", "1\n");
+            let first = ws.checkpoint("iteration 1").unwrap();
 
-        // The agent, with its own git: stages a new file and deletes one, and commits.
-        let wt = Repository::open(ws.path()).unwrap();
-        write_file(ws.path(), "two.txt", "2\n");
-        std::fs::remove_file(ws.path().join("one.txt")).unwrap();
-        let mut index = wt.index().unwrap();
-        index.add_path(Path::new("two.txt")).unwrap();
-        index.remove_path(Path::new("one.txt")).unwrap();
-        index.write().unwrap();
-        let tree = wt.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("agent", "agent@example.com").unwrap();
-        let parent = wt.head().unwrap().peel_to_commit().unwrap();
-        wt.commit(Some("HEAD"), &sig, &sig, "agent", &tree, &[&parent])
-            .unwrap();
-        write_file(ws.path(), "three.txt", "3\n");
+            // The agent, with its own git: stages a new file and deletes one, and commits.
+            let wt = Repository::open(ws.path()).unwrap();
+            write_file(ws.path(), "two.txt", "2\n");
+            std::fs::remove_file(ws.path().join("one.txt")).unwrap();
+            let mut index = wt.index().unwrap();
+            index.add_path(Path::new("two.txt")).unwrap();
+            index.remove_path(Path::new("one.txt")).unwrap();
+            index.write().unwrap();
+            let tree = wt.find_tree(index.write_tree().unwrap()).unwrap();
+            let sig = git2::Signature::now("agent", "agent@example.com").unwrap();
+            let parent = wt.head().unwrap().peel_to_commit().unwrap();
+            wt.commit(Some("HEAD"), &sig, &sig, "agent", &tree, &[&parent])
+                .unwrap();
+            write_file(ws.path(), "three.txt", "3\n");
 
-        let second = ws.checkpoint("iteration 2").unwrap();
-        assert!(second.changed);
-        assert_eq!(second.stat.files_changed, 3);
-        let commit = t
-            .repo
-            .find_commit(Oid::from_str(&second.sha).unwrap())
-            .unwrap();
-        assert_eq!(commit.message(), Some("iteration 2"));
-        let tree = commit.tree().unwrap();
-        assert!(tree.get_path(Path::new("one.txt")).is_err());
-        assert!(tree.get_path(Path::new("two.txt")).is_ok());
-        assert!(tree.get_path(Path::new("three.txt")).is_ok());
-        assert_eq!(ws.diff_stat(&first.sha, &second.sha).unwrap(), second.stat);
-        assert!(!ws.is_dirty().unwrap());
+            let second = ws.checkpoint("iteration 2").unwrap();
+            assert!(second.changed);
+            assert_eq!(second.stat.files_changed, 3);
+            let commit = t
+                .repo
+                .find_commit(Oid::from_str(&second.sha).unwrap())
+                .unwrap();
+            assert_eq!(commit.message(), Some("iteration 2"));
+            let tree = commit.tree().unwrap();
+            assert!(tree.get_path(Path::new("one.txt")).is_err());
+            assert!(tree.get_path(Path::new("two.txt")).is_ok());
+            assert!(tree.get_path(Path::new("three.txt")).is_ok());
+            assert_eq!(ws.diff_stat(&first.sha, &second.sha).unwrap(), second.stat);
+            assert!(!ws.is_dirty().unwrap());
+        }
+    }
+
+    #[test]
+    fn checkpoint_takes_a_file_where_a_folder_was() {
+        for reader in READERS {
+            let t = TestRepo::new();
+            t.write("thing/inner.txt", "inner\n");
+            t.commit_all("a folder");
+            let ws = workspace_read_by(&t, reader);
+            std::fs::remove_dir_all(ws.path().join("thing")).unwrap();
+            write_file(ws.path(), "thing", "now a file\n");
+            let cp = ws.checkpoint("iteration 1").unwrap();
+            assert!(cp.changed);
+            let tree = checkpoint_tree(&t, &cp);
+            assert!(tree.get_path(Path::new("thing")).is_ok());
+            assert!(tree.get_path(Path::new("thing/inner.txt")).is_err());
+            assert!(!ws.is_dirty().unwrap());
+        }
     }
 
     #[test]

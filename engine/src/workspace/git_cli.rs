@@ -269,21 +269,8 @@ pub(super) fn write_tree_with_git(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{write_file, TestRepo};
-    use super::super::Workspace;
+    use super::super::testutil::TestRepo;
     use super::*;
-
-    /// A workspace whose checkpoints take their status with git.
-    fn git_workspace(t: &TestRepo) -> Workspace {
-        let ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
-        ws.set_status_reader(StatusReader::Git);
-        ws
-    }
-
-    fn tree_has(t: &TestRepo, sha: &str, path: &str) -> bool {
-        let commit = t.repo.find_commit(Oid::from_str(sha).unwrap()).unwrap();
-        commit.tree().unwrap().get_path(Path::new(path)).is_ok()
-    }
 
     #[test]
     fn a_small_repository_without_a_monitor_is_read_by_libgit2() {
@@ -300,115 +287,6 @@ mod tests {
             .set_str("core.fsmonitor", "/usr/bin/true")
             .unwrap();
         assert_eq!(StatusReader::choose(&t.repo), StatusReader::Libgit2);
-    }
-
-    #[test]
-    fn git_checkpoint_commits_new_modified_and_deleted_files_and_leaves_ignored_ones_out() {
-        let t = TestRepo::new();
-        t.write(".gitignore", "target/\n");
-        t.write("gone.txt", "one\ntwo\n");
-        t.commit_all("files");
-        let ws = git_workspace(&t);
-        write_file(ws.path(), "README.md", "hello world\n");
-        write_file(ws.path(), "new dir/deep/new file.txt", "new\n");
-        write_file(ws.path(), "target/debug/app", "binary");
-        std::fs::remove_file(ws.path().join("gone.txt")).unwrap();
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert!(cp.changed);
-        assert_eq!(cp.stat.files_changed, 3, "{:?}", cp.stat);
-        assert!(tree_has(&t, &cp.sha, "new dir/deep/new file.txt"));
-        assert!(!tree_has(&t, &cp.sha, "gone.txt"));
-        assert!(!tree_has(&t, &cp.sha, "target"));
-        assert!(!ws.is_dirty().unwrap());
-        let again = ws.checkpoint("iteration 2").unwrap();
-        assert!(!again.changed);
-        assert_eq!(again.sha, cp.sha);
-    }
-
-    #[test]
-    fn git_checkpoint_names_the_nested_repository_it_left_out() {
-        let t = TestRepo::new();
-        let ws = git_workspace(&t);
-        Repository::init(ws.path().join("vendor/lib")).unwrap();
-        write_file(ws.path(), "vendor/lib/a.txt", "a\n");
-        write_file(ws.path(), "b.txt", "b\n");
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert_eq!(cp.left_out, vec!["vendor/lib/".to_string()]);
-        assert!(tree_has(&t, &cp.sha, "b.txt"));
-        assert!(!tree_has(&t, &cp.sha, "vendor"));
-    }
-
-    #[test]
-    fn git_checkpoint_writes_refreshed_stat_data_back() {
-        let t = TestRepo::new();
-        t.write("src/a.txt", "aaaa\n");
-        t.commit_all("a file");
-        let ws = git_workspace(&t);
-        let wt = Repository::open(ws.path()).unwrap();
-        let mut index = wt.index().unwrap();
-        let mut entry = index.get_path(Path::new("src/a.txt"), 0).unwrap();
-        entry.file_size = 0;
-        index.add(&entry).unwrap();
-        index.write().unwrap();
-
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert!(!cp.changed);
-        let mut index = wt.index().unwrap();
-        index.read(true).unwrap();
-        let entry = index.get_path(Path::new("src/a.txt"), 0).unwrap();
-        assert_eq!(entry.file_size, 5, "the refreshed size is written back");
-    }
-
-    #[test]
-    fn git_checkpoint_resolves_a_conflict_and_counts_what_the_agent_committed() {
-        let t = TestRepo::new();
-        let ws = git_workspace(&t);
-        let wt = Repository::open(ws.path()).unwrap();
-        let mut index = wt.index().unwrap();
-        let mut ours = index.get_path(Path::new("README.md"), 0).unwrap();
-        let mut theirs = index.get_path(Path::new("README.md"), 0).unwrap();
-        index.remove_path(Path::new("README.md")).unwrap();
-        ours.flags |= 2 << 12;
-        theirs.flags |= 3 << 12;
-        index.add(&ours).unwrap();
-        index.add(&theirs).unwrap();
-        index.write().unwrap();
-        write_file(ws.path(), "README.md", "resolved\n");
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert!(cp.changed);
-        assert!(!ws.is_dirty().unwrap());
-
-        // The agent stages and commits on its own, then writes one more file.
-        write_file(ws.path(), "agent.txt", "by the agent\n");
-        let mut index = wt.index().unwrap();
-        index.read(true).unwrap();
-        index.add_path(Path::new("agent.txt")).unwrap();
-        index.write().unwrap();
-        let tree = wt.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("agent", "agent@example.com").unwrap();
-        let parent = wt.head().unwrap().peel_to_commit().unwrap();
-        wt.commit(Some("HEAD"), &sig, &sig, "agent", &tree, &[&parent])
-            .unwrap();
-        write_file(ws.path(), "more.txt", "more\n");
-        let second = ws.checkpoint("iteration 2").unwrap();
-        assert_eq!(second.stat.files_changed, 2);
-        assert!(tree_has(&t, &second.sha, "agent.txt"));
-        assert!(tree_has(&t, &second.sha, "more.txt"));
-    }
-
-    #[test]
-    fn git_checkpoint_takes_a_file_where_a_folder_was() {
-        let t = TestRepo::new();
-        t.write("thing/inner.txt", "inner\n");
-        t.commit_all("a folder");
-        let ws = git_workspace(&t);
-        std::fs::remove_dir_all(ws.path().join("thing")).unwrap();
-        write_file(ws.path(), "thing", "now a file\n");
-        let cp = ws.checkpoint("iteration 1").unwrap();
-        assert!(cp.changed);
-        assert!(tree_has(&t, &cp.sha, "thing"));
-        assert!(!tree_has(&t, &cp.sha, "thing/inner.txt"));
-        assert!(!ws.is_dirty().unwrap());
     }
 
     #[test]
