@@ -46,6 +46,18 @@ pub(super) struct Inner {
     pub(super) status_reader: StatusReader,
 }
 
+impl Inner {
+    /// The state of a worktree opened on `repo` whose last checkpoint is `last_checkpoint`.
+    fn new(repo: Repository, last_checkpoint: Oid) -> Inner {
+        Inner {
+            identity: Identity::of(&repo),
+            status_reader: StatusReader::choose(&repo),
+            repo,
+            last_checkpoint,
+        }
+    }
+}
+
 /// The author of wiggum's commits.
 #[derive(Debug, Clone)]
 pub(super) struct Identity {
@@ -148,20 +160,13 @@ impl Workspace {
         let repo = Repository::open(&path)?;
         let base_sha = base_commit.id().to_string();
         write_base(&repo, &base_sha)?;
-        let identity = Identity::of(&repo);
-        let status_reader = StatusReader::choose(&repo);
         Ok(Workspace {
             repo_root: root,
             name,
             path,
             branch: branch.to_string(),
             base_commit: base_sha,
-            inner: Mutex::new(Inner {
-                repo,
-                last_checkpoint: base_commit.id(),
-                identity,
-                status_reader,
-            }),
+            inner: Mutex::new(Inner::new(repo, base_commit.id())),
         })
     }
 
@@ -195,20 +200,13 @@ impl Workspace {
         if recreated {
             write_base(&repo, &base_commit)?;
         }
-        let identity = Identity::of(&repo);
-        let status_reader = StatusReader::choose(&repo);
         Ok(Workspace {
             repo_root: root,
             name,
             path,
             branch: branch.to_string(),
             base_commit,
-            inner: Mutex::new(Inner {
-                repo,
-                last_checkpoint: tip,
-                identity,
-                status_reader,
-            }),
+            inner: Mutex::new(Inner::new(repo, tip)),
         })
     }
 
