@@ -522,7 +522,7 @@ fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{write_file, TestRepo};
+    use super::super::testutil::{git, write_file, TestRepo};
     use super::*;
 
     /// A workspace whose branch changed `file` to `content`, checkpointed.
@@ -687,21 +687,6 @@ mod tests {
             .status_file(Path::new(".beads/issues.jsonl"))
             .unwrap();
         assert_eq!(status, Status::WT_MODIFIED);
-    }
-
-    /// Runs the real `git` in `dir` and returns its stdout.
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("git is installed");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
     }
 
     #[test]

@@ -156,27 +156,7 @@ pub fn commit_ledger(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workspace::testutil::TestRepo;
-
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn write(dir: &Path, rel: &str, text: &str) {
-        let path = dir.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
+    use crate::workspace::testutil::{git, write_file, TestRepo};
 
     fn branch(dir: &Path) -> String {
         git(dir, &["rev-parse", "--abbrev-ref", "HEAD"])
@@ -189,9 +169,9 @@ mod tests {
         let t = TestRepo::new();
         let dir = t.root.as_path();
         let b = branch(dir);
-        write(dir, ".beads/issues.jsonl", "{\"id\":\"wg-1\"}\n");
-        write(dir, ".beads/metadata.json", "{}\n");
-        write(dir, "notes.txt", "the user's own, untracked\n");
+        write_file(dir, ".beads/issues.jsonl", "{\"id\":\"wg-1\"}\n");
+        write_file(dir, ".beads/metadata.json", "{}\n");
+        write_file(dir, "notes.txt", "the user's own, untracked\n");
         let out = commit_ledger(dir, &b, "wiggum: ledger of wg-1").unwrap();
         let LedgerCommit::Committed { sha, .. } = &out else {
             panic!("{out:?}")
@@ -208,7 +188,7 @@ mod tests {
             commit_ledger(dir, &b, "again").unwrap(),
             LedgerCommit::Unchanged
         );
-        write(
+        write_file(
             dir,
             ".beads/issues.jsonl",
             "{\"id\":\"wg-1\"}\n{\"id\":\"wg-2\"}\n",
@@ -227,8 +207,8 @@ mod tests {
         let b = branch(dir);
         let tracked = git(dir, &["ls-files"]);
         let file = tracked.lines().next().expect("the test repo has a file");
-        write(dir, file, "edited by the user\n");
-        write(dir, ".beads/issues.jsonl", "{}\n");
+        write_file(dir, file, "edited by the user\n");
+        write_file(dir, ".beads/issues.jsonl", "{}\n");
         assert!(matches!(
             commit_ledger(dir, &b, "ledger").unwrap(),
             LedgerCommit::Committed { .. }
@@ -246,9 +226,9 @@ mod tests {
         let dir = t.root.as_path();
         let b = branch(dir);
         let head = git(dir, &["rev-parse", "HEAD"]);
-        write(dir, ".beads/issues.jsonl", "{}\n");
+        write_file(dir, ".beads/issues.jsonl", "{}\n");
 
-        write(dir, "staged.txt", "x\n");
+        write_file(dir, "staged.txt", "x\n");
         git(dir, &["add", "staged.txt"]);
         let out = commit_ledger(dir, &b, "ledger").unwrap();
         assert!(
@@ -261,7 +241,7 @@ mod tests {
         let out = commit_ledger(dir, "some-other-branch", "ledger").unwrap();
         assert!(matches!(out, LedgerCommit::Skipped { .. }), "{out:?}");
 
-        write(dir, ".gitignore", ".beads/\n");
+        write_file(dir, ".gitignore", ".beads/\n");
         assert_eq!(
             commit_ledger(dir, &b, "ledger").unwrap(),
             LedgerCommit::Unchanged
