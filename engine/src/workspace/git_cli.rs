@@ -62,21 +62,14 @@ fn git_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `git` run in `workdir`, on that worktree whatever the environment says, hooks off. The
-/// untracked cache is on unless the user turned it off.
-fn git(repo: &Repository, workdir: &Path) -> Command {
+/// `git` run in `dir`, on that repository or worktree whatever the environment says (the
+/// `GIT_*` variables that would point it elsewhere are removed), hooks off, no input.
+pub(super) fn git_in(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
     cmd.arg("-C")
-        .arg(workdir)
+        .arg(dir)
         .args(["-c", "core.hooksPath=/dev/null"])
         .stdin(Stdio::null());
-    let untracked_cache = repo
-        .config()
-        .ok()
-        .and_then(|c| c.get_string("core.untrackedCache").ok());
-    if untracked_cache.is_none() {
-        cmd.args(["-c", "core.untrackedCache=true"]);
-    }
     for var in [
         "GIT_DIR",
         "GIT_WORK_TREE",
@@ -86,6 +79,20 @@ fn git(repo: &Repository, workdir: &Path) -> Command {
         "GIT_NAMESPACE",
     ] {
         cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// [`git_in`] for a checkpoint's status and staging: the untracked cache is on unless the
+/// user turned it off.
+fn git(repo: &Repository, workdir: &Path) -> Command {
+    let mut cmd = git_in(workdir);
+    let untracked_cache = repo
+        .config()
+        .ok()
+        .and_then(|c| c.get_string("core.untrackedCache").ok());
+    if untracked_cache.is_none() {
+        cmd.args(["-c", "core.untrackedCache=true"]);
     }
     cmd.env("GIT_OPTIONAL_LOCKS", "1");
     cmd

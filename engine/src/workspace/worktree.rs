@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use git2::{BranchType, Oid, Repository, Signature, StatusOptions, WorktreeAddOptions};
 
 use super::exclude::ensure_excluded;
-use super::git_cli::StatusReader;
+use super::git_cli::{git_in, StatusReader};
 use super::WorkspaceError;
 
 /// Where worktrees live, relative to the repository root.
@@ -457,29 +457,11 @@ fn add_worktree(
     path: &Path,
     branch: &str,
 ) -> Result<(), WorkspaceError> {
-    let mut git = std::process::Command::new("git");
-    git.arg("-C")
-        .arg(root)
-        .args([
-            "-c",
-            "core.hooksPath=/dev/null",
-            "worktree",
-            "add",
-            "--quiet",
-        ])
+    let mut git = git_in(root);
+    git.args(["worktree", "add", "--quiet"])
         .arg(path)
         .arg(branch)
-        .env("GIT_LFS_SKIP_SMUDGE", "1")
-        .stdin(std::process::Stdio::null());
-    for var in [
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_COMMON_DIR",
-        "GIT_OBJECT_DIRECTORY",
-    ] {
-        git.env_remove(var);
-    }
+        .env("GIT_LFS_SKIP_SMUDGE", "1");
     match git.output() {
         Ok(out) if out.status.success() && path.join(".git").exists() => {
             // git names the worktree after the directory; `name` is that directory's name.
