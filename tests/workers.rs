@@ -8,56 +8,14 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use wiggum_engine::pg::testing::TestDb;
+use wiggum_engine::remote::testing::git;
 use wiggum_engine::worker::{JobResult, JobSpec, NewJob, Queue};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Test User")
-        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
-        .env("GIT_COMMITTER_NAME", "Test User")
-        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Kills the git daemon and the workers when the test ends, however it ends.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    url: String,
-    hub_url: String,
-    base: String,
-    procs: Procs,
-    workers: Vec<(String, usize)>,
-    log: PathBuf,
-}
 
 /// The agent: reads its job marker from the prompt, logs that it started, writes the
 /// subtask's file (resuming: the file a dead worker pushed is already there) and promises.
@@ -75,131 +33,34 @@ fi
 echo '<promise>DONE</promise>'
 "#;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A hub holding the agent, its log of runs (`<root>/runs.log`: job and machine a line).
 fn start_cluster(db: &TestDb) -> Option<Cluster> {
-    if Command::new("git")
-        .arg("daemon")
-        .arg("--help")
-        .output()
-        .is_err()
-    {
-        return None;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("wiggum-workers-")
-        .tempdir()
-        .unwrap();
-    let root = dir.path().to_path_buf();
-    // The seed: a repository with the agent script, pushed to a bare hub.
-    let seed = root.join("seed");
-    std::fs::create_dir_all(&seed).unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    std::fs::write(seed.join("README.md"), "# hub\n").unwrap();
-    std::fs::create_dir_all(seed.join("agents")).unwrap();
-    std::fs::write(seed.join("agents/agent.sh"), AGENT).unwrap();
-    git(&seed, &["add", "-A"]);
-    git(&seed, &["commit", "-q", "-m", "initial"]);
-    let base = git(&seed, &["rev-parse", "HEAD"]);
-    let hubs = root.join("hubs");
-    std::fs::create_dir_all(&hubs).unwrap();
-    git(&root, &["clone", "-q", "--bare", "seed", "hubs/hub.git"]);
-    let port = free_port();
-    let daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--export-all",
-            "--enable=receive-pack",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", hubs.display()))
-        .arg(&hubs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("git daemon starts");
-    let hub_url = format!("git://127.0.0.1:{port}/hub.git");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "git daemon did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = root.join("runs.log");
-    std::fs::write(&log, "").unwrap();
-    Some(Cluster {
-        _dir: dir,
-        root,
-        url: db.url.secret().to_string(),
-        hub_url,
-        base,
-        procs: Procs(vec![daemon]),
-        workers: Vec::new(),
-        log,
-    })
+    let cluster = Cluster::start(db, "wiggum-workers-", &[("agents/agent.sh", AGENT)])?;
+    std::fs::write(run_log(&cluster), "").unwrap();
+    Some(cluster)
 }
 
-impl Cluster {
-    /// A machine: its own HOME and clone of the hub, and a `wiggum worker` running there.
-    fn start_worker(&mut self, machine: &str, slow_job: &str) {
-        let home = self.root.join(format!("{machine}-home"));
-        std::fs::create_dir_all(&home).unwrap();
-        let clone = self.root.join(format!("{machine}-clone"));
-        git(
-            &self.root,
-            &["clone", "-q", &self.hub_url, clone.to_str().unwrap()],
-        );
-        git(&clone, &["config", "user.name", machine]);
-        git(&clone, &["config", "user.email", "m@example.invalid"]);
-        let stderr = std::fs::File::create(self.root.join(format!("{machine}.log"))).unwrap();
-        let child = common::wiggum_command()
-            .args([
-                "worker",
-                "--polecats",
-                "2",
-                "--lease",
-                "3s",
-                "--renew",
-                "500ms",
-                "--poll",
-                "300ms",
-                "--machine",
-                machine,
-                "--repo",
-            ])
-            .arg(&clone)
-            .current_dir(&clone)
-            .env("HOME", &home)
-            .env("WIGGUM_DATABASE_URL", &self.url)
-            .env("WIGGUM_MACHINE", machine)
-            .env("RUN_LOG", &self.log)
-            .env("SLOW_JOB", slow_job)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("wiggum worker starts");
-        self.procs.0.push(child);
-        self.workers
-            .push((machine.to_string(), self.procs.0.len() - 1));
-    }
+fn run_log(cluster: &Cluster) -> PathBuf {
+    cluster.root.join("runs.log")
+}
 
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for (m, _) in &self.workers {
-            out.push_str(&format!(
-                "--- {m}\n{}\n",
-                std::fs::read_to_string(self.root.join(format!("{m}.log"))).unwrap_or_default()
-            ));
-        }
-        out
-    }
+/// A worker of two polecats with a short lease; `slow_job` is the job whose agent hangs.
+fn start_worker(cluster: &mut Cluster, machine: &str, slow_job: &str) {
+    let log = run_log(cluster);
+    cluster.start_worker(
+        machine,
+        &[
+            "--polecats",
+            "2",
+            "--lease",
+            "3s",
+            "--renew",
+            "500ms",
+            "--poll",
+            "300ms",
+        ],
+        &[("RUN_LOG", log.to_str().unwrap()), ("SLOW_JOB", slow_job)],
+    );
 }
 
 fn spec(base: &str, n: usize) -> JobSpec {
@@ -253,26 +114,6 @@ async fn publish_all(q: &Queue, repo: &str, base: &str) {
         )
         .await
         .unwrap();
-    }
-}
-
-/// Waits until the three workers are registered and hold their worker lease.
-async fn wait_registered(db: &TestDb, repo: &str, cluster: &Cluster) {
-    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
-    let reg = wiggum_engine::worker::Registry::new(pool, &db.url);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(list) = reg.list(Some(repo)).await {
-            if list.iter().filter(|w| w.state == "running").count() == 3 {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the workers did not start\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -360,9 +201,9 @@ async fn three_workers_run_twelve_subtasks_exactly_once_and_they_merge() {
     q.install().await.unwrap();
     let repo = cluster.base.clone();
     for m in ["m1", "m2", "m3"] {
-        cluster.start_worker(m, "none");
+        start_worker(&mut cluster, m, "none");
     }
-    wait_registered(&db, &repo, &cluster).await;
+    cluster.wait_workers(&db, 3).await;
     publish_all(&q, &repo, &cluster.base).await;
     let results = wait_finished(&q, &repo, &cluster).await;
     for (bead, r) in &results {
@@ -377,7 +218,7 @@ async fn three_workers_run_twelve_subtasks_exactly_once_and_they_merge() {
         assert!(r.tip.is_some());
     }
     // Every subtask ran exactly once (one agent call each: its loop converged at once).
-    let ran = runs(&cluster.log);
+    let ran = runs(&run_log(&cluster));
     let jobs: Vec<&String> = ran.iter().map(|(j, _)| j).collect();
     let unique: HashSet<&&String> = jobs.iter().collect();
     assert_eq!(jobs.len(), 12, "runs: {ran:?}");
@@ -429,9 +270,9 @@ async fn a_subtask_of_a_worker_killed_mid_run_is_taken_over_after_its_lease_and_
     // (`sleep` in the checks would be killed with the worker; a hanging agent shows the kill).
     let slow = "JOB-05";
     for m in ["m1", "m2", "m3"] {
-        cluster.start_worker(m, slow);
+        start_worker(&mut cluster, m, slow);
     }
-    wait_registered(&db, &repo, &cluster).await;
+    cluster.wait_workers(&db, 3).await;
     publish_all(&q, &repo, &cluster.base).await;
     // Wait until the slow subtask's first iteration is pushed to the hub, then kill its worker.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -457,18 +298,7 @@ async fn a_subtask_of_a_worker_killed_mid_run_is_taken_over_after_its_lease_and_
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let idx = cluster
-        .workers
-        .iter()
-        .find(|(m, _)| *m == victim)
-        .unwrap()
-        .1;
-    let pid = cluster.procs.0[idx].id() as i32;
-    // SAFETY: a plain kill(2) of our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-    let _ = cluster.procs.0[idx].wait();
+    cluster.kill_worker(&victim);
     let results = wait_finished(&q, &repo, &cluster).await;
     let slow_result = &results["wg-t.1.5"];
     assert_eq!(
@@ -550,47 +380,32 @@ async fn a_split_step_runs_its_twelve_subtasks_on_three_workers_and_merges_them(
     };
     let repo = cluster.base.clone();
     for m in ["m1", "m2", "m3"] {
-        cluster.start_worker(m, "none");
+        start_worker(&mut cluster, m, "none");
     }
-    wait_registered(&db, &repo, &cluster).await;
+    cluster.wait_workers(&db, 3).await;
     // The machine that runs the step: its own clone, home and the same database.
-    let driver = cluster.root.join("m0-clone");
-    git(
-        &cluster.root,
-        &["clone", "-q", &cluster.hub_url, driver.to_str().unwrap()],
-    );
-    git(&driver, &["config", "user.name", "m0"]);
-    git(&driver, &["config", "user.email", "m0@example.invalid"]);
+    let (driver, home) = cluster.clone_for("m0");
     let script = cluster.root.join("split-script.toml");
     std::fs::write(&script, split_script()).unwrap();
-    let home = cluster.root.join("m0-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let out = tokio::task::spawn_blocking({
-        let driver = driver.clone();
-        let url = cluster.url.clone();
-        move || {
-            common::wiggum_command()
-                .args(["task", "write s01.txt to s12.txt", "--script"])
-                .arg(&script)
-                .args([
-                    "--split",
-                    "always",
-                    "--max-parts",
-                    "12",
-                    "--polecats",
-                    "12",
-                    "--json",
-                ])
-                .current_dir(&driver)
-                .env("HOME", &home)
-                .env("WIGGUM_DATABASE_URL", &url)
-                .env("WIGGUM_WORKER_POLL", "300ms")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = cluster
+        .wiggum_in(
+            &driver,
+            &home,
+            &[
+                "task",
+                "write s01.txt to s12.txt",
+                "--script",
+                script.to_str().unwrap(),
+                "--split",
+                "always",
+                "--max-parts",
+                "12",
+                "--polecats",
+                "12",
+                "--json",
+            ],
+        )
+        .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

@@ -198,6 +198,7 @@ pub fn step<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Valu
         .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
 }
 
+pub mod cluster;
 pub mod split;
 
 /// Polls `cond` every 50 ms until it holds; panics saying `what` never happened after `secs`.
