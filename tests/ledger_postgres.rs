@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{beads, step, wiggum_command, write_patrol, TempRepo};
+use common::{beads, beads_in_database, step, wiggum_command, wiggum_in, write_patrol, TempRepo};
 use serde_json::Value;
 use wiggum_engine::pg::testing::TestDb;
 
@@ -44,27 +44,6 @@ path = "b.txt"
 write = "b\n"
 "#;
 
-fn wiggum_in(dir: &std::path::Path, url: &str, args: &[&str]) -> (i32, String, String) {
-    let out = wiggum_command()
-        .args(args)
-        .current_dir(dir)
-        .env("WIGGUM_DATABASE_URL", url)
-        .output()
-        .expect("wiggum runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn list_json(dir: &std::path::Path, url: &str) -> Vec<Value> {
-    let repo = dir.display().to_string();
-    let (code, stdout, stderr) = wiggum_in(dir, url, &["beads", "list", "--json", "--repo", &repo]);
-    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
-    serde_json::from_str(&stdout).expect("beads list --json prints JSON")
-}
-
 #[test]
 fn a_patrol_run_on_postgres_is_seen_by_another_clone_at_another_path() {
     let Some(db) = TestDb::create_blocking("ledger_postgres e2e") else {
@@ -86,13 +65,17 @@ fn a_patrol_run_on_postgres_is_seen_by_another_clone_at_another_path() {
     let patrol = write_patrol(defs.path(), PATROL, SCRIPT);
     let patrol = patrol.display().to_string();
     let repo_a = a.path().display().to_string();
-    let (code, stdout, stderr) = wiggum_in(
+    let out = wiggum_in(
         a.path(),
-        &url,
         &["run", &patrol, "--repo", &repo_a, "--json"],
+        &[("WIGGUM_DATABASE_URL", &url)],
     );
-    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
-    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let report = out.json();
     assert_eq!(report["outcome"], "converged");
     let run_id = report["run_id"].as_str().unwrap_or_default().to_string();
     let step_a = step(&report, "a")["bead"].as_str().unwrap().to_string();
@@ -108,8 +91,8 @@ fn a_patrol_run_on_postgres_is_seen_by_another_clone_at_another_path() {
     assert_eq!(step_line["status"], "closed");
 
     // The other clone (another path, same root commit) sees the same beads.
-    let in_a = list_json(a.path(), &url);
-    let in_b = list_json(&b, &url);
+    let in_a = beads_in_database(a.path(), &url);
+    let in_b = beads_in_database(&b, &url);
     let ids = |v: &[Value]| -> Vec<String> {
         v.iter()
             .map(|x| x["id"].as_str().unwrap().to_string())
@@ -143,22 +126,27 @@ fn a_patrol_run_on_postgres_is_seen_by_another_clone_at_another_path() {
 fn a_database_that_cannot_be_reached_is_a_clear_error_without_the_password() {
     let a = TempRepo::new();
     let repo = a.path().display().to_string();
-    let (code, stdout, stderr) = wiggum_in(
-        a.path(),
-        "postgres://wiggum:hunter2secret@127.0.0.1:1/wiggum?sslmode=disable",
+    let out = a.wiggum_env(
         &["beads", "list", "--repo", &repo],
+        &[(
+            "WIGGUM_DATABASE_URL",
+            "postgres://wiggum:hunter2secret@127.0.0.1:1/wiggum?sslmode=disable",
+        )],
     );
-    assert_ne!(code, 0, "stdout: {stdout}");
+    assert_ne!(out.code, 0, "stdout: {}", out.stdout);
     assert!(
-        stderr.contains("ledger database postgres://wiggum:***@127.0.0.1:1/wiggum"),
-        "{stderr}"
+        out.stderr
+            .contains("ledger database postgres://wiggum:***@127.0.0.1:1/wiggum"),
+        "{}",
+        out.stderr
     );
     assert!(
-        stderr.contains("is the PostgreSQL server running"),
-        "{stderr}"
+        out.stderr.contains("is the PostgreSQL server running"),
+        "{}",
+        out.stderr
     );
-    assert!(!stderr.contains("hunter2secret"), "{stderr}");
-    assert!(!stdout.contains("hunter2secret"), "{stdout}");
+    assert!(!out.stderr.contains("hunter2secret"), "{}", out.stderr);
+    assert!(!out.stdout.contains("hunter2secret"), "{}", out.stdout);
 }
 
 #[test]

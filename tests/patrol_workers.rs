@@ -7,10 +7,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::cluster::Cluster;
-use common::time;
+use common::{beads_in_database, time};
 use serde_json::Value;
 use wiggum_engine::pg::testing::TestDb;
 use wiggum_engine::worker::{JobResult, Queue};
@@ -86,22 +86,6 @@ async fn jobs(cluster: &Cluster, db: &TestDb) -> Vec<(String, String, String, Jo
             (r.job.bead, r.kind, r.job.spec, res)
         })
         .collect()
-}
-
-fn beads(clone: &Path, url: &str) -> Vec<Value> {
-    let out = common::wiggum_command()
-        .args(["beads", "list", "--json", "--repo"])
-        .arg(clone)
-        .current_dir(clone)
-        .env("WIGGUM_DATABASE_URL", url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 const SPLIT_PATROL: &str = r#"
@@ -190,7 +174,7 @@ async fn a_patrol_split_step_runs_its_subtasks_on_workers_of_several_machines_on
     );
     assert!(!machines.contains("m0"), "the driver ran a subtask");
     // The ledger has each subtask's bead once.
-    let all = beads(&driver, &cluster.url);
+    let all = beads_in_database(&driver, &cluster.url);
     let subtasks: Vec<&Value> = common::split::subtask_beads(&all);
     assert_eq!(subtasks.len(), 6, "{subtasks:#?}");
 }
@@ -296,7 +280,7 @@ async fn independent_patrol_steps_are_claimed_by_two_workers_and_run_at_the_same
         .as_str()
         .unwrap()
         .to_string();
-    let all = beads(&driver, &cluster.url);
+    let all = beads_in_database(&driver, &cluster.url);
     let c = all.iter().find(|b| b["id"] == c_bead.as_str()).unwrap();
     assert!(
         c["description"].as_str().unwrap_or("").contains("wrote a"),

@@ -87,18 +87,41 @@ impl TempRepo {
 
     /// Runs `wiggum ARGS` with extra environment variables.
     pub fn wiggum_env(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
-        let mut cmd = wiggum_command();
-        cmd.args(args).current_dir(self.path());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.stdin(Stdio::null()).output().expect("wiggum runs");
-        Outcome {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        wiggum_in(self.path(), args, env)
     }
+}
+
+/// Runs `wiggum ARGS` in `dir` (any folder: another clone, a subfolder) with extra environment
+/// variables.
+pub fn wiggum_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let mut cmd = wiggum_command();
+    cmd.args(args).current_dir(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("wiggum runs");
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `wiggum beads list --json` of the repository at `dir` whose ledger is in the PostgreSQL
+/// database `url`; it must exit 0.
+pub fn beads_in_database(dir: &Path, url: &str) -> Vec<serde_json::Value> {
+    let repo = dir.display().to_string();
+    let out = wiggum_in(
+        dir,
+        &["beads", "list", "--json", "--repo", &repo],
+        &[("WIGGUM_DATABASE_URL", url)],
+    );
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    serde_json::from_str(&out.stdout).expect("beads list --json prints JSON")
 }
 
 /// A `wiggum` command with a clean environment for tests (no user config, no colours).
