@@ -258,7 +258,17 @@ async fn split(
 /// What finished while the pool ran.
 enum Finished {
     Subtask(Done),
-    Merge(String, Result<MergeResult, String>, Option<Workspace>),
+    /// A merge (or, distributed, a landing on the remote) ended; with a line about the
+    /// landing for the subtask's bead.
+    Merge(
+        String,
+        Result<MergeResult, String>,
+        Option<Workspace>,
+        Option<String>,
+    ),
+    /// Distributed: the landing could not reach the remote or the database; the subtask stays
+    /// finished (`wiggum resume` lands it).
+    Unlanded(String, String),
     /// A merged subtask's worktree and branch are removed.
     Cleaned,
 }
@@ -281,7 +291,7 @@ async fn continue_split(
     earlier: (u64, f64),
 ) -> StepReport {
     let step_spend = budget::split_spend(spec, run.spend, &report, earlier);
-    let mut queue: VecDeque<(String, Workspace)> = VecDeque::new();
+    let mut queue: VecDeque<(String, Option<Workspace>)> = VecDeque::new();
 
     // The step's branch holds only green merges: a merge whose checks a killed process did not
     // finish is undone (its subtask is merged again below).
@@ -294,14 +304,33 @@ async fn continue_split(
         (None, Ok(head)) => state.good_tip = Some(head),
         _ => {}
     }
+    // Distributed: the step's branch is shared on the remote, where the refinery lands the
+    // subtasks (what an earlier process landed is brought here).
+    if let Some(d) = run.distributed {
+        match d.refinery.share(run.workspace).await {
+            Ok(tip) => state.good_tip = Some(tip),
+            Err(e) => {
+                return stop(
+                    report,
+                    Outcome::Error,
+                    format!("error: the step's branch could not be shared on the remote: {e}"),
+                )
+            }
+        }
+    }
     // A resumed split: finished subtasks go to the refinery again (their branch is there).
     for sub in state.subtasks.iter_mut() {
         if sub.status == SubtaskStatus::Finished {
             let (Some(wt), Some(br)) = (&sub.worktree, &sub.branch) else {
                 continue;
             };
+            // Distributed, its branch is on the remote.
+            if run.distributed.is_some() {
+                queue.push_back((sub.id.clone(), None));
+                continue;
+            }
             match Workspace::open(run.workspace.repo_root(), wt, br) {
-                Ok(ws) => queue.push_back((sub.id.clone(), ws)),
+                Ok(ws) => queue.push_back((sub.id.clone(), Some(ws))),
                 Err(_) => sub.status = SubtaskStatus::Queued,
             }
         }
@@ -403,7 +432,7 @@ async fn drive_pool<'s, 'e>(
     run: &'e SplitRun<'e>,
     step_spend: &'e Spend,
     state: &'e mut SplitState,
-    mut queue: VecDeque<(String, Workspace)>,
+    mut queue: VecDeque<(String, Option<Workspace>)>,
     mut workers: Workers<'s, 'e, Finished>,
 ) -> PoolEnd {
     let s = &run.settings;
@@ -555,8 +584,9 @@ async fn drive_pool<'s, 'e>(
                     Outcome::Converged => {
                         t.status = SubtaskStatus::Finished;
                         t.retry = None;
-                        if let Some(ws) = done.workspace {
-                            queue.push_back((done.id.clone(), ws));
+                        // (Distributed, its branch is on the remote: no worktree here.)
+                        if done.workspace.is_some() || run.distributed.is_some() {
+                            queue.push_back((done.id.clone(), done.workspace));
                             // The refinery starts on it now, while this is recorded.
                             if !merging {
                                 merging = start_merge(spec, run, &mut queue, &mut workers);
@@ -582,12 +612,27 @@ async fn drive_pool<'s, 'e>(
                 }
                 let _ = state.save(run.recorder);
             }
-            Finished::Merge(id, result, ws) => {
+            Finished::Unlanded(id, why) => {
+                merging = false;
+                stopped.get_or_insert((
+                    Outcome::Error,
+                    format!(
+                        "error: the refinery could not land subtask `{id}`: {why}; it is \
+                         finished and `wiggum resume` lands it"
+                    ),
+                ));
+                release_refinery(run).await;
+            }
+            Finished::Merge(id, result, ws, landing) => {
                 // The next merge starts at once, on top of this one, while this one is
                 // recorded: the refinery never waits for the ledger. (A process killed before
                 // this one is saved undoes both on resume, back to the last recorded green
                 // tip, and merges both again: their branches go only once it is saved.)
                 merging = start_merge(spec, run, &mut queue, &mut workers);
+                if !merging {
+                    // Nothing else to land now: other machines' refineries may go.
+                    release_refinery(run).await;
+                }
                 let mut good_tip = None;
                 let mut merged_ws = None;
                 let Some(t) = state.get_mut(&id) else {
@@ -600,13 +645,16 @@ async fn drive_pool<'s, 'e>(
                         t.merged_sha = Some(sha.clone());
                         good_tip = Some(sha.clone());
                         t.finished_at = Some(format_time(&now()));
-                        let notes = format!(
+                        let mut notes = format!(
                             "merged into {} as {sha}\npolecat: {}\niterations: {}\nattempt: {}",
                             run.workspace.branch(),
                             t.polecat.clone().unwrap_or_default(),
                             t.iterations,
                             t.attempt
                         );
+                        if let Some(line) = &landing {
+                            notes.push_str(&format!("\n{line}"));
+                        }
                         let _ = beads::merged(
                             run.recorder,
                             &t.bead,
@@ -628,9 +676,13 @@ async fn drive_pool<'s, 'e>(
                             .map(|c| c.line())
                             .collect();
                         let reason = format!(
-                            "the step's checks failed after merging it into {} (the merge was \
-                             undone): {}\n{feedback}",
+                            "the step's checks failed after merging it into {} ({}): {}\n{feedback}",
                             run.workspace.branch(),
+                            if run.distributed.is_some() {
+                                "nothing was pushed"
+                            } else {
+                                "the merge was undone"
+                            },
                             failed.join(", ")
                         );
                         send_back(run, spec, t, reason, Retry::Update, ws);
@@ -664,10 +716,18 @@ async fn drive_pool<'s, 'e>(
             }
         }
     }
+    release_refinery(run).await;
     PoolEnd {
         stopped,
         usage,
         cost,
+    }
+}
+
+/// Distributed: lets the repository's refinery lease go, if this process holds it.
+async fn release_refinery(run: &SplitRun<'_>) {
+    if let Some(d) = run.distributed {
+        d.refinery.release().await;
     }
 }
 
@@ -676,7 +736,7 @@ async fn drive_pool<'s, 'e>(
 fn start_merge<'s, 'e>(
     spec: &'e StepSpec,
     run: &'e SplitRun<'e>,
-    queue: &mut VecDeque<(String, Workspace)>,
+    queue: &mut VecDeque<(String, Option<Workspace>)>,
     workers: &mut Workers<'s, 'e, Finished>,
 ) -> bool {
     if run.cancel.is_cancelled() {
@@ -693,13 +753,50 @@ fn start_merge<'s, 'e>(
     ];
     let step_ws = run.workspace;
     let failed = id.clone();
+    if let Some(d) = run.distributed {
+        // Across machines: landed on the remote by the repository's one refinery.
+        let branch = format!("{}.split/{id}", step_ws.branch());
+        let cancel = run.cancel.clone();
+        workers.spawn(
+            &format!("refinery {id}"),
+            async move {
+                use crate::worker::land::Landed;
+                match d
+                    .refinery
+                    .land(step_ws, &branch, &checks, timeout, &env, &cancel)
+                    .await
+                {
+                    Landed::Done(r, note) => Finished::Merge(id, Ok(r), ws, note),
+                    Landed::Failed(why) => Finished::Merge(id, Err(why), ws, None),
+                    Landed::NotNow(why) => Finished::Unlanded(id, why),
+                }
+            },
+            move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None, None),
+        );
+        return true;
+    }
+    let Some(ws) = ws else {
+        workers.spawn(
+            &format!("refinery {id}"),
+            async move {
+                Finished::Merge(
+                    id,
+                    Err("its worktree is gone".into()),
+                    None,
+                    None,
+                )
+            },
+            move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None, None),
+        );
+        return true;
+    };
     workers.spawn(
         &format!("refinery {id}"),
         async move {
             let r = refinery::merge(step_ws, &ws, &checks, timeout, &env).await;
-            Finished::Merge(id, r, Some(ws))
+            Finished::Merge(id, r, Some(ws), None)
         },
-        move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None),
+        move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None, None),
     );
     true
 }
@@ -712,6 +809,16 @@ async fn verify(
     report: StepReport,
     step_spend: &Spend,
 ) -> StepReport {
+    // Distributed: the subtasks landed on the remote; the step's branch comes back from there.
+    if let Some(d) = run.distributed {
+        if let Err(e) = d.refinery.share(run.workspace).await {
+            return stop(
+                report,
+                Outcome::Error,
+                format!("error: the step's branch could not be brought from the remote: {e}"),
+            );
+        }
+    }
     let start = match start_point(run.recorder, &spec.bead_id) {
         Ok(s) => s,
         Err(e) => return stop(report, Outcome::Error, format!("ledger: {e}")),

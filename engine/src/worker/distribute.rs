@@ -1,9 +1,10 @@
 //! The distributed split: when the ledger is on PostgreSQL and the repository has a shared
 //! remote, the split driver does not run a subtask on a local polecat; [`run_remote`] publishes
 //! it in the shared queue (its [`JobSpec`]: the step's agents, checks, limits, reviewer and the
-//! base commit, pushed to the remote under `refs/wiggum/base/<sha>`), waits for a worker on any
-//! machine to finish it (`NOTIFY wiggum_jobs_done`, with a jittered poll behind it), fetches the
-//! subtask's branch and hands it to the refinery like a local polecat's.
+//! base commit, which is on the step's branch the refinery shares on the remote), waits for a worker on any
+//! machine to finish it (`NOTIFY wiggum_jobs_done`, with a jittered poll behind it) and hands
+//! it to the refinery, which lands its branch from the remote ([`super::land`]: one refinery per
+//! repository, a compare-and-swap push on the tested base).
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +12,6 @@ use std::time::Duration;
 use wiggum_agents::config::AgentConfig;
 use wiggum_agents::Usage;
 
-use super::exec::git;
 use super::queue::{NewJob, Queue, CHANNEL_DONE};
 use super::spec::{JobResult, JobSpec};
 use crate::pg::DbUrl;
@@ -19,7 +19,6 @@ use crate::polecat::pool::{Done, Job};
 use crate::ralph::runner::StepReport;
 use crate::ralph::Outcome;
 use crate::split::state::Retry;
-use crate::workspace::Workspace;
 
 /// What the driver needs to publish a step's subtasks for workers.
 pub struct Distributed {
@@ -36,8 +35,8 @@ pub struct Distributed {
     pub agent_dir: String,
     /// The slow poll behind the wake-ups.
     pub poll: Duration,
-    /// Base commits pushed already (the subtasks of a step share them; one push each).
-    pushed: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    /// The refinery that lands the finished subtasks on the remote.
+    pub refinery: super::land::StepRefinery,
 }
 
 impl Distributed {
@@ -62,7 +61,7 @@ impl Distributed {
         queue.install().await.map_err(|e| e.to_string())?;
         // With no live worker for the repository the subtasks would wait for nobody: the
         // local polecats run them, as on one machine.
-        let registry = super::Registry::new(pool, &url);
+        let registry = super::Registry::new(pool.clone(), &url);
         registry.install().await.map_err(|e| e.to_string())?;
         let workers = registry
             .list(Some(&repo))
@@ -79,7 +78,9 @@ impl Distributed {
             .ok()
             .and_then(|p| wiggum_agents::parse_duration(&p).ok())
             .unwrap_or(Duration::from_secs(2));
+        let refinery = super::land::StepRefinery::new(root, &remote, pool, &url, &repo, poll);
         Ok(Some(Distributed {
+            refinery,
             url,
             queue,
             repo,
@@ -88,7 +89,6 @@ impl Distributed {
             reviewer: reviewer.cloned(),
             agent_dir,
             poll,
-            pushed: Default::default(),
         }))
     }
 }
@@ -104,14 +104,8 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> Done {
         report: report_of(outcome, reason, 0, 0, 0.0),
         workspace: None,
     };
-    let root = run.workspace.repo_root().to_path_buf();
-    let base_ref = format!("refs/wiggum/base/{}", job.base);
-    if let Err(e) = push_base(d, &root, &job.base, &base_ref).await {
-        return failed(
-            format!("error: the step's branch could not be pushed for the workers: {e}"),
-            Outcome::Error,
-        );
-    }
+    // The base commit is on the step's branch on the remote (shared when the split started,
+    // moved only by landings since): workers fetch that branch.
     let mut config = job.step.config.clone();
     if !job.sub.checks.is_empty() {
         config.checks = job.sub.checks.clone();
@@ -130,7 +124,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> Done {
         agent_dir: d.agent_dir.clone(),
         setup: run.settings.setup.clone(),
         base: job.base.clone(),
-        base_branch: Some(base_ref),
+        base_branch: Some(run.workspace.branch().to_string()),
         branch: job.branch.clone(),
         worktree: job.worktree.clone(),
         attempt: job.attempt,
@@ -212,78 +206,14 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> Done {
         result.cost_usd,
     );
     report.last_checkpoint = result.tip.clone();
-    let workspace = match fetch_branch(&root, d, &job.branch, &job.worktree).await {
-        Ok(ws) => Some(ws),
-        Err(e) => {
-            if report.outcome == Outcome::Converged {
-                report.outcome = Outcome::Error;
-                report.reason = format!("error: {e}");
-            }
-            None
-        }
-    };
+    // The branch is on the remote (the worker pushed it before recording the result): the
+    // refinery lands it from there.
     Done {
         id,
         polecat: who,
         report,
-        workspace,
+        workspace: None,
     }
-}
-
-/// Pushes the base commit under `base_ref`, once per commit (the lock serializes the step's
-/// subtasks: two pushes of one ref at once make the remote refuse one).
-async fn push_base(d: &Distributed, root: &Path, base: &str, base_ref: &str) -> Result<(), String> {
-    let mut pushed = d.pushed.lock().await;
-    if pushed.contains(base) {
-        return Ok(());
-    }
-    let refspec = format!("{base}:{base_ref}");
-    let mut last = String::new();
-    for attempt in 0..3 {
-        match git(root, &["push", "-q", &d.remote, &refspec]).await {
-            Ok(_) => {
-                pushed.insert(base.to_string());
-                return Ok(());
-            }
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-    }
-    Err(last)
-}
-
-/// Brings the subtask's branch from the remote into this clone, checked out in its worktree.
-async fn fetch_branch(
-    root: &Path,
-    d: &Distributed,
-    branch: &str,
-    worktree: &str,
-) -> Result<Workspace, String> {
-    let fetched = format!("refs/wiggum/fetched/{branch}");
-    git(
-        root,
-        &[
-            "fetch",
-            "-q",
-            &d.remote,
-            &format!("+refs/heads/{branch}:{fetched}"),
-        ],
-    )
-    .await
-    .map_err(|e| format!("fetching the subtask's branch {branch}: {e}"))?;
-    let sha = git(root, &["rev-parse", &fetched]).await?;
-    let _across = crate::run::state::RunLock::worktrees(root).ok();
-    let exists = git2::Repository::open(root)
-        .map(|r| r.find_branch(branch, git2::BranchType::Local).is_ok())
-        .unwrap_or(false);
-    if exists {
-        let ws = Workspace::open(root, worktree, branch)
-            .map_err(|e| format!("re-opening the subtask's worktree: {e}"))?;
-        git(ws.path(), &["reset", "-q", "--hard", &sha]).await?;
-        return Ok(ws);
-    }
-    Workspace::create(root, worktree, branch, Some(&sha))
-        .map_err(|e| format!("making a worktree of the subtask's branch: {e}"))
 }
 
 fn report_of(

@@ -2,7 +2,10 @@
 //! worktree of the worker's clone on the subtask's branch (from the branch a dead worker
 //! pushed, if any, else from the base commit), the `setup` command in a new one, then the
 //! subtask's full Ralph loop with the step's agents, checks and reviewer. The branch is pushed
-//! to the shared remote after every checkpoint, so another machine can resume it.
+//! to the shared remote after every checkpoint, so another machine can resume it. Branches go
+//! between machines through [`crate::remote`] only: [`resume_branch`] takes a pushed branch
+//! over, [`Publisher`] pushes it, guarded so that a machine that lost the subtask to another
+//! cannot overwrite the other's pushes.
 //!
 //! The subtask's lease is renewed while it runs; when it is lost (this worker was paused or cut
 //! off past its expiry and another took the subtask over) the loop is cancelled at once (its
@@ -23,6 +26,7 @@ use crate::ralph::checks::run_checks;
 use crate::ralph::config::ReviewMode;
 use crate::ralph::runner::{run_loop, Spend, StepAgents, StepSpec};
 use crate::ralph::Outcome;
+use crate::remote::{resume_branch, Publisher, Remote, RemoteError, RemoteSpec, ResumeFrom};
 use crate::run::{Cancel, Recorder};
 use crate::workspace::Workspace;
 
@@ -144,7 +148,8 @@ async fn run(
     };
     result.branch = spec.branch.clone();
     let started_at = crate::ledger::format_time(&crate::ledger::now());
-    let (ws, fresh) = match workspace_for(m, &spec).await {
+    let remote = m.remote.map(|r| Remote::new(m.root, RemoteSpec::new(r)));
+    let (ws, fresh) = match workspace_for(m, remote.as_ref(), &spec).await {
         Ok(pair) => pair,
         Err(e) => {
             result.reason = format!("error: {e}");
@@ -246,15 +251,11 @@ async fn run(
         since: started_at.clone(),
         last_outcome: None,
     });
-    let (push_tx, pusher) = match m.remote {
-        Some(remote) => {
+    let publisher = remote.clone().map(Publisher::new);
+    let (push_tx, pusher) = match &publisher {
+        Some(p) => {
             let (tx, rx) = mpsc::unbounded_channel();
-            let task = tokio::spawn(pushes(
-                ws.path().to_path_buf(),
-                remote.to_string(),
-                spec.branch.clone(),
-                rx,
-            ));
+            let task = tokio::spawn(pushes(p.clone(), spec.branch.clone(), rx));
             (Some(tx), Some(task))
         }
         None => (None, None),
@@ -279,9 +280,10 @@ async fn run(
     result.cost_usd = report.cost_usd;
     result.summary = report.summary.clone();
     result.tip = ws.head().ok().or(report.last_checkpoint.clone());
-    if let Some(remote) = m.remote {
+    if let Some(p) = &publisher {
         // The result names the tip: it must be on the remote before the finish is recorded.
-        if let Err(e) = push(ws.path(), remote, &spec.branch).await {
+        let note = p.publish(&spec.branch).await;
+        if let Some(e) = note.error {
             if result.outcome == Outcome::Converged {
                 result.outcome = Outcome::Error;
             }
@@ -361,47 +363,45 @@ fn bead_here(recorder: &Recorder, spec: &JobSpec) -> Result<String, crate::ledge
 }
 
 /// The subtask's worktree: from the branch a previous holder pushed (a takeover resumes its
-/// last checkpoint), else this clone's branch of it, else new from the base commit. Returns
-/// whether it is new from the base (the setup command runs there).
-async fn workspace_for(m: &Machine<'_>, spec: &JobSpec) -> Result<(Workspace, bool), String> {
+/// last checkpoint, [`resume_branch`]), else this clone's branch of it, else new from the base
+/// commit. Returns whether it is new from the base (the setup command runs there).
+async fn workspace_for(
+    m: &Machine<'_>,
+    remote: Option<&Remote>,
+    spec: &JobSpec,
+) -> Result<(Workspace, bool), String> {
     let root = m.root;
-    let pushed_ref = format!("refs/wiggum/pushed/{}", spec.branch);
-    let mut pushed = false;
-    if let Some(remote) = m.remote {
-        if let Some(base_branch) = &spec.base_branch {
-            if !has_commit(root, &spec.base).await {
-                git(
-                    root,
-                    &[
-                        "fetch",
-                        "-q",
-                        remote,
-                        &if base_branch.starts_with("refs/") {
-                            format!("+{base_branch}:{base_branch}")
-                        } else {
-                            format!("+refs/heads/{base_branch}:refs/wiggum/base/{base_branch}")
-                        },
-                    ],
-                )
-                .await
-                .map_err(|e| format!("fetching the step's branch {base_branch}: {e}"))?;
+    if let Some(remote) = remote {
+        if !has_commit(root, &spec.base) {
+            if let Some(base_branch) = &spec.base_branch {
+                fetch_base(remote, base_branch).await?;
             }
         }
-        if !spec.fresh {
-            pushed = git(
-                root,
-                &[
-                    "fetch",
-                    "-q",
-                    remote,
-                    &format!("+refs/heads/{}:{pushed_ref}", spec.branch),
-                ],
-            )
-            .await
-            .is_ok();
+        if spec.fresh {
+            // Started again from the base: what the remote has of the branch is replaced, and
+            // only that (the guarded push compares with what is seen now).
+            remote
+                .fetch(&[spec.branch.as_str()])
+                .await
+                .map_err(|e| e.to_string())?;
+        } else {
+            match resume_branch(remote, &spec.worktree, &spec.branch, Some(&spec.base)).await {
+                Ok(r) => {
+                    if let ResumeFrom::Replaced { kept, .. } = &r.from {
+                        tracing::warn!(
+                            "{}: this clone's own commits were not on the remote; resumed from \
+                             the pushed checkpoint, the old tip is kept as {kept}",
+                            spec.branch
+                        );
+                    }
+                    return Ok((r.workspace, false));
+                }
+                Err(RemoteError::BranchNotOnRemote { .. }) => {}
+                Err(e) => return Err(format!("resuming {} from the remote: {e}", spec.branch)),
+            }
         }
     }
-    if !has_commit(root, &spec.base).await {
+    if !has_commit(root, &spec.base) {
         return Err(format!(
             "the base commit {} is not in {} (fetch it from the shared remote: is the \
              worker's --remote the one the step's machine pushes to?)",
@@ -413,8 +413,8 @@ async fn workspace_for(m: &Machine<'_>, spec: &JobSpec) -> Result<(Workspace, bo
     let local = git2::Repository::open(root)
         .map(|r| r.find_branch(&spec.branch, git2::BranchType::Local).is_ok())
         .unwrap_or(false);
-    if local && (pushed || spec.fresh) {
-        // The pushed branch (or the base, for a fresh retry) wins over a stale local one.
+    if local && spec.fresh {
+        // A fresh retry starts from the base, not from a stale local branch.
         if let Ok(old) = Workspace::open(root, &spec.worktree, &spec.branch) {
             let _ = old.remove();
         }
@@ -426,20 +426,47 @@ async fn workspace_for(m: &Machine<'_>, spec: &JobSpec) -> Result<(Workspace, bo
             .map_err(|e| format!("could not reset the subtask's worktree: {e}"))?;
         return Ok((ws, false));
     }
-    let from = if pushed {
-        pushed_ref.as_str()
-    } else {
-        spec.base.as_str()
-    };
-    let ws = Workspace::create(root, &spec.worktree, &spec.branch, Some(from))
+    let ws = Workspace::create(root, &spec.worktree, &spec.branch, Some(&spec.base))
         .map_err(|e| format!("could not create the subtask's worktree: {e}"))?;
-    Ok((ws, !pushed))
+    Ok((ws, true))
 }
 
-async fn has_commit(root: &Path, sha: &str) -> bool {
-    git(root, &["cat-file", "-e", &format!("{sha}^{{commit}}")])
+/// Brings the step's branch (`base_branch`, holding the base commit) from the remote; a
+/// `refs/...` name (a driver of an earlier version) is fetched as that ref.
+async fn fetch_base(remote: &Remote, base_branch: &str) -> Result<(), String> {
+    if base_branch.starts_with("refs/") {
+        return git(
+            remote.repo_root(),
+            &[
+                "fetch",
+                "-q",
+                &remote.spec().target,
+                &format!("+{base_branch}:{base_branch}"),
+            ],
+        )
         .await
-        .is_ok()
+        .map(|_| ())
+        .map_err(|e| format!("fetching the step's branch {base_branch}: {e}"));
+    }
+    match remote.fetch(&[base_branch]).await {
+        Ok(tips) if tips.first().is_some_and(Option::is_some) => Ok(()),
+        Ok(_) => Err(format!(
+            "the step's branch {base_branch} is not on {}: the step's machine shares it when it \
+             splits (is this worker's --remote the same remote?)",
+            remote.display()
+        )),
+        Err(e) => Err(format!("fetching the step's branch {base_branch}: {e}")),
+    }
+}
+
+fn has_commit(root: &Path, sha: &str) -> bool {
+    git2::Repository::open(root)
+        .ok()
+        .and_then(|r| {
+            let oid = git2::Oid::from_str(sha).ok()?;
+            r.find_commit(oid).ok().map(|_| ())
+        })
+        .is_some()
 }
 
 /// Runs `git` in `dir` (the user's ssh config and credential helpers apply).
@@ -464,32 +491,15 @@ pub async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
-async fn push(worktree: &Path, remote: &str, branch: &str) -> Result<(), String> {
-    git(
-        worktree,
-        &[
-            "push",
-            "-q",
-            "--force",
-            remote,
-            &format!("HEAD:refs/heads/{branch}"),
-        ],
-    )
-    .await
-    .map(|_| ())
-}
-
 /// Pushes the branch after each checkpoint, coalescing checkpoints made while a push runs.
-async fn pushes(
-    worktree: std::path::PathBuf,
-    remote: String,
-    branch: String,
-    mut rx: mpsc::UnboundedReceiver<()>,
-) {
+/// A failed push is retried by the publisher and then only logged: the next checkpoint (or the
+/// push before the result is recorded) carries it along.
+async fn pushes(publisher: Publisher, branch: String, mut rx: mpsc::UnboundedReceiver<()>) {
     while rx.recv().await.is_some() {
         while rx.try_recv().is_ok() {}
-        if let Err(e) = push(&worktree, &remote, &branch).await {
-            tracing::warn!("pushing {branch} after a checkpoint: {e}");
+        let note = publisher.publish(&branch).await;
+        if !note.ok() {
+            tracing::warn!("{}", note.line());
         }
     }
 }

@@ -1,11 +1,14 @@
 //! Workers on many machines: `wiggum worker` processes that claim subtasks from the shared
 //! PostgreSQL database and run them, each with a lease and a fencing token. [`queue`] is the
 //! shared work queue (`wiggum_jobs`), [`registry`] the workers seen (`wiggum_workers`),
-//! [`spec`] what a job carries, [`exec`] runs one claimed subtask, [`process`] is the worker.
+//! [`spec`] what a job carries, [`exec`] runs one claimed subtask, [`process`] is the worker;
+//! [`distribute`] sends a split's subtasks to the workers and [`land`] lands them on the shared
+//! remote (one refinery per repository).
 
 pub mod config;
 pub mod distribute;
 pub mod exec;
+pub mod land;
 pub mod process;
 pub mod queue;
 pub mod registry;

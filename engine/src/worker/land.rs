@@ -1,0 +1,385 @@
+//! The refinery of a distributed split: one per repository across machines. The machine that
+//! owns a split step shares the step's branch on the remote ([`StepRefinery::share`]) when the
+//! split starts, and lands each finished subtask **on the remote** with the compare-and-swap
+//! landing of [`crate::remote::land_subtask`] while it holds the repository's refinery lease
+//! ([`RefineryLease`], kind `"refinery"`, key = the repository key): merge onto the remote's step
+//! tip, the step's checks on the merged tree in `.wiggum/worktrees/refinery-<step>`, push with
+//! `--force-with-lease` on the tested base. A landed merge moves the local step branch too, so
+//! later subtasks start from it and the verification iteration sees everything.
+//!
+//! While another machine holds the lease, the landing waits (a `NOTIFY` on
+//! [`CHANNEL_REFINERY`] when a holder lets go, and a jittered poll) instead of failing; a
+//! holder that died is replaced once its lease expires (the attempt counts up), and what it had
+//! pushed already is not landed again (landing twice is a no-op).
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::pg::lease::Leases;
+use crate::pg::DbUrl;
+use crate::ralph::checks::CheckResult;
+use crate::refinery::MergeResult;
+use crate::remote::{
+    resume_branch, LandRequest, Landing, RefineryLease, Remote, RemoteError, RemoteSpec,
+};
+use crate::run::Cancel;
+use crate::workspace::Workspace;
+
+/// Sent (payload: the repository key) when a machine lets the refinery of a repository go.
+pub const CHANNEL_REFINERY: &str = "wiggum_refinery";
+
+/// The environment variable setting the refinery lease's length (`90s` when unset); it is
+/// renewed every third of it.
+pub const REFINERY_LEASE_ENV: &str = "WIGGUM_REFINERY_LEASE";
+
+const DEFAULT_TTL: Duration = Duration::from_secs(90);
+
+/// Tries of one landing when the remote or the database fails on the way, or the lease is lost.
+const TRIES: u32 = 3;
+
+/// How a landing on the remote ended, for the split's driver.
+#[derive(Debug)]
+pub enum Landed {
+    /// As the single-machine refinery says it, with a line about the landing for the merged
+    /// subtask's bead.
+    Done(MergeResult, Option<String>),
+    /// The landing failed in a way trying again will not cure (the subtask's branch is not on
+    /// the remote, the step's branch kept moving, a local git error): escalate the subtask.
+    Failed(String),
+    /// The remote or the database could not be reached (or the run was cancelled): nothing
+    /// landed; the subtask stays finished and `wiggum resume` lands it.
+    NotNow(String),
+}
+
+/// The step owner's side of the refinery across machines.
+pub struct StepRefinery {
+    remote: Remote,
+    leases: Leases,
+    pool: Pool,
+    url: DbUrl,
+    repo: String,
+    holder: String,
+    ttl: Duration,
+    poll: Duration,
+    held: Mutex<Option<RefineryLease>>,
+}
+
+impl StepRefinery {
+    /// The refinery of repository `repo` (its key), landing through `remote` (a remote's
+    /// name or a URL) of the clone at `root`.
+    pub fn new(
+        root: &std::path::Path,
+        remote: &str,
+        pool: Pool,
+        url: &DbUrl,
+        repo: &str,
+        poll: Duration,
+    ) -> StepRefinery {
+        let ttl = std::env::var(REFINERY_LEASE_ENV)
+            .ok()
+            .and_then(|t| wiggum_agents::parse_duration(&t).ok())
+            .filter(|t| !t.is_zero())
+            .unwrap_or(DEFAULT_TTL);
+        StepRefinery {
+            remote: Remote::new(root, RemoteSpec::new(remote)),
+            leases: Leases::new(pool.clone(), url),
+            pool,
+            url: url.clone(),
+            repo: repo.to_string(),
+            holder: format!(
+                "{}-{}-{:04x}",
+                super::process::machine_name(),
+                std::process::id(),
+                rand::random::<u16>()
+            ),
+            ttl,
+            poll,
+            held: Mutex::new(None),
+        }
+    }
+
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
+    /// Who this process is in the lease table.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Makes the step's branch the same here and on the remote, and returns its tip: pushed
+    /// when the remote does not have it or is behind; brought here when the remote is ahead
+    /// (subtasks landed by an earlier process); when they diverged the remote wins (it holds
+    /// only tested landings) and this clone's tip is kept under `refs/wiggum/kept/...`.
+    pub async fn share(&self, step: &Workspace) -> Result<String, String> {
+        let branch = step.branch();
+        let head = step.head().map_err(|e| e.to_string())?;
+        let theirs = self
+            .remote
+            .fetch(&[branch])
+            .await
+            .map_err(|e| e.to_string())?
+            .pop()
+            .flatten();
+        let push = match &theirs {
+            None => true,
+            Some(t) if *t == head => return Ok(head),
+            Some(t) => contains(step.repo_root(), &head, t),
+        };
+        if push {
+            self.remote
+                .push_branch(branch)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(head);
+        }
+        let resumed = resume_branch(&self.remote, step.name(), branch, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let crate::remote::ResumeFrom::Replaced { kept, .. } = &resumed.from {
+            tracing::warn!(
+                "{branch} here had commits the remote's does not: the remote's wins, this \
+                 clone's tip is kept as {kept}"
+            );
+        }
+        Ok(resumed.sha)
+    }
+
+    /// Lands `subtask_branch` on the remote's step branch (`step`'s) while holding the
+    /// repository's refinery lease (waiting for it while another machine holds it), then moves
+    /// the local step branch to the landed merge.
+    pub async fn land(
+        &self,
+        step: &Workspace,
+        subtask_branch: &str,
+        checks: &[String],
+        check_timeout: Duration,
+        env: &[(String, String)],
+        cancel: &Cancel,
+    ) -> Landed {
+        let req = LandRequest {
+            step_branch: step.branch(),
+            subtask_branch,
+            checks,
+            check_timeout,
+            env,
+            max_races: 5,
+        };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut held = match self.hold(cancel).await {
+                Ok(h) => h,
+                Err(why) => return Landed::NotNow(why),
+            };
+            let lease = held.as_ref().expect("held");
+            let (attempt, token) = (lease.attempt(), lease.lease().token);
+            let result = lease.land(&self.remote, &req).await;
+            match result {
+                Ok(Landing::Landed {
+                    sha,
+                    base,
+                    races,
+                    checks,
+                    overhead,
+                }) => {
+                    drop(held);
+                    self.follow(step, &sha);
+                    let note = format!(
+                        "landed on {} by compare-and-swap onto {} (checks passed on the merge; \
+                         refinery lease token {token}, attempt {attempt}{})",
+                        self.remote.display(),
+                        short(&base),
+                        if races > 0 {
+                            format!("; {races} race(s) lost and merged again")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    return Landed::Done(
+                        MergeResult::Merged {
+                            sha,
+                            overhead,
+                            checks,
+                        },
+                        Some(note),
+                    );
+                }
+                Ok(Landing::AlreadyLanded { tip }) => {
+                    drop(held);
+                    self.follow(step, &tip);
+                    let note = format!(
+                        "already in {} on {} ({}): not landed again",
+                        step.branch(),
+                        self.remote.display(),
+                        short(&tip)
+                    );
+                    return Landed::Done(
+                        MergeResult::Merged {
+                            sha: tip,
+                            overhead: Duration::ZERO,
+                            checks: Vec::<CheckResult>::new(),
+                        },
+                        Some(note),
+                    );
+                }
+                Ok(Landing::ChecksRed {
+                    feedback, checks, ..
+                }) => return Landed::Done(MergeResult::ChecksRed { feedback, checks }, None),
+                Ok(Landing::Conflict { reason, .. }) => {
+                    return Landed::Done(MergeResult::Conflict { reason }, None)
+                }
+                Err(e @ RemoteError::LeaseLost { .. }) => {
+                    // Another machine took the lease over (this one was paused past its
+                    // expiry): nothing was pushed; wait for the lease again.
+                    *held = None;
+                    if tries >= TRIES {
+                        return Landed::NotNow(e.to_string());
+                    }
+                }
+                Err(
+                    e @ (RemoteError::Git { .. }
+                    | RemoteError::Timeout { .. }
+                    | RemoteError::Lease(_)),
+                ) => {
+                    if tries >= TRIES {
+                        return Landed::NotNow(e.to_string());
+                    }
+                    drop(held);
+                    tracing::warn!("landing {subtask_branch} (try {tries}): {e}");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
+                }
+                Err(e) => return Landed::Failed(e.to_string()),
+            }
+            if cancel.is_cancelled() {
+                return Landed::NotNow("cancelled".into());
+            }
+        }
+    }
+
+    /// Lets the refinery go (when nothing is waiting to land) and wakes the machines waiting
+    /// for it.
+    pub async fn release(&self) {
+        let Some(lease) = self.held.lock().await.take() else {
+            return;
+        };
+        if let Err(e) = lease.release().await {
+            tracing::warn!("letting the refinery lease go: {e} (it expires by itself)");
+        }
+        if let Ok(client) = self.pool.get().await {
+            let _ = crate::pg::notify::notify(&client, CHANNEL_REFINERY, &self.repo).await;
+        }
+    }
+
+    /// The refinery lease, held: this process's if it still holds it, else taken, waiting while
+    /// another holder's is live. `Err` when cancelled or when the database stays unreachable.
+    async fn hold(
+        &self,
+        cancel: &Cancel,
+    ) -> Result<MutexGuard<'_, Option<RefineryLease>>, String> {
+        let mut held = self.held.lock().await;
+        if held.as_ref().is_some_and(|l| l.lost().is_none()) {
+            return Ok(held);
+        }
+        *held = None;
+        let mut wake = None;
+        let mut errors = 0u32;
+        let mut said = false;
+        loop {
+            match RefineryLease::acquire(&self.leases, &self.repo, &self.holder, self.ttl).await {
+                Ok(Some(lease)) => {
+                    if lease.attempt() > 1 {
+                        tracing::info!(
+                            "took the refinery of {} over (attempt {}): its holder died",
+                            self.repo,
+                            lease.attempt()
+                        );
+                    }
+                    *held = Some(lease);
+                    return Ok(held);
+                }
+                Ok(None) => {
+                    if !said {
+                        said = true;
+                        let by = self
+                            .leases
+                            .list(&self.repo, Some(crate::remote::REFINERY_KIND))
+                            .await
+                            .ok()
+                            .and_then(|rows| rows.into_iter().next())
+                            .map(|r| r.lease.holder)
+                            .unwrap_or_else(|| "another machine".into());
+                        tracing::info!(
+                            "the refinery of {} is held by {by}: waiting for it",
+                            self.repo
+                        );
+                    }
+                }
+                Err(e) => {
+                    errors += 1;
+                    if errors >= 5 {
+                        return Err(format!("the refinery lease could not be taken: {e}"));
+                    }
+                    tracing::warn!("taking the refinery lease: {e}");
+                }
+            }
+            if wake.is_none() {
+                wake = crate::pg::notify::listen(&self.url, &[CHANNEL_REFINERY])
+                    .await
+                    .ok();
+            }
+            let pause = crate::pg::notify::backstop(self.poll.min(self.ttl / 2));
+            match wake.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        _ = rx.recv() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                }
+            }
+            if cancel.is_cancelled() {
+                return Err("cancelled while waiting for the refinery".into());
+            }
+        }
+    }
+
+    /// Moves the local step branch (and its worktree) to `sha`, the remote's new tip, so the
+    /// next subtasks start from it. A failure is only logged: the verification iteration
+    /// brings the branch from the remote again ([`StepRefinery::share`]).
+    fn follow(&self, step: &Workspace, sha: &str) {
+        let Ok(head) = step.head() else { return };
+        if head == sha {
+            return;
+        }
+        if !contains(step.repo_root(), sha, &head) {
+            return;
+        }
+        if let Err(e) = crate::refinery::reset_to(step, sha) {
+            tracing::warn!("moving {} to the landed {sha}: {e}", step.branch());
+        }
+    }
+}
+
+/// Whether commit `ours` is `theirs` or has it in its history (in the clone at `root`).
+fn contains(root: &std::path::Path, ours: &str, theirs: &str) -> bool {
+    let Ok(repo) = git2::Repository::open(root) else {
+        return false;
+    };
+    let (Ok(o), Ok(t)) = (git2::Oid::from_str(ours), git2::Oid::from_str(theirs)) else {
+        return false;
+    };
+    o == t || repo.graph_descendant_of(o, t).unwrap_or(false)
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
