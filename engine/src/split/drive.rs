@@ -778,14 +778,7 @@ fn start_merge<'s, 'e>(
     let Some(ws) = ws else {
         workers.spawn(
             &format!("refinery {id}"),
-            async move {
-                Finished::Merge(
-                    id,
-                    Err("its worktree is gone".into()),
-                    None,
-                    None,
-                )
-            },
+            async move { Finished::Merge(id, Err("its worktree is gone".into()), None, None) },
             move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None, None),
         );
         return true;

@@ -204,9 +204,20 @@ async fn run(
             return result;
         }
     };
-    let recorder = match Ledger::open(m.root) {
-        Ok(l) => Recorder::new(l),
+    // Opened off the runtime's threads: opening a PostgreSQL ledger installs its tables,
+    // which waits for lease transactions this process may have open (a claim), and those need
+    // the runtime to finish.
+    let opened = {
+        let root = m.root.to_path_buf();
+        tokio::task::spawn_blocking(move || Ledger::open(&root)).await
+    };
+    let recorder = match opened {
+        Ok(Ok(l)) => Recorder::new(l),
         Err(e) => {
+            result.reason = format!("error: ledger: opening it failed: {e}");
+            return result;
+        }
+        Ok(Err(e)) => {
             result.reason = format!("error: ledger: {e}");
             return result;
         }
@@ -470,7 +481,7 @@ fn has_commit(root: &Path, sha: &str) -> bool {
 }
 
 /// Runs `git` in `dir` (the user's ssh config and credential helpers apply).
-pub async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     let out = tokio::process::Command::new("git")
         .arg("-C")
         .arg(dir)

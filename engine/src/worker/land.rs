@@ -275,10 +275,7 @@ impl StepRefinery {
 
     /// The refinery lease, held: this process's if it still holds it, else taken, waiting while
     /// another holder's is live. `Err` when cancelled or when the database stays unreachable.
-    async fn hold(
-        &self,
-        cancel: &Cancel,
-    ) -> Result<MutexGuard<'_, Option<RefineryLease>>, String> {
+    async fn hold(&self, cancel: &Cancel) -> Result<MutexGuard<'_, Option<RefineryLease>>, String> {
         let mut held = self.held.lock().await;
         if held.as_ref().is_some_and(|l| l.lost().is_none()) {
             return Ok(held);
