@@ -295,12 +295,16 @@ fn three_daemons_on_one_schedule_fire_each_slot_exactly_once() {
 /// cannot claim), B skips (`overlap = "skip"`) or queues (`"queue"`) behind A's run, and the
 /// queued fire runs once A's run has ended.
 fn overlap_across_machines(policy: &str, test: &str) {
+    // Runs wait for `gate`, written once m2 has deferred: m1's run is still going then,
+    // however slow the machine (a bare `sleep 5` could end before m1 was frozen).
+    let side = tempfile::tempdir().unwrap();
+    let gate = side.path().join("gate");
     let Some((repo, db)) = setup(
         test,
         &patrol(
             "*/2 * * * * *",
             &format!("overlap = \"{policy}\""),
-            "sleep 5",
+            &format!("until [ -e {} ]; do sleep 0.1; done", gate.display()),
         ),
     ) else {
         return;
@@ -329,6 +333,7 @@ fn overlap_across_machines(policy: &str, test: &str) {
         l.contains(want)
     });
     let b_log = b.log();
+    std::fs::write(&gate, "").unwrap();
     a.signal(libc::SIGCONT);
     assert!(
         b_log.contains(&format!("{a_run} (slot ")) && b_log.contains(", on m1)"),
@@ -390,9 +395,17 @@ fn overlap_queue_holds_across_machines_and_the_queued_fire_runs_once() {
 /// lease expires, resumes it (the attempt counted), and it ends once.
 #[test]
 fn a_run_whose_daemon_was_killed_is_taken_over_and_finishes_once() {
+    // The run waits for `gate`, written once m1 is dead: it is still going at the kill however
+    // long m2 takes to start on a loaded machine (with a bare `sleep 3` it could end first).
+    let side = tempfile::tempdir().unwrap();
+    let gate = side.path().join("gate");
     let Some((repo, db)) = setup(
         "daemon takeover",
-        &patrol("*/2 * * * * *", "overlap = \"skip\"", "sleep 3"),
+        &patrol(
+            "*/2 * * * * *",
+            "overlap = \"skip\"",
+            &format!("until [ -e {} ]; do sleep 0.1; done", gate.display()),
+        ),
     ) else {
         return;
     };
@@ -419,6 +432,7 @@ fn a_run_whose_daemon_was_killed_is_taken_over_and_finishes_once() {
         !a_log.contains("ended:"),
         "m1 ended its run before the kill:\n{a_log}"
     );
+    std::fs::write(&gate, "").unwrap();
     wait_until(
         &mut [&mut b],
         90,

@@ -275,7 +275,7 @@ checks = ["test -f f.txt"]
     let out_dir = tempfile::tempdir().unwrap();
     let junit = out_dir.path().join("junit.xml");
     let repo_dir = repo.path().display().to_string();
-    let child = common::wiggum_command()
+    let mut child = common::wiggum_command()
         .args(["run", &patrol, "--repo", &repo_dir, "--ci", "--junit"])
         .arg(&junit)
         .current_dir(repo.path())
@@ -283,27 +283,15 @@ checks = ["test -f f.txt"]
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::fs::read_dir(repo.path().join(".wiggum/worktrees"))
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with("-slow"))
-        })
-        .unwrap_or(false)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the step never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The agent is at work (not merely the step's worktree made): cancel the job now.
+    let lines = common::StderrLines::of(&mut child);
+    lines.wait_for("slow: iteration 1 · work", 60);
     // SAFETY: a signal to our own child process (a CI job being cancelled).
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = lines.rest();
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert_valid_junit(&junit);
     let xml = std::fs::read_to_string(&junit).unwrap();

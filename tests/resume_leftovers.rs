@@ -73,18 +73,20 @@ fn a_crashed_task_resumes_from_its_last_checkpoint_without_duplicate_beads() {
 #[test]
 fn a_tasks_timeout_keeps_its_elapsed_time_across_a_resume() {
     let repo = TempRepo::new();
-    // Each iteration takes 3s (the agent sleeps) and fails its check; the task may take 4s.
+    // Each iteration takes 4s (the agent sleeps) and fails its check; the task may take 7s.
+    // The 3s left over in iteration 1 are the room a loaded machine has for the rest of an
+    // iteration (start-up, checks, checkpoint); two iterations always outlast the limit.
     let task = [
         "task",
         "Slow work",
         "--agent-command",
-        "sh -c 'sleep 3; echo worked'",
+        "sh -c 'sleep 4; echo worked'",
         "--check",
         "false",
         "--stall-after",
         "9",
         "--timeout",
-        "4s",
+        "7s",
         "--json",
     ];
     let crashed = repo.wiggum_env(&task, &[("WIGGUM_FAILPOINT", "iteration-end")]);
@@ -93,7 +95,7 @@ fn a_tasks_timeout_keeps_its_elapsed_time_across_a_resume() {
     let out = repo.wiggum(&["resume", &run_id, "--json"]);
     let j = out.json();
     assert_eq!(j["outcome"], "timeout", "{j}");
-    // 3s of the 4s were spent before the crash: iteration 2 gets the second that is left.
+    // 4s of the 7s were spent before the crash: iteration 2 gets the 3s that are left.
     // Had the resume started the clock again, iteration 2 would have finished and iteration 3
     // hit the limit.
     assert_eq!(j["iterations"], 2, "{j}");
@@ -101,7 +103,7 @@ fn a_tasks_timeout_keeps_its_elapsed_time_across_a_resume() {
         j["reason"]
             .as_str()
             .unwrap()
-            .contains("time limit (4s) was reached in iteration 2"),
+            .contains("time limit (7s) was reached in iteration 2"),
         "{j}"
     );
 }

@@ -665,10 +665,14 @@ fn a_task_lands_on_the_branch_it_started_from_after_the_user_switched_branches()
     // It landed on whatever was checked out at the end: the user's other branch got the work.
     let repo = TempRepo::new();
     repo.git(&["branch", "feature"]);
+    // The agent says it is at work, then waits until the user has switched (a bare sleep let a
+    // loaded machine switch only after the task had landed, or while it landed).
     let marker = repo.path().join(".switch-now");
+    let switched = repo.path().join(".switched");
     let agent = format!(
-        "sh -c 'cat >/dev/null; touch {}; sleep 4; echo 42 > answer.txt; echo done'",
-        marker.display()
+        "sh -c 'cat >/dev/null; touch {}; until [ -e {} ]; do sleep 0.1; done; echo 42 > answer.txt; echo done'",
+        marker.display(),
+        switched.display()
     );
     let child = common::wiggum_command()
         .args([
@@ -690,6 +694,7 @@ fn a_task_lands_on_the_branch_it_started_from_after_the_user_switched_branches()
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     repo.git(&["checkout", "-q", "feature"]);
+    std::fs::write(&switched, "").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
