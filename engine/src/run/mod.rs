@@ -8,6 +8,7 @@ mod ledger_git;
 pub mod orphans;
 pub mod patrol;
 pub mod record;
+mod remote_run;
 pub mod resume_point;
 pub mod sandbox;
 pub mod state;

@@ -292,6 +292,8 @@ pub async fn run_patrol(
         let _ = recorder.finish(&run_id, "error", &reason, &reason);
         return Err(e.into());
     }
+    // On the shared remote, if any: another machine can take the run over from there.
+    super::remote_run::publish(&repo_root, &integration, &run_id, sink.as_ref()).await;
     let shared = Shared {
         recorder,
         sink,
@@ -438,6 +440,8 @@ async fn resume_with(
         .branch
         .clone()
         .unwrap_or_else(|| format!("wiggum/{run_id}"));
+    // Another machine may have run it last: its pushed branches, when further than ours.
+    super::remote_run::take_run(&shared.repo_root, &state, &integration, &mut notes).await;
     {
         let _across = worktrees_lock(&shared.repo_root);
         Workspace::open(&shared.repo_root, run_id, &integration)?;
@@ -1052,6 +1056,13 @@ async fn merge_step(ctx: &RunCtx, ws: Workspace) -> Result<(), String> {
     let _guard = ctx.land_lock.lock().await;
     match ws.land(Some(&ctx.integration)) {
         Ok(LandOutcome::FastForward { .. }) | Ok(LandOutcome::Merged { .. }) => {
+            super::remote_run::publish(
+                &ctx.repo_root,
+                &ctx.integration,
+                &ctx.run_id,
+                ctx.sink.as_ref(),
+            )
+            .await;
             let branch = ws.branch().to_string();
             let _guard = ctx.worktree_lock.lock().unwrap_or_else(|e| e.into_inner());
             let _across = worktrees_lock(&ctx.repo_root);
@@ -1147,6 +1158,7 @@ async fn run_command_step(
     let cp = ws
         .checkpoint(&format!("wiggum: {} {}", ctx.run_id, step.id))
         .map_err(|e| format!("checkpoint failed: {e}"))?;
+    super::remote_run::publish(&ctx.repo_root, ws.branch(), &step.id, ctx.sink.as_ref()).await;
     let detail = format!("{} ({})", end.line, cp.stat);
     if !end.passed {
         let outcome = if end.timed_out {
