@@ -481,7 +481,7 @@ fn has_commit(root: &Path, sha: &str) -> bool {
 }
 
 /// Runs `git` in `dir` (the user's ssh config and credential helpers apply).
-async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+pub async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     let out = tokio::process::Command::new("git")
         .arg("-C")
         .arg(dir)
