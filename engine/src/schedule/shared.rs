@@ -1347,15 +1347,18 @@ mod tests {
         let Some(db) = TestDb::create_blocking("fires takeover") else {
             return;
         };
-        let a = daemon(&db, "m1", Duration::from_millis(300));
+        // m1's lease is short, but long enough that the check of a live lease below comes
+        // before it expires on a loaded machine (m2 and m3 connect first).
+        let ttl = Duration::from_millis(1500);
+        let b = daemon(&db, "m2", LONG);
+        let c = daemon(&db, "m3", LONG);
+        let a = daemon(&db, "m1", ttl);
         let fire = tpl("2026-01-01T00:00:02Z");
         let Claim::Start { lease, .. } = a.claim(&fire, Overlap::Skip, false).unwrap() else {
             panic!("m1 should start it");
         };
-        let b = daemon(&db, "m2", LONG);
-        let c = daemon(&db, "m3", LONG);
         assert!(b.orphans().unwrap().is_empty(), "a live lease is no orphan");
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(ttl + Duration::from_millis(300));
         let orphans = b.orphans().unwrap();
         assert_eq!(orphans.len(), 1);
         let (_, attempt) = b.take_over(&orphans[0].fire).unwrap().expect("m2 takes it");
