@@ -303,3 +303,96 @@ async fn independent_patrol_steps_are_claimed_by_two_workers_and_run_at_the_same
         "a ran {a_start}..{a_end}, b ran {b_start}..{b_end}: not at the same time"
     );
 }
+
+const ONE_STEP_PATROL: &str = r#"
+[patrol]
+name = "one"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "a"
+prompt = "write a.txt"
+[steps.loop]
+checks = ["test -f a.txt"]
+max_iterations = 2
+"#;
+
+const ONE_STEP_SCRIPT: &str = r#"
+[[work]]
+step = "a"
+reply = "wrote a"
+delay = "4s"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patrol_killed_while_a_worker_runs_its_step_is_resumed_waiting_for_that_worker() {
+    let Some(db) = TestDb::create("patrol workers driver killed").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, ONE_STEP_SCRIPT) else {
+        assert!(!common::in_ci(), "git daemon is missing in CI");
+        eprintln!("SKIPPED: git daemon is not available");
+        return;
+    };
+    start_worker(&mut cluster, "m1", 1);
+    cluster.wait_workers(&db, 1).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let mut run = common::wiggum_command()
+        .args(["run", "patrol.toml", "--repo"])
+        .arg(&driver)
+        .current_dir(&driver)
+        .env("HOME", &home)
+        .env("WIGGUM_DATABASE_URL", &cluster.url)
+        .env("WIGGUM_WORKER_POLL", "300ms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the worker runs the step.
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let run_id = loop {
+        let rows = q.list(&cluster.base, None).await.unwrap_or_default();
+        if let Some(r) = rows.iter().find(|r| r.state == "running") {
+            break r.job.run_id.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no worker took the step: {rows:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // `wiggum resume` waits for the worker's result instead of running the step again.
+    let out = cluster
+        .wiggum_in(&driver, &home, &["resume", &run_id, "--json"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    assert!(driver.join("a.txt").exists(), "a.txt is not landed");
+    let jobs = jobs(&cluster, &db).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].3.attempt, 1);
+    assert_eq!(jobs[0].3.iterations, 1, "the step ran twice");
+    let all = beads_in_database(&driver, &cluster.url);
+    let bead = common::step(&report, "a")["bead"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(common::split::iterations_of(&all, &bead).len(), 1);
+}
