@@ -396,3 +396,109 @@ async fn a_patrol_killed_while_a_worker_runs_its_step_is_resumed_waiting_for_tha
         .to_string();
     assert_eq!(common::split::iterations_of(&all, &bead).len(), 1);
 }
+
+const TWO_ITERATIONS_SCRIPT: &str = r#"
+[[work]]
+step = "a"
+iteration = 1
+reply = "half of it"
+[[work.edits]]
+path = "half.txt"
+write = "half\n"
+[[work]]
+step = "a"
+iteration = 2
+reply = "all of it"
+delay = "6s"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkpoint() {
+    let Some(db) = TestDb::create("patrol workers step takeover").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, TWO_ITERATIONS_SCRIPT) else {
+        assert!(!common::in_ci(), "git daemon is missing in CI");
+        eprintln!("SKIPPED: git daemon is not available");
+        return;
+    };
+    for m in ["m1", "m2"] {
+        start_worker(&mut cluster, m, 1);
+    }
+    cluster.wait_workers(&db, 2).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let run = {
+        let driver = driver.clone();
+        let home = home.clone();
+        let url = cluster.url.clone();
+        tokio::task::spawn_blocking(move || {
+            common::wiggum_command()
+                .args(["run", "patrol.toml", "--json", "--repo"])
+                .arg(&driver)
+                .current_dir(&driver)
+                .env("HOME", &home)
+                .env("WIGGUM_DATABASE_URL", &url)
+                .env("WIGGUM_WORKER_POLL", "300ms")
+                .output()
+                .unwrap()
+        })
+    };
+    // The step's first iteration is checkpointed and pushed; its worker, in the second, dies.
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let victim = loop {
+        let rows = q.list(&cluster.base, None).await.unwrap_or_default();
+        if let Some(r) = rows.iter().find(|r| r.state == "running") {
+            let branch = format!("wiggum/{}-a", r.job.run_id);
+            let pushed = std::process::Command::new("git")
+                .args(["ls-remote", &cluster.hub_url])
+                .arg(format!("refs/heads/{branch}"))
+                .output()
+                .unwrap();
+            if !pushed.stdout.is_empty() {
+                let holder = r.holder.clone().unwrap();
+                break holder.split('-').next().unwrap().to_string();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never got going: {rows:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    cluster.kill_worker(&victim);
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    // Taken over once, by the other machine, from the pushed checkpoint (half.txt is from the
+    // dead worker's first iteration, which was not run again).
+    let jobs = jobs(&cluster, &db).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let res = &jobs[0].3;
+    assert_eq!(res.attempt, 2, "{res:?}");
+    assert_ne!(res.machine, victim);
+    assert_eq!(res.iterations, 2, "{res:?}");
+    for f in ["half.txt", "a.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed");
+    }
+    let all = beads_in_database(&driver, &cluster.url);
+    let bead = common::step(&report, "a")["bead"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let its = common::split::iterations_of(&all, &bead);
+    assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
+}
