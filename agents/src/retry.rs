@@ -313,7 +313,8 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(started.elapsed() < Duration::from_secs(1));
+        // Not the 60 s the server asked for.
+        assert!(started.elapsed() < Duration::from_secs(30));
         assert!(err.to_string().contains("max_retry_time"), "{err}");
     }
 
