@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS wiggum_bead_deps(
     depends_on_id TEXT COLLATE "C" NOT NULL, dep_type TEXT NOT NULL,
     PRIMARY KEY(repo, issue_id, depends_on_id, dep_type));
 CREATE INDEX IF NOT EXISTS wiggum_bead_deps_target ON wiggum_bead_deps(repo, depends_on_id);
+CREATE INDEX IF NOT EXISTS wiggum_bead_deps_blocking
+    ON wiggum_bead_deps(repo, depends_on_id, issue_id)
+    WHERE dep_type IN ('blocks', 'conditional-blocks', 'waits-for');
 CREATE TABLE IF NOT EXISTS wiggum_ledger_counters(
     repo TEXT COLLATE "C" NOT NULL, name TEXT NOT NULL, value BIGINT NOT NULL,
     PRIMARY KEY(repo, name));
@@ -94,21 +97,29 @@ CREATE TABLE IF NOT EXISTS wiggum_state(
 "#;
 
 /// `up`: each open bead with itself and its ancestors (`parent-child`, at most 64 levels);
-/// `direct`: the beads an unresolved bead blocks directly. An open bead is blocked when it or an
-/// ancestor is in `direct`. The cost follows the open beads, not the ledger.
+/// `direct`: the beads an unresolved bead blocks directly; `unblocked`: the open beads of which
+/// neither they nor an ancestor is in `direct`. The cost follows the open and unresolved beads,
+/// not the ledger: each step is an index lookup per bead (`LATERAL ... OFFSET 0` keeps the
+/// planner from turning it into a scan of every dependency, which it did at 100k beads when
+/// its estimate of the recursion was large, or into a nested loop over all pairs when it had no
+/// statistics yet), and the blocking dependencies are found from their unresolved targets
+/// (`wiggum_bead_deps_blocking`), not by reading every one of the repository.
 const BLOCKED_CTE: &str = "WITH RECURSIVE up(id, anc, depth) AS (
     SELECT o.id, o.id, 0 FROM wiggum_beads o WHERE o.repo = $1 AND o.status = 'open'
   UNION ALL
-    SELECT u.id, d.depends_on_id, u.depth + 1 FROM up u
-    JOIN wiggum_bead_deps d ON d.repo = $1 AND d.issue_id = u.anc
-    WHERE d.dep_type = 'parent-child' AND u.depth < 64
+    SELECT u.id, p.depends_on_id, u.depth + 1 FROM up u CROSS JOIN LATERAL (
+        SELECT d.depends_on_id FROM wiggum_bead_deps d
+        WHERE d.repo = $1 AND d.issue_id = u.anc AND d.dep_type = 'parent-child' OFFSET 0) p
+    WHERE u.depth < 64
 ), direct AS (
-    SELECT d.issue_id FROM wiggum_bead_deps d
-    JOIN wiggum_beads t ON t.repo = d.repo AND t.id = d.depends_on_id
-    WHERE d.repo = $1 AND d.dep_type IN ('blocks', 'conditional-blocks', 'waits-for')
-      AND t.status NOT IN ('closed', 'tombstone')
-), blocked(id) AS (
-    SELECT DISTINCT u.id FROM up u JOIN direct x ON x.issue_id = u.anc
+    SELECT x.issue_id FROM wiggum_beads t CROSS JOIN LATERAL (
+        SELECT d.issue_id FROM wiggum_bead_deps d
+        WHERE d.repo = $1 AND d.depends_on_id = t.id
+          AND d.dep_type IN ('blocks', 'conditional-blocks', 'waits-for') OFFSET 0) x
+    WHERE t.repo = $1 AND t.status NOT IN ('closed', 'tombstone')
+), unblocked(id) AS (
+    SELECT u.id FROM up u GROUP BY u.id
+    HAVING NOT bool_or(u.anc IN (SELECT x.issue_id FROM direct x))
 )";
 
 type Param = Box<dyn ToSql + Send + Sync>;
@@ -188,6 +199,11 @@ impl Conn {
                 .rt
                 .block_on(crate::pg::connect(&self.url))
                 .map_err(pg_err(&self.url))?;
+            // The ledger's statements are short; JIT compiling one whose estimate ran high (the
+            // ready query's recursion at 100k beads) cost more than a second and saved nothing.
+            self.rt
+                .block_on(client.batch_execute("SET jit = off"))
+                .map_err(|e| db_err(&self.url, e))?;
             self.client = Some(client);
         }
         Ok(())
@@ -801,9 +817,8 @@ impl Store for PgStore {
     fn ready_rows(&self) -> Result<Vec<BeadRow>, LedgerError> {
         self.bead_rows(
             format!(
-                "{BLOCKED_CTE} SELECT b.id, b.line, b.is_foreign FROM wiggum_beads b \
-                 WHERE b.repo = $1 AND b.status = 'open' \
-                 AND NOT EXISTS (SELECT 1 FROM blocked x WHERE x.id = b.id) \
+                "{BLOCKED_CTE} SELECT b.id, b.line, b.is_foreign FROM unblocked v \
+                 JOIN wiggum_beads b ON b.repo = $1 AND b.id = v.id \
                  ORDER BY b.priority, b.created_us, b.id"
             ),
             Vec::new(),
@@ -817,9 +832,9 @@ impl Store for PgStore {
     ) -> Result<Vec<BeadRow>, LedgerError> {
         let mut args: Vec<Param> = Vec::new();
         let mut sql = format!(
-            "{BLOCKED_CTE} SELECT b.id, b.line, b.is_foreign FROM wiggum_beads b \
-             WHERE b.repo = $1 AND b.status = 'open' AND (b.assignee IS NULL OR b.assignee = '') \
-             AND NOT EXISTS (SELECT 1 FROM blocked x WHERE x.id = b.id)"
+            "{BLOCKED_CTE} SELECT b.id, b.line, b.is_foreign FROM unblocked v \
+             JOIN wiggum_beads b ON b.repo = $1 AND b.id = v.id \
+             WHERE b.status = 'open' AND (b.assignee IS NULL OR b.assignee = '')"
         );
         filter_sql(filter, &mut sql, &mut args);
         args.push(p(limit));
