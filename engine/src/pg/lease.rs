@@ -35,22 +35,47 @@ CREATE TABLE IF NOT EXISTS wiggum_leases(
     PRIMARY KEY(repo, kind, key)
 );
 CREATE INDEX IF NOT EXISTS wiggum_leases_holder ON wiggum_leases(holder);
+CREATE INDEX IF NOT EXISTS wiggum_leases_expiry ON wiggum_leases(repo, kind, expires_at);
 ";
 
-/// Takes a free or expired lease ($1 repo, $2 kind, $3 key, $4 holder, $5 ttl in seconds).
-const ACQUIRE: &str = "INSERT INTO wiggum_leases AS l
-         (repo, kind, key, holder, token, attempt, acquired_at, renewed_at, expires_at)
-     VALUES ($1, $2, $3, $4, nextval('wiggum_lease_tokens'), 1, now(), now(),
-             now() + make_interval(secs => $5))
-     ON CONFLICT (repo, kind, key) DO UPDATE
+/// The columns of a lease row, in the order the acquisitions below give them.
+const COLUMNS: &str =
+    "(repo, kind, key, holder, token, attempt, acquired_at, renewed_at, expires_at)";
+
+/// The takeover rule of every acquisition: a free key is inserted; an existing row is taken only
+/// when it has expired (attempt + 1, a takeover) or is the same holder's (renewed under a new
+/// token); a live lease of another holder gives no row.
+const ON_CONFLICT: &str = "ON CONFLICT (repo, kind, key) DO UPDATE
          SET holder = EXCLUDED.holder,
              token = EXCLUDED.token,
              attempt = CASE WHEN l.holder = EXCLUDED.holder THEN l.attempt
                             ELSE l.attempt + 1 END,
              acquired_at = now(), renewed_at = now(),
              expires_at = EXCLUDED.expires_at
-         WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder
-     RETURNING token, attempt";
+         WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder";
+
+/// Takes a free or expired lease ($1 repo, $2 kind, $3 key, $4 holder, $5 ttl in seconds);
+/// returns token, attempt.
+fn acquire_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        acquire_from_sql(
+            "VALUES ($1, $2, $3, $4, nextval('wiggum_lease_tokens'), 1, now(), now(),
+                     now() + make_interval(secs => $5))",
+        )
+    })
+}
+
+/// The lease acquisition as one statement over `rows` (a `VALUES` list or a `SELECT` giving the
+/// nine columns, the token from `nextval('wiggum_lease_tokens')`), with the takeover rule of
+/// [`Leases::acquire`]. Returns `token, attempt, key` of each lease taken. For claims that pick
+/// their work row and take its lease in one statement (one round trip, one transaction).
+pub(crate) fn acquire_from_sql(rows: &str) -> String {
+    format!(
+        "INSERT INTO wiggum_leases AS l {COLUMNS} {rows} {ON_CONFLICT} \
+         RETURNING l.token, l.attempt, l.key"
+    )
+}
 
 /// Gives up a lease ($1 repo, $2 kind, $3 key) if `$4` is still its token.
 const RELEASE: &str =
@@ -70,7 +95,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The lease `ACQUIRE` returned (token, attempt) for (repo, kind, key) and `holder`.
+    /// The lease an acquisition returned (token, attempt) for (repo, kind, key) and `holder`.
     fn taken(row: &tokio_postgres::Row, repo: &str, kind: &str, key: &str, holder: &str) -> Lease {
         Lease {
             repo: repo.to_string(),
@@ -101,7 +126,7 @@ pub struct Leases {
     url: String,
 }
 
-fn secs(ttl: Duration) -> f64 {
+pub(crate) fn secs(ttl: Duration) -> f64 {
     ttl.as_secs_f64().max(0.001)
 }
 
@@ -142,7 +167,7 @@ impl Leases {
     ) -> Result<Option<Lease>, PgError> {
         let client = self.client().await?;
         let row = client
-            .query_opt(ACQUIRE, &[&repo, &kind, &key, &holder, &secs(ttl)])
+            .query_opt(acquire_sql(), &[&repo, &kind, &key, &holder, &secs(ttl)])
             .await
             .map_err(|e| self.db(e))?;
         Ok(row.map(|r| Lease::taken(&r, repo, kind, key, holder)))
@@ -160,7 +185,7 @@ impl Leases {
         ttl: Duration,
     ) -> Result<Option<Lease>, PgError> {
         let row = tx
-            .query_opt(ACQUIRE, &[&repo, &kind, &key, &holder, &secs(ttl)])
+            .query_opt(acquire_sql(), &[&repo, &kind, &key, &holder, &secs(ttl)])
             .await
             .map_err(|e| self.db(e))?;
         Ok(row.map(|r| Lease::taken(&r, repo, kind, key, holder)))
