@@ -358,29 +358,19 @@ async fn push_ref(root: &Path, remote: &str, sha: &str, dst: &str) -> Result<(),
 }
 
 /// Fetches the worker's branch and puts the step's worktree (made again if it is gone) at
-/// its tip.
+/// its tip ([`crate::remote::resume_branch`]: a local tip the remote does not have is kept
+/// under `refs/wiggum/kept/...`).
 async fn fetch_into(
     root: &Path,
     remote: &str,
     name: &str,
     branch: &str,
 ) -> Result<Workspace, String> {
-    let fetched = format!("refs/wiggum/fetched/{branch}");
-    git(
-        root,
-        &[
-            "fetch",
-            "-q",
-            remote,
-            &format!("+refs/heads/{branch}:{fetched}"),
-        ],
-    )
-    .await
-    .map_err(|e| format!("fetching the step's branch {branch}: {e}"))?;
-    let sha = git(root, &["rev-parse", &fetched]).await?;
-    let ws = reopen(root, name, branch)?;
-    git(ws.path(), &["reset", "-q", "--hard", &sha]).await?;
-    drop(ws);
+    let remote = crate::remote::Remote::new(root, crate::remote::RemoteSpec::new(remote));
+    let resumed = crate::remote::resume_branch(&remote, name, branch, None)
+        .await
+        .map_err(|e| format!("bringing the step's branch {branch} back: {e}"))?;
+    drop(resumed);
     // Opened again: its last checkpoint is the fetched tip.
     reopen(root, name, branch)
 }
