@@ -380,3 +380,173 @@ fn contains(root: &std::path::Path, ours: &str, theirs: &str) -> bool {
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::testing::{clone_hub, git, Hub};
+    use std::path::Path;
+
+    fn refinery(root: &Path, remote: &str, url: &DbUrl) -> StepRefinery {
+        let pool = crate::pg::pool(url, 2).unwrap();
+        StepRefinery::new(
+            root,
+            remote,
+            pool,
+            url,
+            "repo-key",
+            Duration::from_millis(200),
+        )
+    }
+
+    fn commit(ws: &Workspace, file: &str, text: &str) -> String {
+        std::fs::write(ws.path().join(file), text).unwrap();
+        git(ws.path(), &["add", "-A"]);
+        git(ws.path(), &["commit", "-q", "-m", file]);
+        ws.head().unwrap()
+    }
+
+    /// A database URL nothing listens on: `share` never talks to the database.
+    fn no_db() -> DbUrl {
+        DbUrl::parse("postgres://nobody@127.0.0.1:1/none").unwrap()
+    }
+
+    #[tokio::test]
+    async fn share_pushes_a_new_or_further_step_branch_and_brings_back_one_the_remote_has_further()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(&dir.path().join("hub"));
+        let a = clone_hub(&hub.file_url(), &dir.path().join("a"));
+        let b = clone_hub(&hub.file_url(), &dir.path().join("b"));
+        let step = "wiggum/r1";
+
+        // Machine a splits: the remote has no step branch yet, a's is pushed.
+        let ws_a = Workspace::create(&a, "r1", step, None).unwrap();
+        let first = commit(&ws_a, "one.txt", "1\n");
+        let ra = refinery(&a, "origin", &no_db());
+        assert_eq!(ra.share(&ws_a).await.unwrap(), first);
+        assert_eq!(hub.tip(step).as_deref(), Some(first.as_str()));
+        // Nothing new: nothing to do.
+        assert_eq!(ra.share(&ws_a).await.unwrap(), first);
+
+        // Machine b has the step branch behind the remote's (an earlier process of the step
+        // landed more): it is brought forward, worktree and all.
+        let ws_b = Workspace::create(&b, "r1", step, Some("main")).unwrap();
+        let rb = refinery(&b, "origin", &no_db());
+        assert_eq!(rb.share(&ws_b).await.unwrap(), first);
+        assert_eq!(ws_b.head().unwrap(), first);
+        assert!(ws_b.path().join("one.txt").exists());
+
+        // b goes further (its verification iteration): pushed on.
+        let second = commit(&ws_b, "two.txt", "2\n");
+        assert_eq!(rb.share(&ws_b).await.unwrap(), second);
+        assert_eq!(hub.tip(step).as_deref(), Some(second.as_str()));
+
+        // a made a commit the remote does not have while the remote moved on: the remote's
+        // tested branch wins and a's tip is kept under a ref.
+        let stray = commit(&ws_a, "stray.txt", "x\n");
+        assert_eq!(ra.share(&ws_a).await.unwrap(), second);
+        assert_eq!(ws_a.head().unwrap(), second);
+        let kept = git(
+            &a,
+            &[
+                "for-each-ref",
+                "--format=%(objectname)",
+                "refs/wiggum/kept/",
+            ],
+        );
+        assert_eq!(kept.trim(), stray);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_landing_waits_while_another_machine_holds_the_refinery_and_lands_once_it_lets_go() {
+        let Some(db) = crate::pg::testing::TestDb::create("worker_land_wait").await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(&dir.path().join("hub"));
+        let a = clone_hub(&hub.file_url(), &dir.path().join("a"));
+        let step = "wiggum/r2";
+        let sub = "wiggum/r2.split/s1";
+        let ws = Workspace::create(&a, "r2", step, None).unwrap();
+        let ra = refinery(&a, "origin", &db.url);
+        let base = ra.share(&ws).await.unwrap();
+        // The subtask's branch, as a worker pushed it.
+        let sub_ws = Workspace::create(&a, "r2.split-s1", sub, Some(&base)).unwrap();
+        let sub_tip = commit(&sub_ws, "s1.txt", "1\n");
+        ra.remote().push_branch(sub).await.unwrap();
+
+        let leases = Leases::new(crate::pg::pool(&db.url, 2).unwrap(), &db.url);
+        leases.install().await.unwrap();
+        let other = RefineryLease::acquire(
+            &leases,
+            "repo-key",
+            "other-machine",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .expect("free");
+        let cancel = Cancel::new();
+        let checks = vec!["test -f s1.txt".to_string()];
+        let landing = {
+            let (ra, ws, checks, cancel) = (&ra, &ws, &checks, &cancel);
+            async move {
+                ra.land(ws, sub, checks, Duration::from_secs(30), &[], cancel)
+                    .await
+            }
+        };
+        tokio::pin!(landing);
+        // While the other machine holds it, the landing waits (and pushes nothing).
+        let waited = tokio::time::timeout(Duration::from_millis(800), &mut landing).await;
+        assert!(
+            waited.is_err(),
+            "landed while another machine held the refinery"
+        );
+        assert_eq!(hub.tip(step).as_deref(), Some(base.as_str()));
+        // It lets go (and says so): the landing takes the lease and lands.
+        assert!(other.release().await.unwrap());
+        let client = crate::pg::connect(&db.url).await.unwrap();
+        crate::pg::notify::notify(&client, CHANNEL_REFINERY, "repo-key")
+            .await
+            .unwrap();
+        let landed = tokio::time::timeout(Duration::from_secs(60), &mut landing)
+            .await
+            .expect("the landing went on once the lease was free");
+        let Landed::Done(MergeResult::Merged { sha, .. }, Some(note)) = landed else {
+            panic!("{landed:?}")
+        };
+        assert_eq!(
+            sha, sub_tip,
+            "a subtask on top of the step lands as a fast-forward"
+        );
+        assert!(note.contains("attempt 1"), "{note}");
+        assert_eq!(hub.tip(step).as_deref(), Some(sha.as_str()));
+        assert_eq!(ws.head().unwrap(), sha, "the local step branch follows");
+        let rows = leases
+            .list("repo-key", Some(crate::remote::REFINERY_KIND))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0]
+            .lease
+            .holder
+            .starts_with(&crate::worker::machine_name()));
+        // Let go: the next machine may take it at once. Landing again changes nothing.
+        ra.release().await;
+        assert!(leases
+            .list("repo-key", Some(crate::remote::REFINERY_KIND))
+            .await
+            .unwrap()
+            .is_empty());
+        let again = ra
+            .land(&ws, sub, &checks, Duration::from_secs(30), &[], &cancel)
+            .await;
+        assert!(
+            matches!(&again, Landed::Done(MergeResult::Merged { sha: s, .. }, Some(n)) if *s == sha && n.contains("not landed again")),
+            "{again:?}"
+        );
+        assert_eq!(hub.tip(step).as_deref(), Some(sha.as_str()));
+        ra.release().await;
+    }
+}
