@@ -4,110 +4,26 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{wiggum_command, TempRepo};
+use common::daemon::Daemon;
+use common::TempRepo;
 use serde_json::Value;
 
-/// A daemon running in the background, its log going to a file.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
+/// A daemon working in `repo`, its log in `repo/daemon-<nanos>.log` (ignored by git).
+fn start(repo: &TempRepo, args: &[&str]) -> Daemon {
+    start_env(repo, args, &[])
 }
 
-impl Daemon {
-    fn start(repo: &TempRepo, args: &[&str]) -> Daemon {
-        Self::start_env(repo, args, &[])
-    }
-
-    fn start_env(repo: &TempRepo, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let log = repo.path().join(format!(
-            "daemon-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = wiggum_command();
-        cmd.arg("daemon")
-            .args(["--stop-timeout", "10s"])
-            .args(args)
-            .current_dir(repo.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("wiggum daemon starts");
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log has `count` lines containing `needle`; panics with the log after
-    /// `secs` (a bound for a loaded machine, not a timing assertion).
-    fn wait_for_n(&mut self, needle: &str, count: usize, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let log = self.log();
-            if log.lines().filter(|l| l.contains(needle)).count() >= count {
-                return log;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited ({status}) before logging {needle:?}:\n{log}");
-            }
-            if Instant::now() > deadline {
-                panic!("no {count} × {needle:?} in the daemon's log after {secs}s:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str, secs: u64) -> String {
-        self.wait_for_n(needle, 1, secs)
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: sends a signal to our own child process.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-    }
-
-    /// SIGTERM, then the exit code (within a bound).
-    fn stop(mut self) -> (i32, String) {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), self.log());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "the daemon did not exit within 30s of SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_env(repo: &TempRepo, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    let log = repo.path().join(format!(
+        "daemon-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    Daemon::spawn(repo.path(), log, "here", args, env)
 }
 
 /// A patrol of one command step, scheduled.
@@ -170,7 +86,7 @@ fn fires_every_two_seconds_on_even_seconds_and_records_each_run() {
         "tick",
         &patrol("*/2 * * * * *", "", "echo tick >> ../ticks.txt"),
     );
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for_n("ended: done", 2, 60);
     let (code, log) = d.stop();
     assert_eq!(code, 0, "{log}");
@@ -223,7 +139,7 @@ fn overlap_skip_records_the_fires_it_skips_in_the_store_and_the_ledger() {
         "slow",
         &patrol("* * * * * *", "overlap = \"skip\"", "sleep 2.5"),
     );
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for_n("not fired slow", 2, 60);
     d.wait_for("ended: done", 60);
     let (code, log) = d.stop();
@@ -255,7 +171,7 @@ fn overlap_queue_keeps_one_fire_and_runs_it_after_the_running_one() {
         "q",
         &patrol("* * * * * *", "overlap = \"queue\"", "sleep 2"),
     );
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for("queued q slot", 60);
     d.wait_for("already queued", 60);
     d.wait_for_n("ended: done", 2, 60);
@@ -282,7 +198,7 @@ fn overlap_cancel_cancels_the_running_run_resumably_and_starts_the_new_one() {
         "c",
         &patrol("*/3 * * * * *", "overlap = \"cancel\"", "sleep 20"),
     );
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for("cancelling c slot", 60);
     d.wait_for("ended: cancelled", 60);
     let (code, log) = d.stop();
@@ -312,7 +228,7 @@ fn overlap_allow_runs_two_at_once() {
         "a",
         &patrol("* * * * * *", "overlap = \"allow\"", "sleep 2.5"),
     );
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for_n("ended: done", 2, 60);
     let (code, log) = d.stop();
     assert_eq!(code, 0, "{log}");
@@ -346,7 +262,7 @@ fn a_killed_daemon_resumes_its_run_without_firing_the_slot_again_and_catches_up_
             &format!("until [ -e {} ]; do sleep 0.1; done", go.display()),
         ),
     );
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     let log = d.wait_for("run wg-", 60);
     let run_id = log
         .lines()
@@ -372,7 +288,7 @@ fn a_killed_daemon_resumes_its_run_without_firing_the_slot_again_and_catches_up_
     std::fs::write(&go, "").unwrap();
     // Two or three slots pass while no daemon runs.
     std::thread::sleep(Duration::from_millis(4500));
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for(&format!("resuming {run_id} of k slot {slot}"), 60);
     d.wait_for(&format!("run {run_id} of k slot {slot} ended: done"), 60);
     d.wait_for("(catchup,", 60);
@@ -425,12 +341,12 @@ fn slots_missed_outside_catchup_are_recorded_and_not_run() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
     write_patrol(&repo, "m", &patrol("*/2 * * * * *", "", "true"));
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for("ended: done", 60);
     let (code, _) = d.stop();
     assert_eq!(code, 0);
     std::thread::sleep(Duration::from_millis(3000));
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     let log = d.wait_for("missed ", 60);
     assert!(log.contains("fire") && !log.contains("(catchup,"), "{log}");
     d.stop();
@@ -447,7 +363,7 @@ fn an_invalid_edit_keeps_the_last_good_schedule_and_reports_where() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
     let path = write_patrol(&repo, "e", &patrol("*/2 * * * * *", "", "true"));
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for("ended: done", 60);
     std::fs::write(&path, patrol("*/2 * * * * * * *", "", "true")).unwrap();
     let log = d.wait_for("invalid patrol", 30);
@@ -476,7 +392,7 @@ fn sighup_picks_up_a_new_patrol() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
     write_patrol(&repo, "yearly", &patrol("0 0 1 1 *", "", "true"));
-    let mut d = Daemon::start(&repo, &["--no-watch"]);
+    let mut d = start(&repo, &["--no-watch"]);
     d.wait_for("daemon started", 60);
     write_patrol(&repo, "new", &patrol("*/2 * * * * *", "", "true"));
     std::thread::sleep(Duration::from_millis(2500));
@@ -497,7 +413,7 @@ fn a_new_or_removed_file_is_noticed_without_a_signal() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
     write_patrol(&repo, "yearly", &patrol("0 0 1 1 *", "", "true"));
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for("daemon started", 60);
     let path = write_patrol(&repo, "new", &patrol("*/2 * * * * *", "", "true"));
     d.wait_for("fired new slot", 60);
@@ -517,7 +433,7 @@ fn sigterm_exits_zero_and_leaves_the_run_to_resume() {
         agent.split(' ').collect::<Vec<_>>()
     );
     write_patrol(&repo, "s", &text);
-    let mut d = Daemon::start_env(&repo, &[], &[("FAKE_SLEEP", "60")]);
+    let mut d = start_env(&repo, &[], &[("FAKE_SLEEP", "60")]);
     d.wait_for("run wg-", 60);
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
@@ -542,7 +458,7 @@ fn sigterm_exits_zero_and_leaves_the_run_to_resume() {
     );
     let run_id = ran["run_id"].as_str().unwrap().to_string();
     // The next daemon resumes it.
-    let mut d = Daemon::start_env(&repo, &[], &[("FAKE_SLEEP", "0")]);
+    let mut d = start_env(&repo, &[], &[("FAKE_SLEEP", "0")]);
     d.wait_for(&format!("resuming {run_id}"), 60);
     d.wait_for(&format!("run {run_id} of s slot"), 60);
     d.stop();
@@ -553,7 +469,7 @@ fn a_second_daemon_on_the_same_state_refuses_and_names_the_first() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
     write_patrol(&repo, "y", &patrol("0 0 1 1 *", "", "true"));
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for("daemon started", 60);
     let out = repo.wiggum(&["daemon"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
@@ -581,7 +497,7 @@ fn pause_and_enabled_false_stop_fires_and_resume_brings_them_back() {
         &patrol("*/2 * * * * *", "enabled = false", "true"),
     );
     assert_eq!(repo.wiggum(&["schedule", "pause", "p"]).code, 0);
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for_n("not fired p slot", 1, 60);
     let log = d.log();
     assert!(log.contains("paused"), "{log}");
@@ -626,7 +542,7 @@ fn schedule_run_fires_through_the_daemon_or_by_itself() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(out.json()["outcome"], "converged");
     // With a daemon: the daemon fires it.
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for("daemon started", 60);
     let out = repo.wiggum(&["schedule", "run", "n"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -650,7 +566,7 @@ fn an_exhausted_quota_holds_the_patrols_fires_and_is_not_a_failure() {
         "[patrol]\nschedule = \"*/2 * * * * *\"\nland = \"none\"\n\n[agents.w]\nbackend = \"command\"\ncommand = [\"sh\", \"-c\", \"echo 'Claude AI usage limit reached|{reset}' >&2; exit 1\"]\n\n[[steps]]\nid = \"work\"\nagent = \"w\"\nprompt = \"p\"\n[steps.loop]\nmax_iterations = 1\nreview = \"none\"\n"
     );
     write_patrol(&repo, "quota", &text);
-    let mut d = Daemon::start(&repo, &[]);
+    let mut d = start(&repo, &[]);
     d.wait_for("holding quota until", 60);
     // A slot held for the quota (not merely one skipped because the first run still went on:
     // that says "not fired quota slot" too).
@@ -696,7 +612,7 @@ fn patrols_of_different_repositories_fire_into_their_own_ledgers() {
         other.path().display().to_string()
     );
     write_patrol(&home, "there", &text);
-    let mut d = Daemon::start(&home, &[]);
+    let mut d = start(&home, &[]);
     d.wait_for("ended: done", 60);
     d.stop();
     let epics = |p: &Path| {
@@ -714,7 +630,7 @@ fn json_logs_are_one_object_per_line() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
     write_patrol(&repo, "j", &patrol("*/2 * * * * *", "", "true"));
-    let mut d = Daemon::start(&repo, &["--json"]);
+    let mut d = start(&repo, &["--json"]);
     d.wait_for("\"event\":\"run_finished\"", 60);
     let (code, log) = d.stop();
     assert_eq!(code, 0);

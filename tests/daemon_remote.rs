@@ -7,100 +7,27 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
+use common::daemon::{wait_until, Daemon};
 use common::wiggum_command;
 use serde_json::Value;
 use wiggum_engine::pg::testing::TestDb;
 use wiggum_engine::remote::testing::{clone_hub, git, Hub};
 
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    machine: String,
-}
-
-impl Daemon {
-    fn start(clone: &Path, logs: &Path, db: &TestDb, machine: &str) -> Daemon {
-        let log = logs.join(format!("daemon-{machine}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = wiggum_command()
-            .arg("daemon")
-            .args(["--stop-timeout", "10s", "--poll", "500ms", "--lease", "2s"])
-            .current_dir(clone)
-            .env("WIGGUM_DATABASE_URL", db.url.secret())
-            .env("WIGGUM_MACHINE", machine)
-            .env("WIGGUM_REMOTE", "origin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("wiggum daemon starts");
-        Daemon {
-            child,
-            log,
-            machine: machine.to_string(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) -> (i32, String) {
-        // SAFETY: a signal to our own child process.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon {} ignored SIGTERM:\n{}",
-                self.machine,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until `done(logs)` holds (a bound for a loaded machine, not a timing assertion).
-fn wait_until(daemons: &[&Daemon], secs: u64, what: &str, done: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let logs: String = daemons
-            .iter()
-            .map(|d| d.log())
-            .collect::<Vec<_>>()
-            .join("\n");
-        if done(&logs) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let all: Vec<String> = daemons
-                .iter()
-                .map(|d| format!("--- {}:\n{}", d.machine, d.log()))
-                .collect();
-            panic!("{what}: not within {secs}s\n{}", all.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// A daemon of `machine` in its clone, sharing `db` and pushing to `origin`, with a short lease;
+/// its log in `logs/daemon-<machine>.log`.
+fn start(clone: &Path, logs: &Path, db: &TestDb, machine: &str) -> Daemon {
+    Daemon::spawn(
+        clone,
+        logs.join(format!("daemon-{machine}.log")),
+        machine,
+        &["--poll", "500ms", "--lease", "2s"],
+        &[
+            ("WIGGUM_DATABASE_URL", db.url.secret()),
+            ("WIGGUM_MACHINE", machine),
+            ("WIGGUM_REMOTE", "origin"),
+        ],
+    )
 }
 
 /// A machine's clone of the hub, with the patrol in `.wiggum/patrols/` (wiggum's folder and
@@ -161,8 +88,10 @@ run = 'echo "$WIGGUM_RUN $WIGGUM_MACHINE" >> {two}; if [ "$WIGGUM_MACHINE" = m1 
     );
     let m1 = machine(root, &url, "m1", &patrol);
     let m2 = machine(root, &url, "m2", &patrol);
-    let a = Daemon::start(&m1, root, &db, "m1");
-    wait_until(&[&a], 60, "m1 starts a run", |l| l.contains("run wg-"));
+    let mut a = start(&m1, root, &db, "m1");
+    wait_until(&mut [&mut a], 60, "m1 starts a run", |l| {
+        l.contains("run wg-")
+    });
     let line = a
         .log()
         .lines()
@@ -180,18 +109,25 @@ run = 'echo "$WIGGUM_RUN $WIGGUM_MACHINE" >> {two}; if [ "$WIGGUM_MACHINE" = m1 
     let pushed = hub.tip(&branch).expect("the run's branch is on the hub");
     let files = git(&hub.path, &["ls-tree", "--name-only", &pushed]);
     assert!(files.lines().any(|f| f == "one.txt"), "{files}");
-    let b = Daemon::start(&m2, root, &db, "m2");
-    wait_until(&[&b], 60, "m2 is up", |l| l.contains("sharing fires"));
+    let mut b = start(&m2, root, &db, "m2");
+    wait_until(&mut [&mut b], 60, "m2 is up", |l| {
+        l.contains("sharing fires")
+    });
     assert!(
         git(&m2, &["branch", "--list", &branch]).is_empty(),
         "m2's clone has the run's branch before the takeover"
     );
     let a_log = a.kill9();
     assert!(!a_log.contains("ended:"), "m1 ended its run:\n{a_log}");
-    wait_until(&[&b], 90, "m2 takes the run over and ends it", |l| {
-        l.contains(&format!("taking over {run_id} of p slot {slot} from m1"))
-            && l.contains(&format!("run {run_id} of p slot {slot} ended:"))
-    });
+    wait_until(
+        &mut [&mut b],
+        90,
+        "m2 takes the run over and ends it",
+        |l| {
+            l.contains(&format!("taking over {run_id} of p slot {slot} from m1"))
+                && l.contains(&format!("run {run_id} of p slot {slot} ended:"))
+        },
+    );
     let (code, b_log) = b.stop();
     assert_eq!(code, 0, "{b_log}");
     assert!(

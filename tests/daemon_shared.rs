@@ -8,119 +8,28 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{wiggum_command, TempRepo};
+use common::daemon::{wait_until, Daemon};
+use common::TempRepo;
 use serde_json::Value;
 use wiggum_engine::pg::testing::TestDb;
 
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    machine: String,
-}
-
-impl Daemon {
-    fn start(repo: &TempRepo, db: &TestDb, machine: &str, args: &[&str]) -> Daemon {
-        let log = repo.path().join(format!("daemon-{machine}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let state = format!(".wiggum/state-{machine}");
-        let child = wiggum_command()
-            .arg("daemon")
-            .args(["--stop-timeout", "10s", "--state", &state])
-            .args(args)
-            .current_dir(repo.path())
-            .env("WIGGUM_DATABASE_URL", db.url.secret())
-            .env("WIGGUM_MACHINE", machine)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("wiggum daemon starts");
-        Daemon {
-            child,
-            log,
-            machine: machine.to_string(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("daemon {} exited ({status}):\n{}", self.machine, self.log());
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: sends a signal to our own child process.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-    }
-
-    fn stop(self) -> (i32, String) {
-        self.signal(libc::SIGTERM);
-        self.wait_exit()
-    }
-
-    /// After SIGTERM: the exit code and the log (within a bound).
-    fn wait_exit(mut self) -> (i32, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), self.log());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("daemon {} ignored SIGTERM:\n{}", self.machine, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until `done` says so, checking the daemons are alive; panics with their logs after
-/// `secs` (a bound for a loaded machine, not a timing assertion).
-fn wait_until(daemons: &mut [&mut Daemon], secs: u64, what: &str, done: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let logs: String = daemons
-            .iter()
-            .map(|d| d.log())
-            .collect::<Vec<_>>()
-            .join("\n");
-        if done(&logs) {
-            return;
-        }
-        for d in daemons.iter_mut() {
-            d.check_alive();
-        }
-        if Instant::now() > deadline {
-            let all: Vec<String> = daemons
-                .iter()
-                .map(|d| format!("--- {}:\n{}", d.machine, d.log()))
-                .collect();
-            panic!("{what}: not within {secs}s\n{}", all.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// A daemon of `machine` (its own state folder) sharing `db`, its log in
+/// `repo/daemon-<machine>.log`.
+fn start(repo: &TempRepo, db: &TestDb, machine: &str, args: &[&str]) -> Daemon {
+    let state = format!(".wiggum/state-{machine}");
+    let mut all = vec!["--state", &state];
+    all.extend_from_slice(args);
+    Daemon::spawn(
+        repo.path(),
+        repo.path().join(format!("daemon-{machine}.log")),
+        machine,
+        &all,
+        &[
+            ("WIGGUM_DATABASE_URL", db.url.secret()),
+            ("WIGGUM_MACHINE", machine),
+        ],
+    )
 }
 
 type Time = chrono::DateTime<chrono::FixedOffset>;
@@ -200,7 +109,7 @@ fn n_daemons_fire_each_slot_once(n: usize, test: &str) {
     let machines: Vec<String> = (1..=n).map(|i| format!("m{i}")).collect();
     let mut daemons: Vec<Daemon> = machines
         .iter()
-        .map(|m| Daemon::start(&repo, &db, m, &["--poll", "1s"]))
+        .map(|m| start(&repo, &db, m, &["--poll", "1s"]))
         .collect();
     let slots = 5;
     {
@@ -309,7 +218,7 @@ fn overlap_across_machines(policy: &str, test: &str) {
     ) else {
         return;
     };
-    let mut a = Daemon::start(&repo, &db, "m1", &["--poll", "1s", "--lease", "60s"]);
+    let mut a = start(&repo, &db, "m1", &["--poll", "1s", "--lease", "60s"]);
     wait_until(&mut [&mut a], 60, "m1 starts a run", |l| {
         l.contains("run wg-")
     });
@@ -324,7 +233,7 @@ fn overlap_across_machines(policy: &str, test: &str) {
         })
         .unwrap();
     a.signal(libc::SIGSTOP);
-    let mut b = Daemon::start(&repo, &db, "m2", &["--poll", "1s", "--lease", "60s"]);
+    let mut b = start(&repo, &db, "m2", &["--poll", "1s", "--lease", "60s"]);
     let want = match policy {
         "skip" => "was still going (overlap = \"skip\")",
         _ => "is already queued behind",
@@ -410,7 +319,7 @@ fn a_run_whose_daemon_was_killed_is_taken_over_and_finishes_once() {
         return;
     };
     let args = ["--poll", "500ms", "--lease", "2s"];
-    let mut a = Daemon::start(&repo, &db, "m1", &args);
+    let mut a = start(&repo, &db, "m1", &args);
     wait_until(&mut [&mut a], 60, "m1 starts a run", |l| {
         l.contains("run wg-")
     });
@@ -423,7 +332,7 @@ fn a_run_whose_daemon_was_killed_is_taken_over_and_finishes_once() {
     // "run wg-xxx started for p slot SLOT"
     let run_id = line.split(' ').nth(1).unwrap().to_string();
     let slot = line.rsplit(' ').next().unwrap().to_string();
-    let mut b = Daemon::start(&repo, &db, "m2", &args);
+    let mut b = start(&repo, &db, "m2", &args);
     wait_until(&mut [&mut b], 60, "m2 is up", |l| {
         l.contains("sharing fires")
     });
@@ -490,7 +399,7 @@ fn pause_resume_and_schedule_run_are_shared_by_every_machine() {
     ];
     let out = repo.wiggum_env(&["schedule", "pause", "p"], &elsewhere);
     assert_eq!(out.code, 0, "{out:?}");
-    let mut a = Daemon::start(&repo, &db, "m1", &["--poll", "1s"]);
+    let mut a = start(&repo, &db, "m1", &["--poll", "1s"]);
     wait_until(&mut [&mut a], 60, "m1 holds the paused patrol", |l| {
         lines_with(l, ": paused (`wiggum schedule resume p`") >= 2
     });

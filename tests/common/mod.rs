@@ -222,6 +222,7 @@ pub fn step<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Valu
 }
 
 pub mod cluster;
+pub mod daemon;
 pub mod split;
 
 /// Polls `cond` every 50 ms until it holds; panics saying `what` never happened after `secs`.
