@@ -368,6 +368,23 @@ async fn a_patrol_killed_while_a_worker_runs_its_step_is_resumed_waiting_for_tha
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
+    // `wiggum workers` shows the step held by m1's polecat.
+    let listed = cluster
+        .wiggum_in(
+            &driver,
+            &home,
+            &["workers", "--json", "--repo", driver.to_str().unwrap()],
+        )
+        .await;
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let held: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["running"].as_array().unwrap().iter())
+        .collect();
+    assert_eq!(held.len(), 1, "{listed:#}");
+    assert_eq!(held[0]["kind"], "step", "{listed:#}");
     run.kill().unwrap();
     run.wait().unwrap();
     // `wiggum resume` waits for the worker's result instead of running the step again.

@@ -77,7 +77,8 @@ pub fn run(args: WorkersArgs) -> CliResult {
                 .iter()
                 .map(|r| {
                     format!(
-                        "{} ({}, attempt {}, token {}, lease {} {})",
+                        "{}{} ({}, attempt {}, token {}, lease {} {})",
+                        if r.kind == "step" { "step " } else { "" },
                         r.bead,
                         r.holder.rsplit('/').next().unwrap_or(&r.holder),
                         r.attempt,

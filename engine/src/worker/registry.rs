@@ -34,9 +34,11 @@ pub struct NewWorker {
     pub polecats: i32,
 }
 
-/// A subtask a worker holds the lease of.
+/// A subtask (or a patrol step) a worker holds the lease of.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Running {
+    /// `subtask` or `step` (a whole patrol step).
+    pub kind: String,
     pub bead: String,
     pub step_bead: Option<String>,
     pub run_id: Option<String>,
@@ -157,7 +159,7 @@ impl Registry {
         let held = client
             .query(
                 "SELECT l.holder, l.key, j.step_bead, j.run_id, l.token, l.attempt,
-                        l.expires_at, l.expires_at <= now(), l.repo
+                        l.expires_at, l.expires_at <= now(), l.repo, l.kind
                  FROM wiggum_leases l
                  LEFT JOIN wiggum_jobs j ON j.repo = l.repo AND j.bead = l.key
                  WHERE (l.kind = $2 OR l.kind = $3) AND ($1::text IS NULL OR l.repo = $1)
@@ -186,6 +188,7 @@ impl Registry {
                     h.get::<_, String>(8) == wrepo && h.get::<_, String>(0).starts_with(&prefix)
                 })
                 .map(|h| Running {
+                    kind: h.get(9),
                     holder: h.get(0),
                     bead: h.get(1),
                     step_bead: h.get(2),
