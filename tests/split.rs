@@ -524,7 +524,7 @@ reply = "never verified"
     );
     let list = repo.git(&["worktree", "list"]);
     assert!(
-        !list.contains("-big.split-"),
+        !list.contains("-big.split-") && !list.contains(".polecat-"),
         "no subtask worktree is left: {list}"
     );
     assert_br_import_rules(&all);

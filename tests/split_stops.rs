@@ -11,8 +11,8 @@ use common::split::{
     worktrees, THREE_PARTS_PATROL,
 };
 use common::{
-    assert_br_import_rules, beads, last_run_id, resume_json, run_json, spawn_run, step, wait_until,
-    write_patrol, TempRepo,
+    assert_br_import_rules, beads, last_run_id, resume_json, run_json, step, wait_until,
+    wiggum_command, write_patrol, StderrLines, TempRepo,
 };
 
 /// The bead of subtask `id` (title `subtask ID: ...`).
@@ -29,8 +29,21 @@ fn ctrl_c_while_two_polecats_work_keeps_the_split_resumable_and_resume_finishes_
     let defs = tempfile::tempdir().unwrap();
     // b and c take long on their first iteration (Ctrl-C comes during it); a is quick.
     let patrol = write_patrol(defs.path(), THREE_PARTS_PATROL, &three_parts_script("60s"));
-    let child = spawn_run(&repo, &patrol);
-    // a is merged, then b and c are both in the middle of an iteration on two polecats.
+    let mut child = wiggum_command()
+        .args(["run", &patrol.display().to_string()])
+        .args(["--repo", &repo.path().display().to_string()])
+        .current_dir(repo.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // a is merged, then b and c are both in the middle of an iteration on two polecats: the
+    // work of their first iteration has started (the run says so; a polecat says `working`
+    // a moment before its iteration begins).
+    let stderr = StderrLines::of(&mut child);
+    stderr.wait_for("big/b: iteration 1 · work", 120);
+    stderr.wait_for("big/c: iteration 1 · work", 120);
     wait_until(120, "a merged while b and c work", || {
         let all = beads(repo.path());
         subtask_bead(&all, "a").is_some_and(|b| b["status"] == "closed")
@@ -76,9 +89,10 @@ fn ctrl_c_while_two_polecats_work_keeps_the_split_resumable_and_resume_finishes_
         text.contains("stopped") && text.contains("continues it"),
         "{text}"
     );
+    // (A polecat's worktree is `<run>-big.polecat-<name>`, on the subtask's branch.)
     let list = repo.git(&["worktree", "list"]);
     assert!(
-        list.contains("-big.split-b") && list.contains("-big.split-c"),
+        list.contains("-big.split/b]") && list.contains("-big.split/c]"),
         "kept for the resume: {list}"
     );
     let split = split_of(&repo, &subtask_parent(&all));
@@ -266,7 +280,7 @@ fn assert_pool_stopped_cleanly(repo: &TempRepo, step_bead: &str) {
     assert!(!repo.path().join("a.txt").exists() && !repo.path().join("b.txt").exists());
     let list = repo.git(&["worktree", "list"]);
     assert!(
-        !list.contains(".split-"),
+        !list.contains(".split-") && !list.contains(".polecat-"),
         "no subtask worktree is left: {list}"
     );
 }
@@ -362,7 +376,7 @@ fn a_steps_cost_budget_shared_live_by_its_polecats_stops_a_split_task() {
     assert!((0.7..1.0).contains(&cost), "{r:#}");
     let list = repo.git(&["worktree", "list"]);
     assert!(
-        !list.contains(".split-"),
+        !list.contains(".split-") && !list.contains(".polecat-"),
         "no subtask worktree is left: {list}"
     );
 }

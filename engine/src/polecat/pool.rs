@@ -1,9 +1,11 @@
-//! One subtask on one polecat: [`run_subtask`] takes a machine-wide slot, makes (or re-opens)
-//! the subtask's worktree on branch `<the step's branch>.split/<subtask>` from the step's branch,
-//! runs the `setup` command in a new worktree, and runs the subtask as a full Ralph loop (a
-//! split of its own when it is too large and `depth` allows) with the polecat as the author
-//! of its checkpoints. The split's driver (`split/drive.rs`) schedules these and hands the
-//! finished ones to the refinery.
+//! One subtask on one polecat: [`run_subtask`] takes a machine-wide slot, puts the polecat's
+//! worktree (one per polecat and split, made with its first subtask and switched from subtask
+//! to subtask: no `git worktree add` per subtask) on branch `<the step's branch>.split/<subtask>`
+//! from the step's branch, runs the `setup` command when the worktree is new, and runs the
+//! subtask as a full Ralph loop (a split of its own when it is too large and `depth` allows)
+//! with the polecat as the author of its checkpoints. The split's driver (`split/drive.rs`)
+//! schedules these, hands the finished branches to the refinery, keeps the idle polecats with
+//! their worktrees, and removes the worktrees when the split ends.
 
 use super::roster::{HistoryEntry, Lease, Status};
 use super::slots;
@@ -36,6 +38,22 @@ pub struct Job<'a> {
     pub run: &'a SplitRun<'a>,
     /// The split's own spend (the step's and the run's budgets, shared by its polecats).
     pub spend: &'a crate::ralph::runner::Spend,
+    /// The polecat's worktree from its previous subtask of this split (detached from that
+    /// subtask's branch), switched to this one's; `None` the first time.
+    pub home: Option<Workspace>,
+}
+
+/// A polecat of a split between two subtasks: its lease, and its worktree to switch to the
+/// next subtask (`None` when it has none: the next subtask makes or adopts it).
+pub struct Idle {
+    pub lease: Lease,
+    pub worktree: Option<Workspace>,
+}
+
+/// The name of a polecat's worktree in a split whose step worktree is `step_worktree`:
+/// `<step worktree>.polecat-<name>` (under `.wiggum/worktrees/`).
+pub fn polecat_worktree(step_worktree: &str, polecat: &str) -> String {
+    format!("{step_worktree}.polecat-{polecat}")
 }
 
 /// How a subtask's run ended; the workspace is kept for the refinery.
@@ -46,8 +64,8 @@ pub struct Done {
     pub workspace: Option<Workspace>,
 }
 
-/// Runs one subtask to the end of its loop.
-pub async fn run_subtask(job: Job<'_>) -> Done {
+/// Runs one subtask to the end of its loop; gives the polecat back with its worktree.
+pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
     let run = job.run;
     let id = job.sub.id.clone();
     let polecat = job.lease.name().to_string();
@@ -58,14 +76,19 @@ pub async fn run_subtask(job: Job<'_>) -> Done {
         report: empty_report(outcome, reason),
         workspace: None,
     };
+    let home = job.home.take();
     let _slot = slots::acquire(run.cancel).await;
     if run.cancel.is_cancelled() {
-        return failed("cancelled before it started".into(), Outcome::Cancelled);
+        let done = failed("cancelled before it started".into(), Outcome::Cancelled);
+        return (done, idle(job, home));
     }
     let repo_root = run.workspace.repo_root().to_path_buf();
-    let (ws, fresh) = match workspace_for(&job, &repo_root) {
+    let (ws, fresh) = match workspace_for(&job, home, &repo_root) {
         Ok(pair) => pair,
-        Err(e) => return failed(format!("error: {e}"), Outcome::Error),
+        Err(e) => {
+            let done = failed(format!("error: {e}"), Outcome::Error);
+            return (done, idle(job, None));
+        }
     };
     ws.set_author(
         &job.lease.identity.author_name,
@@ -91,12 +114,17 @@ pub async fn run_subtask(job: Job<'_>) -> Done {
                     bad.line(),
                     crate::ralph::text::tail_bytes(&bad.output, 2048)
                 );
-                return Done {
+                // A worktree whose setup failed is no good for the next subtask either: it
+                // goes (the branch stays, with the subtask), and the next one makes it again.
+                let _ = ws.release_branch();
+                crate::split::drive::remove_worktree(&repo_root, ws, false);
+                let done = Done {
                     id: id.clone(),
                     polecat: polecat.clone(),
                     report: empty_report(Outcome::Error, reason),
-                    workspace: Some(ws),
+                    workspace: None,
                 };
+                return (done, idle(job, None));
             }
         }
     }
@@ -122,7 +150,11 @@ pub async fn run_subtask(job: Job<'_>) -> Done {
 
     let start = match start_point(run.recorder, &job.bead) {
         Ok(s) => s,
-        Err(e) => return failed(format!("error: ledger: {e}"), Outcome::Error),
+        Err(e) => {
+            let _ = ws.release_branch();
+            let done = failed(format!("error: ledger: {e}"), Outcome::Error);
+            return (done, idle(job, Some(ws)));
+        }
     };
     let mut config = job.step.config.clone();
     if !job.sub.checks.is_empty() {
@@ -176,51 +208,99 @@ pub async fn run_subtask(job: Job<'_>) -> Done {
             finished_at: format_time(&now()),
         });
     }
-    Done {
+    // The branch is the refinery's now (merged, then deleted) or kept (escalated): the
+    // worktree lets go of it and waits for the polecat's next subtask. An interrupted subtask
+    // keeps it checked out for `wiggum resume`.
+    if report.outcome != Outcome::Cancelled {
+        if let Err(e) = ws.release_branch() {
+            tracing::warn!(
+                "could not detach {} from {}: {e}",
+                ws.path().display(),
+                job.branch
+            );
+        }
+    }
+    let done = Done {
         id,
         polecat,
         report,
-        workspace: Some(ws),
+        workspace: None,
+    };
+    (done, idle(job, Some(ws)))
+}
+
+fn idle(job: Job<'_>, worktree: Option<Workspace>) -> Idle {
+    Idle {
+        lease: job.lease,
+        worktree,
     }
 }
 
-/// The subtask's worktree: re-opened when its branch exists (a resume, or a subtask sent back
-/// to take the step's branch in), made again from the step's branch for a fresh retry, else
-/// new. Returns whether it is new (the setup command runs there).
-fn workspace_for(job: &Job<'_>, repo_root: &std::path::Path) -> Result<(Workspace, bool), String> {
-    let _across = RunLock::worktrees(repo_root).ok();
+/// The polecat's worktree, on the subtask's branch: the branch as it is when it exists (a
+/// resume, or a subtask sent back to take the step's branch in), made again from the step's
+/// branch for a fresh retry, else new from the base. The worktree is the polecat's from its
+/// previous subtask (switched: only the files that differ are written), or the one a killed
+/// process left (adopted), or else made now. Returns whether it was made now (the setup
+/// command runs there).
+fn workspace_for(
+    job: &Job<'_>,
+    home: Option<Workspace>,
+    repo_root: &std::path::Path,
+) -> Result<(Workspace, bool), String> {
+    let step_ws = job.run.workspace.name();
+    let name = polecat_worktree(step_ws, job.lease.name());
+    // A worktree of this split that a killed process left on this branch lets go of it (its
+    // uncommitted work is given up, as a resume gives it up).
+    let _ = Workspace::release_branch_in(repo_root, &format!("{step_ws}."), &job.branch);
     let exists = git2::Repository::open(repo_root)
         .map(|r| r.find_branch(&job.branch, git2::BranchType::Local).is_ok())
         .unwrap_or(false);
     if exists && job.retry == Some(Retry::Fresh) {
-        if let Ok(old) = Workspace::open(repo_root, &job.worktree, &job.branch) {
-            let _ = old.remove();
-        }
         delete_branch(repo_root, &job.branch);
-    } else if exists {
-        let ws = Workspace::open(repo_root, &job.worktree, &job.branch)
-            .map_err(|e| format!("could not re-open the subtask's worktree: {e}"))?;
-        let killed = crate::run::orphans::kill_processes_in(ws.path(), &job.step.run_id);
-        if !killed.is_empty() {
-            tracing::warn!(
-                "killed {} process(es) left in {}",
-                killed.len(),
-                ws.path().display()
-            );
-        }
-        ws.discard_changes()
-            .map_err(|e| format!("could not reset the subtask's worktree: {e}"))?;
-        if job.retry == Some(Retry::Update) {
-            // Its merge turned the checks red: it continues on the step's branch as last
-            // merged green (never a merge the refinery, on its own thread, is still checking).
-            crate::refinery::update_branch(&ws, &job.base)
-                .map_err(|e| format!("could not bring the step's branch into it: {e}"))?;
-        }
-        return Ok((ws, false));
     }
-    let ws = Workspace::create(repo_root, &job.worktree, &job.branch, Some(&job.base))
-        .map_err(|e| format!("could not create the subtask's worktree: {e}"))?;
-    Ok((ws, true))
+    let mut fresh = false;
+    let home = match home {
+        Some(ws) => Some(ws),
+        None => match Workspace::adopt(repo_root, &name) {
+            Ok(Some(ws)) => {
+                // An agent or command of the killed process may still be writing in it.
+                let killed = crate::run::orphans::kill_processes_in(ws.path(), &job.step.run_id);
+                if !killed.is_empty() {
+                    tracing::warn!(
+                        "killed {} process(es) left in {}",
+                        killed.len(),
+                        ws.path().display()
+                    );
+                }
+                Some(ws)
+            }
+            _ => None,
+        },
+    };
+    let ws = match home {
+        Some(ws) => ws
+            .switch(&job.branch, &job.base)
+            .map_err(|e| format!("could not switch the polecat's worktree to the subtask: {e}"))?,
+        None => {
+            fresh = true;
+            let _across = RunLock::worktrees(repo_root).ok();
+            let branch_there = exists && job.retry != Some(Retry::Fresh);
+            if branch_there {
+                Workspace::open(repo_root, &name, &job.branch)
+                    .map_err(|e| format!("could not re-open the subtask's branch: {e}"))?
+            } else {
+                Workspace::create(repo_root, &name, &job.branch, Some(&job.base))
+                    .map_err(|e| format!("could not create the polecat's worktree: {e}"))?
+            }
+        }
+    };
+    if exists && job.retry == Some(Retry::Update) {
+        // Its merge turned the checks red: it continues on the step's branch as last merged
+        // green (never a merge the refinery, on its own thread, is still checking).
+        crate::refinery::update_branch(&ws, &job.base)
+            .map_err(|e| format!("could not bring the step's branch into it: {e}"))?;
+    }
+    Ok((ws, fresh))
 }
 
 /// Deletes a local branch, quietly (it may be gone already).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use git2::{Repository, ResetType};
 
 use crate::ralph::checks::{run_checks, CheckResult};
-use crate::workspace::{LandOutcome, Workspace};
+use crate::workspace::{MergeIn, Workspace};
 
 /// What a merge did.
 #[derive(Debug)]
@@ -32,30 +32,35 @@ pub enum MergeResult {
     Conflict { reason: String },
 }
 
-/// Merges `sub`'s branch into `step`'s branch (checked out in `step`'s worktree), runs
-/// `checks` there, and undoes the merge when they fail. `Err` only for git failures.
+/// Merges the subtask's branch `branch` into `step`'s branch (checked out in `step`'s worktree,
+/// with the repository it has open: no other worktree is looked at), runs `checks` there, and
+/// undoes the merge when they fail. `Err` only for git failures.
 pub async fn merge(
     step: &Workspace,
-    sub: &Workspace,
+    branch: &str,
     checks: &[String],
     check_timeout: Duration,
     env: &[(String, String)],
 ) -> Result<MergeResult, String> {
     let started = Instant::now();
     let before = step.head().map_err(|e| e.to_string())?;
-    let landed = sub
-        .land(Some(step.branch()))
-        .map_err(|e| format!("merging {} into {}: {e}", sub.branch(), step.branch()))?;
-    let sha = match landed {
-        LandOutcome::Left { reason, .. } => return Ok(MergeResult::Conflict { reason }),
-        LandOutcome::FastForward { sha, .. } | LandOutcome::Merged { sha, .. } => sha,
+    let message = format!("wiggum: land {branch} into {}\n", step.branch());
+    let merged = step
+        .merge_in(branch, &message)
+        .map_err(|e| format!("merging {branch} into {}: {e}", step.branch()))?;
+    let sha = match merged {
+        MergeIn::Conflict { reason } => return Ok(MergeResult::Conflict { reason }),
+        MergeIn::Merged { sha } => sha,
     };
     let mut overhead = started.elapsed();
     let results = run_checks(checks, step.path(), check_timeout, env).await;
     let undo_started = Instant::now();
     // Whatever the checks left behind (build output that is not ignored) is not part of the
-    // merge: the step's worktree stays at its branch tip.
-    let _ = step.discard_changes();
+    // merge: the step's worktree stays at its branch tip. (One status pass; the reset only
+    // when there is something to throw away.)
+    if step.is_dirty().unwrap_or(true) {
+        let _ = step.discard_changes();
+    }
     if results.iter().all(|c| c.passed) {
         overhead += undo_started.elapsed();
         return Ok(MergeResult::Merged {

@@ -25,7 +25,9 @@ use super::workers::{with_workers, Workers};
 use crate::events::{Event, EventSink};
 use crate::ledger::{format_time, now, Status};
 use crate::patrol::SplitMode;
-use crate::polecat::pool::{delete_branch, run_subtask, start_point, Done, Job};
+use crate::polecat::pool::{
+    delete_branch, polecat_worktree, run_subtask, start_point, Done, Idle, Job,
+};
 use crate::polecat::Lease;
 use crate::ralph::prompt::{work_prompt, Feedback, TaskText};
 use crate::ralph::runner::{run_loop, Spend, StartPoint, StepAgents, StepReport, StepSpec};
@@ -257,7 +259,8 @@ async fn split(
 
 /// What finished while the pool ran.
 enum Finished {
-    Subtask(Done),
+    /// A subtask's run, and its polecat back (local polecats) for the next subtask.
+    Subtask(Box<Done>, Option<Idle>),
     /// A merge (or, distributed, a landing on the remote) ended; with a line about the
     /// landing for the subtask's bead.
     Merge(
@@ -278,6 +281,8 @@ struct PoolEnd {
     stopped: Option<(Outcome, String)>,
     usage: Usage,
     cost: f64,
+    /// The split's polecats, idle now, with their worktrees.
+    idle: Vec<Idle>,
 }
 
 /// Runs the pool and the refinery until every subtask is merged or escalated (or the pool is
@@ -291,6 +296,8 @@ async fn continue_split(
     earlier: (u64, f64),
 ) -> StepReport {
     let step_spend = budget::split_spend(spec, run.spend, &report, earlier);
+    // Finished subtasks waiting for the refinery: their id, and the worktree their branch was
+    // fetched into when a remote worker ran them (removed once merged).
     let mut queue: VecDeque<(String, Option<Workspace>)> = VecDeque::new();
 
     // The step's branch holds only green merges: a merge whose checks a killed process did not
@@ -319,22 +326,23 @@ async fn continue_split(
         }
     }
     // A resumed split: finished subtasks go to the refinery again (their branch is there).
+    let repo = git2::Repository::open(run.workspace.repo_root()).ok();
     for sub in state.subtasks.iter_mut() {
         if sub.status == SubtaskStatus::Finished {
-            let (Some(wt), Some(br)) = (&sub.worktree, &sub.branch) else {
-                continue;
-            };
             // Distributed, its branch is on the remote.
-            if run.distributed.is_some() {
+            let has_branch = run.distributed.is_some()
+                || match (&repo, &sub.branch) {
+                    (Some(r), Some(br)) => r.find_branch(br, git2::BranchType::Local).is_ok(),
+                    _ => false,
+                };
+            if has_branch {
                 queue.push_back((sub.id.clone(), None));
-                continue;
-            }
-            match Workspace::open(run.workspace.repo_root(), wt, br) {
-                Ok(ws) => queue.push_back((sub.id.clone(), Some(ws))),
-                Err(_) => sub.status = SubtaskStatus::Queued,
+            } else {
+                sub.status = SubtaskStatus::Queued;
             }
         }
     }
+    drop(repo);
 
     // Polecats, merges and worktree removals each run on a thread of their own (see
     // split/workers.rs); this task only schedules them and records what they did.
@@ -344,12 +352,17 @@ async fn continue_split(
         stopped,
         usage,
         cost,
+        idle,
     } = with_workers(move |workers| {
         Box::pin(drive_pool(
             spec, agents, run, spend_ref, state_ref, queue, workers,
         ))
     })
     .await;
+    // The polecats' worktrees go once, now (kept after Ctrl-C for `wiggum resume`).
+    if !run.cancel.is_cancelled() {
+        remove_polecat_worktrees(run.workspace, idle);
+    }
 
     // (The run's spend counted the subtasks' live, through `step_spend`.)
     report.usage.add(&usage);
@@ -444,6 +457,8 @@ async fn drive_pool<'s, 'e>(
     let mut stopped: Option<(Outcome, String)> = None;
     let mut usage = Usage::default();
     let mut cost = 0.0;
+    // Polecats of this split between two subtasks, with their worktrees.
+    let mut idle: Vec<Idle> = Vec::new();
 
     loop {
         // Start every subtask that can start.
@@ -459,12 +474,24 @@ async fn drive_pool<'s, 'e>(
                 break;
             };
             let prefer = state.subtasks[idx].polecat.clone();
-            let lease = match Lease::acquire(run.workspace.repo_root(), prefer.as_deref()) {
-                Ok(l) => l,
-                Err(e) => {
-                    stopped = Some((Outcome::Error, format!("error: no polecat: {e}")));
-                    break;
+            // An idle polecat of the split first (the one that ran it before, when it is
+            // idle): its worktree is switched, not made.
+            let pick = prefer
+                .as_deref()
+                .and_then(|p| idle.iter().position(|i| i.lease.name() == p))
+                .or_else(|| idle.len().checked_sub(1));
+            let (lease, home) = match pick {
+                Some(i) => {
+                    let Idle { lease, worktree } = idle.swap_remove(i);
+                    (lease, worktree)
                 }
+                None => match Lease::acquire(run.workspace.repo_root(), prefer.as_deref()) {
+                    Ok(l) => (l, None),
+                    Err(e) => {
+                        stopped = Some((Outcome::Error, format!("error: no polecat: {e}")));
+                        break;
+                    }
+                },
             };
             let sub = state.subtasks[idx].clone();
             // A subtask left in flight by a killed process is its polecat's still: the claim
@@ -519,48 +546,61 @@ async fn drive_pool<'s, 'e>(
                 agents,
                 run,
                 spend: step_spend,
+                home,
             };
             in_flight += 1;
             let (id, polecat) = (sub.id.clone(), job.lease.name().to_string());
             workers.spawn(
                 &format!("polecat {polecat} {id}"),
                 async move {
-                    Finished::Subtask(match run.distributed {
-                        Some(d) => crate::worker::distribute::run_remote(job, d).await,
-                        None => run_subtask(job).await,
-                    })
+                    match run.distributed {
+                        Some(d) => Finished::Subtask(
+                            Box::new(crate::worker::distribute::run_remote(job, d).await),
+                            None,
+                        ),
+                        None => {
+                            let (done, back) = run_subtask(job).await;
+                            Finished::Subtask(Box::new(done), Some(back))
+                        }
+                    }
                 },
                 move |why| {
-                    Finished::Subtask(Done {
-                        id,
-                        polecat,
-                        report: StepReport {
-                            outcome: Outcome::Error,
-                            reason: format!("error: the polecat failed: {why}"),
-                            iterations: 0,
-                            usage: Usage::default(),
-                            cost_usd: 0.0,
-                            summary: String::new(),
-                            last_checkpoint: None,
-                            split: None,
-                        },
-                        workspace: None,
-                    })
+                    Finished::Subtask(
+                        Box::new(Done {
+                            id,
+                            polecat,
+                            report: StepReport {
+                                outcome: Outcome::Error,
+                                reason: format!("error: the polecat failed: {why}"),
+                                iterations: 0,
+                                usage: Usage::default(),
+                                cost_usd: 0.0,
+                                summary: String::new(),
+                                last_checkpoint: None,
+                                split: None,
+                            },
+                            workspace: None,
+                        }),
+                        None,
+                    )
                 },
             );
         }
         // One merge at a time, in completion order; none starts after Ctrl-C (a finished
         // subtask goes to the refinery on `wiggum resume`).
         if !merging {
-            merging = start_merge(spec, run, &mut queue, &mut workers);
+            merging = start_merge(spec, run, &mut queue, &mut workers, state);
         }
         if in_flight == 0 && !merging && cleaning == 0 {
             break;
         }
         match workers.next().await {
             Finished::Cleaned => cleaning -= 1,
-            Finished::Subtask(done) => {
+            Finished::Subtask(done, back) => {
                 in_flight -= 1;
+                if let Some(back) = back {
+                    idle.push(back);
+                }
                 active.remove(&done.id);
                 usage.add(&done.report.usage);
                 cost += done.report.cost_usd;
@@ -584,13 +624,11 @@ async fn drive_pool<'s, 'e>(
                     Outcome::Converged => {
                         t.status = SubtaskStatus::Finished;
                         t.retry = None;
-                        // (Distributed, its branch is on the remote: no worktree here.)
-                        if done.workspace.is_some() || run.distributed.is_some() {
-                            queue.push_back((done.id.clone(), done.workspace));
-                            // The refinery starts on it now, while this is recorded.
-                            if !merging {
-                                merging = start_merge(spec, run, &mut queue, &mut workers);
-                            }
+                        // Its branch goes to the refinery (distributed: on the remote); it starts
+                        // on it now, while this is recorded.
+                        queue.push_back((done.id.clone(), done.workspace));
+                        if !merging {
+                            merging = start_merge(spec, run, &mut queue, &mut workers, state);
                         }
                     }
                     // Left as it is: `wiggum resume` continues it from its checkpoint.
@@ -628,7 +666,7 @@ async fn drive_pool<'s, 'e>(
                 // recorded: the refinery never waits for the ledger. (A process killed before
                 // this one is saved undoes both on resume, back to the last recorded green
                 // tip, and merges both again: their branches go only once it is saved.)
-                merging = start_merge(spec, run, &mut queue, &mut workers);
+                merging = start_merge(spec, run, &mut queue, &mut workers, state);
                 if !merging {
                     // Nothing else to land now: other machines' refineries may go.
                     release_refinery(run).await;
@@ -661,7 +699,7 @@ async fn drive_pool<'s, 'e>(
                             &notes,
                             &format!("merged into {} ({})", run.workspace.branch(), short(&sha)),
                         );
-                        merged_ws = ws;
+                        merged_ws = Some((t.branch.clone(), ws));
                         run.sink.emit(&Event::Merged {
                             step_id: spec.step_id.clone(),
                             subtask: id.clone(),
@@ -701,13 +739,22 @@ async fn drive_pool<'s, 'e>(
                 let _ = state.save(run.recorder);
                 // Its worktree and branch go once the merge is saved (a resume must find the
                 // branch of a subtask not recorded as merged), beside the next merge.
-                if let Some(ws) = merged_ws {
+                // (A local polecat's worktree is its own and let go of the branch already:
+                // only the branch goes.)
+                if let Some((branch, ws)) = merged_ws {
                     cleaning += 1;
                     let root = run.workspace.repo_root();
                     workers.spawn(
                         &format!("cleanup {id}"),
                         async move {
-                            remove_worktree(root, ws, true);
+                            match ws {
+                                Some(ws) => remove_worktree(root, ws, true),
+                                None => {
+                                    if let Some(b) = branch {
+                                        delete_branch(root, &b);
+                                    }
+                                }
+                            }
                             Finished::Cleaned
                         },
                         |_| Finished::Cleaned,
@@ -721,6 +768,7 @@ async fn drive_pool<'s, 'e>(
         stopped,
         usage,
         cost,
+        idle,
     }
 }
 
@@ -738,6 +786,7 @@ fn start_merge<'s, 'e>(
     run: &'e SplitRun<'e>,
     queue: &mut VecDeque<(String, Option<Workspace>)>,
     workers: &mut Workers<'s, 'e, Finished>,
+    state: &SplitState,
 ) -> bool {
     if run.cancel.is_cancelled() {
         return false;
@@ -775,10 +824,11 @@ fn start_merge<'s, 'e>(
         );
         return true;
     }
-    let Some(ws) = ws else {
+    // Locally: the subtask's branch (a polecat's worktree let go of it when it finished).
+    let Some(branch) = state.get(&id).and_then(|t| t.branch.clone()) else {
         workers.spawn(
             &format!("refinery {id}"),
-            async move { Finished::Merge(id, Err("its worktree is gone".into()), None, None) },
+            async move { Finished::Merge(id, Err("it has no branch".into()), ws, None) },
             move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None, None),
         );
         return true;
@@ -786,8 +836,8 @@ fn start_merge<'s, 'e>(
     workers.spawn(
         &format!("refinery {id}"),
         async move {
-            let r = refinery::merge(step_ws, &ws, &checks, timeout, &env).await;
-            Finished::Merge(id, r, Some(ws), None)
+            let r = refinery::merge(step_ws, &branch, &checks, timeout, &env).await;
+            Finished::Merge(id, r, ws, None)
         },
         move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None, None),
     );
@@ -918,7 +968,7 @@ fn escalate(
 
 /// Removes a subtask's worktree; with `and_branch` (it is merged: its commits are on the
 /// step's branch) its branch too. An escalated subtask keeps its branch.
-pub(super) fn remove_worktree(repo_root: &std::path::Path, ws: Workspace, and_branch: bool) {
+pub(crate) fn remove_worktree(repo_root: &std::path::Path, ws: Workspace, and_branch: bool) {
     let branch = ws.branch().to_string();
     let removed = {
         let _across = crate::run::state::RunLock::worktrees(repo_root).ok();
@@ -928,6 +978,37 @@ pub(super) fn remove_worktree(repo_root: &std::path::Path, ws: Workspace, and_br
         Ok(()) if and_branch => delete_branch(repo_root, &branch),
         Ok(()) => {}
         Err(e) => tracing::warn!("could not remove the worktree of {branch}: {e}"),
+    }
+}
+
+/// Removes the worktrees of the split's polecats (and any a killed process left: every
+/// `<step worktree>.polecat-*`), once, when the split ends; subtask branches stay as they are.
+fn remove_polecat_worktrees(step: &Workspace, idle: Vec<Idle>) {
+    let root = step.repo_root();
+    let prefix = polecat_worktree(step.name(), "");
+    let mut gone = Vec::new();
+    for Idle { lease, worktree } in idle {
+        if let Some(ws) = worktree {
+            gone.push(ws.name().to_string());
+            remove_worktree(root, ws, false);
+        }
+        drop(lease);
+    }
+    let left: Vec<String> = git2::Repository::open(root)
+        .and_then(|r| r.worktrees())
+        .map(|names| {
+            names
+                .iter()
+                .flatten()
+                .filter(|n| n.starts_with(&prefix) && !gone.iter().any(|g| g == n))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in left {
+        if let Ok(Some(ws)) = Workspace::adopt(root, &name) {
+            remove_worktree(root, ws, false);
+        }
     }
 }
 

@@ -8,7 +8,9 @@ mod exclude;
 mod git_cli;
 mod land;
 mod ledger_commit;
+mod merge_in;
 mod status;
+mod switch;
 mod worktree;
 
 #[cfg(test)]
@@ -19,4 +21,5 @@ pub use discover::{discover_root, require_commit, WorkspaceError};
 pub use exclude::{ensure_excluded, is_wiggum_path, EXCLUDE_LINE};
 pub use land::LandOutcome;
 pub use ledger_commit::{commit_ledger, LedgerCommit, LEDGER_FILES};
+pub use merge_in::MergeIn;
 pub use worktree::{Workspace, WORKTREES_DIR};

@@ -351,7 +351,7 @@ pub(super) fn open_main(repo_root: &Path) -> Result<Repository, WorkspaceError> 
 }
 
 /// The working tree of `repo`, canonical when possible.
-fn workdir_of(repo: &Repository, repo_root: &Path) -> Result<PathBuf, WorkspaceError> {
+pub(super) fn workdir_of(repo: &Repository, repo_root: &Path) -> Result<PathBuf, WorkspaceError> {
     let workdir = repo.workdir().ok_or_else(|| WorkspaceError::Bare {
         path: repo_root.to_path_buf(),
     })?;
@@ -387,7 +387,7 @@ pub(super) fn check_on_branch(
 }
 
 /// A worktree name git accepts: `/` (and `\`) become `-`.
-fn sanitize_name(name: &str) -> Result<String, WorkspaceError> {
+pub(super) fn sanitize_name(name: &str) -> Result<String, WorkspaceError> {
     let clean: String = name
         .trim()
         .chars()
@@ -407,7 +407,7 @@ fn sanitize_name(name: &str) -> Result<String, WorkspaceError> {
 }
 
 /// Fails with a clear message unless `branch` is a valid branch name.
-fn check_branch_name(branch: &str) -> Result<(), WorkspaceError> {
+pub(super) fn check_branch_name(branch: &str) -> Result<(), WorkspaceError> {
     let refname = format!("refs/heads/{branch}");
     match git2::Reference::is_valid_name(&refname) {
         true if !branch.is_empty() && !branch.starts_with('-') => Ok(()),
@@ -422,7 +422,10 @@ fn check_branch_name(branch: &str) -> Result<(), WorkspaceError> {
 
 /// An existing branch that `branch` would nest in or around (`a` for `a/b`, `a/b` for `a`):
 /// git keeps branches as files, so the two cannot coexist.
-fn nested_branch(main: &Repository, branch: &str) -> Result<Option<String>, WorkspaceError> {
+pub(super) fn nested_branch(
+    main: &Repository,
+    branch: &str,
+) -> Result<Option<String>, WorkspaceError> {
     let mut prefix = String::new();
     for part in branch.split('/') {
         if !prefix.is_empty() {
@@ -514,7 +517,7 @@ fn create_parent(root: &Path) -> Result<(), WorkspaceError> {
 }
 
 /// Remembers the commit the worktree's branch started from.
-fn write_base(repo: &Repository, sha: &str) -> Result<(), WorkspaceError> {
+pub(super) fn write_base(repo: &Repository, sha: &str) -> Result<(), WorkspaceError> {
     let file = repo.path().join(BASE_FILE);
     std::fs::write(&file, format!("{sha}\n")).map_err(|source| WorkspaceError::Io {
         context: format!("writing {}", file.display()),

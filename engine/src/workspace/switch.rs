@@ -1,0 +1,369 @@
+//! Re-using one worktree for branch after branch (a polecat's worktree, docs/split.md):
+//! [`Workspace::switch`] moves a worktree to another branch (made from a base when new) with a
+//! forced checkout of only the files that differ, [`Workspace::adopt`] takes over a worktree a
+//! killed process left on any branch, and [`Workspace::release_branch`] detaches the worktree
+//! from its branch so the branch can be merged away and deleted while the worktree waits for
+//! its next one. No `git worktree add` or removal, and so no repository-wide worktree lock, is
+//! on this path.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use git2::build::CheckoutBuilder;
+use git2::{Oid, Repository};
+
+use super::git_cli::StatusReader;
+use super::worktree::{
+    check_branch_name, nested_branch, open_main, sanitize_name, workdir_of, write_base, Identity,
+    Inner,
+};
+use super::{Workspace, WorkspaceError, WORKTREES_DIR};
+
+impl Workspace {
+    /// Moves this worktree to `branch`: the existing branch as it is, or a new one made at
+    /// `base` (a sha or any revision). Everything that is not committed is thrown away
+    /// (modified files, and new files that are not ignored); ignored files (build output,
+    /// wiggum's own `.wiggum/`) stay, as after [`Workspace::discard_changes`]. Only the files
+    /// that differ between the two commits are written. Fails, changing nothing, when the
+    /// branch is checked out in another worktree, its name is invalid or would nest in
+    /// another branch, or `base` is unknown.
+    pub fn switch(self, branch: &str, base: &str) -> Result<Workspace, WorkspaceError> {
+        check_branch_name(branch)?;
+        let Workspace {
+            repo_root,
+            name,
+            path,
+            inner,
+            ..
+        } = self;
+        let mut inner = inner.into_inner().unwrap_or_else(|e| e.into_inner());
+        let repo = &inner.repo;
+        let branch_ref = format!("refs/heads/{branch}");
+        if let Some(other) = checked_out_elsewhere(repo, &name, &branch_ref)? {
+            return Err(WorkspaceError::Other(format!(
+                "branch `{branch}` is checked out in {other}: a branch can be in one worktree \
+                 only"
+            )));
+        }
+        let (tip, base_sha, made) = match repo.refname_to_id(&branch_ref) {
+            Ok(tip) => {
+                // The base file belongs to the worktree (the previous branch's): the branch's
+                // own base comes from its reflog.
+                let main = open_main(&repo_root)?;
+                (tip, base_of(&main, &branch_ref, tip), false)
+            }
+            Err(_) => {
+                let commit = repo
+                    .revparse_single(base)
+                    .and_then(|o| o.peel_to_commit())
+                    .map_err(|source| WorkspaceError::BaseNotFound {
+                        base: base.to_string(),
+                        path: path.clone(),
+                        source,
+                    })?;
+                if let Some(existing) = nested_branch(repo, branch)? {
+                    return Err(WorkspaceError::BranchNameConflict {
+                        branch: branch.to_string(),
+                        existing,
+                    });
+                }
+                // The reference itself, not `git_branch_create`: that one (like `set_head`
+                // below) opens every worktree to see whether the branch is checked out, and
+                // trips over one being added at the same moment. The check is ours, above.
+                let created = format!("branch: Created from {base}");
+                repo.reference(&branch_ref, commit.id(), false, &created)?;
+                (commit.id(), commit.id().to_string(), true)
+            }
+        };
+        let moved = (|| -> Result<(), WorkspaceError> {
+            let target = repo.find_commit(tip)?;
+            // Force is right here: the worktree is wiggum's own, and what was not committed on
+            // the previous branch is not this branch's.
+            let mut checkout = CheckoutBuilder::new();
+            checkout
+                .force()
+                .remove_untracked(true)
+                .remove_ignored(false);
+            repo.checkout_tree(target.as_object(), Some(&mut checkout))?;
+            repo.reference_symbolic("HEAD", &branch_ref, true, "wiggum: switch")?;
+            write_base(repo, &base_sha)?;
+            Ok(())
+        })();
+        if let Err(e) = moved {
+            if made {
+                if let Ok(mut r) = repo.find_reference(&branch_ref) {
+                    let _ = r.delete();
+                }
+            }
+            return Err(e);
+        }
+        inner.last_checkpoint = tip;
+        Ok(Workspace {
+            repo_root,
+            name,
+            path,
+            branch: branch.to_string(),
+            base_commit: base_sha,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// Takes over the existing worktree `name` (under `.wiggum/worktrees/`) whatever it has
+    /// checked out, to [`switch`](Workspace::switch) it to the branch it is wanted on next.
+    /// `None` when there is no such worktree (or its directory is gone). Until it is switched,
+    /// the workspace is on the branch it found (or on none, when detached).
+    pub fn adopt(repo_root: &Path, name: &str) -> Result<Option<Workspace>, WorkspaceError> {
+        let main = open_main(repo_root)?;
+        let root = workdir_of(&main, repo_root)?;
+        let name = sanitize_name(name)?;
+        let path = root.join(WORKTREES_DIR).join(&name);
+        if !path.join(".git").exists() {
+            return Ok(None);
+        }
+        let Ok(repo) = Repository::open(&path) else {
+            return Ok(None);
+        };
+        let head = repo.find_reference("HEAD")?;
+        let branch = head
+            .symbolic_target()
+            .and_then(|t| t.strip_prefix("refs/heads/"))
+            .unwrap_or_default()
+            .to_string();
+        let last = repo
+            .head()
+            .ok()
+            .and_then(|h| h.target())
+            .unwrap_or_else(Oid::zero);
+        drop(head);
+        let identity = Identity::of(&repo);
+        let status_reader = StatusReader::choose(&repo);
+        Ok(Some(Workspace {
+            repo_root: root,
+            name,
+            path,
+            branch,
+            base_commit: String::new(),
+            inner: Mutex::new(Inner {
+                repo,
+                last_checkpoint: last,
+                identity,
+                status_reader,
+            }),
+        }))
+    }
+
+    /// Detaches the worktree from its branch (HEAD at the same commit, no file touched), so
+    /// that the branch can be checked out elsewhere or deleted while this worktree waits to be
+    /// switched to its next branch.
+    pub fn release_branch(&self) -> Result<(), WorkspaceError> {
+        let inner = self.lock();
+        let tip = inner.repo.head()?.peel_to_commit()?.id();
+        inner.repo.set_head_detached(tip)?;
+        Ok(())
+    }
+}
+
+impl Workspace {
+    /// Detaches `branch` from every worktree whose name starts with `prefix` that has it
+    /// checked out (a worktree a killed process left on it): what was not committed there is
+    /// given up, as a resume gives it up. Returns the worktrees it was taken from.
+    pub fn release_branch_in(
+        repo_root: &Path,
+        prefix: &str,
+        branch: &str,
+    ) -> Result<Vec<String>, WorkspaceError> {
+        let main = open_main(repo_root)?;
+        let branch_ref = format!("refs/heads/{branch}");
+        let mut released = Vec::new();
+        let Ok(entries) = std::fs::read_dir(main.commondir().join("worktrees")) else {
+            return Ok(released);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let on = std::fs::read_to_string(entry.path().join("HEAD"))
+                .map(|t| t.trim().strip_prefix("ref: ") == Some(branch_ref.as_str()))
+                .unwrap_or(false);
+            if !on || !name.starts_with(prefix) {
+                continue;
+            }
+            match Workspace::adopt(repo_root, &name)? {
+                Some(ws) => ws.release_branch()?,
+                // Its directory is gone: git's record of it goes too.
+                None => {
+                    if let Ok(wt) = main.find_worktree(&name) {
+                        wt.prune(None)?;
+                    }
+                }
+            }
+            released.push(name);
+        }
+        Ok(released)
+    }
+}
+
+/// The commit `branch_ref` started from: the first entry of its reflog, else its merge base
+/// with the main HEAD, else its tip.
+fn base_of(main: &Repository, branch_ref: &str, tip: Oid) -> String {
+    if let Ok(reflog) = main.reflog(branch_ref) {
+        if let Some(first) = reflog.iter().next_back() {
+            if first.id_old().is_zero() {
+                return first.id_new().to_string();
+            }
+        }
+    }
+    main.head()
+        .ok()
+        .and_then(|h| h.target())
+        .and_then(|h| main.merge_base(h, tip).ok())
+        .unwrap_or(tip)
+        .to_string()
+}
+
+/// The worktree other than `own` (by name; the main working tree too) that has `branch_ref`
+/// checked out, read from git's HEAD files (no repository opened).
+pub(super) fn checked_out_elsewhere(
+    repo: &Repository,
+    own: &str,
+    branch_ref: &str,
+) -> Result<Option<String>, WorkspaceError> {
+    let common = repo.commondir();
+    let on = |head_file: &Path| {
+        std::fs::read_to_string(head_file)
+            .map(|t| t.trim().strip_prefix("ref: ") == Some(branch_ref))
+            .unwrap_or(false)
+    };
+    if on(&common.join("HEAD")) {
+        return Ok(Some("the main working tree".into()));
+    }
+    let Ok(entries) = std::fs::read_dir(common.join("worktrees")) else {
+        return Ok(None);
+    };
+    for entry in entries.flatten() {
+        let wt = entry.file_name().to_string_lossy().into_owned();
+        if wt != own && on(&entry.path().join("HEAD")) {
+            return Ok(Some(format!("worktree `{wt}`")));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{write_file, TestRepo};
+    use super::*;
+
+    fn on_branch(ws: &Workspace) -> String {
+        let repo = Repository::open(ws.path()).unwrap();
+        let head = repo.find_reference("HEAD").unwrap();
+        head.symbolic_target().unwrap_or("detached").to_string()
+    }
+
+    #[test]
+    fn switch_moves_a_worktree_to_a_new_branch_from_the_base_and_cleans_it() {
+        let t = TestRepo::new();
+        let base = t.head();
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        write_file(ws.path(), "a.txt", "a\n");
+        ws.checkpoint("a").unwrap();
+        write_file(ws.path(), "left.txt", "untracked leftover\n");
+        write_file(ws.path(), "README.md", "modified, not committed\n");
+        std::fs::create_dir_all(ws.path().join(".wiggum")).unwrap();
+        write_file(ws.path(), ".wiggum/keep", "ignored\n");
+        let path = ws.path().to_path_buf();
+        ws.release_branch().unwrap();
+
+        let ws = ws.switch("wiggum/x.split/b", &base).unwrap();
+        assert_eq!(ws.path(), path);
+        assert_eq!(ws.branch(), "wiggum/x.split/b");
+        assert_eq!(on_branch(&ws), "refs/heads/wiggum/x.split/b");
+        assert_eq!(ws.head().unwrap(), base);
+        assert_eq!(ws.base_commit(), base);
+        assert!(!path.join("a.txt").exists(), "a's file is not on b's base");
+        assert!(!path.join("left.txt").exists(), "untracked leftovers go");
+        assert_eq!(
+            std::fs::read_to_string(path.join("README.md")).unwrap(),
+            std::fs::read_to_string(&t.root.join("README.md")).unwrap()
+        );
+        assert!(path.join(".wiggum/keep").exists(), "ignored files stay");
+        assert!(!ws.is_dirty().unwrap());
+        // Checkpoints go on the new branch, a's branch is untouched.
+        write_file(ws.path(), "b.txt", "b\n");
+        let cp = ws.checkpoint("b").unwrap();
+        assert!(cp.changed);
+        let main = Repository::open(&t.root).unwrap();
+        let a_tip = main.refname_to_id("refs/heads/wiggum/x.split/a").unwrap();
+        assert!(main
+            .find_commit(a_tip)
+            .unwrap()
+            .tree()
+            .unwrap()
+            .get_name("a.txt")
+            .is_some());
+        assert!(main
+            .find_commit(a_tip)
+            .unwrap()
+            .tree()
+            .unwrap()
+            .get_name("b.txt")
+            .is_none());
+    }
+
+    #[test]
+    fn switch_to_an_existing_branch_takes_its_tip_and_its_own_base() {
+        let t = TestRepo::new();
+        let base = t.head();
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        write_file(ws.path(), "a.txt", "a\n");
+        let a_tip = ws.checkpoint("a").unwrap().sha;
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/b", &base).unwrap();
+        write_file(ws.path(), "b.txt", "b\n");
+        ws.checkpoint("b").unwrap();
+        ws.release_branch().unwrap();
+
+        let ws = ws.switch("wiggum/x.split/a", "no-such-base").unwrap();
+        assert_eq!(ws.head().unwrap(), a_tip);
+        assert_eq!(ws.base_commit(), base, "a's base, from its reflog");
+        assert!(ws.path().join("a.txt").exists());
+        assert!(!ws.path().join("b.txt").exists());
+    }
+
+    #[test]
+    fn switch_refuses_a_branch_checked_out_in_another_worktree() {
+        let t = TestRepo::new();
+        let base = t.head();
+        let other = Workspace::create(&t.root, "other", "wiggum/x.split/b", None).unwrap();
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        let err = ws
+            .switch("wiggum/x.split/b", &base)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("checked out in worktree `other`"), "{err}");
+        // Once the other lets go of it, it can.
+        other.release_branch().unwrap();
+        let ws = Workspace::adopt(&t.root, "p")
+            .unwrap()
+            .expect("still there");
+        let ws = ws.switch("wiggum/x.split/b", &base).unwrap();
+        assert_eq!(on_branch(&ws), "refs/heads/wiggum/x.split/b");
+    }
+
+    #[test]
+    fn release_branch_lets_the_branch_be_deleted_and_adopt_finds_the_worktree_again() {
+        let t = TestRepo::new();
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        ws.release_branch().unwrap();
+        let main = Repository::open(&t.root).unwrap();
+        main.find_branch("wiggum/x.split/a", git2::BranchType::Local)
+            .unwrap()
+            .delete()
+            .expect("a detached worktree does not hold the branch");
+        drop(ws);
+        let ws = Workspace::adopt(&t.root, "p").unwrap().expect("adopted");
+        assert_eq!(ws.branch(), "");
+        assert!(Workspace::adopt(&t.root, "none").unwrap().is_none());
+        let ws = ws.switch("wiggum/x.split/c", &t.head()).unwrap();
+        assert_eq!(on_branch(&ws), "refs/heads/wiggum/x.split/c");
+        ws.remove().unwrap();
+    }
+}
