@@ -282,7 +282,7 @@ mod tests {
         assert!(!path.join("left.txt").exists(), "untracked leftovers go");
         assert_eq!(
             std::fs::read_to_string(path.join("README.md")).unwrap(),
-            std::fs::read_to_string(&t.root.join("README.md")).unwrap()
+            std::fs::read_to_string(t.root.join("README.md")).unwrap()
         );
         assert!(path.join(".wiggum/keep").exists(), "ignored files stay");
         assert!(!ws.is_dirty().unwrap());
