@@ -388,15 +388,16 @@ mod tests {
     }
 
     const LONG: Duration = Duration::from_secs(60);
+    /// A lease that expires within a test, yet outlives the few statements a test runs before
+    /// it counts on the lease being live (each can take a while on a loaded machine).
+    const SHORT: Duration = Duration::from_millis(1500);
 
     #[tokio::test]
     async fn a_live_lease_is_not_taken_and_an_expired_one_is_with_a_larger_token() {
         let Some(l) = leases("lease takeover").await else {
             return;
         };
-        let a = l
-            .acquire("r", "subtask", "s1", "m1", Duration::from_millis(300))
-            .await;
+        let a = l.acquire("r", "subtask", "s1", "m1", SHORT).await;
         let a = a.unwrap().unwrap();
         assert_eq!(a.attempt, 1);
         assert!(l
@@ -415,7 +416,7 @@ mod tests {
             .await
             .unwrap()
             .is_some());
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(SHORT + Duration::from_millis(300)).await;
         assert!(!l.is_held(&a).await.unwrap());
         let b = l
             .acquire("r", "subtask", "s1", "m2", LONG)
@@ -490,14 +491,15 @@ mod tests {
         let Some(l) = leases("lease keeper").await else {
             return;
         };
-        let ttl = Duration::from_millis(400);
+        let ttl = SHORT;
         let a = l
             .acquire("r", "worker", "w", "m1", ttl)
             .await
             .unwrap()
             .unwrap();
-        let mut keeper = keep(l.clone(), a.clone(), ttl, Duration::from_millis(100));
-        tokio::time::sleep(Duration::from_millis(900)).await;
+        let mut keeper = keep(l.clone(), a.clone(), ttl, ttl / 10);
+        // Longer than the lease: only renewals keep it.
+        tokio::time::sleep(ttl + Duration::from_secs(1)).await;
         assert!(l.is_held(&a).await.unwrap(), "the keeper did not renew");
         assert!(!keeper.is_lost());
         // Someone removes it (an operator, or a takeover after expiry): the keeper notices.

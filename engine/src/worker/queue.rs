@@ -673,8 +673,11 @@ mod tests {
             return;
         };
         q.publish("repo", &job(1)).await.unwrap();
+        // Long enough that the check of a live lease below comes before it expires on a loaded
+        // machine.
+        let short = Duration::from_millis(1500);
         let first = q
-            .claim("repo", "dead-machine/nux", Duration::from_millis(300))
+            .claim("repo", "dead-machine/nux", short)
             .await
             .unwrap()
             .unwrap();
@@ -685,7 +688,7 @@ mod tests {
             .await
             .unwrap()
             .is_none());
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(short + Duration::from_millis(300)).await;
         let second = q
             .claim("repo", "other/slit", Duration::from_secs(60))
             .await
