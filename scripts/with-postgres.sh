@@ -75,6 +75,14 @@ trap 'exit 143' TERM
   start >/dev/null ||
   { cat "$dir/server.log" >&2; echo "with-postgres: the server did not start" >&2; exit 1; }
 
+# `$WIGGUM_TEST_PG_CTL stop|start|restart`: stops or starts this server (fast mode, waits), for
+# the tests of what happens when the database goes away (they start a server of their own).
+printf '#!/bin/sh\nexec %s "%s" -D "%s" -l "%s" -m fast -w -t 60 -o "%s" "$@"\n' \
+  "${run_as[*]}" "$bindir/pg_ctl" "$dir/data" "$dir/server.log" \
+  "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+  >"$dir/pg-ctl"
+chmod 755 "$dir/pg-ctl"
+export WIGGUM_TEST_PG_CTL="$dir/pg-ctl"
 export WIGGUM_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
 echo "with-postgres: PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (WIGGUM_TEST_PG_URL=$WIGGUM_TEST_PG_URL)" >&2
 set +e

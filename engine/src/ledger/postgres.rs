@@ -147,7 +147,9 @@ fn db_err(url: &DbUrl, e: tokio_postgres::Error) -> LedgerError {
             LedgerError::Remote {
                 url: url.redacted(),
                 message: format!("{} (SQLSTATE {code})", db.message()),
-                retry: code == "40001" || code == "40P01",
+                // Deadlock, serialization failure, or the session ended by the server (a
+                // restart): the whole write runs again, on a new connection.
+                retry: code == "40001" || code == "40P01" || code.starts_with("57P"),
             }
         }
         None => {
@@ -168,6 +170,13 @@ fn db_err(url: &DbUrl, e: tokio_postgres::Error) -> LedgerError {
             }
         }
     }
+}
+
+/// Whether the server ended this session (SQLSTATE class 57P: an administrator's shutdown or
+/// restart, a crash): the statement it refused was not run, the connection is gone.
+fn session_ended(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| db.code().code().starts_with("57P"))
 }
 
 fn pg_err(url: &DbUrl) -> impl Fn(crate::pg::PgError) -> LedgerError + '_ {
@@ -214,25 +223,49 @@ impl Conn {
             return Ok(s.clone());
         }
         let url = self.url.clone();
-        self.connect()?;
-        let client = self.client.as_ref().expect("connected");
-        let stmt = self
-            .rt
-            .block_on(client.prepare(sql))
-            .map_err(|e| db_err(&url, e))?;
-        self.stmts.insert(sql.to_string(), stmt.clone());
-        Ok(stmt)
+        let mut again = !self.in_tx;
+        loop {
+            self.connect()?;
+            let client = self.client.as_ref().expect("connected");
+            match self.rt.block_on(client.prepare(sql)) {
+                Ok(stmt) => {
+                    self.stmts.insert(sql.to_string(), stmt.clone());
+                    return Ok(stmt);
+                }
+                Err(e) if again && session_ended(&e) => {
+                    again = false;
+                    self.drop_session();
+                }
+                Err(e) => return Err(db_err(&url, e)),
+            }
+        }
+    }
+
+    /// Forgets a connection the server has ended: the next statement opens a new one.
+    fn drop_session(&mut self) {
+        self.client = None;
+        self.stmts.clear();
     }
 
     fn query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Row>, LedgerError> {
-        let stmt = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as _).collect();
         let url = self.url.clone();
-        self.connect()?;
-        let client = self.client.as_ref().expect("connected");
-        self.rt
-            .block_on(client.query(&stmt, &refs))
-            .map_err(|e| db_err(&url, e))
+        // Outside a transaction, a statement the server refused because it had ended the
+        // session (a restart of the database) was never run: run it once more on a new one.
+        let mut again = !self.in_tx;
+        loop {
+            let stmt = self.statement(sql)?;
+            self.connect()?;
+            let client = self.client.as_ref().expect("connected");
+            match self.rt.block_on(client.query(&stmt, &refs)) {
+                Ok(rows) => return Ok(rows),
+                Err(e) if again && session_ended(&e) => {
+                    again = false;
+                    self.drop_session();
+                }
+                Err(e) => return Err(db_err(&url, e)),
+            }
+        }
     }
 
     /// Several statements pipelined on the connection (sent at once, run in order).
@@ -256,11 +289,19 @@ impl Conn {
 
     fn simple(&mut self, sql: &str) -> Result<(), LedgerError> {
         let url = self.url.clone();
-        self.connect()?;
-        let client = self.client.as_ref().expect("connected");
-        self.rt
-            .block_on(client.batch_execute(sql))
-            .map_err(|e| db_err(&url, e))
+        let mut again = !self.in_tx;
+        loop {
+            self.connect()?;
+            let client = self.client.as_ref().expect("connected");
+            match self.rt.block_on(client.batch_execute(sql)) {
+                Ok(()) => return Ok(()),
+                Err(e) if again && session_ended(&e) => {
+                    again = false;
+                    self.drop_session();
+                }
+                Err(e) => return Err(db_err(&url, e)),
+            }
+        }
     }
 }
 

@@ -12,6 +12,8 @@ pub mod land;
 pub mod process;
 pub mod queue;
 pub mod registry;
+#[cfg(test)]
+mod restart_tests;
 pub mod spec;
 
 pub use process::{machine_name, run_worker, WorkerError, WorkerEvent, WorkerOptions, WorkerSink};

@@ -159,10 +159,26 @@ pub async fn run_worker(
         let registry = registry.clone();
         let id = id.clone();
         let every = opts.renew_every;
+        let sink = sink.clone();
         tokio::spawn(async move {
+            // The heartbeat is the worker's one steady contact with the database: it says
+            // once when the database stops answering and once when it answers again.
+            let mut down = false;
             loop {
                 tokio::time::sleep(every).await;
-                let _ = registry.heartbeat(&id).await;
+                let message = match registry.heartbeat(&id).await {
+                    Ok(()) if down => "the database answers again: claims and lease renewals \
+                                       go on"
+                        .to_string(),
+                    Err(e) if !down => format!(
+                        "the database cannot be reached ({e}); running subtasks go on, claims \
+                         and lease renewals are retried until it is back (a lease not renewed \
+                         for its whole time is lost and its subtask stopped)"
+                    ),
+                    _ => continue,
+                };
+                down = !down;
+                sink.worker(&WorkerEvent::Trouble { message });
             }
         })
     };
