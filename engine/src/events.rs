@@ -166,6 +166,13 @@ pub enum Event {
         remote: String,
         error: String,
     },
+    /// A distributed split's landing waits for the repository's refinery lease, held by
+    /// another machine (or a dead process, until its lease expires): engine/src/worker/land.rs.
+    RefineryWaiting {
+        step_id: String,
+        subtask: String,
+        holder: String,
+    },
 }
 
 /// A consumer of events.

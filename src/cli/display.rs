@@ -282,6 +282,13 @@ impl EventSink for Display {
                  locally; the next checkpoint pushes it): {}",
                 printable(error.lines().next().unwrap_or(""), 300, false)
             )),
+            Event::RefineryWaiting {
+                step_id,
+                subtask,
+                holder,
+            } => self.line(format!(
+                "{step_id}: {subtask} waits to land: the repository's refinery is held by {holder}"
+            )),
         }
     }
 }

@@ -806,13 +806,22 @@ fn start_merge<'s, 'e>(
         // Across machines: landed on the remote by the repository's one refinery.
         let branch = format!("{}.split/{id}", step_ws.branch());
         let cancel = run.cancel.clone();
+        let sink = run.sink;
+        let step_id = spec.step_id.clone();
         workers.spawn(
             &format!("refinery {id}"),
             async move {
                 use crate::worker::land::Landed;
+                let waiting = |holder: &str| {
+                    sink.emit(&Event::RefineryWaiting {
+                        step_id: step_id.clone(),
+                        subtask: id.clone(),
+                        holder: holder.to_string(),
+                    })
+                };
                 match d
                     .refinery
-                    .land(step_ws, &branch, &checks, timeout, &env, &cancel)
+                    .land(step_ws, &branch, &checks, timeout, &env, &cancel, &waiting)
                     .await
                 {
                     Landed::Done(r, note) => Finished::Merge(id, Ok(r), ws, note),

@@ -148,8 +148,9 @@ impl StepRefinery {
     }
 
     /// Lands `subtask_branch` on the remote's step branch (`step`'s) while holding the
-    /// repository's refinery lease (waiting for it while another machine holds it), then moves
-    /// the local step branch to the landed merge.
+    /// repository's refinery lease (waiting for it while another machine holds it, told to
+    /// `waiting` with the holder), then moves the local step branch to the landed merge.
+    #[allow(clippy::too_many_arguments)]
     pub async fn land(
         &self,
         step: &Workspace,
@@ -158,6 +159,7 @@ impl StepRefinery {
         check_timeout: Duration,
         env: &[(String, String)],
         cancel: &Cancel,
+        waiting: &(dyn Fn(&str) + Sync),
     ) -> Landed {
         let req = LandRequest {
             step_branch: step.branch(),
@@ -170,7 +172,7 @@ impl StepRefinery {
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut held = match self.hold(cancel).await {
+            let mut held = match self.hold(cancel, waiting).await {
                 Ok(h) => h,
                 Err(why) => return Landed::NotNow(why),
             };
@@ -275,7 +277,11 @@ impl StepRefinery {
 
     /// The refinery lease, held: this process's if it still holds it, else taken, waiting while
     /// another holder's is live. `Err` when cancelled or when the database stays unreachable.
-    async fn hold(&self, cancel: &Cancel) -> Result<MutexGuard<'_, Option<RefineryLease>>, String> {
+    async fn hold(
+        &self,
+        cancel: &Cancel,
+        waiting: &(dyn Fn(&str) + Sync),
+    ) -> Result<MutexGuard<'_, Option<RefineryLease>>, String> {
         let mut held = self.held.lock().await;
         if held.as_ref().is_some_and(|l| l.lost().is_none()) {
             return Ok(held);
@@ -312,6 +318,7 @@ impl StepRefinery {
                             "the refinery of {} is held by {by}: waiting for it",
                             self.repo
                         );
+                        waiting(&by);
                     }
                 }
                 Err(e) => {
@@ -489,11 +496,21 @@ mod tests {
         .expect("free");
         let cancel = Cancel::new();
         let checks = vec!["test -f s1.txt".to_string()];
+        let told = std::sync::Mutex::new(Vec::<String>::new());
+        let waiting = |h: &str| told.lock().unwrap().push(h.to_string());
         let landing = {
             let (ra, ws, checks, cancel) = (&ra, &ws, &checks, &cancel);
             async move {
-                ra.land(ws, sub, checks, Duration::from_secs(30), &[], cancel)
-                    .await
+                ra.land(
+                    ws,
+                    sub,
+                    checks,
+                    Duration::from_secs(30),
+                    &[],
+                    cancel,
+                    &waiting,
+                )
+                .await
             }
         };
         tokio::pin!(landing);
@@ -504,6 +521,7 @@ mod tests {
             "landed while another machine held the refinery"
         );
         assert_eq!(hub.tip(step).as_deref(), Some(base.as_str()));
+        assert_eq!(*told.lock().unwrap(), vec!["other-machine".to_string()]);
         // It lets go (and says so): the landing takes the lease and lands.
         assert!(other.release().await.unwrap());
         let client = crate::pg::connect(&db.url).await.unwrap();
@@ -540,7 +558,15 @@ mod tests {
             .unwrap()
             .is_empty());
         let again = ra
-            .land(&ws, sub, &checks, Duration::from_secs(30), &[], &cancel)
+            .land(
+                &ws,
+                sub,
+                &checks,
+                Duration::from_secs(30),
+                &[],
+                &cancel,
+                &|_| {},
+            )
             .await;
         assert!(
             matches!(&again, Landed::Done(MergeResult::Merged { sha: s, .. }, Some(n)) if *s == sha && n.contains("not landed again")),
