@@ -223,6 +223,15 @@ fn run(polecats: usize, parts: u32) -> Measured {
     }
 }
 
+/// The load average over the last minute (`/proc/loadavg`), printed with every row: on a
+/// shared machine the figures mean little without it.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn main() {
     let parts: u32 = std::env::var("BENCH_PARTS")
         .ok()
@@ -239,8 +248,13 @@ fn main() {
         "polecat scaling: {parts} independent subtasks, an agent that waits {agent_ms} ms a call"
     );
     println!(
-        "{:>9} {:>12} {:>12} {:>11} {:>22}",
-        "polecats", "wall", "ideal", "of ideal", "refinery/merge (median)"
+        "machine: {} cores, load average {} at the start",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load()
+    );
+    println!(
+        "{:>9} {:>12} {:>12} {:>11} {:>22} {:>6}",
+        "polecats", "wall", "ideal", "of ideal", "refinery/merge (median)", "load"
     );
     let mut serial = None;
     let mut all_overheads = Vec::new();
@@ -253,11 +267,12 @@ fn main() {
         let median = o[o.len() / 2];
         all_overheads.extend(o);
         println!(
-            "{polecats:>9} {:>9.0} ms {:>9.0} ms {:>10.0}% {:>19} ms",
+            "{polecats:>9} {:>9.0} ms {:>9.0} ms {:>10.0}% {:>19} ms {:>6}",
             m.pool.as_secs_f64() * 1000.0,
             ideal.as_secs_f64() * 1000.0,
             100.0 * ideal.as_secs_f64() / m.pool.as_secs_f64(),
-            median
+            median,
+            load()
         );
         if std::env::var_os("BENCH_TIMELINE").is_some() {
             print_timeline(&m.marks);
@@ -271,6 +286,10 @@ fn main() {
         all_overheads[n / 2],
         all_overheads[n * 9 / 10],
         all_overheads[n - 1]
+    );
+    println!(
+        "goal: 8 polecats at >= 90% of ideal; load average {} at the end",
+        load()
     );
     println!(
         "reference: one subtask's loop is one agent call ({agent_ms} ms) plus wiggum's \
