@@ -519,3 +519,131 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
     let its = common::split::iterations_of(&all, &bead);
     assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
 }
+
+const HANDBACK_PATROL: &str = r#"
+[patrol]
+name = "handback"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "write p.txt and q.txt"
+[steps.loop]
+checks = ["test -f started.txt"]
+max_iterations = 4
+"#;
+
+const HANDBACK_SCRIPT: &str = r#"
+[[work]]
+step = "big"
+iteration = 1
+reply = "This is too large for one agent. <split/>"
+[[work.edits]]
+path = "started.txt"
+write = "begun on a worker\n"
+[[work]]
+step = "big"
+iteration = 2
+reply = "verified p and q"
+
+[[plan]]
+step = "big"
+reply = '''{"subtasks": [
+ {"id": "p", "prompt": "write p.txt", "checks": ["test -f p.txt"]},
+ {"id": "q", "prompt": "write q.txt", "checks": ["test -f q.txt"]}
+]}'''
+
+[[work]]
+step = "big/p"
+reply = "wrote p"
+[[work.edits]]
+path = "p.txt"
+write = "p\n"
+[[work]]
+step = "big/q"
+reply = "wrote q"
+[[work.edits]]
+path = "q.txt"
+write = "q\n"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_agent_asks_to_split_on_a_worker_is_handed_back_and_split_by_the_run() {
+    let Some(db) = TestDb::create("patrol workers step handed back").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db, HANDBACK_PATROL, HANDBACK_SCRIPT) else {
+        assert!(!common::in_ci(), "git daemon is missing in CI");
+        eprintln!("SKIPPED: git daemon is not available");
+        return;
+    };
+    for m in ["m1", "m2"] {
+        start_worker(&mut cluster, m, 1);
+    }
+    cluster.wait_workers(&db, 2).await;
+    let (driver, code, report, stderr) = run_patrol(&cluster).await;
+    assert_eq!(code, 0, "{report:#}\n{stderr}\n{}", cluster.logs());
+    assert_eq!(report["outcome"], "converged");
+    // The worker's checkpoint (started.txt) is where the split started from.
+    for f in ["started.txt", "p.txt", "q.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed on main");
+    }
+    // The step's job ended on its worker with the trigger (handed back, not failed); its
+    // subtasks went to the workers in turn.
+    let jobs = jobs(&cluster, &db).await;
+    let steps: Vec<_> = jobs.iter().filter(|j| j.1 == "step").collect();
+    assert_eq!(steps.len(), 1, "{jobs:?}");
+    let res = &steps[0].3;
+    assert_eq!(
+        res.split,
+        Some(wiggum_engine::split::SplitTrigger::Declared),
+        "{res:?}"
+    );
+    assert_eq!(res.iterations, 1, "{res:?}");
+    assert_ne!(res.machine, "m0");
+    let subtasks: Vec<_> = jobs.iter().filter(|j| j.1 == "subtask").collect();
+    assert_eq!(subtasks.len(), 2, "{jobs:?}");
+    for (bead, _, _, r) in &subtasks {
+        assert_eq!(
+            r.outcome,
+            wiggum_engine::ralph::Outcome::Converged,
+            "{bead}: {}",
+            r.reason
+        );
+    }
+    // One bead per iteration of the step: the worker's (which asked to split) and the
+    // verification on the merged work, none recorded twice.
+    let bead = common::step(&report, "big")["bead"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let all = beads_in_database(&driver, &cluster.url);
+    let its = common::split::iterations_of(&all, &bead);
+    assert_eq!(its.len(), 2, "{its:#?}");
+    assert!(
+        its.iter().any(|b| b["close_reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("split:")),
+        "{its:#?}"
+    );
+    assert_eq!(common::split::subtask_beads(&all).len(), 2);
+    // The step's bead says it was handed back, and the split that followed.
+    let shown = common::wiggum_in(
+        &driver,
+        &["show", &bead, "--json", "--repo", driver.to_str().unwrap()],
+        &[("WIGGUM_DATABASE_URL", &cluster.url)],
+    );
+    let shown: Value = serde_json::from_str(&shown.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", shown.stdout, shown.stderr));
+    assert_eq!(
+        shown["split"]["trigger"]["trigger"], "declared",
+        "{shown:#}"
+    );
+    assert!(
+        shown.to_string().contains("handed back for splitting by"),
+        "{shown:#}"
+    );
+}

@@ -97,6 +97,7 @@ fn spec(base: &str, n: usize) -> JobSpec {
         attempt: 1,
         fresh: false,
         update: false,
+        split: None,
     }
 }
 

@@ -111,6 +111,19 @@ pub enum Event {
         subtasks: Vec<String>,
         polecats: usize,
     },
+    /// A step a worker ran whole was handed back for splitting: a split trigger fired there
+    /// (see engine/src/run/distributed.rs); the run's machine splits it from `tip` of `branch`.
+    StepHandedBack {
+        step_id: String,
+        bead_id: String,
+        machine: String,
+        /// Why, in words.
+        trigger: String,
+        branch: String,
+        tip: String,
+        /// Iterations the worker ran (recorded, kept).
+        iterations: u32,
+    },
     SubtaskQueued {
         step_id: String,
         subtask: String,

@@ -210,6 +210,18 @@ impl EventSink for Display {
                 if *polecats == 1 { "" } else { "s" },
                 printable(trigger, 300, false)
             )),
+            Event::StepHandedBack {
+                step_id,
+                machine,
+                trigger,
+                iterations,
+                ..
+            } => self.line(format!(
+                "{step_id}: handed back by {machine} after {iterations} iteration{} to be split \
+                 here: {}",
+                if *iterations == 1 { "" } else { "s" },
+                printable(trigger, 300, false)
+            )),
             Event::SubtaskQueued { .. } => {}
             Event::SubtaskStarted {
                 step_id,

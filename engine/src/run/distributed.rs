@@ -8,7 +8,9 @@
 //!   ([`on_worker`]): a worker claims it with a `step` lease, runs its full Ralph loop in its
 //!   own clone (iterations recorded under the step's bead in the shared ledger), pushes its
 //!   branch after every checkpoint; the run's driver waits for the result, fetches the branch
-//!   and merges it into the run's branch as it does for a step it ran itself.
+//!   and merges it into the run's branch as it does for a step it ran itself. When a split
+//!   trigger fires there (`<split/>`, a context overflow), the worker ends the job with the
+//!   trigger and the driver splits the step itself from the pushed branch.
 //!
 //! Without a database, a remote or a live worker, none of this happens: the steps run here.
 
@@ -21,9 +23,11 @@ use wiggum_agents::Usage;
 use super::cancel::Cancel;
 use super::record::Recorder;
 use super::state::RunLock;
+use crate::events::{Event, EventSink};
 use crate::patrol::{Patrol, SplitMode, Step, StepKind};
 use crate::ralph::runner::StepReport;
 use crate::ralph::{Outcome, ReviewMode};
+use crate::split::trigger::SplitWatch;
 use crate::worker::distribute::Distributed;
 use crate::worker::exec::git;
 use crate::worker::queue::{NewJob, CHANNEL_DONE, KIND_STEP};
@@ -86,9 +90,10 @@ pub(super) async fn for_step(
     }
 }
 
-/// Whether a step may be run whole by a worker: an agent step that does not split (no
-/// `[steps.split]`, or `mode = "never"`: a worker runs a plain Ralph loop) in a patrol that is
-/// not sandboxed (the sandbox is this machine's).
+/// Whether a step may be run whole by a worker: an agent step with no `[steps.split]` (or
+/// `mode = "never"`) in a patrol that is not sandboxed (the sandbox is this machine's). A
+/// split trigger firing on the worker hands the step back to the run's machine, which splits
+/// it ([`OnWorker::HandedBack`]).
 pub(super) fn claimable(patrol: &Patrol, step: &Step) -> bool {
     matches!(step.kind, StepKind::Agent { .. })
         && !patrol.sandbox
@@ -109,6 +114,10 @@ pub(super) struct StepJob<'a> {
     pub config: &'a crate::ralph::LoopConfig,
     pub recorder: &'a Recorder,
     pub cancel: &'a Cancel,
+    /// The triggers the worker's loop watches for (a step without `[steps.split]`: the safe
+    /// defaults); `None`: the step never splits.
+    pub split: Option<SplitWatch>,
+    pub sink: &'a dyn EventSink,
 }
 
 /// How [`on_worker`] went.
@@ -119,6 +128,10 @@ pub(super) enum OnWorker {
     /// A worker ran the step's loop; its branch is fetched into the step's worktree
     /// (`None` when that failed: the report says why).
     Ran(StepReport, Option<Workspace>),
+    /// A split trigger fired on the worker: the step was handed back with its branch (fetched
+    /// into this worktree, at the worker's last checkpoint) and its iterations recorded; it is
+    /// split here (the report has the worker's spend).
+    HandedBack(StepReport, Workspace),
 }
 
 /// Runs a step on a worker: publishes it (its base commit pushed to the remote as
@@ -173,6 +186,7 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
             attempt: 1,
             fresh: false,
             update: false,
+            split: job.split.clone(),
         };
         // The branch stays; only its worktree goes, so a worker in this same clone can check
         // the branch out (a branch is checked out in one worktree at a time).
@@ -230,6 +244,10 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
     report.summary = result.summary.clone();
     report.last_checkpoint = result.tip.clone();
     match fetch_into(&root, &d.remote, &name, &branch).await {
+        Ok(ws) if result.split.is_some() => {
+            handed_back(&job, &result);
+            OnWorker::HandedBack(report, ws)
+        }
         Ok(ws) => OnWorker::Ran(report, Some(ws)),
         Err(e) => {
             if report.outcome == Outcome::Converged {
@@ -242,6 +260,40 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
             OnWorker::Ran(report, reopen(&root, &name, &branch).ok())
         }
     }
+}
+
+/// Says that the worker handed the step back for splitting: an event, and a comment on the
+/// step's bead (the split's own record follows: its plan in the bead's notes, the subtasks).
+fn handed_back(job: &StepJob<'_>, result: &JobResult) {
+    let trigger = result
+        .split
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let tip = result.tip.clone().unwrap_or_default();
+    let text = format!(
+        "handed back for splitting by {} on {} after {} iteration{} ({trigger}); its branch {} \
+         was pushed at {}; the run's machine splits the step from there, the iterations \
+         recorded are kept",
+        result.holder,
+        result.machine,
+        result.iterations,
+        if result.iterations == 1 { "" } else { "s" },
+        result.branch,
+        &tip[..tip.len().min(12)],
+    );
+    if let Err(e) = job.recorder.ledger().add_comment(job.bead, "wiggum", &text) {
+        tracing::warn!("step {}: {text} (not recorded: {e})", job.step_id);
+    }
+    job.sink.emit(&Event::StepHandedBack {
+        step_id: job.step_id.to_string(),
+        bead_id: job.bead.to_string(),
+        machine: result.machine.clone(),
+        trigger,
+        branch: result.branch.clone(),
+        tip,
+        iterations: result.iterations,
+    });
 }
 
 enum Waited {

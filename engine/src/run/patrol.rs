@@ -910,9 +910,27 @@ async fn run_agent_step(
                 config: &config,
                 recorder: &ctx.recorder,
                 cancel: &ctx.cancel,
+                split: step
+                    .split
+                    .as_ref()
+                    .is_none_or(|s| s.mode != crate::patrol::SplitMode::Never)
+                    .then(|| crate::split::trigger::SplitWatch {
+                        after_iterations: step.split.as_ref().and_then(|s| s.after_iterations),
+                    }),
+                sink: ctx.sink.as_ref(),
             };
             match super::distributed::on_worker(d, job, ws).await {
                 super::distributed::OnWorker::Here(ws) => ws,
+                // A split trigger fired on the worker: split here, from its branch, after the
+                // iterations it recorded (`split::run_step` sees the last one asked to split).
+                super::distributed::OnWorker::HandedBack(report, ws) => {
+                    if report.iterations > st.iterations {
+                        st.iterations = report.iterations;
+                        st.tokens += report.usage.total();
+                        st.cost_usd += report.cost_usd;
+                    }
+                    ws
+                }
                 super::distributed::OnWorker::Ran(report, ws) => {
                     return after_worker(ctx, st, report, ws).await
                 }

@@ -47,10 +47,12 @@ pub fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// What a step's loop watches for when splitting is on.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a step's loop watches for when splitting is on (carried to a worker in a whole
+/// step's job: see `worker::JobSpec::split`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitWatch {
     /// Not converged after this many iterations: stop to split.
+    #[serde(default)]
     pub after_iterations: Option<u32>,
 }
 

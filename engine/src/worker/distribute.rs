@@ -130,6 +130,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> Done {
         attempt: job.attempt,
         fresh: job.retry == Some(Retry::Fresh),
         update: job.retry == Some(Retry::Update),
+        split: None,
     };
     let new = NewJob {
         bead: job.bead.clone(),

@@ -138,6 +138,7 @@ async fn run(
         machine: m.machine.to_string(),
         attempt: claim.attempt(),
         summary: String::new(),
+        split: None,
     };
     let spec = match JobSpec::from_json(&claim.job.spec) {
         Ok(s) => s,
@@ -249,7 +250,9 @@ async fn run(
         prompt: spec.prompt.clone(),
         acceptance: spec.acceptance.clone(),
         config,
-        split: None,
+        // A whole step that may split watches for the triggers; one that fires ends the job
+        // and hands the step back to the run's machine, which splits it (`run::distributed`).
+        split: if whole_step { spec.split.clone() } else { None },
     };
     polecat.working(PolecatStatus {
         state: "working".into(),
@@ -290,6 +293,7 @@ async fn run(
     result.tokens = report.usage.total();
     result.cost_usd = report.cost_usd;
     result.summary = report.summary.clone();
+    result.split = report.split.clone();
     result.tip = ws.head().ok().or(report.last_checkpoint.clone());
     if let Some(p) = &publisher {
         // The result names the tip: it must be on the remote before the finish is recorded.

@@ -8,6 +8,7 @@ use wiggum_agents::config::AgentConfig;
 
 use crate::ralph::config::LoopConfig;
 use crate::ralph::Outcome;
+use crate::split::trigger::{SplitTrigger, SplitWatch};
 
 /// How a worker runs one subtask.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,6 +53,11 @@ pub struct JobSpec {
     /// Sent back after its merge turned the checks red: its branch takes `base` in first.
     #[serde(default)]
     pub update: bool,
+    /// A whole patrol step that may split: its loop watches for the triggers, and one that
+    /// fires ends the job with [`JobResult::split`] set (the step is handed back to the run's
+    /// machine, which splits it). `None`: a subtask, or a step with `mode = "never"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitWatch>,
 }
 
 /// What a worker reports when a subtask's loop ends.
@@ -74,6 +80,10 @@ pub struct JobResult {
     /// A line from the last work reply (a patrol step's `{{steps.ID.summary}}`).
     #[serde(default)]
     pub summary: String,
+    /// A whole step's loop stopped to be split (why): the step is handed back to the run's
+    /// machine, which splits it from the pushed `tip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitTrigger>,
 }
 
 impl JobSpec {
