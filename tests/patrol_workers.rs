@@ -647,3 +647,85 @@ async fn a_step_whose_agent_asks_to_split_on_a_worker_is_handed_back_and_split_b
         "{shown:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_expired() {
+    let Some(db) = TestDb::create("patrol workers step taken back").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, TWO_ITERATIONS_SCRIPT) else {
+        assert!(!common::in_ci(), "git daemon is missing in CI");
+        eprintln!("SKIPPED: git daemon is not available");
+        return;
+    };
+    start_worker(&mut cluster, "m1", 1);
+    cluster.wait_workers(&db, 1).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let run = {
+        let driver = driver.clone();
+        let home = home.clone();
+        let url = cluster.url.clone();
+        tokio::task::spawn_blocking(move || {
+            common::wiggum_command()
+                .args(["run", "patrol.toml", "--json", "--repo"])
+                .arg(&driver)
+                .current_dir(&driver)
+                .env("HOME", &home)
+                .env("WIGGUM_DATABASE_URL", &url)
+                .env("WIGGUM_WORKER_POLL", "300ms")
+                .output()
+                .unwrap()
+        })
+    };
+    // m1 checkpoints and pushes the step's first iteration, then dies in the second; no
+    // worker is left to take the step over.
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows = q.list(&cluster.base, None).await.unwrap_or_default();
+        if let Some(r) = rows.iter().find(|r| r.state == "running") {
+            let branch = format!("wiggum/{}-a", r.job.run_id);
+            let pushed = std::process::Command::new("git")
+                .args(["ls-remote", &cluster.hub_url])
+                .arg(format!("refs/heads/{branch}"))
+                .output()
+                .unwrap();
+            if !pushed.stdout.is_empty() {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never got going: {rows:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cluster.kill_worker("m1");
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    // Taken back (the job is gone from the queue) and finished here from m1's pushed
+    // checkpoint: half.txt is from m1's first iteration, which was not run again.
+    let rows = q.list(&cluster.base, None).await.unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+    for f in ["half.txt", "a.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed");
+    }
+    let all = beads_in_database(&driver, &cluster.url);
+    let bead = common::step(&report, "a")["bead"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let its = common::split::iterations_of(&all, &bead);
+    assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
+}

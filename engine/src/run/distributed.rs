@@ -235,6 +235,23 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
                 Err(e) => failed(format!("error: {e}"), None),
             }
         }
+        Waited::Orphaned => {
+            // Its worker died: go on here from the last checkpoint it pushed (the iterations
+            // it recorded are kept), or from the step's own branch when it pushed none.
+            let from_remote = fetch_into(&root, &d.remote, &name, &branch).await;
+            return match from_remote.or_else(|_| reopen(&root, &name, &branch)) {
+                Ok(ws) => {
+                    if let Err(e) = ws.discard_changes() {
+                        return failed(
+                            format!("error: could not reset the step's worktree: {e}"),
+                            Some(ws),
+                        );
+                    }
+                    OnWorker::Here(ws)
+                }
+                Err(e) => failed(format!("error: {e}"), None),
+            };
+        }
         Waited::Failed(why) => return failed(why, reopen(&root, &name, &branch).ok()),
     };
     let mut report = report_of(result.outcome, result.reason.clone());
@@ -301,6 +318,9 @@ enum Waited {
     Cancelled,
     /// Still unclaimed, and no worker is alive any more: taken back.
     Nobody,
+    /// Claimed, but its worker's lease expired and no worker is alive to take it over: taken
+    /// back from the dead worker.
+    Orphaned,
     Failed(String),
 }
 
@@ -340,6 +360,25 @@ async fn wait(d: &Distributed, job: &StepJob<'_>) -> Waited {
                             job.step_id
                         );
                         return Waited::Nobody;
+                    }
+                }
+            }
+            Ok(Some(row)) if row.state == "running" => {
+                if let Some(reg) = &registry {
+                    let alive = reg
+                        .list(Some(&d.repo))
+                        .await
+                        .map(|ws| ws.iter().any(|w| w.state == "running"))
+                        .unwrap_or(true);
+                    if !alive
+                        && matches!(d.queue.take_back_expired(&d.repo, job.bead).await, Ok(true))
+                    {
+                        tracing::warn!(
+                            "the worker running step {} died and no worker is left: it goes on \
+                             on this machine from its last pushed checkpoint",
+                            job.step_id
+                        );
+                        return Waited::Orphaned;
                     }
                 }
             }

@@ -325,6 +325,53 @@ impl Queue {
         Ok(n == 1)
     }
 
+    /// Takes back a job whose holder's lease has expired (its worker died and no other took
+    /// it over): the job and its lease are deleted in one transaction, so a claim racing with
+    /// this either took it first (the lease is live: `false`) or finds nothing, and a worker
+    /// that comes back from a pause finds its lease gone (its finish is discarded). `false`
+    /// when it is ready, finished, or its lease still holds.
+    pub async fn take_back_expired(&self, repo: &str, bead: &str) -> Result<bool, PgError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.db(e))?;
+        let job = tx
+            .query_opt(
+                "SELECT kind FROM wiggum_jobs
+                 WHERE repo = $1 AND bead = $2 AND state = 'running' FOR UPDATE",
+                &[&repo, &bead],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        let Some(job) = job else {
+            return Ok(false);
+        };
+        let kind: String = job.get(0);
+        let live = tx
+            .query_opt(
+                "SELECT expires_at > now() FROM wiggum_leases
+                 WHERE repo = $1 AND kind = $2 AND key = $3 FOR UPDATE",
+                &[&repo, &kind, &bead],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        if live.is_some_and(|r| r.get::<_, bool>(0)) {
+            return Ok(false);
+        }
+        tx.execute(
+            "DELETE FROM wiggum_leases WHERE repo = $1 AND kind = $2 AND key = $3",
+            &[&repo, &kind, &bead],
+        )
+        .await
+        .map_err(|e| self.db(e))?;
+        tx.execute(
+            "DELETE FROM wiggum_jobs WHERE repo = $1 AND bead = $2",
+            &[&repo, &bead],
+        )
+        .await
+        .map_err(|e| self.db(e))?;
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(true)
+    }
+
     /// The jobs of `repo` (of one step when `step_bead` is given), oldest first.
     pub async fn list(&self, repo: &str, step_bead: Option<&str>) -> Result<Vec<JobRow>, PgError> {
         let client = self.client().await?;
