@@ -847,6 +847,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_running_job_is_taken_back_only_once_its_lease_expired_and_its_holder_is_fenced() {
+        let Some(q) = queue("queue take back").await else {
+            return;
+        };
+        let step = NewJob {
+            bead: "wg-s.2".into(),
+            step_bead: "wg-s".into(),
+            run_id: "wg-s".into(),
+            spec: "{}".into(),
+        };
+        q.publish_kind("repo", &step, KIND_STEP).await.unwrap();
+        // Ready: not this (`withdraw` is for it).
+        assert!(!q.take_back_expired("repo", "wg-s.2").await.unwrap());
+        let claim = q
+            .claim("repo", "a/nux", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        // Its lease holds: left to its holder.
+        assert!(!q.take_back_expired("repo", "wg-s.2").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert!(q.take_back_expired("repo", "wg-s.2").await.unwrap());
+        assert!(q.get("repo", "wg-s.2").await.unwrap().is_none());
+        assert!(q.leases().list("repo", None).await.unwrap().is_empty());
+        // The dead holder coming back cannot record a result.
+        assert!(!q.finish(&claim, "{}").await.unwrap());
+        assert!(!q.take_back_expired("repo", "wg-s.2").await.unwrap());
+    }
+
+    #[tokio::test]
     async fn an_expired_step_lease_is_taken_over_as_a_step() {
         let Some(q) = queue("queue step takeover").await else {
             return;
