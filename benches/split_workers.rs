@@ -10,8 +10,8 @@
 //!   database) run the subtasks; the driver's own clone publishes them, fetches each pushed
 //!   branch and merges it (its refinery).
 //!
-//! Wall time is from the first subtask started to the last merged; ideal is the serial time
-//! divided by the polecats. `scripts/with-postgres.sh cargo bench --bench split_workers`;
+//! Wall time is from the subtasks queued (the plan made) to the last merged; ideal is the serial
+//! time divided by the polecats. `scripts/with-postgres.sh cargo bench --bench split_workers`;
 //! `BENCH_AGENT_MS`, `BENCH_PARTS` and `BENCH_POLECATS_PER_WORKER` (default 3) change the
 //! agent's wait, the subtasks and N. Without a server only the local rows are printed.
 
@@ -27,7 +27,7 @@ use wiggum_engine::ralph::{LoopConfig, Outcome};
 use wiggum_engine::run::{run_task, Cancel, ReviewChoice, TaskOptions};
 use wiggum_engine::worker::{run_worker, Registry, WorkerEvent, WorkerOptions, WorkerSink};
 
-/// When the first subtask started and the last one merged, and who ran the subtasks.
+/// When the subtasks were queued and the last one merged.
 #[derive(Default)]
 struct Watch {
     first_start: Mutex<Option<Instant>>,
@@ -38,7 +38,9 @@ struct Watch {
 impl EventSink for Watch {
     fn emit(&self, event: &Event) {
         match event {
-            Event::SubtaskStarted { .. } => {
+            // The plan is made and every subtask queued: from here the subtasks run (on local
+            // polecats, or published to the workers), the same start in every mode.
+            Event::SubtaskQueued { .. } => {
                 self.first_start
                     .lock()
                     .unwrap()
@@ -108,7 +110,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs the split task in `root` with `polecats` local polecats (or, with live workers, on
-/// them) and returns the time from the first subtask started to the last merged.
+/// them) and returns the time from the subtasks queued to the last merged.
 fn split(rt: &tokio::runtime::Runtime, root: &Path, polecats: usize, parts: u32) -> Duration {
     let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bench/slow-agent.sh");
     let opts = TaskOptions {
@@ -147,11 +149,7 @@ fn split(rt: &tokio::runtime::Runtime, root: &Path, polecats: usize, parts: u32)
         parts as usize,
         "every subtask merged"
     );
-    let first = watch
-        .first_start
-        .lock()
-        .unwrap()
-        .expect("a subtask started");
+    let first = watch.first_start.lock().unwrap().expect("subtasks queued");
     let last = watch.last_merge.lock().unwrap().expect("a subtask merged");
     last - first
 }
