@@ -43,6 +43,14 @@ fn start_worker(cluster: &mut Cluster, machine: &str, polecats: usize) {
     );
 }
 
+/// One machine per name, each running `wiggum worker --polecats 1`, all registered.
+async fn start_workers(cluster: &mut Cluster, db: &TestDb, machines: &[&str]) {
+    for m in machines {
+        start_worker(cluster, m, 1);
+    }
+    cluster.wait_workers(db, machines.len()).await;
+}
+
 /// `wiggum run patrol.toml --json` on machine m0 (its own clone and HOME): the exit code,
 /// the report and stderr.
 async fn run_patrol(cluster: &Cluster) -> (PathBuf, i32, Value, String) {
@@ -69,6 +77,14 @@ async fn run_patrol(cluster: &Cluster) -> (PathBuf, i32, Value, String) {
         )
     });
     (driver, out.status.code().unwrap_or(-1), report, stderr)
+}
+
+/// `wiggum run patrol.toml` on m0, which must converge: its clone and its JSON report.
+async fn run_converged(cluster: &Cluster) -> (PathBuf, Value) {
+    let (driver, code, report, stderr) = run_patrol(cluster).await;
+    assert_eq!(code, 0, "{report:#}\n{stderr}\n{}", cluster.logs());
+    assert_eq!(report["outcome"], "converged");
+    (driver, report)
 }
 
 /// The jobs of the shared queue with their results.
@@ -136,13 +152,8 @@ async fn a_patrol_split_step_runs_its_subtasks_on_workers_of_several_machines_on
     let Some(mut cluster) = start_cluster(&db, SPLIT_PATROL, &split_script()) else {
         return;
     };
-    for m in ["m1", "m2", "m3"] {
-        start_worker(&mut cluster, m, 1);
-    }
-    cluster.wait_workers(&db, 3).await;
-    let (driver, code, report, stderr) = run_patrol(&cluster).await;
-    assert_eq!(code, 0, "{report:#}\n{stderr}\n{}", cluster.logs());
-    assert_eq!(report["outcome"], "converged");
+    start_workers(&mut cluster, &db, &["m1", "m2", "m3"]).await;
+    let (driver, _) = run_converged(&cluster).await;
     for n in 1..=6 {
         assert!(
             driver.join(format!("s{n}.txt")).exists(),
@@ -239,13 +250,8 @@ async fn independent_patrol_steps_are_claimed_by_two_workers_and_run_at_the_same
         return;
     };
     // One polecat each: a worker busy with one step cannot take the other.
-    for m in ["m1", "m2"] {
-        start_worker(&mut cluster, m, 1);
-    }
-    cluster.wait_workers(&db, 2).await;
-    let (driver, code, report, stderr) = run_patrol(&cluster).await;
-    assert_eq!(code, 0, "{report:#}\n{stderr}\n{}", cluster.logs());
-    assert_eq!(report["outcome"], "converged");
+    start_workers(&mut cluster, &db, &["m1", "m2"]).await;
+    let (driver, report) = run_converged(&cluster).await;
     for f in ["a.txt", "b.txt", "c.txt"] {
         assert!(driver.join(f).exists(), "{f} is not landed on main");
     }
@@ -332,8 +338,7 @@ async fn a_patrol_killed_while_a_worker_runs_its_step_is_resumed_waiting_for_tha
     let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, ONE_STEP_SCRIPT) else {
         return;
     };
-    start_worker(&mut cluster, "m1", 1);
-    cluster.wait_workers(&db, 1).await;
+    start_workers(&mut cluster, &db, &["m1"]).await;
     let (driver, home) = cluster.clone_for("m0");
     let mut run = common::wiggum_command()
         .args(["run", "patrol.toml", "--repo"])
@@ -434,10 +439,7 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
     let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, TWO_ITERATIONS_SCRIPT) else {
         return;
     };
-    for m in ["m1", "m2"] {
-        start_worker(&mut cluster, m, 1);
-    }
-    cluster.wait_workers(&db, 2).await;
+    start_workers(&mut cluster, &db, &["m1", "m2"]).await;
     let (driver, home) = cluster.clone_for("m0");
     let run = {
         let driver = driver.clone();
@@ -569,13 +571,8 @@ async fn a_step_whose_agent_asks_to_split_on_a_worker_is_handed_back_and_split_b
     let Some(mut cluster) = start_cluster(&db, HANDBACK_PATROL, HANDBACK_SCRIPT) else {
         return;
     };
-    for m in ["m1", "m2"] {
-        start_worker(&mut cluster, m, 1);
-    }
-    cluster.wait_workers(&db, 2).await;
-    let (driver, code, report, stderr) = run_patrol(&cluster).await;
-    assert_eq!(code, 0, "{report:#}\n{stderr}\n{}", cluster.logs());
-    assert_eq!(report["outcome"], "converged");
+    start_workers(&mut cluster, &db, &["m1", "m2"]).await;
+    let (driver, report) = run_converged(&cluster).await;
     // The worker's checkpoint (started.txt) is where the split started from.
     for f in ["started.txt", "p.txt", "q.txt"] {
         assert!(driver.join(f).exists(), "{f} is not landed on main");
@@ -646,8 +643,7 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
     let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, TWO_ITERATIONS_SCRIPT) else {
         return;
     };
-    start_worker(&mut cluster, "m1", 1);
-    cluster.wait_workers(&db, 1).await;
+    start_workers(&mut cluster, &db, &["m1"]).await;
     let (driver, home) = cluster.clone_for("m0");
     let run = {
         let driver = driver.clone();
