@@ -9,16 +9,17 @@
 //! `cargo bench --bench split`; `BENCH_AGENT_MS` and `BENCH_PARTS` change the agent's wait and
 //! the number of subtasks.
 
+#[path = "common/split_task.rs"]
+mod split_task;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use wiggum_agents::config::AgentConfig;
 use wiggum_engine::events::{Event, EventSink};
-use wiggum_engine::patrol::{SplitConfig, SplitMode};
-use wiggum_engine::ralph::{LoopConfig, Outcome};
-use wiggum_engine::run::{run_task, Cancel, ReviewChoice, TaskOptions};
+use wiggum_engine::ralph::Outcome;
+use wiggum_engine::run::{run_task, Cancel};
 
 #[derive(Default)]
 struct Watch {
@@ -170,33 +171,7 @@ fn print_timeline(marks: &[(Instant, String, &'static str)]) {
 
 fn run(polecats: usize, parts: u32) -> Measured {
     let repo = sample_repo();
-    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bench/slow-agent.sh");
-    let opts = TaskOptions {
-        repo_root: repo.path().canonicalize().unwrap(),
-        prompt: "Write every part.".into(),
-        acceptance: None,
-        worker: AgentConfig {
-            backend: "command".into(),
-            command: Some(vec!["sh".into(), agent.display().to_string()]),
-            ..AgentConfig::default()
-        },
-        review: ReviewChoice::None,
-        config: LoopConfig {
-            max_iterations: 2,
-            checks: vec!["true".into()],
-            ..LoopConfig::default()
-        },
-        land: false,
-        base_dir: repo.path().to_path_buf(),
-        split: Some(SplitConfig {
-            mode: SplitMode::Always,
-            max_parts: parts,
-            polecats: Some(polecats),
-            ..SplitConfig::default()
-        }),
-        planner: None,
-        commit_ledger: false,
-    };
+    let opts = split_task::options(&repo.path().canonicalize().unwrap(), polecats, parts);
     let watch = Watch::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -15,16 +15,17 @@
 //! `BENCH_AGENT_MS`, `BENCH_PARTS` and `BENCH_POLECATS_PER_WORKER` (default 3) change the
 //! agent's wait, the subtasks and N. Without a server only the local rows are printed.
 
+#[path = "common/split_task.rs"]
+mod split_task;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wiggum_agents::config::AgentConfig;
 use wiggum_engine::events::{Event, EventSink};
-use wiggum_engine::patrol::{SplitConfig, SplitMode};
-use wiggum_engine::ralph::{LoopConfig, Outcome};
-use wiggum_engine::run::{run_task, Cancel, ReviewChoice, TaskOptions};
+use wiggum_engine::ralph::Outcome;
+use wiggum_engine::run::{run_task, Cancel};
 use wiggum_engine::worker::{run_worker, Registry, WorkerEvent, WorkerOptions, WorkerSink};
 
 /// When the subtasks were queued and the last one merged.
@@ -112,33 +113,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Runs the split task in `root` with `polecats` local polecats (or, with live workers, on
 /// them) and returns the time from the subtasks queued to the last merged.
 fn split(rt: &tokio::runtime::Runtime, root: &Path, polecats: usize, parts: u32) -> Duration {
-    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bench/slow-agent.sh");
-    let opts = TaskOptions {
-        repo_root: root.to_path_buf(),
-        prompt: "Write every part.".into(),
-        acceptance: None,
-        worker: AgentConfig {
-            backend: "command".into(),
-            command: Some(vec!["sh".into(), agent.display().to_string()]),
-            ..AgentConfig::default()
-        },
-        review: ReviewChoice::None,
-        config: LoopConfig {
-            max_iterations: 2,
-            checks: vec!["true".into()],
-            ..LoopConfig::default()
-        },
-        land: false,
-        base_dir: root.to_path_buf(),
-        split: Some(SplitConfig {
-            mode: SplitMode::Always,
-            max_parts: parts,
-            polecats: Some(polecats),
-            ..SplitConfig::default()
-        }),
-        planner: None,
-        commit_ledger: false,
-    };
+    let opts = split_task::options(root, polecats, parts);
     let watch = Watch::default();
     let report = rt
         .block_on(run_task(opts, &watch, &Cancel::new()))
