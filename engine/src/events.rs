@@ -186,6 +186,18 @@ pub enum Event {
         subtask: String,
         holder: String,
     },
+    /// A distributed split's subtask is taken back by the step's machine and runs there: its
+    /// worker died (its lease expired) or nobody claimed it, and no live worker is left
+    /// (engine/src/worker/distribute.rs).
+    SubtaskTakenBack {
+        step_id: String,
+        subtask: String,
+        bead_id: String,
+        /// The dead worker's lease holder (`<machine>-<pid>-...`); empty when never claimed.
+        holder: String,
+        /// What happens, in words.
+        reason: String,
+    },
 }
 
 /// A consumer of events.

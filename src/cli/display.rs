@@ -301,6 +301,12 @@ impl EventSink for Display {
             } => self.line(format!(
                 "{step_id}: {subtask} waits to land: the repository's refinery is held by {holder}"
             )),
+            Event::SubtaskTakenBack {
+                step_id,
+                subtask,
+                reason,
+                ..
+            } => self.line(format!("{step_id}/{subtask}: taken back: {reason}")),
         }
     }
 }

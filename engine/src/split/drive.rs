@@ -554,10 +554,11 @@ async fn drive_pool<'s, 'e>(
                 &format!("polecat {polecat} {id}"),
                 async move {
                     match run.distributed {
-                        Some(d) => Finished::Subtask(
-                            Box::new(crate::worker::distribute::run_remote(job, d).await),
-                            None,
-                        ),
+                        Some(d) => {
+                            let (done, back) =
+                                crate::worker::distribute::run_remote(job, d).await;
+                            Finished::Subtask(Box::new(done), back)
+                        }
                         None => {
                             let (done, back) = run_subtask(job).await;
                             Finished::Subtask(Box::new(done), Some(back))

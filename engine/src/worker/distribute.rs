@@ -12,10 +12,10 @@ use std::time::Duration;
 use wiggum_agents::config::AgentConfig;
 use wiggum_agents::Usage;
 
-use super::queue::{NewJob, Queue, CHANNEL_DONE};
+use super::queue::{JobRow, NewJob, Queue, CHANNEL_DONE};
 use super::spec::{JobResult, JobSpec};
 use crate::pg::DbUrl;
-use crate::polecat::pool::{Done, Job};
+use crate::polecat::pool::{Done, Idle, Job};
 use crate::ralph::runner::StepReport;
 use crate::ralph::Outcome;
 use crate::split::state::Retry;
@@ -93,8 +93,11 @@ impl Distributed {
     }
 }
 
-/// Runs one subtask on whichever worker claims it; returns when its result is recorded.
-pub async fn run_remote(job: Job<'_>, d: &Distributed) -> Done {
+/// Runs one subtask on whichever worker claims it; returns when its result is recorded. When
+/// no live worker is left to run it (it was never claimed, or its worker died and its lease
+/// expired), the step's machine takes it back and runs it on a local polecat
+/// ([`take_back`]), which it then gives back to the pool.
+pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
     let run = job.run;
     let id = job.sub.id.clone();
     let polecat = format!("worker ({})", job.lease.name());
@@ -146,20 +149,29 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> Done {
     };
     if republish {
         if let Err(e) = d.queue.publish(&d.repo, &new).await {
-            return failed(
-                format!("error: publishing the subtask: {e}"),
-                Outcome::Error,
+            return (
+                failed(
+                    format!("error: publishing the subtask: {e}"),
+                    Outcome::Error,
+                ),
+                None,
             );
         }
     }
     let mut wake = crate::pg::notify::listen(&d.url, &[CHANNEL_DONE])
         .await
         .ok();
+    let registry = crate::pg::pool(&d.url, 1)
+        .ok()
+        .map(|pool| super::Registry::new(pool, &d.url));
     let result: JobResult = loop {
         if run.cancel.is_cancelled() {
-            return failed(
-                "cancelled while a worker runs it; `wiggum resume` waits for it again".into(),
-                Outcome::Cancelled,
+            return (
+                failed(
+                    "cancelled while a worker runs it; `wiggum resume` waits for it again".into(),
+                    Outcome::Cancelled,
+                ),
+                None,
             );
         }
         match d.queue.get(&d.repo, &job.bead).await {
@@ -171,11 +183,34 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> Done {
                 {
                     Some(r) => break r,
                     None => {
-                        return failed(
-                            "error: the worker's result cannot be read".into(),
-                            Outcome::Error,
+                        return (
+                            failed(
+                                "error: the worker's result cannot be read".into(),
+                                Outcome::Error,
+                            ),
+                            None,
                         )
                     }
+                }
+            }
+            // Nobody claimed it and no worker is left: it runs here.
+            Ok(Some(row)) if row.state == "ready" => {
+                if !any_worker_alive(registry.as_ref(), &d.repo).await
+                    && matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true))
+                {
+                    return take_back(job, d, None).await;
+                }
+            }
+            // Its worker died (its lease expired) and no worker is left to take it over: it
+            // goes on here from the worker's last pushed checkpoint.
+            Ok(Some(row)) if row.state == "running" => {
+                if !any_worker_alive(registry.as_ref(), &d.repo).await
+                    && matches!(
+                        d.queue.take_back_expired(&d.repo, &job.bead).await,
+                        Ok(true)
+                    )
+                {
+                    return take_back(job, d, Some(row)).await;
                 }
             }
             Ok(_) => {}
@@ -209,12 +244,144 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> Done {
     report.last_checkpoint = result.tip.clone();
     // The branch is on the remote (the worker pushed it before recording the result): the
     // refinery lands it from there.
-    Done {
-        id,
-        polecat: who,
-        report,
-        workspace: None,
+    (
+        Done {
+            id,
+            polecat: who,
+            report,
+            workspace: None,
+        },
+        None,
+    )
+}
+
+/// Whether a worker of `repo` is alive (its lease renewed); `true` when that cannot be known
+/// (no registry, the database does not answer): a subtask is never taken back on a guess.
+async fn any_worker_alive(registry: Option<&super::Registry>, repo: &str) -> bool {
+    let Some(reg) = registry else {
+        return true;
+    };
+    reg.list(Some(repo))
+        .await
+        .map(|ws| ws.iter().any(|w| w.state == "running"))
+        .unwrap_or(true)
+}
+
+/// Runs a subtask taken back from the shared queue on a local polecat of the step's machine:
+/// from the branch its dead worker (`dead`, the job as it was) last pushed, after the
+/// iterations it recorded under the subtask's bead (none is run or recorded twice), with the
+/// attempt counted; then pushes the branch, since the refinery lands it from the remote.
+async fn take_back(mut job: Job<'_>, d: &Distributed, dead: Option<JobRow>) -> (Done, Option<Idle>) {
+    let run = job.run;
+    let root = run.workspace.repo_root().to_path_buf();
+    let branch = job.branch.clone();
+    let remote = d.refinery.remote().clone();
+    // What the remote has of the subtask's branch becomes this clone's branch.
+    let pushed = match remote.fetch(&[branch.as_str()]).await {
+        Ok(mut tips) => tips.pop().flatten(),
+        Err(e) => {
+            tracing::warn!("taking back {branch}: {e}");
+            None
+        }
+    };
+    let mut from = String::from("from the step's branch (nothing of it was pushed)");
+    if let Some(tip) = &pushed {
+        if let Err(e) = set_branch(&root, &branch, tip) {
+            tracing::warn!("taking back {branch}: {e}");
+        } else {
+            from = format!("from its last pushed checkpoint {}", short(tip));
+            // A worker that started it afresh (a conflict) and pushed: its work is on the
+            // new base; go on with it instead of starting afresh again.
+            if job.retry == Some(Retry::Fresh) && descends(&root, tip, &job.base) {
+                job.retry = None;
+            }
+        }
     }
+    let (holder, reason) = match &dead {
+        Some(row) => {
+            let holder = row.holder.clone().unwrap_or_default();
+            job.attempt = u32::try_from(row.attempt).unwrap_or(1).max(1) + 1;
+            (
+                holder.clone(),
+                format!(
+                    "its worker {holder} died (its lease expired) and no live worker is left:                      it goes on on this machine {from}, attempt {}",
+                    job.attempt
+                ),
+            )
+        }
+        None => (
+            String::new(),
+            format!(
+                "no live worker is left to claim it: it runs on this machine {from} (start                  `wiggum worker` on a machine to share the work again)"
+            ),
+        ),
+    };
+    tracing::warn!("{}/{}: {reason}", job.step.step_id, job.sub.id);
+    let _ = run
+        .recorder
+        .ledger()
+        .add_comment(&job.bead, "wiggum", &format!("taken back: {reason}"));
+    run.sink.emit(&crate::events::Event::SubtaskTakenBack {
+        step_id: job.step.step_id.clone(),
+        subtask: job.sub.id.clone(),
+        bead_id: job.bead.clone(),
+        holder,
+        reason,
+    });
+    let (mut done, idle) = crate::polecat::pool::run_subtask(job).await;
+    // The refinery lands the subtask from the remote: what ran here goes there.
+    let has_branch = git2::Repository::open(&root)
+        .map(|r| r.find_branch(&branch, git2::BranchType::Local).is_ok())
+        .unwrap_or(false);
+    if has_branch {
+        let note = crate::remote::Publisher::new(remote).publish(&branch).await;
+        if let Some(e) = &note.error {
+            if done.report.outcome == Outcome::Converged {
+                done.report.outcome = Outcome::Error;
+                done.report.reason =
+                    format!("error: the subtask's branch could not be pushed for the refinery: {e}");
+            } else {
+                tracing::warn!("{}", note.line());
+            }
+        }
+    }
+    (done, Some(idle))
+}
+
+/// Puts this clone's `branch` at `sha` (fetched): made, or moved when it does not contain it
+/// already (a local tip the remote lacks is kept under `refs/wiggum/kept/`).
+fn set_branch(root: &Path, branch: &str, sha: &str) -> Result<(), String> {
+    let repo = git2::Repository::open(root).map_err(|e| e.to_string())?;
+    let oid = git2::Oid::from_str(sha).map_err(|e| e.to_string())?;
+    let commit = repo.find_commit(oid).map_err(|e| e.to_string())?;
+    let refname = format!("refs/heads/{branch}");
+    if let Ok(ours) = repo.refname_to_id(&refname) {
+        if ours == oid || repo.graph_descendant_of(ours, oid).unwrap_or(false) {
+            return Ok(());
+        }
+        if !repo.graph_descendant_of(oid, ours).unwrap_or(false) {
+            let kept = format!("refs/wiggum/kept/{branch}-{}", short(&ours.to_string()));
+            let _ = repo.reference(&kept, ours, true, "wiggum: kept before a take-back");
+        }
+    }
+    repo.branch(branch, &commit, true)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether commit `tip` is `base` or descends from it.
+fn descends(root: &Path, tip: &str, base: &str) -> bool {
+    let Ok(repo) = git2::Repository::open(root) else {
+        return false;
+    };
+    let (Ok(t), Ok(b)) = (git2::Oid::from_str(tip), git2::Oid::from_str(base)) else {
+        return false;
+    };
+    t == b || repo.graph_descendant_of(t, b).unwrap_or(false)
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
 }
 
 fn report_of(

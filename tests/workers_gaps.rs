@@ -1,0 +1,206 @@
+//! Distributed splitting when things go wrong, on one box (a PostgreSQL server, a bare hub
+//! served by `git daemon`, `wiggum worker` processes in their own clones, and the machine that
+//! runs the split, m0, in a clone of its own):
+//!
+//! - a subtask whose only worker died is taken back by the split's machine once its lease
+//!   expired, and goes on there from the dead worker's pushed checkpoint; a subtask published
+//!   when no worker is left runs there too;
+//! - what the workers spend counts against the run's cost budget;
+//! - the subtask branches (and the patrol's base refs) are gone from the hub once landed.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use serde_json::Value;
+use wiggum_engine::pg::testing::TestDb;
+use wiggum_engine::worker::Queue;
+
+/// A worker of one polecat with a 3 s lease.
+fn start_worker(cluster: &mut Cluster, machine: &str) {
+    cluster.start_worker(
+        machine,
+        &[
+            "--polecats",
+            "1",
+            "--lease",
+            "3s",
+            "--renew",
+            "500ms",
+            "--poll",
+            "300ms",
+        ],
+        &[],
+    );
+}
+
+/// The refs of the hub (`git ls-remote`), one `<sha>\t<ref>` a line.
+fn hub_refs(cluster: &Cluster) -> String {
+    let out = Command::new("git")
+        .args(["ls-remote", &cluster.hub_url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The subtask bead whose title names `id`.
+fn subtask_bead<'a>(all: &'a [Value], id: &str) -> &'a Value {
+    common::split::subtask_beads(all)
+        .into_iter()
+        .find(|b| {
+            b["title"]
+                .as_str()
+                .unwrap_or("")
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|w| w == id)
+        })
+        .unwrap_or_else(|| panic!("no subtask bead for {id}"))
+}
+
+/// The plan: s1 (two iterations: half1.txt, then s1.txt after a while) and s2, which needs s1.
+const TAKE_BACK_SCRIPT: &str = r#"
+[[plan]]
+step = "task"
+reply = '''{"subtasks": [
+ {"id": "s1", "prompt": "write s1.txt", "checks": ["test -f s1.txt"]},
+ {"id": "s2", "prompt": "write s2.txt", "checks": ["test -f s2.txt"], "needs": ["s1"]}
+]}'''
+
+[[work]]
+step = "task/s1"
+iteration = 1
+reply = "half of s1"
+[[work.edits]]
+path = "half1.txt"
+write = "half\n"
+[[work]]
+step = "task/s1"
+iteration = 2
+reply = "s1 written"
+delay = "5s"
+[[work.edits]]
+path = "s1.txt"
+write = "s1\n"
+
+[[work]]
+step = "task/s2"
+reply = "s2 written"
+[[work.edits]]
+path = "s2.txt"
+write = "s2\n"
+
+[[work]]
+step = "task"
+reply = "both are there"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subtask_whose_only_worker_died_is_taken_back_by_the_split_and_goes_on_from_its_checkpoint(
+) {
+    let Some(db) = TestDb::create("workers gaps take back").await else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::start(
+        &db,
+        "wiggum-workers-gaps-",
+        &[("script.toml", TAKE_BACK_SCRIPT)],
+    ) else {
+        return;
+    };
+    start_worker(&mut cluster, "m1");
+    cluster.wait_workers(&db, 1).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let run = {
+        let driver = driver.clone();
+        let home = home.clone();
+        let url = cluster.url.clone();
+        tokio::task::spawn_blocking(move || {
+            common::wiggum_command()
+                .args([
+                    "task",
+                    "write s1.txt and s2.txt",
+                    "--script",
+                    "script.toml",
+                    "--split",
+                    "always",
+                    "--json",
+                    "--repo",
+                ])
+                .arg(&driver)
+                .current_dir(&driver)
+                .env("HOME", &home)
+                .env("WIGGUM_DATABASE_URL", &url)
+                .env("WIGGUM_WORKER_POLL", "300ms")
+                .output()
+                .unwrap()
+        })
+    };
+    // m1 checkpoints and pushes s1's first iteration, then dies in its second: no worker is
+    // left to take s1 over.
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let rows = q.list(&cluster.base, None).await.unwrap_or_default();
+        let running = rows.iter().any(|r| r.state == "running");
+        if running && hub_refs(&cluster).contains(".split/s1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "s1 never got going on m1: {rows:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.kill_worker("m1");
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{stderr}\n{}",
+        cluster.logs()
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    // s1 went on here from m1's checkpoint (half1.txt was not written again: iteration 1 ran
+    // once), s2 ran here (nobody was left to claim it); both landed.
+    for f in ["half1.txt", "s1.txt", "s2.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed\n{stderr}");
+    }
+    // Both jobs were taken back out of the shared queue.
+    let rows = q.list(&cluster.base, None).await.unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+    // The terminal said what happened, naming the subtask and the dead worker.
+    assert!(
+        stderr.contains("task/s1: taken back: its worker m1-"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("task/s2: taken back: no live worker is left"),
+        "{stderr}"
+    );
+    // One bead per iteration of s1: m1's first, this machine's second, none twice; the
+    // take-back is on its bead with the attempt.
+    let all = common::beads_in_database(&driver, &cluster.url);
+    let s1 = subtask_bead(&all, "s1");
+    let s1_id = s1["id"].as_str().unwrap();
+    let its = common::split::iterations_of(&all, s1_id);
+    assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
+    let shown = common::wiggum_in(
+        &driver,
+        &["show", s1_id, "--json", "--repo", driver.to_str().unwrap()],
+        &[("WIGGUM_DATABASE_URL", &cluster.url)],
+    );
+    assert!(
+        shown.stdout.contains("taken back: its worker m1-") && shown.stdout.contains("attempt 2"),
+        "{}\n{}",
+        shown.stdout,
+        shown.stderr
+    );
+    assert_eq!(common::split::subtask_beads(&all).len(), 2);
+}
