@@ -45,6 +45,46 @@ fn hub_refs(cluster: &Cluster) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `cmd` off the async runtime; kills it (and fails the test) after `secs` seconds: a
+/// split waiting for a worker that will never come must not hang the suite.
+fn output_within(
+    cmd: &mut Command,
+    secs: u64,
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("wiggum starts");
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "wiggum did not end within {secs} s\nstdout: {}\nstderr: {}",
+                    std::fs::read_to_string(&out_path).unwrap_or_default(),
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let out = std::process::Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        };
+        drop(dir);
+        out
+    })
+}
+
 /// The subtask bead whose title names `id`.
 fn subtask_bead<'a>(all: &'a [Value], id: &str) -> &'a Value {
     common::split::subtask_beads(all)
@@ -116,7 +156,7 @@ async fn a_subtask_whose_only_worker_died_is_taken_back_by_the_split_and_goes_on
         let driver = driver.clone();
         let home = home.clone();
         let url = cluster.url.clone();
-        tokio::task::spawn_blocking(move || {
+        output_within(
             common::wiggum_command()
                 .args([
                     "task",
@@ -132,10 +172,9 @@ async fn a_subtask_whose_only_worker_died_is_taken_back_by_the_split_and_goes_on
                 .current_dir(&driver)
                 .env("HOME", &home)
                 .env("WIGGUM_DATABASE_URL", &url)
-                .env("WIGGUM_WORKER_POLL", "300ms")
-                .output()
-                .unwrap()
-        })
+                .env("WIGGUM_WORKER_POLL", "300ms"),
+            180,
+        )
     };
     // m1 checkpoints and pushes s1's first iteration, then dies in its second: no worker is
     // left to take s1 over.
