@@ -47,10 +47,7 @@ fn hub_refs(cluster: &Cluster) -> String {
 
 /// Runs `cmd` off the async runtime; kills it (and fails the test) after `secs` seconds: a
 /// split waiting for a worker that will never come must not hang the suite.
-fn output_within(
-    cmd: &mut Command,
-    secs: u64,
-) -> tokio::task::JoinHandle<std::process::Output> {
+fn output_within(cmd: &mut Command, secs: u64) -> tokio::task::JoinHandle<std::process::Output> {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
     let mut child = cmd

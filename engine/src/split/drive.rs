@@ -555,8 +555,7 @@ async fn drive_pool<'s, 'e>(
                 async move {
                     match run.distributed {
                         Some(d) => {
-                            let (done, back) =
-                                crate::worker::distribute::run_remote(job, d).await;
+                            let (done, back) = crate::worker::distribute::run_remote(job, d).await;
                             Finished::Subtask(Box::new(done), back)
                         }
                         None => {

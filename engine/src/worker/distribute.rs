@@ -271,7 +271,11 @@ async fn any_worker_alive(registry: Option<&super::Registry>, repo: &str) -> boo
 /// from the branch its dead worker (`dead`, the job as it was) last pushed, after the
 /// iterations it recorded under the subtask's bead (none is run or recorded twice), with the
 /// attempt counted; then pushes the branch, since the refinery lands it from the remote.
-async fn take_back(mut job: Job<'_>, d: &Distributed, dead: Option<JobRow>) -> (Done, Option<Idle>) {
+async fn take_back(
+    mut job: Job<'_>,
+    d: &Distributed,
+    dead: Option<JobRow>,
+) -> (Done, Option<Idle>) {
     let run = job.run;
     let root = run.workspace.repo_root().to_path_buf();
     let branch = job.branch.clone();
@@ -317,10 +321,10 @@ async fn take_back(mut job: Job<'_>, d: &Distributed, dead: Option<JobRow>) -> (
         ),
     };
     tracing::warn!("{}/{}: {reason}", job.step.step_id, job.sub.id);
-    let _ = run
-        .recorder
-        .ledger()
-        .add_comment(&job.bead, "wiggum", &format!("taken back: {reason}"));
+    let _ =
+        run.recorder
+            .ledger()
+            .add_comment(&job.bead, "wiggum", &format!("taken back: {reason}"));
     run.sink.emit(&crate::events::Event::SubtaskTakenBack {
         step_id: job.step.step_id.clone(),
         subtask: job.sub.id.clone(),
@@ -338,8 +342,9 @@ async fn take_back(mut job: Job<'_>, d: &Distributed, dead: Option<JobRow>) -> (
         if let Some(e) = &note.error {
             if done.report.outcome == Outcome::Converged {
                 done.report.outcome = Outcome::Error;
-                done.report.reason =
-                    format!("error: the subtask's branch could not be pushed for the refinery: {e}");
+                done.report.reason = format!(
+                    "error: the subtask's branch could not be pushed for the refinery: {e}"
+                );
             } else {
                 tracing::warn!("{}", note.line());
             }
