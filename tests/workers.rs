@@ -98,6 +98,7 @@ fn spec(base: &str, n: usize) -> JobSpec {
         fresh: false,
         update: false,
         split: None,
+        budget: None,
     }
 }
 

@@ -240,3 +240,140 @@ async fn a_subtask_whose_only_worker_died_is_taken_back_by_the_split_and_goes_on
     );
     assert_eq!(common::split::subtask_beads(&all).len(), 2);
 }
+
+const BUDGET_PATROL: &str = r#"
+[patrol]
+name = "budget"
+max_cost_usd = 0.05
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "build"
+prompt = "write s1.txt to s3.txt"
+[steps.loop]
+checks = ["test -f README.md"]
+max_iterations = 6
+[steps.split]
+mode = "always"
+polecats = 1
+"#;
+
+/// s1 costs $0.03 and converges; s2 (after s1) costs $0.03 an iteration and needs two; s3
+/// (after s2) would cost $0.03.
+const BUDGET_SCRIPT: &str = r#"
+[[plan]]
+step = "build"
+reply = '''{"subtasks": [
+ {"id": "s1", "prompt": "write s1.txt", "checks": ["test -f s1.txt"]},
+ {"id": "s2", "prompt": "write s2.txt", "checks": ["test -f s2.txt"], "needs": ["s1"]},
+ {"id": "s3", "prompt": "write s3.txt", "checks": ["test -f s3.txt"], "needs": ["s2"]}
+]}'''
+
+[[work]]
+step = "build/s1"
+reply = "s1 written"
+cost_usd = 0.03
+[[work.edits]]
+path = "s1.txt"
+write = "s1\n"
+
+[[work]]
+step = "build/s2"
+iteration = 1
+reply = "half of s2"
+cost_usd = 0.03
+[[work.edits]]
+path = "s2-half.txt"
+write = "half\n"
+[[work]]
+step = "build/s2"
+iteration = 2
+reply = "s2 written"
+cost_usd = 0.03
+[[work.edits]]
+path = "s2.txt"
+write = "s2\n"
+
+[[work]]
+step = "build/s3"
+reply = "s3 written"
+cost_usd = 0.03
+[[work.edits]]
+path = "s3.txt"
+write = "s3\n"
+
+[[work]]
+step = "build"
+reply = "all there"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_workers_spend_counts_against_the_runs_cost_budget_and_stops_the_split() {
+    let Some(db) = TestDb::create("workers gaps budget").await else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::start(
+        &db,
+        "wiggum-workers-gaps-",
+        &[
+            ("patrol.toml", BUDGET_PATROL),
+            ("script.toml", BUDGET_SCRIPT),
+        ],
+    ) else {
+        return;
+    };
+    start_worker(&mut cluster, "m1");
+    cluster.wait_workers(&db, 1).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let out = output_within(
+        common::wiggum_command()
+            .args(["run", "patrol.toml", "--json", "--repo"])
+            .arg(&driver)
+            .current_dir(&driver)
+            .env("HOME", &home)
+            .env("WIGGUM_DATABASE_URL", &cluster.url)
+            .env("WIGGUM_WORKER_POLL", "300ms"),
+        180,
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}\n{}", cluster.logs()));
+    // Ran, did not converge: the run's budget ($0.05) was reached by what m1 spent.
+    assert_eq!(out.status.code(), Some(1), "{report:#}\n{stderr}");
+    assert_eq!(report["outcome"], "budget", "{report:#}");
+    let build = common::step(&report, "build");
+    assert_eq!(build["outcome"], "budget", "{build:#}");
+    let reason = build["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the run's cost") && reason.contains("budget of $0.05"),
+        "the step says which budget: {reason}"
+    );
+    // The workers' spend is the run's: s1 and s2's first iteration, $0.06.
+    let cost = report["cost_usd"].as_f64().unwrap();
+    assert!(cost >= 0.06 - 1e-9, "{report:#}");
+    // m1 stopped s2 before its second iteration (it was told the run's budget); s3 was never
+    // published nor started.
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let rows = q.list(&cluster.base, None).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let results: Vec<wiggum_engine::worker::JobResult> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r.result.as_deref().expect("finished")).unwrap())
+        .collect();
+    let s2 = results
+        .iter()
+        .find(|r| r.outcome == wiggum_engine::ralph::Outcome::Budget)
+        .unwrap_or_else(|| panic!("no subtask stopped on the budget: {results:?}"));
+    assert_eq!(s2.iterations, 1, "{s2:?}");
+    assert!(s2.reason.contains("budget of $0.05"), "{s2:?}");
+    assert!(!driver.join("s3.txt").exists() && !driver.join("s2.txt").exists());
+    let all = common::beads_in_database(&driver, &cluster.url);
+    let s3 = subtask_bead(&all, "s3");
+    assert_eq!(s3["status"], "open", "{s3:#}");
+    assert!(common::split::iterations_of(&all, s3["id"].as_str().unwrap()).is_empty());
+}

@@ -127,6 +127,78 @@ impl Spend {
     }
 }
 
+/// One level of a [`Spend`] as it stands (the run's, then a split step's): its budgets and
+/// what it counted so far. A [`SpendSnapshot`] travels with a job to a worker on another
+/// machine, whose loop then stops on the same budgets ([`SpendSnapshot::spend`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpendLevel {
+    /// A split step's level (else the run's).
+    #[serde(default)]
+    pub step: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub cost_usd: f64,
+    #[serde(default)]
+    pub tokens: u64,
+}
+
+/// A [`Spend`] with its parents, outermost (the run's) first.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpendSnapshot {
+    pub levels: Vec<SpendLevel>,
+}
+
+impl SpendSnapshot {
+    /// A counter that starts where the snapshot's stood and stops at its budgets, naming them
+    /// as the original would (`the run's cost ...`, `... the step's budget ...`).
+    pub fn spend(&self) -> Spend {
+        let mut levels = self.levels.iter();
+        let Some(first) = levels.next() else {
+            return Spend::default();
+        };
+        let mut spend = Spend {
+            max_cost_usd: first.max_cost_usd,
+            max_tokens: first.max_tokens,
+            whose: if first.step { Whose::Step } else { Whose::Run },
+            ..Spend::default()
+        };
+        *spend.lock() = first.cost_usd;
+        spend.counters.tokens.store(first.tokens, Ordering::Relaxed);
+        for l in levels {
+            spend = spend.child(l.max_tokens, l.max_cost_usd, l.tokens, l.cost_usd);
+            spend.whose = if l.step { Whose::Step } else { Whose::Run };
+        }
+        spend
+    }
+}
+
+impl Spend {
+    /// Where this counter and those above it stand, with their budgets; `None` when none of
+    /// them has a budget (nothing to stop on).
+    pub fn snapshot(&self) -> Option<SpendSnapshot> {
+        let mut levels = Vec::new();
+        let mut at = Some(self);
+        while let Some(s) = at {
+            levels.push(SpendLevel {
+                step: s.whose == Whose::Step,
+                max_cost_usd: s.max_cost_usd,
+                max_tokens: s.max_tokens,
+                cost_usd: s.cost_usd(),
+                tokens: s.tokens(),
+            });
+            at = s.parent.as_deref();
+        }
+        levels.reverse();
+        levels
+            .iter()
+            .any(|l| l.max_cost_usd.is_some() || l.max_tokens.is_some())
+            .then_some(SpendSnapshot { levels })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +228,34 @@ mod tests {
         assert!(why.starts_with("the run's cost $1.0500"), "{why}");
         step.add(0.2);
         assert!(step.over().unwrap().contains("step's budget of $0.50"));
+    }
+
+    #[test]
+    fn a_snapshot_sent_to_another_machine_stops_on_the_same_budgets_with_the_same_words() {
+        assert_eq!(Spend::with_budget(None).snapshot(), None);
+        let run = Spend::with_budget(Some(0.05));
+        run.add(0.04);
+        let step = run.child(Some(1000), None, 10, 0.01);
+        let snap = step.snapshot().expect("budgets");
+        assert_eq!(snap.levels.len(), 2);
+        assert!(!snap.levels[0].step && snap.levels[1].step);
+        let json = serde_json::to_string(&snap).unwrap();
+        let there = serde_json::from_str::<SpendSnapshot>(&json)
+            .unwrap()
+            .spend();
+        assert_eq!(there.over(), None);
+        there.add(0.02);
+        let why = there.over().expect("the run's budget");
+        assert!(
+            why.starts_with("the run's cost $0.0600 reached its budget of $0.05"),
+            "{why}"
+        );
+        // Only the copy counted: the original is untouched.
+        assert_eq!(run.over(), None);
+        let tokens = serde_json::from_str::<SpendSnapshot>(&json)
+            .unwrap()
+            .spend();
+        tokens.add_tokens(990);
+        assert!(tokens.over().unwrap().contains("step's budget of 1000"));
     }
 }

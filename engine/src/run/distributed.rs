@@ -118,6 +118,8 @@ pub(super) struct StepJob<'a> {
     /// defaults); `None`: the step never splits.
     pub split: Option<SplitWatch>,
     pub sink: &'a dyn EventSink,
+    /// The run's spend: the worker's loop stops on the run's budget, and what it spent counts.
+    pub spend: &'a crate::ralph::runner::Spend,
 }
 
 /// How [`on_worker`] went.
@@ -156,6 +158,11 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
         ) {
             return OnWorker::Here(ws);
         }
+        // The run's budget is reached: the step is not published (its loop here stops at
+        // once, saying so).
+        if job.spend.over().is_some() {
+            return OnWorker::Here(ws);
+        }
         let base = match ws.head() {
             Ok(b) => b,
             Err(e) => return failed(format!("error: the step's branch: {e}"), Some(ws)),
@@ -187,6 +194,7 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
             fresh: false,
             update: false,
             split: job.split.clone(),
+            budget: job.spend.snapshot(),
         };
         // The branch stays; only its worktree goes, so a worker in this same clone can check
         // the branch out (a branch is checked out in one worktree at a time).
@@ -254,6 +262,9 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
         }
         Waited::Failed(why) => return failed(why, reopen(&root, &name, &branch).ok()),
     };
+    // The worker's spend counts against the run's budget, as a step run here does.
+    job.spend.add(result.cost_usd);
+    job.spend.add_tokens(result.tokens);
     let mut report = report_of(result.outcome, result.reason.clone());
     report.iterations = result.iterations;
     report.usage.output_tokens = result.tokens;

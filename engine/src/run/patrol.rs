@@ -918,6 +918,7 @@ async fn run_agent_step(
                         after_iterations: step.split.as_ref().and_then(|s| s.after_iterations),
                     }),
                 sink: ctx.sink.as_ref(),
+                spend: &ctx.spend,
             };
             match super::distributed::on_worker(d, job, ws).await {
                 super::distributed::OnWorker::Here(ws) => ws,

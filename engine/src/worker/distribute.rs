@@ -114,6 +114,13 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         config.checks = job.sub.checks.clone();
     }
     config.max_iterations = job.step.config.max_iterations.div_ceil(2).max(2);
+    // The step's budgets and the run's travel with the job (what was spent so far included),
+    // shared as a local polecat shares them: not each subtask's own.
+    let budget = job.spend.snapshot();
+    if budget.is_some() {
+        config.max_tokens = None;
+        config.max_cost_usd = None;
+    }
     let spec = JobSpec {
         run_id: job.step.run_id.clone(),
         step_id: job.step.step_id.clone(),
@@ -134,6 +141,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         fresh: job.retry == Some(Retry::Fresh),
         update: job.retry == Some(Retry::Update),
         split: None,
+        budget,
     };
     let new = NewJob {
         bead: job.bead.clone(),
@@ -145,7 +153,9 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
     let existing = d.queue.get(&d.repo, &job.bead).await.ok().flatten();
     let republish = match &existing {
         None => true,
-        Some(row) => row.state == "finished" && job.attempt > 1 && row.job.spec != new.spec,
+        Some(row) => {
+            row.state == "finished" && job.attempt > 1 && !same_job(&row.job.spec, &new.spec)
+        }
     };
     if republish {
         if let Err(e) = d.queue.publish(&d.repo, &new).await {
@@ -195,6 +205,21 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
             }
             // Nobody claimed it and no worker is left: it runs here.
             Ok(Some(row)) if row.state == "ready" => {
+                // A budget reached meanwhile (another subtask's spend came back): it is not
+                // started at all.
+                if let Some(why) = job.spend.over() {
+                    if matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true)) {
+                        return (
+                            failed(
+                                format!(
+                                    "budget: {why} (not started: withdrawn from the shared queue)"
+                                ),
+                                Outcome::Budget,
+                            ),
+                            None,
+                        );
+                    }
+                }
                 if !any_worker_alive(registry.as_ref(), &d.repo).await
                     && matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true))
                 {
@@ -233,6 +258,10 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
             }
         }
     };
+    // What the worker spent counts against the step's budgets and the run's, as a local
+    // polecat's iterations do (the pool starts nothing more once one is reached).
+    job.spend.add(result.cost_usd);
+    job.spend.add_tokens(result.tokens);
     let who = format!("{} on {}", result.holder, result.machine);
     let mut report = report_of(
         result.outcome,
@@ -253,6 +282,25 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         },
         None,
     )
+}
+
+/// Whether two published specs are the same job (the budget snapshot in them is what was
+/// spent when each was published, not part of the job).
+fn same_job(a: &str, b: &str) -> bool {
+    let strip = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s)
+            .ok()
+            .map(|mut v| {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("budget");
+                }
+                v
+            })
+    };
+    match (strip(a), strip(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 /// Whether a worker of `repo` is alive (its lease renewed); `true` when that cannot be known

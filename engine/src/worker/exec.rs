@@ -278,7 +278,13 @@ async fn run(
         inner: sink,
         push: push_tx,
     };
-    let spend = Spend::with_budget(None);
+    // The run's budget (and a subtask's step's), as they stood when the job was published:
+    // the loop stops on them as a local polecat's would.
+    let spend = spec
+        .budget
+        .as_ref()
+        .map(|b| b.spend())
+        .unwrap_or_else(|| Spend::with_budget(None));
     let report = run_loop(
         &step, &agents, &ws, &recorder, &pushing, cancel, &spend, start,
     )

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use wiggum_agents::config::AgentConfig;
 
 use crate::ralph::config::LoopConfig;
+use crate::ralph::spend::SpendSnapshot;
 use crate::ralph::Outcome;
 use crate::split::trigger::{SplitTrigger, SplitWatch};
 
@@ -58,6 +59,12 @@ pub struct JobSpec {
     /// machine, which splits it). `None`: a subtask, or a step with `mode = "never"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitWatch>,
+    /// The budgets the job counts against, as they stood when it was published: the run's
+    /// `max_cost_usd` (and, for a subtask, the split step's shared `max_tokens`/`max_cost_usd`)
+    /// with what was spent already. The worker's loop stops on them as a local polecat's
+    /// would. `None`: no budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<SpendSnapshot>,
 }
 
 /// What a worker reports when a subtask's loop ends.
