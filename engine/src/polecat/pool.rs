@@ -283,14 +283,19 @@ fn workspace_for(
             .map_err(|e| format!("could not switch the polecat's worktree to the subtask: {e}"))?,
         None => {
             fresh = true;
-            let _across = RunLock::worktrees(repo_root).ok();
             let branch_there = exists && job.retry != Some(Retry::Fresh);
             if branch_there {
+                let _across = RunLock::worktrees(repo_root).ok();
                 Workspace::open(repo_root, &name, &job.branch)
                     .map_err(|e| format!("could not re-open the subtask's branch: {e}"))?
             } else {
-                Workspace::create(repo_root, &name, &job.branch, Some(&job.base))
-                    .map_err(|e| format!("could not create the polecat's worktree: {e}"))?
+                // The repository-wide lock only around git's bookkeeping: the polecats of a
+                // pool write their checkouts at the same time.
+                Workspace::create_detached(repo_root, &name, &job.base, || {
+                    RunLock::worktrees(repo_root).ok()
+                })
+                .and_then(|ws| ws.switch(&job.branch, &job.base))
+                .map_err(|e| format!("could not create the polecat's worktree: {e}"))?
             }
         }
     };

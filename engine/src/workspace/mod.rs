@@ -3,6 +3,7 @@
 //! user's branch when that is safe ([`LandOutcome`]).
 
 mod checkpoint;
+mod detached;
 mod discover;
 mod exclude;
 mod git_cli;

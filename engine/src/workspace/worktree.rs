@@ -48,7 +48,7 @@ pub(super) struct Inner {
 
 impl Inner {
     /// The state of a worktree opened on `repo` whose last checkpoint is `last_checkpoint`.
-    fn new(repo: Repository, last_checkpoint: Oid) -> Inner {
+    pub(super) fn new(repo: Repository, last_checkpoint: Oid) -> Inner {
         Inner {
             identity: Identity::of(&repo),
             status_reader: StatusReader::choose(&repo),
@@ -498,7 +498,7 @@ fn add_worktree(
 
 /// Removes git's metadata for a worktree `name` whose directory is gone, so the name can be
 /// used again.
-fn prune_stale_worktree(main: &Repository, name: &str) -> Result<(), WorkspaceError> {
+pub(super) fn prune_stale_worktree(main: &Repository, name: &str) -> Result<(), WorkspaceError> {
     if let Ok(worktree) = main.find_worktree(name) {
         if worktree.validate().is_err() {
             worktree.prune(None)?;
@@ -508,7 +508,7 @@ fn prune_stale_worktree(main: &Repository, name: &str) -> Result<(), WorkspaceEr
 }
 
 /// Creates `<root>/.wiggum/worktrees`.
-fn create_parent(root: &Path) -> Result<(), WorkspaceError> {
+pub(super) fn create_parent(root: &Path) -> Result<(), WorkspaceError> {
     let dir = root.join(WORKTREES_DIR);
     std::fs::create_dir_all(&dir).map_err(|source| WorkspaceError::Io {
         context: format!("creating {}", dir.display()),

@@ -1,0 +1,327 @@
+//! [`Workspace::create_detached`]: a new worktree with a detached HEAD, made so that many can
+//! be made at once (a split's polecats, docs/split.md "Polecat worktrees"). Only git's
+//! bookkeeping (`git worktree add --no-checkout --detach`, a few milliseconds) is done under
+//! the caller's repository-wide worktree lock; the files are written after it is let go, so
+//! eight polecats write their eight checkouts side by side instead of one after the other.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use git2::build::CheckoutBuilder;
+use git2::{BranchType, Repository};
+
+use super::git_cli::git_in;
+use super::worktree::{
+    create_parent, open_main, prune_stale_worktree, sanitize_name, workdir_of, write_base, Inner,
+};
+use super::{ensure_excluded, Workspace, WorkspaceError, WORKTREES_DIR};
+
+impl Workspace {
+    /// Creates `<repo_root>/.wiggum/worktrees/<name>` as a git worktree with a detached HEAD at
+    /// `base` (a sha or any revision), every file of `base` checked out; no branch is made (a
+    /// [`switch`](Workspace::switch) puts it on one). `lock` is called around each change to
+    /// the repository's list of worktrees, and its guard held only that long: the checkout
+    /// itself runs without it. Adds `.wiggum/` to `.git/info/exclude` as
+    /// [`create`](Workspace::create) does. On any failure nothing is left behind (no
+    /// directory, no entry in `git worktree list`) and the error names the worktree.
+    pub fn create_detached<G>(
+        repo_root: &Path,
+        name: &str,
+        base: &str,
+        lock: impl Fn() -> G,
+    ) -> Result<Workspace, WorkspaceError> {
+        let main = open_main(repo_root)?;
+        let root = workdir_of(&main, repo_root)?;
+        let name = sanitize_name(name)?;
+        let commit = main
+            .revparse_single(base)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|source| WorkspaceError::BaseNotFound {
+                base: base.to_string(),
+                path: root.clone(),
+                source,
+            })?;
+        let sha = commit.id().to_string();
+        let path = root.join(WORKTREES_DIR).join(&name);
+        if path.exists() {
+            return Err(WorkspaceError::WorktreeExists { path });
+        }
+        ensure_excluded(main.commondir())?;
+        create_parent(&root)?;
+        {
+            let _held = lock();
+            prune_stale_worktree(&main, &name)?;
+            add_detached(&main, &root, &name, &path, &sha)?;
+        }
+        let made = (|| -> Result<Repository, WorkspaceError> {
+            populate(&path)?;
+            let repo = Repository::open(&path)?;
+            write_base(&repo, &sha)?;
+            Ok(repo)
+        })();
+        let repo = match made {
+            Ok(repo) => repo,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&path);
+                let _held = lock();
+                let _ = prune_stale_worktree(&main, &name);
+                return Err(WorkspaceError::Other(format!(
+                    "could not check out {} in the new worktree {}: {e}",
+                    short(&sha),
+                    path.display()
+                )));
+            }
+        };
+        Ok(Workspace {
+            repo_root: root,
+            name,
+            path,
+            branch: String::new(),
+            base_commit: sha,
+            inner: Mutex::new(Inner::new(repo, commit.id())),
+        })
+    }
+}
+
+/// Registers the worktree `name` at `path`, HEAD detached at `sha`, no file written. With
+/// git's `worktree add --no-checkout` when git is installed; without git, libgit2 (which makes
+/// a branch named after the worktree and checks it out: the branch is let go of at once).
+fn add_detached(
+    main: &Repository,
+    root: &Path,
+    name: &str,
+    path: &Path,
+    sha: &str,
+) -> Result<(), WorkspaceError> {
+    let mut git = git_in(root);
+    git.args(["worktree", "add", "--quiet", "--no-checkout", "--detach"])
+        .arg(path)
+        .arg(sha);
+    match git.output() {
+        Ok(out) if out.status.success() && path.join(".git").exists() => Ok(()),
+        Ok(out) => {
+            if path.exists() {
+                let _ = std::fs::remove_dir_all(path);
+            }
+            prune_stale_worktree(main, name)?;
+            Err(WorkspaceError::Other(format!(
+                "`git worktree add --no-checkout --detach {} {sha}` failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            main.worktree(name, path, None)?;
+            let repo = Repository::open(path)?;
+            repo.set_head_detached(git2::Oid::from_str(sha)?)?;
+            if let Ok(mut b) = main.find_branch(name, BranchType::Local) {
+                let _ = b.delete();
+            }
+            Ok(())
+        }
+        Err(source) => Err(WorkspaceError::Io {
+            context: "running `git worktree add`".to_string(),
+            source,
+        }),
+    }
+}
+
+/// Writes every file of the worktree's HEAD and its index (`git reset --hard`, as `git
+/// worktree add` would; hooks off, Git LFS files left as pointers). Without git, libgit2's
+/// forced checkout.
+fn populate(path: &Path) -> Result<(), WorkspaceError> {
+    let mut git = git_in(path);
+    git.args(["reset", "--hard", "--quiet"])
+        .env("GIT_LFS_SKIP_SMUDGE", "1");
+    match git.output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(WorkspaceError::Other(format!(
+            "`git reset --hard` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let repo = Repository::open(path)?;
+            let mut checkout = CheckoutBuilder::new();
+            checkout.force();
+            repo.checkout_head(Some(&mut checkout))?;
+            Ok(())
+        }
+        Err(source) => Err(WorkspaceError::Io {
+            context: "running `git reset --hard`".to_string(),
+            source,
+        }),
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::TestRepo;
+    use super::*;
+
+    fn worktree_names(t: &TestRepo) -> Vec<String> {
+        let mut names: Vec<String> = t
+            .repo
+            .worktrees()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn create_detached_checks_out_the_base_without_a_branch() {
+        let t = TestRepo::new();
+        let first = t.head();
+        t.write("later.txt", "later\n");
+        t.commit_all("later");
+        let branches = t.repo.branches(None).unwrap().count();
+        let ws = Workspace::create_detached(&t.root, "p", &first, || ()).unwrap();
+        assert_eq!(ws.path(), t.path(".wiggum/worktrees/p"));
+        assert_eq!(ws.branch(), "");
+        assert_eq!(ws.base_commit(), first);
+        assert!(ws.path().join("README.md").is_file());
+        assert!(!ws.path().join("later.txt").exists());
+        assert!(!ws.is_dirty().unwrap(), "files and index agree");
+        let repo = Repository::open(ws.path()).unwrap();
+        assert!(repo.head_detached().unwrap());
+        assert_eq!(t.repo.branches(None).unwrap().count(), branches);
+        assert_eq!(t.status_lines(), Vec::<String>::new());
+        // It takes a branch like any polecat worktree.
+        let ws = ws.switch("wiggum/x.split/a", &first).unwrap();
+        assert_eq!(ws.head().unwrap(), first);
+        ws.remove().unwrap();
+        assert!(worktree_names(&t).is_empty());
+    }
+
+    #[test]
+    fn eight_worktrees_made_at_once_are_eight_distinct_valid_worktrees() {
+        let t = TestRepo::new();
+        for i in 0..50 {
+            t.write(&format!("f{i}.txt"), &format!("{i}\n"));
+        }
+        t.commit_all("fifty files");
+        let base = t.head();
+        // The lock the pool uses, counted: held only around git's bookkeeping.
+        let lock = std::sync::Mutex::new(0u32);
+        let made: Vec<Result<Workspace, WorkspaceError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (root, base, lock) = (&t.root, &base, &lock);
+                    s.spawn(move || {
+                        Workspace::create_detached(root, &format!("run.polecat-{i}"), base, || {
+                            let mut g = lock.lock().unwrap();
+                            *g += 1;
+                            g
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let made: Vec<Workspace> = made.into_iter().map(Result::unwrap).collect();
+        assert_eq!(*lock.lock().unwrap(), 8, "one locked section each");
+        let mut paths: Vec<_> = made.iter().map(|w| w.path().to_path_buf()).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), 8);
+        for ws in &made {
+            assert!(!ws.is_dirty().unwrap(), "{}", ws.path().display());
+            assert_eq!(
+                std::fs::read_to_string(ws.path().join("f49.txt")).unwrap(),
+                "49\n"
+            );
+            let repo = Repository::open(ws.path()).unwrap();
+            assert_eq!(repo.head().unwrap().target().unwrap().to_string(), base);
+        }
+        assert_eq!(
+            worktree_names(&t),
+            (0..8)
+                .map(|i| format!("run.polecat-{i}"))
+                .collect::<Vec<_>>()
+        );
+        // Each switches to a branch of its own, all at once too.
+        std::thread::scope(|s| {
+            for (i, ws) in made.into_iter().enumerate() {
+                let base = &base;
+                s.spawn(move || {
+                    let ws = ws.switch(&format!("wiggum/r.split/p{i}"), base).unwrap();
+                    assert_eq!(ws.head().unwrap(), *base);
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn a_failed_creation_among_many_names_its_worktree_and_leaves_nothing() {
+        let t = TestRepo::new();
+        let base = t.head();
+        // Something is in the way of one of them.
+        std::fs::create_dir_all(t.path(".wiggum/worktrees/run.polecat-3")).unwrap();
+        let lock = std::sync::Mutex::new(());
+        let made: Vec<Result<Workspace, WorkspaceError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|i| {
+                    let (root, base, lock) = (&t.root, &base, &lock);
+                    s.spawn(move || {
+                        Workspace::create_detached(root, &format!("run.polecat-{i}"), base, || {
+                            lock.lock().unwrap()
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let err = made[3].as_ref().unwrap_err().to_string();
+        assert!(err.contains("run.polecat-3"), "{err}");
+        assert_eq!(made.iter().filter(|m| m.is_ok()).count(), 5);
+        assert_eq!(
+            worktree_names(&t),
+            [0, 1, 2, 4, 5]
+                .iter()
+                .map(|i| format!("run.polecat-{i}"))
+                .collect::<Vec<_>>()
+        );
+        // An unknown base: nothing made at all.
+        let err = Workspace::create_detached(&t.root, "q", "no-such-base", || ()).unwrap_err();
+        assert!(matches!(err, WorkspaceError::BaseNotFound { .. }), "{err}");
+        assert!(!t.path(".wiggum/worktrees/q").exists());
+        // The others are removed cleanly, and the list is empty again.
+        for ws in made.into_iter().flatten() {
+            ws.remove().unwrap();
+        }
+        assert!(worktree_names(&t).is_empty());
+    }
+
+    #[test]
+    fn a_checkout_that_fails_removes_the_half_made_worktree() {
+        let t = TestRepo::new();
+        // A base whose tree names a blob that is gone from the repository: the worktree is
+        // registered, then its checkout fails.
+        t.write("gone.txt", "never kept\n");
+        let broken = t.commit_all("broken").to_string();
+        let blob = git2::Oid::hash_object(git2::ObjectType::Blob, b"never kept\n").unwrap();
+        let hex = blob.to_string();
+        std::fs::remove_file(
+            t.repo
+                .path()
+                .join("objects")
+                .join(&hex[..2])
+                .join(&hex[2..]),
+        )
+        .unwrap();
+        let err = Workspace::create_detached(&t.root, "p", &broken, || ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("could not check out"), "{err}");
+        assert!(err.contains(".wiggum/worktrees/p"), "{err}");
+        assert!(!t.path(".wiggum/worktrees/p").exists());
+        assert!(worktree_names(&t).is_empty());
+    }
+}
