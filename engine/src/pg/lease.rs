@@ -68,12 +68,12 @@ fn acquire_sql() -> &'static str {
 
 /// The lease acquisition as one statement over `rows` (a `VALUES` list or a `SELECT` giving the
 /// nine columns, the token from `nextval('wiggum_lease_tokens')`), with the takeover rule of
-/// [`Leases::acquire`]. Returns `token, attempt, key` of each lease taken. For claims that pick
+/// [`Leases::acquire`]. Returns `token, attempt, key, holder` of each lease taken. For claims that pick
 /// their work row and take its lease in one statement (one round trip, one transaction).
 pub(crate) fn acquire_from_sql(rows: &str) -> String {
     format!(
         "INSERT INTO wiggum_leases AS l {COLUMNS} {rows} {ON_CONFLICT} \
-         RETURNING l.token, l.attempt, l.key"
+         RETURNING l.token, l.attempt, l.key, l.holder"
     )
 }
 

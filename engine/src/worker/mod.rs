@@ -8,6 +8,7 @@
 pub mod config;
 pub mod distribute;
 pub mod exec;
+mod group;
 pub mod land;
 pub mod process;
 pub mod queue;

@@ -7,9 +7,13 @@
 //! A job whose holder died stays `running` until its lease expires; the next claim takes it
 //! over (the lease's attempt counts the takeovers).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use tokio::sync::oneshot;
+
+use super::group::{Coalescer, Driver, Request, MAX_GROUP};
 
 use crate::pg::lease::{Lease, Leases};
 use crate::pg::{DbUrl, PgError, Tables};
@@ -108,12 +112,14 @@ impl JobRow {
     }
 }
 
-/// The job table of one database.
+/// The job table of one database. Clones share their connections and their group claims
+/// (see [`Queue::claim`]).
 #[derive(Clone)]
 pub struct Queue {
     pool: Pool,
     url: String,
     leases: Leases,
+    group: Arc<Coalescer>,
 }
 
 impl Tables for Queue {
@@ -131,6 +137,7 @@ impl Queue {
             leases: Leases::new(pool.clone(), url),
             pool,
             url: url.redacted(),
+            group: Arc::default(),
         }
     }
 
@@ -190,75 +197,181 @@ impl Queue {
     /// Claims the oldest ready job of `repo` (or, when none is ready, a running one whose
     /// holder's lease has expired: a takeover) for `holder`, with a lease of the job's kind for
     /// `ttl`. `None` when there is nothing to claim. Concurrent claimers never get the same job.
+    ///
+    /// Claims made at the same time through this queue and its clones are grouped (see
+    /// `worker::group`): at most two claim statements run at once, each serving up to 32
+    /// waiting claims of one repository; every claim still gets its own job, lease and fencing
+    /// token. A claim whose caller gave up after its group took a job hands that job back.
     pub async fn claim(
         &self,
         repo: &str,
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Claim>, PgError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            holder: holder.to_string(),
+            ttl,
+            reply,
+        };
+        if self.group.push(repo.to_string(), request) {
+            let q = self.clone();
+            tokio::spawn(async move { q.drive_claims().await });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(PgError::Pool {
+                url: self.url.clone(),
+                message: "the claim was abandoned (the process is shutting down)".into(),
+            })
+        })
+    }
+
+    /// Serves groups of waiting claims until none waits.
+    async fn drive_claims(&self) {
+        let mut driver = Driver::new(&self.group);
+        while let Some((repo, requests)) = self.group.next() {
+            self.claim_group(&repo, requests).await;
+        }
+        driver.stopped = true;
+    }
+
+    /// Claims a job for each of `requests` (the ready ones first, then takeovers), one
+    /// statement per round for the whole group, and answers each request. When a statement
+    /// fails, each claim still waiting is tried once more on its own, so each caller gets its
+    /// own answer (and its own error while the database is away).
+    async fn claim_group(&self, repo: &str, requests: Vec<Request>) {
+        let Err((e, mut rest)) = self.try_group(repo, requests).await else {
+            return;
+        };
+        if rest.len() == 1 {
+            let _ = rest.remove(0).reply.send(Err(e));
+            return;
+        }
+        for r in rest {
+            if let Err((e, mut one)) = self.try_group(repo, vec![r]).await {
+                let _ = one.remove(0).reply.send(Err(e));
+            }
+        }
+    }
+
+    /// [`Queue::claim_group`] until a statement fails: then the error and the requests not
+    /// answered yet.
+    async fn try_group(
+        &self,
+        repo: &str,
+        requests: Vec<Request>,
+    ) -> Result<(), (PgError, Vec<Request>)> {
+        let mut waiting: Vec<Option<Request>> = requests.into_iter().map(Some).collect();
         for pick in [Pick::Ready, Pick::Expired] {
             // A job whose lease another holder holds (taken between the pick and the lease's
             // insert) is passed over on the next pick, so no claim waits on one job for ever.
             let mut passed: Vec<String> = Vec::new();
             for _ in 0..8 {
-                match self.claim_one(repo, holder, ttl, pick, &passed).await? {
-                    Step::Claimed(c) => return Ok(Some(*c)),
-                    Step::Empty => break,
-                    Step::Raced(bead) => passed.push(bead),
+                waiting.retain(Option::is_some);
+                if waiting.is_empty() {
+                    return Ok(());
+                }
+                let asking: Vec<&Request> = waiting.iter().flatten().collect();
+                let rows = match self.claim_rows(repo, &asking, pick, &passed).await {
+                    Ok(rows) => rows,
+                    Err(e) => return Err((e, waiting.into_iter().flatten().collect())),
+                };
+                let (asked, found) = (waiting.len(), rows.len());
+                let mut raced = false;
+                for row in rows {
+                    match row {
+                        Step::Claimed(n, claim) => {
+                            if let Some(r) = waiting[n].take() {
+                                self.answer(r, *claim).await;
+                            }
+                        }
+                        Step::Raced(bead) => {
+                            raced = true;
+                            passed.push(bead);
+                        }
+                    }
+                }
+                // Fewer jobs than claims and none raced: this pick has no more for them.
+                if found == 0 || (found < asked && !raced) {
+                    break;
                 }
             }
         }
-        Ok(None)
+        for r in waiting.into_iter().flatten() {
+            let _ = r.reply.send(Ok(None));
+        }
+        Ok(())
     }
 
-    /// One claim as one statement (one round trip, one transaction): lock the first job the
-    /// pick gives, skipping rows other claimers hold (`FOR UPDATE SKIP LOCKED`), take its lease
-    /// (a new fencing token; attempt + 1 on a takeover) and mark it running.
-    async fn claim_one(
+    /// Hands `claim` to its caller; a caller that gave up meanwhile gets its job given back
+    /// (ready again at once) instead of leaving it leased to nobody until the lease expires.
+    async fn answer(&self, r: Request, claim: Claim) {
+        if let Err(Ok(Some(claim))) = r.reply.send(Ok(Some(claim))) {
+            if let Err(e) = self.give_back(&claim).await {
+                tracing::debug!(
+                    "giving back {} (its claimer gave up): {e}",
+                    claim.job.bead
+                );
+            }
+        }
+    }
+
+    /// One claim statement for `requests` (one round trip, one transaction): lock up to one
+    /// job per request, skipping rows other claimers hold (`FOR UPDATE SKIP LOCKED`), take each
+    /// job's lease for its request (a new fencing token each; attempt + 1 on a takeover) and
+    /// mark it running. The n-th job (oldest first) goes to the n-th request.
+    async fn claim_rows(
         &self,
         repo: &str,
-        holder: &str,
-        ttl: Duration,
+        requests: &[&Request],
         pick: Pick,
         passed: &[String],
-    ) -> Result<Step, PgError> {
+    ) -> Result<Vec<Step>, PgError> {
+        let holders: Vec<&str> = requests.iter().map(|r| r.holder.as_str()).collect();
+        let ttls: Vec<f64> = requests
+            .iter()
+            .map(|r| crate::pg::lease::secs(r.ttl))
+            .collect();
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(claim_sql(pick))
+            .prepare_cached(claim_sql(pick, requests.len()))
             .await
             .map_err(|e| self.db(e))?;
-        let row = client
-            .query_opt(
-                &stmt,
-                &[&repo, &holder, &crate::pg::lease::secs(ttl), &passed],
-            )
+        let rows = client
+            .query(&stmt, &[&repo, &holders, &ttls, &passed])
             .await
             .map_err(|e| self.db(e))?;
-        let Some(row) = row else {
-            return Ok(Step::Empty);
-        };
-        let (Some(token), Some(attempt)) = (row.get(5), row.get(6)) else {
-            return Ok(Step::Raced(row.get(0)));
-        };
-        let job = NewJob {
-            bead: row.get(0),
-            step_bead: row.get(1),
-            run_id: row.get(2),
-            spec: row.get(3),
-        };
-        let lease = Lease {
-            repo: repo.to_string(),
-            kind: row.get(4),
-            key: job.bead.clone(),
-            holder: holder.to_string(),
-            token,
-            attempt,
-        };
-        Ok(Step::Claimed(Box::new(Claim {
-            repo: repo.to_string(),
-            job,
-            lease,
-        })))
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let n = (row.get::<_, i64>(0) - 1) as usize;
+                let (Some(token), Some(attempt)) = (row.get(6), row.get(7)) else {
+                    return Step::Raced(row.get(1));
+                };
+                let job = NewJob {
+                    bead: row.get(1),
+                    step_bead: row.get(2),
+                    run_id: row.get(3),
+                    spec: row.get(4),
+                };
+                let lease = Lease {
+                    repo: repo.to_string(),
+                    kind: row.get(5),
+                    key: job.bead.clone(),
+                    holder: requests[n].holder.clone(),
+                    token,
+                    attempt,
+                };
+                Step::Claimed(
+                    n,
+                    Box::new(Claim {
+                        repo: repo.to_string(),
+                        job,
+                        lease,
+                    }),
+                )
+            })
+            .collect())
     }
 
     /// Records the result of a claimed job, fenced: only while the claim's lease still holds
@@ -403,9 +516,10 @@ impl Queue {
     }
 }
 
+/// One job a claim statement locked.
 enum Step {
-    Claimed(Box<Claim>),
-    Empty,
+    /// Claimed for the request of this index.
+    Claimed(usize, Box<Claim>),
     /// The job's lease is held by another: pass over this bead.
     Raced(String),
 }
@@ -419,9 +533,13 @@ enum Pick {
     Expired,
 }
 
-/// The claim statement of a pick ($1 repo, $2 holder, $3 lease ttl in seconds, $4 beads to pass
-/// over). It gives no row when there is nothing to claim, and a row without token when the lease
-/// could not be taken (a live lease of another holder: the caller passes over that bead).
+/// The claim statement of a pick for a group of `k` claims ($1 repo, $2 holders, $3 lease ttls
+/// in seconds, one each, $4 beads to pass over). It gives one row per job it locked (at most
+/// `k`, oldest first), numbered from 1: the n-th job goes to the n-th claim of the group. A row
+/// without token is a job whose lease could not be taken (a live lease of another holder: the
+/// caller passes over that bead). `k` is written into the statement (`LIMIT k`), not a
+/// parameter: with a parameter the generic plan of a prepared statement assumes a tenth of the
+/// table and marks the jobs running with a hash join over every job row.
 ///
 /// The pick of a ready job reads no lease: a ready job has none (a finish or a give-back removes
 /// it with the job's state, in one transaction), and the lease insert refuses a live one anyway.
@@ -432,12 +550,11 @@ enum Pick {
 /// expiry; the earliest expiry of each kind is a one-time gate read from that index's first
 /// entry), so an idle claimer reads a lease row or two, not every running job. A running job
 /// always has its lease row: both are written in one statement.
-fn claim_sql(pick: Pick) -> &'static str {
-    static READY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    static EXPIRED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let (cell, candidates) = match pick {
-        Pick::Ready => (&READY, "j.state = 'ready'".to_string()),
-        Pick::Expired => (&EXPIRED, {
+fn claim_sql(pick: Pick, k: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[Vec<String>; 2]> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        let ready = "j.state = 'ready'".to_string();
+        let expired = {
             let earliest = |kind: &str| {
                 format!(
                     "(SELECT min(x.expires_at) FROM wiggum_leases x
@@ -460,30 +577,48 @@ fn claim_sql(pick: Pick) -> &'static str {
                 expired(KIND_SUBTASK),
                 expired(KIND_STEP)
             )
-        }),
-    };
-    cell.get_or_init(|| {
+        };
         let lease = crate::pg::lease::acquire_from_sql(
-            "SELECT c.repo, c.kind, c.bead, $2, nextval('wiggum_lease_tokens'), 1,
-                    now(), now(), now() + make_interval(secs => $3) FROM c",
+            "SELECT c.repo, c.kind, c.bead, r.holder, nextval('wiggum_lease_tokens'), 1,
+                    now(), now(), now() + make_interval(secs => r.ttl)
+             FROM c JOIN r ON r.n = c.n",
         );
-        format!(
-            "WITH c AS (
-                 SELECT j.repo, j.bead, j.step_bead, j.run_id, j.spec, j.kind FROM wiggum_jobs j
-                 WHERE j.repo = $1 AND {candidates} AND j.bead <> ALL($4::text[])
-                 ORDER BY j.created_at, j.bead
-                 LIMIT 1 FOR UPDATE OF j SKIP LOCKED
-             ), got AS ({lease}),
-             marked AS (
-                 UPDATE wiggum_jobs j SET state = 'running', holder = $2, token = got.token,
-                        attempt = got.attempt, claimed_at = now()
-                 FROM got WHERE j.repo = $1 AND j.bead = got.key
-                 RETURNING j.bead
-             )
-             SELECT c.bead, c.step_bead, c.run_id, c.spec, c.kind, got.token, got.attempt
-             FROM c LEFT JOIN got ON true"
-        )
-    })
+        let statement = |candidates: &str, k: usize| {
+            format!(
+                "WITH r AS (
+                     SELECT r.holder, r.ttl, r.n
+                     FROM unnest($2::text[], $3::float8[]) WITH ORDINALITY AS r(holder, ttl, n)
+                 ), p AS (
+                     SELECT j.repo, j.bead, j.step_bead, j.run_id, j.spec, j.kind, j.created_at
+                     FROM wiggum_jobs j
+                     WHERE j.repo = $1 AND {candidates} AND j.bead <> ALL($4::text[])
+                     ORDER BY j.created_at, j.bead
+                     LIMIT {k} FOR UPDATE OF j SKIP LOCKED
+                 ), c AS (
+                     SELECT p.*, row_number() OVER (ORDER BY p.created_at, p.bead) AS n FROM p
+                 ), got AS ({lease}),
+                 marked AS (
+                     UPDATE wiggum_jobs j SET state = 'running', holder = got.holder,
+                            token = got.token, attempt = got.attempt, claimed_at = now()
+                     FROM got WHERE j.repo = $1 AND j.bead = got.key
+                     RETURNING j.bead
+                 )
+                 SELECT c.n, c.bead, c.step_bead, c.run_id, c.spec, c.kind, got.token, got.attempt
+                 FROM c LEFT JOIN got ON got.key = c.bead
+                 ORDER BY c.n"
+            )
+        };
+        [ready, expired].map(|candidates| {
+            (1..=MAX_GROUP)
+                .map(|k| statement(&candidates, k))
+                .collect()
+        })
+    });
+    let i = match pick {
+        Pick::Ready => 0,
+        Pick::Expired => 1,
+    };
+    &all[i][k.clamp(1, MAX_GROUP) - 1]
 }
 
 #[cfg(test)]
@@ -566,10 +701,10 @@ mod tests {
     /// Runs the claim statement of `pick` under `EXPLAIN ANALYZE` in a transaction that is
     /// rolled back, and returns the rows it read of the job and the lease table.
     async fn claim_reads(q: &Queue, pick: Pick) -> (f64, f64) {
-        let sql = claim_sql(pick)
+        let sql = claim_sql(pick, 1)
             .replace("$1", "'repo'")
-            .replace("$2", "'probe/p'")
-            .replace("$3", "60")
+            .replace("$2::text[]", "'{probe/p}'::text[]")
+            .replace("$3::float8[]", "'{60}'::float8[]")
             .replace("$4::text[]", "'{}'::text[]");
         let mut client = q.client().await.unwrap();
         let tx = client.transaction().await.unwrap();
