@@ -5,8 +5,12 @@
 //! The reference beside it, measured in the same run: the SQLite ledger's atomic claim of a
 //! bead by one claimer (the single-machine path).
 //!
+//! Claims made at once through one `Queue` are grouped into one statement each (see
+//! `Queue::claim`); the last column says how many claims a statement served on average.
+//!
 //! Needs a PostgreSQL server: `scripts/with-postgres.sh cargo bench -p wiggum-engine --bench
 //! claims`. Without `--bench` (`cargo test --benches`) it does a quick pass over 300 subtasks.
+//! `WIGGUM_BENCH_CLAIMERS=32` (a comma list) runs only those numbers of claimers.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -39,8 +43,8 @@ fn main() {
         .expect("a tokio runtime");
     println!("claims of {n} ready subtasks");
     println!(
-        "{:<34} {:>10} {:>12} {:>10} {:>10}",
-        "", "claims", "claims/s", "median ms", "p99 ms"
+        "{:<34} {:>10} {:>12} {:>10} {:>10} {:>12}",
+        "", "claims", "claims/s", "median ms", "p99 ms", "claims/stmt"
     );
     // A SQLite claim exports the JSONL at once (an in-progress bead must be visible to bd/br
     // at once), so its cost grows with the ledger: 10k claims of a 10k ledger take minutes.
@@ -51,7 +55,11 @@ fn main() {
         .unwrap_or(1000)
         .min(n);
     sqlite_reference(sqlite_n);
-    for claimers in [1usize, 8, 32] {
+    let claimers: Vec<usize> = std::env::var("WIGGUM_BENCH_CLAIMERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 32]);
+    for claimers in claimers {
         let Some(db) = rt.block_on(TestDb::create("bench claims")) else {
             println!(
                 "(PostgreSQL figures skipped: no server; run through scripts/with-postgres.sh)"
@@ -167,12 +175,14 @@ async fn postgres(db: &TestDb, n: usize, claimers: usize) {
     assert_eq!(all.len(), total_jobs, "every subtask claimed");
     assert_eq!(unique.len(), total_jobs, "a subtask was claimed twice");
     let (med, p99) = stats(samples);
+    let st = q.claim_stats();
     println!(
-        "{:<34} {:>10} {:>12.0} {:>10.2} {:>10.2}   every claim unique",
+        "{:<34} {:>10} {:>12.0} {:>10.2} {:>10.2} {:>12.1}   every claim unique",
         format!("PostgreSQL queue, {claimers} claimer(s)"),
         all.len(),
         all.len() as f64 / total.as_secs_f64(),
         med,
-        p99
+        p99,
+        st.claimed as f64 / st.statements.max(1) as f64
     );
 }

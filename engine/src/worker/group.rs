@@ -13,12 +13,13 @@
 //! claim's latency (the claim benchmark measures from the call to its answer).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::queue::Claim;
+use super::queue::{Claim, ClaimStats};
 use crate::pg::PgError;
 
 /// Claim statements of one queue running at once.
@@ -37,6 +38,8 @@ pub(super) struct Request {
 #[derive(Default)]
 pub(super) struct Coalescer {
     state: Mutex<State>,
+    statements: AtomicU64,
+    claimed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -81,6 +84,19 @@ impl Coalescer {
         }
         s.waiting = rest;
         Some((repo, group))
+    }
+
+    /// Counts a claim statement that claimed `claimed` jobs.
+    pub fn count(&self, claimed: usize) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.claimed.fetch_add(claimed as u64, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> ClaimStats {
+        ClaimStats {
+            statements: self.statements.load(Ordering::Relaxed),
+            claimed: self.claimed.load(Ordering::Relaxed),
+        }
     }
 
     /// A driver that ends without [`Coalescer::next`] saying so (it panicked, or its runtime

@@ -18,6 +18,6 @@ mod restart_tests;
 pub mod spec;
 
 pub use process::{machine_name, run_worker, WorkerError, WorkerEvent, WorkerOptions, WorkerSink};
-pub use queue::{Claim, JobRow, NewJob, Queue};
+pub use queue::{Claim, ClaimStats, JobRow, NewJob, Queue};
 pub use registry::{NewWorker, Registry, WorkerView};
 pub use spec::{JobResult, JobSpec};

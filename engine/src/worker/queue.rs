@@ -122,6 +122,15 @@ pub struct Queue {
     group: Arc<Coalescer>,
 }
 
+/// What the claims of a queue (and its clones) cost in statements: see [`Queue::claim_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimStats {
+    /// Claim statements run.
+    pub statements: u64,
+    /// Jobs they claimed.
+    pub claimed: u64,
+}
+
 impl Tables for Queue {
     fn pool(&self) -> &Pool {
         &self.pool
@@ -143,6 +152,12 @@ impl Queue {
 
     pub fn leases(&self) -> &Leases {
         &self.leases
+    }
+
+    /// The claim statements run by this queue and its clones so far, and the jobs they
+    /// claimed: more claims than statements when claims were grouped.
+    pub fn claim_stats(&self) -> ClaimStats {
+        self.group.stats()
     }
 
     /// Creates the job table and the lease table if they are missing (safe from many processes
@@ -341,6 +356,7 @@ impl Queue {
             .query(&stmt, &[&repo, &holders, &ttls, &passed])
             .await
             .map_err(|e| self.db(e))?;
+        self.group.count(rows.iter().filter(|r| r.get::<_, Option<i64>>(6).is_some()).count());
         Ok(rows
             .iter()
             .map(|row| {
@@ -698,18 +714,40 @@ mod tests {
         n
     }
 
-    /// Runs the claim statement of `pick` under `EXPLAIN ANALYZE` in a transaction that is
-    /// rolled back, and returns the rows it read of the job and the lease table.
-    async fn claim_reads(q: &Queue, pick: Pick) -> (f64, f64) {
-        let sql = claim_sql(pick, 1)
-            .replace("$1", "'repo'")
-            .replace("$2::text[]", "'{probe/p}'::text[]")
-            .replace("$3::float8[]", "'{60}'::float8[]")
-            .replace("$4::text[]", "'{}'::text[]");
+    /// Runs the claim statement of `pick` for a group of `k` under `EXPLAIN ANALYZE` in a
+    /// transaction that is rolled back, and returns the rows it read of the job and the lease
+    /// table. `generic`: the plan a prepared statement settles on after its first executions
+    /// (`plan_cache_mode = force_generic_plan`), planned without the parameters' values; else
+    /// the plan of the statement with its values written in.
+    async fn claim_reads(q: &Queue, pick: Pick, k: usize, generic: bool) -> (f64, f64) {
+        let holders = format!(
+            "'{{{}}}'::text[]",
+            (0..k).map(|i| format!("probe{i}/p")).collect::<Vec<_>>().join(",")
+        );
+        let ttls = format!("'{{{}}}'::float8[]", vec!["60"; k].join(","));
         let mut client = q.client().await.unwrap();
         let tx = client.transaction().await.unwrap();
+        let explain = if generic {
+            tx.batch_execute(&format!(
+                "SET LOCAL plan_cache_mode = force_generic_plan;
+                 PREPARE claim_probe(text, text[], float8[], text[]) AS {}",
+                claim_sql(pick, k)
+            ))
+            .await
+            .unwrap();
+            format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_probe('repo', {holders}, {ttls}, '{{}}')"
+            )
+        } else {
+            let sql = claim_sql(pick, k)
+                .replace("$1", "'repo'")
+                .replace("$2::text[]", &holders)
+                .replace("$3::float8[]", &ttls)
+                .replace("$4::text[]", "'{}'::text[]");
+            format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+        };
         let text = tx
-            .simple_query(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"))
+            .simple_query(&explain)
             .await
             .unwrap()
             .into_iter()
@@ -721,6 +759,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let plan = &v[0]["Plan"];
         tx.rollback().await.unwrap();
+        // A prepared statement outlives the transaction.
+        if generic {
+            client.batch_execute("DEALLOCATE claim_probe").await.unwrap();
+        }
         (
             rows_read(plan, "wiggum_jobs"),
             rows_read(plan, "wiggum_leases"),
@@ -765,19 +807,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(locked.len(), 8);
-        let (jobs, leases) = claim_reads(&q, Pick::Ready).await;
-        assert!(
-            jobs <= 20.0 && leases == 0.0,
-            "a ready claim past 8 locked rows read {jobs} job rows and {leases} lease rows \
-             (3000 live leases)"
-        );
-        // Nothing expired: looking for a takeover reads the earliest expiry, no running job.
-        let (jobs, leases) = claim_reads(&q, Pick::Expired).await;
-        assert!(
-            jobs == 0.0 && leases <= 2.0,
-            "a takeover search read {jobs} job rows and {leases} lease rows \
-             (3000 running, none expired)"
-        );
+        // A group of k claims reads its k jobs, the 8 rows it passes over, and the k jobs it
+        // marks running (by their key), in the plan written with its values and in the generic
+        // plan of the prepared statement (a LIMIT parameter made that one a hash join over
+        // every job row).
+        for generic in [false, true] {
+            for k in [1, 16, MAX_GROUP] {
+                let (jobs, leases) = claim_reads(&q, Pick::Ready, k, generic).await;
+                let bound = (2 * k + 12) as f64;
+                assert!(
+                    jobs <= bound && leases == 0.0,
+                    "a ready claim of {k} past 8 locked rows read {jobs} job rows (at most \
+                     {bound}) and {leases} lease rows (3000 live leases; generic plan: {generic})"
+                );
+                // Nothing expired: looking for a takeover reads the earliest expiry, no
+                // running job.
+                let (jobs, leases) = claim_reads(&q, Pick::Expired, k, generic).await;
+                assert!(
+                    jobs == 0.0 && leases <= 2.0,
+                    "a takeover search of {k} read {jobs} job rows and {leases} lease rows \
+                     (3000 running, none expired; generic plan: {generic})"
+                );
+            }
+        }
         held.rollback().await.unwrap();
         // And the claims themselves: the oldest ready one first, then the rest; with one lease
         // expired, that running job is taken over (attempt 2) once nothing is ready.
@@ -1039,5 +1091,177 @@ mod tests {
         assert_eq!(second.attempt(), 2);
         assert!(!q.finish(&first, "{}").await.unwrap());
         assert!(q.finish(&second, "{}").await.unwrap());
+    }
+
+    /// The lease row of `claim` as the database has it: (holder, token, attempt).
+    async fn lease_row(q: &Queue, claim: &Claim) -> (String, i64, i32) {
+        let client = q.client().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT holder, token, attempt FROM wiggum_leases
+                 WHERE repo = $1 AND kind = $2 AND key = $3",
+                &[&claim.repo, &claim.lease.kind, &claim.job.bead],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    }
+
+    #[tokio::test]
+    async fn claims_made_at_once_are_one_statement_and_each_gets_its_own_job_lease_and_token() {
+        let Some(q) = queue("queue group").await else {
+            return;
+        };
+        for n in 1..=20 {
+            q.publish("repo", &job(n)).await.unwrap();
+        }
+        // 16 claims started together (on this test's one thread, all are queued before the
+        // first statement runs): one group.
+        let ttl = Duration::from_secs(60);
+        let holders: Vec<String> = (0..16).map(|i| format!("m/p{i}")).collect();
+        let claims: Vec<Claim> = futures_util::future::join_all(
+            holders.iter().map(|h| q.claim("repo", h, ttl)),
+        )
+        .await
+        .into_iter()
+        .map(|c| c.unwrap().expect("a job for each claim"))
+        .collect();
+        assert_eq!(
+            q.claim_stats(),
+            ClaimStats {
+                statements: 1,
+                claimed: 16
+            },
+            "16 claims at once are one statement"
+        );
+        // Oldest first, in the order the claims were made; each its own job, lease and token.
+        let beads: Vec<&str> = claims.iter().map(|c| c.job.bead.as_str()).collect();
+        let expected: Vec<String> = (1..=16).map(|n| job(n).bead).collect();
+        assert_eq!(beads, expected);
+        let tokens: HashSet<i64> = claims.iter().map(|c| c.lease.token).collect();
+        assert_eq!(tokens.len(), 16, "a fencing token per claim");
+        for (c, h) in claims.iter().zip(&holders) {
+            assert_eq!(&c.lease.holder, h);
+            assert_eq!(c.attempt(), 1);
+            assert_eq!(
+                lease_row(&q, c).await,
+                (h.clone(), c.lease.token, 1),
+                "{}",
+                c.job.bead
+            );
+            let row = q.get("repo", &c.job.bead).await.unwrap().unwrap();
+            assert_eq!(
+                (row.state.as_str(), row.holder.as_deref(), row.token),
+                ("running", Some(h.as_str()), Some(c.lease.token))
+            );
+        }
+        // Each lease fences its own finish: one finished, another given back, both alone.
+        assert!(q.finish(&claims[3], "{}").await.unwrap());
+        assert!(q.give_back(&claims[5]).await.unwrap());
+        assert!(!q.finish(&claims[3], "{}").await.unwrap());
+        assert_eq!(
+            q.get("repo", &claims[4].job.bead).await.unwrap().unwrap().state,
+            "running"
+        );
+        // More claims than jobs left (4 + the one given back): 5 get one, the others none.
+        let more: Vec<Option<Claim>> = futures_util::future::join_all(
+            (0..8).map(|i| q.claim("repo", if i % 2 == 0 { "a/x" } else { "b/y" }, ttl)),
+        )
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+        let got: HashSet<String> = more.iter().flatten().map(|c| c.job.bead.clone()).collect();
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert!(got.contains(&claims[5].job.bead));
+        assert_eq!(more.iter().filter(|c| c.is_none()).count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_group_passes_over_a_job_whose_lease_another_holds_and_serves_each_repository() {
+        let Some(q) = queue("queue group raced").await else {
+            return;
+        };
+        for n in 1..=3 {
+            q.publish("repo", &job(n)).await.unwrap();
+            q.publish("other", &job(n)).await.unwrap();
+        }
+        q.leases()
+            .acquire(
+                "repo",
+                KIND_SUBTASK,
+                "wg-s.1.1",
+                "elsewhere/x",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let ttl = Duration::from_secs(60);
+        let asked = [
+            ("repo", "a/1"),
+            ("other", "b/1"),
+            ("repo", "a/2"),
+            ("repo", "a/3"),
+            ("other", "b/2"),
+        ];
+        let got: Vec<Option<Claim>> =
+            futures_util::future::join_all(asked.iter().map(|(r, h)| q.claim(r, h, ttl)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        let seen: Vec<Option<(String, String)>> = got
+            .iter()
+            .map(|c| c.as_ref().map(|c| (c.repo.clone(), c.job.bead.clone())))
+            .collect();
+        // In `repo` the oldest job's lease is held elsewhere: its two others go to two of the
+        // three claims, the third gets nothing (and was not stuck on the held one).
+        let in_repo: Vec<&str> = seen
+            .iter()
+            .flatten()
+            .filter(|(r, _)| r == "repo")
+            .map(|(_, b)| b.as_str())
+            .collect();
+        assert_eq!(in_repo.len(), 2, "{seen:?}");
+        assert!(!in_repo.contains(&"wg-s.1.1"), "{seen:?}");
+        assert_eq!(seen.iter().filter(|c| c.is_none()).count(), 1, "{seen:?}");
+        // `other` has its own jobs: its two claims get its two oldest.
+        assert_eq!(seen[1], Some(("other".into(), "wg-s.1.1".into())));
+        assert_eq!(seen[4], Some(("other".into(), "wg-s.1.2".into())));
+    }
+
+    #[tokio::test]
+    async fn a_job_claimed_for_a_caller_that_gave_up_is_handed_back() {
+        let Some(q) = queue("queue gave up").await else {
+            return;
+        };
+        q.publish("repo", &job(1)).await.unwrap();
+        let claim = q
+            .claim("repo", "a/p", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        // Its group took the job, but the caller is gone when the answer comes.
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        q.answer(
+            Request {
+                holder: "a/p".into(),
+                ttl: Duration::from_secs(60),
+                reply,
+            },
+            claim,
+        )
+        .await;
+        let row = q.get("repo", "wg-s.1.1").await.unwrap().unwrap();
+        assert_eq!(row.state, "ready");
+        assert!(q.leases().list("repo", None).await.unwrap().is_empty());
+        let again = q
+            .claim("repo", "b/p", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("ready again at once");
+        assert_eq!(again.job.bead, "wg-s.1.1");
     }
 }
