@@ -323,10 +323,7 @@ impl Queue {
     async fn answer(&self, r: Request, claim: Claim) {
         if let Err(Ok(Some(claim))) = r.reply.send(Ok(Some(claim))) {
             if let Err(e) = self.give_back(&claim).await {
-                tracing::debug!(
-                    "giving back {} (its claimer gave up): {e}",
-                    claim.job.bead
-                );
+                tracing::debug!("giving back {} (its claimer gave up): {e}", claim.job.bead);
             }
         }
     }
@@ -356,7 +353,11 @@ impl Queue {
             .query(&stmt, &[&repo, &holders, &ttls, &passed])
             .await
             .map_err(|e| self.db(e))?;
-        self.group.count(rows.iter().filter(|r| r.get::<_, Option<i64>>(6).is_some()).count());
+        self.group.count(
+            rows.iter()
+                .filter(|r| r.get::<_, Option<i64>>(6).is_some())
+                .count(),
+        );
         Ok(rows
             .iter()
             .map(|row| {
@@ -624,11 +625,8 @@ fn claim_sql(pick: Pick, k: usize) -> &'static str {
                  ORDER BY c.n"
             )
         };
-        [ready, expired].map(|candidates| {
-            (1..=MAX_GROUP)
-                .map(|k| statement(&candidates, k))
-                .collect()
-        })
+        [ready, expired]
+            .map(|candidates| (1..=MAX_GROUP).map(|k| statement(&candidates, k)).collect())
     });
     let i = match pick {
         Pick::Ready => 0,
@@ -722,7 +720,10 @@ mod tests {
     async fn claim_reads(q: &Queue, pick: Pick, k: usize, generic: bool) -> (f64, f64) {
         let holders = format!(
             "'{{{}}}'::text[]",
-            (0..k).map(|i| format!("probe{i}/p")).collect::<Vec<_>>().join(",")
+            (0..k)
+                .map(|i| format!("probe{i}/p"))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         let ttls = format!("'{{{}}}'::float8[]", vec!["60"; k].join(","));
         let mut client = q.client().await.unwrap();
@@ -761,7 +762,10 @@ mod tests {
         tx.rollback().await.unwrap();
         // A prepared statement outlives the transaction.
         if generic {
-            client.batch_execute("DEALLOCATE claim_probe").await.unwrap();
+            client
+                .batch_execute("DEALLOCATE claim_probe")
+                .await
+                .unwrap();
         }
         (
             rows_read(plan, "wiggum_jobs"),
@@ -1119,13 +1123,12 @@ mod tests {
         // first statement runs): one group.
         let ttl = Duration::from_secs(60);
         let holders: Vec<String> = (0..16).map(|i| format!("m/p{i}")).collect();
-        let claims: Vec<Claim> = futures_util::future::join_all(
-            holders.iter().map(|h| q.claim("repo", h, ttl)),
-        )
-        .await
-        .into_iter()
-        .map(|c| c.unwrap().expect("a job for each claim"))
-        .collect();
+        let claims: Vec<Claim> =
+            futures_util::future::join_all(holders.iter().map(|h| q.claim("repo", h, ttl)))
+                .await
+                .into_iter()
+                .map(|c| c.unwrap().expect("a job for each claim"))
+                .collect();
         assert_eq!(
             q.claim_stats(),
             ClaimStats {
@@ -1160,7 +1163,11 @@ mod tests {
         assert!(q.give_back(&claims[5]).await.unwrap());
         assert!(!q.finish(&claims[3], "{}").await.unwrap());
         assert_eq!(
-            q.get("repo", &claims[4].job.bead).await.unwrap().unwrap().state,
+            q.get("repo", &claims[4].job.bead)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
             "running"
         );
         // More claims than jobs left (4 + the one given back): 5 get one, the others none.
