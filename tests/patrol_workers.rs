@@ -633,6 +633,15 @@ async fn a_step_whose_agent_asks_to_split_on_a_worker_is_handed_back_and_split_b
         shown.to_string().contains("handed back for splitting by"),
         "{shown:#}"
     );
+    // Nothing is left behind on the hub: the landed subtasks' branches are deleted, and the
+    // step went to the worker on its own branch (no `refs/wiggum/base/...`).
+    let refs = std::process::Command::new("git")
+        .args(["ls-remote", &cluster.hub_url])
+        .output()
+        .unwrap();
+    let refs = String::from_utf8_lossy(&refs.stdout);
+    assert!(!refs.contains(".split/"), "{refs}");
+    assert!(!refs.contains("refs/wiggum/"), "{refs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

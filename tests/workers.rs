@@ -436,4 +436,11 @@ async fn a_split_step_runs_its_twelve_subtasks_on_three_workers_and_merges_them(
         machines.len() >= 2,
         "one machine ran everything: {machines:?}"
     );
+    // Landed, the twelve subtask branches left the hub.
+    let refs = Command::new("git")
+        .args(["ls-remote", &cluster.hub_url])
+        .output()
+        .unwrap();
+    let refs = String::from_utf8_lossy(&refs.stdout);
+    assert!(!refs.contains(".split/"), "{refs}");
 }

@@ -239,6 +239,9 @@ async fn a_subtask_whose_only_worker_died_is_taken_back_by_the_split_and_goes_on
         shown.stderr
     );
     assert_eq!(common::split::subtask_beads(&all).len(), 2);
+    // Once landed, the subtasks' branches left the hub (the one run here was pushed first).
+    let refs = hub_refs(&cluster);
+    assert!(!refs.contains(".split/"), "{refs}");
 }
 
 const BUDGET_PATROL: &str = r#"

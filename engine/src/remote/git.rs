@@ -198,7 +198,50 @@ impl Remote {
         branch: &str,
         expected: Option<&str>,
     ) -> Result<CasPush, RemoteError> {
+        let out = self
+            .cas(sha, &format!("refs/heads/{branch}"), branch, expected)
+            .await?;
+        if let CasPush::Pushed(_) = &out {
+            if let Err(e) = self.set_tracking(branch, sha) {
+                tracing::warn!("pushed {branch}, but could not record it: {e}");
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes `branch` on the remote if, and only if, it is at `expected` now (a
+    /// compare-and-swap, as a push): `Ok(true)` when deleted; `Ok(false)` when it was not at
+    /// `expected` any more (someone moved it: it is left alone) or is gone already. What this
+    /// clone kept of it (its tracking ref) goes too.
+    pub async fn delete_branch(&self, branch: &str, expected: &str) -> Result<bool, RemoteError> {
         let refname = format!("refs/heads/{branch}");
+        let deleted = match self.cas("", &refname, branch, Some(expected)).await? {
+            CasPush::Pushed(_) => true,
+            CasPush::Stale { .. } => false,
+        };
+        if deleted {
+            if let Ok(repo) = self.open() {
+                if let Ok(mut r) = repo.find_reference(&self.tracking_ref(branch)) {
+                    let _ = r.delete();
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Sets `refname` on the remote to `src` (a commit; empty: deletes it) if, and only if, it
+    /// is at `expected` now (`None`: it must not exist):
+    /// `git push --force-with-lease=<refname>:<expected> <remote> <src>:<refname>`. `label`
+    /// names it in errors.
+    async fn cas(
+        &self,
+        src: &str,
+        refname: &str,
+        label: &str,
+        expected: Option<&str>,
+    ) -> Result<CasPush, RemoteError> {
+        let sha = src;
+        let branch = label;
         let lease = format!("--force-with-lease={refname}:{}", expected.unwrap_or(""));
         let refspec = format!("{sha}:{refname}");
         let started = Instant::now();
@@ -222,14 +265,11 @@ impl Remote {
         // `--porcelain`: one line per ref, `<flag>\t<from>:<to>\t<summary>`.
         let line = stdout
             .lines()
-            .find(|l| l.split('\t').nth(1).is_some_and(|r| r.ends_with(&refname)));
+            .find(|l| l.split('\t').nth(1).is_some_and(|r| r.ends_with(refname)));
         match line {
             Some(l) if out.status.success() => {
                 let flag = l.chars().next().unwrap_or(' ');
                 if flag != '!' {
-                    if let Err(e) = self.set_tracking(branch, sha) {
-                        tracing::warn!("pushed {branch}, but could not record it: {e}");
-                    }
                     return Ok(CasPush::Pushed(Pushed {
                         branch: branch.to_string(),
                         sha: sha.to_string(),

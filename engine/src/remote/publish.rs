@@ -131,6 +131,19 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Deletes `branch` on the remote while it is at `expected` (the value this machine landed
+    /// or pushed; a compare-and-swap, so work another machine pushed since is never deleted),
+    /// retried like a push. `Ok(true)`: deleted; `Ok(false)`: gone already or moved (left
+    /// alone).
+    pub async fn unpublish(&self, branch: &str, expected: &str) -> Result<bool, RemoteError> {
+        (|| async { self.remote.delete_branch(branch, expected).await })
+            .retry(self.retry)
+            .when(retryable)
+            .await
+    }
+}
+
 /// Whether trying again may help: the network and the server, not a refusal or a local error.
 fn retryable(e: &RemoteError) -> bool {
     matches!(e, RemoteError::Git { .. } | RemoteError::Timeout { .. })

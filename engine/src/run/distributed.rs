@@ -15,7 +15,6 @@
 //! Without a database, a remote or a live worker, none of this happens: the steps run here.
 
 use std::path::Path;
-use std::time::Duration;
 
 use wiggum_agents::config::AgentConfig;
 use wiggum_agents::Usage;
@@ -29,7 +28,6 @@ use crate::ralph::runner::StepReport;
 use crate::ralph::{Outcome, ReviewMode};
 use crate::split::trigger::SplitWatch;
 use crate::worker::distribute::Distributed;
-use crate::worker::exec::git;
 use crate::worker::queue::{NewJob, CHANNEL_DONE, KIND_STEP};
 use crate::worker::{JobResult, JobSpec, Registry};
 use crate::workspace::Workspace;
@@ -136,8 +134,8 @@ pub(super) enum OnWorker {
     HandedBack(StepReport, Workspace),
 }
 
-/// Runs a step on a worker: publishes it (its base commit pushed to the remote as
-/// `refs/wiggum/base/<sha>`), or, on a resumed run, finds the job published before; waits for
+/// Runs a step on a worker: publishes it (its branch pushed to the remote at its base
+/// commit), or, on a resumed run, finds the job published before; waits for
 /// its result; brings the worker's branch into the step's worktree.
 pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) -> OnWorker {
     let root = ws.repo_root().to_path_buf();
@@ -167,8 +165,12 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
             Ok(b) => b,
             Err(e) => return failed(format!("error: the step's branch: {e}"), Some(ws)),
         };
-        let base_ref = format!("refs/wiggum/base/{base}");
-        if let Err(e) = push_ref(&root, &d.remote, &base, &base_ref).await {
+        // The step's branch (at its base commit) goes to the remote, where the worker takes
+        // it (the same guarded push as every checkpoint's; no other ref is left behind).
+        let pushed = crate::remote::Publisher::new(d.refinery.remote().clone())
+            .publish(&branch)
+            .await;
+        if let Some(e) = pushed.error {
             return failed(
                 format!("error: the step's branch could not be pushed for the workers: {e}"),
                 Some(ws),
@@ -187,7 +189,7 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
             agent_dir: d.agent_dir.clone(),
             setup: None,
             base,
-            base_branch: Some(base_ref),
+            base_branch: Some(branch.clone()),
             branch: branch.clone(),
             worktree: name.clone(),
             attempt: 1,
@@ -443,20 +445,6 @@ fn reopen(root: &Path, name: &str, branch: &str) -> Result<Workspace, String> {
     let _across = RunLock::worktrees(root).ok();
     Workspace::open(root, name, branch)
         .map_err(|e| format!("could not re-open the step's worktree: {e}"))
-}
-
-/// Pushes commit `sha` to `refspec_dst` of the remote, a few tries.
-async fn push_ref(root: &Path, remote: &str, sha: &str, dst: &str) -> Result<(), String> {
-    let refspec = format!("{sha}:{dst}");
-    let mut last = String::new();
-    for attempt in 0..3u64 {
-        match git(root, &["push", "-q", "--no-verify", remote, &refspec]).await {
-            Ok(_) => return Ok(()),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-    }
-    Err(last)
 }
 
 /// Fetches the worker's branch and puts the step's worktree (made again if it is gone) at

@@ -362,6 +362,22 @@ async fn continue_split(
     // The polecats' worktrees go once, now (kept after Ctrl-C for `wiggum resume`).
     if !run.cancel.is_cancelled() {
         remove_polecat_worktrees(run.workspace, idle);
+        // Distributed: no landed subtask's branch stays on the remote (one whose deletion
+        // after its landing failed, or a process killed in between).
+        if let Some(d) = run.distributed {
+            let landed: Vec<String> = state
+                .subtasks
+                .iter()
+                .filter(|t| t.status == SubtaskStatus::Merged)
+                .filter_map(|t| t.branch.clone())
+                .collect();
+            crate::worker::cleanup::delete_landed(
+                d.refinery.remote(),
+                run.workspace.branch(),
+                &landed,
+            )
+            .await;
+        }
     }
 
     // (The run's spend counted the subtasks' live, through `step_spend`.)
@@ -744,9 +760,19 @@ async fn drive_pool<'s, 'e>(
                 if let Some((branch, ws)) = merged_ws {
                     cleaning += 1;
                     let root = run.workspace.repo_root();
+                    let step_branch = run.workspace.branch();
                     workers.spawn(
                         &format!("cleanup {id}"),
                         async move {
+                            // Distributed: its branch on the remote goes too, now that it landed.
+                            if let (Some(d), Some(b)) = (run.distributed, &branch) {
+                                crate::worker::cleanup::delete_landed(
+                                    d.refinery.remote(),
+                                    step_branch,
+                                    std::slice::from_ref(b),
+                                )
+                                .await;
+                            }
                             match ws {
                                 Some(ws) => remove_worktree(root, ws, true),
                                 None => {

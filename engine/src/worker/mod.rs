@@ -5,6 +5,7 @@
 //! [`distribute`] sends a split's subtasks to the workers and [`land`] lands them on the shared
 //! remote (one refinery per repository).
 
+pub mod cleanup;
 pub mod config;
 pub mod distribute;
 pub mod exec;
