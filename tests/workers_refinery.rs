@@ -296,7 +296,8 @@ async fn a_distributed_split_lands_each_subtask_on_the_hub_by_compare_and_swap_a
         .collect();
     assert!(!red.is_empty(), "the red merge was never checked");
     assert!(red.iter().all(|r| !values.iter().any(|v| v == r)));
-    // The tip holds every subtask's work; each subtask branch on the hub is in its history.
+    // The tip holds every subtask's work; each subtask branch, landed, is gone from the hub
+    // (it was in the step's history: its file is in the tip).
     let tip = &values[0];
     assert_eq!(
         git(
@@ -311,13 +312,13 @@ async fn a_distributed_split_lands_each_subtask_on_the_hub_by_compare_and_swap_a
             Some(format!("{i}\n"))
         );
         let sub = format!("refs/heads/{step}.split/s{i:02}");
-        let contained = Command::new("git")
+        let there = Command::new("git")
             .arg("-C")
             .arg(hub(&cluster))
-            .args(["merge-base", "--is-ancestor", &sub, tip])
+            .args(["rev-parse", "--verify", "--quiet", &sub])
             .status()
             .unwrap();
-        assert!(contained.success(), "{sub} is not in {step}");
+        assert!(!there.success(), "{sub} is left on the hub");
     }
     // The step's branch came back before the verification iteration: the task landed all of
     // it here.

@@ -345,6 +345,7 @@ async fn wait(d: &Distributed, job: &StepJob<'_>) -> Waited {
     let registry = crate::pg::pool(&d.url, 1)
         .ok()
         .map(|pool| Registry::new(pool, &d.url));
+    let mut nobody = crate::worker::distribute::Nobody::default();
     loop {
         if job.cancel.is_cancelled() {
             return Waited::Cancelled;
@@ -361,38 +362,26 @@ async fn wait(d: &Distributed, job: &StepJob<'_>) -> Waited {
                 };
             }
             Ok(Some(row)) if row.state == "ready" => {
-                if let Some(reg) = &registry {
-                    let alive = reg
-                        .list(Some(&d.repo))
-                        .await
-                        .map(|ws| ws.iter().any(|w| w.state == "running"))
-                        .unwrap_or(true);
-                    if !alive && matches!(d.queue.withdraw(&d.repo, job.bead).await, Ok(true)) {
-                        tracing::warn!(
-                            "no worker is left to run step {}: it runs on this machine",
-                            job.step_id
-                        );
-                        return Waited::Nobody;
-                    }
+                if nobody.for_long(registry.as_ref(), &d.repo).await
+                    && matches!(d.queue.withdraw(&d.repo, job.bead).await, Ok(true))
+                {
+                    tracing::warn!(
+                        "no worker is left to run step {}: it runs on this machine",
+                        job.step_id
+                    );
+                    return Waited::Nobody;
                 }
             }
             Ok(Some(row)) if row.state == "running" => {
-                if let Some(reg) = &registry {
-                    let alive = reg
-                        .list(Some(&d.repo))
-                        .await
-                        .map(|ws| ws.iter().any(|w| w.state == "running"))
-                        .unwrap_or(true);
-                    if !alive
-                        && matches!(d.queue.take_back_expired(&d.repo, job.bead).await, Ok(true))
-                    {
-                        tracing::warn!(
-                            "the worker running step {} died and no worker is left: it goes on \
-                             on this machine from its last pushed checkpoint",
-                            job.step_id
-                        );
-                        return Waited::Orphaned;
-                    }
+                if nobody.for_long(registry.as_ref(), &d.repo).await
+                    && matches!(d.queue.take_back_expired(&d.repo, job.bead).await, Ok(true))
+                {
+                    tracing::warn!(
+                        "the worker running step {} died and no worker is left: it goes on \
+                         on this machine from its last pushed checkpoint",
+                        job.step_id
+                    );
+                    return Waited::Orphaned;
                 }
             }
             Ok(None) => {

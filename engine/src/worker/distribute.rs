@@ -174,6 +174,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
     let registry = crate::pg::pool(&d.url, 1)
         .ok()
         .map(|pool| super::Registry::new(pool, &d.url));
+    let mut nobody = Nobody::default();
     let result: JobResult = loop {
         if run.cancel.is_cancelled() {
             return (
@@ -220,7 +221,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
                         );
                     }
                 }
-                if !any_worker_alive(registry.as_ref(), &d.repo).await
+                if nobody.for_long(registry.as_ref(), &d.repo).await
                     && matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true))
                 {
                     return take_back(job, d, None).await;
@@ -229,7 +230,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
             // Its worker died (its lease expired) and no worker is left to take it over: it
             // goes on here from the worker's last pushed checkpoint.
             Ok(Some(row)) if row.state == "running" => {
-                if !any_worker_alive(registry.as_ref(), &d.repo).await
+                if nobody.for_long(registry.as_ref(), &d.repo).await
                     && matches!(
                         d.queue.take_back_expired(&d.repo, &job.bead).await,
                         Ok(true)
@@ -313,6 +314,28 @@ async fn any_worker_alive(registry: Option<&super::Registry>, repo: &str) -> boo
         .await
         .map(|ws| ws.iter().any(|w| w.state == "running"))
         .unwrap_or(true)
+}
+
+/// How long no live worker must be seen, without a break, before a driver takes a job back:
+/// a worker starved of CPU for a moment (its lease renewed late) is not taken for dead.
+pub const TAKE_BACK_GRACE: Duration = Duration::from_secs(5);
+
+/// Watches for "no live worker" to hold for [`TAKE_BACK_GRACE`].
+#[derive(Default)]
+pub struct Nobody {
+    since: Option<std::time::Instant>,
+}
+
+impl Nobody {
+    /// Whether no worker of `repo` has been alive for the whole grace, as of now.
+    pub async fn for_long(&mut self, registry: Option<&super::Registry>, repo: &str) -> bool {
+        if any_worker_alive(registry, repo).await {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        since.elapsed() >= TAKE_BACK_GRACE
+    }
 }
 
 /// Runs a subtask taken back from the shared queue on a local polecat of the step's machine:
