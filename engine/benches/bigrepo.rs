@@ -5,9 +5,13 @@
 //! Per case it prints:
 //! - wiggum's overhead per iteration: the median iteration of a `run_task` loop (an agent that
 //!   edits one file, one check `true`) minus the median of the same agent and check in a shell
-//!   `while` loop;
+//!   `while` loop; both loops' first iterations (the agent copies the user's ignored build
+//!   directory into its fresh worktree, as a first build would) are left out, and the file
+//!   system is synced before the timed ones, so neither pays for writing out the set-up;
 //! - git's own work for that change: `git status` + `git add -A` + `git commit` after editing
-//!   one file (median), and the ratio of the two;
+//!   one file (median), and the ratio of the two; then the same overhead and git's work in CPU
+//!   time (this process and its children: user + system), which another load on the machine
+//!   changes less than wall time;
 //! - `Workspace::create` beside `git worktree add -b` (medians after one untimed worktree each,
 //!   taken in turn with the order swapped every round, the file system synced before each);
 //! - and, in a second table, the status of the checkout taken by libgit2 (as a checkpoint
@@ -17,7 +21,8 @@
 //! `cargo bench -p wiggum-engine --bench bigrepo` runs every case;
 //! `WIGGUM_BENCH_CASES=1000,20000,100000,20000+50000` picks cases (`N+M`: N tracked files and M
 //! ignored ones under `target/`), `WIGGUM_BENCH_ITERATIONS` the loop length (default 12),
-//! `WIGGUM_BENCH_WORKTREES` the worktrees made each way (default 4).
+//! `WIGGUM_BENCH_WORKTREES` the worktrees made each way (default 4; 0 skips the worktree
+//! columns).
 //! Run without `--bench` (e.g. by `cargo test --benches`) it does a quick pass on 300 files.
 
 use std::io::{BufWriter, Write as _};
@@ -65,9 +70,10 @@ fn main() {
     );
     println!(
         "| files (tracked + ignored) | wiggum overhead / iteration | git status + add -A + \
-         commit | ratio | Workspace::create | git worktree add | ratio |"
+         commit | ratio | CPU time: overhead / git's (ratio) | Workspace::create | git worktree \
+         add | ratio |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut status = Vec::new();
     for case in cases {
         status.extend(bench(&case, iterations, worktrees));
@@ -251,44 +257,73 @@ fn write_agent(dir: &Path, ignored_from: Option<&Path>) -> PathBuf {
     path
 }
 
-struct Stamps(Mutex<Vec<Instant>>);
+/// The end of every iteration of wiggum's loop: wall clock and CPU time so far. After each of
+/// the first two (untimed) iterations, which create the worktree and its build directory, the
+/// file system is synced before the stamp is taken, so the measured iterations do not pay for
+/// writing back the set-up's files.
+struct Stamps {
+    root: PathBuf,
+    at: Mutex<Vec<(Instant, Duration)>>,
+}
 
 impl EventSink for Stamps {
     fn emit(&self, event: &Event) {
-        if matches!(event, Event::IterationFinished { .. }) {
-            self.0.lock().unwrap().push(Instant::now());
+        if let Event::IterationFinished { iteration, .. } = event {
+            if *iteration <= 2 {
+                settle(&self.root);
+            }
+            self.at.lock().unwrap().push((Instant::now(), cpu_now()));
         }
     }
 }
 
-/// Median iteration of the shell loop (agent + check), in `dir`.
-fn shell_loop(dir: &Path, agent: &Path, n: usize) -> Duration {
+/// The shell loop (agent + check) in `dir`: its median iteration, and its CPU time per
+/// iteration. The agent runs once first, untimed (it makes the build directory there, as in
+/// wiggum's first iteration), and the file system is synced before the timed iterations.
+fn shell_loop(dir: &Path, agent: &Path, n: usize) -> (Duration, Duration) {
+    let first = Command::new("sh")
+        .arg(agent)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(first.success(), "the agent's first run failed");
+    settle(dir);
     let script = format!(
-        "i=0; while [ $i -lt {n} ]; do echo prompt | sh {} >/dev/null; sh -c true; \
-         echo $EPOCHREALTIME; i=$((i+1)); done",
+        "echo $EPOCHREALTIME; i=0; while [ $i -lt {n} ]; do echo prompt | sh {} >/dev/null; \
+         sh -c true; echo $EPOCHREALTIME; i=$((i+1)); done",
         agent.display()
     );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let mut out = None;
+    let (_, cpu) = timed_cpu(|| {
+        out = Some(
+            Command::new("bash")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(dir)
+                .output()
+                .unwrap(),
+        )
+    });
+    let out = out.unwrap();
     let stamps: Vec<f64> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.trim().parse::<f64>().ok())
         .collect();
-    median(
+    let wall = median(
         stamps
             .windows(2)
             .map(|w| Duration::from_secs_f64(w[1] - w[0]))
             .collect(),
-    )
+    );
+    (wall, cpu / n as u32)
 }
 
-/// Median iteration of wiggum's loop (the first two, which create the worktree and its
-/// build directory, left out).
-fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> Duration {
+/// Median iteration of wiggum's loop, wall and CPU time (this process's and its children's:
+/// the agent and the check); the first two, which create the worktree and its build
+/// directory, left out.
+fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> (Duration, Duration) {
     let n = n as u32 + 2;
     let opts = TaskOptions {
         repo_root: root.canonicalize().unwrap(),
@@ -312,7 +347,10 @@ fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> Duration {
         split: None,
         planner: None,
     };
-    let stamps = Stamps(Mutex::new(Vec::new()));
+    let stamps = Stamps {
+        root: root.to_path_buf(),
+        at: Mutex::new(Vec::new()),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -322,16 +360,18 @@ fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> Duration {
         .block_on(run_task(opts, &stamps, &Cancel::new()))
         .expect("the bench task runs");
     assert_eq!(report.iterations, n, "{}", report.reason);
-    let stamps = stamps.0.lock().unwrap();
-    median(stamps.windows(2).skip(1).map(|w| w[1] - w[0]).collect())
+    let stamps = stamps.at.lock().unwrap();
+    let wall = median(stamps.windows(2).skip(1).map(|w| w[1].0 - w[0].0).collect());
+    let cpu = median(stamps.windows(2).skip(1).map(|w| w[1].1 - w[0].1).collect());
+    (wall, cpu)
 }
 
-/// Median of git's own work for one changed file: status, add -A, commit.
-fn git_rounds(root: &Path, n: usize) -> Vec<Duration> {
+/// git's own work for one changed file, `n` times: status, add -A, commit (wall and CPU time).
+fn git_rounds(root: &Path, n: usize) -> Vec<(Duration, Duration)> {
     (0..n)
         .map(|i| {
             std::fs::write(root.join("src/d0000/f001.txt"), format!("round {i}\n")).unwrap();
-            timed(|| {
+            timed_cpu(|| {
                 git(root, &["status", "--porcelain"]);
                 git(root, &["add", "-A"]);
                 git(root, &["commit", "-q", "-m", "round"]);
@@ -345,6 +385,9 @@ fn git_rounds(root: &Path, n: usize) -> Vec<Duration> {
 /// 20,000 files leaves the next process that creates as many several times slower, in wall
 /// and in system time, whichever it is.
 fn settle(root: &Path) {
+    if std::env::var_os("XX_NO_SETTLE").is_some() {
+        return;
+    }
     let dir = std::fs::File::open(root).unwrap();
     // SAFETY: syncfs only reads the descriptor it is given.
     unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
@@ -519,7 +562,7 @@ fn bench(case: &Case, iterations: usize, worktrees: usize) -> Vec<String> {
     // side always follows the other's removal and a drift of the machine hits both alike.
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let (mut ours_cpu, mut theirs_cpu) = (Vec::new(), Vec::new());
-    for i in 0..=worktrees {
+    for i in (0..=worktrees).filter(|_| worktrees > 0) {
         let (o, g) = if i % 2 == 0 {
             let o = wiggum_worktree(&root, i);
             (o, git_worktree(&root, i))
@@ -538,6 +581,7 @@ fn bench(case: &Case, iterations: usize, worktrees: usize) -> Vec<String> {
 
     // git's work before and after wiggum's loop, so both see the machine alike.
     let mut git_times = git_rounds(&root, iterations.div_ceil(2));
+    settle(&root);
     // The shell loop runs in a scratch worktree of the same tree (the agent edits a file).
     let scratch = root.join(".wiggum/shell");
     git(
@@ -550,7 +594,7 @@ fn bench(case: &Case, iterations: usize, worktrees: usize) -> Vec<String> {
             &scratch.display().to_string(),
         ],
     );
-    let shell = shell_loop(&scratch, &agent, iterations + 1);
+    let (shell, shell_cpu) = shell_loop(&scratch, &agent, iterations);
     git(
         &root,
         &[
@@ -560,34 +604,50 @@ fn bench(case: &Case, iterations: usize, worktrees: usize) -> Vec<String> {
             &scratch.display().to_string(),
         ],
     );
-    let wiggum = wiggum_loop(&root, &agent, iterations);
+    // The scratch worktree's removal is written out before wiggum's loop starts.
+    settle(&root);
+    let (wiggum, wiggum_cpu) = wiggum_loop(&root, &agent, iterations);
     git_times.extend(git_rounds(&root, iterations / 2));
-    let git_median = median(git_times);
+    let git_median = median(git_times.iter().map(|t| t.0).collect());
+    let git_cpu = median(git_times.iter().map(|t| t.1).collect());
     let overhead = wiggum.saturating_sub(shell);
+    let overhead_cpu = wiggum_cpu.saturating_sub(shell_cpu);
 
     let files = if case.ignored > 0 {
         format!("{} + {} ignored", case.tracked, case.ignored)
     } else {
         case.tracked.to_string()
     };
-    let (ours, theirs) = (median(ours), median(theirs));
+    let (worktree, worktree_git, worktree_ratio) = if worktrees > 0 {
+        let (ours, theirs) = (median(ours), median(theirs));
+        let (ours_cpu, theirs_cpu) = (median(ours_cpu), median(theirs_cpu));
+        eprintln!(
+            "  ({files}: worktree CPU time {} vs {}, {})",
+            fmt(ours_cpu),
+            fmt(theirs_cpu),
+            ratio(ours_cpu, theirs_cpu)
+        );
+        (fmt(ours), fmt(theirs), ratio(ours, theirs))
+    } else {
+        ("-".into(), "-".into(), "-".into())
+    };
     println!(
-        "| {files} | {} | {} | {} | {} | {} | {} |",
+        "| {files} | {} | {} | {} | {} / {} ({}) | {worktree} | {worktree_git} | \
+         {worktree_ratio} |",
         fmt(overhead),
         fmt(git_median),
         ratio(overhead, git_median),
-        fmt(ours),
-        fmt(theirs),
-        ratio(ours, theirs)
+        fmt(overhead_cpu),
+        fmt(git_cpu),
+        ratio(overhead_cpu, git_cpu)
     );
-    let (ours_cpu, theirs_cpu) = (median(ours_cpu), median(theirs_cpu));
     eprintln!(
-        "  ({files}: wiggum iteration {}, shell iteration {}; worktree CPU time {} vs {}, {})",
+        "  ({files}: wiggum iteration {} ({} CPU), shell iteration {} ({} CPU); load average {})",
         fmt(wiggum),
+        fmt(wiggum_cpu),
         fmt(shell),
-        fmt(ours_cpu),
-        fmt(theirs_cpu),
-        ratio(ours_cpu, theirs_cpu)
+        fmt(shell_cpu),
+        load()
     );
     let (base_wall, base_cpu) = (
         median(status[0].wall.clone()),
