@@ -385,9 +385,6 @@ fn git_rounds(root: &Path, n: usize) -> Vec<(Duration, Duration)> {
 /// 20,000 files leaves the next process that creates as many several times slower, in wall
 /// and in system time, whichever it is.
 fn settle(root: &Path) {
-    if std::env::var_os("XX_NO_SETTLE").is_some() {
-        return;
-    }
     let dir = std::fs::File::open(root).unwrap();
     // SAFETY: syncfs only reads the descriptor it is given.
     unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
