@@ -24,6 +24,8 @@ use wiggum_engine::run::{run_task, Cancel};
 #[derive(Default)]
 struct Watch {
     first_start: Mutex<Option<Instant>>,
+    /// When the plan was recorded (`StepSplit`): the pool's polecats start after it.
+    split_at: Mutex<Option<Instant>>,
     last_merge: Mutex<Option<Instant>>,
     overheads_ms: Mutex<Vec<u64>>,
     /// When each subtask reached each point (`BENCH_TIMELINE=1` prints the breakdown).
@@ -61,6 +63,12 @@ impl EventSink for Watch {
             self.marks.lock().unwrap().push((Instant::now(), sub, what));
         }
         match event {
+            Event::StepSplit { .. } => {
+                self.split_at
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(Instant::now);
+            }
             Event::SubtaskStarted { .. } => {
                 self.first_start
                     .lock()
@@ -113,13 +121,18 @@ fn sample_repo() -> tempfile::TempDir {
 
 struct Measured {
     pool: Duration,
+    /// CPU time of the whole task (planning and verification included), children too.
+    cpu: Duration,
+    split_at: Instant,
     overheads_ms: Vec<u64>,
     marks: Vec<(Instant, String, &'static str)>,
 }
 
-/// The median time between consecutive points of every subtask's life, and the median wait
-/// of a polecat between two subtasks (one finished, the next started).
-fn print_timeline(marks: &[(Instant, String, &'static str)]) {
+/// The median time between consecutive points of every subtask's life, the median wait of a
+/// polecat between two subtasks (one finished, the next started), and how the pool started:
+/// from the plan to the first subtask started, and the spread of the first round's starts
+/// (the first `polecats` subtasks: together, ideally).
+fn print_timeline(marks: &[(Instant, String, &'static str)], split_at: Instant, polecats: usize) {
     let order = [
         "queued",
         "started",
@@ -166,6 +179,20 @@ fn print_timeline(marks: &[(Instant, String, &'static str)]) {
     if let Some(m) = gaps.get(gaps.len() / 2) {
         print!(" | finished->next started {m}");
     }
+    let mut starts: Vec<Instant> = marks
+        .iter()
+        .filter(|(_, _, w)| *w == "started")
+        .map(|(t, ..)| *t)
+        .collect();
+    starts.sort();
+    if let (Some(first), Some(last)) = (starts.first(), starts.get(polecats.min(starts.len()) - 1))
+    {
+        print!(
+            " | plan->first started {} | first round started over {}",
+            first.saturating_duration_since(split_at).as_millis(),
+            last.saturating_duration_since(*first).as_millis()
+        );
+    }
     println!();
 }
 
@@ -173,6 +200,7 @@ fn run(polecats: usize, parts: u32) -> Measured {
     let repo = sample_repo();
     let opts = split_task::options(&repo.path().canonicalize().unwrap(), polecats, parts);
     let watch = Watch::default();
+    let cpu_before = cpu_ms();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -191,11 +219,36 @@ fn run(polecats: usize, parts: u32) -> Measured {
     let overheads_ms = watch.overheads_ms.lock().unwrap().clone();
     assert_eq!(overheads_ms.len(), parts as usize);
     let marks = std::mem::take(&mut *watch.marks.lock().unwrap());
+    let split_at = watch.split_at.lock().unwrap().expect("the task split");
+    drop(runtime);
+    let cpu = Duration::from_millis(cpu_ms().saturating_sub(cpu_before));
     Measured {
         pool: last - first,
+        split_at,
+        cpu,
         overheads_ms,
         marks,
     }
+}
+
+/// CPU time used so far by this process and the children it waited for (agents, checks, git),
+/// from `/proc/self/stat`: user + system, in milliseconds. Unlike wall time it does not grow
+/// with other programs' load, so it tells what a pool costs the machine.
+fn cpu_ms() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which is in parentheses): utime is the 14th field.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    // rest[0] is the state (field 3); utime, stime, cutime, cstime are fields 14 to 17.
+    f.get(11..15)
+        .map_or(0, |t| t.iter().sum::<u64>() * 1000 / hz)
 }
 
 /// The load average over the last minute (`/proc/loadavg`), printed with every row: on a
@@ -228,8 +281,8 @@ fn main() {
         load()
     );
     println!(
-        "{:>9} {:>12} {:>12} {:>11} {:>22} {:>6}",
-        "polecats", "wall", "ideal", "of ideal", "refinery/merge (median)", "load"
+        "{:>9} {:>12} {:>12} {:>11} {:>22} {:>6} {:>10}",
+        "polecats", "wall", "ideal", "of ideal", "refinery/merge (median)", "load", "cpu"
     );
     let mut serial = None;
     let mut all_overheads = Vec::new();
@@ -242,15 +295,16 @@ fn main() {
         let median = o[o.len() / 2];
         all_overheads.extend(o);
         println!(
-            "{polecats:>9} {:>9.0} ms {:>9.0} ms {:>10.0}% {:>19} ms {:>6}",
+            "{polecats:>9} {:>9.0} ms {:>9.0} ms {:>10.0}% {:>19} ms {:>6} {:>7} ms",
             m.pool.as_secs_f64() * 1000.0,
             ideal.as_secs_f64() * 1000.0,
             100.0 * ideal.as_secs_f64() / m.pool.as_secs_f64(),
             median,
-            load()
+            load(),
+            m.cpu.as_millis()
         );
         if std::env::var_os("BENCH_TIMELINE").is_some() {
-            print_timeline(&m.marks);
+            print_timeline(&m.marks, m.split_at, polecats);
         }
     }
     all_overheads.sort();
@@ -268,6 +322,8 @@ fn main() {
     );
     println!(
         "reference: one subtask's loop is one agent call ({agent_ms} ms) plus wiggum's \
-         iteration; serial = the 1-polecat wall time"
+         iteration; serial = the 1-polecat wall time; cpu = the whole task's CPU time (its \
+         threads and the agents, checks and git it ran), which other programs' load does not \
+         inflate: with n cores, a pool can be no faster than cpu / n"
     );
 }

@@ -421,6 +421,67 @@ reply = "should never run unsplit"
     // Never a silent fallback: the step's agent never worked unsplit.
     assert_eq!(refused["iterations"], 0, "{refused:#}");
     assert!(!log.contains("should never run unsplit"));
+    // The polecats' worktrees made while the planner worked went with the refused plan (the
+    // run's and the step's own stay, as for any run that did not converge).
+    let list = repo.git(&["worktree", "list"]);
+    assert!(!list.contains(".polecat-"), "{list}");
+    assert!(list.contains("-refused "), "{list}");
+}
+
+#[test]
+fn setup_runs_once_in_each_polecats_worktree_before_its_first_subtask() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let log = defs.path().join("setup.log");
+    // The setup leaves an ignored file (as `npm ci` leaves node_modules/) that every subtask's
+    // own check needs (the refinery's checks run in the step's worktree, without it): it must have run in the worktree before the first iteration, and stay
+    // there for the polecat's next subtask.
+    let patrol = format!(
+        r#"
+[patrol]
+name = "setup"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "build four parts"
+[steps.loop]
+checks = ["true"]
+[steps.split]
+mode = "always"
+polecats = 2
+setup = "mkdir -p .wiggum && echo ok > .wiggum/setup-done && echo \"$WIGGUM_STEP\" >> '{}'"
+"#,
+        log.display()
+    );
+    let mut script = String::from(
+        r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a", "checks": ["test -f .wiggum/setup-done"]}, {"id": "b", "prompt": "b", "checks": ["test -f .wiggum/setup-done"]}, {"id": "c", "prompt": "c", "checks": ["test -f .wiggum/setup-done"]}, {"id": "d", "prompt": "d", "checks": ["test -f .wiggum/setup-done"]}]}'
+[[work]]
+step = "big"
+reply = "verified"
+"#,
+    );
+    for id in ["a", "b", "c", "d"] {
+        script.push_str(&format!(
+            "[[work]]\nstep = \"big/{id}\"\nreply = \"wrote {id}\"\n[[work.edits]]\npath = \"{id}.txt\"\nwrite = \"{id}\\n\"\n"
+        ));
+    }
+    let patrol = write_patrol(defs.path(), &patrol, &script);
+    let (code, r, stderr) = run_json(&repo, &patrol);
+    assert_eq!(code, 0, "{r:#}\n{stderr}");
+    // Two polecats, two worktrees made, so two setups for four subtasks.
+    let ran = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(ran.lines().count(), 2, "{ran}");
+    assert!(ran.lines().all(|l| l.starts_with("big/")), "{ran}");
+    for id in ["a", "b", "c", "d"] {
+        assert_eq!(repo.read(&format!("{id}.txt")), format!("{id}\n"));
+    }
+    assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
 }
 
 #[test]

@@ -487,6 +487,30 @@ impl Ledger {
         })
     }
 
+    /// [`Ledger::claim`] of several beads (`(id, assignee)`) in one transaction, and so one
+    /// export of the file for all of them (a pool's polecats starting together). Each claim
+    /// is won or lost on its own, as alone; the answers come in the same order.
+    pub fn claim_all(&mut self, claims: &[(&str, &str)]) -> Result<Vec<bool>, LedgerError> {
+        if claims.iter().any(|(_, a)| a.trim().is_empty()) {
+            return Err(LedgerError::Invalid("a claim needs an assignee".into()));
+        }
+        self.write(|s, env| {
+            let mut won = Vec::with_capacity(claims.len());
+            for (id, assignee) in claims {
+                let assignee = clean_text(&env.redactor, assignee);
+                if s.claim_row(id, &assignee)? {
+                    claimed(s, env, id, assignee)?;
+                    won.push(true);
+                } else if s.exists(id)? {
+                    won.push(false);
+                } else {
+                    return Err(LedgerError::NotFound(id.to_string()));
+                }
+            }
+            Ok(won)
+        })
+    }
+
     /// Claims the most urgent ready bead matching `filter` (its status is ignored: only open,
     /// unassigned, ready beads are claimed) for `assignee`: it becomes in progress and
     /// assigned, atomically. Concurrent claimers (threads, processes, machines) never get the

@@ -438,6 +438,37 @@ fn claiming_a_taken_or_missing_bead_says_so() {
 }
 
 #[test]
+fn claim_all_claims_each_bead_on_its_own_in_one_export() {
+    let dir = repo!();
+    let mut l = open(dir.path());
+    let a = l.create(NewBead::task("a")).unwrap();
+    let b = l.create(NewBead::task("b")).unwrap();
+    let taken = l.create(NewBead::task("taken")).unwrap();
+    assert!(l.claim(&taken.id, "ann").unwrap());
+    l.export().unwrap();
+    let won = l
+        .claim_all(&[(&a.id, "nux"), (&taken.id, "slit"), (&b.id, "slit")])
+        .unwrap();
+    assert_eq!(won, [true, false, true]);
+    // Exported at once (a claim is urgent), all in the one file write.
+    let text = jsonl(dir.path());
+    for (id, who) in [(&a.id, "nux"), (&b.id, "slit"), (&taken.id, "ann")] {
+        let line = text.lines().find(|l| l.contains(id.as_str())).unwrap();
+        assert!(line.contains("\"in_progress\""), "{line}");
+        assert!(line.contains(&format!("\"assignee\":\"{who}\"")), "{line}");
+    }
+    assert!(!l.is_dirty().unwrap());
+    assert!(matches!(
+        l.claim_all(&[(&a.id, "nux"), ("wg-none", "x")]),
+        Err(LedgerError::NotFound(_))
+    ));
+    assert!(matches!(
+        l.claim_all(&[(&a.id, " ")]),
+        Err(LedgerError::Invalid(_))
+    ));
+}
+
+#[test]
 fn concurrent_writers_never_mint_the_same_child_id() {
     let dir = repo!();
     let parent = open(dir.path()).create(NewBead::epic("p")).unwrap().id;

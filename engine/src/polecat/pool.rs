@@ -41,6 +41,9 @@ pub struct Job<'a> {
     /// The polecat's worktree from its previous subtask of this split (detached from that
     /// subtask's branch), switched to this one's; `None` the first time.
     pub home: Option<Workspace>,
+    /// `home` was made for this polecat and no subtask ran in it yet (made while the planner
+    /// worked, `split/prepare.rs`): the `setup` command runs in it first.
+    pub home_fresh: bool,
 }
 
 /// A polecat of a split between two subtasks: its lease, and its worktree to switch to the
@@ -48,6 +51,8 @@ pub struct Job<'a> {
 pub struct Idle {
     pub lease: Lease,
     pub worktree: Option<Workspace>,
+    /// The worktree is new: no subtask ran in it, the `setup` command has not run yet.
+    pub fresh: bool,
 }
 
 /// The name of a polecat's worktree in a split whose step worktree is `step_worktree`:
@@ -77,14 +82,19 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
         workspace: None,
     };
     let home = job.home.take();
+    let home_fresh = job.home_fresh && home.is_some();
     let _slot = slots::acquire(run.cancel).await;
     if run.cancel.is_cancelled() {
         let done = failed("cancelled before it started".into(), Outcome::Cancelled);
-        return (done, idle(job, home));
+        let back = Idle {
+            fresh: home_fresh,
+            ..idle(job, home)
+        };
+        return (done, back);
     }
     let repo_root = run.workspace.repo_root().to_path_buf();
     let (ws, fresh) = match workspace_for(&job, home, &repo_root) {
-        Ok(pair) => pair,
+        Ok((ws, made)) => (ws, made || home_fresh),
         Err(e) => {
             let done = failed(format!("error: {e}"), Outcome::Error);
             return (done, idle(job, None));
@@ -233,6 +243,7 @@ fn idle(job: Job<'_>, worktree: Option<Workspace>) -> Idle {
     Idle {
         lease: job.lease,
         worktree,
+        fresh: false,
     }
 }
 

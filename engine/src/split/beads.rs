@@ -107,6 +107,33 @@ pub fn claim(recorder: &Recorder, bead: &str, polecat: &str) -> Result<bool, Led
     Ok(won)
 }
 
+/// [`claim`] of several subtasks (`(bead, polecat)`) at once, the polecats of a pool starting
+/// together: one ledger transaction and one export of the file for all of them, instead of
+/// one each. The answers come in the same order.
+pub fn claim_all(recorder: &Recorder, claims: &[(&str, &str)]) -> Result<Vec<bool>, LedgerError> {
+    let mut ledger = recorder.ledger();
+    let mut won = vec![false; claims.len()];
+    let mut todo = Vec::new();
+    for (i, (bead, polecat)) in claims.iter().enumerate() {
+        match ledger.get(bead)? {
+            Some(b)
+                if b.assignee.as_deref() == Some(*polecat) && b.status == Status::InProgress =>
+            {
+                won[i] = true
+            }
+            _ => todo.push(i),
+        }
+    }
+    if !todo.is_empty() {
+        let asked: Vec<(&str, &str)> = todo.iter().map(|&i| claims[i]).collect();
+        for (k, got) in ledger.claim_all(&asked)?.into_iter().enumerate() {
+            won[todo[k]] = got;
+        }
+    }
+    let _ = ledger.export();
+    Ok(won)
+}
+
 /// Puts a subtask back in the queue (sent back after a failed merge): open, unassigned.
 pub fn requeue(recorder: &Recorder, bead: &str, note: &str) -> Result<(), LedgerError> {
     let mut ledger = recorder.ledger();

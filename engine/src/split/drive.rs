@@ -18,6 +18,7 @@ use wiggum_agents::{Agent, Usage};
 use super::beads;
 use super::budget;
 use super::planner::{make_plan, PlanCall, PlanInput};
+use super::prepare::{prepare_pool, Prepared};
 use super::settings::SplitSettings;
 use super::state::{Retry, SplitState, SubtaskState, SubtaskStatus};
 use super::trigger::{estimate_tokens, SplitTrigger, SplitWatch, SPLIT_WORD};
@@ -70,7 +71,7 @@ pub fn run_step<'a>(
             Ok(Some(state)) => {
                 let report = base_report(run.workspace, start.done);
                 let earlier = (start.spent_tokens, start.spent_cost_usd);
-                return continue_split(spec, agents, run, state, report, earlier).await;
+                return continue_split(spec, agents, run, state, report, earlier, Vec::new()).await;
             }
             Ok(None) => {}
             Err(e) => {
@@ -138,6 +139,17 @@ async fn split(
 ) -> StepReport {
     let s = &run.settings;
     let notes_rel = format!(".wiggum/notes/{}.md", spec.step_id);
+    // The polecats' worktrees are made while the planner works (split/prepare.rs): as many as
+    // the plan can use at once. Distributed, the subtasks run on workers' machines.
+    let prepared = match (run.distributed, run.workspace.head()) {
+        (None, Ok(base)) => prepare_pool(
+            run.workspace.repo_root(),
+            run.workspace.name(),
+            &base,
+            s.polecats.min(s.max_parts as usize),
+        ),
+        _ => Prepared::none(),
+    };
     let planned = make_plan(
         &PlanCall {
             planner: &run.planner,
@@ -161,9 +173,11 @@ async fn split(
     report.cost_usd += planned.cost_usd;
     run.spend.add(planned.cost_usd);
     run.spend.add_tokens(planned.usage.total());
+    let prepared = prepared.ready().await;
     let plan = match planned.plan {
         Ok(p) => p,
         Err(why) => {
+            remove_polecat_worktrees(run.workspace, prepared);
             let reason = format!("error: split ({trigger}), but {why}");
             let _ = run.recorder.ledger().update(
                 &spec.bead_id,
@@ -175,9 +189,22 @@ async fn split(
             return stop(report, Outcome::Error, reason);
         }
     };
+    // The plan may use fewer polecats than were made ready: the others go now.
+    let mut prepared = prepared;
+    let usable = plan.subtasks.len().min(s.polecats);
+    if prepared.len() > usable {
+        for spare in prepared.drain(usable..) {
+            if let Some(ws) = spare.worktree {
+                remove_worktree(run.workspace.repo_root(), ws, false);
+            }
+        }
+    }
     let recorded = match beads::record_subtasks(run.recorder, &spec.bead_id, &plan) {
         Ok(r) => r,
-        Err(e) => return stop(report, Outcome::Error, format!("ledger: {e}")),
+        Err(e) => {
+            remove_polecat_worktrees(run.workspace, prepared);
+            return stop(report, Outcome::Error, format!("ledger: {e}"));
+        }
     };
     // A split's subtasks are on `<the step's branch>.split/<subtask>` (worktree
     // `<the step's worktree>.split-<subtask>`): grouped under the step, never equal to another
@@ -219,6 +246,7 @@ async fn split(
         plan_cost_usd: planned.cost_usd,
     };
     if let Err(e) = state.save(run.recorder) {
+        remove_polecat_worktrees(run.workspace, prepared);
         return stop(report, Outcome::Error, format!("ledger: {e}"));
     }
     let _ = run.recorder.ledger().update(
@@ -254,7 +282,7 @@ async fn split(
                 .unwrap_or_default(),
         });
     }
-    continue_split(spec, agents, run, state, report, earlier).await
+    continue_split(spec, agents, run, state, report, earlier, prepared).await
 }
 
 /// What finished while the pool ran.
@@ -294,6 +322,7 @@ async fn continue_split(
     mut state: SplitState,
     mut report: StepReport,
     earlier: (u64, f64),
+    prepared: Vec<Idle>,
 ) -> StepReport {
     let step_spend = budget::split_spend(spec, run.spend, &report, earlier);
     // Finished subtasks waiting for the refinery: their id, and the worktree their branch was
@@ -355,7 +384,7 @@ async fn continue_split(
         idle,
     } = with_workers(move |workers| {
         Box::pin(drive_pool(
-            spec, agents, run, spend_ref, state_ref, queue, workers,
+            spec, agents, run, spend_ref, state_ref, queue, prepared, workers,
         ))
     })
     .await;
@@ -462,6 +491,7 @@ async fn drive_pool<'s, 'e>(
     step_spend: &'e Spend,
     state: &'e mut SplitState,
     mut queue: VecDeque<(String, Option<Workspace>)>,
+    prepared: Vec<Idle>,
     mut workers: Workers<'s, 'e, Finished>,
 ) -> PoolEnd {
     let s = &run.settings;
@@ -474,11 +504,18 @@ async fn drive_pool<'s, 'e>(
     let mut usage = Usage::default();
     let mut cost = 0.0;
     // Polecats of this split between two subtasks, with their worktrees.
-    let mut idle: Vec<Idle> = Vec::new();
+    // Those made ready while the planner worked come first.
+    let mut idle: Vec<Idle> = prepared;
 
     loop {
-        // Start every subtask that can start.
-        while stopped.is_none() && !run.cancel.is_cancelled() && in_flight < s.polecats {
+        // Start every subtask that can start: first pick them with their polecats, then
+        // claim them all in one ledger write (one export of the file, not one each: a pool's
+        // polecats start together), then start them.
+        let mut picked: Vec<(usize, Lease, Option<Workspace>, bool)> = Vec::new();
+        while stopped.is_none()
+            && !run.cancel.is_cancelled()
+            && in_flight + picked.len() < s.polecats
+        {
             if over(step_spend).is_some() {
                 break;
             }
@@ -496,35 +533,59 @@ async fn drive_pool<'s, 'e>(
                 .as_deref()
                 .and_then(|p| idle.iter().position(|i| i.lease.name() == p))
                 .or_else(|| idle.len().checked_sub(1));
-            let (lease, home) = match pick {
+            let (lease, home, home_fresh) = match pick {
                 Some(i) => {
-                    let Idle { lease, worktree } = idle.swap_remove(i);
-                    (lease, worktree)
+                    let Idle {
+                        lease,
+                        worktree,
+                        fresh,
+                    } = idle.swap_remove(i);
+                    (lease, worktree, fresh)
                 }
                 None => match Lease::acquire(run.workspace.repo_root(), prefer.as_deref()) {
-                    Ok(l) => (l, None),
+                    Ok(l) => (l, None, false),
                     Err(e) => {
                         stopped = Some((Outcome::Error, format!("error: no polecat: {e}")));
                         break;
                     }
                 },
             };
+            active.insert(state.subtasks[idx].id.clone());
+            picked.push((idx, lease, home, home_fresh));
+        }
+        // A subtask left in flight by a killed process is its polecat's still: the claim is
+        // atomic in the ledger, and re-claiming by another name is refused.
+        let owned: Vec<bool> = picked
+            .iter()
+            .map(|(idx, ..)| {
+                let t = &state.subtasks[*idx];
+                t.status == SubtaskStatus::Running && t.polecat.is_some()
+            })
+            .collect();
+        let asked: Vec<(&str, &str)> = picked
+            .iter()
+            .zip(&owned)
+            .filter(|(_, owned)| !**owned)
+            .map(|(p, _)| p)
+            .map(|(idx, lease, ..)| (state.subtasks[*idx].bead.as_str(), lease.name()))
+            .collect();
+        let mut won = if asked.is_empty() {
+            Vec::new()
+        } else {
+            beads::claim_all(run.recorder, &asked).unwrap_or_else(|_| vec![false; asked.len()])
+        }
+        .into_iter();
+        let mut ready = Vec::new();
+        for ((idx, lease, home, home_fresh), owned) in picked.into_iter().zip(owned) {
             let sub = state.subtasks[idx].clone();
-            // A subtask left in flight by a killed process is its polecat's still: the claim
-            // is atomic in the ledger, and re-claiming by another name is refused.
-            let owner = sub
-                .polecat
-                .clone()
-                .filter(|_| sub.status == SubtaskStatus::Running);
-            let claimed = match owner {
-                Some(_) => {
-                    let _ = run.recorder.set_in_progress(&sub.bead);
-                    true
-                }
-                None => beads::claim(run.recorder, &sub.bead, lease.name()).unwrap_or(false),
+            let claimed = if owned {
+                let _ = run.recorder.set_in_progress(&sub.bead);
+                true
+            } else {
+                won.next().unwrap_or(false)
             };
             if !claimed {
-                stopped = Some((
+                stopped.get_or_insert((
                     Outcome::Error,
                     format!(
                         "error: subtask `{}` ({}) is claimed by someone else: another process \
@@ -532,7 +593,13 @@ async fn drive_pool<'s, 'e>(
                         sub.id, sub.bead
                     ),
                 ));
-                break;
+                active.remove(&sub.id);
+                idle.push(Idle {
+                    lease,
+                    worktree: home,
+                    fresh: home_fresh,
+                });
+                continue;
             }
             let _ = run.recorder.ledger().update(
                 &sub.bead,
@@ -545,8 +612,12 @@ async fn drive_pool<'s, 'e>(
             t.status = SubtaskStatus::Running;
             t.polecat = Some(lease.name().to_string());
             t.started_at.get_or_insert_with(|| format_time(&now()));
-            active.insert(t.id.clone());
+            ready.push((sub, lease, home, home_fresh));
+        }
+        if !ready.is_empty() {
             let _ = state.save(run.recorder);
+        }
+        for (sub, lease, home, home_fresh) in ready {
             let plan = state.plan.get(&sub.id).cloned().expect("planned");
             let job = Job {
                 sub: plan,
@@ -563,6 +634,7 @@ async fn drive_pool<'s, 'e>(
                 run,
                 spend: step_spend,
                 home,
+                home_fresh,
             };
             in_flight += 1;
             let (id, polecat) = (sub.id.clone(), job.lease.name().to_string());
@@ -1022,7 +1094,10 @@ fn remove_polecat_worktrees(step: &Workspace, idle: Vec<Idle>) {
     let root = step.repo_root();
     let prefix = polecat_worktree(step.name(), "");
     let mut gone = Vec::new();
-    for Idle { lease, worktree } in idle {
+    for Idle {
+        lease, worktree, ..
+    } in idle
+    {
         if let Some(ws) = worktree {
             gone.push(ws.name().to_string());
             remove_worktree(root, ws, false);

@@ -8,6 +8,7 @@ pub mod budget;
 pub mod drive;
 pub mod plan;
 pub mod planner;
+mod prepare;
 pub mod settings;
 pub mod state;
 pub mod trigger;
