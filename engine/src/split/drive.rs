@@ -384,7 +384,13 @@ async fn continue_split(
         idle,
     } = with_workers(move |workers| {
         Box::pin(drive_pool(
-            spec, agents, run, spend_ref, state_ref, queue, prepared, workers,
+            spec,
+            agents,
+            run,
+            spend_ref,
+            state_ref,
+            (queue, prepared),
+            workers,
         ))
     })
     .await;
@@ -490,8 +496,8 @@ async fn drive_pool<'s, 'e>(
     run: &'e SplitRun<'e>,
     step_spend: &'e Spend,
     state: &'e mut SplitState,
-    mut queue: VecDeque<(String, Option<Workspace>)>,
-    prepared: Vec<Idle>,
+    // The refinery's queue to start with, and the polecats made ready while planning.
+    (mut queue, prepared): (VecDeque<(String, Option<Workspace>)>, Vec<Idle>),
     mut workers: Workers<'s, 'e, Finished>,
 ) -> PoolEnd {
     let s = &run.settings;

@@ -8,7 +8,7 @@
 //! others when the split ends. If the plan fails (or the run is stopped while planning),
 //! [`discard`] removes them at once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tokio::task::JoinHandle;
 
@@ -56,7 +56,7 @@ pub fn prepare_pool(repo_root: &Path, step_worktree: &str, base: &str, count: us
     Prepared { job: Some(job) }
 }
 
-fn make(root: &PathBuf, step: &str, base: &str, count: usize) -> Vec<Idle> {
+fn make(root: &Path, step: &str, base: &str, count: usize) -> Vec<Idle> {
     let mut leases = Vec::new();
     for _ in 0..count {
         match Lease::acquire(root, None) {
