@@ -380,3 +380,164 @@ async fn what_workers_spend_counts_against_the_runs_cost_budget_and_stops_the_sp
     assert_eq!(s3["status"], "open", "{s3:#}");
     assert!(common::split::iterations_of(&all, s3["id"].as_str().unwrap()).is_empty());
 }
+
+const NESTED_PATROL: &str = r#"
+[patrol]
+name = "nested"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "build"
+prompt = "write a1.txt, a2.txt and b.txt"
+[steps.loop]
+checks = ["test -f README.md"]
+max_iterations = 4
+[steps.split]
+mode = "always"
+depth = 2
+polecats = 2
+"#;
+
+/// a is too large on its worker (`<split/>` in its first iteration) and is split in two on the
+/// step's machine; b is not.
+const NESTED_SCRIPT: &str = r#"
+[[plan]]
+step = "build"
+reply = '''{"subtasks": [
+ {"id": "a", "prompt": "write a1.txt and a2.txt", "checks": ["test -f a-started.txt"]},
+ {"id": "b", "prompt": "write b.txt", "checks": ["test -f b.txt"]}
+]}'''
+[[plan]]
+step = "build/a"
+reply = '''{"subtasks": [
+ {"id": "a1", "prompt": "write a1.txt", "checks": ["test -f a1.txt"]},
+ {"id": "a2", "prompt": "write a2.txt", "checks": ["test -f a2.txt"]}
+]}'''
+
+[[work]]
+step = "build/a"
+iteration = 1
+reply = "This part is too large for one agent. <split/>"
+[[work.edits]]
+path = "a-started.txt"
+write = "begun on a worker\n"
+[[work]]
+step = "build/a"
+iteration = 2
+reply = "a1 and a2 are there"
+
+[[work]]
+step = "build/a/a1"
+reply = "a1 written"
+[[work.edits]]
+path = "a1.txt"
+write = "a1\n"
+[[work]]
+step = "build/a/a2"
+reply = "a2 written"
+[[work.edits]]
+path = "a2.txt"
+write = "a2\n"
+
+[[work]]
+step = "build/b"
+reply = "b written"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+
+[[work]]
+step = "build"
+reply = "all there"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subtask_that_asks_to_split_on_a_worker_is_handed_back_and_split_on_the_steps_machine() {
+    let Some(db) = TestDb::create("workers gaps nested").await else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::start(
+        &db,
+        "wiggum-workers-gaps-",
+        &[
+            ("patrol.toml", NESTED_PATROL),
+            ("script.toml", NESTED_SCRIPT),
+        ],
+    ) else {
+        return;
+    };
+    start_worker(&mut cluster, "m1");
+    start_worker(&mut cluster, "m2");
+    cluster.wait_workers(&db, 2).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let out = output_within(
+        common::wiggum_command()
+            .args(["run", "patrol.toml", "--json", "--repo"])
+            .arg(&driver)
+            .current_dir(&driver)
+            .env("HOME", &home)
+            .env("WIGGUM_DATABASE_URL", &cluster.url)
+            .env("WIGGUM_WORKER_POLL", "300ms"),
+        180,
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{stderr}\n{}",
+        cluster.logs()
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    // The worker's checkpoint of a (a-started.txt) is where a's split started; its parts and
+    // b landed.
+    for f in ["a-started.txt", "a1.txt", "a2.txt", "b.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed\n{stderr}");
+    }
+    // a ended on its worker with the trigger (handed back, not failed), after one iteration;
+    // b converged there; a's own parts ran here (no job of theirs).
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let rows = q.list(&cluster.base, None).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let results: Vec<wiggum_engine::worker::JobResult> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r.result.as_deref().expect("finished")).unwrap())
+        .collect();
+    let a = results
+        .iter()
+        .find(|r| r.split.is_some())
+        .unwrap_or_else(|| panic!("no subtask was handed back: {results:?}"));
+    assert_eq!(
+        a.split,
+        Some(wiggum_engine::split::SplitTrigger::Declared),
+        "{a:?}"
+    );
+    assert_eq!(a.iterations, 1, "{a:?}");
+    assert_ne!(a.machine, "m0");
+    assert!(
+        results
+            .iter()
+            .any(|r| r.outcome == wiggum_engine::ralph::Outcome::Converged),
+        "{results:?}"
+    );
+    assert!(
+        stderr.contains("build/a: handed back by") && stderr.contains("to be split here"),
+        "{stderr}"
+    );
+    // Beads: a, b, and a's two parts; a's iterations: the worker's (which asked to split) and
+    // the verification here, none twice.
+    let all = common::beads_in_database(&driver, &cluster.url);
+    assert_eq!(common::split::subtask_beads(&all).len(), 4, "{all:#?}");
+    let a_bead = subtask_bead(&all, "a");
+    let its = common::split::iterations_of(&all, a_bead["id"].as_str().unwrap());
+    assert_eq!(its.len(), 2, "{its:#?}");
+    // Nothing is left on the hub.
+    let refs = hub_refs(&cluster);
+    assert!(!refs.contains(".split/"), "{refs}");
+}

@@ -187,7 +187,8 @@ pub enum Event {
         holder: String,
     },
     /// A distributed split's subtask is taken back by the step's machine and runs there: its
-    /// worker died (its lease expired) or nobody claimed it, and no live worker is left
+    /// worker died (its lease expired) or nobody claimed it, and no live worker is left; or
+    /// a split trigger fired on its worker, which handed it back to be split here
     /// (engine/src/worker/distribute.rs).
     SubtaskTakenBack {
         step_id: String,

@@ -306,7 +306,7 @@ impl EventSink for Display {
                 subtask,
                 reason,
                 ..
-            } => self.line(format!("{step_id}/{subtask}: taken back: {reason}")),
+            } => self.line(format!("{step_id}/{subtask}: {reason}")),
         }
     }
 }

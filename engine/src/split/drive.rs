@@ -1133,7 +1133,7 @@ fn over(spend: &Spend) -> Option<String> {
 }
 
 /// Why a step that ran its loop did not split, when a trigger fired but splitting was off.
-fn explain_no_split(mut r: StepReport, s: &SplitSettings, level: u32) -> StepReport {
+pub(crate) fn explain_no_split(mut r: StepReport, s: &SplitSettings, level: u32) -> StepReport {
     let needs = r.reason.contains("<split/>") || r.reason.contains("context overflow");
     if needs && s.mode == SplitMode::Never {
         r.reason

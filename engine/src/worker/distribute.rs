@@ -140,7 +140,14 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         attempt: job.attempt,
         fresh: job.retry == Some(Retry::Fresh),
         update: job.retry == Some(Retry::Update),
-        split: None,
+        // When `depth` allows the subtask to split in turn, its loop on the worker watches the
+        // triggers (`<split/>`, a context overflow, `after_iterations`); one that fires hands
+        // it back here, where it is split as a local polecat's would be.
+        split: (run.settings.mode != crate::patrol::SplitMode::Never
+            && run.level < run.settings.depth)
+            .then_some(crate::split::trigger::SplitWatch {
+                after_iterations: run.settings.after_iterations,
+            }),
         budget,
     };
     let new = NewJob {
@@ -224,7 +231,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
                 if nobody.for_long(registry.as_ref(), &d.repo).await
                     && matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true))
                 {
-                    return take_back(job, d, None).await;
+                    return take_back(job, d, Back::Unclaimed).await;
                 }
             }
             // Its worker died (its lease expired) and no worker is left to take it over: it
@@ -236,7 +243,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
                         Ok(true)
                     )
                 {
-                    return take_back(job, d, Some(row)).await;
+                    return take_back(job, d, Back::Dead(row)).await;
                 }
             }
             Ok(_) => {}
@@ -263,6 +270,9 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
     // polecat's iterations do (the pool starts nothing more once one is reached).
     job.spend.add(result.cost_usd);
     job.spend.add_tokens(result.tokens);
+    if result.split.is_some() {
+        return take_back(job, d, Back::HandedBack(result)).await;
+    }
     let who = format!("{} on {}", result.holder, result.machine);
     let mut report = report_of(
         result.outcome,
@@ -272,6 +282,9 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         result.cost_usd,
     );
     report.last_checkpoint = result.tip.clone();
+    // A trigger its worker did not watch (splits nest no deeper, or splitting is off): said
+    // as on one machine.
+    let report = crate::split::drive::explain_no_split(report, &run.settings, run.level + 1);
     // The branch is on the remote (the worker pushed it before recording the result): the
     // refinery lands it from there.
     (
@@ -338,15 +351,13 @@ impl Nobody {
     }
 }
 
-/// Runs a subtask taken back from the shared queue on a local polecat of the step's machine:
-/// from the branch its dead worker (`dead`, the job as it was) last pushed, after the
-/// iterations it recorded under the subtask's bead (none is run or recorded twice), with the
-/// attempt counted; then pushes the branch, since the refinery lands it from the remote.
-async fn take_back(
-    mut job: Job<'_>,
-    d: &Distributed,
-    dead: Option<JobRow>,
-) -> (Done, Option<Idle>) {
+/// Runs a subtask taken back from the shared queue on a local polecat of the step's machine
+/// (`why`): from the branch its worker last pushed (a dead one's, with the attempt counted, or
+/// one that handed it back to be split here), after the iterations recorded under the
+/// subtask's bead (none is run or recorded twice; a hand-back's last one asked to split, so
+/// the local loop splits it); then pushes the branch, since the refinery lands it from the
+/// remote.
+async fn take_back(mut job: Job<'_>, d: &Distributed, why: Back) -> (Done, Option<Idle>) {
     let run = job.run;
     let root = run.workspace.repo_root().to_path_buf();
     let branch = job.branch.clone();
@@ -366,36 +377,53 @@ async fn take_back(
         } else {
             from = format!("from its last pushed checkpoint {}", short(tip));
             // A worker that started it afresh (a conflict) and pushed: its work is on the
-            // new base; go on with it instead of starting afresh again.
-            if job.retry == Some(Retry::Fresh) && descends(&root, tip, &job.base) {
+            // new base; go on with it instead of starting afresh again. (A subtask handed
+            // back was brought up to date by its worker already.)
+            let handed = matches!(why, Back::HandedBack(_));
+            if handed || (job.retry == Some(Retry::Fresh) && descends(&root, tip, &job.base)) {
                 job.retry = None;
             }
         }
     }
-    let (holder, reason) = match &dead {
-        Some(row) => {
-            let holder = row.holder.clone().unwrap_or_default();
-            job.attempt = u32::try_from(row.attempt).unwrap_or(1).max(1) + 1;
-            (
-                holder.clone(),
-                format!(
-                    "its worker {holder} died (its lease expired) and no live worker is left:                      it goes on on this machine {from}, attempt {}",
+    let (holder, reason) =
+        match &why {
+            Back::Dead(row) => {
+                let holder = row.holder.clone().unwrap_or_default();
+                job.attempt = u32::try_from(row.attempt).unwrap_or(1).max(1) + 1;
+                (
+                    holder.clone(),
+                    format!(
+                    "taken back: its worker {holder} died (its lease expired) and no live worker \
+                     is left: it goes on on this machine {from}, attempt {}",
                     job.attempt
                 ),
-            )
-        }
-        None => (
-            String::new(),
-            format!(
-                "no live worker is left to claim it: it runs on this machine {from} (start                  `wiggum worker` on a machine to share the work again)"
+                )
+            }
+            Back::Unclaimed => (
+                String::new(),
+                format!(
+                "taken back: no live worker is left to claim it: it runs on this machine {from} \
+                 (start `wiggum worker` on a machine to share the work again)"
             ),
-        ),
-    };
+            ),
+            Back::HandedBack(r) => (
+                r.holder.clone(),
+                format!(
+                "handed back by {} on {} after {} iteration{} to be split here: {}; it goes on \
+                 {from}",
+                r.holder,
+                r.machine,
+                r.iterations,
+                if r.iterations == 1 { "" } else { "s" },
+                r.split.as_ref().map(ToString::to_string).unwrap_or_default()
+            ),
+            ),
+        };
     tracing::warn!("{}/{}: {reason}", job.step.step_id, job.sub.id);
-    let _ =
-        run.recorder
-            .ledger()
-            .add_comment(&job.bead, "wiggum", &format!("taken back: {reason}"));
+    let _ = run
+        .recorder
+        .ledger()
+        .add_comment(&job.bead, "wiggum", &reason);
     run.sink.emit(&crate::events::Event::SubtaskTakenBack {
         step_id: job.step.step_id.clone(),
         subtask: job.sub.id.clone(),
@@ -404,6 +432,12 @@ async fn take_back(
         reason,
     });
     let (mut done, idle) = crate::polecat::pool::run_subtask(job).await;
+    if let Back::HandedBack(r) = &why {
+        // The subtask's spend and iterations include its worker's (its spend counted in the
+        // budgets when its result came back).
+        done.report.usage.output_tokens += r.tokens;
+        done.report.cost_usd += r.cost_usd;
+    }
     // The refinery lands the subtask from the remote: what ran here goes there.
     let has_branch = git2::Repository::open(&root)
         .map(|r| r.find_branch(&branch, git2::BranchType::Local).is_ok())
@@ -422,6 +456,16 @@ async fn take_back(
         }
     }
     (done, Some(idle))
+}
+
+/// Why a subtask of the shared queue runs on the step's machine after all.
+enum Back {
+    /// Published, never claimed, and no worker is left.
+    Unclaimed,
+    /// Its worker died (the job as it was) and no worker is left to take it over.
+    Dead(JobRow),
+    /// A split trigger fired on its worker (its result): it is split here.
+    HandedBack(JobResult),
 }
 
 /// Puts this clone's `branch` at `sha` (fetched): made, or moved when it does not contain it

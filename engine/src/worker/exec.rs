@@ -250,9 +250,10 @@ async fn run(
         prompt: spec.prompt.clone(),
         acceptance: spec.acceptance.clone(),
         config,
-        // A whole step that may split watches for the triggers; one that fires ends the job
-        // and hands the step back to the run's machine, which splits it (`run::distributed`).
-        split: if whole_step { spec.split.clone() } else { None },
+        // A whole step (or a subtask whose splits may nest) watches for the triggers; one that
+        // fires ends the job and hands it back to the step's machine, which splits it
+        // (`run::distributed`, `worker::distribute`).
+        split: spec.split.clone(),
     };
     polecat.working(PolecatStatus {
         state: "working".into(),

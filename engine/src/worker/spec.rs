@@ -54,9 +54,10 @@ pub struct JobSpec {
     /// Sent back after its merge turned the checks red: its branch takes `base` in first.
     #[serde(default)]
     pub update: bool,
-    /// A whole patrol step that may split: its loop watches for the triggers, and one that
-    /// fires ends the job with [`JobResult::split`] set (the step is handed back to the run's
-    /// machine, which splits it). `None`: a subtask, or a step with `mode = "never"`.
+    /// A whole patrol step that may split, or a subtask whose splits may nest (`depth`): its
+    /// loop watches for the triggers, and one that fires ends the job with
+    /// [`JobResult::split`] set (it is handed back to the step's machine, which splits it).
+    /// `None`: it never splits (`mode = "never"`, or no deeper split allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitWatch>,
     /// The budgets the job counts against, as they stood when it was published: the run's
