@@ -231,7 +231,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
                 if nobody.for_long(registry.as_ref(), &d.repo).await
                     && matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true))
                 {
-                    return take_back(job, d, Back::Unclaimed).await;
+                    return take_back(job, d, WhyHere::Unclaimed).await;
                 }
             }
             // Its worker died (its lease expired) and no worker is left to take it over: it
@@ -243,7 +243,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
                         Ok(true)
                     )
                 {
-                    return take_back(job, d, Back::Dead(row)).await;
+                    return take_back(job, d, WhyHere::Dead(row)).await;
                 }
             }
             Ok(_) => {}
@@ -271,7 +271,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
     job.spend.add(result.cost_usd);
     job.spend.add_tokens(result.tokens);
     if result.split.is_some() {
-        return take_back(job, d, Back::HandedBack(result)).await;
+        return take_back(job, d, WhyHere::HandedBack(result)).await;
     }
     let who = format!("{} on {}", result.holder, result.machine);
     let mut report = report_of(
@@ -357,7 +357,7 @@ impl Nobody {
 /// subtask's bead (none is run or recorded twice; a hand-back's last one asked to split, so
 /// the local loop splits it); then pushes the branch, since the refinery lands it from the
 /// remote.
-async fn take_back(mut job: Job<'_>, d: &Distributed, why: Back) -> (Done, Option<Idle>) {
+async fn take_back(mut job: Job<'_>, d: &Distributed, why: WhyHere) -> (Done, Option<Idle>) {
     let run = job.run;
     let root = run.workspace.repo_root().to_path_buf();
     let branch = job.branch.clone();
@@ -379,7 +379,7 @@ async fn take_back(mut job: Job<'_>, d: &Distributed, why: Back) -> (Done, Optio
             // A worker that started it afresh (a conflict) and pushed: its work is on the
             // new base; go on with it instead of starting afresh again. (A subtask handed
             // back was brought up to date by its worker already.)
-            let handed = matches!(why, Back::HandedBack(_));
+            let handed = matches!(why, WhyHere::HandedBack(_));
             if handed || (job.retry == Some(Retry::Fresh) && descends(&root, tip, &job.base)) {
                 job.retry = None;
             }
@@ -387,7 +387,7 @@ async fn take_back(mut job: Job<'_>, d: &Distributed, why: Back) -> (Done, Optio
     }
     let (holder, reason) =
         match &why {
-            Back::Dead(row) => {
+            WhyHere::Dead(row) => {
                 let holder = row.holder.clone().unwrap_or_default();
                 job.attempt = u32::try_from(row.attempt).unwrap_or(1).max(1) + 1;
                 (
@@ -399,14 +399,14 @@ async fn take_back(mut job: Job<'_>, d: &Distributed, why: Back) -> (Done, Optio
                 ),
                 )
             }
-            Back::Unclaimed => (
+            WhyHere::Unclaimed => (
                 String::new(),
                 format!(
                 "taken back: no live worker is left to claim it: it runs on this machine {from} \
                  (start `wiggum worker` on a machine to share the work again)"
             ),
             ),
-            Back::HandedBack(r) => (
+            WhyHere::HandedBack(r) => (
                 r.holder.clone(),
                 format!(
                 "handed back by {} on {} after {} iteration{} to be split here: {}; it goes on \
@@ -432,7 +432,7 @@ async fn take_back(mut job: Job<'_>, d: &Distributed, why: Back) -> (Done, Optio
         reason,
     });
     let (mut done, idle) = crate::polecat::pool::run_subtask(job).await;
-    if let Back::HandedBack(r) = &why {
+    if let WhyHere::HandedBack(r) = &why {
         // The subtask's spend and iterations include its worker's (its spend counted in the
         // budgets when its result came back).
         done.report.usage.output_tokens += r.tokens;
@@ -459,7 +459,7 @@ async fn take_back(mut job: Job<'_>, d: &Distributed, why: Back) -> (Done, Optio
 }
 
 /// Why a subtask of the shared queue runs on the step's machine after all.
-enum Back {
+enum WhyHere {
     /// Published, never claimed, and no worker is left.
     Unclaimed,
     /// Its worker died (the job as it was) and no worker is left to take it over.
