@@ -18,15 +18,16 @@ use serde_json::Value;
 use wiggum_engine::pg::testing::TestDb;
 use wiggum_engine::worker::Queue;
 
-/// A worker of one polecat with a 3 s lease.
-fn start_worker(cluster: &mut Cluster, machine: &str) {
+/// A worker of one polecat with a lease of `lease` (short where a test kills the worker; long
+/// enough elsewhere that a worker starved of CPU on a loaded machine is not taken for dead).
+fn start_worker(cluster: &mut Cluster, machine: &str, lease: &str) {
     cluster.start_worker(
         machine,
         &[
             "--polecats",
             "1",
             "--lease",
-            "3s",
+            lease,
             "--renew",
             "500ms",
             "--poll",
@@ -146,7 +147,7 @@ async fn a_subtask_whose_only_worker_died_is_taken_back_by_the_split_and_goes_on
     ) else {
         return;
     };
-    start_worker(&mut cluster, "m1");
+    start_worker(&mut cluster, "m1", "3s");
     cluster.wait_workers(&db, 1).await;
     let (driver, home) = cluster.clone_for("m0");
     let run = {
@@ -326,7 +327,7 @@ async fn what_workers_spend_counts_against_the_runs_cost_budget_and_stops_the_sp
     ) else {
         return;
     };
-    start_worker(&mut cluster, "m1");
+    start_worker(&mut cluster, "m1", "15s");
     cluster.wait_workers(&db, 1).await;
     let (driver, home) = cluster.clone_for("m0");
     let out = output_within(
@@ -468,8 +469,8 @@ async fn a_subtask_that_asks_to_split_on_a_worker_is_handed_back_and_split_on_th
     ) else {
         return;
     };
-    start_worker(&mut cluster, "m1");
-    start_worker(&mut cluster, "m2");
+    start_worker(&mut cluster, "m1", "15s");
+    start_worker(&mut cluster, "m2", "15s");
     cluster.wait_workers(&db, 2).await;
     let (driver, home) = cluster.clone_for("m0");
     let out = output_within(
