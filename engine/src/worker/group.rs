@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -111,22 +111,27 @@ impl Coalescer {
     }
 }
 
-/// Held by a running driver; see [`Coalescer::abandoned`].
-pub(super) struct Driver<'a> {
-    coalescer: &'a Coalescer,
+/// Held by a driver from the moment it is counted (before its task is spawned, so a task
+/// dropped before it ever ran still lets go); see [`Coalescer::abandoned`].
+pub(super) struct Driver {
+    coalescer: Arc<Coalescer>,
     pub stopped: bool,
 }
 
-impl<'a> Driver<'a> {
-    pub fn new(coalescer: &'a Coalescer) -> Driver<'a> {
+impl Driver {
+    pub fn new(coalescer: Arc<Coalescer>) -> Driver {
         Driver {
             coalescer,
             stopped: false,
         }
     }
+
+    pub fn coalescer(&self) -> &Coalescer {
+        &self.coalescer
+    }
 }
 
-impl Drop for Driver<'_> {
+impl Drop for Driver {
     fn drop(&mut self) {
         if !self.stopped {
             self.coalescer.abandoned();
@@ -182,10 +187,10 @@ mod tests {
 
     #[test]
     fn a_driver_that_dies_does_not_leave_callers_waiting() {
-        let c = Coalescer::default();
+        let c = Arc::new(Coalescer::default());
         let (r, mut rx) = request();
         assert!(c.push("repo".into(), r));
-        drop(Driver::new(&c));
+        drop(Driver::new(c.clone()));
         assert!(
             matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
             "the waiting caller is answered (its reply dropped)"

@@ -230,8 +230,9 @@ impl Queue {
             reply,
         };
         if self.group.push(repo.to_string(), request) {
+            let driver = Driver::new(self.group.clone());
             let q = self.clone();
-            tokio::spawn(async move { q.drive_claims().await });
+            tokio::spawn(async move { q.drive_claims(driver).await });
         }
         answer.await.unwrap_or_else(|_| {
             Err(PgError::Pool {
@@ -242,9 +243,8 @@ impl Queue {
     }
 
     /// Serves groups of waiting claims until none waits.
-    async fn drive_claims(&self) {
-        let mut driver = Driver::new(&self.group);
-        while let Some((repo, requests)) = self.group.next() {
+    async fn drive_claims(&self, mut driver: Driver) {
+        while let Some((repo, requests)) = driver.coalescer().next() {
             self.claim_group(&repo, requests).await;
         }
         driver.stopped = true;
@@ -1270,5 +1270,57 @@ mod tests {
             .unwrap()
             .expect("ready again at once");
         assert_eq!(again.job.bead, "wg-s.1.1");
+    }
+
+    #[tokio::test]
+    async fn claims_made_at_once_take_over_expired_leases_together_each_as_a_new_attempt() {
+        let Some(q) = queue("queue group takeover").await else {
+            return;
+        };
+        for n in 1..=3 {
+            q.publish("repo", &job(n)).await.unwrap();
+        }
+        let short = Duration::from_millis(300);
+        let dead: Vec<Claim> = futures_util::future::join_all(
+            (0..3).map(|i| q.claim("repo", if i == 0 { "dead/a" } else { "dead/b" }, short)),
+        )
+        .await
+        .into_iter()
+        .map(|c| c.unwrap().unwrap())
+        .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = q.claim_stats();
+        let ttl = Duration::from_secs(60);
+        let taken: Vec<Claim> = futures_util::future::join_all(
+            ["new/1", "new/2", "new/3", "new/4"].map(|h| q.claim("repo", h, ttl)),
+        )
+        .await
+        .into_iter()
+        .filter_map(Result::unwrap)
+        .collect();
+        let after = q.claim_stats();
+        // One statement found nothing ready, one took the three over; the fourth claim got none.
+        assert_eq!(
+            (
+                after.statements - before.statements,
+                after.claimed - before.claimed
+            ),
+            (2, 3)
+        );
+        assert_eq!(taken.len(), 3);
+        for c in &taken {
+            let old = dead.iter().find(|d| d.job.bead == c.job.bead).unwrap();
+            assert_eq!(c.attempt(), 2, "{}", c.job.bead);
+            assert!(c.lease.token > old.lease.token);
+            assert_eq!(
+                lease_row(&q, c).await,
+                (c.lease.holder.clone(), c.lease.token, 2)
+            );
+            assert!(
+                !q.finish(old, "{}").await.unwrap(),
+                "the dead holder is fenced"
+            );
+            assert!(q.finish(c, "{}").await.unwrap());
+        }
     }
 }
