@@ -244,7 +244,14 @@ impl Queue {
 
     /// Serves groups of waiting claims until none waits.
     async fn drive_claims(&self, mut driver: Driver) {
-        while let Some((repo, requests)) = driver.coalescer().next() {
+        loop {
+            // The claimers just answered run first and queue their next claims, so the next
+            // group is larger (32 claimers of the bench: 12-13 claims a statement instead of
+            // 9, less database CPU a claim).
+            tokio::task::yield_now().await;
+            let Some((repo, requests)) = driver.coalescer().next() else {
+                break;
+            };
             self.claim_group(&repo, requests).await;
         }
         driver.stopped = true;
