@@ -203,16 +203,23 @@ fn timed(f: impl FnOnce()) -> Duration {
     start.elapsed()
 }
 
-/// CPU time (user + system) of this process and its finished children so far.
-fn cpu_now() -> Duration {
+/// CPU time of this process and its finished children so far: user and system.
+fn cpu_split() -> (Duration, Duration) {
     let of = |who| {
         // SAFETY: getrusage only writes the struct it is given.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         unsafe { libc::getrusage(who, &mut usage) };
         let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        tv(usage.ru_utime) + tv(usage.ru_stime)
+        (tv(usage.ru_utime), tv(usage.ru_stime))
     };
-    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+    let (a, b) = (of(libc::RUSAGE_SELF), of(libc::RUSAGE_CHILDREN));
+    (a.0 + b.0, a.1 + b.1)
+}
+
+/// CPU time (user + system) of this process and its finished children so far.
+fn cpu_now() -> Duration {
+    let (user, system) = cpu_split();
+    user + system
 }
 
 /// Wall time and CPU time of `f`.
@@ -263,7 +270,8 @@ fn write_agent(dir: &Path, ignored_from: Option<&Path>) -> PathBuf {
 /// writing back the set-up's files.
 struct Stamps {
     root: PathBuf,
-    at: Mutex<Vec<(Instant, Duration)>>,
+    /// Wall clock, CPU time, of which system time.
+    at: Mutex<Vec<(Instant, Duration, Duration)>>,
 }
 
 impl EventSink for Stamps {
@@ -272,7 +280,11 @@ impl EventSink for Stamps {
             if *iteration <= 2 {
                 settle(&self.root);
             }
-            self.at.lock().unwrap().push((Instant::now(), cpu_now()));
+            let (user, system) = cpu_split();
+            self.at
+                .lock()
+                .unwrap()
+                .push((Instant::now(), user + system, system));
         }
     }
 }
@@ -320,10 +332,10 @@ fn shell_loop(dir: &Path, agent: &Path, n: usize) -> (Duration, Duration) {
     (wall, cpu / n as u32)
 }
 
-/// Median iteration of wiggum's loop, wall and CPU time (this process's and its children's:
-/// the agent and the check); the first two, which create the worktree and its build
-/// directory, left out.
-fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> (Duration, Duration) {
+/// Median iteration of wiggum's loop: wall time, CPU time (this process's and its children's:
+/// the agent and the check) and the system part of it; the first two iterations, which create
+/// the worktree and its build directory, left out.
+fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> (Duration, Duration, Duration) {
     let n = n as u32 + 2;
     let opts = TaskOptions {
         repo_root: root.canonicalize().unwrap(),
@@ -363,7 +375,8 @@ fn wiggum_loop(root: &Path, agent: &Path, n: usize) -> (Duration, Duration) {
     let stamps = stamps.at.lock().unwrap();
     let wall = median(stamps.windows(2).skip(1).map(|w| w[1].0 - w[0].0).collect());
     let cpu = median(stamps.windows(2).skip(1).map(|w| w[1].1 - w[0].1).collect());
-    (wall, cpu)
+    let system = median(stamps.windows(2).skip(1).map(|w| w[1].2 - w[0].2).collect());
+    (wall, cpu, system)
 }
 
 /// git's own work for one changed file, `n` times: status, add -A, commit (wall and CPU time).
@@ -603,7 +616,7 @@ fn bench(case: &Case, iterations: usize, worktrees: usize) -> Vec<String> {
     );
     // The scratch worktree's removal is written out before wiggum's loop starts.
     settle(&root);
-    let (wiggum, wiggum_cpu) = wiggum_loop(&root, &agent, iterations);
+    let (wiggum, wiggum_cpu, wiggum_system) = wiggum_loop(&root, &agent, iterations);
     git_times.extend(git_rounds(&root, iterations / 2));
     let git_median = median(git_times.iter().map(|t| t.0).collect());
     let git_cpu = median(git_times.iter().map(|t| t.1).collect());
@@ -639,9 +652,11 @@ fn bench(case: &Case, iterations: usize, worktrees: usize) -> Vec<String> {
         ratio(overhead_cpu, git_cpu)
     );
     eprintln!(
-        "  ({files}: wiggum iteration {} ({} CPU), shell iteration {} ({} CPU); load average {})",
+        "  ({files}: wiggum iteration {} ({} CPU, {} of it system), shell iteration {} ({} CPU); \
+         load average {})",
         fmt(wiggum),
         fmt(wiggum_cpu),
+        fmt(wiggum_system),
         fmt(shell),
         fmt(shell_cpu),
         load()
