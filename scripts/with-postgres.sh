@@ -4,7 +4,7 @@
 #   scripts/with-postgres.sh cargo nextest run --workspace
 #
 # The server lives in a temporary directory (initdb + pg_ctl, trust auth on loopback only, fsync
-# off: it is for tests) and is stopped and deleted when the command ends, however it ends. The
+# off: it is for tests; WIGGUM_PG_DURABLE=1 keeps fsync on, for benchmarks) and is stopped and deleted when the command ends, however it ends. The
 # command sees WIGGUM_TEST_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres; the PostgreSQL
 # tests create their own databases under it.
 #
@@ -58,6 +58,12 @@ fi
 dir=$(mktemp -d "${TMPDIR:-/tmp}/wiggum-pg.XXXXXX")
 chmod 755 "$dir"
 [ "${#run_as[@]}" -gt 0 ] && chown postgres: "$dir"
+# WIGGUM_PG_DURABLE=1 keeps PostgreSQL's durable defaults (fsync, synchronous_commit,
+# full_page_writes on), for benchmarks whose figures must hold on a real server; by default the
+# throwaway server skips them (faster tests; nothing in it outlives the run).
+durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+durable_note=" (fsync off)"
+if [ "${WIGGUM_PG_DURABLE:-0}" = 1 ]; then durability=""; durable_note=" (durable: fsync on)"; fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 stop() {
@@ -71,7 +77,7 @@ trap 'exit 143' TERM
 "${run_as[@]}" "$bindir/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
   { cat "$dir/initdb.log" >&2; echo "with-postgres: initdb failed" >&2; exit 1; }
 "${run_as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+  -o "-c listen_addresses=127.0.0.1 -p $port -k $dir $durability-c max_connections=400" \
   start >/dev/null ||
   { cat "$dir/server.log" >&2; echo "with-postgres: the server did not start" >&2; exit 1; }
 
@@ -79,12 +85,12 @@ trap 'exit 143' TERM
 # the tests of what happens when the database goes away (they start a server of their own).
 printf '#!/bin/sh\nexec %s "%s" -D "%s" -l "%s" -m fast -w -t 60 -o "%s" "$@"\n' \
   "${run_as[*]}" "$bindir/pg_ctl" "$dir/data" "$dir/server.log" \
-  "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+  "-c listen_addresses=127.0.0.1 -p $port -k $dir $durability-c max_connections=400" \
   >"$dir/pg-ctl"
 chmod 755 "$dir/pg-ctl"
 export WIGGUM_TEST_PG_CTL="$dir/pg-ctl"
 export WIGGUM_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
-echo "with-postgres: PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (WIGGUM_TEST_PG_URL=$WIGGUM_TEST_PG_URL)" >&2
+echo "with-postgres: PostgreSQL $("$bindir/postgres" --version | awk '{print $3}')$durable_note on 127.0.0.1:$port (WIGGUM_TEST_PG_URL=$WIGGUM_TEST_PG_URL)" >&2
 set +e
 "$@"
 rc=$?
