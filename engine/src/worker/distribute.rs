@@ -182,6 +182,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         .ok()
         .map(|pool| super::Registry::new(pool, &d.url));
     let mut nobody = Nobody::default();
+    let mut warned = false;
     let result: JobResult = loop {
         if run.cancel.is_cancelled() {
             return (
@@ -228,22 +229,29 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
                         );
                     }
                 }
-                if nobody.for_long(registry.as_ref(), &d.repo).await
-                    && matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true))
-                {
-                    return take_back(job, d, WhyHere::Unclaimed).await;
+                if nobody.for_long(registry.as_ref(), &d.repo).await {
+                    // The branch is brought here first: the job leaves the queue only then.
+                    if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned) {
+                        if matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true)) {
+                            return take_back(job, d, WhyHere::Unclaimed, got).await;
+                        }
+                    }
                 }
             }
             // Its worker died (its lease expired) and no worker is left to take it over: it
             // goes on here from the worker's last pushed checkpoint.
             Ok(Some(row)) if row.state == "running" => {
-                if nobody.for_long(registry.as_ref(), &d.repo).await
-                    && matches!(
-                        d.queue.take_back_expired(&d.repo, &job.bead).await,
-                        Ok(true)
-                    )
-                {
-                    return take_back(job, d, WhyHere::Dead(row)).await;
+                // Its pushed work is fetched first: the job and its lease are deleted only
+                // once it is here, else it stays and the next poll tries again.
+                if nobody.for_long(registry.as_ref(), &d.repo).await {
+                    if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned) {
+                        if matches!(
+                            d.queue.take_back_expired(&d.repo, &job.bead).await,
+                            Ok(true)
+                        ) {
+                            return take_back(job, d, WhyHere::Dead(row), got).await;
+                        }
+                    }
                 }
             }
             Ok(_) => {}
@@ -271,7 +279,27 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
     job.spend.add(result.cost_usd);
     job.spend.add_tokens(result.tokens);
     if result.split.is_some() {
-        return take_back(job, d, WhyHere::HandedBack(result)).await;
+        // Its branch (pushed by its worker) is needed here: tried again until it comes.
+        let got = loop {
+            if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned) {
+                break got;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(crate::pg::notify::backstop(d.poll)) => {}
+                _ = run.cancel.cancelled() => {
+                    return (
+                        failed(
+                            "cancelled while its branch was fetched to split it here; \
+                             `wiggum resume` tries again"
+                                .into(),
+                            Outcome::Cancelled,
+                        ),
+                        None,
+                    );
+                }
+            }
+        };
+        return take_back(job, d, WhyHere::HandedBack(result), got).await;
     }
     let who = format!("{} on {}", result.holder, result.machine);
     let mut report = report_of(
@@ -357,32 +385,24 @@ impl Nobody {
 /// subtask's bead (none is run or recorded twice; a hand-back's last one asked to split, so
 /// the local loop splits it); then pushes the branch, since the refinery lands it from the
 /// remote.
-async fn take_back(mut job: Job<'_>, d: &Distributed, why: WhyHere) -> (Done, Option<Idle>) {
+async fn take_back(
+    mut job: Job<'_>,
+    d: &Distributed,
+    why: WhyHere,
+    got: Brought,
+) -> (Done, Option<Idle>) {
     let run = job.run;
     let root = run.workspace.repo_root().to_path_buf();
     let branch = job.branch.clone();
     let remote = d.refinery.remote().clone();
-    // What the remote has of the subtask's branch becomes this clone's branch.
-    let pushed = match remote.fetch(&[branch.as_str()]).await {
-        Ok(mut tips) => tips.pop().flatten(),
-        Err(e) => {
-            tracing::warn!("taking back {branch}: {e}");
-            None
-        }
-    };
-    let mut from = String::from("from the step's branch (nothing of it was pushed)");
-    if let Some(tip) = &pushed {
-        if let Err(e) = set_branch(&root, &branch, tip) {
-            tracing::warn!("taking back {branch}: {e}");
-        } else {
-            from = format!("from its last pushed checkpoint {}", short(tip));
-            // A worker that started it afresh (a conflict) and pushed: its work is on the
-            // new base; go on with it instead of starting afresh again. (A subtask handed
-            // back was brought up to date by its worker already.)
-            let handed = matches!(why, WhyHere::HandedBack(_));
-            if handed || (job.retry == Some(Retry::Fresh) && descends(&root, tip, &job.base)) {
-                job.retry = None;
-            }
+    let from = got.from();
+    if let Some(tip) = &got.used {
+        // A worker that started it afresh (a conflict) and pushed: its work is on the
+        // new base; go on with it instead of starting afresh again. (A subtask handed
+        // back was brought up to date by its worker already.)
+        let handed = matches!(why, WhyHere::HandedBack(_));
+        if handed || (job.retry == Some(Retry::Fresh) && descends(&root, tip, &job.base)) {
+            job.retry = None;
         }
     }
     let (holder, reason) =
@@ -468,6 +488,69 @@ enum WhyHere {
     HandedBack(JobResult),
 }
 
+/// The subtask's branch as brought into this clone before a take-back.
+struct Brought {
+    /// The remote's tip of it (what its worker last pushed), if any.
+    pushed: Option<String>,
+    /// This clone's branch after bringing it: the tip the subtask goes on from (the pushed
+    /// one, or a local tip ahead of it), if the branch exists here.
+    used: Option<String>,
+}
+
+impl Brought {
+    /// Where the subtask goes on from, said in its take-back reason.
+    fn from(&self) -> String {
+        match (&self.pushed, &self.used) {
+            (Some(p), Some(u)) if p == u => format!("from its last pushed checkpoint {}", short(u)),
+            (Some(p), Some(u)) => format!(
+                "from this machine's tip {} of its branch (ahead of its last pushed checkpoint {})",
+                short(u),
+                short(p)
+            ),
+            (None, Some(u)) => format!(
+                "from this machine's tip {} of its branch (nothing of it was pushed)",
+                short(u)
+            ),
+            _ => String::from("from the step's branch (nothing of it was pushed)"),
+        }
+    }
+}
+
+/// Fetches the subtask's branch from the remote and makes this clone's branch hold it.
+async fn bring_branch(job: &Job<'_>, d: &Distributed) -> Result<Brought, String> {
+    let root = job.run.workspace.repo_root();
+    let branch = job.branch.as_str();
+    let pushed = d
+        .refinery
+        .remote()
+        .fetch(&[branch])
+        .await
+        .map_err(|e| format!("fetching {branch}: {e}"))?
+        .pop()
+        .flatten();
+    if let Some(tip) = &pushed {
+        set_branch(root, branch, tip).map_err(|e| format!("setting {branch} at {tip}: {e}"))?;
+    }
+    let used = git2::Repository::open(root)
+        .ok()
+        .and_then(|r| r.refname_to_id(&format!("refs/heads/{branch}")).ok())
+        .map(|o| o.to_string());
+    Ok(Brought { pushed, used })
+}
+
+/// The branch brought, or `None` with what failed said once (the caller tries again later).
+fn fetched(got: Result<Brought, String>, warned: &mut bool) -> Option<Brought> {
+    match got {
+        Ok(got) => Some(got),
+        Err(e) => {
+            if !std::mem::replace(warned, true) {
+                tracing::warn!("not taken back yet (tried again at every poll): {e}");
+            }
+            None
+        }
+    }
+}
+
 /// Puts this clone's `branch` at `sha` (fetched): made, or moved when it does not contain it
 /// already (a local tip the remote lacks is kept under `refs/wiggum/kept/`).
 fn set_branch(root: &Path, branch: &str, sha: &str) -> Result<(), String> {
@@ -523,5 +606,68 @@ fn report_of(
         summary: String::new(),
         last_checkpoint: None,
         split: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::testing::git;
+
+    fn head(dir: &Path) -> String {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn a_take_back_names_the_tip_it_goes_on_from_when_this_clone_is_ahead_of_the_pushed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        git(root, &["init", "-q", "-b", "main"]);
+        git(root, &["config", "user.email", "t@t"]);
+        git(root, &["config", "user.name", "t"]);
+        std::fs::write(root.join("a.txt"), "a\n").unwrap();
+        git(root, &["add", "-A"]);
+        git(root, &["commit", "-q", "-m", "a"]);
+        let pushed = head(root);
+        git(root, &["checkout", "-q", "-b", "wiggum/r-s.split/a"]);
+        std::fs::write(root.join("b.txt"), "b\n").unwrap();
+        git(root, &["add", "-A"]);
+        git(root, &["commit", "-q", "-m", "b"]);
+        let ahead = head(root);
+        git(root, &["checkout", "-q", "main"]);
+        // The local tip is ahead of the pushed one: kept, and named as the tip used.
+        set_branch(root, "wiggum/r-s.split/a", &pushed).unwrap();
+        let repo = git2::Repository::open(root).unwrap();
+        let used = repo
+            .refname_to_id("refs/heads/wiggum/r-s.split/a")
+            .unwrap()
+            .to_string();
+        assert_eq!(used, ahead);
+        let got = Brought {
+            pushed: Some(pushed.clone()),
+            used: Some(used),
+        };
+        let from = got.from();
+        assert!(from.contains(short(&ahead)), "{from}");
+        assert!(
+            from.contains(&format!(
+                "ahead of its last pushed checkpoint {}",
+                short(&pushed)
+            )),
+            "{from}"
+        );
+        let same = Brought {
+            pushed: Some(pushed.clone()),
+            used: Some(pushed.clone()),
+        };
+        assert_eq!(
+            same.from(),
+            format!("from its last pushed checkpoint {}", short(&pushed))
+        );
     }
 }
