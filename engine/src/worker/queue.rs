@@ -258,15 +258,28 @@ impl Queue {
     }
 
     /// Claims a job for each of `requests` (the ready ones first, then takeovers), one
-    /// statement per round for the whole group, and answers each request. When a statement
-    /// fails, each claim still waiting is tried once more on its own, so each caller gets its
-    /// own answer (and its own error while the database is away).
+    /// statement per round for the whole group, and answers each request.
+    ///
+    /// When a statement fails because the database is away (no connection from the pool, a
+    /// connection lost or refused, the server shutting down), every claim still waiting gets
+    /// that error at once: trying them one by one would only repeat the same wait (a connect
+    /// timeout each), so the 32nd claimer of a group, and a worker shutting down, would wait 31
+    /// timeouts before hearing anything. When the server answered with an error of another class
+    /// (a value it could not take, such as a holder or a lease length out of range, or a
+    /// serialization failure), the cause may be one request of the group: each claim still
+    /// waiting is then tried once more on its own, so one bad request cannot fail the others.
     async fn claim_group(&self, repo: &str, requests: Vec<Request>) {
         let Err((e, mut rest)) = self.try_group(repo, requests).await else {
             return;
         };
         if rest.len() == 1 {
             let _ = rest.remove(0).reply.send(Err(e));
+            return;
+        }
+        if database_away(&e) {
+            for r in rest {
+                let _ = r.reply.send(Err(same_error(&e)));
+            }
             return;
         }
         for r in rest {
@@ -640,6 +653,60 @@ fn claim_sql(pick: Pick, k: usize) -> &'static str {
         Pick::Expired => 1,
     };
     &all[i][k.clamp(1, MAX_GROUP) - 1]
+}
+
+/// Whether `e` says the database cannot be reached (rather than that it refused one statement):
+/// no connection from the pool, a connection refused, lost or closed, or a server shutting down
+/// or not accepting connections yet (SQLSTATE class 08, 57P01-57P03).
+fn database_away(e: &PgError) -> bool {
+    match e {
+        PgError::Pool { .. } => true,
+        PgError::Db { source, .. } => {
+            source.is_closed()
+                || source.code().is_none_or(|c| {
+                    let c = c.code();
+                    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+                })
+        }
+        PgError::BadUrl { .. } | PgError::BadRootCert { .. } => true,
+    }
+}
+
+/// An error saying what `e` says, for one more waiting claim (a [`PgError`] cannot be cloned:
+/// a failed statement's cause is kept as its message).
+fn same_error(e: &PgError) -> PgError {
+    match e {
+        PgError::BadUrl { url, message } => PgError::BadUrl {
+            url: url.clone(),
+            message: message.clone(),
+        },
+        PgError::BadRootCert { path, message } => PgError::BadRootCert {
+            path: path.clone(),
+            message: message.clone(),
+        },
+        PgError::Pool { url, message } => PgError::Pool {
+            url: url.clone(),
+            message: message.clone(),
+        },
+        PgError::Db { url, source } => PgError::Pool {
+            url: url.clone(),
+            message: error_chain(source),
+        },
+    }
+}
+
+/// `e` and its causes, as one line (a failed statement's own text says only `db error`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = c.source();
+    }
+    message
 }
 
 #[cfg(test)]
@@ -1329,5 +1396,86 @@ mod tests {
             );
             assert!(q.finish(c, "{}").await.unwrap());
         }
+    }
+
+    /// A server that takes connections and closes them at once (a database away, answering
+    /// nothing): its address, and the number of connections it took.
+    async fn closing_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = taken.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        (addr, taken)
+    }
+
+    #[tokio::test]
+    async fn claims_waiting_on_a_group_all_fail_at_once_when_the_database_is_away() {
+        let (addr, taken) = closing_server().await;
+        let url = DbUrl::parse(&format!(
+            "postgres://w:p@{addr}/wiggum?sslmode=disable&connect_timeout=5"
+        ))
+        .unwrap();
+        let q = Queue::new(crate::pg::pool(&url, 40).unwrap(), &url);
+        // 32 claims made at once (none runs before all are queued: one thread) form one
+        // group, or two; each connection attempt stands for one wait of a connect timeout.
+        let claims = (0..32).map(|c| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                q.claim("repo", &format!("w{c}"), Duration::from_secs(60))
+                    .await
+            })
+        });
+        let claims: Vec<_> = claims.collect();
+        for claim in claims {
+            let e = claim.await.unwrap().expect_err("the database is away");
+            assert!(
+                e.to_string().contains(&addr.to_string()),
+                "the error names the database: {e}"
+            );
+        }
+        let tries = taken.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            tries <= super::super::group::IN_FLIGHT,
+            "one connection attempt a group, not one a claim: {tries} for 32 claims"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claim_the_server_refuses_does_not_fail_the_others_of_its_group() {
+        let Some(q) = queue("queue refused claim").await else {
+            return;
+        };
+        for n in 0..4 {
+            assert!(q.publish("repo", &job(n)).await.unwrap());
+        }
+        // A holder with a NUL byte: the server refuses the group's statement (not the
+        // database away), so each claim is tried again on its own.
+        let claims: Vec<_> = ["w0", "bad\0holder", "w2", "w3"]
+            .into_iter()
+            .map(|holder| {
+                let q = q.clone();
+                tokio::spawn(async move { q.claim("repo", holder, Duration::from_secs(60)).await })
+            })
+            .collect();
+        let mut got = 0;
+        let mut refused = 0;
+        for claim in claims {
+            match claim.await.unwrap() {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => panic!("four jobs for four claims"),
+                Err(e) => {
+                    refused += 1;
+                    let e = error_chain(&e);
+                    assert!(e.contains("0x00"), "the server's reason: {e}");
+                }
+            }
+        }
+        assert_eq!((got, refused), (3, 1));
     }
 }
