@@ -563,10 +563,7 @@ async fn drive_pool<'s, 'e>(
         // atomic in the ledger, and re-claiming by another name is refused.
         let owned: Vec<bool> = picked
             .iter()
-            .map(|(idx, ..)| {
-                let t = &state.subtasks[*idx];
-                t.status == SubtaskStatus::Running && t.polecat.is_some()
-            })
+            .map(|(idx, ..)| owned_by_us(&state.subtasks[*idx]))
             .collect();
         let asked: Vec<(&str, &str)> = picked
             .iter()
@@ -575,30 +572,43 @@ async fn drive_pool<'s, 'e>(
             .map(|(p, _)| p)
             .map(|(idx, lease, ..)| (state.subtasks[*idx].bead.as_str(), lease.name()))
             .collect();
-        let mut won = if asked.is_empty() {
-            Vec::new()
+        let won = if asked.is_empty() {
+            Ok(Vec::new())
         } else {
-            beads::claim_all(run.recorder, &asked).unwrap_or_else(|_| vec![false; asked.len()])
+            beads::claim_all(run.recorder, &asked)
+        };
+        let (starts, failed) = settle_claims(&owned, won);
+        if let Some(e) = failed {
+            stopped.get_or_insert((
+                Outcome::Error,
+                format!("error: cannot claim the subtasks to start: ledger: {e}"),
+            ));
         }
-        .into_iter();
         let mut ready = Vec::new();
-        for ((idx, lease, home, home_fresh), owned) in picked.into_iter().zip(owned) {
+        for ((idx, lease, home, home_fresh), start) in picked.into_iter().zip(starts) {
             let sub = state.subtasks[idx].clone();
-            let claimed = if owned {
-                let _ = run.recorder.set_in_progress(&sub.bead);
-                true
-            } else {
-                won.next().unwrap_or(false)
-            };
-            if !claimed {
-                stopped.get_or_insert((
-                    Outcome::Error,
-                    format!(
-                        "error: subtask `{}` ({}) is claimed by someone else: another process \
-                         runs this split",
-                        sub.id, sub.bead
-                    ),
-                ));
+            if start != Start::Yes {
+                if start == Start::Refused {
+                    stopped.get_or_insert((
+                        Outcome::Error,
+                        format!(
+                            "error: subtask `{}` ({}) is claimed by someone else: another \
+                             process runs this split",
+                            sub.id, sub.bead
+                        ),
+                    ));
+                }
+                if start == Start::GiveBack {
+                    // Won in the same write as a refused one: not started, so not kept.
+                    let _ = run.recorder.ledger().update(
+                        &sub.bead,
+                        crate::ledger::BeadUpdate {
+                            status: Some(Status::Open),
+                            assignee: Some(None),
+                            ..Default::default()
+                        },
+                    );
+                }
                 active.remove(&sub.id);
                 idle.push(Idle {
                     lease,
@@ -606,6 +616,9 @@ async fn drive_pool<'s, 'e>(
                     fresh: home_fresh,
                 });
                 continue;
+            }
+            if owned_by_us(&sub) {
+                let _ = run.recorder.set_in_progress(&sub.bead);
             }
             let _ = run.recorder.ledger().update(
                 &sub.bead,
@@ -1205,4 +1218,81 @@ fn stop(mut r: StepReport, outcome: Outcome, reason: String) -> StepReport {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
+}
+
+/// A subtask left in flight by this split's polecat (a killed process): its claim holds.
+fn owned_by_us(t: &SubtaskState) -> bool {
+    t.status == SubtaskStatus::Running && t.polecat.is_some()
+}
+
+/// What becomes of one subtask of a batch of claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Claimed (or already ours): it starts.
+    Yes,
+    /// Refused by the ledger: someone else has it; the pool stops.
+    Refused,
+    /// Won, but after a refused one of the same batch: the pool stops, so it is given back.
+    GiveBack,
+    /// Not started and left as it is (after a stop, or the ledger failed).
+    No,
+}
+
+/// Settles a batch of claims: `owned[i]` says whether subtask `i` is already ours (not
+/// asked), `won` answers the others in order. The subtasks start in order until the first
+/// refused one; none after it starts (those won are given back). A ledger error starts none
+/// and is returned.
+fn settle_claims<E>(owned: &[bool], won: Result<Vec<bool>, E>) -> (Vec<Start>, Option<E>) {
+    let won = match won {
+        Ok(w) => w,
+        Err(e) => return (vec![Start::No; owned.len()], Some(e)),
+    };
+    let mut won = won.into_iter();
+    let mut refused = false;
+    let starts = owned
+        .iter()
+        .map(|&owned| {
+            let claimed = owned || won.next().unwrap_or(false);
+            match (refused, claimed) {
+                (false, true) => Start::Yes,
+                (false, false) => {
+                    refused = true;
+                    Start::Refused
+                }
+                (true, true) if !owned => Start::GiveBack,
+                (true, _) => Start::No,
+            }
+        })
+        .collect();
+    (starts, None)
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use super::{settle_claims, Start};
+
+    #[test]
+    fn no_subtask_of_a_batch_starts_after_a_refused_claim() {
+        let (starts, err) =
+            settle_claims::<()>(&[false, false, true, false], Ok(vec![true, false, true]));
+        assert!(err.is_none());
+        assert_eq!(
+            starts,
+            [Start::Yes, Start::Refused, Start::No, Start::GiveBack],
+            "after the refusal neither the owned one nor the won one starts; the won one is given back"
+        );
+    }
+
+    #[test]
+    fn a_batch_all_claimed_starts_whole() {
+        let (starts, _) = settle_claims::<()>(&[true, false], Ok(vec![true]));
+        assert_eq!(starts, [Start::Yes, Start::Yes]);
+    }
+
+    #[test]
+    fn a_ledger_error_starts_nothing_and_is_returned_not_called_a_refusal() {
+        let (starts, err) = settle_claims(&[false, false], Err("database is locked"));
+        assert_eq!(err, Some("database is locked"));
+        assert_eq!(starts, [Start::No, Start::No]);
+    }
 }
