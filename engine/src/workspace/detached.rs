@@ -50,6 +50,11 @@ impl Workspace {
         create_parent(&root)?;
         {
             let _held = lock();
+            // Again under the lock: another creator of the same name may have made it since,
+            // and then nothing at `path` is ours to remove.
+            if path.exists() {
+                return Err(WorkspaceError::WorktreeExists { path });
+            }
             prune_stale_worktree(&main, &name)?;
             add_detached(&main, &root, &name, &path, &sha)?;
         }
@@ -86,6 +91,8 @@ impl Workspace {
 /// Registers the worktree `name` at `path`, HEAD detached at `sha`, no file written. With
 /// git's `worktree add --no-checkout` when git is installed; without git, libgit2 (which makes
 /// a branch named after the worktree and checks it out: the branch is let go of at once).
+/// Called under the lock with nothing at `path`; on failure it removes what it made (the
+/// directory, the registration, libgit2's branch) and nothing else.
 fn add_detached(
     main: &Repository,
     root: &Path,
@@ -111,11 +118,21 @@ fn add_detached(
             )))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            main.worktree(name, path, None)?;
-            let repo = Repository::open(path)?;
-            repo.set_head_detached(git2::Oid::from_str(sha)?)?;
-            if let Ok(mut b) = main.find_branch(name, BranchType::Local) {
-                let _ = b.delete();
+            let oid = git2::Oid::from_str(sha)?;
+            let made = main.worktree(name, path, None).and_then(|_| {
+                // libgit2's branch goes once the worktree is made (its HEAD is detached
+                // below, or the worktree is removed); a branch of that name from before is
+                // why `worktree` failed, and is not ours.
+                let detached = Repository::open(path).and_then(|repo| repo.set_head_detached(oid));
+                if let Ok(mut b) = main.find_branch(name, BranchType::Local) {
+                    let _ = b.delete();
+                }
+                detached
+            });
+            if let Err(e) = made {
+                let _ = std::fs::remove_dir_all(path);
+                prune_stale_worktree(main, name)?;
+                return Err(e.into());
             }
             Ok(())
         }
@@ -297,6 +314,24 @@ mod tests {
             ws.remove().unwrap();
         }
         assert!(worktree_names(&t).is_empty());
+    }
+
+    #[test]
+    fn a_worktree_made_by_another_creator_before_the_lock_is_refused_and_kept() {
+        let t = TestRepo::new();
+        let base = t.head();
+        let theirs = t.path(".wiggum/worktrees/p");
+        // Another creator of the same name gets there between the first check and the lock.
+        let err = Workspace::create_detached(&t.root, "p", &base, || {
+            std::fs::create_dir_all(&theirs).unwrap();
+            std::fs::write(theirs.join("theirs.txt"), "theirs\n").unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, WorkspaceError::WorktreeExists { .. }),
+            "{err}"
+        );
+        assert!(theirs.join("theirs.txt").is_file(), "not removed: not ours");
     }
 
     #[test]
