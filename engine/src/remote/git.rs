@@ -434,6 +434,12 @@ impl Remote {
     }
 }
 
-pub(super) fn short(sha: &str) -> &str {
+/// The first 12 characters of a sha, as messages show it.
+pub(crate) fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
+}
+
+/// Whether `commit` is in the history of `tip` (`tip` is it or descends from it).
+pub(crate) fn has_commit(repo: &Repository, tip: Oid, commit: Oid) -> bool {
+    tip == commit || repo.graph_descendant_of(tip, commit).unwrap_or(false)
 }

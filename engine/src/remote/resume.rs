@@ -73,7 +73,7 @@ pub async fn resume_branch(
 }
 
 /// Puts the clone's `branch` at `sha` (and its worktree, when it has one, files included).
-fn move_branch(
+pub(crate) fn move_branch(
     repo_root: &Path,
     worktree: &str,
     branch: &str,

@@ -51,7 +51,7 @@ fn landed(remote: &Remote, step_branch: &str, tip: &str) -> bool {
     ) else {
         return false;
     };
-    step == t || repo.graph_descendant_of(step, t).unwrap_or(false)
+    crate::remote::has_commit(&repo, step, t)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::pg::DbUrl;
 use crate::polecat::pool::{Done, Idle, Job};
 use crate::ralph::runner::StepReport;
 use crate::ralph::Outcome;
+use crate::remote::{has_commit, short};
 use crate::split::state::Retry;
 
 /// What the driver needs to publish a step's subtasks for workers.
@@ -529,7 +530,8 @@ async fn bring_branch(job: &Job<'_>, d: &Distributed) -> Result<Brought, String>
         .pop()
         .flatten();
     if let Some(tip) = &pushed {
-        set_branch(root, branch, tip).map_err(|e| format!("setting {branch} at {tip}: {e}"))?;
+        set_branch(root, &job.worktree, branch, tip)
+            .map_err(|e| format!("setting {branch} at {tip}: {e}"))?;
     }
     let used = git2::Repository::open(root)
         .ok()
@@ -551,23 +553,18 @@ fn fetched(got: Result<Brought, String>, warned: &mut bool) -> Option<Brought> {
     }
 }
 
-/// Puts this clone's `branch` at `sha` (fetched): made, or moved when it does not contain it
-/// already (a local tip the remote lacks is kept under `refs/wiggum/kept/`).
-fn set_branch(root: &Path, branch: &str, sha: &str) -> Result<(), String> {
+/// Puts this clone's `branch` at `sha` (fetched) unless it holds it already (a local tip ahead
+/// is kept): made, or moved as a resume moves it (its worktree too, when it has one; a local
+/// tip the remote lacks is kept under `refs/wiggum/kept/`).
+fn set_branch(root: &Path, worktree: &str, branch: &str, sha: &str) -> Result<(), String> {
     let repo = git2::Repository::open(root).map_err(|e| e.to_string())?;
     let oid = git2::Oid::from_str(sha).map_err(|e| e.to_string())?;
-    let commit = repo.find_commit(oid).map_err(|e| e.to_string())?;
-    let refname = format!("refs/heads/{branch}");
-    if let Ok(ours) = repo.refname_to_id(&refname) {
-        if ours == oid || repo.graph_descendant_of(ours, oid).unwrap_or(false) {
+    if let Ok(ours) = repo.refname_to_id(&format!("refs/heads/{branch}")) {
+        if has_commit(&repo, ours, oid) {
             return Ok(());
         }
-        if !repo.graph_descendant_of(oid, ours).unwrap_or(false) {
-            let kept = format!("refs/wiggum/kept/{branch}-{}", short(&ours.to_string()));
-            let _ = repo.reference(&kept, ours, true, "wiggum: kept before a take-back");
-        }
     }
-    repo.branch(branch, &commit, true)
+    crate::remote::move_branch(root, worktree, branch, sha)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -580,11 +577,7 @@ fn descends(root: &Path, tip: &str, base: &str) -> bool {
     let (Ok(t), Ok(b)) = (git2::Oid::from_str(tip), git2::Oid::from_str(base)) else {
         return false;
     };
-    t == b || repo.graph_descendant_of(t, b).unwrap_or(false)
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+    has_commit(&repo, t, b)
 }
 
 fn report_of(
@@ -641,7 +634,7 @@ mod tests {
         let ahead = head(root);
         git(root, &["checkout", "-q", "main"]);
         // The local tip is ahead of the pushed one: kept, and named as the tip used.
-        set_branch(root, "wiggum/r-s.split/a", &pushed).unwrap();
+        set_branch(root, "r-s.split-a", "wiggum/r-s.split/a", &pushed).unwrap();
         let repo = git2::Repository::open(root).unwrap();
         let used = repo
             .refname_to_id("refs/heads/wiggum/r-s.split/a")
@@ -669,5 +662,18 @@ mod tests {
             same.from(),
             format!("from its last pushed checkpoint {}", short(&pushed))
         );
+        // A fetched tip that diverged from this clone's: the branch takes it, the local one is
+        // kept under refs/wiggum/kept/.
+        git(root, &["checkout", "-q", "-b", "other", &pushed]);
+        std::fs::write(root.join("c.txt"), "c\n").unwrap();
+        git(root, &["add", "-A"]);
+        git(root, &["commit", "-q", "-m", "c"]);
+        let diverged = head(root);
+        set_branch(root, "r-s.split-a", "wiggum/r-s.split/a", &diverged).unwrap();
+        let repo = git2::Repository::open(root).unwrap();
+        let now = repo.refname_to_id("refs/heads/wiggum/r-s.split/a").unwrap();
+        assert_eq!(now.to_string(), diverged);
+        let kept = format!("refs/wiggum/kept/wiggum/r-s.split/a-{}", short(&ahead));
+        assert_eq!(repo.refname_to_id(&kept).unwrap().to_string(), ahead);
     }
 }
