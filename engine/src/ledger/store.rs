@@ -470,21 +470,7 @@ impl Ledger {
     /// one gets `true`; the others get `false`, as does a claim of a bead that is not open or
     /// already has an assignee.
     pub fn claim(&mut self, id: &str, assignee: &str) -> Result<bool, LedgerError> {
-        if assignee.trim().is_empty() {
-            return Err(LedgerError::Invalid("a claim needs an assignee".into()));
-        }
-        self.write(|s, env| {
-            let assignee = clean_text(&env.redactor, assignee);
-            if !s.claim_row(id, &assignee)? {
-                return if s.exists(id)? {
-                    Ok(false)
-                } else {
-                    Err(LedgerError::NotFound(id.to_string()))
-                };
-            }
-            claimed(s, env, id, assignee)?;
-            Ok(true)
-        })
+        Ok(self.claim_all(&[(id, assignee)])?[0])
     }
 
     /// [`Ledger::claim`] of several beads (`(id, assignee)`) in one transaction, and so one

@@ -96,15 +96,7 @@ fn describe(sub: &PlannedSubtask) -> String {
 /// Claims a subtask for a polecat: atomic in the ledger (one winner), so two pools can never
 /// both run it. A subtask sent back is re-opened first.
 pub fn claim(recorder: &Recorder, bead: &str, polecat: &str) -> Result<bool, LedgerError> {
-    let mut ledger = recorder.ledger();
-    if let Some(b) = ledger.get(bead)? {
-        if b.assignee.as_deref() == Some(polecat) && b.status == Status::InProgress {
-            return Ok(true);
-        }
-    }
-    let won = ledger.claim(bead, polecat)?;
-    let _ = ledger.export();
-    Ok(won)
+    Ok(claim_all(recorder, &[(bead, polecat)])?[0])
 }
 
 /// [`claim`] of several subtasks (`(bead, polecat)`) at once, the polecats of a pool starting

@@ -6,7 +6,7 @@
 //!
 //! The plan may have fewer subtasks than polecats: the spare worktrees are removed with the
 //! others when the split ends. If the plan fails (or the run is stopped while planning),
-//! [`discard`] removes them at once.
+//! drive.rs removes them at once with `remove_polecat_worktrees`.
 
 use std::path::Path;
 

@@ -15,6 +15,7 @@ use super::worktree::{
     create_parent, open_main, prune_stale_worktree, sanitize_name, workdir_of, write_base, Inner,
 };
 use super::{ensure_excluded, Workspace, WorkspaceError, WORKTREES_DIR};
+use crate::remote::short;
 
 impl Workspace {
     /// Creates `<repo_root>/.wiggum/worktrees/<name>` as a git worktree with a detached HEAD at
@@ -168,10 +169,6 @@ fn populate(path: &Path) -> Result<(), WorkspaceError> {
             source,
         }),
     }
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 #[cfg(test)]
