@@ -116,12 +116,11 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
     }
     config.max_iterations = job.step.config.max_iterations.div_ceil(2).max(2);
     // The step's budgets and the run's travel with the job (what was spent so far included),
-    // shared as a local polecat shares them: not each subtask's own.
+    // shared as a local polecat shares them: not each subtask's own. (`job.spend` is the
+    // split's counter, made with the step's budgets: when it has none, neither has the step.)
     let budget = job.spend.snapshot();
-    if budget.is_some() {
-        config.max_tokens = None;
-        config.max_cost_usd = None;
-    }
+    config.max_tokens = None;
+    config.max_cost_usd = None;
     let spec = JobSpec {
         run_id: job.step.run_id.clone(),
         step_id: job.step.step_id.clone(),
