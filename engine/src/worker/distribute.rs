@@ -453,8 +453,8 @@ async fn take_back(
     });
     let (mut done, idle) = crate::polecat::pool::run_subtask(job).await;
     if let WhyHere::HandedBack(r) = &why {
-        // The subtask's spend and iterations include its worker's (its spend counted in the
-        // budgets when its result came back).
+        // The subtask's tokens and cost include its worker's (counted in the budgets when its
+        // result came back); its worker's iterations stay on its bead, not in this report.
         done.report.usage.output_tokens += r.tokens;
         done.report.cost_usd += r.cost_usd;
     }
