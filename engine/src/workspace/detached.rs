@@ -12,7 +12,8 @@ use git2::{BranchType, Repository};
 
 use super::git_cli::git_in;
 use super::worktree::{
-    create_parent, open_main, prune_stale_worktree, sanitize_name, workdir_of, write_base, Inner,
+    base_commit_of, create_parent, open_main, prune_stale_worktree, sanitize_name, workdir_of,
+    write_base, Inner,
 };
 use super::{ensure_excluded, Workspace, WorkspaceError, WORKTREES_DIR};
 use crate::remote::short;
@@ -34,14 +35,7 @@ impl Workspace {
         let main = open_main(repo_root)?;
         let root = workdir_of(&main, repo_root)?;
         let name = sanitize_name(name)?;
-        let commit = main
-            .revparse_single(base)
-            .and_then(|o| o.peel_to_commit())
-            .map_err(|source| WorkspaceError::BaseNotFound {
-                base: base.to_string(),
-                path: root.clone(),
-                source,
-            })?;
+        let commit = base_commit_of(&main, &root, Some(base))?;
         let sha = commit.id().to_string();
         let path = root.join(WORKTREES_DIR).join(&name);
         if path.exists() {

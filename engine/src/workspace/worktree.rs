@@ -109,26 +109,7 @@ impl Workspace {
         let name = sanitize_name(name)?;
         check_branch_name(branch)?;
 
-        let base_commit = match base {
-            None => match main.head() {
-                Ok(head) => head.peel_to_commit()?,
-                Err(e) if e.code() == git2::ErrorCode::UnbornBranch => {
-                    return Err(WorkspaceError::UnbornHead { path: root });
-                }
-                Err(e) if e.code() == git2::ErrorCode::NotFound => {
-                    return Err(WorkspaceError::UnbornHead { path: root });
-                }
-                Err(e) => return Err(e.into()),
-            },
-            Some(rev) => main
-                .revparse_single(rev)
-                .and_then(|obj| obj.peel_to_commit())
-                .map_err(|source| WorkspaceError::BaseNotFound {
-                    base: rev.to_string(),
-                    path: root.clone(),
-                    source,
-                })?,
-        };
+        let base_commit = base_commit_of(&main, &root, base)?;
         if main.find_branch(branch, BranchType::Local).is_ok() {
             return Err(WorkspaceError::BranchExists {
                 branch: branch.to_string(),
@@ -494,6 +475,40 @@ fn add_worktree(
             source,
         }),
     }
+}
+
+/// The commit a new worktree starts from: `base` (any revision), or the main HEAD when
+/// `None`; a clear error when there is none (shared by `create` and `create_detached`).
+pub(super) fn base_commit_of<'r>(
+    main: &'r Repository,
+    root: &Path,
+    base: Option<&str>,
+) -> Result<git2::Commit<'r>, WorkspaceError> {
+    let commit = match base {
+        None => match main.head() {
+            Ok(head) => head.peel_to_commit()?,
+            Err(e) if e.code() == git2::ErrorCode::UnbornBranch => {
+                return Err(WorkspaceError::UnbornHead {
+                    path: root.to_path_buf(),
+                });
+            }
+            Err(e) if e.code() == git2::ErrorCode::NotFound => {
+                return Err(WorkspaceError::UnbornHead {
+                    path: root.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        },
+        Some(rev) => main
+            .revparse_single(rev)
+            .and_then(|obj| obj.peel_to_commit())
+            .map_err(|source| WorkspaceError::BaseNotFound {
+                base: rev.to_string(),
+                path: root.to_path_buf(),
+                source,
+            })?,
+    };
+    Ok(commit)
 }
 
 /// Removes git's metadata for a worktree `name` whose directory is gone, so the name can be
