@@ -365,12 +365,27 @@ pub const TAKE_BACK_GRACE: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub struct Nobody {
     since: Option<std::time::Instant>,
+    /// The last look at the registry and what it found: reused for [`LIVENESS_FRESH`], so
+    /// waiters woken by every finished job do not each list the workers each time.
+    seen: Option<(std::time::Instant, bool)>,
 }
 
+/// How long a look at the registry stands for the next ones.
+const LIVENESS_FRESH: Duration = Duration::from_secs(1);
+
 impl Nobody {
-    /// Whether no worker of `repo` has been alive for the whole grace, as of now.
+    /// Whether no worker of `repo` has been alive for the whole grace, as of now (as of the
+    /// last second).
     pub async fn for_long(&mut self, registry: Option<&super::Registry>, repo: &str) -> bool {
-        if any_worker_alive(registry, repo).await {
+        let alive = match self.seen {
+            Some((at, alive)) if at.elapsed() < LIVENESS_FRESH => alive,
+            _ => {
+                let alive = any_worker_alive(registry, repo).await;
+                self.seen = Some((std::time::Instant::now(), alive));
+                alive
+            }
+        };
+        if alive {
             self.since = None;
             return false;
         }
