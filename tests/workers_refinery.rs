@@ -438,7 +438,11 @@ async fn the_refinery_lease_survives_its_holders_death_and_resume_lands_the_rest
     assert!(
         seen.iter()
             .any(|(holder, attempt)| *attempt == 2 && *holder != dead_holder),
-        "the refinery lease was not taken over: {seen:?}"
+        "the refinery lease was not taken over: {seen:?}\nresume:\n{}\n{}\nfirst run:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(&m0_log).unwrap_or_default(),
+        cluster.logs()
     );
     // Every subtask landed exactly once: one value of the hub's step branch per subtask after
     // the share, each tested, and the tip holds all four.
