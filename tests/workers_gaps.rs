@@ -83,6 +83,25 @@ fn output_within(cmd: &mut Command, secs: u64) -> tokio::task::JoinHandle<std::p
     })
 }
 
+/// `wiggum run patrol.toml --json` in machine m0's new clone (its HOME, the database, short
+/// polls), killed after 180 s: the clone and the run's output.
+async fn run_patrol_on_m0(cluster: &Cluster) -> (std::path::PathBuf, std::process::Output) {
+    let (driver, home) = cluster.clone_for("m0");
+    let out = output_within(
+        common::wiggum_command()
+            .args(["run", "patrol.toml", "--json", "--repo"])
+            .arg(&driver)
+            .current_dir(&driver)
+            .env("HOME", &home)
+            .env("WIGGUM_DATABASE_URL", &cluster.url)
+            .env("WIGGUM_WORKER_POLL", "300ms"),
+        180,
+    )
+    .await
+    .unwrap();
+    (driver, out)
+}
+
 /// The subtask bead whose title names `id`.
 fn subtask_bead<'a>(all: &'a [Value], id: &str) -> &'a Value {
     common::split::subtask_beads(all)
@@ -329,19 +348,7 @@ async fn what_workers_spend_counts_against_the_runs_cost_budget_and_stops_the_sp
     };
     start_worker(&mut cluster, "m1", "15s");
     cluster.wait_workers(&db, 1).await;
-    let (driver, home) = cluster.clone_for("m0");
-    let out = output_within(
-        common::wiggum_command()
-            .args(["run", "patrol.toml", "--json", "--repo"])
-            .arg(&driver)
-            .current_dir(&driver)
-            .env("HOME", &home)
-            .env("WIGGUM_DATABASE_URL", &cluster.url)
-            .env("WIGGUM_WORKER_POLL", "300ms"),
-        180,
-    )
-    .await
-    .unwrap();
+    let (driver, out) = run_patrol_on_m0(&cluster).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: Value = serde_json::from_str(&stdout)
@@ -472,19 +479,7 @@ async fn a_subtask_that_asks_to_split_on_a_worker_is_handed_back_and_split_on_th
     start_worker(&mut cluster, "m1", "15s");
     start_worker(&mut cluster, "m2", "15s");
     cluster.wait_workers(&db, 2).await;
-    let (driver, home) = cluster.clone_for("m0");
-    let out = output_within(
-        common::wiggum_command()
-            .args(["run", "patrol.toml", "--json", "--repo"])
-            .arg(&driver)
-            .current_dir(&driver)
-            .env("HOME", &home)
-            .env("WIGGUM_DATABASE_URL", &cluster.url)
-            .env("WIGGUM_WORKER_POLL", "300ms"),
-        180,
-    )
-    .await
-    .unwrap();
+    let (driver, out) = run_patrol_on_m0(&cluster).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
