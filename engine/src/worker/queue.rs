@@ -27,6 +27,12 @@ pub const CHANNEL_READY: &str = "wiggum_jobs_ready";
 /// NOTIFY channel: a job finished (payload: the step bead).
 pub const CHANNEL_DONE: &str = "wiggum_jobs_done";
 
+// The `kind` column is added only when missing: `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`
+// takes an ACCESS EXCLUSIVE lock even when the column is there, and after this transaction's
+// `CREATE INDEX IF NOT EXISTS` (SHARE) that upgrade deadlocked with a worker's claim statement
+// (ROW SHARE for its `FOR UPDATE`, then ROW EXCLUSIVE for its update): PostgreSQL then aborted
+// the install of a `wiggum resume` started beside live workers, which fell back to local
+// polecats (tests/workers_refinery.rs saw it about one run in ten).
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS wiggum_jobs(
     repo TEXT NOT NULL,
@@ -46,7 +52,13 @@ CREATE TABLE IF NOT EXISTS wiggum_jobs(
 );
 CREATE INDEX IF NOT EXISTS wiggum_jobs_state ON wiggum_jobs(repo, state, created_at, bead);
 CREATE INDEX IF NOT EXISTS wiggum_jobs_step ON wiggum_jobs(repo, step_bead);
-ALTER TABLE wiggum_jobs ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'subtask';
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'wiggum_jobs'::regclass AND attname = 'kind'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE wiggum_jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'subtask';
+    END IF;
+END $$;
 ";
 
 /// A job as published: what a worker runs.
