@@ -109,7 +109,8 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
         ("WIGGUM_RUN".to_string(), job.step.run_id.clone()),
         ("WIGGUM_STEP".to_string(), sub_step_id.clone()),
     ];
-    if fresh {
+    // Also a worktree taken over from a killed process whose setup never passed.
+    if fresh || super::setup::pending(&ws, run.settings.setup.as_deref()) {
         if let Some(setup) = &run.settings.setup {
             let results = run_checks(
                 std::slice::from_ref(setup),
@@ -136,6 +137,7 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
                 };
                 return (done, idle(job, None));
             }
+            super::setup::mark_done(&ws, setup);
         }
     }
     job.lease.working(Status {

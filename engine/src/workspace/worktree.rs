@@ -211,6 +211,12 @@ impl Workspace {
         &self.repo_root
     }
 
+    /// The worktree's own git directory (`<repo>/.git/worktrees/<name>/` for a linked
+    /// worktree): a file kept there survives a `kill -9` and goes with the worktree.
+    pub fn git_dir(&self) -> PathBuf {
+        self.lock().repo.path().to_path_buf()
+    }
+
     /// Makes `name <email>` the author of this worktree's checkpoints (a polecat's identity)
     /// instead of the repository's configured user.
     pub fn set_author(&self, name: &str, email: &str) {
