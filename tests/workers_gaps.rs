@@ -537,3 +537,125 @@ async fn a_subtask_that_asks_to_split_on_a_worker_is_handed_back_and_split_on_th
     let refs = hub_refs(&cluster);
     assert!(!refs.contains(".split/"), "{refs}");
 }
+
+/// Two independent parts, then the task's verification.
+const TWO_PARTS_SCRIPT: &str = r#"
+[[plan]]
+step = "task"
+reply = '''{"subtasks": [
+ {"id": "p1", "prompt": "write p1.txt", "checks": ["test -f p1.txt"]},
+ {"id": "p2", "prompt": "write p2.txt", "checks": ["test -f p2.txt"]}
+]}'''
+
+[[work]]
+step = "task/p1"
+reply = "p1 written"
+[[work.edits]]
+path = "p1.txt"
+write = "p1\n"
+
+[[work]]
+step = "task/p2"
+reply = "p2 written"
+[[work.edits]]
+path = "p2.txt"
+write = "p2\n"
+
+[[work]]
+step = "task"
+reply = "both are there"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_queue_that_cannot_be_installed_is_said_and_the_subtasks_run_on_local_polecats() {
+    let Some(db) = TestDb::create("workers gaps queue fails").await else {
+        return;
+    };
+    let Some(cluster) = Cluster::start(
+        &db,
+        "wiggum-workers-gaps-",
+        &[("script.toml", TWO_PARTS_SCRIPT)],
+    ) else {
+        return;
+    };
+    // A `wiggum_jobs` left by something else, without the queue's columns: installing the
+    // queue fails on every try (its index names a column this table lacks).
+    let client = wiggum_engine::pg::connect(&db.url).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE wiggum_jobs(repo TEXT, bead TEXT)")
+        .await
+        .unwrap();
+    let (driver, home) = cluster.clone_for("m0");
+    let out = output_within(
+        common::wiggum_command()
+            .args([
+                "task",
+                "write p1.txt and p2.txt",
+                "--script",
+                "script.toml",
+                "--split",
+                "always",
+                "--json",
+                "--repo",
+            ])
+            .arg(&driver)
+            .current_dir(&driver)
+            .env("HOME", &home)
+            .env("WIGGUM_DATABASE_URL", &cluster.url)
+            .env("WIGGUM_WORKER_POLL", "300ms"),
+        180,
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    for f in ["p1.txt", "p2.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed\n{stderr}");
+    }
+    // The terminal says what failed, after the retries, and where the subtasks run.
+    let said = stderr
+        .lines()
+        .find(|l| l.contains("the workers' shared queue could not be used"))
+        .unwrap_or_else(|| panic!("nothing said about the shared queue:\n{stderr}"));
+    assert!(said.starts_with("task: "), "{said}");
+    assert!(said.contains("(4 tries)"), "{said}");
+    assert!(
+        said.contains("column \"state\" does not exist"),
+        "the database's own error: {said}"
+    );
+    assert!(
+        said.contains("its subtasks run on this machine's polecats"),
+        "{said}"
+    );
+    // The subtasks ran here: local polecats, no job in the queue.
+    assert!(
+        !stderr.contains("worker ("),
+        "a subtask went to a worker:\n{stderr}"
+    );
+    // The step's bead keeps it.
+    let all = common::beads_in_database(&driver, &cluster.url);
+    let step_bead = report["step_id"].as_str().unwrap();
+    assert!(all.iter().any(|b| b["id"] == step_bead), "{all:#?}");
+    let shown = common::wiggum_in(
+        &driver,
+        &[
+            "show",
+            step_bead,
+            "--json",
+            "--repo",
+            driver.to_str().unwrap(),
+        ],
+        &[("WIGGUM_DATABASE_URL", &cluster.url)],
+    );
+    assert!(
+        shown
+            .stdout
+            .contains("the workers' shared queue could not be used (4 tries)"),
+        "{}\n{}",
+        shown.stdout,
+        shown.stderr
+    );
+}

@@ -199,6 +199,17 @@ pub enum Event {
         /// What happens, in words.
         reason: String,
     },
+    /// The workers' shared queue could not be used for a step (its database refused or
+    /// failed, after retries; engine/src/worker/fallback.rs): the step, and its subtasks if it
+    /// splits, run on this machine.
+    SharedQueueFailed {
+        step_id: String,
+        bead_id: String,
+        /// What failed.
+        error: String,
+        /// What happens, in words.
+        reason: String,
+    },
 }
 
 /// A consumer of events.

@@ -45,13 +45,14 @@ fn agent_config(patrol: &Patrol, name: &str) -> Result<AgentConfig, String> {
 
 /// The distributed mode for an agent step of `patrol` working with agent `agent` (and the
 /// reviewer `review` names): `Some` when the repository's ledger is on PostgreSQL, it has a
-/// shared remote and a live worker. A database that cannot be reached is logged, and the
-/// step runs here.
+/// shared remote and a live worker. A database that still fails after a few tries is said
+/// (an event, a comment on the step's bead: `worker::fallback`), and the step runs here.
 pub(super) async fn for_step(
     patrol: &Patrol,
     repo_root: &Path,
     agent: &str,
     review: &ReviewMode,
+    step: crate::worker::fallback::StepOf<'_>,
 ) -> Option<Distributed> {
     let convert = || -> Result<(AgentConfig, Option<AgentConfig>), String> {
         let worker = agent_config(patrol, agent)?;
@@ -79,13 +80,7 @@ pub(super) async fn for_step(
     let root = repo_root
         .canonicalize()
         .unwrap_or_else(|_| repo_root.to_path_buf());
-    match Distributed::for_repo(&root, &worker, reviewer.as_ref(), &base_dir).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!("the step runs on this machine: {e}");
-            None
-        }
-    }
+    crate::worker::fallback::for_step(&root, &worker, reviewer.as_ref(), &base_dir, step).await
 }
 
 /// Whether a step may be run whole by a worker: an agent step with no `[steps.split]` (or

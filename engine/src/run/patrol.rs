@@ -893,8 +893,16 @@ async fn run_agent_step(
     let ws = begin_step(ctx, step, st, &description)?;
     // With PostgreSQL, a shared remote and a live worker: a step that does not split runs on a
     // worker; a split step's subtasks do (see `run::distributed`).
+    let here = crate::worker::fallback::StepOf {
+        step_id: &step.id,
+        bead: &st.bead,
+        recorder: &ctx.recorder,
+        sink: ctx.sink.as_ref(),
+        instead: "the step, and its subtasks if it splits, run on this machine",
+    };
     let distributed =
-        super::distributed::for_step(&ctx.patrol, &ctx.repo_root, agent, &config.review).await;
+        super::distributed::for_step(&ctx.patrol, &ctx.repo_root, agent, &config.review, here)
+            .await;
     let ws = match (
         &distributed,
         super::distributed::claimable(&ctx.patrol, step),

@@ -484,20 +484,20 @@ impl TaskRun {
             ReviewChoice::Agent(cfg) => Some(cfg.as_ref()),
             _ => None,
         };
-        let distributed = match crate::worker::distribute::Distributed::for_repo(
+        let distributed = crate::worker::fallback::for_step(
             workspace.repo_root(),
             &self.record.worker,
             reviewer_cfg,
             &self.record.base_dir,
+            crate::worker::fallback::StepOf {
+                step_id: TASK_STEP,
+                bead: &self.step_bead,
+                recorder: &self.recorder,
+                sink,
+                instead: "if it splits, its subtasks run on this machine's polecats",
+            },
         )
-        .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!("subtasks run on local polecats: {e}");
-                None
-            }
-        };
+        .await;
         let split = crate::split::SplitRun {
             settings: crate::split::SplitSettings::resolve(split_config, polecats, None),
             planner,

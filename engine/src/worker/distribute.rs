@@ -43,31 +43,30 @@ pub struct Distributed {
 impl Distributed {
     /// The distributed mode of the repository at `root`: `Some` when its ledger is on
     /// PostgreSQL, it has a shared remote and at least one live worker; `Err` when that is so
-    /// but the database cannot be reached.
+    /// but the database cannot be reached or its queue installed (tried once: see
+    /// [`super::fallback`] for the retried form a run uses).
     pub async fn for_repo(
         root: &Path,
         worker: &AgentConfig,
         reviewer: Option<&AgentConfig>,
         base_dir: &Path,
-    ) -> Result<Option<Distributed>, String> {
-        let Some(url) = super::config::database_url(root)? else {
+    ) -> Result<Option<Distributed>, QueueUnavailable> {
+        let setting = QueueUnavailable::Setting;
+        let Some(url) = super::config::database_url(root).map_err(setting)? else {
             return Ok(None);
         };
         let Some(remote) = super::config::remote(root) else {
             return Ok(None);
         };
-        let repo = super::config::repository_key(root)?;
-        let pool = crate::pg::pool(&url, 4).map_err(|e| e.to_string())?;
+        let repo = super::config::repository_key(root).map_err(setting)?;
+        let pool = crate::pg::pool(&url, 4)?;
         let queue = Queue::new(pool.clone(), &url);
-        queue.install().await.map_err(|e| e.to_string())?;
+        queue.install().await?;
         // With no live worker for the repository the subtasks would wait for nobody: the
         // local polecats run them, as on one machine.
         let registry = super::Registry::new(pool.clone(), &url);
-        registry.install().await.map_err(|e| e.to_string())?;
-        let workers = registry
-            .list(Some(&repo))
-            .await
-            .map_err(|e| e.to_string())?;
+        registry.install().await?;
+        let workers = registry.list(Some(&repo)).await?;
         if !workers.iter().any(|w| w.state == "running") {
             return Ok(None);
         }
@@ -91,6 +90,32 @@ impl Distributed {
             agent_dir,
             poll,
         }))
+    }
+}
+
+/// Why [`Distributed::for_repo`] could not say whether the workers take the step's work.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueUnavailable {
+    /// A setting cannot be read (`[ledger]`, the repository's key): trying again cannot help.
+    #[error("{0}")]
+    Setting(String),
+    /// The database refused a connection or failed a statement (a deadlock during the
+    /// queue's install, a server restarting): worth trying again.
+    #[error(transparent)]
+    Database(#[from] crate::pg::PgError),
+}
+
+impl QueueUnavailable {
+    /// Whether trying again may work: a database error, but not a URL or certificate that
+    /// cannot be read.
+    pub fn is_transient(&self) -> bool {
+        use crate::pg::PgError;
+        match self {
+            QueueUnavailable::Setting(_) => false,
+            QueueUnavailable::Database(e) => {
+                !matches!(e, PgError::BadUrl { .. } | PgError::BadRootCert { .. })
+            }
+        }
     }
 }
 

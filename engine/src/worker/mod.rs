@@ -2,13 +2,15 @@
 //! PostgreSQL database and run them, each with a lease and a fencing token. [`queue`] is the
 //! shared work queue (`wiggum_jobs`), [`registry`] the workers seen (`wiggum_workers`),
 //! [`spec`] what a job carries, [`exec`] runs one claimed subtask, [`process`] is the worker;
-//! [`distribute`] sends a split's subtasks to the workers and [`land`] lands them on the shared
+//! [`distribute`] sends a split's subtasks to the workers ([`fallback`]: found, retried, or said
+//! to be unavailable) and [`land`] lands them on the shared
 //! remote (one refinery per repository).
 
 pub mod cleanup;
 pub mod config;
 pub mod distribute;
 pub mod exec;
+pub mod fallback;
 mod group;
 pub mod land;
 pub mod process;

@@ -708,7 +708,7 @@ fn same_error(e: &PgError) -> PgError {
 }
 
 /// `e` and its causes, as one line (a failed statement's own text says only `db error`).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
