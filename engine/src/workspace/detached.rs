@@ -114,22 +114,34 @@ fn add_detached(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let oid = git2::Oid::from_str(sha)?;
-            let made = main.worktree(name, path, None).and_then(|_| {
-                // libgit2's branch goes once the worktree is made (its HEAD is detached
-                // below, or the worktree is removed); a branch of that name from before is
-                // why `worktree` failed, and is not ours.
-                let detached = Repository::open(path).and_then(|repo| repo.set_head_detached(oid));
+            // libgit2 makes a branch named after the worktree; one of that name from before
+            // is why `worktree` fails, and is not ours.
+            let theirs = main.find_branch(name, BranchType::Local).is_ok();
+            let made = main
+                .worktree(name, path, None)
+                .and_then(|_| Repository::open(path).and_then(|repo| repo.set_head_detached(oid)));
+            let cleaned = match &made {
+                Ok(()) => Ok(()),
+                Err(_) => {
+                    let _ = std::fs::remove_dir_all(path);
+                    prune_stale_worktree(main, name)
+                }
+            };
+            // libgit2's branch goes once the worktree's HEAD is detached from it, or the
+            // worktree is gone (also when libgit2 failed after making it).
+            if !theirs {
                 if let Ok(mut b) = main.find_branch(name, BranchType::Local) {
                     let _ = b.delete();
                 }
-                detached
-            });
-            if let Err(e) = made {
-                let _ = std::fs::remove_dir_all(path);
-                prune_stale_worktree(main, name)?;
-                return Err(e.into());
             }
-            Ok(())
+            cleaned?;
+            made.map_err(|e| {
+                WorkspaceError::Other(format!(
+                    "could not add the worktree {} at {} with libgit2 (git is not installed): {e}",
+                    path.display(),
+                    short(sha)
+                ))
+            })
         }
         Err(source) => Err(WorkspaceError::Io {
             context: "running `git worktree add`".to_string(),
@@ -167,8 +179,152 @@ fn populate(path: &Path) -> Result<(), WorkspaceError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::TestRepo;
+    use super::super::git_cli::no_git;
+    use super::super::testutil::{git, TestRepo};
     use super::*;
+
+    /// What the real git says is registered: `git worktree list`'s paths but the main tree's.
+    fn git_worktree_list(t: &TestRepo) -> Vec<String> {
+        git(&t.root, &["worktree", "list", "--porcelain"])
+            .lines()
+            .filter_map(|l| l.strip_prefix("worktree "))
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A commit of a tree naming a blob that is gone from the repository, HEAD left where
+    /// it is: a worktree at it is registered, then its checkout fails.
+    fn commit_with_a_missing_blob(t: &TestRepo) -> String {
+        let blob = t.repo.blob(b"never kept\n").unwrap();
+        let head = t.repo.head().unwrap().peel_to_commit().unwrap();
+        let mut tree = t.repo.treebuilder(Some(&head.tree().unwrap())).unwrap();
+        tree.insert("gone.txt", blob, 0o100644).unwrap();
+        let tree = t.repo.find_tree(tree.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("Test User", "test@example.com").unwrap();
+        let broken = t
+            .repo
+            .commit(None, &sig, &sig, "broken", &tree, &[&head])
+            .unwrap();
+        let hex = blob.to_string();
+        std::fs::remove_file(
+            t.repo
+                .path()
+                .join("objects")
+                .join(&hex[..2])
+                .join(&hex[2..]),
+        )
+        .unwrap();
+        broken.to_string()
+    }
+
+    #[test]
+    fn without_git_libgit2_makes_the_detached_worktree_and_leaves_no_branch() {
+        let t = TestRepo::new();
+        let first = t.head();
+        t.write("later.txt", "later\n");
+        t.commit_all("later");
+        let branches = t.repo.branches(None).unwrap().count();
+        let ws = no_git::run(|| Workspace::create_detached(&t.root, "p", &first, || ())).unwrap();
+        assert_eq!(ws.branch(), "");
+        assert_eq!(ws.base_commit(), first);
+        assert!(ws.path().join("README.md").is_file());
+        assert!(
+            !ws.path().join("later.txt").exists(),
+            "checked out at the base"
+        );
+        assert!(!ws.is_dirty().unwrap(), "files and index agree");
+        let repo = Repository::open(ws.path()).unwrap();
+        assert!(repo.head_detached().unwrap());
+        assert_eq!(repo.head().unwrap().target().unwrap().to_string(), first);
+        // libgit2's branch named after the worktree was let go of.
+        assert_eq!(t.repo.branches(None).unwrap().count(), branches);
+        assert_eq!(git_worktree_list(&t), vec![ws.path().display().to_string()]);
+        ws.remove().unwrap();
+        assert!(git_worktree_list(&t).is_empty());
+    }
+
+    #[test]
+    fn without_git_a_failure_partway_leaves_no_directory_and_no_registered_worktree() {
+        let t = TestRepo::new();
+        let head = t.head();
+        let broken = commit_with_a_missing_blob(&t);
+        // A branch named like the worktree (libgit2 names the branch it makes so): libgit2's
+        // `worktree add` fails on it. It is someone else's: it stays, where it was.
+        t.repo
+            .branch(
+                "p",
+                &t.repo.head().unwrap().peel_to_commit().unwrap(),
+                false,
+            )
+            .unwrap();
+        let err = no_git::run(|| Workspace::create_detached(&t.root, "p", &head, || ()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exists"), "{err}");
+        assert!(err.contains(".wiggum/worktrees/p"), "{err}");
+        assert!(!t.path(".wiggum/worktrees/p").exists());
+        assert!(
+            git_worktree_list(&t).is_empty(),
+            "{:?}",
+            git_worktree_list(&t)
+        );
+        assert!(!t.repo.path().join("worktrees/p").exists());
+        assert_eq!(t.branch_tip("p"), head, "the branch in the way is kept");
+        // Registered, then its checkout fails (a blob of the base is gone): the half-made
+        // worktree is removed, and so is libgit2's branch for it.
+        let branches = t.repo.branches(None).unwrap().count();
+        let err = no_git::run(|| Workspace::create_detached(&t.root, "q", &broken, || ()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("could not check out"), "{err}");
+        assert!(err.contains(".wiggum/worktrees/q"), "{err}");
+        assert!(!t.path(".wiggum/worktrees/q").exists());
+        assert!(
+            git_worktree_list(&t).is_empty(),
+            "{:?}",
+            git_worktree_list(&t)
+        );
+        assert!(!t.repo.path().join("worktrees/q").exists());
+        assert_eq!(t.repo.branches(None).unwrap().count(), branches);
+        // libgit2 registers the worktree and makes its branch, then its own checkout of the
+        // main tree's HEAD fails (a blob of HEAD is gone): the directory, the registration and
+        // the branch it made all go.
+        t.repo
+            .set_head_detached(git2::Oid::from_str(&broken).unwrap())
+            .unwrap();
+        let err = no_git::run(|| Workspace::create_detached(&t.root, "r", &head, || ()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".wiggum/worktrees/r"), "{err}");
+        assert!(err.contains("git is not installed"), "{err}");
+        assert!(!t.path(".wiggum/worktrees/r").exists());
+        assert!(
+            git_worktree_list(&t).is_empty(),
+            "{:?}",
+            git_worktree_list(&t)
+        );
+        assert!(!t.repo.path().join("worktrees/r").exists());
+        assert!(
+            t.repo.find_branch("r", BranchType::Local).is_err(),
+            "libgit2's branch"
+        );
+        assert_eq!(t.repo.branches(None).unwrap().count(), branches);
+        t.repo.set_head("refs/heads/main").unwrap();
+        // Nothing left in the way: the same names are made (the real git again) afterwards.
+        t.repo
+            .find_branch("p", BranchType::Local)
+            .unwrap()
+            .delete()
+            .unwrap();
+        for name in ["p", "q", "r"] {
+            Workspace::create_detached(&t.root, name, &head, || ())
+                .unwrap()
+                .remove()
+                .unwrap();
+        }
+        assert_eq!(t.status_lines(), Vec::<String>::new());
+    }
 
     fn worktree_names(t: &TestRepo) -> Vec<String> {
         let mut names: Vec<String> = t

@@ -65,6 +65,9 @@ fn git_installed() -> bool {
 /// `git` run in `dir`, on that repository or worktree whatever the environment says (the
 /// `GIT_*` variables that would point it elsewhere are removed), hooks off, no input.
 pub(super) fn git_in(dir: &Path) -> Command {
+    #[cfg(test)]
+    let mut cmd = Command::new(if no_git::on() { no_git::PROGRAM } else { "git" });
+    #[cfg(not(test))]
     let mut cmd = Command::new("git");
     cmd.arg("-C")
         .arg(dir)
@@ -81,6 +84,33 @@ pub(super) fn git_in(dir: &Path) -> Command {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// For tests of the paths taken when git is not installed: [`no_git::run`] runs a closure
+/// with every [`git_in`] of its thread naming a program that does not exist (as spawning `git`
+/// gives `NotFound` on a machine without it), whatever else runs beside it.
+#[cfg(test)]
+pub(super) mod no_git {
+    use std::cell::Cell;
+
+    /// The program [`super::git_in`] runs instead of `git` meanwhile.
+    pub(in crate::workspace) const PROGRAM: &str = "wiggum-test-git-is-not-installed";
+
+    thread_local! {
+        static ON: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(in crate::workspace) fn on() -> bool {
+        ON.with(Cell::get)
+    }
+
+    /// Runs `f` on this thread as if git were not installed.
+    pub(in crate::workspace) fn run<T>(f: impl FnOnce() -> T) -> T {
+        ON.with(|on| on.set(true));
+        let out = f();
+        ON.with(|on| on.set(false));
+        out
+    }
 }
 
 /// [`git_in`] for a checkpoint's status and staging: the untracked cache is on unless the
