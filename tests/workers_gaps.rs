@@ -659,3 +659,137 @@ async fn a_shared_queue_that_cannot_be_installed_is_said_and_the_subtasks_run_on
         shown.stderr
     );
 }
+
+/// Four parts, each a second of work on a worker, then the task's verification.
+const FOUR_SLOW_PARTS_SCRIPT: &str = r#"
+[[plan]]
+step = "task"
+reply = '''{"subtasks": [
+ {"id": "q1", "prompt": "write q1.txt", "checks": ["test -f q1.txt"]},
+ {"id": "q2", "prompt": "write q2.txt", "checks": ["test -f q2.txt"]},
+ {"id": "q3", "prompt": "write q3.txt", "checks": ["test -f q3.txt"]},
+ {"id": "q4", "prompt": "write q4.txt", "checks": ["test -f q4.txt"]}
+]}'''
+
+[[work]]
+step = "task/q1"
+reply = "q1 written"
+delay = "1s"
+[[work.edits]]
+path = "q1.txt"
+write = "q1\n"
+
+[[work]]
+step = "task/q2"
+reply = "q2 written"
+delay = "1s"
+[[work.edits]]
+path = "q2.txt"
+write = "q2\n"
+
+[[work]]
+step = "task/q3"
+reply = "q3 written"
+delay = "1s"
+[[work.edits]]
+path = "q3.txt"
+write = "q3\n"
+
+[[work]]
+step = "task/q4"
+reply = "q4 written"
+delay = "1s"
+[[work.edits]]
+path = "q4.txt"
+write = "q4\n"
+
+[[work]]
+step = "task"
+reply = "all there"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_splits_machine_waits_for_all_its_subtasks_on_one_pool_and_one_listen_connection() {
+    let Some(db) = TestDb::create("workers gaps connections").await else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::start(
+        &db,
+        "wiggum-workers-gaps-",
+        &[("script.toml", FOUR_SLOW_PARTS_SCRIPT)],
+    ) else {
+        return;
+    };
+    // One worker of one polecat: the four subtasks are published at once and wait in turn.
+    start_worker(&mut cluster, "m1", "15s");
+    cluster.wait_workers(&db, 1).await;
+    let (driver, home) = cluster.clone_for("m0");
+    // The driver's connections carry its name (pg_stat_activity.application_name).
+    let sep = if cluster.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}application_name=wiggum-m0", cluster.url);
+    let run = output_within(
+        common::wiggum_command()
+            .args([
+                "task",
+                "write q1.txt to q4.txt",
+                "--script",
+                "script.toml",
+                "--split",
+                "always",
+                "--json",
+                "--repo",
+            ])
+            .arg(&driver)
+            .current_dir(&driver)
+            .env("HOME", &home)
+            .env("WIGGUM_DATABASE_URL", &url)
+            .env("WIGGUM_WORKER_POLL", "300ms"),
+        180,
+    );
+    // The most connections the driver held at once, and the most of them that were LISTENs,
+    // while it waited for its subtasks.
+    let client = wiggum_engine::pg::connect(&db.url).await.unwrap();
+    let (mut most, mut most_listening, mut waited) = (0i64, 0i64, false);
+    while !run.is_finished() {
+        let row = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE query LIKE 'LISTEN wiggum_jobs_done%')
+                 FROM pg_stat_activity WHERE application_name = 'wiggum-m0'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (all, listening): (i64, i64) = (row.get(0), row.get(1));
+        most = most.max(all);
+        most_listening = most_listening.max(listening);
+        let jobs = client
+            .query_one(
+                "SELECT count(*) FROM wiggum_jobs WHERE state <> 'finished'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        waited |= jobs >= 3;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{stderr}\n{}",
+        cluster.logs()
+    );
+    for f in ["q1.txt", "q2.txt", "q3.txt", "q4.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed\n{stderr}");
+    }
+    assert!(waited, "the subtasks never waited together in the queue");
+    eprintln!("the driver held at most {most} connections, {most_listening} of them LISTENs");
+    // One LISTEN for the four waiters (it was one each), and the step's pool of 4 for the
+    // queue, the registry and the refinery, beside the ledger's connection and its lease pool
+    // of 2: it was 4 more pools of one (the registry, per waiter) and 3 more LISTENs.
+    assert!(most_listening <= 1, "{most_listening} LISTEN connections");
+    assert!(most <= 8, "{most} connections");
+}

@@ -28,8 +28,8 @@ use crate::ralph::runner::StepReport;
 use crate::ralph::{Outcome, ReviewMode};
 use crate::split::trigger::SplitWatch;
 use crate::worker::distribute::Distributed;
-use crate::worker::queue::{NewJob, CHANNEL_DONE, KIND_STEP};
-use crate::worker::{JobResult, JobSpec, Registry};
+use crate::worker::queue::{NewJob, KIND_STEP};
+use crate::worker::{JobResult, JobSpec};
 use crate::workspace::Workspace;
 
 /// A patrol agent's config, from its TOML table.
@@ -334,12 +334,8 @@ enum Waited {
 
 /// Waits for the step's job to finish (`NOTIFY` on the run's jobs, a jittered poll behind).
 async fn wait(d: &Distributed, job: &StepJob<'_>) -> Waited {
-    let mut wake = crate::pg::notify::listen(&d.url, &[CHANNEL_DONE])
-        .await
-        .ok();
-    let registry = crate::pg::pool(&d.url, 1)
-        .ok()
-        .map(|pool| Registry::new(pool, &d.url));
+    let mut wake = d.wakes.subscribe().await;
+    let registry = Some(&d.registry);
     let mut nobody = crate::worker::distribute::Nobody::default();
     loop {
         if job.cancel.is_cancelled() {
@@ -357,7 +353,7 @@ async fn wait(d: &Distributed, job: &StepJob<'_>) -> Waited {
                 };
             }
             Ok(Some(row)) if row.state == "ready" => {
-                if nobody.for_long(registry.as_ref(), &d.repo).await
+                if nobody.for_long(registry, &d.repo).await
                     && matches!(d.queue.withdraw(&d.repo, job.bead).await, Ok(true))
                 {
                     tracing::warn!(
@@ -368,7 +364,7 @@ async fn wait(d: &Distributed, job: &StepJob<'_>) -> Waited {
                 }
             }
             Ok(Some(row)) if row.state == "running" => {
-                if nobody.for_long(registry.as_ref(), &d.repo).await
+                if nobody.for_long(registry, &d.repo).await
                     && matches!(d.queue.take_back_expired(&d.repo, job.bead).await, Ok(true))
                 {
                     tracing::warn!(
@@ -392,7 +388,7 @@ async fn wait(d: &Distributed, job: &StepJob<'_>) -> Waited {
         match wake.as_mut() {
             Some(rx) => {
                 tokio::select! {
-                    _ = rx.recv() => {}
+                    open = crate::worker::wakes::woken(rx) => if !open { wake = None },
                     _ = tokio::time::sleep(pause) => {}
                     _ = job.cancel.cancelled() => {}
                 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use wiggum_agents::config::AgentConfig;
 use wiggum_agents::Usage;
 
-use super::queue::{JobRow, NewJob, Queue, CHANNEL_DONE};
+use super::queue::{JobRow, NewJob, Queue};
 use super::spec::{JobResult, JobSpec};
 use crate::pg::DbUrl;
 use crate::polecat::pool::{Done, Idle, Job};
@@ -38,6 +38,10 @@ pub struct Distributed {
     pub poll: Duration,
     /// The refinery that lands the finished subtasks on the remote.
     pub refinery: super::land::StepRefinery,
+    /// The workers of the database, through the step's pool (every waiter looks there).
+    pub registry: super::Registry,
+    /// One `LISTEN` for the step's waiters.
+    pub wakes: super::wakes::DoneWakes,
 }
 
 impl Distributed {
@@ -81,6 +85,8 @@ impl Distributed {
         let refinery = super::land::StepRefinery::new(root, &remote, pool, &url, &repo, poll);
         Ok(Some(Distributed {
             refinery,
+            registry,
+            wakes: super::wakes::DoneWakes::new(&url),
             url,
             queue,
             repo,
@@ -200,12 +206,8 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
             );
         }
     }
-    let mut wake = crate::pg::notify::listen(&d.url, &[CHANNEL_DONE])
-        .await
-        .ok();
-    let registry = crate::pg::pool(&d.url, 1)
-        .ok()
-        .map(|pool| super::Registry::new(pool, &d.url));
+    let mut wake = d.wakes.subscribe().await;
+    let registry = Some(&d.registry);
     let mut nobody = Nobody::default();
     let mut warned = false;
     let result: JobResult = loop {
@@ -254,7 +256,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
                         );
                     }
                 }
-                if nobody.for_long(registry.as_ref(), &d.repo).await {
+                if nobody.for_long(registry, &d.repo).await {
                     // The branch is brought here first: the job leaves the queue only then.
                     if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned) {
                         if matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true)) {
@@ -268,7 +270,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
             Ok(Some(row)) if row.state == "running" => {
                 // Its pushed work is fetched first: the job and its lease are deleted only
                 // once it is here, else it stays and the next poll tries again.
-                if nobody.for_long(registry.as_ref(), &d.repo).await {
+                if nobody.for_long(registry, &d.repo).await {
                     if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned) {
                         if matches!(
                             d.queue.take_back_expired(&d.repo, &job.bead).await,
@@ -286,7 +288,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         match wake.as_mut() {
             Some(rx) => {
                 tokio::select! {
-                    _ = rx.recv() => {}
+                    open = super::wakes::woken(rx) => if !open { wake = None },
                     _ = tokio::time::sleep(pause) => {}
                     _ = run.cancel.cancelled() => {}
                 }

@@ -19,6 +19,7 @@ pub mod registry;
 #[cfg(test)]
 mod restart_tests;
 pub mod spec;
+pub mod wakes;
 
 pub use process::{machine_name, run_worker, WorkerError, WorkerEvent, WorkerOptions, WorkerSink};
 pub use queue::{Claim, ClaimStats, JobRow, NewJob, Queue};
