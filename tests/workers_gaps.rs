@@ -793,3 +793,154 @@ async fn the_splits_machine_waits_for_all_its_subtasks_on_one_pool_and_one_liste
     assert!(most_listening <= 1, "{most_listening} LISTEN connections");
     assert!(most <= 8, "{most} connections");
 }
+
+/// Step `build` splits at once into a and b on the workers; a's subtasks may split in turn
+/// (`depth = 2`) when their estimated first prompt is above `max_prompt_tokens`.
+const PROMPT_SIZE_PATROL: &str = r#"
+[patrol]
+name = "prompt-size"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "build"
+prompt = "write a1.txt, a2.txt and b.txt"
+[steps.loop]
+checks = ["test -f README.md"]
+max_iterations = 4
+[steps.split]
+mode = "always"
+depth = 2
+polecats = 2
+max_prompt_tokens = 5000
+"#;
+
+/// a's prompt (~10,000 tokens) is above the limit, b's is far below it. a is split in two on
+/// the step's machine; its only iteration is the verification there (no work iteration: had
+/// one run on a worker, its reply writes nothing and a's check fails; a's check holds for
+/// every merged prefix of its parts, as the refinery wants).
+fn prompt_size_script() -> String {
+    let long = "Write a1.txt and a2.txt, with care. ".repeat(1100);
+    format!(
+        r#"
+[[plan]]
+step = "build"
+reply = '''{{"subtasks": [
+ {{"id": "a", "prompt": "{long}", "checks": ["test -f a1.txt || test -f a2.txt"]}},
+ {{"id": "b", "prompt": "write b.txt", "checks": ["test -f b.txt"]}}
+]}}'''
+[[plan]]
+step = "build/a"
+reply = '''{{"subtasks": [
+ {{"id": "a1", "prompt": "write a1.txt", "checks": ["test -f a1.txt"]}},
+ {{"id": "a2", "prompt": "write a2.txt", "checks": ["test -f a2.txt"]}}
+]}}'''
+
+[[work]]
+step = "build/a"
+reply = "a1 and a2 are there"
+
+[[work]]
+step = "build/a/a1"
+reply = "a1 written"
+[[work.edits]]
+path = "a1.txt"
+write = "a1\n"
+[[work]]
+step = "build/a/a2"
+reply = "a2 written"
+[[work.edits]]
+path = "a2.txt"
+write = "a2\n"
+
+[[work]]
+step = "build/b"
+reply = "b written"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+
+[[work]]
+step = "build"
+reply = "all there"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subtask_whose_prompt_is_above_max_prompt_tokens_is_handed_back_by_its_worker_unrun() {
+    let Some(db) = TestDb::create("workers gaps prompt size").await else {
+        return;
+    };
+    let script = prompt_size_script();
+    let Some(mut cluster) = Cluster::start(
+        &db,
+        "wiggum-workers-gaps-",
+        &[
+            ("patrol.toml", PROMPT_SIZE_PATROL),
+            ("script.toml", &script),
+        ],
+    ) else {
+        return;
+    };
+    start_worker(&mut cluster, "m1", "15s");
+    start_worker(&mut cluster, "m2", "15s");
+    cluster.wait_workers(&db, 2).await;
+    let (driver, out) = run_patrol_on_m0(&cluster).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{stderr}\n{}",
+        cluster.logs()
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    for f in ["a1.txt", "a2.txt", "b.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed\n{stderr}");
+    }
+    // a's worker handed it back before any iteration, saying why; b converged on its worker.
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let rows = q.list(&cluster.base, None).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let results: Vec<wiggum_engine::worker::JobResult> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r.result.as_deref().expect("finished")).unwrap())
+        .collect();
+    let a = results
+        .iter()
+        .find(|r| r.split.is_some())
+        .unwrap_or_else(|| panic!("no subtask was handed back: {results:?}"));
+    match &a.split {
+        Some(wiggum_engine::split::SplitTrigger::PromptTooLarge { estimate, max }) => {
+            assert_eq!(*max, 5000);
+            assert!(*estimate > 5000, "{a:?}");
+        }
+        other => panic!("handed back for {other:?}, not the prompt's size: {a:?}"),
+    }
+    assert_eq!(a.iterations, 0, "{a:?}");
+    assert_ne!(a.machine, "m0");
+    assert!(
+        results
+            .iter()
+            .any(|r| r.outcome == wiggum_engine::ralph::Outcome::Converged && r.split.is_none()),
+        "{results:?}"
+    );
+    assert!(
+        stderr.contains("build/a: handed back by")
+            && stderr.contains("after 0 iterations to be split here")
+            && stderr.contains("is above max_prompt_tokens (5000)"),
+        "{stderr}"
+    );
+    // Beads: a, b and a's two parts; a's one iteration is its verification on this machine.
+    let all = common::beads_in_database(&driver, &cluster.url);
+    assert_eq!(common::split::subtask_beads(&all).len(), 4, "{all:#?}");
+    let a_bead = subtask_bead(&all, "a");
+    let its = common::split::iterations_of(&all, a_bead["id"].as_str().unwrap());
+    assert_eq!(its.len(), 1, "{its:#?}");
+    let refs = hub_refs(&cluster);
+    assert!(!refs.contains(".split/"), "{refs}");
+}

@@ -924,6 +924,7 @@ async fn run_agent_step(
                     .is_none_or(|s| s.mode != crate::patrol::SplitMode::Never)
                     .then(|| crate::split::trigger::SplitWatch {
                         after_iterations: step.split.as_ref().and_then(|s| s.after_iterations),
+                        max_prompt_tokens: step.split.as_ref().and_then(|s| s.max_prompt_tokens),
                     }),
                 sink: ctx.sink.as_ref(),
                 spend: &ctx.spend,

@@ -103,6 +103,7 @@ pub fn run_step<'a>(
             let mut watched = spec.clone();
             watched.split = splittable.then_some(SplitWatch {
                 after_iterations: s.after_iterations,
+                max_prompt_tokens: None, // checked above
             });
             let r = run_loop(
                 &watched,
@@ -1184,7 +1185,7 @@ fn interrupted_split(recorder: &Recorder, bead: &str) -> Option<SplitTrigger> {
 }
 
 /// The estimated size of the step's first work prompt, in tokens.
-fn estimate_prompt(spec: &StepSpec, ws: &Workspace) -> u64 {
+pub(crate) fn estimate_prompt(spec: &StepSpec, ws: &Workspace) -> u64 {
     let notes_path = format!(".wiggum/notes/{}.md", spec.step_id);
     let notes = crate::ralph::prompt::read_notes(&ws.path().join(&notes_path));
     let task = TaskText {

@@ -54,6 +54,25 @@ pub struct SplitWatch {
     /// Not converged after this many iterations: stop to split.
     #[serde(default)]
     pub after_iterations: Option<u32>,
+    /// The estimated first prompt is above this: split before the first iteration. Checked
+    /// by a worker before its loop ([`SplitWatch::prompt_trigger`]); `split::run_step` checks
+    /// the local loops' before they start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prompt_tokens: Option<u64>,
+}
+
+impl SplitWatch {
+    /// The prompt-size trigger for a loop that has run `done` iterations so far: only before
+    /// the first one, when `estimate` (called only then) is above `max_prompt_tokens`.
+    pub fn prompt_trigger(
+        &self,
+        done: u32,
+        estimate: impl FnOnce() -> u64,
+    ) -> Option<SplitTrigger> {
+        let max = self.max_prompt_tokens.filter(|_| done == 0)?;
+        let estimate = estimate();
+        (estimate > max).then_some(SplitTrigger::PromptTooLarge { estimate, max })
+    }
 }
 
 /// The word that opens the close reason of an iteration that ended in a split request.
@@ -68,6 +87,33 @@ mod tests {
         assert_eq!(estimate_tokens(""), 0);
         assert_eq!(estimate_tokens("abcde"), 2);
         assert_eq!(estimate_tokens(&"x".repeat(40_000)), 10_000);
+    }
+
+    #[test]
+    fn the_prompt_trigger_fires_above_the_limit_and_only_before_the_first_iteration() {
+        let watch = SplitWatch {
+            after_iterations: None,
+            max_prompt_tokens: Some(100),
+        };
+        assert_eq!(
+            watch.prompt_trigger(0, || 101),
+            Some(SplitTrigger::PromptTooLarge {
+                estimate: 101,
+                max: 100
+            })
+        );
+        assert_eq!(watch.prompt_trigger(0, || 100), None, "at the limit");
+        assert_eq!(
+            watch.prompt_trigger(1, || panic!("not estimated once iterations ran")),
+            None
+        );
+        assert_eq!(
+            SplitWatch::default().prompt_trigger(0, || panic!("no limit: not estimated")),
+            None
+        );
+        // A job of an older driver (no field) reads as no limit.
+        let old: SplitWatch = serde_json::from_str(r#"{"after_iterations": 3}"#).unwrap();
+        assert_eq!(old.max_prompt_tokens, None);
     }
 
     #[test]

@@ -172,12 +172,14 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         fresh: job.retry == Some(Retry::Fresh),
         update: job.retry == Some(Retry::Update),
         // When `depth` allows the subtask to split in turn, its loop on the worker watches the
-        // triggers (`<split/>`, a context overflow, `after_iterations`); one that fires hands
-        // it back here, where it is split as a local polecat's would be.
+        // triggers (`max_prompt_tokens` before the first iteration, `<split/>`, a context
+        // overflow, `after_iterations`); one that fires hands it back here, where it is split
+        // as a local polecat's would be.
         split: (run.settings.mode != crate::patrol::SplitMode::Never
             && run.level < run.settings.depth)
             .then_some(crate::split::trigger::SplitWatch {
                 after_iterations: run.settings.after_iterations,
+                max_prompt_tokens: run.settings.max_prompt_tokens,
             }),
         budget,
     };

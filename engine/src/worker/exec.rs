@@ -286,10 +286,22 @@ async fn run(
         .as_ref()
         .map(|b| b.spend())
         .unwrap_or_else(|| Spend::with_budget(None));
-    let report = run_loop(
-        &step, &agents, &ws, &recorder, &pushing, cancel, &spend, start,
-    )
-    .await;
+    // Too large a prompt is handed back before the first iteration (no agent call), as a
+    // local polecat's subtask splits before it.
+    let too_large = step.split.as_ref().and_then(|watch| {
+        watch.prompt_trigger(start.done, || {
+            crate::split::drive::estimate_prompt(&step, &ws)
+        })
+    });
+    let report = match too_large {
+        Some(why) => handed_back_unrun(why, &ws, start.done),
+        None => {
+            run_loop(
+                &step, &agents, &ws, &recorder, &pushing, cancel, &spend, start,
+            )
+            .await
+        }
+    };
     drop(pushing);
     if let Some(task) = pusher {
         let _ = task.await;
@@ -331,6 +343,25 @@ async fn run(
         let _ = ws.remove();
     }
     result
+}
+
+/// The report of a loop that stopped to be split before its first iteration (`why`: the
+/// prompt-size trigger): nothing run, the worktree as it was.
+fn handed_back_unrun(
+    why: crate::split::SplitTrigger,
+    ws: &Workspace,
+    done: u32,
+) -> crate::ralph::runner::StepReport {
+    crate::ralph::runner::StepReport {
+        outcome: Outcome::Error,
+        reason: format!("{}: {why}", crate::split::trigger::SPLIT_WORD),
+        iterations: done,
+        usage: Default::default(),
+        cost_usd: 0.0,
+        summary: String::new(),
+        last_checkpoint: ws.head().ok(),
+        split: Some(why),
+    }
 }
 
 /// The step's agents, built from their configs (relative paths from the patrol's directory).
