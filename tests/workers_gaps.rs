@@ -944,3 +944,130 @@ async fn a_subtask_whose_prompt_is_above_max_prompt_tokens_is_handed_back_by_its
     let refs = hub_refs(&cluster);
     assert!(!refs.contains(".split/"), "{refs}");
 }
+
+/// How many beads say that a take-back waits for its branch.
+async fn not_taken_back_yet(db: &TestDb) -> i64 {
+    wiggum_engine::pg::connect(&db.url)
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM wiggum_beads WHERE line LIKE '%not taken back yet%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_back_whose_branch_cannot_be_fetched_keeps_the_job_and_tries_again_at_the_next_poll()
+{
+    let Some(db) = TestDb::create("workers gaps fetch fails").await else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::start(
+        &db,
+        "wiggum-workers-gaps-",
+        &[("script.toml", TAKE_BACK_SCRIPT)],
+    ) else {
+        return;
+    };
+    start_worker(&mut cluster, "m1", "3s");
+    cluster.wait_workers(&db, 1).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let run = output_within(
+        common::wiggum_command()
+            .args([
+                "task",
+                "write s1.txt and s2.txt",
+                "--script",
+                "script.toml",
+                "--split",
+                "always",
+                "--json",
+                "--repo",
+            ])
+            .arg(&driver)
+            .current_dir(&driver)
+            .env("HOME", &home)
+            .env("WIGGUM_DATABASE_URL", &cluster.url)
+            .env("WIGGUM_WORKER_POLL", "300ms"),
+        180,
+    );
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let rows = q.list(&cluster.base, None).await.unwrap_or_default();
+        let running = rows.iter().any(|r| r.state == "running");
+        if running && hub_refs(&cluster).contains(".split/s1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "s1 never got going on m1: {rows:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // m1 dies with s1's first checkpoint pushed, and the hub goes away (its folder moved):
+    // the take-back's fetch of s1's branch fails.
+    cluster.kill_worker("m1");
+    let hub = cluster.root.join("hubs/hub.git");
+    let away = cluster.root.join("hubs/hub.git.away");
+    std::fs::rename(&hub, &away).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while not_taken_back_yet(&db).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the failed fetch is not on s1's bead"
+        );
+        assert!(!run.is_finished(), "the run ended while the hub was away");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several polls (300 ms) later, the job is still in the queue, as m1 left it: nothing was
+    // taken back without its branch, and the failure was said once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rows = q.list(&cluster.base, None).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].state, "running", "{rows:?}");
+    assert_eq!(not_taken_back_yet(&db).await, 1);
+    // The hub is back: the next poll fetches the branch and takes s1 back from m1's
+    // checkpoint.
+    std::fs::rename(&away, &hub).unwrap();
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{stderr}\n{}",
+        cluster.logs()
+    );
+    for f in ["half1.txt", "s1.txt", "s2.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed\n{stderr}");
+    }
+    // The terminal said why s1 waited, once, naming the fetch, then the take-back.
+    let waited: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("not taken back yet"))
+        .collect();
+    assert_eq!(waited.len(), 1, "{stderr}");
+    assert!(waited[0].starts_with("task/s1: "), "{}", waited[0]);
+    assert!(
+        waited[0].contains("could not be brought from the shared remote (fetching ")
+            && waited[0].contains("the job stays in the shared queue, nothing of it is lost"),
+        "{}",
+        waited[0]
+    );
+    assert!(
+        stderr.contains("task/s1: taken back: its worker m1-"),
+        "{stderr}"
+    );
+    // Nothing was lost: m1's iteration of s1 ran once, this machine's once.
+    let all = common::beads_in_database(&driver, &cluster.url);
+    let s1 = subtask_bead(&all, "s1");
+    let its = common::split::iterations_of(&all, s1["id"].as_str().unwrap());
+    assert_eq!(its.len(), 2, "{its:#?}");
+    assert!(q.list(&cluster.base, None).await.unwrap().is_empty());
+}

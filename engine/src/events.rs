@@ -199,6 +199,18 @@ pub enum Event {
         /// What happens, in words.
         reason: String,
     },
+    /// A subtask to be taken back (its worker died, nobody claimed it, or it was handed back)
+    /// cannot be yet: its branch could not be fetched from the shared remote. The job stays in
+    /// the queue and the next poll tries again (engine/src/worker/distribute.rs).
+    TakeBackWaiting {
+        step_id: String,
+        subtask: String,
+        bead_id: String,
+        /// What failed.
+        error: String,
+        /// What happens, in words.
+        reason: String,
+    },
     /// The workers' shared queue could not be used for a step (its database refused or
     /// failed, after retries; engine/src/worker/fallback.rs): the step, and its subtasks if it
     /// splits, run on this machine.

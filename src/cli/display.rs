@@ -307,6 +307,12 @@ impl EventSink for Display {
                 reason,
                 ..
             } => self.line(format!("{step_id}/{subtask}: {reason}")),
+            Event::TakeBackWaiting {
+                step_id,
+                subtask,
+                reason,
+                ..
+            } => self.line(format!("{step_id}/{subtask}: {reason}")),
             Event::SharedQueueFailed {
                 step_id, reason, ..
             } => self.line(format!("{step_id}: {reason}")),

@@ -260,7 +260,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
                 }
                 if nobody.for_long(registry, &d.repo).await {
                     // The branch is brought here first: the job leaves the queue only then.
-                    if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned) {
+                    if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned, &job) {
                         if matches!(d.queue.withdraw(&d.repo, &job.bead).await, Ok(true)) {
                             return take_back(job, d, WhyHere::Unclaimed, got).await;
                         }
@@ -273,7 +273,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
                 // Its pushed work is fetched first: the job and its lease are deleted only
                 // once it is here, else it stays and the next poll tries again.
                 if nobody.for_long(registry, &d.repo).await {
-                    if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned) {
+                    if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned, &job) {
                         if matches!(
                             d.queue.take_back_expired(&d.repo, &job.bead).await,
                             Ok(true)
@@ -310,7 +310,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
     if result.split.is_some() {
         // Its branch (pushed by its worker) is needed here: tried again until it comes.
         let got = loop {
-            if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned) {
+            if let Some(got) = fetched(bring_branch(&job, d).await, &mut warned, &job) {
                 break got;
             }
             tokio::select! {
@@ -583,13 +583,39 @@ async fn bring_branch(job: &Job<'_>, d: &Distributed) -> Result<Brought, String>
     Ok(Brought { pushed, used })
 }
 
-/// The branch brought, or `None` with what failed said once (the caller tries again later).
-fn fetched(got: Result<Brought, String>, warned: &mut bool) -> Option<Brought> {
+/// The branch brought, or `None` with what failed said once (the caller tries again at its
+/// next poll; the job stays in the shared queue meanwhile): an event the terminal shows, a
+/// comment on the subtask's bead, a log line.
+fn fetched(got: Result<Brought, String>, warned: &mut bool, job: &Job<'_>) -> Option<Brought> {
     match got {
         Ok(got) => Some(got),
         Err(e) => {
             if !std::mem::replace(warned, true) {
-                tracing::warn!("not taken back yet (tried again at every poll): {e}");
+                // git's message can span lines: one line for the terminal and the bead.
+                let e = e
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let reason = format!(
+                    "not taken back yet: its branch could not be brought from the shared \
+                     remote ({e}); the job stays in the shared queue, nothing of it is lost, \
+                     and it is tried again at every poll"
+                );
+                tracing::warn!("{}/{}: {reason}", job.step.step_id, job.sub.id);
+                let _ = job
+                    .run
+                    .recorder
+                    .ledger()
+                    .add_comment(&job.bead, "wiggum", &reason);
+                job.run.sink.emit(&crate::events::Event::TakeBackWaiting {
+                    step_id: job.step.step_id.clone(),
+                    subtask: job.sub.id.clone(),
+                    bead_id: job.bead.clone(),
+                    error: e,
+                    reason,
+                });
             }
             None
         }
