@@ -179,7 +179,9 @@ async fn run(
         ("WIGGUM_RUN".to_string(), spec.run_id.clone()),
         ("WIGGUM_STEP".to_string(), step_id.clone()),
     ];
-    if fresh {
+    // Also a worktree this clone made again from the pushed branch (a takeover, a subtask sent
+    // back) or one a killed worker left before its setup passed.
+    if fresh || crate::polecat::setup::pending(&ws, spec.setup.as_deref()) {
         if let Some(setup) = &spec.setup {
             let results = run_checks(
                 std::slice::from_ref(setup),
@@ -196,6 +198,7 @@ async fn run(
                 );
                 return result;
             }
+            crate::polecat::setup::mark_done(&ws, setup);
         }
     }
     let agents = match agents_of(m.root, &spec) {
