@@ -1071,3 +1071,59 @@ async fn a_take_back_whose_branch_cannot_be_fetched_keeps_the_job_and_tries_agai
     assert_eq!(its.len(), 2, "{its:#?}");
     assert!(q.list(&cluster.base, None).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_base_refs_left_on_the_hub_by_earlier_versions_are_swept_by_the_next_split() {
+    let Some(db) = TestDb::create("workers gaps old refs").await else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::start(
+        &db,
+        "wiggum-workers-gaps-",
+        &[("script.toml", TWO_PARTS_SCRIPT)],
+    ) else {
+        return;
+    };
+    // What an earlier version left: the base commit of a job long finished, under
+    // refs/wiggum/base/.
+    let old = format!("refs/wiggum/base/{}", cluster.base);
+    let hub = cluster.root.join("hubs/hub.git");
+    wiggum_engine::remote::testing::git(&hub, &["update-ref", &old, &cluster.base]);
+    assert!(hub_refs(&cluster).contains(&old));
+    start_worker(&mut cluster, "m1", "15s");
+    cluster.wait_workers(&db, 1).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let out = cluster
+        .wiggum_in(
+            &driver,
+            &home,
+            &[
+                "task",
+                "write p1.txt and p2.txt",
+                "--script",
+                "script.toml",
+                "--split",
+                "always",
+                "--json",
+            ],
+        )
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{stderr}\n{}",
+        cluster.logs()
+    );
+    // The subtasks went to m1 (the split was distributed), and the old ref is gone.
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let rows = Queue::new(pool, &db.url)
+        .list(&cluster.base, None)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let refs = hub_refs(&cluster);
+    assert!(!refs.contains("refs/wiggum/base/"), "{refs}");
+    assert!(refs.contains("refs/heads/main"), "{refs}");
+}

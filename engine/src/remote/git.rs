@@ -229,6 +229,32 @@ impl Remote {
         Ok(deleted)
     }
 
+    /// Deletes `refname` (a full ref name) on the remote if, and only if, it is at `expected`
+    /// now: [`Remote::delete_branch`] for a ref that is not a branch.
+    pub async fn delete_ref(&self, refname: &str, expected: &str) -> Result<bool, RemoteError> {
+        Ok(matches!(
+            self.cas("", refname, refname, Some(expected)).await?,
+            CasPush::Pushed(_)
+        ))
+    }
+
+    /// The refs of the remote whose names start with `prefix` (`git ls-remote`), name → sha.
+    pub async fn refs_under(&self, prefix: &str) -> Result<HashMap<String, String>, RemoteError> {
+        let pattern = format!("{prefix}*");
+        let args = ["ls-remote", self.spec.target.as_str(), pattern.as_str()];
+        let out = self.git("ls-remote", prefix, &args).await?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(self.failed("ls-remote", prefix, &stderr, ""));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(_, name)| name.starts_with(prefix))
+            .map(|(sha, name)| (name.to_string(), sha.to_string()))
+            .collect())
+    }
+
     /// Sets `refname` on the remote to `src` (a commit; empty: deletes it) if, and only if, it
     /// is at `expected` now (`None`: it must not exist):
     /// `git push --force-with-lease=<refname>:<expected> <remote> <src>:<refname>`. `label`

@@ -4,8 +4,68 @@
 //! deletes such branches through [`Publisher::unpublish`]: a compare-and-swap on the value the
 //! remote has now, and only when that value is contained in the step's branch as this clone
 //! has it (landed), so a branch someone pushed more work to is never deleted.
+//! [`sweep_old_base_refs`] deletes the `refs/wiggum/base/<sha>` refs earlier versions pushed for
+//! each job's base commit, which nothing removed.
 
+use super::queue::Queue;
 use crate::remote::{Publisher, Remote};
+
+/// Where earlier versions pushed each published job's base commit (`refs/wiggum/base/<sha>`);
+/// this version makes no such ref (a job's base is on its step's branch).
+pub const OLD_BASE_REFS: &str = "refs/wiggum/base/";
+
+/// Deletes from the remote every `refs/wiggum/base/<sha>` ref left by an earlier version that
+/// no unfinished job of `repo` in `queue` starts from (an earlier version's worker may still
+/// fetch that ref for it), each by a compare-and-swap on the value seen (a ref that moved is
+/// left alone); returns those deleted. Nothing is deleted when the queue cannot be read.
+/// Failures are logged: an old ref left costs nothing but space, and the next split's start
+/// tries again.
+pub async fn sweep_old_base_refs(remote: &Remote, queue: &Queue, repo: &str) -> Vec<String> {
+    let refs = match remote.refs_under(OLD_BASE_REFS).await {
+        Ok(r) if r.is_empty() => return Vec::new(),
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("old {OLD_BASE_REFS}* refs are left on the remote: {e}");
+            return Vec::new();
+        }
+    };
+    // The bases of the jobs still to run (an earlier version's job says its base ref by the
+    // commit it names).
+    let needed: std::collections::HashSet<String> = match queue.list(repo, None).await {
+        Ok(rows) => rows
+            .iter()
+            .filter(|r| r.state != "finished")
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.job.spec).ok())
+            .filter_map(|v| v["base"].as_str().map(str::to_string))
+            .collect(),
+        Err(e) => {
+            tracing::warn!("old {OLD_BASE_REFS}* refs are left on the remote: {e}");
+            return Vec::new();
+        }
+    };
+    let mut names: Vec<&String> = refs.keys().collect();
+    names.sort();
+    let mut deleted = Vec::new();
+    for name in names {
+        let sha = &refs[name];
+        let named = name.strip_prefix(OLD_BASE_REFS).unwrap_or_default();
+        if needed.contains(sha) || needed.contains(named) {
+            continue;
+        }
+        match remote.delete_ref(name, sha).await {
+            Ok(true) => deleted.push(name.clone()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("the old ref {name} is left on the remote: {e}"),
+        }
+    }
+    if !deleted.is_empty() {
+        tracing::info!(
+            "deleted {} old {OLD_BASE_REFS}* ref(s) from the remote",
+            deleted.len()
+        );
+    }
+    deleted
+}
 
 /// Deletes from the remote each of `branches` whose tip there is in `step_branch` (this
 /// clone's); returns those deleted. Failures are logged: a branch left behind costs nothing
@@ -57,6 +117,96 @@ fn landed(remote: &Remote, step_branch: &str, tip: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::testing::TestDb;
+    use crate::worker::queue::NewJob;
+
+    /// Whether `refname` is in the bare repository at `hub`.
+    fn has_ref(hub: &std::path::Path, refname: &str) -> bool {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(hub)
+            .args(["rev-parse", "--verify", "--quiet", refname])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    #[tokio::test]
+    async fn old_base_refs_are_swept_from_the_remote_unless_an_unfinished_job_starts_there() {
+        let Some(db) = TestDb::create("sweep base refs").await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(dir.path());
+        let clone = clone_hub(&hub.file_url(), &dir.path().join("m0"));
+        let mut shas = Vec::new();
+        for name in ["a", "b", "c"] {
+            std::fs::write(clone.join(format!("{name}.txt")), "x\n").unwrap();
+            git(&clone, &["add", "-A"]);
+            git(&clone, &["commit", "-q", "-m", name]);
+            let sha = git(&clone, &["rev-parse", "HEAD"]);
+            // As an earlier version published a job: its base commit under refs/wiggum/base/.
+            git(
+                &clone,
+                &[
+                    "push",
+                    "-q",
+                    "origin",
+                    &format!("{sha}:refs/wiggum/base/{sha}"),
+                ],
+            );
+            shas.push(sha);
+        }
+        let queue = Queue::new(crate::pg::pool(&db.url, 2).unwrap(), &db.url);
+        queue.install().await.unwrap();
+        // A job still to run starts from b's commit (an earlier version's worker fetches its
+        // ref); a finished one started from c's.
+        for (bead, base) in [("wg-1.1", &shas[1]), ("wg-1.2", &shas[2])] {
+            let spec = serde_json::json!({ "base": base }).to_string();
+            queue
+                .publish(
+                    "repo",
+                    &NewJob {
+                        bead: bead.into(),
+                        step_bead: "wg-1".into(),
+                        run_id: "r".into(),
+                        spec,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let claim = queue
+            .claim("repo", "m1-1/nux", std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(claim.job.bead, "wg-1.1");
+        let claim = queue
+            .claim("repo", "m1-1/nux", std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        queue.finish(&claim, "{}").await.unwrap();
+        let remote = Remote::new(&clone, RemoteSpec::new("origin"));
+        let deleted = sweep_old_base_refs(&remote, &queue, "repo").await;
+        let name = |sha: &str| format!("refs/wiggum/base/{sha}");
+        let mut want = vec![name(&shas[0]), name(&shas[2])];
+        want.sort();
+        assert_eq!(deleted, want);
+        assert!(!has_ref(&hub.path, &name(&shas[0])));
+        assert!(
+            has_ref(&hub.path, &name(&shas[1])),
+            "its job still needs it"
+        );
+        assert!(!has_ref(&hub.path, &name(&shas[2])));
+        // The branches are untouched, and a second sweep finds nothing more to do.
+        assert!(hub.tip("main").is_some());
+        assert!(sweep_old_base_refs(&remote, &queue, "repo")
+            .await
+            .is_empty());
+    }
     use crate::remote::testing::{clone_hub, git, Hub};
     use crate::remote::RemoteSpec;
 

@@ -114,6 +114,7 @@ impl StepRefinery {
     /// (subtasks landed by an earlier process); when they diverged the remote wins (it holds
     /// only tested landings) and this clone's tip is kept under `refs/wiggum/kept/...`.
     pub async fn share(&self, step: &Workspace) -> Result<String, String> {
+        self.sweep_old_refs_once().await;
         let branch = step.branch();
         let head = step.head().map_err(|e| e.to_string())?;
         let theirs = self
@@ -145,6 +146,23 @@ impl StepRefinery {
             );
         }
         Ok(resumed.sha)
+    }
+
+    /// Once per process and clone, at a split's first share: the `refs/wiggum/base/<sha>`
+    /// refs earlier versions left on the remote go ([`super::cleanup::sweep_old_base_refs`]).
+    async fn sweep_old_refs_once(&self) {
+        static SWEPT: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+            std::sync::OnceLock::new();
+        let key = format!("{}\n{}", self.repo, self.remote.repo_root().display());
+        let first = SWEPT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+        if first {
+            let queue = super::Queue::new(self.pool.clone(), &self.url);
+            super::cleanup::sweep_old_base_refs(&self.remote, &queue, &self.repo).await;
+        }
     }
 
     /// Lands `subtask_branch` on the remote's step branch (`step`'s) while holding the
