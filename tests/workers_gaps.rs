@@ -1127,3 +1127,63 @@ async fn old_base_refs_left_on_the_hub_by_earlier_versions_are_swept_by_the_next
     assert!(!refs.contains("refs/wiggum/base/"), "{refs}");
     assert!(refs.contains("refs/heads/main"), "{refs}");
 }
+
+const ONE_STEP_PATROL: &str = r#"
+[patrol]
+name = "one-step"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "build"
+prompt = "write b.txt"
+[steps.loop]
+checks = ["test -f b.txt"]
+max_iterations = 2
+"#;
+
+const ONE_STEP_SCRIPT: &str = r#"
+[[work]]
+step = "build"
+reply = "b written"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patrol_step_whose_shared_queue_cannot_be_installed_says_so_and_runs_here() {
+    let Some(db) = TestDb::create("workers gaps patrol queue fails").await else {
+        return;
+    };
+    let Some(cluster) = Cluster::start(
+        &db,
+        "wiggum-workers-gaps-",
+        &[
+            ("patrol.toml", ONE_STEP_PATROL),
+            ("script.toml", ONE_STEP_SCRIPT),
+        ],
+    ) else {
+        return;
+    };
+    let client = wiggum_engine::pg::connect(&db.url).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE wiggum_jobs(repo TEXT, bead TEXT)")
+        .await
+        .unwrap();
+    let (driver, out) = run_patrol_on_m0(&cluster).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(driver.join("b.txt").exists(), "{stderr}");
+    let said = stderr
+        .lines()
+        .find(|l| l.contains("the workers' shared queue could not be used"))
+        .unwrap_or_else(|| panic!("nothing said about the shared queue:\n{stderr}"));
+    assert!(said.starts_with("build: "), "{said}");
+    assert!(said.contains("(4 tries)"), "{said}");
+    assert!(
+        said.ends_with("the step, and its subtasks if it splits, run on this machine"),
+        "{said}"
+    );
+}

@@ -147,6 +147,88 @@ mod tests {
         assert_eq!(tries, 4);
     }
 
+    /// A transient failure of the real thing: the queue's install fails on the first try (a
+    /// table in the way, dropped before the second); the second try finds the live worker.
+    #[tokio::test]
+    async fn a_queue_install_that_fails_once_is_tried_again_and_the_live_worker_is_used() {
+        use crate::pg::testing::TestDb;
+        use crate::remote::testing::{clone_hub, Hub};
+        use crate::worker::{NewWorker, Queue, Registry};
+        let Some(db) = TestDb::create("fallback retry").await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(dir.path());
+        let clone = clone_hub(&hub.file_url(), &dir.path().join("m0"));
+        std::fs::create_dir_all(clone.join(".wiggum")).unwrap();
+        std::fs::write(
+            clone.join(".wiggum/config.toml"),
+            format!(
+                "[ledger]\nbackend = \"postgres\"\nurl = \"{}\"\nrepository = \"repo\"\n",
+                db.url.secret()
+            ),
+        )
+        .unwrap();
+        // A live worker of the repository.
+        let pool = crate::pg::pool(&db.url, 2).unwrap();
+        let queue = Queue::new(pool.clone(), &db.url);
+        queue.leases().install().await.unwrap();
+        let registry = Registry::new(pool, &db.url);
+        registry.install().await.unwrap();
+        registry
+            .register(&NewWorker {
+                id: "m1-1".into(),
+                repo: "repo".into(),
+                machine: "m1".into(),
+                pid: 1,
+                polecats: 1,
+            })
+            .await
+            .unwrap();
+        queue
+            .leases()
+            .acquire(
+                "repo",
+                super::super::registry::KIND_WORKER,
+                "m1-1",
+                "m1-1",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let client = crate::pg::connect(&db.url).await.unwrap();
+        client
+            .batch_execute("CREATE TABLE wiggum_jobs(repo TEXT, bead TEXT)")
+            .await
+            .unwrap();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let errors = std::sync::Mutex::new(Vec::new());
+        let worker = AgentConfig::default();
+        let (got, tries) = retried(quick(), || async {
+            let got = Distributed::for_repo(&clone, &worker, None, &clone).await;
+            if let Err(e) = &got {
+                errors
+                    .lock()
+                    .unwrap()
+                    .push(super::super::queue::error_chain(e));
+            }
+            if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                client
+                    .batch_execute("DROP TABLE wiggum_jobs")
+                    .await
+                    .unwrap();
+            }
+            got
+        })
+        .await;
+        let errors = errors.into_inner().unwrap();
+        assert_eq!(tries, 2, "{errors:?}");
+        assert!(errors[0].contains("does not exist"), "{errors:?}");
+        let d = got.unwrap().expect("the workers are used");
+        assert_eq!(d.repo, "repo");
+    }
+
     #[tokio::test]
     async fn a_setting_that_cannot_be_read_is_not_tried_again() {
         let (got, tries) = retried(quick(), || async {
