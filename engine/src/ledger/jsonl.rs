@@ -480,27 +480,64 @@ impl AtomicWriter {
     /// Flushes, fsyncs, renames over the target (and fsyncs the directory); returns the new
     /// file's signature.
     pub fn finish(self) -> Result<FileSig, LedgerError> {
+        let target = self.target.clone();
+        let sig = self.sync()?.persist()?;
+        sync_dir(&target);
+        Ok(sig)
+    }
+
+    /// Flushes and fsyncs the temp file, without putting it in place: the slow half of
+    /// [`AtomicWriter::finish`], which needs no lock ([`Synced::persist`] is the quick half).
+    pub fn sync(self) -> Result<Synced, LedgerError> {
         let target = self.target;
         let ctx = |e| LedgerError::io(format!("cannot write {}", target.display()), e);
         let tmp = self.out.into_inner().map_err(|e| ctx(e.into_error()))?;
         tmp.as_file().sync_all().map_err(ctx)?;
-        tmp.persist(&target).map_err(|e| ctx(e.error))?;
-        if let Some(dir) = target.parent() {
-            // Makes the rename itself durable; not every platform can open a directory.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        Ok(Synced {
+            target,
+            tmp,
+            len: self.len,
+            sha256: hex(&self.hasher.finalize()),
+        })
+    }
+    fn io_error(&self, e: std::io::Error) -> LedgerError {
+        LedgerError::io(format!("cannot write {}", self.target.display()), e)
+    }
+}
+
+/// A new version of a file, fsynced, not in place yet ([`AtomicWriter::sync`]). Dropped, it
+/// goes and the target stays as it was.
+pub struct Synced {
+    target: PathBuf,
+    tmp: tempfile::NamedTempFile,
+    len: u64,
+    sha256: String,
+}
+
+impl Synced {
+    /// Renames it over the target; returns the new file's signature. The rename is durable
+    /// once the directory is synced ([`sync_dir`]).
+    pub fn persist(self) -> Result<FileSig, LedgerError> {
+        let target = self.target;
+        self.tmp
+            .persist(&target)
+            .map_err(|e| LedgerError::io(format!("cannot write {}", target.display()), e.error))?;
         let (len, mtime_ns) = stat(&target)?.unwrap_or((self.len, 0));
         Ok(FileSig {
             len,
             mtime_ns,
-            sha256: hex(&self.hasher.finalize()),
+            sha256: self.sha256,
         })
     }
+}
 
-    fn io_error(&self, e: std::io::Error) -> LedgerError {
-        LedgerError::io(format!("cannot write {}", self.target.display()), e)
+/// Makes a rename into `file`'s directory durable (fsyncs the directory); quietly does
+/// nothing where a directory cannot be opened.
+pub fn sync_dir(file: &Path) {
+    if let Some(dir) = file.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
 }
 

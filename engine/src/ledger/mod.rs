@@ -29,5 +29,8 @@ pub use model::{
     IssueType, NewBead, Status,
 };
 pub use redact::{is_secret_name, Redactor, MIN_SECRET_LEN, REDACTED};
-pub use store::{Ledger, BUSY_TIMEOUT, DEFAULT_PREFIX, MAX_LABEL_CHARS, MAX_TEXT, MAX_TITLE_CHARS};
+pub use store::{
+    Ledger, PendingExport, Published, SyncedExport, BUSY_TIMEOUT, DEFAULT_PREFIX, MAX_LABEL_CHARS,
+    MAX_TEXT, MAX_TITLE_CHARS,
+};
 pub use text::truncate;

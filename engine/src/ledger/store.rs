@@ -57,6 +57,10 @@ struct Env {
     /// Set by a write that other tools must see at once (see `save`); the write exports when
     /// it commits.
     urgent: std::cell::Cell<bool>,
+    /// Inside [`Ledger::holding_urgent_exports`]: an urgent write does not export, it sets
+    /// `owed` and the caller exports (outside its lock).
+    hold_urgent: std::cell::Cell<bool>,
+    owed: std::cell::Cell<bool>,
 }
 
 impl Ledger {
@@ -125,6 +129,8 @@ impl Ledger {
             redactor: redactor.clone(),
             sig_key: store.local_key("jsonl_sig"),
             urgent: std::cell::Cell::new(false),
+            hold_urgent: std::cell::Cell::new(false),
+            owed: std::cell::Cell::new(false),
         };
         let interactions = InteractionLog::new(beads_dir.join("interactions.jsonl"), redactor);
         let mut ledger = Ledger {
@@ -202,9 +208,41 @@ impl Ledger {
     ) -> Result<T, LedgerError> {
         let out = self.write_quiet(f)?;
         if self.env.urgent.replace(false) {
-            self.export()?;
+            if self.env.hold_urgent.get() {
+                self.env.owed.set(true);
+            } else {
+                self.export()?;
+            }
         }
         Ok(out)
+    }
+
+    /// Runs `f` with the exports of urgent writes (claims, beads moving to in progress: see
+    /// `save`) held back; returns `f`'s result and whether such an export is owed, which the
+    /// caller then makes, before it tells anyone the operation is done, with
+    /// [`Ledger::export`] or outside its lock with [`Ledger::export_prepare`]. When `f` fails
+    /// after an urgent write, the export is made here (best effort) and the error returned.
+    pub fn holding_urgent_exports<T>(
+        &mut self,
+        f: impl FnOnce(&mut Ledger) -> Result<T, LedgerError>,
+    ) -> Result<(T, bool), LedgerError> {
+        if self.env.hold_urgent.get() {
+            // Already held by an outer call: the outer caller owes the export.
+            return f(self).map(|t| (t, false));
+        }
+        self.env.hold_urgent.set(true);
+        let out = f(self);
+        self.env.hold_urgent.set(false);
+        let owed = self.env.owed.replace(false);
+        match out {
+            Ok(t) => Ok((t, owed)),
+            Err(e) => {
+                if owed {
+                    let _ = self.export();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// [`Ledger::write`] without the export of urgent changes.
@@ -542,21 +580,7 @@ impl Ledger {
             self.store.claim_export()?;
         }
         self.write_quiet(|s, env| {
-            sync_from_file(s, env)?;
-            if let Some(dir) = env.jsonl.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| LedgerError::io(format!("cannot create {}", dir.display()), e))?;
-            }
-            write_beads_gitignore(env)?;
-            if !env.metadata.exists() {
-                let text = "{\"database\":\"beads.db\",\"jsonl_export\":\"issues.jsonl\"}\n";
-                std::fs::write(&env.metadata, text).map_err(|e| {
-                    LedgerError::io(format!("cannot write {}", env.metadata.display()), e)
-                })?;
-            }
-            let dirty = s.is_dirty()?;
-            let missing = !env.jsonl.exists() && s.has_beads()?;
-            if !dirty && !missing {
+            if !export_wanted(s, env)? {
                 return Ok(false);
             }
             // PostgreSQL: only the export writer goes on, one export at a time.
@@ -573,6 +597,72 @@ impl Ledger {
             store_sig(s, env, &sig)?;
             Ok(true)
         })
+    }
+
+    /// [`Ledger::export`] in three steps, for a ledger shared behind a lock (the run's
+    /// [`crate::run::Recorder`]): the fsync of the new file, the slow part, is made outside
+    /// that lock so that other writers go on meanwhile. This first step, under the lock,
+    /// takes in the file's outside changes as `export` does and writes the lines to a temp
+    /// file; [`PendingExport::sync`] fsyncs it with no lock; [`Ledger::export_publish`], under
+    /// the lock again, puts it in place. `None`: nothing to write (or a shared PostgreSQL
+    /// store, whose exports are ordered across machines by its export lease: exported here,
+    /// in one step).
+    pub fn export_prepare(&mut self) -> Result<Option<PendingExport>, LedgerError> {
+        if self.store.shared() {
+            self.export()?;
+            return Ok(None);
+        }
+        self.write_quiet(|s, env| {
+            if !export_wanted(s, env)? {
+                return Ok(None);
+            }
+            let seq = s.seq()?;
+            let mut out = AtomicWriter::new(&env.jsonl)?;
+            s.write_lines(&mut out)?;
+            Ok(Some(PendingExport { seq, out }))
+        })
+    }
+
+    /// The last step of [`Ledger::export_prepare`]: renames the synced file over
+    /// `.beads/issues.jsonl` and records it as exported, unless a newer export is in the file
+    /// already (then it is dropped). When the file changed since it was prepared (another
+    /// tool wrote it), the export is made again from the start, here, so that the change is
+    /// taken in first. The returned value syncs the directory (outside the lock).
+    pub fn export_publish(&mut self, synced: SyncedExport) -> Result<Published, LedgerError> {
+        let SyncedExport { seq, file } = synced;
+        let file = std::cell::RefCell::new(Some(file));
+        let step = self.write_quiet(|s, env| {
+            if s.exported_seq()? >= seq {
+                return Ok(Publish::Stale);
+            }
+            let stored: Option<FileSig> = s
+                .meta_get(&env.sig_key)?
+                .and_then(|v| serde_json::from_str(&v).ok());
+            let unchanged = match (jsonl::stat(&env.jsonl)?, stored) {
+                (None, _) => true,
+                (Some((len, mtime_ns)), Some(sig)) => sig.len == len && sig.mtime_ns == mtime_ns,
+                (Some(_), None) => false,
+            };
+            // (A retried transaction finds the file renamed already: made again.)
+            let taken = file.borrow_mut().take();
+            let Some(f) = taken.filter(|_| unchanged) else {
+                return Ok(Publish::Again);
+            };
+            let sig = f.persist()?;
+            s.set_exported_seq(seq)?;
+            store_sig(s, env, &sig)?;
+            Ok(Publish::Done)
+        })?;
+        match step {
+            Publish::Done => Ok(Published {
+                file: Some(self.env.jsonl.clone()),
+            }),
+            Publish::Stale => Ok(Published { file: None }),
+            Publish::Again => {
+                self.export()?;
+                Ok(Published { file: None })
+            }
+        }
     }
 
     /// A value of the engine's key/value state (runs, resume points), if set.
@@ -601,6 +691,75 @@ fn claimed(s: &dyn Store, env: &Env, id: &str, assignee: String) -> Result<Bead,
 
 /// `.beads/.gitignore` exactly as br 0.7.6's `br init` writes it (br's doctor warns when it is
 /// missing), written once when missing; an existing one is the user's and is left alone.
+/// Before an export: takes in the file's outside changes, makes `.beads/` and its small files
+/// when missing; whether the file must be written (a change since the last export, or no file
+/// while the store has beads).
+fn export_wanted(s: &dyn Store, env: &Env) -> Result<bool, LedgerError> {
+    sync_from_file(s, env)?;
+    if let Some(dir) = env.jsonl.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LedgerError::io(format!("cannot create {}", dir.display()), e))?;
+    }
+    write_beads_gitignore(env)?;
+    if !env.metadata.exists() {
+        let text = "{\"database\":\"beads.db\",\"jsonl_export\":\"issues.jsonl\"}\n";
+        std::fs::write(&env.metadata, text)
+            .map_err(|e| LedgerError::io(format!("cannot write {}", env.metadata.display()), e))?;
+    }
+    let dirty = s.is_dirty()?;
+    let missing = !env.jsonl.exists() && s.has_beads()?;
+    Ok(dirty || missing)
+}
+
+/// An export whose lines are in a temp file ([`Ledger::export_prepare`]).
+pub struct PendingExport {
+    seq: i64,
+    out: AtomicWriter,
+}
+
+impl PendingExport {
+    /// Flushes and fsyncs the temp file: needs no lock.
+    pub fn sync(self) -> Result<SyncedExport, LedgerError> {
+        Ok(SyncedExport {
+            seq: self.seq,
+            file: self.out.sync()?,
+        })
+    }
+}
+
+/// An export on disk, not in place yet ([`Ledger::export_publish`]).
+pub struct SyncedExport {
+    seq: i64,
+    file: jsonl::Synced,
+}
+
+/// A published export ([`Ledger::export_publish`]); [`Published::sync_dir`] makes its rename
+/// durable.
+#[must_use = "sync_dir makes the rename durable"]
+pub struct Published {
+    file: Option<PathBuf>,
+}
+
+impl Published {
+    /// Whether a new file was put in place.
+    pub fn wrote(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Fsyncs the directory of the new file (needs no lock).
+    pub fn sync_dir(self) {
+        if let Some(f) = &self.file {
+            jsonl::sync_dir(f);
+        }
+    }
+}
+
+enum Publish {
+    Done,
+    Stale,
+    Again,
+}
+
 fn write_beads_gitignore(env: &Env) -> Result<(), LedgerError> {
     let Some(dir) = env.jsonl.parent() else {
         return Ok(());

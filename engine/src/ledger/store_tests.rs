@@ -1242,3 +1242,138 @@ fn two_clones_of_one_repository_share_beads_and_other_repositories_do_not_see_th
     assert!(lo.get(&bead.id).unwrap().is_none());
     assert!(lo.list(&BeadFilter::default()).unwrap().is_empty());
 }
+
+/// The export in steps ([`Ledger::export_prepare`], [`PendingExport::sync`],
+/// [`Ledger::export_publish`]) as the run's recorder makes it with the fsync outside its lock.
+fn export_in_steps(l: &mut Ledger) -> bool {
+    let Some(pending) = l.export_prepare().unwrap() else {
+        return false;
+    };
+    let synced = pending.sync().unwrap();
+    let published = l.export_publish(synced).unwrap();
+    let wrote = published.wrote();
+    published.sync_dir();
+    wrote
+}
+
+#[test]
+fn an_export_in_steps_writes_what_export_writes_and_only_when_something_changed() {
+    let dir = repo!();
+    let mut l = open(dir.path());
+    assert!(!export_in_steps(&mut l), "an empty ledger has nothing to write");
+    let a = l.create(NewBead::task("a")).unwrap();
+    l.create(NewBead::task("b")).unwrap();
+    export_in_steps(&mut l);
+    assert!(!l.is_dirty().unwrap());
+    let in_steps = jsonl(dir.path());
+    assert_eq!(in_steps.lines().count(), 2);
+    assert!(!export_in_steps(&mut l), "nothing changed since");
+    // The one-step export of the same content is the same file.
+    l.update(
+        &a.id,
+        BeadUpdate {
+            notes: Some("n".into()),
+            ..BeadUpdate::default()
+        },
+    )
+    .unwrap();
+    export_in_steps(&mut l);
+    let stepped = jsonl(dir.path());
+    std::fs::remove_file(dir.path().join(".beads/issues.jsonl")).unwrap();
+    assert!(l.export().unwrap(), "a deleted file is written again");
+    assert_eq!(jsonl(dir.path()), stepped);
+    // No temp file is left beside it.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join(".beads"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn an_older_export_published_after_a_newer_one_is_dropped() {
+    let dir = repo!();
+    if PG {
+        return; // PostgreSQL exports in one step, ordered by its export lease.
+    }
+    let mut l = open(dir.path());
+    l.create(NewBead::task("first")).unwrap();
+    let old = l.export_prepare().unwrap().expect("something to write");
+    let old = old.sync().unwrap();
+    // Meanwhile another bead is written and exported in full.
+    l.create(NewBead::task("second")).unwrap();
+    assert!(l.export().unwrap());
+    let newer = jsonl(dir.path());
+    assert_eq!(newer.lines().count(), 2);
+    let published = l.export_publish(old).unwrap();
+    assert!(!published.wrote(), "the older export must not replace the newer file");
+    published.sync_dir();
+    assert_eq!(jsonl(dir.path()), newer);
+    assert!(!l.is_dirty().unwrap());
+}
+
+#[test]
+fn a_file_changed_by_another_tool_between_the_steps_is_taken_in_not_overwritten() {
+    let dir = repo!();
+    if PG {
+        return;
+    }
+    let mut l = open(dir.path());
+    l.create(NewBead::task("ours")).unwrap();
+    l.export().unwrap();
+    l.create(NewBead::task("ours too")).unwrap();
+    let pending = l.export_prepare().unwrap().expect("something to write");
+    let synced = pending.sync().unwrap();
+    // bd (or a git pull) adds a line while our new file is being synced.
+    let foreign = r#"{"id":"bd-zzzz","title":"from bd","status":"open","priority":1,"issue_type":"bug","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
+    let mut text = jsonl(dir.path());
+    text.push_str(foreign);
+    text.push('\n');
+    std::fs::write(dir.path().join(".beads/issues.jsonl"), &text).unwrap();
+    let published = l.export_publish(synced).unwrap();
+    published.sync_dir();
+    let after = jsonl(dir.path());
+    assert!(after.contains(foreign), "the outside line is kept: {after}");
+    assert!(after.contains("\"ours too\""), "{after}");
+    assert!(l.get("bd-zzzz").unwrap().unwrap().foreign);
+    assert!(!l.is_dirty().unwrap());
+}
+
+#[test]
+fn urgent_exports_held_back_are_owed_to_the_caller_and_made_on_error() {
+    let dir = repo!();
+    let mut l = open(dir.path());
+    let a = l.create(NewBead::task("a")).unwrap();
+    l.export().unwrap();
+    let (won, owed) = l
+        .holding_urgent_exports(|l| l.claim_all(&[(&a.id, "nux")]))
+        .unwrap();
+    assert_eq!(won, [true]);
+    assert!(owed, "a claim is urgent");
+    let line = jsonl(dir.path());
+    assert!(
+        !line.contains("\"assignee\":\"nux\""),
+        "held back: not in the file yet: {line}"
+    );
+    l.export().unwrap();
+    assert!(jsonl(dir.path()).contains("\"assignee\":\"nux\""));
+    // Nothing urgent: nothing owed.
+    let ((), owed) = l
+        .holding_urgent_exports(|l| l.create(NewBead::task("new")).map(|_| ()))
+        .unwrap();
+    assert!(!owed, "a bead created just now is not urgent");
+    // An urgent write followed by a failure: exported here, the error returned.
+    let b = l.create(NewBead::task("b")).unwrap();
+    let err = l.holding_urgent_exports(|l| {
+        l.claim_all(&[(&b.id, "slit")])?;
+        l.claim_all(&[("wg-none", "x")])
+    });
+    assert!(matches!(err, Err(LedgerError::NotFound(_))));
+    assert!(jsonl(dir.path()).contains("\"assignee\":\"slit\""));
+    // After it, urgent writes export at once again.
+    let c = l.create(NewBead::task("c")).unwrap();
+    assert!(l.claim(&c.id, "dag").unwrap());
+    assert!(jsonl(dir.path()).contains("\"assignee\":\"dag\""));
+}

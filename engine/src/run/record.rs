@@ -29,6 +29,8 @@ pub const EXPORT_BATCH: std::time::Duration = std::time::Duration::from_millis(2
 pub struct Recorder {
     ledger: Mutex<Ledger>,
     last_export: Mutex<Option<std::time::Instant>>,
+    /// One export at a time ([`Recorder::export`]); writers go on meanwhile.
+    export_gate: Mutex<()>,
 }
 
 /// An agent call as the interactions log records it.
@@ -53,6 +55,7 @@ impl Recorder {
         Recorder {
             ledger: Mutex::new(ledger),
             last_export: Mutex::new(None),
+            export_gate: Mutex::new(()),
         }
     }
 
@@ -60,6 +63,24 @@ impl Recorder {
     /// one transaction), so it is taken over rather than propagated.
     pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Exports the ledger to `.beads/issues.jsonl` (when something changed) with the new
+    /// file's fsync outside the ledger's lock, so the run's other writers (a pool's polecats)
+    /// do not wait for the disk. Exports go one at a time: one waiting here while another
+    /// syncs finds the writes made meanwhile and exports them all together (a group commit);
+    /// the ones after it have nothing left to write. Returns when every write made before the
+    /// call is in the file.
+    pub fn export(&self) -> Result<(), LedgerError> {
+        let _one = self.export_gate.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = self.ledger().export_prepare()?;
+        let Some(pending) = pending else {
+            return Ok(());
+        };
+        let synced = pending.sync()?;
+        let published = self.ledger().export_publish(synced)?;
+        published.sync_dir();
+        Ok(())
     }
 
     /// Creates the run's epic bead (in progress) and returns its id: the run id.
@@ -73,7 +94,8 @@ impl Recorder {
             status: Status::InProgress,
             ..NewBead::default()
         })?;
-        ledger.export()?;
+        drop(ledger);
+        self.export()?;
         Ok(bead.id)
     }
 
@@ -185,11 +207,15 @@ impl Recorder {
             },
         )?;
         ledger.close(bead, close_reason)?;
-        let mut last_export = self.last_export.lock().unwrap_or_else(|e| e.into_inner());
-        let due = last || last_export.is_none_or(|t| t.elapsed() >= EXPORT_BATCH);
+        drop(ledger);
+        let due = last || {
+            let at = self.last_export.lock().unwrap_or_else(|e| e.into_inner());
+            at.is_none_or(|t| t.elapsed() >= EXPORT_BATCH)
+        };
         if due {
-            ledger.export()?;
-            *last_export = Some(std::time::Instant::now());
+            self.export()?;
+            *self.last_export.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
         }
         Ok(())
     }
@@ -212,8 +238,8 @@ impl Recorder {
             },
         )?;
         ledger.close(bead, close_reason)?;
-        ledger.export()?;
-        Ok(())
+        drop(ledger);
+        self.export()
     }
 
     /// Closed iteration beads of a step, in order (for resume).
@@ -310,4 +336,48 @@ pub fn bound_title(title: &str) -> String {
         .find(|l| !l.is_empty())
         .unwrap_or("(untitled)");
     crate::ralph::text::truncate_chars(first, 200)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many threads writing and exporting at once (a pool's polecats): when a thread's export
+    /// returns, its own write is in the file, whoever wrote the file; and the file ends with
+    /// every bead, no temp file left.
+    #[test]
+    fn concurrent_exports_each_cover_their_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::new(Ledger::open(dir.path()).unwrap());
+        let run = recorder.start_run("run", "").unwrap();
+        let file = dir.path().join(".beads/issues.jsonl");
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (recorder, run, file) = (&recorder, &run, &file);
+                s.spawn(move || {
+                    for i in 0..5 {
+                        let step = recorder
+                            .create_step(run, &format!("s{t}-{i}"), &format!("t{t} i{i}"), "")
+                            .unwrap();
+                        recorder.finish(&step, "converged", "", "done").unwrap();
+                        let text = std::fs::read_to_string(file).unwrap();
+                        let line = text
+                            .lines()
+                            .find(|l| l.contains(&format!("\"id\":\"{step}\"")))
+                            .unwrap_or_else(|| panic!("{step} is not in the file yet"));
+                        assert!(line.contains("\"closed\""), "{line}");
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text.lines().count(), 1 + 8 * 5);
+        assert!(!recorder.ledger().is_dirty().unwrap());
+        let temps = std::fs::read_dir(dir.path().join(".beads"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .count();
+        assert_eq!(temps, 0);
+    }
 }

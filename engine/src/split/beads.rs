@@ -106,6 +106,7 @@ pub fn claim_all(recorder: &Recorder, claims: &[(&str, &str)]) -> Result<Vec<boo
     let mut ledger = recorder.ledger();
     let mut won = vec![false; claims.len()];
     let mut todo = Vec::new();
+    let mut owed = false;
     for (i, (bead, polecat)) in claims.iter().enumerate() {
         match ledger.get(bead)? {
             Some(b)
@@ -118,11 +119,21 @@ pub fn claim_all(recorder: &Recorder, claims: &[(&str, &str)]) -> Result<Vec<boo
     }
     if !todo.is_empty() {
         let asked: Vec<(&str, &str)> = todo.iter().map(|&i| claims[i]).collect();
-        for (k, got) in ledger.claim_all(&asked)?.into_iter().enumerate() {
+        // The claims' export (other tools must see them before the polecats start) is made
+        // outside the ledger's lock: the pool's other polecats write meanwhile.
+        let (got, urgent) = ledger.holding_urgent_exports(|l| l.claim_all(&asked))?;
+        owed = urgent;
+        for (k, got) in got.into_iter().enumerate() {
             won[todo[k]] = got;
         }
     }
-    let _ = ledger.export();
+    drop(ledger);
+    if owed {
+        // As a claim's own export: its failure is the claim's (committed in the database).
+        recorder.export()?;
+    } else {
+        let _ = recorder.export();
+    }
     Ok(won)
 }
 
