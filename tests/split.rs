@@ -130,11 +130,8 @@ fn a_declared_split_runs_polecats_in_parallel_merges_through_the_refinery_and_ve
     };
     let (a, c) = (entry("a"), entry("c"));
     assert_ne!(a["bead"], c["bead"]);
-    assert_ne!(
-        subtask(&split, "a")["polecat"],
-        subtask(&split, "c")["polecat"],
-        "two polecats"
-    );
+    // (Their first runs: c, sent back after its red merge, may run again on a's polecat.)
+    assert_ne!(a["polecat"], c["polecat"], "two polecats: {h:#?}");
     // Their first iterations (bead created when the iteration starts, closed when it ends,
     // each with a 700 ms agent call) overlap in time.
     let all = beads(repo.path());

@@ -25,10 +25,13 @@ pub fn history(repo: &TempRepo) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let text = std::fs::read_to_string(e.path().join("history.jsonl")).unwrap_or_default();
-        out.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
+        let polecat = e.file_name().to_string_lossy().into_owned();
+        out.extend(text.lines().map(|l| {
+            let mut entry = serde_json::from_str::<serde_json::Value>(l).unwrap();
+            // Whose history it is (the file is the polecat's own).
+            entry["polecat"] = polecat.clone().into();
+            entry
+        }));
     }
     out
 }
