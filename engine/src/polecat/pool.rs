@@ -321,13 +321,10 @@ fn workspace_for(
     Ok((ws, fresh))
 }
 
-/// Deletes a local branch, quietly (it may be gone already).
+/// Deletes a local branch, quietly (it may be gone already; a branch a worktree has checked
+/// out stays).
 pub fn delete_branch(repo_root: &std::path::Path, branch: &str) {
-    if let Ok(repo) = git2::Repository::open(repo_root) {
-        if let Ok(mut b) = repo.find_branch(branch, git2::BranchType::Local) {
-            let _ = b.delete();
-        }
-    }
+    crate::workspace::delete_branch_if_free(repo_root, branch);
 }
 
 /// Where a (sub)task's loop starts: after the iterations already closed in the ledger.

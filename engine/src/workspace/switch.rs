@@ -219,6 +219,24 @@ fn base_of(main: &Repository, branch_ref: &str, tip: Oid) -> String {
         .to_string()
 }
 
+/// Deletes the local branch `branch` of the repository at `repo_root` unless a worktree (or the
+/// main working tree) has it checked out; quietly, since it may be gone already. Returns
+/// whether it was deleted. Reads the worktrees' HEAD files rather than opening each worktree's
+/// repository as libgit2's `Branch::delete` does (a pool's 8 polecat worktrees made every
+/// merged subtask's cleanup open 9 repositories).
+pub fn delete_branch_if_free(repo_root: &Path, branch: &str) -> bool {
+    let Ok(repo) = Repository::open(repo_root) else {
+        return false;
+    };
+    let branch_ref = format!("refs/heads/{branch}");
+    if !matches!(checked_out_elsewhere(&repo, "", &branch_ref), Ok(None)) {
+        return false;
+    }
+    repo.find_reference(&branch_ref)
+        .and_then(|mut r| r.delete())
+        .is_ok()
+}
+
 /// The worktree other than `own` (by name; the main working tree too) that has `branch_ref`
 /// checked out, read from git's HEAD files (no repository opened).
 pub(super) fn checked_out_elsewhere(
@@ -365,5 +383,28 @@ mod tests {
         let ws = ws.switch("wiggum/x.split/c", &t.head()).unwrap();
         assert_eq!(on_branch(&ws), "refs/heads/wiggum/x.split/c");
         ws.remove().unwrap();
+    }
+
+    #[test]
+    fn delete_branch_if_free_keeps_a_branch_a_worktree_has_checked_out() {
+        let t = TestRepo::new();
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        let main = Repository::open(&t.root).unwrap();
+        let has = |b: &str| main.find_branch(b, git2::BranchType::Local).is_ok();
+        assert!(!delete_branch_if_free(&t.root, "wiggum/x.split/a"));
+        assert!(has("wiggum/x.split/a"), "checked out in worktree p: kept");
+        let current = main.head().unwrap().shorthand().unwrap().to_string();
+        assert!(
+            !delete_branch_if_free(&t.root, &current),
+            "the main working tree's"
+        );
+        assert!(has(&current));
+        ws.release_branch().unwrap();
+        assert!(delete_branch_if_free(&t.root, "wiggum/x.split/a"));
+        assert!(!has("wiggum/x.split/a"));
+        assert!(
+            !delete_branch_if_free(&t.root, "wiggum/x.split/a"),
+            "gone already"
+        );
     }
 }
