@@ -231,8 +231,19 @@ impl Ledger {
             return f(self).map(|t| (t, false));
         }
         self.env.hold_urgent.set(true);
-        let out = f(self);
+        // The hold goes however `f` ends, a panic included: urgent writes after it export at
+        // once again (a poisoned lock's ledger is taken over and used on).
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
         self.env.hold_urgent.set(false);
+        let out = match out {
+            Ok(out) => out,
+            Err(panic) => {
+                if self.env.owed.replace(false) {
+                    let _ = self.export();
+                }
+                std::panic::resume_unwind(panic)
+            }
+        };
         let owed = self.env.owed.replace(false);
         match out {
             Ok(t) => Ok((t, owed)),
@@ -617,9 +628,13 @@ impl Ledger {
                 return Ok(None);
             }
             let seq = s.seq()?;
+            // The file as it is now, its outside changes taken in: publishing is right only
+            // while it stays so (any other writer, another connection's export included,
+            // changes its size or time).
+            let file_at = jsonl::stat(&env.jsonl)?;
             let mut out = AtomicWriter::new(&env.jsonl)?;
             s.write_lines(&mut out)?;
-            Ok(Some(PendingExport { seq, out }))
+            Ok(Some(PendingExport { seq, file_at, out }))
         })
     }
 
@@ -629,20 +644,17 @@ impl Ledger {
     /// tool wrote it), the export is made again from the start, here, so that the change is
     /// taken in first. The returned value syncs the directory (outside the lock).
     pub fn export_publish(&mut self, synced: SyncedExport) -> Result<Published, LedgerError> {
-        let SyncedExport { seq, file } = synced;
+        let SyncedExport { seq, file_at, file } = synced;
         let file = std::cell::RefCell::new(Some(file));
         let step = self.write_quiet(|s, env| {
             if s.exported_seq()? >= seq {
                 return Ok(Publish::Stale);
             }
-            let stored: Option<FileSig> = s
-                .meta_get(&env.sig_key)?
-                .and_then(|v| serde_json::from_str(&v).ok());
-            let unchanged = match (jsonl::stat(&env.jsonl)?, stored) {
-                (None, _) => true,
-                (Some((len, mtime_ns)), Some(sig)) => sig.len == len && sig.mtime_ns == mtime_ns,
-                (Some(_), None) => false,
-            };
+            // Compared with the file as it was when the lines were read, not with the stored
+            // signature: another connection (a `wiggum beads`, another run) may have taken an
+            // outside change in and stored its signature meanwhile, and its lines are not in
+            // ours.
+            let unchanged = jsonl::stat(&env.jsonl)? == file_at;
             // (A retried transaction finds the file renamed already: made again.)
             let taken = file.borrow_mut().take();
             let Some(f) = taken.filter(|_| unchanged) else {
@@ -656,11 +668,17 @@ impl Ledger {
         match step {
             Publish::Done => Ok(Published {
                 file: Some(self.env.jsonl.clone()),
+                wrote: true,
             }),
-            Publish::Stale => Ok(Published { file: None }),
+            // The file in place is a newer export's, whose directory sync may still be to
+            // come: synced here too before this export is called done.
+            Publish::Stale => Ok(Published {
+                file: Some(self.env.jsonl.clone()),
+                wrote: false,
+            }),
             Publish::Again => {
-                self.export()?;
-                Ok(Published { file: None })
+                let wrote = self.export()?;
+                Ok(Published { file: None, wrote })
             }
         }
     }
@@ -689,8 +707,6 @@ fn claimed(s: &dyn Store, env: &Env, id: &str, assignee: String) -> Result<Bead,
     Ok(rec.to_bead(false))
 }
 
-/// `.beads/.gitignore` exactly as br 0.7.6's `br init` writes it (br's doctor warns when it is
-/// missing), written once when missing; an existing one is the user's and is left alone.
 /// Before an export: takes in the file's outside changes, makes `.beads/` and its small files
 /// when missing; whether the file must be written (a change since the last export, or no file
 /// while the store has beads).
@@ -714,6 +730,8 @@ fn export_wanted(s: &dyn Store, env: &Env) -> Result<bool, LedgerError> {
 /// An export whose lines are in a temp file ([`Ledger::export_prepare`]).
 pub struct PendingExport {
     seq: i64,
+    /// `issues.jsonl`'s size and modification time when the lines were read.
+    file_at: Option<(u64, i128)>,
     out: AtomicWriter,
 }
 
@@ -722,6 +740,7 @@ impl PendingExport {
     pub fn sync(self) -> Result<SyncedExport, LedgerError> {
         Ok(SyncedExport {
             seq: self.seq,
+            file_at: self.file_at,
             file: self.out.sync()?,
         })
     }
@@ -730,6 +749,7 @@ impl PendingExport {
 /// An export on disk, not in place yet ([`Ledger::export_publish`]).
 pub struct SyncedExport {
     seq: i64,
+    file_at: Option<(u64, i128)>,
     file: jsonl::Synced,
 }
 
@@ -737,13 +757,15 @@ pub struct SyncedExport {
 /// durable.
 #[must_use = "sync_dir makes the rename durable"]
 pub struct Published {
+    /// The file whose directory is still to be synced.
     file: Option<PathBuf>,
+    wrote: bool,
 }
 
 impl Published {
     /// Whether a new file was put in place.
     pub fn wrote(&self) -> bool {
-        self.file.is_some()
+        self.wrote
     }
 
     /// Fsyncs the directory of the new file (needs no lock).
@@ -760,6 +782,8 @@ enum Publish {
     Again,
 }
 
+/// `.beads/.gitignore` exactly as br 0.7.6's `br init` writes it (br's doctor warns when it is
+/// missing), written once when missing; an existing one is the user's and is left alone.
 fn write_beads_gitignore(env: &Env) -> Result<(), LedgerError> {
     let Some(dir) = env.jsonl.parent() else {
         return Ok(());

@@ -1377,3 +1377,59 @@ fn urgent_exports_held_back_are_owed_to_the_caller_and_made_on_error() {
     assert!(l.claim(&c.id, "dag").unwrap());
     assert!(jsonl(dir.path()).contains("\"assignee\":\"dag\""));
 }
+
+#[test]
+fn an_outside_change_another_connection_took_in_between_the_steps_is_not_overwritten() {
+    let dir = repo!();
+    if PG {
+        return;
+    }
+    let mut l = open(dir.path());
+    l.create(NewBead::task("ours")).unwrap();
+    l.export().unwrap();
+    l.create(NewBead::task("ours too")).unwrap();
+    let synced = l.export_prepare().unwrap().unwrap().sync().unwrap();
+    // br adds a line; another connection to the same database (a `wiggum beads`, another
+    // run) opens the ledger and takes it in, storing the file's new signature.
+    let foreign = r#"{"id":"bd-yyyy","title":"from br","status":"open","priority":1,"issue_type":"task","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
+    let mut text = jsonl(dir.path());
+    text.push_str(foreign);
+    text.push('\n');
+    std::fs::write(dir.path().join(".beads/issues.jsonl"), &text).unwrap();
+    let other = open(dir.path());
+    assert!(other.get("bd-yyyy").unwrap().is_some(), "taken in by the other");
+    drop(other);
+    let published = l.export_publish(synced).unwrap();
+    published.sync_dir();
+    let after = jsonl(dir.path());
+    assert!(after.contains(foreign), "br's line is still in the file: {after}");
+    assert!(after.contains("\"ours too\""), "{after}");
+    assert!(!l.is_dirty().unwrap());
+}
+
+#[test]
+fn a_panic_inside_holding_urgent_exports_lets_the_hold_go() {
+    let dir = repo!();
+    let mut l = open(dir.path());
+    let a = l.create(NewBead::task("a")).unwrap();
+    let b = l.create(NewBead::task("b")).unwrap();
+    l.export().unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = l.holding_urgent_exports(|l| {
+            l.claim_all(&[(&a.id, "nux")])?;
+            panic!("a bug inside");
+            #[allow(unreachable_code)]
+            Ok(())
+        });
+    }));
+    assert!(caught.is_err());
+    assert!(
+        jsonl(dir.path()).contains("\"assignee\":\"nux\""),
+        "the claim made before the panic is exported"
+    );
+    assert!(l.claim(&b.id, "slit").unwrap());
+    assert!(
+        jsonl(dir.path()).contains("\"assignee\":\"slit\""),
+        "urgent writes export at once again"
+    );
+}
