@@ -232,9 +232,35 @@ pub fn delete_branch_if_free(repo_root: &Path, branch: &str) -> bool {
     if !matches!(checked_out_elsewhere(&repo, "", &branch_ref), Ok(None)) {
         return false;
     }
-    repo.find_reference(&branch_ref)
+    let deleted = repo
+        .find_reference(&branch_ref)
         .and_then(|mut r| r.delete())
-        .is_ok()
+        .is_ok();
+    if deleted {
+        // Its `[branch "<name>"]` settings go with it, as `git branch -d` and libgit2 do.
+        if let Ok(mut config) = repo
+            .config()
+            .and_then(|c| c.open_level(git2::ConfigLevel::Local))
+        {
+            let prefix = format!("branch.{branch}.");
+            let names: Vec<String> = config
+                .entries(None)
+                .map(|entries| {
+                    let mut names = Vec::new();
+                    let _ = entries.for_each(|e| {
+                        if let Some(n) = e.name().filter(|n| n.starts_with(&prefix)) {
+                            names.push(n.to_string());
+                        }
+                    });
+                    names
+                })
+                .unwrap_or_default();
+            for name in names {
+                let _ = config.remove_multivar(&name, ".*");
+            }
+        }
+    }
+    deleted
 }
 
 /// The worktree other than `own` (by name; the main working tree too) that has `branch_ref`
@@ -400,8 +426,21 @@ mod tests {
         );
         assert!(has(&current));
         ws.release_branch().unwrap();
+        let mut config = main
+            .config()
+            .unwrap()
+            .open_level(git2::ConfigLevel::Local)
+            .unwrap();
+        config
+            .set_str("branch.wiggum/x.split/a.merge", "refs/heads/main")
+            .unwrap();
         assert!(delete_branch_if_free(&t.root, "wiggum/x.split/a"));
         assert!(!has("wiggum/x.split/a"));
+        let config = main.config().unwrap().snapshot().unwrap();
+        assert!(
+            config.get_str("branch.wiggum/x.split/a.merge").is_err(),
+            "its settings go with it"
+        );
         assert!(
             !delete_branch_if_free(&t.root, "wiggum/x.split/a"),
             "gone already"
