@@ -19,7 +19,7 @@ pub const RECONNECTED: &str = "";
 /// A notification: its channel and payload.
 pub type Notification = (String, String);
 
-/// Listens on `channels` until the receiver is dropped. Fails only when the first connection
+/// Listens on `channels` until the receiver is dropped (its connection closes then). Fails only when the first connection
 /// cannot be made (a wrong URL or a server that is not there); later drops are retried.
 pub async fn listen(
     url: &DbUrl,
@@ -46,9 +46,9 @@ pub async fn listen(
                 return;
             }
             loop {
-                tokio::time::sleep(pause).await;
-                if tx.is_closed() {
-                    return;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = tx.closed() => return,
                 }
                 let names: Vec<&str> = channels.iter().map(String::as_str).collect();
                 match open(&url, &names, tx.clone()).await {
@@ -87,7 +87,13 @@ async fn open(
             })?;
     let task = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
+        loop {
+            // The receiver dropped: the connection closes now, not at the next notification.
+            let message = tokio::select! {
+                m = messages.next() => m,
+                _ = tx.closed() => return,
+            };
+            let Some(message) = message else { return };
             match message {
                 Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
                     if tx

@@ -385,20 +385,10 @@ async fn wait(d: &Distributed, job: &StepJob<'_>) -> Waited {
             Err(e) => tracing::warn!("waiting for step {}: {e}", job.step_id),
         }
         let pause = crate::pg::notify::backstop(d.poll);
-        match wake.as_mut() {
-            Some(rx) => {
-                tokio::select! {
-                    open = crate::worker::wakes::woken(rx) => if !open { wake = None },
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = job.cancel.cancelled() => {}
-                }
-            }
-            None => {
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = job.cancel.cancelled() => {}
-                }
-            }
+        tokio::select! {
+            _ = crate::worker::wakes::woken(&mut wake) => {}
+            _ = tokio::time::sleep(pause) => {}
+            _ = job.cancel.cancelled() => {}
         }
     }
 }

@@ -287,20 +287,10 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
             Err(e) => tracing::warn!("waiting for subtask {id}: {e}"),
         }
         let pause = crate::pg::notify::backstop(d.poll);
-        match wake.as_mut() {
-            Some(rx) => {
-                tokio::select! {
-                    open = super::wakes::woken(rx) => if !open { wake = None },
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = run.cancel.cancelled() => {}
-                }
-            }
-            None => {
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = run.cancel.cancelled() => {}
-                }
-            }
+        tokio::select! {
+            _ = super::wakes::woken(&mut wake) => {}
+            _ = tokio::time::sleep(pause) => {}
+            _ = run.cancel.cancelled() => {}
         }
     };
     // What the worker spent counts against the step's budgets and the run's, as a local
