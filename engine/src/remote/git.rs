@@ -229,13 +229,46 @@ impl Remote {
         Ok(deleted)
     }
 
-    /// Deletes `refname` (a full ref name) on the remote if, and only if, it is at `expected`
-    /// now: [`Remote::delete_branch`] for a ref that is not a branch.
-    pub async fn delete_ref(&self, refname: &str, expected: &str) -> Result<bool, RemoteError> {
-        Ok(matches!(
-            self.cas("", refname, refname, Some(expected)).await?,
-            CasPush::Pushed(_)
-        ))
+    /// Deletes each of `refs` (full ref name, expected sha) on the remote if, and only if, it
+    /// is at its expected sha now, all in one `git push` (several `--force-with-lease` and
+    /// `:<ref>` refspecs, not `--atomic`: a ref that moved fails alone); returns those deleted.
+    /// `Err` only when the push as a whole failed (the remote unreachable).
+    pub async fn delete_refs(&self, refs: &[(String, String)]) -> Result<Vec<String>, RemoteError> {
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<String> = vec!["push".into(), "--porcelain".into(), "--no-verify".into()];
+        args.extend(
+            refs.iter()
+                .map(|(name, sha)| format!("--force-with-lease={name}:{sha}")),
+        );
+        args.push(self.spec.target.clone());
+        args.extend(refs.iter().map(|(name, _)| format!(":{name}")));
+        let label = format!("{} refs", refs.len());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.git("push", &label, &args).await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // `--porcelain`: one line per ref, `<flag>\t:<ref>\t<summary>`; `-` is a deletion.
+        let mut deleted = Vec::new();
+        let mut reported = false;
+        for l in stdout.lines() {
+            let mut parts = l.split('\t');
+            let (Some(flag), Some(spec)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(name) = spec.strip_prefix(':') else {
+                continue;
+            };
+            reported = true;
+            if flag == "-" {
+                deleted.push(name.to_string());
+            }
+        }
+        if !reported && !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(self.failed("push", &label, &stderr, &stdout));
+        }
+        Ok(deleted)
     }
 
     /// The refs of the remote whose names start with `prefix` (`git ls-remote`), name → sha.

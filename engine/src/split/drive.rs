@@ -413,6 +413,7 @@ async fn continue_split(
                 &landed,
             )
             .await;
+            d.refinery.swept().await;
         }
     }
 

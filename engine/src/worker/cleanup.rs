@@ -14,19 +14,31 @@ use crate::remote::{Publisher, Remote};
 /// this version makes no such ref (a job's base is on its step's branch).
 pub const OLD_BASE_REFS: &str = "refs/wiggum/base/";
 
+/// How many refs one sweep's `git push` deletes at most (its command line stays short).
+const SWEEP_BATCH: usize = 200;
+
 /// Deletes from the remote every `refs/wiggum/base/<sha>` ref left by an earlier version that
 /// no unfinished job of `repo` in `queue` starts from (an earlier version's worker may still
 /// fetch that ref for it), each by a compare-and-swap on the value seen (a ref that moved is
-/// left alone); returns those deleted. Nothing is deleted when the queue cannot be read.
-/// Failures are logged: an old ref left costs nothing but space, and the next split's start
-/// tries again.
-pub async fn sweep_old_base_refs(remote: &Remote, queue: &Queue, repo: &str) -> Vec<String> {
+/// left alone), [`SWEEP_BATCH`] refs per `git push`; returns those deleted, or `None` when
+/// the remote's refs or the queue could not be read or a push failed (nothing, or not
+/// everything, was deleted: the caller tries again later). Failures are logged: an old ref
+/// left costs nothing but space.
+///
+/// The refs are listed before the queue, so the job of a ref seen is seen too, unless an
+/// earlier version's driver publishes it between the two reads; docs/scale-out.md says to
+/// stop earlier versions' drivers before upgrading.
+pub async fn sweep_old_base_refs(
+    remote: &Remote,
+    queue: &Queue,
+    repo: &str,
+) -> Option<Vec<String>> {
     let refs = match remote.refs_under(OLD_BASE_REFS).await {
-        Ok(r) if r.is_empty() => return Vec::new(),
+        Ok(r) if r.is_empty() => return Some(Vec::new()),
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("old {OLD_BASE_REFS}* refs are left on the remote: {e}");
-            return Vec::new();
+            return None;
         }
     };
     // The bases of the jobs still to run (an earlier version's job says its base ref by the
@@ -40,22 +52,26 @@ pub async fn sweep_old_base_refs(remote: &Remote, queue: &Queue, repo: &str) -> 
             .collect(),
         Err(e) => {
             tracing::warn!("old {OLD_BASE_REFS}* refs are left on the remote: {e}");
-            return Vec::new();
+            return None;
         }
     };
-    let mut names: Vec<&String> = refs.keys().collect();
-    names.sort();
+    let mut gone: Vec<(String, String)> = refs
+        .into_iter()
+        .filter(|(name, sha)| {
+            let named = name.strip_prefix(OLD_BASE_REFS).unwrap_or_default();
+            !needed.contains(sha) && !needed.contains(named)
+        })
+        .collect();
+    gone.sort();
     let mut deleted = Vec::new();
-    for name in names {
-        let sha = &refs[name];
-        let named = name.strip_prefix(OLD_BASE_REFS).unwrap_or_default();
-        if needed.contains(sha) || needed.contains(named) {
-            continue;
-        }
-        match remote.delete_ref(name, sha).await {
-            Ok(true) => deleted.push(name.clone()),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("the old ref {name} is left on the remote: {e}"),
+    let mut complete = true;
+    for batch in gone.chunks(SWEEP_BATCH) {
+        match remote.delete_refs(batch).await {
+            Ok(d) => deleted.extend(d),
+            Err(e) => {
+                tracing::warn!("old {OLD_BASE_REFS}* refs are left on the remote: {e}");
+                complete = false;
+            }
         }
     }
     if !deleted.is_empty() {
@@ -64,7 +80,7 @@ pub async fn sweep_old_base_refs(remote: &Remote, queue: &Queue, repo: &str) -> 
             deleted.len()
         );
     }
-    deleted
+    complete.then_some(deleted)
 }
 
 /// Deletes from the remote each of `branches` whose tip there is in `step_branch` (this
@@ -190,7 +206,7 @@ mod tests {
             .unwrap();
         queue.finish(&claim, "{}").await.unwrap();
         let remote = Remote::new(&clone, RemoteSpec::new("origin"));
-        let deleted = sweep_old_base_refs(&remote, &queue, "repo").await;
+        let deleted = sweep_old_base_refs(&remote, &queue, "repo").await.unwrap();
         let name = |sha: &str| format!("refs/wiggum/base/{sha}");
         let mut want = vec![name(&shas[0]), name(&shas[2])];
         want.sort();
@@ -203,9 +219,56 @@ mod tests {
         assert!(!has_ref(&hub.path, &name(&shas[2])));
         // The branches are untouched, and a second sweep finds nothing more to do.
         assert!(hub.tip("main").is_some());
-        assert!(sweep_old_base_refs(&remote, &queue, "repo")
-            .await
-            .is_empty());
+        assert_eq!(
+            sweep_old_base_refs(&remote, &queue, "repo").await,
+            Some(Vec::new())
+        );
+    }
+    #[tokio::test]
+    async fn one_push_deletes_every_unchanged_ref_and_a_moved_one_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(dir.path());
+        let clone = clone_hub(&hub.file_url(), &dir.path().join("m0"));
+        let head = git(&clone, &["rev-parse", "HEAD"]);
+        let names: Vec<String> = (0..5).map(|i| format!("{OLD_BASE_REFS}{i}")).collect();
+        for n in &names {
+            git(&clone, &["push", "-q", "origin", &format!("HEAD:{n}")]);
+        }
+        let remote = Remote::new(&clone, RemoteSpec::new("origin"));
+        // The last one "moved" since it was seen: its expected value is not the remote's.
+        let mut refs: Vec<(String, String)> =
+            names.iter().map(|n| (n.clone(), head.clone())).collect();
+        refs[4].1 = "1".repeat(40);
+        let deleted = remote.delete_refs(&refs).await.unwrap();
+        assert_eq!(deleted, names[..4]);
+        for n in &names[..4] {
+            assert!(!has_ref(&hub.path, n));
+        }
+        assert!(has_ref(&hub.path, &names[4]), "it moved: kept");
+    }
+
+    #[tokio::test]
+    async fn a_sweep_that_cannot_read_the_remote_says_so_to_be_tried_again() {
+        let Some(db) = TestDb::create("sweep unreachable").await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(dir.path());
+        let clone = clone_hub(&hub.file_url(), &dir.path().join("m0"));
+        let queue = Queue::new(crate::pg::pool(&db.url, 2).unwrap(), &db.url);
+        queue.install().await.unwrap();
+        let gone = dir.path().join("no-such-hub.git");
+        let remote = Remote::new(
+            &clone,
+            RemoteSpec::new(&format!("file://{}", gone.display())),
+        );
+        assert_eq!(sweep_old_base_refs(&remote, &queue, "repo").await, None);
+        // Nothing to sweep is a success.
+        let remote = Remote::new(&clone, RemoteSpec::new("origin"));
+        assert_eq!(
+            sweep_old_base_refs(&remote, &queue, "repo").await,
+            Some(Vec::new())
+        );
     }
     use crate::remote::testing::{clone_hub, git, Hub};
     use crate::remote::RemoteSpec;

@@ -64,6 +64,8 @@ pub struct StepRefinery {
     ttl: Duration,
     poll: Duration,
     held: Mutex<Option<RefineryLease>>,
+    /// The old refs' sweep started by this refinery's first share, while it runs.
+    sweeping: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl StepRefinery {
@@ -97,6 +99,7 @@ impl StepRefinery {
             ttl,
             poll,
             held: Mutex::new(None),
+            sweeping: Mutex::new(None),
         }
     }
 
@@ -148,20 +151,45 @@ impl StepRefinery {
         Ok(resumed.sha)
     }
 
-    /// Once per process and clone, at a split's first share: the `refs/wiggum/base/<sha>`
-    /// refs earlier versions left on the remote go ([`super::cleanup::sweep_old_base_refs`]).
+    /// At a split's share, until one sweep succeeded in this process for this clone: the
+    /// `refs/wiggum/base/<sha>` refs earlier versions left on the remote go
+    /// ([`super::cleanup::sweep_old_base_refs`]), in the background (the split does not wait
+    /// for it; [`StepRefinery::swept`] does). A sweep that failed is forgotten, so the next
+    /// split tries again; one under way in another split is not started twice.
     async fn sweep_old_refs_once(&self) {
         static SWEPT: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
             std::sync::OnceLock::new();
         let key = format!("{}\n{}", self.repo, self.remote.repo_root().display());
-        let first = SWEPT
-            .get_or_init(Default::default)
+        let swept = SWEPT.get_or_init(Default::default);
+        let first = swept
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key);
-        if first {
-            let queue = super::Queue::new(self.pool.clone(), &self.url);
-            super::cleanup::sweep_old_base_refs(&self.remote, &queue, &self.repo).await;
+            .insert(key.clone());
+        if !first {
+            return;
+        }
+        let queue = super::Queue::new(self.pool.clone(), &self.url);
+        let (remote, repo) = (self.remote.clone(), self.repo.clone());
+        let task = tokio::spawn(async move {
+            if super::cleanup::sweep_old_base_refs(&remote, &queue, &repo)
+                .await
+                .is_none()
+            {
+                swept
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+            }
+        });
+        *self.sweeping.lock().await = Some(task);
+    }
+
+    /// Waits for the old refs' sweep this refinery started, if any (a split's end, so a
+    /// short-lived process does not stop it half-way).
+    pub async fn swept(&self) {
+        let task = self.sweeping.lock().await.take();
+        if let Some(task) = task {
+            let _ = task.await;
         }
     }
 
