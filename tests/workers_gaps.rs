@@ -975,6 +975,15 @@ async fn a_take_back_whose_branch_cannot_be_fetched_keeps_the_job_and_tries_agai
     start_worker(&mut cluster, "m1", "3s");
     cluster.wait_workers(&db, 1).await;
     let (driver, home) = cluster.clone_for("m0");
+    let trace = cluster.root.join("driver.git-trace");
+    // How many times the driver has looked for s1's branch on the remote (one a poll).
+    let looks = || {
+        std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ls-remote") && l.contains(".split/s1"))
+            .count()
+    };
     let run = output_within(
         common::wiggum_command()
             .args([
@@ -991,7 +1000,9 @@ async fn a_take_back_whose_branch_cannot_be_fetched_keeps_the_job_and_tries_agai
             .current_dir(&driver)
             .env("HOME", &home)
             .env("WIGGUM_DATABASE_URL", &cluster.url)
-            .env("WIGGUM_WORKER_POLL", "300ms"),
+            .env("WIGGUM_WORKER_POLL", "300ms")
+            // Every git command of the driver, to count its tries to reach s1's branch.
+            .env("GIT_TRACE", &trace),
         180,
     );
     let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
@@ -1025,9 +1036,20 @@ async fn a_take_back_whose_branch_cannot_be_fetched_keeps_the_job_and_tries_agai
         assert!(!run.is_finished(), "the run ended while the hub was away");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Several polls (300 ms) later, the job is still in the queue, as m1 left it: nothing was
-    // taken back without its branch, and the failure was said once.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Three polls later (three more failed looks for s1's branch), the job is still in the
+    // queue, as m1 left it: nothing was taken back without its branch, and the failure was
+    // said once.
+    let seen = looks();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while looks() < seen + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the driver stopped looking for s1's branch ({} looks)",
+            looks()
+        );
+        assert!(!run.is_finished(), "the run ended while the hub was away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let rows = q.list(&cluster.base, None).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].state, "running", "{rows:?}");

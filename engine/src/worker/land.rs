@@ -175,10 +175,7 @@ impl StepRefinery {
                 .await
                 .is_none()
             {
-                swept
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key);
+                swept.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
             }
         });
         *self.sweeping.lock().await = Some(task);
