@@ -6,8 +6,8 @@
 //! last subtask merged) is compared with the ideal: the serial time measured with one polecat,
 //! divided by the number of polecats. The refinery's own time per merge (merge and undo work,
 //! checks excluded; the `Merged` events carry it) is printed beside. Run with
-//! `cargo bench --bench split`; `BENCH_AGENT_MS` and `BENCH_PARTS` change the agent's wait and
-//! the number of subtasks.
+//! `cargo bench --bench split`; `BENCH_AGENT_MS`, `BENCH_PARTS` and `BENCH_FILES` change the
+//! agent's wait, the number of subtasks and the repository's size (50 files by default).
 
 #[path = "common/split_task.rs"]
 mod split_task;
@@ -141,8 +141,12 @@ fn cpu_ms_precise() -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
-/// A small repository: 50 files.
+/// A repository of `BENCH_FILES` files (50 by default: a small one), in folders of 100.
 fn sample_repo() -> tempfile::TempDir {
+    let files: usize = std::env::var("BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let dir = tempfile::tempdir_in(bench_dir()).unwrap();
     git(dir.path(), &["init", "-q", "-b", "main"]);
     git(dir.path(), &["config", "user.name", "bench"]);
@@ -150,12 +154,15 @@ fn sample_repo() -> tempfile::TempDir {
         dir.path(),
         &["config", "user.email", "bench@example.invalid"],
     );
-    for i in 0..50 {
-        std::fs::write(
-            dir.path().join(format!("file{i}.txt")),
-            format!("line {i}\n"),
-        )
-        .unwrap();
+    for i in 0..files {
+        let path = if files <= 100 {
+            dir.path().join(format!("file{i}.txt"))
+        } else {
+            let sub = dir.path().join(format!("d{}", i / 100));
+            std::fs::create_dir_all(&sub).unwrap();
+            sub.join(format!("file{i}.txt"))
+        };
+        std::fs::write(path, format!("line {i}\n")).unwrap();
     }
     git(dir.path(), &["add", "-A"]);
     git(dir.path(), &["commit", "-q", "-m", "sample"]);
