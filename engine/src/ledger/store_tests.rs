@@ -1321,17 +1321,9 @@ fn a_file_changed_by_another_tool_between_the_steps_is_taken_in_not_overwritten(
         return;
     }
     let mut l = open(dir.path());
-    l.create(NewBead::task("ours")).unwrap();
-    l.export().unwrap();
-    l.create(NewBead::task("ours too")).unwrap();
-    let pending = l.export_prepare().unwrap().expect("something to write");
-    let synced = pending.sync().unwrap();
     // bd (or a git pull) adds a line while our new file is being synced.
     let foreign = r#"{"id":"bd-zzzz","title":"from bd","status":"open","priority":1,"issue_type":"bug","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
-    let mut text = jsonl(dir.path());
-    text.push_str(foreign);
-    text.push('\n');
-    std::fs::write(dir.path().join(".beads/issues.jsonl"), &text).unwrap();
+    let synced = synced_export_then_a_line_added(dir.path(), &mut l, foreign);
     let published = l.export_publish(synced).unwrap();
     published.sync_dir();
     let after = jsonl(dir.path());
@@ -1339,6 +1331,26 @@ fn a_file_changed_by_another_tool_between_the_steps_is_taken_in_not_overwritten(
     assert!(after.contains("\"ours too\""), "{after}");
     assert!(l.get("bd-zzzz").unwrap().unwrap().foreign);
     assert!(!l.is_dirty().unwrap());
+}
+
+/// A ledger with a bead exported and one more written, its next export prepared and synced
+/// (not published); then another tool appends `foreign` to the file, as bd, br or a
+/// `git pull` would.
+fn synced_export_then_a_line_added(dir: &Path, l: &mut Ledger, foreign: &str) -> SyncedExport {
+    l.create(NewBead::task("ours")).unwrap();
+    l.export().unwrap();
+    l.create(NewBead::task("ours too")).unwrap();
+    let synced = l
+        .export_prepare()
+        .unwrap()
+        .expect("something to write")
+        .sync()
+        .unwrap();
+    let mut text = jsonl(dir);
+    text.push_str(foreign);
+    text.push('\n');
+    std::fs::write(dir.join(".beads/issues.jsonl"), &text).unwrap();
+    synced
 }
 
 #[test]
@@ -1385,17 +1397,10 @@ fn an_outside_change_another_connection_took_in_between_the_steps_is_not_overwri
         return;
     }
     let mut l = open(dir.path());
-    l.create(NewBead::task("ours")).unwrap();
-    l.export().unwrap();
-    l.create(NewBead::task("ours too")).unwrap();
-    let synced = l.export_prepare().unwrap().unwrap().sync().unwrap();
     // br adds a line; another connection to the same database (a `wiggum beads`, another
     // run) opens the ledger and takes it in, storing the file's new signature.
     let foreign = r#"{"id":"bd-yyyy","title":"from br","status":"open","priority":1,"issue_type":"task","created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}"#;
-    let mut text = jsonl(dir.path());
-    text.push_str(foreign);
-    text.push('\n');
-    std::fs::write(dir.path().join(".beads/issues.jsonl"), &text).unwrap();
+    let synced = synced_export_then_a_line_added(dir.path(), &mut l, foreign);
     let other = open(dir.path());
     assert!(other.get("bd-yyyy").unwrap().is_some(), "taken in by the other");
     drop(other);
