@@ -193,6 +193,18 @@ mod tests {
             .collect()
     }
 
+    /// Nothing of worktree `name` is left: no directory, no registration in
+    /// `git worktree list` or under `.git/worktrees/`.
+    fn assert_nothing_left(t: &TestRepo, name: &str) {
+        assert!(!t.path(&format!(".wiggum/worktrees/{name}")).exists());
+        assert!(
+            git_worktree_list(t).is_empty(),
+            "{:?}",
+            git_worktree_list(t)
+        );
+        assert!(!t.repo.path().join(format!("worktrees/{name}")).exists());
+    }
+
     /// A commit of a tree naming a blob that is gone from the repository, HEAD left where
     /// it is: a worktree at it is registered, then its checkout fails.
     fn commit_with_a_missing_blob(t: &TestRepo) -> String {
@@ -263,13 +275,7 @@ mod tests {
             .to_string();
         assert!(err.contains("exists"), "{err}");
         assert!(err.contains(".wiggum/worktrees/p"), "{err}");
-        assert!(!t.path(".wiggum/worktrees/p").exists());
-        assert!(
-            git_worktree_list(&t).is_empty(),
-            "{:?}",
-            git_worktree_list(&t)
-        );
-        assert!(!t.repo.path().join("worktrees/p").exists());
+        assert_nothing_left(&t, "p");
         assert_eq!(t.branch_tip("p"), head, "the branch in the way is kept");
         // Registered, then its checkout fails (a blob of the base is gone): the half-made
         // worktree is removed, and so is libgit2's branch for it.
@@ -279,13 +285,7 @@ mod tests {
             .to_string();
         assert!(err.contains("could not check out"), "{err}");
         assert!(err.contains(".wiggum/worktrees/q"), "{err}");
-        assert!(!t.path(".wiggum/worktrees/q").exists());
-        assert!(
-            git_worktree_list(&t).is_empty(),
-            "{:?}",
-            git_worktree_list(&t)
-        );
-        assert!(!t.repo.path().join("worktrees/q").exists());
+        assert_nothing_left(&t, "q");
         assert_eq!(t.repo.branches(None).unwrap().count(), branches);
         // libgit2 registers the worktree and makes its branch, then its own checkout of the
         // main tree's HEAD fails (a blob of HEAD is gone): the directory, the registration and
@@ -298,13 +298,7 @@ mod tests {
             .to_string();
         assert!(err.contains(".wiggum/worktrees/r"), "{err}");
         assert!(err.contains("git is not installed"), "{err}");
-        assert!(!t.path(".wiggum/worktrees/r").exists());
-        assert!(
-            git_worktree_list(&t).is_empty(),
-            "{:?}",
-            git_worktree_list(&t)
-        );
-        assert!(!t.repo.path().join("worktrees/r").exists());
+        assert_nothing_left(&t, "r");
         assert!(
             t.repo.find_branch("r", BranchType::Local).is_err(),
             "libgit2's branch"
