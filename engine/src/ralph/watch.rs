@@ -8,27 +8,38 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::workspace::{is_wiggum_path, Workspace};
+use crate::workspace::{is_wiggum_path, DirWatch, Touched, Workspace};
 
 /// At most this many changed paths are named.
 const MAX_PATHS: usize = 20;
 
 /// The user's checkout, watched from a moment on: [`CheckoutWatch::start`] notes the time (by
-/// the file system's own clock) before the agent works, [`CheckoutWatch::changed`] lists
-/// what was written since. Nothing is read at the start and nothing is ever hashed: the end
-/// costs one `lstat` per tracked file and a directory read only where a directory changed.
+/// the file system's own clock) before the agent works and asks the kernel to report writes
+/// in the checkout's tracked folders ([`DirWatch`]); [`CheckoutWatch::changed`] lists what was
+/// written since. Nothing is ever hashed. When nothing was written the end costs nothing;
+/// otherwise one `lstat` per tracked file in the folders where something happened (every
+/// tracked file when the kernel's watch is not available), and a directory read only where a
+/// directory changed.
 #[derive(Debug)]
 pub struct CheckoutWatch {
     root: PathBuf,
     since: SystemTime,
+    dirs: Option<DirWatch>,
 }
 
 impl CheckoutWatch {
     /// Starts watching the checkout at `repo_root`.
     pub fn start(repo_root: &Path) -> CheckoutWatch {
+        let since = fs_now(repo_root);
+        // The watch starts after the time is taken: a write between the two is seen by both.
+        let dirs = tracked_dirs(repo_root).and_then(|dirs| {
+            let (workdir, dirs) = dirs;
+            DirWatch::start(&workdir, dirs.iter().map(Vec::as_slice))
+        });
         CheckoutWatch {
             root: repo_root.to_path_buf(),
-            since: fs_now(repo_root),
+            since,
+            dirs,
         }
     }
 
@@ -37,6 +48,15 @@ impl CheckoutWatch {
     /// or folders (a new folder is named once, `dir/`). `None` when the repository cannot be
     /// read.
     pub fn changed(&self) -> Option<Vec<String>> {
+        // Where the kernel saw writes; `None`: anywhere.
+        let touched = self.dirs.as_ref().and_then(DirWatch::touched);
+        if touched.as_ref().is_some_and(Touched::is_empty) {
+            return Some(Vec::new());
+        }
+        let may_have_changed =
+            |path: &[u8]| touched.as_ref().is_none_or(|t| t.may_have_changed(path));
+        let dir_may_have_changed =
+            |dir: &[u8]| touched.as_ref().is_none_or(|t| t.dir_may_have_changed(dir));
         let repo = git2::Repository::open(&self.root).ok()?;
         let index = repo.index().ok()?;
         let workdir = repo.workdir()?.to_path_buf();
@@ -54,7 +74,10 @@ impl CheckoutWatch {
                 cut = slash;
             }
             // A submodule is its own repository: its files are not the checkout's.
-            if entry.mode == 0o160000 || is_wiggum_path(&String::from_utf8_lossy(&path)) {
+            if entry.mode == 0o160000
+                || is_wiggum_path(&String::from_utf8_lossy(&path))
+                || !may_have_changed(&path)
+            {
                 tracked.insert(path);
                 continue;
             }
@@ -71,6 +94,9 @@ impl CheckoutWatch {
         }
         // New entries show in the folders whose listing changed.
         for dir in &dirs {
+            if !dir_may_have_changed(dir) {
+                continue;
+            }
             let full = workdir.join(std::ffi::OsStr::from_bytes(dir));
             let Ok(meta) = full.symlink_metadata() else {
                 continue;
@@ -137,6 +163,26 @@ impl CheckoutWatch {
         }
         workdir.symlink_metadata().is_ok_and(|m| self.is_new(&m))
     }
+}
+
+/// The work tree of the repository at `root` and the folders holding its tracked files
+/// (submodules' own files aside), from its index.
+fn tracked_dirs(root: &Path) -> Option<(PathBuf, BTreeSet<Vec<u8>>)> {
+    let repo = git2::Repository::open(root).ok()?;
+    let index = repo.index().ok()?;
+    let workdir = repo.workdir()?.to_path_buf();
+    let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for entry in index.iter() {
+        let path = entry.path;
+        let mut cut = path.len();
+        while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
+            if !dirs.insert(path[..slash].to_vec()) {
+                break;
+            }
+            cut = slash;
+        }
+    }
+    Some((workdir, dirs))
 }
 
 /// The current time by the clock of the file system at `root` (the modification time of a
@@ -228,14 +274,26 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
+    /// Both ways of watching: with the kernel's folder watch, and by looking at every file
+    /// (where `inotify` is not available). The tests run once with each.
+    fn watches(root: &Path) -> [CheckoutWatch; 2] {
+        let with_kernel = CheckoutWatch::start(root);
+        assert!(with_kernel.dirs.is_some(), "inotify works here");
+        let mut by_files = CheckoutWatch::start(root);
+        by_files.dirs = None;
+        [with_kernel, by_files]
+    }
+
     #[test]
     fn checkout_watch_names_what_was_written_after_the_start() {
         let (_dir, root) = repo();
         // Changed before the start: the user's own, not reported.
         write(&root, "dirty.txt", "user edit\n");
         write(&root, "old-untracked.txt", "x\n");
-        let watch = CheckoutWatch::start(&root);
-        assert_eq!(watch.changed().unwrap(), Vec::<String>::new());
+        for watch in &watches(&root) {
+            assert_eq!(watch.changed().unwrap(), Vec::<String>::new());
+        }
+        let watches = watches(&root);
         // The agent starts later than the next tick of the file system's clock (a process
         // takes milliseconds to start; a tick is 1 to 10 ms).
         std::thread::sleep(Duration::from_millis(30));
@@ -247,16 +305,38 @@ mod tests {
         write(&root, "target/debug/app", "ignored\n");
         write(&root, ".beads/issues.jsonl", "{}\n");
         write(&root, ".wiggum/state.json", "{}\n");
-        assert_eq!(
-            watch.changed().unwrap(),
-            vec!["escaped.txt", "newdir/", "src/b.txt", "src/deep/c.txt"]
-        );
+        for watch in &watches {
+            assert_eq!(
+                watch.changed().unwrap(),
+                vec!["escaped.txt", "newdir/", "src/b.txt", "src/deep/c.txt"],
+                "kernel watch: {}",
+                watch.dirs.is_some()
+            );
+        }
+    }
+
+    #[test]
+    fn checkout_watch_sees_the_files_of_a_removed_folder() {
+        let (_dir, root) = repo();
+        let watches = watches(&root);
+        std::thread::sleep(Duration::from_millis(30));
+        std::fs::remove_dir_all(root.join("src/deep")).unwrap();
+        std::fs::remove_dir_all(root.join("src")).unwrap();
+        write(&root, "src", "a file now\n");
+        for watch in &watches {
+            assert_eq!(
+                watch.changed().unwrap(),
+                vec!["src/b.txt", "src/deep/c.txt"],
+                "kernel watch: {}",
+                watch.dirs.is_some()
+            );
+        }
     }
 
     #[test]
     fn checkout_watch_sees_a_file_rewritten_with_an_old_time() {
         let (_dir, root) = repo();
-        let watch = CheckoutWatch::start(&root);
+        let watches = watches(&root);
         std::thread::sleep(Duration::from_millis(30));
         write(&root, "a.txt", "rewritten\n");
         // `touch -d` can set the modification time back, never the change time.
@@ -266,7 +346,9 @@ mod tests {
             .unwrap();
         old.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
             .unwrap();
-        assert_eq!(watch.changed().unwrap(), vec!["a.txt"]);
+        for watch in &watches {
+            assert_eq!(watch.changed().unwrap(), vec!["a.txt"]);
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod detached;
+mod dir_watch;
 mod discover;
 mod exclude;
 mod git_cli;
@@ -18,6 +19,7 @@ mod worktree;
 mod testutil;
 
 pub use checkpoint::{Checkpoint, DiffStat};
+pub use dir_watch::{DirWatch, Touched};
 pub use discover::{discover_root, require_commit, WorkspaceError};
 pub use exclude::{ensure_excluded, is_wiggum_path, EXCLUDE_LINE};
 pub use land::LandOutcome;
