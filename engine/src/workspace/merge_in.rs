@@ -5,10 +5,10 @@
 //! onto whatever working tree has the target checked out, and so opens every worktree of the
 //! repository and walks the target's status first), it knows where the target is checked out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use git2::build::CheckoutBuilder;
-use git2::{Delta, ErrorCode};
+use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
+use git2::{Commit, Delta, ErrorCode, FileMode, Oid, Repository};
 
 use super::worktree::{check_on_branch, Identity};
 use super::{Workspace, WorkspaceError};
@@ -51,6 +51,17 @@ impl Workspace {
         let theirs = repo.find_commit(theirs_id)?;
         let new_id = if repo.graph_descendant_of(theirs_id, ours_id)? {
             theirs_id
+        } else if let Some(tree_id) = merge_apart(repo, &ours, &theirs)? {
+            // Every merge the tests make checks the short way against libgit2's own merge.
+            #[cfg(debug_assertions)]
+            {
+                let mut index = repo.merge_commits(&ours, &theirs, None)?;
+                assert!(!index.has_conflicts(), "merge_apart merged a conflict");
+                assert_eq!(index.write_tree_to(repo)?, tree_id, "merge_apart's tree");
+            }
+            let tree = repo.find_tree(tree_id)?;
+            let sig = Identity::of(repo).now()?;
+            repo.commit(None, &sig, &sig, message, &tree, &[&ours, &theirs])?
         } else {
             let mut index = repo.merge_commits(&ours, &theirs, None)?;
             if index.has_conflicts() {
@@ -129,6 +140,114 @@ impl Workspace {
     }
 }
 
+/// The tree of merging `theirs` into `ours` when the two sides changed paths apart from each
+/// other since their merge base (no path changed on both, no file on one side where the other
+/// has a folder): `ours`'s tree with `theirs`'s changes written into it. Only the folders
+/// that changed are read and written, where libgit2's merge reads every entry of the three
+/// trees and writes every folder again (in a 20,000-file repository, ~25 ms a merge).
+/// `None` when the sides meet (or there is no single merge base): the full merge decides.
+fn merge_apart(
+    repo: &Repository,
+    ours: &Commit<'_>,
+    theirs: &Commit<'_>,
+) -> Result<Option<Oid>, WorkspaceError> {
+    let base = match repo.merge_base(ours.id(), theirs.id()) {
+        Ok(base) => repo.find_commit(base)?,
+        Err(_) => return Ok(None),
+    };
+    // More than one merge base: libgit2 merges them first (a recursive merge); leave it that.
+    if repo
+        .merge_bases(ours.id(), theirs.id())
+        .map(|b| b.len() != 1)
+        .unwrap_or(true)
+    {
+        return Ok(None);
+    }
+    let base_tree = base.tree()?;
+    let ours_tree = ours.tree()?;
+    let theirs_tree = theirs.tree()?;
+    // Each side's changed paths; for theirs, what each becomes (`None`: removed).
+    let mut theirs_changes: BTreeMap<Vec<u8>, Option<(Oid, i32)>> = BTreeMap::new();
+    let diff = repo.diff_tree_to_tree(Some(&base_tree), Some(&theirs_tree), None)?;
+    for delta in diff.deltas() {
+        let old = delta.old_file();
+        let new = delta.new_file();
+        match delta.status() {
+            Delta::Unmodified => {}
+            Delta::Added | Delta::Modified | Delta::Typechange | Delta::Deleted => {
+                if let Some(path) = old.path_bytes().filter(|_| old.id() != Oid::zero()) {
+                    theirs_changes.entry(path.to_vec()).or_insert(None);
+                }
+                if let Some(path) = new.path_bytes().filter(|_| !new.id().is_zero()) {
+                    theirs_changes.insert(path.to_vec(), Some((new.id(), new.mode().into())));
+                }
+            }
+            // Renames, copies, conflicts and the like are not asked for: unknown ground.
+            _ => return Ok(None),
+        }
+    }
+    if theirs_changes.is_empty() {
+        return Ok(Some(ours_tree.id()));
+    }
+    let mut ours_changed: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let diff = repo.diff_tree_to_tree(Some(&base_tree), Some(&ours_tree), None)?;
+    for delta in diff.deltas() {
+        if delta.status() == Delta::Unmodified {
+            continue;
+        }
+        for file in [delta.old_file(), delta.new_file()] {
+            if let Some(path) = file.path_bytes() {
+                ours_changed.insert(path.to_vec());
+            }
+        }
+    }
+    let folders_of = |paths: &mut dyn Iterator<Item = &Vec<u8>>| {
+        let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for path in paths {
+            let mut cut = path.len();
+            while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
+                if !dirs.insert(path[..slash].to_vec()) {
+                    break;
+                }
+                cut = slash;
+            }
+        }
+        dirs
+    };
+    let theirs_dirs = folders_of(&mut theirs_changes.keys());
+    let ours_dirs = folders_of(&mut ours_changed.iter());
+    // A file of theirs where a folder of theirs was (or the reverse) is left to the full merge
+    // too, as are paths on both sides.
+    let meet = theirs_changes
+        .keys()
+        .any(|p| ours_changed.contains(p) || ours_dirs.contains(p) || theirs_dirs.contains(p))
+        || ours_changed.iter().any(|p| theirs_dirs.contains(p));
+    if meet {
+        return Ok(None);
+    }
+    let mut update = TreeUpdateBuilder::new();
+    for (path, change) in &theirs_changes {
+        let path = std::str::from_utf8(path)
+            .map_err(|_| WorkspaceError::Other("a path that is not UTF-8".into()))?;
+        match change {
+            Some((id, mode)) => {
+                let mode = match *mode {
+                    0o100755 => FileMode::BlobExecutable,
+                    0o120000 => FileMode::Link,
+                    0o160000 => FileMode::Commit,
+                    0o100644 => FileMode::Blob,
+                    _ => return Ok(None),
+                };
+                update.upsert(path, *id, mode);
+            }
+            None => {
+                update.remove(path);
+            }
+        }
+    }
+    Ok(Some(update.create_updated(repo, &ours_tree)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testutil::{write_file, TestRepo};
@@ -178,6 +297,97 @@ mod tests {
         assert_eq!(commit.message(), Some("merge a"));
         assert!(step.path().join("a.txt").exists() && step.path().join("s.txt").exists());
         assert!(!step.is_dirty().unwrap());
+    }
+
+    /// The tree libgit2's own merge makes of the two branches.
+    fn full_merge_tree(t: &TestRepo, ours: &str, theirs: &str) -> git2::Oid {
+        let repo = git2::Repository::open(&t.root).unwrap();
+        let commit = |b: &str| {
+            repo.find_commit(repo.refname_to_id(&format!("refs/heads/{b}")).unwrap())
+                .unwrap()
+        };
+        let mut index = repo
+            .merge_commits(&commit(ours), &commit(theirs), None)
+            .unwrap();
+        assert!(!index.has_conflicts());
+        index.write_tree_to(&repo).unwrap()
+    }
+
+    #[test]
+    fn merge_in_of_changes_apart_is_libgit2s_merge_added_removed_modified_and_moved() {
+        let t = TestRepo::new();
+        for (path, text) in [
+            ("keep/one.txt", "1\n"),
+            ("gone/only.txt", "only file of its folder\n"),
+            ("mod/m.txt", "m\n"),
+            ("tool.sh", "echo\n"),
+            ("ours/o.txt", "o\n"),
+        ] {
+            t.write(path, text);
+        }
+        t.commit_all("base");
+        let (step, sub) = step_and_sub(&t);
+        // Ours: changes elsewhere.
+        write_file(step.path(), "ours/o.txt", "o2\n");
+        write_file(step.path(), "ours/new.txt", "n\n");
+        step.checkpoint("ours").unwrap();
+        // Theirs: a new file in a new folder, the only file of a folder removed, a file
+        // modified, a file made executable, a file moved.
+        write_file(sub.path(), "new/deep/n.txt", "new\n");
+        std::fs::remove_file(sub.path().join("gone/only.txt")).unwrap();
+        write_file(sub.path(), "mod/m.txt", "m2\n");
+        let tool = sub.path().join("tool.sh");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(
+            sub.path().join("keep/one.txt"),
+            sub.path().join("keep/two.txt"),
+        )
+        .unwrap();
+        sub.checkpoint("theirs").unwrap();
+        let expected = full_merge_tree(&t, step.branch(), sub.branch());
+        let repo = git2::Repository::open(&t.root).unwrap();
+        let tip = |b: &str| {
+            repo.find_commit(repo.refname_to_id(&format!("refs/heads/{b}")).unwrap())
+                .unwrap()
+        };
+        let apart = merge_apart(&repo, &tip(step.branch()), &tip(sub.branch())).unwrap();
+        assert_eq!(apart, Some(expected), "the short way is taken");
+
+        let MergeIn::Merged { sha } = step.merge_in(sub.branch(), "merge").unwrap() else {
+            panic!("clean merge");
+        };
+        let repo = git2::Repository::open(&t.root).unwrap();
+        let commit = repo.find_commit(Oid::from_str(&sha).unwrap()).unwrap();
+        assert_eq!(commit.tree_id(), expected);
+        assert!(
+            commit.tree().unwrap().get_name("gone").is_none(),
+            "empty folder gone"
+        );
+        // The worktree is the merge, exactly.
+        assert!(!step.is_dirty().unwrap());
+        assert!(!step.path().join("gone").exists());
+        assert!(!step.path().join("keep/one.txt").exists());
+        assert_eq!(t.read(".wiggum/worktrees/s/new/deep/n.txt"), "new\n");
+        assert_eq!(t.read(".wiggum/worktrees/s/ours/new.txt"), "n\n");
+        let mode = std::fs::metadata(step.path().join("tool.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+    }
+
+    #[test]
+    fn merge_in_of_a_file_where_the_other_side_made_a_folder_goes_the_full_way() {
+        let t = TestRepo::new();
+        let (step, sub) = step_and_sub(&t);
+        write_file(step.path(), "x/inner.txt", "ours\n");
+        let before = step.checkpoint("ours").unwrap().sha;
+        write_file(sub.path(), "x", "theirs, a file\n");
+        sub.checkpoint("theirs").unwrap();
+        let got = step.merge_in(sub.branch(), "merge").unwrap();
+        assert!(matches!(got, MergeIn::Conflict { .. }), "{got:?}");
+        assert_eq!(step.head().unwrap(), before);
     }
 
     #[test]
