@@ -165,7 +165,12 @@ fn sample_repo() -> tempfile::TempDir {
         std::fs::write(path, format!("line {i}\n")).unwrap();
     }
     git(dir.path(), &["add", "-A"]);
-    git(dir.path(), &["commit", "-q", "-m", "sample"]);
+    // No automatic `git gc` in the background (git starts one after a commit of more than
+    // 6,700 loose objects): it would run beside the measured task.
+    git(
+        dir.path(),
+        &["-c", "maintenance.auto=false", "commit", "-q", "-m", "sample"],
+    );
     dir
 }
 
