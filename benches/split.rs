@@ -169,7 +169,14 @@ fn sample_repo() -> tempfile::TempDir {
     // 6,700 loose objects): it would run beside the measured task.
     git(
         dir.path(),
-        &["-c", "maintenance.auto=false", "commit", "-q", "-m", "sample"],
+        &[
+            "-c",
+            "maintenance.auto=false",
+            "commit",
+            "-q",
+            "-m",
+            "sample",
+        ],
     );
     dir
 }
