@@ -100,6 +100,7 @@ pub const SPLIT_KEYS: &[&str] = &[
     "mode",
     "planner",
     "setup",
+    "merge_batch",
 ];
 const ROOT_KEYS: &[&str] = &["patrol", "vars", "agents", "steps"];
 
@@ -1241,6 +1242,9 @@ fn split_section(ctx: &mut Ctx<'_>, s: &DeTable<'_>, section: &str) -> SplitConf
     }
     if let Some(n) = ctx.uint32(s, "depth", section, 1, "depth = 2") {
         c.depth = n;
+    }
+    if let Some(n) = ctx.uint32(s, "merge_batch", section, 1, "merge_batch = 8") {
+        c.merge_batch = n;
     }
     c.polecats = ctx
         .uint(s, "polecats", section, 1, "polecats = 4")

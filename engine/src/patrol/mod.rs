@@ -17,6 +17,6 @@ pub use diagnostics::{Diagnostic, PatrolErrors};
 pub use load::{load, parse, AGENT_KEYS, LOOP_KEYS, PATROL_KEYS, SPLIT_KEYS, STEP_KEYS};
 pub use model::{
     AgentDef, Land, Overlap, Patrol, ScheduleSpec, SplitConfig, SplitMode, Step, StepKind, Tz,
-    BACKENDS,
+    BACKENDS, DEFAULT_MERGE_BATCH,
 };
 pub use template::{render, StepResultView};

@@ -137,7 +137,13 @@ pub struct SplitConfig {
     /// A command (`sh -c`) run in every new subtask worktree before its first iteration;
     /// `None` = the patrol's `setup`.
     pub setup: Option<String>,
+    /// At most this many finished subtasks the refinery merges before one run of the step's
+    /// checks (a red batch is merged again one at a time); 1 = the checks after every merge.
+    pub merge_batch: u32,
 }
+
+/// `[steps.split] merge_batch` when not given.
+pub const DEFAULT_MERGE_BATCH: u32 = 8;
 
 /// `[steps.split] mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -178,6 +184,7 @@ impl Default for SplitConfig {
             max_prompt_tokens: None,
             after_iterations: None,
             max_parts: 6,
+            merge_batch: DEFAULT_MERGE_BATCH,
             depth: 1,
             polecats: None,
             mode: SplitMode::Auto,

@@ -44,6 +44,9 @@ pub struct Job<'a> {
     /// `home` was made for this polecat and no subtask ran in it yet (made while the planner
     /// worked, `split/prepare.rs`): the `setup` command runs in it first.
     pub home_fresh: bool,
+    /// The claim is in the database but not yet in `.beads/issues.jsonl`: the polecat
+    /// exports the ledger before its agent starts (other tools must see the subtask taken).
+    pub export_claim: bool,
 }
 
 /// A polecat of a split between two subtasks: its lease, and its worktree to switch to the
@@ -138,6 +141,19 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
                 return (done, idle(job, None));
             }
             super::setup::mark_done(&ws, setup);
+        }
+    }
+    if job.export_claim {
+        if let Err(e) = run.recorder.export() {
+            let _ = ws.release_branch();
+            let done = failed(
+                format!(
+                    "error: ledger: the subtask's claim could not be written to \
+                     .beads/issues.jsonl (it is in the database; `wiggum resume` retries): {e}"
+                ),
+                Outcome::Error,
+            );
+            return (done, idle(job, Some(ws)));
         }
     }
     job.lease.working(Status {

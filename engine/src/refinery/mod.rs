@@ -76,6 +76,123 @@ pub async fn merge(
     })
 }
 
+/// What [`merge_batch`] did with each branch it was given, in the order given.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// One result per branch tried (as [`merge`] would give it), in the order given.
+    pub results: Vec<Result<MergeResult, String>>,
+    /// How many branches, from the end, were not tried: git failed on the one before them.
+    /// They go back to the refinery's queue, in front.
+    pub untried: usize,
+}
+
+/// Merges several finished branches at once (a merge train, as merge queues batch pull
+/// requests): each branch in turn into `step`'s branch, then **one** run of the checks on the
+/// tree that has them all. Green: every branch that merged is merged, at its own merge
+/// commit. Red, with more than one merged: the batch is undone and every branch is merged
+/// again one at a time with [`merge`], in the same order, so each result (merged, red and
+/// undone, conflict) is exactly the one merging them one by one gives; only the extra check run
+/// is paid. A branch that conflicts changes nothing and the others go on, as they would one
+/// by one. With one branch this is [`merge`].
+pub async fn merge_batch(
+    step: &Workspace,
+    branches: &[String],
+    checks: &[String],
+    check_timeout: Duration,
+    env: &[(String, String)],
+) -> BatchOutcome {
+    if branches.len() == 1 {
+        return BatchOutcome {
+            results: vec![merge(step, &branches[0], checks, check_timeout, env).await],
+            untried: 0,
+        };
+    }
+    let before = match step.head() {
+        Ok(h) => h,
+        Err(e) => {
+            return BatchOutcome {
+                results: vec![Err(e.to_string())],
+                untried: branches.len() - 1,
+            }
+        }
+    };
+    let mut results: Vec<Option<Result<MergeResult, String>>> = Vec::new();
+    // The branches merged: their place in `results`, merge commit and own merge time.
+    let mut merged: Vec<(usize, String, Duration)> = Vec::new();
+    let mut untried = 0;
+    for (i, branch) in branches.iter().enumerate() {
+        let started = Instant::now();
+        let message = format!("wiggum: land {branch} into {}\n", step.branch());
+        match step.merge_in(branch, &message) {
+            Ok(MergeIn::Merged { sha }) => {
+                merged.push((i, sha, started.elapsed()));
+                results.push(None);
+            }
+            Ok(MergeIn::Conflict { reason }) => {
+                results.push(Some(Ok(MergeResult::Conflict { reason })))
+            }
+            Err(e) => {
+                results.push(Some(Err(format!(
+                    "merging {branch} into {}: {e}",
+                    step.branch()
+                ))));
+                untried = branches.len() - i - 1;
+                break;
+            }
+        }
+    }
+    if !merged.is_empty() {
+        let checked = run_checks(checks, step.path(), check_timeout, env).await;
+        let undo_started = Instant::now();
+        if step.is_dirty().unwrap_or(true) {
+            let _ = step.discard_changes();
+        }
+        if checked.iter().all(|c| c.passed) {
+            let share = undo_started.elapsed() / merged.len() as u32;
+            for (i, sha, took) in merged {
+                results[i] = Some(Ok(MergeResult::Merged {
+                    sha,
+                    overhead: took + share,
+                    checks: checked.clone(),
+                }));
+            }
+        } else if merged.len() == 1 {
+            let (i, ..) = merged[0];
+            results[i] = Some(match reset_to(step, &before) {
+                Ok(()) => Ok(MergeResult::ChecksRed {
+                    feedback: feedback_of(&checked),
+                    checks: checked,
+                }),
+                Err(e) => Err(e),
+            });
+        } else {
+            // Which one turned them red is not known: undo the batch, then one by one, the
+            // conflicting ones too (they may have conflicted with a branch that is now
+            // undone).
+            if let Err(e) = reset_to(step, &before) {
+                for r in results.iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(Err(e.clone()));
+                }
+            } else {
+                let tried = results.len();
+                for (i, branch) in branches.iter().enumerate().take(tried) {
+                    let git_failed = matches!(results[i], Some(Err(_)));
+                    if !git_failed {
+                        results[i] = Some(merge(step, branch, checks, check_timeout, env).await);
+                    }
+                }
+            }
+        }
+    }
+    BatchOutcome {
+        results: results
+            .into_iter()
+            .map(|r| r.expect("every branch tried has a result"))
+            .collect(),
+        untried,
+    }
+}
+
 /// Moves the step's branch (checked out in its worktree) back to `sha`, files included.
 pub fn reset_to(step: &Workspace, sha: &str) -> Result<(), String> {
     let repo = Repository::open(step.path()).map_err(|e| e.to_string())?;

@@ -103,6 +103,25 @@ pub fn claim(recorder: &Recorder, bead: &str, polecat: &str) -> Result<bool, Led
 /// together: one ledger transaction and one export of the file for all of them, instead of
 /// one each. The answers come in the same order.
 pub fn claim_all(recorder: &Recorder, claims: &[(&str, &str)]) -> Result<Vec<bool>, LedgerError> {
+    let (won, owed) = claim_all_unexported(recorder, claims)?;
+    if owed {
+        // As a claim's own export: its failure is the claim's (committed in the database).
+        recorder.export()?;
+    } else {
+        let _ = recorder.export();
+    }
+    Ok(won)
+}
+
+/// [`claim_all`] without its export: the claims are committed in the database, and the
+/// second value says whether they still owe the file an export (`Recorder::export`) before
+/// their polecats' agents start. The pool's driver claims this way and each polecat makes
+/// that export on its own thread before its agent starts (docs/ledger.md), so a start never
+/// waits for another's fsync.
+pub fn claim_all_unexported(
+    recorder: &Recorder,
+    claims: &[(&str, &str)],
+) -> Result<(Vec<bool>, bool), LedgerError> {
     let mut ledger = recorder.ledger();
     let mut won = vec![false; claims.len()];
     let mut todo = Vec::new();
@@ -127,14 +146,7 @@ pub fn claim_all(recorder: &Recorder, claims: &[(&str, &str)]) -> Result<Vec<boo
             won[todo[k]] = got;
         }
     }
-    drop(ledger);
-    if owed {
-        // As a claim's own export: its failure is the claim's (committed in the database).
-        recorder.export()?;
-    } else {
-        let _ = recorder.export();
-    }
-    Ok(won)
+    Ok((won, owed))
 }
 
 /// Puts a subtask back in the queue (sent back after a failed merge): open, unassigned.

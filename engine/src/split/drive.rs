@@ -290,20 +290,25 @@ async fn split(
 enum Finished {
     /// A subtask's run, and its polecat back (local polecats) for the next subtask.
     Subtask(Box<Done>, Option<Idle>),
-    /// A merge (or, distributed, a landing on the remote) ended; with a line about the
-    /// landing for the subtask's bead.
-    Merge(
-        String,
-        Result<MergeResult, String>,
-        Option<Workspace>,
-        Option<String>,
-    ),
+    /// A merge batch (or, distributed, a landing on the remote) ended: each subtask's result
+    /// in the order they were merged, with a line about the landing for its bead; then the
+    /// subtasks of the batch not tried (git failed before them), back to the queue's front.
+    Merges(Vec<MergeDone>, Vec<(String, Option<Workspace>)>),
     /// Distributed: the landing could not reach the remote or the database; the subtask stays
     /// finished (`wiggum resume` lands it).
     Unlanded(String, String),
     /// A merged subtask's worktree and branch are removed.
     Cleaned,
 }
+
+/// One subtask's merge: its id, the result, the worktree its branch was fetched into (remote
+/// workers), and a line about its landing for its bead.
+type MergeDone = (
+    String,
+    Result<MergeResult, String>,
+    Option<Workspace>,
+    Option<String>,
+);
 
 /// What the pool leaves for the rest of the step.
 struct PoolEnd {
@@ -574,10 +579,16 @@ async fn drive_pool<'s, 'e>(
             .map(|(p, _)| p)
             .map(|(idx, lease, ..)| (state.subtasks[*idx].bead.as_str(), lease.name()))
             .collect();
+        // Committed in the database here; their export to the file is made by the polecats
+        // (each before its agent starts, on its own thread), not by this loop.
+        let mut export_owed = false;
         let won = if asked.is_empty() {
             Ok(Vec::new())
         } else {
-            beads::claim_all(run.recorder, &asked)
+            beads::claim_all_unexported(run.recorder, &asked).map(|(won, owed)| {
+                export_owed = owed;
+                won
+            })
         };
         let (starts, failed) = settle_claims(&owned, won);
         if let Some(e) = failed {
@@ -619,16 +630,18 @@ async fn drive_pool<'s, 'e>(
                 });
                 continue;
             }
+            // A claim won now made it in progress and assigned; one of this process's own
+            // (a resume) is made so again.
             if owned_by_us(&sub) {
                 let _ = run.recorder.set_in_progress(&sub.bead);
+                let _ = run.recorder.ledger().update(
+                    &sub.bead,
+                    crate::ledger::BeadUpdate {
+                        assignee: Some(Some(lease.name().to_string())),
+                        ..Default::default()
+                    },
+                );
             }
-            let _ = run.recorder.ledger().update(
-                &sub.bead,
-                crate::ledger::BeadUpdate {
-                    assignee: Some(Some(lease.name().to_string())),
-                    ..Default::default()
-                },
-            );
             let t = &mut state.subtasks[idx];
             t.status = SubtaskStatus::Running;
             t.polecat = Some(lease.name().to_string());
@@ -656,6 +669,7 @@ async fn drive_pool<'s, 'e>(
                 spend: step_spend,
                 home,
                 home_fresh,
+                export_claim: export_owed,
             };
             in_flight += 1;
             let (id, polecat) = (sub.id.clone(), job.lease.name().to_string());
@@ -770,91 +784,101 @@ async fn drive_pool<'s, 'e>(
                 ));
                 release_refinery(run).await;
             }
-            Finished::Merge(id, result, ws, landing) => {
-                // The next merge starts at once, on top of this one, while this one is
-                // recorded: the refinery never waits for the ledger. (A process killed before
-                // this one is saved undoes both on resume, back to the last recorded green
-                // tip, and merges both again: their branches go only once it is saved.)
+            Finished::Merges(done, untried) => {
+                for entry in untried.into_iter().rev() {
+                    queue.push_front(entry);
+                }
+                // The next merge starts at once, on top of these, while these are recorded:
+                // the refinery never waits for the ledger. (A process killed before these are
+                // saved undoes them on resume, back to the last recorded green tip, and merges
+                // them again: their branches go only once they are saved.)
                 merging = start_merge(spec, run, &mut queue, &mut workers, state);
                 if !merging {
                     // Nothing else to land now: other machines' refineries may go.
                     release_refinery(run).await;
                 }
+                let mut merged_ws = Vec::new();
                 let mut good_tip = None;
-                let mut merged_ws = None;
-                let Some(t) = state.get_mut(&id) else {
-                    continue;
-                };
-                match result {
-                    Ok(MergeResult::Merged { sha, overhead, .. }) => {
-                        t.status = SubtaskStatus::Merged;
-                        t.outcome = Some(Outcome::Converged);
-                        t.merged_sha = Some(sha.clone());
-                        good_tip = Some(sha.clone());
-                        t.finished_at = Some(format_time(&now()));
-                        let mut notes = format!(
-                            "merged into {} as {sha}\npolecat: {}\niterations: {}\nattempt: {}",
-                            run.workspace.branch(),
-                            t.polecat.clone().unwrap_or_default(),
-                            t.iterations,
-                            t.attempt
-                        );
-                        if let Some(line) = &landing {
-                            notes.push_str(&format!("\n{line}"));
+                for (id, result, ws, landing) in done {
+                    let Some(t) = state.get_mut(&id) else {
+                        continue;
+                    };
+                    match result {
+                        Ok(MergeResult::Merged { sha, overhead, .. }) => {
+                            t.status = SubtaskStatus::Merged;
+                            t.outcome = Some(Outcome::Converged);
+                            t.merged_sha = Some(sha.clone());
+                            t.finished_at = Some(format_time(&now()));
+                            let mut notes = format!(
+                                "merged into {} as {sha}\npolecat: {}\niterations: {}\nattempt: {}",
+                                run.workspace.branch(),
+                                t.polecat.clone().unwrap_or_default(),
+                                t.iterations,
+                                t.attempt
+                            );
+                            if let Some(line) = &landing {
+                                notes.push_str(&format!("\n{line}"));
+                            }
+                            let _ = beads::merged(
+                                run.recorder,
+                                &t.bead,
+                                &notes,
+                                &format!(
+                                    "merged into {} ({})",
+                                    run.workspace.branch(),
+                                    short(&sha)
+                                ),
+                            );
+                            merged_ws.push((id.clone(), t.branch.clone(), ws));
+                            run.sink.emit(&Event::Merged {
+                                step_id: spec.step_id.clone(),
+                                subtask: id.clone(),
+                                sha: sha.clone(),
+                                overhead_ms: overhead.as_millis() as u64,
+                            });
+                            // Merged in order: the last one is the step's branch's tip.
+                            good_tip = Some(sha);
                         }
-                        let _ = beads::merged(
-                            run.recorder,
-                            &t.bead,
-                            &notes,
-                            &format!("merged into {} ({})", run.workspace.branch(), short(&sha)),
-                        );
-                        merged_ws = Some((t.branch.clone(), ws));
-                        run.sink.emit(&Event::Merged {
-                            step_id: spec.step_id.clone(),
-                            subtask: id.clone(),
-                            sha,
-                            overhead_ms: overhead.as_millis() as u64,
-                        });
-                    }
-                    Ok(MergeResult::ChecksRed { feedback, checks }) => {
-                        let failed: Vec<String> = checks
-                            .iter()
-                            .filter(|c| !c.passed)
-                            .map(|c| c.line())
-                            .collect();
-                        let reason = format!(
-                            "the step's checks failed after merging it into {} ({}): {}\n{feedback}",
-                            run.workspace.branch(),
-                            if run.distributed.is_some() {
-                                "nothing was pushed"
-                            } else {
-                                "the merge was undone"
-                            },
-                            failed.join(", ")
-                        );
-                        send_back(run, spec, t, reason, Retry::Update, ws);
-                    }
-                    Ok(MergeResult::Conflict { reason }) => {
-                        send_back(run, spec, t, reason, Retry::Fresh, ws);
-                    }
-                    Err(e) => {
-                        let reason = format!("the refinery failed: {e}");
-                        escalate(run, spec, t, &reason, ws);
+                        Ok(MergeResult::ChecksRed { feedback, checks }) => {
+                            let failed: Vec<String> = checks
+                                .iter()
+                                .filter(|c| !c.passed)
+                                .map(|c| c.line())
+                                .collect();
+                            let reason = format!(
+                                "the step's checks failed after merging it into {} ({}): {}\n{feedback}",
+                                run.workspace.branch(),
+                                if run.distributed.is_some() {
+                                    "nothing was pushed"
+                                } else {
+                                    "the merge was undone"
+                                },
+                                failed.join(", ")
+                            );
+                            send_back(run, spec, t, reason, Retry::Update, ws);
+                        }
+                        Ok(MergeResult::Conflict { reason }) => {
+                            send_back(run, spec, t, reason, Retry::Fresh, ws);
+                        }
+                        Err(e) => {
+                            let reason = format!("the refinery failed: {e}");
+                            escalate(run, spec, t, &reason, ws);
+                        }
                     }
                 }
-                if let Some(g) = good_tip.take() {
+                if let Some(g) = good_tip {
                     state.good_tip = Some(g);
                 }
                 let _ = state.save(run.recorder);
-                // Its worktree and branch go once the merge is saved (a resume must find the
-                // branch of a subtask not recorded as merged), beside the next merge.
+                // Their worktrees and branches go once the merges are saved (a resume must find
+                // the branch of a subtask not recorded as merged), beside the next merge.
                 // (A local polecat's worktree is its own and let go of the branch already:
                 // only the branch goes.)
-                if let Some((branch, ws)) = merged_ws {
+                for (id, branch, ws) in merged_ws {
                     cleaning += 1;
                     let root = run.workspace.repo_root();
                     let step_branch = run.workspace.branch();
-                    workers.spawn(
+                    workers.spawn_background(
                         &format!("cleanup {id}"),
                         async move {
                             // Distributed: its branch on the remote goes too, now that it landed.
@@ -920,14 +944,14 @@ fn start_merge<'s, 'e>(
         ("WIGGUM_STEP".to_string(), spec.step_id.clone()),
     ];
     let step_ws = run.workspace;
-    let failed = id.clone();
     if let Some(d) = run.distributed {
+        let failed = id.clone();
         // Across machines: landed on the remote by the repository's one refinery.
         let branch = format!("{}.split/{id}", step_ws.branch());
         let cancel = run.cancel.clone();
         let sink = run.sink;
         let step_id = spec.step_id.clone();
-        workers.spawn(
+        workers.spawn_background(
             &format!("refinery {id}"),
             async move {
                 use crate::worker::land::Landed;
@@ -943,33 +967,76 @@ fn start_merge<'s, 'e>(
                     .land(step_ws, &branch, &checks, timeout, &env, &cancel, &waiting)
                     .await
                 {
-                    Landed::Done(r, note) => Finished::Merge(id, Ok(r), ws, note),
-                    Landed::Failed(why) => Finished::Merge(id, Err(why), ws, None),
+                    Landed::Done(r, note) => Finished::Merges(vec![(id, Ok(r), ws, note)], vec![]),
+                    Landed::Failed(why) => {
+                        Finished::Merges(vec![(id, Err(why), ws, None)], vec![])
+                    }
                     Landed::NotNow(why) => Finished::Unlanded(id, why),
                 }
             },
-            move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None, None),
+            move |why| panicked(vec![failed], why),
         );
         return true;
     }
-    // Locally: the subtask's branch (a polecat's worktree let go of it when it finished).
-    let Some(branch) = state.get(&id).and_then(|t| t.branch.clone()) else {
-        workers.spawn(
-            &format!("refinery {id}"),
-            async move { Finished::Merge(id, Err("it has no branch".into()), ws, None) },
-            move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None, None),
-        );
-        return true;
-    };
-    workers.spawn(
-        &format!("refinery {id}"),
+    // Locally: up to `merge_batch` finished subtasks at once, each on its branch (a polecat's
+    // worktree let go of it when it finished), one run of the checks for them all.
+    let mut batch = vec![(id, ws)];
+    while batch.len() < run.settings.merge_batch.max(1) {
+        match queue.pop_front() {
+            Some(next) => batch.push(next),
+            None => break,
+        }
+    }
+    let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+    let branches: Vec<Option<String>> = batch
+        .iter()
+        .map(|(id, _)| state.get(id).and_then(|t| t.branch.clone()))
+        .collect();
+    workers.spawn_background(
+        &format!("refinery {}", ids.join(" ")),
         async move {
-            let r = refinery::merge(step_ws, &branch, &checks, timeout, &env).await;
-            Finished::Merge(id, r, ws, None)
+            // A subtask with no branch fails on its own; the others merge.
+            let named: Vec<String> = branches.iter().flatten().cloned().collect();
+            let mut outcome = if named.is_empty() {
+                refinery::BatchOutcome {
+                    results: Vec::new(),
+                    untried: 0,
+                }
+            } else {
+                refinery::merge_batch(step_ws, &named, &checks, timeout, &env).await
+            };
+            let tried = named.len() - outcome.untried;
+            let mut results = outcome.results.drain(..);
+            let mut done = Vec::new();
+            let mut untried = Vec::new();
+            let mut seen = 0;
+            for ((id, ws), branch) in batch.into_iter().zip(branches) {
+                if branch.is_none() {
+                    done.push((id, Err("it has no branch".into()), ws, None));
+                    continue;
+                }
+                seen += 1;
+                if seen > tried {
+                    untried.push((id, ws));
+                    continue;
+                }
+                let r = results.next().expect("a result per branch tried");
+                done.push((id, r, ws, None));
+            }
+            Finished::Merges(done, untried)
         },
-        move |why| Finished::Merge(failed, Err(format!("it panicked: {why}")), None, None),
+        move |why| panicked(ids, why),
     );
     true
+}
+
+/// Every subtask of a merge whose job panicked: failed.
+fn panicked(ids: Vec<String>, why: String) -> Finished {
+    let done = ids
+        .into_iter()
+        .map(|id| (id, Err(format!("it panicked: {why}")), None, None))
+        .collect();
+    Finished::Merges(done, Vec::new())
 }
 
 /// The step's verification iteration on the merged result.

@@ -19,6 +19,9 @@ pub struct SplitSettings {
     pub polecats: usize,
     /// Run in every new subtask worktree before its first iteration.
     pub setup: Option<String>,
+    /// At most this many finished subtasks merged by the refinery before one run of the
+    /// checks (1: the checks after every merge).
+    pub merge_batch: usize,
     /// The step has no `[steps.split]`: these are the defaults.
     pub defaults: bool,
 }
@@ -42,6 +45,7 @@ impl SplitSettings {
             depth: c.depth.max(1),
             polecats: c.polecats.unwrap_or(concurrency).clamp(1, concurrency),
             setup: c.setup.or_else(|| patrol_setup.map(str::to_string)),
+            merge_batch: c.merge_batch.max(1) as usize,
             defaults,
         }
     }
@@ -60,6 +64,9 @@ impl SplitSettings {
         }
         if let Some(n) = self.max_prompt_tokens {
             s.push_str(&format!(", max_prompt_tokens {n}"));
+        }
+        if self.merge_batch != crate::patrol::DEFAULT_MERGE_BATCH as usize {
+            s.push_str(&format!(", merge_batch {}", self.merge_batch));
         }
         if let Some(c) = &self.setup {
             s.push_str(&format!(", setup `{c}`"));

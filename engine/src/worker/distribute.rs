@@ -139,6 +139,16 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         report: report_of(outcome, reason, 0, 0, 0.0),
         workspace: None,
     };
+    // Its claim reaches the file before any worker can start it (as a local polecat's).
+    if job.export_claim {
+        if let Err(e) = run.recorder.export() {
+            let reason = format!(
+                "error: ledger: the subtask's claim could not be written to \
+                 .beads/issues.jsonl (it is in the database; `wiggum resume` retries): {e}"
+            );
+            return (failed(reason, Outcome::Error), None);
+        }
+    }
     // The base commit is on the step's branch on the remote (shared when the split started,
     // moved only by landings since): workers fetch that branch.
     let mut config = job.step.config.clone();
