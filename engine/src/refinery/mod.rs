@@ -156,7 +156,12 @@ pub async fn merge_batch(
                     checks: checked.clone(),
                 }));
             }
-        } else if merged.len() == 1 {
+        } else if merged.len() == 1
+            && !results[merged[0].0..]
+                .iter()
+                .any(|r| matches!(r, Some(Ok(MergeResult::Conflict { .. }))))
+        {
+            // The one merged is the culprit, and no later branch conflicted with it.
             let (i, ..) = merged[0];
             results[i] = Some(match reset_to(step, &before) {
                 Ok(()) => Ok(MergeResult::ChecksRed {
@@ -268,4 +273,217 @@ pub fn update_branch(sub: &Workspace, sha: &str) -> Result<(), String> {
     repo.reset(commit.as_object(), ResetType::Hard, None)
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .expect("git runs")
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    /// A repository with one commit, its step worktree, and a check that counts its runs (in
+    /// `runs`, beside the repository) and fails when the tree has `bad.txt`.
+    struct Setup {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        step: Workspace,
+        check: String,
+        runs: PathBuf,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        std::fs::create_dir(&root).unwrap();
+        git(&root, &["init", "-q", "-b", "main"]);
+        git(&root, &["config", "user.name", "Test User"]);
+        git(&root, &["config", "user.email", "test@example.com"]);
+        std::fs::write(root.join("README.md"), "hello\n").unwrap();
+        git(&root, &["add", "-A"]);
+        git(&root, &["commit", "-q", "-m", "initial"]);
+        let step = Workspace::create(&root, "s", "wiggum/s", None).unwrap();
+        let runs = dir.path().join("runs");
+        let check = format!("echo run >> '{}'; test ! -e bad.txt", runs.display());
+        Setup {
+            _dir: dir,
+            root,
+            step,
+            check,
+            runs,
+        }
+    }
+
+    impl Setup {
+        /// One subtask branch per `(name, file, content)`, each from the step's branch as it
+        /// is now, with that file committed.
+        fn subtasks(&self, parts: &[(&str, &str, &str)]) -> Vec<String> {
+            let base = self.step.head().unwrap();
+            parts
+                .iter()
+                .map(|(name, file, content)| {
+                    let ws = Workspace::create(
+                        &self.root,
+                        &format!("s.split-{name}"),
+                        &format!("wiggum/s.split/{name}"),
+                        Some(&base),
+                    )
+                    .unwrap();
+                    std::fs::write(ws.path().join(file), content).unwrap();
+                    ws.checkpoint(name).unwrap();
+                    let branch = ws.branch().to_string();
+                    ws.release_branch().unwrap();
+                    branch
+                })
+                .collect()
+        }
+
+        async fn batch(&self, branches: &[String]) -> BatchOutcome {
+            merge_batch(
+                &self.step,
+                branches,
+                std::slice::from_ref(&self.check),
+                Duration::from_secs(30),
+                &[],
+            )
+            .await
+        }
+
+        fn runs(&self) -> usize {
+            std::fs::read_to_string(&self.runs)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        }
+
+        fn has(&self, file: &str) -> bool {
+            self.step.path().join(file).exists()
+        }
+    }
+
+    fn kind(r: &Result<MergeResult, String>) -> &'static str {
+        match r {
+            Ok(MergeResult::Merged { .. }) => "merged",
+            Ok(MergeResult::ChecksRed { .. }) => "red",
+            Ok(MergeResult::Conflict { .. }) => "conflict",
+            Err(_) => "error",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_green_batch_merges_every_branch_in_order_with_one_run_of_the_checks() {
+        let s = setup();
+        let branches = s.subtasks(&[
+            ("a", "a.txt", "a\n"),
+            ("b", "b.txt", "b\n"),
+            ("c", "c.txt", "c\n"),
+        ]);
+        let out = s.batch(&branches).await;
+        assert_eq!(out.untried, 0);
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["merged", "merged", "merged"]);
+        assert_eq!(s.runs(), 1, "one run of the checks for the batch");
+        let shas: Vec<String> = out
+            .results
+            .iter()
+            .map(|r| match r {
+                Ok(MergeResult::Merged { sha, .. }) => sha.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        // Each at its own merge commit, in order; the last is the step's tip.
+        assert_eq!(s.step.head().unwrap(), shas[2]);
+        let repo = git2::Repository::open(&s.root).unwrap();
+        let oid = |x: &str| git2::Oid::from_str(x).unwrap();
+        assert!(repo
+            .graph_descendant_of(oid(&shas[1]), oid(&shas[0]))
+            .unwrap());
+        assert!(repo
+            .graph_descendant_of(oid(&shas[2]), oid(&shas[1]))
+            .unwrap());
+        assert!(s.has("a.txt") && s.has("b.txt") && s.has("c.txt"));
+        assert!(!s.step.is_dirty().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_red_batch_is_undone_and_merged_again_one_at_a_time_so_only_the_culprit_is_red() {
+        let s = setup();
+        let branches = s.subtasks(&[
+            ("a", "a.txt", "a\n"),
+            ("b", "bad.txt", "b\n"),
+            ("c", "c.txt", "c\n"),
+        ]);
+        let before = s.step.head().unwrap();
+        let out = s.batch(&branches).await;
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["merged", "red", "merged"]);
+        // The batch's run, then one per branch.
+        assert_eq!(s.runs(), 4);
+        assert!(s.has("a.txt") && s.has("c.txt") && !s.has("bad.txt"));
+        assert!(!s.step.is_dirty().unwrap());
+        let Ok(MergeResult::ChecksRed { feedback, .. }) = &out.results[1] else {
+            unreachable!()
+        };
+        assert!(feedback.contains("test ! -e bad.txt"), "{feedback}");
+        // The tip is c's merge, on top of a's, and b is nowhere in it.
+        let repo = git2::Repository::open(&s.root).unwrap();
+        let tip = repo
+            .find_commit(git2::Oid::from_str(&s.step.head().unwrap()).unwrap())
+            .unwrap();
+        assert!(tip.tree().unwrap().get_name("bad.txt").is_none());
+        assert_ne!(s.step.head().unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_branch_in_a_batch_changes_nothing_and_the_others_merge() {
+        let s = setup();
+        let branches = s.subtasks(&[
+            ("a", "same.txt", "from a\n"),
+            ("b", "same.txt", "from b\n"),
+            ("c", "c.txt", "c\n"),
+        ]);
+        let out = s.batch(&branches).await;
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["merged", "conflict", "merged"]);
+        assert_eq!(s.runs(), 1);
+        assert_eq!(
+            std::fs::read_to_string(s.step.path().join("same.txt")).unwrap(),
+            "from a\n"
+        );
+        assert!(s.has("c.txt"));
+    }
+
+    #[tokio::test]
+    async fn a_branch_that_conflicted_with_a_red_one_of_its_batch_merges_once_that_one_is_undone() {
+        let s = setup();
+        // rb turns the checks red (bad.txt) and adds same.txt; x adds another same.txt.
+        let r = s.subtasks(&[("r", "bad.txt", "r\n")]);
+        let x = s.subtasks(&[("x", "same.txt", "x\n")]);
+        let ws =
+            Workspace::create(&s.root, "s.split-rb", "wiggum/s.split/rb", Some(&r[0])).unwrap();
+        std::fs::write(ws.path().join("same.txt"), "r\n").unwrap();
+        ws.checkpoint("rb").unwrap();
+        ws.release_branch().unwrap();
+        let out = s
+            .batch(&["wiggum/s.split/rb".to_string(), x[0].clone()])
+            .await;
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        // As one at a time: rb red and undone, then x merges cleanly.
+        assert_eq!(kinds, ["red", "merged"]);
+        assert_eq!(s.runs(), 3, "the batch's run, then rb's, then x's");
+        assert!(!s.has("bad.txt"));
+        assert_eq!(
+            std::fs::read_to_string(s.step.path().join("same.txt")).unwrap(),
+            "x\n"
+        );
+    }
 }

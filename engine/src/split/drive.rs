@@ -968,9 +968,7 @@ fn start_merge<'s, 'e>(
                     .await
                 {
                     Landed::Done(r, note) => Finished::Merges(vec![(id, Ok(r), ws, note)], vec![]),
-                    Landed::Failed(why) => {
-                        Finished::Merges(vec![(id, Err(why), ws, None)], vec![])
-                    }
+                    Landed::Failed(why) => Finished::Merges(vec![(id, Err(why), ws, None)], vec![]),
                     Landed::NotNow(why) => Finished::Unlanded(id, why),
                 }
             },
