@@ -141,6 +141,11 @@ pub struct TaskArgs {
     #[arg(long, value_name = "CMD")]
     pub setup: Option<String>,
 
+    /// Finished subtasks the refinery merges before one run of the checks (default 8; 1: the
+    /// checks after every merge).
+    #[arg(long, value_name = "N")]
+    pub merge_batch: Option<u32>,
+
     /// Leave the branch instead of landing it onto your branch.
     #[arg(long)]
     pub no_land: bool,
@@ -260,6 +265,11 @@ fn validate(args: &TaskArgs) -> Result<(), CliError> {
     {
         return Err(CliError::usage(
             "--split-after, --polecats and --max-prompt-tokens must be at least 1",
+        ));
+    }
+    if args.merge_batch == Some(0) {
+        return Err(CliError::usage(
+            "--merge-batch must be at least 1 (1: the checks run after every merge)",
         ));
     }
     if args.max_parts.is_some_and(|n| n < 2) {
@@ -387,6 +397,7 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
         || args.split_mode.is_some()
         || args.max_parts.is_some()
         || args.polecats.is_some()
+        || args.merge_batch.is_some()
         || args.setup.is_some();
     let split = any_split.then(|| {
         let d = wiggum_engine::patrol::SplitConfig::default();
@@ -401,6 +412,7 @@ fn options(args: &TaskArgs) -> Result<TaskOptions, CliError> {
             max_parts: args.max_parts.unwrap_or(d.max_parts),
             polecats: args.polecats,
             setup: args.setup.clone(),
+            merge_batch: args.merge_batch.unwrap_or(d.merge_batch),
             ..d
         }
     });

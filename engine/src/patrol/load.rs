@@ -1464,7 +1464,7 @@ mod tests {
 
     #[test]
     fn bad_values_of_the_right_type_are_reported() {
-        let text = "[patrol]\nschedule = \"0 3 * * 8\"\ntimezone = \"Mars/Olympus\"\noverlap = \"skp\"\ncatchup = \"2 hours\"\nconcurrency = 0\n[agents.w]\nbackend = \"claude\"\n[agents.x]\nbackend = \"script\"\n[[steps]]\nid = \"a\"\nagent = \"w\"\nprompt = \"p\"\n[steps.loop]\nmax_iterations = 0\nmax_cost_usd = -1\n[steps.split]\nmax_parts = 1\n";
+        let text = "[patrol]\nschedule = \"0 3 * * 8\"\ntimezone = \"Mars/Olympus\"\noverlap = \"skp\"\ncatchup = \"2 hours\"\nconcurrency = 0\n[agents.w]\nbackend = \"claude\"\n[agents.x]\nbackend = \"script\"\n[[steps]]\nid = \"a\"\nagent = \"w\"\nprompt = \"p\"\n[steps.loop]\nmax_iterations = 0\nmax_cost_usd = -1\n[steps.split]\nmax_parts = 1\nmerge_batch = 0\n";
         let errs = errors(text);
         let expected = [
             "2:12: bad day of week",
@@ -1477,11 +1477,20 @@ mod tests {
             "16:18: `max_iterations` in [steps.loop] of step `a` must be at least 1 (there is no unlimited",
             "17:16: `max_cost_usd` in [steps.loop] of step `a` must be a positive number",
             "19:13: `max_parts` in [steps.split] of step `a` must be at least 2",
+            "20:15: `merge_batch` in [steps.split] of step `a` must be at least 1",
         ];
         assert_eq!(errs.len(), expected.len(), "{errs:#?}");
         for (e, x) in errs.iter().zip(expected) {
             assert!(e.starts_with(x), "{e}\n  does not start with\n{x}");
         }
+    }
+
+    #[test]
+    fn merge_batch_is_read_from_steps_split_and_defaults_to_eight() {
+        let with = parse_ok(&format!("{MINIMAL}[steps.split]\nmerge_batch = 1\n"));
+        assert_eq!(with.steps[0].split.as_ref().unwrap().merge_batch, 1);
+        let without = parse_ok(&format!("{MINIMAL}[steps.split]\nmax_parts = 3\n"));
+        assert_eq!(without.steps[0].split.as_ref().unwrap().merge_batch, 8);
     }
 
     #[test]

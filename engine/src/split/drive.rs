@@ -289,7 +289,7 @@ async fn split(
 /// What finished while the pool ran.
 enum Finished {
     /// A subtask's run, and its polecat back (local polecats) for the next subtask.
-    Subtask(Box<Done>, Option<Idle>),
+    Subtask(Box<Done>, Option<Box<Idle>>),
     /// A merge batch (or, distributed, a landing on the remote) ended: each subtask's result
     /// in the order they were merged, with a line about the landing for its bead; then the
     /// subtasks of the batch not tried (git failed before them), back to the queue's front.
@@ -679,11 +679,11 @@ async fn drive_pool<'s, 'e>(
                     match run.distributed {
                         Some(d) => {
                             let (done, back) = crate::worker::distribute::run_remote(job, d).await;
-                            Finished::Subtask(Box::new(done), back)
+                            Finished::Subtask(Box::new(done), back.map(Box::new))
                         }
                         None => {
                             let (done, back) = run_subtask(job).await;
-                            Finished::Subtask(Box::new(done), Some(back))
+                            Finished::Subtask(Box::new(done), Some(Box::new(back)))
                         }
                     }
                 },
@@ -722,7 +722,7 @@ async fn drive_pool<'s, 'e>(
             Finished::Subtask(done, back) => {
                 in_flight -= 1;
                 if let Some(back) = back {
-                    idle.push(back);
+                    idle.push(*back);
                 }
                 active.remove(&done.id);
                 usage.add(&done.report.usage);
@@ -878,8 +878,9 @@ async fn drive_pool<'s, 'e>(
                     cleaning += 1;
                     let root = run.workspace.repo_root();
                     let step_branch = run.workspace.branch();
-                    workers.spawn_background(
+                    workers.spawn_with(
                         &format!("cleanup {id}"),
+                        true,
                         async move {
                             // Distributed: its branch on the remote goes too, now that it landed.
                             if let (Some(d), Some(b)) = (run.distributed, &branch) {
@@ -944,6 +945,13 @@ fn start_merge<'s, 'e>(
         ("WIGGUM_STEP".to_string(), spec.step_id.clone()),
     ];
     let step_ws = run.workspace;
+    // While subtasks wait to start, a merge is not what the step waits for: it yields the CPU
+    // to the polecats starting and ending. Once every subtask has started it runs at full
+    // priority (the last merges are the end of the pool).
+    let background = state
+        .subtasks
+        .iter()
+        .any(|t| t.status == SubtaskStatus::Queued);
     if let Some(d) = run.distributed {
         let failed = id.clone();
         // Across machines: landed on the remote by the repository's one refinery.
@@ -951,8 +959,9 @@ fn start_merge<'s, 'e>(
         let cancel = run.cancel.clone();
         let sink = run.sink;
         let step_id = spec.step_id.clone();
-        workers.spawn_background(
+        workers.spawn_with(
             &format!("refinery {id}"),
+            background,
             async move {
                 use crate::worker::land::Landed;
                 let waiting = |holder: &str| {
@@ -990,8 +999,9 @@ fn start_merge<'s, 'e>(
         .iter()
         .map(|(id, _)| state.get(id).and_then(|t| t.branch.clone()))
         .collect();
-    workers.spawn_background(
+    workers.spawn_with(
         &format!("refinery {}", ids.join(" ")),
+        background,
         async move {
             // A subtask with no branch fails on its own; the others merge.
             let named: Vec<String> = branches.iter().flatten().cloned().collect();

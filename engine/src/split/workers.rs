@@ -92,16 +92,16 @@ impl<'s, 'e, T: Send + 's> Workers<'s, 'e, T> {
         self.start(name, false, job, panicked)
     }
 
-    /// [`Workers::spawn`] at a lower CPU priority (`nice` +10 for its thread and the processes
-    /// it starts): the refinery's merges and the cleanups, which nothing waits for while
-    /// polecats are starting and ending, give the CPU to them on a busy machine and use what
-    /// is left (docs/PERFORMANCE.md). When nothing else runs, they run as fast as before.
-    pub fn spawn_background<F, P>(&mut self, name: &str, job: F, panicked: P)
+    /// [`Workers::spawn`], at a lower CPU priority when `background` (`nice` +10 for its
+    /// thread and the processes it starts): work nothing waits for yet (a merge while other
+    /// subtasks are still to start, a cleanup) gives the CPU to the polecats on a busy machine
+    /// and uses what is left (docs/PERFORMANCE.md). When nothing else runs, it runs as fast.
+    pub fn spawn_with<F, P>(&mut self, name: &str, background: bool, job: F, panicked: P)
     where
         F: Future<Output = T> + Send + 's,
         P: FnOnce(String) -> T + Send + 's,
     {
-        self.start(name, true, job, panicked)
+        self.start(name, background, job, panicked)
     }
 
     fn start<F, P>(&mut self, name: &str, background: bool, job: F, panicked: P)
