@@ -807,3 +807,69 @@ reply = "verified"
         show.stdout
     );
 }
+
+/// A subtask's claim reaches `.beads/issues.jsonl` before its agent starts: the split's driver
+/// commits the claims in the database and each polecat exports them before its agent (other
+/// tools reading the file never see a subtask being worked on as free).
+#[test]
+fn a_subtasks_claim_is_in_the_jsonl_file_before_its_agent_starts() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let snaps = defs.path().join("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let agent = defs.path().join("agent.sh");
+    std::fs::write(
+        &agent,
+        r#"while IFS= read -r _l; do :; done
+if [ "$WIGGUM_ROLE" = plan ]; then
+  echo '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}, {"id": "c", "prompt": "c"}]}'
+  exit 0
+fi
+case "$WIGGUM_STEP" in
+  */*)
+    sub=${WIGGUM_STEP##*/}
+    root=$(cd "$(git rev-parse --git-common-dir)/.." && pwd)
+    cp "$root/.beads/issues.jsonl" "$SNAPS/$sub.jsonl"
+    echo "$sub" > "$sub.txt"
+    echo "wrote $sub.txt" ;;
+  *) echo "verified" ;;
+esac
+"#,
+    )
+    .unwrap();
+    let out = repo.wiggum_env(
+        &[
+            "task",
+            "write a, b and c",
+            "--agent-command",
+            &format!("sh {}", agent.display()),
+            "--check",
+            "true",
+            "--split",
+            "always",
+            "--polecats",
+            "2",
+            "--json",
+        ],
+        &[("SNAPS", &snaps.display().to_string())],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for sub in ["a", "b", "c"] {
+        let text = std::fs::read_to_string(snaps.join(format!("{sub}.jsonl")))
+            .unwrap_or_else(|e| panic!("subtask {sub}'s agent left no snapshot: {e}"));
+        let bead = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|b| {
+                b["title"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(&format!("subtask {sub}:")))
+            })
+            .unwrap_or_else(|| panic!("no bead of subtask {sub} in the file:\n{text}"));
+        assert_eq!(bead["status"], "in_progress", "{bead:#}");
+        assert!(
+            bead["assignee"].as_str().is_some_and(|a| !a.is_empty()),
+            "{bead:#}"
+        );
+    }
+}

@@ -93,32 +93,14 @@ fn describe(sub: &PlannedSubtask) -> String {
     d
 }
 
-/// Claims a subtask for a polecat: atomic in the ledger (one winner), so two pools can never
-/// both run it. A subtask sent back is re-opened first.
-pub fn claim(recorder: &Recorder, bead: &str, polecat: &str) -> Result<bool, LedgerError> {
-    Ok(claim_all(recorder, &[(bead, polecat)])?[0])
-}
-
-/// [`claim`] of several subtasks (`(bead, polecat)`) at once, the polecats of a pool starting
-/// together: one ledger transaction and one export of the file for all of them, instead of
-/// one each. The answers come in the same order.
-pub fn claim_all(recorder: &Recorder, claims: &[(&str, &str)]) -> Result<Vec<bool>, LedgerError> {
-    let (won, owed) = claim_all_unexported(recorder, claims)?;
-    if owed {
-        // As a claim's own export: its failure is the claim's (committed in the database).
-        recorder.export()?;
-    } else {
-        let _ = recorder.export();
-    }
-    Ok(won)
-}
-
-/// [`claim_all`] without its export: the claims are committed in the database, and the
-/// second value says whether they still owe the file an export (`Recorder::export`) before
-/// their polecats' agents start. The pool's driver claims this way and each polecat makes
+/// Claims subtasks for polecats (`(bead, polecat)`), the polecats of a pool starting together:
+/// atomic in the ledger (one winner), so two pools can never both run one; one transaction for
+/// all of them; the answers come in the same order. The claims are committed in the database,
+/// and the second value says whether they still owe the file an export (`Recorder::export`)
+/// before their polecats' agents start. The pool's driver claims this way and each polecat makes
 /// that export on its own thread before its agent starts (docs/ledger.md), so a start never
 /// waits for another's fsync.
-pub fn claim_all_unexported(
+pub fn claim_all(
     recorder: &Recorder,
     claims: &[(&str, &str)],
 ) -> Result<(Vec<bool>, bool), LedgerError> {

@@ -522,8 +522,8 @@ async fn drive_pool<'s, 'e>(
 
     loop {
         // Start every subtask that can start: first pick them with their polecats, then
-        // claim them all in one ledger write (one export of the file, not one each: a pool's
-        // polecats start together), then start them.
+        // claim them all in one ledger write (their export is made by the polecats), then
+        // start them.
         let mut picked: Vec<(usize, Lease, Option<Workspace>, bool)> = Vec::new();
         while stopped.is_none()
             && !run.cancel.is_cancelled()
@@ -585,7 +585,7 @@ async fn drive_pool<'s, 'e>(
         let won = if asked.is_empty() {
             Ok(Vec::new())
         } else {
-            beads::claim_all_unexported(run.recorder, &asked).map(|(won, owed)| {
+            beads::claim_all(run.recorder, &asked).map(|(won, owed)| {
                 export_owed = owed;
                 won
             })
