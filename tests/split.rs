@@ -7,7 +7,8 @@
 mod common;
 
 use common::split::{
-    history, polecat_state, split_of, subtask, three_parts_script, worktrees, THREE_PARTS_PATROL,
+    history, polecat_state, split_of, subtask, subtask_beads, three_parts_script, worktrees,
+    THREE_PARTS_PATROL,
 };
 use common::{
     assert_br_import_rules, beads, kill9, last_run_id, resume_json, run_json, spawn_run, step,
@@ -872,4 +873,71 @@ esac
             "{bead:#}"
         );
     }
+}
+
+/// A claim that cannot reach `.beads/issues.jsonl` stops the pool before anything of the
+/// subtask runs: the step ends with the ledger's error, no subtask is escalated, no agent ran,
+/// and no polecat worktree is left.
+#[test]
+fn a_claim_that_cannot_be_exported_stops_the_pool_before_any_agent_runs() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let agent = defs.path().join("agent.sh");
+    let calls = defs.path().join("calls");
+    std::fs::write(
+        &agent,
+        format!(
+            r#"while IFS= read -r _l; do :; done
+echo "$WIGGUM_STEP" >> '{}'
+if [ "$WIGGUM_ROLE" = plan ]; then
+  echo '{{"subtasks": [{{"id": "a", "prompt": "a"}}, {{"id": "b", "prompt": "b"}}]}}'
+  exit 0
+fi
+echo done
+"#,
+            calls.display()
+        ),
+    )
+    .unwrap();
+    let out = repo.wiggum_env(
+        &[
+            "task",
+            "two parts",
+            "--agent-command",
+            &format!("sh {}", agent.display()),
+            "--check",
+            "true",
+            "--split",
+            "always",
+            "--polecats",
+            "2",
+            "--json",
+        ],
+        &[("WIGGUM_FAILPOINT", "claim-export")],
+    );
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let r = out.json();
+    assert_eq!(r["outcome"], "error");
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("claim could not be written to .beads/issues.jsonl"),
+        "{r:#}"
+    );
+    // Only the planner was called.
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().trim(), "task");
+    let all = beads(repo.path());
+    let subs = subtask_beads(&all);
+    assert_eq!(subs.len(), 2);
+    for b in subs {
+        let labels = b["labels"].as_array().cloned().unwrap_or_default();
+        assert!(
+            !labels.iter().any(|l| l == "escalated"),
+            "a subtask that never started is not escalated: {b:#}"
+        );
+    }
+    assert_eq!(
+        worktrees(&repo),
+        2,
+        "the step's worktree only (its work so far)"
+    );
 }

@@ -44,9 +44,6 @@ pub struct Job<'a> {
     /// `home` was made for this polecat and no subtask ran in it yet (made while the planner
     /// worked, `split/prepare.rs`): the `setup` command runs in it first.
     pub home_fresh: bool,
-    /// The claim is in the database but not yet in `.beads/issues.jsonl`: the polecat
-    /// exports the ledger before its agent starts (other tools must see the subtask taken).
-    pub export_claim: bool,
 }
 
 /// A polecat of a split between two subtasks: its lease, and its worktree to switch to the
@@ -70,6 +67,9 @@ pub struct Done {
     pub polecat: String,
     pub report: StepReport,
     pub workspace: Option<Workspace>,
+    /// The subtask did not start for a reason that stops the pool (its report says why): it
+    /// is left as it is, claimed (not sent back, not escalated).
+    pub halt: bool,
 }
 
 /// Runs one subtask to the end of its loop; gives the polecat back with its worktree.
@@ -83,7 +83,30 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
         polecat: polecat.clone(),
         report: empty_report(outcome, reason),
         workspace: None,
+        halt: false,
     };
+    // Its claim reaches `.beads/issues.jsonl` first, before anything else of it happens (other
+    // tools must see it taken): the driver committed it in the database only. Nothing to
+    // export when another polecat's export took it in already.
+    let exported = if crate::run::failpoint::fails("claim-export") {
+        Err(crate::ledger::LedgerError::Invalid(
+            "injected failure (WIGGUM_FAILPOINT=claim-export)".into(),
+        ))
+    } else {
+        run.recorder.export()
+    };
+    if let Err(e) = exported {
+        let done = Done {
+            halt: true,
+            ..failed(claim_not_exported(&e), Outcome::Error)
+        };
+        let home = job.home.take();
+        let back = Idle {
+            fresh: job.home_fresh && home.is_some(),
+            ..idle(job, home)
+        };
+        return (done, back);
+    }
     let home = job.home.take();
     let home_fresh = job.home_fresh && home.is_some();
     let _slot = slots::acquire(run.cancel).await;
@@ -137,23 +160,11 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
                     polecat: polecat.clone(),
                     report: empty_report(Outcome::Error, reason),
                     workspace: None,
+                    halt: false,
                 };
                 return (done, idle(job, None));
             }
             super::setup::mark_done(&ws, setup);
-        }
-    }
-    if job.export_claim {
-        if let Err(e) = run.recorder.export() {
-            let _ = ws.release_branch();
-            let done = failed(
-                format!(
-                    "error: ledger: the subtask's claim could not be written to \
-                     .beads/issues.jsonl (it is in the database; `wiggum resume` retries): {e}"
-                ),
-                Outcome::Error,
-            );
-            return (done, idle(job, Some(ws)));
         }
     }
     job.lease.working(Status {
@@ -253,8 +264,18 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
         polecat,
         report,
         workspace: None,
+        halt: false,
     };
     (done, idle(job, Some(ws)))
+}
+
+/// Why a subtask did not start when its claim could not be exported.
+pub(crate) fn claim_not_exported(e: &crate::ledger::LedgerError) -> String {
+    format!(
+        "error: ledger: the subtask's claim could not be written to .beads/issues.jsonl (it \
+         is in the database); the pool stopped with nothing started: fix the file or move it \
+         away (wiggum writes it again from its database), then run again: {e}"
+    )
 }
 
 fn idle(job: Job<'_>, worktree: Option<Workspace>) -> Idle {

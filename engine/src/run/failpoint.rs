@@ -2,6 +2,8 @@
 //! the process aborts (like `kill -9`: nothing is cleaned up) when it reaches the point NAME.
 //! Points: `iteration-end` (an iteration is recorded, the step goes on), `command-end` (a
 //! command step's command ended and that is recorded, before its checkpoint and merge).
+//! [`fails`] makes an operation fail instead, as if it had failed by itself: `claim-export`
+//! (a polecat's export of its subtask's claim to `.beads/issues.jsonl`).
 
 /// Aborts the process when `WIGGUM_FAILPOINT` names this point.
 pub fn hit(name: &str) {
@@ -9,4 +11,10 @@ pub fn hit(name: &str) {
         eprintln!("wiggum: WIGGUM_FAILPOINT={name}: aborting here, as a crash would");
         std::process::abort();
     }
+}
+
+/// Whether `WIGGUM_FAILPOINT` asks the operation at point NAME to fail (the caller makes it
+/// fail as it would by itself).
+pub fn fails(name: &str) -> bool {
+    std::env::var("WIGGUM_FAILPOINT").is_ok_and(|v| v == name)
 }

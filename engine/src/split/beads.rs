@@ -95,19 +95,14 @@ fn describe(sub: &PlannedSubtask) -> String {
 
 /// Claims subtasks for polecats (`(bead, polecat)`), the polecats of a pool starting together:
 /// atomic in the ledger (one winner), so two pools can never both run one; one transaction for
-/// all of them; the answers come in the same order. The claims are committed in the database,
-/// and the second value says whether they still owe the file an export (`Recorder::export`)
-/// before their polecats' agents start. The pool's driver claims this way and each polecat makes
-/// that export on its own thread before its agent starts (docs/ledger.md), so a start never
-/// waits for another's fsync.
-pub fn claim_all(
-    recorder: &Recorder,
-    claims: &[(&str, &str)],
-) -> Result<(Vec<bool>, bool), LedgerError> {
+/// all of them; the answers come in the same order. The claims are committed in the database
+/// only: each polecat exports the ledger (`Recorder::export`) first thing, on its own thread,
+/// before anything of its subtask happens (docs/ledger.md), so a start never waits for
+/// another's fsync.
+pub fn claim_all(recorder: &Recorder, claims: &[(&str, &str)]) -> Result<Vec<bool>, LedgerError> {
     let mut ledger = recorder.ledger();
     let mut won = vec![false; claims.len()];
     let mut todo = Vec::new();
-    let mut owed = false;
     for (i, (bead, polecat)) in claims.iter().enumerate() {
         match ledger.get(bead)? {
             Some(b)
@@ -121,14 +116,13 @@ pub fn claim_all(
     if !todo.is_empty() {
         let asked: Vec<(&str, &str)> = todo.iter().map(|&i| claims[i]).collect();
         // The claims' export (other tools must see them before the polecats start) is made
-        // outside the ledger's lock: the pool's other polecats write meanwhile.
-        let (got, urgent) = ledger.holding_urgent_exports(|l| l.claim_all(&asked))?;
-        owed = urgent;
+        // by each polecat first thing, on its own thread: not here, under the ledger's lock.
+        let (got, _urgent) = ledger.holding_urgent_exports(|l| l.claim_all(&asked))?;
         for (k, got) in got.into_iter().enumerate() {
             won[todo[k]] = got;
         }
     }
-    Ok((won, owed))
+    Ok(won)
 }
 
 /// Puts a subtask back in the queue (sent back after a failed merge): open, unassigned.

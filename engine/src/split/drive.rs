@@ -519,6 +519,8 @@ async fn drive_pool<'s, 'e>(
     // Polecats of this split between two subtasks, with their worktrees.
     // Those made ready while the planner worked come first.
     let mut idle: Vec<Idle> = prepared;
+    // The state changed since it was last saved.
+    let mut unsaved = false;
 
     loop {
         // Start every subtask that can start: first pick them with their polecats, then
@@ -580,15 +582,11 @@ async fn drive_pool<'s, 'e>(
             .map(|(idx, lease, ..)| (state.subtasks[*idx].bead.as_str(), lease.name()))
             .collect();
         // Committed in the database here; their export to the file is made by the polecats
-        // (each before its agent starts, on its own thread), not by this loop.
-        let mut export_owed = false;
+        // (each first thing, on its own thread), not by this loop.
         let won = if asked.is_empty() {
             Ok(Vec::new())
         } else {
-            beads::claim_all(run.recorder, &asked).map(|(won, owed)| {
-                export_owed = owed;
-                won
-            })
+            beads::claim_all(run.recorder, &asked)
         };
         let (starts, failed) = settle_claims(&owned, won);
         if let Some(e) = failed {
@@ -648,8 +646,10 @@ async fn drive_pool<'s, 'e>(
             t.started_at.get_or_insert_with(|| format_time(&now()));
             ready.push((sub, lease, home, home_fresh));
         }
-        if !ready.is_empty() {
+        // One write for what the last result changed and for these starts.
+        if !ready.is_empty() || unsaved {
             let _ = state.save(run.recorder);
+            unsaved = false;
         }
         for (sub, lease, home, home_fresh) in ready {
             let plan = state.plan.get(&sub.id).cloned().expect("planned");
@@ -669,7 +669,6 @@ async fn drive_pool<'s, 'e>(
                 spend: step_spend,
                 home,
                 home_fresh,
-                export_claim: export_owed,
             };
             in_flight += 1;
             let (id, polecat) = (sub.id.clone(), job.lease.name().to_string());
@@ -703,6 +702,7 @@ async fn drive_pool<'s, 'e>(
                                 split: None,
                             },
                             workspace: None,
+                            halt: false,
                         }),
                         None,
                     )
@@ -739,6 +739,12 @@ async fn drive_pool<'s, 'e>(
                 let Some(t) = state.get_mut(&done.id) else {
                     continue;
                 };
+                if done.halt {
+                    // It never started: left as it is, claimed; the pool stops.
+                    stopped.get_or_insert((Outcome::Error, done.report.reason.clone()));
+                    unsaved = true;
+                    continue;
+                }
                 t.iterations = done.report.iterations;
                 t.tokens += done.report.usage.total();
                 t.cost_usd += done.report.cost_usd;
@@ -771,7 +777,9 @@ async fn drive_pool<'s, 'e>(
                         escalate(run, spec, t, &reason, done.workspace);
                     }
                 }
-                let _ = state.save(run.recorder);
+                // Saved at the loop's top, with the subtasks this frees a polecat for (before
+                // anything is awaited).
+                unsaved = true;
             }
             Finished::Unlanded(id, why) => {
                 merging = false;
@@ -878,9 +886,8 @@ async fn drive_pool<'s, 'e>(
                     cleaning += 1;
                     let root = run.workspace.repo_root();
                     let step_branch = run.workspace.branch();
-                    workers.spawn_with(
+                    workers.spawn(
                         &format!("cleanup {id}"),
-                        true,
                         async move {
                             // Distributed: its branch on the remote goes too, now that it landed.
                             if let (Some(d), Some(b)) = (run.distributed, &branch) {
@@ -945,13 +952,6 @@ fn start_merge<'s, 'e>(
         ("WIGGUM_STEP".to_string(), spec.step_id.clone()),
     ];
     let step_ws = run.workspace;
-    // While subtasks wait to start, a merge is not what the step waits for: it yields the CPU
-    // to the polecats starting and ending. Once every subtask has started it runs at full
-    // priority (the last merges are the end of the pool).
-    let background = state
-        .subtasks
-        .iter()
-        .any(|t| t.status == SubtaskStatus::Queued);
     if let Some(d) = run.distributed {
         let failed = id.clone();
         // Across machines: landed on the remote by the repository's one refinery.
@@ -959,9 +959,8 @@ fn start_merge<'s, 'e>(
         let cancel = run.cancel.clone();
         let sink = run.sink;
         let step_id = spec.step_id.clone();
-        workers.spawn_with(
+        workers.spawn(
             &format!("refinery {id}"),
-            background,
             async move {
                 use crate::worker::land::Landed;
                 let waiting = |holder: &str| {
@@ -999,9 +998,8 @@ fn start_merge<'s, 'e>(
         .iter()
         .map(|(id, _)| state.get(id).and_then(|t| t.branch.clone()))
         .collect();
-    workers.spawn_with(
+    workers.spawn(
         &format!("refinery {}", ids.join(" ")),
-        background,
         async move {
             // A subtask with no branch fails on its own; the others merge.
             let named: Vec<String> = branches.iter().flatten().cloned().collect();

@@ -35,18 +35,6 @@ enum Kind<'s, 'e> {
     Inline(FuturesUnordered<Job<'s>>),
 }
 
-/// Lowers the calling thread's CPU priority by 10 (Linux keeps the nice value per thread;
-/// processes the thread starts inherit it). Best effort: a failure changes nothing else.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
-        libc::setpriority(libc::PRIO_PROCESS, tid, (now + 10).min(19));
-    }
-}
-
 /// Runs `body` with a [`Workers`]: on threads of their own on a multi-thread runtime (the
 /// calling task blocks in place meanwhile, its worker handing its other tasks to another
 /// thread), else inline. Returns when `body` has returned and every job it started has ended.
@@ -89,34 +77,11 @@ impl<'s, 'e, T: Send + 's> Workers<'s, 'e, T> {
         F: Future<Output = T> + Send + 's,
         P: FnOnce(String) -> T + Send + 's,
     {
-        self.start(name, false, job, panicked)
-    }
-
-    /// [`Workers::spawn`], at a lower CPU priority when `background` (`nice` +10 for its
-    /// thread and the processes it starts): work nothing waits for yet (a merge while other
-    /// subtasks are still to start, a cleanup) gives the CPU to the polecats on a busy machine
-    /// and uses what is left (docs/PERFORMANCE.md). When nothing else runs, it runs as fast.
-    pub fn spawn_with<F, P>(&mut self, name: &str, background: bool, job: F, panicked: P)
-    where
-        F: Future<Output = T> + Send + 's,
-        P: FnOnce(String) -> T + Send + 's,
-    {
-        self.start(name, background, job, panicked)
-    }
-
-    fn start<F, P>(&mut self, name: &str, background: bool, job: F, panicked: P)
-    where
-        F: Future<Output = T> + Send + 's,
-        P: FnOnce(String) -> T + Send + 's,
-    {
         let tx = self.tx.clone();
         match &mut self.kind {
             Kind::Threads { scope, handle } => {
                 let handle = handle.clone();
                 let run = move || {
-                    if background {
-                        lower_priority();
-                    }
                     let out = std::panic::catch_unwind(AssertUnwindSafe(|| handle.block_on(job)))
                         .unwrap_or_else(|p| panicked(panic_message(p.as_ref())));
                     let _ = tx.send(out);

@@ -138,16 +138,15 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
         polecat: polecat.clone(),
         report: report_of(outcome, reason, 0, 0, 0.0),
         workspace: None,
+        halt: false,
     };
     // Its claim reaches the file before any worker can start it (as a local polecat's).
-    if job.export_claim {
-        if let Err(e) = run.recorder.export() {
-            let reason = format!(
-                "error: ledger: the subtask's claim could not be written to \
-                 .beads/issues.jsonl (it is in the database; `wiggum resume` retries): {e}"
-            );
-            return (failed(reason, Outcome::Error), None);
-        }
+    if let Err(e) = run.recorder.export() {
+        let done = Done {
+            halt: true,
+            ..failed(crate::polecat::pool::claim_not_exported(&e), Outcome::Error)
+        };
+        return (done, None);
     }
     // The base commit is on the step's branch on the remote (shared when the split started,
     // moved only by landings since): workers fetch that branch.
@@ -350,6 +349,7 @@ pub async fn run_remote(job: Job<'_>, d: &Distributed) -> (Done, Option<Idle>) {
             polecat: who,
             report,
             workspace: None,
+            halt: false,
         },
         None,
     )
