@@ -139,7 +139,13 @@ pub struct SplitConfig {
     pub setup: Option<String>,
     /// At most this many finished subtasks the refinery merges before one run of the step's
     /// checks (a red batch is merged again one at a time); 1 = the checks after every merge.
+    /// (Defaulted when read back: a task recorded by an older wiggum has no such field.)
+    #[serde(default = "default_merge_batch")]
     pub merge_batch: u32,
+}
+
+fn default_merge_batch() -> u32 {
+    DEFAULT_MERGE_BATCH
 }
 
 /// `[steps.split] merge_batch` when not given.
@@ -348,5 +354,20 @@ impl Patrol {
     /// The step with this id.
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.id == id)
+    }
+}
+
+#[cfg(test)]
+mod split_config_tests {
+    use super::*;
+
+    #[test]
+    fn a_split_config_recorded_without_merge_batch_reads_back_with_the_default() {
+        // What `wiggum task` recorded for a resume before `merge_batch` existed.
+        let old = r#"{"max_prompt_tokens":null,"after_iterations":2,"max_parts":6,"depth":1,
+            "polecats":2,"mode":"auto","planner":null,"setup":null}"#;
+        let c: SplitConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(c.merge_batch, DEFAULT_MERGE_BATCH);
+        assert_eq!(c.after_iterations, Some(2));
     }
 }

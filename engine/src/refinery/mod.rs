@@ -93,13 +93,15 @@ pub struct BatchOutcome {
 /// again one at a time with [`merge`], in the same order, so each result (merged, red and
 /// undone, conflict) is exactly the one merging them one by one gives; only the extra check run
 /// is paid. A branch that conflicts changes nothing and the others go on, as they would one
-/// by one. With one branch this is [`merge`].
+/// by one. With one branch this is [`merge`]. After Ctrl-C (`cancel`), no branch is merged
+/// again one at a time: those left are untried (the refinery takes them on `wiggum resume`).
 pub async fn merge_batch(
     step: &Workspace,
     branches: &[String],
     checks: &[String],
     check_timeout: Duration,
     env: &[(String, String)],
+    cancel: &crate::run::Cancel,
 ) -> BatchOutcome {
     if branches.len() == 1 {
         return BatchOutcome {
@@ -181,6 +183,12 @@ pub async fn merge_batch(
             } else {
                 let tried = results.len();
                 for (i, branch) in branches.iter().enumerate().take(tried) {
+                    if cancel.is_cancelled() {
+                        // The batch is undone: these are not merged, nor refused.
+                        results.truncate(i);
+                        untried = branches.len() - i;
+                        break;
+                    }
                     let git_failed = matches!(results[i], Some(Err(_)));
                     if !git_failed {
                         results[i] = Some(merge(step, branch, checks, check_timeout, env).await);
@@ -355,6 +363,7 @@ mod tests {
                 std::slice::from_ref(&self.check),
                 Duration::from_secs(30),
                 &[],
+                &crate::run::Cancel::new(),
             )
             .await
         }
@@ -441,6 +450,30 @@ mod tests {
             .unwrap();
         assert!(tip.tree().unwrap().get_name("bad.txt").is_none());
         assert_ne!(s.step.head().unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn after_ctrl_c_a_red_batch_is_undone_and_its_branches_are_left_untried() {
+        let s = setup();
+        let branches = s.subtasks(&[("a", "a.txt", "a\n"), ("b", "bad.txt", "b\n")]);
+        let before = s.step.head().unwrap();
+        let cancel = crate::run::Cancel::new();
+        cancel.cancel();
+        let check = [s.check.clone()];
+        let out = merge_batch(
+            &s.step,
+            &branches,
+            &check,
+            Duration::from_secs(30),
+            &[],
+            &cancel,
+        )
+        .await;
+        assert!(out.results.is_empty(), "{:?}", out.results);
+        assert_eq!(out.untried, 2);
+        assert_eq!(s.runs(), 1, "the batch's run only");
+        assert_eq!(s.step.head().unwrap(), before);
+        assert!(!s.has("a.txt") && !s.has("bad.txt"));
     }
 
     #[tokio::test]

@@ -796,6 +796,24 @@ async fn drive_pool<'s, 'e>(
                 for entry in untried.into_iter().rev() {
                     queue.push_front(entry);
                 }
+                // A merge job that failed (git, or a panic half-way through a batch) may have
+                // left merges on the step's branch that are not recorded: back to the last
+                // green tip before anything else merges there.
+                if run.distributed.is_none() && done.iter().any(|d| d.1.is_err()) {
+                    let green = done
+                        .iter()
+                        .rev()
+                        .find_map(|d| match &d.1 {
+                            Ok(MergeResult::Merged { sha, .. }) => Some(sha.clone()),
+                            _ => None,
+                        })
+                        .or_else(|| state.good_tip.clone());
+                    if let Some(green) = green {
+                        if let Err(e) = refinery::reset_to(run.workspace, &green) {
+                            tracing::warn!("could not put the step's branch back to {green}: {e}");
+                        }
+                    }
+                }
                 // The next merge starts at once, on top of these, while these are recorded:
                 // the refinery never waits for the ledger. (A process killed before these are
                 // saved undoes them on resume, back to the last recorded green tip, and merges
@@ -994,6 +1012,7 @@ fn start_merge<'s, 'e>(
         }
     }
     let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+    let cancel = run.cancel.clone();
     let branches: Vec<Option<String>> = batch
         .iter()
         .map(|(id, _)| state.get(id).and_then(|t| t.branch.clone()))
@@ -1009,7 +1028,7 @@ fn start_merge<'s, 'e>(
                     untried: 0,
                 }
             } else {
-                refinery::merge_batch(step_ws, &named, &checks, timeout, &env).await
+                refinery::merge_batch(step_ws, &named, &checks, timeout, &env, &cancel).await
             };
             let tried = named.len() - outcome.untried;
             let mut results = outcome.results.drain(..);
