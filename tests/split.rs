@@ -941,3 +941,66 @@ echo done
         "the step's worktree only (its work so far)"
     );
 }
+
+/// Subtasks that finish while the refinery is busy go in together, with one run of the step's
+/// checks; `--merge-batch 1` checks after every merge.
+#[test]
+fn subtasks_that_finish_during_a_merge_are_merged_as_one_batch_unless_merge_batch_is_1() {
+    let defs = tempfile::tempdir().unwrap();
+    let agent = defs.path().join("agent.sh");
+    std::fs::write(
+        &agent,
+        r#"while IFS= read -r _l; do :; done
+if [ "$WIGGUM_ROLE" = plan ]; then
+  echo '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}, {"id": "c", "prompt": "c"}]}'
+  exit 0
+fi
+case "$WIGGUM_STEP" in
+  */a) echo a > a.txt ;;
+  */*) sleep 0.3; sub=${WIGGUM_STEP##*/}; echo "$sub" > "$sub.txt" ;;
+esac
+echo done
+"#,
+    )
+    .unwrap();
+    // The step's checks (the refinery's and the verification's: WIGGUM_STEP is the step's id,
+    // not a subtask's) are counted; the refinery's first run (a's merge) takes two seconds, so b
+    // and c finish while it runs.
+    let refinery_runs = |merge_batch: Option<&str>| {
+        let repo = TempRepo::new();
+        let log = defs
+            .path()
+            .join(format!("runs-{}", merge_batch.unwrap_or("default")));
+        let check = format!(
+            "case \"$WIGGUM_STEP\" in */*) ;; *) [ -s '{0}' ] || sleep 2; echo run >> '{0}' ;; esac",
+            log.display()
+        );
+        let agent_cmd = format!("sh {}", agent.display());
+        let mut args = vec![
+            "task",
+            "three parts",
+            "--agent-command",
+            &agent_cmd,
+            "--check",
+            &check,
+            "--split",
+            "always",
+            "--polecats",
+            "3",
+            "--json",
+        ];
+        if let Some(n) = merge_batch {
+            args.extend(["--merge-batch", n]);
+        }
+        let out = repo.wiggum(&args);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        for f in ["a.txt", "b.txt", "c.txt"] {
+            assert!(repo.path().join(f).exists(), "{f} merged and landed");
+        }
+        std::fs::read_to_string(&log).unwrap().lines().count()
+    };
+    // a's merge, then b and c together, then the verification.
+    assert_eq!(refinery_runs(None), 3);
+    // a, b and c one at a time, then the verification.
+    assert_eq!(refinery_runs(Some("1")), 4);
+}
