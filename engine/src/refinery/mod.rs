@@ -56,9 +56,9 @@ pub async fn merge(
     let results = run_checks(checks, step.path(), check_timeout, env).await;
     let undo_started = Instant::now();
     // Whatever the checks left behind (build output that is not ignored) is not part of the
-    // merge: the step's worktree stays at its branch tip. (One status pass; the reset only
-    // when there is something to throw away.)
-    if step.is_dirty().unwrap_or(true) {
+    // merge: the step's worktree stays at its branch tip. (A status of where the kernel saw
+    // writes since the last merge; the reset only when there is something to throw away.)
+    if step.is_dirty_watched().unwrap_or(true) {
         let _ = step.discard_changes();
     }
     if results.iter().all(|c| c.passed) {

@@ -5,6 +5,7 @@
 mod checkpoint;
 mod detached;
 mod dir_watch;
+mod dirty;
 mod discover;
 mod exclude;
 mod git_cli;

@@ -148,6 +148,7 @@ impl Workspace {
                 last_checkpoint: last,
                 identity,
                 status_reader,
+                clean_watch: None,
             }),
         }))
     }

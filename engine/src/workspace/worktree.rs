@@ -44,6 +44,9 @@ pub(super) struct Inner {
     /// Who takes the status at a checkpoint: libgit2, or git on a large tree or one with a
     /// file-system monitor.
     pub(super) status_reader: StatusReader,
+    /// A watch of the worktree's folders running since [`Workspace::is_dirty_watched`] last
+    /// found it clean.
+    pub(super) clean_watch: Option<super::dirty::CleanWatch>,
 }
 
 impl Inner {
@@ -54,6 +57,7 @@ impl Inner {
             status_reader: StatusReader::choose(&repo),
             repo,
             last_checkpoint,
+            clean_watch: None,
         }
     }
 }

@@ -1,0 +1,359 @@
+//! [`Workspace::is_dirty_watched`]: the dirty test of a worktree that is tested again and again
+//! (the refinery's, after each merge's checks), looking only where the kernel saw something
+//! written since the last time the worktree was found clean ([`DirWatch`]), instead of an
+//! `lstat` of every file each time.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use git2::{Repository, StatusOptions};
+
+use super::dir_watch::{DirWatch, Touched};
+use super::{Workspace, WorkspaceError};
+
+impl Workspace {
+    /// [`Workspace::is_dirty`], the same answer, for a worktree tested again and again: when
+    /// it answers "clean" it keeps a kernel watch of the worktree's folders running, and the
+    /// next call looks only at the entries of the folders written in since (nothing at all
+    /// when nothing was written), plus the index against the branch tip (from the index's
+    /// tree cache: only changed folders are hashed). The first call, a call after a "dirty"
+    /// answer, and any call where the watch is not available or lost events, look at every
+    /// file as [`Workspace::is_dirty`] does.
+    pub fn is_dirty_watched(&self) -> Result<bool, WorkspaceError> {
+        let mut inner = self.lock();
+        // Taken before the look: a change made during it shows next time.
+        let stamp = Stamp::of(&inner.repo);
+        let previous = inner.clean_watch.take();
+        let index_moved = previous.as_ref().is_none_or(|p| p.stamp != stamp);
+        let previous = previous.map(|p| p.folders);
+        let mut touched = previous.as_ref().and_then(DirWatch::touched);
+        let folders = match (&touched, previous) {
+            (Some(t), Some(previous)) if t.subtrees.is_empty() => Some(previous),
+            (Some(_), Some(previous)) => {
+                // Folders made since the last look have no watch of their own: a new watch
+                // of the folders the index has now, started before the look so that nothing
+                // written meanwhile is missed, with what the old one saw until then.
+                let next = watch_folders(&inner.repo, &self.path);
+                match (previous.touched(), &mut touched) {
+                    (Some(more), Some(t)) => {
+                        t.dirs.extend(more.dirs);
+                        t.subtrees.extend(more.subtrees);
+                    }
+                    _ => touched = None,
+                }
+                next
+            }
+            // The first look, or events lost: everywhere, with a watch started before it.
+            _ => watch_folders(&inner.repo, &self.path),
+        };
+        let dirty = match &touched {
+            Some(t) => {
+                (index_moved && index_differs(&inner.repo)?)
+                    || (!t.is_empty() && dirty_where(&inner.repo, &self.path, t)?)
+            }
+            None => dirty_everywhere(&inner.repo)?,
+        };
+        if let (false, Some(folders)) = (dirty, folders) {
+            inner.clean_watch = Some(CleanWatch { folders, stamp });
+        }
+        Ok(dirty)
+    }
+}
+
+/// What [`Workspace::is_dirty_watched`] keeps from a "clean" answer.
+#[derive(Debug)]
+pub(super) struct CleanWatch {
+    /// The worktree's folders, watched since just before the look.
+    folders: DirWatch,
+    /// The branch tip and the index file as they were just before the look.
+    stamp: Stamp,
+}
+
+/// The branch tip the worktree's HEAD names and the identity of its index file (inode,
+/// size, change and modification times): git and libgit2 write a new index by renaming a new
+/// file over it, so any write changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    head: Option<git2::Oid>,
+    index: Option<(u64, u64, i64, i64, i64, i64)>,
+}
+
+impl Stamp {
+    fn of(repo: &Repository) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            head: repo.head().ok().and_then(|h| h.target()),
+            index: std::fs::symlink_metadata(repo.path().join("index"))
+                .ok()
+                .map(|m| {
+                    (
+                        m.ino(),
+                        m.size(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                    )
+                }),
+        }
+    }
+}
+
+/// Whether the index differs from the branch tip's tree (or has conflicts). The index's tree
+/// cache makes this cost only the folders whose entries changed.
+fn index_differs(repo: &Repository) -> Result<bool, WorkspaceError> {
+    let mut index = repo.index()?;
+    index.read(false)?;
+    let head_tree = repo.head()?.peel_to_tree()?.id();
+    Ok(!matches!(index.write_tree(), Ok(tree) if tree == head_tree))
+}
+
+/// A watch of the folders of the worktree's tracked files (from its index), `None` when the
+/// index cannot be read or the kernel's watch is not available.
+pub(super) fn watch_folders(repo: &Repository, workdir: &Path) -> Option<DirWatch> {
+    let mut index = repo.index().ok()?;
+    index.read(false).ok()?;
+    let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for entry in index.iter() {
+        let path = entry.path;
+        let mut cut = path.len();
+        while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
+            if !dirs.insert(path[..slash].to_vec()) {
+                break;
+            }
+            cut = slash;
+        }
+    }
+    DirWatch::start(workdir, dirs.iter().map(Vec::as_slice))
+}
+
+/// The status options of [`Workspace::is_dirty`].
+fn dirty_options() -> StatusOptions {
+    let mut opts = StatusOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(false)
+        .include_ignored(false)
+        .exclude_submodules(true)
+        .renames_head_to_index(false)
+        .renames_index_to_workdir(false);
+    opts
+}
+
+/// Whether anything in the worktree differs from the branch tip (one full status pass).
+pub(super) fn dirty_everywhere(repo: &Repository) -> Result<bool, WorkspaceError> {
+    Ok(!repo.statuses(Some(&mut dirty_options()))?.is_empty())
+}
+
+/// Whether the worktree differs from its index, when only the places `touched` names can
+/// have changed on disk: the status of the entries of
+/// the touched folders (files on disk and in the index; folders on disk that no index entry is
+/// under, which are new) and of everything below the touched subtrees.
+fn dirty_where(
+    repo: &Repository,
+    workdir: &Path,
+    touched: &Touched,
+) -> Result<bool, WorkspaceError> {
+    let mut index = repo.index()?;
+    index.read(false)?;
+    let mut paths: BTreeSet<Vec<u8>> = touched.subtrees.clone();
+    let mut tracked_dirs: BTreeSet<&[u8]> = BTreeSet::new();
+    let entries: Vec<Vec<u8>> = index.iter().map(|e| e.path).collect();
+    for path in &entries {
+        let mut cut = path.len();
+        while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
+            if !tracked_dirs.insert(&path[..slash]) {
+                break;
+            }
+            cut = slash;
+        }
+        if touched.may_have_changed(path) {
+            paths.insert(path.clone());
+        }
+    }
+    for dir in &touched.dirs {
+        let full = if dir.is_empty() {
+            workdir.to_path_buf()
+        } else {
+            workdir.join(OsStr::from_bytes(dir))
+        };
+        let Ok(listing) = std::fs::read_dir(&full) else {
+            // Gone: its tracked files (listed above) show as deleted.
+            continue;
+        };
+        for item in listing.flatten() {
+            let name = item.file_name();
+            if dir.is_empty() && name.as_bytes() == b".git" {
+                continue;
+            }
+            let mut rel = dir.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name.as_bytes());
+            let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            // A tracked folder that was there has its own watch.
+            if is_dir && tracked_dirs.contains(rel.as_slice()) {
+                continue;
+            }
+            paths.insert(rel);
+        }
+    }
+    if paths.is_empty() {
+        return Ok(false);
+    }
+    let mut opts = dirty_options();
+    opts.disable_pathspec_match(true);
+    for path in &paths {
+        opts.pathspec(OsStr::from_bytes(path));
+    }
+    Ok(!repo.statuses(Some(&mut opts))?.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{write_file, TestRepo};
+    use super::*;
+
+    /// A step-like worktree with files in folders, found clean once (the watch is running).
+    fn watched(t: &TestRepo) -> Workspace {
+        for path in ["a.txt", "src/b.txt", "src/deep/c.txt", "docs/d.txt"] {
+            t.write(path, "x\n");
+        }
+        t.write(".gitignore", "target/\n");
+        t.commit_all("files");
+        let ws = Workspace::create(&t.root, "s", "wiggum/s", None).unwrap();
+        assert!(!ws.is_dirty_watched().unwrap());
+        assert!(ws.lock().clean_watch.is_some(), "inotify works here");
+        ws
+    }
+
+    /// Both answers agree, and say `dirty`.
+    fn assert_dirty(ws: &Workspace, dirty: bool) {
+        assert_eq!(ws.is_dirty().unwrap(), dirty, "is_dirty");
+        assert_eq!(ws.is_dirty_watched().unwrap(), dirty, "is_dirty_watched");
+    }
+
+    #[test]
+    fn watched_dirty_test_finds_what_a_check_wrote_and_nothing_when_nothing_was() {
+        let cases: [(&str, fn(&Path)); 7] = [
+            ("a modified tracked file", |p| {
+                write_file(p, "src/deep/c.txt", "changed\n")
+            }),
+            ("a removed tracked file", |p| {
+                std::fs::remove_file(p.join("docs/d.txt")).unwrap()
+            }),
+            ("a new file at the root", |p| {
+                write_file(p, "out.txt", "x\n")
+            }),
+            ("a new file in a new folder", |p| {
+                write_file(p, "new/deep/out.txt", "x\n")
+            }),
+            ("a removed folder", |p| {
+                std::fs::remove_dir_all(p.join("src")).unwrap()
+            }),
+            ("a staged change", |p| {
+                let repo = Repository::open(p).unwrap();
+                let mut index = repo.index().unwrap();
+                let entry = index.get_path(Path::new("a.txt"), 0).unwrap();
+                index
+                    .remove_path(Path::new(std::str::from_utf8(&entry.path).unwrap()))
+                    .unwrap();
+                index.write().unwrap();
+            }),
+            ("a file with an old time put back", |p| {
+                write_file(p, "src/b.txt", "y\n");
+                std::fs::File::options()
+                    .write(true)
+                    .open(p.join("src/b.txt"))
+                    .unwrap()
+                    .set_modified(std::time::SystemTime::UNIX_EPOCH)
+                    .unwrap();
+            }),
+        ];
+        for (what, write) in cases {
+            eprintln!("{what}");
+            let t = TestRepo::new();
+            let ws = watched(&t);
+            // Nothing written: clean, without looking.
+            assert_dirty(&ws, false);
+            write(ws.path());
+            assert_dirty(&ws, true);
+            ws.discard_changes().unwrap();
+            assert_dirty(&ws, false);
+        }
+    }
+
+    #[test]
+    fn watched_dirty_test_ignores_ignored_output_and_sees_later_writes_in_a_new_folder() {
+        let t = TestRepo::new();
+        let ws = watched(&t);
+        write_file(ws.path(), "target/debug/app", "ignored\n");
+        assert_dirty(&ws, false);
+        // A merge brings a file in a new folder (committed: clean), then a check writes there.
+        let repo = Repository::open(ws.path()).unwrap();
+        write_file(ws.path(), "fresh/one.txt", "1\n");
+        ws.checkpoint("fresh folder").unwrap();
+        assert_dirty(&ws, false);
+        write_file(ws.path(), "fresh/one.txt", "2\n");
+        assert_dirty(&ws, true);
+        drop(repo);
+    }
+}
+
+#[cfg(test)]
+mod refinery_tests {
+    use std::time::Duration;
+
+    use super::super::testutil::{write_file, TestRepo};
+    use super::*;
+    use crate::refinery::{merge, MergeResult};
+
+    #[test]
+    fn each_merge_of_the_refinery_throws_away_what_its_checks_wrote() {
+        let t = TestRepo::new();
+        let step = Workspace::create(&t.root, "s", "wiggum/s", None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A clean merge before each dirty one: the dirty ones are found by the watched test.
+        let checks = [
+            "true",
+            "echo out > build.txt",
+            "true",
+            "echo more >> README.md",
+            "true",
+            "mkdir -p gen/deep && echo g > gen/deep/g.txt",
+            "true",
+            "rm part0.txt",
+            "true",
+            "git add part0.txt && git rm -q --cached part1.txt",
+            "true",
+        ];
+        for (i, check) in checks.iter().enumerate() {
+            let sub = Workspace::create(
+                &t.root,
+                &format!("s.split-{i}"),
+                &format!("wiggum/s.split/{i}"),
+                None,
+            )
+            .unwrap();
+            write_file(sub.path(), &format!("part{i}.txt"), "p\n");
+            sub.checkpoint("part").unwrap();
+            let got = rt
+                .block_on(merge(
+                    &step,
+                    sub.branch(),
+                    &[check.to_string()],
+                    Duration::from_secs(30),
+                    &[],
+                ))
+                .unwrap();
+            assert!(matches!(got, MergeResult::Merged { .. }), "{check}");
+            assert!(!step.is_dirty().unwrap(), "left behind by `{check}`");
+            assert!(step.path().join(format!("part{i}.txt")).exists());
+        }
+    }
+}
