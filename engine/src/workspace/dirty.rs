@@ -237,7 +237,8 @@ mod tests {
 
     #[test]
     fn watched_dirty_test_finds_what_a_check_wrote_and_nothing_when_nothing_was() {
-        let cases: [(&str, fn(&Path)); 7] = [
+        type Write = fn(&Path);
+        let cases: [(&str, Write); 7] = [
             ("a modified tracked file", |p| {
                 write_file(p, "src/deep/c.txt", "changed\n")
             }),
