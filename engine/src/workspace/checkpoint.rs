@@ -9,6 +9,7 @@ use git2::build::CheckoutBuilder;
 use git2::{DiffFormat, DiffOptions, Oid, Repository, ResetType, Tree};
 use serde::Serialize;
 
+use super::dirty::Look;
 use super::git_cli::{write_tree_with_git, StatusReader};
 use super::status::WorktreeStatus;
 use super::worktree::check_on_branch;
@@ -84,14 +85,20 @@ impl Workspace {
         let repo = &inner.repo;
         check_on_branch(repo, &self.path, &self.branch)?;
 
+        let mut look = None;
         let (worktree, tree_id) = match inner.status_reader {
             StatusReader::Libgit2 => {
+                // Where the agent wrote, when the kernel watched the worktree since it last
+                // matched its HEAD commit (and the index and HEAD did not move): only there
+                // can anything have changed. Everywhere otherwise.
+                let since = Look::since(inner.clean_watch.take(), repo, &self.path)?;
                 let mut index = repo.index()?;
                 // Someone else may have written the index since (the agent running `git add`
                 // or `git commit`, or a landing into this worktree): start from what is on
                 // disk.
                 index.read(false)?;
-                let worktree = WorktreeStatus::read(repo, &self.path)?;
+                let worktree = WorktreeStatus::read_at(repo, &self.path, since.paths.as_ref())?;
+                look = Some(since);
                 for path in &worktree.staged {
                     index.add_path(Path::new(path))?;
                 }
@@ -136,6 +143,11 @@ impl Workspace {
             DiffStat::default()
         };
         inner.last_checkpoint = sha;
+        // The worktree now matches the commit (ignored files aside), unless repositories were
+        // left out of it: the watch goes on from here.
+        if let Some(look) = look.filter(|_| worktree.nested_repos.is_empty()) {
+            inner.clean_watch = look.keep(repo);
+        }
         Ok(Checkpoint {
             sha: sha.to_string(),
             changed,

@@ -35,7 +35,9 @@ impl Workspace {
                 // Folders made since the last look have no watch of their own: a new watch
                 // of the folders the index has now, started before the look so that nothing
                 // written meanwhile is missed, with what the old one saw until then.
-                let next = watch_folders(&inner.repo, &self.path);
+                let next = touched
+                    .as_ref()
+                    .and_then(|t| watch_folders_and(&inner.repo, &self.path, &t.subtrees));
                 match (previous.touched(), &mut touched) {
                     (Some(more), Some(t)) => {
                         t.dirs.extend(more.dirs);
@@ -113,6 +115,17 @@ fn index_differs(repo: &Repository) -> Result<bool, WorkspaceError> {
 /// A watch of the folders of the worktree's tracked files (from its index), `None` when the
 /// index cannot be read or the kernel's watch is not available.
 pub(super) fn watch_folders(repo: &Repository, workdir: &Path) -> Option<DirWatch> {
+    watch_folders_and(repo, workdir, &BTreeSet::new())
+}
+
+/// [`watch_folders`], and every folder on disk at or below `subtrees` (folders made since the
+/// last watch started, which may not be in the index yet). `None` as well when a folder is
+/// made there while the watch starts (it might not be watched).
+fn watch_folders_and(
+    repo: &Repository,
+    workdir: &Path,
+    subtrees: &BTreeSet<Vec<u8>>,
+) -> Option<DirWatch> {
     let mut index = repo.index().ok()?;
     index.read(false).ok()?;
     let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
@@ -126,7 +139,40 @@ pub(super) fn watch_folders(repo: &Repository, workdir: &Path) -> Option<DirWatc
             cut = slash;
         }
     }
-    DirWatch::start(workdir, dirs.iter().map(Vec::as_slice))
+    let below = folders_below(workdir, subtrees)?;
+    dirs.extend(below.iter().cloned());
+    let watch = DirWatch::start(workdir, dirs.iter().map(Vec::as_slice))?;
+    (folders_below(workdir, subtrees)? == below).then_some(watch)
+}
+
+/// The folders on disk at or below `roots` (relative), `None` past 8,192 of them.
+fn folders_below(workdir: &Path, roots: &BTreeSet<Vec<u8>>) -> Option<BTreeSet<Vec<u8>>> {
+    let mut found = BTreeSet::new();
+    let mut todo: Vec<Vec<u8>> = roots.iter().cloned().collect();
+    while let Some(dir) = todo.pop() {
+        let full = workdir.join(OsStr::from_bytes(&dir));
+        if !full.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        if !found.insert(dir.clone()) {
+            continue;
+        }
+        if found.len() > 8_192 {
+            return None;
+        }
+        let Ok(listing) = std::fs::read_dir(&full) else {
+            continue;
+        };
+        for item in listing.flatten() {
+            if item.file_type().is_ok_and(|t| t.is_dir()) {
+                let mut sub = dir.clone();
+                sub.push(b'/');
+                sub.extend_from_slice(item.file_name().as_bytes());
+                todo.push(sub);
+            }
+        }
+    }
+    Some(found)
 }
 
 /// The status options of [`Workspace::is_dirty`].
@@ -157,19 +203,37 @@ fn dirty_where(
 ) -> Result<bool, WorkspaceError> {
     let mut index = repo.index()?;
     index.read(false)?;
+    let paths = places(&index, workdir, touched);
+    if paths.is_empty() {
+        return Ok(false);
+    }
+    let mut opts = dirty_options();
+    opts.disable_pathspec_match(true);
+    for path in &paths {
+        opts.pathspec(OsStr::from_bytes(path));
+    }
+    Ok(!repo.statuses(Some(&mut opts))?.is_empty())
+}
+
+/// The paths to look at when only the places `touched` names can have changed on disk: the
+/// entries of the touched folders (tracked ones from the index, as they may be gone; what is
+/// on disk, folders included unless tracked ones, which have their own watch) and the touched
+/// subtrees whole. Given to libgit2 as literal paths, where a folder stands for everything in
+/// it.
+pub(super) fn places(index: &git2::Index, workdir: &Path, touched: &Touched) -> BTreeSet<Vec<u8>> {
     let mut paths: BTreeSet<Vec<u8>> = touched.subtrees.clone();
-    let mut tracked_dirs: BTreeSet<&[u8]> = BTreeSet::new();
-    let entries: Vec<Vec<u8>> = index.iter().map(|e| e.path).collect();
-    for path in &entries {
+    let mut tracked_dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for entry in index.iter() {
+        let path = entry.path;
         let mut cut = path.len();
         while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
-            if !tracked_dirs.insert(&path[..slash]) {
+            if !tracked_dirs.insert(path[..slash].to_vec()) {
                 break;
             }
             cut = slash;
         }
-        if touched.may_have_changed(path) {
-            paths.insert(path.clone());
+        if touched.may_have_changed(&path) {
+            paths.insert(path);
         }
     }
     for dir in &touched.dirs {
@@ -194,21 +258,70 @@ fn dirty_where(
             rel.extend_from_slice(name.as_bytes());
             let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
             // A tracked folder that was there has its own watch.
-            if is_dir && tracked_dirs.contains(rel.as_slice()) {
+            if is_dir && tracked_dirs.contains(&rel) {
                 continue;
             }
             paths.insert(rel);
         }
     }
-    if paths.is_empty() {
-        return Ok(false);
+    paths
+}
+
+/// Where to look in a worktree that matched its HEAD commit (ignored files aside) when
+/// `previous` was kept: `paths` are the only places that can differ from it now (`None`:
+/// anywhere, when there was no watch, the index or the HEAD commit moved since, or events
+/// were lost), and `folders` is the watch to keep once the worktree matches its HEAD commit
+/// again (started before the look, so nothing written meanwhile is missed).
+pub(super) struct Look {
+    pub(super) paths: Option<BTreeSet<Vec<u8>>>,
+    pub(super) folders: Option<DirWatch>,
+}
+
+impl Look {
+    pub(super) fn since(
+        previous: Option<CleanWatch>,
+        repo: &Repository,
+        workdir: &Path,
+    ) -> Result<Look, WorkspaceError> {
+        let stamp = Stamp::of(repo);
+        let previous = previous.filter(|p| p.stamp == stamp).map(|p| p.folders);
+        let mut touched = previous.as_ref().and_then(DirWatch::touched);
+        let folders = match (&touched, previous) {
+            (Some(t), Some(previous)) if t.subtrees.is_empty() => Some(previous),
+            (Some(_), Some(previous)) => {
+                let next = touched
+                    .as_ref()
+                    .and_then(|t| watch_folders_and(repo, workdir, &t.subtrees));
+                match (previous.touched(), &mut touched) {
+                    (Some(more), Some(t)) => {
+                        t.dirs.extend(more.dirs);
+                        t.subtrees.extend(more.subtrees);
+                    }
+                    _ => touched = None,
+                }
+                next
+            }
+            _ => watch_folders(repo, workdir),
+        };
+        let paths = match touched {
+            Some(t) => {
+                let mut index = repo.index()?;
+                index.read(false)?;
+                Some(places(&index, workdir, &t))
+            }
+            None => None,
+        };
+        Ok(Look { paths, folders })
     }
-    let mut opts = dirty_options();
-    opts.disable_pathspec_match(true);
-    for path in &paths {
-        opts.pathspec(OsStr::from_bytes(path));
+
+    /// What to keep once the worktree matches its HEAD commit again (after wiggum's own last
+    /// write of its index).
+    pub(super) fn keep(self, repo: &Repository) -> Option<CleanWatch> {
+        self.folders.map(|folders| CleanWatch {
+            folders,
+            stamp: Stamp::of(repo),
+        })
     }
-    Ok(!repo.statuses(Some(&mut opts))?.is_empty())
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ fn run(mut cmd: Command, what: &str, input: Option<&[u8]>) -> Result<Vec<u8>, Wo
 }
 
 impl WorktreeStatus {
-    /// [`WorktreeStatus::read`] by `git status`: the same meaning (untracked folders
+    /// [`WorktreeStatus::read_at`] (of everything) by `git status`: the same meaning (untracked folders
     /// searched, ignored ones not entered, submodules and renames left out), and git writes
     /// the refreshed stat data (and its untracked cache) back to the index itself.
     pub(super) fn read_with_git(

@@ -2,6 +2,8 @@
 //! remove from the index, and the git repositories the agent made inside, from a single pass
 //! that trusts the index's stat data and writes refreshed stat data back.
 
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use git2::{Repository, Status, StatusOptions, StatusShow};
@@ -29,8 +31,23 @@ impl WorktreeStatus {
     /// and was unchanged gets its stat data refreshed in the index on disk, so it is not read
     /// again. Untracked directories are searched (a new file deep in a new folder is staged),
     /// ignored ones are not entered.
-    pub(super) fn read(repo: &Repository, workdir: &Path) -> Result<Self, WorkspaceError> {
+    /// With `paths` (literal paths; a folder stands for everything in it), only those: the
+    /// places a [`DirWatch`](super::DirWatch) says can have changed.
+    pub(super) fn read_at(
+        repo: &Repository,
+        workdir: &Path,
+        paths: Option<&BTreeSet<Vec<u8>>>,
+    ) -> Result<Self, WorkspaceError> {
+        if paths.is_some_and(BTreeSet::is_empty) {
+            return Ok(WorktreeStatus::default());
+        }
         let mut opts = StatusOptions::new();
+        if let Some(paths) = paths {
+            opts.disable_pathspec_match(true);
+            for path in paths {
+                opts.pathspec(std::ffi::OsStr::from_bytes(path));
+            }
+        }
         opts.show(StatusShow::Workdir)
             .include_untracked(true)
             .recurse_untracked_dirs(true)

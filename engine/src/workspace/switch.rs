@@ -6,12 +6,14 @@
 //! its next one. No `git worktree add` or removal, and so no repository-wide worktree lock, is
 //! on this path.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 
 use git2::build::CheckoutBuilder;
 use git2::{Oid, Repository};
 
+use super::dirty::Look;
 use super::git_cli::StatusReader;
 use super::worktree::{
     check_branch_name, nested_branch, open_main, sanitize_name, workdir_of, write_base, Identity,
@@ -37,6 +39,7 @@ impl Workspace {
             ..
         } = self;
         let mut inner = inner.into_inner().unwrap_or_else(|e| e.into_inner());
+        let previous = inner.clean_watch.take();
         let repo = &inner.repo;
         let branch_ref = format!("refs/heads/{branch}");
         if let Some(other) = checked_out_elsewhere(repo, &name, &branch_ref)? {
@@ -75,8 +78,11 @@ impl Workspace {
                 (commit.id(), commit.id().to_string(), true)
             }
         };
-        let moved = (|| -> Result<(), WorkspaceError> {
+        let moved = (|| -> Result<Look, WorkspaceError> {
             let target = repo.find_commit(tip)?;
+            // Where the worktree can differ from its HEAD commit: everywhere, or (when the
+            // kernel watched it since it last matched that commit) where something was written.
+            let look = Look::since(previous, repo, &path)?;
             // Force is right here: the worktree is wiggum's own, and what was not committed on
             // the previous branch is not this branch's.
             let mut checkout = CheckoutBuilder::new();
@@ -84,19 +90,45 @@ impl Workspace {
                 .force()
                 .remove_untracked(true)
                 .remove_ignored(false);
-            repo.checkout_tree(target.as_object(), Some(&mut checkout))?;
-            repo.reference_symbolic("HEAD", &branch_ref, true, "wiggum: switch")?;
-            write_base(repo, &base_sha)?;
-            Ok(())
-        })();
-        if let Err(e) = moved {
-            if made {
-                if let Ok(mut r) = repo.find_reference(&branch_ref) {
-                    let _ = r.delete();
+            let mut needed = true;
+            if let Some(written) = &look.paths {
+                // Only there, and where the two commits differ: the rest already matches.
+                let mut paths = written.clone();
+                let head = repo.head()?.peel_to_tree()?;
+                let diff = repo.diff_tree_to_tree(Some(&head), Some(&target.tree()?), None)?;
+                for delta in diff.deltas() {
+                    for file in [delta.old_file(), delta.new_file()] {
+                        if let Some(p) = file.path_bytes() {
+                            paths.insert(p.to_vec());
+                        }
+                    }
+                }
+                needed = !paths.is_empty();
+                checkout.disable_pathspec_match(true);
+                for p in &paths {
+                    checkout.path(std::ffi::OsStr::from_bytes(p));
                 }
             }
-            return Err(e);
-        }
+            if needed {
+                repo.checkout_tree(target.as_object(), Some(&mut checkout))?;
+            }
+            repo.reference_symbolic("HEAD", &branch_ref, true, "wiggum: switch")?;
+            write_base(repo, &base_sha)?;
+            Ok(look)
+        })();
+        let look = match moved {
+            Ok(look) => look,
+            Err(e) => {
+                if made {
+                    if let Ok(mut r) = repo.find_reference(&branch_ref) {
+                        let _ = r.delete();
+                    }
+                }
+                return Err(e);
+            }
+        };
+        // The worktree matches the branch tip now: the watch goes on from here.
+        inner.clean_watch = look.keep(repo);
         inner.last_checkpoint = tip;
         Ok(Workspace {
             repo_root,
@@ -351,6 +383,103 @@ mod tests {
             .unwrap()
             .get_name("b.txt")
             .is_none());
+    }
+
+    /// Every file of the worktree (ignored `.wiggum/` aside) with its content, and the files
+    /// of `commit`'s tree: equal when the worktree is exactly that commit.
+    fn files_on_disk(root: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            for item in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = item.path();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if rel == ".git" || rel.starts_with(".wiggum") {
+                    continue;
+                }
+                if item.file_type().unwrap().is_dir() {
+                    todo.push(path);
+                } else {
+                    out.push((rel, std::fs::read_to_string(&path).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn files_of(repo: &Repository, commit: &str) -> Vec<(String, String)> {
+        let tree = repo
+            .find_commit(Oid::from_str(commit).unwrap())
+            .unwrap()
+            .tree()
+            .unwrap();
+        let mut out = Vec::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob) {
+                let blob = repo.find_blob(entry.id()).unwrap();
+                out.push((
+                    format!("{dir}{}", entry.name().unwrap()),
+                    String::from_utf8_lossy(blob.content()).into_owned(),
+                ));
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .unwrap();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_watched_switch_writes_only_what_differs_and_leaves_nothing_of_the_previous_subtask() {
+        let t = TestRepo::new();
+        for (path, text) in [
+            ("keep/same.txt", "same\n"),
+            ("keep/edited.txt", "edited later\n"),
+            ("mod/m.txt", "m\n"),
+            ("gone/g.txt", "g\n"),
+        ] {
+            t.write(path, text);
+        }
+        t.commit_all("base");
+        let base = t.head();
+        // Branch b: an added file, a removed one, a modified one, from the base.
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/b", None).unwrap();
+        write_file(ws.path(), "new/deep/added.txt", "added\n");
+        std::fs::remove_file(ws.path().join("gone/g.txt")).unwrap();
+        write_file(ws.path(), "mod/m.txt", "m on b\n");
+        let b_tip = ws.checkpoint("b").unwrap().sha;
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/a", &base).unwrap();
+        // a's subtask: a checkpoint (the watch runs from here), then what a check leaves.
+        write_file(ws.path(), "a.txt", "a\n");
+        ws.checkpoint("a").unwrap();
+        assert!(ws.lock().clean_watch.is_some(), "inotify works here");
+        write_file(ws.path(), "left.txt", "untracked leftover\n");
+        write_file(ws.path(), "keep/edited.txt", "modified, not committed\n");
+        write_file(ws.path(), "out/deep/build.txt", "untracked folder\n");
+        std::fs::remove_file(ws.path().join("keep/same.txt")).unwrap();
+        std::fs::create_dir_all(ws.path().join(".wiggum")).unwrap();
+        write_file(ws.path(), ".wiggum/keep", "ignored\n");
+        ws.release_branch().unwrap();
+
+        let ws = ws.switch("wiggum/x.split/b", "unused").unwrap();
+        assert_eq!(ws.head().unwrap(), b_tip);
+        assert_eq!(files_on_disk(ws.path()), files_of(&t.repo, &b_tip));
+        assert!(
+            ws.path().join(".wiggum/keep").exists(),
+            "ignored files stay"
+        );
+        assert!(!ws.is_dirty().unwrap());
+        // The watch goes on: a checkpoint after the switch sees the next subtask's work.
+        write_file(ws.path(), "keep/same.txt", "changed on b\n");
+        let cp = ws.checkpoint("b2").unwrap();
+        assert_eq!(cp.stat.files_changed, 1);
+        assert!(!ws.is_dirty().unwrap());
     }
 
     #[test]
