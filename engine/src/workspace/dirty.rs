@@ -139,19 +139,25 @@ fn watch_folders_and(
             cut = slash;
         }
     }
-    let below = folders_below(workdir, subtrees)?;
+    let below = folders_below(repo, workdir, subtrees)?;
     dirs.extend(below.iter().cloned());
     let watch = DirWatch::start(workdir, dirs.iter().map(Vec::as_slice))?;
-    (folders_below(workdir, subtrees)? == below).then_some(watch)
+    (folders_below(repo, workdir, subtrees)? == below).then_some(watch)
 }
 
-/// The folders on disk at or below `roots` (relative), `None` past 8,192 of them.
-fn folders_below(workdir: &Path, roots: &BTreeSet<Vec<u8>>) -> Option<BTreeSet<Vec<u8>>> {
+/// The folders on disk at or below `roots` (relative), `None` past 8,192 of them. Ignored
+/// folders are not entered (a `target/` made by a build): nothing there is ever committed or
+/// looked at.
+fn folders_below(
+    repo: &Repository,
+    workdir: &Path,
+    roots: &BTreeSet<Vec<u8>>,
+) -> Option<BTreeSet<Vec<u8>>> {
     let mut found = BTreeSet::new();
     let mut todo: Vec<Vec<u8>> = roots.iter().cloned().collect();
     while let Some(dir) = todo.pop() {
         let full = workdir.join(OsStr::from_bytes(&dir));
-        if !full.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        if !full.symlink_metadata().is_ok_and(|m| m.is_dir()) || is_ignored(repo, &dir) {
             continue;
         }
         if !found.insert(dir.clone()) {
@@ -203,7 +209,7 @@ fn dirty_where(
 ) -> Result<bool, WorkspaceError> {
     let mut index = repo.index()?;
     index.read(false)?;
-    let paths = places(&index, workdir, touched);
+    let paths = places(repo, &index, workdir, touched);
     if paths.is_empty() {
         return Ok(false);
     }
@@ -220,8 +226,19 @@ fn dirty_where(
 /// on disk, folders included unless tracked ones, which have their own watch) and the touched
 /// subtrees whole. Given to libgit2 as literal paths, where a folder stands for everything in
 /// it.
-pub(super) fn places(index: &git2::Index, workdir: &Path, touched: &Touched) -> BTreeSet<Vec<u8>> {
-    let mut paths: BTreeSet<Vec<u8>> = touched.subtrees.clone();
+pub(super) fn places(
+    repo: &Repository,
+    index: &git2::Index,
+    workdir: &Path,
+    touched: &Touched,
+) -> BTreeSet<Vec<u8>> {
+    // An ignored folder made or removed (a build's `target/`) holds nothing to look at.
+    let mut paths: BTreeSet<Vec<u8>> = touched
+        .subtrees
+        .iter()
+        .filter(|dir| !is_ignored(repo, dir))
+        .cloned()
+        .collect();
     let mut tracked_dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
     for entry in index.iter() {
         let path = entry.path;
@@ -257,14 +274,24 @@ pub(super) fn places(index: &git2::Index, workdir: &Path, touched: &Touched) -> 
             }
             rel.extend_from_slice(name.as_bytes());
             let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            // A tracked folder that was there has its own watch.
-            if is_dir && tracked_dirs.contains(&rel) {
+            // A tracked folder that was there has its own watch; an ignored one holds nothing
+            // to look at.
+            if is_dir && (tracked_dirs.contains(&rel) || is_ignored(repo, &rel)) {
                 continue;
             }
             paths.insert(rel);
         }
     }
     paths
+}
+
+/// Whether the folder `dir` (relative) is ignored.
+fn is_ignored(repo: &Repository, dir: &[u8]) -> bool {
+    let mut with_slash = dir.to_vec();
+    with_slash.push(b'/');
+    std::str::from_utf8(&with_slash)
+        .ok()
+        .is_some_and(|d| repo.is_path_ignored(d).unwrap_or(false))
 }
 
 /// Where to look in a worktree that matched its HEAD commit (ignored files aside) when
@@ -307,7 +334,7 @@ impl Look {
             Some(t) => {
                 let mut index = repo.index()?;
                 index.read(false)?;
-                Some(places(&index, workdir, &t))
+                Some(places(repo, &index, workdir, &t))
             }
             None => None,
         };
