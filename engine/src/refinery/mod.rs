@@ -146,7 +146,7 @@ pub async fn merge_batch(
     if !merged.is_empty() {
         let checked = run_checks(checks, step.path(), check_timeout, env).await;
         let undo_started = Instant::now();
-        if step.is_dirty().unwrap_or(true) {
+        if step.is_dirty_watched().unwrap_or(true) {
             let _ = step.discard_changes();
         }
         if checked.iter().all(|c| c.passed) {
