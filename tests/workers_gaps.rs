@@ -814,6 +814,7 @@ mode = "always"
 depth = 2
 polecats = 2
 max_prompt_tokens = 5000
+setup = 'echo "$WIGGUM_STEP" >> "$(cd "$(git rev-parse --git-common-dir)" && pwd)/wiggum-setup-log"'
 "#;
 
 /// a's prompt (~10,000 tokens) is above the limit, b's is far below it. a is split in two on
@@ -943,6 +944,17 @@ async fn a_subtask_whose_prompt_is_above_max_prompt_tokens_is_handed_back_by_its
     assert_eq!(its.len(), 1, "{its:#?}");
     let refs = hub_refs(&cluster);
     assert!(!refs.contains(".split/"), "{refs}");
+    // On the workers the setup ran for b, never for a: a job handed back unrun runs nothing
+    // there (a runs its setup on the step's machine, where it is split and verified).
+    let on_workers: String = ["m1-clone", "m2-clone"]
+        .iter()
+        .map(|c| {
+            let log = cluster.root.join(c).join(".git/wiggum-setup-log");
+            std::fs::read_to_string(log).unwrap_or_default()
+        })
+        .collect();
+    assert!(on_workers.lines().any(|l| l == "build/b"), "{on_workers}");
+    assert!(!on_workers.lines().any(|l| l == "build/a"), "{on_workers}");
 }
 
 /// How many beads say that a take-back waits for its branch.

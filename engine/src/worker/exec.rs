@@ -179,28 +179,6 @@ async fn run(
         ("WIGGUM_RUN".to_string(), spec.run_id.clone()),
         ("WIGGUM_STEP".to_string(), step_id.clone()),
     ];
-    // Also a worktree this clone made again from the pushed branch (a takeover, a subtask sent
-    // back) or one a killed worker left before its setup passed.
-    if fresh || crate::polecat::setup::pending(&ws, spec.setup.as_deref()) {
-        if let Some(setup) = &spec.setup {
-            let results = run_checks(
-                std::slice::from_ref(setup),
-                ws.path(),
-                spec.config.check_timeout,
-                &env,
-            )
-            .await;
-            if let Some(bad) = results.iter().find(|c| !c.passed) {
-                result.reason = format!(
-                    "error: the setup command failed in the new worktree: {}\n{}",
-                    bad.line(),
-                    crate::ralph::text::tail_bytes(&bad.output, 2048)
-                );
-                return result;
-            }
-            crate::polecat::setup::mark_done(&ws, setup);
-        }
-    }
     let agents = match agents_of(m.root, &spec) {
         Ok(a) => a,
         Err(e) => {
@@ -258,6 +236,37 @@ async fn run(
         // (`run::distributed`, `worker::distribute`).
         split: spec.split.clone(),
     };
+    // Too large a prompt is handed back before the first iteration (no agent call), as a
+    // local polecat's subtask splits before it.
+    let too_large = step.split.as_ref().and_then(|watch| {
+        watch.prompt_trigger(start.done, || {
+            crate::split::drive::estimate_prompt(&step, &ws)
+        })
+    });
+    // Also a worktree this clone made again from the pushed branch (a takeover, a subtask sent
+    // back) or one a killed worker left before its setup passed. Not for a job handed back
+    // unrun (its prompt is too large): nothing runs there.
+    if too_large.is_none() && (fresh || crate::polecat::setup::pending(&ws, spec.setup.as_deref()))
+    {
+        if let Some(setup) = &spec.setup {
+            let results = run_checks(
+                std::slice::from_ref(setup),
+                ws.path(),
+                spec.config.check_timeout,
+                &env,
+            )
+            .await;
+            if let Some(bad) = results.iter().find(|c| !c.passed) {
+                result.reason = format!(
+                    "error: the setup command failed in the new worktree: {}\n{}",
+                    bad.line(),
+                    crate::ralph::text::tail_bytes(&bad.output, 2048)
+                );
+                return result;
+            }
+            crate::polecat::setup::mark_done(&ws, setup);
+        }
+    }
     polecat.working(PolecatStatus {
         state: "working".into(),
         run: Some(spec.run_id.clone()),
@@ -289,13 +298,6 @@ async fn run(
         .as_ref()
         .map(|b| b.spend())
         .unwrap_or_else(|| Spend::with_budget(None));
-    // Too large a prompt is handed back before the first iteration (no agent call), as a
-    // local polecat's subtask splits before it.
-    let too_large = step.split.as_ref().and_then(|watch| {
-        watch.prompt_trigger(start.done, || {
-            crate::split::drive::estimate_prompt(&step, &ws)
-        })
-    });
     let report = match too_large {
         Some(why) => handed_back_unrun(why, &ws, start.done),
         None => {
