@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use git2::build::{CheckoutBuilder, TreeUpdateBuilder};
 use git2::{Commit, Delta, ErrorCode, FileMode, Oid, Repository};
 
+use super::tree_diff;
 use super::worktree::{check_on_branch, Identity};
 use super::{Workspace, WorkspaceError};
 
@@ -91,15 +92,24 @@ impl Workspace {
         let new = repo.find_commit(new_id)?;
 
         // Only the files that differ: the checkout never walks the rest of a large tree.
-        let diff = repo.diff_tree_to_tree(Some(&ours.tree()?), Some(&new.tree()?), None)?;
         let mut touched = BTreeSet::new();
-        for delta in diff.deltas() {
-            if delta.status() == Delta::Unmodified {
-                continue;
+        match tree_diff::changes(repo, &ours.tree()?, &new.tree()?)? {
+            Some(changes) => {
+                for (path, ..) in changes {
+                    touched.insert(String::from_utf8_lossy(&path).into_owned());
+                }
             }
-            for file in [delta.old_file(), delta.new_file()] {
-                if let Some(path) = file.path() {
-                    touched.insert(path.to_string_lossy().replace('\\', "/"));
+            None => {
+                let diff = repo.diff_tree_to_tree(Some(&ours.tree()?), Some(&new.tree()?), None)?;
+                for delta in diff.deltas() {
+                    if delta.status() == Delta::Unmodified {
+                        continue;
+                    }
+                    for file in [delta.old_file(), delta.new_file()] {
+                        if let Some(path) = file.path() {
+                            touched.insert(path.to_string_lossy().replace('\\', "/"));
+                        }
+                    }
                 }
             }
         }
@@ -167,40 +177,21 @@ fn merge_apart(
     let ours_tree = ours.tree()?;
     let theirs_tree = theirs.tree()?;
     // Each side's changed paths; for theirs, what each becomes (`None`: removed).
-    let mut theirs_changes: BTreeMap<Vec<u8>, Option<(Oid, i32)>> = BTreeMap::new();
-    let diff = repo.diff_tree_to_tree(Some(&base_tree), Some(&theirs_tree), None)?;
-    for delta in diff.deltas() {
-        let old = delta.old_file();
-        let new = delta.new_file();
-        match delta.status() {
-            Delta::Unmodified => {}
-            Delta::Added | Delta::Modified | Delta::Typechange | Delta::Deleted => {
-                if let Some(path) = old.path_bytes().filter(|_| old.id() != Oid::zero()) {
-                    theirs_changes.entry(path.to_vec()).or_insert(None);
-                }
-                if let Some(path) = new.path_bytes().filter(|_| !new.id().is_zero()) {
-                    theirs_changes.insert(path.to_vec(), Some((new.id(), new.mode().into())));
-                }
-            }
-            // Renames, copies, conflicts and the like are not asked for: unknown ground.
-            _ => return Ok(None),
-        }
-    }
+    // A folder that became a file or the reverse, on either side: the full merge.
+    let Some(theirs_diff) = tree_diff::changes(repo, &base_tree, &theirs_tree)? else {
+        return Ok(None);
+    };
+    let theirs_changes: BTreeMap<Vec<u8>, Option<(Oid, i32)>> = theirs_diff
+        .into_iter()
+        .map(|(path, _, new)| (path, new))
+        .collect();
     if theirs_changes.is_empty() {
         return Ok(Some(ours_tree.id()));
     }
-    let mut ours_changed: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let diff = repo.diff_tree_to_tree(Some(&base_tree), Some(&ours_tree), None)?;
-    for delta in diff.deltas() {
-        if delta.status() == Delta::Unmodified {
-            continue;
-        }
-        for file in [delta.old_file(), delta.new_file()] {
-            if let Some(path) = file.path_bytes() {
-                ours_changed.insert(path.to_vec());
-            }
-        }
-    }
+    let Some(ours_diff) = tree_diff::changes(repo, &base_tree, &ours_tree)? else {
+        return Ok(None);
+    };
+    let ours_changed: BTreeSet<Vec<u8>> = ours_diff.into_iter().map(|(path, ..)| path).collect();
     let folders_of = |paths: &mut dyn Iterator<Item = &Vec<u8>>| {
         let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
         for path in paths {

@@ -14,6 +14,7 @@ mod ledger_commit;
 mod merge_in;
 mod status;
 mod switch;
+mod tree_diff;
 mod worktree;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use git2::{Oid, Repository};
 
 use super::dirty::Look;
 use super::git_cli::StatusReader;
+use super::tree_diff;
 use super::worktree::{
     check_branch_name, nested_branch, open_main, sanitize_name, workdir_of, write_base, Identity,
     Inner,
@@ -95,11 +96,17 @@ impl Workspace {
                 // Only there, and where the two commits differ: the rest already matches.
                 let mut paths = written.clone();
                 let head = repo.head()?.peel_to_tree()?;
-                let diff = repo.diff_tree_to_tree(Some(&head), Some(&target.tree()?), None)?;
-                for delta in diff.deltas() {
-                    for file in [delta.old_file(), delta.new_file()] {
-                        if let Some(p) = file.path_bytes() {
-                            paths.insert(p.to_vec());
+                match tree_diff::changes(repo, &head, &target.tree()?)? {
+                    Some(changes) => paths.extend(changes.into_iter().map(|(p, ..)| p)),
+                    None => {
+                        let diff =
+                            repo.diff_tree_to_tree(Some(&head), Some(&target.tree()?), None)?;
+                        for delta in diff.deltas() {
+                            for file in [delta.old_file(), delta.new_file()] {
+                                if let Some(p) = file.path_bytes() {
+                                    paths.insert(p.to_vec());
+                                }
+                            }
                         }
                     }
                 }
