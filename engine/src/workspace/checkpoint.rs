@@ -91,7 +91,12 @@ impl Workspace {
                 // Where the agent wrote, when the kernel watched the worktree since it last
                 // matched its HEAD commit (and the index and HEAD did not move): only there
                 // can anything have changed. Everywhere otherwise.
-                let since = Look::since(inner.clean_watch.take(), repo, &self.path)?;
+                let previous = inner.clean_watch.take();
+                let since = if super::dirty::watched_looks() {
+                    Look::since(previous, repo, &self.path)?
+                } else {
+                    Look::everywhere()
+                };
                 let mut index = repo.index()?;
                 // Someone else may have written the index since (the agent running `git add`
                 // or `git commit`, or a landing into this worktree): start from what is on
@@ -286,6 +291,25 @@ impl BoundedText {
 mod tests {
     use super::super::testutil::{write_file, TestRepo};
     use super::*;
+
+    /// The case review-s4-walks found the watched look missing (a folder made and committed by
+    /// one checkpoint, then edited): by default every checkpoint looks everywhere and commits
+    /// the edit.
+    #[test]
+    fn an_edit_in_a_folder_the_previous_checkpoint_made_is_committed_by_the_next() {
+        let t = TestRepo::new();
+        let ws = Workspace::create(&t.root, "t", "wiggum/t", None).unwrap();
+        write_file(ws.path(), "src/parser/mod.txt", "v1\n");
+        assert!(ws.checkpoint("one").unwrap().changed);
+        write_file(ws.path(), "src/parser/mod.txt", "v2\n");
+        let cp = ws.checkpoint("two").unwrap();
+        assert!(cp.changed, "the edit is committed");
+        let tree = checkpoint_tree(&t, &cp);
+        let entry = tree.get_path(Path::new("src/parser/mod.txt")).unwrap();
+        let blob = t.repo.find_blob(entry.id()).unwrap();
+        assert_eq!(blob.content(), b"v2\n");
+        assert!(!ws.is_dirty().unwrap());
+    }
 
     /// The tree a checkpoint committed.
     fn checkpoint_tree<'r>(t: &'r TestRepo, cp: &Checkpoint) -> git2::Tree<'r> {

@@ -22,6 +22,9 @@ impl Workspace {
     /// answer, and any call where the watch is not available or lost events, look at every
     /// file as [`Workspace::is_dirty`] does.
     pub fn is_dirty_watched(&self) -> Result<bool, WorkspaceError> {
+        if !watched_looks() {
+            return self.is_dirty();
+        }
         let mut inner = self.lock();
         // Taken before the look: a change made during it shows next time.
         let stamp = Stamp::of(&inner.repo);
@@ -304,7 +307,25 @@ pub(super) struct Look {
     pub(super) folders: Option<DirWatch>,
 }
 
+/// Whether the checkpoint, the switch and the refinery's dirty test may look only where the
+/// kernel saw writes: `WIGGUM_WATCHED_LOOKS=1`. **Off by default**: a review found changes the
+/// limited look misses (a folder made before a full look, or holding only ignored files, is
+/// never watched, so later writes in it go unseen; a `.gitignore` edit that un-ignores a deeper
+/// folder is not looked at), and a change a checkpoint misses is work lost
+/// (docs/workspace.md). Until those are closed the look is everywhere, as before.
+pub(crate) fn watched_looks() -> bool {
+    std::env::var("WIGGUM_WATCHED_LOOKS").is_ok_and(|v| v == "1")
+}
+
 impl Look {
+    /// Everywhere, keeping no watch.
+    pub(super) fn everywhere() -> Look {
+        Look {
+            paths: None,
+            folders: None,
+        }
+    }
+
     pub(super) fn since(
         previous: Option<CleanWatch>,
         repo: &Repository,
@@ -377,6 +398,8 @@ mod tests {
 
     #[test]
     fn watched_dirty_test_finds_what_a_check_wrote_and_nothing_when_nothing_was() {
+        // The opt-in path (off by default). nextest runs every test in a process of its own.
+        std::env::set_var("WIGGUM_WATCHED_LOOKS", "1");
         type Write = fn(&Path);
         let cases: [(&str, Write); 7] = [
             ("a modified tracked file", |p| {
@@ -428,6 +451,8 @@ mod tests {
 
     #[test]
     fn watched_dirty_test_ignores_ignored_output_and_sees_later_writes_in_a_new_folder() {
+        // The opt-in path (off by default). nextest runs every test in a process of its own.
+        std::env::set_var("WIGGUM_WATCHED_LOOKS", "1");
         let t = TestRepo::new();
         let ws = watched(&t);
         write_file(ws.path(), "target/debug/app", "ignored\n");
