@@ -218,8 +218,10 @@ fn merge_apart(
     }
     let mut update = TreeUpdateBuilder::new();
     for (path, change) in &theirs_changes {
-        let path = std::str::from_utf8(path)
-            .map_err(|_| WorkspaceError::Other("a path that is not UTF-8".into()))?;
+        // A path that is not UTF-8: libgit2's full merge handles it.
+        let Ok(path) = std::str::from_utf8(path) else {
+            return Ok(None);
+        };
         match change {
             Some((id, mode)) => {
                 let mode = match *mode {
