@@ -809,6 +809,33 @@ reply = "verified"
     );
 }
 
+/// `wiggum task PROMPT --json` split at once on 2 polecats, with the shell script `agent` as
+/// the agent (every role), the check `true` and `env`.
+fn split_task_with(
+    repo: &TempRepo,
+    prompt: &str,
+    agent: &std::path::Path,
+    env: &[(&str, &str)],
+) -> common::Outcome {
+    let agent_cmd = format!("sh {}", agent.display());
+    repo.wiggum_env(
+        &[
+            "task",
+            prompt,
+            "--agent-command",
+            &agent_cmd,
+            "--check",
+            "true",
+            "--split",
+            "always",
+            "--polecats",
+            "2",
+            "--json",
+        ],
+        env,
+    )
+}
+
 /// A subtask's claim reaches `.beads/issues.jsonl` before its agent starts: the split's driver
 /// commits the claims in the database and each polecat exports them before its agent (other
 /// tools reading the file never see a subtask being worked on as free).
@@ -838,20 +865,10 @@ esac
 "#,
     )
     .unwrap();
-    let out = repo.wiggum_env(
-        &[
-            "task",
-            "write a, b and c",
-            "--agent-command",
-            &format!("sh {}", agent.display()),
-            "--check",
-            "true",
-            "--split",
-            "always",
-            "--polecats",
-            "2",
-            "--json",
-        ],
+    let out = split_task_with(
+        &repo,
+        "write a, b and c",
+        &agent,
         &[("SNAPS", &snaps.display().to_string())],
     );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -899,20 +916,10 @@ echo done
         ),
     )
     .unwrap();
-    let out = repo.wiggum_env(
-        &[
-            "task",
-            "two parts",
-            "--agent-command",
-            &format!("sh {}", agent.display()),
-            "--check",
-            "true",
-            "--split",
-            "always",
-            "--polecats",
-            "2",
-            "--json",
-        ],
+    let out = split_task_with(
+        &repo,
+        "two parts",
+        &agent,
         &[("WIGGUM_FAILPOINT", "claim-export")],
     );
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
