@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::workspace::{is_wiggum_path, DirWatch, Touched, Workspace};
+use crate::workspace::{add_parent_dirs, is_wiggum_path, DirWatch, Touched, Workspace};
 
 /// At most this many changed paths are named.
 const MAX_PATHS: usize = 20;
@@ -66,13 +66,7 @@ impl CheckoutWatch {
         let mut out = BTreeSet::new();
         for entry in index.iter() {
             let path = entry.path;
-            let mut cut = path.len();
-            while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
-                if !dirs.insert(path[..slash].to_vec()) {
-                    break;
-                }
-                cut = slash;
-            }
+            add_parent_dirs(&mut dirs, &path);
             // A submodule is its own repository: its files are not the checkout's.
             if entry.mode == 0o160000
                 || is_wiggum_path(&String::from_utf8_lossy(&path))
@@ -173,14 +167,7 @@ fn tracked_dirs(root: &Path) -> Option<(PathBuf, BTreeSet<Vec<u8>>)> {
     let workdir = repo.workdir()?.to_path_buf();
     let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
     for entry in index.iter() {
-        let path = entry.path;
-        let mut cut = path.len();
-        while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
-            if !dirs.insert(path[..slash].to_vec()) {
-                break;
-            }
-            cut = slash;
-        }
+        add_parent_dirs(&mut dirs, &entry.path);
     }
     Some((workdir, dirs))
 }

@@ -208,6 +208,18 @@ impl DirWatch {
     }
 }
 
+/// Adds the folders above `path` (relative, `/`-separated; not the path itself, not the root)
+/// to `dirs`, stopping at the first one already there (its parents are there too).
+pub fn add_parent_dirs(dirs: &mut std::collections::BTreeSet<Vec<u8>>, path: &[u8]) {
+    let mut cut = path.len();
+    while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
+        if !dirs.insert(path[..slash].to_vec()) {
+            break;
+        }
+        cut = slash;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

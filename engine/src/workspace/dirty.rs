@@ -31,28 +31,7 @@ impl Workspace {
         let previous = inner.clean_watch.take();
         let index_moved = previous.as_ref().is_none_or(|p| p.stamp != stamp);
         let previous = previous.map(|p| p.folders);
-        let mut touched = previous.as_ref().and_then(DirWatch::touched);
-        let folders = match (&touched, previous) {
-            (Some(t), Some(previous)) if t.subtrees.is_empty() => Some(previous),
-            (Some(_), Some(previous)) => {
-                // Folders made since the last look have no watch of their own: a new watch
-                // of the folders the index has now, started before the look so that nothing
-                // written meanwhile is missed, with what the old one saw until then.
-                let next = touched
-                    .as_ref()
-                    .and_then(|t| watch_folders_and(&inner.repo, &self.path, &t.subtrees));
-                match (previous.touched(), &mut touched) {
-                    (Some(more), Some(t)) => {
-                        t.dirs.extend(more.dirs);
-                        t.subtrees.extend(more.subtrees);
-                    }
-                    _ => touched = None,
-                }
-                next
-            }
-            // The first look, or events lost: everywhere, with a watch started before it.
-            _ => watch_folders(&inner.repo, &self.path),
-        };
+        let (touched, folders) = carry_on(previous, &inner.repo, &self.path);
         let dirty = match &touched {
             Some(t) => {
                 (index_moved && index_differs(&inner.repo)?)
@@ -117,6 +96,37 @@ fn index_differs(repo: &Repository) -> Result<bool, WorkspaceError> {
 
 /// A watch of the folders of the worktree's tracked files (from its index), `None` when the
 /// index cannot be read or the kernel's watch is not available.
+/// What the watch kept from the last look (`previous`) saw since, and the watch to keep from
+/// now on: the same one when no folder was made or removed; when some were, a new watch of the
+/// folders the index has now (folders made since have no watch of their own), started before
+/// the look so that nothing written meanwhile is missed, with what the old one saw until then.
+/// The first look, or events lost: `None` (look everywhere) and a new watch started before it.
+fn carry_on(
+    previous: Option<DirWatch>,
+    repo: &Repository,
+    workdir: &Path,
+) -> (Option<Touched>, Option<DirWatch>) {
+    let mut touched = previous.as_ref().and_then(DirWatch::touched);
+    let folders = match (&touched, previous) {
+        (Some(t), Some(previous)) if t.subtrees.is_empty() => Some(previous),
+        (Some(_), Some(previous)) => {
+            let next = touched
+                .as_ref()
+                .and_then(|t| watch_folders_and(repo, workdir, &t.subtrees));
+            match (previous.touched(), &mut touched) {
+                (Some(more), Some(t)) => {
+                    t.dirs.extend(more.dirs);
+                    t.subtrees.extend(more.subtrees);
+                }
+                _ => touched = None,
+            }
+            next
+        }
+        _ => watch_folders(repo, workdir),
+    };
+    (touched, folders)
+}
+
 pub(super) fn watch_folders(repo: &Repository, workdir: &Path) -> Option<DirWatch> {
     watch_folders_and(repo, workdir, &BTreeSet::new())
 }
@@ -133,14 +143,7 @@ fn watch_folders_and(
     index.read(false).ok()?;
     let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
     for entry in index.iter() {
-        let path = entry.path;
-        let mut cut = path.len();
-        while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
-            if !dirs.insert(path[..slash].to_vec()) {
-                break;
-            }
-            cut = slash;
-        }
+        super::add_parent_dirs(&mut dirs, &entry.path);
     }
     let below = folders_below(repo, workdir, subtrees)?;
     dirs.extend(below.iter().cloned());
@@ -245,13 +248,7 @@ pub(super) fn places(
     let mut tracked_dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
     for entry in index.iter() {
         let path = entry.path;
-        let mut cut = path.len();
-        while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
-            if !tracked_dirs.insert(path[..slash].to_vec()) {
-                break;
-            }
-            cut = slash;
-        }
+        super::add_parent_dirs(&mut tracked_dirs, &path);
         if touched.may_have_changed(&path) {
             paths.insert(path);
         }
@@ -333,24 +330,7 @@ impl Look {
     ) -> Result<Look, WorkspaceError> {
         let stamp = Stamp::of(repo);
         let previous = previous.filter(|p| p.stamp == stamp).map(|p| p.folders);
-        let mut touched = previous.as_ref().and_then(DirWatch::touched);
-        let folders = match (&touched, previous) {
-            (Some(t), Some(previous)) if t.subtrees.is_empty() => Some(previous),
-            (Some(_), Some(previous)) => {
-                let next = touched
-                    .as_ref()
-                    .and_then(|t| watch_folders_and(repo, workdir, &t.subtrees));
-                match (previous.touched(), &mut touched) {
-                    (Some(more), Some(t)) => {
-                        t.dirs.extend(more.dirs);
-                        t.subtrees.extend(more.subtrees);
-                    }
-                    _ => touched = None,
-                }
-                next
-            }
-            _ => watch_folders(repo, workdir),
-        };
+        let (touched, folders) = carry_on(previous, repo, workdir);
         let paths = match touched {
             Some(t) => {
                 let mut index = repo.index()?;

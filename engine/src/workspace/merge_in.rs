@@ -195,13 +195,7 @@ fn merge_apart(
     let folders_of = |paths: &mut dyn Iterator<Item = &Vec<u8>>| {
         let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
         for path in paths {
-            let mut cut = path.len();
-            while let Some(slash) = path[..cut].iter().rposition(|&b| b == b'/') {
-                if !dirs.insert(path[..slash].to_vec()) {
-                    break;
-                }
-                cut = slash;
-            }
+            super::add_parent_dirs(&mut dirs, path);
         }
         dirs
     };

@@ -21,7 +21,7 @@ mod worktree;
 mod testutil;
 
 pub use checkpoint::{Checkpoint, DiffStat};
-pub use dir_watch::{DirWatch, Touched};
+pub use dir_watch::{add_parent_dirs, DirWatch, Touched};
 pub use discover::{discover_root, require_commit, WorkspaceError};
 pub use exclude::{ensure_excluded, is_wiggum_path, EXCLUDE_LINE};
 pub use land::LandOutcome;
