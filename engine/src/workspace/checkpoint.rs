@@ -92,11 +92,7 @@ impl Workspace {
                 // matched its HEAD commit (and the index and HEAD did not move): only there
                 // can anything have changed. Everywhere otherwise.
                 let previous = inner.clean_watch.take();
-                let since = if super::dirty::watched_looks() {
-                    Look::since(previous, repo, &self.path)?
-                } else {
-                    Look::everywhere()
-                };
+                let since = Look::since(previous, repo, &self.path)?;
                 let mut index = repo.index()?;
                 // Someone else may have written the index since (the agent running `git add`
                 // or `git commit`, or a landing into this worktree): start from what is on

@@ -8,26 +8,71 @@
 //! to the content or metadata of a file in it (a write, a truncation, `touch`, `chmod`) to a
 //! watch on that folder. It does not report writes through a shared memory map (`mmap`) until
 //! they reach the file by another way; no editor, compiler or coding agent writes source files
-//! so. When a watch cannot be set up (no `inotify`, its limits reached) or events were lost
-//! (the kernel's queue overflowed), the answer is "unknown" and callers look at every file, as
-//! before.
+//! so. When a watch cannot be set up (no `inotify`, its limits reached, or this process's share
+//! of the user's watches, [`budget`], used up) or events were lost (the kernel's queue
+//! overflowed, the root's own watch went away), the answer is "unknown" and callers look at
+//! every file, as before.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
-/// At most this many folders are watched; a tree with more is looked at file by file.
-const MAX_DIRS: usize = 8_192;
+/// At most this many folders are watched by one [`DirWatch`]; a tree with more is looked at
+/// file by file.
+const MAX_DIRS: usize = 65_536;
 
-/// Folders of a tree watched from a moment on ([`DirWatch::start`]) until
-/// [`DirWatch::touched`] says where something happened.
+/// Watches held by this process's [`DirWatch`]es together.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// How many watches this process's [`DirWatch`]es may hold together: a quarter of the user's
+/// `fs.inotify.max_user_watches` (shared by every process of the user: the agents' own
+/// watchers, `tsc --watch`, jest, editors, must keep theirs), and never more than 65,536.
+/// Past it a watch is not started and the look is everywhere, as without `inotify`.
+pub fn budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .map_or(2_048, |max| max / 4)
+            .min(MAX_DIRS)
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: no watch can be started on this thread (as without `inotify`).
+    static NO_WATCHES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Tests: runs `f` on this thread as if the kernel's watches were not available.
+#[cfg(test)]
+pub fn without_watches<R>(f: impl FnOnce() -> R) -> R {
+    NO_WATCHES.with(|n| n.set(true));
+    let out = f();
+    NO_WATCHES.with(|n| n.set(false));
+    out
+}
+
+/// Folders of a tree watched from a moment on ([`DirWatch::start`], [`DirWatch::start_below`])
+/// until [`DirWatch::touched`] says where something happened.
 #[derive(Debug)]
 pub struct DirWatch {
     fd: OwnedFd,
     /// Each watch's folder, relative to the tree's root (empty for the root).
     dirs: HashMap<i32, Vec<u8>>,
+    /// The same folders.
+    watched: HashSet<Vec<u8>>,
+}
+
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        HELD.fetch_sub(self.dirs.len(), Ordering::Relaxed);
+    }
 }
 
 /// Where something was written since a [`DirWatch`] started.
@@ -39,12 +84,22 @@ pub struct Touched {
     /// Folders that were made, removed or renamed themselves (or a watched folder whose own
     /// watch went away): anything below them may have changed.
     pub subtrees: BTreeSet<Vec<u8>>,
+    /// Whether a `.gitignore` or `.gitattributes` was made, removed, renamed or written in a
+    /// watched folder: what is ignored (or how files read) may have changed anywhere below it.
+    pub rules: bool,
 }
 
 impl Touched {
     /// Whether nothing was written at all.
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.subtrees.is_empty()
+        self.dirs.is_empty() && self.subtrees.is_empty() && !self.rules
+    }
+
+    /// Adds what `more` names.
+    pub fn extend(&mut self, more: Touched) {
+        self.dirs.extend(more.dirs);
+        self.subtrees.extend(more.subtrees);
+        self.rules |= more.rules;
     }
 
     /// Whether the file or folder `path` (relative, `/`-separated) may have changed: its
@@ -60,7 +115,11 @@ impl Touched {
         self.dirs.contains(dir) || self.in_subtree(dir)
     }
 
-    fn in_subtree(&self, path: &[u8]) -> bool {
+    /// Whether `path` is at or below one of [`Touched::subtrees`].
+    pub fn in_subtree(&self, path: &[u8]) -> bool {
+        if self.subtrees.contains(&[][..]) {
+            return true;
+        }
         let mut cut = path.len();
         loop {
             if self.subtrees.contains(&path[..cut]) {
@@ -86,8 +145,25 @@ impl DirWatch {
     /// Watches the folders `dirs` (relative to `root`, `/`-separated; the root itself is
     /// always watched). A folder that does not exist (or is not a folder) is not watched: its
     /// parent's watch sees it being made. `None` when `inotify` is not available or its limits
-    /// are reached: then nothing is known.
+    /// (or [`budget`]) are reached: then nothing is known.
     pub fn start<'a>(root: &Path, dirs: impl IntoIterator<Item = &'a [u8]>) -> Option<DirWatch> {
+        DirWatch::start_below(root, dirs, std::iter::empty(), |_| true)
+    }
+
+    /// Watches the folders `dirs` as [`DirWatch::start`] does, and every folder at or below
+    /// `roots` that `enter` accepts (relative paths; `.git` folders are never entered), each
+    /// one watched before it is listed: a folder made below it after that is seen being made,
+    /// one made before is listed. Symbolic links are not followed.
+    pub fn start_below<'a, 'b>(
+        root: &Path,
+        dirs: impl IntoIterator<Item = &'a [u8]>,
+        roots: impl IntoIterator<Item = &'b [u8]>,
+        mut enter: impl FnMut(&[u8]) -> bool,
+    ) -> Option<DirWatch> {
+        #[cfg(test)]
+        if NO_WATCHES.with(std::cell::Cell::get) {
+            return None;
+        }
         // SAFETY: inotify_init1 has no preconditions; the descriptor is owned below.
         let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         if raw < 0 {
@@ -98,7 +174,71 @@ impl DirWatch {
         let mut watch = DirWatch {
             fd,
             dirs: HashMap::new(),
+            watched: HashSet::new(),
         };
+        watch.add(root, &[])?;
+        for dir in dirs {
+            watch.add(root, dir)?;
+        }
+        let mut todo: Vec<Vec<u8>> = roots.into_iter().map(<[u8]>::to_vec).collect();
+        while let Some(dir) = todo.pop() {
+            let watched = watch.watched.contains(&dir) || (enter(&dir) && watch.add(root, &dir)?);
+            if !watched {
+                continue;
+            }
+            let full = if dir.is_empty() {
+                root.to_path_buf()
+            } else {
+                root.join(OsStr::from_bytes(&dir))
+            };
+            // Gone meanwhile: its parent's watch saw it go.
+            let Ok(listing) = std::fs::read_dir(&full) else {
+                continue;
+            };
+            for item in listing.flatten() {
+                let name = item.file_name();
+                if name.as_bytes() == b".git" || !item.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let mut sub = dir.clone();
+                if !sub.is_empty() {
+                    sub.push(b'/');
+                }
+                sub.extend_from_slice(name.as_bytes());
+                todo.push(sub);
+            }
+        }
+        Some(watch)
+    }
+
+    /// Whether the folder `dir` (relative) has been watched since the start.
+    pub fn watches(&self, dir: &[u8]) -> bool {
+        self.watched.contains(dir)
+    }
+
+    /// The folders watched since the start.
+    pub fn folders(&self) -> impl Iterator<Item = &[u8]> {
+        self.watched.iter().map(Vec::as_slice)
+    }
+
+    /// The folders watched since the start, the watch ended.
+    pub fn into_folders(mut self) -> HashSet<Vec<u8>> {
+        std::mem::take(&mut self.watched)
+    }
+
+    /// Watches `dir`: `Some(true)` when it is watched, `Some(false)` when it is gone or not a
+    /// folder (its parent's watch covers it), `None` when it cannot be (then nothing is known).
+    fn add(&mut self, root: &Path, dir: &[u8]) -> Option<bool> {
+        if self.watched.contains(dir) {
+            return Some(true);
+        }
+        if self.dirs.len() >= MAX_DIRS {
+            return None;
+        }
+        if HELD.fetch_add(1, Ordering::Relaxed) >= budget() {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         let mask = libc::IN_MODIFY
             | libc::IN_ATTRIB
             | libc::IN_CLOSE_WRITE
@@ -110,35 +250,37 @@ impl DirWatch {
             | libc::IN_MOVE_SELF
             | libc::IN_ONLYDIR
             | libc::IN_DONT_FOLLOW;
-        let mut seen = BTreeSet::new();
-        for dir in std::iter::once(&[][..]).chain(dirs) {
-            if !seen.insert(dir) {
-                continue;
+        let full = if dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(OsStr::from_bytes(dir))
+        };
+        let release = || {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+        };
+        let Ok(c_path) = CString::new(full.as_os_str().as_bytes()) else {
+            release();
+            return None;
+        };
+        // SAFETY: a valid descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c_path.as_ptr(), mask) };
+        if wd < 0 {
+            release();
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            // Gone, or a file now: the parent's watch covers it. The root must be watched.
+            if !dir.is_empty() && matches!(errno, Some(libc::ENOENT | libc::ENOTDIR)) {
+                return Some(false);
             }
-            if seen.len() > MAX_DIRS {
-                return None;
-            }
-            let full = if dir.is_empty() {
-                root.to_path_buf()
-            } else {
-                root.join(OsStr::from_bytes(dir))
-            };
-            let Ok(c_path) = CString::new(full.as_os_str().as_bytes()) else {
-                return None;
-            };
-            // SAFETY: a valid descriptor and a NUL-terminated path.
-            let wd = unsafe { libc::inotify_add_watch(raw, c_path.as_ptr(), mask) };
-            if wd < 0 {
-                let errno = std::io::Error::last_os_error().raw_os_error();
-                // Gone, or a file now: the parent's watch covers it. The root must be watched.
-                if !dir.is_empty() && matches!(errno, Some(libc::ENOENT | libc::ENOTDIR)) {
-                    continue;
-                }
-                return None;
-            }
-            watch.dirs.insert(wd, dir.to_vec());
+            return None;
         }
-        Some(watch)
+        if self.dirs.contains_key(&wd) {
+            // The same folder under two names (a bind mount): its events would name one.
+            release();
+            return None;
+        }
+        self.dirs.insert(wd, dir.to_vec());
+        self.watched.insert(dir.to_vec());
+        Some(true)
     }
 
     /// Where something was written since the start (events read so far are consumed: call it
@@ -184,6 +326,14 @@ impl DirWatch {
                 let Some(dir) = self.dirs.get(&event.wd) else {
                     continue;
                 };
+                let gone = libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF;
+                if dir.is_empty() && event.mask & gone != 0 {
+                    // The root itself moved or went away: nothing below it is known any more.
+                    return None;
+                }
+                if matches!(name, b".gitignore" | b".gitattributes") {
+                    touched.rules = true;
+                }
                 if event.mask & libc::IN_IGNORED != 0 {
                     // The watch went away (its folder removed, or its file system unmounted):
                     // what happens there from now on is not seen.

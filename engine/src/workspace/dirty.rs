@@ -1,12 +1,24 @@
-//! [`Workspace::is_dirty_watched`]: the dirty test of a worktree that is tested again and again
-//! (the refinery's, after each merge's checks), looking only where the kernel saw something
-//! written since the last time the worktree was found clean ([`DirWatch`]), instead of an
-//! `lstat` of every file each time.
+//! Looks for uncommitted work limited to where the kernel saw writes ([`DirWatch`]):
+//! [`Workspace::is_dirty_watched`], the dirty test of a worktree that is tested again and again
+//! (the refinery's, after each merge's checks), and [`Look`], where the checkpoint and the
+//! switch look. Instead of an `lstat` of every file each time, they look only at the folders
+//! written in since the worktree last matched its HEAD commit.
+//!
+//! What makes them exact: a watch, when it starts, covers every folder on disk that is not
+//! ignored (each one watched before it is listed, so a folder made meanwhile is either listed
+//! or seen being made), and from then on every folder made, removed or renamed is reported
+//! with everything below it, which the next watch walks again. The folders a watch covers are
+//! kept with it, and a folder found in a written folder that this watch did not cover is
+//! looked at whole. Anything that can change what is ignored (a `.gitignore` or
+//! `.gitattributes` written anywhere, `.git/info/exclude`, the user's `core.excludesFile`),
+//! events lost, the root's own watch gone, or no watch at all (no `inotify`, the process's
+//! share of watches used up): the look is everywhere and a new watch starts from a new walk.
+//! `WIGGUM_WATCHED_LOOKS=0` turns the limited looks off.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use git2::{Repository, StatusOptions};
 
@@ -28,61 +40,96 @@ impl Workspace {
         let mut inner = self.lock();
         // Taken before the look: a change made during it shows next time.
         let stamp = Stamp::of(&inner.repo);
-        let previous = inner.clean_watch.take();
+        let previous = inner
+            .clean_watch
+            .take()
+            .filter(|p| p.stamp.excludes == stamp.excludes);
         let index_moved = previous.as_ref().is_none_or(|p| p.stamp != stamp);
-        let previous = previous.map(|p| p.folders);
-        let (touched, folders) = carry_on(previous, &inner.repo, &self.path);
-        let dirty = match &touched {
+        let carried = carry_on(previous.map(|p| p.folders), &inner.repo, &self.path);
+        let dirty = match &carried.touched {
             Some(t) => {
                 (index_moved && index_differs(&inner.repo)?)
-                    || (!t.is_empty() && dirty_where(&inner.repo, &self.path, t)?)
+                    || (!t.is_empty() && dirty_where(&inner.repo, &self.path, t, &carried)?)
             }
             None => dirty_everywhere(&inner.repo)?,
         };
-        if let (false, Some(folders)) = (dirty, folders) {
+        if let (false, Some(folders)) = (dirty, carried.folders) {
             inner.clean_watch = Some(CleanWatch { folders, stamp });
         }
         Ok(dirty)
     }
 }
 
-/// What [`Workspace::is_dirty_watched`] keeps from a "clean" answer.
+/// What [`Workspace::is_dirty_watched`], the checkpoint and the switch keep once the worktree
+/// matches its HEAD commit.
 #[derive(Debug)]
 pub(super) struct CleanWatch {
     /// The worktree's folders, watched since just before the look.
     folders: DirWatch,
-    /// The branch tip and the index file as they were just before the look.
+    /// The branch tip, the index file and the exclude files as they were just before the look.
     stamp: Stamp,
 }
 
-/// The branch tip the worktree's HEAD names and the identity of its index file (inode,
-/// size, change and modification times): git and libgit2 write a new index by renaming a new
-/// file over it, so any write changes it.
+/// The identity of a file (inode, size, change and modification times), `None` when absent.
+type FileStamp = Option<(u64, u64, i64, i64, i64, i64)>;
+
+fn file_stamp(path: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| {
+        (
+            m.ino(),
+            m.size(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.mtime(),
+            m.mtime_nsec(),
+        )
+    })
+}
+
+/// The branch tip the worktree's HEAD names and the identity of its index file: git and
+/// libgit2 write a new index by renaming a new file over it, so any write changes it. And the
+/// identity of the files outside the worktree that say what is ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
     head: Option<git2::Oid>,
-    index: Option<(u64, u64, i64, i64, i64, i64)>,
+    index: FileStamp,
+    excludes: Vec<FileStamp>,
 }
 
 impl Stamp {
     fn of(repo: &Repository) -> Stamp {
-        use std::os::unix::fs::MetadataExt;
         Stamp {
             head: repo.head().ok().and_then(|h| h.target()),
-            index: std::fs::symlink_metadata(repo.path().join("index"))
-                .ok()
-                .map(|m| {
-                    (
-                        m.ino(),
-                        m.size(),
-                        m.ctime(),
-                        m.ctime_nsec(),
-                        m.mtime(),
-                        m.mtime_nsec(),
-                    )
-                }),
+            index: file_stamp(&repo.path().join("index")),
+            excludes: exclude_files(repo).iter().map(|p| file_stamp(p)).collect(),
         }
     }
+}
+
+/// The files outside the worktree that say what is ignored: the repository's `info/exclude`
+/// (the worktree's own and the common one), and the user's `core.excludesFile` (or its
+/// default place, `$XDG_CONFIG_HOME/git/ignore`).
+fn exclude_files(repo: &Repository) -> Vec<PathBuf> {
+    let mut files = vec![
+        repo.path().join("info/exclude"),
+        repo.commondir().join("info/exclude"),
+    ];
+    if let Some(path) = repo
+        .config()
+        .ok()
+        .and_then(|c| c.get_path("core.excludesfile").ok())
+    {
+        files.push(path);
+    }
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(home) = config_home {
+        files.push(home.join("git/ignore"));
+    }
+    files
 }
 
 /// Whether the index differs from the branch tip's tree (or has conflicts). The index's tree
@@ -94,97 +141,91 @@ fn index_differs(repo: &Repository) -> Result<bool, WorkspaceError> {
     Ok(!matches!(index.write_tree(), Ok(tree) if tree == head_tree))
 }
 
-/// A watch of the folders of the worktree's tracked files (from its index), `None` when the
-/// index cannot be read or the kernel's watch is not available.
+/// What a look learns from the watch kept since the last one ([`carry_on`]).
+struct Carried {
+    /// Where something was written since the worktree last matched its HEAD commit; `None`:
+    /// anywhere (no watch was kept, events were lost, what is ignored may have changed).
+    touched: Option<Touched>,
+    /// The folders watched during all that time when the watch was replaced by `folders`
+    /// (the old watch's); `None` when `folders` is that watch.
+    old: Option<HashSet<Vec<u8>>>,
+    /// The watch to keep from now on (started before the look).
+    folders: Option<DirWatch>,
+}
+
+impl Carried {
+    /// Whether folder `dir` was watched during all the time [`Carried::touched`] covers.
+    fn watched(&self, dir: &[u8]) -> bool {
+        match &self.old {
+            Some(old) => old.contains(dir),
+            None => self.folders.as_ref().is_some_and(|f| f.watches(dir)),
+        }
+    }
+}
+
 /// What the watch kept from the last look (`previous`) saw since, and the watch to keep from
-/// now on: the same one when no folder was made or removed; when some were, a new watch of the
-/// folders the index has now (folders made since have no watch of their own), started before
-/// the look so that nothing written meanwhile is missed, with what the old one saw until then.
-/// The first look, or events lost: `None` (look everywhere) and a new watch started before it.
-fn carry_on(
-    previous: Option<DirWatch>,
-    repo: &Repository,
-    workdir: &Path,
-) -> (Option<Touched>, Option<DirWatch>) {
-    let mut touched = previous.as_ref().and_then(DirWatch::touched);
-    let folders = match (&touched, previous) {
-        (Some(t), Some(previous)) if t.subtrees.is_empty() => Some(previous),
-        (Some(_), Some(previous)) => {
-            let next = touched
-                .as_ref()
-                .and_then(|t| watch_folders_and(repo, workdir, &t.subtrees));
-            match (previous.touched(), &mut touched) {
-                (Some(more), Some(t)) => {
-                    t.dirs.extend(more.dirs);
-                    t.subtrees.extend(more.subtrees);
-                }
-                _ => touched = None,
-            }
-            next
-        }
-        _ => watch_folders(repo, workdir),
+/// now on: the same one when no folder that is not ignored was made, removed or renamed; when
+/// some were, a new watch of the folders the old one had outside them and of every folder
+/// at or below them, started before the look so that nothing written meanwhile is missed,
+/// with what the old one saw until then. No watch kept, events lost, or what is ignored
+/// changed: `touched` is `None` (look everywhere) and a new watch of every folder that is not
+/// ignored is started before the look.
+fn carry_on(previous: Option<DirWatch>, repo: &Repository, workdir: &Path) -> Carried {
+    let everywhere = || Carried {
+        touched: None,
+        old: None,
+        folders: watch_everything(repo, workdir),
     };
-    (touched, folders)
-}
-
-pub(super) fn watch_folders(repo: &Repository, workdir: &Path) -> Option<DirWatch> {
-    watch_folders_and(repo, workdir, &BTreeSet::new())
-}
-
-/// [`watch_folders`], and every folder on disk at or below `subtrees` (folders made since the
-/// last watch started, which may not be in the index yet). `None` as well when a folder is
-/// made there while the watch starts (it might not be watched).
-fn watch_folders_and(
-    repo: &Repository,
-    workdir: &Path,
-    subtrees: &BTreeSet<Vec<u8>>,
-) -> Option<DirWatch> {
-    let mut index = repo.index().ok()?;
-    index.read(false).ok()?;
-    let mut dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
-    for entry in index.iter() {
-        super::add_parent_dirs(&mut dirs, &entry.path);
-    }
-    let below = folders_below(repo, workdir, subtrees)?;
-    dirs.extend(below.iter().cloned());
-    let watch = DirWatch::start(workdir, dirs.iter().map(Vec::as_slice))?;
-    (folders_below(repo, workdir, subtrees)? == below).then_some(watch)
-}
-
-/// The folders on disk at or below `roots` (relative), `None` past 8,192 of them. Ignored
-/// folders are not entered (a `target/` made by a build): nothing there is ever committed or
-/// looked at.
-fn folders_below(
-    repo: &Repository,
-    workdir: &Path,
-    roots: &BTreeSet<Vec<u8>>,
-) -> Option<BTreeSet<Vec<u8>>> {
-    let mut found = BTreeSet::new();
-    let mut todo: Vec<Vec<u8>> = roots.iter().cloned().collect();
-    while let Some(dir) = todo.pop() {
-        let full = workdir.join(OsStr::from_bytes(&dir));
-        if !full.symlink_metadata().is_ok_and(|m| m.is_dir()) || is_ignored(repo, &dir) {
-            continue;
-        }
-        if !found.insert(dir.clone()) {
-            continue;
-        }
-        if found.len() > 8_192 {
-            return None;
-        }
-        let Ok(listing) = std::fs::read_dir(&full) else {
-            continue;
+    let Some(previous) = previous else {
+        return everywhere();
+    };
+    let Some(mut touched) = previous.touched().filter(|t| !t.rules) else {
+        drop(previous);
+        return everywhere();
+    };
+    // An ignored folder made or removed (a build's `target/`) holds nothing to watch or look at.
+    touched.subtrees.retain(|dir| !is_ignored(repo, dir));
+    if touched.subtrees.is_empty() {
+        return Carried {
+            touched: Some(touched),
+            old: None,
+            folders: Some(previous),
         };
-        for item in listing.flatten() {
-            if item.file_type().is_ok_and(|t| t.is_dir()) {
-                let mut sub = dir.clone();
-                sub.push(b'/');
-                sub.extend_from_slice(item.file_name().as_bytes());
-                todo.push(sub);
-            }
+    }
+    let kept: Vec<&[u8]> = previous
+        .folders()
+        .filter(|dir| !touched.in_subtree(dir))
+        .collect();
+    let next = DirWatch::start_below(
+        workdir,
+        kept,
+        touched.subtrees.iter().map(Vec::as_slice),
+        |dir| !is_ignored(repo, dir),
+    );
+    // What the old watch saw while the new one started.
+    match previous.touched() {
+        Some(more) if !more.rules => {
+            touched.extend(more);
+            touched.subtrees.retain(|dir| !is_ignored(repo, dir));
+        }
+        _ => {
+            drop((previous, next));
+            return everywhere();
         }
     }
-    Some(found)
+    Carried {
+        touched: Some(touched),
+        old: Some(previous.into_folders()),
+        folders: next,
+    }
+}
+
+/// A watch of every folder of the worktree that is not ignored, `None` when the kernel's watch
+/// is not available.
+fn watch_everything(repo: &Repository, workdir: &Path) -> Option<DirWatch> {
+    DirWatch::start_below(workdir, std::iter::empty(), std::iter::once(&[][..]), |dir| {
+        !is_ignored(repo, dir)
+    })
 }
 
 /// The status options of [`Workspace::is_dirty`].
@@ -205,21 +246,25 @@ pub(super) fn dirty_everywhere(repo: &Repository) -> Result<bool, WorkspaceError
 }
 
 /// Whether the worktree differs from its index, when only the places `touched` names can
-/// have changed on disk: the status of the entries of
-/// the touched folders (files on disk and in the index; folders on disk that no index entry is
-/// under, which are new) and of everything below the touched subtrees.
+/// have changed on disk: the status of the entries of the touched folders (files on disk and
+/// in the index; folders on disk that were not watched) and of everything below the touched
+/// subtrees.
 fn dirty_where(
     repo: &Repository,
     workdir: &Path,
     touched: &Touched,
+    carried: &Carried,
 ) -> Result<bool, WorkspaceError> {
     let mut index = repo.index()?;
     index.read(false)?;
-    let paths = places(repo, &index, workdir, touched);
+    let paths = places(repo, &index, workdir, touched, &|dir| carried.watched(dir));
     if paths.is_empty() {
         return Ok(false);
     }
     let mut opts = dirty_options();
+    // A new file in an untracked folder is named by its own path: the status must enter the
+    // folder to match it.
+    opts.recurse_untracked_dirs(true);
     opts.disable_pathspec_match(true);
     for path in &paths {
         opts.pathspec(OsStr::from_bytes(path));
@@ -229,14 +274,15 @@ fn dirty_where(
 
 /// The paths to look at when only the places `touched` names can have changed on disk: the
 /// entries of the touched folders (tracked ones from the index, as they may be gone; what is
-/// on disk, folders included unless tracked ones, which have their own watch) and the touched
-/// subtrees whole. Given to libgit2 as literal paths, where a folder stands for everything in
-/// it.
-pub(super) fn places(
+/// on disk, folders included unless `watched` says they had a watch of their own all along, or
+/// they are ignored) and the touched subtrees whole. Given to libgit2 as literal paths, where
+/// a folder stands for everything in it.
+fn places(
     repo: &Repository,
     index: &git2::Index,
     workdir: &Path,
     touched: &Touched,
+    watched: &dyn Fn(&[u8]) -> bool,
 ) -> BTreeSet<Vec<u8>> {
     // An ignored folder made or removed (a build's `target/`) holds nothing to look at.
     let mut paths: BTreeSet<Vec<u8>> = touched
@@ -245,12 +291,9 @@ pub(super) fn places(
         .filter(|dir| !is_ignored(repo, dir))
         .cloned()
         .collect();
-    let mut tracked_dirs: BTreeSet<Vec<u8>> = BTreeSet::new();
     for entry in index.iter() {
-        let path = entry.path;
-        super::add_parent_dirs(&mut tracked_dirs, &path);
-        if touched.may_have_changed(&path) {
-            paths.insert(path);
+        if touched.may_have_changed(&entry.path) {
+            paths.insert(entry.path);
         }
     }
     for dir in &touched.dirs {
@@ -274,9 +317,9 @@ pub(super) fn places(
             }
             rel.extend_from_slice(name.as_bytes());
             let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            // A tracked folder that was there has its own watch; an ignored one holds nothing
-            // to look at.
-            if is_dir && (tracked_dirs.contains(&rel) || is_ignored(repo, &rel)) {
+            // A folder watched all along has its own events; an ignored one holds nothing to
+            // look at.
+            if is_dir && (watched(&rel) || is_ignored(repo, &rel)) {
                 continue;
             }
             paths.insert(rel);
@@ -287,6 +330,9 @@ pub(super) fn places(
 
 /// Whether the folder `dir` (relative) is ignored.
 fn is_ignored(repo: &Repository, dir: &[u8]) -> bool {
+    if dir.is_empty() {
+        return false;
+    }
     let mut with_slash = dir.to_vec();
     with_slash.push(b'/');
     std::str::from_utf8(&with_slash)
@@ -296,22 +342,19 @@ fn is_ignored(repo: &Repository, dir: &[u8]) -> bool {
 
 /// Where to look in a worktree that matched its HEAD commit (ignored files aside) when
 /// `previous` was kept: `paths` are the only places that can differ from it now (`None`:
-/// anywhere, when there was no watch, the index or the HEAD commit moved since, or events
-/// were lost), and `folders` is the watch to keep once the worktree matches its HEAD commit
-/// again (started before the look, so nothing written meanwhile is missed).
+/// anywhere, when there was no watch, the index, the HEAD commit or an exclude file moved
+/// since, or events were lost), and `folders` is the watch to keep once the worktree matches
+/// its HEAD commit again (started before the look, so nothing written meanwhile is missed).
 pub(super) struct Look {
     pub(super) paths: Option<BTreeSet<Vec<u8>>>,
     pub(super) folders: Option<DirWatch>,
 }
 
 /// Whether the checkpoint, the switch and the refinery's dirty test may look only where the
-/// kernel saw writes: `WIGGUM_WATCHED_LOOKS=1`. **Off by default**: a review found changes the
-/// limited look misses (a folder made before a full look, or holding only ignored files, is
-/// never watched, so later writes in it go unseen; a `.gitignore` edit that un-ignores a deeper
-/// folder is not looked at), and a change a checkpoint misses is work lost
-/// (docs/workspace.md). Until those are closed the look is everywhere, as before.
+/// kernel saw writes (the default); `WIGGUM_WATCHED_LOOKS=0` makes every look a full status,
+/// as on a system without `inotify`.
 pub(crate) fn watched_looks() -> bool {
-    std::env::var("WIGGUM_WATCHED_LOOKS").is_ok_and(|v| v == "1")
+    std::env::var_os("WIGGUM_WATCHED_LOOKS").is_none_or(|v| v != "0")
 }
 
 impl Look {
@@ -323,23 +366,31 @@ impl Look {
         }
     }
 
+    /// Where to look now, from the watch kept at the last look; everywhere (keeping no watch)
+    /// when the limited looks are turned off.
     pub(super) fn since(
         previous: Option<CleanWatch>,
         repo: &Repository,
         workdir: &Path,
     ) -> Result<Look, WorkspaceError> {
+        if !watched_looks() {
+            return Ok(Look::everywhere());
+        }
         let stamp = Stamp::of(repo);
         let previous = previous.filter(|p| p.stamp == stamp).map(|p| p.folders);
-        let (touched, folders) = carry_on(previous, repo, workdir);
-        let paths = match touched {
+        let carried = carry_on(previous, repo, workdir);
+        let paths = match &carried.touched {
             Some(t) => {
                 let mut index = repo.index()?;
                 index.read(false)?;
-                Some(places(repo, &index, workdir, &t))
+                Some(places(repo, &index, workdir, t, &|dir| carried.watched(dir)))
             }
             None => None,
         };
-        Ok(Look { paths, folders })
+        Ok(Look {
+            paths,
+            folders: carried.folders,
+        })
     }
 
     /// What to keep once the worktree matches its HEAD commit again (after wiggum's own last

@@ -83,11 +83,7 @@ impl Workspace {
             let target = repo.find_commit(tip)?;
             // Where the worktree can differ from its HEAD commit: everywhere, or (when the
             // kernel watched it since it last matched that commit) where something was written.
-            let look = if super::dirty::watched_looks() {
-                Look::since(previous, repo, &path)?
-            } else {
-                Look::everywhere()
-            };
+            let look = Look::since(previous, repo, &path)?;
             // Force is right here: the worktree is wiggum's own, and what was not committed on
             // the previous branch is not this branch's.
             let mut checkout = CheckoutBuilder::new();
