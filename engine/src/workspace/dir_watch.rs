@@ -58,6 +58,22 @@ pub fn without_watches<R>(f: impl FnOnce() -> R) -> R {
     out
 }
 
+/// Tests: the watches this process holds.
+#[cfg(test)]
+pub fn held() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+/// Tests: runs `f` with this process's share of watches used up.
+#[cfg(test)]
+pub fn exhaust_budget<R>(f: impl FnOnce() -> R) -> R {
+    let taken = budget();
+    HELD.fetch_add(taken, Ordering::Relaxed);
+    let out = f();
+    HELD.fetch_sub(taken, Ordering::Relaxed);
+    out
+}
+
 /// Folders of a tree watched from a moment on ([`DirWatch::start`], [`DirWatch::start_below`])
 /// until [`DirWatch::touched`] says where something happened.
 #[derive(Debug)]
@@ -214,6 +230,12 @@ impl DirWatch {
     /// Whether the folder `dir` (relative) has been watched since the start.
     pub fn watches(&self, dir: &[u8]) -> bool {
         self.watched.contains(dir)
+    }
+
+    /// Watches the folder `dir` (relative to `root`) from now on; false when it cannot be
+    /// (then the watch is of no use any more).
+    pub fn add_folder(&mut self, root: &Path, dir: &[u8]) -> bool {
+        self.add(root, dir).is_some()
     }
 
     /// The folders watched since the start.
@@ -454,5 +476,54 @@ mod tests {
         std::fs::create_dir(root.join("gone")).unwrap();
         std::fs::write(root.join("gone/back.txt"), "x\n").unwrap();
         assert!(w.touched().unwrap().may_have_changed(b"gone/back.txt"));
+    }
+
+    #[test]
+    fn the_root_as_a_subtree_covers_everything() {
+        let mut touched = Touched::default();
+        touched.subtrees.insert(Vec::new());
+        assert!(touched.may_have_changed(b"src/x"));
+        assert!(touched.may_have_changed(b"x"));
+        assert!(touched.dir_may_have_changed(b"src/deep"));
+    }
+
+    #[test]
+    fn the_root_moved_away_leaves_nothing_known() {
+        let dir = tree();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let w = DirWatch::start(&root, std::iter::empty()).unwrap();
+        std::fs::rename(&root, dir.path().join("moved")).unwrap();
+        assert_eq!(w.touched(), None);
+    }
+
+    #[test]
+    fn a_gitignore_written_anywhere_watched_is_noted() {
+        let dir = tree();
+        let root = dir.path();
+        let w = watch(root);
+        std::fs::write(root.join("src/deep/c.txt"), "changed\n").unwrap();
+        assert!(!w.touched().unwrap().rules);
+        std::fs::write(root.join("src/deep/.gitignore"), "gen/\n").unwrap();
+        assert!(w.touched().unwrap().rules);
+    }
+
+    #[test]
+    fn a_walked_watch_covers_every_folder_it_enters_and_folders_made_below_them() {
+        let dir = tree();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("target/debug")).unwrap();
+        std::fs::create_dir_all(root.join("empty/deeper")).unwrap();
+        let w = DirWatch::start_below(root, std::iter::empty(), [&b""[..]], |d| d != b"target")
+            .unwrap();
+        for d in ["", "src", "src/deep", "docs", "empty", "empty/deeper"] {
+            assert!(w.watches(d.as_bytes()), "{d}");
+        }
+        assert!(!w.watches(b"target") && !w.watches(b"target/debug"));
+        std::fs::write(root.join("empty/deeper/x.txt"), "x\n").unwrap();
+        std::fs::create_dir(root.join("empty/new")).unwrap();
+        let touched = w.touched().unwrap();
+        assert!(touched.dirs.contains(&b"empty/deeper"[..]));
+        assert!(touched.subtrees.contains(&b"empty/new"[..]));
     }
 }

@@ -18,6 +18,8 @@ mod tree_diff;
 mod worktree;
 
 #[cfg(test)]
+mod looks_tests;
+#[cfg(test)]
 mod testutil;
 
 pub use checkpoint::{Checkpoint, DiffStat};

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use git2::build::CheckoutBuilder;
-use git2::{Oid, Repository};
+use git2::{CheckoutNotificationType, Oid, Repository};
 
 use super::dirty::Look;
 use super::git_cli::StatusReader;
@@ -91,25 +91,30 @@ impl Workspace {
                 .force()
                 .remove_untracked(true)
                 .remove_ignored(false);
-            let mut needed = true;
-            if let Some(written) = &look.paths {
-                // Only there, and where the two commits differ: the rest already matches.
-                let mut paths = written.clone();
-                let head = repo.head()?.peel_to_tree()?;
-                match tree_diff::changes(repo, &head, &target.tree()?)? {
-                    Some(changes) => paths.extend(changes.into_iter().map(|(p, ..)| p)),
-                    None => {
-                        let diff =
-                            repo.diff_tree_to_tree(Some(&head), Some(&target.tree()?), None)?;
-                        for delta in diff.deltas() {
-                            for file in [delta.old_file(), delta.new_file()] {
-                                if let Some(p) = file.path_bytes() {
-                                    paths.insert(p.to_vec());
-                                }
+            // Where the two commits differ.
+            let mut differ = std::collections::BTreeSet::new();
+            let head = repo.head()?.peel_to_tree()?;
+            match tree_diff::changes(repo, &head, &target.tree()?)? {
+                Some(changes) => differ.extend(changes.into_iter().map(|(p, ..)| p)),
+                None => {
+                    let diff = repo.diff_tree_to_tree(Some(&head), Some(&target.tree()?), None)?;
+                    for delta in diff.deltas() {
+                        for file in [delta.old_file(), delta.new_file()] {
+                            if let Some(p) = file.path_bytes() {
+                                differ.insert(p.to_vec());
                             }
                         }
                     }
                 }
+            }
+            let rules_differ = differ
+                .iter()
+                .any(|p| p == b".gitignore" || p.ends_with(b"/.gitignore"));
+            let mut needed = true;
+            if let Some(written) = &look.paths {
+                // Only there, and where the two commits differ: the rest already matches.
+                let mut paths = written.clone();
+                paths.extend(differ);
                 needed = !paths.is_empty();
                 checkout.disable_pathspec_match(true);
                 for p in &paths {
@@ -117,7 +122,7 @@ impl Workspace {
                 }
             }
             if needed {
-                repo.checkout_tree(target.as_object(), Some(&mut checkout))?;
+                checkout_noting_rules(repo, &target, checkout, rules_differ)?;
             }
             repo.reference_symbolic("HEAD", &branch_ref, true, "wiggum: switch")?;
             write_base(repo, &base_sha)?;
@@ -239,6 +244,47 @@ impl Workspace {
         }
         Ok(released)
     }
+}
+
+/// A forced checkout of `target` (with `checkout`'s paths), again everywhere while it wrote or
+/// removed a `.gitignore` (`rules_differ`: the two commits' differ): a file the rules on disk
+/// ignored when the checkout decided what to remove may not be ignored by the target's rules,
+/// and is removed then.
+fn checkout_noting_rules(
+    repo: &Repository,
+    target: &git2::Commit<'_>,
+    mut checkout: CheckoutBuilder<'_>,
+    mut rules_differ: bool,
+) -> Result<(), WorkspaceError> {
+    for _ in 0..4 {
+        let rules = std::rc::Rc::new(std::cell::Cell::new(false));
+        let noted = rules.clone();
+        checkout
+            .notify_on(
+                CheckoutNotificationType::UPDATED
+                    | CheckoutNotificationType::UNTRACKED
+                    | CheckoutNotificationType::DIRTY
+                    | CheckoutNotificationType::CONFLICT,
+            )
+            .notify(move |_, path, _, _, _| {
+                if path.is_some_and(|p| p.file_name().is_some_and(|n| n == ".gitignore")) {
+                    noted.set(true);
+                }
+                true
+            });
+        repo.checkout_tree(target.as_object(), Some(&mut checkout))?;
+        drop(checkout);
+        if !rules.get() && !rules_differ {
+            return Ok(());
+        }
+        rules_differ = false;
+        checkout = CheckoutBuilder::new();
+        checkout
+            .force()
+            .remove_untracked(true)
+            .remove_ignored(false);
+    }
+    Ok(())
 }
 
 /// The commit `branch_ref` started from: the first entry of its reflog, else its merge base
@@ -443,8 +489,6 @@ mod tests {
 
     #[test]
     fn a_watched_switch_writes_only_what_differs_and_leaves_nothing_of_the_previous_subtask() {
-        // The opt-in path (off by default). nextest runs every test in a process of its own.
-        std::env::set_var("WIGGUM_WATCHED_LOOKS", "1");
         let t = TestRepo::new();
         for (path, text) in [
             ("keep/same.txt", "same\n"),
@@ -467,7 +511,7 @@ mod tests {
         // a's subtask: a checkpoint (the watch runs from here), then what a check leaves.
         write_file(ws.path(), "a.txt", "a\n");
         ws.checkpoint("a").unwrap();
-        assert!(ws.lock().clean_watch.is_some(), "inotify works here");
+        super::super::dirty::assert_watching(&ws);
         write_file(ws.path(), "left.txt", "untracked leftover\n");
         write_file(ws.path(), "keep/edited.txt", "modified, not committed\n");
         write_file(ws.path(), "out/deep/build.txt", "untracked folder\n");

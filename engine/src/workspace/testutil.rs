@@ -20,9 +20,26 @@ impl TestRepo {
         repo
     }
 
+    /// [`TestRepo::new`] in memory (`/dev/shm`) when there is one: for tests that make many.
+    pub(super) fn in_memory() -> TestRepo {
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        };
+        let repo = TestRepo::empty_in(dir);
+        repo.write("README.md", "hello\n");
+        repo.commit_all("initial");
+        repo
+    }
+
     /// A repository without commits (HEAD unborn, on `main`).
     pub(super) fn empty() -> TestRepo {
-        let dir = tempfile::tempdir().unwrap();
+        TestRepo::empty_in(tempfile::tempdir().unwrap())
+    }
+
+    fn empty_in(dir: tempfile::TempDir) -> TestRepo {
         let root = dir.path().canonicalize().unwrap();
         let mut opts = git2::RepositoryInitOptions::new();
         opts.initial_head("main");
