@@ -288,6 +288,21 @@ pub(super) fn dirty_everywhere(repo: &Repository) -> Result<bool, WorkspaceError
     Ok(!repo.statuses(Some(&mut dirty_options()))?.is_empty())
 }
 
+/// Debug builds: what differs from the HEAD commit in the worktree (not ignored files, nor
+/// git repositories made inside it, which no checkout removes).
+#[cfg(debug_assertions)]
+pub(super) fn left_behind(
+    repo: &Repository,
+    workdir: &Path,
+) -> Result<Vec<String>, WorkspaceError> {
+    let statuses = repo.statuses(Some(&mut dirty_options()))?;
+    Ok(statuses
+        .iter()
+        .map(|e| String::from_utf8_lossy(e.path_bytes()).into_owned())
+        .filter(|p| !(p.ends_with('/') && workdir.join(p).join(".git").exists()))
+        .collect())
+}
+
 /// Whether the worktree differs from its index, when only the places `touched` names can
 /// have changed on disk: the status of the entries of the touched folders (files on disk and
 /// in the index; folders on disk that were not watched) and of everything below the touched

@@ -124,8 +124,28 @@ impl Workspace {
             if needed {
                 checkout_noting_rules(repo, &target, checkout, rules_differ)?;
             }
+            // A file the agent staged and then removed stays in the index through a checkout
+            // (in neither commit nor on disk): the index is the target's tree. (The tree cache
+            // makes the comparison cost only the folders the checkout changed.)
+            let mut index = repo.index()?;
+            index.read(false)?;
+            if !matches!(index.write_tree(), Ok(tree) if tree == target.tree_id()) {
+                index.read_tree(&target.tree()?)?;
+                index.write()?;
+            }
             repo.reference_symbolic("HEAD", &branch_ref, true, "wiggum: switch")?;
             write_base(repo, &base_sha)?;
+            #[cfg(debug_assertions)]
+            if look.paths.is_some() {
+                // A checkout limited to where the kernel saw writes leaves what a full one
+                // would: exactly the target commit (ignored files and repositories the agent
+                // made inside aside).
+                let left = super::dirty::left_behind(repo, &path)?;
+                assert!(
+                    left.is_empty(),
+                    "a limited switch left {left:?} in {path:?}"
+                );
+            }
             Ok(look)
         })();
         let look = match moved {
@@ -628,5 +648,58 @@ mod tests {
             !delete_branch_if_free(&t.root, "wiggum/x.split/a"),
             "gone already"
         );
+    }
+
+    /// Found by the random test of switches (looks_tests): a file that was ignored only by
+    /// the previous subtask's `.gitignore` is removed, not left in the next subtask's tree.
+    #[test]
+    fn a_switch_removes_files_only_the_previous_subtasks_rules_ignored() {
+        let t = TestRepo::new();
+        let base = t.head();
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        write_file(ws.path(), ".gitignore", "gen/\n*.tmp\n");
+        write_file(ws.path(), "src/gen/out.txt", "generated\n");
+        ws.checkpoint("a").unwrap();
+        write_file(ws.path(), "scratch.tmp", "left after the checkpoint\n");
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/b", &base).unwrap();
+        assert!(!ws.path().join("src/gen/out.txt").exists());
+        assert!(!ws.path().join("scratch.tmp").exists());
+        assert!(!ws.is_dirty().unwrap());
+    }
+
+    /// Found by the random test of switches: a file the agent staged and then removed does not
+    /// stay in the index of the next subtask.
+    #[test]
+    fn a_switch_drops_a_file_staged_and_then_removed_from_the_index() {
+        let t = TestRepo::new();
+        let base = t.head();
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        write_file(ws.path(), "staged.txt", "x\n");
+        super::super::testutil::git(ws.path(), &["add", "staged.txt"]);
+        std::fs::remove_file(ws.path().join("staged.txt")).unwrap();
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/b", &base).unwrap();
+        assert!(!ws.is_dirty().unwrap());
+    }
+
+    /// A git repository the agent made inside the worktree after its last checkpoint: the
+    /// switch (limited to where the kernel saw writes) gets on with it as a full one does.
+    #[test]
+    fn a_switch_after_the_agent_made_a_repository_inside_gets_on() {
+        let t = TestRepo::new();
+        let base = t.head();
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        write_file(ws.path(), "a.txt", "a\n");
+        ws.checkpoint("a").unwrap();
+        super::super::dirty::assert_watching(&ws);
+        std::fs::create_dir_all(ws.path().join("vendor/lib")).unwrap();
+        super::super::testutil::git(&ws.path().join("vendor/lib"), &["init", "-q"]);
+        write_file(ws.path(), "vendor/lib/x.c", "x\n");
+        write_file(ws.path(), "b.txt", "left\n");
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/b", &base).unwrap();
+        assert!(!ws.path().join("b.txt").exists());
+        assert!(!ws.path().join("a.txt").exists());
     }
 }
