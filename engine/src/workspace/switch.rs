@@ -6,6 +6,7 @@
 //! its next one. No `git worktree add` or removal, and so no repository-wide worktree lock, is
 //! on this path.
 
+use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -111,9 +112,18 @@ impl Workspace {
                 .iter()
                 .any(|p| p == b".gitignore" || p.ends_with(b"/.gitignore"));
             let mut needed = true;
-            if let Some(written) = &look.paths {
+            // Where the worktree can differ from its HEAD commit: where the kernel saw writes,
+            // else every file `git status` names (far cheaper than a checkout that compares
+            // and rewrites every file's index entry: a new polecat worktree at the base needs
+            // no write at all). A status naming a folder (a nested repository) or a conflict
+            // leaves it to the full checkout.
+            let differing = match &look.paths {
+                Some(written) => Some(written.clone()),
+                None => status_paths(repo)?,
+            };
+            let limited = differing.is_some();
+            if let Some(mut paths) = differing {
                 // Only there, and where the two commits differ: the rest already matches.
-                let mut paths = written.clone();
                 paths.extend(differ);
                 needed = !paths.is_empty();
                 checkout.disable_pathspec_match(true);
@@ -136,9 +146,9 @@ impl Workspace {
             repo.reference_symbolic("HEAD", &branch_ref, true, "wiggum: switch")?;
             write_base(repo, &base_sha)?;
             #[cfg(debug_assertions)]
-            if look.paths.is_some() {
-                // A checkout limited to where the kernel saw writes leaves what a full one
-                // would: exactly the target commit (ignored files and repositories the agent
+            if limited {
+                // A checkout limited to where the kernel saw writes (or a status named) leaves
+                // what a full one would: exactly the target commit (ignored files and repositories the agent
                 // made inside aside).
                 let left = super::dirty::left_behind(repo, &path)?;
                 assert!(
@@ -323,6 +333,30 @@ fn base_of(main: &Repository, branch_ref: &str, tip: Oid) -> String {
         .and_then(|h| main.merge_base(h, tip).ok())
         .unwrap_or(tip)
         .to_string()
+}
+
+/// Every path where the worktree or its index differs from its HEAD commit: modified, staged,
+/// deleted and new files that are not ignored (new folders walked file by file). `None` when the
+/// status names something a list of files cannot stand for (a folder: a nested repository or
+/// an unreadable one; a conflict): then everything is checked out.
+fn status_paths(repo: &Repository) -> Result<Option<BTreeSet<Vec<u8>>>, WorkspaceError> {
+    let mut opts = git2::StatusOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_ignored(false)
+        .exclude_submodules(true)
+        .renames_head_to_index(false)
+        .renames_index_to_workdir(false);
+    let statuses = repo.statuses(Some(&mut opts))?;
+    let mut paths = BTreeSet::new();
+    for entry in statuses.iter() {
+        let path = entry.path_bytes();
+        if entry.status().is_conflicted() || path.is_empty() || path.ends_with(b"/") {
+            return Ok(None);
+        }
+        paths.insert(path.to_vec());
+    }
+    Ok(Some(paths))
 }
 
 /// Deletes the local branch `branch` of the repository at `repo_root` unless a worktree (or the
@@ -553,6 +587,91 @@ mod tests {
         let cp = ws.checkpoint("b2").unwrap();
         assert_eq!(cp.stat.files_changed, 1);
         assert!(!ws.is_dirty().unwrap());
+    }
+
+    /// The default switch (no kernel watch of the worktree): it writes where `git status` says
+    /// the worktree differs and where the two commits differ, nothing else, and what it leaves
+    /// is exactly the target commit (ignored files aside) whatever the previous subtask left.
+    #[test]
+    fn a_switch_finds_what_differs_by_a_status_and_leaves_exactly_the_target() {
+        std::env::remove_var("WIGGUM_WATCHED_LOOKS");
+        let t = TestRepo::new();
+        for (path, text) in [
+            ("keep/same.txt", "same\n"),
+            ("keep/edited.txt", "edited later\n"),
+            ("keep/staged.txt", "staged later\n"),
+            ("run.sh", "echo\n"),
+            ("mod/m.txt", "m\n"),
+            ("gone/g.txt", "g\n"),
+        ] {
+            t.write(path, text);
+        }
+        t.write(".gitignore", "target/\n");
+        t.commit_all("base");
+        let base = t.head();
+        // Branch b: an added file, a removed one, a modified one, from the base.
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/b", None).unwrap();
+        write_file(ws.path(), "new/deep/added.txt", "added\n");
+        std::fs::remove_file(ws.path().join("gone/g.txt")).unwrap();
+        write_file(ws.path(), "mod/m.txt", "m on b\n");
+        let b_tip = ws.checkpoint("b").unwrap().sha;
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/a", &base).unwrap();
+        assert_eq!(files_on_disk(ws.path()), files_of(&t.repo, &base));
+        // a's subtask: a checkpoint, then what is left after it: edits, a staged file, a mode
+        // change, a deletion, new files (one in a new folder), ignored build output.
+        write_file(ws.path(), "a.txt", "a\n");
+        ws.checkpoint("a").unwrap();
+        write_file(ws.path(), "left.txt", "untracked leftover\n");
+        write_file(ws.path(), "keep/edited.txt", "modified, not committed\n");
+        write_file(ws.path(), "keep/staged.txt", "staged, not committed\n");
+        write_file(ws.path(), "added-staged.txt", "new and staged\n");
+        super::super::testutil::git(ws.path(), &["add", "keep/staged.txt", "added-staged.txt"]);
+        write_file(ws.path(), "out/deep/build.txt", "untracked folder\n");
+        std::fs::remove_file(ws.path().join("keep/same.txt")).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let run = ws.path().join("run.sh");
+            std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        write_file(ws.path(), "target/debug/app", "ignored\n");
+        ws.release_branch().unwrap();
+
+        let ws = ws.switch("wiggum/x.split/b", "unused").unwrap();
+        assert_eq!(ws.head().unwrap(), b_tip);
+        assert_eq!(files_on_disk(ws.path()), {
+            let mut want = files_of(&t.repo, &b_tip);
+            want.push(("target/debug/app".into(), "ignored\n".into()));
+            want.sort();
+            want
+        });
+        assert!(!ws.is_dirty().unwrap(), "{:?}", t.status_lines());
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(ws.path().join("run.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        assert_eq!(mode & 0o111, 0, "the mode change is undone");
+        ws.release_branch().unwrap();
+
+        // A fresh worktree already at the base: the switch writes no file and not the index.
+        let fresh = Workspace::create_detached(&t.root, "q", &base, || ()).unwrap();
+        let index = fresh.path().join(".git");
+        let index = std::fs::read_to_string(&index).unwrap();
+        let index = Path::new(index.trim().strip_prefix("gitdir: ").unwrap()).join("index");
+        let stamp = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        let before = (stamp(&index), stamp(&fresh.path().join("keep/same.txt")));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let fresh = fresh.switch("wiggum/x.split/c", &base).unwrap();
+        assert_eq!(
+            (stamp(&index), stamp(&fresh.path().join("keep/same.txt"))),
+            before,
+            "nothing written"
+        );
+        assert_eq!(files_on_disk(fresh.path()), files_of(&t.repo, &base));
+        assert!(!fresh.is_dirty().unwrap());
     }
 
     #[test]
