@@ -84,7 +84,14 @@ fn make(root: &Path, step: &str, base: &str, count: usize) -> Vec<Idle> {
                         RunLock::worktrees(root).ok()
                     });
                     let worktree = match made {
-                        Ok(ws) => Some(ws),
+                        Ok(ws) => {
+                            // The planner is still working: time to make the new index cheap
+                            // to read for the subtask's switch and checkpoints.
+                            if let Err(e) = ws.settle_index() {
+                                tracing::debug!("could not settle {}: {e}", ws.path().display());
+                            }
+                            Some(ws)
+                        }
                         Err(e) => {
                             tracing::warn!(
                                 "could not make polecat {}'s worktree ahead of the plan: {e}",

@@ -341,7 +341,10 @@ fn base_of(main: &Repository, branch_ref: &str, tip: Oid) -> String {
 /// an unreadable one; a conflict): then everything is checked out.
 fn status_paths(repo: &Repository) -> Result<Option<BTreeSet<Vec<u8>>>, WorkspaceError> {
     let mut opts = git2::StatusOptions::new();
-    opts.include_untracked(true)
+    // A file whose stat data did not match its index entry is read and hashed; when it has not
+    // changed, its entry is brought up to date, so the next status does not read it again.
+    opts.update_index(true)
+        .include_untracked(true)
         .recurse_untracked_dirs(true)
         .include_ignored(false)
         .exclude_submodules(true)
@@ -656,8 +659,10 @@ mod tests {
         assert_eq!(mode & 0o111, 0, "the mode change is undone");
         ws.release_branch().unwrap();
 
-        // A fresh worktree already at the base: the switch writes no file and not the index.
+        // A fresh worktree already at the base, settled as a pool's are while the planner
+        // works: the switch writes no file and not the index.
         let fresh = Workspace::create_detached(&t.root, "q", &base, || ()).unwrap();
+        fresh.settle_index().unwrap();
         let index = fresh.path().join(".git");
         let index = std::fs::read_to_string(&index).unwrap();
         let index = Path::new(index.trim().strip_prefix("gitdir: ").unwrap()).join("index");
