@@ -43,16 +43,33 @@ impl Workspace {
                 branch: branch.to_string(),
                 path: self.repo_root.clone(),
             })?;
-        if ours_id == theirs_id || repo.graph_descendant_of(ours_id, theirs_id)? {
+        // One walk of the history answers all three questions: their branch is in ours
+        // already (its tip is the merge base), ours is behind theirs (a fast-forward), or a
+        // single merge base to merge from.
+        let bases: Vec<Oid> = if ours_id == theirs_id {
+            vec![theirs_id]
+        } else {
+            match repo.merge_bases(ours_id, theirs_id) {
+                Ok(bases) => bases.iter().copied().collect(),
+                Err(e) if e.code() == ErrorCode::NotFound => Vec::new(),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if bases == [theirs_id] {
             return Ok(MergeIn::Merged {
                 sha: ours_id.to_string(),
             });
         }
         let ours = repo.find_commit(ours_id)?;
         let theirs = repo.find_commit(theirs_id)?;
-        let new_id = if repo.graph_descendant_of(theirs_id, ours_id)? {
+        let new_id = if bases == [ours_id] {
             theirs_id
-        } else if let Some(tree_id) = merge_apart(repo, &ours, &theirs)? {
+        } else if let Some(tree_id) = match bases[..] {
+            [base] => merge_apart(repo, &repo.find_commit(base)?, &ours, &theirs)?,
+            // No common history, or more than one merge base (libgit2 merges the bases first,
+            // a recursive merge): the full merge decides.
+            _ => None,
+        } {
             // Every merge the tests make checks the short way against libgit2's own merge.
             #[cfg(debug_assertions)]
             {
@@ -158,21 +175,10 @@ impl Workspace {
 /// `None` when the sides meet (or there is no single merge base): the full merge decides.
 fn merge_apart(
     repo: &Repository,
+    base: &Commit<'_>,
     ours: &Commit<'_>,
     theirs: &Commit<'_>,
 ) -> Result<Option<Oid>, WorkspaceError> {
-    let base = match repo.merge_base(ours.id(), theirs.id()) {
-        Ok(base) => repo.find_commit(base)?,
-        Err(_) => return Ok(None),
-    };
-    // More than one merge base: libgit2 merges them first (a recursive merge); leave it that.
-    if repo
-        .merge_bases(ours.id(), theirs.id())
-        .map(|b| b.len() != 1)
-        .unwrap_or(true)
-    {
-        return Ok(None);
-    }
     let base_tree = base.tree()?;
     let ours_tree = ours.tree()?;
     let theirs_tree = theirs.tree()?;
@@ -284,6 +290,19 @@ mod tests {
         assert_eq!(commit.message(), Some("merge a"));
         assert!(step.path().join("a.txt").exists() && step.path().join("s.txt").exists());
         assert!(!step.is_dirty().unwrap());
+        // Its tip is in the step's history now: merging it again changes nothing, also once
+        // the step has moved on.
+        assert_eq!(
+            step.merge_in(sub.branch(), "again").unwrap(),
+            MergeIn::Merged { sha: sha.clone() }
+        );
+        write_file(step.path(), "later.txt", "later\n");
+        let later = step.checkpoint("later").unwrap().sha;
+        assert_eq!(
+            step.merge_in(sub.branch(), "again").unwrap(),
+            MergeIn::Merged { sha: later.clone() }
+        );
+        assert_eq!(step.head().unwrap(), later);
     }
 
     /// The tree libgit2's own merge makes of the two branches.
@@ -338,7 +357,11 @@ mod tests {
             repo.find_commit(repo.refname_to_id(&format!("refs/heads/{b}")).unwrap())
                 .unwrap()
         };
-        let apart = merge_apart(&repo, &tip(step.branch()), &tip(sub.branch())).unwrap();
+        let (ours, theirs) = (tip(step.branch()), tip(sub.branch()));
+        let base = repo
+            .find_commit(repo.merge_base(ours.id(), theirs.id()).unwrap())
+            .unwrap();
+        let apart = merge_apart(&repo, &base, &ours, &theirs).unwrap();
         assert_eq!(apart, Some(expected), "the short way is taken");
 
         let MergeIn::Merged { sha } = step.merge_in(sub.branch(), "merge").unwrap() else {
