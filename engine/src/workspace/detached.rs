@@ -4,6 +4,7 @@
 //! the caller's repository-wide worktree lock; the files are written after it is let go, so
 //! eight polecats write their eight checkouts side by side instead of one after the other.
 
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -86,33 +87,79 @@ impl Workspace {
 impl Workspace {
     /// Makes the index of a worktree just checked out trustworthy by its files' stat data.
     /// File times come from a clock that ticks every few milliseconds, so the files a checkout
-    /// writes carry the same time as the index written right after them: git and libgit2 take
-    /// every such entry as "racily clean" and read and hash its file at each status (2.7 ms a
-    /// status for a new 50-file worktree, in `perf`). Once that clock has moved on, one status
-    /// that updates the index records the files' stat data again in an index newer than them.
-    /// Meant for worktrees made ahead of their use (a pool's, while the planner works): it waits
-    /// up to 15 ms. Left to git on trees large enough for git to read their status
-    /// ([`git_cli::GIT_STATUS_FROM`](super::git_cli)), where an index written by libgit2 would
-    /// lose git's extensions. Errors are only performance: the index stays as it was.
+    /// writes last carry the same time as the index written right after them: git and libgit2
+    /// take each such entry as "racily clean" and read and hash its file at every status (2.7
+    /// ms a status for a new 50-file worktree, in `perf`). Once that clock has moved on, each
+    /// such file whose content still hashes to its entry gets its stat data recorded again, in
+    /// an index written after them. Meant for worktrees made ahead of their use (a pool's,
+    /// while the planner works): it waits a few milliseconds at most. A file that does not
+    /// hash to its entry (modified, or one git filters) keeps its racy entry, which git and
+    /// libgit2 go on checking by content. Left to git on trees large enough for git to read
+    /// their status, where an index written by libgit2 would lose git's extensions. Only
+    /// performance is at stake: on any error the index stays as it was.
     pub fn settle_index(&self) -> Result<(), WorkspaceError> {
         let inner = self.lock();
         if inner.status_reader != super::git_cli::StatusReader::Libgit2 {
             return Ok(());
         }
-        let index = inner.repo.path().join("index");
-        if let Ok(written) = std::fs::metadata(&index).and_then(|m| m.modified()) {
-            let settled = written + std::time::Duration::from_millis(15);
-            if let Ok(wait) = settled.duration_since(std::time::SystemTime::now()) {
-                std::thread::sleep(wait);
-            }
+        let repo = &inner.repo;
+        let index_file = repo.path().join("index");
+        let mtime = |p: &Path| std::fs::symlink_metadata(p).and_then(|m| m.modified());
+        let as_time = |t: git2::IndexTime| {
+            std::time::UNIX_EPOCH
+                + std::time::Duration::new(t.seconds().max(0) as u64, t.nanoseconds())
+        };
+        let mut index = repo.index()?;
+        index.read(true)?;
+        let Ok(written) = mtime(&index_file) else {
+            return Ok(());
+        };
+        let racy: Vec<git2::IndexEntry> = index
+            .iter()
+            .filter(|e| e.flags & 0x3000 == 0 && as_time(e.mtime) >= written)
+            .collect();
+        if racy.is_empty() {
+            return Ok(());
         }
-        let mut opts = git2::StatusOptions::new();
-        opts.update_index(true)
-            .include_untracked(false)
-            .exclude_submodules(true)
-            .renames_head_to_index(false)
-            .renames_index_to_workdir(false);
-        inner.repo.statuses(Some(&mut opts))?;
+        // Two ticks of the file clock (4 ms each at the usual 250 Hz) after the index was
+        // written, so that the index written below is newer than every file.
+        let settled = written + std::time::Duration::from_millis(10);
+        if let Ok(wait) = settled.duration_since(std::time::SystemTime::now()) {
+            std::thread::sleep(wait);
+        }
+        let workdir = self.path.clone();
+        let mut refreshed = 0;
+        for mut entry in racy {
+            let path = workdir.join(std::ffi::OsStr::from_bytes(&entry.path));
+            let Ok(before) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !before.file_type().is_file() || before.len() != u64::from(entry.file_size) {
+                continue;
+            }
+            let Ok(id) = git2::Oid::hash_file(git2::ObjectType::Blob, &path) else {
+                continue;
+            };
+            let Ok(after) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if id != entry.id || after.modified().ok() != before.modified().ok() {
+                continue;
+            }
+            use std::os::unix::fs::MetadataExt as _;
+            let stamp = |secs: i64, nanos: i64| git2::IndexTime::new(secs as i32, nanos as u32);
+            entry.mtime = stamp(after.mtime(), after.mtime_nsec());
+            entry.ctime = stamp(after.ctime(), after.ctime_nsec());
+            entry.dev = after.dev() as u32;
+            entry.ino = after.ino() as u32;
+            entry.uid = after.uid();
+            entry.gid = after.gid();
+            index.add(&entry)?;
+            refreshed += 1;
+        }
+        if refreshed > 0 {
+            index.write()?;
+        }
         Ok(())
     }
 }
