@@ -592,12 +592,14 @@ mod tests {
         assert!(!ws.is_dirty().unwrap());
     }
 
-    /// The default switch (no kernel watch of the worktree): it writes where `git status` says
-    /// the worktree differs and where the two commits differ, nothing else, and what it leaves
-    /// is exactly the target commit (ignored files aside) whatever the previous subtask left.
+    /// A switch with no kernel watch of the worktree (watched looks turned off, or a new
+    /// worktree): it writes where `git status` says the worktree differs and where the two
+    /// commits differ, nothing else, and what it leaves is exactly the target commit (ignored
+    /// files aside) whatever the previous subtask left.
     #[test]
     fn a_switch_finds_what_differs_by_a_status_and_leaves_exactly_the_target() {
-        std::env::remove_var("WIGGUM_WATCHED_LOOKS");
+        // nextest runs every test in a process of its own.
+        std::env::set_var("WIGGUM_WATCHED_LOOKS", "0");
         let t = TestRepo::new();
         for (path, text) in [
             ("keep/same.txt", "same\n"),
