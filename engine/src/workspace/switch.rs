@@ -121,6 +121,7 @@ impl Workspace {
                 Some(written) => Some(written.clone()),
                 None => status_paths(repo)?,
             };
+            #[cfg(debug_assertions)]
             let limited = differing.is_some();
             if let Some(mut paths) = differing {
                 // Only there, and where the two commits differ: the rest already matches.
