@@ -45,9 +45,10 @@ impl Workspace {
             .take()
             .filter(|p| p.stamp.excludes == stamp.excludes);
         let index_moved = previous.as_ref().is_none_or(|p| p.stamp != stamp);
+        let old_head = previous.as_ref().and_then(|p| p.stamp.head);
         let mut carried = carry_on(previous.map(|p| p.folders), &inner.repo, &self.path);
         if index_moved {
-            carried.watch_tracked(&inner.repo, &self.path)?;
+            carried.watch_tracked(&inner.repo, &self.path, old_head)?;
         }
         let dirty = match &carried.touched {
             Some(t) => {
@@ -159,16 +160,38 @@ struct Carried {
 impl Carried {
     /// When the index moved under a kept watch (a merge): the folders of tracked files that
     /// were not watched (ignored ones the merge brought a tracked file into) are watched from
-    /// now on and looked at now.
-    fn watch_tracked(&mut self, repo: &Repository, workdir: &Path) -> Result<(), WorkspaceError> {
+    /// now on and looked at now. The files new to the index are those of the commits between
+    /// `old_head` and the tip (when the index is anything else the worktree is dirty, and the
+    /// watch is not kept); every file of the index when that cannot be told.
+    fn watch_tracked(
+        &mut self,
+        repo: &Repository,
+        workdir: &Path,
+        old_head: Option<git2::Oid>,
+    ) -> Result<(), WorkspaceError> {
         let Some(touched) = &self.touched else {
             return Ok(());
         };
-        let mut index = repo.index()?;
-        index.read(false)?;
         let mut dirs = BTreeSet::new();
-        for entry in index.iter() {
-            super::add_parent_dirs(&mut dirs, &entry.path);
+        let tip = repo.head()?.peel_to_tree()?;
+        let old = old_head.and_then(|h| repo.find_commit(h).ok()?.tree().ok());
+        let changes = match &old {
+            Some(old) => super::tree_diff::changes(repo, old, &tip)?,
+            None => None,
+        };
+        match changes {
+            Some(changes) => {
+                for (path, ..) in changes {
+                    super::add_parent_dirs(&mut dirs, &path);
+                }
+            }
+            None => {
+                let mut index = repo.index()?;
+                index.read(false)?;
+                for entry in index.iter() {
+                    super::add_parent_dirs(&mut dirs, &entry.path);
+                }
+            }
         }
         let missing: Vec<Vec<u8>> = dirs
             .into_iter()
