@@ -111,20 +111,22 @@ impl Stamp {
     }
 }
 
-/// The files outside the worktree that say what is ignored: the repository's `info/exclude`
-/// (the worktree's own and the common one), and the user's `core.excludesFile` (or its
-/// default place, `$XDG_CONFIG_HOME/git/ignore`).
+/// The files outside the worktree that say what is ignored or how files read: the
+/// repository's `info/exclude` and `info/attributes` (the worktree's own and the common ones),
+/// and the user's `core.excludesFile` and `core.attributesFile` (or their default places,
+/// `$XDG_CONFIG_HOME/git/ignore` and `attributes`).
 fn exclude_files(repo: &Repository) -> Vec<PathBuf> {
-    let mut files = vec![
-        repo.path().join("info/exclude"),
-        repo.commondir().join("info/exclude"),
-    ];
-    if let Some(path) = repo
-        .config()
-        .ok()
-        .and_then(|c| c.get_path("core.excludesfile").ok())
-    {
-        files.push(path);
+    let mut files = Vec::new();
+    for dir in [repo.path(), repo.commondir()] {
+        files.push(dir.join("info/exclude"));
+        files.push(dir.join("info/attributes"));
+    }
+    if let Ok(config) = repo.config() {
+        for key in ["core.excludesfile", "core.attributesfile"] {
+            if let Ok(path) = config.get_path(key) {
+                files.push(path);
+            }
+        }
     }
     let config_home = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
@@ -132,6 +134,7 @@ fn exclude_files(repo: &Repository) -> Vec<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
     if let Some(home) = config_home {
         files.push(home.join("git/ignore"));
+        files.push(home.join("git/attributes"));
     }
     files
 }
