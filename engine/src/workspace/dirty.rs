@@ -248,8 +248,11 @@ fn carry_on(previous: Option<DirWatch>, repo: &Repository, workdir: &Path) -> Ca
         return everywhere();
     };
     let skip = Skip::new(repo);
-    // An ignored folder made or removed (a build's `target/`) holds nothing to watch or look at.
-    touched.subtrees.retain(|dir| !skip.folder(dir));
+    // An ignored folder made or removed (a build's `target/`) holds nothing to watch or look at,
+    // unless the watch had it (it held tracked files then): its watch is gone.
+    touched
+        .subtrees
+        .retain(|dir| !skip.folder(dir) || previous.watches(dir));
     if touched.subtrees.is_empty() {
         return Carried {
             touched: Some(touched),
@@ -271,7 +274,9 @@ fn carry_on(previous: Option<DirWatch>, repo: &Repository, workdir: &Path) -> Ca
     match previous.touched() {
         Some(more) if !more.rules => {
             touched.extend(more);
-            touched.subtrees.retain(|dir| !skip.folder(dir));
+            touched
+                .subtrees
+                .retain(|dir| !skip.folder(dir) || previous.watches(dir));
         }
         _ => {
             drop((previous, next));
@@ -514,6 +519,28 @@ impl Look {
             paths,
             folders: carried.folders,
         })
+    }
+
+    /// Before a checkout writes `files` (relative paths): the folders above them that are on
+    /// disk and not watched (ignored ones the commit being checked out tracks files in) are
+    /// watched from now on. A folder the checkout makes is seen being made by its parent's.
+    pub(super) fn watch_folders_of(&mut self, workdir: &Path, files: &BTreeSet<Vec<u8>>) {
+        let Some(folders) = &mut self.folders else {
+            return;
+        };
+        let mut dirs = BTreeSet::new();
+        for file in files {
+            super::add_parent_dirs(&mut dirs, file);
+        }
+        for dir in dirs {
+            if folders.watches(&dir) || !workdir.join(OsStr::from_bytes(&dir)).is_dir() {
+                continue;
+            }
+            if !folders.add_folder(workdir, &dir) {
+                self.folders = None;
+                return;
+            }
+        }
     }
 
     /// What to keep once the worktree matches its HEAD commit again (after wiggum's own last
@@ -1041,5 +1068,32 @@ mod review_tests {
         assert!(ws.lock().clean_watch.is_none());
         assert!(!ws.is_dirty_watched().unwrap());
         assert!(ws.lock().clean_watch.is_none());
+    }
+
+    /// A switch to a branch that tracks a file in a folder ignored here and already on disk
+    /// (build output): the folder is watched from then on, and the next subtask's edit of
+    /// that file is committed.
+    #[test]
+    fn a_file_a_switch_brings_into_an_ignored_folder_on_disk_is_watched() {
+        let t = TestRepo::new();
+        t.write(".gitignore", "dist/\n");
+        t.commit_all("rules");
+        let base = t.head();
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/b", None).unwrap();
+        write_file(ws.path(), "dist/app.js", "kept\n");
+        git(ws.path(), &["add", "-f", "dist/app.js"]);
+        checkpoint_commits(&ws, "b forces dist/app.js in");
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/a", &base).unwrap();
+        write_file(ws.path(), "dist/other.js", "build output\n");
+        write_file(ws.path(), "a.txt", "a\n");
+        checkpoint_commits(&ws, "a");
+        assert_watching(&ws);
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/b", "unused").unwrap();
+        assert_watching(&ws);
+        write_file(ws.path(), "dist/app.js", "edited on b\n");
+        checkpoint_commits(&ws, "b's edit of its forced file");
+        assert_eq!(committed(&ws, "dist/app.js").unwrap(), "edited on b\n");
     }
 }

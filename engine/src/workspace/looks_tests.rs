@@ -320,7 +320,8 @@ fn after_every_checkpoint_of_a_random_sequence_nothing_is_left_uncommitted() {
 
 #[test]
 fn the_watched_dirty_test_agrees_with_a_full_status_over_random_sequences() {
-    run("is_dirty_watched", 100, |rng, _, ws, log| {
+    let mut merges = 0;
+    run("is_dirty_watched", 100, |rng, t, ws, log| {
         let watched = ws.is_dirty_watched().unwrap();
         let full = ws.is_dirty().unwrap();
         log.push(format!("is_dirty_watched = {watched}"));
@@ -337,9 +338,58 @@ fn the_watched_dirty_test_agrees_with_a_full_status_over_random_sequences() {
                 ws.checkpoint("merge").unwrap();
                 log.push("commit".into());
             }
+        } else if rng.below(2) == 0 {
+            // The refinery merges a subtask's branch: a file (ignored or not, forced in) in
+            // one of the step's folders or a new one, committed on a branch from the step's tip.
+            merges += 1;
+            let branch = format!("wiggum/f/sub{merges}");
+            let sub = Workspace::create(
+                &t.root,
+                &format!("sub{merges}"),
+                &branch,
+                Some(&ws.head().unwrap()),
+            )
+            .unwrap();
+            // The step's folders and ignored files (build output) on disk.
+            let (files, dirs) = tree_of(ws.path());
+            let built: Vec<&String> = files.iter().filter(|f| f.contains("target/")).collect();
+            let rel = if !built.is_empty() && rng.below(2) == 0 {
+                rng.pick(&built).clone()
+            } else {
+                let mut dir = rng.pick(&dirs);
+                if rng.below(2) == 0 {
+                    dir = join(&dir, rng.pick(&NAMES));
+                }
+                join(&dir, rng.pick(&FILES))
+            };
+            let mut merged = false;
+            if free_for_file(sub.path(), &rel) {
+                write_file(sub.path(), &rel, &format!("from {branch}\n"));
+                super::testutil::git(sub.path(), &["add", "-f", &rel]);
+                super::testutil::git(sub.path(), &["commit", "-qm", "sub"]);
+                sub.release_branch().unwrap();
+                let result = ws.merge_in(&branch, "merge").unwrap();
+                log.push(format!("merge {rel}: {result:?}"));
+                merged = matches!(result, super::MergeIn::Merged { .. });
+            }
+            sub.remove().unwrap();
+            if merged && rng.below(2) == 0 {
+                // The merge's checks rewrite what it brought.
+                write_file(ws.path(), &rel, "rewritten by a check\n");
+                log.push(format!("write {rel}"));
+                let watched = ws.is_dirty_watched().unwrap();
+                let full = ws.is_dirty().unwrap();
+                if watched != full {
+                    return (ws, Some(format!("after the merge, is_dirty = {full}")));
+                }
+                if full {
+                    ws.discard_changes().unwrap();
+                }
+            }
         }
         (ws, None)
     });
+    eprintln!("{merges} merges");
 }
 
 #[test]

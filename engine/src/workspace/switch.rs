@@ -84,7 +84,7 @@ impl Workspace {
             let target = repo.find_commit(tip)?;
             // Where the worktree can differ from its HEAD commit: everywhere, or (when the
             // kernel watched it since it last matched that commit) where something was written.
-            let look = Look::since(previous, repo, &path)?;
+            let mut look = Look::since(previous, repo, &path)?;
             // Force is right here: the worktree is wiggum's own, and what was not committed on
             // the previous branch is not this branch's.
             let mut checkout = CheckoutBuilder::new();
@@ -108,6 +108,9 @@ impl Workspace {
                     }
                 }
             }
+            // The target may track files in a folder the watch does not cover (one ignored
+            // here, with build output in it): watched before the checkout writes there.
+            look.watch_folders_of(&path, &differ);
             let rules_differ = differ
                 .iter()
                 .any(|p| p == b".gitignore" || p.ends_with(b"/.gitignore"));
