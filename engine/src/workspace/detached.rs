@@ -143,17 +143,36 @@ impl Workspace {
             let Ok(after) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
-            if id != entry.id || after.modified().ok() != before.modified().ok() {
+            use std::os::unix::fs::MetadataExt as _;
+            // The file hashed is the one stat'ed, unchanged meanwhile (as git refreshes an
+            // entry): same inode, size, mode and times before and after.
+            let same = |m: &std::fs::Metadata| {
+                (
+                    m.dev(),
+                    m.ino(),
+                    m.len(),
+                    m.mode(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                ) == (
+                    before.dev(),
+                    before.ino(),
+                    before.len(),
+                    before.mode(),
+                    before.mtime(),
+                    before.mtime_nsec(),
+                ) && (m.ctime(), m.ctime_nsec()) == (before.ctime(), before.ctime_nsec())
+            };
+            if id != entry.id || !same(&after) {
                 continue;
             }
-            use std::os::unix::fs::MetadataExt as _;
             let stamp = |secs: i64, nanos: i64| git2::IndexTime::new(secs as i32, nanos as u32);
-            entry.mtime = stamp(after.mtime(), after.mtime_nsec());
-            entry.ctime = stamp(after.ctime(), after.ctime_nsec());
-            entry.dev = after.dev() as u32;
-            entry.ino = after.ino() as u32;
-            entry.uid = after.uid();
-            entry.gid = after.gid();
+            entry.mtime = stamp(before.mtime(), before.mtime_nsec());
+            entry.ctime = stamp(before.ctime(), before.ctime_nsec());
+            entry.dev = before.dev() as u32;
+            entry.ino = before.ino() as u32;
+            entry.uid = before.uid();
+            entry.gid = before.gid();
             index.add(&entry)?;
             refreshed += 1;
         }

@@ -124,8 +124,11 @@ impl Workspace {
                 Some(written) => Some(written.clone()),
                 None => status_paths(repo)?,
             };
-            #[cfg(debug_assertions)]
-            let limited = differing.is_some();
+            // The folders of the paths the checkout may write.
+            let mut target_dirs = BTreeSet::new();
+            for p in &differ {
+                super::add_parent_dirs(&mut target_dirs, p);
+            }
             if let Some(mut paths) = differing {
                 // Only there, and where the two commits differ: the rest already matches.
                 paths.extend(differ);
@@ -137,6 +140,21 @@ impl Workspace {
             }
             if needed {
                 checkout_noting_rules(repo, &target, checkout, rules_differ)?;
+            }
+            // A folder the checkout wrote into that the watch (walked before the checkout, with
+            // the old index) left out (ignored, nothing tracked there then: `dist/` with a file
+            // the target tracks) is watched from now on, or the next edit there is missed.
+            let mut look = look;
+            if let Some(folders) = look.folders.as_mut() {
+                for dir in &target_dirs {
+                    if !folders.watches(dir)
+                        && path.join(std::ffi::OsStr::from_bytes(dir)).is_dir()
+                        && !folders.add_folder(&path, dir)
+                    {
+                        look.folders = None;
+                        break;
+                    }
+                }
             }
             // A file the agent staged and then removed stays in the index through a checkout
             // (in neither commit nor on disk): the index is the target's tree. (The tree cache
@@ -150,9 +168,9 @@ impl Workspace {
             repo.reference_symbolic("HEAD", &branch_ref, true, "wiggum: switch")?;
             write_base(repo, &base_sha)?;
             #[cfg(debug_assertions)]
-            if limited {
-                // A checkout limited to where the kernel saw writes (or a status named) leaves
-                // what a full one would: exactly the target commit (ignored files and repositories the agent
+            if look.paths.is_some() {
+                // A checkout limited to where the kernel saw writes leaves what a full one
+                // would: exactly the target commit (ignored files and repositories the agent
                 // made inside aside).
                 let left = super::dirty::left_behind(repo, &path)?;
                 assert!(
@@ -340,26 +358,41 @@ fn base_of(main: &Repository, branch_ref: &str, tip: Oid) -> String {
 }
 
 /// Every path where the worktree or its index differs from its HEAD commit: modified, staged,
-/// deleted and new files that are not ignored (new folders walked file by file). `None` when the
-/// status names something a list of files cannot stand for (a folder: a nested repository or
-/// an unreadable one; a conflict): then everything is checked out.
+/// deleted and new files that are not ignored, and new folders (each one path, which stands
+/// for everything in it). `None` when the status names something a list of paths cannot stand
+/// for (a repository inside the worktree, a conflict): then everything is checked out.
 fn status_paths(repo: &Repository) -> Result<Option<BTreeSet<Vec<u8>>>, WorkspaceError> {
     let mut opts = git2::StatusOptions::new();
     // A file whose stat data did not match its index entry is read and hashed; when it has not
     // changed, its entry is brought up to date, so the next status does not read it again.
     opts.update_index(true)
         .include_untracked(true)
-        .recurse_untracked_dirs(true)
+        .recurse_untracked_dirs(false)
         .include_ignored(false)
         .exclude_submodules(true)
         .renames_head_to_index(false)
         .renames_index_to_workdir(false);
     let statuses = repo.statuses(Some(&mut opts))?;
     let mut paths = BTreeSet::new();
+    let workdir = repo.workdir().unwrap_or_else(|| Path::new("."));
     for entry in statuses.iter() {
         let path = entry.path_bytes();
-        if entry.status().is_conflicted() || path.is_empty() || path.ends_with(b"/") {
+        if entry.status().is_conflicted() || path.is_empty() {
             return Ok(None);
+        }
+        // A new folder stands for everything in it (one path, not one per file: a build's
+        // thousands of untracked files cost a checkout pathspec each), unless it is a
+        // repository of its own.
+        if let Some(folder) = path.strip_suffix(b"/") {
+            if workdir
+                .join(std::ffi::OsStr::from_bytes(folder))
+                .join(".git")
+                .exists()
+            {
+                return Ok(None);
+            }
+            paths.insert(folder.to_vec());
+            continue;
         }
         paths.insert(path.to_vec());
     }
@@ -683,6 +716,47 @@ mod tests {
         );
         assert_eq!(files_on_disk(fresh.path()), files_of(&t.repo, &base));
         assert!(!fresh.is_dirty().unwrap());
+    }
+
+    /// review-s5 finding 1: the target tracks a file in a folder the worktree already has,
+    /// ignored (`dist/` with build output; the target's `dist/app.js` added with `git add
+    /// -f`). The watch walked before the checkout left `dist/` out; the checkout writes a
+    /// tracked file there; the next subtask's edit of it must be committed.
+    #[test]
+    fn an_edit_in_a_tracked_file_the_switch_wrote_into_an_ignored_folder_is_committed() {
+        let t = TestRepo::new();
+        t.write("a.txt", "a\n");
+        t.write(".gitignore", "dist/\n");
+        t.commit_all("base");
+        let git = super::super::testutil::git;
+        git(&t.root, &["checkout", "-q", "-b", "other"]);
+        t.write("dist/app.js", "built v1\n");
+        git(&t.root, &["add", "-f", "dist/app.js"]);
+        git(&t.root, &["commit", "-qm", "dist kept"]);
+        let other = t.head();
+        git(&t.root, &["checkout", "-q", "-"]);
+        let _ = std::fs::remove_dir_all(t.root.join("dist"));
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        write_file(ws.path(), "dist/bundle.map", "ignored build output\n");
+        write_file(ws.path(), "a.txt", "a1\n");
+        ws.checkpoint("a1").unwrap();
+        write_file(ws.path(), "a.txt", "a2\n");
+        ws.checkpoint("a2").unwrap();
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/b", &other).unwrap();
+        assert!(!ws.is_dirty().unwrap());
+        write_file(ws.path(), "a.txt", "b1\n");
+        assert!(ws.checkpoint("b1").unwrap().changed);
+        write_file(ws.path(), "dist/app.js", "built v2\n");
+        assert!(
+            ws.checkpoint("b2").unwrap().changed,
+            "the edit in dist/ is seen"
+        );
+        let repo = Repository::open(ws.path()).unwrap();
+        let tree = repo.head().unwrap().peel_to_tree().unwrap();
+        let blob = tree.get_path(Path::new("dist/app.js")).unwrap().id();
+        assert_eq!(repo.find_blob(blob).unwrap().content(), b"built v2\n");
+        assert!(!ws.is_dirty().unwrap());
     }
 
     #[test]
