@@ -1077,6 +1077,36 @@ mod review_tests {
     fn a_file_a_switch_brings_into_an_ignored_folder_on_disk_is_watched() {
         let t = TestRepo::new();
         t.write(".gitignore", "dist/\n");
+        t.write("web/index.txt", "web\n");
+        t.commit_all("rules");
+        let base = t.head();
+        // Subtask b, made in another worktree, forces dist/app.js in.
+        let other = Workspace::create(&t.root, "q", "wiggum/x.split/b", None).unwrap();
+        write_file(other.path(), "web/dist/app.js", "kept\n");
+        git(other.path(), &["add", "-f", "web/dist/app.js"]);
+        checkpoint_commits(&other, "b forces dist/app.js in");
+        other.release_branch().unwrap();
+        // This worktree ran subtask a, whose build left output in dist/ (ignored, unwatched).
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", Some(&base)).unwrap();
+        write_file(ws.path(), "web/dist/other.js", "build output\n");
+        write_file(ws.path(), "a.txt", "a\n");
+        checkpoint_commits(&ws, "a");
+        assert_watching(&ws);
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/b", "unused").unwrap();
+        assert_watching(&ws);
+        write_file(ws.path(), "web/dist/app.js", "edited on b\n");
+        checkpoint_commits(&ws, "b's edit of its forced file");
+        assert_eq!(committed(&ws, "web/dist/app.js").unwrap(), "edited on b\n");
+    }
+
+    /// A watched folder (it held tracked files) removed by a switch and made again as ignored
+    /// build output has no watch any more: a later branch's tracked file there and its edit
+    /// are seen.
+    #[test]
+    fn a_watched_folder_removed_while_ignored_loses_its_watch() {
+        let t = TestRepo::new();
+        t.write(".gitignore", "dist/\n");
         t.commit_all("rules");
         let base = t.head();
         let ws = Workspace::create(&t.root, "p", "wiggum/x.split/b", None).unwrap();

@@ -414,12 +414,79 @@ fn a_switch_after_random_work_leaves_exactly_the_target_commit() {
         };
         let branch = format!("wiggum/f/b{next}");
         next += 1;
+        // At times the next subtask's branch exists already with a file of its own, forced
+        // into one of this worktree's folders (ignored build output ones too).
+        let mut brought = None;
+        if rng.below(3) == 0 {
+            let (files, dirs) = tree_of(ws.path());
+            let built: Vec<&String> = files.iter().filter(|f| f.contains("target/")).collect();
+            let rel = if !built.is_empty() && rng.below(2) == 0 {
+                rng.pick(&built).clone()
+            } else {
+                join(&join(&rng.pick(&dirs), rng.pick(&NAMES)), rng.pick(&FILES))
+            };
+            let base = t
+                .repo
+                .find_commit(git2::Oid::from_str(&from).unwrap())
+                .unwrap();
+            let mut index = git2::Index::new().unwrap();
+            index.read_tree(&base.tree().unwrap()).unwrap();
+            let entry = git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: 0o100644,
+                uid: 0,
+                gid: 0,
+                file_size: 0,
+                id: git2::Oid::zero(),
+                flags: 0,
+                flags_extended: 0,
+                path: rel.as_bytes().to_vec(),
+            };
+            if index
+                .add_frombuffer(&entry, b"the next subtask's\n")
+                .is_ok()
+            {
+                let tree = t
+                    .repo
+                    .find_tree(index.write_tree_to(&t.repo).unwrap())
+                    .unwrap();
+                let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+                t.repo
+                    .commit(
+                        Some(&format!("refs/heads/{branch}")),
+                        &sig,
+                        &sig,
+                        "b",
+                        &tree,
+                        &[&base],
+                    )
+                    .unwrap();
+                log.push(format!("{branch} brings {rel}"));
+                brought = Some(rel);
+            }
+        }
         ws.release_branch().unwrap();
         let ws = ws.switch(&branch, &from).unwrap();
         log.push(format!("switch to {branch} from {}", &from[..7]));
         let left = full_status(ws.path());
-        let failed =
-            (!left.is_empty()).then(|| format!("not the target commit after the switch: {left:?}"));
-        (ws, failed)
+        if !left.is_empty() {
+            return (
+                ws,
+                Some(format!("not the target commit after the switch: {left:?}")),
+            );
+        }
+        if let Some(rel) = brought.filter(|rel| ws.path().join(rel).is_file()) {
+            write_file(ws.path(), &rel, "edited by the next subtask\n");
+            ws.checkpoint("edit").unwrap();
+            log.push(format!("write {rel}; checkpoint"));
+            let left = full_status(ws.path());
+            if !left.is_empty() {
+                return (ws, Some(format!("left uncommitted: {left:?}")));
+            }
+        }
+        (ws, None)
     });
 }
