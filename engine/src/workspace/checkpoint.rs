@@ -165,6 +165,8 @@ impl Workspace {
         let repo = &inner.repo;
         check_on_branch(repo, &self.path, &self.branch)?;
         let tip = repo.head()?.peel_to_commit()?;
+        // A link the agent put in place of a tracked file is not written through.
+        super::switch::unlink_typechanged_links(repo, &self.path, &tip.tree()?)?;
         // Force is right here: the worktree is wiggum's own, and discarding is the point.
         repo.reset(tip.as_object(), ResetType::Hard, None)?;
         // A hard reset keeps untracked files; a forced checkout of HEAD removes them.

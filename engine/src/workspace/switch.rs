@@ -129,6 +129,15 @@ impl Workspace {
             for p in &differ {
                 super::add_parent_dirs(&mut target_dirs, p);
             }
+            // A link the agent put where the target has a file would be written through (to
+            // wherever it points, outside the worktree too): it goes first.
+            let target_tree = target.tree()?;
+            match &differing {
+                Some(paths) => {
+                    unlink_links_in_the_way(&path, &target_tree, paths.iter().chain(&differ))
+                }
+                None => unlink_typechanged_links(repo, &path, &target_tree)?,
+            }
             if let Some(mut paths) = differing {
                 // Only there, and where the two commits differ: the rest already matches.
                 paths.extend(differ);
@@ -355,6 +364,53 @@ fn base_of(main: &Repository, branch_ref: &str, tip: Oid) -> String {
         .and_then(|h| main.merge_base(h, tip).ok())
         .unwrap_or(tip)
         .to_string()
+}
+
+/// Removes each of `paths` that is a symbolic link in the worktree where `target` has a file or
+/// a folder: a forced checkout would write the file's content through the link, to wherever
+/// it points (outside the worktree too), where git removes the link.
+pub(super) fn unlink_links_in_the_way<'p>(
+    workdir: &Path,
+    target: &git2::Tree<'_>,
+    paths: impl Iterator<Item = &'p Vec<u8>>,
+) {
+    for p in paths {
+        let on_disk = workdir.join(std::ffi::OsStr::from_bytes(p));
+        let is_link = std::fs::symlink_metadata(&on_disk)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        if !is_link {
+            continue;
+        }
+        let wanted = target
+            .get_path(Path::new(std::ffi::OsStr::from_bytes(p)))
+            .map(|e| e.filemode() != 0o120000)
+            .unwrap_or(false);
+        if wanted {
+            let _ = std::fs::remove_file(&on_disk);
+        }
+    }
+}
+
+/// [`unlink_links_in_the_way`] for every path a status finds changed from a file to a link.
+pub(super) fn unlink_typechanged_links(
+    repo: &Repository,
+    workdir: &Path,
+    target: &git2::Tree<'_>,
+) -> Result<(), WorkspaceError> {
+    let mut opts = git2::StatusOptions::new();
+    opts.include_untracked(false)
+        .exclude_submodules(true)
+        .renames_head_to_index(false)
+        .renames_index_to_workdir(false);
+    let statuses = repo.statuses(Some(&mut opts))?;
+    let changed: Vec<Vec<u8>> = statuses
+        .iter()
+        .filter(|e| e.status().is_wt_typechange())
+        .map(|e| e.path_bytes().to_vec())
+        .collect();
+    unlink_links_in_the_way(workdir, target, changed.iter());
+    Ok(())
 }
 
 /// Every path where the worktree or its index differs from its HEAD commit: modified, staged,
@@ -757,6 +813,50 @@ mod tests {
         let blob = tree.get_path(Path::new("dist/app.js")).unwrap().id();
         assert_eq!(repo.find_blob(blob).unwrap().content(), b"built v2\n");
         assert!(!ws.is_dirty().unwrap());
+    }
+
+    /// review-s5 finding 2: the agent replaced a tracked file with a link to a file outside
+    /// the worktree, and no checkpoint followed. Neither the switch nor the refinery's discard
+    /// writes through it: the link goes, the file outside is untouched.
+    #[test]
+    fn a_link_in_place_of_a_tracked_file_is_removed_not_written_through() {
+        for watched in ["1", "0"] {
+            std::env::set_var("WIGGUM_WATCHED_LOOKS", watched);
+            for discard in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let outside = dir.path().join("precious.txt");
+                let t = TestRepo::new();
+                t.write("a.txt", "a\n");
+                t.commit_all("base");
+                let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+                write_file(ws.path(), "b.txt", "b\n");
+                ws.checkpoint("b").unwrap();
+                let tip = ws.head().unwrap();
+                std::fs::write(&outside, "precious\n").unwrap();
+                std::fs::remove_file(ws.path().join("a.txt")).unwrap();
+                std::os::unix::fs::symlink(&outside, ws.path().join("a.txt")).unwrap();
+                let ws = if discard {
+                    ws.discard_changes().unwrap();
+                    ws
+                } else {
+                    ws.release_branch().unwrap();
+                    ws.switch("wiggum/x.split/b", &tip).unwrap()
+                };
+                let how = format!("watched {watched}, discard {discard}");
+                assert_eq!(
+                    std::fs::read_to_string(&outside).unwrap(),
+                    "precious\n",
+                    "{how}"
+                );
+                let a = ws.path().join("a.txt");
+                assert!(!std::fs::symlink_metadata(&a)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink());
+                assert_eq!(std::fs::read_to_string(&a).unwrap(), "a\n", "{how}");
+                assert!(!ws.is_dirty().unwrap(), "{how}");
+            }
+        }
     }
 
     #[test]
