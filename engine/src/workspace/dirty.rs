@@ -546,10 +546,16 @@ impl Look {
     /// What to keep once the worktree matches its HEAD commit again (after wiggum's own last
     /// write of its index).
     pub(super) fn keep(self, repo: &Repository) -> Option<CleanWatch> {
-        self.folders.map(|folders| CleanWatch {
-            folders,
-            stamp: Stamp::of(repo),
-        })
+        let folders = self.folders?;
+        // The stamp first, then the check that the index is the tip's tree: an index another
+        // process wrote after the look (a background `git rm --cached` or `git reset`) would
+        // otherwise pass for wiggum's own, and the paths it unstaged would never be looked at
+        // again. Written after the stamp, it moves the stamp: the next look is full.
+        let stamp = Stamp::of(repo);
+        if !matches!(index_differs(repo), Ok(false)) {
+            return None;
+        }
+        Some(CleanWatch { folders, stamp })
     }
 }
 
@@ -1125,5 +1131,41 @@ mod review_tests {
         write_file(ws.path(), "dist/app.js", "edited on b\n");
         checkpoint_commits(&ws, "b's edit of its forced file");
         assert_eq!(committed(&ws, "dist/app.js").unwrap(), "edited on b\n");
+    }
+}
+
+/// review-s5 finding 4: an index another process writes between a look and the moment its
+/// watch is kept is not taken for the index wiggum wrote.
+#[cfg(test)]
+mod keep_tests {
+    use super::super::testutil::{git, write_file, TestRepo};
+    use super::*;
+
+    #[test]
+    fn a_watch_is_not_kept_over_an_index_someone_else_changed_after_the_look() {
+        std::env::remove_var("WIGGUM_WATCHED_LOOKS");
+        for meddle in [false, true] {
+            let t = TestRepo::new();
+            t.write("src/b.txt", "b\n");
+            t.commit_all("files");
+            let ws = Workspace::create(&t.root, "s", "wiggum/s", None).unwrap();
+            write_file(ws.path(), "a.txt", "a\n");
+            ws.checkpoint("start").unwrap();
+            assert_watching(&ws);
+            let mut inner = ws.lock();
+            let previous = inner.clean_watch.take();
+            let look = Look::since(previous, &inner.repo, ws.path()).unwrap();
+            if meddle {
+                git(ws.path(), &["rm", "-q", "--cached", "src/b.txt"]);
+            }
+            let kept = look.keep(&inner.repo);
+            assert_eq!(kept.is_some(), !meddle, "meddled: {meddle}");
+            inner.clean_watch = kept;
+            drop(inner);
+            // Either way the next checkpoint leaves nothing behind.
+            write_file(ws.path(), "a.txt", "a2\n");
+            ws.checkpoint("next").unwrap();
+            assert!(!ws.is_dirty().unwrap(), "meddled: {meddle}");
+        }
     }
 }
