@@ -76,7 +76,20 @@ impl Workspace {
                 // below) opens every worktree to see whether the branch is checked out, and
                 // trips over one being added at the same moment. The check is ours, above.
                 let created = format!("branch: Created from {base}");
-                repo.reference(&branch_ref, commit.id(), false, &created)?;
+                // Another thread deleting the last branch of the same folder (the refinery's
+                // cleanup of a merged subtask, `refs/heads/wiggum/<run>.split/`) removes the
+                // folder between libgit2 making it and locking the new ref in it: made again
+                // (as git's own ref writes retry).
+                let mut tries = 0;
+                loop {
+                    match repo.reference(&branch_ref, commit.id(), false, &created) {
+                        Ok(_) => break,
+                        Err(e) if e.code() == git2::ErrorCode::NotFound && tries < 8 => {
+                            tries += 1;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 (commit.id(), commit.id().to_string(), true)
             }
         };
