@@ -137,11 +137,6 @@ impl Workspace {
                 Some(written) => Some(written.clone()),
                 None => status_paths(repo)?,
             };
-            // The folders of the paths the checkout may write.
-            let mut target_dirs = BTreeSet::new();
-            for p in &differ {
-                super::add_parent_dirs(&mut target_dirs, p);
-            }
             // A link the agent put where the target has a file would be written through (to
             // wherever it points, outside the worktree too): it goes first.
             let target_tree = target.tree()?;
@@ -162,21 +157,6 @@ impl Workspace {
             }
             if needed {
                 checkout_noting_rules(repo, &target, checkout, rules_differ)?;
-            }
-            // A folder the checkout wrote into that the watch (walked before the checkout, with
-            // the old index) left out (ignored, nothing tracked there then: `dist/` with a file
-            // the target tracks) is watched from now on, or the next edit there is missed.
-            let mut look = look;
-            if let Some(folders) = look.folders.as_mut() {
-                for dir in &target_dirs {
-                    if !folders.watches(dir)
-                        && path.join(std::ffi::OsStr::from_bytes(dir)).is_dir()
-                        && !folders.add_folder(&path, dir)
-                    {
-                        look.folders = None;
-                        break;
-                    }
-                }
             }
             // A file the agent staged and then removed stays in the index through a checkout
             // (in neither commit nor on disk): the index is the target's tree. (The tree cache
