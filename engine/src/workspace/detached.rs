@@ -84,6 +84,9 @@ impl Workspace {
     }
 }
 
+/// The stage bits of an index entry's flags: non-zero for the sides of a conflict.
+const STAGE_MASK: u16 = 0x3000;
+
 impl Workspace {
     /// Makes the index of a worktree just checked out trustworthy by its files' stat data.
     /// File times come from a clock that ticks every few milliseconds, so the files a checkout
@@ -116,7 +119,7 @@ impl Workspace {
         };
         let racy: Vec<git2::IndexEntry> = index
             .iter()
-            .filter(|e| e.flags & 0x3000 == 0 && as_time(e.mtime) >= written)
+            .filter(|e| e.flags & STAGE_MASK == 0 && as_time(e.mtime) >= written)
             .collect();
         if racy.is_empty() {
             return Ok(());
