@@ -320,18 +320,56 @@ pub(super) fn dirty_everywhere(repo: &Repository) -> Result<bool, WorkspaceError
 }
 
 /// Debug builds: what differs from the HEAD commit in the worktree (not ignored files, nor
-/// git repositories made inside it, which no checkout removes).
+/// git repositories made inside it, which no checkout removes, nor a file that reads as the
+/// commit's through its filters: see [`reads_as_committed`]).
 #[cfg(debug_assertions)]
 pub(super) fn left_behind(
     repo: &Repository,
     workdir: &Path,
 ) -> Result<Vec<String>, WorkspaceError> {
     let statuses = repo.statuses(Some(&mut dirty_options()))?;
+    let tree = repo.head()?.peel_to_tree()?;
     Ok(statuses
         .iter()
+        .filter(|e| !reads_as_committed(repo, &tree, workdir, e.path_bytes(), e.status()))
         .map(|e| String::from_utf8_lossy(e.path_bytes()).into_owned())
         .filter(|p| !(p.ends_with('/') && workdir.join(p).join(".git").exists()))
         .collect())
+}
+
+/// Debug builds: whether a file the status names only as modified in the worktree is the
+/// committed one as git reads it: same kind and exec bit, and its content, through the clean
+/// filters of its attributes (`eol=crlf` turning an agent's LF endings into the blob's), is
+/// the committed blob. The status names such a file (its size differs from the index entry's)
+/// while a forced checkout, comparing filtered content, leaves it as it is.
+#[cfg(debug_assertions)]
+fn reads_as_committed(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    workdir: &Path,
+    path: &[u8],
+    status: git2::Status,
+) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    if status != git2::Status::WT_MODIFIED {
+        return false;
+    }
+    let Ok(entry) = tree.get_path(Path::new(OsStr::from_bytes(path))) else {
+        return false;
+    };
+    let on_disk = workdir.join(OsStr::from_bytes(path));
+    let Ok(meta) = std::fs::symlink_metadata(&on_disk) else {
+        return false;
+    };
+    let mode = match (
+        meta.file_type().is_file(),
+        meta.permissions().mode() & 0o111 != 0,
+    ) {
+        (true, false) => 0o100644,
+        (true, true) => 0o100755,
+        _ => return false,
+    };
+    entry.filemode() == mode && repo.blob_path(&on_disk).ok() == Some(entry.id())
 }
 
 /// Whether the worktree differs from its index, when only the places `touched` names can

@@ -980,6 +980,74 @@ mod tests {
         assert!(!ws.is_dirty().unwrap());
     }
 
+    /// review-s5 §3: in a repository whose `.gitattributes` says `eol=crlf`, the agent
+    /// rewrote a file with LF endings (its clean content is the committed blob; the status
+    /// names it, its size differs from the index entry's; a forced checkout leaves it). The
+    /// switch gets on (debug builds checked it is left exactly at the target and panicked),
+    /// and the next checkpoint has nothing to commit.
+    #[test]
+    fn a_switch_after_an_agent_wrote_lf_endings_into_a_crlf_file_gets_on() {
+        let t = TestRepo::new();
+        t.write(".gitattributes", "*.crlf text eol=crlf\n");
+        t.write("w.crlf", "one\ntwo\n");
+        t.commit_all("crlf");
+        let ws = Workspace::create(&t.root, "p", "wiggum/x.split/a", None).unwrap();
+        assert_eq!(
+            std::fs::read(ws.path().join("w.crlf")).unwrap(),
+            b"one\r\ntwo\r\n"
+        );
+        write_file(ws.path(), "a.txt", "a1\n");
+        ws.checkpoint("a1").unwrap();
+        let tip = ws.head().unwrap();
+        // The agent writes the file with LF endings: the same clean content.
+        write_file(ws.path(), "w.crlf", "one\ntwo\n");
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/x.split/b", &tip).unwrap();
+        assert_eq!(ws.head().unwrap(), tip);
+        assert!(ws.path().join("a.txt").exists());
+        write_file(ws.path(), "b.txt", "b\n");
+        ws.checkpoint("b").unwrap();
+        let repo = Repository::open(ws.path()).unwrap();
+        let head = repo.head().unwrap().peel_to_commit().unwrap();
+        let parent = head.parent(0).unwrap();
+        let diff = repo
+            .diff_tree_to_tree(
+                Some(&parent.tree().unwrap()),
+                Some(&head.tree().unwrap()),
+                None,
+            )
+            .unwrap();
+        let changed: Vec<_> = diff
+            .deltas()
+            .map(|d| d.new_file().path().unwrap().to_path_buf())
+            .collect();
+        assert_eq!(changed, vec![std::path::PathBuf::from("b.txt")]);
+    }
+
+    /// The debug builds' exactness check tolerates only that case: a CRLF file whose content
+    /// differs, or whose exec bit changed, is still named.
+    #[cfg(debug_assertions)]
+    #[test]
+    fn only_a_file_that_reads_as_the_committed_one_is_not_left_behind() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = TestRepo::new();
+        t.write(".gitattributes", "*.crlf text eol=crlf\n");
+        for f in ["same.crlf", "other.crlf", "exec.crlf"] {
+            t.write(f, "one\r\ntwo\r\n");
+        }
+        t.commit_all("crlf");
+        write_file(&t.root, "same.crlf", "one\ntwo\n");
+        write_file(&t.root, "other.crlf", "one\nthree\n");
+        write_file(&t.root, "exec.crlf", "one\ntwo\n");
+        std::fs::set_permissions(t.path("exec.crlf"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let left = super::super::dirty::left_behind(&t.repo, &t.root).unwrap();
+        assert_eq!(
+            left,
+            vec!["exec.crlf".to_string(), "other.crlf".to_string()]
+        );
+    }
+
     /// A git repository the agent made inside the worktree after its last checkpoint: the
     /// switch (limited to where the kernel saw writes) gets on with it as a full one does.
     #[test]
