@@ -9,9 +9,9 @@
 //! or seen being made), and from then on every folder made, removed or renamed is reported
 //! with everything below it, which the next watch walks again. The folders a watch covers are
 //! kept with it, and a folder found in a written folder that this watch did not cover is
-//! looked at whole. Anything that can change what is ignored (a `.gitignore` or
-//! `.gitattributes` written anywhere, `.git/info/exclude`, the user's `core.excludesFile`),
-//! events lost, the root's own watch gone, or no watch at all (no `inotify`, the process's
+//! looked at whole. Anything that can change what is ignored or how files compare (a
+//! `.gitignore` or `.gitattributes` written anywhere, `.git/info/exclude`, the user's
+//! `core.excludesFile`, git's configuration files), events lost, the root's own watch gone, or no watch at all (no `inotify`, the process's
 //! share of watches used up): the look is everywhere and a new watch starts from a new walk.
 //! `WIGGUM_WATCHED_LOOKS=0` turns the limited looks off.
 
@@ -113,13 +113,28 @@ impl Stamp {
 
 /// The files outside the worktree that say what is ignored or how files read: the
 /// repository's `info/exclude` and `info/attributes` (the worktree's own and the common ones),
-/// and the user's `core.excludesFile` and `core.attributesFile` (or their default places,
-/// `$XDG_CONFIG_HOME/git/ignore` and `attributes`).
+/// the user's `core.excludesFile` and `core.attributesFile` (or their default places,
+/// `$XDG_CONFIG_HOME/git/ignore` and `attributes`), and git's configuration files (the
+/// repository's `config` and the worktree's `config.worktree`, the user's `~/.gitconfig` and
+/// `$XDG_CONFIG_HOME/git/config`, the system's `/etc/gitconfig`): `git config core.autocrlf`,
+/// `core.fileMode`, `core.eol` change how every file compares with its index entry without
+/// writing in the worktree. (Files a configuration includes are not followed.)
 fn exclude_files(repo: &Repository) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in [repo.path(), repo.commondir()] {
         files.push(dir.join("info/exclude"));
         files.push(dir.join("info/attributes"));
+    }
+    files.push(repo.commondir().join("config"));
+    files.push(repo.path().join("config.worktree"));
+    files.push(PathBuf::from("/etc/gitconfig"));
+    for var in ["GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM"] {
+        if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            files.push(PathBuf::from(path));
+        }
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(home).join(".gitconfig"));
     }
     if let Ok(config) = repo.config() {
         for key in ["core.excludesfile", "core.attributesfile"] {
@@ -135,6 +150,7 @@ fn exclude_files(repo: &Repository) -> Vec<PathBuf> {
     if let Some(home) = config_home {
         files.push(home.join("git/ignore"));
         files.push(home.join("git/attributes"));
+        files.push(home.join("git/config"));
     }
     files
 }
@@ -998,6 +1014,59 @@ mod review_tests {
         assert!(ws.is_dirty_watched().unwrap());
         checkpoint_commits(&ws, "exclude edited");
         assert!(committed(&ws, "src/a/gen/out.rs").is_some());
+    }
+
+    /// review-s5 §6: `git config` run by the agent changes how files compare without a write
+    /// in the worktree (here `core.fileMode` back on: an exec bit dropped while it was off is
+    /// a change again); the next look is everywhere and finds what a full status finds.
+    #[test]
+    fn a_git_config_change_by_the_agent_makes_the_next_look_full() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = TestRepo::new();
+        t.write("run.sh", "#!/bin/sh\n");
+        std::fs::set_permissions(t.path("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        t.write("src/b.txt", "x\n");
+        t.commit_all("files");
+        let ws = Workspace::create(&t.root, "s", "wiggum/s", None).unwrap();
+        let git = |args: &[&str]| super::super::testutil::git(ws.path(), args);
+        git(&["config", "core.fileMode", "false"]);
+        std::fs::set_permissions(
+            ws.path().join("run.sh"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        write_file(ws.path(), "a.txt", "a\n");
+        checkpoint_commits(&ws, "a.txt");
+        assert_watching(&ws);
+        assert!(!ws.is_dirty_watched().unwrap());
+        // The agent turns the mode back on (and CRLF conversion, which changes nothing here)
+        // and writes elsewhere.
+        git(&["config", "core.fileMode", "true"]);
+        git(&["config", "core.autocrlf", "true"]);
+        assert!(ws.is_dirty().unwrap(), "a full status names run.sh");
+        write_file(ws.path(), "src/b.txt", "y\n");
+        checkpoint_commits(&ws, "mode back on");
+        let mode = |ws: &Workspace| {
+            let repo = Repository::open(ws.path()).unwrap();
+            let tree = repo.head().unwrap().peel_to_tree().unwrap();
+            tree.get_path(Path::new("run.sh")).unwrap().filemode()
+        };
+        assert_eq!(mode(&ws), 0o100644, "the dropped exec bit is committed");
+        // The refinery's dirty test, the same way.
+        git(&["config", "core.fileMode", "false"]);
+        std::fs::set_permissions(
+            ws.path().join("run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        assert!(!ws.checkpoint("mode off").unwrap().changed);
+        assert!(!ws.is_dirty_watched().unwrap());
+        assert_watching(&ws);
+        git(&["config", "core.fileMode", "true"]);
+        assert!(
+            ws.is_dirty_watched().unwrap(),
+            "the exec bit set is a change again"
+        );
     }
 
     /// Finding 5: the root's own watch going away (the worktree moved away and back) leaves
