@@ -9,7 +9,8 @@
 //! watch on that folder. It does not report writes through a shared memory map (`mmap`) until
 //! they reach the file by another way; no editor, compiler or coding agent writes source files
 //! so. When a watch cannot be set up (no `inotify`, its limits reached, or this process's share
-//! of the user's watches, [`budget`], used up) or events were lost (the kernel's queue
+//! of the user's watches, [`budget`], or of the user's inotify instances, [`instance_budget`],
+//! used up) or events were lost (the kernel's queue
 //! overflowed, the root's own watch went away), the answer is "unknown" and callers look at
 //! every file, as before.
 
@@ -43,6 +44,27 @@ pub fn budget() -> usize {
     })
 }
 
+/// inotify instances held by this process's [`DirWatch`]es (one each).
+static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many inotify instances this process's [`DirWatch`]es may hold together: half of the
+/// user's `fs.inotify.max_user_instances` (128 by default, shared by every process of the
+/// user: editors, `tsc --watch`, jest, each hold one or a few). A split holds about three per
+/// polecat at most (its worktree's kept watch, a new one while a look walks a changed subtree,
+/// and the watch of the user's checkout while its agent works) and two for the refinery: 16
+/// polecats, `WIGGUM_MAX_POLECATS`' default, fit in 64. Past it a watch is not started and the
+/// look is everywhere, as when the kernel refuses one (`EMFILE`: the user's instances used up
+/// by other processes).
+pub fn instance_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .map_or(64, |max| (max / 2).max(1))
+    })
+}
+
 #[cfg(test)]
 thread_local! {
     /// Tests: no watch can be started on this thread (as without `inotify`).
@@ -62,6 +84,22 @@ pub fn without_watches<R>(f: impl FnOnce() -> R) -> R {
 #[cfg(test)]
 pub fn held() -> usize {
     HELD.load(Ordering::Relaxed)
+}
+
+/// Tests: the inotify instances this process's watches hold.
+#[cfg(test)]
+pub fn instances() -> usize {
+    INSTANCES.load(Ordering::Relaxed)
+}
+
+/// Tests: runs `f` with this process's share of inotify instances used up.
+#[cfg(test)]
+pub fn exhaust_instances<R>(f: impl FnOnce() -> R) -> R {
+    let taken = instance_budget();
+    INSTANCES.fetch_add(taken, Ordering::Relaxed);
+    let out = f();
+    INSTANCES.fetch_sub(taken, Ordering::Relaxed);
+    out
 }
 
 /// Tests: runs `f` with this process's share of watches used up.
@@ -88,6 +126,7 @@ pub struct DirWatch {
 impl Drop for DirWatch {
     fn drop(&mut self) {
         HELD.fetch_sub(self.dirs.len(), Ordering::Relaxed);
+        INSTANCES.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -180,9 +219,15 @@ impl DirWatch {
         if NO_WATCHES.with(std::cell::Cell::get) {
             return None;
         }
+        if INSTANCES.fetch_add(1, Ordering::Relaxed) >= instance_budget() {
+            INSTANCES.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         // SAFETY: inotify_init1 has no preconditions; the descriptor is owned below.
         let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         if raw < 0 {
+            // No inotify, or the user's instances used up (`EMFILE`), or no descriptor left.
+            INSTANCES.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         // SAFETY: `raw` is a new descriptor nobody else owns.

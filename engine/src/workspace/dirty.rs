@@ -1169,6 +1169,136 @@ mod review_tests {
         assert_watching(&ws);
     }
 
+    /// Past this process's share of the user's inotify instances no watch is started (the
+    /// look is everywhere and finds everything); a watch gives its instance back when it ends.
+    #[test]
+    fn past_the_instance_budget_looks_are_full_and_instances_are_given_back() {
+        if !watched_looks() {
+            eprintln!("WIGGUM_WATCHED_LOOKS=0: no instances to count");
+            return;
+        }
+        let t = TestRepo::new();
+        let ws = base(&t);
+        let held = ws.lock().clean_watch.take();
+        let baseline = dir_watch::instances();
+        drop(held);
+        assert_eq!(dir_watch::instances(), baseline - 1, "the instance is given back");
+        checkpoint_commits_or_not(&ws);
+        assert_watching(&ws);
+        dir_watch::exhaust_instances(|| {
+            // A folder made: the look would start a new watch for it.
+            write_file(ws.path(), "src/new/one.txt", "1\n");
+            checkpoint_commits(&ws, "no new watch to be had");
+            assert!(ws.lock().clean_watch.is_none());
+            write_file(ws.path(), "src/new/one.txt", "2\n");
+            checkpoint_commits(&ws, "no watch at all");
+            assert!(ws.lock().clean_watch.is_none());
+        });
+        write_file(ws.path(), "src/new/one.txt", "3\n");
+        checkpoint_commits(&ws, "watches again");
+        assert_watching(&ws);
+    }
+
+    /// A checkpoint with nothing to commit (it starts a watch).
+    fn checkpoint_commits_or_not(ws: &Workspace) {
+        ws.checkpoint("nothing").unwrap();
+        assert!(!ws.is_dirty().unwrap());
+    }
+
+    /// The kernel refusing an inotify instance for real (`EMFILE`: the user's
+    /// `max_user_instances` used up): the looks are full, nothing fails, nothing is lost. Runs
+    /// [`inner_when_the_kernel_refuses_inotify_instances`] in a child process in a user
+    /// namespace of its own (`unshare -Ur`), whose instance limit it lowers to one: the
+    /// user's own instances (other processes') are not used up. Skipped, loudly, where user
+    /// namespaces cannot be made (some containers).
+    #[test]
+    fn when_the_kernel_refuses_inotify_instances_looks_are_full_and_nothing_is_lost() {
+        let name = format!(
+            "{}::inner_when_the_kernel_refuses_inotify_instances",
+            module_path!().split_once("::").unwrap().1
+        );
+        let probe = std::process::Command::new("unshare").args(["-Ur", "true"]).output();
+        if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!(
+                "SKIPPED: no user namespace to be made here (`unshare -Ur true`: {probe:?}); \
+                 the instance limit cannot be lowered for this test alone"
+            );
+            return;
+        }
+        let out = std::process::Command::new("unshare")
+            .arg("-Ur")
+            .arg(std::env::current_exe().unwrap())
+            .args([name.as_str(), "--exact", "--ignored", "--nocapture"])
+            .env("WIGGUM_TEST_IN_USER_NAMESPACE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{name} in a user namespace: {}\n{stdout}\n{stderr}",
+            out.status
+        );
+    }
+
+    /// The child of the test above (in its own user namespace).
+    #[test]
+    #[ignore = "run by when_the_kernel_refuses_inotify_instances_looks_are_full_and_nothing_is_lost"]
+    fn inner_when_the_kernel_refuses_inotify_instances() {
+        assert!(
+            std::env::var_os("WIGGUM_TEST_IN_USER_NAMESPACE").is_some(),
+            "run in a user namespace of its own only: it lowers that namespace's limit"
+        );
+        // One inotify instance for this namespace (the limit of the user's, outside, still
+        // holds too).
+        std::fs::write("/proc/sys/user/max_inotify_instances", "1\n").unwrap();
+        let init = || {
+            // SAFETY: no preconditions; the descriptor is closed by the caller.
+            unsafe { libc::inotify_init1(libc::IN_CLOEXEC) }
+        };
+        let t = TestRepo::new();
+        let ws = Workspace::create(&t.root, "s", "wiggum/s", None).unwrap();
+        write_file(ws.path(), "src/parser/mod.rs", "v1\n");
+        checkpoint_commits(&ws, "one");
+        // The watch kept holds the one instance: the kernel refuses another.
+        assert_watching(&ws);
+        if watched_looks() {
+            assert_eq!(init(), -1);
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EMFILE)
+            );
+        }
+        // A folder made: the look's new watch for it is refused; the look still finds it.
+        write_file(ws.path(), "src/new/one.txt", "1\n");
+        write_file(ws.path(), "src/parser/mod.rs", "v2\n");
+        checkpoint_commits(&ws, "a new watch refused");
+        assert_eq!(committed(&ws, "src/new/one.txt").as_deref(), Some("1\n"));
+        assert_eq!(committed(&ws, "src/parser/mod.rs").as_deref(), Some("v2\n"));
+        // Another process of the user holds the instance now: no watch at all.
+        let held = init();
+        assert!(held >= 0, "the instance was given back");
+        write_file(ws.path(), "src/new/one.txt", "2\n");
+        checkpoint_commits(&ws, "no watch at all");
+        assert!(ws.lock().clean_watch.is_none());
+        assert!(!ws.is_dirty_watched().unwrap());
+        write_file(ws.path(), "out/x.txt", "x\n");
+        assert!(ws.is_dirty_watched().unwrap());
+        ws.discard_changes().unwrap();
+        let tip = ws.head().unwrap();
+        write_file(ws.path(), "left.txt", "left\n");
+        ws.release_branch().unwrap();
+        let ws = ws.switch("wiggum/t", &tip).unwrap();
+        assert!(!ws.is_dirty().unwrap());
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(held) };
+        write_file(ws.path(), "src/new/one.txt", "3\n");
+        checkpoint_commits(&ws, "watches again");
+        assert_watching(&ws);
+        write_file(ws.path(), "src/new/one.txt", "4\n");
+        checkpoint_commits(&ws, "watched");
+    }
+
     /// `WIGGUM_WATCHED_LOOKS=0`: every look is everywhere and no watch is kept.
     #[test]
     fn watched_looks_turned_off_look_everywhere() {
