@@ -1182,7 +1182,11 @@ mod review_tests {
         let held = ws.lock().clean_watch.take();
         let baseline = dir_watch::instances();
         drop(held);
-        assert_eq!(dir_watch::instances(), baseline - 1, "the instance is given back");
+        assert_eq!(
+            dir_watch::instances(),
+            baseline - 1,
+            "the instance is given back"
+        );
         checkpoint_commits_or_not(&ws);
         assert_watching(&ws);
         dir_watch::exhaust_instances(|| {
@@ -1217,7 +1221,9 @@ mod review_tests {
             "{}::inner_when_the_kernel_refuses_inotify_instances",
             module_path!().split_once("::").unwrap().1
         );
-        let probe = std::process::Command::new("unshare").args(["-Ur", "true"]).output();
+        let probe = std::process::Command::new("unshare")
+            .args(["-Ur", "true"])
+            .output();
         if !probe.as_ref().is_ok_and(|o| o.status.success()) {
             eprintln!(
                 "SKIPPED: no user namespace to be made here (`unshare -Ur true`: {probe:?}); \
