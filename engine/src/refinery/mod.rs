@@ -388,6 +388,55 @@ mod tests {
         }
     }
 
+    /// After a merge, green or red and undone, the step's worktree is its branch tip: what the
+    /// checks wrote is gone, files a `.gitignore` the checks wrote ignored too, and so are files
+    /// only the undone merge's rules ignored. (Files the tip's own rules ignore, build caches,
+    /// stay.)
+    #[tokio::test]
+    async fn after_a_merge_the_worktree_is_the_tip_with_nothing_only_discarded_rules_ignored() {
+        let mut s = setup();
+        std::fs::write(s.root.join(".gitignore"), "target/\n").unwrap();
+        std::fs::create_dir(s.root.join("src")).unwrap();
+        std::fs::write(s.root.join("src/lib.txt"), "lib\n").unwrap();
+        git(&s.root, &["add", ".gitignore", "src"]);
+        git(&s.root, &["commit", "-q", "-m", "ignore target"]);
+        let main_tip = {
+            let repo = git2::Repository::open(&s.root).unwrap();
+            let id = repo.head().unwrap().target().unwrap();
+            id.to_string()
+        };
+        reset_to(&s.step, &main_tip).unwrap();
+        s.check = format!(
+            "mkdir -p out gen target src/obj && printf '*.o\\n' > out/.gitignore \
+             && echo o > out/a.o && printf 'obj/\\n' > src/.gitignore && echo o > src/obj/b.o \
+             && echo g > gen/g.txt && echo c > target/cache; {}",
+            s.check
+        );
+        let a = s.subtasks(&[("a", "a.txt", "a\n")]);
+        let out = s.batch(&a).await;
+        assert_eq!(kind(&out.results[0]), "merged");
+        assert!(!s.step.is_dirty().unwrap());
+        for gone in ["out/a.o", "src/.gitignore", "src/obj/b.o", "gen/g.txt"] {
+            assert!(!s.has(gone), "{gone} left after a green merge");
+        }
+        assert!(s.has("target/cache"), "ignored by the tip's rules: kept");
+        // b ignores gen/ and turns the checks red: undone.
+        let before = s.step.head().unwrap();
+        let ws =
+            Workspace::create(&s.root, "s.split-b", "wiggum/s.split/b", Some(&before)).unwrap();
+        std::fs::write(ws.path().join(".gitignore"), "target/\ngen/\n").unwrap();
+        std::fs::write(ws.path().join("bad.txt"), "bad\n").unwrap();
+        ws.checkpoint("b").unwrap();
+        ws.release_branch().unwrap();
+        let out = s.batch(&["wiggum/s.split/b".to_string()]).await;
+        assert_eq!(kind(&out.results[0]), "red");
+        assert_eq!(s.step.head().unwrap(), before);
+        assert!(!s.step.is_dirty().unwrap());
+        for gone in ["out/a.o", "src/obj/b.o", "gen/g.txt", "bad.txt"] {
+            assert!(!s.has(gone), "{gone} left after an undone merge");
+        }
+    }
+
     #[tokio::test]
     async fn a_green_batch_merges_every_branch_in_order_with_one_run_of_the_checks() {
         let s = setup();

@@ -159,7 +159,9 @@ impl Workspace {
 
     /// Throws away uncommitted changes in the worktree (modified and deleted files, and new
     /// files that are not ignored), back to the branch tip: to resume from the last checkpoint
-    /// after a crash in the middle of an iteration. Ignored files (build caches) stay.
+    /// after a crash in the middle of an iteration, and the refinery's throwing away of what
+    /// checks wrote. Files the tip's rules ignore (build caches) stay; a file that only a
+    /// thrown-away `.gitignore` ignored goes.
     pub fn discard_changes(&self) -> Result<(), WorkspaceError> {
         let inner = self.lock();
         let repo = &inner.repo;
@@ -169,13 +171,15 @@ impl Workspace {
         super::switch::unlink_typechanged_links(repo, &self.path, &tip.tree()?)?;
         // Force is right here: the worktree is wiggum's own, and discarding is the point.
         repo.reset(tip.as_object(), ResetType::Hard, None)?;
-        // A hard reset keeps untracked files; a forced checkout of HEAD removes them.
+        // A hard reset keeps untracked files; a forced checkout of HEAD removes them, and
+        // again when it removed a `.gitignore` (one a check wrote): what only that file
+        // ignored is not ignored any more, and goes too.
         let mut checkout = CheckoutBuilder::new();
         checkout
             .force()
             .remove_untracked(true)
             .remove_ignored(false);
-        repo.checkout_head(Some(&mut checkout))?;
+        super::switch::checkout_noting_rules(repo, &tip, checkout, false)?;
         Ok(())
     }
 
@@ -614,6 +618,37 @@ mod tests {
         assert_eq!(read("README.md"), "hello\n");
         assert!(!ws.path().join("stray/new.txt").exists());
         assert_eq!(read("target/cache"), "cache");
+    }
+
+    /// What was ignored only by a `.gitignore` that is itself thrown away (a check wrote it,
+    /// untracked) is thrown away with it: after the discard the worktree is the branch tip,
+    /// with no file its own rules do not ignore.
+    #[test]
+    fn discard_changes_removes_files_only_a_thrown_away_gitignore_ignored() {
+        let t = TestRepo::new();
+        t.write(".gitignore", "target/\n");
+        t.write("src/lib.txt", "lib\n");
+        t.commit_all("ignore target");
+        let ws = workspace(&t);
+        write_file(ws.path(), "src/.gitignore", "gen/\n");
+        write_file(ws.path(), "src/gen/out.txt", "generated\n");
+        write_file(ws.path(), "out/.gitignore", "*.bin\n");
+        write_file(ws.path(), "out/x.bin", "binary\n");
+        write_file(ws.path(), "target/cache", "cache");
+        ws.discard_changes().unwrap();
+        assert!(!ws.is_dirty().unwrap());
+        for gone in [
+            "src/.gitignore",
+            "src/gen/out.txt",
+            "out/.gitignore",
+            "out/x.bin",
+        ] {
+            assert!(!ws.path().join(gone).exists(), "{gone} left");
+        }
+        assert!(
+            ws.path().join("target/cache").exists(),
+            "ignored by the tip's rules: kept"
+        );
     }
 
     #[test]

@@ -304,7 +304,7 @@ impl Workspace {
 /// removed a `.gitignore` (`rules_differ`: the two commits' differ): a file the rules on disk
 /// ignored when the checkout decided what to remove may not be ignored by the target's rules,
 /// and is removed then.
-fn checkout_noting_rules(
+pub(super) fn checkout_noting_rules(
     repo: &Repository,
     target: &git2::Commit<'_>,
     mut checkout: CheckoutBuilder<'_>,
