@@ -152,7 +152,8 @@ pub enum Event {
         step_id: String,
         subtask: String,
         sha: String,
-        /// The refinery's own time for the merge, checks excluded.
+        /// The refinery's own time for the merge, checks excluded (with a share of its batch's,
+        /// and after a red batch a share of the batch's merges and their undo).
         overhead_ms: u64,
     },
     /// A subtask's merge conflicted or turned the checks red (then it was undone).

@@ -17,7 +17,10 @@ pub enum MergeResult {
     /// The subtask is in the step's branch and the checks pass there.
     Merged {
         sha: String,
-        /// Time spent merging and undoing, checks excluded (the refinery's own overhead).
+        /// Time spent merging and undoing, checks excluded (the refinery's own overhead): its
+        /// own merge and the throwing away of what the checks wrote, a share of those of its
+        /// batch when green, and when its batch was red, also a share of the batch's merges
+        /// and their undo before it was merged again on its own.
         overhead: Duration,
         checks: Vec<CheckResult>,
     },
@@ -176,7 +179,11 @@ pub async fn merge_batch(
             // Which one turned them red is not known: undo the batch, then one by one, the
             // conflicting ones too (they may have conflicted with a branch that is now
             // undone).
-            if let Err(e) = reset_to(step, &before) {
+            let undone = reset_to(step, &before);
+            // The batch's own merges and their undo are the refinery's time too: counted in
+            // the overhead of the branches that merge again, shared.
+            let batch_cost = merged.iter().map(|m| m.2).sum::<Duration>() + undo_started.elapsed();
+            if let Err(e) = undone {
                 for r in results.iter_mut().filter(|r| r.is_none()) {
                     *r = Some(Err(e.clone()));
                 }
@@ -194,6 +201,7 @@ pub async fn merge_batch(
                         results[i] = Some(merge(step, branch, checks, check_timeout, env).await);
                     }
                 }
+                share_out(&mut results, batch_cost);
             }
         }
     }
@@ -206,8 +214,34 @@ pub async fn merge_batch(
     }
 }
 
+/// Adds `cost` to the overhead of the merged results, in equal shares (none merged: it is in
+/// no result).
+fn share_out(results: &mut [Option<Result<MergeResult, String>>], cost: Duration) {
+    let merged = results
+        .iter()
+        .filter(|r| matches!(r, Some(Ok(MergeResult::Merged { .. }))))
+        .count();
+    if merged == 0 {
+        return;
+    }
+    let share = cost / merged as u32;
+    for r in results.iter_mut() {
+        if let Some(Ok(MergeResult::Merged { overhead, .. })) = r {
+            *overhead += share;
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: how long [`reset_to`] takes at least (an undo of a large merge).
+    static UNDO_TAKES: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
 /// Moves the step's branch (checked out in its worktree) back to `sha`, files included.
 pub fn reset_to(step: &Workspace, sha: &str) -> Result<(), String> {
+    #[cfg(test)]
+    std::thread::sleep(UNDO_TAKES.with(std::cell::Cell::get));
     let repo = Repository::open(step.path()).map_err(|e| e.to_string())?;
     let oid = git2::Oid::from_str(sha).map_err(|e| e.to_string())?;
     let commit = repo.find_commit(oid).map_err(|e| e.to_string())?;
@@ -499,6 +533,29 @@ mod tests {
             .unwrap();
         assert!(tip.tree().unwrap().get_name("bad.txt").is_none());
         assert_ne!(s.step.head().unwrap(), before);
+    }
+
+    /// The overhead of a branch merged again after its batch was red covers a share of the
+    /// batch's own merges and their undo (here an undo made to take 300 ms).
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_overhead_of_a_merge_after_a_red_batch_covers_the_batch_undo() {
+        let s = setup();
+        let branches = s.subtasks(&[("a", "a.txt", "a\n"), ("b", "bad.txt", "b\n")]);
+        let undo = Duration::from_millis(300);
+        UNDO_TAKES.with(|u| u.set(undo));
+        let out = s.batch(&branches).await;
+        UNDO_TAKES.with(|u| u.set(Duration::ZERO));
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["merged", "red"]);
+        // Two undos: the batch's (shared by the one merged, a) and b's own (b is red: in no
+        // merged figure).
+        let Ok(MergeResult::Merged { overhead, .. }) = &out.results[0] else {
+            unreachable!()
+        };
+        assert!(
+            *overhead >= undo,
+            "a's overhead {overhead:?} covers the batch's undo"
+        );
     }
 
     #[tokio::test]
