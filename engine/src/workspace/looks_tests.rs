@@ -1,9 +1,9 @@
 //! Randomized differential tests of the looks limited to where the kernel saw writes
 //! (workspace::dirty): short random sequences of what agents and checks do to a worktree
 //! (write, remove and move files and folders, empty folders, ignored files, `.gitignore` and
-//! `.git/info/exclude` edits, mode changes, `git add`), with checkpoints, the refinery's dirty
-//! test and switches in between, each compared with a full status. Deterministic: a failure
-//! prints its seed and the operations that led to it.
+//! `.git/info/exclude` edits, mode changes, `git config core.fileMode`, `git add`), with
+//! checkpoints, the refinery's dirty test and switches in between, each compared with a full
+//! status. Deterministic: a failure prints its seed and the operations that led to it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -111,7 +111,7 @@ fn operate(rng: &mut Rng, root: &Path, common: &Path, round: usize) -> Option<St
         .iter()
         .filter(|f| !f.ends_with(".gitignore"))
         .collect();
-    match rng.below(14) {
+    match rng.below(15) {
         0..=2 => {
             let mut dir = rng.pick(&dirs);
             for _ in 0..rng.below(3) {
@@ -212,6 +212,19 @@ fn operate(rng: &mut Rng, root: &Path, common: &Path, round: usize) -> Option<St
             let text = std::fs::read(root.join(rel)).unwrap();
             std::fs::write(root.join(rel), text).unwrap();
             Some(format!("rewrite {rel}"))
+        }
+        13 => {
+            // The agent runs `git config core.fileMode false|true` (the repository's config):
+            // mode changes made while it was off count again once it is back on.
+            let repo = Repository::open(root).unwrap();
+            let mut config = repo
+                .config()
+                .unwrap()
+                .open_level(git2::ConfigLevel::Local)
+                .unwrap();
+            let on = !config.get_bool("core.filemode").unwrap_or(true);
+            config.set_bool("core.filemode", on).unwrap();
+            Some(format!("git config core.fileMode {on}"))
         }
         _ => {
             // Something only in ignored places: build output.
