@@ -347,6 +347,10 @@ fn the_watched_dirty_test_agrees_with_a_full_status_over_random_sequences() {
             if rng.below(2) == 0 {
                 ws.discard_changes().unwrap();
                 log.push("discard".into());
+                let left = full_status(ws.path());
+                if !left.is_empty() {
+                    return (ws, Some(format!("left after the discard: {left:?}")));
+                }
             } else {
                 ws.checkpoint("merge").unwrap();
                 log.push("commit".into());
@@ -397,6 +401,10 @@ fn the_watched_dirty_test_agrees_with_a_full_status_over_random_sequences() {
                 }
                 if full {
                     ws.discard_changes().unwrap();
+                    let left = full_status(ws.path());
+                    if !left.is_empty() {
+                        return (ws, Some(format!("left after the discard: {left:?}")));
+                    }
                 }
             }
         }
