@@ -13,6 +13,13 @@
 //! used up) or events were lost (the kernel's queue
 //! overflowed, the root's own watch went away), the answer is "unknown" and callers look at
 //! every file, as before.
+//!
+//! Closing an `inotify` descriptor that had watches waits for the kernel's notification grace
+//! period (`synchronize_srcu` in `fsnotify_destroy_group`): 8 to 24 ms here, on the thread that
+//! closes it, once per checkpoint, switch and iteration. So a watch that ends removes its
+//! watches one by one (`inotify_rm_watch`, microseconds), empties the queue, and leaves its
+//! descriptor to the next watch ([`reuse`]); only descriptors past [`IDLE_KEPT`] are closed,
+//! on a thread of their own.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
@@ -25,6 +32,67 @@ use std::sync::OnceLock;
 /// At most this many folders are watched by one [`DirWatch`]; a tree with more is looked at
 /// file by file.
 const MAX_DIRS: usize = 65_536;
+
+/// At most this many `inotify` descriptors wait, emptied, for the next [`DirWatch`] (within
+/// [`instance_budget`], counted with the watches' own).
+const IDLE_KEPT: usize = 8;
+
+/// `inotify` descriptors of ended watches, without watches and with their queues emptied.
+static IDLE: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
+
+/// An `inotify` descriptor for a new watch: an idle one, else a new one (`None` when the
+/// kernel gives none: no `inotify`, or the user's instances used up).
+fn instance() -> Option<OwnedFd> {
+    if let Some(fd) = IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        return Some(fd);
+    }
+    // SAFETY: inotify_init1 has no preconditions; the descriptor is owned below.
+    let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is a new descriptor nobody else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Ends the watches `wds` of `fd` and keeps it for the next [`DirWatch`], or closes it, on a
+/// thread of its own, when [`IDLE_KEPT`] wait already or the process's instances would pass
+/// [`instance_budget`]. Removing a watch queues its `IN_IGNORED` event, and a writer on
+/// another CPU may still queue an event of it a moment later: the next watch never takes
+/// those for its own, since the kernel does not give a watch number again soon (it counts up)
+/// and events of unknown numbers are skipped; a queue overflow makes that watch's answer
+/// "unknown", as always.
+fn reuse(fd: OwnedFd, wds: impl Iterator<Item = i32>) {
+    for wd in wds {
+        // SAFETY: a valid descriptor; a watch the kernel removed already (its folder gone) is
+        // an error (EINVAL) and nothing else.
+        unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) };
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: a valid, non-blocking descriptor and a buffer of that length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let interrupted =
+            n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        if n <= 0 && !interrupted {
+            break;
+        }
+    }
+    let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if idle.len() < IDLE_KEPT && INSTANCES.load(Ordering::Relaxed) + idle.len() < instance_budget()
+    {
+        idle.push(fd);
+        return;
+    }
+    drop(idle);
+    // Closing waits for the kernel's grace period: not on the caller's time.
+    if let Err(e) = std::thread::Builder::new()
+        .name("wiggum inotify close".into())
+        .spawn(move || drop(fd))
+    {
+        tracing::debug!("closed an inotify descriptor on the caller's thread: {e}");
+    }
+}
 
 /// Watches held by this process's [`DirWatch`]es together.
 static HELD: AtomicUsize = AtomicUsize::new(0);
@@ -116,7 +184,8 @@ pub fn exhaust_budget<R>(f: impl FnOnce() -> R) -> R {
 /// until [`DirWatch::touched`] says where something happened.
 #[derive(Debug)]
 pub struct DirWatch {
-    fd: OwnedFd,
+    /// Taken by `drop`, for the next watch.
+    fd: std::mem::ManuallyDrop<OwnedFd>,
     /// Each watch's folder, relative to the tree's root (empty for the root).
     dirs: HashMap<i32, Vec<u8>>,
     /// The same folders.
@@ -127,6 +196,9 @@ impl Drop for DirWatch {
     fn drop(&mut self) {
         HELD.fetch_sub(self.dirs.len(), Ordering::Relaxed);
         INSTANCES.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: taken once, here, and not used after.
+        let fd = unsafe { std::mem::ManuallyDrop::take(&mut self.fd) };
+        reuse(fd, self.dirs.keys().copied());
     }
 }
 
@@ -223,17 +295,13 @@ impl DirWatch {
             INSTANCES.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        // SAFETY: inotify_init1 has no preconditions; the descriptor is owned below.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
+        let Some(fd) = instance() else {
             // No inotify, or the user's instances used up (`EMFILE`), or no descriptor left.
             INSTANCES.fetch_sub(1, Ordering::Relaxed);
             return None;
-        }
-        // SAFETY: `raw` is a new descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        };
         let mut watch = DirWatch {
-            fd,
+            fd: std::mem::ManuallyDrop::new(fd),
             dirs: HashMap::new(),
             watched: HashSet::new(),
         };
@@ -458,6 +526,50 @@ mod tests {
 
     fn set(items: &[&str]) -> BTreeSet<Vec<u8>> {
         items.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn an_ended_watch_leaves_its_descriptor_to_the_next_without_its_events() {
+        let dir = tree();
+        let first = watch(dir.path());
+        let fd = first.fd.as_raw_fd();
+        // Written and never read: these events are the first watch's.
+        std::fs::write(dir.path().join("src/b.txt"), "y\n").unwrap();
+        std::fs::write(dir.path().join("docs/new.txt"), "n\n").unwrap();
+        drop(first);
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+        assert!(
+            open,
+            "kept open, not closed (a close waits for the kernel's grace period)"
+        );
+        let second = watch(dir.path());
+        assert_eq!(second.fd.as_raw_fd(), fd, "the descriptor is taken again");
+        let touched = second.touched().expect("known");
+        assert!(touched.is_empty(), "the first watch's events: {touched:?}");
+        std::fs::write(dir.path().join("src/deep/c.txt"), "z\n").unwrap();
+        let touched = second.touched().expect("known");
+        assert_eq!(
+            touched.dirs.into_iter().collect::<BTreeSet<_>>(),
+            set(&["src/deep"])
+        );
+        // Its watches are the second watch's only: a write where the first one watched and
+        // the second does not is not seen.
+        let root_only = DirWatch::start(dir.path(), std::iter::empty()).expect("inotify works");
+        drop(second);
+        std::fs::write(dir.path().join("src/b.txt"), "w\n").unwrap();
+        assert!(root_only.touched().expect("known").is_empty());
+    }
+
+    #[test]
+    fn ended_watches_keep_only_a_few_descriptors() {
+        let dir = tree();
+        let before = IDLE.lock().unwrap().len();
+        let many: Vec<DirWatch> = (0..IDLE_KEPT + 4).map(|_| watch(dir.path())).collect();
+        drop(many);
+        let idle = IDLE.lock().unwrap().len();
+        assert!(idle <= IDLE_KEPT.max(before), "{idle} descriptors kept");
+        assert!(idle >= 1, "some are kept for the next watch");
     }
 
     #[test]
