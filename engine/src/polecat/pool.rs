@@ -213,6 +213,7 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
         acceptance: job.step.acceptance.clone(),
         config,
         split: None,
+        export_at_end: false,
     };
     let mut settings = run.settings.clone();
     // `always` plans the step itself first; its subtasks split only on a trigger.
@@ -299,12 +300,20 @@ fn workspace_for(
 ) -> Result<(Workspace, bool), String> {
     let step_ws = job.run.workspace.name();
     let name = polecat_worktree(step_ws, job.lease.name());
+    // Through the polecat's own worktree when it has one (opening the repository again costs
+    // more than the question).
+    let exists = match &home {
+        Some(ws) => ws.has_branch(&job.branch),
+        None => git2::Repository::open(repo_root)
+            .map(|r| r.find_branch(&job.branch, git2::BranchType::Local).is_ok())
+            .unwrap_or(false),
+    };
     // A worktree of this split that a killed process left on this branch lets go of it (its
-    // uncommitted work is given up, as a resume gives it up).
-    let _ = Workspace::release_branch_in(repo_root, &format!("{step_ws}."), &job.branch);
-    let exists = git2::Repository::open(repo_root)
-        .map(|r| r.find_branch(&job.branch, git2::BranchType::Local).is_ok())
-        .unwrap_or(false);
+    // uncommitted work is given up, as a resume gives it up). A branch that does not exist is
+    // checked out nowhere (a worktree is put on a branch only after the branch is made).
+    if exists {
+        let _ = Workspace::release_branch_in(repo_root, &format!("{step_ws}."), &job.branch);
+    }
     if exists && job.retry == Some(Retry::Fresh) {
         delete_branch(repo_root, &job.branch);
     }

@@ -37,6 +37,11 @@ pub struct StepSpec {
     /// Splitting is on for this loop: `<split/>`, a context overflow, or not converging
     /// within `after_iterations` end it with [`StepReport::split`] set (see `split/`).
     pub split: Option<SplitWatch>,
+    /// The loop's end exports the ledger to `.beads/issues.jsonl` (an iteration's end is an
+    /// export point). False for a polecat's subtask: its next claim, a moment later, exports
+    /// the closed iteration with it (closing a bead is not urgent), and the step's own end
+    /// exports whatever is left.
+    pub export_at_end: bool,
 }
 
 /// The agents of a step. The reviewer is `None` for `review = "none"`; for `self` it is the
@@ -428,8 +433,12 @@ pub async fn run_loop(
             cost_usd: rec.cost,
             duration_ms: duration.as_millis() as u64,
         });
-        if let Err(e) = recorder.finish_iteration(&bead, &description, &decision, outcome.is_some())
-        {
+        if let Err(e) = recorder.finish_iteration(
+            &bead,
+            &description,
+            &decision,
+            outcome.is_some() && spec.export_at_end,
+        ) {
             return stop(report, Outcome::Error, format!("ledger: {e}"));
         }
         crate::run::failpoint::hit("iteration-end");

@@ -966,6 +966,7 @@ async fn run_agent_step(
         acceptance,
         config,
         split: None,
+        export_at_end: true,
     };
     let planner = match step.split.as_ref().and_then(|s| s.planner.as_ref()) {
         Some(name) => ctx

@@ -464,6 +464,7 @@ impl TaskRun {
             acceptance: self.record.acceptance.clone(),
             config,
             split: None,
+            export_at_end: true,
         };
         let spend = Spend::default();
         let progress = TaskProgress {

@@ -235,6 +235,7 @@ async fn run(
         // fires ends the job and hands it back to the step's machine, which splits it
         // (`run::distributed`, `worker::distribute`).
         split: spec.split.clone(),
+        export_at_end: true,
     };
     // Too large a prompt is handed back before the first iteration (no agent call), as a
     // local polecat's subtask splits before it.

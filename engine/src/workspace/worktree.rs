@@ -272,6 +272,15 @@ impl Workspace {
     /// not ignored). Cheap: untracked directories are not walked. A git repository the agent
     /// made inside the worktree counts here, though checkpoints leave it out: trust
     /// [`Checkpoint::changed`](super::Checkpoint::changed) for "did this round change anything".
+    /// Whether the repository has the local branch `branch` (branches are shared by all its
+    /// worktrees), read through this worktree's open repository.
+    pub fn has_branch(&self, branch: &str) -> bool {
+        self.lock()
+            .repo
+            .find_branch(branch, git2::BranchType::Local)
+            .is_ok()
+    }
+
     pub fn is_dirty(&self) -> Result<bool, WorkspaceError> {
         let inner = self.lock();
         let mut opts = StatusOptions::new();
