@@ -40,6 +40,10 @@ const IDLE_KEPT: usize = 8;
 /// `inotify` descriptors of ended watches, without watches and with their queues emptied.
 static IDLE: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
 
+/// The kernel refused this process an `inotify` instance once (the user's instances used up):
+/// from then on an ended watch gives its instance back at once instead of keeping it idle.
+static SCARCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// An `inotify` descriptor for a new watch: an idle one, else a new one (`None` when the
 /// kernel gives none: no `inotify`, or the user's instances used up).
 fn instance() -> Option<OwnedFd> {
@@ -49,15 +53,18 @@ fn instance() -> Option<OwnedFd> {
     // SAFETY: inotify_init1 has no preconditions; the descriptor is owned below.
     let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
     if raw < 0 {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::EMFILE) {
+            SCARCE.store(true, Ordering::Relaxed);
+        }
         return None;
     }
     // SAFETY: `raw` is a new descriptor nobody else owns.
     Some(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Ends the watches `wds` of `fd` and keeps it for the next [`DirWatch`], or closes it, on a
-/// thread of its own, when [`IDLE_KEPT`] wait already or the process's instances would pass
-/// [`instance_budget`]. Removing a watch queues its `IN_IGNORED` event, and a writer on
+/// Ends the watches `wds` of `fd` and keeps it for the next [`DirWatch`]; or closes it at once
+/// where instances are scarce (half of [`instance_budget`] held, or the kernel refused one), or on a thread of its own
+/// when [`IDLE_KEPT`] wait already. Removing a watch queues its `IN_IGNORED` event, and a writer on
 /// another CPU may still queue an event of it a moment later: the next watch never takes
 /// those for its own, since the kernel does not give a watch number again soon (it counts up)
 /// and events of unknown numbers are skipped; a queue overflow makes that watch's answer
@@ -79,8 +86,17 @@ fn reuse(fd: OwnedFd, wds: impl Iterator<Item = i32>) {
         }
     }
     let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
-    if idle.len() < IDLE_KEPT && INSTANCES.load(Ordering::Relaxed) + idle.len() < instance_budget()
+    // Kept only while instances are plenty (under half this process's budget, counting the
+    // watches' own, and the kernel never refused one): where they are scarce, the next watch
+    // (or another program of the user) gets this one back at once.
+    if SCARCE.load(Ordering::Relaxed)
+        || INSTANCES.load(Ordering::Relaxed) + idle.len() >= instance_budget() / 2
     {
+        drop(idle);
+        drop(fd);
+        return;
+    }
+    if idle.len() < IDLE_KEPT {
         idle.push(fd);
         return;
     }
