@@ -18,8 +18,10 @@
 //! period (`synchronize_srcu` in `fsnotify_destroy_group`): 8 to 24 ms here, on the thread that
 //! closes it, once per checkpoint, switch and iteration. So a watch that ends removes its
 //! watches one by one (`inotify_rm_watch`, microseconds), empties the queue, and leaves its
-//! descriptor to the next watch ([`reuse`]); only descriptors past [`IDLE_KEPT`] are closed,
-//! on a thread of their own.
+//! descriptor to the next watch ([`reuse`]). Descriptors past [`IDLE_KEPT`], or past half of
+//! [`instance_budget`], are closed on a thread of their own; only where the kernel refused an
+//! instance (the user's used up) is one closed at once, so that it is free again when the
+//! drop returns.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
@@ -33,15 +35,17 @@ use std::sync::OnceLock;
 /// file by file.
 const MAX_DIRS: usize = 65_536;
 
-/// At most this many `inotify` descriptors wait, emptied, for the next [`DirWatch`] (within
-/// [`instance_budget`], counted with the watches' own).
+/// At most this many `inotify` descriptors wait, emptied, for the next [`DirWatch`] (and
+/// fewer where the watches' own and the idle ones together reach half of
+/// [`instance_budget`]).
 const IDLE_KEPT: usize = 8;
 
 /// `inotify` descriptors of ended watches, without watches and with their queues emptied.
 static IDLE: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
 
-/// The kernel refused this process an `inotify` instance once (the user's instances used up):
-/// from then on an ended watch gives its instance back at once instead of keeping it idle.
+/// The kernel refused this process an `inotify` instance (the user's instances used up), and
+/// has not given one since: an ended watch gives its instance back at once (closed on the
+/// caller's thread) instead of keeping it idle or closing it later.
 static SCARCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// An `inotify` descriptor for a new watch: an idle one, else a new one (`None` when the
@@ -58,14 +62,16 @@ fn instance() -> Option<OwnedFd> {
         }
         return None;
     }
+    SCARCE.store(false, Ordering::Relaxed);
     // SAFETY: `raw` is a new descriptor nobody else owns.
     Some(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Ends the watches `wds` of `fd` and keeps it for the next [`DirWatch`]; or closes it at once
-/// where instances are scarce (half of [`instance_budget`] held, or the kernel refused one), or on a thread of its own
-/// when [`IDLE_KEPT`] wait already. Removing a watch queues its `IN_IGNORED` event, and a writer on
-/// another CPU may still queue an event of it a moment later: the next watch never takes
+/// Ends the watches `wds` of `fd` and keeps it for the next [`DirWatch`]. It is closed instead:
+/// at once where the kernel refused an instance ([`SCARCE`]), else on a thread of its own when
+/// [`IDLE_KEPT`] wait already or half of [`instance_budget`] is held. Removing a watch queues
+/// its `IN_IGNORED` event, and a writer on another CPU may still queue an event of it a moment
+/// later: the next watch never takes
 /// those for its own, since the kernel does not give a watch number again soon (it counts up)
 /// and events of unknown numbers are skipped; a queue overflow makes that watch's answer
 /// "unknown", as always.
@@ -85,18 +91,15 @@ fn reuse(fd: OwnedFd, wds: impl Iterator<Item = i32>) {
             break;
         }
     }
-    let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
-    // Kept only while instances are plenty (under half this process's budget, counting the
-    // watches' own, and the kernel never refused one): where they are scarce, the next watch
-    // (or another program of the user) gets this one back at once.
-    if SCARCE.load(Ordering::Relaxed)
-        || INSTANCES.load(Ordering::Relaxed) + idle.len() >= instance_budget() / 2
-    {
-        drop(idle);
+    if SCARCE.load(Ordering::Relaxed) {
+        // The next watch (or another program of the user) needs it back now.
         drop(fd);
         return;
     }
-    if idle.len() < IDLE_KEPT {
+    let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if idle.len() < IDLE_KEPT
+        && INSTANCES.load(Ordering::Relaxed) + idle.len() < instance_budget() / 2
+    {
         idle.push(fd);
         return;
     }
@@ -559,8 +562,9 @@ mod tests {
             open,
             "kept open, not closed (a close waits for the kernel's grace period)"
         );
+        // (Usually the same descriptor again; under `cargo test` another test's watch may take
+        // it first.)
         let second = watch(dir.path());
-        assert_eq!(second.fd.as_raw_fd(), fd, "the descriptor is taken again");
         let touched = second.touched().expect("known");
         assert!(touched.is_empty(), "the first watch's events: {touched:?}");
         std::fs::write(dir.path().join("src/deep/c.txt"), "z\n").unwrap();
@@ -575,6 +579,36 @@ mod tests {
         drop(second);
         std::fs::write(dir.path().join("src/b.txt"), "w\n").unwrap();
         assert!(root_only.touched().expect("known").is_empty());
+    }
+
+    #[test]
+    fn a_refused_instance_makes_ended_watches_close_theirs_until_one_is_given_again() {
+        let dir = tree();
+        // The pool empty, so that the next watch asks the kernel.
+        IDLE.lock().unwrap().clear();
+        SCARCE.store(true, Ordering::Relaxed);
+        let given = watch(dir.path());
+        assert!(
+            !SCARCE.load(Ordering::Relaxed),
+            "the kernel gave one: no longer scarce"
+        );
+        let fd = given.fd.as_raw_fd();
+        drop(given);
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        assert!(
+            unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0,
+            "kept for the next watch"
+        );
+        let kept = watch(dir.path());
+        let fd = kept.fd.as_raw_fd();
+        SCARCE.store(true, Ordering::Relaxed);
+        drop(kept);
+        // SAFETY: as above.
+        assert!(
+            unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0,
+            "closed at once"
+        );
+        SCARCE.store(false, Ordering::Relaxed);
     }
 
     #[test]

@@ -167,8 +167,10 @@ impl Workspace {
                 index.read_tree(&target.tree()?)?;
                 index.write()?;
             }
-            repo.reference_symbolic("HEAD", &branch_ref, true, "wiggum: switch")?;
+            // The base first: a failure after HEAD names the branch would leave HEAD on a
+            // branch the error path below deletes.
             write_base(repo, &base_sha)?;
+            repo.reference_symbolic("HEAD", &branch_ref, true, "wiggum: switch")?;
             #[cfg(debug_assertions)]
             if look.paths.is_some() {
                 // A checkout limited to where the kernel saw writes leaves what a full one

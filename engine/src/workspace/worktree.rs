@@ -268,10 +268,6 @@ impl Workspace {
         Ok(tip.to_string())
     }
 
-    /// Whether the worktree has uncommitted changes (modified, deleted or new files that are
-    /// not ignored). Cheap: untracked directories are not walked. A git repository the agent
-    /// made inside the worktree counts here, though checkpoints leave it out: trust
-    /// [`Checkpoint::changed`](super::Checkpoint::changed) for "did this round change anything".
     /// Whether the repository has the local branch `branch` (branches are shared by all its
     /// worktrees), read through this worktree's open repository.
     pub fn has_branch(&self, branch: &str) -> bool {
@@ -281,6 +277,10 @@ impl Workspace {
             .is_ok()
     }
 
+    /// Whether the worktree has uncommitted changes (modified, deleted or new files that are
+    /// not ignored). Cheap: untracked directories are not walked. A git repository the agent
+    /// made inside the worktree counts here, though checkpoints leave it out: trust
+    /// [`Checkpoint::changed`](super::Checkpoint::changed) for "did this round change anything".
     pub fn is_dirty(&self) -> Result<bool, WorkspaceError> {
         let inner = self.lock();
         let mut opts = StatusOptions::new();
