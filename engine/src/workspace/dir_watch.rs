@@ -71,10 +71,9 @@ fn instance() -> Option<OwnedFd> {
 /// at once where the kernel refused an instance ([`SCARCE`]), else on a thread of its own when
 /// [`IDLE_KEPT`] wait already or half of [`instance_budget`] is held. Removing a watch queues
 /// its `IN_IGNORED` event, and a writer on another CPU may still queue an event of it a moment
-/// later: the next watch never takes
-/// those for its own, since the kernel does not give a watch number again soon (it counts up)
-/// and events of unknown numbers are skipped; a queue overflow makes that watch's answer
-/// "unknown", as always.
+/// later: the next watch never takes those for its own, since the kernel does not give a watch
+/// number again (it counts up) and events of unknown numbers are skipped; a queue overflow
+/// makes that watch's answer "unknown", as always.
 fn reuse(fd: OwnedFd, wds: impl Iterator<Item = i32>) {
     for wd in wds {
         // SAFETY: a valid descriptor; a watch the kernel removed already (its folder gone) is
