@@ -49,6 +49,15 @@ pub struct ProcessSpec {
     pub env_remove: Vec<String>,
     /// Stops the process group when it makes no progress for a while (see [`StallWatch`]).
     pub stall: Option<StallWatch>,
+    /// Sends stdout and stderr both to this file instead of pipes, as `>file 2>&1` does: the
+    /// two share one open file (one offset), so their lines stay in order. The output's
+    /// `stdout` and `stderr_tail` are then empty, nothing waits for the file to be closed (a
+    /// daemon the process leaves behind may keep writing to it), and a stall watch sees no
+    /// output.
+    pub output_file: Option<Arc<std::fs::File>>,
+    /// The `argv[0]` the program sees, when it differs from the path run (`argv[0]`): a shell
+    /// runs `/usr/bin/cargo` found on `PATH` as `cargo`.
+    pub arg0: Option<String>,
 }
 
 /// A stall watchdog: when no output that counts as progress arrives for `after`, the process
@@ -75,6 +84,8 @@ impl ProcessSpec {
             stderr_tail: STDERR_TAIL,
             env_remove: Vec::new(),
             stall: None,
+            output_file: None,
+            arg0: None,
         }
     }
 }
@@ -203,10 +214,24 @@ pub async fn run_process(spec: ProcessSpec) -> Result<ProcessOutput, ProcessErro
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(arg0) = &spec.arg0 {
+        cmd.arg0(arg0);
+    }
+    match &spec.output_file {
+        Some(file) => {
+            let io = |source| ProcessError::Io {
+                program: program.clone(),
+                source,
+            };
+            cmd.stdout(Stdio::from(file.try_clone().map_err(io)?))
+                .stderr(Stdio::from(file.try_clone().map_err(io)?));
+        }
+        None => {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+    }
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => ProcessError::NotFound {
@@ -232,16 +257,21 @@ pub async fn run_process(spec: ProcessSpec) -> Result<ProcessOutput, ProcessErro
             let _ = stdin.shutdown().await;
         });
     }
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
     let clock = Arc::new(ProgressClock::new(started));
     let out_watch = spec.stall.map(|w| (clock.clone(), w.progress));
     let err_watch = spec
         .stall
         .filter(|w| w.progress.is_none())
         .map(|_| clock.clone());
-    let out_task = tokio::spawn(read_head(stdout, spec.stdout_limit, out_watch));
-    let err_task = tokio::spawn(read_tail(stderr, spec.stderr_tail, err_watch));
+    // No pipes when the output goes to a file.
+    let out_task = child
+        .stdout
+        .take()
+        .map(|stdout| tokio::spawn(read_head(stdout, spec.stdout_limit, out_watch)));
+    let err_task = child
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(read_tail(stderr, spec.stderr_tail, err_watch)));
 
     let deadline = spec
         .timeout
@@ -283,13 +313,19 @@ pub async fn run_process(spec: ProcessSpec) -> Result<ProcessOutput, ProcessErro
     guard.kill();
     guard.disarm();
 
-    let (stdout, stdout_truncated) = match tokio::time::timeout(PIPE_GRACE, out_task).await {
-        Ok(Ok(r)) => r,
-        _ => (Vec::new(), false),
+    let (stdout, stdout_truncated) = match out_task {
+        Some(task) => match tokio::time::timeout(PIPE_GRACE, task).await {
+            Ok(Ok(r)) => r,
+            _ => (Vec::new(), false),
+        },
+        None => (Vec::new(), false),
     };
-    let stderr_tail = match tokio::time::timeout(PIPE_GRACE, err_task).await {
-        Ok(Ok(r)) => r,
-        _ => Vec::new(),
+    let stderr_tail = match err_task {
+        Some(task) => match tokio::time::timeout(PIPE_GRACE, task).await {
+            Ok(Ok(r)) => r,
+            _ => Vec::new(),
+        },
+        None => Vec::new(),
     };
     Ok(ProcessOutput {
         status,
@@ -890,6 +926,35 @@ pub(crate) mod tests {
         };
         let out = run_process(spec).await.unwrap();
         assert_eq!(out.stderr_text(), "abcdefXYZ");
+    }
+
+    #[tokio::test]
+    async fn an_output_file_gets_stdout_and_stderr_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let spec = ProcessSpec {
+            output_file: Some(Arc::new(file)),
+            ..ProcessSpec::new(sh("echo one; echo two >&2; echo three"), dir.path())
+        };
+        let out = run_process(spec).await.unwrap();
+        assert!(out.success());
+        assert!(out.stdout.is_empty() && out.stderr_tail.is_empty());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\nthree\n");
+    }
+
+    #[tokio::test]
+    async fn arg0_is_the_name_the_program_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec {
+            arg0: Some("kitty".into()),
+            ..ProcessSpec::new(
+                vec!["/bin/cat".into(), "/proc/self/cmdline".into()],
+                dir.path(),
+            )
+        };
+        let out = run_process(spec).await.unwrap();
+        assert_eq!(out.stdout_text(), "kitty\0/proc/self/cmdline\0");
     }
 
     #[tokio::test]

@@ -3,12 +3,15 @@
 //! ([`EX_TEMPFAIL`]) could not reach what it needs: [`run_checks_retrying`] runs it again after
 //! a pause instead of counting it as a failure of the work.
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use wiggum_agents::command::{run_process, ProcessSpec};
+use wiggum_agents::command::{run_process, ProcessOutput, ProcessSpec};
 
 use crate::events::CheckSummary;
+
+mod direct;
 
 /// The end of a check's output kept in memory (test summaries come last).
 const CHECK_OUTPUT_LIMIT: usize = 4 * 1024 * 1024;
@@ -75,8 +78,9 @@ impl CheckResult {
     }
 }
 
-/// Runs each command with `sh -c` in `dir`, one after the other, each bounded by `timeout`.
-/// All are run even after one fails, so the agent sees every failure at once.
+/// Runs each command in `dir`, one after the other, each bounded by `timeout`: a plain word
+/// list directly, anything else with `sh -c` (the result is the same; see `direct`). All are
+/// run even after one fails, so the agent sees every failure at once.
 pub async fn run_checks(
     commands: &[String],
     dir: &Path,
@@ -234,6 +238,27 @@ async fn run_check(
     timeout: Duration,
     env: &[(String, String)],
 ) -> CheckResult {
+    run_check_in(command, dir, timeout, env, true).await
+}
+
+/// Runs one check through `sh -c` whatever it is: what every check did before the fast path
+/// (the reference of `cargo bench --bench checks`).
+pub async fn run_check_through_shell(
+    command: &str,
+    dir: &Path,
+    timeout: Duration,
+    env: &[(String, String)],
+) -> CheckResult {
+    run_check_in(command, dir, timeout, env, false).await
+}
+
+async fn run_check_in(
+    command: &str,
+    dir: &Path,
+    timeout: Duration,
+    env: &[(String, String)],
+    allow_direct: bool,
+) -> CheckResult {
     let failed_to_start = |why: String| CheckResult {
         command: command.to_string(),
         exit_code: None,
@@ -245,7 +270,7 @@ async fn run_check(
     };
     // The output goes to a file, not a pipe: its *end* is what matters (test summaries come
     // last) and a file keeps it whatever the length, and a daemon the check starts cannot hold
-    // a pipe open and take the output with it. `exec 2>&1` folds stderr in, in order.
+    // a pipe open and take the output with it. stderr goes to the same file, in order.
     let log = match tempfile::Builder::new()
         .prefix("wiggum-check-")
         .suffix(".log")
@@ -254,6 +279,26 @@ async fn run_check(
         Ok(f) => f,
         Err(e) => return failed_to_start(format!("cannot create its output file: {e}")),
     };
+    // A plain word list runs without a shell (see `direct`); if it cannot be started after
+    // all, the shell runs it and says why, as it always did.
+    if let Some(plan) = allow_direct
+        .then(|| direct::plan(command, dir, env))
+        .flatten()
+    {
+        if let Ok(file) = log.as_file().try_clone() {
+            let mut spec = ProcessSpec::new(plan.words, dir);
+            spec.arg0 = Some(spec.argv[0].clone());
+            spec.argv[0] = plan.program.display().to_string();
+            spec.env = env.to_vec();
+            spec.env
+                .push(("PWD".into(), plan.pwd.to_string_lossy().into_owned()));
+            spec.timeout = Some(timeout);
+            spec.output_file = Some(std::sync::Arc::new(file));
+            if let Ok(out) = run_process(spec).await {
+                return finish(command, out, log.path(), timeout, false);
+            }
+        }
+    }
     let script = format!("exec >\"$WIGGUM_CHECK_LOG\" 2>&1\nunset WIGGUM_CHECK_LOG\n{command}");
     let mut spec = ProcessSpec::new(vec!["sh".into(), "-c".into(), script], dir);
     spec.env = env.to_vec();
@@ -261,38 +306,71 @@ async fn run_check(
         .push(("WIGGUM_CHECK_LOG".into(), log.path().display().to_string()));
     spec.timeout = Some(timeout);
     match run_process(spec).await {
-        Ok(out) => {
-            let mut output = read_tail(log.path(), CHECK_OUTPUT_LIMIT);
-            // `sh` itself may complain before the redirection (it cannot open the file).
-            let stderr = out.stderr_text();
-            if !stderr.is_empty() {
-                output.push_str(&stderr);
-            }
-            if out.timed_out {
-                output.push_str(&format!(
-                    "\n[wiggum: killed after {}]",
-                    wiggum_agents::format_duration(timeout)
-                ));
-            } else if out.status.code().is_none() {
-                output.push_str(&format!("\n[wiggum: {}]", out.describe_status()));
-            }
-            CheckResult {
-                command: command.to_string(),
-                exit_code: if out.timed_out {
-                    None
-                } else {
-                    out.status.code()
-                },
-                passed: !out.timed_out && out.success(),
-                timed_out: out.timed_out,
-                ended: (!out.timed_out && out.status.code().is_none())
-                    .then(|| out.describe_status()),
-                output,
-                duration: out.duration,
-            }
-        }
+        Ok(out) => finish(command, out, log.path(), timeout, true),
         Err(e) => failed_to_start(e.to_string()),
     }
+}
+
+/// The result of a check that ran; `shell` says whether `sh` ran it (then its own status is
+/// the check's).
+fn finish(
+    command: &str,
+    out: ProcessOutput,
+    log: &Path,
+    timeout: Duration,
+    shell: bool,
+) -> CheckResult {
+    let mut output = read_tail(log, CHECK_OUTPUT_LIMIT);
+    // `sh` itself may complain before the redirection (it cannot open the file).
+    let stderr = out.stderr_text();
+    if !stderr.is_empty() {
+        output.push_str(&stderr);
+    }
+    let mut code = out.status.code();
+    if let (false, false, Some(signal)) = (shell, out.timed_out, out.status.signal()) {
+        // The shell reports a program killed by a signal as exit 128 + n, after a line such
+        // as "Segmentation fault"; so does the fast path.
+        code = Some(128 + signal);
+        output.push_str(&shell_signal_line(signal, out.status.core_dumped()));
+    }
+    if out.timed_out {
+        output.push_str(&format!(
+            "\n[wiggum: killed after {}]",
+            wiggum_agents::format_duration(timeout)
+        ));
+    } else if code.is_none() {
+        output.push_str(&format!("\n[wiggum: {}]", out.describe_status()));
+    }
+    CheckResult {
+        command: command.to_string(),
+        exit_code: if out.timed_out { None } else { code },
+        passed: !out.timed_out && code == Some(0),
+        timed_out: out.timed_out,
+        ended: (!out.timed_out && code.is_none()).then(|| out.describe_status()),
+        output,
+        duration: out.duration,
+    }
+}
+
+/// What dash prints when the program it waits for is killed by `signal`: `strsignal`'s text,
+/// " (core dumped)" when it did, nothing for SIGINT and SIGPIPE.
+fn shell_signal_line(signal: i32, core_dumped: bool) -> String {
+    if signal == libc::SIGINT || signal == libc::SIGPIPE {
+        return String::new();
+    }
+    // SAFETY: strsignal returns a NUL-terminated string, copied at once.
+    let name = unsafe {
+        let p = libc::strsignal(signal);
+        if p.is_null() {
+            format!("Signal {signal}")
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    format!(
+        "{name}{}\n",
+        if core_dumped { " (core dumped)" } else { "" }
+    )
 }
 
 /// The last `limit` bytes of the file as text (invalid UTF-8 replaced), with a first line
@@ -319,82 +397,271 @@ fn read_tail(path: &Path, limit: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// Writes an executable script `name` in `dir` and returns the check command running it:
+    /// a plain command, so it runs without a shell.
+    fn program(dir: &Path, name: &str, body: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!("./{name}")
+    }
+
+    /// The same check twice: as written (shell syntax: `sh` runs it) and as a script the fast
+    /// path runs without a shell.
+    fn on_both_paths(dir: &Path, name: &str, body: &str) -> [String; 2] {
+        assert!(direct::plan(body, dir, &[]).is_none(), "{body}");
+        let script = program(dir, name, body);
+        assert!(direct::plan(&script, dir, &[]).is_some(), "{script}");
+        [body.to_string(), script]
+    }
+
+    /// Exit code and output of `command` run by `sh` in `dir` as the check wrapper runs it (on
+    /// its third line, stderr folded into stdout).
+    fn shell_reference(
+        command: &str,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> (Option<i32>, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec 2>&1\n:\n{command}"))
+            .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    async fn check(command: &str, dir: &Path, env: &[(String, String)]) -> CheckResult {
+        let mut r = run_checks(&[command.to_string()], dir, Duration::from_secs(30), env).await;
+        r.remove(0)
+    }
+
+    /// The parent process id in a `/proc/<pid>/stat` line.
+    fn ppid_in_stat(stat: &str) -> u32 {
+        let rest = stat.rsplit_once(')').unwrap().1;
+        rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plain_check_runs_without_a_shell_under_its_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = check("cat /proc/self/stat", dir.path(), &[]).await;
+        assert!(r.passed, "{r:?}");
+        assert!(r.output.contains("(cat)"), "{}", r.output);
+        // Its parent is this process, not a shell.
+        assert_eq!(ppid_in_stat(&r.output), std::process::id(), "{}", r.output);
+        // argv[0] is the word as written, as the shell gives it.
+        let r = check("cat /proc/self/cmdline", dir.path(), &[]).await;
+        assert_eq!(r.output, "cat\0/proc/self/cmdline\0");
+    }
+
+    #[tokio::test]
+    async fn a_check_with_shell_syntax_still_runs_in_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = check("cat /proc/self/stat;", dir.path(), &[]).await;
+        assert!(r.passed, "{r:?}");
+        assert_ne!(ppid_in_stat(&r.output), std::process::id(), "{}", r.output);
+        let r = run_check_through_shell(
+            "cat /proc/self/stat",
+            dir.path(),
+            Duration::from_secs(30),
+            &[],
+        )
+        .await;
+        assert_ne!(ppid_in_stat(&r.output), std::process::id(), "{}", r.output);
+    }
+
+    #[tokio::test]
+    async fn assignments_reserved_words_and_builtins_run_in_the_shell_even_with_a_program_of_that_name(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for name in [
+            "cd", "exit", "if", "X=1", "pwd", "printf", "echo", "true", "command",
+        ] {
+            program(&bin, name, &format!("echo the program {name} ran"));
+        }
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let env = vec![("PATH".to_string(), path)];
+        for command in [
+            "cd sub",
+            "exit 4",
+            "if true",
+            "X=1 printenv X",
+            "pwd",
+            "printf %s-%s a b",
+            "echo -n x",
+            "true --help",
+            "command -v sh",
+        ] {
+            let r = check(command, dir.path(), &env).await;
+            assert!(!r.output.contains("the program"), "{command}: {}", r.output);
+            assert_eq!(
+                (r.exit_code, r.output),
+                shell_reference(command, dir.path(), &env),
+                "{command}"
+            );
+        }
+        // A plain command finds the program on the same PATH.
+        let r = check("echo x", dir.path(), &env).await;
+        assert_eq!(r.output, "the program echo ran\n");
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_unrunnable_program_gets_the_shells_message_and_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("not-executable"), "echo hi\n").unwrap();
+        std::fs::create_dir(dir.path().join("a-directory")).unwrap();
+        for (command, code) in [
+            ("wiggum-no-such-program --flag", 127),
+            ("./wiggum-no-such-program", 127),
+            ("no-such-dir/program", 127),
+            ("./not-executable arg", 126),
+            ("./a-directory", 126),
+        ] {
+            let r = check(command, dir.path(), &[]).await;
+            assert_eq!(r.exit_code, Some(code), "{command}: {r:?}");
+            assert_eq!(
+                (r.exit_code, r.output),
+                shell_reference(command, dir.path(), &[]),
+                "{command}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_program_killed_by_a_signal_is_reported_as_the_shell_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for (signal, code) in [("TERM", 143), ("KILL", 137), ("INT", 130)] {
+            let command = program(
+                dir.path(),
+                &format!("die-{signal}"),
+                &format!("echo dying; kill -{signal} $$"),
+            );
+            assert!(direct::plan(&command, dir.path(), &[]).is_some());
+            let r = check(&command, dir.path(), &[]).await;
+            assert_eq!(r.exit_code, Some(code), "{r:?}");
+            assert!(!r.passed && r.ended.is_none());
+            assert_eq!(
+                (r.exit_code, r.output),
+                shell_reference(&command, dir.path(), &[]),
+                "{command}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_check_sees_the_pwd_a_shell_would_export() {
+        let base = tempfile::tempdir().unwrap();
+        let real = base.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let kept = vec![("PWD".to_string(), link.display().to_string())];
+        let elsewhere = vec![("PWD".to_string(), "/".to_string())];
+        for env in [&[][..], &kept, &elsewhere] {
+            let r = check("printenv PWD", &link, env).await;
+            assert_eq!(
+                (r.exit_code, r.output),
+                shell_reference("printenv PWD", &link, env),
+                "{env:?}"
+            );
+        }
+        let r = check("printenv PWD", &link, &kept).await;
+        assert_eq!(r.output.trim(), link.display().to_string());
+    }
 
     #[tokio::test]
     async fn every_check_runs_and_exit_codes_and_output_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let cmds = vec![
-            "echo out; echo err >&2; exit 3".to_string(),
-            "true".to_string(),
-        ];
-        let r = run_checks(&cmds, dir.path(), Duration::from_secs(10), &[]).await;
-        assert_eq!(r.len(), 2);
-        assert_eq!(r[0].exit_code, Some(3));
-        assert!(!r[0].passed);
-        assert!(r[0].output.contains("out") && r[0].output.contains("err"));
-        assert!(r[1].passed);
-        assert_eq!(
-            r[0].line(),
-            "`echo out; echo err >&2; exit 3` failed (exit 3)"
-        );
+        for cmd in on_both_paths(dir.path(), "three", "echo out; echo err >&2; exit 3") {
+            let cmds = vec![cmd.clone(), "true".to_string()];
+            let r = run_checks(&cmds, dir.path(), Duration::from_secs(10), &[]).await;
+            assert_eq!(r.len(), 2);
+            assert_eq!(r[0].exit_code, Some(3));
+            assert!(!r[0].passed);
+            // In order, as `2>&1` keeps them.
+            assert_eq!(r[0].output, "out\nerr\n");
+            assert!(r[1].passed);
+            assert_eq!(r[0].line(), format!("`{cmd}` failed (exit 3)"));
+        }
     }
 
     #[tokio::test]
     async fn a_hung_check_is_killed_at_its_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let r = run_checks(
-            &["sleep 30".to_string()],
-            dir.path(),
-            Duration::from_millis(200),
-            &[],
-        )
-        .await;
-        assert!(r[0].timed_out);
-        assert!(!r[0].passed);
-        assert!(r[0].duration < Duration::from_secs(5));
-        assert!(r[0].line().contains("timed out"));
+        // `sleep 30` runs without a shell, `sleep 30;` in one.
+        for cmd in ["sleep 30", "sleep 30;"] {
+            let r = run_checks(
+                &[cmd.to_string()],
+                dir.path(),
+                Duration::from_millis(200),
+                &[],
+            )
+            .await;
+            assert!(r[0].timed_out);
+            assert!(!r[0].passed);
+            assert_eq!(r[0].exit_code, None);
+            assert!(r[0].duration < Duration::from_secs(5));
+            assert!(r[0].line().contains("timed out"));
+        }
     }
 
     #[tokio::test]
     async fn the_end_of_a_long_output_is_kept_where_the_failure_summary_is() {
         let dir = tempfile::tempdir().unwrap();
         // 6 MB of noise, then the line that says what failed.
-        let cmd =
+        let body =
             "head -c 6000000 /dev/zero | tr '\\0' x; echo; echo 'FAILED: test_unicode'; exit 1";
-        let r = run_checks(&[cmd.to_string()], dir.path(), Duration::from_secs(60), &[]).await;
-        assert_eq!(r[0].exit_code, Some(1));
-        assert!(r[0].output.trim_end().ends_with("FAILED: test_unicode"));
-        assert!(r[0].output.starts_with("[… "), "{}", &r[0].output[..80]);
-        assert!(r[0].output.len() <= CHECK_OUTPUT_LIMIT + 100);
+        for cmd in on_both_paths(dir.path(), "long", body) {
+            let r = run_checks(&[cmd], dir.path(), Duration::from_secs(60), &[]).await;
+            assert_eq!(r[0].exit_code, Some(1));
+            assert!(r[0].output.trim_end().ends_with("FAILED: test_unicode"));
+            assert!(r[0].output.starts_with("[… "), "{}", &r[0].output[..80]);
+            assert!(r[0].output.len() <= CHECK_OUTPUT_LIMIT + 100);
+        }
     }
 
     #[tokio::test]
     async fn a_check_that_leaves_a_daemon_keeps_its_output_and_does_not_wait_for_it() {
         let dir = tempfile::tempdir().unwrap();
         // The daemon escapes the check's process group and inherits its output.
-        let cmd = "echo before; setsid -f sleep 20; echo after; exit 3";
-        let started = std::time::Instant::now();
-        let r = run_checks(&[cmd.to_string()], dir.path(), Duration::from_secs(60), &[]).await;
-        assert!(started.elapsed() < Duration::from_secs(20));
-        assert_eq!(r[0].exit_code, Some(3));
-        assert!(
-            r[0].output.contains("before") && r[0].output.contains("after"),
-            "{:?}",
-            r[0].output
-        );
+        let body = "echo before; setsid -f sleep 20; echo after; exit 3";
+        for cmd in on_both_paths(dir.path(), "daemon", body) {
+            let started = std::time::Instant::now();
+            let r = run_checks(&[cmd], dir.path(), Duration::from_secs(60), &[]).await;
+            assert!(started.elapsed() < Duration::from_secs(20));
+            assert_eq!(r[0].exit_code, Some(3));
+            assert!(
+                r[0].output.contains("before") && r[0].output.contains("after"),
+                "{:?}",
+                r[0].output
+            );
+        }
     }
 
     #[tokio::test]
     async fn non_utf8_output_is_kept_as_text() {
         let dir = tempfile::tempdir().unwrap();
-        let cmd = "printf 'caf\\351 \\377 ok\\n'; exit 1";
-        let r = run_checks(&[cmd.to_string()], dir.path(), Duration::from_secs(60), &[]).await;
-        assert_eq!(r[0].exit_code, Some(1));
-        assert!(
-            r[0].output.contains("caf\u{fffd} \u{fffd} ok"),
-            "{:?}",
-            r[0].output
-        );
+        let body = "printf 'caf\\351 \\377 ok\\n'; exit 1";
+        for cmd in on_both_paths(dir.path(), "bytes", body) {
+            let r = run_checks(&[cmd], dir.path(), Duration::from_secs(60), &[]).await;
+            assert_eq!(r[0].exit_code, Some(1));
+            assert!(
+                r[0].output.contains("caf\u{fffd} \u{fffd} ok"),
+                "{:?}",
+                r[0].output
+            );
+        }
     }
 
     /// A check that exits 75 the first `n` times it runs (a counter file in `dir`), then 0.
@@ -410,32 +677,36 @@ mod tests {
     #[tokio::test]
     async fn a_check_exiting_75_is_run_again_until_it_reaches_its_service() {
         let dir = tempfile::tempdir().unwrap();
-        let cmds = vec![flaky_service_check(dir.path(), 2), "exit 1".to_string()];
-        let mut told = Vec::new();
-        let policy = TempfailPolicy {
-            retries: 3,
-            backoff: Duration::from_millis(10),
-        };
-        let run = run_checks_retrying(
-            &cmds,
-            dir.path(),
-            || Duration::from_secs(10),
-            &[],
-            policy,
-            |r| told.push(r.attempt),
-        )
-        .await;
-        assert_eq!(told, vec![1, 2]);
-        assert_eq!(run.retries.len(), 2);
-        assert_eq!(run.retries[0].commands, vec![cmds[0].clone()]);
-        assert!(run.results[0].passed, "{:?}", run.results[0]);
-        assert_eq!(
-            run.results[1].exit_code,
-            Some(1),
-            "the other check ran once"
-        );
-        assert_eq!(run.replaced.len(), 2);
-        assert_eq!(run.unreachable().count(), 0);
+        let body = flaky_service_check(dir.path(), 2);
+        for first in on_both_paths(dir.path(), "flaky", &body) {
+            let _ = std::fs::remove_file(dir.path().join("tries"));
+            let cmds = vec![first, "exit 1".to_string()];
+            let mut told = Vec::new();
+            let policy = TempfailPolicy {
+                retries: 3,
+                backoff: Duration::from_millis(10),
+            };
+            let run = run_checks_retrying(
+                &cmds,
+                dir.path(),
+                || Duration::from_secs(10),
+                &[],
+                policy,
+                |r| told.push(r.attempt),
+            )
+            .await;
+            assert_eq!(told, vec![1, 2]);
+            assert_eq!(run.retries.len(), 2);
+            assert_eq!(run.retries[0].commands, vec![cmds[0].clone()]);
+            assert!(run.results[0].passed, "{:?}", run.results[0]);
+            assert_eq!(
+                run.results[1].exit_code,
+                Some(1),
+                "the other check ran once"
+            );
+            assert_eq!(run.replaced.len(), 2);
+            assert_eq!(run.unreachable().count(), 0);
+        }
     }
 
     #[tokio::test]
