@@ -273,6 +273,46 @@ fn a_declared_split_runs_polecats_in_parallel_merges_through_the_refinery_and_ve
     assert!(text.stdout.contains("nux"), "{}", text.stdout);
 }
 
+/// The refinery's own time (merge, undo, checks excluded) is in every merge event, a red one
+/// too: in CI mode each event is a line with its fields, and c's red merge (undone, sent back
+/// once) carries `overhead_ms` as each `merged` does.
+#[test]
+fn every_merge_event_carries_the_refinerys_own_time_a_red_merge_too() {
+    let repo = repo_with_check();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        SPLIT_PATROL,
+        &format!("{SCRIPT_ABC}{PLAN_ABC}"),
+    );
+    let out = repo.wiggum(&[
+        "run",
+        &patrol.display().to_string(),
+        "--repo",
+        &repo.path().display().to_string(),
+        "--ci",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines = |event: &str| -> Vec<String> {
+        out.stderr
+            .lines()
+            .filter(|l| l.contains(&format!(" {event} {{")))
+            .map(str::to_string)
+            .collect()
+    };
+    let timed = |line: &str| {
+        let at = line.find("\"overhead_ms\":").map(|i| i + 14);
+        at.is_some_and(|i| line[i..].starts_with(|c: char| c.is_ascii_digit()))
+    };
+    let failed = lines("merge_failed");
+    assert_eq!(failed.len(), 1, "c's red merge: {}", out.stderr);
+    assert!(timed(&failed[0]), "{}", failed[0]);
+    assert!(failed[0].contains("found BAD"), "{}", failed[0]);
+    let merged = lines("merged");
+    assert_eq!(merged.len(), 3, "{}", out.stderr);
+    assert!(merged.iter().all(|l| timed(l)), "{merged:?}");
+}
+
 #[test]
 fn each_of_the_four_triggers_leads_to_a_plan() {
     let repo = TempRepo::new();

@@ -163,6 +163,10 @@ pub enum Event {
         reason: String,
         /// It goes back once; false: it is escalated.
         retry: bool,
+        /// The refinery's own time for the failed merge, checks excluded, as `Merged`'s: the
+        /// merge and its undo (with a share of its batch's, and of a red batch's merges and
+        /// undo when none of that batch merged again).
+        overhead_ms: u64,
     },
     /// A subtask failed twice: its bead stays open, labelled `escalated`.
     Escalated {

@@ -269,6 +269,7 @@ impl EventSink for Display {
                 subtask,
                 reason,
                 retry,
+                ..
             } => self.line(format!(
                 "{step_id}: refinery could not merge {subtask}: {}{}",
                 printable(reason.lines().next().unwrap_or(""), 300, false),

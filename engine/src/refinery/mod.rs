@@ -11,16 +11,18 @@ use git2::{Repository, ResetType};
 use crate::ralph::checks::{run_checks, CheckResult};
 use crate::workspace::{MergeIn, Workspace};
 
-/// What a merge did.
+/// What a merge did. Every result carries the refinery's own time for it (`overhead`: merging,
+/// checking out, throwing away what the checks wrote, undoing; the checks excluded), so a red
+/// merge or a conflict is counted as a green merge is.
 #[derive(Debug)]
 pub enum MergeResult {
     /// The subtask is in the step's branch and the checks pass there.
     Merged {
         sha: String,
         /// Time spent merging and undoing, checks excluded (the refinery's own overhead): its
-        /// own merge and the throwing away of what the checks wrote, a share of those of its
-        /// batch when green, and when its batch was red, also a share of the batch's merges
-        /// and their undo before it was merged again on its own.
+        /// own merge and the throwing away of what the checks wrote, or in a batch its share
+        /// of the batch's (see [`merge_batch`]), and when its batch was red, also a share of
+        /// the batch's merges and their undo before it was merged again on its own.
         overhead: Duration,
         checks: Vec<CheckResult>,
     },
@@ -29,10 +31,42 @@ pub enum MergeResult {
         /// The failing checks with the end of their output, as feedback.
         feedback: String,
         checks: Vec<CheckResult>,
+        /// The refinery's own time for it, checks excluded: the merge and its undo (and, as
+        /// for [`MergeResult::Merged`], shares of its batch's).
+        overhead: Duration,
     },
     /// The branch does not merge cleanly (or the step's worktree is in the way): nothing
     /// changed.
-    Conflict { reason: String },
+    Conflict {
+        reason: String,
+        /// The refinery's own time for it: the attempted merge (in a batch, its share of the
+        /// batch's merging).
+        overhead: Duration,
+    },
+}
+
+impl MergeResult {
+    /// The refinery's own time for this merge, checks excluded.
+    pub fn overhead(&self) -> Duration {
+        match self {
+            MergeResult::Merged { overhead, .. }
+            | MergeResult::ChecksRed { overhead, .. }
+            | MergeResult::Conflict { overhead, .. } => *overhead,
+        }
+    }
+
+    fn add_overhead(&mut self, more: Duration) {
+        match self {
+            MergeResult::Merged { overhead, .. }
+            | MergeResult::ChecksRed { overhead, .. }
+            | MergeResult::Conflict { overhead, .. } => *overhead += more,
+        }
+    }
+}
+
+/// The message of the merge commit that lands `branch` on the step's branch.
+fn message_of(step: &Workspace, branch: &str) -> String {
+    format!("wiggum: land {branch} into {}\n", step.branch())
 }
 
 /// Merges the subtask's branch `branch` into `step`'s branch (checked out in `step`'s worktree,
@@ -47,12 +81,16 @@ pub async fn merge(
 ) -> Result<MergeResult, String> {
     let started = Instant::now();
     let before = step.head().map_err(|e| e.to_string())?;
-    let message = format!("wiggum: land {branch} into {}\n", step.branch());
     let merged = step
-        .merge_in(branch, &message)
+        .merge_in(branch, &message_of(step, branch))
         .map_err(|e| format!("merging {branch} into {}: {e}", step.branch()))?;
     let sha = match merged {
-        MergeIn::Conflict { reason } => return Ok(MergeResult::Conflict { reason }),
+        MergeIn::Conflict { reason } => {
+            return Ok(MergeResult::Conflict {
+                reason,
+                overhead: started.elapsed(),
+            })
+        }
         MergeIn::Merged { sha } => sha,
     };
     let mut overhead = started.elapsed();
@@ -73,9 +111,11 @@ pub async fn merge(
         });
     }
     reset_to(step, &before)?;
+    overhead += undo_started.elapsed();
     Ok(MergeResult::ChecksRed {
         feedback: feedback_of(&results),
         checks: results,
+        overhead,
     })
 }
 
@@ -90,14 +130,19 @@ pub struct BatchOutcome {
 }
 
 /// Merges several finished branches at once (a merge train, as merge queues batch pull
-/// requests): each branch in turn into `step`'s branch, then **one** run of the checks on the
-/// tree that has them all. Green: every branch that merged is merged, at its own merge
+/// requests): each branch in turn into `step`'s branch, in memory, then **one** checkout of
+/// the tree that has them all, one move of the branch ([`Workspace::merge_all`]) and **one**
+/// run of the checks there. Green: every branch that merged is merged, at its own merge
 /// commit. Red, with more than one merged: the batch is undone and every branch is merged
 /// again one at a time with [`merge`], in the same order, so each result (merged, red and
 /// undone, conflict) is exactly the one merging them one by one gives; only the extra check run
 /// is paid. A branch that conflicts changes nothing and the others go on, as they would one
 /// by one. With one branch this is [`merge`]. After Ctrl-C (`cancel`), no branch is merged
 /// again one at a time: those left are untried (the refinery takes them on `wiggum resume`).
+///
+/// The refinery's own time for the batch (its merges and checkout, and the throwing away of
+/// what the checks wrote) is shared equally by the branches tried; after a red batch, the
+/// batch's time and its undo are shared by those merged again (by all tried when none is).
 pub async fn merge_batch(
     step: &Workspace,
     branches: &[String],
@@ -112,6 +157,10 @@ pub async fn merge_batch(
             untried: 0,
         };
     }
+    let failing = |i: usize, e: &dyn std::fmt::Display| {
+        format!("merging {} into {}: {e}", branches[i], step.branch())
+    };
+    let started = Instant::now();
     let before = match step.head() {
         Ok(h) => h,
         Err(e) => {
@@ -121,30 +170,42 @@ pub async fn merge_batch(
             }
         }
     };
-    let mut results: Vec<Option<Result<MergeResult, String>>> = Vec::new();
-    // The branches merged: their place in `results`, merge commit and own merge time.
-    let mut merged: Vec<(usize, String, Duration)> = Vec::new();
-    let mut untried = 0;
-    for (i, branch) in branches.iter().enumerate() {
-        let started = Instant::now();
-        let message = format!("wiggum: land {branch} into {}\n", step.branch());
-        match step.merge_in(branch, &message) {
-            Ok(MergeIn::Merged { sha }) => {
-                merged.push((i, sha, started.elapsed()));
-                results.push(None);
-            }
-            Ok(MergeIn::Conflict { reason }) => {
-                results.push(Some(Ok(MergeResult::Conflict { reason })))
-            }
-            Err(e) => {
-                results.push(Some(Err(format!(
-                    "merging {branch} into {}: {e}",
-                    step.branch()
-                ))));
-                untried = branches.len() - i - 1;
-                break;
+    let merges: Vec<(String, String)> = branches
+        .iter()
+        .map(|b| (b.clone(), message_of(step, b)))
+        .collect();
+    let all = match step.merge_all(&merges) {
+        Ok(all) => all,
+        Err(e) => {
+            return BatchOutcome {
+                results: vec![Err(failing(0, &e))],
+                untried: branches.len() - 1,
             }
         }
+    };
+    let merging = started.elapsed();
+    let tried = all.results.len();
+    // Each branch tried: its share of the batch's merging.
+    let share = merging / tried.max(1) as u32;
+    let mut results: Vec<Option<Result<MergeResult, String>>> = Vec::with_capacity(tried + 1);
+    // The branches merged: their place in `results` and merge commit.
+    let mut merged: Vec<(usize, String)> = Vec::new();
+    for (i, r) in all.results.into_iter().enumerate() {
+        match r {
+            MergeIn::Merged { sha } => {
+                merged.push((i, sha));
+                results.push(None);
+            }
+            MergeIn::Conflict { reason } => results.push(Some(Ok(MergeResult::Conflict {
+                reason,
+                overhead: share,
+            }))),
+        }
+    }
+    let mut untried = 0;
+    if let Some(e) = all.failed {
+        results.push(Some(Err(failing(tried, &e))));
+        untried = branches.len() - tried - 1;
     }
     if !merged.is_empty() {
         let checked = run_checks(checks, step.path(), check_timeout, env).await;
@@ -153,11 +214,11 @@ pub async fn merge_batch(
             let _ = step.discard_changes();
         }
         if checked.iter().all(|c| c.passed) {
-            let share = undo_started.elapsed() / merged.len() as u32;
-            for (i, sha, took) in merged {
+            let cleanup = undo_started.elapsed() / merged.len() as u32;
+            for (i, sha) in merged {
                 results[i] = Some(Ok(MergeResult::Merged {
                     sha,
-                    overhead: took + share,
+                    overhead: share + cleanup,
                     checks: checked.clone(),
                 }));
             }
@@ -167,11 +228,12 @@ pub async fn merge_batch(
                 .any(|r| matches!(r, Some(Ok(MergeResult::Conflict { .. }))))
         {
             // The one merged is the culprit, and no later branch conflicted with it.
-            let (i, ..) = merged[0];
+            let (i, _) = merged[0];
             results[i] = Some(match reset_to(step, &before) {
                 Ok(()) => Ok(MergeResult::ChecksRed {
                     feedback: feedback_of(&checked),
                     checks: checked,
+                    overhead: share + undo_started.elapsed(),
                 }),
                 Err(e) => Err(e),
             });
@@ -181,8 +243,9 @@ pub async fn merge_batch(
             // undone).
             let undone = reset_to(step, &before);
             // The batch's own merges and their undo are the refinery's time too: counted in
-            // the overhead of the branches that merge again, shared.
-            let batch_cost = merged.iter().map(|m| m.2).sum::<Duration>() + undo_started.elapsed();
+            // the overhead of the branches that merge again, shared (of all of them when none
+            // merges).
+            let batch_cost = merging + undo_started.elapsed();
             if let Err(e) = undone {
                 for r in results.iter_mut().filter(|r| r.is_none()) {
                     *r = Some(Err(e.clone()));
@@ -214,21 +277,26 @@ pub async fn merge_batch(
     }
 }
 
-/// Adds `cost` to the overhead of the merged results, in equal shares (none merged: it is in
-/// no result).
+/// Adds `cost` to the overhead of the merged results, in equal shares; when none merged, to
+/// that of every result that has one (red and conflicting), so the time is in some event.
 fn share_out(results: &mut [Option<Result<MergeResult, String>>], cost: Duration) {
-    let merged = results
-        .iter()
-        .filter(|r| matches!(r, Some(Ok(MergeResult::Merged { .. }))))
-        .count();
-    if merged == 0 {
+    let merged =
+        |r: &Option<Result<MergeResult, String>>| matches!(r, Some(Ok(MergeResult::Merged { .. })));
+    let any_merged = results.iter().any(merged);
+    let takers: Vec<&mut MergeResult> = results
+        .iter_mut()
+        .filter(|r| !any_merged || merged(r))
+        .filter_map(|r| match r {
+            Some(Ok(m)) => Some(m),
+            _ => None,
+        })
+        .collect();
+    if takers.is_empty() {
         return;
     }
-    let share = cost / merged as u32;
-    for r in results.iter_mut() {
-        if let Some(Ok(MergeResult::Merged { overhead, .. })) = r {
-            *overhead += share;
-        }
+    let share = cost / takers.len() as u32;
+    for m in takers {
+        m.add_overhead(share);
     }
 }
 
@@ -242,12 +310,8 @@ thread_local! {
 pub fn reset_to(step: &Workspace, sha: &str) -> Result<(), String> {
     #[cfg(test)]
     std::thread::sleep(UNDO_TAKES.with(std::cell::Cell::get));
-    let repo = Repository::open(step.path()).map_err(|e| e.to_string())?;
-    let oid = git2::Oid::from_str(sha).map_err(|e| e.to_string())?;
-    let commit = repo.find_commit(oid).map_err(|e| e.to_string())?;
-    repo.reset(commit.as_object(), ResetType::Hard, None)
-        .map_err(|e| format!("undoing the merge in {}: {e}", step.path().display()))?;
-    step.discard_changes().map_err(|e| e.to_string())
+    step.undo_to(sha)
+        .map_err(|e| format!("undoing the merge in {}: {e}", step.path().display()))
 }
 
 /// The failing checks and the end of their output.
@@ -381,7 +445,9 @@ mod tests {
                         Some(&base),
                     )
                     .unwrap();
-                    std::fs::write(ws.path().join(file), content).unwrap();
+                    let path = ws.path().join(file);
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    std::fs::write(path, content).unwrap();
                     ws.checkpoint(name).unwrap();
                     let branch = ws.branch().to_string();
                     ws.release_branch().unwrap();
@@ -556,6 +622,235 @@ mod tests {
             *overhead >= undo,
             "a's overhead {overhead:?} covers the batch's undo"
         );
+    }
+
+    /// The step branch's reflog entries, newest first.
+    fn reflog(s: &Setup) -> Vec<String> {
+        let repo = git2::Repository::open(&s.root).unwrap();
+        let log = repo
+            .reflog(&format!("refs/heads/{}", s.step.branch()))
+            .unwrap();
+        log.iter()
+            .map(|e| e.message().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Every file of commit `sha`'s tree, with its content.
+    fn files_of(s: &Setup, sha: &str) -> Vec<(String, Vec<u8>)> {
+        let repo = git2::Repository::open(&s.root).unwrap();
+        let tree = repo
+            .find_commit(git2::Oid::from_str(sha).unwrap())
+            .unwrap()
+            .tree()
+            .unwrap();
+        let mut out = Vec::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob) {
+                let blob = repo.find_blob(entry.id()).unwrap();
+                out.push((
+                    format!("{dir}{}", entry.name().unwrap()),
+                    blob.content().to_vec(),
+                ));
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .unwrap();
+        out
+    }
+
+    /// A green batch's merges are made in memory: the step's branch moves once (one reflog
+    /// entry for the batch, naming every branch it merged) and its worktree is checked out once, to the
+    /// last merge, and is exactly that commit: every file of its tree with its content, the
+    /// index matching, nothing else; each merge is at the commit merging them one at a time
+    /// gives (its parents: the merge before it and its branch).
+    #[tokio::test]
+    async fn a_green_batch_moves_the_branch_once_and_leaves_the_worktree_exactly_at_its_last_merge()
+    {
+        let s = setup();
+        // The step's branch moves on first, so every merge of the batch is a merge commit.
+        let first = s.subtasks(&[("z", "z.txt", "z\n")]);
+        let mut branches = s.subtasks(&[
+            ("a", "a.txt", "a\n"),
+            ("b", "dir/b.txt", "b\n"),
+            ("c", "README.md", "changed by c\n"),
+        ]);
+        assert_eq!(kind(&s.batch(&first).await.results[0]), "merged");
+        let before = s.step.head().unwrap();
+        let entries = reflog(&s).len();
+        // One that is in already: merged, at the tip as it is when its turn comes.
+        branches.insert(1, first[0].clone());
+        let out = s.batch(&branches).await;
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["merged", "merged", "merged", "merged"]);
+        let shas: Vec<String> = out
+            .results
+            .iter()
+            .map(|r| match r {
+                Ok(MergeResult::Merged { sha, .. }) => sha.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        let log = reflog(&s);
+        assert_eq!(log.len(), entries + 1, "one move of the branch: {log:?}");
+        for (i, b) in branches.iter().enumerate() {
+            // (The one in already did not move it.)
+            assert_eq!(log[0].contains(b.as_str()), i != 1, "{log:?}");
+        }
+        let repo = git2::Repository::open(&s.root).unwrap();
+        let parents = |sha: &str| -> Vec<String> {
+            repo.find_commit(git2::Oid::from_str(sha).unwrap())
+                .unwrap()
+                .parent_ids()
+                .map(|p| p.to_string())
+                .collect()
+        };
+        let tip_of = |b: &str| {
+            repo.refname_to_id(&format!("refs/heads/{b}"))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(parents(&shas[0]), [before.clone(), tip_of(&branches[0])]);
+        assert_eq!(shas[1], shas[0], "in already: the tip when its turn came");
+        assert_eq!(parents(&shas[2]), [shas[1].clone(), tip_of(&branches[2])]);
+        assert_eq!(parents(&shas[3]), [shas[2].clone(), tip_of(&branches[3])]);
+        assert_eq!(s.step.head().unwrap(), shas[3]);
+        // The worktree is the last merge's tree, exactly.
+        assert!(!s.step.is_dirty().unwrap());
+        let files = files_of(&s, &shas[3]);
+        assert_eq!(files.len(), 4, "{files:?}");
+        let mut on_disk = Vec::new();
+        let mut dirs = vec![s.step.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let e = e.unwrap();
+                if e.file_name() == ".git" {
+                    continue;
+                }
+                if e.file_type().unwrap().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    let rel = e.path().strip_prefix(s.step.path()).unwrap().to_owned();
+                    on_disk.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        on_disk.sort();
+        let in_tree: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(on_disk, in_tree, "nothing else on disk");
+        for (path, content) in &files {
+            assert_eq!(
+                &std::fs::read(s.step.path().join(path)).unwrap(),
+                content,
+                "{path}"
+            );
+        }
+        let index = repo
+            .find_worktree("s")
+            .ok()
+            .and_then(|_| git2::Repository::open(s.step.path()).ok())
+            .unwrap()
+            .index()
+            .unwrap();
+        assert_eq!(index.len(), files.len());
+        assert_eq!(s.runs(), 2, "one run of the checks per batch");
+    }
+
+    /// Local changes in the step's worktree in the way of a batch's checkout: nothing of the
+    /// batch was written, and its branches are merged one at a time, so only the branch that
+    /// would overwrite the change conflicts (as it would merged on its own) and the others
+    /// merge. (The change itself goes with what the checks wrote.)
+    #[tokio::test]
+    async fn a_batch_whose_checkout_meets_a_local_change_merges_one_at_a_time_around_it() {
+        let s = setup();
+        let branches = s.subtasks(&[
+            ("a", "a.txt", "a\n"),
+            ("b", "local.txt", "from b\n"),
+            ("c", "c.txt", "c\n"),
+        ]);
+        std::fs::write(s.step.path().join("local.txt"), "someone's local file\n").unwrap();
+        let out = s.batch(&branches).await;
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["merged", "conflict", "merged"]);
+        let Ok(MergeResult::Conflict { reason, .. }) = &out.results[1] else {
+            unreachable!()
+        };
+        assert!(reason.contains("in the way"), "{reason}");
+        assert!(s.has("a.txt") && s.has("c.txt"));
+        let tip = s.step.head().unwrap();
+        assert!(files_of(&s, &tip).iter().all(|(p, _)| p != "local.txt"));
+    }
+
+    /// A branch of the batch that is gone (git fails on it): those before it are merged and
+    /// checked, it fails, those after it are left untried (they go back to the queue).
+    #[tokio::test]
+    async fn a_missing_branch_in_a_batch_fails_alone_and_leaves_those_after_it_untried() {
+        let s = setup();
+        let mut branches = s.subtasks(&[("a", "a.txt", "a\n"), ("c", "c.txt", "c\n")]);
+        branches.insert(1, "wiggum/s.split/gone".to_string());
+        let out = s.batch(&branches).await;
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["merged", "error"]);
+        assert_eq!(out.untried, 1);
+        assert!(s.has("a.txt") && !s.has("c.txt"));
+        assert!(!s.step.is_dirty().unwrap());
+        let Ok(MergeResult::Merged { sha, .. }) = &out.results[0] else {
+            unreachable!()
+        };
+        assert_eq!(&s.step.head().unwrap(), sha);
+    }
+
+    /// A red merge's own time is counted: its merge and its undo (an undo made to take
+    /// 300 ms) are in its overhead, which `MergeFailed` carries.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_red_merges_overhead_covers_its_merge_and_its_undo() {
+        let s = setup();
+        let bad = s.subtasks(&[("b", "bad.txt", "b\n")]);
+        let undo = Duration::from_millis(300);
+        UNDO_TAKES.with(|u| u.set(undo));
+        let out = s.batch(&bad).await;
+        UNDO_TAKES.with(|u| u.set(Duration::ZERO));
+        let Ok(MergeResult::ChecksRed { overhead, .. }) = &out.results[0] else {
+            panic!("{:?}", out.results)
+        };
+        assert!(*overhead >= undo, "{overhead:?}");
+        assert!(!s.has("bad.txt"));
+    }
+
+    /// A red batch of which nothing merges again: the batch's merges and undo are in the
+    /// failed results' overhead (shared), not lost.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_red_batch_that_merges_nothing_counts_its_time_in_the_failed_merges() {
+        let s = setup();
+        let branches = s.subtasks(&[("a", "bad.txt", "a\n"), ("b", "bad2.txt", "b\n")]);
+        s.step.head().unwrap();
+        let check = format!(
+            "echo run >> '{}'; test ! -e bad.txt && test ! -e bad2.txt",
+            s.runs.display()
+        );
+        let undo = Duration::from_millis(300);
+        UNDO_TAKES.with(|u| u.set(undo));
+        let out = merge_batch(
+            &s.step,
+            &branches,
+            &[check],
+            Duration::from_secs(30),
+            &[],
+            &crate::run::Cancel::new(),
+        )
+        .await;
+        UNDO_TAKES.with(|u| u.set(Duration::ZERO));
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["red", "red"]);
+        // Three undos: the batch's (shared by the two) and each one's own.
+        let total: Duration = out
+            .results
+            .iter()
+            .map(|r| r.as_ref().unwrap().overhead())
+            .sum();
+        assert!(total >= undo * 3, "{total:?}");
+        for r in &out.results {
+            assert!(r.as_ref().unwrap().overhead() >= undo + undo / 2, "{r:?}");
+        }
     }
 
     #[tokio::test]

@@ -59,9 +59,16 @@ pub enum Landing {
         base: String,
         feedback: String,
         checks: Vec<CheckResult>,
+        /// Time spent fetching and merging, checks excluded.
+        overhead: Duration,
     },
     /// The subtask does not merge cleanly into the step's branch: nothing was pushed.
-    Conflict { base: String, reason: String },
+    Conflict {
+        base: String,
+        reason: String,
+        /// Time spent fetching and merging.
+        overhead: Duration,
+    },
 }
 
 /// Lands `req.subtask_branch` on the remote's `req.step_branch` (see the module's docs).
@@ -88,7 +95,13 @@ pub async fn land_subtask(
             .ok_or_else(|| not_there(req.subtask_branch))?;
         let candidate = match merge(remote.repo_root(), &base, &sub, req)? {
             Merge::Contained => return Ok(Landing::AlreadyLanded { tip: base }),
-            Merge::Conflict(reason) => return Ok(Landing::Conflict { base, reason }),
+            Merge::Conflict(reason) => {
+                return Ok(Landing::Conflict {
+                    base,
+                    reason,
+                    overhead: started.elapsed(),
+                })
+            }
             Merge::Commit(sha) => sha,
         };
         let dir = refinery_worktree(remote.repo_root(), req.step_branch, &candidate)?;
@@ -100,6 +113,7 @@ pub async fn land_subtask(
                 base,
                 feedback: crate::refinery::feedback_of(&checks),
                 checks,
+                overhead: overhead + after.elapsed(),
             });
         }
         lease_check(remote, req, still_held)?;

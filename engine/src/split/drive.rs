@@ -865,7 +865,11 @@ async fn drive_pool<'s, 'e>(
                             // Merged in order: the last one is the step's branch's tip.
                             good_tip = Some(sha);
                         }
-                        Ok(MergeResult::ChecksRed { feedback, checks }) => {
+                        Ok(MergeResult::ChecksRed {
+                            feedback,
+                            checks,
+                            overhead,
+                        }) => {
                             let failed: Vec<String> = checks
                                 .iter()
                                 .filter(|c| !c.passed)
@@ -881,10 +885,10 @@ async fn drive_pool<'s, 'e>(
                                 },
                                 failed.join(", ")
                             );
-                            send_back(run, spec, t, reason, Retry::Update, ws);
+                            send_back(run, spec, t, reason, Retry::Update, overhead, ws);
                         }
-                        Ok(MergeResult::Conflict { reason }) => {
-                            send_back(run, spec, t, reason, Retry::Fresh, ws);
+                        Ok(MergeResult::Conflict { reason, overhead }) => {
+                            send_back(run, spec, t, reason, Retry::Fresh, overhead, ws);
                         }
                         Err(e) => {
                             let reason = format!("the refinery failed: {e}");
@@ -1125,6 +1129,7 @@ fn send_back(
     t: &mut SubtaskState,
     reason: String,
     retry: Retry,
+    overhead: std::time::Duration,
     ws: Option<Workspace>,
 ) {
     let again = t.attempt < 2;
@@ -1133,6 +1138,7 @@ fn send_back(
         subtask: t.id.clone(),
         reason: reason.clone(),
         retry: again,
+        overhead_ms: overhead.as_millis() as u64,
     });
     if !again {
         escalate(run, spec, t, &format!("second failure: {reason}"), ws);

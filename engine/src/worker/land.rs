@@ -271,11 +271,23 @@ impl StepRefinery {
                     );
                 }
                 Ok(Landing::ChecksRed {
-                    feedback, checks, ..
-                }) => return Landed::Done(MergeResult::ChecksRed { feedback, checks }, None),
-                Ok(Landing::Conflict { reason, .. }) => {
-                    return Landed::Done(MergeResult::Conflict { reason }, None)
+                    feedback,
+                    checks,
+                    overhead,
+                    ..
+                }) => {
+                    return Landed::Done(
+                        MergeResult::ChecksRed {
+                            feedback,
+                            checks,
+                            overhead,
+                        },
+                        None,
+                    )
                 }
+                Ok(Landing::Conflict {
+                    reason, overhead, ..
+                }) => return Landed::Done(MergeResult::Conflict { reason, overhead }, None),
                 Err(e @ RemoteError::LeaseLost { .. }) => {
                     // Another machine took the lease over (this one was paused past its
                     // expiry): nothing was pushed; wait for the lease again.

@@ -4,6 +4,8 @@
 //! differ, and a compare-and-swap move of the branch. Unlike [`Workspace::land`] (which lands
 //! onto whatever working tree has the target checked out, and so opens every worktree of the
 //! repository and walks the target's status first), it knows where the target is checked out.
+//! [`Workspace::merge_all`] merges several branches the same way, one after the other in
+//! memory, and then checks out and moves the branch **once**, to the last merge.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +27,28 @@ pub enum MergeIn {
     Conflict { reason: String },
 }
 
+/// What [`Workspace::merge_all`] did.
+#[derive(Debug)]
+pub struct MergeAll {
+    /// One per branch tried, in the order given: merged (at its own place in the chain of
+    /// merges: the sha [`Workspace::merge_in`] one at a time would have given it), or a
+    /// conflict that changed nothing.
+    pub results: Vec<MergeIn>,
+    /// Git failed on the branch after the last one tried: this is why, and neither it nor
+    /// those after it were tried. Those tried are in the step's branch as `results` says.
+    pub failed: Option<WorkspaceError>,
+}
+
+/// One merge made in memory, on top of a commit: nothing in the worktree, no ref moved.
+enum Made {
+    /// Their branch is in already.
+    Contained,
+    /// The commit that has both: a new merge commit, or theirs on a fast-forward.
+    Commit(Oid),
+    /// The merge conflicts (the reason names the files).
+    Conflict(String),
+}
+
 impl Workspace {
     /// Merges the local branch `branch` into this workspace's branch, which is checked out
     /// here: a fast-forward when possible, else a merge commit (`message`) when the merge is
@@ -37,51 +61,259 @@ impl Workspace {
         check_on_branch(repo, &self.path, &self.branch)?;
         let own_ref = format!("refs/heads/{}", self.branch);
         let ours_id = repo.refname_to_id(&own_ref)?;
-        let theirs_id = repo
-            .refname_to_id(&format!("refs/heads/{branch}"))
+        let theirs_id = self.branch_tip(repo, branch)?;
+        let ours = repo.find_commit(ours_id)?;
+        let mut identity = None;
+        let new_id =
+            match merge_commit(repo, &ours, theirs_id, message, &mut identity, &self.branch)? {
+                Made::Contained => {
+                    return Ok(MergeIn::Merged {
+                        sha: ours_id.to_string(),
+                    })
+                }
+                Made::Conflict(reason) => return Ok(MergeIn::Conflict { reason }),
+                Made::Commit(id) => id,
+            };
+        if let Some(reason) = self.check_out_changes(repo, &ours, &repo.find_commit(new_id)?)? {
+            return Ok(MergeIn::Conflict { reason });
+        }
+        move_branch(
+            repo,
+            &own_ref,
+            ours_id,
+            new_id,
+            &format!("wiggum: merge {branch}"),
+        )?;
+        Ok(MergeIn::Merged {
+            sha: new_id.to_string(),
+        })
+    }
+
+    /// Merges each of `merges` (a local branch and the message of its merge commit), in
+    /// order, into this workspace's branch, as [`Workspace::merge_in`] one after the other
+    /// would, with the same commits: each branch is merged on the result of the ones before it
+    /// (a fast-forward when possible; one that conflicts, or is in already, changes nothing).
+    /// The merges are made in memory; the worktree is then brought to the last one with **one**
+    /// safe checkout of the files that differ from where it was, and the branch moved once,
+    /// only from the tip the first merge was made on. When local changes in the worktree are
+    /// in the way of that checkout, nothing has changed and the branches are merged one at a
+    /// time with [`Workspace::merge_in`] (which answers, branch by branch, whether they are in
+    /// its way). `Err` when git fails before anything moved.
+    pub fn merge_all(&self, merges: &[(String, String)]) -> Result<MergeAll, WorkspaceError> {
+        let in_the_way = {
+            let inner = self.lock();
+            let repo = &inner.repo;
+            check_on_branch(repo, &self.path, &self.branch)?;
+            let own_ref = format!("refs/heads/{}", self.branch);
+            let start_id = repo.refname_to_id(&own_ref)?;
+            let start = repo.find_commit(start_id)?;
+            let mut tip = start.clone();
+            let mut identity = None;
+            let mut results = Vec::with_capacity(merges.len());
+            let mut failed = None;
+            let mut merged = Vec::new();
+            for (branch, message) in merges {
+                let made = self.branch_tip(repo, branch).and_then(|theirs_id| {
+                    merge_commit(repo, &tip, theirs_id, message, &mut identity, &self.branch)
+                });
+                match made {
+                    Ok(Made::Contained) => results.push(MergeIn::Merged {
+                        sha: tip.id().to_string(),
+                    }),
+                    Ok(Made::Commit(id)) => {
+                        tip = repo.find_commit(id)?;
+                        merged.push(branch.as_str());
+                        results.push(MergeIn::Merged {
+                            sha: id.to_string(),
+                        });
+                    }
+                    Ok(Made::Conflict(reason)) => results.push(MergeIn::Conflict { reason }),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if tip.id() == start_id {
+                return Ok(MergeAll { results, failed });
+            }
+            match self.check_out_changes(repo, &start, &tip)? {
+                Some(reason) => reason,
+                None => {
+                    let reflog = format!("wiggum: merge {}", merged.join(", "));
+                    move_branch(repo, &own_ref, start_id, tip.id(), &reflog)?;
+                    return Ok(MergeAll { results, failed });
+                }
+            }
+        };
+        tracing::debug!(
+            "merging {} branches at once into {}: {in_the_way}; one at a time",
+            merges.len(),
+            self.branch
+        );
+        let mut results = Vec::with_capacity(merges.len());
+        for (branch, message) in merges {
+            match self.merge_in(branch, message) {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    return Ok(MergeAll {
+                        results,
+                        failed: Some(e),
+                    })
+                }
+            }
+        }
+        Ok(MergeAll {
+            results,
+            failed: None,
+        })
+    }
+
+    /// Moves this workspace's branch (checked out here) back to commit `sha`, files and index
+    /// included, with the repository it has open, then throws away anything else in the
+    /// worktree as [`Workspace::discard_changes`] does: the refinery's undo of a red merge.
+    pub fn undo_to(&self, sha: &str) -> Result<(), WorkspaceError> {
+        {
+            let inner = self.lock();
+            let repo = &inner.repo;
+            check_on_branch(repo, &self.path, &self.branch)?;
+            let commit = repo.find_commit(Oid::from_str(sha)?)?;
+            repo.reset(commit.as_object(), git2::ResetType::Hard, None)?;
+        }
+        self.discard_changes()
+    }
+
+    /// The tip of the local branch `branch`.
+    fn branch_tip(&self, repo: &Repository, branch: &str) -> Result<Oid, WorkspaceError> {
+        repo.refname_to_id(&format!("refs/heads/{branch}"))
             .map_err(|_| WorkspaceError::BranchMissing {
                 branch: branch.to_string(),
                 path: self.repo_root.clone(),
-            })?;
-        // One walk of the history answers all three questions: their branch is in ours
-        // already (its tip is the merge base), ours is behind theirs (a fast-forward), or a
-        // single merge base to merge from.
-        let bases: Vec<Oid> = if ours_id == theirs_id {
-            vec![theirs_id]
-        } else {
-            match repo.merge_bases(ours_id, theirs_id) {
-                Ok(bases) => bases.iter().copied().collect(),
-                Err(e) if e.code() == ErrorCode::NotFound => Vec::new(),
-                Err(e) => return Err(e.into()),
+            })
+    }
+
+    /// Brings this worktree, at commit `from`, to commit `to` with a safe checkout of only the
+    /// files that differ between the two (the checkout never walks the rest of a large tree).
+    /// `Some(reason)` when local changes are in the way: then nothing was written.
+    fn check_out_changes(
+        &self,
+        repo: &Repository,
+        from: &Commit<'_>,
+        to: &Commit<'_>,
+    ) -> Result<Option<String>, WorkspaceError> {
+        let mut touched = BTreeSet::new();
+        match tree_diff::changes(repo, &from.tree()?, &to.tree()?)? {
+            Some(changes) => {
+                for (path, ..) in changes {
+                    touched.insert(String::from_utf8_lossy(&path).into_owned());
+                }
             }
-        };
-        if bases == [theirs_id] {
-            return Ok(MergeIn::Merged {
-                sha: ours_id.to_string(),
-            });
+            None => {
+                let diff = repo.diff_tree_to_tree(Some(&from.tree()?), Some(&to.tree()?), None)?;
+                for delta in diff.deltas() {
+                    if delta.status() == Delta::Unmodified {
+                        continue;
+                    }
+                    for file in [delta.old_file(), delta.new_file()] {
+                        if let Some(path) = file.path() {
+                            touched.insert(path.to_string_lossy().replace('\\', "/"));
+                        }
+                    }
+                }
+            }
         }
-        let ours = repo.find_commit(ours_id)?;
-        let theirs = repo.find_commit(theirs_id)?;
-        let new_id = if bases == [ours_id] {
-            theirs_id
-        } else if let Some(tree_id) = match bases[..] {
-            [base] => merge_apart(repo, &repo.find_commit(base)?, &ours, &theirs)?,
-            // No common history, or more than one merge base (libgit2 merges the bases first,
-            // a recursive merge): the full merge decides.
-            _ => None,
-        } {
+        if touched.is_empty() {
+            return Ok(None);
+        }
+        let mut checkout = CheckoutBuilder::new();
+        checkout
+            .safe()
+            .overwrite_ignored(false)
+            .disable_pathspec_match(true);
+        for path in &touched {
+            checkout.path(path);
+        }
+        match repo.checkout_tree(to.as_object(), Some(&mut checkout)) {
+            Ok(()) => Ok(None),
+            Err(e) if matches!(e.code(), ErrorCode::Conflict | ErrorCode::Locked) => {
+                Ok(Some(format!(
+                    "local changes in {} are in the way ({})",
+                    self.path.display(),
+                    e.message()
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Moves `own_ref` from `from` to `to` (compare-and-swap). When the branch moved meanwhile, the
+/// files are put back where the branch is, and the error says so.
+fn move_branch(
+    repo: &Repository,
+    own_ref: &str,
+    from: Oid,
+    to: Oid,
+    reflog: &str,
+) -> Result<(), WorkspaceError> {
+    if let Err(e) = repo.reference_matching(own_ref, to, true, from, reflog) {
+        let mut back = CheckoutBuilder::new();
+        back.force();
+        let _ = repo.checkout_head(Some(&mut back));
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Merges commit `theirs_id` on `ours` in memory: in already, a fast-forward, or a new merge
+/// commit (`message`, by the repository's user, read once into `identity`) when the merge is
+/// clean. One walk of the history answers all three questions: their branch is in ours
+/// already (its tip is the merge base), ours is behind theirs (a fast-forward), or a single
+/// merge base to merge from. `into` names ours' branch in a conflict's reason.
+fn merge_commit(
+    repo: &Repository,
+    ours: &Commit<'_>,
+    theirs_id: Oid,
+    message: &str,
+    identity: &mut Option<Identity>,
+    into: &str,
+) -> Result<Made, WorkspaceError> {
+    let ours_id = ours.id();
+    let bases: Vec<Oid> = if ours_id == theirs_id {
+        vec![theirs_id]
+    } else {
+        match repo.merge_bases(ours_id, theirs_id) {
+            Ok(bases) => bases.iter().copied().collect(),
+            Err(e) if e.code() == ErrorCode::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if bases == [theirs_id] {
+        return Ok(Made::Contained);
+    }
+    if bases == [ours_id] {
+        return Ok(Made::Commit(theirs_id));
+    }
+    let theirs = repo.find_commit(theirs_id)?;
+    let tree_id = match bases[..] {
+        [base] => merge_apart(repo, &repo.find_commit(base)?, ours, &theirs)?,
+        // No common history, or more than one merge base (libgit2 merges the bases first,
+        // a recursive merge): the full merge decides.
+        _ => None,
+    };
+    let tree_id = match tree_id {
+        Some(tree_id) => {
             // Every merge the tests make checks the short way against libgit2's own merge.
             #[cfg(debug_assertions)]
             {
-                let mut index = repo.merge_commits(&ours, &theirs, None)?;
+                let mut index = repo.merge_commits(ours, &theirs, None)?;
                 assert!(!index.has_conflicts(), "merge_apart merged a conflict");
                 assert_eq!(index.write_tree_to(repo)?, tree_id, "merge_apart's tree");
             }
-            let tree = repo.find_tree(tree_id)?;
-            let sig = Identity::of(repo).now()?;
-            repo.commit(None, &sig, &sig, message, &tree, &[&ours, &theirs])?
-        } else {
-            let mut index = repo.merge_commits(&ours, &theirs, None)?;
+            tree_id
+        }
+        None => {
+            let mut index = repo.merge_commits(ours, &theirs, None)?;
             if index.has_conflicts() {
                 let mut files = BTreeSet::new();
                 for conflict in index.conflicts()? {
@@ -96,75 +328,25 @@ impl Workspace {
                 if files.len() > shown {
                     list.push_str(&format!(" and {} more", files.len() - shown));
                 }
-                return Ok(MergeIn::Conflict {
-                    reason: format!("merging it into {} conflicts in {list}", self.branch),
-                });
+                return Ok(Made::Conflict(format!(
+                    "merging it into {into} conflicts in {list}"
+                )));
             }
-            let tree = repo.find_tree(index.write_tree_to(repo)?)?;
-            // The repository's user, as a landing's merge commits (not a polecat's identity
-            // set on this worktree for its checkpoints).
-            let sig = Identity::of(repo).now()?;
-            repo.commit(None, &sig, &sig, message, &tree, &[&ours, &theirs])?
-        };
-        let new = repo.find_commit(new_id)?;
-
-        // Only the files that differ: the checkout never walks the rest of a large tree.
-        let mut touched = BTreeSet::new();
-        match tree_diff::changes(repo, &ours.tree()?, &new.tree()?)? {
-            Some(changes) => {
-                for (path, ..) in changes {
-                    touched.insert(String::from_utf8_lossy(&path).into_owned());
-                }
-            }
-            None => {
-                let diff = repo.diff_tree_to_tree(Some(&ours.tree()?), Some(&new.tree()?), None)?;
-                for delta in diff.deltas() {
-                    if delta.status() == Delta::Unmodified {
-                        continue;
-                    }
-                    for file in [delta.old_file(), delta.new_file()] {
-                        if let Some(path) = file.path() {
-                            touched.insert(path.to_string_lossy().replace('\\', "/"));
-                        }
-                    }
-                }
-            }
+            index.write_tree_to(repo)?
         }
-        if !touched.is_empty() {
-            let mut checkout = CheckoutBuilder::new();
-            checkout
-                .safe()
-                .overwrite_ignored(false)
-                .disable_pathspec_match(true);
-            for path in &touched {
-                checkout.path(path);
-            }
-            match repo.checkout_tree(new.as_object(), Some(&mut checkout)) {
-                Ok(()) => {}
-                Err(e) if matches!(e.code(), ErrorCode::Conflict | ErrorCode::Locked) => {
-                    return Ok(MergeIn::Conflict {
-                        reason: format!(
-                            "local changes in {} are in the way ({})",
-                            self.path.display(),
-                            e.message()
-                        ),
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let reflog = format!("wiggum: merge {branch}");
-        if let Err(e) = repo.reference_matching(&own_ref, new_id, true, ours_id, &reflog) {
-            // The branch moved under us: put the files back where the branch is.
-            let mut back = CheckoutBuilder::new();
-            back.force();
-            let _ = repo.checkout_head(Some(&mut back));
-            return Err(e.into());
-        }
-        Ok(MergeIn::Merged {
-            sha: new_id.to_string(),
-        })
-    }
+    };
+    let tree = repo.find_tree(tree_id)?;
+    // The repository's user, as a landing's merge commits (not a polecat's identity set on
+    // this worktree for its checkpoints).
+    let sig = identity.get_or_insert_with(|| Identity::of(repo)).now()?;
+    Ok(Made::Commit(repo.commit(
+        None,
+        &sig,
+        &sig,
+        message,
+        &tree,
+        &[ours, &theirs],
+    )?))
 }
 
 /// The tree of merging `theirs` into `ours` when the two sides changed paths apart from each
