@@ -299,7 +299,10 @@ async fn run_check_in(
             }
         }
     }
-    let script = format!("exec >\"$WIGGUM_CHECK_LOG\" 2>&1\nunset WIGGUM_CHECK_LOG\n{command}");
+    // `>>`, not `>`: the file is new and empty either way, but ext4 writes a file truncated
+    // on open out to disk when it is closed (`auto_da_alloc`), about 3 ms of wall time and
+    // 0.3 ms of CPU per check on this kind of disk (`cargo bench --bench checks`).
+    let script = format!("exec >>\"$WIGGUM_CHECK_LOG\" 2>&1\nunset WIGGUM_CHECK_LOG\n{command}");
     let mut spec = ProcessSpec::new(vec!["sh".into(), "-c".into(), script], dir);
     spec.env = env.to_vec();
     spec.env
