@@ -619,6 +619,32 @@ impl Ledger {
     /// store, whose exports are ordered across machines by its export lease: exported here,
     /// in one step).
     pub fn export_prepare(&mut self) -> Result<Option<PendingExport>, LedgerError> {
+        self.export_prepare_through(None)
+    }
+
+    /// The number of the ledger's last write (every bead write numbers its row): an export
+    /// that covers it has every write made so far. `None` on a shared PostgreSQL store,
+    /// whose exports are ordered across machines by its export lease, not by this number.
+    pub fn write_seq(&self) -> Result<Option<i64>, LedgerError> {
+        if self.store.shared() {
+            return Ok(None);
+        }
+        self.store.seq().map(Some)
+    }
+
+    /// [`Ledger::export_prepare`] for a caller that needs only the writes up to `through`
+    /// (a [`Ledger::write_seq`]) in the file: `None` (nothing to write) when an export made
+    /// since has them all and the file is still there. Anything else written meanwhile goes
+    /// with the next export.
+    pub fn export_prepare_through(
+        &mut self,
+        through: Option<i64>,
+    ) -> Result<Option<PendingExport>, LedgerError> {
+        if let Some(seq) = through.filter(|_| !self.store.shared()) {
+            if self.store.exported_seq()? >= seq && self.env.jsonl.exists() {
+                return Ok(None);
+            }
+        }
         if self.store.shared() {
             self.export()?;
             return Ok(None);

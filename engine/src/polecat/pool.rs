@@ -44,6 +44,11 @@ pub struct Job<'a> {
     /// `home` was made for this polecat and no subtask ran in it yet (made while the planner
     /// worked, `split/prepare.rs`): the `setup` command runs in it first.
     pub home_fresh: bool,
+    /// The ledger's write number after its claim ([`Recorder::write_seq`]): its first export
+    /// needs the writes up to there only (another polecat's export may have them already).
+    ///
+    /// [`Recorder::write_seq`]: crate::run::record::Recorder::write_seq
+    pub claimed_through: Option<i64>,
 }
 
 /// A polecat of a split between two subtasks: its lease, and its worktree to switch to the
@@ -93,7 +98,7 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
             "injected failure (WIGGUM_FAILPOINT=claim-export)".into(),
         ))
     } else {
-        run.recorder.export()
+        run.recorder.export_through(job.claimed_through)
     };
     if let Err(e) = exported {
         let done = Done {

@@ -72,8 +72,29 @@ impl Recorder {
     /// the ones after it have nothing left to write. Returns when every write made before the
     /// call is in the file.
     pub fn export(&self) -> Result<(), LedgerError> {
+        let through = self.write_seq()?;
+        self.export_through(through)
+    }
+
+    /// The number of the ledger's last write ([`Ledger::write_seq`]), for a later
+    /// [`Recorder::export_through`].
+    pub fn write_seq(&self) -> Result<Option<i64>, LedgerError> {
+        self.ledger().write_seq()
+    }
+
+    /// Returns when every write up to `through` (a [`Recorder::write_seq`]; `None`: every
+    /// write made before the call) is in `.beads/issues.jsonl`. One waiting here while
+    /// another export syncs finds its writes in the file already when that export took them
+    /// in: it writes nothing more (the writes made after `through` go with the next export).
+    /// So the polecats of a pool starting together, whose claims were made in one write, make
+    /// one export between them, not one each in turn.
+    pub fn export_through(&self, through: Option<i64>) -> Result<(), LedgerError> {
+        let through = match through {
+            Some(seq) => Some(seq),
+            None => self.write_seq()?,
+        };
         let _one = self.export_gate.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = self.ledger().export_prepare()?;
+        let pending = self.ledger().export_prepare_through(through)?;
         let Some(pending) = pending else {
             return Ok(());
         };
@@ -208,14 +229,19 @@ impl Recorder {
         )?;
         ledger.close(bead, close_reason)?;
         drop(ledger);
+        // The batch's export is taken by the first iteration end that finds it due: the
+        // others ending at the same moment (a pool's polecats) do not queue behind it to
+        // export the same writes again.
         let due = last || {
-            let at = self.last_export.lock().unwrap_or_else(|e| e.into_inner());
-            at.is_none_or(|t| t.elapsed() >= EXPORT_BATCH)
+            let mut at = self.last_export.lock().unwrap_or_else(|e| e.into_inner());
+            let due = at.is_none_or(|t| t.elapsed() >= EXPORT_BATCH);
+            if due {
+                *at = Some(std::time::Instant::now());
+            }
+            due
         };
         if due {
             self.export()?;
-            *self.last_export.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(std::time::Instant::now());
         }
         Ok(())
     }
@@ -379,5 +405,60 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .count();
         assert_eq!(temps, 0);
+    }
+
+    /// An export that needs only writes an earlier export took in writes nothing (the
+    /// polecats of a pool starting together: one export for all their claims); a plain
+    /// export still takes in everything written before it.
+    #[test]
+    fn an_export_through_writes_already_in_the_file_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::new(Ledger::open(dir.path()).unwrap());
+        let run = recorder.start_run("run", "").unwrap();
+        let file = dir.path().join(".beads/issues.jsonl");
+        let first = recorder.create_step(&run, "a", "a", "").unwrap();
+        let through = recorder.write_seq().unwrap();
+        assert!(through.is_some());
+        recorder.export_through(through).unwrap();
+        let exported = std::fs::read_to_string(&file).unwrap();
+        assert!(exported.contains(&first));
+        // Written after `through`: not needed by that caller, so not exported for it.
+        let second = recorder.create_step(&run, "b", "b", "").unwrap();
+        recorder.export_through(through).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), exported);
+        assert!(recorder.ledger().is_dirty().unwrap());
+        // A caller that needs it gets it.
+        recorder.export().unwrap();
+        assert!(std::fs::read_to_string(&file).unwrap().contains(&second));
+        assert!(!recorder.ledger().is_dirty().unwrap());
+    }
+
+    /// Iteration ends at the same moment share one batched export: only the first that finds
+    /// it due makes it.
+    #[test]
+    fn iteration_ends_at_the_same_moment_make_one_batched_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::new(Ledger::open(dir.path()).unwrap());
+        let run = recorder.start_run("run", "").unwrap();
+        let step = recorder.create_step(&run, "a", "a", "").unwrap();
+        let beads: Vec<String> = (1..=3)
+            .map(|n| recorder.start_iteration(&step, n, None, false).unwrap())
+            .collect();
+        *recorder.last_export.lock().unwrap() = None;
+        let file = dir.path().join(".beads/issues.jsonl");
+        recorder
+            .finish_iteration(&beads[0], "", "done", false)
+            .unwrap();
+        let after_first = std::fs::read_to_string(&file).unwrap();
+        for b in &beads[1..] {
+            recorder.finish_iteration(b, "", "done", false).unwrap();
+        }
+        // Due for the first only: the others wait for the next batch (or the loop's end).
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), after_first);
+        assert!(recorder.ledger().is_dirty().unwrap());
+        recorder
+            .finish_iteration(&beads[2], "", "done", true)
+            .unwrap();
+        assert!(!recorder.ledger().is_dirty().unwrap());
     }
 }

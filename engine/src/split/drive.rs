@@ -588,6 +588,13 @@ async fn drive_pool<'s, 'e>(
         } else {
             beads::claim_all(run.recorder, &asked)
         };
+        // What the starting polecats' first export must cover (their claims): one export
+        // between them then, whoever makes it.
+        let claimed_through = if picked.is_empty() {
+            None
+        } else {
+            run.recorder.write_seq().ok().flatten()
+        };
         let (starts, failed) = settle_claims(&owned, won);
         if let Some(e) = failed {
             stopped.get_or_insert((
@@ -669,6 +676,7 @@ async fn drive_pool<'s, 'e>(
                 spend: step_spend,
                 home,
                 home_fresh,
+                claimed_through,
             };
             in_flight += 1;
             let (id, polecat) = (sub.id.clone(), job.lease.name().to_string());
