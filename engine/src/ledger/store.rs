@@ -762,6 +762,12 @@ pub struct PendingExport {
 }
 
 impl PendingExport {
+    /// The ledger's write number it was made at ([`Ledger::write_seq`]): once published,
+    /// every write up to it is in the file.
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
     /// Flushes and fsyncs the temp file: needs no lock.
     pub fn sync(self) -> Result<SyncedExport, LedgerError> {
         Ok(SyncedExport {

@@ -1,6 +1,7 @@
 //! [`Recorder`]: writes runs, steps and iterations into the ledger as beads, and agent calls
 //! and check runs into the interactions log. The loop's only way to the ledger.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard};
 
 use serde_json::{json, Map, Value};
@@ -31,6 +32,9 @@ pub struct Recorder {
     last_export: Mutex<Option<std::time::Instant>>,
     /// One export at a time ([`Recorder::export`]); writers go on meanwhile.
     export_gate: Mutex<()>,
+    /// Every write up to this number ([`Recorder::write_seq`]) is in the file: an export of
+    /// this recorder's put it there (published and its directory synced).
+    exported_through: std::sync::atomic::AtomicI64,
 }
 
 /// An agent call as the interactions log records it.
@@ -56,6 +60,7 @@ impl Recorder {
             ledger: Mutex::new(ledger),
             last_export: Mutex::new(None),
             export_gate: Mutex::new(()),
+            exported_through: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -93,14 +98,26 @@ impl Recorder {
             Some(seq) => Some(seq),
             None => self.write_seq()?,
         };
+        // Taken in by an export that ended already: no lock to wait for (a lock handed from
+        // one polecat to the next waits for each to be scheduled in turn on a busy machine).
+        let covered =
+            |seq: Option<i64>| seq.is_some_and(|s| self.exported_through.load(Relaxed) >= s);
+        if covered(through) {
+            return Ok(());
+        }
         let _one = self.export_gate.lock().unwrap_or_else(|e| e.into_inner());
+        if covered(through) {
+            return Ok(());
+        }
         let pending = self.ledger().export_prepare_through(through)?;
         let Some(pending) = pending else {
             return Ok(());
         };
+        let seq = pending.seq();
         let synced = pending.sync()?;
         let published = self.ledger().export_publish(synced)?;
         published.sync_dir();
+        self.exported_through.fetch_max(seq, Relaxed);
         Ok(())
     }
 
