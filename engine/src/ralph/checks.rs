@@ -288,12 +288,13 @@ async fn run_check_in(
         if let Ok(file) = log.as_file().try_clone() {
             let mut spec = ProcessSpec::new(plan.words, dir);
             spec.arg0 = Some(spec.argv[0].clone());
-            spec.argv[0] = plan.program.display().to_string();
+            spec.argv[0] = plan.program;
             spec.env = env.to_vec();
-            spec.env
-                .push(("PWD".into(), plan.pwd.to_string_lossy().into_owned()));
+            spec.env.push(("PWD".into(), plan.pwd));
             spec.timeout = Some(timeout);
             spec.output_file = Some(std::sync::Arc::new(file));
+            // An error is a failed start (exec refused the file: no `#!`, busy, gone since
+            // the lookup); the shell then runs it, or says why it cannot.
             if let Ok(out) = run_process(spec).await {
                 return finish(command, out, log.path(), timeout, false);
             }
@@ -539,6 +540,20 @@ mod tests {
                 "{command}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_script_without_an_interpreter_line_runs_as_the_shell_runs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-hash-bang");
+        std::fs::write(&path, "echo run by $0; exit 5\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let r = check("./no-hash-bang", dir.path(), &[]).await;
+        assert_eq!(r.exit_code, Some(5), "{r:?}");
+        assert_eq!(
+            (r.exit_code, r.output),
+            shell_reference("./no-hash-bang", dir.path(), &[])
+        );
     }
 
     #[tokio::test]

@@ -137,12 +137,12 @@ pub(super) fn plain_words(command: &str) -> Option<Vec<&str>> {
 /// How to run a plain command without a shell.
 #[derive(Debug)]
 pub(super) struct Direct {
-    /// The program found (absolute, or relative to the current directory of wiggum).
-    pub program: PathBuf,
+    /// The absolute path of the program found.
+    pub program: String,
     /// The words as written; the first is the program's argv[0].
     pub words: Vec<String>,
     /// The `PWD` the shell would have exported.
-    pub pwd: OsString,
+    pub pwd: String,
 }
 
 /// The value `env` (added to the inherited environment, the last one winning) gives `name`.
@@ -213,10 +213,11 @@ pub(super) fn plan(command: &str, dir: &Path, env: &[(String, String)]) -> Optio
         // A relative program path is ambiguous with a working directory set for the child.
         program = std::env::current_dir().ok()?.join(program);
     }
+    // Paths that are not UTF-8 are left to the shell (the process spec holds text).
     Some(Direct {
-        program,
+        program: program.into_os_string().into_string().ok()?,
         words: words.into_iter().map(str::to_string).collect(),
-        pwd: shell_pwd(dir, env)?,
+        pwd: shell_pwd(dir, env)?.into_string().ok()?,
     })
 }
 
@@ -314,7 +315,10 @@ mod tests {
         std::fs::write(&plain, "").unwrap();
         let env = vec![("PATH".to_string(), "/nonexistent:bin".to_string())];
         let tool = plan("tool a b", dir.path(), &env).unwrap();
-        assert_eq!(tool.program, dir.path().join("bin/tool"));
+        assert_eq!(
+            tool.program,
+            dir.path().join("bin/tool").display().to_string()
+        );
         assert_eq!(tool.words, vec!["tool", "a", "b"]);
         assert!(plan("bin/tool", dir.path(), &env).is_some());
         // Not executable, missing, or a directory: the shell says what is wrong.
