@@ -272,6 +272,9 @@ pub struct BeadUpdate {
     pub add_labels: Vec<String>,
     pub remove_labels: Vec<String>,
     pub priority: Option<u8>,
+    /// Closes the bead with this reason, in the same write as the other changes (as
+    /// `Ledger::close` does on its own; `status` must then be unset or `closed`).
+    pub close_reason: Option<String>,
 }
 
 /// Which beads `Ledger::list` returns; every field set must match.

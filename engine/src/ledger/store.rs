@@ -388,6 +388,21 @@ impl Ledger {
             if let Some(st) = &update.status {
                 set_status(&mut rec, st.clone(), t);
             }
+            if let Some(reason) = &update.close_reason {
+                if update.status.as_ref().is_some_and(|s| *s != Status::Closed) {
+                    return Err(LedgerError::Invalid(format!(
+                        "bead {id}: an update cannot both close it and set its status to {}",
+                        update
+                            .status
+                            .as_ref()
+                            .map(|s| s.as_str())
+                            .unwrap_or_default()
+                    )));
+                }
+                set_status(&mut rec, Status::Closed, t);
+                let reason = clean_text(r, reason.trim());
+                rec.close_reason = (!reason.is_empty()).then_some(reason);
+            }
             rec.updated_at = t;
             save(s, env, &mut rec, true)?;
             Ok(rec.to_bead(false))

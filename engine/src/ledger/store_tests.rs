@@ -195,6 +195,47 @@ fn update_and_close_keep_closed_at_exactly_when_closed() {
 }
 
 #[test]
+fn an_update_closes_with_its_reason_in_the_same_write() {
+    let dir = repo!();
+    let mut l = open(dir.path());
+    let b = l.create(NewBead::task("t")).unwrap();
+    let before = l.write_seq().unwrap();
+    let closed = l
+        .update(
+            &b.id,
+            BeadUpdate {
+                notes: Some("merged into main".into()),
+                add_labels: vec!["outcome:merged".into()],
+                close_reason: Some("  merged (abc123)  ".into()),
+                ..BeadUpdate::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(closed.status, Status::Closed);
+    assert!(closed.closed_at.is_some());
+    assert_eq!(closed.close_reason.as_deref(), Some("merged (abc123)"));
+    assert_eq!(closed.notes, "merged into main");
+    assert_eq!(closed.labels, ["outcome:merged"]);
+    // One write (one row written), where update then close made two.
+    if let (Some(a), Some(b)) = (before, l.write_seq().unwrap()) {
+        assert_eq!(b, a + 1);
+    }
+    // Closing while setting another status is refused, and changes nothing.
+    let err = l
+        .update(
+            &b.id,
+            BeadUpdate {
+                status: Some(Status::Open),
+                close_reason: Some("done".into()),
+                ..BeadUpdate::default()
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot both close"), "{err}");
+    assert_eq!(l.get(&b.id).unwrap().unwrap().status, Status::Closed);
+}
+
+#[test]
 fn list_filters_by_status_label_parent_and_type() {
     let dir = repo!();
     let mut l = open(dir.path());

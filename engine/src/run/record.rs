@@ -236,16 +236,15 @@ impl Recorder {
         close_reason: &str,
         last: bool,
     ) -> Result<(), LedgerError> {
-        let mut ledger = self.ledger();
-        ledger.update(
+        // One write: its record and its close.
+        self.ledger().update(
             bead,
             BeadUpdate {
                 description: Some(description.to_string()),
+                close_reason: Some(close_reason.to_string()),
                 ..BeadUpdate::default()
             },
         )?;
-        ledger.close(bead, close_reason)?;
-        drop(ledger);
         // The batch's export is taken by the first iteration end that finds it due: the
         // others ending at the same moment (a pool's polecats) do not queue behind it to
         // export the same writes again.
@@ -271,17 +270,15 @@ impl Recorder {
         notes: &str,
         close_reason: &str,
     ) -> Result<(), LedgerError> {
-        let mut ledger = self.ledger();
-        ledger.update(
+        self.ledger().update(
             bead,
             BeadUpdate {
                 notes: Some(notes.to_string()),
                 add_labels: vec![format!("outcome:{outcome_label}")],
+                close_reason: Some(close_reason.to_string()),
                 ..BeadUpdate::default()
             },
         )?;
-        ledger.close(bead, close_reason)?;
-        drop(ledger);
         self.export()
     }
 

@@ -151,16 +151,15 @@ pub fn merged(
     notes: &str,
     reason: &str,
 ) -> Result<(), LedgerError> {
-    let mut ledger = recorder.ledger();
-    ledger.update(
+    recorder.ledger().update(
         bead,
         BeadUpdate {
             notes: Some(notes.to_string()),
             add_labels: vec!["outcome:merged".into()],
+            close_reason: Some(reason.to_string()),
             ..BeadUpdate::default()
         },
     )?;
-    ledger.close(bead, reason)?;
     Ok(())
 }
 
