@@ -358,39 +358,64 @@ fn the_watched_dirty_test_agrees_with_a_full_status_over_random_sequences() {
         } else if rng.below(2) == 0 {
             // The refinery merges a subtask's branch: a file (ignored or not, forced in) in
             // one of the step's folders or a new one, committed on a branch from the step's tip.
-            merges += 1;
-            let branch = format!("wiggum/f/sub{merges}");
-            let sub = Workspace::create(
-                &t.root,
-                &format!("sub{merges}"),
-                &branch,
-                Some(&ws.head().unwrap()),
-            )
-            .unwrap();
-            // The step's folders and ignored files (build output) on disk.
-            let (files, dirs) = tree_of(ws.path());
-            let built: Vec<&String> = files.iter().filter(|f| f.contains("target/")).collect();
-            let rel = if !built.is_empty() && rng.below(2) == 0 {
-                rng.pick(&built).clone()
-            } else {
-                let mut dir = rng.pick(&dirs);
-                if rng.below(2) == 0 {
-                    dir = join(&dir, rng.pick(&NAMES));
+            // Or a batch of them, made in memory and checked out at once (`merge_all`).
+            let base = ws.head().unwrap();
+            let mut batch = Vec::new();
+            for _ in 0..1 + rng.below(3) {
+                merges += 1;
+                let branch = format!("wiggum/f/sub{merges}");
+                let sub = Workspace::create(&t.root, &format!("sub{merges}"), &branch, Some(&base))
+                    .unwrap();
+                // The step's folders and ignored files (build output) on disk.
+                let (files, dirs) = tree_of(ws.path());
+                let built: Vec<&String> = files.iter().filter(|f| f.contains("target/")).collect();
+                let rel = if !built.is_empty() && rng.below(2) == 0 {
+                    rng.pick(&built).clone()
+                } else {
+                    let mut dir = rng.pick(&dirs);
+                    if rng.below(2) == 0 {
+                        dir = join(&dir, rng.pick(&NAMES));
+                    }
+                    join(&dir, rng.pick(&FILES))
+                };
+                if free_for_file(sub.path(), &rel) {
+                    write_file(sub.path(), &rel, &format!("from {branch}\n"));
+                    super::testutil::git(sub.path(), &["add", "-f", &rel]);
+                    super::testutil::git(sub.path(), &["commit", "-qm", "sub"]);
+                    sub.release_branch().unwrap();
+                    batch.push((rel, branch));
                 }
-                join(&dir, rng.pick(&FILES))
-            };
-            let mut merged = false;
-            if free_for_file(sub.path(), &rel) {
-                write_file(sub.path(), &rel, &format!("from {branch}\n"));
-                super::testutil::git(sub.path(), &["add", "-f", &rel]);
-                super::testutil::git(sub.path(), &["commit", "-qm", "sub"]);
-                sub.release_branch().unwrap();
-                let result = ws.merge_in(&branch, "merge").unwrap();
-                log.push(format!("merge {rel}: {result:?}"));
-                merged = matches!(result, super::MergeIn::Merged { .. });
+                sub.remove().unwrap();
             }
-            sub.remove().unwrap();
-            if merged && rng.below(2) == 0 {
+            let mut merged_files = Vec::new();
+            if batch.len() == 1 {
+                let (rel, branch) = &batch[0];
+                let result = ws.merge_in(branch, "merge").unwrap();
+                log.push(format!("merge {rel}: {result:?}"));
+                if matches!(result, super::MergeIn::Merged { .. }) {
+                    merged_files.push(rel.clone());
+                }
+            } else if !batch.is_empty() {
+                let merges: Vec<(String, String)> = batch
+                    .iter()
+                    .map(|(_, b)| (b.clone(), "merge".to_string()))
+                    .collect();
+                let all = ws.merge_all(&merges).unwrap();
+                assert!(all.failed.is_none(), "{:?}", all.failed);
+                for ((rel, _), result) in batch.iter().zip(&all.results) {
+                    log.push(format!("merge (batch) {rel}: {result:?}"));
+                    if matches!(result, super::MergeIn::Merged { .. }) {
+                        merged_files.push(rel.clone());
+                    }
+                }
+                // Exactly the last merge's commit, as one merge at a time leaves it.
+                let left = full_status(ws.path());
+                if !left.is_empty() {
+                    return (ws, Some(format!("left after the batch: {left:?}")));
+                }
+            }
+            if let (Some(rel), 0) = (merged_files.last(), rng.below(2)) {
+                let rel = rel.clone();
                 // The merge's checks rewrite what it brought.
                 write_file(ws.path(), &rel, "rewritten by a check\n");
                 log.push(format!("write {rel}"));
