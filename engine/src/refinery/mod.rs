@@ -920,4 +920,64 @@ mod tests {
             "x\n"
         );
     }
+
+    /// A subtask branch from the step's tip, committed by `script` run with `sh` in its
+    /// worktree, with git itself, as an agent may.
+    fn subtask_by_git(s: &Setup, name: &str, script: &str) -> String {
+        let base = s.step.head().unwrap();
+        let ws = Workspace::create(
+            &s.root,
+            &format!("s.split-{name}"),
+            &format!("wiggum/s.split/{name}"),
+            Some(&base),
+        )
+        .unwrap();
+        let script = format!("{script} && git -c user.name=a -c user.email=a@b commit -qm {name}");
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(ws.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{name}'s commit");
+        let branch = ws.branch().to_string();
+        ws.release_branch().unwrap();
+        branch
+    }
+
+    /// A file whose name is not UTF-8 (committed by the agent itself: wiggum's own checkpoint
+    /// refuses such names) is in the step's worktree while the checks run, alone or in a batch.
+    #[tokio::test]
+    async fn a_file_name_that_is_not_utf8_is_there_for_the_checks() {
+        let s = setup();
+        let a = subtask_by_git(
+            &s,
+            "a",
+            "printf x > \"$(printf 'caf\\351.txt')\" && git add -A",
+        );
+        let check = "test -e \"$(printf 'caf\\351.txt')\"".to_string();
+        let cancel = crate::run::Cancel::new();
+        let timeout = Duration::from_secs(30);
+        let out = merge_batch(
+            &s.step,
+            &[a],
+            std::slice::from_ref(&check),
+            timeout,
+            &[],
+            &cancel,
+        )
+        .await;
+        assert_eq!(kind(&out.results[0]), "merged", "{:?}", out.results);
+        let b = subtask_by_git(
+            &s,
+            "b",
+            "printf x > \"$(printf 'na\\357ve.txt')\" && git add -A",
+        );
+        let c = s.subtasks(&[("c", "c.txt", "c\n")]).remove(0);
+        let check = format!("{check} && test -e \"$(printf 'na\\357ve.txt')\" && test -e c.txt");
+        let out = merge_batch(&s.step, &[b, c], &[check], timeout, &[], &cancel).await;
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["merged", "merged"], "{:?}", out.results);
+    }
 }

@@ -205,7 +205,7 @@ impl Workspace {
         match tree_diff::changes(repo, &from.tree()?, &to.tree()?)? {
             Some(changes) => {
                 for (path, ..) in changes {
-                    touched.insert(String::from_utf8_lossy(&path).into_owned());
+                    touched.insert(path);
                 }
             }
             None => {
@@ -215,8 +215,9 @@ impl Workspace {
                         continue;
                     }
                     for file in [delta.old_file(), delta.new_file()] {
-                        if let Some(path) = file.path() {
-                            touched.insert(path.to_string_lossy().replace('\\', "/"));
+                        // The raw bytes: a name that is not UTF-8 is checked out too.
+                        if let Some(path) = file.path_bytes() {
+                            touched.insert(path.to_vec());
                         }
                     }
                 }
@@ -231,7 +232,7 @@ impl Workspace {
             .overwrite_ignored(false)
             .disable_pathspec_match(true);
         for path in &touched {
-            checkout.path(path);
+            checkout.path(path.as_slice());
         }
         match repo.checkout_tree(to.as_object(), Some(&mut checkout)) {
             Ok(()) => Ok(None),
@@ -614,5 +615,56 @@ mod tests {
             t.read(".wiggum/worktrees/s/a.txt"),
             "someone's local file\n"
         );
+    }
+
+    /// Commits everything in `ws`'s worktree with git itself, as an agent may (wiggum's own
+    /// checkpoint refuses a file name that is not UTF-8).
+    fn commit_with_git(ws: &Workspace) {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("git add -A && git -c user.name=a -c user.email=a@b commit -qm a")
+            .current_dir(ws.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    #[test]
+    fn merge_in_and_merge_all_check_out_a_file_name_that_is_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = TestRepo::new();
+        let (step, sub) = step_and_sub(&t);
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        std::fs::write(sub.path().join(name), "x\n").unwrap();
+        commit_with_git(&sub);
+        write_file(step.path(), "s.txt", "s\n");
+        step.checkpoint("s").unwrap();
+        let got = step.merge_in(sub.branch(), "merge a").unwrap();
+        assert!(matches!(got, MergeIn::Merged { .. }), "{got:?}");
+        assert_eq!(std::fs::read(step.path().join(name)).unwrap(), b"x\n");
+        assert!(!step.is_dirty().unwrap());
+        // A batch: the same.
+        let other = std::ffi::OsStr::from_bytes(b"na\xefve.txt");
+        let b = Workspace::create(&t.root, "s.split-b", "wiggum/s.split/b", None).unwrap();
+        std::fs::write(b.path().join(other), "b\n").unwrap();
+        commit_with_git(&b);
+        let c = Workspace::create(&t.root, "s.split-c", "wiggum/s.split/c", None).unwrap();
+        write_file(c.path(), "c.txt", "c\n");
+        c.checkpoint("c").unwrap();
+        let all = step
+            .merge_all(&[
+                (b.branch().to_string(), "merge b".to_string()),
+                (c.branch().to_string(), "merge c".to_string()),
+            ])
+            .unwrap();
+        assert!(all.failed.is_none());
+        assert!(all
+            .results
+            .iter()
+            .all(|r| matches!(r, MergeIn::Merged { .. })));
+        assert_eq!(std::fs::read(step.path().join(other)).unwrap(), b"b\n");
+        assert!(step.path().join("c.txt").exists());
+        assert!(!step.is_dirty().unwrap());
     }
 }
