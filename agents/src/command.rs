@@ -155,6 +155,20 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    /// The program ran, but waiting for its end failed: it must not be run again.
+    #[error("could not wait for {program:?} to end: {source}")]
+    Wait {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ProcessError {
+    /// Whether the program was started (its effects may have happened).
+    pub fn started(&self) -> bool {
+        matches!(self, ProcessError::Wait { .. })
+    }
 }
 
 /// Kills a process group when dropped, unless disarmed. This is what makes a dropped call
@@ -304,7 +318,7 @@ pub async fn run_process(spec: ProcessSpec) -> Result<ProcessOutput, ProcessErro
             break child.wait().await;
         }
     };
-    let status = status.map_err(|source| ProcessError::Io {
+    let status = status.map_err(|source| ProcessError::Wait {
         program: program.clone(),
         source,
     })?;

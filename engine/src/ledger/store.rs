@@ -688,7 +688,9 @@ impl Ledger {
         let SyncedExport { seq, file_at, file } = synced;
         let file = std::cell::RefCell::new(Some(file));
         let step = self.write_quiet(|s, env| {
-            if s.exported_seq()? >= seq {
+            // (A file removed since is written again, whatever was exported: the number
+            // recorded then is this export's, so what a newer one had is written again next.)
+            if s.exported_seq()? >= seq && env.jsonl.exists() {
                 return Ok(Publish::Stale);
             }
             // Compared with the file as it was when the lines were read, not with the stored

@@ -293,10 +293,13 @@ async fn run_check_in(
             spec.env.push(("PWD".into(), plan.pwd));
             spec.timeout = Some(timeout);
             spec.output_file = Some(std::sync::Arc::new(file));
-            // An error is a failed start (exec refused the file: no `#!`, busy, gone since
-            // the lookup); the shell then runs it, or says why it cannot.
-            if let Ok(out) = run_process(spec).await {
-                return finish(command, out, log.path(), timeout, false);
+            // A failed start (exec refused the file: no `#!`, busy, gone since the lookup) is
+            // left to the shell, which runs it or says why it cannot. A program that started
+            // is never run a second time.
+            match run_process(spec).await {
+                Ok(out) => return finish(command, out, log.path(), timeout, false),
+                Err(e) if e.started() => return failed_to_start(e.to_string()),
+                Err(_) => {}
             }
         }
     }
@@ -780,5 +783,30 @@ mod tests {
         assert!(!r[0].passed);
         assert_eq!(r[0].exit_code, None);
         assert!(r[0].line().contains("signal 9"), "{}", r[0].line());
+    }
+
+    /// `setsid` and `test` give the shell's answers: dash's `test` refuses what coreutils'
+    /// accepts, and `setsid` run without a shell would lead its group and fork (`setsid
+    /// false` passing, `setsid sleep` returning at once).
+    #[tokio::test]
+    async fn setsid_and_test_give_the_shells_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        for cmd in [
+            "setsid false",
+            "test a == a",
+            "test -N .",
+            "test 9223372036854775808 -gt 1",
+        ] {
+            assert!(direct::plan(cmd, dir.path(), &[]).is_none(), "{cmd}");
+            let checked = check(cmd, dir.path(), &[]).await;
+            let shell =
+                run_check_through_shell(cmd, dir.path(), Duration::from_secs(30), &[]).await;
+            assert_eq!(checked.exit_code, shell.exit_code, "{cmd}: {checked:?}");
+            assert!(!checked.passed, "{cmd}: {checked:?}");
+        }
+        let started = std::time::Instant::now();
+        let slept = check("setsid sleep 1", dir.path(), &[]).await;
+        assert!(slept.passed, "{slept:?}");
+        assert!(started.elapsed() >= Duration::from_millis(900), "{slept:?}");
     }
 }

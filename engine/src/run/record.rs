@@ -35,6 +35,8 @@ pub struct Recorder {
     /// Every write up to this number ([`Recorder::write_seq`]) is in the file: an export of
     /// this recorder's put it there (published and its directory synced).
     exported_through: std::sync::atomic::AtomicI64,
+    /// `.beads/issues.jsonl`.
+    jsonl: std::path::PathBuf,
 }
 
 /// An agent call as the interactions log records it.
@@ -57,6 +59,7 @@ pub struct AgentCall<'a> {
 impl Recorder {
     pub fn new(ledger: Ledger) -> Recorder {
         Recorder {
+            jsonl: ledger.jsonl_path().to_path_buf(),
             ledger: Mutex::new(ledger),
             last_export: Mutex::new(None),
             export_gate: Mutex::new(()),
@@ -100,8 +103,10 @@ impl Recorder {
         };
         // Taken in by an export that ended already: no lock to wait for (a lock handed from
         // one polecat to the next waits for each to be scheduled in turn on a busy machine).
-        let covered =
-            |seq: Option<i64>| seq.is_some_and(|s| self.exported_through.load(Relaxed) >= s);
+        // (And the file still there: one removed meanwhile is written again.)
+        let covered = |seq: Option<i64>| {
+            seq.is_some_and(|s| self.exported_through.load(Relaxed) >= s) && self.jsonl.exists()
+        };
         if covered(through) {
             return Ok(());
         }
@@ -474,5 +479,20 @@ mod tests {
             .finish_iteration(&beads[2], "", "done", true)
             .unwrap();
         assert!(!recorder.ledger().is_dirty().unwrap());
+    }
+
+    /// An export whose writes an ended export took in still writes the file when it was
+    /// removed since (`git stash -u`, a checkout): its writes are in the file when it returns.
+    #[test]
+    fn a_covered_export_writes_the_file_again_when_it_was_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::new(Ledger::open(dir.path()).unwrap());
+        let run = recorder.start_run("run", "").unwrap();
+        let file = dir.path().join(".beads/issues.jsonl");
+        assert!(std::fs::read_to_string(&file).unwrap().contains(&run));
+        let through = recorder.write_seq().unwrap();
+        std::fs::remove_file(&file).unwrap();
+        recorder.export_through(through).unwrap();
+        assert!(std::fs::read_to_string(&file).unwrap().contains(&run));
     }
 }
