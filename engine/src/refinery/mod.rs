@@ -980,4 +980,65 @@ mod tests {
         let kinds: Vec<_> = out.results.iter().map(kind).collect();
         assert_eq!(kinds, ["merged", "merged"], "{:?}", out.results);
     }
+
+    /// A batch's checkout that fails for one branch's file (a name the filesystem refuses):
+    /// the error is that branch's, the one before it is merged, the one after it untried.
+    #[tokio::test]
+    async fn a_checkout_error_is_blamed_on_the_branch_that_caused_it() {
+        let s = setup();
+        let a = s.subtasks(&[("a", "a.txt", "a\n")]).remove(0);
+        let long = "x".repeat(300);
+        let b = subtask_by_git(
+            &s,
+            "b",
+            &format!(
+                "blob=$(echo hi | git hash-object -w --stdin) && \
+                 git update-index --add --cacheinfo 100644,$blob,{long}"
+            ),
+        );
+        let c = s.subtasks(&[("c", "c.txt", "c\n")]).remove(0);
+        let out = s.batch(&[a, b.clone(), c]).await;
+        let kinds: Vec<_> = out.results.iter().map(kind).collect();
+        assert_eq!(kinds, ["merged", "error"], "{:?}", out.results);
+        assert_eq!(out.untried, 1);
+        let Err(e) = &out.results[1] else {
+            unreachable!()
+        };
+        assert!(e.contains(&b) && e.contains("too long"), "{e}");
+        assert!(s.has("a.txt") && !s.has("c.txt"));
+    }
+
+    /// A stale `index.lock` in the step's worktree (a check running git killed at its
+    /// timeout): an error that names it and says what to do, not a conflict; nothing is
+    /// written, so a later merge's checks see the merge only.
+    #[tokio::test]
+    async fn a_stale_index_lock_is_an_error_that_names_it_not_a_conflict() {
+        let s = setup();
+        let ab = s.subtasks(&[("a", "la.txt", "a\n"), ("b", "lb.txt", "b\n")]);
+        let lock = git2::Repository::open(s.step.path())
+            .unwrap()
+            .path()
+            .join("index.lock");
+        std::fs::write(&lock, "").unwrap();
+        let out = s.batch(&ab).await;
+        let Err(e) = &out.results[0] else {
+            panic!("an error: {:?}", out.results);
+        };
+        assert!(
+            e.contains(&lock.display().to_string()) && e.contains("remove it"),
+            "{e}"
+        );
+        assert!(!s.has("la.txt") && !s.has("lb.txt"));
+        std::fs::remove_file(&lock).unwrap();
+        let c = s.subtasks(&[("c", "lc.txt", "c\n")]).remove(0);
+        let r = merge(
+            &s.step,
+            &c,
+            &["test ! -e la.txt && test -e lc.txt".to_string()],
+            Duration::from_secs(30),
+            &[],
+        )
+        .await;
+        assert_eq!(kind(&r), "merged", "{r:?}");
+    }
 }

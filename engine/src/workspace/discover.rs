@@ -64,6 +64,12 @@ pub enum WorkspaceError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "another git command holds the index of the worktree {path} ({lock} exists): wait for it \
+         to finish; if no git command is running there, it is a stale lock file (a git killed \
+         midway leaves one): remove it"
+    )]
+    IndexLocked { path: PathBuf, lock: PathBuf },
     #[error("git: {0}")]
     Git(#[from] git2::Error),
     #[error("{context}: {source}")]

@@ -98,7 +98,10 @@ impl Workspace {
     /// only from the tip the first merge was made on. When local changes in the worktree are
     /// in the way of that checkout, nothing has changed and the branches are merged one at a
     /// time with [`Workspace::merge_in`] (which answers, branch by branch, whether they are in
-    /// its way). `Err` when git fails before anything moved.
+    /// its way); so they are when the checkout fails otherwise (a file name the filesystem
+    /// refuses: the files are put back first), so that the failure is that of the branch that
+    /// causes it. `Err` when git fails before anything moved, or another git command holds the
+    /// worktree's index ([`WorkspaceError::IndexLocked`]).
     pub fn merge_all(&self, merges: &[(String, String)]) -> Result<MergeAll, WorkspaceError> {
         let in_the_way = {
             let inner = self.lock();
@@ -137,13 +140,18 @@ impl Workspace {
             if tip.id() == start_id {
                 return Ok(MergeAll { results, failed });
             }
-            match self.check_out_changes(repo, &start, &tip)? {
-                Some(reason) => reason,
-                None => {
+            match self.check_out_changes(repo, &start, &tip) {
+                Ok(Some(reason)) => reason,
+                Ok(None) => {
                     let reflog = format!("wiggum: merge {}", merged.join(", "));
                     move_branch(repo, &own_ref, start_id, tip.id(), &reflog)?;
                     return Ok(MergeAll { results, failed });
                 }
+                // The worktree's, not a branch's: one at a time would fail the same way.
+                Err(e @ WorkspaceError::IndexLocked { .. }) => return Err(e),
+                // A file of one of the branches the filesystem refuses (a name too long, no
+                // space left): the files are back as they were; one at a time finds the branch.
+                Err(e) => format!("the checkout failed: {e}"),
             }
         };
         tracing::debug!(
@@ -195,6 +203,10 @@ impl Workspace {
     /// Brings this worktree, at commit `from`, to commit `to` with a safe checkout of only the
     /// files that differ between the two (the checkout never walks the rest of a large tree).
     /// `Some(reason)` when local changes are in the way: then nothing was written.
+    /// [`WorkspaceError::IndexLocked`] when another git command holds the index (looked at
+    /// first: the checkout writes the index last, after the files); on any other failure of
+    /// the checkout, which may have written some of the files, they are put back as `from`
+    /// has them before the error is returned.
     fn check_out_changes(
         &self,
         repo: &Repository,
@@ -226,6 +238,13 @@ impl Workspace {
         if touched.is_empty() {
             return Ok(None);
         }
+        let index_locked = || WorkspaceError::IndexLocked {
+            path: self.path.clone(),
+            lock: repo.path().join("index.lock"),
+        };
+        if repo.path().join("index.lock").exists() {
+            return Err(index_locked());
+        }
         let mut checkout = CheckoutBuilder::new();
         checkout
             .safe()
@@ -236,14 +255,35 @@ impl Workspace {
         }
         match repo.checkout_tree(to.as_object(), Some(&mut checkout)) {
             Ok(()) => Ok(None),
-            Err(e) if matches!(e.code(), ErrorCode::Conflict | ErrorCode::Locked) => {
-                Ok(Some(format!(
-                    "local changes in {} are in the way ({})",
-                    self.path.display(),
-                    e.message()
-                )))
+            // Found before anything is written.
+            Err(e) if e.code() == ErrorCode::Conflict => Ok(Some(format!(
+                "local changes in {} are in the way ({})",
+                self.path.display(),
+                e.message()
+            ))),
+            Err(e) => {
+                // Some files may be written: none of the paths had a local change (that is a
+                // conflict, found first), so putting them all back as `from` has them, the new
+                // ones removed, loses nothing. (The index is `from`'s still: it is written last.)
+                let mut back = CheckoutBuilder::new();
+                back.force()
+                    .remove_untracked(true)
+                    .remove_ignored(true)
+                    .disable_pathspec_match(true);
+                for path in &touched {
+                    back.path(path.as_slice());
+                }
+                if let Err(undo) = repo.checkout_tree(from.as_object(), Some(&mut back)) {
+                    tracing::warn!(
+                        "putting back the files of a failed checkout in {}: {undo}",
+                        self.path.display()
+                    );
+                }
+                if e.code() == ErrorCode::Locked {
+                    return Err(index_locked());
+                }
+                Err(e.into())
             }
-            Err(e) => Err(e.into()),
         }
     }
 }
@@ -666,5 +706,109 @@ mod tests {
         assert_eq!(std::fs::read(step.path().join(other)).unwrap(), b"b\n");
         assert!(step.path().join("c.txt").exists());
         assert!(!step.is_dirty().unwrap());
+    }
+
+    /// `git status` of everything in `ws`'s worktree, ignored files included.
+    fn full_status(ws: &Workspace) -> String {
+        let out = std::process::Command::new("git")
+            .args(["status", "--porcelain", "--ignored", "-uall"])
+            .current_dir(ws.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A branch with `b.txt` and a file whose name (300 bytes) the filesystem refuses,
+    /// committed with git's plumbing (no file is written for it).
+    fn sub_with_a_name_too_long(t: &TestRepo) -> Workspace {
+        let sub = Workspace::create(&t.root, "s.split-b", "wiggum/s.split/b", None).unwrap();
+        write_file(sub.path(), "b.txt", "b\n");
+        let long = "x".repeat(300);
+        let script = format!(
+            "git add -A && blob=$(echo hi | git hash-object -w --stdin) && \
+             git update-index --add --cacheinfo 100644,$blob,{long} && \
+             git -c user.name=a -c user.email=a@b commit -qm long"
+        );
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(sub.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        sub
+    }
+
+    #[test]
+    fn a_checkout_that_fails_is_put_back_and_merge_all_finds_the_branch_that_fails_it() {
+        let t = TestRepo::new();
+        let (step, a) = step_and_sub(&t);
+        write_file(a.path(), "a.txt", "a\n");
+        a.checkpoint("a").unwrap();
+        let b = sub_with_a_name_too_long(&t);
+        let c = Workspace::create(&t.root, "s.split-c", "wiggum/s.split/c", None).unwrap();
+        write_file(c.path(), "c.txt", "c\n");
+        c.checkpoint("c").unwrap();
+        // One at a time: b's checkout fails, and what it wrote is gone again.
+        let before = step.head().unwrap();
+        let err = step.merge_in(b.branch(), "merge b").unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+        assert_eq!(step.head().unwrap(), before);
+        assert!(!step.path().join("b.txt").exists());
+        assert_eq!(full_status(&step), "");
+        // In a batch: a is merged, b fails, c is not tried.
+        let merges: Vec<(String, String)> = [&a, &b, &c]
+            .iter()
+            .map(|w| (w.branch().to_string(), format!("merge {}", w.branch())))
+            .collect();
+        let all = step.merge_all(&merges).unwrap();
+        let [MergeIn::Merged { sha }] = &all.results[..] else {
+            panic!("a merged alone: {:?}", all.results);
+        };
+        let failed = all.failed.expect("b's checkout fails");
+        assert!(failed.to_string().contains("too long"), "{failed}");
+        assert_eq!(&step.head().unwrap(), sha);
+        assert!(step.path().join("a.txt").exists());
+        assert!(!step.path().join("b.txt").exists() && !step.path().join("c.txt").exists());
+        assert_eq!(full_status(&step), "");
+    }
+
+    #[test]
+    fn a_held_index_lock_is_an_error_that_names_it_and_nothing_is_written() {
+        let t = TestRepo::new();
+        let (step, a) = step_and_sub(&t);
+        write_file(a.path(), "a.txt", "a\n");
+        a.checkpoint("a").unwrap();
+        let b = Workspace::create(&t.root, "s.split-b", "wiggum/s.split/b", None).unwrap();
+        write_file(b.path(), "b.txt", "b\n");
+        b.checkpoint("b").unwrap();
+        let lock = git2::Repository::open(step.path())
+            .unwrap()
+            .path()
+            .join("index.lock");
+        std::fs::write(&lock, "").unwrap();
+        let before = step.head().unwrap();
+        let merges: Vec<(String, String)> = [&a, &b]
+            .iter()
+            .map(|w| (w.branch().to_string(), format!("merge {}", w.branch())))
+            .collect();
+        let err = step.merge_all(&merges).unwrap_err();
+        assert!(matches!(err, WorkspaceError::IndexLocked { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&lock.display().to_string()) && text.contains("stale lock file"),
+            "{text}"
+        );
+        let err = step.merge_in(a.branch(), "merge a").unwrap_err();
+        assert!(matches!(err, WorkspaceError::IndexLocked { .. }), "{err}");
+        assert_eq!(step.head().unwrap(), before);
+        assert_eq!(full_status(&step), "");
+        // Once it is gone, the merges go through.
+        std::fs::remove_file(&lock).unwrap();
+        let all = step.merge_all(&merges).unwrap();
+        assert!(all.failed.is_none());
+        assert!(step.path().join("a.txt").exists() && step.path().join("b.txt").exists());
+        assert_eq!(full_status(&step), "");
     }
 }
