@@ -389,14 +389,10 @@ impl Ledger {
                 set_status(&mut rec, st.clone(), t);
             }
             if let Some(reason) = &update.close_reason {
-                if update.status.as_ref().is_some_and(|s| *s != Status::Closed) {
+                if let Some(other) = update.status.as_ref().filter(|s| **s != Status::Closed) {
                     return Err(LedgerError::Invalid(format!(
                         "bead {id}: an update cannot both close it and set its status to {}",
-                        update
-                            .status
-                            .as_ref()
-                            .map(|s| s.as_str())
-                            .unwrap_or_default()
+                        other.as_str()
                     )));
                 }
                 set_status(&mut rec, Status::Closed, t);
