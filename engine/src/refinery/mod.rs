@@ -488,6 +488,17 @@ mod tests {
         }
     }
 
+    /// The sha of each merge of a batch that merged them all.
+    fn merged_shas(results: &[Result<MergeResult, String>]) -> Vec<String> {
+        results
+            .iter()
+            .map(|r| match r {
+                Ok(MergeResult::Merged { sha, .. }) => sha.clone(),
+                other => panic!("not merged: {other:?}"),
+            })
+            .collect()
+    }
+
     /// After a merge, green or red and undone, the step's worktree is its branch tip: what the
     /// checks wrote is gone, files a `.gitignore` the checks wrote ignored too, and so are files
     /// only the undone merge's rules ignored. (Files the tip's own rules ignore, build caches,
@@ -550,14 +561,7 @@ mod tests {
         let kinds: Vec<_> = out.results.iter().map(kind).collect();
         assert_eq!(kinds, ["merged", "merged", "merged"]);
         assert_eq!(s.runs(), 1, "one run of the checks for the batch");
-        let shas: Vec<String> = out
-            .results
-            .iter()
-            .map(|r| match r {
-                Ok(MergeResult::Merged { sha, .. }) => sha.clone(),
-                _ => unreachable!(),
-            })
-            .collect();
+        let shas = merged_shas(&out.results);
         // Each at its own merge commit, in order; the last is the step's tip.
         assert_eq!(s.step.head().unwrap(), shas[2]);
         let repo = git2::Repository::open(&s.root).unwrap();
@@ -682,14 +686,7 @@ mod tests {
         let out = s.batch(&branches).await;
         let kinds: Vec<_> = out.results.iter().map(kind).collect();
         assert_eq!(kinds, ["merged", "merged", "merged", "merged"]);
-        let shas: Vec<String> = out
-            .results
-            .iter()
-            .map(|r| match r {
-                Ok(MergeResult::Merged { sha, .. }) => sha.clone(),
-                _ => unreachable!(),
-            })
-            .collect();
+        let shas = merged_shas(&out.results);
         let log = reflog(&s);
         assert_eq!(log.len(), entries + 1, "one move of the branch: {log:?}");
         for (i, b) in branches.iter().enumerate() {
