@@ -257,7 +257,6 @@ fn refinery_worktree(
         source,
     };
     if Repository::open(&dir).is_err() {
-        let _ = std::fs::remove_dir_all(&dir);
         crate::workspace::ensure_excluded(
             Repository::open(repo_root)
                 .map_err(|source| RemoteError::Local {
@@ -266,12 +265,15 @@ fn refinery_worktree(
                 })?
                 .commondir(),
         )?;
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(repo_root)
-            .args(["-c", "core.hooksPath=/dev/null", "worktree", "prune"])
-            .output();
-        drop(out);
+        // Worktrees of the clone are added and removed one at a time (the polecats of a split
+        // taken back here add theirs while this lands).
+        let _across = crate::run::state::RunLock::worktrees(repo_root).ok();
+        let _ = std::fs::remove_dir_all(&dir);
+        // `--force` takes this path over when git still has it registered from a directory
+        // that was deleted. Never `git worktree prune`: it removes every entry of
+        // `.git/worktrees/` that has no `gitdir` file, among them one that another `git
+        // worktree add` has just made and not filled in yet, which then fails (a subtask taken
+        // back to this machine was escalated so).
         let out = std::process::Command::new("git")
             .arg("-C")
             .arg(repo_root)
@@ -280,6 +282,7 @@ fn refinery_worktree(
                 "core.hooksPath=/dev/null",
                 "worktree",
                 "add",
+                "--force",
                 "--detach",
                 "--quiet",
             ])

@@ -407,6 +407,42 @@ async fn red_checks_or_a_conflict_push_nothing() {
     assert_eq!(s2.hub.tip(&s2.step).as_deref(), Some(s2.base.as_str()));
 }
 
+/// Regression: the first landing of a clone made its refinery worktree after a `git worktree
+/// prune`, which deletes every entry of `.git/worktrees/` without a `gitdir` file, among them
+/// one that another `git worktree add` of the clone (a subtask taken back to this machine) had
+/// just made and was about to fill in: that add failed with "could not open
+/// '.git/worktrees/<name>/gitdir' for writing". The entry is left here as git leaves it between
+/// its `mkdir` and its first file.
+#[tokio::test]
+async fn making_the_refinery_worktree_leaves_a_worktree_being_added_alone() {
+    let s = Split::new(&[("a", "a.txt", "a\n"), ("b", "b.txt", "b\n")]);
+    let m = s.machine("m1");
+    let half_made = m.repo_root().join(".git/worktrees/r5-build.polecat-nux");
+    std::fs::create_dir_all(&half_made).unwrap();
+    let green: Vec<String> = Vec::new();
+    let r = land_subtask(&m, &request(&s.step, &s.sub("a"), &green), &held)
+        .await
+        .unwrap();
+    assert!(matches!(&r, Landing::Landed { .. }), "{r:?}");
+    assert!(
+        half_made.is_dir(),
+        "the refinery removed another worktree's entry while it was being added"
+    );
+    // Its own worktree deleted by hand (git still has it registered) is made again.
+    let dir = m
+        .repo_root()
+        .join(crate::workspace::WORKTREES_DIR)
+        .join("refinery-wiggum-r5-build");
+    assert!(dir.join(".git").exists(), "{}", dir.display());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let r = land_subtask(&m, &request(&s.step, &s.sub("b"), &green), &held)
+        .await
+        .unwrap();
+    assert!(matches!(&r, Landing::Landed { .. }), "{r:?}");
+    assert!(dir.join("b.txt").is_file());
+    assert!(half_made.is_dir());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_refineries_racing_on_one_step_branch_never_land_untested_code() {
     let s = Split::new(&[("a", "a.txt", "a\n"), ("b", "b.txt", "b\n")]);
