@@ -53,14 +53,41 @@ pub async fn resume_branch(
             branch: branch.to_string(),
         });
     };
+    // Off the runtime's threads: it waits for the clone's worktree lock and runs `git
+    // worktree add`; a worker whose polecats all waited so on those threads would renew none
+    // of its leases meanwhile.
+    let (worktree, branch, base) = (
+        worktree.to_string(),
+        branch.to_string(),
+        base.map(str::to_string),
+    );
+    tokio::task::spawn_blocking(move || {
+        open_at(&repo_root, &worktree, &branch, base.as_deref(), sha)
+    })
+    .await
+    .map_err(|e| RemoteError::Io {
+        context: "opening the resumed branch's worktree".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+}
+
+/// [`resume_branch`] once the branch is fetched: the clone's branch moved to `sha` and its
+/// worktree opened (or made) there.
+fn open_at(
+    repo_root: &Path,
+    worktree: &str,
+    branch: &str,
+    base: Option<&str>,
+    sha: String,
+) -> Result<Resumed, RemoteError> {
     // Worktrees of the clone are made and moved one process at a time.
     let _across =
-        crate::run::state::RunLock::worktrees(&repo_root).map_err(|source| RemoteError::Io {
+        crate::run::state::RunLock::worktrees(repo_root).map_err(|source| RemoteError::Io {
             context: "taking the worktree lock".into(),
             source,
         })?;
-    let from = move_branch(&repo_root, worktree, branch, &sha)?;
-    let mut workspace = Workspace::open(&repo_root, worktree, branch)?;
+    let from = move_branch(repo_root, worktree, branch, &sha)?;
+    let mut workspace = Workspace::open(repo_root, worktree, branch)?;
     workspace.discard_changes()?;
     if let Some(base) = base {
         workspace.set_base(base)?;

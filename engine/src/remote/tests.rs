@@ -100,6 +100,74 @@ async fn a_checkpoint_pushed_to_a_file_remote_resumes_in_another_clone_at_that_c
     push_then_resume_elsewhere(&hub.file_url(), tmp.path()).await;
 }
 
+/// Regression: a takeover waited for the clone's worktree lock on a thread of the runtime, so
+/// a worker whose threads all waited or added worktrees ran none of its other tasks (the
+/// renewals of its leases) meanwhile.
+#[test]
+fn a_resume_waiting_for_the_worktree_lock_leaves_the_runtime_free() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::new(&tmp.path().join("hub"));
+    let url = hub.file_url();
+    let m1 = clone_hub(&url, &tmp.path().join("m1/repo"));
+    let m2 = clone_hub(&url, &tmp.path().join("m2/repo"));
+    let branch = "wiggum/r1-build-parser";
+    let ws = Workspace::create(&m1, "r1-build-parser", branch, None).unwrap();
+    write(ws.path(), "src/parser.rs", "fn parse() {}\n");
+    let cp = ws.checkpoint("iteration 1").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let note =
+        runtime.block_on(Publisher::new(Remote::new(&m1, RemoteSpec::new(&url))).publish(branch));
+    assert!(note.ok(), "{}", note.line());
+    // Another worktree of machine 2's clone is being added: it lets the lock go once the
+    // runtime has run another task after the fetch (nothing in between yields: the resume
+    // either waits for the lock off the runtime, or blocks it), or after 10 s.
+    let remote2 = Remote::new(&m2, RemoteSpec::new(&url));
+    let tracking = remote2.tracking_ref(branch);
+    let held = crate::run::state::RunLock::worktrees(&m2).unwrap();
+    let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let m2 = m2.clone();
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            let fetched =
+                || git2::Repository::open(&m2).is_ok_and(|r| r.find_reference(&tracking).is_ok());
+            let mut ran = false;
+            while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                if ran_rx.recv_timeout(left).is_err() {
+                    break;
+                }
+                if fetched() {
+                    ran = true;
+                    break;
+                }
+            }
+            drop(held);
+            ran
+        })
+    };
+    let resumed = runtime.block_on(async {
+        let ticks = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let _ = ran_tx.send(());
+            }
+        };
+        tokio::select! {
+            r = resume_branch(&remote2, "r1-build-parser", branch, None) => r,
+            _ = ticks => unreachable!("the ticks never end"),
+        }
+    });
+    assert!(
+        holder.join().unwrap(),
+        "the runtime ran nothing else while the resume waited for the worktree lock"
+    );
+    let r = resumed.unwrap();
+    assert_eq!(r.workspace.head().unwrap(), cp.sha);
+}
+
 #[tokio::test]
 async fn a_named_remote_tracks_pushes_under_its_remote_branches() {
     let tmp = tempfile::tempdir().unwrap();

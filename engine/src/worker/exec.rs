@@ -468,24 +468,56 @@ async fn workspace_for(
             root.display()
         ));
     }
+    local_worktree(root, &spec.worktree, &spec.branch, &spec.base, spec.fresh).await
+}
+
+/// The subtask's worktree from this clone's branch of it, else new from `base` (`fresh`: new
+/// from `base` in any case), made off the runtime's threads: it waits for the clone's worktree
+/// lock and runs `git worktree add`, and a worker whose polecats all waited so on the runtime's
+/// threads would run none of its other tasks meanwhile, the renewals of its leases among them.
+async fn local_worktree(
+    root: &Path,
+    worktree: &str,
+    branch: &str,
+    base: &str,
+    fresh: bool,
+) -> Result<(Workspace, bool), String> {
+    let (root, worktree, branch, base) = (
+        root.to_path_buf(),
+        worktree.to_string(),
+        branch.to_string(),
+        base.to_string(),
+    );
+    tokio::task::spawn_blocking(move || local_worktree_now(&root, &worktree, &branch, &base, fresh))
+        .await
+        .map_err(|e| format!("could not make the subtask's worktree: {e}"))?
+}
+
+fn local_worktree_now(
+    root: &Path,
+    worktree: &str,
+    branch: &str,
+    base: &str,
+    fresh: bool,
+) -> Result<(Workspace, bool), String> {
     let _across = crate::run::state::RunLock::worktrees(root).ok();
     let local = git2::Repository::open(root)
-        .map(|r| r.find_branch(&spec.branch, git2::BranchType::Local).is_ok())
+        .map(|r| r.find_branch(branch, git2::BranchType::Local).is_ok())
         .unwrap_or(false);
-    if local && spec.fresh {
+    if local && fresh {
         // A fresh retry starts from the base, not from a stale local branch.
-        if let Ok(old) = Workspace::open(root, &spec.worktree, &spec.branch) {
+        if let Ok(old) = Workspace::open(root, worktree, branch) {
             let _ = old.remove();
         }
-        crate::polecat::pool::delete_branch(root, &spec.branch);
+        crate::polecat::pool::delete_branch(root, branch);
     } else if local {
-        let ws = Workspace::open(root, &spec.worktree, &spec.branch)
+        let ws = Workspace::open(root, worktree, branch)
             .map_err(|e| format!("could not re-open the subtask's worktree: {e}"))?;
         ws.discard_changes()
             .map_err(|e| format!("could not reset the subtask's worktree: {e}"))?;
         return Ok((ws, false));
     }
-    let ws = Workspace::create(root, &spec.worktree, &spec.branch, Some(&spec.base))
+    let ws = Workspace::create(root, worktree, branch, Some(base))
         .map_err(|e| format!("could not create the subtask's worktree: {e}"))?;
     Ok((ws, true))
 }
@@ -582,5 +614,68 @@ impl EventSink for PushingSink<'_> {
             let _ = tx.send(());
         }
         self.inner.emit(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::testing::git;
+
+    /// Regression: a claim waited for the clone's worktree lock (held while another polecat's
+    /// `git worktree add` ran) on a thread of the worker's runtime, so with every thread waiting
+    /// or adding, no other task of the worker ran, and its leases were not renewed meanwhile.
+    #[test]
+    fn a_claim_waiting_for_the_worktree_lock_leaves_the_runtime_free() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("repo");
+        std::fs::create_dir_all(&root).unwrap();
+        git(&root, &["init", "-q", "-b", "main"]);
+        std::fs::write(root.join("README.md"), "hello\n").unwrap();
+        git(&root, &["add", "-A"]);
+        git(
+            &root,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-q",
+                "-m",
+                "one",
+            ],
+        );
+        let base = git(&root, &["rev-parse", "HEAD"]);
+        // Another polecat (or process) is adding a worktree: it holds the lock until this
+        // worker's runtime has run another task (a lease's renewal), or for 10 s.
+        let held = crate::run::state::RunLock::worktrees(&root).unwrap();
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let ran = ran_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+            drop(held);
+            ran
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (made, ()) = runtime.block_on(async {
+            tokio::join!(
+                local_worktree(&root, "r1-build-part-01", "wiggum/r1-part-01", &base, false),
+                async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = ran_tx.send(());
+                }
+            )
+        });
+        assert!(
+            holder.join().unwrap(),
+            "the runtime ran nothing else while the claim waited for the worktree lock"
+        );
+        let (ws, new) = made.unwrap();
+        assert!(new);
+        assert!(ws.path().join("README.md").is_file());
+        assert_eq!(ws.branch(), "wiggum/r1-part-01");
     }
 }
