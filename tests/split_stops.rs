@@ -2,7 +2,10 @@
 //! and resume"): Ctrl-C while two polecats work keeps it resumable, and `wiggum resume`
 //! finishes it; a step's or a run's budget reached by the subtasks stops the pool cleanly
 //! (running polecats finish their iteration, queued subtasks do not start, nothing is merged
-//! half-way) and the step says which budget.
+//! half-way) and the step says which budget; a held `index.lock` in the step's checkout (stale,
+//! or taken in the middle of the refinery's checkout) stops the refinery and the pool with an
+//! error that names it, nothing escalated, and `wiggum resume` merges the finished subtasks once
+//! it is removed.
 
 mod common;
 
@@ -379,4 +382,239 @@ fn a_steps_cost_budget_shared_live_by_its_polecats_stops_a_split_task() {
         !list.contains(".split-") && !list.contains(".polecat-"),
         "no subtask worktree is left: {list}"
     );
+}
+
+/// A patrol whose step `big` splits at once into a and b (no needs) on two polecats; with
+/// [`two_parts_script`].
+const TWO_PARTS_PATROL: &str = r#"
+[patrol]
+name = "two-parts"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "two parts"
+[steps.loop]
+checks = ["true"]
+[steps.split]
+mode = "always"
+polecats = 2
+"#;
+
+/// a's only iteration takes `a_takes`, b's `b_takes`; each writes its file and converges.
+fn two_parts_script(a_takes: &str, b_takes: &str) -> String {
+    let mut script = String::from(
+        r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}]}'
+[[work]]
+step = "big"
+reply = "verified"
+"#,
+    );
+    for (id, delay) in [("a", a_takes), ("b", b_takes)] {
+        script.push_str(&format!(
+            "[[work]]\nstep = \"big/{id}\"\nreply = \"{id}\"\ndelay = \"{delay}\"\n[[work.edits]]\npath = \"{id}.txt\"\nwrite = \"{id}\\n\"\n"
+        ));
+    }
+    script
+}
+
+/// The `index.lock` of the step `big`'s own worktree (`.git/worktrees/<run>-big/index.lock`).
+fn step_index_lock(repo: &TempRepo) -> std::path::PathBuf {
+    let list = repo.git(&["worktree", "list", "--porcelain"]);
+    let wt = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("worktree "))
+        .find(|p| p.ends_with("-big"))
+        .unwrap_or_else(|| panic!("no worktree of step big: {list}"));
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--absolute-git-dir"])
+        .current_dir(wt)
+        .output()
+        .unwrap();
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("index.lock")
+}
+
+/// What a split stopped by a held index of the step's worktree shows: the error names the
+/// lock file and says what to do; a and b are finished, neither escalated nor merged; then,
+/// the lock removed, `wiggum resume` merges them without running them again.
+fn assert_stopped_by_the_lock_then_resumed(repo: &TempRepo, lock: &std::path::Path, why: &str) {
+    assert!(
+        why.contains(&lock.display().to_string())
+            && why.contains("remove it")
+            && why.contains("wiggum resume"),
+        "{why}"
+    );
+    assert!(lock.exists(), "the lock is the user's to remove");
+    let all = beads(repo.path());
+    assert_br_import_rules(&all);
+    let split = split_of(repo, &subtask_parent(&all));
+    for id in ["a", "b"] {
+        assert_eq!(subtask(&split, id)["status"], "finished", "{split:#}");
+        let sub = subtask_bead(&all, id).unwrap();
+        assert_ne!(sub["status"], "closed", "{sub}");
+        assert!(
+            !sub["notes"].as_str().unwrap_or("").contains("escalated"),
+            "{sub}"
+        );
+    }
+    assert!(!repo.path().join("a.txt").exists() && !repo.path().join("b.txt").exists());
+
+    std::fs::remove_file(lock).unwrap();
+    let r = resume_json(repo, &last_run_id(repo));
+    assert_eq!(r["outcome"], "converged", "{r:#}");
+    let split = split_of(repo, step(&r, "big")["bead"].as_str().unwrap());
+    for id in ["a", "b"] {
+        assert_eq!(subtask(&split, id)["status"], "merged", "{split:#}");
+    }
+    let h = history(repo);
+    for id in ["a", "b"] {
+        assert_eq!(
+            h.iter().filter(|e| e["subtask"] == id).count(),
+            1,
+            "{id} was finished: not run again: {h:#?}"
+        );
+    }
+    let all = beads(repo.path());
+    assert_br_import_rules(&all);
+    assert_eq!(subtask_beads(&all).len(), 2, "no subtask recorded twice");
+    for f in ["a.txt", "b.txt"] {
+        assert!(repo.path().join(f).exists(), "{f} not landed");
+    }
+    assert_eq!(worktrees(repo), 1, "{}", repo.git(&["worktree", "list"]));
+}
+
+/// A stale `index.lock` in the step's checkout (a git killed there) is not a subtask's
+/// failure: the refinery stops at it, the running polecat finishes, nothing is escalated, and
+/// the run ends with an error naming the file; `wiggum resume` once it is removed merges both.
+#[test]
+fn a_stale_index_lock_in_the_steps_checkout_stops_the_refinery_and_resume_merges_once_removed() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(defs.path(), TWO_PARTS_PATROL, &two_parts_script("3s", "5s"));
+    let mut child = wiggum_command()
+        .args(["run", &patrol.display().to_string()])
+        .args(["--repo", &repo.path().display().to_string()])
+        .current_dir(repo.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = StderrLines::of(&mut child);
+    // a works (3 s; b 5 s) when a git killed in the step's checkout leaves its lock.
+    stderr.wait_for("big/a: iteration 1 · work", 120);
+    let lock = step_index_lock(&repo);
+    std::fs::write(&lock, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr.rest());
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_stopped_by_the_lock_then_resumed(&repo, &lock, &text);
+}
+
+/// Another git command takes the step's index in the middle of the refinery's checkout (after
+/// it looked for the lock): the same stop, with the files it wrote put back.
+#[test]
+fn an_index_lock_taken_mid_checkout_stops_the_refinery_and_resume_merges_once_removed() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(defs.path(), TWO_PARTS_PATROL, &two_parts_script("0s", "0s"));
+    let out = repo.wiggum_env(
+        &[
+            "run",
+            &patrol.display().to_string(),
+            "--repo",
+            &repo.path().display().to_string(),
+            "--json",
+        ],
+        &[("WIGGUM_FAILPOINT", "index-lock-mid-checkout")],
+    );
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let r = out.json();
+    let big = step(&r, "big");
+    assert_eq!(big["outcome"], "error", "{big:#}");
+    let lock = step_index_lock(&repo);
+    // The step's worktree is as it was: no file of a or b, nothing to commit.
+    let wt = lock.parent().unwrap();
+    let wt = std::fs::read_to_string(wt.join("gitdir")).unwrap();
+    let wt = std::path::Path::new(wt.trim())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(!wt.join("a.txt").exists() && !wt.join("b.txt").exists());
+    assert_stopped_by_the_lock_then_resumed(&repo, &lock, big["reason"].as_str().unwrap());
+}
+
+/// The same stop in a `wiggum task` that splits: it ends as an error that says what to fix
+/// (exit 1, not 130: the user did not interrupt it), and `wiggum resume` finishes it.
+#[test]
+fn a_tasks_split_stopped_by_an_index_lock_is_an_error_and_resume_finishes_it() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let script = defs.path().join("script.toml");
+    std::fs::write(
+        &script,
+        r#"
+[[work]]
+step = "task"
+iteration = 1
+reply = "half done"
+[[plan]]
+step = "task"
+reply = '{"subtasks": [{"id": "one", "prompt": "1", "checks": ["test -f one.txt"]}, {"id": "two", "prompt": "2", "checks": ["test -f two.txt"]}]}'
+[[work]]
+step = "task/one"
+reply = "1"
+[[work.edits]]
+path = "one.txt"
+write = "1\n"
+[[work]]
+step = "task/two"
+reply = "2"
+[[work.edits]]
+path = "two.txt"
+write = "2\n"
+[[work]]
+step = "task"
+reply = "all there"
+"#,
+    )
+    .unwrap();
+    let out = repo.wiggum_env(
+        &[
+            "task",
+            "write one.txt and two.txt",
+            "--check",
+            "test -f one.txt || test -f two.txt",
+            "--script",
+            &script.display().to_string(),
+            "--split-after",
+            "1",
+            "--polecats",
+            "2",
+            "--json",
+        ],
+        &[("WIGGUM_FAILPOINT", "index-lock-mid-checkout")],
+    );
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let r = out.json();
+    assert_eq!(r["outcome"], "error", "{r:#}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("index.lock") && reason.contains("wiggum resume"),
+        "{reason}"
+    );
+    let lock = reason
+        .split(['(', ' '])
+        .find(|w| w.ends_with("/index.lock"))
+        .unwrap_or_else(|| panic!("no lock file named: {reason}"));
+    std::fs::remove_file(lock).unwrap();
+    let r = resume_json(&repo, r["run_id"].as_str().unwrap());
+    assert_eq!(r["outcome"], "converged", "{r:#}");
+    assert!(repo.path().join("one.txt").exists() && repo.path().join("two.txt").exists());
+    assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
 }

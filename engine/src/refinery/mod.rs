@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use git2::{Repository, ResetType};
 
 use crate::ralph::checks::{run_checks, CheckResult};
-use crate::workspace::{MergeIn, Workspace};
+use crate::workspace::{MergeIn, Workspace, WorkspaceError};
 
 /// What a merge did. Every result carries the refinery's own time for it (`overhead`: merging,
 /// checking out, throwing away what the checks wrote, undoing; the checks excluded), so a red
@@ -71,7 +71,8 @@ fn message_of(step: &Workspace, branch: &str) -> String {
 
 /// Merges the subtask's branch `branch` into `step`'s branch (checked out in `step`'s worktree,
 /// with the repository it has open: no other worktree is looked at), runs `checks` there, and
-/// undoes the merge when they fail. `Err` only for git failures.
+/// undoes the merge when they fail. `Err` only for git failures (a held index too: see
+/// [`merge_batch`], which tells it apart).
 pub async fn merge(
     step: &Workspace,
     branch: &str,
@@ -79,17 +80,62 @@ pub async fn merge(
     check_timeout: Duration,
     env: &[(String, String)],
 ) -> Result<MergeResult, String> {
+    match attempt(step, branch, checks, check_timeout, env).await {
+        Attempt::Done(r) => r,
+        Attempt::Blocked(why) => Err(why),
+    }
+}
+
+/// What [`attempt`] did with one branch.
+enum Attempt {
+    /// As [`merge`] says.
+    Done(Result<MergeResult, String>),
+    /// The step's worktree could not take the merge, for a reason that is not the branch's:
+    /// another git command holds its index (or a stale `index.lock` is left there). Why, with
+    /// the file and what to do. The branch is not merged (a red merge that could not be undone
+    /// is in the step's branch, above its last green tip: `wiggum resume` undoes it).
+    Blocked(String),
+}
+
+/// A git failure in the step's worktree: [`Attempt::Blocked`] when its index is held (the
+/// error says so, or its `index.lock` is there now), else the branch's failure.
+fn failure(step: &Workspace, e: String) -> Attempt {
+    match step.check_index_free() {
+        Err(held) => Attempt::Blocked(held.to_string()),
+        Ok(()) => Attempt::Done(Err(e)),
+    }
+}
+
+/// [`merge`], telling a held index of the step's worktree ([`Attempt::Blocked`]) from the
+/// branch's failures.
+async fn attempt(
+    step: &Workspace,
+    branch: &str,
+    checks: &[String],
+    check_timeout: Duration,
+    env: &[(String, String)],
+) -> Attempt {
     let started = Instant::now();
-    let before = step.head().map_err(|e| e.to_string())?;
-    let merged = step
-        .merge_in(branch, &message_of(step, branch))
-        .map_err(|e| format!("merging {branch} into {}: {e}", step.branch()))?;
+    let before = match step.head() {
+        Ok(h) => h,
+        Err(e) => return failure(step, e.to_string()),
+    };
+    let merged = match step.merge_in(branch, &message_of(step, branch)) {
+        Ok(m) => m,
+        Err(e @ WorkspaceError::IndexLocked { .. }) => return Attempt::Blocked(e.to_string()),
+        Err(e) => {
+            return failure(
+                step,
+                format!("merging {branch} into {}: {e}", step.branch()),
+            )
+        }
+    };
     let sha = match merged {
         MergeIn::Conflict { reason } => {
-            return Ok(MergeResult::Conflict {
+            return Attempt::Done(Ok(MergeResult::Conflict {
                 reason,
                 overhead: started.elapsed(),
-            })
+            }))
         }
         MergeIn::Merged { sha } => sha,
     };
@@ -104,19 +150,21 @@ pub async fn merge(
     }
     if results.iter().all(|c| c.passed) {
         overhead += undo_started.elapsed();
-        return Ok(MergeResult::Merged {
+        return Attempt::Done(Ok(MergeResult::Merged {
             sha,
             overhead,
             checks: results,
-        });
+        }));
     }
-    reset_to(step, &before)?;
+    if let Err(e) = reset_to(step, &before) {
+        return failure(step, e);
+    }
     overhead += undo_started.elapsed();
-    Ok(MergeResult::ChecksRed {
+    Attempt::Done(Ok(MergeResult::ChecksRed {
         feedback: feedback_of(&results),
         checks: results,
         overhead,
-    })
+    }))
 }
 
 /// What [`merge_batch`] did with each branch it was given, in the order given.
@@ -124,9 +172,16 @@ pub async fn merge(
 pub struct BatchOutcome {
     /// One result per branch tried (as [`merge`] would give it), in the order given.
     pub results: Vec<Result<MergeResult, String>>,
-    /// How many branches, from the end, were not tried: git failed on the one before them.
-    /// They go back to the refinery's queue, in front.
+    /// How many branches, from the end, were not tried: git failed on the one before them
+    /// (or the batch was [`blocked`](BatchOutcome::blocked) there). They go back to the
+    /// refinery's queue, in front.
     pub untried: usize,
+    /// The step's worktree could not take a merge for a reason that is no branch's: another
+    /// git command holds its index, or a stale `index.lock` is left there (this says which
+    /// file, and what to do). The branch it happened on and those after it are untried: the
+    /// refinery stops, nothing is refused. (A red merge it could not undo is left in the step's
+    /// branch, above the last green tip: `wiggum resume` undoes it.)
+    pub blocked: Option<String>,
 }
 
 /// Merges several finished branches at once (a merge train, as merge queues batch pull
@@ -139,6 +194,9 @@ pub struct BatchOutcome {
 /// is paid. A branch that conflicts changes nothing and the others go on, as they would one
 /// by one. With one branch this is [`merge`]. After Ctrl-C (`cancel`), no branch is merged
 /// again one at a time: those left are untried (the refinery takes them on `wiggum resume`).
+/// When the step's worktree cannot take a merge (another git command holds its index, or a
+/// stale `index.lock` is left there), no branch is blamed: the batch stops there, the rest is
+/// untried and [`BatchOutcome::blocked`] says why.
 ///
 /// The refinery's own time for the batch (its merges and checkout, and the throwing away of
 /// what the checks wrote) is shared equally by the branches tried; after a red batch, the
@@ -151,10 +209,20 @@ pub async fn merge_batch(
     env: &[(String, String)],
     cancel: &crate::run::Cancel,
 ) -> BatchOutcome {
+    // Nothing tried: the refinery stops at once.
+    let blocked_at_start = |why: String| BatchOutcome {
+        results: Vec::new(),
+        untried: branches.len(),
+        blocked: Some(why),
+    };
     if branches.len() == 1 {
-        return BatchOutcome {
-            results: vec![merge(step, &branches[0], checks, check_timeout, env).await],
-            untried: 0,
+        return match attempt(step, &branches[0], checks, check_timeout, env).await {
+            Attempt::Done(r) => BatchOutcome {
+                results: vec![r],
+                untried: 0,
+                blocked: None,
+            },
+            Attempt::Blocked(why) => blocked_at_start(why),
         };
     }
     let failing = |i: usize, e: &dyn std::fmt::Display| {
@@ -164,9 +232,13 @@ pub async fn merge_batch(
     let before = match step.head() {
         Ok(h) => h,
         Err(e) => {
-            return BatchOutcome {
-                results: vec![Err(e.to_string())],
-                untried: branches.len() - 1,
+            return match failure(step, e.to_string()) {
+                Attempt::Blocked(why) => blocked_at_start(why),
+                Attempt::Done(r) => BatchOutcome {
+                    results: vec![r],
+                    untried: branches.len() - 1,
+                    blocked: None,
+                },
             }
         }
     };
@@ -176,10 +248,15 @@ pub async fn merge_batch(
         .collect();
     let all = match step.merge_all(&merges) {
         Ok(all) => all,
+        Err(e @ WorkspaceError::IndexLocked { .. }) => return blocked_at_start(e.to_string()),
         Err(e) => {
-            return BatchOutcome {
-                results: vec![Err(failing(0, &e))],
-                untried: branches.len() - 1,
+            return match failure(step, failing(0, &e)) {
+                Attempt::Blocked(why) => blocked_at_start(why),
+                Attempt::Done(r) => BatchOutcome {
+                    results: vec![r],
+                    untried: branches.len() - 1,
+                    blocked: None,
+                },
             }
         }
     };
@@ -203,9 +280,24 @@ pub async fn merge_batch(
         }
     }
     let mut untried = 0;
+    let mut blocked = None;
     if let Some(e) = all.failed {
-        results.push(Some(Err(failing(tried, &e))));
-        untried = branches.len() - tried - 1;
+        // Merging one at a time, git failed on branch `tried`: the branch's failure, unless
+        // the step's index is held (then it is untried with those after it).
+        let failed = match e {
+            e @ WorkspaceError::IndexLocked { .. } => Attempt::Blocked(e.to_string()),
+            e => failure(step, failing(tried, &e)),
+        };
+        match failed {
+            Attempt::Done(r) => {
+                results.push(Some(r));
+                untried = branches.len() - tried - 1;
+            }
+            Attempt::Blocked(why) => {
+                blocked = Some(why);
+                untried = branches.len() - tried;
+            }
+        }
     }
     if !merged.is_empty() {
         let checked = run_checks(checks, step.path(), check_timeout, env).await;
@@ -229,14 +321,24 @@ pub async fn merge_batch(
         {
             // The one merged is the culprit, and no later branch conflicted with it.
             let (i, _) = merged[0];
-            results[i] = Some(match reset_to(step, &before) {
-                Ok(()) => Ok(MergeResult::ChecksRed {
-                    feedback: feedback_of(&checked),
-                    checks: checked,
-                    overhead: share + undo_started.elapsed(),
-                }),
-                Err(e) => Err(e),
-            });
+            match reset_to(step, &before) {
+                Ok(()) => {
+                    results[i] = Some(Ok(MergeResult::ChecksRed {
+                        feedback: feedback_of(&checked),
+                        checks: checked,
+                        overhead: share + undo_started.elapsed(),
+                    }))
+                }
+                Err(e) => match failure(step, e) {
+                    Attempt::Done(r) => results[i] = Some(r),
+                    Attempt::Blocked(why) => {
+                        // Not undone: untried from it on (`wiggum resume` undoes it).
+                        results.truncate(i);
+                        untried = branches.len() - i;
+                        blocked = Some(why);
+                    }
+                },
+            }
         } else {
             // Which one turned them red is not known: undo the batch, then one by one, the
             // conflicting ones too (they may have conflicted with a branch that is now
@@ -247,8 +349,19 @@ pub async fn merge_batch(
             // merges).
             let batch_cost = merging + undo_started.elapsed();
             if let Err(e) = undone {
-                for r in results.iter_mut().filter(|r| r.is_none()) {
-                    *r = Some(Err(e.clone()));
+                match failure(step, e) {
+                    Attempt::Done(Err(e)) => {
+                        for r in results.iter_mut().filter(|r| r.is_none()) {
+                            *r = Some(Err(e.clone()));
+                        }
+                    }
+                    Attempt::Done(Ok(_)) => unreachable!("a failure is an error"),
+                    // The batch is not undone: none of it is merged, nor refused.
+                    Attempt::Blocked(why) => {
+                        results.clear();
+                        untried = branches.len();
+                        blocked = Some(why);
+                    }
                 }
             } else {
                 let tried = results.len();
@@ -261,7 +374,17 @@ pub async fn merge_batch(
                     }
                     let git_failed = matches!(results[i], Some(Err(_)));
                     if !git_failed {
-                        results[i] = Some(merge(step, branch, checks, check_timeout, env).await);
+                        match attempt(step, branch, checks, check_timeout, env).await {
+                            Attempt::Done(r) => results[i] = Some(r),
+                            Attempt::Blocked(why) => {
+                                // Those before it have their result; it and those after it
+                                // are untried.
+                                results.truncate(i);
+                                untried = branches.len() - i;
+                                blocked = Some(why);
+                                break;
+                            }
+                        }
                     }
                 }
                 share_out(&mut results, batch_cost);
@@ -274,6 +397,7 @@ pub async fn merge_batch(
             .map(|r| r.expect("every branch tried has a result"))
             .collect(),
         untried,
+        blocked,
     }
 }
 
@@ -1005,37 +1129,88 @@ mod tests {
         assert!(s.has("a.txt") && !s.has("c.txt"));
     }
 
-    /// A stale `index.lock` in the step's worktree (a check running git killed at its
-    /// timeout): an error that names it and says what to do, not a conflict; nothing is
-    /// written, so a later merge's checks see the merge only.
-    #[tokio::test]
-    async fn a_stale_index_lock_is_an_error_that_names_it_not_a_conflict() {
-        let s = setup();
-        let ab = s.subtasks(&[("a", "la.txt", "a\n"), ("b", "lb.txt", "b\n")]);
-        let lock = git2::Repository::open(s.step.path())
+    /// The `index.lock` of the step's worktree.
+    fn index_lock(s: &Setup) -> PathBuf {
+        git2::Repository::open(s.step.path())
             .unwrap()
             .path()
-            .join("index.lock");
-        std::fs::write(&lock, "").unwrap();
-        let out = s.batch(&ab).await;
-        let Err(e) = &out.results[0] else {
-            panic!("an error: {:?}", out.results);
-        };
-        assert!(
-            e.contains(&lock.display().to_string()) && e.contains("remove it"),
-            "{e}"
-        );
-        assert!(!s.has("la.txt") && !s.has("lb.txt"));
-        std::fs::remove_file(&lock).unwrap();
+            .join("index.lock")
+    }
+
+    /// After the step's index was held: a later merge's checks see that merge only.
+    async fn merges_cleanly_once_the_lock_is_gone(s: &Setup, lock: &Path, not: &[&str]) {
+        std::fs::remove_file(lock).unwrap();
         let c = s.subtasks(&[("c", "lc.txt", "c\n")]).remove(0);
+        let absent: Vec<String> = not.iter().map(|f| format!("test ! -e {f}")).collect();
         let r = merge(
             &s.step,
             &c,
-            &["test ! -e la.txt && test -e lc.txt".to_string()],
+            &[format!("{} && test -e lc.txt", absent.join(" && "))],
             Duration::from_secs(30),
             &[],
         )
         .await;
         assert_eq!(kind(&r), "merged", "{r:?}");
+    }
+
+    /// A stale `index.lock` in the step's worktree (a check running git killed at its
+    /// timeout) is no branch's failure: the batch is blocked with an error that names the file
+    /// and says what to do, every branch is untried (none refused, none a conflict), nothing is
+    /// written, so a later merge's checks see the merge only.
+    #[tokio::test]
+    async fn a_stale_index_lock_blocks_the_batch_and_leaves_every_branch_untried() {
+        let s = setup();
+        let ab = s.subtasks(&[("a", "la.txt", "a\n"), ("b", "lb.txt", "b\n")]);
+        let lock = index_lock(&s);
+        std::fs::write(&lock, "").unwrap();
+        let out = s.batch(&ab).await;
+        assert!(out.results.is_empty(), "{:?}", out.results);
+        assert_eq!(out.untried, 2);
+        let why = out.blocked.expect("blocked");
+        assert!(
+            why.contains(&lock.display().to_string()) && why.contains("remove it"),
+            "{why}"
+        );
+        assert!(!s.has("la.txt") && !s.has("lb.txt"));
+        assert_eq!(s.runs(), 0, "no checks run");
+        merges_cleanly_once_the_lock_is_gone(&s, &lock, &["la.txt", "lb.txt"]).await;
+    }
+
+    /// A batch of one (a merge on its own) is blocked the same way, not failed.
+    #[tokio::test]
+    async fn a_stale_index_lock_blocks_a_single_merge_too() {
+        let s = setup();
+        let a = s.subtasks(&[("a", "la.txt", "a\n")]);
+        let lock = index_lock(&s);
+        std::fs::write(&lock, "").unwrap();
+        let out = s.batch(&a).await;
+        assert!(out.results.is_empty(), "{:?}", out.results);
+        assert_eq!(out.untried, 1);
+        assert!(out.blocked.unwrap().contains(&lock.display().to_string()));
+        assert!(!s.has("la.txt"));
+        merges_cleanly_once_the_lock_is_gone(&s, &lock, &["la.txt"]).await;
+    }
+
+    /// Another git command takes the step's index in the middle of a batch's checkout (after
+    /// the refinery looked for its lock): the files written are put back, the branch has not
+    /// moved, and the batch is blocked, not failed on its first branch.
+    #[tokio::test]
+    async fn an_index_lock_taken_mid_checkout_blocks_the_batch_with_the_files_put_back() {
+        let s = setup();
+        let ab = s.subtasks(&[("a", "la.txt", "a\n"), ("b", "lb.txt", "b\n")]);
+        let before = s.step.head().unwrap();
+        crate::workspace::LOCK_MID_CHECKOUT.with(|c| c.set(true));
+        let out = s.batch(&ab).await;
+        let lock = index_lock(&s);
+        assert!(lock.exists(), "the failpoint took the index");
+        assert!(out.results.is_empty(), "{:?}", out.results);
+        assert_eq!(out.untried, 2);
+        assert!(out.blocked.unwrap().contains(&lock.display().to_string()));
+        assert_eq!(s.step.head().unwrap(), before, "the branch has not moved");
+        assert!(
+            !s.has("la.txt") && !s.has("lb.txt"),
+            "the files are put back"
+        );
+        merges_cleanly_once_the_lock_is_gone(&s, &lock, &["la.txt", "lb.txt"]).await;
     }
 }

@@ -3,7 +3,9 @@
 //! Points: `iteration-end` (an iteration is recorded, the step goes on), `command-end` (a
 //! command step's command ended and that is recorded, before its checkpoint and merge).
 //! [`fails`] makes an operation fail instead, as if it had failed by itself: `claim-export`
-//! (a polecat's export of its subtask's claim to `.beads/issues.jsonl`).
+//! (a polecat's export of its subtask's claim to `.beads/issues.jsonl`); `index-lock-mid-checkout`
+//! makes another git command seem to take the step's index in the middle of a merge's checkout
+//! (its `index.lock` is made, and left, after the refinery looked for one).
 
 /// Aborts the process when `WIGGUM_FAILPOINT` names this point.
 pub fn hit(name: &str) {

@@ -622,7 +622,8 @@ async fn execute(ctx: Arc<RunCtx>, resumed: bool) -> Result<PatrolReport, Patrol
                 let outcome = if st.status == "done" {
                     st.outcome.unwrap_or(Outcome::Error)
                 } else {
-                    Outcome::Cancelled
+                    // Ctrl-C, or an error that leaves it resumable (see `run_step`).
+                    st.outcome.unwrap_or(Outcome::Cancelled)
                 };
                 ctx.sink.emit(&Event::StepFinished {
                     step_id: id.clone(),
@@ -746,9 +747,12 @@ async fn run_step(ctx: &RunCtx, step: &Step) -> StepState {
         Err(reason) => (Outcome::Error, reason),
     };
     if outcome == Outcome::Cancelled {
-        // Not finished: `wiggum resume` continues it from its last recorded iteration.
+        // Not finished: `wiggum resume` continues it from its last recorded iteration. Without
+        // Ctrl-C, wiggum stopped it for something a person must fix first (a split's refinery
+        // that cannot merge in the step's worktree, its reason says what): an error until then.
         st.status = "running".into();
         st.reason = reason;
+        st.outcome = (!ctx.cancel.is_cancelled()).then_some(Outcome::Error);
         return st;
     }
     st.status = "done".into();
@@ -1230,9 +1234,12 @@ fn command_end(command: &str, check: &crate::ralph::checks::CheckResult) -> Comm
 }
 
 async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolRunError> {
-    let (outcome, reason) = {
+    let (outcome, reason, resumable) = {
         let state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
-        run_outcome(&state, ctx.cancel.is_cancelled())
+        let (outcome, reason) = run_outcome(&state, ctx.cancel.is_cancelled());
+        // A step stopped by an error it can be resumed from keeps the run open.
+        let resumable = outcome == Outcome::Cancelled || stopped_resumable(&state).is_some();
+        (outcome, reason, resumable)
     };
     let mut landed = None;
     let mut onto_base = false;
@@ -1298,7 +1305,7 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
     }
     let state = {
         let mut state = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
-        if outcome != Outcome::Cancelled {
+        if !resumable {
             state.finished_at = Some(format_time(&now()));
         }
         state.outcome = Some(outcome);
@@ -1308,7 +1315,7 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
         state.clone()
     };
     state.save(&ctx.recorder)?;
-    if outcome != Outcome::Cancelled {
+    if !resumable {
         // Finished: a later resume only reports it, whether or not it takes the lock.
         ctx.lock.remove_file();
         let (iterations, tokens, cost) = state.totals();
@@ -1348,6 +1355,16 @@ async fn finish_run(ctx: &RunCtx, resumed: bool) -> Result<PatrolReport, PatrolR
     Ok(report)
 }
 
+/// The first step left `running` with an error (stopped by wiggum, resumable: see `run_step`):
+/// its id and why.
+fn stopped_resumable(state: &RunState) -> Option<(&str, &str)> {
+    state
+        .steps
+        .iter()
+        .find(|(_, s)| s.status == "running" && s.outcome == Some(Outcome::Error))
+        .map(|(id, s)| (id.as_str(), s.reason.as_str()))
+}
+
 fn run_outcome(state: &RunState, cancelled: bool) -> (Outcome, String) {
     if cancelled {
         return (
@@ -1380,10 +1397,15 @@ fn run_outcome(state: &RunState, cancelled: bool) -> (Outcome, String) {
         .iter()
         .map(|(id, s)| format!("{id} ({})", s.outcome.map_or("not run", |o| o.as_str())))
         .collect();
-    (
-        first.1.outcome.unwrap_or(Outcome::Error),
-        format!("steps that did not converge: {}", names.join(", ")),
-    )
+    let mut reason = format!("steps that did not converge: {}", names.join(", "));
+    if let Some((id, why)) = stopped_resumable(state) {
+        reason.push_str(&format!(
+            "; step {id} stopped, the run can be resumed (`wiggum resume {}`) once this is \
+             fixed: {why}",
+            state.run_id
+        ));
+    }
+    (first.1.outcome.unwrap_or(Outcome::Error), reason)
 }
 
 fn report_of(state: &RunState, repo: PathBuf, resumed: bool, already: bool) -> PatrolReport {

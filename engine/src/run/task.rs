@@ -350,7 +350,7 @@ pub async fn resume_task(
             last_checkpoint: workspace.head().ok(),
             split: None,
         };
-        return Ok(run.conclude(state, workspace, step, sink).await);
+        return Ok(run.conclude(state, workspace, step, sink, false).await);
     }
     run.drive(state, workspace, agents, config, start, sink, cancel)
         .await
@@ -515,17 +515,20 @@ impl TaskRun {
             .state
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
-        Ok(self.conclude(state, workspace, step, sink).await)
+        let by_user = cancel.is_cancelled();
+        Ok(self.conclude(state, workspace, step, sink, by_user).await)
     }
 
     /// After the loop: lands a converged task, records its end (or, cancelled, leaves it to
-    /// `wiggum resume`), and reports.
+    /// `wiggum resume`), and reports. `by_user`: a cancelled step was stopped by Ctrl-C (else
+    /// by wiggum, for something to fix first: see [`Self::pause`]).
     async fn conclude(
         self,
         mut state: RunState,
         workspace: Workspace,
         mut step: StepReport,
         sink: &dyn EventSink,
+        by_user: bool,
     ) -> TaskReport {
         let run_id = state.run_id.clone();
         let branch = workspace.branch().to_string();
@@ -540,7 +543,7 @@ impl TaskRun {
         });
         let worktree = workspace.path().display().to_string();
         if step.outcome == Outcome::Cancelled {
-            return self.pause(state, step, branch, worktree, sink);
+            return self.pause(state, step, branch, worktree, sink, by_user);
         }
         let (landed, mut land) = self.land(&step, &workspace, &branch).await;
         if landed {
@@ -612,7 +615,10 @@ impl TaskRun {
         }
     }
 
-    /// A cancelled task stays open, like a patrol: `wiggum resume RUN` goes on with it.
+    /// A cancelled task stays open, like a patrol: `wiggum resume RUN` goes on with it. Not
+    /// cancelled by the user (`by_user` false), wiggum stopped it for something a person must
+    /// fix first (a split's refinery that cannot merge in the step's worktree): it ends as an
+    /// error that says what, still resumable.
     fn pause(
         self,
         mut state: RunState,
@@ -620,11 +626,25 @@ impl TaskRun {
         branch: String,
         worktree: String,
         sink: &dyn EventSink,
+        by_user: bool,
     ) -> TaskReport {
         let run_id = state.run_id.clone();
-        let reason = format!("cancelled by the user; continue with `wiggum resume {run_id}`");
+        let (outcome, reason) = if by_user {
+            (
+                Outcome::Cancelled,
+                format!("cancelled by the user; continue with `wiggum resume {run_id}`"),
+            )
+        } else {
+            (
+                Outcome::Error,
+                format!(
+                    "stopped, resumable once this is fixed (`wiggum resume {run_id}`): {}",
+                    step.reason
+                ),
+            )
+        };
         let tokens = step.usage.total() + self.earlier.0;
-        state.outcome = Some(Outcome::Cancelled);
+        state.outcome = Some(outcome);
         state.reason = reason.clone();
         if let Some(st) = state.step_mut(TASK_STEP) {
             st.status = "running".into();
@@ -638,13 +658,13 @@ impl TaskRun {
             .map(|e| format!("the result could not be recorded in the ledger: {e}"));
         sink.emit(&Event::RunFinished {
             run_id: run_id.clone(),
-            outcome: Outcome::Cancelled,
+            outcome,
             reason: reason.clone(),
         });
         TaskReport {
             run_id,
             step_id: self.step_bead.clone(),
-            outcome: Outcome::Cancelled,
+            outcome,
             reason,
             iterations: step.iterations,
             tokens,

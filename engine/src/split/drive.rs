@@ -292,8 +292,14 @@ enum Finished {
     Subtask(Box<Done>, Option<Box<Idle>>),
     /// A merge batch (or, distributed, a landing on the remote) ended: each subtask's result
     /// in the order they were merged, with a line about the landing for its bead; then the
-    /// subtasks of the batch not tried (git failed before them), back to the queue's front.
-    Merges(Vec<MergeDone>, Vec<(String, Option<Workspace>)>),
+    /// subtasks of the batch not tried (git failed before them), back to the queue's front;
+    /// and why the refinery must stop, when the step's worktree cannot take merges (its index
+    /// is held: see [`refinery::BatchOutcome::blocked`]).
+    Merges(
+        Vec<MergeDone>,
+        Vec<(String, Option<Workspace>)>,
+        Option<String>,
+    ),
     /// Distributed: the landing could not reach the remote or the database; the subtask stays
     /// finished (`wiggum resume` lands it).
     Unlanded(String, String),
@@ -514,6 +520,8 @@ async fn drive_pool<'s, 'e>(
     // Subtasks this process started and that did not come back yet.
     let mut active: std::collections::HashSet<String> = Default::default();
     let mut stopped: Option<(Outcome, String)> = None;
+    // The step's worktree cannot take merges (its index is held): nothing more is merged.
+    let mut refinery_stopped = false;
     let mut usage = Usage::default();
     let mut cost = 0.0;
     // Polecats of this split between two subtasks, with their worktrees.
@@ -719,7 +727,7 @@ async fn drive_pool<'s, 'e>(
         }
         // One merge at a time, in completion order; none starts after Ctrl-C (a finished
         // subtask goes to the refinery on `wiggum resume`).
-        if !merging {
+        if !merging && !refinery_stopped {
             merging = start_merge(spec, run, &mut queue, &mut workers, state);
         }
         if in_flight == 0 && !merging && cleaning == 0 {
@@ -764,12 +772,18 @@ async fn drive_pool<'s, 'e>(
                         // Its branch goes to the refinery (distributed: on the remote); it starts
                         // on it now, while this is recorded.
                         queue.push_back((done.id.clone(), done.workspace));
-                        if !merging {
+                        if !merging && !refinery_stopped {
                             merging = start_merge(spec, run, &mut queue, &mut workers, state);
                         }
                     }
-                    // Left as it is: `wiggum resume` continues it from its checkpoint.
-                    Outcome::Cancelled => {}
+                    // Left as it is: `wiggum resume` continues it from its checkpoint. Without
+                    // Ctrl-C, its own split stopped for something to fix first (its reason says
+                    // what): this pool stops too.
+                    Outcome::Cancelled => {
+                        if !run.cancel.is_cancelled() {
+                            stopped.get_or_insert((Outcome::Cancelled, done.report.reason.clone()));
+                        }
+                    }
                     Outcome::Budget => {
                         stopped.get_or_insert((
                             Outcome::Budget,
@@ -800,9 +814,15 @@ async fn drive_pool<'s, 'e>(
                 ));
                 release_refinery(run).await;
             }
-            Finished::Merges(done, untried) => {
+            Finished::Merges(done, untried, blocked) => {
                 for entry in untried.into_iter().rev() {
                     queue.push_front(entry);
+                }
+                if let Some(why) = blocked {
+                    // The step's worktree, not a subtask: those not merged stay finished (and
+                    // claimed), the refinery and the pool stop, `wiggum resume` merges them.
+                    refinery_stopped = true;
+                    stopped.get_or_insert((Outcome::Cancelled, refinery_blocked(&why)));
                 }
                 // A merge job that failed (git, or a panic half-way through a batch) may have
                 // left merges on the step's branch that are not recorded: back to the last
@@ -826,7 +846,8 @@ async fn drive_pool<'s, 'e>(
                 // the refinery never waits for the ledger. (A process killed before these are
                 // saved undoes them on resume, back to the last recorded green tip, and merges
                 // them again: their branches go only once they are saved.)
-                merging = start_merge(spec, run, &mut queue, &mut workers, state);
+                merging =
+                    !refinery_stopped && start_merge(spec, run, &mut queue, &mut workers, state);
                 if !merging {
                     // Nothing else to land now: other machines' refineries may go.
                     release_refinery(run).await;
@@ -953,6 +974,16 @@ async fn drive_pool<'s, 'e>(
     }
 }
 
+/// Why the split stopped when the refinery cannot take merges in the step's worktree (`why`:
+/// its index is held, which file, what to do). The step ends `cancelled` without Ctrl-C: the
+/// run stops with this error and stays resumable.
+fn refinery_blocked(why: &str) -> String {
+    format!(
+        "error: the refinery stopped: {why}; then `wiggum resume` merges the finished subtasks \
+         (no subtask failed: none is escalated for it)"
+    )
+}
+
 /// Distributed: lets the repository's refinery lease go, if this process holds it.
 async fn release_refinery(run: &SplitRun<'_>) {
     if let Some(d) = run.distributed {
@@ -1005,8 +1036,12 @@ fn start_merge<'s, 'e>(
                     .land(step_ws, &branch, &checks, timeout, &env, &cancel, &waiting)
                     .await
                 {
-                    Landed::Done(r, note) => Finished::Merges(vec![(id, Ok(r), ws, note)], vec![]),
-                    Landed::Failed(why) => Finished::Merges(vec![(id, Err(why), ws, None)], vec![]),
+                    Landed::Done(r, note) => {
+                        Finished::Merges(vec![(id, Ok(r), ws, note)], vec![], None)
+                    }
+                    Landed::Failed(why) => {
+                        Finished::Merges(vec![(id, Err(why), ws, None)], vec![], None)
+                    }
                     Landed::NotNow(why) => Finished::Unlanded(id, why),
                 }
             },
@@ -1038,6 +1073,7 @@ fn start_merge<'s, 'e>(
                 refinery::BatchOutcome {
                     results: Vec::new(),
                     untried: 0,
+                    blocked: None,
                 }
             } else {
                 refinery::merge_batch(step_ws, &named, &checks, timeout, &env, &cancel).await
@@ -1060,7 +1096,7 @@ fn start_merge<'s, 'e>(
                 let r = results.next().expect("a result per branch tried");
                 done.push((id, r, ws, None));
             }
-            Finished::Merges(done, untried)
+            Finished::Merges(done, untried, outcome.blocked)
         },
         move |why| panicked(ids, why),
     );
@@ -1073,7 +1109,7 @@ fn panicked(ids: Vec<String>, why: String) -> Finished {
         .into_iter()
         .map(|id| (id, Err(format!("it panicked: {why}")), None, None))
         .collect();
-    Finished::Merges(done, Vec::new())
+    Finished::Merges(done, Vec::new(), None)
 }
 
 /// The step's verification iteration on the merged result.

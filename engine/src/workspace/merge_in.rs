@@ -200,6 +200,20 @@ impl Workspace {
             })
     }
 
+    /// [`WorkspaceError::IndexLocked`] when another git command holds this worktree's index
+    /// (its `index.lock` exists: a stale one when no git command runs there).
+    pub fn check_index_free(&self) -> Result<(), WorkspaceError> {
+        let inner = self.lock();
+        let lock = inner.repo.path().join("index.lock");
+        if lock.exists() {
+            return Err(WorkspaceError::IndexLocked {
+                path: self.path.clone(),
+                lock,
+            });
+        }
+        Ok(())
+    }
+
     /// Brings this worktree, at commit `from`, to commit `to` with a safe checkout of only the
     /// files that differ between the two (the checkout never walks the rest of a large tree).
     /// `Some(reason)` when local changes are in the way: then nothing was written.
@@ -245,6 +259,11 @@ impl Workspace {
         if repo.path().join("index.lock").exists() {
             return Err(index_locked());
         }
+        if lock_mid_checkout() {
+            // Another git command takes the index now, after the look above: the checkout
+            // writes the files, then finds the index taken when it writes it.
+            let _ = std::fs::write(repo.path().join("index.lock"), "");
+        }
         let mut checkout = CheckoutBuilder::new();
         checkout
             .safe()
@@ -286,6 +305,25 @@ impl Workspace {
             }
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the next checkout of a merge finds its index taken midway (see
+    /// [`lock_mid_checkout`]).
+    pub(crate) static LOCK_MID_CHECKOUT: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
+/// Whether a test asks the checkout of a merge to find the worktree's index taken by another
+/// git command after it looked (`WIGGUM_FAILPOINT=index-lock-mid-checkout`, or in unit tests
+/// [`LOCK_MID_CHECKOUT`], once).
+fn lock_mid_checkout() -> bool {
+    #[cfg(test)]
+    if LOCK_MID_CHECKOUT.with(|c| c.replace(false)) {
+        return true;
+    }
+    crate::run::failpoint::fails("index-lock-mid-checkout")
 }
 
 /// Moves `own_ref` from `from` to `to` (compare-and-swap). When the branch moved meanwhile, the

@@ -28,6 +28,8 @@ pub use discover::{discover_root, require_commit, WorkspaceError};
 pub use exclude::{ensure_excluded, is_wiggum_path, EXCLUDE_LINE};
 pub use land::LandOutcome;
 pub use ledger_commit::{commit_ledger, LedgerCommit, LEDGER_FILES};
+#[cfg(test)]
+pub(crate) use merge_in::LOCK_MID_CHECKOUT;
 pub use merge_in::{MergeAll, MergeIn};
 pub use switch::delete_branch_if_free;
 pub use worktree::{Workspace, WORKTREES_DIR};
