@@ -2,7 +2,8 @@
 //! plan is repaired once, then refused; subtasks run on polecats in parallel, dependent ones
 //! with their predecessors' merged work; the refinery undoes a red merge, re-runs a conflict
 //! once on the new base, then escalates; the verification iteration runs on the merged tree;
-//! `kill -9` then `wiggum resume` finishes with no duplicate bead and no leftover worktree.
+//! `kill -9` then `wiggum resume` finishes with no duplicate bead and no leftover worktree, also
+//! when a polecat's worktree folder (and its branch) was deleted by hand in between.
 
 mod common;
 
@@ -1050,4 +1051,181 @@ echo done
     assert_eq!(refinery_runs(None), 3);
     // a, b and c one at a time, then the verification.
     assert_eq!(refinery_runs(Some("1")), 4);
+}
+
+/// A patrol whose step `big` splits at once into a and b (b needs a) on one polecat; with
+/// [`ONE_POLECAT_SCRIPT`].
+const ONE_POLECAT_PATROL: &str = r#"
+[patrol]
+name = "one-polecat"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "two parts"
+[steps.loop]
+checks = ["true"]
+[steps.split]
+mode = "always"
+polecats = 1
+"#;
+
+/// a needs two iterations (its own check wants `a-done.txt`): the first writes `a.txt`, the
+/// second only `a-done.txt` (so `a.txt` lands only if the first one's checkpoint is kept).
+const ONE_POLECAT_SCRIPT: &str = r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a", "checks": ["test -f a-done.txt"]}, {"id": "b", "prompt": "b", "needs": ["a"]}]}'
+[[work]]
+step = "big/a"
+iteration = 1
+reply = "a, half"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+[[work]]
+step = "big/a"
+reply = "a, done"
+[[work.edits]]
+path = "a-done.txt"
+write = "done\n"
+[[work]]
+step = "big/b"
+reply = "b"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+[[work]]
+step = "big"
+reply = "verified"
+"#;
+
+/// F4: a `wiggum run` aborted (as by `kill -9`) once subtask a's first iteration is recorded
+/// and checkpointed; then a person deletes the polecat's worktree folder by hand (`rm -rf
+/// .wiggum/worktrees/<name>`), and its branch too when `and_branch` (`git branch -D` refuses a
+/// branch git still thinks checked out there: the ref is deleted directly). Git still has the
+/// worktree's admin entry (`.git/worktrees/<name>`). `wiggum resume` must finish: a runs
+/// again, nothing is recorded twice, no worktree or admin entry is left. Returns whether a's
+/// first iteration's work (`a.txt`) landed.
+fn resume_after_deleting_the_polecat_worktree(and_branch: bool, mid_iteration: bool) -> bool {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    if mid_iteration {
+        // Killed in a's second iteration (it takes 3 s), its bead open.
+        let script = ONE_POLECAT_SCRIPT
+            .replace("reply = \"a, done\"", "reply = \"a, done\"\ndelay = \"3s\"");
+        let patrol = write_patrol(defs.path(), ONE_POLECAT_PATROL, &script);
+        let mut child = common::wiggum_command()
+            .args(["run", &patrol.display().to_string()])
+            .args(["--repo", &repo.path().display().to_string()])
+            .current_dir(repo.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = common::StderrLines::of(&mut child);
+        stderr.wait_for("big/a: iteration 2 · work", 60);
+        kill9(child);
+    } else {
+        let patrol = write_patrol(defs.path(), ONE_POLECAT_PATROL, ONE_POLECAT_SCRIPT);
+        let out = repo.wiggum_env(
+            &[
+                "run",
+                &patrol.display().to_string(),
+                "--repo",
+                &repo.path().display().to_string(),
+            ],
+            &[("WIGGUM_FAILPOINT", "iteration-end")],
+        );
+        assert_ne!(out.code, 0, "{}", out.stderr);
+    }
+    let run_id = last_run_id(&repo);
+    let all = beads(repo.path());
+    let parent = subtask_beads(&all)[0]["id"].as_str().unwrap().to_string();
+    let parent = parent.rsplit_once('.').unwrap().0.to_string();
+    let split = split_of(&repo, &parent);
+    let a = subtask(&split, "a");
+    assert_eq!(a["status"], "running", "{split:#}");
+    let branch = a["branch"].as_str().unwrap().to_string();
+    let list = repo.git(&["worktree", "list", "--porcelain"]);
+    let polecat_wt = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("worktree "))
+        .find(|p| p.contains(".polecat-"))
+        .unwrap_or_else(|| panic!("no polecat worktree: {list}"))
+        .to_string();
+    let name = std::path::Path::new(&polecat_wt)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    std::fs::remove_dir_all(&polecat_wt).unwrap();
+    if and_branch {
+        repo.git(&["update-ref", "-d", &format!("refs/heads/{branch}")]);
+    }
+    assert!(repo.path().join(".git/worktrees").join(&name).exists());
+
+    let r = resume_json(&repo, &run_id);
+    assert_eq!(r["outcome"], "converged", "{r:#}");
+    let split = split_of(&repo, step(&r, "big")["bead"].as_str().unwrap());
+    for id in ["a", "b"] {
+        assert_eq!(subtask(&split, id)["status"], "merged", "{split:#}");
+    }
+    let all = beads(repo.path());
+    assert_br_import_rules(&all);
+    assert_eq!(subtask_beads(&all).len(), 2, "no subtask recorded twice");
+    let a_bead = subtask(&split, "a")["bead"].as_str().unwrap().to_string();
+    let mut titles: Vec<String> = all
+        .iter()
+        .filter(|b| {
+            b["id"]
+                .as_str()
+                .unwrap()
+                .strip_prefix(&format!("{a_bead}."))
+                .is_some_and(|rest| !rest.contains('.'))
+        })
+        .map(|b| b["title"].as_str().unwrap().to_string())
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        ["iteration 1", "iteration 2"],
+        "no iteration of a recorded twice"
+    );
+    for f in ["a-done.txt", "b.txt"] {
+        assert!(repo.path().join(f).exists(), "{f} not landed");
+    }
+    assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
+    assert!(!repo.path().join(".git/worktrees").join(&name).exists());
+    let branches = repo.git(&["branch", "--list", "wiggum/*-big.split/*"]);
+    assert!(branches.trim().is_empty(), "{branches}");
+    repo.path().join("a.txt").exists()
+}
+
+/// F4, the folder and the branch gone: a runs again from the step's branch (its first
+/// iteration's work went with its branch).
+#[test]
+fn a_polecat_worktree_and_branch_deleted_by_hand_after_kill_9_run_again_from_the_base() {
+    assert!(!resume_after_deleting_the_polecat_worktree(true, false));
+}
+
+/// F4, only the folder gone: a continues from its last checkpoint, on its branch.
+#[test]
+fn a_polecat_worktree_deleted_by_hand_after_kill_9_continues_from_its_checkpoint() {
+    assert!(resume_after_deleting_the_polecat_worktree(false, false));
+}
+
+/// F4, killed in the middle of an iteration (its bead open), folder and branch gone: the open
+/// iteration is re-used, from the step's branch.
+#[test]
+fn a_polecat_worktree_and_branch_deleted_by_hand_after_kill_9_mid_iteration_run_again() {
+    assert!(!resume_after_deleting_the_polecat_worktree(true, true));
+}
+
+/// F4, killed in the middle of an iteration, only the folder gone: from its last checkpoint.
+#[test]
+fn a_polecat_worktree_deleted_by_hand_after_kill_9_mid_iteration_continues_from_its_checkpoint() {
+    assert!(resume_after_deleting_the_polecat_worktree(false, true));
 }
