@@ -1,8 +1,9 @@
 //! Polecat scaling and the refinery's overhead.
 //!
 //! A task is split (`--split always`) into 16 independent subtasks; the agent
-//! (fixtures/bench/slow-agent.sh) waits 200 ms per call and computes nothing, as a model behind
-//! an API does. With 1, 2, 4 and 8 polecats, the pool's wall time (first subtask started to
+//! (fixtures/bench/slow-agent.c, compiled with `cc` at the start; `BENCH_AGENT=sh` runs the
+//! shell version, fixtures/bench/slow-agent.sh) waits 200 ms per call and computes nothing, as
+//! a model behind an API does. With 1, 2, 4 and 8 polecats, the pool's wall time (first subtask started to
 //! last subtask merged) is compared with the ideal: the serial time measured with one polecat,
 //! divided by the number of polecats. The refinery's own time per merge (merge and undo work,
 //! checks excluded; the `Merged` events carry it) is printed beside. Run with
@@ -339,6 +340,7 @@ fn main() {
     println!(
         "polecat scaling: {parts} independent subtasks, an agent that waits {agent_ms} ms a call"
     );
+    println!("agent: {}", split_task::agent().what);
     println!(
         "machine: {} cores, load average {} at the start",
         std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -253,6 +253,7 @@ fn main() {
     std::env::set_var("BENCH_AGENT_MS", agent_ms.to_string());
     std::env::set_var("WIGGUM_MAX_POLECATS", polecats.max(16).to_string());
     let rt = runtime();
+    println!("agent: {}", split_task::agent().what);
     println!(
         "split of {parts} independent subtasks, an agent that waits {agent_ms} ms a call; \
          {workers} workers x {per_worker} polecats"
