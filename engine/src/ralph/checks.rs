@@ -271,6 +271,35 @@ async fn run_check_in(
     // The output goes to a file, not a pipe: its *end* is what matters (test summaries come
     // last) and a file keeps it whatever the length, and a daemon the check starts cannot hold
     // a pipe open and take the output with it. stderr goes to the same file, in order.
+    // A plain word list runs without a shell (see `direct`), its output in a file in memory
+    // with no name (no directory entry to create and remove in the temp folder, where that
+    // costs up to half a millisecond of CPU on a disk that test suites churn); if it cannot be
+    // started after all, the shell runs it and says why, as it always did.
+    if let Some(plan) = allow_direct
+        .then(|| direct::plan(command, dir, env))
+        .flatten()
+    {
+        if let Ok(log) = AnonLog::new() {
+            let mut spec = ProcessSpec::new(plan.words, dir);
+            spec.arg0 = Some(spec.argv[0].clone());
+            spec.argv[0] = plan.program;
+            spec.env = env.to_vec();
+            spec.env.push(("PWD".into(), plan.pwd));
+            spec.timeout = Some(timeout);
+            spec.output_file = Some(log.file.clone());
+            // A failed start (exec refused the file: no `#!`, busy, gone since the lookup) is
+            // left to the shell, which runs it or says why it cannot. A program that started
+            // is never run a second time.
+            match run_process(spec).await {
+                Ok(out) => {
+                    let output = read_tail(&log.file, CHECK_OUTPUT_LIMIT);
+                    return finish(command, out, output, timeout, false);
+                }
+                Err(e) if e.started() => return failed_to_start(e.to_string()),
+                Err(_) => {}
+            }
+        }
+    }
     let log = match tempfile::Builder::new()
         .prefix("wiggum-check-")
         .suffix(".log")
@@ -279,30 +308,6 @@ async fn run_check_in(
         Ok(f) => f,
         Err(e) => return failed_to_start(format!("cannot create its output file: {e}")),
     };
-    // A plain word list runs without a shell (see `direct`); if it cannot be started after
-    // all, the shell runs it and says why, as it always did.
-    if let Some(plan) = allow_direct
-        .then(|| direct::plan(command, dir, env))
-        .flatten()
-    {
-        if let Ok(file) = log.as_file().try_clone() {
-            let mut spec = ProcessSpec::new(plan.words, dir);
-            spec.arg0 = Some(spec.argv[0].clone());
-            spec.argv[0] = plan.program;
-            spec.env = env.to_vec();
-            spec.env.push(("PWD".into(), plan.pwd));
-            spec.timeout = Some(timeout);
-            spec.output_file = Some(std::sync::Arc::new(file));
-            // A failed start (exec refused the file: no `#!`, busy, gone since the lookup) is
-            // left to the shell, which runs it or says why it cannot. A program that started
-            // is never run a second time.
-            match run_process(spec).await {
-                Ok(out) => return finish(command, out, log.path(), timeout, false),
-                Err(e) if e.started() => return failed_to_start(e.to_string()),
-                Err(_) => {}
-            }
-        }
-    }
     // `>>`, not `>`: the file is new and empty either way, but ext4 writes a file truncated
     // on open out to disk when it is closed (`auto_da_alloc`), about 3 ms of wall time and
     // 0.3 ms of CPU per check on this kind of disk (`cargo bench --bench checks`).
@@ -313,8 +318,38 @@ async fn run_check_in(
         .push(("WIGGUM_CHECK_LOG".into(), log.path().display().to_string()));
     spec.timeout = Some(timeout);
     match run_process(spec).await {
-        Ok(out) => finish(command, out, log.path(), timeout, true),
+        Ok(out) => {
+            let output = match std::fs::File::open(log.path()) {
+                Ok(file) => read_tail(&file, CHECK_OUTPUT_LIMIT),
+                Err(e) => format!("[wiggum: cannot read the check's output: {e}]\n"),
+            };
+            finish(command, out, output, timeout, true)
+        }
         Err(e) => failed_to_start(e.to_string()),
+    }
+}
+
+/// The output file of a check run without a shell: a file in memory with no name
+/// (`memfd_create`), or, where the kernel has none, a temp file removed at once (its open
+/// handle keeps it).
+struct AnonLog {
+    file: std::sync::Arc<std::fs::File>,
+}
+
+impl AnonLog {
+    fn new() -> std::io::Result<AnonLog> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: the name is a NUL-terminated literal; the flags are valid.
+        let fd = unsafe { libc::memfd_create(c"wiggum-check".as_ptr(), libc::MFD_CLOEXEC) };
+        let file = if fd >= 0 {
+            // SAFETY: `fd` is a new descriptor that nothing else owns.
+            unsafe { std::fs::File::from_raw_fd(fd) }
+        } else {
+            tempfile::tempfile()?
+        };
+        Ok(AnonLog {
+            file: std::sync::Arc::new(file),
+        })
     }
 }
 
@@ -323,11 +358,10 @@ async fn run_check_in(
 fn finish(
     command: &str,
     out: ProcessOutput,
-    log: &Path,
+    mut output: String,
     timeout: Duration,
     shell: bool,
 ) -> CheckResult {
-    let mut output = read_tail(log, CHECK_OUTPUT_LIMIT);
     // `sh` itself may complain before the redirection (it cannot open the file).
     let stderr = out.stderr_text();
     if !stderr.is_empty() {
@@ -381,16 +415,22 @@ fn shell_signal_line(signal: i32, core_dumped: bool) -> String {
 }
 
 /// The last `limit` bytes of the file as text (invalid UTF-8 replaced), with a first line
-/// saying how much was cut.
-fn read_tail(path: &Path, limit: usize) -> String {
-    use std::io::{Read as _, Seek as _, SeekFrom};
+/// saying how much was cut. Read at offsets: the file's own position may be anywhere (the
+/// check wrote through the same open file).
+fn read_tail(file: &std::fs::File, limit: usize) -> String {
+    use std::os::unix::fs::FileExt as _;
     let read = || -> std::io::Result<String> {
-        let mut file = std::fs::File::open(path)?;
         let len = file.metadata()?.len();
         let skip = len.saturating_sub(limit as u64);
-        file.seek(SeekFrom::Start(skip))?;
-        let mut bytes = Vec::with_capacity(limit.min(len as usize));
-        file.take(limit as u64).read_to_end(&mut bytes)?;
+        let mut bytes = vec![0; (len - skip) as usize];
+        let mut got = 0;
+        while got < bytes.len() {
+            match file.read_at(&mut bytes[got..], skip + got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        bytes.truncate(got);
         let text = String::from_utf8_lossy(&bytes);
         Ok(if skip > 0 {
             format!("[… {skip} earlier bytes of output cut]\n{text}")
@@ -668,6 +708,22 @@ mod tests {
                 r[0].output
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_plain_checks_output_goes_to_a_file_in_memory_not_the_temp_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let [shell, plain] = on_both_paths(dir.path(), "where", "readlink /proc/self/fd/1; :");
+        let r = check(&plain, dir.path(), &[]).await;
+        assert!(r.passed, "{r:?}");
+        assert!(
+            r.output.starts_with("/memfd:wiggum-check"),
+            "{:?}",
+            r.output
+        );
+        // Through the shell: the file the script redirects to, as before.
+        let r = check(&shell, dir.path(), &[]).await;
+        assert!(r.output.contains("wiggum-check-"), "{:?}", r.output);
     }
 
     #[tokio::test]
