@@ -988,6 +988,17 @@ echo done
         2,
         "the step's worktree only (its work so far)"
     );
+    // The run stays resumable: once the file can be written, `wiggum resume` runs each subtask
+    // once and the step converges.
+    assert!(reason.contains("wiggum resume"), "{reason}");
+    let r = resume_json(&repo, r["run_id"].as_str().unwrap());
+    assert_eq!(r["outcome"], "converged", "{r:#}");
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let mut subtask_calls: Vec<&str> = calls.lines().filter(|l| l.contains('/')).collect();
+    subtask_calls.sort();
+    assert_eq!(subtask_calls, ["task/a", "task/b"], "{calls}");
+    assert_eq!(subtask_beads(&beads(repo.path())).len(), 2);
+    assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
 }
 
 /// Subtasks that finish while the refinery is busy go in together, with one run of the step's

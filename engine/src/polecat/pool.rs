@@ -280,7 +280,7 @@ pub(crate) fn claim_not_exported(e: &crate::ledger::LedgerError) -> String {
     format!(
         "error: ledger: the subtask's claim could not be written to .beads/issues.jsonl (it \
          is in the database); the pool stopped with nothing started: fix the file or move it \
-         away (wiggum writes it again from its database), then run again: {e}"
+         away (wiggum writes it again from its database), then `wiggum resume`: {e}"
     )
 }
 

@@ -756,8 +756,9 @@ async fn drive_pool<'s, 'e>(
                     continue;
                 };
                 if done.halt {
-                    // It never started: left as it is, claimed; the pool stops.
-                    stopped.get_or_insert((Outcome::Error, done.report.reason.clone()));
+                    // It never started: left as it is, claimed; the pool stops, resumably (the
+                    // step ends `cancelled` without Ctrl-C: an error the run resumes from).
+                    stopped.get_or_insert((Outcome::Cancelled, done.report.reason.clone()));
                     unsaved = true;
                     continue;
                 }
@@ -805,8 +806,9 @@ async fn drive_pool<'s, 'e>(
             }
             Finished::Unlanded(id, why) => {
                 merging = false;
+                // Resumable, as the reason says (the step ends `cancelled` without Ctrl-C).
                 stopped.get_or_insert((
-                    Outcome::Error,
+                    Outcome::Cancelled,
                     format!(
                         "error: the refinery could not land subtask `{id}`: {why}; it is \
                          finished and `wiggum resume` lands it"
