@@ -290,9 +290,24 @@ async fn run_check_in(
             // A failed start (exec refused the file: no `#!`, busy, gone since the lookup) is
             // left to the shell, which runs it or says why it cannot. A program that started
             // is never run a second time.
-            match run_process(spec).await {
+            // A file in memory holds what the check prints in memory: all but its end is
+            // freed as it grows, and the whole of it once read (see `AnonLog::trim`).
+            let trimming = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    log.trim(CHECK_OUTPUT_LIMIT as u64);
+                }
+            };
+            let ran = tokio::select! {
+                out = run_process(spec) => out,
+                () = trimming => unreachable!("it loops"),
+            };
+            match ran {
                 Ok(out) => {
                     let output = read_tail(&log.file, CHECK_OUTPUT_LIMIT);
+                    // A daemon the check started may go on writing to it: from here on, only
+                    // what it writes is held.
+                    log.trim(0);
                     return finish(command, out, output, timeout, false);
                 }
                 Err(e) if e.started() => return failed_to_start(e.to_string()),
@@ -350,6 +365,33 @@ impl AnonLog {
         Ok(AnonLog {
             file: std::sync::Arc::new(file),
         })
+    }
+
+    /// Frees what the file holds before its last `keep` bytes (whole pages of it, and only
+    /// once at least as much again was written: a check that prints gigabytes holds a few MiB),
+    /// leaving its size as it is: the check writes on at its end, and only the end is read.
+    fn trim(&self, keep: u64) {
+        use std::os::fd::AsRawFd as _;
+        let Ok(len) = self.file.metadata().map(|m| m.len()) else {
+            return;
+        };
+        if keep > 0 && len < keep.saturating_mul(2) {
+            return;
+        }
+        let end = len.saturating_sub(keep) & !4095;
+        if end == 0 {
+            return;
+        }
+        // SAFETY: a valid descriptor; punching a hole changes no size and no other range.
+        // Where the file system cannot punch holes, nothing is freed (as with a file on disk).
+        unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                end as libc::off_t,
+            );
+        }
     }
 }
 
@@ -724,6 +766,34 @@ mod tests {
         // Through the shell: the file the script redirects to, as before.
         let r = check(&shell, dir.path(), &[]).await;
         assert!(r.output.contains("wiggum-check-"), "{:?}", r.output);
+    }
+
+    #[tokio::test]
+    async fn a_plain_check_printing_much_holds_only_its_end_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        // 40 MB, then, once the trimming had time to run, the memory its output file holds.
+        let body = "head -c 40000000 /dev/zero | tr '\\0' x; sleep 0.8; echo; \
+                    echo blocks $(stat -L -c %b /proc/$$/fd/1); exit 2";
+        let [_, plain] = on_both_paths(dir.path(), "much", body);
+        let r = check(&plain, dir.path(), &[]).await;
+        assert_eq!(
+            r.exit_code,
+            Some(2),
+            "{}",
+            &r.output[r.output.len() - 200..]
+        );
+        let blocks: u64 = r
+            .output
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("blocks "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}", &r.output[r.output.len() - 200..]));
+        assert!(
+            blocks * 512 <= 2 * CHECK_OUTPUT_LIMIT as u64 + 4096,
+            "{blocks} blocks of 512 bytes held for 40 MB of output"
+        );
+        assert!(r.output.starts_with("[… "), "{}", &r.output[..80]);
     }
 
     #[tokio::test]
