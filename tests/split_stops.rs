@@ -618,3 +618,63 @@ reply = "all there"
     assert!(repo.path().join("one.txt").exists() && repo.path().join("two.txt").exists());
     assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
 }
+
+/// A git command that holds the step's index a moment (300 ms, in the middle of the first
+/// merge's checkout: `WIGGUM_FAILPOINT=index-lock-brief`) does not stop the split.
+#[test]
+fn an_index_lock_held_a_moment_does_not_stop_the_refinery() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let script = defs.path().join("script.toml");
+    std::fs::write(
+        &script,
+        r#"
+[[work]]
+step = "task"
+iteration = 1
+reply = "half done"
+[[plan]]
+step = "task"
+reply = '{"subtasks": [{"id": "one", "prompt": "1", "checks": ["test -f one.txt"]}, {"id": "two", "prompt": "2", "checks": ["test -f two.txt"]}]}'
+[[work]]
+step = "task/one"
+reply = "1"
+[[work.edits]]
+path = "one.txt"
+write = "1\n"
+[[work]]
+step = "task/two"
+reply = "2"
+[[work.edits]]
+path = "two.txt"
+write = "2\n"
+[[work]]
+step = "task"
+reply = "all there"
+"#,
+    )
+    .unwrap();
+    let out = repo.wiggum_env(
+        &[
+            "task",
+            "write one.txt and two.txt",
+            "--check",
+            "test -f one.txt || test -f two.txt",
+            "--script",
+            &script.display().to_string(),
+            "--split-after",
+            "1",
+            "--polecats",
+            "2",
+            "--json",
+        ],
+        &[("WIGGUM_FAILPOINT", "index-lock-brief")],
+    );
+    // The refinery waits for the index (up to 2 s) and goes on: nothing stops, nothing is
+    // escalated, both subtasks are merged.
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let r = out.json();
+    assert_eq!(r["outcome"], "converged", "{r:#}");
+    assert!(repo.path().join("one.txt").exists() && repo.path().join("two.txt").exists());
+    assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));
+}

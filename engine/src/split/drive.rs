@@ -821,10 +821,32 @@ async fn drive_pool<'s, 'e>(
                     queue.push_front(entry);
                 }
                 if let Some(why) = blocked {
-                    // The step's worktree, not a subtask: those not merged stay finished (and
-                    // claimed), the refinery and the pool stop, `wiggum resume` merges them.
-                    refinery_stopped = true;
-                    stopped.get_or_insert((Outcome::Cancelled, refinery_blocked(&why)));
+                    if index_let_go(run.workspace).await {
+                        // Another git command (a person's `git status`, an editor's) held the
+                        // index a moment: back to the last green tip (a red merge the lock
+                        // kept from being undone goes), and the refinery goes on.
+                        let green = done
+                            .iter()
+                            .rev()
+                            .find_map(|d| match &d.1 {
+                                Ok(MergeResult::Merged { sha, .. }) => Some(sha.clone()),
+                                _ => None,
+                            })
+                            .or_else(|| state.good_tip.clone());
+                        if let Some(Err(e)) = green.map(|g| refinery::reset_to(run.workspace, &g)) {
+                            refinery_stopped = true;
+                            stopped.get_or_insert((
+                                Outcome::Cancelled,
+                                refinery_blocked(&format!("{why} (and after it: {e})")),
+                            ));
+                        }
+                    } else {
+                        // The step's worktree, not a subtask: those not merged stay finished
+                        // (and claimed), the refinery and the pool stop, `wiggum resume`
+                        // merges them.
+                        refinery_stopped = true;
+                        stopped.get_or_insert((Outcome::Cancelled, refinery_blocked(&why)));
+                    }
                 }
                 // A merge job that failed (git, or a panic half-way through a batch) may have
                 // left merges on the step's branch that are not recorded: back to the last
@@ -973,6 +995,21 @@ async fn drive_pool<'s, 'e>(
         usage,
         cost,
         idle,
+    }
+}
+
+/// Whether the step's worktree's index is free again within 2 seconds (polled every 50 ms):
+/// a lock held longer is taken for a stale one (left by a git killed there).
+async fn index_let_go(step: &Workspace) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        if step.check_index_free().is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

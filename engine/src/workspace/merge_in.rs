@@ -259,10 +259,18 @@ impl Workspace {
         if repo.path().join("index.lock").exists() {
             return Err(index_locked());
         }
-        if lock_mid_checkout() {
+        if let Some(how) = lock_mid_checkout() {
             // Another git command takes the index now, after the look above: the checkout
             // writes the files, then finds the index taken when it writes it.
-            let _ = std::fs::write(repo.path().join("index.lock"), "");
+            let lock = repo.path().join("index.lock");
+            let _ = std::fs::write(&lock, "");
+            if how == MidLock::Brief {
+                // ... and lets it go 300 ms later, as a person's `git status` would.
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    let _ = std::fs::remove_file(lock);
+                });
+            }
         }
         let mut checkout = CheckoutBuilder::new();
         checkout
@@ -315,15 +323,31 @@ thread_local! {
         const { std::cell::Cell::new(false) };
 }
 
+/// How a test's git command takes the index in the middle of a merge's checkout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MidLock {
+    /// And leaves `index.lock` there (as a git killed midway would).
+    Stays,
+    /// And lets it go 300 ms later.
+    Brief,
+}
+
 /// Whether a test asks the checkout of a merge to find the worktree's index taken by another
 /// git command after it looked (`WIGGUM_FAILPOINT=index-lock-mid-checkout`, or in unit tests
-/// [`LOCK_MID_CHECKOUT`], once).
-fn lock_mid_checkout() -> bool {
+/// [`LOCK_MID_CHECKOUT`], once), or taken for a moment (`WIGGUM_FAILPOINT=index-lock-brief`, at
+/// the process's first merge only).
+fn lock_mid_checkout() -> Option<MidLock> {
     #[cfg(test)]
     if LOCK_MID_CHECKOUT.with(|c| c.replace(false)) {
-        return true;
+        return Some(MidLock::Stays);
     }
-    crate::run::failpoint::fails("index-lock-mid-checkout")
+    if crate::run::failpoint::fails("index-lock-mid-checkout") {
+        return Some(MidLock::Stays);
+    }
+    static BRIEF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    (crate::run::failpoint::fails("index-lock-brief")
+        && !BRIEF.swap(true, std::sync::atomic::Ordering::SeqCst))
+    .then_some(MidLock::Brief)
 }
 
 /// Moves `own_ref` from `from` to `to` (compare-and-swap). When the branch moved meanwhile, the
