@@ -104,7 +104,18 @@ pub async fn land_subtask(
             }
             Merge::Commit(sha) => sha,
         };
-        let dir = refinery_worktree(remote.repo_root(), req.step_branch, &candidate)?;
+        // Off the runtime's threads: it may wait for the clone's worktree lock (polecats taken
+        // back here add theirs), and nothing else of this process would run meanwhile.
+        let dir = {
+            let root = remote.repo_root().to_path_buf();
+            let (branch, sha) = (req.step_branch.to_string(), candidate.clone());
+            tokio::task::spawn_blocking(move || refinery_worktree(&root, &branch, &sha))
+                .await
+                .map_err(|e| RemoteError::Io {
+                    context: "making the refinery worktree".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })??
+        };
         let mut overhead = started.elapsed();
         let checks = run_checks(req.checks, &dir, req.check_timeout, req.env).await;
         let after = Instant::now();
@@ -252,10 +263,6 @@ fn refinery_worktree(
         })
         .collect();
     let dir = repo_root.join(WORKTREES_DIR).join(&name);
-    let local = |source| RemoteError::Local {
-        path: dir.clone(),
-        source,
-    };
     if Repository::open(&dir).is_err() {
         crate::workspace::ensure_excluded(
             Repository::open(repo_root)
@@ -268,6 +275,10 @@ fn refinery_worktree(
         // Worktrees of the clone are added and removed one at a time (the polecats of a split
         // taken back here add theirs while this lands).
         let _across = crate::run::state::RunLock::worktrees(repo_root).ok();
+        // Looked at again under the lock: made meanwhile by another landing of this step.
+        if Repository::open(&dir).is_ok() {
+            return reset_refinery_worktree(dir, sha);
+        }
         let _ = std::fs::remove_dir_all(&dir);
         // `--force` takes this path over when git still has it registered from a directory
         // that was deleted. Never `git worktree prune`: it removes every entry of
@@ -305,6 +316,16 @@ fn refinery_worktree(
         }
         return Ok(dir);
     }
+    reset_refinery_worktree(dir, sha)
+}
+
+/// The refinery worktree `dir`, kept from an earlier landing, detached at `sha` with anything
+/// not ignored reset.
+fn reset_refinery_worktree(dir: PathBuf, sha: &str) -> Result<PathBuf, RemoteError> {
+    let local = |source| RemoteError::Local {
+        path: dir.clone(),
+        source,
+    };
     let wt = Repository::open(&dir).map_err(local)?;
     let oid = Oid::from_str(sha).map_err(local)?;
     let commit = wt.find_commit(oid).map_err(local)?;

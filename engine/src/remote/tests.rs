@@ -634,3 +634,59 @@ fn pg_refinery_lease_survives_its_holders_death() {
         assert!(two.release().await.unwrap());
     });
 }
+
+/// The first landing of a clone makes its refinery worktree under the clone's worktree lock,
+/// waited for off the runtime's threads: the runtime runs other tasks meanwhile (found by
+/// review s8: the same stall 0553622 fixed for claims and takeovers).
+#[test]
+fn the_refinery_worktree_waits_for_the_lock_off_the_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = Split::new(&[("a", "a.txt", "a\n")]);
+    let m = s.machine("m1");
+    let held_lock = crate::run::state::RunLock::worktrees(m.repo_root()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<std::time::Instant>();
+    let holder = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut ticks = Vec::new();
+        while start.elapsed() < Duration::from_millis(1500) {
+            if let Ok(t) = rx.recv_timeout(Duration::from_millis(50)) {
+                ticks.push(t);
+            }
+        }
+        drop(held_lock);
+        let mut gap = Duration::ZERO;
+        for w in ticks.windows(2) {
+            gap = gap.max(w[1] - w[0]);
+        }
+        let gap = gap.max(
+            ticks
+                .last()
+                .map_or(Duration::MAX, |l| start + Duration::from_millis(1500) - *l),
+        );
+        gap
+    });
+    let green: Vec<String> = Vec::new();
+    let sub = s.sub("a");
+    let req = request(&s.step, &sub, &green);
+    let r = runtime.block_on(async {
+        let ticks = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let _ = tx.send(std::time::Instant::now());
+            }
+        };
+        tokio::select! {
+            r = land_subtask(&m, &req, &held) => r,
+            _ = ticks => unreachable!(),
+        }
+    });
+    let gap = holder.join().unwrap();
+    assert!(matches!(r, Ok(Landing::Landed { .. })), "{r:?}");
+    assert!(
+        gap < Duration::from_millis(300),
+        "the runtime ran nothing for {gap:?} while the refinery waited for the worktree lock"
+    );
+}
