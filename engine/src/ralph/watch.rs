@@ -188,6 +188,8 @@ struct Shared {
     next: u64,
     /// Still given to new `CheckoutWatch`es.
     current: bool,
+    /// Since when nobody has it open.
+    idle_since: Option<std::time::Instant>,
 }
 
 /// A file's identity and times: it changed if any of them did.
@@ -258,48 +260,97 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        locked(&self.shared).open.remove(&self.id);
+        let mut shared = locked(&self.shared);
+        shared.open.remove(&self.id);
+        if shared.open.is_empty() {
+            shared.idle_since = Some(std::time::Instant::now());
+        }
     }
 }
 
 /// A place in the shared watch of the checkout at `root`: the current one, else a new one.
 /// `None` when the kernel gives no watch (then every file is looked at).
 fn subscribe(root: &Path) -> Option<Subscription> {
+    {
+        let mut all = locked(&SHARED);
+        forget_idle(&mut all);
+        if let Some(at) = all.iter().position(|(r, _)| r == root) {
+            let entry = all.remove(at);
+            if let Some(joined) = join(&entry.1) {
+                all.push(entry);
+                return Some(joined);
+            }
+            // Left to the watches open on it, which end with it.
+        }
+    }
+    // Made without holding the others: a start on another checkout does not wait for it
+    // (~10 ms of reading the index and adding watches at 20,000 files).
+    let made = make_shared(root)?;
     let mut all = locked(&SHARED);
     if let Some(at) = all.iter().position(|(r, _)| r == root) {
-        let (_, shared) = all.remove(at);
-        let mut s = locked(&shared);
-        // What happened before this start is the open watches', not this one's.
-        s.read_events();
-        if s.current && stamp(&s.index) == s.index_stamp {
-            let id = s.next;
-            s.next += 1;
-            s.open.insert(id, Some(Touched::default()));
-            drop(s);
-            all.push((root.to_path_buf(), shared.clone()));
-            return Some(Subscription { shared, id });
+        // Another start on this checkout made one meanwhile: that one (this one goes unused).
+        let entry = all.remove(at);
+        if let Some(joined) = join(&entry.1) {
+            all.push(entry);
+            return Some(joined);
         }
-        // Left to the watches open on it, which end with it.
     }
+    let joined = join(&made)?;
+    all.push((root.to_path_buf(), made));
+    if all.len() > MAX_SHARED {
+        all.remove(0);
+    }
+    Some(joined)
+}
+
+/// A new place in `shared`, when it is still given to new watches (see [`Shared`]).
+fn join(shared: &Arc<Mutex<Shared>>) -> Option<Subscription> {
+    let mut s = locked(shared);
+    // What happened before this start is the open watches', not this one's.
+    s.read_events();
+    if !s.current || stamp(&s.index) != s.index_stamp {
+        return None;
+    }
+    let id = s.next;
+    s.next += 1;
+    s.open.insert(id, Some(Touched::default()));
+    s.idle_since = None;
+    Some(Subscription {
+        shared: shared.clone(),
+        id,
+    })
+}
+
+/// A shared watch nobody has open is kept this long (its folders' watches count against the
+/// process's share of the user's: a daemon between runs does not hold them for ever).
+const IDLE_KEPT_FOR: Duration = Duration::from_secs(60);
+
+/// Lets go of the shared watches that nobody had open for [`IDLE_KEPT_FOR`].
+fn forget_idle(all: &mut Vec<(PathBuf, Arc<Mutex<Shared>>)>) {
+    all.retain(|(_, shared)| {
+        !locked(shared)
+            .idle_since
+            .is_some_and(|t| t.elapsed() >= IDLE_KEPT_FOR)
+    });
+}
+
+/// The kernel's watch of the checkout at `root`, with nobody on it yet.
+fn make_shared(root: &Path) -> Option<Arc<Mutex<Shared>>> {
     let repo = git2::Repository::open(root).ok()?;
     let index = repo.path().join("index");
     // Before the index is read: a change while it is read makes the next start read it again.
     let index_stamp = stamp(&index);
     let (workdir, dirs) = tracked_dirs(&repo)?;
     let watch = DirWatch::start(&workdir, dirs.iter().map(Vec::as_slice))?;
-    let shared = Arc::new(Mutex::new(Shared {
+    Some(Arc::new(Mutex::new(Shared {
         watch,
         index,
         index_stamp,
-        open: HashMap::from([(0, Some(Touched::default()))]),
-        next: 1,
+        open: HashMap::new(),
+        next: 0,
         current: true,
-    }));
-    all.push((root.to_path_buf(), shared.clone()));
-    if all.len() > MAX_SHARED {
-        all.remove(0);
-    }
-    Some(Subscription { shared, id: 0 })
+        idle_since: None,
+    })))
 }
 
 /// The work tree of the repository and the folders holding its tracked files (submodules'
@@ -546,6 +597,24 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         write(&root, "tools/t.txt", "changed\n");
         assert_eq!(second.changed().unwrap(), vec!["tools/t.txt"]);
+    }
+
+    #[test]
+    fn a_shared_watch_nobody_had_open_for_a_minute_is_let_go() {
+        let (_dir, root) = repo();
+        let first = CheckoutWatch::start(&root);
+        let old = shared_of(&first);
+        drop(first);
+        assert!(locked(&old).idle_since.is_some());
+        // As if a minute had passed (on a machine up for less, nothing to test).
+        let Some(then) = std::time::Instant::now().checked_sub(IDLE_KEPT_FOR) else {
+            return;
+        };
+        locked(&old).idle_since = Some(then);
+        let second = CheckoutWatch::start(&root);
+        assert!(!Arc::ptr_eq(&old, &shared_of(&second)), "a new watch");
+        assert!(!locked(&SHARED).iter().any(|(_, s)| Arc::ptr_eq(s, &old)));
+        assert!(locked(&shared_of(&second)).idle_since.is_none());
     }
 
     #[test]
