@@ -328,9 +328,9 @@ const IDLE_KEPT_FOR: Duration = Duration::from_secs(60);
 /// Lets go of the shared watches that nobody had open for [`IDLE_KEPT_FOR`].
 fn forget_idle(all: &mut Vec<(PathBuf, Arc<Mutex<Shared>>)>) {
     all.retain(|(_, shared)| {
-        !locked(shared)
+        locked(shared)
             .idle_since
-            .is_some_and(|t| t.elapsed() >= IDLE_KEPT_FOR)
+            .is_none_or(|t| t.elapsed() < IDLE_KEPT_FOR)
     });
 }
 
