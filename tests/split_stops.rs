@@ -549,11 +549,10 @@ fn an_index_lock_taken_mid_checkout_stops_the_refinery_and_resume_merges_once_re
     assert_stopped_by_the_lock_then_resumed(&repo, &lock, big["reason"].as_str().unwrap());
 }
 
-/// The same stop in a `wiggum task` that splits: it ends as an error that says what to fix
-/// (exit 1, not 130: the user did not interrupt it), and `wiggum resume` finishes it.
-#[test]
-fn a_tasks_split_stopped_by_an_index_lock_is_an_error_and_resume_finishes_it() {
-    let repo = TempRepo::new();
+/// A `wiggum task` that splits after its first iteration into two subtasks (`one.txt`,
+/// `two.txt`) run by 2 polecats, with `WIGGUM_FAILPOINT=failpoint`; and the folder of its
+/// agent script, which a `wiggum resume` reads again.
+fn two_part_task(repo: &TempRepo, failpoint: &str) -> (common::Outcome, tempfile::TempDir) {
     let defs = tempfile::tempdir().unwrap();
     let script = defs.path().join("script.toml");
     std::fs::write(
@@ -598,8 +597,17 @@ reply = "all there"
             "2",
             "--json",
         ],
-        &[("WIGGUM_FAILPOINT", "index-lock-mid-checkout")],
+        &[("WIGGUM_FAILPOINT", failpoint)],
     );
+    (out, defs)
+}
+
+/// The same stop in a `wiggum task` that splits: it ends as an error that says what to fix
+/// (exit 1, not 130: the user did not interrupt it), and `wiggum resume` finishes it.
+#[test]
+fn a_tasks_split_stopped_by_an_index_lock_is_an_error_and_resume_finishes_it() {
+    let repo = TempRepo::new();
+    let (out, _defs) = two_part_task(&repo, "index-lock-mid-checkout");
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     let r = out.json();
     assert_eq!(r["outcome"], "error", "{r:#}");
@@ -624,52 +632,7 @@ reply = "all there"
 #[test]
 fn an_index_lock_held_a_moment_does_not_stop_the_refinery() {
     let repo = TempRepo::new();
-    let defs = tempfile::tempdir().unwrap();
-    let script = defs.path().join("script.toml");
-    std::fs::write(
-        &script,
-        r#"
-[[work]]
-step = "task"
-iteration = 1
-reply = "half done"
-[[plan]]
-step = "task"
-reply = '{"subtasks": [{"id": "one", "prompt": "1", "checks": ["test -f one.txt"]}, {"id": "two", "prompt": "2", "checks": ["test -f two.txt"]}]}'
-[[work]]
-step = "task/one"
-reply = "1"
-[[work.edits]]
-path = "one.txt"
-write = "1\n"
-[[work]]
-step = "task/two"
-reply = "2"
-[[work.edits]]
-path = "two.txt"
-write = "2\n"
-[[work]]
-step = "task"
-reply = "all there"
-"#,
-    )
-    .unwrap();
-    let out = repo.wiggum_env(
-        &[
-            "task",
-            "write one.txt and two.txt",
-            "--check",
-            "test -f one.txt || test -f two.txt",
-            "--script",
-            &script.display().to_string(),
-            "--split-after",
-            "1",
-            "--polecats",
-            "2",
-            "--json",
-        ],
-        &[("WIGGUM_FAILPOINT", "index-lock-brief")],
-    );
+    let (out, _defs) = two_part_task(&repo, "index-lock-brief");
     // The refinery waits for the index (up to 2 s) and goes on: nothing stops, nothing is
     // escalated, both subtasks are merged.
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

@@ -825,14 +825,7 @@ async fn drive_pool<'s, 'e>(
                         // Another git command (a person's `git status`, an editor's) held the
                         // index a moment: back to the last green tip (a red merge the lock
                         // kept from being undone goes), and the refinery goes on.
-                        let green = done
-                            .iter()
-                            .rev()
-                            .find_map(|d| match &d.1 {
-                                Ok(MergeResult::Merged { sha, .. }) => Some(sha.clone()),
-                                _ => None,
-                            })
-                            .or_else(|| state.good_tip.clone());
+                        let green = last_green(&done, state.good_tip.as_ref());
                         if let Some(Err(e)) = green.map(|g| refinery::reset_to(run.workspace, &g)) {
                             refinery_stopped = true;
                             stopped.get_or_insert((
@@ -852,14 +845,7 @@ async fn drive_pool<'s, 'e>(
                 // left merges on the step's branch that are not recorded: back to the last
                 // green tip before anything else merges there.
                 if run.distributed.is_none() && done.iter().any(|d| d.1.is_err()) {
-                    let green = done
-                        .iter()
-                        .rev()
-                        .find_map(|d| match &d.1 {
-                            Ok(MergeResult::Merged { sha, .. }) => Some(sha.clone()),
-                            _ => None,
-                        })
-                        .or_else(|| state.good_tip.clone());
+                    let green = last_green(&done, state.good_tip.as_ref());
                     if let Some(green) = green {
                         if let Err(e) = refinery::reset_to(run.workspace, &green) {
                             tracing::warn!("could not put the step's branch back to {green}: {e}");
@@ -996,6 +982,18 @@ async fn drive_pool<'s, 'e>(
         cost,
         idle,
     }
+}
+
+/// The step's last green tip after a merge batch: its last merge, else `good_tip` (the tip
+/// before the batch).
+fn last_green(done: &[MergeDone], good_tip: Option<&String>) -> Option<String> {
+    done.iter()
+        .rev()
+        .find_map(|d| match &d.1 {
+            Ok(MergeResult::Merged { sha, .. }) => Some(sha.clone()),
+            _ => None,
+        })
+        .or_else(|| good_tip.cloned())
 }
 
 /// Whether the step's worktree's index is free again within 2 seconds (polled every 50 ms):
