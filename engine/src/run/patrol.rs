@@ -1367,12 +1367,15 @@ fn stopped_resumable(state: &RunState) -> Option<(&str, &str)> {
 
 fn run_outcome(state: &RunState, cancelled: bool) -> (Outcome, String) {
     if cancelled {
+        // A step wiggum had stopped before the user did (its reason an error to fix).
+        let stopped = state
+            .steps
+            .iter()
+            .find(|(_, s)| s.status == "running" && s.reason.starts_with("error:"))
+            .map(|(_, s)| s.reason.as_str());
         return (
             Outcome::Cancelled,
-            format!(
-                "cancelled by the user; continue with `wiggum resume {}`",
-                state.run_id
-            ),
+            cancelled_by_user(&state.run_id, stopped),
         );
     }
     let failed: Vec<&(String, StepState)> = state
@@ -1406,6 +1409,19 @@ fn run_outcome(state: &RunState, cancelled: bool) -> (Outcome, String) {
         ));
     }
     (first.1.outcome.unwrap_or(Outcome::Error), reason)
+}
+
+/// Why a run the user cancelled (Ctrl-C) ended; with, when wiggum had stopped it before for
+/// something a person must fix (`stopped`: that step's error), that error too: the resume
+/// meets it again until it is fixed.
+pub(crate) fn cancelled_by_user(run_id: &str, stopped: Option<&str>) -> String {
+    let mut reason = format!("cancelled by the user; continue with `wiggum resume {run_id}`");
+    if let Some(why) = stopped {
+        reason.push_str(&format!(
+            " once this is fixed (wiggum had stopped the run before): {why}"
+        ));
+    }
+    reason
 }
 
 fn report_of(state: &RunState, repo: PathBuf, resumed: bool, already: bool) -> PatrolReport {
@@ -1460,5 +1476,39 @@ fn describe_step(s: &Step) -> String {
             d
         }
         StepKind::Command { run, .. } => format!("Command step: `{run}`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ctrl_c_after_wiggum_stopped_a_step_keeps_what_to_fix_in_the_reason() {
+        let mut state = RunState {
+            run_id: "wg-1".into(),
+            ..Default::default()
+        };
+        state.steps.push((
+            "build".into(),
+            StepState {
+                status: "running".into(),
+                reason: "error: the refinery stopped: x/index.lock exists".into(),
+                ..Default::default()
+            },
+        ));
+        let (outcome, reason) = run_outcome(&state, true);
+        assert_eq!(outcome, Outcome::Cancelled);
+        assert!(
+            reason.contains("`wiggum resume wg-1`") && reason.ends_with("x/index.lock exists"),
+            "{reason}"
+        );
+        // A step the user's Ctrl-C stopped: the usual words only.
+        state.steps[0].1.reason = "cancelled by the user (Ctrl-C, SIGTERM or SIGHUP)".into();
+        let (_, reason) = run_outcome(&state, true);
+        assert_eq!(
+            reason,
+            "cancelled by the user; continue with `wiggum resume wg-1`"
+        );
     }
 }

@@ -630,9 +630,13 @@ impl TaskRun {
     ) -> TaskReport {
         let run_id = state.run_id.clone();
         let (outcome, reason) = if by_user {
+            let stopped = step
+                .reason
+                .starts_with("error:")
+                .then_some(step.reason.as_str());
             (
                 Outcome::Cancelled,
-                format!("cancelled by the user; continue with `wiggum resume {run_id}`"),
+                super::patrol::cancelled_by_user(&run_id, stopped),
             )
         } else {
             (
