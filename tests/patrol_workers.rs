@@ -503,7 +503,12 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
     assert_ne!(res.machine, victim);
     assert_eq!(res.iterations, 2, "{res:?}");
     for f in ["half.txt", "a.txt"] {
-        assert!(driver.join(f).exists(), "{f} is not landed");
+        assert!(
+            driver.join(f).exists(),
+            "{f} is not landed: {}\n{}",
+            report["landed"],
+            cluster.logs()
+        );
     }
     let all = beads_in_database(&driver, &cluster.url);
     let bead = common::step(&report, "a")["bead"]
