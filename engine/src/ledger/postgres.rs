@@ -887,14 +887,21 @@ impl Store for PgStore {
     }
 
     fn is_dirty(&self) -> Result<bool, LedgerError> {
-        // The mark as a parameter (not a subquery), so the (repo, seq) index is used.
+        // The newest row's number against the mark: `max` reads the end of the (repo, seq)
+        // index whatever plan the server caches for the statement. `seq > $2 LIMIT 1` did so
+        // only while the server planned each call with its values: after five calls it keeps a
+        // generic plan, which (not knowing that no row is above the mark) scans every row of
+        // the repository, so a no-change export grew with the ledger (2 ms at 10k beads, 5.6 ms
+        // at 40k, 137 ms at 100k under load).
         let exported = self.exported_seq()?;
-        Ok(!self
+        let newest: Option<i64> = self
             .rows(
-                "SELECT 1 FROM wiggum_beads WHERE repo = $1 AND seq > $2 LIMIT 1",
-                vec![p(exported)],
+                "SELECT max(seq) FROM wiggum_beads WHERE repo = $1",
+                Vec::new(),
             )?
-            .is_empty())
+            .first()
+            .and_then(|r| r.get(0));
+        Ok(newest.is_some_and(|n| n > exported))
     }
 
     fn has_beads(&self) -> Result<bool, LedgerError> {
