@@ -9,7 +9,7 @@ mod common;
 
 use common::split::{
     history, polecat_state, split_of, subtask, subtask_beads, three_parts_script, worktrees,
-    THREE_PARTS_PATROL,
+    ONE_TWO_TASK_SCRIPT, THREE_PARTS_PATROL,
 };
 use common::{
     assert_br_import_rules, beads, kill9, last_run_id, resume_json, run_json, spawn_run, step,
@@ -700,34 +700,7 @@ fn a_task_splits_after_n_iterations_with_the_task_flags() {
     let repo = TempRepo::new();
     let defs = tempfile::tempdir().unwrap();
     let script = defs.path().join("script.toml");
-    std::fs::write(
-        &script,
-        r#"
-[[work]]
-step = "task"
-iteration = 1
-reply = "half done"
-[[plan]]
-step = "task"
-reply = '{"subtasks": [{"id": "one", "prompt": "1", "checks": ["test -f one.txt"]}, {"id": "two", "prompt": "2", "checks": ["test -f two.txt"]}]}'
-[[work]]
-step = "task/one"
-reply = "1"
-[[work.edits]]
-path = "one.txt"
-write = "1\n"
-[[work]]
-step = "task/two"
-reply = "2"
-[[work.edits]]
-path = "two.txt"
-write = "2\n"
-[[work]]
-step = "task"
-reply = "all there"
-"#,
-    )
-    .unwrap();
+    std::fs::write(&script, ONE_TWO_TASK_SCRIPT).unwrap();
     let out = repo.wiggum(&[
         "task",
         "write one.txt and two.txt",

@@ -11,7 +11,7 @@ mod common;
 
 use common::split::{
     history, iterations_of, polecat_state, split_of, subtask, subtask_beads, three_parts_script,
-    worktrees, THREE_PARTS_PATROL,
+    worktrees, ONE_TWO_TASK_SCRIPT, THREE_PARTS_PATROL,
 };
 use common::{
     assert_br_import_rules, beads, last_run_id, resume_json, run_json, step, wait_until,
@@ -555,34 +555,7 @@ fn an_index_lock_taken_mid_checkout_stops_the_refinery_and_resume_merges_once_re
 fn two_part_task(repo: &TempRepo, failpoint: &str) -> (common::Outcome, tempfile::TempDir) {
     let defs = tempfile::tempdir().unwrap();
     let script = defs.path().join("script.toml");
-    std::fs::write(
-        &script,
-        r#"
-[[work]]
-step = "task"
-iteration = 1
-reply = "half done"
-[[plan]]
-step = "task"
-reply = '{"subtasks": [{"id": "one", "prompt": "1", "checks": ["test -f one.txt"]}, {"id": "two", "prompt": "2", "checks": ["test -f two.txt"]}]}'
-[[work]]
-step = "task/one"
-reply = "1"
-[[work.edits]]
-path = "one.txt"
-write = "1\n"
-[[work]]
-step = "task/two"
-reply = "2"
-[[work.edits]]
-path = "two.txt"
-write = "2\n"
-[[work]]
-step = "task"
-reply = "all there"
-"#,
-    )
-    .unwrap();
+    std::fs::write(&script, ONE_TWO_TASK_SCRIPT).unwrap();
     let out = repo.wiggum_env(
         &[
             "task",

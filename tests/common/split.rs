@@ -91,6 +91,33 @@ pub fn polecat_state(repo: &TempRepo, id: &str) -> Option<String> {
         .and_then(|s| s["state"].as_str().map(str::to_string))
 }
 
+/// The agent script of a `wiggum task` split after its first iteration into `one` and `two`,
+/// each writing its file (`one.txt`, `two.txt`) and checking it; the verification converges.
+pub const ONE_TWO_TASK_SCRIPT: &str = r#"
+[[work]]
+step = "task"
+iteration = 1
+reply = "half done"
+[[plan]]
+step = "task"
+reply = '{"subtasks": [{"id": "one", "prompt": "1", "checks": ["test -f one.txt"]}, {"id": "two", "prompt": "2", "checks": ["test -f two.txt"]}]}'
+[[work]]
+step = "task/one"
+reply = "1"
+[[work.edits]]
+path = "one.txt"
+write = "1\n"
+[[work]]
+step = "task/two"
+reply = "2"
+[[work.edits]]
+path = "two.txt"
+write = "2\n"
+[[work]]
+step = "task"
+reply = "all there"
+"#;
+
 /// A patrol whose step `big` splits at once into a, b and c (c needs a) on two polecats:
 /// with [`three_parts_script`], for tests that interrupt a split while two polecats work.
 pub const THREE_PARTS_PATROL: &str = r#"
