@@ -30,12 +30,33 @@ pub enum PgError {
     #[error("database pool for {url}: {message}")]
     Pool { url: String, message: String },
     /// The server refused or failed a connection or a statement.
-    #[error("database {url}: {source}")]
+    #[error("database {url}: {}", describe_db(source))]
     Db {
         url: String,
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// A failed connection or statement as a person reads it: the server's own severity, code
+/// and message (tokio-postgres prints a server's error as just "db error"), else the client's
+/// error with its cause.
+fn describe_db(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    if let Some(cause) = std::error::Error::source(e) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(&format!(": {cause}"));
+        }
+    }
+    text
 }
 
 /// Tables kept in one database (the lease table, the work queue, the worker registry): their
@@ -302,6 +323,27 @@ mod tests {
         assert_eq!(
             bare.with_database("d").secret(),
             "postgres://w@127.0.0.1:5432/d"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_statement_the_server_refuses_says_the_servers_code_and_message() {
+        let Some(url) = testing::server_url("pg_a_statement_the_server_refuses") else {
+            return;
+        };
+        let client = connect(&url).await.unwrap();
+        let e = client
+            .query("SELECT * FROM wiggum_no_such_table", &[])
+            .await
+            .unwrap_err();
+        let text = PgError::Db {
+            url: url.to_string(),
+            source: e,
+        }
+        .to_string();
+        assert!(
+            text.contains("ERROR 42P01: relation \"wiggum_no_such_table\" does not exist"),
+            "{text}"
         );
     }
 
