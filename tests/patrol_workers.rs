@@ -505,8 +505,11 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
     for f in ["half.txt", "a.txt"] {
         assert!(
             driver.join(f).exists(),
-            "{f} is not landed: {}\n{}",
+            "{f} is not landed: landed {}, {}\nthe driver's checkout:\n{}\n{}\n{}",
             report["landed"],
+            report["land"],
+            git_out(&driver, &["log", "--oneline", "--all", "--graph", "-12"]),
+            git_out(&driver, &["status", "--short", "--branch"]),
             cluster.logs()
         );
     }
@@ -726,4 +729,20 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
         .to_string();
     let its = common::split::iterations_of(&all, &bead);
     assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
+}
+
+/// What `git args` prints in `dir` (its error output too), for a failure's message.
+fn git_out(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+    out.unwrap_or_else(|e| format!("git {args:?}: {e}"))
 }
