@@ -720,7 +720,15 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
     let rows = q.list(&cluster.base, None).await.unwrap();
     assert!(rows.is_empty(), "{rows:?}");
     for f in ["half.txt", "a.txt"] {
-        assert!(driver.join(f).exists(), "{f} is not landed");
+        assert!(
+            driver.join(f).exists(),
+            "{f} is not landed: landed {}, {}\nthe driver's checkout:\n{}\n{}\n{}",
+            report["landed"],
+            report["land"],
+            git_out(&driver, &["log", "--oneline", "--all", "--graph", "-12"]),
+            git_out(&driver, &["status", "--short", "--branch"]),
+            cluster.logs()
+        );
     }
     let all = beads_in_database(&driver, &cluster.url);
     let bead = common::step(&report, "a")["bead"]
