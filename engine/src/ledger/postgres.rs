@@ -180,13 +180,19 @@ fn session_ended(e: &tokio_postgres::Error) -> bool {
 }
 
 fn pg_err(url: &DbUrl) -> impl Fn(crate::pg::PgError) -> LedgerError + '_ {
-    move |e| LedgerError::Remote {
-        url: url.redacted(),
-        message: format!(
-            "{e} (is the PostgreSQL server running and reachable? Nothing recorded before is \
-             lost: it is in the database and in .beads/issues.jsonl)"
-        ),
-        retry: false,
+    move |e| match e {
+        // A statement the server refused: as `db_err` says it (a deadlock is retried).
+        crate::pg::PgError::Db { source, .. } if source.as_db_error().is_some() => {
+            db_err(url, source)
+        }
+        e => LedgerError::Remote {
+            url: url.redacted(),
+            message: format!(
+                "{e} (is the PostgreSQL server running and reachable? Nothing recorded before \
+                 is lost: it is in the database and in .beads/issues.jsonl)"
+            ),
+            retry: false,
+        },
     }
 }
 
@@ -1106,5 +1112,38 @@ fn filter_sql(filter: &BeadFilter, sql: &mut String, args: &mut Vec<Param>) {
     if let Some(parent) = &filter.parent {
         args.push(p(parent.clone()));
         sql.push_str(&format!(" AND b.parent = ${}", args.len() + 1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deadlock or serialization failure met outside a statement of the ledger's own (the
+    /// export lease's), as the server reports it: retried like a write, not an error at once.
+    #[tokio::test]
+    async fn a_deadlock_from_the_lease_tables_is_retried() {
+        let Some(url) = crate::pg::testing::server_url("pg_a_deadlock_from_the_lease_tables")
+        else {
+            return;
+        };
+        let client = crate::pg::connect(&url).await.unwrap();
+        for (code, retry) in [("40P01", true), ("40001", true), ("42P01", false)] {
+            let e = client
+                .batch_execute(&format!(
+                    "DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{code}'; END $$"
+                ))
+                .await
+                .unwrap_err();
+            let err = pg_err(&url)(crate::pg::PgError::Db {
+                url: url.to_string(),
+                source: e,
+            });
+            assert!(
+                matches!(&err, LedgerError::Remote { retry: r, message, .. }
+                    if *r == retry && message.contains(code)),
+                "{code}: {err:?}"
+            );
+        }
     }
 }

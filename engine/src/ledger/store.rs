@@ -599,7 +599,17 @@ impl Ledger {
         // Outside the transaction: the lease is taken on another connection, which must never
         // wait for a lock this transaction holds.
         if self.store.shared() && (self.store.is_dirty()? || !self.env.jsonl.exists()) {
-            self.store.claim_export()?;
+            // Taking the lease can deadlock with writers locking its row (PostgreSQL aborts
+            // one of them): taken again, as a write is.
+            let mut attempt = 0;
+            while let Err(e) = self.store.claim_export() {
+                if attempt >= WRITE_RETRIES || !self.store.retryable(&e) {
+                    return Err(e);
+                }
+                attempt += 1;
+                let jitter = u64::from(rand::random::<u8>() % 20);
+                std::thread::sleep(Duration::from_millis(2 * u64::from(attempt) + jitter));
+            }
         }
         self.write_quiet(|s, env| {
             if !export_wanted(s, env)? {
