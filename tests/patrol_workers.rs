@@ -439,6 +439,7 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
     let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, TWO_ITERATIONS_SCRIPT) else {
         return;
     };
+    cluster.slow_branch_updates(1.5);
     start_workers(&mut cluster, &db, &["m1", "m2"]).await;
     let (driver, home) = cluster.clone_for("m0");
     let run = {
@@ -457,31 +458,9 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
                 .unwrap()
         })
     };
-    // The step's first iteration is checkpointed and pushed; its worker, in the second, dies.
-    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
-    let q = Queue::new(pool, &db.url);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let victim = loop {
-        let rows = q.list(&cluster.base, None).await.unwrap_or_default();
-        if let Some(r) = rows.iter().find(|r| r.state == "running") {
-            let branch = format!("wiggum/{}-a", r.job.run_id);
-            let pushed = std::process::Command::new("git")
-                .args(["ls-remote", &cluster.hub_url])
-                .arg(format!("refs/heads/{branch}"))
-                .output()
-                .unwrap();
-            if !pushed.stdout.is_empty() {
-                let holder = r.holder.clone().unwrap();
-                break holder.split('-').next().unwrap().to_string();
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the step never got going: {rows:?}\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    // The step's first iteration is recorded closed (so its checkpoint is on the hub, though
+    // the hub takes 1.5 s over each checkpoint's push); its worker, in the second, dies.
+    let victim = first_iteration_closed(&cluster, &db, &driver).await;
     cluster.kill_worker(&victim);
     let out = run.await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -660,6 +639,7 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
     let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, TWO_ITERATIONS_SCRIPT) else {
         return;
     };
+    cluster.slow_branch_updates(1.5);
     start_workers(&mut cluster, &db, &["m1"]).await;
     let (driver, home) = cluster.clone_for("m0");
     let run = {
@@ -678,31 +658,11 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
                 .unwrap()
         })
     };
-    // m1 checkpoints and pushes the step's first iteration, then dies in the second; no
-    // worker is left to take the step over.
-    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
-    let q = Queue::new(pool, &db.url);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let rows = q.list(&cluster.base, None).await.unwrap_or_default();
-        if let Some(r) = rows.iter().find(|r| r.state == "running") {
-            let branch = format!("wiggum/{}-a", r.job.run_id);
-            let pushed = std::process::Command::new("git")
-                .args(["ls-remote", &cluster.hub_url])
-                .arg(format!("refs/heads/{branch}"))
-                .output()
-                .unwrap();
-            if !pushed.stdout.is_empty() {
-                break;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the step never got going: {rows:?}\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // m1's first iteration is recorded closed (its checkpoint pushed, though the hub takes
+    // 1.5 s over each); m1 dies in the second, and no worker is left to take the step over.
+    let victim = first_iteration_closed(&cluster, &db, &driver).await;
+    assert_eq!(victim, "m1");
+    let q = Queue::new(wiggum_engine::pg::pool(&db.url, 2).unwrap(), &db.url);
     cluster.kill_worker("m1");
     let out = run.await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -737,6 +697,54 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
         .to_string();
     let its = common::split::iterations_of(&all, &bead);
     assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
+}
+
+/// Waits until the one step's first iteration is recorded closed in the shared ledger, then
+/// checks at once that its checkpoint (half.txt) is on the hub: a worker pushes each
+/// checkpoint before it records the iteration closed, so whoever takes the step over goes on
+/// from every iteration the ledger says is done. Returns the machine that holds the step.
+async fn first_iteration_closed(
+    cluster: &Cluster,
+    db: &TestDb,
+    driver: &std::path::Path,
+) -> String {
+    let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
+    let q = Queue::new(pool, &db.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows = q.list(&cluster.base, None).await.unwrap_or_default();
+        if let Some(r) = rows.iter().find(|r| r.state == "running") {
+            let closed = beads_in_database(driver, &cluster.url).iter().any(|b| {
+                b["title"] == "iteration 1"
+                    && b["status"] == "closed"
+                    && b["labels"].to_string().contains("wiggum:iteration")
+            });
+            if closed {
+                let branch = format!("refs/heads/wiggum/{}-a", r.job.run_id);
+                let hub = cluster.root.join("hubs/hub.git");
+                let shown = std::process::Command::new("git")
+                    .arg("--git-dir")
+                    .arg(&hub)
+                    .args(["show", &format!("{branch}:half.txt")])
+                    .output()
+                    .unwrap();
+                assert!(
+                    shown.status.success(),
+                    "iteration 1 is recorded closed, but its checkpoint is not on the hub: {}\n{}",
+                    git_out(&hub, &["log", "--oneline", "--all", "-5"]),
+                    cluster.logs()
+                );
+                let holder = r.holder.clone().unwrap();
+                return holder.split('-').next().unwrap().to_string();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step's first iteration never closed: {rows:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// What `git args` prints in `dir` (its error output too), for a failure's message.

@@ -102,6 +102,26 @@ impl Cluster {
         self.workers.push((machine.to_string(), child));
     }
 
+    /// Makes the hub take `secs` seconds over every push that moves an existing `wiggum/`
+    /// branch (a checkpoint's; not the branch's creation): a `pre-receive` hook that sleeps.
+    pub fn slow_branch_updates(&self, secs: f32) {
+        let hook = self.root.join("hubs/hub.git/hooks/pre-receive");
+        std::fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\n\
+                 while read old new ref; do\n\
+                 case \"$ref\" in refs/heads/wiggum/*)\n\
+                 [ \"$old\" = 0000000000000000000000000000000000000000 ] || sleep {secs};;\n\
+                 esac\n\
+                 done\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     /// Kills the worker of `machine` with SIGKILL (and reaps it).
     pub fn kill_worker(&mut self, machine: &str) {
         let (_, child) = self

@@ -219,6 +219,7 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
         config,
         split: None,
         export_at_end: false,
+        push_to: None,
     };
     let mut settings = run.settings.clone();
     // `always` plans the step itself first; its subtasks split only on a trigger.

@@ -42,6 +42,11 @@ pub struct StepSpec {
     /// the closed iteration with it (closing a bead is not urgent), and the step's own end
     /// exports whatever is left.
     pub export_at_end: bool,
+    /// Where the branch is pushed after every checkpoint, before the iteration is recorded
+    /// closed (a worker's `--remote`); `None`: the clone's configured shared remote, if any
+    /// ([`crate::remote::Publisher::for_repo`]). So a closed iteration's checkpoint is on the
+    /// remote whenever its push worked, and a machine that takes the work over goes on from it.
+    pub push_to: Option<crate::remote::Publisher>,
 }
 
 /// The agents of a step. The reviewer is `None` for `review = "none"`; for `self` it is the
@@ -201,9 +206,12 @@ pub async fn run_loop(
         return stop(report, Outcome::Error, e);
     }
     // A shared remote (scale-out): the branch is pushed after every checkpoint.
-    let publisher = match crate::remote::Publisher::for_repo(workspace.repo_root()) {
-        Ok(p) => p,
-        Err(e) => return stop(report, Outcome::Error, format!("error: {e}")),
+    let publisher = match &spec.push_to {
+        Some(p) => Some(p.clone()),
+        None => match crate::remote::Publisher::for_repo(workspace.repo_root()) {
+            Ok(p) => p,
+            Err(e) => return stop(report, Outcome::Error, format!("error: {e}")),
+        },
     };
     if start.done >= cfg.max_iterations {
         report.reason = format!("max_iterations ({}) reached", cfg.max_iterations);

@@ -971,6 +971,7 @@ async fn run_agent_step(
         config,
         split: None,
         export_at_end: true,
+        push_to: None,
     };
     let planner = match step.split.as_ref().and_then(|s| s.planner.as_ref()) {
         Some(name) => ctx

@@ -465,6 +465,7 @@ impl TaskRun {
             config,
             split: None,
             export_at_end: true,
+            push_to: None,
         };
         let spend = Spend::default();
         let progress = TaskProgress {

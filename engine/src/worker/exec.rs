@@ -2,7 +2,8 @@
 //! worktree of the worker's clone on the subtask's branch (from the branch a dead worker
 //! pushed, if any, else from the base commit), the `setup` command in a new one, then the
 //! subtask's full Ralph loop with the step's agents, checks and reviewer. The branch is pushed
-//! to the shared remote after every checkpoint, so another machine can resume it. Branches go
+//! to the shared remote after every checkpoint, before the iteration is recorded closed, so
+//! another machine can resume it from every iteration the ledger says is done. Branches go
 //! between machines through [`crate::remote`] only: [`resume_branch`] takes a pushed branch
 //! over, [`Publisher`] pushes it, guarded so that a machine that lost the subtask to another
 //! cannot overwrite the other's pushes.
@@ -15,11 +16,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use super::queue::{Claim, Queue};
 use super::spec::{JobResult, JobSpec};
-use crate::events::{Event, EventSink};
+use crate::events::EventSink;
 use crate::ledger::{Ledger, NewBead, Status};
 use crate::polecat::roster::{HistoryEntry, Lease as Polecat, Status as PolecatStatus};
 use crate::ralph::checks::run_checks;
@@ -236,6 +235,9 @@ async fn run(
         // (`run::distributed`, `worker::distribute`).
         split: spec.split.clone(),
         export_at_end: true,
+        // Pushed before each iteration is recorded closed: a machine that takes the job over
+        // after this one died goes on from every iteration the ledger says is done.
+        push_to: remote.clone().map(Publisher::new),
     };
     // Too large a prompt is handed back before the first iteration (no agent call), as a
     // local polecat's subtask splits before it.
@@ -279,19 +281,6 @@ async fn run(
         since: started_at.clone(),
         last_outcome: None,
     });
-    let publisher = remote.clone().map(Publisher::new);
-    let (push_tx, pusher) = match &publisher {
-        Some(p) => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let task = tokio::spawn(pushes(p.clone(), spec.branch.clone(), rx));
-            (Some(tx), Some(task))
-        }
-        None => (None, None),
-    };
-    let pushing = PushingSink {
-        inner: sink,
-        push: push_tx,
-    };
     // The run's budget (and a subtask's step's), as they stood when the job was published:
     // the loop stops on them as a local polecat's would.
     let spend = spec
@@ -301,17 +290,8 @@ async fn run(
         .unwrap_or_else(|| Spend::with_budget(None));
     let report = match too_large {
         Some(why) => handed_back_unrun(why, &ws, start.done),
-        None => {
-            run_loop(
-                &step, &agents, &ws, &recorder, &pushing, cancel, &spend, start,
-            )
-            .await
-        }
+        None => run_loop(&step, &agents, &ws, &recorder, sink, cancel, &spend, start).await,
     };
-    drop(pushing);
-    if let Some(task) = pusher {
-        let _ = task.await;
-    }
     result.outcome = report.outcome;
     result.reason = report.reason.clone();
     result.iterations = report.iterations;
@@ -320,7 +300,7 @@ async fn run(
     result.summary = report.summary.clone();
     result.split = report.split.clone();
     result.tip = ws.head().ok().or(report.last_checkpoint.clone());
-    if let Some(p) = &publisher {
+    if let Some(p) = &step.push_to {
         // The result names the tip: it must be on the remote before the finish is recorded.
         let note = p.publish(&spec.branch).await;
         if let Some(e) = note.error {
@@ -579,41 +559,6 @@ pub async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
-    }
-}
-
-/// Pushes the branch after each checkpoint, coalescing checkpoints made while a push runs.
-/// A failed push is retried by the publisher and then only logged: the next checkpoint (or the
-/// push before the result is recorded) carries it along.
-async fn pushes(publisher: Publisher, branch: String, mut rx: mpsc::UnboundedReceiver<()>) {
-    while rx.recv().await.is_some() {
-        while rx.try_recv().is_ok() {}
-        let note = publisher.publish(&branch).await;
-        if !note.ok() {
-            tracing::warn!("{}", note.line());
-        }
-    }
-}
-
-/// Passes the loop's events on, and asks for a push after every iteration's checkpoint.
-struct PushingSink<'a> {
-    inner: &'a dyn EventSink,
-    push: Option<mpsc::UnboundedSender<()>>,
-}
-
-impl EventSink for PushingSink<'_> {
-    fn emit(&self, event: &Event) {
-        if let (
-            Event::IterationFinished {
-                checkpoint: Some(_),
-                ..
-            },
-            Some(tx),
-        ) = (event, &self.push)
-        {
-            let _ = tx.send(());
-        }
-        self.inner.emit(event);
     }
 }
 
