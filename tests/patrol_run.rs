@@ -257,6 +257,124 @@ write = "3\n"
     }
 }
 
+/// A resumed step whose branch no longer holds its last recorded iteration's checkpoint (moved
+/// back by hand here; on a shared remote, a push that never arrived) says so before it goes
+/// on: a warning, and a comment on the step's bead. The run goes on from the branch as it is,
+/// and what that iteration wrote is not landed.
+#[test]
+fn a_resume_whose_branch_lost_the_last_checkpoint_says_so_and_goes_on_from_the_branch() {
+    let repo = TempRepo::new();
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = write_patrol(
+        defs.path(),
+        r#"
+[patrol]
+name = "moved"
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "slow"
+prompt = "write three files"
+[steps.loop]
+checks = ["test -f f3.txt"]
+stall_after = 5
+"#,
+        r#"
+[[work]]
+reply = "one"
+[[work.edits]]
+path = "f1.txt"
+write = "1\n"
+[[work]]
+reply = "two"
+delay = "5s"
+[[work.edits]]
+path = "f2.txt"
+write = "2\n"
+[[work]]
+reply = "three"
+[[work.edits]]
+path = "f3.txt"
+write = "3\n"
+"#,
+    );
+    let patrol = patrol.display().to_string();
+    let repo_dir = repo.path().display().to_string();
+    let child = spawn_wiggum(&["run", &patrol, "--repo", &repo_dir], repo.path());
+    wait_until(60, "iteration 1 of slow", || {
+        beads(repo.path())
+            .iter()
+            .any(|b| b["title"] == "iteration 1" && b["status"] == "closed")
+    });
+    kill9(child);
+    // The step's worktree is put back one commit, before iteration 1's checkpoint.
+    let list = std::process::Command::new("git")
+        .args(["worktree", "list", "--porcelain"])
+        .current_dir(repo.path())
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    let wt = list
+        .split("\n\n")
+        .find(|block| block.contains("-slow\n") || block.ends_with("-slow"))
+        .and_then(|block| block.lines().next())
+        .and_then(|l| l.strip_prefix("worktree "))
+        .unwrap_or_else(|| panic!("no worktree of step slow: {list}"))
+        .to_string();
+    let checkpoint = git_in(std::path::Path::new(&wt), &["rev-parse", "HEAD"]);
+    git_in(
+        std::path::Path::new(&wt),
+        &["reset", "-q", "--hard", "HEAD~1"],
+    );
+
+    let run_id = last_run_id(&repo);
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let r = out.json();
+    assert_eq!(r["outcome"], "converged");
+    assert!(
+        out.stderr.contains(&format!(
+            "slow: warning: iteration 1's checkpoint {}",
+            &checkpoint[..12]
+        )),
+        "{}",
+        out.stderr
+    );
+    let bead = step(&r, "slow")["bead"].as_str().unwrap().to_string();
+    let shown = repo.wiggum(&["show", &bead, "--json"]);
+    assert!(
+        shown.stdout.contains("is not on branch") && shown.stdout.contains(&checkpoint),
+        "{}",
+        shown.stdout
+    );
+    // Iteration 1 stays recorded; its file is not on the branch, so it is not landed.
+    assert_eq!(step(&r, "slow")["iterations"], 3);
+    assert!(!repo.path().join("f1.txt").exists());
+    for f in ["f2.txt", "f3.txt"] {
+        assert!(repo.path().join(f).exists(), "{f} not landed");
+    }
+}
+
+/// `git args` in `dir`, which must work; its output, trimmed.
+fn git_in(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn a_repeated_run_id_reports_the_first_run_instead_of_starting_another() {
     let repo = TempRepo::new();

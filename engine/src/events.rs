@@ -184,6 +184,18 @@ pub enum Event {
         remote: String,
         error: String,
     },
+    /// A resumed loop's branch does not hold the last closed iteration's checkpoint (its push
+    /// never reached the shared remote before its machine stopped, or the branch was moved):
+    /// the loop goes on from `tip` without that iteration's changes (engine/src/ralph/runner.rs).
+    CheckpointMissing {
+        step_id: String,
+        iteration: u32,
+        /// The iteration's bead.
+        bead_id: String,
+        checkpoint: String,
+        tip: String,
+        reason: String,
+    },
     /// A distributed split's landing waits for the repository's refinery lease, held by
     /// another machine (or a dead process, until its lease expires): engine/src/worker/land.rs.
     RefineryWaiting {

@@ -295,6 +295,12 @@ impl EventSink for Display {
                  locally; the next checkpoint pushes it): {}",
                 printable(error.lines().next().unwrap_or(""), 300, false)
             )),
+            Event::CheckpointMissing {
+                step_id, reason, ..
+            } => self.line(format!(
+                "{step_id}: warning: {}",
+                printable(reason, 600, false)
+            )),
             Event::RefineryWaiting {
                 step_id,
                 subtask,

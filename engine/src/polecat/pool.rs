@@ -192,7 +192,7 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
         attempt: job.attempt,
     });
 
-    let start = match start_point(run.recorder, &job.bead) {
+    let mut start = match start_point(run.recorder, &job.bead) {
         Ok(s) => s,
         Err(e) => {
             let _ = ws.release_branch();
@@ -200,6 +200,7 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
             return (done, idle(job, Some(ws)));
         }
     };
+    start.restarted = job.retry == Some(Retry::Fresh);
     let mut config = job.step.config.clone();
     if !job.sub.checks.is_empty() {
         config.checks = job.sub.checks.clone();

@@ -75,6 +75,11 @@ pub struct StartPoint {
     pub spent_cost_usd: f64,
     /// Time the step's earlier iterations took (before a resume): the step's `timeout` counts it.
     pub spent_time: Duration,
+    /// The branch was made again from a new base (a subtask run again after a conflict): the
+    /// earlier iterations' checkpoints are not on it, by design. Otherwise a resumed loop
+    /// checks that the last closed iteration's checkpoint is on the branch it goes on from,
+    /// and says so when it is not ([`Event::CheckpointMissing`]).
+    pub restarted: bool,
 }
 
 /// How a step's loop ended.
@@ -213,6 +218,9 @@ pub async fn run_loop(
             Err(e) => return stop(report, Outcome::Error, format!("error: {e}")),
         },
     };
+    if !start.restarted {
+        checkpoint_missing(&ctx, &start);
+    }
     if start.done >= cfg.max_iterations {
         report.reason = format!("max_iterations ({}) reached", cfg.max_iterations);
         return report;
@@ -921,6 +929,67 @@ fn continue_reason(rec: &IterationRecord, round: &Round, stable: u32, cfg: &Loop
         "good round {stable} of the {} needed in a row",
         cfg.stable_rounds
     )
+}
+
+/// The last closed iteration's checkpoint, when the branch the loop goes on from does not
+/// hold it: its push never reached the shared remote before its machine stopped (a worker
+/// killed while the remote was down), or someone moved the branch. Said as an event, a warning
+/// and a comment on the step's bead; the loop goes on from the branch as it is (the iteration
+/// stays recorded: it ran, and what it spent counts).
+fn checkpoint_missing(ctx: &Ctx<'_>, start: &StartPoint) {
+    let Some(prev) = &start.previous_bead else {
+        return;
+    };
+    let Ok(Some(bead)) = ctx.recorder.ledger().get(prev) else {
+        return;
+    };
+    let Some(sha) = recorded_checkpoint(&bead.description) else {
+        return;
+    };
+    if ctx.workspace.contains(sha).unwrap_or(true) {
+        return;
+    }
+    let tip = ctx.workspace.head().unwrap_or_default();
+    let short = |s: &str| s[..s.len().min(12)].to_string();
+    let reason = format!(
+        "iteration {}'s checkpoint {} (bead {prev}) is not on branch {}, which goes on from {}: \
+         that checkpoint never reached the shared remote before its machine stopped (a push \
+         that failed is said on the iteration's bead), or the branch was moved since. Its \
+         changes are not in this worktree; the loop goes on from {} with iteration {}. A clone \
+         that still has the commit can bring it back: `git cherry-pick {}`.",
+        start.done,
+        short(sha),
+        ctx.workspace.branch(),
+        short(&tip),
+        short(&tip),
+        start.done + 1,
+        sha
+    );
+    tracing::warn!("{}: {reason}", ctx.spec.step_id);
+    if let Err(e) = ctx
+        .recorder
+        .ledger()
+        .add_comment(&ctx.spec.bead_id, "wiggum", &reason)
+    {
+        tracing::warn!("{}: the comment was not recorded: {e}", ctx.spec.step_id);
+    }
+    ctx.sink.emit(&Event::CheckpointMissing {
+        step_id: ctx.spec.step_id.clone(),
+        iteration: start.done,
+        bead_id: prev.clone(),
+        checkpoint: sha.to_string(),
+        tip,
+        reason,
+    });
+}
+
+/// The checkpoint an iteration's bead records (`- checkpoint: <sha>`); `None` for none.
+fn recorded_checkpoint(description: &str) -> Option<&str> {
+    description
+        .lines()
+        .find_map(|l| l.strip_prefix("- checkpoint: "))
+        .map(str::trim)
+        .filter(|s| s.len() >= 7 && s.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn describe_iteration(

@@ -27,6 +27,7 @@ pub fn start_point(recorder: &Recorder, st: &StepState) -> Result<StartPoint, St
         spent_tokens: st.tokens,
         spent_cost_usd: st.cost_usd,
         spent_time: Duration::from_millis(st.elapsed_ms),
+        restarted: false,
     })
 }
 

@@ -210,13 +210,15 @@ async fn run(
             return result;
         }
     };
-    let start = match crate::polecat::pool::start_point(&recorder, &bead) {
+    let mut start = match crate::polecat::pool::start_point(&recorder, &bead) {
         Ok(s) => s,
         Err(e) => {
             result.reason = format!("error: ledger: {e}");
             return result;
         }
     };
+    // Started again from the base (a conflict): the earlier iterations' work is not on it.
+    start.restarted = spec.fresh;
     let mut config = spec.config.clone();
     // A subtask's limit is per attempt: iterations recorded by an earlier holder do not use
     // it up. A step's is the step's, as when it runs on the machine of its run.

@@ -268,6 +268,20 @@ impl Workspace {
         Ok(tip.to_string())
     }
 
+    /// Whether the branch holds commit `sha` (its tip, or an ancestor of it). `Ok(false)` when
+    /// the repository does not have that commit at all.
+    pub fn contains(&self, sha: &str) -> Result<bool, WorkspaceError> {
+        let tip = git2::Oid::from_str(&self.head()?)?;
+        let Ok(wanted) = git2::Oid::from_str(sha) else {
+            return Ok(false);
+        };
+        let inner = self.lock();
+        if inner.repo.find_commit(wanted).is_err() {
+            return Ok(false);
+        }
+        Ok(tip == wanted || inner.repo.graph_descendant_of(tip, wanted)?)
+    }
+
     /// Whether the repository has the local branch `branch` (branches are shared by all its
     /// worktrees), read through this worktree's open repository.
     pub fn has_branch(&self, branch: &str) -> bool {
