@@ -954,7 +954,7 @@ fn checkpoint_missing(ctx: &Ctx<'_>, start: &StartPoint) {
     let reason = format!(
         "iteration {}'s checkpoint {} (bead {prev}) is not on branch {}, which goes on from {}: \
          that checkpoint never reached the shared remote before its machine stopped (a push \
-         that failed is said on the iteration's bead), or the branch was moved since. Its \
+         that failed is said on the iteration's bead), or the branch was moved or deleted since. Its \
          changes are not in this worktree; the loop goes on from {} with iteration {}. A clone \
          that still has the commit can bring it back: `git cherry-pick {}`.",
         start.done,
