@@ -128,6 +128,47 @@ fn a_remote_that_is_down_does_not_stop_the_loop_and_loses_no_checkpoint() {
     assert_eq!(repo.read("answer.txt").trim(), "42");
 }
 
+/// A token in the remote's URL (`https://<token>@host/...`, as GitHub takes it) is never
+/// written out: not in the terminal's lines, not in the iterations' beads, not in the run's
+/// files, though git's own messages name the URL it failed on.
+#[test]
+fn a_token_in_the_remotes_url_is_written_nowhere() {
+    let repo = TempRepo::new();
+    // A port nothing listens on: the push fails at once, with git's message naming the URL.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://ghp_s3cretT0ken@127.0.0.1:{port}/hub.git");
+    let out = run_task(&repo, &url);
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("could not push"), "{all}");
+    assert!(
+        all.contains(&format!("http://***@127.0.0.1:{port}/hub.git")),
+        "{all}"
+    );
+    assert!(!all.contains("s3cretT0ken"), "{all}");
+    let descriptions = iteration_descriptions(&repo);
+    assert!(!descriptions.is_empty());
+    for d in &descriptions {
+        assert!(d.contains("failed after 4 tries"), "{d}");
+        assert!(!d.contains("s3cretT0ken"), "{d}");
+    }
+    let found = std::process::Command::new("grep")
+        .args(["-rl", "s3cretT0ken", "."])
+        .current_dir(repo.path())
+        .output()
+        .unwrap();
+    let found = String::from_utf8_lossy(&found.stdout);
+    let found: Vec<&str> = found
+        .lines()
+        .filter(|f| !f.starts_with("./.git/"))
+        .collect();
+    assert!(found.is_empty(), "the token is written in {found:?}");
+}
+
 #[test]
 fn a_broken_remote_table_stops_the_task_with_the_file_and_the_fix() {
     let repo = TempRepo::new();

@@ -155,7 +155,29 @@ pub(super) fn is_url(target: &str) -> bool {
         || target.split_once(':').is_some_and(|(host, _)| host.len() > 1)
 }
 
-/// `scheme://user:secret@host/...` as `scheme://user:***@host/...`.
+/// Every `scheme://user:secret@host` and `http(s)://token@host` in `text` (git's messages name
+/// the URLs they failed on) redacted as [`redact`] does.
+pub(crate) fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        // The scheme: the letters (and `+`, `-`, `.`) just before `://`.
+        let start = rest[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |j| j + 1);
+        let end = rest[i + 3..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`' | '<' | '>'))
+            .map_or(rest.len(), |j| i + 3 + j);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `scheme://user:secret@host/...` as `scheme://user:***@host/...`; over HTTP(S), where a
+/// user name alone is often a token (`https://<token>@github.com/...`), `https://***@host/...`.
 fn redact(target: &str) -> String {
     let Some((scheme, rest)) = target.split_once("://") else {
         return target.to_string();
@@ -167,6 +189,9 @@ fn redact(target: &str) -> String {
     match auth.rsplit_once('@') {
         Some((cred, host)) => match cred.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {
+                format!("{scheme}://***@{host}{tail}")
+            }
             None => target.to_string(),
         },
         None => target.to_string(),
@@ -230,5 +255,32 @@ mod tests {
             "https://bob:***@example.com/r.git"
         );
         assert_eq!(RemoteSpec::new("origin").display(), "origin");
+        // A token as the user name (GitHub's `https://<token>@github.com/...`).
+        assert_eq!(
+            RemoteSpec::new("https://ghp_s3cret@github.com/o/r.git").display(),
+            "https://***@github.com/o/r.git"
+        );
+        // Over ssh the user is a login, not a secret.
+        assert_eq!(
+            RemoteSpec::new("ssh://git@host/r.git").display(),
+            "ssh://git@host/r.git"
+        );
+    }
+
+    #[test]
+    fn urls_in_git_messages_are_redacted() {
+        assert_eq!(
+            redact_urls(
+                "fatal: unable to access 'https://ghp_s3cret@github.com/o/r.git/': Could not \
+                 resolve host; and https://bob:hunter2@example.com/x"
+            ),
+            "fatal: unable to access 'https://***@github.com/o/r.git/': Could not resolve host; \
+             and https://bob:***@example.com/x"
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
+        assert_eq!(
+            redact_urls("git://127.0.0.1:9418/hub.git"),
+            "git://127.0.0.1:9418/hub.git"
+        );
     }
 }

@@ -170,7 +170,7 @@ impl Remote {
                  fetch it (resume) before going on",
                 expected.as_deref().map(short).unwrap_or("nothing")
             ),
-            stderr: detail,
+            stderr: self.scrub(&detail),
         })
     }
 
@@ -473,13 +473,13 @@ impl Remote {
     }
 
     fn failed(&self, op: &'static str, branch: &str, stderr: &str, stdout: &str) -> RemoteError {
-        let said = if stderr.is_empty() { stdout } else { stderr };
+        let said = self.scrub(if stderr.is_empty() { stdout } else { stderr });
         RemoteError::Git {
             op,
             remote: self.display(),
             branch: branch.to_string(),
             stderr: said.trim().to_string(),
-            hint: hint_for(said, &self.display()),
+            hint: hint_for(&said, &self.display()),
         }
     }
 
@@ -487,9 +487,21 @@ impl Remote {
         RemoteError::Rejected {
             remote: self.display(),
             branch: branch.to_string(),
-            reason: reason.trim().to_string(),
-            stderr: stderr.to_string(),
+            reason: self.scrub(reason.trim()),
+            stderr: self.scrub(stderr),
         }
+    }
+
+    /// `text` (git's output) with the remote's URL as it may be printed: git names the URL it
+    /// failed on, credentials and all, and these messages go to beads, logs and reports.
+    fn scrub(&self, text: &str) -> String {
+        let (raw, shown) = (&self.spec.target, self.display());
+        let text = if raw.is_empty() || *raw == shown {
+            text.to_string()
+        } else {
+            text.replace(raw.as_str(), &shown)
+        };
+        super::config::redact_urls(&text)
     }
 }
 

@@ -26,6 +26,7 @@ mod refinery;
 mod resume;
 pub mod testing;
 
+pub(crate) use config::redact_urls;
 pub use config::{RemoteSpec, SpecSource, CONFIG_FILE, REMOTE_ENV};
 pub use error::RemoteError;
 pub(crate) use git::{has_commit, short};
