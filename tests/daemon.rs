@@ -639,3 +639,202 @@ fn json_logs_are_one_object_per_line() {
         assert!(v["event"].is_string() && v["time"].is_string(), "{line}");
     }
 }
+
+/// A patrol whose step `big` splits at once into a and b on two polecats (script agent,
+/// `.wiggum/two-parts-script.toml`: outside `.wiggum/patrols/`, which holds patrols only).
+const TWO_PARTS_PATROL: &str = r#"
+[patrol]
+name = "two-parts"
+schedule = "*/2 * * * * *"
+land = "none"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "../two-parts-script.toml"
+[[steps]]
+id = "big"
+prompt = "two parts"
+[steps.loop]
+checks = ["true"]
+[steps.split]
+mode = "always"
+polecats = 2
+"#;
+
+/// The plan (a and b), each subtask's file, and the step's verifying iteration.
+const TWO_PARTS_SCRIPT: &str = r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}]}'
+[[work]]
+step = "big"
+reply = "verified"
+[[work]]
+step = "big/a"
+reply = "a"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+[[work]]
+step = "big/b"
+reply = "b"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+"#;
+
+/// The `index.lock` of the step `big`'s own worktree (`.git/worktrees/<run>-big/index.lock`).
+fn step_index_lock(repo: &TempRepo) -> PathBuf {
+    let list = repo.git(&["worktree", "list", "--porcelain"]);
+    let wt = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("worktree "))
+        .find(|p| p.ends_with("-big"))
+        .unwrap_or_else(|| panic!("no worktree of step big: {list}"));
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--absolute-git-dir"])
+        .current_dir(wt)
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("index.lock")
+}
+
+/// A run that wiggum stops for something a person must fix (here a stale `index.lock` left in
+/// its split step's checkout) is not over: the fire is recorded `stopped` (not done/error),
+/// every later fire time resumes that run instead of starting a new one beside it (saying, while
+/// it is still stuck, what to fix), and once the lock is removed the resume finishes the run.
+#[test]
+fn a_run_stopped_for_a_fix_is_resumed_at_the_next_fires_until_it_converges() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    // The first merge of the daemon's process finds the step's index taken midway, and the
+    // lock left there (as by a git killed in that checkout); later merges do not.
+    let mut d = start_env(
+        &repo,
+        &[],
+        &[("WIGGUM_FAILPOINT", "index-lock-mid-checkout-once")],
+    );
+    let stuck = "stopped (error), not finished";
+    d.wait_for(stuck, 120);
+    let fired = fires(&repo, "two-parts");
+    let first = fired
+        .iter()
+        .find(|f| f["run_id"].is_string())
+        .unwrap_or_else(|| panic!("no fire started a run: {fired:#?}"))
+        .clone();
+    assert_eq!(first["state"], "stopped", "{fired:#?}");
+    assert_eq!(first["outcome"], "error", "{first:#}");
+    let lock = step_index_lock(&repo);
+    assert!(lock.exists());
+    let reason = first["reason"].as_str().unwrap();
+    let run_id = first["run_id"].as_str().unwrap().to_string();
+    let slot = first["slot"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains(&lock.display().to_string())
+            && reason.contains("remove it")
+            && reason.contains(&format!("wiggum resume {run_id}"))
+            && reason.contains("next fire time"),
+        "the reason names the file, the fix and what comes next: {reason}"
+    );
+    // Still there at the next fire time: the fire resumes the run (no new run), which stops
+    // again, and the log says so again, naming the run and the fix.
+    let resumes = format!("resumes run {run_id} (slot {slot}) instead");
+    d.wait_for(&resumes, 60);
+    let log = d.wait_for_n(stuck, 2, 120);
+    let line = log.lines().filter(|l| l.contains(stuck)).nth(1).unwrap();
+    assert!(
+        line.contains(&format!("run {run_id} of two-parts slot {slot}"))
+            && line.contains("index.lock")
+            && line.contains("remove it")
+            && line.contains(&format!("wiggum resume {run_id}")),
+        "{line}"
+    );
+    // The person removes the lock: a later fire resumes the run to its end.
+    std::fs::remove_file(&lock).unwrap();
+    d.wait_for(
+        &format!("run {run_id} of two-parts slot {slot} ended: done (converged)"),
+        120,
+    );
+    let (code, log) = d.stop();
+    assert_eq!(code, 0, "{log}");
+
+    let fired = fires(&repo, "two-parts");
+    let first = fired.iter().find(|f| f["slot"] == slot.as_str()).unwrap();
+    assert_eq!(first["state"], "done", "{fired:#?}");
+    assert_eq!(first["outcome"], "converged", "{fired:#?}");
+    // No fire started another run while this one was unfinished.
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let done_at = time(&first["finished_at"]);
+    for f in &fired {
+        if f["run_id"].is_string() && f["run_id"] != run_id.as_str() {
+            assert!(
+                time(&f["decided_at"]) >= done_at,
+                "a new run started beside the stopped one: {fired:#?}"
+            );
+        }
+    }
+    let resumed_by = fired
+        .iter()
+        .filter(|f| f["state"] == "skipped" && f["reason"].as_str().unwrap().contains(&resumes))
+        .count();
+    assert!(resumed_by >= 2, "{fired:#?}");
+    let runs = repo.wiggum(&["runs", "--json"]).json();
+    let run = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == run_id.as_str())
+        .unwrap_or_else(|| panic!("no run {run_id}: {runs:#}"));
+    assert_eq!(run["outcome"], "converged", "{run:#}");
+}
+
+/// Without a daemon, `wiggum schedule run` follows the same rule: a fire of a patrol whose run
+/// stopped for a fix resumes that run (while the cause is there it stops again, resumable)
+/// instead of starting a new one, and once the cause is gone it finishes it.
+#[test]
+fn schedule_run_without_a_daemon_resumes_the_run_stopped_for_a_fix() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    let fire = |env: &[(&str, &str)]| {
+        let out = repo.wiggum_env(&["schedule", "run", "two-parts", "--json"], env);
+        (out.code, out.json(), out.stderr)
+    };
+    let (code, first, err) = fire(&[("WIGGUM_FAILPOINT", "index-lock-mid-checkout-once")]);
+    assert_eq!(code, 1, "{first:#}\n{err}");
+    assert_eq!(first["resumable"], true, "{first:#}");
+    let run_id = first["run_id"].as_str().unwrap().to_string();
+    let stopped = fires(&repo, "two-parts");
+    assert_eq!(states(&stopped), ["stopped"], "{stopped:#?}");
+
+    let (code, again, err) = fire(&[]);
+    assert_eq!(code, 1, "{again:#}\n{err}");
+    assert_eq!(
+        again["run_id"],
+        run_id.as_str(),
+        "resumed, not a new run: {again:#}"
+    );
+    assert_eq!(again["resumable"], true, "{again:#}");
+    assert_eq!(
+        states(&fires(&repo, "two-parts")),
+        ["stopped", "skipped"],
+        "the stopped fire is the run's; the new one resumed it"
+    );
+
+    std::fs::remove_file(step_index_lock(&repo)).unwrap();
+    let (code, done, err) = fire(&[]);
+    assert_eq!(code, 0, "{done:#}\n{err}");
+    assert_eq!(done["run_id"], run_id.as_str(), "{done:#}");
+    assert_eq!(done["outcome"], "converged", "{done:#}");
+    assert_eq!(done["resumable"], false, "{done:#}");
+    let fired = fires(&repo, "two-parts");
+    assert_eq!(states(&fired), ["done", "skipped", "skipped"], "{fired:#?}");
+    assert_eq!(fired[0]["outcome"], "converged");
+    // Nothing is in the way any more: the next fire starts a new run.
+    let (code, next, err) = fire(&[]);
+    assert_eq!(code, 0, "{next:#}\n{err}");
+    assert_ne!(next["run_id"], run_id.as_str(), "{next:#}");
+}

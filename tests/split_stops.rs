@@ -464,8 +464,30 @@ fn assert_stopped_by_the_lock_then_resumed(repo: &TempRepo, lock: &std::path::Pa
     }
     assert!(!repo.path().join("a.txt").exists() && !repo.path().join("b.txt").exists());
 
+    // Resumed before the lock is removed, it stops the same way: still resumable, not failed
+    // (the step's worktree cannot be reset to its checkpoint while its index is held).
+    let run_id = last_run_id(repo);
+    let early = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(
+        early.code, 1,
+        "{}
+{}",
+        early.stdout, early.stderr
+    );
+    let early = early.json();
+    assert_eq!(early["resumable"], true, "{early:#}");
+    let big = step(&early, "big");
+    assert_eq!(big["outcome"], "error", "{big:#}");
+    let why = big["reason"].as_str().unwrap();
+    assert!(
+        why.contains(&lock.display().to_string()) && why.contains("wiggum resume"),
+        "{why}"
+    );
+    let runs = repo.wiggum(&["runs", "--json"]).json();
+    assert!(runs[0]["duration_ms"].is_null(), "not finished: {runs:#}");
+
     std::fs::remove_file(lock).unwrap();
-    let r = resume_json(repo, &last_run_id(repo));
+    let r = resume_json(repo, &run_id);
     assert_eq!(r["outcome"], "converged", "{r:#}");
     let split = split_of(repo, step(&r, "big")["bead"].as_str().unwrap());
     for id in ["a", "b"] {

@@ -317,6 +317,21 @@ impl DaemonSink for Log {
                 state,
                 outcome,
                 reason,
+            } if state == wiggum_engine::schedule::state::STOPPED => format!(
+                // Not over: it waits for a person (the reason says what to fix and what next).
+                "run {} of {patrol} slot {} stopped ({}), not finished — {}",
+                run_id.as_deref().unwrap_or("(none)"),
+                t(slot),
+                outcome.as_deref().unwrap_or("error"),
+                reason.lines().next().unwrap_or_default()
+            ),
+            RunFinished {
+                patrol,
+                slot,
+                run_id,
+                state,
+                outcome,
+                reason,
             } => format!(
                 "run {} of {patrol} slot {} ended: {state}{} — {}",
                 run_id.as_deref().unwrap_or("(none)"),

@@ -198,6 +198,9 @@ pub fn render(r: &PatrolReport, json: bool) -> CliResult {
                 "land": r.landed,
                 "resumed": r.resumed,
                 "already_finished": r.already_finished,
+                // Stopped unfinished (Ctrl-C, or by wiggum for something to fix first):
+                // `wiggum resume RUN` continues it.
+                "resumable": r.resumable,
                 "notes": r.notes,
                 "steps": r.steps.iter().map(|(id, s)| serde_json::json!({
                     "id": id,

@@ -6,6 +6,8 @@
 //! (a polecat's export of its subtask's claim to `.beads/issues.jsonl`); `index-lock-mid-checkout`
 //! makes another git command seem to take the step's index in the middle of a merge's checkout
 //! (its `index.lock` is made, and left, after the refinery looked for one);
+//! `index-lock-mid-checkout-once` the same at the process's first merge only (a daemon's
+//! later resume of the run then merges, once the lock is removed);
 //! `index-lock-brief` the same at the process's first merge, the lock let go 300 ms later.
 
 /// Aborts the process when `WIGGUM_FAILPOINT` names this point.

@@ -60,6 +60,11 @@ pub struct PatrolReport {
     pub resumed: bool,
     /// The run had already finished (a repeated `--run-id`): nothing was run.
     pub already_finished: bool,
+    /// The run stopped without finishing and `wiggum resume` continues it: cancelled (Ctrl-C,
+    /// SIGTERM), or stopped by wiggum for something a person must fix first (a stale
+    /// `index.lock` in a split step's checkout, a failed claim export, a landing that could
+    /// not be made: the stopped step's reason says what). Its state keeps no `finished_at`.
+    pub resumable: bool,
     /// What the user should know about how the run was continued (a patrol file edited since
     /// the run started, other `--var` values than the run's, ...).
     pub notes: Vec<String>,
@@ -774,6 +779,25 @@ async fn run_step(ctx: &RunCtx, step: &Step) -> StepState {
     st
 }
 
+/// Why a step's worktree is not ready for it.
+enum NotReady {
+    /// The step ends with this error.
+    Failed(String),
+    /// Something a person must fix first (the worktree's index held by a stale `index.lock`):
+    /// the step stops with this error, resumably (`cancelled` without Ctrl-C: see `run_step`).
+    Stopped(String),
+}
+
+impl NotReady {
+    /// How the step ends.
+    fn end(self) -> Result<(Outcome, String), String> {
+        match self {
+            NotReady::Failed(e) => Err(e),
+            NotReady::Stopped(why) => Ok((Outcome::Cancelled, why)),
+        }
+    }
+}
+
 /// Starts a step: its worktree, its bead in progress with `description` (templates rendered),
 /// and the `StepStarted` event.
 fn begin_step(
@@ -781,12 +805,12 @@ fn begin_step(
     step: &Step,
     st: &mut StepState,
     description: &str,
-) -> Result<Workspace, String> {
+) -> Result<Workspace, NotReady> {
     let ws = step_workspace(ctx, step)?;
     st.branch = Some(ws.branch().to_string());
     ctx.recorder
         .start_step(&st.bead, description)
-        .map_err(|e| format!("ledger: {e}"))?;
+        .map_err(|e| NotReady::Failed(format!("ledger: {e}")))?;
     ctx.sink.emit(&Event::StepStarted {
         run_id: ctx.run_id.clone(),
         step_id: step.id.clone(),
@@ -798,7 +822,7 @@ fn begin_step(
 }
 
 /// The step's worktree: re-opened when resuming, else new from the integration branch.
-fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
+fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, NotReady> {
     let name = format!("{}-{}", ctx.run_id, step.id);
     let branch = format!("wiggum/{name}");
     let _guard = ctx.worktree_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -817,7 +841,7 @@ fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
         // A step left in flight restarts from its last checkpoint: what an interrupted
         // iteration half-wrote is thrown away (its bead is re-used for the iteration).
         let ws = Workspace::open(&ctx.repo_root, &name, &branch)
-            .map_err(|e| format!("could not re-open the step's worktree: {e}"))?;
+            .map_err(|e| NotReady::Failed(format!("could not re-open the step's worktree: {e}")))?;
         // An agent or command of the killed process may still be writing in it.
         let killed = super::orphans::kill_processes_in(ws.path(), &ctx.run_id);
         if !killed.is_empty() {
@@ -835,14 +859,24 @@ fn step_workspace(ctx: &RunCtx, step: &Step) -> Result<Workspace, String> {
             .step(&step.id)
             .is_some_and(|s| s.command_end.is_some());
         if !command_ended {
+            // A resume while the lock that stopped the run is still there (a stale
+            // `index.lock`) stops the same way, still resumable: it is not the step's failure.
+            if let Err(e) = ws.check_index_free() {
+                return Err(NotReady::Stopped(format!(
+                    "error: the step's worktree cannot be reset to its checkpoint: {e}; then \
+                     `wiggum resume` goes on with the step"
+                )));
+            }
             ws.discard_changes().map_err(|e| {
-                format!("could not reset the step's worktree to its checkpoint: {e}")
+                NotReady::Failed(format!(
+                    "could not reset the step's worktree to its checkpoint: {e}"
+                ))
             })?;
         }
         Ok(ws)
     } else {
         Workspace::create(&ctx.repo_root, &name, &branch, Some(&ctx.integration))
-            .map_err(|e| format!("could not create the step's worktree: {e}"))
+            .map_err(|e| NotReady::Failed(format!("could not create the step's worktree: {e}")))
     }
 }
 
@@ -894,7 +928,10 @@ async fn run_agent_step(
     for c in &config.checks {
         description.push_str(&format!("- check: `{c}`\n"));
     }
-    let ws = begin_step(ctx, step, st, &description)?;
+    let ws = match begin_step(ctx, step, st, &description) {
+        Ok(ws) => ws,
+        Err(not_ready) => return not_ready.end(),
+    };
     // With PostgreSQL, a shared remote and a live worker: a step that does not split runs on a
     // worker; a split step's subtasks do (see `run::distributed`).
     let here = crate::worker::fallback::StepOf {
@@ -1163,7 +1200,10 @@ async fn run_command_step(
     };
     let command =
         render(run, &ctx.patrol.vars, results).map_err(|e| format!("run template: {e}"))?;
-    let ws = begin_step(ctx, step, st, &format!("Command step: `{command}`"))?;
+    let ws = match begin_step(ctx, step, st, &format!("Command step: `{command}`")) {
+        Ok(ws) => ws,
+        Err(not_ready) => return not_ready.end(),
+    };
     let env = vec![
         ("WIGGUM_RUN".to_string(), ctx.run_id.clone()),
         ("WIGGUM_STEP".to_string(), step.id.clone()),
@@ -1442,6 +1482,7 @@ fn report_of(state: &RunState, repo: PathBuf, resumed: bool, already: bool) -> P
         cost_usd,
         resumed,
         already_finished: already,
+        resumable: state.finished_at.is_none(),
         notes: Vec::new(),
     }
 }

@@ -112,6 +112,36 @@ enum Job {
     Resume { repo: PathBuf, run_id: String },
 }
 
+/// What a fire finds of its patrol's run stopped for something to fix.
+enum Stopped {
+    /// Nothing stopped: a new run starts.
+    None,
+    /// This fire resumes it instead of starting a new run.
+    Resume(Fire),
+    /// Another process (a person's `wiggum resume`) drives it right now: this fire waits.
+    Held(Fire),
+}
+
+/// Why a fire did not start a new run: it resumes the stopped run of `old` instead.
+fn resume_instead(old: &Fire) -> String {
+    format!(
+        "resumes run {} (slot {}) instead, which stopped for something to fix (a new run would \
+         start beside its unfinished work)",
+        old.run_id.as_deref().unwrap_or_default(),
+        format_time(&old.slot)
+    )
+}
+
+/// Why a fire did not start a new run: the stopped run of `old` is being resumed elsewhere.
+fn held_elsewhere(old: &Fire) -> String {
+    format!(
+        "skipped: run {} (slot {}), stopped for something to fix, is being resumed by another \
+         process right now",
+        old.run_id.as_deref().unwrap_or_default(),
+        format_time(&old.slot)
+    )
+}
+
 /// Passes a run's events on, and tells the daemon the run's id as soon as it has one.
 struct FireSink {
     inner: Arc<dyn EventSink>,
@@ -540,8 +570,17 @@ impl Daemon {
         new_fire(p, slot, kind, st)
     }
 
-    /// Records the fire, then starts its run.
+    /// Records the fire, then starts its run; or, when the patrol's last run stopped for
+    /// something to fix, resumes that run instead (see [`Daemon::stopped_run`]).
     fn start(&mut self, patrol: Patrol, slot: DateTime<Utc>, kind: &str) -> String {
+        if let Some((reason, resume)) = self.instead_of_new_run(&patrol.name) {
+            if self.record_not_run(&patrol, slot, kind, state::SKIPPED, &reason) {
+                if let Some(old) = resume {
+                    self.resume_stopped(&old);
+                }
+            }
+            return reason;
+        }
         let fire = self.new_fire(&patrol, slot, kind, state::RUNNING);
         match self.store.insert_fire(&fire) {
             Ok(true) => {}
@@ -566,6 +605,94 @@ impl Daemon {
         let why = started_by(&patrol, &slot, kind);
         self.spawn(&name, slot, Job::Start(Box::new(patrol), why), None);
         format!("started (slot {})", format_time(&slot))
+    }
+
+    /// The patrol's run that stopped for something a person must fix (a fire recorded
+    /// [`state::STOPPED`]): a fire time that would start a new run resumes it instead, since a
+    /// new run would start beside its unfinished work. One that finished meanwhile (resumed by
+    /// hand) is settled now, by a resume that only reports it, and is in the way no more.
+    /// One machine only: in PostgreSQL mode stopped runs wait for `wiggum resume`.
+    fn stopped_run(&mut self, name: &str) -> Stopped {
+        if self.store.shared().is_some() {
+            return Stopped::None;
+        }
+        let Ok(Some(old)) = self.store.stopped(name) else {
+            return Stopped::None;
+        };
+        let Some(run_id) = old.run_id.clone() else {
+            return Stopped::None;
+        };
+        let root = crate::workspace::discover_root(&old.repo).unwrap_or_else(|_| old.repo.clone());
+        if RunLock::is_held(&root, &run_id) {
+            return Stopped::Held(old);
+        }
+        if !RunLock::file_kept(&root, &run_id) {
+            self.resume_stopped(&old);
+            return Stopped::None;
+        }
+        Stopped::Resume(old)
+    }
+
+    /// When the patrol's run stopped for a fix is in the way of a new run: why the new slot
+    /// does not run, and the stopped fire it resumes instead (`None`: another process resumes
+    /// it right now).
+    fn instead_of_new_run(&mut self, name: &str) -> Option<(String, Option<Fire>)> {
+        match self.stopped_run(name) {
+            Stopped::None => None,
+            Stopped::Resume(old) => Some((resume_instead(&old), Some(old))),
+            Stopped::Held(old) => Some((held_elsewhere(&old), None)),
+        }
+    }
+
+    /// Resumes the run of a stopped fire, as that fire (its record goes back to `running`).
+    fn resume_stopped(&mut self, old: &Fire) {
+        let Some(run_id) = old.run_id.clone() else {
+            return;
+        };
+        let _ = self
+            .store
+            .set_state(&old.patrol, &old.slot, state::RUNNING, "");
+        let job = Job::Resume {
+            repo: old.repo.clone(),
+            run_id: run_id.clone(),
+        };
+        self.spawn(&old.patrol, old.slot, job, None);
+        if let Some(r) = self
+            .running
+            .get_mut(&old.patrol)
+            .and_then(|rs| rs.last_mut())
+        {
+            r.run_id = Some(run_id);
+        }
+    }
+
+    /// A queued fire's turn (its patrol is idle): its run starts, or the patrol's stopped run
+    /// is resumed instead.
+    fn start_queued(&mut self, name: &str, slot: DateTime<Utc>, announce: bool) {
+        let Some(entry) = self.entries.get(name) else {
+            return;
+        };
+        let patrol = entry.patrol.clone();
+        if let Some((reason, resume)) = self.instead_of_new_run(name) {
+            let _ = self.store.set_state(name, &slot, state::SKIPPED, &reason);
+            let repo = self.new_fire(&patrol, slot, "queued", state::SKIPPED).repo;
+            self.note_not_run(&patrol, slot, "queued", state::SKIPPED, &reason, repo);
+            if let Some(old) = resume {
+                self.resume_stopped(&old);
+            }
+            return;
+        }
+        let _ = self.store.set_state(name, &slot, state::RUNNING, "");
+        if announce {
+            self.emit(DaemonEvent::Fired {
+                patrol: name.into(),
+                slot,
+                kind: "queued".into(),
+                late_ms: (Utc::now() - slot).num_milliseconds(),
+            });
+        }
+        let why = started_by(&patrol, &slot, "queued");
+        self.spawn(name, slot, Job::Start(Box::new(patrol), why), None);
     }
 
     /// PostgreSQL mode: claims the slot in the shared database, where pause, quota hold and
@@ -949,32 +1076,30 @@ impl Daemon {
         let idle = self.running.get(&done.patrol).is_none_or(Vec::is_empty);
         if idle {
             if let Some(q) = self.queued.remove(&done.patrol) {
-                if let Some(entry) = self.entries.get(&done.patrol) {
-                    let patrol = entry.patrol.clone();
-                    let _ = self.store.set_state(&done.patrol, &q, state::RUNNING, "");
-                    self.emit(DaemonEvent::Fired {
-                        patrol: done.patrol.clone(),
-                        slot: q,
-                        kind: "queued".into(),
-                        late_ms: (Utc::now() - q).num_milliseconds(),
-                    });
-                    let why = started_by(&patrol, &q, "queued");
-                    self.spawn(&done.patrol, q, Job::Start(Box::new(patrol), why), None);
-                }
+                self.start_queued(&done.patrol, q, true);
             }
         }
     }
 
-    /// Records a fire that does not run (skipped, held), in the store and the ledger.
-    fn record_not_run(&self, p: &Patrol, slot: DateTime<Utc>, kind: &str, st: &str, reason: &str) {
+    /// Records a fire that does not run (skipped, held), in the store and the ledger; `false`
+    /// when the slot already had a record (nothing done).
+    fn record_not_run(
+        &self,
+        p: &Patrol,
+        slot: DateTime<Utc>,
+        kind: &str,
+        st: &str,
+        reason: &str,
+    ) -> bool {
         let mut fire = self.new_fire(p, slot, kind, st);
         fire.reason = reason.to_string();
         fire.finished_at = Some(Utc::now());
         fire.started_at = None;
         if !matches!(self.store.insert_fire(&fire), Ok(true)) {
-            return;
+            return false;
         }
         self.note_not_run(p, slot, kind, st, reason, fire.repo);
+        true
     }
 
     /// Logs a recorded fire that does not run and notes it in the repository's ledger.
@@ -1115,12 +1240,7 @@ impl Daemon {
             .collect();
         for (name, slot) in idle {
             self.queued.remove(&name);
-            if let Some(entry) = self.entries.get(&name) {
-                let patrol = entry.patrol.clone();
-                let _ = self.store.set_state(&name, &slot, state::RUNNING, "");
-                let why = started_by(&patrol, &slot, "queued");
-                self.spawn(&name, slot, Job::Start(Box::new(patrol), why), None);
-            }
+            self.start_queued(&name, slot, false);
         }
     }
 
@@ -1324,7 +1444,8 @@ async fn execute(
 }
 
 /// Records how a fire's run ended: done, interrupted (resumed at the next start), cancelled
-/// by a newer fire, or held for quota (not a failure of the work).
+/// by a newer fire, stopped for something to fix (resumed at the next fire time), or held for
+/// quota (not a failure of the work).
 fn settle(
     store: &Store,
     opts: &DaemonOptions,
@@ -1361,6 +1482,8 @@ fn settle(
                         run_id,
                     ),
                 }
+            } else if let Some(why) = stopped_for_fix(report, patrol) {
+                (state::STOPPED, outcome, why, run_id)
             } else if let Some(hit) = quota_of(report) {
                 let until = hit.resets_at.unwrap_or_else(|| {
                     Utc::now()
@@ -1415,6 +1538,28 @@ fn settle(
         reason,
     });
     events
+}
+
+/// Why a run that wiggum stopped for something a person must fix first (a stale `index.lock`
+/// in a split step's checkout, ...) did not finish, with what comes next; `None` for a run that
+/// finished, or was cancelled (Ctrl-C, SIGTERM, a newer fire: see [`settle`]).
+fn stopped_for_fix(report: &PatrolReport, patrol: &str) -> Option<String> {
+    if !report.resumable || report.already_finished || report.outcome == Outcome::Cancelled {
+        return None;
+    }
+    let run_id = &report.run_id;
+    // The step left in flight with an error (see `run::patrol::run_step`) says what to fix.
+    let why = report
+        .steps
+        .iter()
+        .find(|(_, s)| s.status == "running" && s.outcome == Some(Outcome::Error))
+        .map(|(id, s)| format!("step {id}: {}", s.reason.replace('\n', " ")))
+        .unwrap_or_else(|| report.reason.clone());
+    Some(format!(
+        "resumable once this is fixed: {why}; the daemon resumes run {run_id} at the \
+         patrol's next fire time (`wiggum resume {run_id}` or `wiggum schedule run {patrol}` does it \
+         now)"
+    ))
 }
 
 /// A quota exhaustion in the run's reason or one of its steps' reasons.
@@ -1492,6 +1637,53 @@ pub async fn fire_once(
             store.insert_fire(&fire)?;
             return Ok((fire, None));
         }
+    }
+    if let Some(old) = store.stopped(name)? {
+        // As the daemon does (see `Daemon::stopped_run`): the patrol's run stopped for a fix
+        // is resumed instead of a new run started beside it.
+        let run_id = old.run_id.clone().unwrap_or_default();
+        let root = crate::workspace::discover_root(&old.repo).unwrap_or_else(|_| old.repo.clone());
+        let held = RunLock::is_held(&root, &run_id);
+        let unfinished = RunLock::file_kept(&root, &run_id);
+        if held || unfinished {
+            let mut fire = new_fire(&patrol, slot, "manual", state::SKIPPED);
+            fire.reason = if held {
+                held_elsewhere(&old)
+            } else {
+                resume_instead(&old)
+            };
+            fire.finished_at = Some(Utc::now());
+            fire.started_at = None;
+            store.insert_fire(&fire)?;
+            sink.emit(&DaemonEvent::Skipped {
+                patrol: name.into(),
+                slot,
+                reason: fire.reason.clone(),
+            });
+            if held {
+                return Ok((fire, None));
+            }
+        }
+        store.set_state(name, &old.slot, state::RUNNING, "")?;
+        let fire_sink = Arc::new(FireSink {
+            inner: opts.run_sink.clone(),
+            tx: mpsc::unbounded_channel().0,
+            patrol: name.into(),
+            slot: old.slot,
+        });
+        let job = Job::Resume {
+            repo: old.repo.clone(),
+            run_id,
+        };
+        let result = execute(job, name, old.slot, fire_sink, cancel.clone()).await;
+        for e in settle(&store, opts, name, old.slot, None, &result, None) {
+            sink.emit(&e);
+        }
+        if unfinished {
+            let fire = store.fire(name, &old.slot)?.unwrap_or(old);
+            return Ok((fire, result.ok()));
+        }
+        // It had finished (resumed by hand): now settled, a new run starts.
     }
     let fire = new_fire(&patrol, slot, "manual", state::RUNNING);
     store.insert_fire(&fire)?;
@@ -1606,5 +1798,148 @@ fn overlap_name(o: Overlap) -> &'static str {
         Overlap::Queue => "queue",
         Overlap::Cancel => "cancel",
         Overlap::Allow => "allow",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::NullSink;
+    use crate::run::StepState;
+
+    fn options(dir: &Path) -> DaemonOptions {
+        DaemonOptions {
+            sources: Vec::new(),
+            default_dir: dir.to_path_buf(),
+            state_dir: dir.to_path_buf(),
+            quota_backoff: Duration::from_secs(3600),
+            stop_timeout: Duration::from_secs(1),
+            run_sink: Arc::new(NullSink),
+            watch: false,
+            shared: None,
+        }
+    }
+
+    /// A report of run `wg-1` whose step `big` ended (or stopped) as `step`.
+    fn report(outcome: Outcome, resumable: bool, step: StepState) -> PatrolReport {
+        PatrolReport {
+            run_id: "wg-1".into(),
+            name: "nightly".into(),
+            repo: ".".into(),
+            outcome,
+            reason: "steps that did not converge: big (error)".into(),
+            steps: vec![("big".into(), step)],
+            branch: "wiggum/wg-1".into(),
+            landed: None,
+            landed_onto_base: false,
+            iterations: 1,
+            tokens: 0,
+            cost_usd: 0.0,
+            resumed: false,
+            already_finished: false,
+            resumable,
+            notes: Vec::new(),
+        }
+    }
+
+    fn stopped_step() -> StepState {
+        StepState {
+            status: "running".into(),
+            outcome: Some(Outcome::Error),
+            reason: "error: the refinery stopped: /r/.git/worktrees/wg-1-big/index.lock exists: \
+                     remove it; then `wiggum resume` merges the finished subtasks"
+                .into(),
+            ..StepState::default()
+        }
+    }
+
+    /// Settles a recorded fire of `nightly` with `result`; its record afterwards.
+    fn settled(result: Result<PatrolReport, String>, superseded_by: Option<DateTime<Utc>>) -> Fire {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path());
+        let store = Store::open(dir.path()).unwrap();
+        let slot = crate::ledger::parse_time("2026-11-30T03:00:00Z").unwrap();
+        let fire = Fire {
+            patrol: "nightly".into(),
+            slot,
+            kind: "scheduled".into(),
+            state: state::RUNNING.into(),
+            path: "nightly.toml".into(),
+            repo: ".".into(),
+            run_id: Some("wg-1".into()),
+            outcome: None,
+            reason: String::new(),
+            decided_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: None,
+            machine: None,
+            attempt: None,
+        };
+        store.insert_fire(&fire).unwrap();
+        let events = settle(&store, &opts, "nightly", slot, superseded_by, &result, None);
+        assert!(matches!(
+            events.last(),
+            Some(DaemonEvent::RunFinished { .. })
+        ));
+        store.fire("nightly", &slot).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_run_stopped_for_a_fix_is_recorded_stopped_with_the_fix_and_what_comes_next() {
+        let f = settled(Ok(report(Outcome::Error, true, stopped_step())), None);
+        assert_eq!(f.state, state::STOPPED);
+        assert_eq!(f.outcome.as_deref(), Some("error"));
+        for part in [
+            "resumable once this is fixed: step big: error: the refinery stopped",
+            "index.lock exists: remove it",
+            "the daemon resumes run wg-1 at the patrol's next fire time",
+            "`wiggum resume wg-1`",
+            "`wiggum schedule run nightly`",
+        ] {
+            assert!(f.reason.contains(part), "{part:?} not in {}", f.reason);
+        }
+    }
+
+    #[test]
+    fn a_finished_run_is_done_and_a_cancelled_one_interrupted_or_cancelled_as_before() {
+        let failed = StepState {
+            status: "done".into(),
+            outcome: Some(Outcome::Error),
+            reason: "error: the agent failed".into(),
+            ..StepState::default()
+        };
+        let f = settled(Ok(report(Outcome::Error, false, failed)), None);
+        assert_eq!(
+            (f.state.as_str(), f.outcome.as_deref()),
+            (state::DONE, Some("error"))
+        );
+        // A repeated key's report of a run that had finished: done, whatever it says.
+        let mut again = report(Outcome::Converged, false, StepState::default());
+        again.already_finished = true;
+        assert_eq!(settled(Ok(again), None).state, state::DONE);
+        // Ctrl-C or SIGTERM (even of a run wiggum had stopped before): interrupted.
+        let cancelled = report(Outcome::Cancelled, true, stopped_step());
+        assert_eq!(
+            settled(Ok(cancelled.clone()), None).state,
+            state::INTERRUPTED
+        );
+        let by = crate::ledger::parse_time("2026-11-30T04:00:00Z").unwrap();
+        assert_eq!(settled(Ok(cancelled), Some(by)).state, state::CANCELLED);
+        assert_eq!(settled(Err("boom".into()), None).state, state::ERROR);
+    }
+
+    #[test]
+    fn only_a_resumable_report_that_did_not_finish_is_stopped_for_a_fix() {
+        assert!(stopped_for_fix(&report(Outcome::Error, true, stopped_step()), "n").is_some());
+        assert!(stopped_for_fix(&report(Outcome::Error, false, stopped_step()), "n").is_none());
+        assert!(stopped_for_fix(&report(Outcome::Cancelled, true, stopped_step()), "n").is_none());
+        // No step says why (a run stopped before any step): the run's reason does.
+        let mut r = report(Outcome::Error, true, StepState::default());
+        r.reason = "halted: claim export failed".into();
+        let why = stopped_for_fix(&r, "n").unwrap();
+        assert!(
+            why.starts_with("resumable once this is fixed: halted"),
+            "{why}"
+        );
     }
 }

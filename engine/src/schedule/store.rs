@@ -30,6 +30,10 @@ pub mod state {
     /// Not run: the daemon was down at that time, outside the catch-up window (or an older
     /// slot of the same downtime).
     pub const MISSED: &str = "missed";
+    /// Its run was stopped by wiggum for something a person must fix first (a stale
+    /// `index.lock` in a split step's checkout, ...; the reason says what): the run stays
+    /// unfinished, and the patrol's next fire time resumes it instead of starting a new run.
+    pub const STOPPED: &str = "stopped";
     /// Its run was cancelled by a later fire (`overlap = "cancel"`); resumable by hand.
     pub const CANCELLED: &str = "cancelled";
     /// Not run: the agent's account quota was exhausted; the patrol waits for the reset.
@@ -332,6 +336,20 @@ impl Store {
         )
     }
 
+    /// The patrol's newest fire whose run stopped for something to fix ([`state::STOPPED`]).
+    pub fn stopped(&self, patrol: &str) -> Result<Option<Fire>, ScheduleError> {
+        if self.shared.is_some() {
+            let recent = self.recent(patrol, 50)?;
+            return Ok(recent.into_iter().find(|f| f.state == state::STOPPED));
+        }
+        Ok(self
+            .fires_where(
+                "WHERE patrol = ?1 AND state = ?2 ORDER BY slot DESC LIMIT 1",
+                &[&patrol, &state::STOPPED],
+            )?
+            .pop())
+    }
+
     /// The latest fires of a patrol, newest first.
     pub fn recent(&self, patrol: &str, limit: usize) -> Result<Vec<Fire>, ScheduleError> {
         if let Some(sh) = &self.shared {
@@ -589,6 +607,35 @@ mod tests {
             store.recent("p", 1).unwrap()[0].slot,
             parse_time("2026-01-01T00:00:04Z").unwrap()
         );
+    }
+
+    #[test]
+    fn the_stopped_fire_of_a_patrol_is_its_newest_one_stopped_for_a_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.stopped("p").unwrap().is_none());
+        for slot in ["2026-01-01T00:00:02Z", "2026-01-01T00:00:04Z"] {
+            store.insert_fire(&fire(slot)).unwrap();
+        }
+        let two = parse_time("2026-01-01T00:00:02Z").unwrap();
+        store
+            .set_outcome("p", &two, state::STOPPED, "error", "stale index.lock")
+            .unwrap();
+        let stopped = store.stopped("p").unwrap().unwrap();
+        assert_eq!(
+            (stopped.slot, stopped.reason.as_str()),
+            (two, "stale index.lock")
+        );
+        assert!(store.stopped("other").unwrap().is_none());
+        // Not a fire the daemon resumes when it starts: the next fire time does.
+        assert_eq!(store.unsettled().unwrap().len(), 1);
+        // Resumed, it runs again; settled, it is stopped no more.
+        store.set_state("p", &two, state::RUNNING, "").unwrap();
+        assert!(store.stopped("p").unwrap().is_none());
+        store
+            .set_outcome("p", &two, state::DONE, "converged", "ok")
+            .unwrap();
+        assert!(store.stopped("p").unwrap().is_none());
     }
 
     #[test]

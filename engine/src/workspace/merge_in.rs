@@ -334,14 +334,21 @@ enum MidLock {
 
 /// Whether a test asks the checkout of a merge to find the worktree's index taken by another
 /// git command after it looked (`WIGGUM_FAILPOINT=index-lock-mid-checkout`, or in unit tests
-/// [`LOCK_MID_CHECKOUT`], once), or taken for a moment (`WIGGUM_FAILPOINT=index-lock-brief`, at
-/// the process's first merge only).
+/// [`LOCK_MID_CHECKOUT`], once; `WIGGUM_FAILPOINT=index-lock-mid-checkout-once`: at the
+/// process's first merge only, for a long-lived process such as the daemon), or taken for a
+/// moment (`WIGGUM_FAILPOINT=index-lock-brief`, at the process's first merge only).
 fn lock_mid_checkout() -> Option<MidLock> {
     #[cfg(test)]
     if LOCK_MID_CHECKOUT.with(|c| c.replace(false)) {
         return Some(MidLock::Stays);
     }
     if crate::run::failpoint::fails("index-lock-mid-checkout") {
+        return Some(MidLock::Stays);
+    }
+    static ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if crate::run::failpoint::fails("index-lock-mid-checkout-once")
+        && !ONCE.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
         return Some(MidLock::Stays);
     }
     static BRIEF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
