@@ -1138,3 +1138,22 @@ fn describe_iteration(
     );
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::recorded_checkpoint;
+
+    #[test]
+    fn the_recorded_checkpoint_is_read_from_the_iterations_description() {
+        let d = "Iteration 2.\n\n- work: replied (4 bytes)\n- diff: 1 file\n- checkpoint: \
+                 3f2a9c0d1e2b3a4c5d6e7f8091a2b3c4d5e6f708\n- tokens: 1 in\n";
+        assert_eq!(
+            recorded_checkpoint(d),
+            Some("3f2a9c0d1e2b3a4c5d6e7f8091a2b3c4d5e6f708")
+        );
+        assert_eq!(recorded_checkpoint("- checkpoint: none\n"), None);
+        assert_eq!(recorded_checkpoint("no such line"), None);
+        // A line an agent's text could put elsewhere is not taken for a sha.
+        assert_eq!(recorded_checkpoint("- checkpoint: `rm -rf`\n"), None);
+    }
+}

@@ -796,6 +796,26 @@ mod tests {
     }
 
     #[test]
+    fn contains_is_the_tip_and_its_ancestors_only() {
+        let t = TestRepo::new();
+        let base = t.head();
+        let ws = Workspace::create(&t.root, "run-1", "wiggum/run-1", None).unwrap();
+        write_file(ws.path(), "a.txt", "a\n");
+        let one = ws.checkpoint("wiggum: run-1 iteration 1").unwrap().sha;
+        assert!(ws.contains(&one).unwrap());
+        assert!(ws.contains(&base).unwrap());
+        // A commit of main made after the branch started is not on it.
+        t.write("main-moved.txt", "x\n");
+        t.commit_all("user moves on");
+        assert!(!ws.contains(&t.head()).unwrap());
+        // Unknown to the repository, or not a sha at all.
+        assert!(!ws
+            .contains("0123456789abcdef0123456789abcdef01234567")
+            .unwrap());
+        assert!(!ws.contains("not-a-sha").unwrap());
+    }
+
+    #[test]
     fn open_a_missing_worktree_or_branch_is_a_clear_error() {
         let t = TestRepo::new();
         let err = Workspace::open(&t.root, "nope", "wiggum/nope").unwrap_err();
