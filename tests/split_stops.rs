@@ -485,10 +485,23 @@ fn assert_stopped_by_the_lock_then_resumed(repo: &TempRepo, lock: &std::path::Pa
     );
     let runs = repo.wiggum(&["runs", "--json"]).json();
     assert!(runs[0]["duration_ms"].is_null(), "not finished: {runs:#}");
+    assert_eq!(runs[0]["outcome"], "stopped", "{runs:#}");
+    assert_eq!(runs[0]["resumable"], true, "{runs:#}");
+    let shown = repo.wiggum(&["show", &run_id]).stdout;
+    assert!(
+        shown.contains(&format!(
+            "stopped (error), not finished: fix what its step's reason names, then continue \
+             with `wiggum resume {run_id}`"
+        )),
+        "{shown}"
+    );
 
     std::fs::remove_file(lock).unwrap();
     let r = resume_json(repo, &run_id);
     assert_eq!(r["outcome"], "converged", "{r:#}");
+    let runs = repo.wiggum(&["runs", "--json"]).json();
+    assert_eq!(runs[0]["outcome"], "converged", "{runs:#}");
+    assert_eq!(runs[0]["resumable"], false, "{runs:#}");
     let split = split_of(repo, step(&r, "big")["bead"].as_str().unwrap());
     for id in ["a", "b"] {
         assert_eq!(subtask(&split, id)["status"], "merged", "{split:#}");

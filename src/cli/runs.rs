@@ -55,9 +55,14 @@ pub fn run(args: RunsArgs) -> CliResult {
     for bead in &runs {
         let state = RunState::load(&recorder, &bead.id).ok().flatten();
         let (iterations, tokens, cost) = state.as_ref().map_or((0, 0, 0.0), RunState::totals);
+        // Ended by wiggum for something to fix first (an `error` with the run still open, no
+        // process holding it): `stopped`, since `wiggum resume` goes on with it.
+        let stopped =
+            bead.closed_at.is_none() && state.as_ref().is_some_and(|s| stopped_for_a_fix(&root, s));
         let outcome = state
             .as_ref()
             .and_then(|s| s.outcome.map(|o| o.as_str().to_string()))
+            .map(|o| if stopped { "stopped".to_string() } else { o })
             .or_else(|| {
                 bead.labels
                     .iter()
@@ -83,6 +88,9 @@ pub fn run(args: RunsArgs) -> CliResult {
             "kind": state.as_ref().map_or("run", |s| s.kind.as_str()),
             "name": state.as_ref().map_or_else(|| bead.title.clone(), |s| s.name.clone()),
             "outcome": outcome,
+            // Unfinished: `wiggum resume RUN` goes on with it (interrupted, cancelled, stopped).
+            "resumable": bead.closed_at.is_none()
+                && state.as_ref().is_some_and(|s| s.finished_at.is_none()),
             "started_at": wiggum_engine::ledger::format_time(&bead.created_at),
             "duration_ms": duration.map(|d| d.as_millis() as u64),
             "iterations": iterations,
@@ -138,6 +146,15 @@ fn truncate(s: &str, n: usize) -> String {
         t.push('…');
         t
     }
+}
+
+/// A run that ended unfinished with an outcome other than `cancelled` (wiggum stopped it for
+/// something a person must fix first: a stale `index.lock`, ...), and that no process holds.
+pub(crate) fn stopped_for_a_fix(root: &std::path::Path, s: &RunState) -> bool {
+    s.finished_at.is_none()
+        && s.outcome
+            .is_some_and(|o| o != wiggum_engine::ralph::Outcome::Cancelled)
+        && !RunLock::is_held(root, &s.run_id)
 }
 
 /// An unfinished run: `running` while a process holds it, `interrupted` when none does (a

@@ -91,7 +91,15 @@ pub fn run(args: ShowArgs) -> CliResult {
         if let Some(l) = &state.landed {
             let _ = writeln!(out, "  {l}");
         }
-        if state.finished_at.is_none() && state.outcome != Some(Outcome::Cancelled) {
+        if super::runs::stopped_for_a_fix(&root, state) {
+            let _ = writeln!(
+                out,
+                "  stopped ({}), not finished: fix what its step's reason names, then continue \
+                 with `wiggum resume {}`",
+                state.outcome.map_or("error", |o| o.as_str()),
+                state.run_id
+            );
+        } else if state.finished_at.is_none() && state.outcome != Some(Outcome::Cancelled) {
             match super::runs::liveness(&root, Some(state), &state.run_id) {
                 "interrupted" => {
                     let _ = writeln!(
