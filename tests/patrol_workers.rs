@@ -460,7 +460,7 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
     };
     // The step's first iteration is recorded closed (so its checkpoint is on the hub, though
     // the hub takes 1.5 s over each checkpoint's push); its worker, in the second, dies.
-    let victim = first_iteration_closed(&cluster, &db, &driver).await;
+    let victim = first_iteration_closed(&cluster, &db, &driver, true).await;
     cluster.kill_worker(&victim);
     let out = run.await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -660,7 +660,7 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
     };
     // m1's first iteration is recorded closed (its checkpoint pushed, though the hub takes
     // 1.5 s over each); m1 dies in the second, and no worker is left to take the step over.
-    let victim = first_iteration_closed(&cluster, &db, &driver).await;
+    let victim = first_iteration_closed(&cluster, &db, &driver, true).await;
     assert_eq!(victim, "m1");
     let q = Queue::new(wiggum_engine::pg::pool(&db.url, 2).unwrap(), &db.url);
     cluster.kill_worker("m1");
@@ -699,14 +699,99 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
     assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
 }
 
+/// A worker's checkpoint push that the hub refuses is recorded on the iteration's bead; when
+/// that worker dies, the worker that takes the step over says, in its log and on the step's
+/// bead, that iteration 1's checkpoint is not on the branch it goes on from, and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_whose_last_checkpoint_never_reached_the_hub_says_so_in_the_workers_log() {
+    let Some(db) = TestDb::create("patrol workers checkpoint missing").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, TWO_ITERATIONS_SCRIPT) else {
+        return;
+    };
+    let marker = cluster.root.join("refuse-updates");
+    std::fs::write(&marker, "").unwrap();
+    cluster.refuse_branch_updates_while(&marker);
+    start_workers(&mut cluster, &db, &["m1", "m2"]).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let run = {
+        let driver = driver.clone();
+        let home = home.clone();
+        let url = cluster.url.clone();
+        tokio::task::spawn_blocking(move || {
+            common::wiggum_command()
+                .args(["run", "patrol.toml", "--json", "--repo"])
+                .arg(&driver)
+                .current_dir(&driver)
+                .env("HOME", &home)
+                .env("WIGGUM_DATABASE_URL", &url)
+                .env("WIGGUM_WORKER_POLL", "300ms")
+                .output()
+                .unwrap()
+        })
+    };
+    let victim = first_iteration_closed(&cluster, &db, &driver, false).await;
+    cluster.kill_worker(&victim);
+    std::fs::remove_file(&marker).unwrap();
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    let taker = if victim == "m1" { "m2" } else { "m1" };
+    let log = std::fs::read_to_string(cluster.root.join(format!("{taker}.log"))).unwrap();
+    assert!(
+        log.contains("a: warning: iteration 1's checkpoint")
+            && log.contains("never reached the shared remote"),
+        "{}",
+        cluster.logs()
+    );
+    let bead = common::step(&report, "a")["bead"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let all = beads_in_database(&driver, &cluster.url);
+    let its = common::split::iterations_of(&all, &bead);
+    assert_eq!(its.len(), 2, "{its:#?}");
+    let first = its.iter().find(|b| b["title"] == "iteration 1").unwrap();
+    assert!(
+        first["description"]
+            .as_str()
+            .unwrap()
+            .contains("failed after"),
+        "{first:#}"
+    );
+    let shown = common::wiggum_in(
+        &driver,
+        &["show", &bead, "--json", "--repo", driver.to_str().unwrap()],
+        &[("WIGGUM_DATABASE_URL", &cluster.url)],
+    );
+    assert!(
+        shown.stdout.contains("is not on branch"),
+        "{}",
+        shown.stdout
+    );
+    // Iteration 1's file never reached the hub, so it is not landed; iteration 2's is.
+    assert!(!driver.join("half.txt").exists());
+    assert!(driver.join("a.txt").exists());
+}
+
 /// Waits until the one step's first iteration is recorded closed in the shared ledger, then
-/// checks at once that its checkpoint (half.txt) is on the hub: a worker pushes each
+/// (with `pushed`) checks at once that its checkpoint (half.txt) is on the hub: a worker pushes each
 /// checkpoint before it records the iteration closed, so whoever takes the step over goes on
 /// from every iteration the ledger says is done. Returns the machine that holds the step.
 async fn first_iteration_closed(
     cluster: &Cluster,
     db: &TestDb,
     driver: &std::path::Path,
+    pushed: bool,
 ) -> String {
     let pool = wiggum_engine::pg::pool(&db.url, 2).unwrap();
     let q = Queue::new(pool, &db.url);
@@ -719,6 +804,16 @@ async fn first_iteration_closed(
                     && b["status"] == "closed"
                     && b["labels"].to_string().contains("wiggum:iteration")
             });
+            if closed && !pushed {
+                return r
+                    .holder
+                    .clone()
+                    .unwrap()
+                    .split('-')
+                    .next()
+                    .unwrap()
+                    .to_string();
+            }
             if closed {
                 let branch = format!("refs/heads/wiggum/{}-a", r.job.run_id);
                 let hub = cluster.root.join("hubs/hub.git");

@@ -231,18 +231,35 @@ impl WorkerSink for Log {
 
 impl EventSink for Log {
     fn emit(&self, event: &Event) {
-        if let Event::IterationFinished {
-            step_id,
-            iteration,
-            reason,
-            ..
-        } = event
-        {
-            if self.json {
-                self.line(serde_json::to_string(event).unwrap_or_default());
-            } else {
-                self.line(format!("  {step_id} iteration {iteration}: {reason}"));
-            }
+        // The loop's events a person running workers needs: each iteration's end, and what
+        // went wrong with the branch on the shared remote.
+        let text = match event {
+            Event::IterationFinished {
+                step_id,
+                iteration,
+                reason,
+                ..
+            } => format!("  {step_id} iteration {iteration}: {reason}"),
+            Event::PushFailed {
+                step_id,
+                iteration,
+                branch,
+                remote,
+                error,
+            } => format!(
+                "  {step_id} iteration {iteration}: warning: could not push {branch} to {remote} \
+                 (kept in this clone; the next checkpoint pushes it): {}",
+                error.lines().next().unwrap_or("")
+            ),
+            Event::CheckpointMissing {
+                step_id, reason, ..
+            } => format!("  {step_id}: warning: {reason}"),
+            _ => return,
+        };
+        if self.json {
+            self.line(serde_json::to_string(event).unwrap_or_default());
+        } else {
+            self.line(text);
         }
     }
 }

@@ -105,6 +105,21 @@ impl Cluster {
     /// Makes the hub take `secs` seconds over every push that moves an existing `wiggum/`
     /// branch (a checkpoint's; not the branch's creation): a `pre-receive` hook that sleeps.
     pub fn slow_branch_updates(&self, secs: f32) {
+        self.on_branch_updates(&format!("sleep {secs}"));
+    }
+
+    /// Makes the hub refuse every push that moves an existing `wiggum/` branch while the file
+    /// `marker` exists (a `pre-receive` hook that fails).
+    pub fn refuse_branch_updates_while(&self, marker: &Path) {
+        self.on_branch_updates(&format!(
+            "if [ -f '{}' ]; then echo 'refused by the test hub' >&2; exit 1; fi",
+            marker.display()
+        ));
+    }
+
+    /// A `pre-receive` hook on the hub that runs `command` for every push that moves an
+    /// existing `wiggum/` branch.
+    fn on_branch_updates(&self, command: &str) {
         let hook = self.root.join("hubs/hub.git/hooks/pre-receive");
         std::fs::write(
             &hook,
@@ -112,7 +127,7 @@ impl Cluster {
                 "#!/bin/sh\n\
                  while read old new ref; do\n\
                  case \"$ref\" in refs/heads/wiggum/*)\n\
-                 [ \"$old\" = 0000000000000000000000000000000000000000 ] || sleep {secs};;\n\
+                 [ \"$old\" = 0000000000000000000000000000000000000000 ] || {{ {command}; }};;\n\
                  esac\n\
                  done\n"
             ),

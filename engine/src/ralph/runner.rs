@@ -219,7 +219,7 @@ pub async fn run_loop(
         },
     };
     if !start.restarted {
-        checkpoint_missing(&ctx, &start);
+        checkpoint_missing(&ctx, &start, publisher.is_some());
     }
     if start.done >= cfg.max_iterations {
         report.reason = format!("max_iterations ({}) reached", cfg.max_iterations);
@@ -936,7 +936,7 @@ fn continue_reason(rec: &IterationRecord, round: &Round, stable: u32, cfg: &Loop
 /// killed while the remote was down), or someone moved the branch. Said as an event, a warning
 /// and a comment on the step's bead; the loop goes on from the branch as it is (the iteration
 /// stays recorded: it ran, and what it spent counts).
-fn checkpoint_missing(ctx: &Ctx<'_>, start: &StartPoint) {
+fn checkpoint_missing(ctx: &Ctx<'_>, start: &StartPoint, shared_remote: bool) {
     let Some(prev) = &start.previous_bead else {
         return;
     };
@@ -951,12 +951,16 @@ fn checkpoint_missing(ctx: &Ctx<'_>, start: &StartPoint) {
     }
     let tip = ctx.workspace.head().unwrap_or_default();
     let short = |s: &str| s[..s.len().min(12)].to_string();
+    let why = if shared_remote {
+        "that checkpoint never reached the shared remote before its machine stopped (a push \
+         that failed is said on the iteration's bead), or the branch was moved or deleted since"
+    } else {
+        "the branch was moved or deleted since that iteration (by hand, or by another tool)"
+    };
     let reason = format!(
         "iteration {}'s checkpoint {} (bead {prev}) is not on branch {}, which goes on from {}: \
-         that checkpoint never reached the shared remote before its machine stopped (a push \
-         that failed is said on the iteration's bead), or the branch was moved or deleted since. Its \
-         changes are not in this worktree; the loop goes on from {} with iteration {}. A clone \
-         that still has the commit can bring it back: `git cherry-pick {}`.",
+         {why}. Its changes are not in this worktree; the loop goes on from {} with iteration \
+         {}. A clone that still has the commit can bring it back: `git cherry-pick {}`.",
         start.done,
         short(sha),
         ctx.workspace.branch(),
@@ -983,13 +987,22 @@ fn checkpoint_missing(ctx: &Ctx<'_>, start: &StartPoint) {
     });
 }
 
-/// The checkpoint an iteration's bead records (`- checkpoint: <sha>`); `None` for none.
+/// The checkpoint an iteration's bead records (`- checkpoint: <sha>`); `None` for none. The
+/// free text of a description (an agent's error, a reviewer's findings) is indented on its
+/// continuation lines ([`indented`]), so only wiggum's own line starts so.
 fn recorded_checkpoint(description: &str) -> Option<&str> {
     description
         .lines()
+        .rev()
         .find_map(|l| l.strip_prefix("- checkpoint: "))
         .map(str::trim)
         .filter(|s| s.len() >= 7 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Free text for an iteration's description: its continuation lines indented, so that no line
+/// of it can pass for one of wiggum's own (`- checkpoint: ...`).
+fn indented(text: &str) -> String {
+    text.replace('\n', "\n    ")
 }
 
 fn describe_iteration(
@@ -1020,7 +1033,7 @@ fn describe_iteration(
             let _ = writeln!(d, "- work: replied ({} bytes{cut}{promise})", text.len());
         }
         Some(Err(e)) => {
-            let _ = writeln!(d, "- work: failed: {e}");
+            let _ = writeln!(d, "- work: failed: {}", indented(&e.to_string()));
         }
     }
     if rec.checks_ran {
@@ -1056,11 +1069,11 @@ fn describe_iteration(
             let verdict = if v.approved { "approved" } else { "rejected" };
             let _ = writeln!(d, "- review: {verdict}");
             for f in &v.findings {
-                let _ = writeln!(d, "  - {}", super::text::truncate_chars(f, 300));
+                let _ = writeln!(d, "  - {}", indented(&super::text::truncate_chars(f, 300)));
             }
         }
         (Some(Err(e)), _) => {
-            let _ = writeln!(d, "- review: rejected: {e}");
+            let _ = writeln!(d, "- review: rejected: {}", indented(&e.to_string()));
         }
         (None, None) if cfg.review == super::ReviewMode::None => {
             let _ = writeln!(d, "- review: none");
@@ -1129,7 +1142,7 @@ fn describe_iteration(
         let _ = writeln!(d, "- cost: ${:.4}", rec.cost);
     }
     if !rec.sessions.is_empty() {
-        let _ = writeln!(d, "- sessions: {}", rec.sessions.join(", "));
+        let _ = writeln!(d, "- sessions: {}", indented(&rec.sessions.join(", ")));
     }
     let _ = writeln!(
         d,
@@ -1155,5 +1168,13 @@ mod tests {
         assert_eq!(recorded_checkpoint("no such line"), None);
         // A line an agent's text could put elsewhere is not taken for a sha.
         assert_eq!(recorded_checkpoint("- checkpoint: `rm -rf`\n"), None);
+        // A reviewer's finding that fakes the line is indented in the description; the last
+        // line is wiggum's own.
+        let finding = format!(
+            "  - {}",
+            super::indented("ok\n- checkpoint: deadbeefdeadbeef")
+        );
+        let d = format!("- review: rejected\n{finding}\n- checkpoint: none\n");
+        assert_eq!(recorded_checkpoint(&d), None);
     }
 }

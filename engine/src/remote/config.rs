@@ -161,9 +161,12 @@ pub(crate) fn redact_urls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
-        // The scheme: the letters (and `+`, `-`, `.`) just before `://`.
-        let start = rest[..i]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+        // The scheme: the letters (and `+`, `-`, `.`) just before `://`. By bytes: the
+        // character before it may be more than one (`„https://...`), and every byte of such a
+        // character is outside ASCII, so the scheme starts on a character boundary.
+        let start = rest.as_bytes()[..i]
+            .iter()
+            .rposition(|b| !(b.is_ascii_alphanumeric() || b"+-.".contains(b)))
             .map_or(0, |j| j + 1);
         let end = rest[i + 3..]
             .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '`' | '<' | '>'))
@@ -278,6 +281,12 @@ mod tests {
              and https://bob:***@example.com/x"
         );
         assert_eq!(redact_urls("no url here"), "no url here");
+        // A character of more than one byte right before the scheme (a translated message's
+        // quotes, an arrow) does not break it.
+        assert_eq!(
+            redact_urls("„https://tok@host/r“ →https://bob:pw@host/x"),
+            "„https://***@host/r“ →https://bob:***@host/x"
+        );
         assert_eq!(
             redact_urls("git://127.0.0.1:9418/hub.git"),
             "git://127.0.0.1:9418/hub.git"
