@@ -611,7 +611,8 @@ fn two_part_task(repo: &TempRepo, failpoint: &str) -> (common::Outcome, tempfile
 }
 
 /// The same stop in a `wiggum task` that splits: it ends as an error that says what to fix
-/// (exit 1, not 130: the user did not interrupt it), and `wiggum resume` finishes it.
+/// (exit 1, not 130: the user did not interrupt it); a `wiggum resume` while the lock is still
+/// there stops the same way, and once it is removed `wiggum resume` finishes it.
 #[test]
 fn a_tasks_split_stopped_by_an_index_lock_is_an_error_and_resume_finishes_it() {
     let repo = TempRepo::new();
@@ -628,8 +629,25 @@ fn a_tasks_split_stopped_by_an_index_lock_is_an_error_and_resume_finishes_it() {
         .split(['(', ' '])
         .find(|w| w.ends_with("/index.lock"))
         .unwrap_or_else(|| panic!("no lock file named: {reason}"));
+    let run_id = r["run_id"].as_str().unwrap();
+    // Resumed before the lock is removed, it stops the same way, still resumable: the task's
+    // worktree cannot be reset to its checkpoint while its index is held (it is not the
+    // task's failure, and must not end the run).
+    let early = repo.wiggum(&["resume", run_id, "--json"]);
+    assert_eq!(early.code, 1, "{}\n{}", early.stdout, early.stderr);
+    let early = early.json();
+    assert_eq!(early["outcome"], "error", "{early:#}");
+    let why = early["reason"].as_str().unwrap();
+    assert!(
+        why.contains(lock)
+            && why.contains("remove it")
+            && why.contains(&format!("wiggum resume {run_id}")),
+        "{why}"
+    );
+    let runs = repo.wiggum(&["runs", "--json"]).json();
+    assert!(runs[0]["duration_ms"].is_null(), "not finished: {runs:#}");
     std::fs::remove_file(lock).unwrap();
-    let r = resume_json(&repo, r["run_id"].as_str().unwrap());
+    let r = resume_json(&repo, run_id);
     assert_eq!(r["outcome"], "converged", "{r:#}");
     assert!(repo.path().join("one.txt").exists() && repo.path().join("two.txt").exists());
     assert_eq!(worktrees(&repo), 1, "{}", repo.git(&["worktree", "list"]));

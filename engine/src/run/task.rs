@@ -327,6 +327,25 @@ pub async fn resume_task(
             killed.len()
         );
     }
+    // A resume while the lock that stopped the task is still there (a stale `index.lock`)
+    // stops the same way, still resumable: the worktree cannot be reset, but that is not the
+    // task's failure (as a patrol step's, see `run::patrol::step_workspace`).
+    if let Err(e) = workspace.check_index_free() {
+        let held = StepReport {
+            outcome: Outcome::Cancelled,
+            reason: format!(
+                "error: the task's worktree cannot be reset to its checkpoint: {e}; then \
+                 `wiggum resume {run_id}` goes on with the task"
+            ),
+            iterations: st.iterations,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            summary: st.summary.clone(),
+            last_checkpoint: workspace.head().ok(),
+            split: None,
+        };
+        return Ok(run.conclude(state, workspace, held, sink, false).await);
+    }
     if let Err(e) = workspace.discard_changes() {
         return Ok(run.not_started(
             &mut state,
