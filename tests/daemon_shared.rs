@@ -427,3 +427,282 @@ fn pause_resume_and_schedule_run_are_shared_by_every_machine() {
         .iter()
         .any(|f| f["machine"] == "m1" && f["state"] == "done"));
 }
+
+/// A patrol `p` whose step `big` splits at once into a and b on two polecats (script agent,
+/// `.wiggum/two-parts-script.toml`): with `WIGGUM_FAILPOINT=index-lock-mid-checkout-once`, the
+/// process's first merge finds the step's index taken and the lock left there (as by a git
+/// killed in that checkout), so the run stops for a fix.
+const TWO_PARTS_PATROL: &str = r#"
+[patrol]
+name = "p"
+schedule = "*/2 * * * * *"
+land = "none"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "../two-parts-script.toml"
+[[steps]]
+id = "big"
+prompt = "two parts"
+[steps.loop]
+checks = ["true"]
+[steps.split]
+mode = "always"
+polecats = 2
+"#;
+
+const TWO_PARTS_SCRIPT: &str = r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}]}'
+[[work]]
+step = "big"
+reply = "verified"
+[[work]]
+step = "big/a"
+reply = "a"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+[[work]]
+step = "big/b"
+reply = "b"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+"#;
+
+const ONCE: (&str, &str) = ("WIGGUM_FAILPOINT", "index-lock-mid-checkout-once");
+
+fn setup_two_parts(name: &str) -> Option<(TempRepo, TestDb)> {
+    let (repo, db) = setup(name, TWO_PARTS_PATROL)?;
+    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
+    Some((repo, db))
+}
+
+/// [`start`] with more environment.
+fn start_env(
+    repo: &TempRepo,
+    db: &TestDb,
+    machine: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Daemon {
+    let state = format!(".wiggum/state-{machine}");
+    let mut all = vec!["--state", &state];
+    all.extend_from_slice(args);
+    let mut vars = vec![
+        ("WIGGUM_DATABASE_URL", db.url.secret()),
+        ("WIGGUM_MACHINE", machine),
+    ];
+    vars.extend_from_slice(env);
+    Daemon::spawn(
+        repo.path(),
+        repo.path().join(format!("daemon-{machine}.log")),
+        machine,
+        &all,
+        &vars,
+    )
+}
+
+/// The `index.lock` of the step `big`'s own worktree (`.git/worktrees/<run>-big/index.lock`).
+fn step_index_lock(repo: &TempRepo) -> std::path::PathBuf {
+    let list = repo.git(&["worktree", "list", "--porcelain"]);
+    let wt = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("worktree "))
+        .find(|p| p.ends_with("-big"))
+        .unwrap_or_else(|| panic!("no worktree of step big: {list}"));
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--absolute-git-dir"])
+        .current_dir(wt)
+        .output()
+        .unwrap();
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("index.lock")
+}
+
+/// The fire of `slot` in the shared record.
+fn fire_of(repo: &TempRepo, db: &TestDb, slot: &str) -> Value {
+    let (history, _) = shared_fires(repo, db);
+    history
+        .into_iter()
+        .find(|f| f["slot"] == slot)
+        .unwrap_or_else(|| panic!("no fire of slot {slot}"))
+}
+
+const STUCK: &str = "stopped (error), not finished";
+
+/// A run stopped for a fix on machine m1 (a stale `index.lock` in its split step's checkout)
+/// is not run beside: each later fire time, whichever daemon claims it, resumes that run
+/// instead, and only m1's daemon (its machine and clone hold the checkout) resumes it. m2,
+/// claiming a fire time while m1 is frozen, says it cannot resume it and leaves it to m1, which
+/// resumes it once it runs again; still stuck, it is recorded stopped again; once the lock is
+/// removed, the resume finishes it, and only then does a new run start.
+#[test]
+fn a_run_stopped_for_a_fix_is_resumed_only_by_the_daemon_of_its_clone_until_it_converges() {
+    let Some((repo, db)) = setup_two_parts("shared stopped for a fix") else {
+        return;
+    };
+    let args = ["--poll", "1s", "--lease", "30s"];
+    let mut a = start_env(&repo, &db, "m1", &args, &[ONCE]);
+    wait_until(&mut [&mut a], 120, "m1's run stops for the lock", |l| {
+        l.contains(STUCK)
+    });
+    // "run R of p slot S stopped (error), not finished — ..."
+    let line = a
+        .log()
+        .lines()
+        .find(|l| l.contains(STUCK))
+        .unwrap()
+        .to_string();
+    let words: Vec<&str> = line.split(' ').collect();
+    let (run_id, slot) = (words[1].to_string(), words[5].to_string());
+    let lock = step_index_lock(&repo);
+    assert!(lock.exists());
+    assert!(
+        line.contains("index.lock")
+            && line.contains("remove it")
+            && line.contains("the daemon on m1 resumes run"),
+        "{line}"
+    );
+    // m1 frozen between two of its resumes (the fire is `stopped`, not being resumed), m2
+    // claims the fire times: it cannot resume the run (its checkout is m1's) and says so.
+    loop {
+        a.signal(libc::SIGSTOP);
+        if fire_of(&repo, &db, &slot)["state"] == "stopped" {
+            break;
+        }
+        a.signal(libc::SIGCONT);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let mut b = start_env(&repo, &db, "m2", &args, &[]);
+    let resumes = format!("resumes run {run_id} (slot {slot}, on m1) instead");
+    wait_until(&mut [&mut b], 60, "m2 leaves the run to m1", |l| {
+        l.contains(&resumes) && l.contains("cannot resume it")
+    });
+    let asked = a.log().lines().filter(|l| l.contains(STUCK)).count();
+    a.signal(libc::SIGCONT);
+    // m1 sees the request and resumes the run; the lock is still there: stopped again.
+    wait_until(&mut [&mut a], 60, "m1 resumes it, stuck again", |l| {
+        l.contains(&format!(
+            "resuming {run_id} of p slot {slot}, which stopped"
+        )) && lines_with(l, STUCK) > asked
+    });
+    std::fs::remove_file(&lock).unwrap();
+    let converged = format!("run {run_id} of p slot {slot} ended: done (converged)");
+    wait_until(&mut [&mut a, &mut b], 120, "the run converges", |logs| {
+        logs.contains(&converged)
+    });
+    // Nothing in the way now: a later fire time starts a new run.
+    wait_until(&mut [&mut a, &mut b], 60, "a new run starts", |logs| {
+        logs.lines().any(|l| {
+            l.starts_with("run wg-") && l.contains(" started for p") && !l.contains(&run_id)
+        })
+    });
+    let (ca, la) = a.stop();
+    let (cb, lb) = b.stop();
+    assert_eq!((ca, cb), (0, 0), "{la}\n{lb}");
+    assert!(la.contains(&converged), "m1 finished it:\n{la}");
+    assert!(
+        !lb.contains(&format!("resuming {run_id}"))
+            && !lb.contains(&format!("taking over {run_id}")),
+        "m2 must not resume m1's run:\n{lb}"
+    );
+    let (history, _) = shared_fires(&repo, &db);
+    let first = history.iter().find(|f| f["slot"] == slot.as_str()).unwrap();
+    assert_eq!(first["state"], "done", "{history:#?}");
+    assert_eq!(first["outcome"], "converged", "{history:#?}");
+    assert_eq!(first["machine"], "m1", "{history:#?}");
+    // No fire started another run while this one was unfinished.
+    let done_at = time(&first["finished_at"]);
+    for f in &history {
+        if f["run_id"].is_string() && f["run_id"] != run_id.as_str() {
+            assert!(
+                time(&f["decided_at"]) >= done_at,
+                "a new run started beside the stopped one: {history:#?}"
+            );
+        }
+    }
+    let resumed_by = |m: &str| {
+        history
+            .iter()
+            .filter(|f| f["state"] == "skipped" && f["machine"] == m)
+            .filter(|f| f["reason"].as_str().unwrap_or("").contains(&resumes))
+            .count()
+    };
+    assert!(resumed_by("m2") >= 1, "{history:#?}");
+    assert!(resumed_by("m1") + resumed_by("m2") >= 2, "{history:#?}");
+}
+
+/// `wiggum schedule run` in PostgreSQL mode follows the same rule: on the machine and clone
+/// that ran the stopped run it resumes it (still stuck: stopped again), elsewhere it says it
+/// cannot and starts nothing. A run resumed by hand meanwhile is settled by the next fire time
+/// of any daemon, with the run's outcome (read from the shared ledger), and a new run starts.
+#[test]
+fn schedule_run_resumes_a_stopped_run_only_in_its_clone_and_a_run_resumed_by_hand_is_settled() {
+    let Some((repo, db)) = setup_two_parts("shared stopped by hand") else {
+        return;
+    };
+    let on = |machine: &'static str, env: &[(&'static str, &'static str)]| {
+        let mut vars = vec![
+            ("WIGGUM_DATABASE_URL", db.url.secret()),
+            ("WIGGUM_MACHINE", machine),
+        ];
+        vars.extend_from_slice(env);
+        let out = repo.wiggum_env(&["schedule", "run", "p", "--json"], &vars);
+        (out.code, out.json(), out.stderr)
+    };
+    let (code, first, err) = on("m1", &[ONCE]);
+    assert_eq!(code, 1, "{first:#}\n{err}");
+    assert_eq!(first["resumable"], true, "{first:#}");
+    let run_id = first["run_id"].as_str().unwrap().to_string();
+    let (history, _) = shared_fires(&repo, &db);
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!(history[0]["state"], "stopped", "{history:#?}");
+    let slot = history[0]["slot"].as_str().unwrap().to_string();
+
+    // Another machine: the fire is skipped, the run left to m1; nothing started.
+    let (code, skipped, err) = on("m2", &[]);
+    assert_eq!(code, 1, "{skipped:#}\n{err}");
+    assert_eq!(skipped["state"], "skipped", "{skipped:#}");
+    assert!(
+        skipped["reason"].as_str().unwrap().contains(&format!(
+            "resumes run {run_id} (slot {slot}, on m1) instead"
+        )),
+        "{skipped:#}"
+    );
+    assert!(err.contains("cannot resume it"), "{err}");
+    // m1 again, the lock still there: the same run, resumed and stopped again.
+    let (code, again, err) = on("m1", &[]);
+    assert_eq!(code, 1, "{again:#}\n{err}");
+    assert_eq!(again["run_id"], run_id.as_str(), "{again:#}");
+    assert_eq!(again["resumable"], true, "{again:#}");
+    assert_eq!(fire_of(&repo, &db, &slot)["state"], "stopped");
+
+    // The person removes the lock and resumes it by hand.
+    std::fs::remove_file(step_index_lock(&repo)).unwrap();
+    let out = repo.wiggum_env(
+        &["resume", &run_id, "--json"],
+        &[("WIGGUM_DATABASE_URL", db.url.secret())],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.json()["outcome"], "converged");
+    // A daemon of another machine settles the fire at its next fire time and starts a run.
+    let mut b = start_env(&repo, &db, "m2", &["--poll", "1s"], &[]);
+    let settled = format!("run {run_id} of p slot {slot} ended: done (converged)");
+    wait_until(
+        &mut [&mut b],
+        60,
+        "m2 settles the fire and starts a run",
+        |l| {
+            l.contains(&settled)
+                && l.lines()
+                    .any(|l| l.starts_with("run wg-") && l.contains(" started for p"))
+        },
+    );
+    let (code, log) = b.stop();
+    assert_eq!(code, 0, "{log}");
+    let f = fire_of(&repo, &db, &slot);
+    assert_eq!(f["state"], "done", "{f:#}");
+    assert_eq!(f["outcome"], "converged", "{f:#}");
+}

@@ -377,6 +377,16 @@ impl DaemonSink for Log {
                 run_id.as_deref().unwrap_or("the run"),
                 t(slot)
             ),
+            ResumingStopped {
+                patrol,
+                slot,
+                run_id,
+            } => format!(
+                "resuming {} of {patrol} slot {}, which stopped for something to fix (a fire \
+                 time of {patrol} came)",
+                run_id.as_deref().unwrap_or("the run"),
+                t(slot)
+            ),
             Skipped {
                 patrol,
                 slot,

@@ -21,7 +21,7 @@ use super::events::{DaemonEvent, DaemonSink};
 use super::ledger_note::note_fire;
 use super::next_fire::fires_between;
 use super::quota::quota_exhausted;
-use super::shared::{Claim, SharedConfig, CHANNEL};
+use super::shared::{Claim, Shared, SharedConfig, CHANNEL};
 use super::store::{state, DaemonLock, Fire, Store};
 use super::ScheduleError;
 use crate::events::{Event, EventSink};
@@ -30,7 +30,7 @@ use crate::patrol::{Overlap, Patrol};
 use crate::pg::lease::{keep, Lease, Leases};
 use crate::ralph::Outcome;
 use crate::run::state::RunLock;
-use crate::run::{resume_run, run_patrol, Cancel, PatrolOptions, PatrolReport};
+use crate::run::{resume_run, run_patrol, Cancel, PatrolOptions, PatrolReport, Recorder, RunState};
 
 /// What the process around the daemon tells it (the CLI maps signals to these).
 #[derive(Clone, Debug)]
@@ -611,7 +611,8 @@ impl Daemon {
     /// [`state::STOPPED`]): a fire time that would start a new run resumes it instead, since a
     /// new run would start beside its unfinished work. One that finished meanwhile (resumed by
     /// hand) is settled now, by a resume that only reports it, and is in the way no more.
-    /// One machine only: in PostgreSQL mode stopped runs wait for `wiggum resume`.
+    /// One daemon's store only: in PostgreSQL mode the claim of the slot decides it (see
+    /// [`Claim::ResumeInstead`] and [`Daemon::resume_wanted_shared`]).
     fn stopped_run(&mut self, name: &str) -> Stopped {
         if self.store.shared().is_some() {
             return Stopped::None;
@@ -700,6 +701,13 @@ impl Daemon {
     fn fire_shared(&mut self, patrol: Patrol, slot: DateTime<Utc>, kind: &str) -> String {
         let name = patrol.name.clone();
         let tpl = self.new_fire(&patrol, slot, kind, state::RUNNING);
+        if let Some(settled) = self
+            .store
+            .shared()
+            .and_then(|sh| settle_if_finished(sh, &patrol))
+        {
+            self.emit(settled);
+        }
         let claim = match self.store.shared() {
             Some(sh) => sh.claim(&tpl, patrol.overlap, kind == "manual"),
             None => return "no shared state".into(),
@@ -740,6 +748,15 @@ impl Daemon {
             }
             Claim::Queued(reason) => {
                 self.emit(DaemonEvent::Queued { patrol: name, slot });
+                reason
+            }
+            Claim::ResumeInstead { stopped, reason } => {
+                self.note_not_run(&patrol, slot, kind, state::SKIPPED, &reason, tpl.repo);
+                let machine = self.machine();
+                if resumable_in(&stopped, &machine, &patrol).is_none() {
+                    self.warn(cannot_resume_here(&stopped, &machine, &patrol));
+                }
+                self.resume_wanted_shared();
                 reason
             }
             Claim::Start { lease, cancelling } => {
@@ -897,9 +914,87 @@ impl Daemon {
         for name in queued {
             self.start_queued_shared(&name);
         }
+        self.resume_wanted_shared();
         if recovered {
             // Slots that passed while no daemon could claim them: as after a downtime.
             self.catch_up(Utc::now());
+        }
+    }
+
+    /// PostgreSQL mode: this machine's name in the shared records.
+    fn machine(&self) -> String {
+        self.opts
+            .shared
+            .as_ref()
+            .map(|c| c.machine.clone())
+            .unwrap_or_default()
+    }
+
+    /// PostgreSQL mode: resumes the runs stopped for something to fix whose resume a fire time
+    /// asked for (see [`Claim::ResumeInstead`]) and whose checkout is in this daemon's clone;
+    /// the others are left for the daemon of their machine. One being resumed by hand right now
+    /// is left to that process (the next fire time asks again).
+    fn resume_wanted_shared(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let Some(sh) = self.store.shared() else {
+            return;
+        };
+        let wanted = match sh.resume_wanted() {
+            Ok(w) => w,
+            Err(e) => {
+                self.warn(format!("cannot read the stopped runs to resume: {e}"));
+                return;
+            }
+        };
+        let machine = self.machine();
+        for f in wanted {
+            let (Some(entry), Some(run_id)) = (self.entries.get(&f.patrol), f.run_id.clone())
+            else {
+                continue;
+            };
+            let Some(root) = resumable_in(&f, &machine, &entry.patrol) else {
+                continue;
+            };
+            let Some(sh) = self.store.shared() else {
+                return;
+            };
+            if RunLock::is_held(&root, &run_id) {
+                if sh.drop_resume(&f).unwrap_or(false) {
+                    self.warn(held_by_hand(&f));
+                }
+                continue;
+            }
+            let lease = match sh.take_stopped(&f) {
+                Ok(Some(lease)) => lease,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.warn(format!(
+                        "cannot resume {run_id} of {} slot {}: {e}",
+                        f.patrol,
+                        format_time(&f.slot)
+                    ));
+                    continue;
+                }
+            };
+            self.emit(DaemonEvent::ResumingStopped {
+                patrol: f.patrol.clone(),
+                slot: f.slot,
+                run_id: Some(run_id.clone()),
+            });
+            let job = Job::Resume {
+                repo: root,
+                run_id: run_id.clone(),
+            };
+            self.spawn(&f.patrol, f.slot, job, Some(lease));
+            if let Some(r) = self
+                .running
+                .get_mut(&f.patrol)
+                .and_then(|rs| rs.iter_mut().find(|r| r.slot == f.slot))
+            {
+                r.run_id = Some(run_id);
+            }
         }
     }
 
@@ -1395,6 +1490,81 @@ fn newest_slot(
     None
 }
 
+/// PostgreSQL mode: the root of this clone when the run of `fire` can be resumed here: it ran
+/// (and stopped) on this machine, in this daemon's clone of `patrol`'s repository, which holds
+/// its checkout and what stopped it. Elsewhere the shared ledger knows the run, but its
+/// worktrees are not there.
+fn resumable_in(fire: &Fire, machine: &str, patrol: &Patrol) -> Option<PathBuf> {
+    if fire.machine.as_deref() != Some(machine) {
+        return None;
+    }
+    let here = crate::workspace::discover_root(&patrol.repo).ok()?;
+    let there = crate::workspace::discover_root(&fire.repo).ok()?;
+    (here == there).then_some(here)
+}
+
+/// PostgreSQL mode: why this daemon leaves the run of stopped `fire` to another one.
+fn cannot_resume_here(fire: &Fire, machine: &str, patrol: &Patrol) -> String {
+    let run_id = fire.run_id.as_deref().unwrap_or("(none)");
+    let there = fire.machine.as_deref().unwrap_or("another machine");
+    let here =
+        crate::workspace::discover_root(&patrol.repo).unwrap_or_else(|_| patrol.repo.clone());
+    format!(
+        "{}: run {run_id} (slot {}) stopped for something to fix on {there}, in the clone {}; \
+         this daemon ({machine}, clone {}) cannot resume it: its checkout, and what stopped it, \
+         are in that clone on {there}. Left for the daemon on {there}, which resumes it as soon \
+         as it sees the request (or `wiggum resume {run_id}` in that clone); no new run starts \
+         beside it",
+        fire.patrol,
+        format_time(&fire.slot),
+        fire.repo.display(),
+        here.display()
+    )
+}
+
+/// PostgreSQL mode: why the daemon did not resume the run of stopped `fire` now.
+fn held_by_hand(fire: &Fire) -> String {
+    format!(
+        "{}: run {} (slot {}), stopped for something to fix, is being resumed by another process \
+         right now; the daemon leaves it to that process (the patrol's next fire time looks again)",
+        fire.patrol,
+        fire.run_id.as_deref().unwrap_or("(none)"),
+        format_time(&fire.slot)
+    )
+}
+
+/// PostgreSQL mode: the patrol's run stopped for a fix, when it finished meanwhile (resumed by
+/// hand, on any machine: the shared ledger says so), is settled `done` with the run's outcome,
+/// and is in the way of new runs no more. The event saying so.
+fn settle_if_finished(sh: &Shared, patrol: &Patrol) -> Option<DaemonEvent> {
+    let old = sh.stopped(&patrol.name).ok()??;
+    let run_id = old.run_id.clone()?;
+    let root = crate::workspace::discover_root(&patrol.repo).ok()?;
+    let (outcome, reason) = finished_run(&root, &run_id)?;
+    sh.settle_stopped(&old, &outcome, &reason)
+        .ok()?
+        .then(|| DaemonEvent::RunFinished {
+            patrol: patrol.name.clone(),
+            slot: old.slot,
+            run_id: Some(run_id),
+            state: state::DONE.into(),
+            outcome: Some(outcome),
+            reason,
+        })
+}
+
+/// The outcome and reason of run `run_id` in the ledger of `root`, once it has finished.
+fn finished_run(root: &Path, run_id: &str) -> Option<(String, String)> {
+    if !crate::ledger::Ledger::exists(root) {
+        return None;
+    }
+    let recorder = Recorder::new(crate::ledger::Ledger::open(root).ok()?);
+    let run = RunState::load(&recorder, run_id).ok()??;
+    run.finished_at.as_ref()?;
+    let outcome = run.outcome.unwrap_or(Outcome::Error).as_str().to_string();
+    Some((outcome, run.reason))
+}
+
 fn new_fire(p: &Patrol, slot: DateTime<Utc>, kind: &str, st: &str) -> Fire {
     Fire {
         patrol: p.name.clone(),
@@ -1482,7 +1652,11 @@ fn settle(
                         run_id,
                     ),
                 }
-            } else if let Some(why) = stopped_for_fix(report, patrol) {
+            } else if let Some(why) = stopped_for_fix(
+                report,
+                patrol,
+                store.shared().map(|sh| sh.config().machine.as_str()),
+            ) {
                 (state::STOPPED, outcome, why, run_id)
             } else if let Some(hit) = quota_of(report) {
                 let until = hit.resets_at.unwrap_or_else(|| {
@@ -1542,8 +1716,9 @@ fn settle(
 
 /// Why a run that wiggum stopped for something a person must fix first (a stale `index.lock`
 /// in a split step's checkout, ...) did not finish, with what comes next; `None` for a run that
-/// finished, or was cancelled (Ctrl-C, SIGTERM, a newer fire: see [`settle`]).
-fn stopped_for_fix(report: &PatrolReport, patrol: &str) -> Option<String> {
+/// finished, or was cancelled (Ctrl-C, SIGTERM, a newer fire: see [`settle`]). `on`: in
+/// PostgreSQL mode, the machine whose daemon resumes it (where its checkout is).
+fn stopped_for_fix(report: &PatrolReport, patrol: &str, on: Option<&str>) -> Option<String> {
     if !report.resumable || report.already_finished || report.outcome == Outcome::Cancelled {
         return None;
     }
@@ -1555,11 +1730,18 @@ fn stopped_for_fix(report: &PatrolReport, patrol: &str) -> Option<String> {
         .find(|(_, s)| s.status == "running" && s.outcome == Some(Outcome::Error))
         .map(|(id, s)| format!("step {id}: {}", s.reason.replace('\n', " ")))
         .unwrap_or_else(|| report.reason.clone());
-    Some(format!(
-        "resumable once this is fixed: {why}; the daemon resumes run {run_id} at the \
-         patrol's next fire time (`wiggum resume {run_id}` or `wiggum schedule run {patrol}` does it \
-         now)"
-    ))
+    Some(match on {
+        None => format!(
+            "resumable once this is fixed: {why}; the daemon resumes run {run_id} at the \
+             patrol's next fire time (`wiggum resume {run_id}` or `wiggum schedule run {patrol}` \
+             does it now)"
+        ),
+        Some(machine) => format!(
+            "resumable once this is fixed: {why}; the daemon on {machine} resumes run {run_id} at \
+             the patrol's next fire time, in the clone that holds its checkout (`wiggum resume \
+             {run_id}` or `wiggum schedule run {patrol}` there does it now)"
+        ),
+    })
 }
 
 /// A quota exhaustion in the run's reason or one of its steps' reasons.
@@ -1735,19 +1917,64 @@ async fn fire_once_shared(
     };
     let name = patrol.name.clone();
     let tpl = new_fire(&patrol, slot, "manual", state::RUNNING);
-    let lease = match sh.claim(&tpl, patrol.overlap, true)? {
-        Claim::Start { lease, .. } => lease,
+    if let Some(settled) = settle_if_finished(sh, &patrol) {
+        sink.emit(&settled);
+    }
+    // The slot whose fire record the run settles: this one, or the stopped fire it resumes.
+    let (lease, job, slot) = match sh.claim(&tpl, patrol.overlap, true)? {
+        Claim::Start { lease, .. } => {
+            sink.emit(&DaemonEvent::Fired {
+                patrol: name.clone(),
+                slot,
+                kind: "manual".into(),
+                late_ms: 0,
+            });
+            let why = started_by(&patrol, &slot, "manual");
+            (lease, Job::Start(Box::new(patrol), why), slot)
+        }
+        Claim::ResumeInstead { stopped, reason } => {
+            // As a daemon does (see `Daemon::resume_wanted_shared`): resumed here only in the
+            // clone that holds its checkout, else left to the daemon of its machine.
+            sink.emit(&DaemonEvent::Skipped {
+                patrol: name.clone(),
+                slot,
+                reason,
+            });
+            let machine = sh.config().machine.clone();
+            let run_id = stopped.run_id.clone().unwrap_or_default();
+            let taken = match resumable_in(&stopped, &machine, &patrol) {
+                None => {
+                    sink.emit(&DaemonEvent::Warning {
+                        message: cannot_resume_here(&stopped, &machine, &patrol),
+                    });
+                    None
+                }
+                Some(root) if RunLock::is_held(&root, &run_id) => {
+                    sh.drop_resume(&stopped)?;
+                    sink.emit(&DaemonEvent::Warning {
+                        message: held_by_hand(&stopped),
+                    });
+                    None
+                }
+                Some(root) => sh.take_stopped(&stopped)?.map(|lease| (lease, root)),
+            };
+            let Some((lease, root)) = taken else {
+                let fire = store.fire(&name, &slot)?.unwrap_or(tpl);
+                return Ok((fire, None));
+            };
+            sink.emit(&DaemonEvent::ResumingStopped {
+                patrol: name.clone(),
+                slot: stopped.slot,
+                run_id: Some(run_id.clone()),
+            });
+            let job = Job::Resume { repo: root, run_id };
+            (lease, job, stopped.slot)
+        }
         Claim::Taken { .. } | Claim::Paused(_) | Claim::NotRun { .. } | Claim::Queued(_) => {
             let fire = store.fire(&name, &slot)?.unwrap_or(tpl);
             return Ok((fire, None));
         }
     };
-    sink.emit(&DaemonEvent::Fired {
-        patrol: name.clone(),
-        slot,
-        kind: "manual".into(),
-        late_ms: 0,
-    });
     let leases = sh.leases_here()?;
     let ttl = sh.config().lease;
     let mut keeper = keep(leases, lease.clone(), ttl, ttl / 3);
@@ -1758,14 +1985,7 @@ async fn fire_once_shared(
         patrol: name.clone(),
         slot,
     });
-    let why = started_by(&patrol, &slot, "manual");
-    let run = execute(
-        Job::Start(Box::new(patrol), why),
-        &name,
-        slot,
-        fire_sink,
-        cancel.clone(),
-    );
+    let run = execute(job, &name, slot, fire_sink, cancel.clone());
     tokio::pin!(run);
     let mut lost = None;
     let result = loop {
@@ -1929,14 +2149,84 @@ mod tests {
     }
 
     #[test]
+    fn with_several_daemons_the_stopped_run_names_the_machine_that_resumes_it() {
+        let why = stopped_for_fix(
+            &report(Outcome::Error, true, stopped_step()),
+            "n",
+            Some("m1"),
+        )
+        .unwrap();
+        assert!(
+            why.contains("the daemon on m1 resumes run wg-1 at the patrol's next fire time")
+                && why.contains("`wiggum resume wg-1` or `wiggum schedule run n` there"),
+            "{why}"
+        );
+    }
+
+    /// A git repository in a temporary folder.
+    fn git_repo() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        dir
+    }
+
+    #[test]
+    fn a_stopped_run_is_resumable_only_on_its_machine_in_its_clone() {
+        let (one, other) = (git_repo(), git_repo());
+        let patrol_in = |dir: &Path| Patrol {
+            repo: dir.to_path_buf(),
+            ..crate::patrol::parse(
+                "[patrol]\nname = \"n\"\n[[steps]]\nid = \"s\"\nrun = \"true\"\n",
+                Path::new("n.toml"),
+                &BTreeMap::new(),
+            )
+            .unwrap()
+        };
+        let mut fire = new_fire(
+            &patrol_in(one.path()),
+            Utc::now(),
+            "scheduled",
+            state::STOPPED,
+        );
+        fire.machine = Some("m1".into());
+        let root = crate::workspace::discover_root(one.path()).unwrap();
+        assert_eq!(
+            resumable_in(&fire, "m1", &patrol_in(one.path())),
+            Some(root)
+        );
+        assert_eq!(resumable_in(&fire, "m2", &patrol_in(one.path())), None);
+        assert_eq!(resumable_in(&fire, "m1", &patrol_in(other.path())), None);
+        let why = cannot_resume_here(&fire, "m2", &patrol_in(one.path()));
+        assert!(
+            why.contains("stopped for something to fix on m1")
+                && why.contains("this daemon (m2,")
+                && why.contains("Left for the daemon on m1")
+                && why.contains("no new run starts beside it"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn only_a_resumable_report_that_did_not_finish_is_stopped_for_a_fix() {
-        assert!(stopped_for_fix(&report(Outcome::Error, true, stopped_step()), "n").is_some());
-        assert!(stopped_for_fix(&report(Outcome::Error, false, stopped_step()), "n").is_none());
-        assert!(stopped_for_fix(&report(Outcome::Cancelled, true, stopped_step()), "n").is_none());
+        assert!(
+            stopped_for_fix(&report(Outcome::Error, true, stopped_step()), "n", None).is_some()
+        );
+        assert!(
+            stopped_for_fix(&report(Outcome::Error, false, stopped_step()), "n", None).is_none()
+        );
+        assert!(
+            stopped_for_fix(&report(Outcome::Cancelled, true, stopped_step()), "n", None).is_none()
+        );
         // No step says why (a run stopped before any step): the run's reason does.
         let mut r = report(Outcome::Error, true, StepState::default());
         r.reason = "halted: claim export failed".into();
-        let why = stopped_for_fix(&r, "n").unwrap();
+        let why = stopped_for_fix(&r, "n", None).unwrap();
         assert!(
             why.starts_with("resumable once this is fixed: halted"),
             "{why}"

@@ -86,6 +86,13 @@ pub enum DaemonEvent {
         from_machine: String,
         attempt: i32,
     },
+    /// PostgreSQL mode: a fire time of its patrol came, and this daemon (of the machine and
+    /// clone that ran it) resumes the run that stopped for something to fix.
+    ResumingStopped {
+        patrol: String,
+        slot: DateTime<Utc>,
+        run_id: Option<String>,
+    },
     Skipped {
         patrol: String,
         slot: DateTime<Utc>,

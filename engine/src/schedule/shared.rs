@@ -11,9 +11,13 @@
 //!   renewed while it runs. A daemon that dies stops renewing; once the lease expires another
 //!   daemon takes the fire over (the attempt counted) and resumes its run. A finish written with
 //!   a lost lease is discarded (fenced), so a run is never recorded twice.
-//! - **Wake-ups**: `NOTIFY wiggum_daemon '<repo> <event>'` when a run ends, a fire is queued or a
-//!   run is asked to cancel; every daemon also polls with jitter, since notifications are not
-//!   stored.
+//! - **A run stopped for a fix** (a fire recorded `stopped`) is resumed, not run beside: the
+//!   claim of the patrol's next fire time records that slot `skipped` and asks for the resume
+//!   (`resume_at` of the stopped fire). Only the daemon of the machine and clone that ran it
+//!   resumes it (its checkout is there), under the run's lease, taken like a takeover's.
+//! - **Wake-ups**: `NOTIFY wiggum_daemon '<repo> <event>'` when a run ends, a fire is queued, a
+//!   run is asked to cancel or to resume; every daemon also polls with jitter, since
+//!   notifications are not stored.
 //!
 //! The daemon's code is synchronous towards its store (as with SQLite): the calls here run on a
 //! thread of their own with a small runtime, so they work from anywhere.
@@ -60,6 +64,7 @@ CREATE TABLE IF NOT EXISTS wiggum_fires(
     cancel_by TIMESTAMPTZ,
     PRIMARY KEY(repo, patrol, slot)
 );
+ALTER TABLE wiggum_fires ADD COLUMN IF NOT EXISTS resume_at TIMESTAMPTZ;
 CREATE INDEX IF NOT EXISTS wiggum_fires_state ON wiggum_fires(repo, state);
 CREATE TABLE IF NOT EXISTS wiggum_fire_patrols(
     repo TEXT NOT NULL,
@@ -161,6 +166,10 @@ pub enum Claim {
     NotRun { state: &'static str, reason: String },
     /// Recorded as queued behind a run of another slot.
     Queued(String),
+    /// Recorded as skipped: the patrol's run stopped for something to fix (`stopped`, the
+    /// fire of slot `stopped`) is resumed instead of a new run starting beside its unfinished
+    /// work; the resume is asked of the daemons (see [`Shared::resume_wanted`]).
+    ResumeInstead { stopped: Fire, reason: String },
     /// Recorded as running: start the run under `lease`. The fires in `cancelling` were asked
     /// to cancel (`overlap = "cancel"`), wherever they run.
     Start {
@@ -323,6 +332,19 @@ fn describe(slot: &DateTime<Utc>, run_id: Option<&str>, machine: &str, st: &str)
     }
 }
 
+/// Why a fire did not start a new run: the stopped run of `old` is resumed instead, by the
+/// daemon of the machine that ran it.
+pub fn resume_instead(old: &Fire) -> String {
+    let run = old.run_id.as_deref().unwrap_or("(none)");
+    let machine = old.machine.as_deref().unwrap_or("its machine");
+    format!(
+        "resumes run {run} (slot {}, on {machine}) instead, which stopped for something to fix \
+         (a new run would start beside its unfinished work); the daemon on {machine} resumes it, \
+         in the clone that holds its checkout",
+        format_time(&old.slot),
+    )
+}
+
 fn overlap_name(o: Overlap) -> &'static str {
     match o {
         Overlap::Skip => "skip",
@@ -465,18 +487,48 @@ async fn claim_tx(ctx: &Ctx, tpl: &Fire, overlap: Overlap, manual: bool) -> Resu
                     overlap_name(overlap)
                 )));
             }
-            Overlap::Cancel => {
-                tx.execute(
-                    "UPDATE wiggum_fires SET cancel_by = $3 WHERE repo = $1 AND patrol = $2
-                         AND state IN ('running', 'interrupted')",
-                    &[repo, patrol, slot],
-                )
-                .await
-                .map_err(db)?;
-                cancelling = going.iter().map(|r| r.get(0)).collect();
-            }
-            Overlap::Allow => {}
+            Overlap::Cancel | Overlap::Allow => {}
         }
+    }
+    // The patrol's run stopped for a fix: a new run would start beside its unfinished work
+    // (as with one daemon, overlap comes first: a resume going on is a run going on).
+    let stopped = tx
+        .query_opt(
+            &format!(
+                "SELECT {COLS} FROM wiggum_fires WHERE repo = $1 AND patrol = $2
+                     AND state = 'stopped' ORDER BY slot DESC LIMIT 1"
+            ),
+            &[repo, patrol],
+        )
+        .await
+        .map_err(db)?
+        .map(|r| row_fire(&r));
+    if let Some(old) = stopped {
+        fire.state = state::SKIPPED.into();
+        fire.reason = resume_instead(&old);
+        insert(&tx, ctx, &fire).await?;
+        tx.execute(
+            "UPDATE wiggum_fires SET resume_at = $4 WHERE repo = $1 AND patrol = $2
+                 AND slot = $3 AND state = 'stopped'",
+            &[repo, patrol, &old.slot, slot],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        return Ok(Claim::ResumeInstead {
+            stopped: old,
+            reason: fire.reason,
+        });
+    }
+    if !going.is_empty() && overlap == Overlap::Cancel {
+        tx.execute(
+            "UPDATE wiggum_fires SET cancel_by = $3 WHERE repo = $1 AND patrol = $2
+                 AND state IN ('running', 'interrupted')",
+            &[repo, patrol, slot],
+        )
+        .await
+        .map_err(db)?;
+        cancelling = going.iter().map(|r| r.get(0)).collect();
     }
     fire.state = state::RUNNING.into();
     fire.reason = String::new();
@@ -864,6 +916,10 @@ impl Shared {
                     if matches!(other, Ok(Claim::Queued(_))) {
                         let _ = notify_with(&ctx, "queued").await;
                     }
+                    if matches!(other, Ok(Claim::ResumeInstead { .. })) {
+                        // The daemon that can resume it may be another one.
+                        let _ = notify_with(&ctx, "resume").await;
+                    }
                     other
                 }
             }
@@ -936,6 +992,110 @@ impl Shared {
                     Ok(None)
                 }
             }
+        })
+    }
+
+    /// The patrol's newest fire whose run stopped for something to fix ([`state::STOPPED`]).
+    pub fn stopped(&self, patrol: &str) -> Result<Option<Fire>, ScheduleError> {
+        let patrol = patrol.to_string();
+        self.call(move |ctx| async move {
+            Ok(select_fires(
+                &ctx,
+                "AND patrol = $2 AND state = 'stopped' ORDER BY slot DESC LIMIT 1",
+                &[&ctx.repo, &patrol],
+            )
+            .await?
+            .pop())
+        })
+    }
+
+    /// Stopped fires whose resume a fire time asked for (see [`Claim::ResumeInstead`]), oldest
+    /// first: each is for the daemon of the machine and clone that ran it.
+    pub fn resume_wanted(&self) -> Result<Vec<Fire>, ScheduleError> {
+        self.call(move |ctx| async move {
+            select_fires(
+                &ctx,
+                "AND state = 'stopped' AND resume_at IS NOT NULL ORDER BY slot",
+                &[&ctx.repo],
+            )
+            .await
+        })
+    }
+
+    /// Takes a stopped fire whose resume was asked for, to resume its run: its lease, and the
+    /// record back to `running` on this daemon. `None`: another daemon was quicker, or the
+    /// fire was settled or resumed meanwhile.
+    pub fn take_stopped(&self, fire: &Fire) -> Result<Option<Lease>, ScheduleError> {
+        let (patrol, slot) = (fire.patrol.clone(), fire.slot);
+        self.call(move |ctx| async move {
+            let leases = ctx.leases();
+            let key = run_key(&patrol, &slot);
+            let Some(lease) = leases
+                .acquire(&ctx.repo, LEASE_KIND, &key, &ctx.holder, ctx.lease)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let client = ctx.client().await?;
+            let n = client
+                .execute(
+                    "UPDATE wiggum_fires SET daemon = $4, machine = $5, state = 'running',
+                         reason = '', resume_at = NULL, finished_at = NULL
+                     WHERE repo = $1 AND patrol = $2 AND slot = $3 AND state = 'stopped'
+                         AND resume_at IS NOT NULL",
+                    &[&ctx.repo, &patrol, &slot, &ctx.holder, &ctx.machine],
+                )
+                .await
+                .map_err(|e| ctx.db(e))?;
+            if n == 1 {
+                Ok(Some(lease))
+            } else {
+                let _ = leases.release(&lease).await;
+                Ok(None)
+            }
+        })
+    }
+
+    /// Withdraws the request to resume a stopped fire (its run is being resumed by another
+    /// process right now): the next fire time asks again. `false`: nothing was asked.
+    pub fn drop_resume(&self, fire: &Fire) -> Result<bool, ScheduleError> {
+        let (patrol, slot) = (fire.patrol.clone(), fire.slot);
+        self.call(move |ctx| async move {
+            let client = ctx.client().await?;
+            let n = client
+                .execute(
+                    "UPDATE wiggum_fires SET resume_at = NULL WHERE repo = $1 AND patrol = $2
+                         AND slot = $3 AND state = 'stopped' AND resume_at IS NOT NULL",
+                    &[&ctx.repo, &patrol, &slot],
+                )
+                .await
+                .map_err(|e| ctx.db(e))?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Settles a stopped fire whose run finished meanwhile (resumed by hand): `done` with the
+    /// run's outcome. `false`: it was not stopped any more (another daemon settled it).
+    pub fn settle_stopped(
+        &self,
+        fire: &Fire,
+        outcome: &str,
+        reason: &str,
+    ) -> Result<bool, ScheduleError> {
+        let (patrol, slot) = (fire.patrol.clone(), fire.slot);
+        let (outcome, reason) = (outcome.to_string(), reason.to_string());
+        self.call(move |ctx| async move {
+            let client = ctx.client().await?;
+            let n = client
+                .execute(
+                    "UPDATE wiggum_fires SET state = 'done', outcome = $4, reason = $5,
+                         resume_at = NULL, finished_at = now()
+                     WHERE repo = $1 AND patrol = $2 AND slot = $3 AND state = 'stopped'",
+                    &[&ctx.repo, &patrol, &slot, &outcome, &reason],
+                )
+                .await
+                .map_err(|e| ctx.db(e))?;
+            Ok(n == 1)
         })
     }
 
@@ -1289,6 +1449,103 @@ mod tests {
         let asked = a.cancel_requests().unwrap();
         assert_eq!(asked, vec![("p".to_string(), first.slot, second.slot)]);
         assert!(b.cancel_requests().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_stopped_run_is_resumed_instead_of_a_new_run_and_taken_by_one_daemon_only() {
+        let Some(db) = TestDb::create_blocking("fires stopped resume") else {
+            return;
+        };
+        let (a, b, c) = (
+            daemon(&db, "m1", LONG),
+            daemon(&db, "m2", LONG),
+            daemon(&db, "m3", LONG),
+        );
+        let first = tpl("2026-01-01T00:00:02Z");
+        let Claim::Start { lease, .. } = a.claim(&first, Overlap::Skip, false).unwrap() else {
+            panic!("m1 should start the first slot");
+        };
+        assert!(a
+            .finish(
+                "p",
+                &first.slot,
+                state::STOPPED,
+                "error",
+                "lock",
+                Some(&lease)
+            )
+            .unwrap());
+        a.release(&lease).unwrap();
+        assert!(a.resume_wanted().unwrap().is_empty(), "not asked yet");
+        // The next fire time, on another machine: skipped, the stopped run asked to resume.
+        let second = tpl("2026-01-01T00:00:04Z");
+        match b.claim(&second, Overlap::Skip, false).unwrap() {
+            Claim::ResumeInstead { stopped, reason } => {
+                assert_eq!(stopped.slot, first.slot);
+                assert_eq!(stopped.machine.as_deref(), Some("m1"));
+                assert!(
+                    reason.contains("(slot 2026-01-01T00:00:02Z, on m1) instead"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            b.fire("p", &second.slot).unwrap().unwrap().state,
+            state::SKIPPED
+        );
+        let wanted = b.resume_wanted().unwrap();
+        assert_eq!(wanted.len(), 1);
+        // Two daemons take it at once: one resumes it.
+        let taken: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = [&a, &c]
+                .map(|d| s.spawn(|| d.take_stopped(&wanted[0]).unwrap().is_some()))
+                .into_iter()
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(taken.iter().filter(|t| **t).count(), 1, "{taken:?}");
+        assert!(a.resume_wanted().unwrap().is_empty());
+        assert_eq!(
+            a.fire("p", &first.slot).unwrap().unwrap().state,
+            state::RUNNING
+        );
+        // While it is resumed it is a run going on: overlap applies.
+        assert!(matches!(
+            b.claim(&tpl("2026-01-01T00:00:06Z"), Overlap::Skip, false)
+                .unwrap(),
+            Claim::NotRun { .. }
+        ));
+        // Stopped again; a fire time asks again; a resume by hand withdraws the request.
+        a.finish("p", &first.slot, state::STOPPED, "error", "lock", None)
+            .unwrap();
+        assert!(!a.drop_resume(&wanted[0]).unwrap(), "nothing asked");
+        assert!(matches!(
+            b.claim(&tpl("2026-01-01T00:00:08Z"), Overlap::Skip, false)
+                .unwrap(),
+            Claim::ResumeInstead { .. }
+        ));
+        assert!(a.drop_resume(&wanted[0]).unwrap());
+        assert!(
+            a.take_stopped(&wanted[0]).unwrap().is_none(),
+            "not asked any more"
+        );
+        // Finished by hand: settled once, and the next fire time starts a new run.
+        assert!(b
+            .settle_stopped(&wanted[0], "converged", "done by hand")
+            .unwrap());
+        assert!(!c.settle_stopped(&wanted[0], "converged", "again").unwrap());
+        let f = a.fire("p", &first.slot).unwrap().unwrap();
+        assert_eq!(
+            (f.state.as_str(), f.outcome.as_deref()),
+            (state::DONE, Some("converged"))
+        );
+        assert!(a.stopped("p").unwrap().is_none());
+        assert!(matches!(
+            b.claim(&tpl("2026-01-01T00:00:10Z"), Overlap::Skip, false)
+                .unwrap(),
+            Claim::Start { .. }
+        ));
     }
 
     #[test]

@@ -338,9 +338,8 @@ impl Store {
 
     /// The patrol's newest fire whose run stopped for something to fix ([`state::STOPPED`]).
     pub fn stopped(&self, patrol: &str) -> Result<Option<Fire>, ScheduleError> {
-        if self.shared.is_some() {
-            let recent = self.recent(patrol, 50)?;
-            return Ok(recent.into_iter().find(|f| f.state == state::STOPPED));
+        if let Some(sh) = &self.shared {
+            return sh.stopped(patrol);
         }
         Ok(self
             .fires_where(
