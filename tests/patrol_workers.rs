@@ -699,6 +699,88 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
     assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
 }
 
+/// A worker paused past its lease loses the step to another; woken up, it pushes and records
+/// nothing more (its lease is renewed before each push, and found taken over), so the machine
+/// that took the step over pushes and finishes it: the step converges with both iterations'
+/// work, and no iteration is recorded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_paused_past_its_lease_pushes_nothing_over_the_worker_that_took_its_step() {
+    let Some(db) = TestDb::create("patrol workers paused").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, TWO_ITERATIONS_SCRIPT) else {
+        return;
+    };
+    start_workers(&mut cluster, &db, &["m1", "m2"]).await;
+    let (driver, home) = cluster.clone_for("m0");
+    let run = {
+        let driver = driver.clone();
+        let home = home.clone();
+        let url = cluster.url.clone();
+        tokio::task::spawn_blocking(move || {
+            common::wiggum_command()
+                .args(["run", "patrol.toml", "--json", "--repo"])
+                .arg(&driver)
+                .current_dir(&driver)
+                .env("HOME", &home)
+                .env("WIGGUM_DATABASE_URL", &url)
+                .env("WIGGUM_WORKER_POLL", "300ms")
+                .output()
+                .unwrap()
+        })
+    };
+    let paused = first_iteration_closed(&cluster, &db, &driver, true).await;
+    cluster.signal_worker(&paused, "STOP");
+    // Its lease (5 s) runs out; the other worker takes the step over.
+    let q = Queue::new(wiggum_engine::pg::pool(&db.url, 2).unwrap(), &db.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows = q.list(&cluster.base, None).await.unwrap_or_default();
+        if rows
+            .iter()
+            .any(|r| r.holder.as_deref().is_some_and(|h| !h.starts_with(&paused)))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never taken over: {rows:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    cluster.signal_worker(&paused, "CONT");
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    let jobs = jobs(&cluster, &db).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].3.attempt, 2, "{:?}", jobs[0].3);
+    assert_ne!(jobs[0].3.machine, paused);
+    for f in ["half.txt", "a.txt"] {
+        assert!(
+            driver.join(f).exists(),
+            "{f} is not landed\n{}",
+            cluster.logs()
+        );
+    }
+    let bead = common::step(&report, "a")["bead"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let all = beads_in_database(&driver, &cluster.url);
+    let its = common::split::iterations_of(&all, &bead);
+    assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
+}
+
 /// A worker's checkpoint push that the hub refuses is recorded on the iteration's bead; when
 /// that worker dies, the worker that takes the step over says, in its log and on the step's
 /// bead, that iteration 1's checkpoint is not on the branch it goes on from, and goes on.

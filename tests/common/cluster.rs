@@ -137,6 +137,22 @@ impl Cluster {
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the worker of `machine`.
+    pub fn signal_worker(&self, machine: &str, signal: &str) {
+        let (_, child) = self
+            .workers
+            .iter()
+            .find(|(m, _)| m == machine)
+            .unwrap_or_else(|| panic!("no worker on {machine}"));
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} of {machine}'s worker");
+    }
+
     /// Kills the worker of `machine` with SIGKILL (and reaps it).
     pub fn kill_worker(&mut self, machine: &str) {
         let (_, child) = self

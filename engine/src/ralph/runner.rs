@@ -418,6 +418,17 @@ pub async fn run_loop(
             (outcome, _) => (decision, outcome),
         };
 
+        // A worker that lost the job to another machine records and pushes nothing more: the
+        // other goes on from the branch as pushed, in the iteration's bead (left open) too.
+        if let Some(p) = &publisher {
+            if let Err(why) = p.still_ours().await {
+                return stop(
+                    report,
+                    Outcome::Cancelled,
+                    format!("cancelled: iteration {n} is not recorded: {why}"),
+                );
+            }
+        }
         let pushed = match (&publisher, &sha) {
             (Some(p), Some(_)) => Some(p.publish(workspace.branch()).await),
             _ => None,

@@ -32,7 +32,7 @@ pub use error::RemoteError;
 pub(crate) use git::{has_commit, short};
 pub use git::{Pushed, Remote};
 pub use land::{land_subtask, LandRequest, Landing};
-pub use publish::{Publisher, PushNote};
+pub use publish::{Fence, Publisher, PushNote};
 pub use refinery::{RefineryLease, REFINERY_KIND};
 pub(crate) use resume::move_branch;
 pub use resume::{resume_branch, ResumeFrom, Resumed};

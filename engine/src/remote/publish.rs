@@ -4,7 +4,10 @@
 //! and then reported in the iteration's bead and as an event; the local checkpoint is never
 //! touched, and the next checkpoint's push carries it along.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
@@ -12,11 +15,27 @@ use backon::{ExponentialBuilder, Retryable};
 use super::git::{short, Remote};
 use super::RemoteError;
 
+/// Says, right before a push, whether this machine may still push the branch (a worker's
+/// lease on its job, renewed by the call): `Err(why)` when it may not. A machine that lost the
+/// job to another must not move the branch the other goes on from.
+pub type Fence =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
 /// Pushes a loop's branch after its checkpoints.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Publisher {
     remote: Remote,
     retry: ExponentialBuilder,
+    fence: Option<Fence>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("remote", &self.remote.display())
+            .field("fenced", &self.fence.is_some())
+            .finish()
+    }
 }
 
 /// What the push after one checkpoint did, for the iteration's bead and events.
@@ -29,9 +48,11 @@ pub struct PushNote {
     pub sha: Option<String>,
     /// The error after the last try, when it failed.
     pub error: Option<String>,
-    /// Tries made (1 when the first worked).
+    /// Tries made (1 when the first worked; 0 when the fence stopped it).
     pub tries: u32,
     pub elapsed: Duration,
+    /// Not pushed because this machine no longer holds the work ([`Fence`]).
+    pub fenced: bool,
 }
 
 impl PushNote {
@@ -54,6 +75,7 @@ impl PushNote {
                     String::new()
                 }
             ),
+            (_, Some(e)) if self.fenced => format!("{} not pushed: {e}", self.branch),
             (_, Some(e)) => format!(
                 "push of {} to {} failed after {} tr{}: {e} (the checkpoint is kept in this clone; \
                  the next checkpoint pushes it along)",
@@ -76,6 +98,21 @@ impl Publisher {
                 .with_min_delay(Duration::from_millis(200))
                 .with_max_delay(Duration::from_secs(2))
                 .with_max_times(3),
+            fence: None,
+        }
+    }
+
+    /// Asks `fence` before every push (and [`Publisher::still_ours`]).
+    pub fn with_fence(mut self, fence: Fence) -> Publisher {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Whether this machine may still push (always, without a fence); `Err(why)` when not.
+    pub async fn still_ours(&self) -> Result<(), String> {
+        match &self.fence {
+            Some(fence) => fence().await,
+            None => Ok(()),
         }
     }
 
@@ -100,6 +137,17 @@ impl Publisher {
     /// refused it) is not retried.
     pub async fn publish(&self, branch: &str) -> PushNote {
         let started = Instant::now();
+        if let Err(why) = self.still_ours().await {
+            return PushNote {
+                branch: branch.to_string(),
+                remote: self.remote.display(),
+                sha: None,
+                error: Some(why),
+                tries: 0,
+                elapsed: started.elapsed(),
+                fenced: true,
+            };
+        }
         let tries = std::sync::atomic::AtomicU32::new(0);
         let result = (|| async {
             tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -118,6 +166,7 @@ impl Publisher {
                 error: None,
                 tries,
                 elapsed,
+                fenced: false,
             },
             Err(e) => PushNote {
                 branch: branch.to_string(),
@@ -126,6 +175,7 @@ impl Publisher {
                 error: Some(e.to_string()),
                 tries,
                 elapsed,
+                fenced: false,
             },
         }
     }

@@ -690,3 +690,47 @@ fn the_refinery_worktree_waits_for_the_lock_off_the_runtime() {
         "the runtime ran nothing for {gap:?} while the refinery waited for the worktree lock"
     );
 }
+
+/// A publisher whose fence says the work is no longer this machine's pushes nothing: the
+/// remote's branch stays where the machine that took the work over found it.
+#[tokio::test]
+async fn a_fenced_publisher_pushes_nothing_once_the_work_is_not_ours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::new(&tmp.path().join("hub"));
+    let url = hub.file_url();
+    let m1 = clone_hub(&url, &tmp.path().join("m1/repo"));
+    let branch = "wiggum/r4-s-a";
+    let ws = Workspace::create(&m1, "r4-s-a", branch, None).unwrap();
+    write(ws.path(), "a.txt", "a\n");
+    let first = ws.checkpoint("iteration 1").unwrap();
+    let ours = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fence: Fence = {
+        let ours = ours.clone();
+        std::sync::Arc::new(move || {
+            let ours = ours.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if ours {
+                    Ok(())
+                } else {
+                    Err("another machine took it over".to_string())
+                }
+            })
+        })
+    };
+    let publisher = Publisher::new(Remote::new(&m1, RemoteSpec::new(&url))).with_fence(fence);
+    let note = publisher.publish(branch).await;
+    assert!(note.ok() && !note.fenced, "{}", note.line());
+    assert_eq!(hub.tip(branch).as_deref(), Some(first.sha.as_str()));
+    // The lease is lost: the next checkpoint is not pushed, and the note says why.
+    ours.store(false, std::sync::atomic::Ordering::SeqCst);
+    write(ws.path(), "b.txt", "b\n");
+    ws.checkpoint("iteration 2").unwrap();
+    assert!(publisher.still_ours().await.is_err());
+    let note = publisher.publish(branch).await;
+    assert!(note.fenced && note.tries == 0, "{note:?}");
+    assert_eq!(
+        note.line(),
+        format!("{branch} not pushed: another machine took it over")
+    );
+    assert_eq!(hub.tip(branch).as_deref(), Some(first.sha.as_str()));
+}

@@ -238,8 +238,13 @@ async fn run(
         split: spec.split.clone(),
         export_at_end: true,
         // Pushed before each iteration is recorded closed: a machine that takes the job over
-        // after this one died goes on from every iteration the ledger says is done.
-        push_to: remote.clone().map(Publisher::new),
+        // after this one died goes on from every iteration the ledger says is done. Only while
+        // this worker still holds the job's lease (renewed right before each push): one that
+        // lost it to another machine (it was paused, or cut off) pushes and records nothing
+        // more, so the other's branch and open bead are left alone.
+        push_to: remote
+            .clone()
+            .map(|r| Publisher::new(r).with_fence(lease_fence(m, claim))),
     };
     // Too large a prompt is handed back before the first iteration (no agent call), as a
     // local polecat's subtask splits before it.
@@ -331,6 +336,32 @@ async fn run(
         let _ = ws.remove();
     }
     result
+}
+
+/// Renews the claim's lease, right before a push: `Err` once another machine holds the job. A
+/// database that does not answer does not stop the push (the push is still a compare-and-swap
+/// with what this clone last saw; the lease keeper stops the work once the lease is gone).
+fn lease_fence(m: &Machine<'_>, claim: &Claim) -> crate::remote::Fence {
+    let leases = m.queue.leases().clone();
+    let lease = claim.lease.clone();
+    let ttl = m.ttl;
+    Arc::new(move || {
+        let (leases, lease) = (leases.clone(), lease.clone());
+        Box::pin(async move {
+            match leases.renew(&lease, ttl).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!(
+                    "this worker no longer holds {} (lease token {}): another machine took it \
+                     over",
+                    lease.key, lease.token
+                )),
+                Err(e) => {
+                    tracing::warn!("the lease of {} could not be renewed: {e}", lease.key);
+                    Ok(())
+                }
+            }
+        })
+    })
 }
 
 /// The report of a loop that stopped to be split before its first iteration (`why`: the
@@ -569,6 +600,43 @@ pub async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::remote::testing::git;
+
+    /// The push fence of a claim holds while its lease does, and refuses once another worker
+    /// took the job over (its lease expired while this one was paused).
+    #[tokio::test]
+    async fn the_push_fence_refuses_once_another_worker_took_the_job_over() {
+        let Some(db) = crate::pg::testing::TestDb::create("exec push fence").await else {
+            return;
+        };
+        let queue = Queue::new(crate::pg::pool(&db.url, 4).unwrap(), &db.url);
+        queue.install().await.unwrap();
+        let job = super::super::queue::NewJob {
+            bead: "wg-s.1".into(),
+            step_bead: "wg-s".into(),
+            run_id: "wg-s".into(),
+            spec: "{}".into(),
+        };
+        assert!(queue.publish("repo", &job).await.unwrap());
+        let ttl = Duration::from_secs(1);
+        let claim = queue.claim("repo", "a/nux", ttl).await.unwrap().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let m = Machine {
+            root: root.path(),
+            remote: None,
+            machine: "a",
+            queue: &queue,
+            ttl,
+            renew_every: ttl,
+        };
+        let fence = lease_fence(&m, &claim);
+        fence().await.unwrap();
+        // Paused past its lease: another worker takes the job over.
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+        let taken = queue.claim("repo", "b/nux", ttl).await.unwrap().unwrap();
+        assert_eq!(taken.attempt(), 2);
+        let err = fence().await.unwrap_err();
+        assert!(err.contains("another machine took it over"), "{err}");
+    }
 
     /// Regression: a claim waited for the clone's worktree lock (held while another polecat's
     /// `git worktree add` ran) on a thread of the worker's runtime, so with every thread waiting
