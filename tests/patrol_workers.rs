@@ -441,23 +441,7 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
     };
     cluster.slow_branch_updates(1.5);
     start_workers(&mut cluster, &db, &["m1", "m2"]).await;
-    let (driver, home) = cluster.clone_for("m0");
-    let run = {
-        let driver = driver.clone();
-        let home = home.clone();
-        let url = cluster.url.clone();
-        tokio::task::spawn_blocking(move || {
-            common::wiggum_command()
-                .args(["run", "patrol.toml", "--json", "--repo"])
-                .arg(&driver)
-                .current_dir(&driver)
-                .env("HOME", &home)
-                .env("WIGGUM_DATABASE_URL", &url)
-                .env("WIGGUM_WORKER_POLL", "300ms")
-                .output()
-                .unwrap()
-        })
-    };
+    let (driver, run) = start_run(&cluster);
     // The step's first iteration is recorded closed (so its checkpoint is on the hub, though
     // the hub takes 1.5 s over each checkpoint's push); its worker, in the second, dies.
     let victim = first_iteration_closed(&cluster, &db, &driver, true).await;
@@ -641,23 +625,7 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
     };
     cluster.slow_branch_updates(1.5);
     start_workers(&mut cluster, &db, &["m1"]).await;
-    let (driver, home) = cluster.clone_for("m0");
-    let run = {
-        let driver = driver.clone();
-        let home = home.clone();
-        let url = cluster.url.clone();
-        tokio::task::spawn_blocking(move || {
-            common::wiggum_command()
-                .args(["run", "patrol.toml", "--json", "--repo"])
-                .arg(&driver)
-                .current_dir(&driver)
-                .env("HOME", &home)
-                .env("WIGGUM_DATABASE_URL", &url)
-                .env("WIGGUM_WORKER_POLL", "300ms")
-                .output()
-                .unwrap()
-        })
-    };
+    let (driver, run) = start_run(&cluster);
     // m1's first iteration is recorded closed (its checkpoint pushed, though the hub takes
     // 1.5 s over each); m1 dies in the second, and no worker is left to take the step over.
     let victim = first_iteration_closed(&cluster, &db, &driver, true).await;
@@ -712,23 +680,7 @@ async fn a_worker_paused_past_its_lease_pushes_nothing_over_the_worker_that_took
         return;
     };
     start_workers(&mut cluster, &db, &["m1", "m2"]).await;
-    let (driver, home) = cluster.clone_for("m0");
-    let run = {
-        let driver = driver.clone();
-        let home = home.clone();
-        let url = cluster.url.clone();
-        tokio::task::spawn_blocking(move || {
-            common::wiggum_command()
-                .args(["run", "patrol.toml", "--json", "--repo"])
-                .arg(&driver)
-                .current_dir(&driver)
-                .env("HOME", &home)
-                .env("WIGGUM_DATABASE_URL", &url)
-                .env("WIGGUM_WORKER_POLL", "300ms")
-                .output()
-                .unwrap()
-        })
-    };
+    let (driver, run) = start_run(&cluster);
     let paused = first_iteration_closed(&cluster, &db, &driver, true).await;
     cluster.signal_worker(&paused, "STOP");
     // Its lease (5 s) runs out; the other worker takes the step over.
@@ -781,6 +733,63 @@ async fn a_worker_paused_past_its_lease_pushes_nothing_over_the_worker_that_took
     assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
 }
 
+/// A step taken back from its dead worker while the shared remote does not answer waits for
+/// the remote (saying so on the step's bead) instead of going on from this clone's branch
+/// without the worker's pushed checkpoints; once the remote is back it goes on from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_taken_back_while_the_remote_is_away_waits_for_its_pushed_checkpoints() {
+    let Some(db) = TestDb::create("patrol workers take back remote away").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db, ONE_STEP_PATROL, TWO_ITERATIONS_SCRIPT) else {
+        return;
+    };
+    start_workers(&mut cluster, &db, &["m1"]).await;
+    let (driver, run) = start_run(&cluster);
+    let victim = first_iteration_closed(&cluster, &db, &driver, true).await;
+    cluster.kill_worker(&victim);
+    // The hub is away (the daemon refuses to serve it) while the run takes the step back.
+    let hub = cluster.root.join("hubs/hub.git");
+    let away = cluster.root.join("hubs/away.git");
+    std::fs::rename(&hub, &away).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let waiting = beads_in_database(&driver, &cluster.url).iter().any(|b| {
+            b["comments"]
+                .to_string()
+                .contains("cannot be brought from the shared remote yet")
+        });
+        if waiting {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never said it waits for the remote\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    std::fs::rename(&away, &hub).unwrap();
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{stderr}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        stderr.contains("a: taken back from its dead worker"),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    for f in ["half.txt", "a.txt"] {
+        assert!(driver.join(f).exists(), "{f} is not landed\n{stderr}");
+    }
+}
+
 /// A worker's checkpoint push that the hub refuses is recorded on the iteration's bead; when
 /// that worker dies, the worker that takes the step over says, in its log and on the step's
 /// bead, that iteration 1's checkpoint is not on the branch it goes on from, and goes on.
@@ -796,23 +805,7 @@ async fn a_takeover_whose_last_checkpoint_never_reached_the_hub_says_so_in_the_w
     std::fs::write(&marker, "").unwrap();
     cluster.refuse_branch_updates_while(&marker);
     start_workers(&mut cluster, &db, &["m1", "m2"]).await;
-    let (driver, home) = cluster.clone_for("m0");
-    let run = {
-        let driver = driver.clone();
-        let home = home.clone();
-        let url = cluster.url.clone();
-        tokio::task::spawn_blocking(move || {
-            common::wiggum_command()
-                .args(["run", "patrol.toml", "--json", "--repo"])
-                .arg(&driver)
-                .current_dir(&driver)
-                .env("HOME", &home)
-                .env("WIGGUM_DATABASE_URL", &url)
-                .env("WIGGUM_WORKER_POLL", "300ms")
-                .output()
-                .unwrap()
-        })
-    };
+    let (driver, run) = start_run(&cluster);
     let victim = first_iteration_closed(&cluster, &db, &driver, false).await;
     cluster.kill_worker(&victim);
     std::fs::remove_file(&marker).unwrap();
@@ -922,6 +915,26 @@ async fn first_iteration_closed(
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// `wiggum run patrol.toml --json` started on machine m0 (its own clone and HOME), in the
+/// background: the clone, and the run's output once it ends.
+fn start_run(cluster: &Cluster) -> (PathBuf, tokio::task::JoinHandle<std::process::Output>) {
+    let (driver, home) = cluster.clone_for("m0");
+    let url = cluster.url.clone();
+    let dir = driver.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        common::wiggum_command()
+            .args(["run", "patrol.toml", "--json", "--repo"])
+            .arg(&dir)
+            .current_dir(&dir)
+            .env("HOME", &home)
+            .env("WIGGUM_DATABASE_URL", &url)
+            .env("WIGGUM_WORKER_POLL", "300ms")
+            .output()
+            .unwrap()
+    });
+    (driver, run)
 }
 
 /// What `git args` prints in `dir` (its error output too), for a failure's message.

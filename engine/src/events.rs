@@ -218,7 +218,9 @@ pub enum Event {
     },
     /// A subtask to be taken back (its worker died, nobody claimed it, or it was handed back)
     /// cannot be yet: its branch could not be fetched from the shared remote. The job stays in
-    /// the queue and the next poll tries again (engine/src/worker/distribute.rs).
+    /// the queue and the next poll tries again (engine/src/worker/distribute.rs). `subtask`
+    /// is empty for a whole step taken back from its dead worker (engine/src/run/distributed.rs):
+    /// the step's machine waits for the remote and tries again at every poll.
     TakeBackWaiting {
         step_id: String,
         subtask: String,

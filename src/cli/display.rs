@@ -319,6 +319,12 @@ impl EventSink for Display {
                 subtask,
                 reason,
                 ..
+            } if subtask.is_empty() => self.line(format!("{step_id}: {reason}")),
+            Event::TakeBackWaiting {
+                step_id,
+                subtask,
+                reason,
+                ..
             } => self.line(format!("{step_id}/{subtask}: {reason}")),
             Event::SharedQueueFailed {
                 step_id, reason, ..

@@ -156,6 +156,34 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
         if job.spend.over().is_some() {
             return OnWorker::Here(ws);
         }
+        // Iterations of it are recorded already (a worker ran it, and this machine took it
+        // back before it was stopped): its branch goes on from what was pushed, which this
+        // clone may not have; it is published from there, not from the local branch.
+        let ws = if job
+            .recorder
+            .iterations(job.bead)
+            .is_ok_and(|its| !its.is_empty())
+        {
+            match fetch_taken_back(&root, &d.remote, &name, &branch).await {
+                Ok(Some(fetched)) => {
+                    drop(ws);
+                    fetched
+                }
+                Ok(None) => ws,
+                Err(e) => {
+                    return failed(
+                        format!(
+                            "error: the step's branch could not be brought from the shared \
+                             remote before it is published again: {e}; its pushed checkpoints \
+                             are kept there: `wiggum resume` tries again"
+                        ),
+                        Some(ws),
+                    )
+                }
+            }
+        } else {
+            ws
+        };
         let base = match ws.head() {
             Ok(b) => b,
             Err(e) => return failed(format!("error: the step's branch: {e}"), Some(ws)),
@@ -242,9 +270,54 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
         }
         Waited::Orphaned => {
             // Its worker died: go on here from the last checkpoint it pushed (the iterations
-            // it recorded are kept), or from the step's own branch when it pushed none.
-            let from_remote = fetch_into(&root, &d.remote, &name, &branch).await;
-            return match from_remote.or_else(|_| reopen(&root, &name, &branch)) {
+            // it recorded are kept), or from the step's own branch when it pushed none. A
+            // remote that does not answer is waited for (its work is there): going on from
+            // this clone's branch would leave it behind, and its next push would be refused.
+            let mut warned = false;
+            let from_remote = loop {
+                match fetch_taken_back(&root, &d.remote, &name, &branch).await {
+                    Ok(Some(ws)) => break Ok(ws),
+                    Ok(None) => break reopen(&root, &name, &branch),
+                    Err(e) => {
+                        if !std::mem::replace(&mut warned, true) {
+                            let reason = format!(
+                                "taken back from its dead worker, but its branch cannot be \
+                                 brought from the shared remote yet ({}); its pushed \
+                                 checkpoints are there, so this machine waits for the remote \
+                                 and tries again at every poll",
+                                e.lines().map(str::trim).collect::<Vec<_>>().join("; ")
+                            );
+                            tracing::warn!("step {}: {reason}", job.step_id);
+                            let _ = job
+                                .recorder
+                                .ledger()
+                                .add_comment(job.bead, "wiggum", &reason);
+                            job.sink.emit(&Event::TakeBackWaiting {
+                                step_id: job.step_id.to_string(),
+                                subtask: String::new(),
+                                bead_id: job.bead.to_string(),
+                                error: e.clone(),
+                                reason,
+                            });
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(crate::pg::notify::backstop(d.poll)) => {}
+                            _ = job.cancel.cancelled() => {
+                                let report = report_of(
+                                    Outcome::Cancelled,
+                                    format!(
+                                        "cancelled while waiting for the shared remote to bring \
+                                         the step's branch back ({e}); `wiggum resume` tries \
+                                         again"
+                                    ),
+                                );
+                                return OnWorker::Ran(report, reopen(&root, &name, &branch).ok());
+                            }
+                        }
+                    }
+                }
+            };
+            return match from_remote {
                 Ok(ws) => {
                     if let Err(e) = ws.discard_changes() {
                         return failed(
@@ -415,6 +488,25 @@ fn reopen(root: &Path, name: &str, branch: &str) -> Result<Workspace, String> {
     let _across = RunLock::worktrees(root).ok();
     Workspace::open(root, name, branch)
         .map_err(|e| format!("could not re-open the step's worktree: {e}"))
+}
+
+/// [`fetch_into`] for a step taken back from a dead worker: `Ok(None)` when the remote has no
+/// such branch (nothing of it was pushed), `Err` when the remote could not be asked.
+async fn fetch_taken_back(
+    root: &Path,
+    remote: &str,
+    name: &str,
+    branch: &str,
+) -> Result<Option<Workspace>, String> {
+    let remote = crate::remote::Remote::new(root, crate::remote::RemoteSpec::new(remote));
+    match crate::remote::resume_branch(&remote, name, branch, None).await {
+        Ok(resumed) => {
+            drop(resumed);
+            reopen(root, name, branch).map(Some)
+        }
+        Err(crate::remote::RemoteError::BranchNotOnRemote { .. }) => Ok(None),
+        Err(e) => Err(format!("bringing the step's branch {branch} back: {e}")),
+    }
 }
 
 /// Fetches the worker's branch and puts the step's worktree (made again if it is gone) at
