@@ -8,11 +8,16 @@
 //! `cargo bench -p wiggum-engine --bench ledger` runs 10k and 100k beads;
 //! `WIGGUM_BENCH_SIZES=20000` picks other sizes. Run without `--bench` (e.g. by
 //! `cargo test --benches`) it does a quick pass over 500 beads.
+//!
+//! `WIGGUM_BENCH_IMPORT_ONLY=1` skips the fill (minutes at 100k) and times only the import of a
+//! ledger's file: the file is written at once from the lines of two runs filled through the
+//! ledger (one closed, one still open) copied under new ids, then imported into a new SQLite
+//! database and a new PostgreSQL one, and by a second clone into the now full PostgreSQL one.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wiggum_engine::ledger::{BeadUpdate, DepType, Ledger, NewBead, Redactor};
+use wiggum_engine::ledger::{id, BeadUpdate, DepType, Ledger, NewBead, Redactor};
 use wiggum_engine::pg::{self, DbUrl};
 
 /// Beads per run: an epic, 4 steps, 4 iterations per step.
@@ -38,8 +43,13 @@ fn main() {
         Err(_) if full => vec![10_000, 100_000],
         Err(_) => vec![500],
     };
+    let import_only = std::env::var("WIGGUM_BENCH_IMPORT_ONLY").is_ok_and(|v| v == "1");
     for n in sizes {
-        bench(n);
+        if import_only {
+            bench_import(n);
+        } else {
+            bench(n);
+        }
     }
 }
 
@@ -77,36 +87,7 @@ fn bench(n: usize) {
     };
     let fill_start = Instant::now();
     for r in 0..runs {
-        let open = r % OPEN_EVERY == OPEN_EVERY - 1;
-        let epic = create(&mut l, NewBead::epic(format!("patrol run {r}")));
-        let mut previous: Option<String> = None;
-        for s in 0..STEPS {
-            let step = create(
-                &mut l,
-                NewBead {
-                    description: format!("step {s} of run {r}: make the checks pass"),
-                    labels: vec!["wiggum:step".into()],
-                    ..NewBead::task(format!("step {s}")).child_of(&epic)
-                },
-            );
-            if let Some(p) = &previous {
-                l.add_dependency(&step, p, DepType::Blocks).expect("dep");
-            }
-            for i in 0..ITERATIONS {
-                let it = create(
-                    &mut l,
-                    NewBead::task(format!("iteration {}", i + 1)).child_of(&step),
-                );
-                l.close(&it, "checks failed: 2 tests").expect("close");
-            }
-            if !open {
-                l.close(&step, "converged").expect("close");
-            }
-            previous = Some(step);
-        }
-        if !open {
-            l.close(&epic, "converged").expect("close");
-        }
+        fill_run(&mut l, r, &mut create);
     }
     let fill = fill_start.elapsed();
     let total = runs * PER_RUN;
@@ -138,26 +119,8 @@ fn bench(n: usize) {
     println!("  rebuild db from JSONL:         {:.0} ms", ms(rebuild));
     let pg = pg_url().map(|url| {
         // The same ledger on PostgreSQL: a clone with the file, imported at open.
-        let pg_dir = tempfile::Builder::new()
-            .prefix("wiggum-bench-pg-")
-            .tempdir()
-            .expect("temp dir");
-        std::fs::create_dir_all(pg_dir.path().join(".beads")).expect("mkdir");
-        std::fs::copy(
-            dir.path().join(".beads/issues.jsonl"),
-            pg_dir.path().join(".beads/issues.jsonl"),
-        )
-        .expect("copy the file");
         let db = fresh_database(&url, n);
-        std::fs::create_dir_all(pg_dir.path().join(".wiggum")).expect("mkdir");
-        std::fs::write(
-            pg_dir.path().join(".wiggum/config.toml"),
-            format!(
-                "[ledger]\nbackend = \"postgres\"\nurl = \"{}\"\nrepository = \"bench\"\n",
-                db.secret()
-            ),
-        )
-        .expect("config");
+        let pg_dir = pg_clone(&dir.path().join(".beads/issues.jsonl"), &db);
         let (l, import) = timed(|| Ledger::open(pg_dir.path()).expect("open on postgres"));
         let mut l = l.with_redactor(Redactor::from_env());
         // The first export takes the writer's lease and writes the file.
@@ -227,6 +190,201 @@ fn bench(n: usize) {
             db.redacted()
         );
     }
+}
+
+/// One patrol run as the engine records it: an epic, its steps (labelled, each blocked by the
+/// one before), their iterations (closed); all closed unless the run is one still going (1 in
+/// `OPEN_EVERY`). Returns the epic's id.
+fn fill_run(
+    l: &mut Ledger,
+    r: usize,
+    create: &mut impl FnMut(&mut Ledger, NewBead) -> String,
+) -> String {
+    let open = r % OPEN_EVERY == OPEN_EVERY - 1;
+    let epic = create(l, NewBead::epic(format!("patrol run {r}")));
+    let mut previous: Option<String> = None;
+    for s in 0..STEPS {
+        let step = create(
+            l,
+            NewBead {
+                description: format!("step {s} of run {r}: make the checks pass"),
+                labels: vec!["wiggum:step".into()],
+                ..NewBead::task(format!("step {s}")).child_of(&epic)
+            },
+        );
+        if let Some(p) = &previous {
+            l.add_dependency(&step, p, DepType::Blocks).expect("dep");
+        }
+        for i in 0..ITERATIONS {
+            let it = create(
+                l,
+                NewBead::task(format!("iteration {}", i + 1)).child_of(&step),
+            );
+            l.close(&it, "checks failed: 2 tests").expect("close");
+        }
+        if !open {
+            l.close(&step, "converged").expect("close");
+        }
+        previous = Some(step);
+    }
+    if !open {
+        l.close(&epic, "converged").expect("close");
+    }
+    epic
+}
+
+/// Runs left out of the first file of `bench_import` (1 in this many), in the second.
+const LATER_EVERY: usize = 100;
+
+/// `WIGGUM_BENCH_IMPORT_ONLY=1`: the imports of the file of a ledger of about `n` beads. The
+/// file is written at once: the lines of two runs filled through the ledger (one closed, one
+/// still open) copied under new ids. A first file lacks 1 run in `LATER_EVERY`; it is imported
+/// into a new SQLite database and a new PostgreSQL one. Then a second clone of the PostgreSQL
+/// repository imports the whole file (a merge: the new beads are added and every bead placed
+/// after one of them moves in the file), and a third the same file again (a merge that changes
+/// nothing).
+fn bench_import(n: usize) {
+    let template = tempfile::Builder::new()
+        .prefix("wiggum-bench-template-")
+        .tempdir()
+        .expect("temp dir");
+    let mut l = Ledger::open(template.path()).expect("open");
+    let mut create = |l: &mut Ledger, new: NewBead| l.create(new).expect("create").id;
+    let closed = fill_run(&mut l, 0, &mut create);
+    let open = fill_run(&mut l, OPEN_EVERY - 1, &mut create);
+    l.export().expect("export");
+    let prefix = l.prefix().to_string();
+    drop(l);
+    let text = std::fs::read_to_string(template.path().join(".beads/issues.jsonl")).expect("read");
+    let lines_of = |epic: &str| -> Vec<String> {
+        text.lines()
+            .filter(|line| line.contains(&format!("\"id\":\"{epic}")))
+            .map(str::to_string)
+            .collect()
+    };
+    let (closed_lines, open_lines) = (lines_of(&closed), lines_of(&open));
+    assert_eq!(closed_lines.len(), PER_RUN, "one run's lines");
+    let runs = n.div_ceil(PER_RUN);
+    let mut taken = std::collections::HashSet::new();
+    // (id, line, in the first file)
+    let mut all: Vec<(String, String, bool)> = Vec::with_capacity(runs * PER_RUN);
+    for r in 0..runs {
+        let (from, lines) = if r % OPEN_EVERY == OPEN_EVERY - 1 {
+            (&open, &open_lines)
+        } else {
+            (&closed, &closed_lines)
+        };
+        let epic = loop {
+            let id = id::mint(&prefix, &r.to_string(), id::HASH_LEN + 2);
+            if taken.insert(id.clone()) {
+                break id;
+            }
+        };
+        for line in lines {
+            let line = line.replace(from.as_str(), &epic);
+            let value: serde_json::Value = serde_json::from_str(&line).expect("a bead line");
+            let id = value["id"].as_str().expect("id").to_string();
+            all.push((id, line, r % LATER_EVERY != LATER_EVERY / 2));
+        }
+    }
+    all.sort();
+    let write = |first_only: bool| {
+        let dir = tempfile::Builder::new()
+            .prefix("wiggum-bench-import-")
+            .tempdir()
+            .expect("temp dir");
+        let file = dir.path().join(".beads/issues.jsonl");
+        std::fs::create_dir_all(dir.path().join(".beads")).expect("mkdir");
+        let mut body = String::new();
+        let mut count = 0;
+        for (_, line, first) in &all {
+            if *first || !first_only {
+                body.push_str(line);
+                body.push('\n');
+                count += 1;
+            }
+        }
+        std::fs::write(&file, body).expect("write the file");
+        (dir, file, count)
+    };
+    let (first_dir, first_file, first_count) = write(true);
+    let (_whole_dir, whole_file, whole_count) = write(false);
+    drop(all);
+    let size = std::fs::metadata(&first_file).expect("jsonl").len();
+
+    let (l, sqlite) = timed(|| Ledger::open(first_dir.path()).expect("import into sqlite"));
+    let ready = l.ready().expect("ready").len();
+    assert_eq!(
+        l.list(&Default::default()).expect("list").len(),
+        first_count
+    );
+    drop(l);
+    println!(
+        "ledger import, {first_count} beads (runs of {PER_RUN}; 1 in {OPEN_EVERY} still open), {:.1} MB file",
+        size as f64 / 1e6
+    );
+    println!("  into a new SQLite database:       {:>8.0} ms", ms(sqlite));
+    let Some(url) = pg_url() else {
+        println!("  (no WIGGUM_TEST_PG_URL / WIGGUM_BENCH_PG_URL: PostgreSQL not measured)");
+        return;
+    };
+    let db = fresh_database(&url, n);
+    let clone = pg_clone(&first_file, &db);
+    let (l, import) = timed(|| Ledger::open(clone.path()).expect("import into postgres"));
+    assert_eq!(
+        l.ready().expect("ready").len(),
+        ready,
+        "both backends agree on ready"
+    );
+    assert_eq!(
+        l.list(&Default::default()).expect("list").len(),
+        first_count
+    );
+    drop(l);
+    println!("  into a new PostgreSQL database:   {:>8.0} ms", ms(import));
+    let clone = pg_clone(&whole_file, &db);
+    let (l, merge) = timed(|| Ledger::open(clone.path()).expect("merge into postgres"));
+    let ready = l.ready().expect("ready").len();
+    assert_eq!(
+        l.list(&Default::default()).expect("list").len(),
+        whole_count
+    );
+    drop(l);
+    println!(
+        "  PostgreSQL, another clone's file with {} beads more (merge): {:.0} ms",
+        whole_count - first_count,
+        ms(merge)
+    );
+    let clone = pg_clone(&whole_file, &db);
+    let (l, same) = timed(|| Ledger::open(clone.path()).expect("merge into postgres"));
+    assert_eq!(l.ready().expect("ready").len(), ready);
+    drop(l);
+    println!(
+        "  PostgreSQL, a third clone's file, the same (merge, no change): {:.0} ms",
+        ms(same)
+    );
+    println!("  (database {})", db.redacted());
+}
+
+/// A new clone of the bench repository on the PostgreSQL database `db`, with a copy of `file`
+/// as its `.beads/issues.jsonl` (imported when the ledger opens).
+fn pg_clone(file: &Path, db: &DbUrl) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("wiggum-bench-pg-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::create_dir_all(dir.path().join(".beads")).expect("mkdir");
+    std::fs::copy(file, dir.path().join(".beads/issues.jsonl")).expect("copy the file");
+    std::fs::create_dir_all(dir.path().join(".wiggum")).expect("mkdir");
+    std::fs::write(
+        dir.path().join(".wiggum/config.toml"),
+        format!(
+            "[ledger]\nbackend = \"postgres\"\nurl = \"{}\"\nrepository = \"bench\"\n",
+            db.secret()
+        ),
+    )
+    .expect("config");
+    dir
 }
 
 /// What `measure` finds: (median, p99) in ms, or a median.

@@ -98,11 +98,18 @@ pub(crate) trait Store: Send {
         dirty: bool,
         pos: Option<i64>,
     ) -> Result<(), LedgerError>;
-    /// Imports rows read from the file (not dirty, at their places). The default writes them
-    /// one by one; PostgreSQL sends them in batches.
-    fn import_rows(&self, rows: &[(&Record, &str, i64)]) -> Result<(), LedgerError> {
+    /// Imports rows read from the file at their places (each id once): [`Store::put_row`] for
+    /// each, in order, which the default does; PostgreSQL sends them all at once (`COPY`).
+    fn import_rows(&self, rows: &[(&Record, &str, i64)], dirty: bool) -> Result<(), LedgerError> {
         for (rec, line, pos) in rows {
-            self.put_row(rec, line, false, Some(*pos))?;
+            self.put_row(rec, line, dirty, Some(*pos))?;
+        }
+        Ok(())
+    }
+    /// [`Store::place`] for many beads (each id once).
+    fn place_rows(&self, places: &[(&str, i64)]) -> Result<(), LedgerError> {
+        for (id, pos) in places {
+            self.place(id, *pos)?;
         }
         Ok(())
     }

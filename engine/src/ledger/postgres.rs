@@ -8,7 +8,8 @@
 //! runtime and the connection, and runs one job at a time sent over a channel, so the ledger
 //! works the same from plain threads and from inside the engine's tokio runtime (no nested
 //! `block_on`). Statements are prepared once per connection; a bead's row, labels and
-//! dependencies are written in one pipelined round trip.
+//! dependencies are written in one pipelined round trip, and a file's import sends all its rows
+//! with `COPY` into temporary tables, then one statement per table (`PgStore::import_rows`).
 //!
 //! Concurrency: writes are transactions (READ COMMITTED). A write locks what it reads to
 //! change (`load` is `SELECT ... FOR UPDATE`), claims are `UPDATE ... WHERE status = 'open'`,
@@ -35,8 +36,11 @@ use crate::pg::DbUrl;
 pub const EXPORT_LEASE_KIND: &str = "ledger-export";
 pub const EXPORT_LEASE_KEY: &str = "issues.jsonl";
 
-/// Rows sent per statement when importing a file.
+/// Rows sent per statement when placing or counting an import's beads; an import of more beads
+/// than this takes new statistics.
 const IMPORT_BATCH: usize = 2000;
+/// Rows sent per `COPY` when importing a file (few in unit tests, so that they send several).
+const IMPORT_COPY_ROWS: usize = if cfg!(test) { 100 } else { 10_000 };
 /// Lines fetched per round trip when exporting.
 const EXPORT_BATCH: i64 = 5000;
 
@@ -308,6 +312,145 @@ impl Conn {
                 Err(e) => return Err(db_err(&url, e)),
             }
         }
+    }
+}
+
+/// Rows of an import, sent with `COPY` (see [`Conn::copy_import`]).
+#[derive(Default)]
+struct Import {
+    beads: Vec<ImportRow>,
+    /// (bead, label)
+    labels: Vec<(String, String)>,
+    /// (bead, target, type)
+    deps: Vec<(String, String, String)>,
+}
+
+/// A bead row of an import: the columns of `wiggum_beads` but the repository.
+struct ImportRow {
+    id: String,
+    status: String,
+    priority: i64,
+    issue_type: String,
+    assignee: Option<String>,
+    created_us: i64,
+    parent: Option<String>,
+    child_n: Option<i64>,
+    foreign: bool,
+    exportable: bool,
+    seq: i64,
+    line: String,
+    pos: i64,
+}
+
+/// The import's staging tables: private to the session, emptied for each import and dropped
+/// when the transaction ends.
+const IMPORT_TABLES: &str = r#"
+CREATE TEMP TABLE IF NOT EXISTS wiggum_import_beads(
+    id TEXT COLLATE "C" NOT NULL, status TEXT NOT NULL, priority BIGINT NOT NULL,
+    issue_type TEXT NOT NULL, assignee TEXT, created_us BIGINT NOT NULL, parent TEXT COLLATE "C",
+    child_n BIGINT, is_foreign BOOLEAN NOT NULL, exportable BOOLEAN NOT NULL, seq BIGINT NOT NULL,
+    line TEXT NOT NULL, pos BIGINT NOT NULL) ON COMMIT DROP;
+CREATE TEMP TABLE IF NOT EXISTS wiggum_import_labels(
+    issue_id TEXT COLLATE "C" NOT NULL, label TEXT NOT NULL) ON COMMIT DROP;
+CREATE TEMP TABLE IF NOT EXISTS wiggum_import_deps(
+    issue_id TEXT COLLATE "C" NOT NULL, depends_on_id TEXT COLLATE "C" NOT NULL,
+    dep_type TEXT NOT NULL) ON COMMIT DROP;
+TRUNCATE wiggum_import_beads, wiggum_import_labels, wiggum_import_deps;
+"#;
+
+/// From the staging tables into the ledger's, in one pipelined round trip: each imported bead's
+/// labels and dependencies are replaced, its row inserted or replaced (at its place in the
+/// file, with its change number).
+const IMPORT_MERGE: [&str; 5] = [
+    "DELETE FROM wiggum_bead_labels l USING wiggum_import_beads i \
+     WHERE l.repo = $1 AND l.issue_id = i.id",
+    "DELETE FROM wiggum_bead_deps d USING wiggum_import_beads i \
+     WHERE d.repo = $1 AND d.issue_id = i.id",
+    "INSERT INTO wiggum_beads(repo, id, status, priority, issue_type, assignee, created_us, \
+     parent, child_n, is_foreign, exportable, seq, line, pos) \
+     SELECT $1, id, status, priority, issue_type, assignee, created_us, parent, child_n, \
+     is_foreign, exportable, seq, line, pos FROM wiggum_import_beads \
+     ON CONFLICT (repo, id) DO UPDATE SET status = EXCLUDED.status, \
+     priority = EXCLUDED.priority, issue_type = EXCLUDED.issue_type, \
+     assignee = EXCLUDED.assignee, created_us = EXCLUDED.created_us, \
+     parent = EXCLUDED.parent, child_n = EXCLUDED.child_n, \
+     is_foreign = EXCLUDED.is_foreign, exportable = EXCLUDED.exportable, \
+     seq = EXCLUDED.seq, line = EXCLUDED.line, pos = EXCLUDED.pos",
+    "INSERT INTO wiggum_bead_labels(repo, issue_id, label) \
+     SELECT $1, issue_id, label FROM wiggum_import_labels ON CONFLICT DO NOTHING",
+    "INSERT INTO wiggum_bead_deps(repo, issue_id, depends_on_id, dep_type) \
+     SELECT $1, issue_id, depends_on_id, dep_type FROM wiggum_import_deps ON CONFLICT DO NOTHING",
+];
+
+impl Conn {
+    /// Sends rows of an import to the staging tables (made by [`IMPORT_TABLES`] in this
+    /// transaction) with `COPY` in the binary format.
+    fn copy_import(&mut self, rows: Import) -> Result<(), LedgerError> {
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+        use tokio_postgres::types::Type;
+        self.connect()?;
+        let url = self.url.clone();
+        let client = self.client.as_ref().expect("connected");
+        self.rt
+            .block_on(async {
+                let sink = client
+                    .copy_in("COPY wiggum_import_beads FROM STDIN (FORMAT binary)")
+                    .await?;
+                let types = [
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::INT8,
+                    Type::BOOL,
+                    Type::BOOL,
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::INT8,
+                ];
+                let mut w = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+                for r in &rows.beads {
+                    w.as_mut()
+                        .write(&[
+                            &r.id,
+                            &r.status,
+                            &r.priority,
+                            &r.issue_type,
+                            &r.assignee,
+                            &r.created_us,
+                            &r.parent,
+                            &r.child_n,
+                            &r.foreign,
+                            &r.exportable,
+                            &r.seq,
+                            &r.line,
+                            &r.pos,
+                        ])
+                        .await?;
+                }
+                w.finish().await?;
+                let sink = client
+                    .copy_in("COPY wiggum_import_labels FROM STDIN (FORMAT binary)")
+                    .await?;
+                let mut w = std::pin::pin!(BinaryCopyInWriter::new(sink, &[Type::TEXT; 2]));
+                for (id, label) in &rows.labels {
+                    w.as_mut().write(&[id, label]).await?;
+                }
+                w.finish().await?;
+                let sink = client
+                    .copy_in("COPY wiggum_import_deps FROM STDIN (FORMAT binary)")
+                    .await?;
+                let mut w = std::pin::pin!(BinaryCopyInWriter::new(sink, &[Type::TEXT; 3]));
+                for (id, target, kind) in &rows.deps {
+                    w.as_mut().write(&[id, target, kind]).await?;
+                }
+                w.finish().await?;
+                Ok(())
+            })
+            .map_err(|e| db_err(&url, e))
     }
 }
 
@@ -677,114 +820,94 @@ impl Store for PgStore {
         })
     }
 
-    fn import_rows(&self, rows: &[(&Record, &str, i64)]) -> Result<(), LedgerError> {
-        for chunk in rows.chunks(IMPORT_BATCH) {
-            let mut ids = Vec::new();
-            let mut status = Vec::new();
-            let mut priority = Vec::new();
-            let mut issue_type = Vec::new();
-            let mut assignee: Vec<Option<String>> = Vec::new();
-            let mut created = Vec::new();
-            let mut parent: Vec<Option<String>> = Vec::new();
-            let mut child_n: Vec<Option<i64>> = Vec::new();
-            let mut foreign = Vec::new();
-            let mut exportable = Vec::new();
-            let mut lines = Vec::new();
-            let mut pos = Vec::new();
-            let (mut label_ids, mut labels) = (Vec::new(), Vec::new());
-            let (mut dep_ids, mut dep_targets, mut dep_types) =
-                (Vec::new(), Vec::new(), Vec::new());
-            for (rec, line, at) in chunk {
+    fn import_rows(&self, rows: &[(&Record, &str, i64)], dirty: bool) -> Result<(), LedgerError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Dirty rows take the next change numbers in file order, as `put_row` one by one does.
+        let first_seq = if dirty {
+            let n = rows.len() as i64;
+            let top: i64 = self.rows(
+                "INSERT INTO wiggum_ledger_counters(repo, name, value) VALUES($1, 'seq', $2) \
+                 ON CONFLICT (repo, name) DO UPDATE \
+                 SET value = wiggum_ledger_counters.value + EXCLUDED.value RETURNING value",
+                vec![p(n)],
+            )?[0]
+                .get(0);
+            top - n + 1
+        } else {
+            0
+        };
+        // The rows go in parts (bounded memory on both sides), then into the ledger's tables
+        // with one statement per table, pipelined: a few round trips for the whole file, and
+        // no statement whose cost grows with the rows already imported (the batches of
+        // `unnest` arrays this replaces began each by deleting the batch's labels with
+        // `issue_id = ANY($2)`, planned as a scan of every label: 0.35 s a batch at 100k).
+        self.call(|c| c.simple(IMPORT_TABLES))?;
+        for (k, part) in rows.chunks(IMPORT_COPY_ROWS).enumerate() {
+            let mut import = Import::default();
+            for (i, (rec, line, at)) in part.iter().enumerate() {
                 let c = RowCols::of(rec);
-                ids.push(c.id.to_string());
-                status.push(c.status.to_string());
-                priority.push(c.priority);
-                issue_type.push(c.issue_type.to_string());
-                assignee.push(c.assignee.map(str::to_string));
-                created.push(c.created_us);
-                parent.push(c.parent);
-                child_n.push(c.child_n);
-                foreign.push(c.foreign);
-                exportable.push(c.exportable);
-                lines.push(line.to_string());
-                pos.push(*at);
+                let n = (k * IMPORT_COPY_ROWS + i) as i64;
+                import.beads.push(ImportRow {
+                    id: c.id.to_string(),
+                    status: c.status.to_string(),
+                    priority: c.priority,
+                    issue_type: c.issue_type.to_string(),
+                    assignee: c.assignee.map(str::to_string),
+                    created_us: c.created_us,
+                    parent: c.parent,
+                    child_n: c.child_n,
+                    foreign: c.foreign,
+                    exportable: c.exportable,
+                    seq: if dirty { first_seq + n } else { 0 },
+                    line: line.to_string(),
+                    pos: *at,
+                });
                 for l in &rec.labels {
-                    label_ids.push(rec.id.clone());
-                    labels.push(l.clone());
+                    import.labels.push((rec.id.clone(), l.clone()));
                 }
                 for d in &rec.dependencies {
-                    dep_ids.push(rec.id.clone());
-                    dep_targets.push(d.depends_on_id.clone());
-                    dep_types.push(d.kind.as_str().to_string());
+                    import.deps.push((
+                        rec.id.clone(),
+                        d.depends_on_id.clone(),
+                        d.kind.as_str().to_string(),
+                    ));
                 }
             }
-            let repo = self.repo.clone();
-            self.call(move |conn| {
-                let batch: Vec<(&str, Vec<Param>)> = vec![
-                    (
-                        "DELETE FROM wiggum_bead_labels WHERE repo = $1 AND issue_id = ANY($2)",
-                        vec![p(repo.clone()), p(ids.clone())],
-                    ),
-                    (
-                        "DELETE FROM wiggum_bead_deps WHERE repo = $1 AND issue_id = ANY($2)",
-                        vec![p(repo.clone()), p(ids.clone())],
-                    ),
-                    (
-                        "INSERT INTO wiggum_beads(repo, id, status, priority, issue_type, \
-                         assignee, created_us, parent, child_n, is_foreign, exportable, seq, \
-                         line, pos) SELECT $1, u.id, u.status, u.priority, u.issue_type, \
-                         u.assignee, u.created_us, u.parent, u.child_n, u.is_foreign, \
-                         u.exportable, 0, u.line, u.pos FROM unnest($2::text[], $3::text[], \
-                         $4::bigint[], $5::text[], $6::text[], $7::bigint[], $8::text[], \
-                         $9::bigint[], $10::bool[], $11::bool[], $12::text[], $13::bigint[]) \
-                         AS u(id, status, priority, issue_type, assignee, created_us, parent, \
-                         child_n, is_foreign, exportable, line, pos) \
-                         ON CONFLICT (repo, id) DO UPDATE SET status = EXCLUDED.status, \
-                         priority = EXCLUDED.priority, issue_type = EXCLUDED.issue_type, \
-                         assignee = EXCLUDED.assignee, created_us = EXCLUDED.created_us, \
-                         parent = EXCLUDED.parent, child_n = EXCLUDED.child_n, \
-                         is_foreign = EXCLUDED.is_foreign, exportable = EXCLUDED.exportable, \
-                         seq = 0, line = EXCLUDED.line, pos = EXCLUDED.pos",
-                        vec![
-                            p(repo.clone()),
-                            p(ids),
-                            p(status),
-                            p(priority),
-                            p(issue_type),
-                            p(assignee),
-                            p(created),
-                            p(parent),
-                            p(child_n),
-                            p(foreign),
-                            p(exportable),
-                            p(lines),
-                            p(pos),
-                        ],
-                    ),
-                    (
-                        "INSERT INTO wiggum_bead_labels(repo, issue_id, label) \
-                         SELECT $1, i, l FROM unnest($2::text[], $3::text[]) AS u(i, l) \
-                         ON CONFLICT DO NOTHING",
-                        vec![p(repo.clone()), p(label_ids), p(labels)],
-                    ),
-                    (
-                        "INSERT INTO wiggum_bead_deps(repo, issue_id, depends_on_id, dep_type) \
-                         SELECT $1, i, d, t FROM unnest($2::text[], $3::text[], $4::text[]) \
-                         AS u(i, d, t) ON CONFLICT DO NOTHING",
-                        vec![p(repo), p(dep_ids), p(dep_targets), p(dep_types)],
-                    ),
-                ];
-                conn.pipeline(&batch)
-            })?;
+            self.call(move |c| c.copy_import(import))?;
+        }
+        let repo = self.repo.clone();
+        self.call(move |c| {
+            let batch: Vec<(&str, Vec<Param>)> = IMPORT_MERGE
+                .iter()
+                .map(|sql| (*sql, vec![p(repo.clone())]))
+                .collect();
+            c.pipeline(&batch)
+        })?;
+        if rows.len() > IMPORT_BATCH {
+            // A big import: fresh statistics, so the ledger's next queries plan on what the
+            // tables now hold, not on the empty tables of a new database.
+            self.call(|c| c.simple("ANALYZE wiggum_beads, wiggum_bead_deps, wiggum_bead_labels"))?;
+        }
+        Ok(())
+    }
+
+    fn place_rows(&self, places: &[(&str, i64)]) -> Result<(), LedgerError> {
+        for chunk in places.chunks(IMPORT_BATCH) {
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.to_string()).collect();
+            let pos: Vec<i64> = chunk.iter().map(|(_, n)| *n).collect();
+            self.rows(
+                "UPDATE wiggum_beads b SET pos = u.pos \
+                 FROM unnest($2::text[], $3::bigint[]) AS u(id, pos) \
+                 WHERE b.repo = $1 AND b.id = u.id",
+                vec![p(ids), p(pos)],
+            )?;
         }
         Ok(())
     }
 
     fn bump_children(&self, children: &[(&str, i64)]) -> Result<(), LedgerError> {
-        if children.len() > IMPORT_BATCH {
-            // A big import: fresh statistics, so the planner uses the indexes at once.
-            self.call(|c| c.simple("ANALYZE wiggum_beads, wiggum_bead_deps, wiggum_bead_labels"))?;
-        }
         for chunk in children.chunks(IMPORT_BATCH) {
             let parents: Vec<String> = chunk.iter().map(|(p, _)| p.to_string()).collect();
             let last: Vec<i64> = chunk.iter().map(|(_, n)| *n).collect();
@@ -1118,6 +1241,125 @@ fn filter_sql(filter: &BeadFilter, sql: &mut String, args: &mut Vec<Param>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::jsonl;
+
+    /// Every row of the repository's beads, labels, dependencies and counters, as text.
+    fn dump(s: &PgStore) -> Vec<String> {
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT ROW(id, status, priority, issue_type, assignee, created_us, parent, child_n, \
+             is_foreign, exportable, seq, line, pos)::text FROM wiggum_beads WHERE repo = $1 \
+             ORDER BY id",
+            "SELECT ROW(issue_id, label)::text FROM wiggum_bead_labels WHERE repo = $1 ORDER BY 1",
+            "SELECT ROW(issue_id, depends_on_id, dep_type)::text FROM wiggum_bead_deps \
+             WHERE repo = $1 ORDER BY 1",
+            "SELECT ROW(name, value)::text FROM wiggum_ledger_counters WHERE repo = $1 ORDER BY 1",
+        ] {
+            let rows = s.rows(sql, Vec::new()).unwrap();
+            out.push(format!("{} rows", rows.len()));
+            out.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+        }
+        out
+    }
+
+    /// The import's `COPY` path and its batched places leave exactly the rows that `put_row`
+    /// and `place` one by one leave (what the import did before): over rows it replaces (their
+    /// labels and dependencies too), clean and dirty (change numbers in file order).
+    #[test]
+    fn an_import_at_once_leaves_the_rows_that_rows_one_by_one_leave() {
+        let Some(db) = crate::pg::testing::TestDb::create_blocking("pg_an_import_at_once") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let open = |repository: &str| {
+            PgStore::open(
+                dir.path(),
+                PgSettings {
+                    url: db.url.clone(),
+                    url_from: "test".into(),
+                    repository: repository.into(),
+                    export_lease_secs: 60,
+                },
+            )
+            .unwrap()
+        };
+        let (at_once, one_by_one) = (open("at-once"), open("one-by-one"));
+        // bd's own file: parents and children, labels, dependencies of every kind.
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/beads/bd-v0.46.0-issues.jsonl"
+        ))
+        .unwrap();
+        let lines = jsonl::read_lines(Path::new("issues.jsonl"), &text).unwrap();
+        let recs: Vec<(&Record, &str, i64)> = lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.record.as_ref().map(|r| (r, l.raw.as_str(), i as i64)))
+            .collect();
+        assert!(recs.len() > 900);
+        assert!(recs.iter().any(|(r, _, _)| r.labels.len() > 1));
+        assert!(recs.iter().any(|(r, _, _)| r.dependencies.len() > 1));
+        // Rows already there: the first 600 beads, with other labels and no dependencies.
+        let old: Vec<(Record, String)> = recs[..600]
+            .iter()
+            .map(|(r, _, _)| {
+                let mut r = (*r).clone();
+                r.labels = vec!["old".into()];
+                r.dependencies.clear();
+                let line = serde_json::to_string(&r).unwrap();
+                (r, line)
+            })
+            .collect();
+        let places: Vec<(&str, i64)> = recs[450..600]
+            .iter()
+            .map(|(r, _, pos)| (r.id.as_str(), pos + 1000))
+            .collect();
+        for s in [&at_once, &one_by_one] {
+            s.begin().unwrap();
+            for (i, (r, line)) in old.iter().enumerate() {
+                s.put_row(r, line, i % 3 == 0, Some(i as i64)).unwrap();
+            }
+            s.commit().unwrap();
+        }
+        at_once.begin().unwrap();
+        at_once.import_rows(&recs[..300], false).unwrap();
+        at_once.import_rows(&recs[300..450], true).unwrap();
+        at_once.import_rows(&recs[600..], true).unwrap();
+        at_once.place_rows(&places).unwrap();
+        at_once.commit().unwrap();
+        one_by_one.begin().unwrap();
+        for (i, (r, line, pos)) in recs.iter().enumerate() {
+            match i {
+                0..300 => one_by_one.put_row(r, line, false, Some(*pos)).unwrap(),
+                300..450 => one_by_one.put_row(r, line, true, Some(*pos)).unwrap(),
+                450..600 => {}
+                _ => one_by_one.put_row(r, line, true, Some(*pos)).unwrap(),
+            }
+        }
+        for (id, pos) in &places {
+            one_by_one.place(id, *pos).unwrap();
+        }
+        one_by_one.commit().unwrap();
+        // Again in a later transaction of the same connection: the staging tables were
+        // dropped at the commit and its cached statements meet new ones.
+        at_once.begin().unwrap();
+        at_once.import_rows(&recs[..50], true).unwrap();
+        at_once.commit().unwrap();
+        one_by_one.begin().unwrap();
+        for (r, line, pos) in &recs[..50] {
+            one_by_one.put_row(r, line, true, Some(*pos)).unwrap();
+        }
+        one_by_one.commit().unwrap();
+        let (a, b) = (dump(&at_once), dump(&one_by_one));
+        assert!(a.len() > 1500, "{}", a.len());
+        if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+            panic!(
+                "row {i} differs:\n  at once:    {:?}\n  one by one: {:?}",
+                a.get(i),
+                b.get(i)
+            );
+        }
+    }
 
     /// A deadlock or serialization failure met outside a statement of the ledger's own (the
     /// export lease's), as the server reports it: retried like a write, not an error at once.

@@ -1039,6 +1039,9 @@ fn sync_from_file(s: &dyn Store, env: &Env) -> Result<(), LedgerError> {
     let stored_lines = s.all_lines()?;
     let mut opaque: Vec<(i64, &str)> = Vec::new();
     let mut fresh: Vec<(&Record, &str, i64)> = Vec::new();
+    // Merge: beads the database lacks or has older (changed, so dirty).
+    let mut changed: Vec<(&Record, &str, i64)> = Vec::new();
+    let mut places: Vec<(&str, i64)> = Vec::new();
     let mut children: std::collections::HashMap<&str, i64> = Default::default();
     let mut seen: std::collections::HashSet<&str> = Default::default();
     let mut moved: Vec<(&str, i64)> = Vec::new();
@@ -1062,23 +1065,27 @@ fn sync_from_file(s: &dyn Store, env: &Env) -> Result<(), LedgerError> {
             continue;
         }
         match stored_lines.get(&rec.id) {
-            None if merge => s.put_row(rec, &line.raw, true, Some(pos))?,
+            None if merge => changed.push((rec, &line.raw, pos)),
             None => fresh.push((rec, &line.raw, pos)),
             Some((stored, place)) if merge => {
                 let newer = stored != &line.raw
                     && parse_record(&rec.id, stored)
                         .map_or(true, |old| rec.updated_at >= old.updated_at);
                 if newer {
-                    s.put_row(rec, &line.raw, true, Some(pos))?;
+                    changed.push((rec, &line.raw, pos));
                 } else if *place != Some(pos) {
-                    s.place(&rec.id, pos)?;
+                    places.push((&rec.id, pos));
                 }
             }
             // Changed here since the last export: ours wins, in the file's place.
-            Some(_) => s.place(&rec.id, pos)?,
+            Some(_) => places.push((&rec.id, pos)),
         }
     }
-    s.import_rows(&fresh)?;
+    // Each id is in at most one of the three lists, so their order does not matter; the
+    // changed rows take change numbers in file order.
+    s.import_rows(&fresh, false)?;
+    s.import_rows(&changed, true)?;
+    s.place_rows(&places)?;
     for (id, pos) in moved {
         s.place(id, pos)?;
     }

@@ -1479,3 +1479,176 @@ fn a_panic_inside_holding_urgent_exports_lets_the_hold_go() {
         "urgent writes export at once again"
     );
 }
+
+/// What an import leaves that both backends show the same way: every bead's line (without its
+/// times of change: beads changed here were changed at other moments in each ledger) and its
+/// place in the file, the beads of each label and each bead's children (the label and parent
+/// columns), the links of its dependencies that the dependency table answers for, what is
+/// ready, and whether anything waits for an export.
+fn imported(l: &Ledger) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines: Vec<_> = l.store.all_lines().unwrap().into_iter().collect();
+    lines.sort();
+    let mut labels = BTreeSet::new();
+    for (id, (line, pos)) in &lines {
+        let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+        let fields = value.as_object_mut().unwrap();
+        fields.remove("updated_at");
+        fields.remove("closed_at");
+        out.push(format!("{id} at {pos:?}: {value}"));
+        let rec = parse_record(id, line).unwrap();
+        labels.extend(rec.labels.iter().cloned());
+        for d in &rec.dependencies {
+            let reaches = l.store.reaches(id, &d.depends_on_id).unwrap();
+            out.push(format!("{id} reaches {}: {reaches}", d.depends_on_id));
+        }
+        out.push(format!("children of {id}: {:?}", ids(&l.children(id).unwrap())));
+    }
+    for label in labels {
+        let filter = BeadFilter {
+            label: Some(label.clone()),
+            ..BeadFilter::default()
+        };
+        out.push(format!("label {label}: {:?}", ids(&l.list(&filter).unwrap())));
+    }
+    out.push(format!("ready: {:?}", ids(&l.ready().unwrap())));
+    out.push(format!("dirty: {}", l.is_dirty().unwrap()));
+    out
+}
+
+fn assert_same(what: &str, sqlite: &[String], postgres: &[String]) {
+    if let Some(i) = (0..sqlite.len().max(postgres.len())).find(|&i| sqlite.get(i) != postgres.get(i)) {
+        panic!(
+            "{what}, entry {i} of {}:\n  sqlite:   {:?}\n  postgres: {:?}",
+            sqlite.len(),
+            sqlite.get(i),
+            postgres.get(i)
+        );
+    }
+}
+
+#[test]
+fn postgres_imports_a_file_into_the_ledger_that_sqlite_imports_it_into() {
+    if !PG {
+        return; // compares the two backends: runs once, in the PostgreSQL suite.
+    }
+    let pg = repo!();
+    // The file: bd's own (foreign beads, their labels and dependencies) and wiggum's beads with
+    // children, grandchildren, labels, blocking dependencies and a comment.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join(".beads")).unwrap();
+    std::fs::write(src.path().join(".beads/issues.jsonl"), bd_text()).unwrap();
+    let mut l = open(src.path());
+    let run = l
+        .create(NewBead {
+            labels: vec!["wiggum:run".into()],
+            ..NewBead::epic("run")
+        })
+        .unwrap();
+    let s1 = l
+        .create(NewBead {
+            labels: vec!["wiggum:step".into(), "polecat:ann".into()],
+            ..NewBead::task("s1").child_of(&run.id)
+        })
+        .unwrap();
+    let s2 = l
+        .create(NewBead {
+            labels: vec!["wiggum:step".into()],
+            ..NewBead::task("s2").child_of(&run.id)
+        })
+        .unwrap();
+    l.add_dependency(&s2.id, &s1.id, DepType::Blocks).unwrap();
+    l.add_dependency(&s1.id, "bd-pbh", DepType::Related).unwrap();
+    let it = l.create(NewBead::task("iteration 1").child_of(&s1.id)).unwrap();
+    l.close(&it.id, "checks failed").unwrap();
+    l.add_comment(&s1.id, "reviewer", "one more round").unwrap();
+    assert!(l.export().unwrap());
+    drop(l);
+    let file = jsonl(src.path());
+    let sq = tempfile::tempdir().unwrap();
+    for dir in [sq.path(), pg.path()] {
+        std::fs::create_dir_all(dir.join(".beads")).unwrap();
+        std::fs::write(dir.join(".beads/issues.jsonl"), &file).unwrap();
+    }
+    let (mut ls, mut lp) = (open(sq.path()), open(pg.path()));
+    let first = imported(&ls);
+    assert!(first.len() > 1500, "{}", first.len());
+    assert_same("a new database", &first, &imported(&lp));
+
+    // Changes here, then a file changed elsewhere: a bead edited later than here (the file
+    // wins), one of ours edited earlier than our change (ours wins), a new bead before all
+    // others and a line that is no bead (every place after them moves).
+    for l in [&mut ls, &mut lp] {
+        l.update(
+            &s2.id,
+            BeadUpdate {
+                notes: Some("changed here".into()),
+                add_labels: vec!["polecat:bob".into()],
+                ..BeadUpdate::default()
+            },
+        )
+        .unwrap();
+        l.close(&s1.id, "converged").unwrap();
+    }
+    drop((ls, lp));
+    let mut lines: Vec<String> = file.lines().map(str::to_string).collect();
+    let edited = lines.iter().position(|l| l.contains("\"id\":\"bd-05a8\"")).unwrap();
+    lines[edited] = lines[edited]
+        .replace("\"title\":\"Split large", "\"title\":\"Edited elsewhere: split large")
+        .replace("2025-12-23T23:58:24.591999-08:00", "2027-01-01T00:00:00Z");
+    let ours = lines.iter().position(|l| l.contains(&format!("\"id\":\"{}\"", s2.id))).unwrap();
+    let mut older = parse_record(&s2.id, &lines[ours]).unwrap();
+    older.notes = "changed in the file".into();
+    lines[ours] = serde_json::to_string(&older).unwrap();
+    lines.insert(
+        0,
+        r#"{"id":"bd-0000","title":"new elsewhere","status":"open","priority":1,"issue_type":"task","labels":["gh:1"],"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z","dependencies":[{"issue_id":"bd-0000","depends_on_id":"bd-pbh","type":"blocks","created_at":"2026-01-01T00:00:00Z"}]}"#.to_string(),
+    );
+    lines.insert(5, r#"{"note":"a line that is no bead, kept in its place"}"#.to_string());
+    let text = lines.join("\n") + "\n";
+    for dir in [sq.path(), pg.path()] {
+        std::fs::write(dir.join(".beads/issues.jsonl"), &text).unwrap();
+    }
+    let (mut ls, mut lp) = (open(sq.path()), open(pg.path()));
+    let again = imported(&ls);
+    assert!(again.iter().any(|l| l.contains("Edited elsewhere")));
+    assert!(again.iter().any(|l| l.contains("changed here")));
+    assert!(!again.iter().any(|l| l.contains("changed in the file")));
+    assert!(again.iter().any(|l| l.starts_with("bd-0000 at Some(0)")));
+    assert_same("a re-import over local changes", &again, &imported(&lp));
+    // Counters go on from the file's children and comments on both.
+    for parent in [&run.id, &s1.id, &it.id] {
+        let a = ls.create(NewBead::task("next").child_of(parent)).unwrap();
+        let b = lp.create(NewBead::task("next").child_of(parent)).unwrap();
+        assert_eq!(a.id, b.id);
+    }
+    assert_eq!(
+        ls.add_comment(&s2.id, "x", "y").unwrap().id,
+        lp.add_comment(&s2.id, "x", "y").unwrap().id
+    );
+    // The files both write: the same lines in the same order, times aside.
+    assert!(ls.export().unwrap() && lp.export().unwrap());
+    let without_times = |dir: &Path| -> Vec<String> {
+        jsonl(dir)
+            .lines()
+            .map(|line| {
+                fn timeless(value: &mut serde_json::Value) {
+                    match value {
+                        serde_json::Value::Object(fields) => {
+                            for time in ["created_at", "updated_at", "closed_at"] {
+                                fields.remove(time);
+                            }
+                            fields.values_mut().for_each(timeless);
+                        }
+                        serde_json::Value::Array(items) => items.iter_mut().for_each(timeless),
+                        _ => {}
+                    }
+                }
+                let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+                timeless(&mut value);
+                value.to_string()
+            })
+            .collect()
+    };
+    assert_same("the exported file", &without_times(sq.path()), &without_times(pg.path()));
+}
