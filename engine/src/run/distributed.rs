@@ -157,14 +157,20 @@ pub(super) async fn on_worker(d: &Distributed, job: StepJob<'_>, ws: Workspace) 
             return OnWorker::Here(ws);
         }
         // Iterations of it are recorded already (a worker ran it, and this machine took it
-        // back before it was stopped): its branch goes on from what was pushed, which this
-        // clone may not have; it is published from there, not from the local branch.
+        // back before it was stopped): its branch goes on from what was pushed when this
+        // clone's branch is behind that (not when it is ahead: iterations this machine ran
+        // since it took the step back are on it); it is published from there.
         let ws = if job
             .recorder
             .iterations(job.bead)
             .is_ok_and(|its| !its.is_empty())
         {
-            match fetch_taken_back(&root, &d.remote, &name, &branch).await {
+            let fetched = match behind_the_remote(&root, &d.remote, &ws, &branch).await {
+                Ok(true) => fetch_taken_back(&root, &d.remote, &name, &branch).await,
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match fetched {
                 Ok(Some(fetched)) => {
                     drop(ws);
                     fetched
@@ -488,6 +494,27 @@ fn reopen(root: &Path, name: &str, branch: &str) -> Result<Workspace, String> {
     let _across = RunLock::worktrees(root).ok();
     Workspace::open(root, name, branch)
         .map_err(|e| format!("could not re-open the step's worktree: {e}"))
+}
+
+/// Whether the remote's `branch` has commits that `ws`'s branch does not (it is fetched into
+/// the clone to know). `false` when the remote has no such branch.
+async fn behind_the_remote(
+    root: &Path,
+    remote: &str,
+    ws: &Workspace,
+    branch: &str,
+) -> Result<bool, String> {
+    let remote = crate::remote::Remote::new(root, crate::remote::RemoteSpec::new(remote));
+    let tip = remote
+        .fetch(&[branch])
+        .await
+        .map_err(|e| format!("fetching the step's branch {branch}: {e}"))?
+        .pop()
+        .flatten();
+    Ok(match tip {
+        Some(tip) => !ws.contains(&tip).unwrap_or(false),
+        None => false,
+    })
 }
 
 /// [`fetch_into`] for a step taken back from a dead worker: `Ok(None)` when the remote has no
