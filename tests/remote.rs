@@ -141,7 +141,22 @@ fn a_token_in_the_remotes_url_is_written_nowhere() {
         .unwrap()
         .port();
     let url = format!("http://ghp_s3cretT0ken@127.0.0.1:{port}/hub.git");
-    let out = run_task(&repo, &url);
+    // A check that prints its environment (WIGGUM_REMOTE included), as a test suite's debug
+    // output may: its output is kept in the run's interactions log.
+    let out = repo.wiggum_env(
+        &[
+            "task",
+            "Make answer.txt say 42",
+            "--agent-command",
+            &fake_agent("count-to-42"),
+            "--check",
+            "grep -qx 42 answer.txt",
+            "--check",
+            "env | grep WIGGUM_REMOTE= ; true",
+            "--json",
+        ],
+        &[("WIGGUM_REMOTE", &url)],
+    );
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(all.contains("could not push"), "{all}");

@@ -1,6 +1,8 @@
 //! [`Redactor`]: removes secrets from every text the ledger stores or logs: the values of
-//! environment variables whose names end in `_KEY`, `_TOKEN`, `_SECRET` or `_PASSWORD`, and
-//! well-known key shapes (`sk-...`, `sk-ant-...`, `ghp_...`, `github_pat_...`, `AKIA...`, ...).
+//! environment variables whose names end in `_KEY`, `_TOKEN`, `_SECRET` or `_PASSWORD`,
+//! well-known key shapes (`sk-...`, `sk-ant-...`, `ghp_...`, `github_pat_...`, `AKIA...`, ...),
+//! and the credentials of URLs (`postgres://user:secret@...`, `https://<token>@...`): an agent or
+//! a check that prints its environment (`WIGGUM_DATABASE_URL`, `WIGGUM_REMOTE`) shows none.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -36,6 +38,20 @@ fn shapes() -> &'static Regex {
             r"|\bAIza[0-9A-Za-z_\-]{35}",
         ))
         .expect("the key shape pattern compiles")
+    })
+}
+
+/// A URL's password (`scheme://user:secret@`) and an HTTP(S) URL's user alone
+/// (`https://<token>@`, how GitHub takes a token).
+fn url_credentials() -> &'static Regex {
+    static CREDENTIALS: OnceLock<Regex> = OnceLock::new();
+    CREDENTIALS.get_or_init(|| {
+        Regex::new(concat!(
+            r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/:@'\x22<>]+):",
+            r"[^\s/@'\x22<>]+@",
+            r"|(?P<web>\bhttps?://)[^\s/:@'\x22<>]+@",
+        ))
+        .expect("the URL credentials pattern compiles")
     })
 }
 
@@ -84,7 +100,19 @@ impl Redactor {
                 out = Cow::Owned(out.replace(value.as_str(), &format!("[REDACTED:{name}]")));
             }
         }
-        match shapes().replace_all(&out, REDACTED) {
+        if let Cow::Owned(s) = shapes().replace_all(&out, REDACTED) {
+            out = Cow::Owned(s);
+        }
+        let replaced = url_credentials().replace_all(&out, |c: &regex::Captures<'_>| {
+            match (c.name("scheme"), c.name("user"), c.name("web")) {
+                (Some(scheme), Some(user), _) => {
+                    format!("{}{}:{REDACTED}@", scheme.as_str(), user.as_str())
+                }
+                (_, _, Some(web)) => format!("{}{REDACTED}@", web.as_str()),
+                _ => c[0].to_string(),
+            }
+        });
+        match replaced {
             Cow::Borrowed(_) => out,
             Cow::Owned(s) => Cow::Owned(s),
         }
@@ -139,6 +167,28 @@ mod tests {
             "key [REDACTED:OPENAI_API_KEY] and [REDACTED:GITHUB_TOKEN], pw [REDACTED:db_secret] \
              in /home/someone-long"
         );
+    }
+
+    #[test]
+    fn the_credentials_of_urls_are_redacted_without_any_environment() {
+        let r = Redactor::default();
+        assert_eq!(
+            r.redact(
+                "WIGGUM_DATABASE_URL=postgres://wiggum:pw@db:5432/x \
+                 WIGGUM_REMOTE=https://ghp_tok@github.com/o/r.git"
+            ),
+            "WIGGUM_DATABASE_URL=postgres://wiggum:[REDACTED]@db:5432/x \
+             WIGGUM_REMOTE=https://[REDACTED]@github.com/o/r.git"
+        );
+        // A login over ssh, a URL without credentials, an e-mail address: kept.
+        for kept in [
+            "ssh://git@github.com/o/r.git",
+            "https://github.com/o/r.git",
+            "mail me at a@b.c",
+            "git@github.com:o/r.git",
+        ] {
+            assert_eq!(r.redact(kept), kept);
+        }
     }
 
     #[test]

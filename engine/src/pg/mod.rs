@@ -166,24 +166,26 @@ impl std::fmt::Display for DbUrl {
     }
 }
 
-/// Replaces the password of a URL (`user:secret@host`) or a `password=...` pair by `***`.
+/// Replaces the password of a URL (`user:secret@host`, or a `password=` query parameter) or a
+/// `password=...` pair by `***`.
 pub fn redact(url: &str) -> String {
     if let Some(scheme_end) = url.find("://") {
         let rest = &url[scheme_end + 3..];
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
         let authority = &rest[..authority_end];
-        if let Some(at) = authority.rfind('@') {
-            let userinfo = &authority[..at];
-            if let Some(colon) = userinfo.find(':') {
-                return format!(
+        let shown = match authority.rfind('@') {
+            Some(at) => match authority[..at].find(':') {
+                Some(colon) => format!(
                     "{}{}:***{}",
                     &url[..scheme_end + 3],
-                    &userinfo[..colon],
+                    &authority[..colon],
                     &rest[at..]
-                );
-            }
-        }
-        return url.to_string();
+                ),
+                None => url.to_string(),
+            },
+            None => url.to_string(),
+        };
+        return redact_query_password(&shown);
     }
     url.split(' ')
         .map(|pair| match pair.split_once('=') {
@@ -192,6 +194,21 @@ pub fn redact(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A URL's `password=...` query parameter (libpq takes one) as `password=***`.
+fn redact_query_password(url: &str) -> String {
+    let Some((head, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{head}?{}", query.join("&"))
 }
 
 fn replace_database(url: &str, name: &str) -> String {
@@ -308,6 +325,15 @@ mod tests {
             "host=db user=w password=*** dbname=x"
         );
         assert_eq!(redact("postgres://w@db/x"), "postgres://w@db/x");
+        // libpq also takes the password as a query parameter.
+        assert_eq!(
+            redact("postgres://w@db/x?sslmode=require&password=s3cret&x=1"),
+            "postgres://w@db/x?sslmode=require&password=***&x=1"
+        );
+        assert_eq!(
+            redact("postgres://w:pw@db/x?password=s3cret"),
+            "postgres://w:***@db/x?password=***"
+        );
     }
 
     #[test]

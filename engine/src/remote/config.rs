@@ -41,12 +41,22 @@ impl fmt::Display for SpecSource {
     }
 }
 
-/// The shared remote: what `git push`/`git fetch` are given (a remote name or a URL).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The shared remote: what `git push`/`git fetch` are given (a remote name or a URL). Its
+/// `Debug` shows the URL redacted ([`RemoteSpec::display`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct RemoteSpec {
     /// A remote name of the clone (`origin`) or a URL.
     pub target: String,
     pub source: SpecSource,
+}
+
+impl std::fmt::Debug for RemoteSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSpec")
+            .field("target", &self.display())
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 impl RemoteSpec {
@@ -281,6 +291,9 @@ mod tests {
              and https://bob:***@example.com/x"
         );
         assert_eq!(redact_urls("no url here"), "no url here");
+        // Nor does its Debug form show it.
+        let spec = RemoteSpec::new("https://ghp_s3cret@github.com/o/r.git");
+        assert!(!format!("{spec:?}").contains("s3cret"), "{spec:?}");
         // A character of more than one byte right before the scheme (a translated message's
         // quotes, an arrow) does not break it.
         assert_eq!(
