@@ -446,17 +446,7 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
     // the hub takes 1.5 s over each checkpoint's push); its worker, in the second, dies.
     let victim = first_iteration_closed(&cluster, &db, &driver, true).await;
     cluster.kill_worker(&victim);
-    let out = run.await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.logs()
-    );
-    let report: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["outcome"], "converged");
+    let report = converged(&cluster, run).await;
     // Taken over once, by the other machine, from the pushed checkpoint (half.txt is from the
     // dead worker's first iteration, which was not run again).
     let jobs = jobs(&cluster, &db).await;
@@ -632,17 +622,7 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
     assert_eq!(victim, "m1");
     let q = Queue::new(wiggum_engine::pg::pool(&db.url, 2).unwrap(), &db.url);
     cluster.kill_worker("m1");
-    let out = run.await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.logs()
-    );
-    let report: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["outcome"], "converged");
+    let report = converged(&cluster, run).await;
     // Taken back (the job is gone from the queue) and finished here from m1's pushed
     // checkpoint: half.txt is from m1's first iteration, which was not run again.
     let rows = q.list(&cluster.base, None).await.unwrap();
@@ -702,17 +682,7 @@ async fn a_worker_paused_past_its_lease_pushes_nothing_over_the_worker_that_took
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     cluster.signal_worker(&paused, "CONT");
-    let out = run.await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.logs()
-    );
-    let report: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["outcome"], "converged");
+    let report = converged(&cluster, run).await;
     let jobs = jobs(&cluster, &db).await;
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].3.attempt, 2, "{:?}", jobs[0].3);
@@ -809,17 +779,7 @@ async fn a_takeover_whose_last_checkpoint_never_reached_the_hub_says_so_in_the_w
     let victim = first_iteration_closed(&cluster, &db, &driver, false).await;
     cluster.kill_worker(&victim);
     std::fs::remove_file(&marker).unwrap();
-    let out = run.await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.logs()
-    );
-    let report: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["outcome"], "converged");
+    let report = converged(&cluster, run).await;
     let taker = if victim == "m1" { "m2" } else { "m1" };
     let log = std::fs::read_to_string(cluster.root.join(format!("{taker}.log"))).unwrap();
     assert!(
@@ -935,6 +895,22 @@ fn start_run(cluster: &Cluster) -> (PathBuf, tokio::task::JoinHandle<std::proces
             .unwrap()
     });
     (driver, run)
+}
+
+/// The report of a run started with [`start_run`], which must have converged (exit 0).
+async fn converged(cluster: &Cluster, run: tokio::task::JoinHandle<std::process::Output>) -> Value {
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "converged");
+    report
 }
 
 /// What `git args` prints in `dir` (its error output too), for a failure's message.
