@@ -154,7 +154,7 @@ impl Publisher {
             self.remote.push_branch(branch).await
         })
         .retry(self.retry)
-        .when(retryable)
+        .when(retryable_push)
         .await;
         let tries = tries.into_inner();
         let elapsed = started.elapsed();
@@ -197,4 +197,11 @@ impl Publisher {
 /// Whether trying again may help: the network and the server, not a refusal or a local error.
 fn retryable(e: &RemoteError) -> bool {
     matches!(e, RemoteError::Git { .. } | RemoteError::Timeout { .. })
+}
+
+/// [`retryable`] for a checkpoint's push, which the loop waits for: a remote that did not
+/// answer within the time limit (2 minutes) is not waited for three times more; the next
+/// checkpoint's push carries this one along.
+fn retryable_push(e: &RemoteError) -> bool {
+    matches!(e, RemoteError::Git { .. })
 }

@@ -734,3 +734,40 @@ async fn a_fenced_publisher_pushes_nothing_once_the_work_is_not_ours() {
     );
     assert_eq!(hub.tip(branch).as_deref(), Some(first.sha.as_str()));
 }
+
+/// A remote that takes the connection and never answers stops a checkpoint's push at the time
+/// limit, once: the loop that waits for the push is not held for the limit four times.
+#[tokio::test]
+async fn a_push_to_a_remote_that_never_answers_gives_up_at_the_time_limit_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::new(&tmp.path().join("hub"));
+    let m1 = clone_hub(&hub.file_url(), &tmp.path().join("m1/repo"));
+    // Accepts connections, reads nothing, answers nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("git://{}/hub.git", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in silent.incoming().take(4) {
+            open.push(conn);
+        }
+        open.len()
+    });
+    let branch = "wiggum/r5-s-a";
+    let ws = Workspace::create(&m1, "r5-s-a", branch, None).unwrap();
+    write(ws.path(), "a.txt", "a\n");
+    ws.checkpoint("iteration 1").unwrap();
+    let remote = Remote::new(&m1, RemoteSpec::new(&url)).with_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let note = Publisher::new(remote)
+        .with_retry(no_wait())
+        .publish(branch)
+        .await;
+    assert!(!note.ok());
+    assert_eq!(note.tries, 1, "{}", note.line());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
+}
