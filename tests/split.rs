@@ -630,6 +630,180 @@ reply = "never verified"
     assert_br_import_rules(&all);
 }
 
+/// The closed iterations titled `title` of subtask `b` among `all` beads.
+fn closed_iterations_of_b(all: &[serde_json::Value], title: &str) -> usize {
+    let Some(b) = all
+        .iter()
+        .find(|b| b["title"].as_str().unwrap_or("").starts_with("subtask b"))
+    else {
+        return 0;
+    };
+    let prefix = format!("{}.", b["id"].as_str().unwrap());
+    all.iter()
+        .filter(|x| {
+            x["id"].as_str().unwrap().starts_with(&prefix)
+                && x["title"] == title
+                && x["status"] == "closed"
+        })
+        .count()
+}
+
+/// A split whose subtask `b` conflicts with `a` and is sent back to run fresh on the new base,
+/// where it writes b2.txt (iteration 2), then b.txt (iteration 3, 4 s): wiggum is killed
+/// with SIGKILL during iteration 3. Returns the run's id and the temp folder of the patrol.
+fn kill_9_during_a_fresh_attempt(repo: &TempRepo) -> (String, tempfile::TempDir) {
+    repo.write("shared.txt", "base\n");
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "shared"]);
+    let defs = tempfile::tempdir().unwrap();
+    let patrol = r#"
+[patrol]
+name = "conflict"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "script.toml"
+[[steps]]
+id = "big"
+prompt = "change shared.txt twice"
+[steps.split]
+mode = "always"
+polecats = 2
+"#;
+    let script = r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b", "checks": ["test -f b.txt"]}]}'
+[[work]]
+step = "big/a"
+reply = "a"
+[[work.edits]]
+path = "shared.txt"
+write = "from a\n"
+[[work]]
+step = "big/b"
+iteration = 1
+reply = "b"
+delay = "800ms"
+[[work.edits]]
+path = "shared.txt"
+write = "from b\n"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+[[work]]
+step = "big/b"
+iteration = 2
+reply = "b again, on the new base: part one"
+[[work.edits]]
+path = "b2.txt"
+write = "b2\n"
+[[work]]
+step = "big/b"
+iteration = 3
+reply = "b again: part two"
+delay = "4s"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+[[work]]
+step = "big"
+reply = "verified"
+"#;
+    let patrol = write_patrol(defs.path(), patrol, script);
+    let child = spawn_run(repo, &patrol);
+    // Read from the database: a subtask's closed iteration reaches the file only with a later
+    // export.
+    wait_until(60, "b's fresh attempt closes its first iteration", || {
+        let out = repo.wiggum(&["beads", "list", "--json"]);
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap_or_default();
+        closed_iterations_of_b(&all, "iteration 2") == 1
+    });
+    kill9(child);
+    (last_run_id(repo), defs)
+}
+
+/// Regression: `wiggum resume` after a kill -9 during the fresh attempt of a subtask sent back
+/// after a conflict deleted its branch and made it again from the base (its retry was still
+/// recorded), throwing the fresh attempt's closed iterations away, silently.
+#[test]
+fn kill_9_during_a_conflicts_fresh_attempt_then_resume_goes_on_from_its_branch() {
+    let repo = TempRepo::new();
+    let (run_id, _defs) = kill_9_during_a_fresh_attempt(&repo);
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let r = out.json();
+    assert_eq!(r["outcome"], "converged", "{r:#}");
+    let split = split_of(&repo, step(&r, "big")["bead"].as_str().unwrap());
+    let b = subtask(&split, "b");
+    assert_eq!(b["status"], "merged");
+    assert_eq!(b["attempt"], 2);
+    // The fresh attempt's first iteration is neither lost nor run again.
+    assert_eq!(
+        repo.read("b2.txt"),
+        "b2\n",
+        "iteration 2's work was thrown away"
+    );
+    assert_eq!(repo.read("shared.txt"), "from a\n");
+    assert_eq!(repo.read("b.txt"), "b\n");
+    let all = beads(repo.path());
+    for n in 1..=3 {
+        let title = format!("iteration {n}");
+        assert_eq!(closed_iterations_of_b(&all, &title), 1, "{title}");
+    }
+    // Its checkpoint is on the branch the resume went on from: no warning.
+    assert!(!out.stderr.contains("is not on branch"), "{}", out.stderr);
+    assert_br_import_rules(&all);
+}
+
+/// A resume that goes on from a fresh attempt's branch checks its last checkpoint as any
+/// resume does: moved back by hand, the branch lacks it, and that is said (it was not: the
+/// branch was made again from the base, which hid the loss).
+#[test]
+fn a_fresh_attempts_branch_that_lost_its_checkpoint_is_reported_on_resume() {
+    let repo = TempRepo::new();
+    let (run_id, _defs) = kill_9_during_a_fresh_attempt(&repo);
+    // The polecat's worktree on b's branch is put back before iteration 2's checkpoint.
+    let branch = format!("refs/heads/wiggum/{run_id}-big.split/b");
+    let list = repo.git(&["worktree", "list", "--porcelain"]);
+    let wt = list
+        .split("\n\n")
+        .find(|w| w.lines().any(|l| l == format!("branch {branch}")))
+        .and_then(|w| w.lines().next()?.strip_prefix("worktree "))
+        .unwrap_or_else(|| panic!("no worktree on {branch}: {list}"))
+        .to_string();
+    let git_wt = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&wt)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let checkpoint = git_wt(&["rev-parse", "HEAD"]);
+    git_wt(&["reset", "-q", "--hard", "HEAD~1"]);
+    let out = repo.wiggum(&["resume", &run_id, "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "big/b: warning: iteration 2's checkpoint {}",
+            &checkpoint[..12]
+        )),
+        "{}",
+        out.stderr
+    );
+    // It went on from the branch as it is: iteration 2's file is gone, nothing ran twice.
+    assert!(!repo.path().join("b2.txt").exists());
+    let all = beads(repo.path());
+    assert_eq!(closed_iterations_of_b(&all, "iteration 2"), 1);
+}
+
 #[test]
 fn kill_9_mid_split_then_resume_finishes_with_no_duplicate_bead_and_no_leftover_worktree() {
     let repo = TempRepo::new();

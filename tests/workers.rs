@@ -343,6 +343,134 @@ async fn a_subtask_of_a_worker_killed_mid_run_is_taken_over_after_its_lease_and_
     merge_all(&cluster);
 }
 
+/// Regression: a worker that took over a subtask sent back after a conflict (the job's `fresh`
+/// stays set in its spec) made the branch again from the base, though the dead worker had
+/// pushed the fresh attempt's first iteration on that base: the next push overwrote it, while
+/// the ledger counted it done. The taker goes on from the pushed branch now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_attempt_taken_over_goes_on_from_the_branch_its_dead_worker_pushed() {
+    let Some(db) = TestDb::create("workers fresh takeover").await else {
+        return;
+    };
+    let Some(mut cluster) = start_cluster(&db) else {
+        return;
+    };
+    let pool = wiggum_engine::pg::pool(&db.url, 4).unwrap();
+    let q = Queue::new(pool, &db.url);
+    q.install().await.unwrap();
+    let repo = cluster.base.clone();
+    // Attempt 1 (from the seed) is on the hub; the step's branch moved on since: the fresh
+    // attempt's base.
+    let stage = cluster.root.join("stage");
+    git(
+        &cluster.root,
+        &["clone", "-q", &cluster.hub_url, stage.to_str().unwrap()],
+    );
+    let branch = "wiggum/r1-build-part-05";
+    git(&stage, &["checkout", "-q", "-b", branch]);
+    std::fs::write(stage.join("attempt-1.txt"), "1\n").unwrap();
+    git(&stage, &["add", "-A"]);
+    git(&stage, &["commit", "-q", "-m", "attempt 1"]);
+    git(&stage, &["push", "-q", "origin", branch]);
+    let attempt_1 = git(&stage, &["rev-parse", "HEAD"]);
+    git(&stage, &["checkout", "-q", "main"]);
+    std::fs::write(stage.join("merged.txt"), "another subtask\n").unwrap();
+    git(&stage, &["add", "-A"]);
+    git(&stage, &["commit", "-q", "-m", "another subtask merged"]);
+    git(&stage, &["push", "-q", "origin", "main"]);
+    let base = git(&stage, &["rev-parse", "HEAD"]);
+
+    let slow = "JOB-05";
+    for m in ["m1", "m2"] {
+        start_worker(&mut cluster, m, slow);
+    }
+    cluster.wait_workers(&db, 2).await;
+    let mut s = spec(&base, 5);
+    s.attempt = 2;
+    s.fresh = true;
+    q.publish(
+        &repo,
+        &NewJob {
+            bead: s.bead.clone(),
+            step_bead: "wg-t.1".into(),
+            run_id: "r1".into(),
+            spec: s.to_json(),
+        },
+    )
+    .await
+    .unwrap();
+    // The fresh attempt's first iteration is pushed on the new base: its worker is killed.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let victim = loop {
+        let row = q.get(&repo, "wg-t.1.5").await.unwrap().unwrap();
+        let pushed = Command::new("git")
+            .args([
+                "ls-remote",
+                &cluster.hub_url,
+                &format!("refs/heads/{branch}"),
+            ])
+            .output()
+            .unwrap();
+        let tip = String::from_utf8_lossy(&pushed.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if row.state == "running" && !tip.is_empty() && tip != attempt_1 {
+            break row.holder.unwrap().split('-').next().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fresh attempt never got going\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    cluster.kill_worker(&victim);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let result: JobResult = loop {
+        let row = q.get(&repo, "wg-t.1.5").await.unwrap().unwrap();
+        if row.state == "finished" {
+            break serde_json::from_str(row.result.as_deref().unwrap()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subtask did not finish\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        result.outcome,
+        wiggum_engine::ralph::Outcome::Converged,
+        "{}\n{}",
+        result.reason,
+        cluster.logs()
+    );
+    assert!(!result.holder.starts_with(&format!("{victim}-")));
+    // The branch on the hub: the fresh attempt's, on the new base, with the dead worker's first
+    // iteration in it (the agent's marker names the machine that ran it first).
+    let check = cluster.root.join("fresh-check");
+    git(
+        &cluster.root,
+        &["clone", "-q", &cluster.hub_url, check.to_str().unwrap()],
+    );
+    git(&check, &["fetch", "-q", "origin", branch]);
+    git(&check, &["checkout", "-q", "FETCH_HEAD"]);
+    assert!(check.join("merged.txt").is_file(), "not on the new base");
+    assert!(!check.join("attempt-1.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(check.join("slow-by"))
+            .unwrap()
+            .trim(),
+        victim,
+        "the taker started the fresh attempt again from the base\n{}",
+        cluster.logs()
+    );
+    let text = std::fs::read_to_string(check.join("JOB-05.txt")).unwrap();
+    assert!(text.contains("resumed"), "{text:?}");
+}
+
 /// The script of a task split into twelve subtasks: the plan, one work reply per subtask
 /// (writing its file), and the verification iteration.
 fn split_script() -> String {

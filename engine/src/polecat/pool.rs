@@ -25,6 +25,9 @@ pub struct Job<'a> {
     pub bead: String,
     pub attempt: u32,
     pub retry: Option<Retry>,
+    /// With [`Retry::Fresh`]: the iterations closed when it was sent back
+    /// ([`crate::split::state::SubtaskState::fresh_after`]).
+    pub fresh_after: Option<u32>,
     pub feedback: Option<String>,
     pub worktree: String,
     pub branch: String,
@@ -123,8 +126,26 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
         };
         return (done, back);
     }
+    let mut start = match start_point(run.recorder, &job.bead) {
+        Ok(s) => s,
+        Err(e) => {
+            let done = failed(format!("error: ledger: {e}"), Outcome::Error);
+            let back = Idle {
+                fresh: home_fresh,
+                ..idle(job, home)
+            };
+            return (done, back);
+        }
+    };
+    // Sent back after a conflict: its branch is made again from the new base, unless the
+    // fresh attempt has closed iterations already (a resume of it): those are on its branch,
+    // which it goes on from.
+    let remake = job.retry == Some(Retry::Fresh) && job.fresh_after.is_none_or(|n| start.done <= n);
+    // The branch made again now lacks the earlier attempt's checkpoints, by design; any other
+    // start checks that the last closed iteration's checkpoint is on it.
+    start.restarted = remake;
     let repo_root = run.workspace.repo_root().to_path_buf();
-    let (ws, fresh) = match workspace_for(&job, home, &repo_root) {
+    let (ws, fresh) = match workspace_for(&job, home, &repo_root, remake) {
         Ok((ws, made)) => (ws, made || home_fresh),
         Err(e) => {
             let done = failed(format!("error: {e}"), Outcome::Error);
@@ -192,15 +213,6 @@ pub async fn run_subtask(mut job: Job<'_>) -> (Done, Idle) {
         attempt: job.attempt,
     });
 
-    let mut start = match start_point(run.recorder, &job.bead) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ws.release_branch();
-            let done = failed(format!("error: ledger: {e}"), Outcome::Error);
-            return (done, idle(job, Some(ws)));
-        }
-    };
-    start.restarted = job.retry == Some(Retry::Fresh);
     let mut config = job.step.config.clone();
     if !job.sub.checks.is_empty() {
         config.checks = job.sub.checks.clone();
@@ -296,14 +308,15 @@ fn idle(job: Job<'_>, worktree: Option<Workspace>) -> Idle {
 
 /// The polecat's worktree, on the subtask's branch: the branch as it is when it exists (a
 /// resume, or a subtask sent back to take the step's branch in), made again from the step's
-/// branch for a fresh retry, else new from the base. The worktree is the polecat's from its
-/// previous subtask (switched: only the files that differ are written), or the one a killed
-/// process left (adopted), or else made now. Returns whether it was made now (the setup
-/// command runs there).
+/// branch when `remake` (a fresh retry not yet under way), else new from the base. The
+/// worktree is the polecat's from its previous subtask (switched: only the files that differ
+/// are written), or the one a killed process left (adopted), or else made now. Returns whether
+/// it was made now (the setup command runs there).
 fn workspace_for(
     job: &Job<'_>,
     home: Option<Workspace>,
     repo_root: &std::path::Path,
+    remake: bool,
 ) -> Result<(Workspace, bool), String> {
     let step_ws = job.run.workspace.name();
     let name = polecat_worktree(step_ws, job.lease.name());
@@ -321,7 +334,7 @@ fn workspace_for(
     if exists {
         let _ = Workspace::release_branch_in(repo_root, &format!("{step_ws}."), &job.branch);
     }
-    if exists && job.retry == Some(Retry::Fresh) {
+    if exists && remake {
         delete_branch(repo_root, &job.branch);
     }
     let mut fresh = false;
@@ -349,7 +362,7 @@ fn workspace_for(
             .map_err(|e| format!("could not switch the polecat's worktree to the subtask: {e}"))?,
         None => {
             fresh = true;
-            let branch_there = exists && job.retry != Some(Retry::Fresh);
+            let branch_there = exists && !remake;
             if branch_there {
                 let _across = RunLock::worktrees(repo_root).ok();
                 Workspace::open(repo_root, &name, &job.branch)

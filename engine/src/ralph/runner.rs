@@ -75,10 +75,12 @@ pub struct StartPoint {
     pub spent_cost_usd: f64,
     /// Time the step's earlier iterations took (before a resume): the step's `timeout` counts it.
     pub spent_time: Duration,
-    /// The branch was made again from a new base (a subtask run again after a conflict): the
-    /// earlier iterations' checkpoints are not on it, by design. Otherwise a resumed loop
-    /// checks that the last closed iteration's checkpoint is on the branch it goes on from,
-    /// and says so when it is not ([`Event::CheckpointMissing`]).
+    /// The branch was made again from a new base in this very start (a subtask run again after
+    /// a conflict, whose fresh attempt had recorded nothing yet): the earlier attempt's
+    /// checkpoints are not on it, by design. A start that goes on from the fresh attempt's
+    /// branch (a resume, a takeover) is not restarted. Otherwise a resumed loop checks that the
+    /// last closed iteration's checkpoint is on the branch it goes on from, and says so when it
+    /// is not ([`Event::CheckpointMissing`]).
     pub restarted: bool,
 }
 

@@ -230,6 +230,7 @@ async fn split(
                 attempt: 1,
                 feedback: None,
                 retry: None,
+                fresh_after: None,
                 iterations: 0,
                 tokens: 0,
                 cost_usd: 0.0,
@@ -673,6 +674,7 @@ async fn drive_pool<'s, 'e>(
                 bead: sub.bead.clone(),
                 attempt: sub.attempt,
                 retry: sub.retry,
+                fresh_after: sub.fresh_after,
                 feedback: sub.feedback.clone(),
                 worktree: sub.worktree.clone().unwrap_or_default(),
                 branch: sub.branch.clone().unwrap_or_default(),
@@ -770,6 +772,7 @@ async fn drive_pool<'s, 'e>(
                     Outcome::Converged => {
                         t.status = SubtaskStatus::Finished;
                         t.retry = None;
+                        t.fresh_after = None;
                         // Its branch goes to the refinery (distributed: on the remote); it starts
                         // on it now, while this is recorded.
                         queue.push_back((done.id.clone(), done.workspace));
@@ -1227,6 +1230,12 @@ fn send_back(
     }
     t.attempt = 2;
     t.retry = Some(retry);
+    // The iterations of the attempt that conflicted: a resume that finds more closed goes on
+    // from the fresh branch (run_subtask), not from the base again.
+    t.fresh_after = (retry == Retry::Fresh)
+        .then(|| crate::polecat::pool::start_point(run.recorder, &t.bead).ok())
+        .flatten()
+        .map(|s| s.done);
     t.status = SubtaskStatus::Queued;
     t.feedback = Some(reason.clone());
     let _ = beads::requeue(run.recorder, &t.bead, &format!("sent back once: {reason}"));

@@ -67,6 +67,11 @@ pub struct SubtaskState {
     /// How the next run of it starts after it was sent back.
     #[serde(default)]
     pub retry: Option<Retry>,
+    /// For [`Retry::Fresh`]: how many iterations its bead had closed when it was sent back.
+    /// A run of it that finds more closed (a `wiggum resume` after the fresh attempt ran some)
+    /// goes on from the branch the fresh attempt made, instead of making it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh_after: Option<u32>,
     pub iterations: u32,
     pub tokens: u64,
     pub cost_usd: f64,

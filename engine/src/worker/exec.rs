@@ -149,7 +149,7 @@ async fn run(
     result.branch = spec.branch.clone();
     let started_at = crate::ledger::format_time(&crate::ledger::now());
     let remote = m.remote.map(|r| Remote::new(m.root, RemoteSpec::new(r)));
-    let (ws, fresh) = match workspace_for(m, remote.as_ref(), &spec).await {
+    let (ws, fresh) = match workspace_for(m.root, remote.as_ref(), &spec).await {
         Ok(pair) => pair,
         Err(e) => {
             result.reason = format!("error: {e}");
@@ -217,8 +217,9 @@ async fn run(
             return result;
         }
     };
-    // Started again from the base (a conflict): the earlier iterations' work is not on it.
-    start.restarted = spec.fresh;
+    // Made again from the base now (a conflict): the earlier iterations' work is not on it.
+    // A takeover that goes on from the branch the fresh attempt pushed checks as any other.
+    start.restarted = spec.fresh && fresh;
     let mut config = spec.config.clone();
     // A subtask's limit is per attempt: iterations recorded by an earlier holder do not use
     // it up. A step's is the step's, as when it runs on the machine of its run.
@@ -436,27 +437,36 @@ fn bead_here(recorder: &Recorder, spec: &JobSpec) -> Result<String, crate::ledge
 
 /// The subtask's worktree: from the branch a previous holder pushed (a takeover resumes its
 /// last checkpoint, [`resume_branch`]), else this clone's branch of it, else new from the base
-/// commit. Returns whether it is new from the base (the setup command runs there).
+/// commit. A job sent back to be done again from the base (`spec.fresh`) is made new from it,
+/// unless its branch already holds the base (a holder of this fresh attempt pushed, or made
+/// it here, before it died): then it goes on from that branch as any takeover does. Returns
+/// whether it is new from the base (the setup command runs there).
 async fn workspace_for(
-    m: &Machine<'_>,
+    root: &Path,
     remote: Option<&Remote>,
     spec: &JobSpec,
 ) -> Result<(Workspace, bool), String> {
-    let root = m.root;
     if let Some(remote) = remote {
         if !has_commit(root, &spec.base) {
             if let Some(base_branch) = &spec.base_branch {
                 fetch_base(remote, base_branch).await?;
             }
         }
+        let mut resume = !spec.fresh;
         if spec.fresh {
-            // Started again from the base: what the remote has of the branch is replaced, and
-            // only that (the guarded push compares with what is seen now).
-            remote
+            // Started again from the base: what the remote has of the branch (the attempt
+            // that conflicted) is replaced, and only that (the guarded push compares with what
+            // is seen now). A branch pushed on the base is this attempt's own work.
+            let tips = remote
                 .fetch(&[spec.branch.as_str()])
                 .await
                 .map_err(|e| e.to_string())?;
-        } else {
+            resume = tips
+                .first()
+                .and_then(Option::as_deref)
+                .is_some_and(|tip| descends(root, tip, &spec.base));
+        }
+        if resume {
             match resume_branch(remote, &spec.worktree, &spec.branch, Some(&spec.base)).await {
                 Ok(r) => {
                     if let ResumeFrom::Replaced { kept, .. } = &r.from {
@@ -514,11 +524,17 @@ fn local_worktree_now(
     fresh: bool,
 ) -> Result<(Workspace, bool), String> {
     let _across = crate::run::state::RunLock::worktrees(root).ok();
-    let local = git2::Repository::open(root)
-        .map(|r| r.find_branch(branch, git2::BranchType::Local).is_ok())
-        .unwrap_or(false);
-    if local && fresh {
-        // A fresh retry starts from the base, not from a stale local branch.
+    let tip = git2::Repository::open(root).ok().and_then(|r| {
+        r.find_branch(branch, git2::BranchType::Local)
+            .ok()?
+            .get()
+            .target()
+            .map(|t| t.to_string())
+    });
+    let local = tip.is_some();
+    // A fresh retry starts from the base, not from the branch that conflicted; a branch that
+    // holds the base already is the fresh attempt's own (made here before a restart).
+    if local && fresh && !tip.is_some_and(|t| descends(root, &t, base)) {
         if let Ok(old) = Workspace::open(root, worktree, branch) {
             let _ = old.remove();
         }
@@ -561,6 +577,17 @@ async fn fetch_base(remote: &Remote, base_branch: &str) -> Result<(), String> {
         )),
         Err(e) => Err(format!("fetching the step's branch {base_branch}: {e}")),
     }
+}
+
+/// Whether commit `tip` is `base` or descends from it (`false` when either is unknown here).
+fn descends(root: &Path, tip: &str, base: &str) -> bool {
+    let Ok(repo) = git2::Repository::open(root) else {
+        return false;
+    };
+    let (Ok(t), Ok(b)) = (git2::Oid::from_str(tip), git2::Oid::from_str(base)) else {
+        return false;
+    };
+    t == b || repo.graph_descendant_of(t, b).unwrap_or(false)
 }
 
 fn has_commit(root: &Path, sha: &str) -> bool {
@@ -636,6 +663,100 @@ mod tests {
         assert_eq!(taken.attempt(), 2);
         let err = fence().await.unwrap_err();
         assert!(err.contains("another machine took it over"), "{err}");
+    }
+
+    fn commit(dir: &Path, file: &str) -> String {
+        std::fs::write(dir.join(file), format!("{file}\n")).unwrap();
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-q", "-m", file]);
+        git(dir, &["rev-parse", "HEAD"])
+    }
+
+    fn fresh_spec(base: &str) -> JobSpec {
+        JobSpec {
+            run_id: "r1".into(),
+            step_id: "big".into(),
+            subtask: "b".into(),
+            bead: "bd-1.2".into(),
+            prompt: "b".into(),
+            acceptance: None,
+            config: Default::default(),
+            worker: Default::default(),
+            reviewer: None,
+            agent_dir: String::new(),
+            setup: None,
+            base: base.into(),
+            base_branch: Some("main".into()),
+            branch: "wiggum/r1-big.split/b".into(),
+            worktree: "r1-big.split-b".into(),
+            attempt: 2,
+            fresh: true,
+            update: false,
+            split: None,
+            budget: None,
+        }
+    }
+
+    /// Regression: a worker that took over a subtask sent back after a conflict (the job's
+    /// `fresh` stays set) made its branch again from the base, though the dead worker had
+    /// pushed the fresh attempt's iterations on that base: its next push overwrote them,
+    /// while the ledger counted them done.
+    #[test]
+    fn a_fresh_job_taken_over_goes_on_from_the_branch_pushed_on_its_base() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = crate::remote::testing::Hub::new(tmp.path());
+        let first = crate::remote::testing::clone_hub(&hub.file_url(), &tmp.path().join("first"));
+        let spec_of = |base: &str| fresh_spec(base);
+        // Attempt 1, from the old base, pushed; then the step's branch moved on (another
+        // subtask merged), and the merge of attempt 1 conflicted.
+        git(&first, &["checkout", "-q", "-b", "wiggum/r1-big.split/b"]);
+        commit(&first, "attempt-1.txt");
+        git(&first, &["push", "-q", "origin", "wiggum/r1-big.split/b"]);
+        git(&first, &["checkout", "-q", "main"]);
+        let base = commit(&first, "a.txt");
+        git(&first, &["push", "-q", "origin", "main"]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let take = |name: &str| {
+            let root = crate::remote::testing::clone_hub(&hub.file_url(), &tmp.path().join(name));
+            let remote = Remote::new(&root, RemoteSpec::new("origin"));
+            let spec = spec_of(&base);
+            let (ws, new) = runtime
+                .block_on(workspace_for(&root, Some(&remote), &spec))
+                .unwrap();
+            (root, ws, new)
+        };
+
+        // No holder of the fresh attempt pushed yet: new from the base, attempt 1 left out.
+        let (_, ws, new) = take("second");
+        assert!(new, "made again from the base");
+        assert_eq!(ws.head().unwrap(), base);
+        assert!(!ws.path().join("attempt-1.txt").exists());
+
+        // That holder pushed its first iteration on the base, then died: the next one goes
+        // on from it, and it is not new (no restart, no setup).
+        std::fs::write(ws.path().join("attempt-2.txt"), "2\n").unwrap();
+        git(ws.path(), &["add", "-A"]);
+        git(ws.path(), &["commit", "-q", "-m", "attempt 2, iteration 1"]);
+        git(
+            ws.path(),
+            &["push", "-q", "-f", "origin", "wiggum/r1-big.split/b"],
+        );
+        let pushed = hub.tip("wiggum/r1-big.split/b").unwrap();
+        let (root, ws, new) = take("third");
+        assert!(!new, "the fresh attempt's branch is gone on from");
+        assert_eq!(ws.head().unwrap(), pushed);
+        assert!(ws.path().join("attempt-2.txt").is_file());
+        assert!(ws.path().join("a.txt").is_file());
+
+        // Without a remote (one clone), this clone's branch of the fresh attempt is kept too.
+        drop(ws);
+        let spec = spec_of(&base);
+        let (ws, new) = runtime.block_on(workspace_for(&root, None, &spec)).unwrap();
+        assert!(!new);
+        assert_eq!(ws.head().unwrap(), pushed);
     }
 
     /// Regression: a claim waited for the clone's worktree lock (held while another polecat's

@@ -48,7 +48,9 @@ pub struct JobSpec {
     pub worktree: String,
     /// 1, or 2 once the subtask was sent back after a failed merge.
     pub attempt: u32,
-    /// Sent back after a conflict: start again from `base`, not from the pushed branch.
+    /// Sent back after a conflict: start again from `base`, not from the pushed branch (the
+    /// attempt that conflicted). A takeover of this fresh attempt goes on from the branch when
+    /// it holds `base` (its earlier holder pushed work on it): `worker::exec`.
     #[serde(default)]
     pub fresh: bool,
     /// Sent back after its merge turned the checks red: its branch takes `base` in first.
