@@ -514,3 +514,36 @@ pub(crate) fn short(sha: &str) -> &str {
 pub(crate) fn has_commit(repo: &Repository, tip: Oid, commit: Oid) -> bool {
     tip == commit || repo.graph_descendant_of(tip, commit).unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// git's messages name the URL they failed on, credentials included (a server's `remote:`
+    /// lines, older gits, a translated message): the error keeps git's words without them.
+    #[test]
+    fn a_failure_or_refusal_never_carries_the_urls_credentials() {
+        let remote = Remote::new(
+            Path::new("/r"),
+            RemoteSpec::new("https://ghp_s3cret@example.com/o/r.git"),
+        );
+        let said = "fatal: unable to access 'https://ghp_s3cret@example.com/o/r.git/': timeout";
+        let failed = remote.failed("push", "wiggum/x", said, "").to_string();
+        assert!(!failed.contains("s3cret"), "{failed}");
+        assert!(
+            failed.contains("unable to access 'https://***@example.com/o/r.git/'"),
+            "{failed}"
+        );
+        let rejected = remote
+            .rejected(
+                "wiggum/x",
+                "hook declined for https://bob:hunter22@example.com/o/r.git",
+                "remote: see https://ghp_s3cret@example.com/o/r.git",
+            )
+            .to_string();
+        assert!(
+            !rejected.contains("s3cret") && !rejected.contains("hunter22"),
+            "{rejected}"
+        );
+    }
+}
