@@ -702,7 +702,7 @@ write = "b2\n"
 step = "big/b"
 iteration = 3
 reply = "b again: part two"
-delay = "4s"
+delay = "8s"
 [[work.edits]]
 path = "b.txt"
 write = "b\n"

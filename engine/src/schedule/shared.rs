@@ -64,7 +64,13 @@ CREATE TABLE IF NOT EXISTS wiggum_fires(
     cancel_by TIMESTAMPTZ,
     PRIMARY KEY(repo, patrol, slot)
 );
-ALTER TABLE wiggum_fires ADD COLUMN IF NOT EXISTS resume_at TIMESTAMPTZ;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'wiggum_fires'
+                     AND column_name = 'resume_at') THEN
+        ALTER TABLE wiggum_fires ADD COLUMN resume_at TIMESTAMPTZ;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS wiggum_fires_state ON wiggum_fires(repo, state);
 CREATE TABLE IF NOT EXISTS wiggum_fire_patrols(
     repo TEXT NOT NULL,
@@ -1349,6 +1355,46 @@ mod tests {
     }
 
     const LONG: Duration = Duration::from_secs(60);
+
+    /// The column added by a later version is added once: a daemon opening the store when it
+    /// is there does not take the fires table's exclusive lock (`ALTER TABLE ... IF NOT
+    /// EXISTS` does, even when there is nothing to add), so it does not wait behind a reader
+    /// nor make every claim and heartbeat wait behind it.
+    #[test]
+    fn opening_the_store_again_does_not_lock_the_fires_table() {
+        let Some(db) = TestDb::create_blocking("fires open no lock") else {
+            return;
+        };
+        let _first = daemon(&db, "m1", LONG);
+        let (reading, read) = std::sync::mpsc::channel();
+        let url = db.url.clone();
+        let reader = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let pool = crate::pg::pool(&url, 1).unwrap();
+                let client = pool.get().await.unwrap();
+                client
+                    .batch_execute("BEGIN; SELECT count(*) FROM wiggum_fires;")
+                    .await
+                    .unwrap();
+                reading.send(()).unwrap();
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                client.batch_execute("COMMIT;").await.unwrap();
+            });
+        });
+        read.recv().unwrap();
+        let started = std::time::Instant::now();
+        let _second = daemon(&db, "m2", LONG);
+        let took = started.elapsed();
+        reader.join().unwrap();
+        assert!(
+            took < Duration::from_secs(2),
+            "opening waited {took:?} behind a reader of the fires table"
+        );
+    }
 
     #[test]
     fn of_many_daemons_claiming_one_slot_exactly_one_starts_it() {
