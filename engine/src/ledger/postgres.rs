@@ -342,6 +342,35 @@ struct ImportRow {
     pos: i64,
 }
 
+/// PostgreSQL stores no NUL character (`\u0000` in the file) in text: a bead with one in a
+/// field kept in a column is refused with what, where and how to fix it, before anything of
+/// the import is written (its JSON line itself keeps the escape, which is plain text).
+fn refuse_nul(rec: &Record) -> Result<(), LedgerError> {
+    let fields = [
+        ("id", Some(rec.id.as_str())),
+        ("assignee", rec.assignee.as_deref()),
+    ];
+    let labels = rec.labels.iter().map(|l| ("labels", Some(l.as_str())));
+    let deps = rec
+        .dependencies
+        .iter()
+        .map(|d| ("dependencies", Some(d.depends_on_id.as_str())));
+    let bad = fields
+        .into_iter()
+        .chain(labels)
+        .chain(deps)
+        .find(|(_, v)| v.is_some_and(|v| v.contains('\0')));
+    match bad {
+        Some((field, _)) => Err(LedgerError::Invalid(format!(
+            "bead `{}` in .beads/issues.jsonl has a NUL character (\\u0000) in its {field}, \
+             which PostgreSQL cannot store: remove it from that bead's line and open the ledger \
+             again",
+            rec.id.replace('\0', "\\u0000")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The import's staging tables: private to the session, emptied for each import and dropped
 /// when the transaction ends.
 const IMPORT_TABLES: &str = r#"
@@ -823,6 +852,9 @@ impl Store for PgStore {
     fn import_rows(&self, rows: &[(&Record, &str, i64)], dirty: bool) -> Result<(), LedgerError> {
         if rows.is_empty() {
             return Ok(());
+        }
+        for (rec, _, _) in rows {
+            refuse_nul(rec)?;
         }
         // Dirty rows take the next change numbers in file order, as `put_row` one by one does.
         let first_seq = if dirty {

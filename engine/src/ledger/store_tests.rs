@@ -1652,3 +1652,25 @@ fn postgres_imports_a_file_into_the_ledger_that_sqlite_imports_it_into() {
     };
     assert_same("the exported file", &without_times(sq.path()), &without_times(pg.path()));
 }
+
+#[test]
+fn a_nul_character_in_a_beads_label_is_refused_by_postgresql_with_the_bead_and_the_fix() {
+    if !PG {
+        return; // SQLite stores it as it is.
+    }
+    let dir = repo!();
+    let first = bd_text().lines().next().unwrap().to_string();
+    let mut bead: serde_json::Value = serde_json::from_str(&first).unwrap();
+    bead["labels"] = serde_json::json!(["ok", "bad\u{0}label"]);
+    let id = bead["id"].as_str().unwrap().to_string();
+    std::fs::create_dir_all(dir.path().join(".beads")).unwrap();
+    std::fs::write(dir.path().join(".beads/issues.jsonl"), format!("{bead}\n")).unwrap();
+    let err = Ledger::open(dir.path()).err().expect("refused").to_string();
+    assert!(
+        err.contains(&format!("bead `{id}`"))
+            && err.contains("NUL character")
+            && err.contains("in its labels")
+            && err.contains("remove it"),
+        "{err}"
+    );
+}
