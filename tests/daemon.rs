@@ -838,3 +838,61 @@ fn schedule_run_without_a_daemon_resumes_the_run_stopped_for_a_fix() {
     assert_eq!(code, 0, "{next:#}\n{err}");
     assert_ne!(next["run_id"], run_id.as_str(), "{next:#}");
 }
+
+#[test]
+fn a_stopped_run_whose_lock_file_was_deleted_is_resumed_not_run_beside() {
+    // Whether the run finished is read from its state, not from its lock file: someone
+    // clearing "stale locks" after the index.lock message may delete it.
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    let fire = |env: &[(&str, &str)]| {
+        let out = repo.wiggum_env(&["schedule", "run", "two-parts", "--json"], env);
+        (out.code, out.json(), out.stderr)
+    };
+    let (code, first, err) = fire(&[("WIGGUM_FAILPOINT", "index-lock-mid-checkout-once")]);
+    assert_eq!(code, 1, "{first:#}\n{err}");
+    let run_id = first["run_id"].as_str().unwrap().to_string();
+    let lock = repo
+        .path()
+        .join(".wiggum/locks")
+        .join(format!("{run_id}.lock"));
+    std::fs::remove_file(&lock).unwrap();
+
+    let (code, again, err) = fire(&[]);
+    assert_eq!(code, 1, "{again:#}\n{err}");
+    assert_eq!(
+        again["run_id"],
+        run_id.as_str(),
+        "resumed, not a new run beside it: {again:#}\n{err}"
+    );
+    let fired = fires(&repo, "two-parts");
+    assert_eq!(states(&fired), ["stopped", "skipped"], "{fired:#?}");
+}
+
+#[test]
+fn a_sandbox_patrols_stopped_run_is_resumed_in_its_temp_copy() {
+    // The run, its lock and its ledger live in the sandbox's temp copy, not in the patrol's repo.
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
+    let text = TWO_PARTS_PATROL.replace("land = \"none\"", "land = \"none\"\nsandbox = true");
+    write_patrol(&repo, "two-parts", &text);
+    let fire = |env: &[(&str, &str)]| {
+        let out = repo.wiggum_env(&["schedule", "run", "two-parts", "--json"], env);
+        (out.code, out.json(), out.stderr)
+    };
+    let (code, first, err) = fire(&[("WIGGUM_FAILPOINT", "index-lock-mid-checkout-once")]);
+    assert_eq!(code, 1, "{first:#}\n{err}");
+    assert_eq!(first["resumable"], true, "{first:#}");
+    let run_id = first["run_id"].as_str().unwrap().to_string();
+    assert_eq!(states(&fires(&repo, "two-parts")), ["stopped"]);
+
+    let (code, again, err) = fire(&[]);
+    assert_eq!(code, 1, "{again:#}\n{err}");
+    assert_eq!(again["run_id"], run_id.as_str(), "{again:#}\n{err}");
+    assert_eq!(again["resumable"], true, "still stuck: {again:#}");
+    let fired = fires(&repo, "two-parts");
+    assert_eq!(states(&fired), ["stopped", "skipped"], "{fired:#?}");
+}

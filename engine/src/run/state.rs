@@ -212,16 +212,6 @@ impl RunLock {
         }
     }
 
-    /// Whether the lock file of `run_id` is there: a run keeps it until it finishes (a run
-    /// stopped to be resumed keeps it too), and removes it once finished.
-    pub fn file_kept(repo_root: &Path, run_id: &str) -> bool {
-        repo_root
-            .join(".wiggum")
-            .join("locks")
-            .join(format!("{run_id}.lock"))
-            .exists()
-    }
-
     /// Waits for, and takes, the repository's landing lock: runs of several wiggum processes
     /// land onto the user's branches one at a time instead of failing on git's ref locks.
     pub fn landing(repo_root: &Path) -> std::io::Result<RunLock> {

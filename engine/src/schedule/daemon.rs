@@ -120,6 +120,61 @@ enum Stopped {
     Resume(Fire),
     /// Another process (a person's `wiggum resume`) drives it right now: this fire waits.
     Held(Fire),
+    /// Its run's state is not in the ledger where the daemon looks: it stays stopped and this
+    /// fire waits (why, in the string), rather than guess that it finished.
+    Unknown(String),
+}
+
+/// What the ledger says of the run of a fire stopped for something to fix (one daemon's store).
+enum StoppedRun {
+    /// Someone drives it right now (its lock is held).
+    Held,
+    /// Not finished: a fire resumes it.
+    Unfinished,
+    /// Finished meanwhile (resumed by hand): its outcome and reason.
+    Finished(String, String),
+    /// Its state is not found where the fire records its repository: why.
+    Unknown(String),
+}
+
+/// Looks up the run of the stopped fire `old` in its repository: the run's state in the
+/// ledger (its `finished_at`) decides whether it finished, the lock file only whether someone
+/// holds it now (a lock file deleted as "stale" says nothing about the run).
+fn stopped_run_of(old: &Fire, run_id: &str) -> StoppedRun {
+    let root = crate::workspace::discover_root(&old.repo).unwrap_or_else(|_| old.repo.clone());
+    if RunLock::is_held(&root, run_id) {
+        return StoppedRun::Held;
+    }
+    match run_state(&root, run_id) {
+        Ok(Some(run)) if run.finished_at.is_some() => StoppedRun::Finished(
+            run.outcome.unwrap_or(Outcome::Error).as_str().to_string(),
+            run.reason,
+        ),
+        Ok(Some(_)) => StoppedRun::Unfinished,
+        Ok(None) => StoppedRun::Unknown(format!(
+            "run {run_id} (slot {}) stopped for something to fix, but its state is not in the \
+             ledger of {}; it stays stopped and no new run starts beside it (`wiggum resume \
+             {run_id}` where it ran goes on with it)",
+            format_time(&old.slot),
+            root.display()
+        )),
+        Err(e) => StoppedRun::Unknown(format!(
+            "run {run_id} (slot {}) stopped for something to fix, but the ledger of {} cannot be \
+             read ({e}); it stays stopped and no new run starts beside it",
+            format_time(&old.slot),
+            root.display()
+        )),
+    }
+}
+
+/// The state of run `run_id` in the ledger of `root`; `None` when there is no such ledger or
+/// run.
+fn run_state(root: &Path, run_id: &str) -> Result<Option<RunState>, String> {
+    if !crate::ledger::Ledger::exists(root) {
+        return Ok(None);
+    }
+    let ledger = crate::ledger::Ledger::open(root).map_err(|e| e.to_string())?;
+    RunState::load(&Recorder::new(ledger), run_id).map_err(|e| e.to_string())
 }
 
 /// Why a fire did not start a new run: it resumes the stopped run of `old` instead.
@@ -610,7 +665,7 @@ impl Daemon {
     /// The patrol's run that stopped for something a person must fix (a fire recorded
     /// [`state::STOPPED`]): a fire time that would start a new run resumes it instead, since a
     /// new run would start beside its unfinished work. One that finished meanwhile (resumed by
-    /// hand) is settled now, by a resume that only reports it, and is in the way no more.
+    /// hand) is settled now with the outcome in its state, and is in the way no more.
     /// One daemon's store only: in PostgreSQL mode the claim of the slot decides it (see
     /// [`Claim::ResumeInstead`] and [`Daemon::resume_wanted_shared`]).
     fn stopped_run(&mut self, name: &str) -> Stopped {
@@ -623,15 +678,26 @@ impl Daemon {
         let Some(run_id) = old.run_id.clone() else {
             return Stopped::None;
         };
-        let root = crate::workspace::discover_root(&old.repo).unwrap_or_else(|_| old.repo.clone());
-        if RunLock::is_held(&root, &run_id) {
-            return Stopped::Held(old);
+        match stopped_run_of(&old, &run_id) {
+            StoppedRun::Held => Stopped::Held(old),
+            StoppedRun::Unfinished => Stopped::Resume(old),
+            StoppedRun::Unknown(why) => Stopped::Unknown(why),
+            StoppedRun::Finished(outcome, reason) => {
+                // Resumed by hand meanwhile: settled with the run's end, in the way no more.
+                let _ = self
+                    .store
+                    .set_outcome(name, &old.slot, state::DONE, &outcome, &reason);
+                self.emit(DaemonEvent::RunFinished {
+                    patrol: name.into(),
+                    slot: old.slot,
+                    run_id: Some(run_id),
+                    state: state::DONE.into(),
+                    outcome: Some(outcome),
+                    reason,
+                });
+                Stopped::None
+            }
         }
-        if !RunLock::file_kept(&root, &run_id) {
-            self.resume_stopped(&old);
-            return Stopped::None;
-        }
-        Stopped::Resume(old)
     }
 
     /// When the patrol's run stopped for a fix is in the way of a new run: why the new slot
@@ -642,6 +708,10 @@ impl Daemon {
             Stopped::None => None,
             Stopped::Resume(old) => Some((resume_instead(&old), Some(old))),
             Stopped::Held(old) => Some((held_elsewhere(&old), None)),
+            Stopped::Unknown(why) => {
+                self.warn(format!("{name}: {why}"));
+                Some((format!("skipped: {why}"), None))
+            }
         }
     }
 
@@ -1657,6 +1727,11 @@ fn settle(
                 patrol,
                 store.shared().map(|sh| sh.config().machine.as_str()),
             ) {
+                // A sandbox patrol's run, its lock and its ledger are in the temp copy: the
+                // fire resumes it there.
+                if let Ok(root) = crate::workspace::discover_root(&report.repo) {
+                    let _ = store.set_repo(patrol, &slot, &root);
+                }
                 (state::STOPPED, outcome, why, run_id)
             } else if let Some(hit) = quota_of(report) {
                 let until = hit.resets_at.unwrap_or_else(|| {
@@ -1824,16 +1899,9 @@ pub async fn fire_once(
         // As the daemon does (see `Daemon::stopped_run`): the patrol's run stopped for a fix
         // is resumed instead of a new run started beside it.
         let run_id = old.run_id.clone().unwrap_or_default();
-        let root = crate::workspace::discover_root(&old.repo).unwrap_or_else(|_| old.repo.clone());
-        let held = RunLock::is_held(&root, &run_id);
-        let unfinished = RunLock::file_kept(&root, &run_id);
-        if held || unfinished {
+        let skip = |reason: String| -> Result<Fire, ScheduleError> {
             let mut fire = new_fire(&patrol, slot, "manual", state::SKIPPED);
-            fire.reason = if held {
-                held_elsewhere(&old)
-            } else {
-                resume_instead(&old)
-            };
+            fire.reason = reason;
             fire.finished_at = Some(Utc::now());
             fire.started_at = None;
             store.insert_fire(&fire)?;
@@ -1842,30 +1910,49 @@ pub async fn fire_once(
                 slot,
                 reason: fire.reason.clone(),
             });
-            if held {
-                return Ok((fire, None));
+            Ok(fire)
+        };
+        match stopped_run_of(&old, &run_id) {
+            StoppedRun::Held => return Ok((skip(held_elsewhere(&old))?, None)),
+            StoppedRun::Unknown(why) => {
+                sink.emit(&DaemonEvent::Warning {
+                    message: format!("{name}: {why}"),
+                });
+                return Ok((skip(format!("skipped: {why}"))?, None));
+            }
+            StoppedRun::Finished(outcome, reason) => {
+                // Resumed by hand meanwhile: settled with its end, and a new run starts.
+                store.set_outcome(name, &old.slot, state::DONE, &outcome, &reason)?;
+                sink.emit(&DaemonEvent::RunFinished {
+                    patrol: name.into(),
+                    slot: old.slot,
+                    run_id: Some(run_id),
+                    state: state::DONE.into(),
+                    outcome: Some(outcome),
+                    reason,
+                });
+            }
+            StoppedRun::Unfinished => {
+                skip(resume_instead(&old))?;
+                store.set_state(name, &old.slot, state::RUNNING, "")?;
+                let fire_sink = Arc::new(FireSink {
+                    inner: opts.run_sink.clone(),
+                    tx: mpsc::unbounded_channel().0,
+                    patrol: name.into(),
+                    slot: old.slot,
+                });
+                let job = Job::Resume {
+                    repo: old.repo.clone(),
+                    run_id,
+                };
+                let result = execute(job, name, old.slot, fire_sink, cancel.clone()).await;
+                for e in settle(&store, opts, name, old.slot, None, &result, None) {
+                    sink.emit(&e);
+                }
+                let fire = store.fire(name, &old.slot)?.unwrap_or(old);
+                return Ok((fire, result.ok()));
             }
         }
-        store.set_state(name, &old.slot, state::RUNNING, "")?;
-        let fire_sink = Arc::new(FireSink {
-            inner: opts.run_sink.clone(),
-            tx: mpsc::unbounded_channel().0,
-            patrol: name.into(),
-            slot: old.slot,
-        });
-        let job = Job::Resume {
-            repo: old.repo.clone(),
-            run_id,
-        };
-        let result = execute(job, name, old.slot, fire_sink, cancel.clone()).await;
-        for e in settle(&store, opts, name, old.slot, None, &result, None) {
-            sink.emit(&e);
-        }
-        if unfinished {
-            let fire = store.fire(name, &old.slot)?.unwrap_or(old);
-            return Ok((fire, result.ok()));
-        }
-        // It had finished (resumed by hand): now settled, a new run starts.
     }
     let fire = new_fire(&patrol, slot, "manual", state::RUNNING);
     store.insert_fire(&fire)?;
@@ -2037,6 +2124,36 @@ mod tests {
             run_sink: Arc::new(NullSink),
             watch: false,
             shared: None,
+        }
+    }
+
+    #[test]
+    fn a_stopped_run_whose_state_is_not_found_stays_stopped_rather_than_finished() {
+        // A sandbox patrol's run before its temp copy was recorded on the fire, or a ledger
+        // removed: nothing says the run finished, so nothing settles it or starts beside it.
+        let dir = tempfile::tempdir().unwrap();
+        let fire = Fire {
+            patrol: "nightly".into(),
+            slot: Utc::now(),
+            kind: "scheduled".into(),
+            state: state::STOPPED.into(),
+            path: dir.path().join("nightly.toml"),
+            repo: dir.path().to_path_buf(),
+            run_id: Some("wg-1".into()),
+            outcome: Some("error".into()),
+            reason: String::new(),
+            decided_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: Some(Utc::now()),
+            machine: None,
+            attempt: None,
+        };
+        match stopped_run_of(&fire, "wg-1") {
+            StoppedRun::Unknown(why) => {
+                assert!(why.contains("its state is not in the ledger"), "{why}");
+                assert!(why.contains("it stays stopped"), "{why}");
+            }
+            _ => panic!("not Unknown"),
         }
     }
 

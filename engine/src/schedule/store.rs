@@ -261,6 +261,25 @@ impl Store {
         Ok(())
     }
 
+    /// Records the repository a fire's run is in, when it is not the patrol's own (a sandbox
+    /// patrol's run lives in its temp copy, where `wiggum resume` finds it). One daemon's store
+    /// only: in PostgreSQL mode the fire's clone says which daemon resumes it.
+    pub fn set_repo(
+        &self,
+        patrol: &str,
+        slot: &DateTime<Utc>,
+        repo: &std::path::Path,
+    ) -> Result<(), ScheduleError> {
+        if self.shared.is_some() {
+            return Ok(());
+        }
+        self.conn.execute(
+            "UPDATE fires SET repo = ?3 WHERE patrol = ?1 AND slot = ?2",
+            params![patrol, format_time(slot), repo.to_string_lossy()],
+        )?;
+        Ok(())
+    }
+
     /// Records how a fire's run ended.
     pub fn set_outcome(
         &self,
