@@ -30,7 +30,9 @@ use crate::patrol::{Overlap, Patrol};
 use crate::pg::lease::{keep, Lease, Leases};
 use crate::ralph::Outcome;
 use crate::run::state::RunLock;
-use crate::run::{resume_run, run_patrol, Cancel, PatrolOptions, PatrolReport, Recorder, RunState};
+use crate::run::{
+    resume_run, run_patrol, Cancel, PatrolOptions, PatrolReport, PatrolRunError, Recorder, RunState,
+};
 
 /// What the process around the daemon tells it (the CLI maps signals to these).
 #[derive(Clone, Debug)]
@@ -102,9 +104,21 @@ struct Running {
 struct Done {
     patrol: String,
     slot: DateTime<Utc>,
-    result: Result<PatrolReport, String>,
+    result: Result<PatrolReport, JobError>,
     /// The run's lease was lost (taken over by another daemon): why.
     lost: Option<String>,
+}
+
+/// Why a fire's job gave no report of its run.
+#[derive(Debug)]
+enum JobError {
+    /// Resuming the run found its lock held: another process (a person's `wiggum resume`)
+    /// drives it right now, so the run is not over and its fire stays resumable.
+    Busy {
+        run_id: String,
+        message: String,
+    },
+    Failed(String),
 }
 
 enum Job {
@@ -1192,7 +1206,9 @@ impl Daemon {
                 Done {
                     patrol,
                     slot,
-                    result: Err(format!("internal error in wiggum while running: {e}")),
+                    result: Err(JobError::Failed(format!(
+                        "internal error in wiggum while running: {e}"
+                    ))),
                     lost: None,
                 }
             }
@@ -1662,11 +1678,12 @@ async fn execute(
     slot: DateTime<Utc>,
     sink: Arc<FireSink>,
     cancel: Cancel,
-) -> Result<PatrolReport, String> {
+) -> Result<PatrolReport, JobError> {
+    let failed = |e: &dyn std::fmt::Display| JobError::Failed(e.to_string());
     match job {
         Job::Start(p, why) => {
             let repo_override = if p.sandbox {
-                Some(crate::run::sandbox::prepare(&p.repo).map_err(|e| e.to_string())?)
+                Some(crate::run::sandbox::prepare(&p.repo).map_err(|e| failed(&e))?)
             } else {
                 None
             };
@@ -1676,11 +1693,20 @@ async fn execute(
                 repo_override,
                 started_by: Some(why),
             };
-            run_patrol(opts, sink, cancel).await
+            run_patrol(opts, sink, cancel).await.map_err(|e| failed(&e))
         }
-        Job::Resume { repo, run_id } => resume_run(&repo, &run_id, sink, cancel).await,
+        Job::Resume { repo, run_id } => {
+            resume_run(&repo, &run_id, sink, cancel)
+                .await
+                .map_err(|e| match e {
+                    PatrolRunError::Busy(_) => JobError::Busy {
+                        message: e.to_string(),
+                        run_id,
+                    },
+                    e => failed(&e),
+                })
+        }
     }
-    .map_err(|e| e.to_string())
 }
 
 /// Records how a fire's run ended: done, interrupted (resumed at the next start), cancelled
@@ -1692,12 +1718,25 @@ fn settle(
     patrol: &str,
     slot: DateTime<Utc>,
     superseded_by: Option<DateTime<Utc>>,
-    result: &Result<PatrolReport, String>,
+    result: &Result<PatrolReport, JobError>,
     lease: Option<&Lease>,
 ) -> Vec<DaemonEvent> {
     let mut events = Vec::new();
     let (st, outcome, reason, run_id) = match result {
-        Err(message) => (state::ERROR, None, message.clone(), None),
+        Err(JobError::Failed(message)) => (state::ERROR, None, message.clone(), None),
+        // A person's `wiggum resume` took the run first: it is not over, so the fire stays
+        // stopped (its run id kept) rather than `error`, which would let the next fire time
+        // start a new run beside it.
+        Err(JobError::Busy { run_id, message }) => (
+            state::STOPPED,
+            Some(Outcome::Error.as_str().to_string()),
+            format!(
+                "not resumed by the daemon: {message}; a person is resuming it (`wiggum resume \
+                 {run_id}`); the next fire time resumes run {run_id} if it is still unfinished \
+                 then, or settles this fire with its outcome"
+            ),
+            Some(run_id.clone()),
+        ),
         Ok(report) => {
             let run_id = Some(report.run_id.clone());
             let outcome = Some(report.outcome.as_str().to_string());
@@ -2191,7 +2230,10 @@ mod tests {
     }
 
     /// Settles a recorded fire of `nightly` with `result`; its record afterwards.
-    fn settled(result: Result<PatrolReport, String>, superseded_by: Option<DateTime<Utc>>) -> Fire {
+    fn settled(
+        result: Result<PatrolReport, JobError>,
+        superseded_by: Option<DateTime<Utc>>,
+    ) -> Fire {
         let dir = tempfile::tempdir().unwrap();
         let opts = options(dir.path());
         let store = Store::open(dir.path()).unwrap();
@@ -2262,7 +2304,25 @@ mod tests {
         );
         let by = crate::ledger::parse_time("2026-11-30T04:00:00Z").unwrap();
         assert_eq!(settled(Ok(cancelled), Some(by)).state, state::CANCELLED);
-        assert_eq!(settled(Err("boom".into()), None).state, state::ERROR);
+        assert_eq!(
+            settled(Err(JobError::Failed("boom".into())), None).state,
+            state::ERROR
+        );
+    }
+
+    #[test]
+    fn a_resume_that_finds_the_run_busy_leaves_the_fire_stopped_with_its_run() {
+        // A person's `wiggum resume` took the run's lock between the daemon's check and its
+        // resume: the run is not over, so the fire must not end `error` (the next fire time
+        // would start a new run beside it).
+        let busy = JobError::Busy {
+            run_id: "wg-1".into(),
+            message: "run wg-1 is being run by another wiggum process right now".into(),
+        };
+        let f = settled(Err(busy), None);
+        assert_eq!(f.state, state::STOPPED);
+        assert_eq!(f.run_id.as_deref(), Some("wg-1"));
+        assert!(f.reason.contains("a person is resuming it"), "{}", f.reason);
     }
 
     #[test]
