@@ -21,7 +21,7 @@ use super::events::{DaemonEvent, DaemonSink};
 use super::ledger_note::note_fire;
 use super::next_fire::fires_between;
 use super::quota::quota_exhausted;
-use super::shared::{Claim, Shared, SharedConfig, CHANNEL};
+use super::shared::{Claim, QueuedTurn, Shared, SharedConfig, CHANNEL};
 use super::store::{state, DaemonLock, Fire, Store};
 use super::ScheduleError;
 use crate::events::{Event, EventSink};
@@ -1095,7 +1095,30 @@ impl Daemon {
             return;
         };
         let (fire, lease) = match sh.start_queued(name) {
-            Ok(Some(started)) => started,
+            Ok(Some(QueuedTurn::Start(fire, lease))) => (fire, lease),
+            Ok(Some(QueuedTurn::ResumeInstead {
+                queued,
+                stopped,
+                reason,
+            })) => {
+                let repo = self
+                    .new_fire(&patrol, queued.slot, "queued", state::SKIPPED)
+                    .repo;
+                self.note_not_run(
+                    &patrol,
+                    queued.slot,
+                    "queued",
+                    state::SKIPPED,
+                    &reason,
+                    repo,
+                );
+                let machine = self.machine();
+                if resumable_in(&stopped, &machine, &patrol).is_none() {
+                    self.warn(cannot_resume_here(&stopped, &machine, &patrol));
+                }
+                self.resume_wanted_shared();
+                return;
+            }
             Ok(None) => return,
             Err(e) => {
                 self.warn(format!("cannot start the queued fire of {name}: {e}"));

@@ -338,6 +338,19 @@ fn describe(slot: &DateTime<Utc>, run_id: Option<&str>, machine: &str, st: &str)
     }
 }
 
+/// A queued fire's turn (see [`Shared::start_queued`]).
+pub enum QueuedTurn {
+    /// Its run starts, under the lease.
+    Start(Fire, Lease),
+    /// The patrol's run stopped for a fix: the queued fire was recorded `skipped` (`reason`)
+    /// and the stopped fire's resume asked for, as a claim does ([`Claim::ResumeInstead`]).
+    ResumeInstead {
+        queued: Fire,
+        stopped: Fire,
+        reason: String,
+    },
+}
+
 /// Why a fire did not start a new run: the stopped run of `old` is resumed instead, by the
 /// daemon of the machine that ran it.
 pub fn resume_instead(old: &Fire) -> String {
@@ -1127,7 +1140,7 @@ impl Shared {
     /// Starts the oldest queued fire of `patrol` when no run of it is going anywhere: the
     /// fire (now running) and its lease. `None`: nothing queued, still busy, or another daemon
     /// took it.
-    pub fn start_queued(&self, patrol: &str) -> Result<Option<(Fire, Lease)>, ScheduleError> {
+    pub fn start_queued(&self, patrol: &str) -> Result<Option<QueuedTurn>, ScheduleError> {
         let patrol = patrol.to_string();
         self.call(move |ctx| async move {
             let Some(q) = select_fires(
@@ -1170,7 +1183,45 @@ impl Shared {
                     .await
                     .map_err(|e| ctx.db(e))?;
                 if busy.is_some() {
-                    return Ok::<_, PgError>(false);
+                    return Ok::<_, PgError>(None);
+                }
+                // The patrol's run stopped for a fix: a new run would start beside its
+                // unfinished work. As a claim does: the queued fire is skipped and the stopped
+                // one's resume asked for.
+                let stopped = tx
+                    .query_opt(
+                        &format!(
+                            "SELECT {COLS} FROM wiggum_fires WHERE repo = $1 AND patrol = $2
+                                 AND state = 'stopped' ORDER BY slot DESC LIMIT 1"
+                        ),
+                        &[&ctx.repo, &patrol],
+                    )
+                    .await
+                    .map_err(|e| ctx.db(e))?
+                    .map(|r| row_fire(&r));
+                if let Some(old) = stopped {
+                    let reason = resume_instead(&old);
+                    let n = tx
+                        .execute(
+                            "UPDATE wiggum_fires SET state = 'skipped', reason = $4,
+                                 finished_at = now()
+                             WHERE repo = $1 AND patrol = $2 AND slot = $3 AND state = 'queued'",
+                            &[&ctx.repo, &patrol, &q.slot, &reason],
+                        )
+                        .await
+                        .map_err(|e| ctx.db(e))?;
+                    if n != 1 {
+                        return Ok(None);
+                    }
+                    tx.execute(
+                        "UPDATE wiggum_fires SET resume_at = $4 WHERE repo = $1 AND patrol = $2
+                             AND slot = $3 AND state = 'stopped'",
+                        &[&ctx.repo, &patrol, &old.slot, &q.slot],
+                    )
+                    .await
+                    .map_err(|e| ctx.db(e))?;
+                    tx.commit().await.map_err(|e| ctx.db(e))?;
+                    return Ok(Some(Err((old, reason))));
                 }
                 let n = tx
                     .execute(
@@ -1182,19 +1233,33 @@ impl Shared {
                     .await
                     .map_err(|e| ctx.db(e))?;
                 tx.commit().await.map_err(|e| ctx.db(e))?;
-                Ok(n == 1)
+                Ok((n == 1).then_some(Ok(())))
             }
             .await;
             match started {
-                Ok(true) => {
+                Ok(Some(Ok(()))) => {
                     let mut fire = q;
                     fire.state = state::RUNNING.into();
                     fire.machine = Some(ctx.machine.clone());
-                    Ok(Some((fire, lease)))
+                    Ok(Some(QueuedTurn::Start(fire, lease)))
                 }
-                other => {
+                Ok(Some(Err((stopped, reason)))) => {
                     let _ = leases.release(&lease).await;
-                    other.map(|_| None)
+                    // The daemon that can resume it may be another one.
+                    let _ = notify_with(&ctx, "resume").await;
+                    Ok(Some(QueuedTurn::ResumeInstead {
+                        queued: q,
+                        stopped,
+                        reason,
+                    }))
+                }
+                Ok(None) => {
+                    let _ = leases.release(&lease).await;
+                    Ok(None)
+                }
+                Err(e) => {
+                    let _ = leases.release(&lease).await;
+                    Err(e)
                 }
             }
         })
@@ -1466,10 +1531,9 @@ mod tests {
             .finish("p", &first, state::DONE, "converged", "ok", Some(&lease))
             .unwrap());
         a.release(&lease).unwrap();
-        let (fire, _) = b
-            .start_queued("p")
-            .unwrap()
-            .expect("the queued fire starts");
+        let Some(QueuedTurn::Start(fire, _)) = b.start_queued("p").unwrap() else {
+            panic!("the queued fire starts");
+        };
         assert_eq!(fire.slot, slot3.slot);
         assert!(a.start_queued("p").unwrap().is_none(), "started twice");
     }
@@ -1495,6 +1559,63 @@ mod tests {
         let asked = a.cancel_requests().unwrap();
         assert_eq!(asked, vec![("p".to_string(), first.slot, second.slot)]);
         assert!(b.cancel_requests().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_queued_fires_turn_resumes_the_stopped_run_instead_of_starting_beside_it() {
+        let Some(db) = TestDb::create_blocking("fires queued stopped") else {
+            return;
+        };
+        let (a, b) = (daemon(&db, "m1", LONG), daemon(&db, "m2", LONG));
+        let first = tpl("2026-01-01T00:00:02Z");
+        let Claim::Start { lease, .. } = a.claim(&first, Overlap::Queue, false).unwrap() else {
+            panic!("m1 should start the first slot");
+        };
+        let second = tpl("2026-01-01T00:00:04Z");
+        assert!(matches!(
+            b.claim(&second, Overlap::Queue, false).unwrap(),
+            Claim::Queued(_)
+        ));
+        // The running fire's run stops for a fix: the queued fire's turn must not start a run.
+        assert!(a
+            .finish(
+                "p",
+                &first.slot,
+                state::STOPPED,
+                "error",
+                "lock",
+                Some(&lease)
+            )
+            .unwrap());
+        a.release(&lease).unwrap();
+        match b.start_queued("p").unwrap() {
+            Some(QueuedTurn::ResumeInstead {
+                queued,
+                stopped,
+                reason,
+            }) => {
+                assert_eq!(queued.slot, second.slot);
+                assert_eq!(stopped.slot, first.slot);
+                assert!(reason.contains("on m1) instead"), "{reason}");
+            }
+            Some(QueuedTurn::Start(..)) => panic!("started a new run beside the stopped one"),
+            None => panic!("nothing happened to the queued fire"),
+        }
+        assert_eq!(
+            b.fire("p", &second.slot).unwrap().unwrap().state,
+            state::SKIPPED
+        );
+        assert_eq!(
+            a.fire("p", &first.slot).unwrap().unwrap().state,
+            state::STOPPED
+        );
+        let wanted = a.resume_wanted().unwrap();
+        assert_eq!(wanted.len(), 1, "the stopped run's resume is asked for");
+        assert_eq!(wanted[0].slot, first.slot);
+        assert!(
+            b.start_queued("p").unwrap().is_none(),
+            "nothing queued any more"
+        );
     }
 
     #[test]
