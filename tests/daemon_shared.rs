@@ -532,6 +532,29 @@ fn fire_of(repo: &TempRepo, db: &TestDb, slot: &str) -> Value {
 
 const STUCK: &str = "stopped (error), not finished";
 
+/// The connections to `db`, other than this one, in a transaction or running a statement. With
+/// one daemon frozen and no other wiggum process, 0 means it holds no lock in the database.
+fn busy_connections(db: &TestDb) -> i64 {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = wiggum_engine::pg::connect(&db.url).await.unwrap();
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                         AND backend_type = 'client backend'
+                         AND (state = 'active' OR state LIKE 'idle in transaction%')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        })
+}
+
 /// A run stopped for a fix on machine m1 (a stale `index.lock` in its split step's checkout)
 /// is not run beside: each later fire time, whichever daemon claims it, resumes that run
 /// instead, and only m1's daemon (its machine and clone hold the checkout) resumes it. m2,
@@ -567,9 +590,11 @@ fn a_run_stopped_for_a_fix_is_resumed_only_by_the_daemon_of_its_clone_until_it_c
     );
     // m1 frozen between two of its resumes (the fire is `stopped`, not being resumed), m2
     // claims the fire times: it cannot resume the run (its checkout is m1's) and says so.
+    // Frozen outside any transaction too: frozen inside its claim of a fire time, m1 would
+    // hold the patrol's row lock and m2's claims would wait for it until the end of the test.
     loop {
         a.signal(libc::SIGSTOP);
-        if fire_of(&repo, &db, &slot)["state"] == "stopped" {
+        if fire_of(&repo, &db, &slot)["state"] == "stopped" && busy_connections(&db) == 0 {
             break;
         }
         a.signal(libc::SIGCONT);
