@@ -23,7 +23,7 @@ W=${1:-./target/debug/wiggum}
   echo '```text'
   $W --help
   echo '```'
-  for c in task run validate resume runs show beads "beads list" "beads show" "beads ready" daemon schedule "schedule pause" "schedule resume" "schedule run" report polecats; do
+  for c in task run validate resume runs show beads "beads list" "beads show" "beads ready" daemon schedule "schedule pause" "schedule resume" "schedule run" "schedule give-up" report polecats; do
     echo
     echo "## wiggum $c"
     echo

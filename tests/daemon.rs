@@ -839,6 +839,137 @@ fn schedule_run_without_a_daemon_resumes_the_run_stopped_for_a_fix() {
     assert_ne!(next["run_id"], run_id.as_str(), "{next:#}");
 }
 
+/// A stopped run that will never be resumed (its clone is gone, or a person drops it) no
+/// longer blocks its patrol once given up: `wiggum schedule give-up` settles its fire, and the
+/// next fire starts a new run instead of resuming it; the run itself stays unfinished.
+#[test]
+fn a_stopped_run_given_up_lets_the_next_fire_start_a_new_run() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    let out = repo.wiggum(&["schedule", "give-up", "two-parts"]);
+    assert_eq!(out.code, 1, "nothing stopped yet: {}", out.stderr);
+    assert!(out.stderr.contains("nothing to give up"), "{}", out.stderr);
+    let out = repo.wiggum(&["schedule", "give-up", "nope"]);
+    assert_eq!(out.code, 2, "unknown patrol: {}", out.stderr);
+
+    let out = repo.wiggum_env(
+        &["schedule", "run", "two-parts", "--json"],
+        &[("WIGGUM_FAILPOINT", "index-lock-mid-checkout-once")],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let run_id = out.json()["run_id"].as_str().unwrap().to_string();
+    assert_eq!(states(&fires(&repo, "two-parts")), ["stopped"]);
+
+    let out = repo.wiggum_env(
+        &["schedule", "give-up", "two-parts", "--json"],
+        &[("USER", "alice")],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let given = out.json();
+    assert_eq!(given["given_up"][0]["run_id"], run_id.as_str(), "{given:#}");
+    let fired = fires(&repo, "two-parts");
+    assert_eq!(states(&fired), ["done"], "{fired:#?}");
+    assert_eq!(fired[0]["outcome"], "error");
+    let reason = fired[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("given up by alice on ")
+            && reason.contains("stays unfinished")
+            && reason.contains(&format!("wiggum resume {run_id}")),
+        "{reason}"
+    );
+    let listed = repo.wiggum(&["schedule"]).stdout;
+    assert!(listed.contains("given up by alice"), "{listed}");
+    let again = repo.wiggum(&["schedule", "give-up", "two-parts"]);
+    assert_eq!(again.code, 1, "given up already: {}", again.stderr);
+
+    // The next fire starts a new run: the given-up one is not resumed.
+    let out = repo.wiggum(&["schedule", "run", "two-parts", "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let next = out.json();
+    assert_ne!(next["run_id"], run_id.as_str(), "{next:#}");
+    assert_eq!(next["outcome"], "converged", "{next:#}");
+    let fired = fires(&repo, "two-parts");
+    assert_eq!(states(&fired), ["done", "done"], "{fired:#?}");
+    // The given-up run is still unfinished, resumable by hand.
+    let runs = repo.wiggum(&["runs", "--json"]).json();
+    let old = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == run_id.as_str())
+        .unwrap_or_else(|| panic!("no run {run_id}: {runs:#}"));
+    assert!(old["duration_ms"].is_null(), "not finished: {old:#}");
+}
+
+/// A running daemon sees a give-up without a restart (it reads the stopped fire at each fire
+/// time): the fire after it starts a new run, and the given-up run is not resumed again.
+#[test]
+fn a_running_daemon_starts_a_new_run_after_the_stopped_one_is_given_up() {
+    let repo = TempRepo::new();
+    ignore_wiggum_dir(&repo);
+    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    let mut d = start_env(
+        &repo,
+        &[],
+        &[("WIGGUM_FAILPOINT", "index-lock-mid-checkout-once")],
+    );
+    d.wait_for("stopped (error), not finished", 120);
+    // A fire time may be resuming it (still stuck) right now: give up once it is stopped.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let given = loop {
+        let out = repo.wiggum(&["schedule", "give-up", "two-parts", "--json"]);
+        if out.code == 0 {
+            break out.json();
+        }
+        assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+        assert!(Instant::now() < deadline, "never found it stopped");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let run_id = given["given_up"][0]["run_id"].as_str().unwrap().to_string();
+    let log = d.wait_for("ended: done (converged)", 120);
+    let (code, after) = d.stop();
+    assert_eq!(code, 0, "{after}");
+    let ended = log
+        .lines()
+        .find(|l| l.contains("ended: done (converged)"))
+        .unwrap();
+    assert!(
+        !ended.contains(&run_id),
+        "a new run, not the given-up one: {ended}"
+    );
+    let fired = fires(&repo, "two-parts");
+    let old = fired
+        .iter()
+        .find(|f| f["run_id"] == run_id.as_str())
+        .unwrap();
+    assert_eq!(
+        (&old["state"], &old["outcome"]),
+        (&Value::from("done"), &Value::from("error"))
+    );
+    assert!(
+        old["reason"].as_str().unwrap().starts_with("given up by "),
+        "{old:#}"
+    );
+    let given_at =
+        chrono::DateTime::parse_from_rfc3339(old["finished_at"].as_str().unwrap()).unwrap();
+    for f in &fired {
+        let decided =
+            chrono::DateTime::parse_from_rfc3339(f["decided_at"].as_str().unwrap()).unwrap();
+        if decided > given_at {
+            assert!(
+                !f["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("resumes run {run_id}")),
+                "resumed after it was given up: {fired:#?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_stopped_run_whose_lock_file_was_deleted_is_resumed_not_run_beside() {
     // Whether the run finished is read from its state, not from its lock file: someone

@@ -23,6 +23,7 @@ fn docs_cli_md_holds_every_commands_current_help() {
         "schedule pause",
         "schedule resume",
         "schedule run",
+        "schedule give-up",
         "report",
         "polecats",
     ] {

@@ -1,4 +1,5 @@
-//! `wiggum schedule`: List patrol schedules and their next fire times; pause, resume, fire.
+//! `wiggum schedule`: List patrol schedules and their next fire times; pause, resume, fire;
+//! give up on a run stopped for a fix.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,8 +9,8 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use wiggum_engine::patrol::Tz;
 use wiggum_engine::schedule::{
-    fire_once, state, status, DaemonLock, DaemonOptions, Fire, PatrolStatus, ScheduleError,
-    ScheduleStatus, SharedConfig, Store,
+    fire_once, give_up, shared::machine_name, state, status, DaemonLock, DaemonOptions, Fire,
+    PatrolStatus, ScheduleError, ScheduleStatus, SharedConfig, Store,
 };
 
 use super::daemon::{locate, Log};
@@ -80,6 +81,17 @@ pub enum ScheduleAction {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Give up on the patrol's run stopped for a fix: its next fire starts a new run.
+    ///
+    /// For a run that cannot (its machine or clone is gone) or should not be resumed: its fire
+    /// is settled (done, error) and the patrol's next fire time starts a new run instead of
+    /// resuming it. The run stays unfinished: `wiggum resume RUN` in its clone can still
+    /// continue it by hand. A running daemon picks this up at its next fire time. Exit 1 when no
+    /// run of the patrol is stopped.
+    GiveUp {
+        /// The patrol's name.
+        name: String,
+    },
 }
 
 /// Runs `wiggum schedule`.
@@ -125,6 +137,9 @@ pub fn run(args: ScheduleArgs) -> CliResult {
         ),
         Some(ScheduleAction::Run { name, quiet }) => {
             fire_now(sources, default_dir, state_dir, &name, quiet, json, shared)
+        }
+        Some(ScheduleAction::GiveUp { name }) => {
+            give_up_stopped(&sources, &default_dir, &state_dir, &name, json, shared)
         }
     }
 }
@@ -200,7 +215,8 @@ fn describe_fire(f: &Fire, timezone: &str) -> String {
         }
     }
     let reason = f.reason.lines().next().unwrap_or_default();
-    if !reason.is_empty() && f.state != state::DONE {
+    // A done fire's reason is the run's own; one that ended in error (or was given up) says why.
+    if !reason.is_empty() && (f.state != state::DONE || f.outcome.as_deref() == Some("error")) {
         s.push_str(&format!(" — {reason}"));
     }
     s
@@ -353,6 +369,65 @@ fn set_paused(
     } else {
         println!("resumed {name}: it fires at its next time (slots passed while paused are not caught up)");
     }
+    Ok(EXIT_OK)
+}
+
+/// Who gives up, for the fire's reason: the user and the machine.
+fn who() -> String {
+    let user = ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.trim().is_empty()))
+        .unwrap_or_else(|| "someone".into());
+    format!("{} on {}", user.trim(), machine_name())
+}
+
+fn give_up_stopped(
+    sources: &[PathBuf],
+    default_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    name: &str,
+    json: bool,
+    shared: Option<&SharedConfig>,
+) -> CliResult {
+    let st = get_status(sources, default_dir, state_dir, 1, shared)?;
+    known(&st, name)?;
+    let store = Store::open_with(state_dir, shared).map_err(engine_error)?;
+    let given = give_up(&store, name, &who(), Utc::now()).map_err(engine_error)?;
+    if json {
+        let settled: Vec<Fire> = given
+            .iter()
+            .filter_map(|f| store.fire(name, &f.slot).ok().flatten())
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"patrol": name, "given_up": settled})
+        );
+        return Ok(if given.is_empty() {
+            EXIT_FAILED
+        } else {
+            EXIT_OK
+        });
+    }
+    if given.is_empty() {
+        return Err(CliError::failed(format!(
+            "no run of {name} is stopped for something to fix: nothing to give up"
+        ))
+        .hint(format!("`wiggum schedule` shows the fires of {name}")));
+    }
+    for f in &given {
+        let run = f.run_id.as_deref().unwrap_or("?");
+        let clone = match &f.machine {
+            Some(m) => format!("{} on {m}", f.repo.display()),
+            None => f.repo.display().to_string(),
+        };
+        println!(
+            "gave up on run {run} of {name} (slot {}): its fire is done (error), and no fire \
+             resumes it any more; the run stays unfinished (`wiggum resume {run}` in {clone} can \
+             still continue it by hand)",
+            when(&f.slot, "UTC")
+        );
+    }
+    println!("{name}: its next fire time starts a new run");
     Ok(EXIT_OK)
 }
 

@@ -734,9 +734,23 @@ impl Daemon {
         let Some(run_id) = old.run_id.clone() else {
             return;
         };
-        let _ = self
-            .store
-            .set_state(&old.patrol, &old.slot, state::RUNNING, "");
+        match self.store.reopen_stopped(old) {
+            Ok(true) => {}
+            Ok(false) => {
+                // `wiggum schedule give-up` came between the look-up and now.
+                self.warn(format!(
+                    "{}: run {run_id} (slot {}) is not stopped any more (given up or settled \
+                     meanwhile); not resumed",
+                    old.patrol,
+                    format_time(&old.slot)
+                ));
+                return;
+            }
+            Err(e) => {
+                self.warn(format!("cannot resume {run_id} of {}: {e}", old.patrol));
+                return;
+            }
+        }
         let job = Job::Resume {
             repo: old.repo.clone(),
             run_id: run_id.clone(),
@@ -1995,8 +2009,16 @@ pub async fn fire_once(
                 });
             }
             StoppedRun::Unfinished => {
+                if !store.reopen_stopped(&old)? {
+                    // Given up (`wiggum schedule give-up`) or settled meanwhile: not resumed.
+                    let why = format!(
+                        "skipped: run {run_id} (slot {}) is not stopped any more (given up or \
+                         settled meanwhile); not resumed",
+                        format_time(&old.slot)
+                    );
+                    return Ok((skip(why)?, None));
+                }
                 skip(resume_instead(&old))?;
-                store.set_state(name, &old.slot, state::RUNNING, "")?;
                 let fire_sink = Arc::new(FireSink {
                     inner: opts.run_sink.clone(),
                     tx: mpsc::unbounded_channel().0,

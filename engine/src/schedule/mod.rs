@@ -9,6 +9,7 @@
 mod daemon;
 mod discover;
 mod events;
+mod give_up;
 mod ledger_note;
 mod next_fire;
 mod quota;
@@ -20,6 +21,7 @@ mod watch;
 pub use daemon::{fire_once, run_daemon, Control, DaemonOptions};
 pub use discover::{discover, load_all, Discovery, Invalid, DEFAULT_DIR};
 pub use events::{DaemonEvent, DaemonSink};
+pub use give_up::{give_up, given_up_reason};
 pub use next_fire::{fires_between, next_fire};
 pub use quota::{quota_exhausted, QuotaHit};
 pub use shared::{DaemonSeen, SharedConfig};
@@ -54,7 +56,7 @@ pub enum ScheduleError {
     /// Nothing to schedule was found where the daemon looked.
     #[error("no patrol files: {0}")]
     NoPatrols(String),
-    /// `wiggum schedule pause|resume|run NAME` names no known patrol.
+    /// `wiggum schedule pause|resume|run|give-up NAME` names no known patrol.
     #[error("no scheduled patrol named `{name}` (known: {known})")]
     UnknownPatrol { name: String, known: String },
 }

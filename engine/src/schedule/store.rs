@@ -368,6 +368,54 @@ impl Store {
             .pop())
     }
 
+    /// Puts a stopped fire back to `running` to resume its run, if it is still stopped (one
+    /// daemon's store; in PostgreSQL mode [`Shared::take_stopped`] does it under the run's
+    /// lease). `false`: it was given up or settled meanwhile, and must not be resumed.
+    pub fn reopen_stopped(&self, fire: &Fire) -> Result<bool, ScheduleError> {
+        if self.shared.is_some() {
+            return Ok(false);
+        }
+        let n = self.conn.execute(
+            "UPDATE fires SET state = ?3, reason = '', finished_at = NULL \
+             WHERE patrol = ?1 AND slot = ?2 AND state = ?4",
+            params![
+                fire.patrol,
+                format_time(&fire.slot),
+                state::RUNNING,
+                state::STOPPED
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Settles a stopped fire without resuming its run: `done` with `outcome` and `reason`,
+    /// and in PostgreSQL mode its resume request withdrawn. `false`: it was not stopped any
+    /// more (resumed or settled meanwhile), and nothing was written.
+    pub fn settle_stopped(
+        &self,
+        fire: &Fire,
+        outcome: &str,
+        reason: &str,
+    ) -> Result<bool, ScheduleError> {
+        if let Some(sh) = &self.shared {
+            return sh.settle_stopped(fire, outcome, reason);
+        }
+        let n = self.conn.execute(
+            "UPDATE fires SET state = ?3, outcome = ?4, reason = ?5, finished_at = ?6 \
+             WHERE patrol = ?1 AND slot = ?2 AND state = ?7",
+            params![
+                fire.patrol,
+                format_time(&fire.slot),
+                state::DONE,
+                outcome,
+                reason,
+                format_time(&Utc::now()),
+                state::STOPPED
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
     /// The latest fires of a patrol, newest first.
     pub fn recent(&self, patrol: &str, limit: usize) -> Result<Vec<Fire>, ScheduleError> {
         if let Some(sh) = &self.shared {
