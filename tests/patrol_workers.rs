@@ -455,24 +455,7 @@ async fn a_step_of_a_worker_killed_mid_step_is_taken_over_from_its_pushed_checkp
     assert_eq!(res.attempt, 2, "{res:?}");
     assert_ne!(res.machine, victim);
     assert_eq!(res.iterations, 2, "{res:?}");
-    for f in ["half.txt", "a.txt"] {
-        assert!(
-            driver.join(f).exists(),
-            "{f} is not landed: landed {}, {}\nthe driver's checkout:\n{}\n{}\n{}",
-            report["landed"],
-            report["land"],
-            git_out(&driver, &["log", "--oneline", "--all", "--graph", "-12"]),
-            git_out(&driver, &["status", "--short", "--branch"]),
-            cluster.logs()
-        );
-    }
-    let all = beads_in_database(&driver, &cluster.url);
-    let bead = common::step(&report, "a")["bead"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let its = common::split::iterations_of(&all, &bead);
-    assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
+    both_iterations_landed_once(&cluster, &driver, &report);
 }
 
 const HANDBACK_PATROL: &str = r#"
@@ -627,24 +610,7 @@ async fn a_step_whose_only_worker_died_is_taken_back_by_the_run_once_its_lease_e
     // checkpoint: half.txt is from m1's first iteration, which was not run again.
     let rows = q.list(&cluster.base, None).await.unwrap();
     assert!(rows.is_empty(), "{rows:?}");
-    for f in ["half.txt", "a.txt"] {
-        assert!(
-            driver.join(f).exists(),
-            "{f} is not landed: landed {}, {}\nthe driver's checkout:\n{}\n{}\n{}",
-            report["landed"],
-            report["land"],
-            git_out(&driver, &["log", "--oneline", "--all", "--graph", "-12"]),
-            git_out(&driver, &["status", "--short", "--branch"]),
-            cluster.logs()
-        );
-    }
-    let all = beads_in_database(&driver, &cluster.url);
-    let bead = common::step(&report, "a")["bead"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let its = common::split::iterations_of(&all, &bead);
-    assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
+    both_iterations_landed_once(&cluster, &driver, &report);
 }
 
 /// A worker paused past its lease loses the step to another; woken up, it pushes and records
@@ -687,20 +653,7 @@ async fn a_worker_paused_past_its_lease_pushes_nothing_over_the_worker_that_took
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].3.attempt, 2, "{:?}", jobs[0].3);
     assert_ne!(jobs[0].3.machine, paused);
-    for f in ["half.txt", "a.txt"] {
-        assert!(
-            driver.join(f).exists(),
-            "{f} is not landed\n{}",
-            cluster.logs()
-        );
-    }
-    let bead = common::step(&report, "a")["bead"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let all = beads_in_database(&driver, &cluster.url);
-    let its = common::split::iterations_of(&all, &bead);
-    assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
+    both_iterations_landed_once(&cluster, &driver, &report);
 }
 
 /// A step taken back from its dead worker while the shared remote does not answer waits for
@@ -911,6 +864,29 @@ async fn converged(cluster: &Cluster, run: tokio::task::JoinHandle<std::process:
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["outcome"], "converged");
     report
+}
+
+/// The one step's two iterations are landed in the driver's checkout (half.txt from the
+/// first, a.txt from the second), and each is recorded once.
+fn both_iterations_landed_once(cluster: &Cluster, driver: &std::path::Path, report: &Value) {
+    for f in ["half.txt", "a.txt"] {
+        assert!(
+            driver.join(f).exists(),
+            "{f} is not landed: landed {}, {}\nthe driver's checkout:\n{}\n{}\n{}",
+            report["landed"],
+            report["land"],
+            git_out(driver, &["log", "--oneline", "--all", "--graph", "-12"]),
+            git_out(driver, &["status", "--short", "--branch"]),
+            cluster.logs()
+        );
+    }
+    let all = beads_in_database(driver, &cluster.url);
+    let bead = common::step(report, "a")["bead"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let its = common::split::iterations_of(&all, &bead);
+    assert_eq!(its.len(), 2, "an iteration recorded twice: {its:#?}");
 }
 
 /// What `git args` prints in `dir` (its error output too), for a failure's message.
