@@ -1678,11 +1678,7 @@ fn settle_if_finished(sh: &Shared, patrol: &Patrol) -> Option<DaemonEvent> {
 
 /// The outcome and reason of run `run_id` in the ledger of `root`, once it has finished.
 fn finished_run(root: &Path, run_id: &str) -> Option<(String, String)> {
-    if !crate::ledger::Ledger::exists(root) {
-        return None;
-    }
-    let recorder = Recorder::new(crate::ledger::Ledger::open(root).ok()?);
-    let run = RunState::load(&recorder, run_id).ok()??;
+    let run = run_state(root, run_id).ok()??;
     run.finished_at.as_ref()?;
     let outcome = run.outcome.unwrap_or(Outcome::Error).as_str().to_string();
     Some((outcome, run.reason))
