@@ -420,21 +420,25 @@ pub async fn run_loop(
             (outcome, _) => (decision, outcome),
         };
 
-        // A worker that lost the job to another machine records and pushes nothing more: the
-        // other goes on from the branch as pushed, in the iteration's bead (left open) too.
-        if let Some(p) = &publisher {
-            if let Err(why) = p.still_ours().await {
-                return stop(
-                    report,
-                    Outcome::Cancelled,
-                    format!("cancelled: iteration {n} is not recorded: {why}"),
-                );
-            }
-        }
         let pushed = match (&publisher, &sha) {
             (Some(p), Some(_)) => Some(p.publish(workspace.branch()).await),
             _ => None,
         };
+        // A worker that lost the job to another machine records and pushes nothing more: the
+        // other goes on from the branch as pushed, in the iteration's bead (left open) too. The
+        // push asks the publisher's fence itself; an iteration without a push asks it here.
+        let lost = match (&publisher, &pushed) {
+            (_, Some(note)) if note.fenced => note.error.clone(),
+            (Some(p), None) => p.still_ours().await.err(),
+            _ => None,
+        };
+        if let Some(why) = lost {
+            return stop(
+                report,
+                Outcome::Cancelled,
+                format!("cancelled: iteration {n} is not recorded: {why}"),
+            );
+        }
         if let Some(note) = pushed.as_ref().filter(|p| !p.ok()) {
             sink.emit(&Event::PushFailed {
                 step_id: spec.step_id.clone(),
