@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
+use common::split::{scheduled_two_parts_patrol, step_index_lock, SCHEDULED_TWO_PARTS_SCRIPT};
 use common::TempRepo;
 use serde_json::Value;
 
@@ -640,65 +641,6 @@ fn json_logs_are_one_object_per_line() {
     }
 }
 
-/// A patrol whose step `big` splits at once into a and b on two polecats (script agent,
-/// `.wiggum/two-parts-script.toml`: outside `.wiggum/patrols/`, which holds patrols only).
-const TWO_PARTS_PATROL: &str = r#"
-[patrol]
-name = "two-parts"
-schedule = "*/2 * * * * *"
-land = "none"
-concurrency = 2
-[agents.s]
-backend = "script"
-script = "../two-parts-script.toml"
-[[steps]]
-id = "big"
-prompt = "two parts"
-[steps.loop]
-checks = ["true"]
-[steps.split]
-mode = "always"
-polecats = 2
-"#;
-
-/// The plan (a and b), each subtask's file, and the step's verifying iteration.
-const TWO_PARTS_SCRIPT: &str = r#"
-[[plan]]
-step = "big"
-reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}]}'
-[[work]]
-step = "big"
-reply = "verified"
-[[work]]
-step = "big/a"
-reply = "a"
-[[work.edits]]
-path = "a.txt"
-write = "a\n"
-[[work]]
-step = "big/b"
-reply = "b"
-[[work.edits]]
-path = "b.txt"
-write = "b\n"
-"#;
-
-/// The `index.lock` of the step `big`'s own worktree (`.git/worktrees/<run>-big/index.lock`).
-fn step_index_lock(repo: &TempRepo) -> PathBuf {
-    let list = repo.git(&["worktree", "list", "--porcelain"]);
-    let wt = list
-        .lines()
-        .filter_map(|l| l.strip_prefix("worktree "))
-        .find(|p| p.ends_with("-big"))
-        .unwrap_or_else(|| panic!("no worktree of step big: {list}"));
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--absolute-git-dir"])
-        .current_dir(wt)
-        .output()
-        .unwrap();
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("index.lock")
-}
-
 /// A run that wiggum stops for something a person must fix (here a stale `index.lock` left in
 /// its split step's checkout) is not over: the fire is recorded `stopped` (not done/error),
 /// every later fire time resumes that run instead of starting a new one beside it (saying, while
@@ -707,8 +649,8 @@ fn step_index_lock(repo: &TempRepo) -> PathBuf {
 fn a_run_stopped_for_a_fix_is_resumed_at_the_next_fires_until_it_converges() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
-    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    repo.write(".wiggum/two-parts-script.toml", SCHEDULED_TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", &scheduled_two_parts_patrol("two-parts"));
     // The first merge of the daemon's process finds the step's index taken midway, and the
     // lock left there (as by a git killed in that checkout); later merges do not.
     let mut d = start_env(
@@ -797,8 +739,8 @@ fn a_run_stopped_for_a_fix_is_resumed_at_the_next_fires_until_it_converges() {
 fn schedule_run_without_a_daemon_resumes_the_run_stopped_for_a_fix() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
-    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    repo.write(".wiggum/two-parts-script.toml", SCHEDULED_TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", &scheduled_two_parts_patrol("two-parts"));
     let fire = |env: &[(&str, &str)]| {
         let out = repo.wiggum_env(&["schedule", "run", "two-parts", "--json"], env);
         (out.code, out.json(), out.stderr)
@@ -846,8 +788,8 @@ fn schedule_run_without_a_daemon_resumes_the_run_stopped_for_a_fix() {
 fn a_stopped_run_given_up_lets_the_next_fire_start_a_new_run() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
-    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    repo.write(".wiggum/two-parts-script.toml", SCHEDULED_TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", &scheduled_two_parts_patrol("two-parts"));
     let out = repo.wiggum(&["schedule", "give-up", "two-parts"]);
     assert_eq!(out.code, 1, "nothing stopped yet: {}", out.stderr);
     assert!(out.stderr.contains("nothing to give up"), "{}", out.stderr);
@@ -909,8 +851,8 @@ fn a_stopped_run_given_up_lets_the_next_fire_start_a_new_run() {
 fn a_running_daemon_starts_a_new_run_after_the_stopped_one_is_given_up() {
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
-    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    repo.write(".wiggum/two-parts-script.toml", SCHEDULED_TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", &scheduled_two_parts_patrol("two-parts"));
     let mut d = start_env(
         &repo,
         &[],
@@ -976,8 +918,8 @@ fn a_stopped_run_whose_lock_file_was_deleted_is_resumed_not_run_beside() {
     // clearing "stale locks" after the index.lock message may delete it.
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
-    write_patrol(&repo, "two-parts", TWO_PARTS_PATROL);
+    repo.write(".wiggum/two-parts-script.toml", SCHEDULED_TWO_PARTS_SCRIPT);
+    write_patrol(&repo, "two-parts", &scheduled_two_parts_patrol("two-parts"));
     let fire = |env: &[(&str, &str)]| {
         let out = repo.wiggum_env(&["schedule", "run", "two-parts", "--json"], env);
         (out.code, out.json(), out.stderr)
@@ -1007,8 +949,9 @@ fn a_sandbox_patrols_stopped_run_is_resumed_in_its_temp_copy() {
     // The run, its lock and its ledger live in the sandbox's temp copy, not in the patrol's repo.
     let repo = TempRepo::new();
     ignore_wiggum_dir(&repo);
-    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
-    let text = TWO_PARTS_PATROL.replace("land = \"none\"", "land = \"none\"\nsandbox = true");
+    repo.write(".wiggum/two-parts-script.toml", SCHEDULED_TWO_PARTS_SCRIPT);
+    let text = scheduled_two_parts_patrol("two-parts")
+        .replace("land = \"none\"", "land = \"none\"\nsandbox = true");
     write_patrol(&repo, "two-parts", &text);
     let fire = |env: &[(&str, &str)]| {
         let out = repo.wiggum_env(&["schedule", "run", "two-parts", "--json"], env);

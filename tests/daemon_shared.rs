@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::daemon::{wait_until, Daemon};
+use common::split::{scheduled_two_parts_patrol, step_index_lock, SCHEDULED_TWO_PARTS_SCRIPT};
 use common::TempRepo;
 use serde_json::Value;
 use wiggum_engine::pg::testing::TestDb;
@@ -428,55 +429,14 @@ fn pause_resume_and_schedule_run_are_shared_by_every_machine() {
         .any(|f| f["machine"] == "m1" && f["state"] == "done"));
 }
 
-/// A patrol `p` whose step `big` splits at once into a and b on two polecats (script agent,
-/// `.wiggum/two-parts-script.toml`): with `WIGGUM_FAILPOINT=index-lock-mid-checkout-once`, the
-/// process's first merge finds the step's index taken and the lock left there (as by a git
-/// killed in that checkout), so the run stops for a fix.
-const TWO_PARTS_PATROL: &str = r#"
-[patrol]
-name = "p"
-schedule = "*/2 * * * * *"
-land = "none"
-concurrency = 2
-[agents.s]
-backend = "script"
-script = "../two-parts-script.toml"
-[[steps]]
-id = "big"
-prompt = "two parts"
-[steps.loop]
-checks = ["true"]
-[steps.split]
-mode = "always"
-polecats = 2
-"#;
-
-const TWO_PARTS_SCRIPT: &str = r#"
-[[plan]]
-step = "big"
-reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}]}'
-[[work]]
-step = "big"
-reply = "verified"
-[[work]]
-step = "big/a"
-reply = "a"
-[[work.edits]]
-path = "a.txt"
-write = "a\n"
-[[work]]
-step = "big/b"
-reply = "b"
-[[work.edits]]
-path = "b.txt"
-write = "b\n"
-"#;
-
+/// With `WIGGUM_FAILPOINT=index-lock-mid-checkout-once`, the process's first merge finds the
+/// step's index taken and the lock left there (as by a git killed in that checkout), so the run
+/// of patrol `p` ([`scheduled_two_parts_patrol`]) stops for a fix.
 const ONCE: (&str, &str) = ("WIGGUM_FAILPOINT", "index-lock-mid-checkout-once");
 
 fn setup_two_parts(name: &str) -> Option<(TempRepo, TestDb)> {
-    let (repo, db) = setup(name, TWO_PARTS_PATROL)?;
-    repo.write(".wiggum/two-parts-script.toml", TWO_PARTS_SCRIPT);
+    let (repo, db) = setup(name, &scheduled_two_parts_patrol("p"))?;
+    repo.write(".wiggum/two-parts-script.toml", SCHEDULED_TWO_PARTS_SCRIPT);
     Some((repo, db))
 }
 
@@ -503,22 +463,6 @@ fn start_env(
         &all,
         &vars,
     )
-}
-
-/// The `index.lock` of the step `big`'s own worktree (`.git/worktrees/<run>-big/index.lock`).
-fn step_index_lock(repo: &TempRepo) -> std::path::PathBuf {
-    let list = repo.git(&["worktree", "list", "--porcelain"]);
-    let wt = list
-        .lines()
-        .filter_map(|l| l.strip_prefix("worktree "))
-        .find(|p| p.ends_with("-big"))
-        .unwrap_or_else(|| panic!("no worktree of step big: {list}"));
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--absolute-git-dir"])
-        .current_dir(wt)
-        .output()
-        .unwrap();
-    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("index.lock")
 }
 
 /// The fire of `slot` in the shared record.

@@ -10,8 +10,8 @@
 mod common;
 
 use common::split::{
-    history, iterations_of, polecat_state, split_of, subtask, subtask_beads, three_parts_script,
-    worktrees, ONE_TWO_TASK_SCRIPT, THREE_PARTS_PATROL,
+    history, iterations_of, polecat_state, split_of, step_index_lock, subtask, subtask_beads,
+    three_parts_script, worktrees, ONE_TWO_TASK_SCRIPT, THREE_PARTS_PATROL,
 };
 use common::{
     assert_br_import_rules, beads, last_run_id, resume_json, run_json, step, wait_until,
@@ -421,22 +421,6 @@ reply = "verified"
         ));
     }
     script
-}
-
-/// The `index.lock` of the step `big`'s own worktree (`.git/worktrees/<run>-big/index.lock`).
-fn step_index_lock(repo: &TempRepo) -> std::path::PathBuf {
-    let list = repo.git(&["worktree", "list", "--porcelain"]);
-    let wt = list
-        .lines()
-        .filter_map(|l| l.strip_prefix("worktree "))
-        .find(|p| p.ends_with("-big"))
-        .unwrap_or_else(|| panic!("no worktree of step big: {list}"));
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--absolute-git-dir"])
-        .current_dir(wt)
-        .output()
-        .unwrap();
-    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("index.lock")
 }
 
 /// What a split stopped by a held index of the step's worktree shows: the error names the

@@ -1,4 +1,5 @@
-//! Helpers for the end-to-end tests of splitting (tests/split.rs, tests/split_stops.rs).
+//! Helpers for the end-to-end tests of splitting (tests/split.rs, tests/split_stops.rs, and
+//! the daemons' runs stopped by a split: tests/daemon.rs, tests/daemon_shared.rs).
 
 use super::TempRepo;
 
@@ -165,3 +166,67 @@ reply = "verified"
     }
     script
 }
+
+/// The `index.lock` of the step `big`'s own worktree (`.git/worktrees/<run>-big/index.lock`).
+pub fn step_index_lock(repo: &TempRepo) -> std::path::PathBuf {
+    let list = repo.git(&["worktree", "list", "--porcelain"]);
+    let wt = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("worktree "))
+        .find(|p| p.ends_with("-big"))
+        .unwrap_or_else(|| panic!("no worktree of step big: {list}"));
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--absolute-git-dir"])
+        .current_dir(wt)
+        .output()
+        .unwrap();
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("index.lock")
+}
+
+/// A scheduled patrol `name` whose step `big` splits at once into a and b on two polecats
+/// (script agent [`SCHEDULED_TWO_PARTS_SCRIPT`], kept at `.wiggum/two-parts-script.toml`:
+/// outside `.wiggum/patrols/`, which holds patrols only).
+pub fn scheduled_two_parts_patrol(name: &str) -> String {
+    format!(
+        r#"
+[patrol]
+name = "{name}"
+schedule = "*/2 * * * * *"
+land = "none"
+concurrency = 2
+[agents.s]
+backend = "script"
+script = "../two-parts-script.toml"
+[[steps]]
+id = "big"
+prompt = "two parts"
+[steps.loop]
+checks = ["true"]
+[steps.split]
+mode = "always"
+polecats = 2
+"#
+    )
+}
+
+/// The plan (a and b), each subtask's file, and the step's verifying iteration.
+pub const SCHEDULED_TWO_PARTS_SCRIPT: &str = r#"
+[[plan]]
+step = "big"
+reply = '{"subtasks": [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}]}'
+[[work]]
+step = "big"
+reply = "verified"
+[[work]]
+step = "big/a"
+reply = "a"
+[[work.edits]]
+path = "a.txt"
+write = "a\n"
+[[work]]
+step = "big/b"
+reply = "b"
+[[work.edits]]
+path = "b.txt"
+write = "b\n"
+"#;
